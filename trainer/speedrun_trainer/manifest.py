@@ -18,6 +18,10 @@ from speedrun_trainer.spec import SpeedrunJob
 EXIT_INVALID = 2  # CLI exit code for invalid input; also the trainer's "invalid config" code
 
 
+class ConfigError(Exception):
+    """A config problem found only at run time (world size, tokenizer): one line, exit code 2."""
+
+
 class SpecError(Exception):
     """Invalid manifest: one human-readable line per problem."""
 

@@ -1,0 +1,36 @@
+# speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject changes).
+#   make speedrun   the CPU-tiny speedrun, locally (no cluster)
+#   make test       lint, generated-file drift check, and the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup speedrun test lint crd clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: 2.13.0's CPU wheel is what these machines carry (see DESIGN.md)
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,dev]'
+	touch $(STAMP)
+
+speedrun: setup
+	$(BIN)/speedrun run examples/tiny-cpu.yaml
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/speedrun crd --check
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+crd: setup
+	$(BIN)/speedrun crd
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

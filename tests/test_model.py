@@ -1,0 +1,159 @@
+"""Unit tests for the GPT in speedrun_trainer.model: shapes, causality, losses, parameter count.
+
+Run: pytest -q tests/test_model.py  (CPU, a few seconds)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from speedrun_trainer.flops import param_count
+from speedrun_trainer.model import GPT
+from speedrun_trainer.spec import ModelSpec
+
+
+def tiny_spec(**overrides: object) -> ModelSpec:
+    fields: dict[str, object] = dict(
+        vocab_size=61, seq_len=16, hidden_dim=32, intermediate_dim=48, num_layers=2, num_heads=4
+    )
+    fields.update(overrides)
+    return ModelSpec(**fields)
+
+
+def tiny_model(seed: int = 0, **overrides: object) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(tiny_spec(**overrides))
+
+
+def tokens(spec: ModelSpec, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, spec.vocab_size, (batch, spec.seq_len), generator=gen)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"activation": "relu2"},
+        {"activation": "gelu"},
+        {"tie_embeddings": True},
+        {"qk_norm": True},
+        {"num_kv_heads": 2},
+        {"num_kv_heads": 1, "qk_norm": True, "tie_embeddings": True, "activation": "relu2"},
+        {"num_kv_heads": 2, "activation": "gelu", "tie_embeddings": True},
+        {"hidden_dim": 48, "num_heads": 3, "intermediate_dim": 100, "num_layers": 3, "vocab_size": 97},
+    ],
+)
+def test_param_count_matches_flops_accounting(overrides: dict[str, object]) -> None:
+    spec = tiny_spec(**overrides)
+    model = GPT(spec)
+    assert model.num_params() == sum(p.numel() for p in model.parameters()) == param_count(spec)
+
+
+def test_mlp_matrix_count_follows_activation() -> None:
+    silu, relu2 = tiny_spec(activation="silu"), tiny_spec(activation="relu2")
+    # SwiGLU has one more h x i matrix per layer than ReLU^2.
+    extra = GPT(silu).num_params() - GPT(relu2).num_params()
+    assert extra == silu.num_layers * silu.hidden_dim * silu.intermediate_dim
+
+
+@pytest.mark.parametrize("activation", ["silu", "relu2", "gelu"])
+def test_logits_shape_and_dtype(activation: str) -> None:
+    model = tiny_model(activation=activation, num_kv_heads=2, qk_norm=True)
+    idx = tokens(model.spec, batch=3)
+    logits = model(idx)
+    assert logits.shape == (3, model.spec.seq_len, model.spec.vocab_size)
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+def test_shorter_sequences_are_accepted_and_longer_rejected() -> None:
+    model = tiny_model()
+    assert model(tokens(model.spec)[:, :5]).shape == (2, 5, model.spec.vocab_size)
+    with pytest.raises(ValueError, match="seqLen"):
+        model(torch.zeros(1, model.spec.seq_len + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"num_kv_heads": 1, "qk_norm": True}])
+def test_causal_future_tokens_do_not_change_past_logits(overrides: dict[str, object]) -> None:
+    model = tiny_model(**overrides)
+    idx = tokens(model.spec)
+    changed = idx.clone()
+    cut = 9
+    changed[:, cut:] = (changed[:, cut:] + 1) % model.spec.vocab_size
+    with torch.no_grad():
+        before, after = model(idx), model(changed)
+    torch.testing.assert_close(before[:, :cut], after[:, :cut])
+    assert not torch.allclose(before[:, cut:], after[:, cut:])
+
+
+def test_per_token_losses_average_to_mean_loss() -> None:
+    model = tiny_model()
+    idx, targets = tokens(model.spec, seed=1), tokens(model.spec, seed=2)
+    mean = model(idx, targets)
+    per_token = model(idx, targets, reduction="none")
+    assert mean.ndim == 0 and per_token.shape == idx.shape
+    assert (per_token > 0).all()
+    torch.testing.assert_close(per_token.mean(), mean)
+
+
+def test_ignored_targets_contribute_nothing() -> None:
+    model = tiny_model()
+    idx, targets = tokens(model.spec, seed=1), tokens(model.spec, seed=2)
+    targets[0, :4] = -1
+    per_token = model(idx, targets, reduction="none")
+    assert (per_token[0, :4] == 0).all()
+    torch.testing.assert_close(model(idx, targets), per_token.sum() / (targets != -1).sum())
+
+
+def test_untrained_loss_is_near_uniform() -> None:
+    model = tiny_model()
+    loss = model(tokens(model.spec, seed=1), tokens(model.spec, seed=2))
+    assert abs(loss.item() - torch.log(torch.tensor(61.0)).item()) < 0.3
+
+
+def test_tied_embeddings_share_one_tensor() -> None:
+    tied, untied = tiny_model(tie_embeddings=True), tiny_model(tie_embeddings=False)
+    assert tied.lm_head.weight is tied.wte.weight
+    assert untied.lm_head.weight is not untied.wte.weight
+    tied(tokens(tied.spec), tokens(tied.spec, seed=2)).backward()
+    assert tied.wte.weight.grad is not None and tied.wte.weight.grad.abs().sum() > 0
+
+
+def test_gqa_has_fewer_kv_weights_and_runs_backward() -> None:
+    model = tiny_model(num_kv_heads=2)
+    attn = model.blocks[0].attn
+    assert attn.c_q.weight.shape == (32, 32)
+    assert attn.c_k.weight.shape == attn.c_v.weight.shape == (2 * 8, 32)
+    model(tokens(model.spec), tokens(model.spec, seed=2)).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_init_is_deterministic_from_global_seed() -> None:
+    a, b, c = tiny_model(seed=3), tiny_model(seed=3), tiny_model(seed=4)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert not torch.equal(a.wte.weight, c.wte.weight)
+
+
+def test_rope_buffers_stay_out_of_the_state_dict() -> None:
+    keys = tiny_model().state_dict().keys()
+    assert not any(k.endswith((".cos", ".sin")) for k in keys)
+
+
+def test_bf16_autocast_gives_float32_outputs() -> None:
+    model = tiny_model(num_kv_heads=2, qk_norm=True)
+    idx, targets = tokens(model.spec), tokens(model.spec, seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(idx)
+        loss = model(idx, targets)
+    assert logits.dtype == loss.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_invalid_shapes_are_rejected() -> None:
+    with pytest.raises(ValueError, match="numKvHeads"):
+        GPT(tiny_spec(num_kv_heads=3))
+    with pytest.raises(ValueError, match="even"):
+        GPT(tiny_spec(hidden_dim=36, num_heads=4))

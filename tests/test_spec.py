@@ -33,7 +33,10 @@ def test_wire_names_are_camel_case_and_round_trip():
     ("overrides", "expected"),
     [
         ({"spec.model.hiddenDim": 66, "spec.model.numHeads": 4}, "spec.model.hiddenDim: must be divisible by numHeads"),
-        ({"spec.model.numKvHeads": 3, "spec.model.numHeads": 2}, "spec.model.numHeads: must be divisible by numKvHeads"),
+        (
+            {"spec.model.numKvHeads": 3, "spec.model.numHeads": 2},
+            "spec.model.numHeads: must be divisible by numKvHeads",
+        ),
         ({"spec.train.tokens": 1000}, "spec.train: give exactly one training horizon"),
         ({"spec.train.steps": None}, "spec.train: give exactly one training horizon"),
         ({"spec.train.batchSize": 12}, "spec.train.batchSize: must divide evenly"),

@@ -9,6 +9,7 @@ Ctrl-C stops every process group it started.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -111,10 +112,8 @@ class LocalRun:
         for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 2.0)):
             alive = [p for p in self.procs if p.poll() is None]
             for p in alive:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + grace
             while any(p.poll() is None for p in alive) and time.monotonic() < deadline:
                 time.sleep(0.1)

@@ -71,7 +71,7 @@ def evaluate_loss(
     mine = list(range(rank, num_seqs, world_size))
     for i in range(0, len(mine), batch_size):
         chunk = mine[i : i + batch_size]
-        xs, ys = zip(*(dataset.sequences(j, 1, seq_len) for j in chunk))
+        xs, ys = zip(*(dataset.sequences(j, 1, seq_len) for j in chunk), strict=True)
         x = torch.cat(xs).to(device, non_blocking=True)
         y = torch.cat(ys).to(device, non_blocking=True)
         with autocast(device, precision):

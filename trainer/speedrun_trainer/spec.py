@@ -270,7 +270,7 @@ def _divisible(a: int, b: int, what: str) -> str | bool:
 
 
 def _horizon(spec: SpeedrunSpec) -> str | bool:
-    given = [h for h, v in zip(HORIZONS, _horizon_values(spec.train)) if v is not None]
+    given = [h for h, v in zip(HORIZONS, _horizon_values(spec.train), strict=True) if v is not None]
     return f"got {', '.join(given) or 'none'}" if len(given) != 1 else False
 
 

@@ -137,7 +137,7 @@ class Trainer:
         if ckpt is None:
             return
         self.model.load_state_dict(ckpt.model)
-        for opt, state in zip(self.optimizers, ckpt.optimizers or []):
+        for opt, state in zip(self.optimizers, ckpt.optimizers or [], strict=True):
             opt.load_state_dict(state)
         known = TrainState.__dataclass_fields__
         self.state = TrainState(**{k: v for k, v in ckpt.meta.get("state", {}).items() if k in known})
@@ -193,13 +193,12 @@ class Trainer:
             last = st.step == total_steps
             if st.step % t.log_every == 0 or last:
                 self._log_progress(loss, session_seconds, session_steps)
-            if (t.eval_every and st.step % t.eval_every == 0) or last:
-                if self._evaluate():
-                    st.time_to_target_seconds = st.training_seconds
-                    st.target_reached = True
-                    log(f"target reached at step {st.step} after {st.training_seconds:.1f}s of training")
-                    self._checkpoint()
-                    break
+            if ((t.eval_every and st.step % t.eval_every == 0) or last) and self._evaluate():
+                st.time_to_target_seconds = st.training_seconds
+                st.target_reached = True
+                log(f"target reached at step {st.step} after {st.training_seconds:.1f}s of training")
+                self._checkpoint()
+                break
             if (t.checkpoint_every and st.step % t.checkpoint_every == 0) or last:
                 self._checkpoint()
         return st

@@ -1,0 +1,67 @@
+"""The results artifact: Marin's shape and keys, our additions, and the termination message."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from speedrun_trainer.manifest import parse_job
+from speedrun_trainer.plan import resolve
+from speedrun_trainer.results import BPB_KEY, RESULTS_KEY, RunInfo, build_run_info, headline, write_results
+from speedrun_trainer.storage import open_storage
+from tests.helpers import tiny_manifest
+
+SUMMARY = {"step": 20, "training_seconds": 4.0, "time_to_target_seconds": None, "num_devices": 2,
+           "device_flops": 1e11, "wandb_run_link": None}
+
+
+def _run_info(**overrides):
+    job = parse_job(tiny_manifest(**overrides))
+    return job, build_run_info(job, resolve(job), SUMMARY, bpb=2.5, initial_bpb=8.0, val_loss=1.7, core=None,
+                               versions={"torch": "x"})
+
+
+def test_marin_keys_and_values():
+    job, info = _run_info()
+    plan = resolve(job)
+    assert info["model_size"] == plan.model_size
+    assert info["total_tokens"] == 20 * 8 * 64
+    assert info["model_flops"] == pytest.approx(3 * plan.model_flops_per_token * info["total_tokens"])
+    assert info["training_hardware_flops"] == pytest.approx(1e11 * 2 * 4.0)
+    assert info["mfu"] == pytest.approx(info["model_flops"] / info["training_hardware_flops"])
+    assert info[BPB_KEY] == 2.5 and info["initial_bpb"] == 8.0
+    assert info["spec"]["spec"]["model"]["hiddenDim"] == 64
+    for key in ("author", "description", "model_flops_per_token", "num_devices", "device_flops", "training_time",
+                "wandb_run_link", "run_completion_timestamp", "core_metric", "time_to_target", "versions"):
+        assert key in info
+
+
+def test_core_target_sets_time_to_target():
+    job, _ = _run_info()
+    over = {"spec.target": {"metric": "core", "value": 0.2}, "spec.eval.core": {"bundle": "file:///b"}}
+    job = parse_job(tiny_manifest(**over))
+    reached = build_run_info(job, resolve(job), SUMMARY, bpb=1.0, initial_bpb=8.0, val_loss=1.0,
+                             core={"core_metric": 0.3, "tasks": {}}, versions={})
+    missed = build_run_info(job, resolve(job), SUMMARY, bpb=1.0, initial_bpb=8.0, val_loss=1.0,
+                            core={"core_metric": 0.1, "tasks": {}}, versions={})
+    assert reached["time_to_target"] == 4.0 and missed["time_to_target"] is None
+
+
+def test_written_as_one_object_in_marin_shape(tmp_path):
+    _, info = _run_info()
+    storage = open_storage(tmp_path.as_uri())
+    uri = write_results(storage, info)
+    doc = storage.read_json(RESULTS_KEY)
+    assert list(doc) == ["runs"] and doc["runs"][0]["run_info"] == info
+    msg = headline(info, uri)
+    assert msg["bpb"] == 2.5 and msg["uri"].endswith(RESULTS_KEY)
+    assert set(msg) == {"uri", "bpb", "core", "valLoss", "modelFlops", "hardwareFlops", "trainingSeconds",
+                        "timeToTargetSeconds"}
+
+
+def test_schema_rejects_broken_results():
+    _, info = _run_info()
+    with pytest.raises(ValidationError):
+        RunInfo.model_validate({**info, "model_size": 0})
+    with pytest.raises(ValidationError):
+        RunInfo.model_validate({k: v for k, v in info.items() if k != "training_time"})

@@ -1,0 +1,32 @@
+"""Integration: `speedrun run` end to end with two torchrun agents rendezvousing over gloo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import tiny_manifest, write_manifest
+
+
+def test_speedrun_run_two_nodes(tmp_path: Path):
+    manifest = write_manifest(tmp_path / "job.yaml", tiny_manifest())
+    res = subprocess.run(
+        [sys.executable, "-m", "speedrun_trainer.cli", "run", str(manifest), "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "speedrun results" in res.stdout and "BPB" in res.stdout
+    [run_dir] = (tmp_path / "runs" / "test-tiny").iterdir()
+    info = json.loads((run_dir / "speedrun_results.json").read_text())["runs"][0]["run_info"]
+    assert info["num_devices"] == 2
+    assert info["training_steps"] == 20
+    assert info["total_tokens"] == 20 * 8 * 64
+    assert info["eval/paloma/c4_en/bpb"] < info["initial_bpb"]
+    assert info["training_time"] > 0 and info["training_hardware_flops"] > 0
+    metas = sorted(p.name for p in (run_dir / "checkpoints").glob("meta_*.json"))
+    assert metas == ["meta_000010.json", "meta_000020.json"]
+    # both agents really trained: each node's log shows its torchrun agent
+    assert (run_dir / "logs" / "train-node-1.log").stat().st_size > 0
+    assert json.loads((run_dir / "termination-message.json").read_text())["bpb"] == info["eval/paloma/c4_en/bpb"]

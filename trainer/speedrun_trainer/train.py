@@ -83,7 +83,7 @@ def _target_reached(job: SpeedrunJob, val_loss: float, val_bpb: float) -> bool:
         return val_loss <= t.value
     if t.metric == "val_bpb":
         return val_bpb <= t.value
-    return False  # CORE targets are checked by the evaluation
+    return False  # CORE targets: Trainer._core_reached
 
 
 class Trainer:
@@ -101,7 +101,7 @@ class Trainer:
         self.plan = resolve(job, nodes=max(1, env.world_size // spec.resources.procs_per_node))
         self.storage = run_storage(job)
         endpoint = spec.storage.endpoint_url
-        tok = load_tokenizer(spec.data.tokenizer, endpoint_url=endpoint)
+        tok = self.tokenizer = load_tokenizer(spec.data.tokenizer, endpoint_url=endpoint)
         if tok.vocab_size > m.vocab_size:
             raise ConfigError(
                 f"spec.model.vocabSize: {m.vocab_size} is smaller than the {tok.name} tokenizer's {tok.vocab_size}"
@@ -238,7 +238,26 @@ class Trainer:
         self.telemetry.set(val_loss=ev.loss, val_bpb=ev.bpb)
         self.tracker.log({"val/loss": ev.loss, "val/bpb": ev.bpb}, st.step)
         log(f"step {st.step:>6}/{self.plan.steps} | val loss {ev.loss:.4f} | val bpb {ev.bpb:.4f}")
+        target = spec.target
+        if target is not None and target.metric == "core" and spec.eval.core is not None:
+            return self._core_reached(target.value)
         return _target_reached(self.job, ev.loss, ev.bpb)
+
+    def _core_reached(self, value: float) -> bool:
+        """nanochat's time-to-GPT-2: CORE at every eval point; its time is not training time."""
+        from speedrun_trainer.core_eval import evaluate_core
+
+        core = self.spec.eval.core
+        assert core is not None
+        result = evaluate_core(
+            self.model, self.tokenizer, core.bundle, max_per_task=core.max_per_task, device=self.env.device,
+            rank=self.env.rank, world_size=self.env.world_size, endpoint_url=self.spec.storage.endpoint_url,
+        )
+        score = float(result["core_metric"])
+        self.state.history[-1]["core"] = score
+        self.tracker.log({"core_metric": score}, self.state.step)
+        log(f"step {self.state.step:>6}/{self.plan.steps} | CORE {score:.4f} (target {value})")
+        return score >= value
 
     def _checkpoint(self) -> None:
         if self.env.is_main:

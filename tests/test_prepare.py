@@ -1,0 +1,120 @@
+"""`speedrun data prepare`: text files -> shards + tokenizer_meta.json on any storage."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speedrun_trainer.data import open_dataset
+from speedrun_trainer.prepare import main, prepare
+from speedrun_trainer.shards import read_shard
+from speedrun_trainer.storage import DataError, open_storage
+from speedrun_trainer.tokenizer import load_tokenizer
+
+DOCS = [f"document {i}: " + "café " * (i % 7) + "x" * (3 * i) for i in range(12)]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> list[str]:
+    """Eleven documents in a .jsonl file, then one in a .txt file."""
+    jsonl = tmp_path / "in" / "docs.jsonl"
+    jsonl.parent.mkdir()
+    jsonl.write_text("\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(DOCS[:11])) + "\n\n")
+    (tmp_path / "in" / "last.txt").write_text(DOCS[11])
+    return [str(jsonl), f"file://{tmp_path}/in/last.txt"]
+
+
+def _split_documents(tokens: np.ndarray, eot: int) -> list[list[int]]:
+    bounds = [*np.flatnonzero(tokens == eot), len(tokens)]
+    assert bounds[0] == 0, "every document starts with the separator"
+    return [tokens[a + 1: b].tolist() for a, b in itertools.pairwise(bounds)]
+
+
+def test_prepare_to_s3_end_to_end(corpus: list[str], s3_bucket, tmp_path: Path) -> None:
+    out = f"{s3_bucket.uri}/prepared/tiny"
+    summary = prepare(corpus, out, "byte", shard_tokens=200, val_fraction=0.25)
+    storage = open_storage(out)
+    meta = storage.read_json("tokenizer_meta.json")
+    n_train, n_val = meta["tokens"]["train"], meta["tokens"]["val"]
+    assert summary["meta"] == f"{out}/tokenizer_meta.json" and summary["tokens"] == meta["tokens"]
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_id"]) == ("byte", 257, 256)
+    assert meta["token_bytes"] == [1] * 256 + [0]
+    assert meta["documents"] == {"train": 9, "val": 3}  # documents 3, 7, 11: every 4th
+    assert n_train + n_val == sum(len(d.encode()) + 1 for d in DOCS)
+    assert meta["shards"]["train"] == [f"train_{i:06d}.bin" for i in range(-(-n_train // 200))]
+    assert storage.list() == sorted([*meta["shards"]["train"], *meta["shards"]["val"], "tokenizer_meta.json"])
+
+    streams = {}
+    for split in ("train", "val"):
+        shards = [read_shard(storage.read_bytes(name), name) for name in meta["shards"][split]]
+        assert all(len(s) == 200 for s in shards[:-1]) and 0 < len(shards[-1]) <= 200
+        streams[split] = np.concatenate(shards).astype(np.int64)
+    val_docs = [DOCS[i] for i in (3, 7, 11)]
+    train_docs = [d for d in DOCS if d not in val_docs]
+    assert _split_documents(streams["val"], 256) == [list(d.encode()) for d in val_docs]
+    assert _split_documents(streams["train"], 256) == [list(d.encode()) for d in train_docs]
+
+    ds = open_dataset(f"{out}/train_*.bin", tokenizer="byte", cache_dir=tmp_path / "cache")
+    assert ds.num_tokens == n_train
+
+
+def test_prepare_with_a_json_tokenizer(corpus: list[str], bpe_tokenizer_json: Path, tmp_path: Path) -> None:
+    summary = prepare(corpus, str(tmp_path / "out"), str(bpe_tokenizer_json))
+    tok = load_tokenizer(str(bpe_tokenizer_json))
+    meta = json.loads((tmp_path / "out" / "tokenizer_meta.json").read_text())
+    assert meta["tokenizer"] == tok.name and meta["eot_id"] == tok.eot_id == 0
+    tokens = np.fromfile(tmp_path / "out" / "train_000000.bin", dtype="<u2", offset=1024).astype(np.int64)
+    assert summary["tokens"]["train"] == len(tokens) and summary["tokens"]["val"] == 0
+    assert [tok.decode(d) for d in _split_documents(tokens, tok.eot_id)] == DOCS
+    byte_lengths = np.asarray(meta["token_bytes"])
+    assert byte_lengths[tokens].sum() == sum(len(d.encode()) for d in DOCS)
+
+
+def test_cli_prints_summary_and_guards_earlier_output(corpus: list[str], tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "out")
+    assert main(["data", "prepare", "--tokenizer", "byte", "--out", out, "--shard-tokens", "100", *corpus]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert len(summary["shards"]["train"]) > 2
+
+    assert main(["data", "prepare", "--out", out, *corpus]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists" in err and "--overwrite" in err
+
+    assert main(["data", "prepare", "--out", out, "--overwrite", *corpus]) == 0  # one big shard now
+    assert json.loads(capsys.readouterr().out)["shards"]["train"] == ["train_000000.bin"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tokenizer_meta.json", "train_000000.bin"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "OUT", "MISSING.txt"], "MISSING.txt: no such file"),
+        (["--out", "OUT", "--val-fraction", "0.5", "ONE.txt"], "selects none of the 1 documents"),
+        (["--out", "OUT", "--val-fraction", "1.5", "ONE.txt"], "val_fraction must be in [0, 1)"),
+        (["--out", "OUT", "--shard-tokens", "0", "ONE.txt"], "shard_tokens must be >= 1"),
+        (["--out", "OUT", "BAD.jsonl"], 'BAD.jsonl:2: expected an object with a string "text" field'),
+        (["--out", "OUT", "--tokenizer", "MISSING.json", "ONE.txt"], "MISSING.json: no such file"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(args: list[str], message: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "ONE.txt").write_text("one document")
+    (tmp_path / "BAD.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    placeholders = {"OUT", "ONE.txt", "MISSING.txt", "BAD.jsonl", "MISSING.json"}
+    args = [str(tmp_path / a) if a in placeholders else a for a in args]
+    assert main(["data", "prepare", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("speedrun data prepare: error: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_prepare_rejects_wide_vocabularies(tmp_path: Path, monkeypatch) -> None:
+    import speedrun_trainer.prepare as prep
+
+    wide = type("Wide", (), {"vocab_size": 100_277})()
+    monkeypatch.setattr(prep, "load_tokenizer", lambda spec, endpoint_url=None: wide)
+    with pytest.raises(DataError, match="vocab_size 100277 does not fit"):
+        prepare([str(tmp_path)], str(tmp_path / "out"), "cl100k_base")

@@ -1,0 +1,226 @@
+"""Pieces every pod the operator creates shares: security, volumes, env, resources, scheduling.
+
+Pure functions of the parsed `SpeedrunJob` and `OperatorSettings`; no API calls. The training
+and eval builders compose them, so both pods run the same hardened way: non-root, read-only
+root filesystem (writable emptyDirs for /tmp, the shard cache and /dev/shm), no privilege
+escalation, no service-account token, credentials only through `secretKeyRef`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from speedrun_operator import labels as L
+from speedrun_operator.settings import OperatorSettings
+from speedrun_trainer.accelerators import lookup
+from speedrun_trainer.spec import SpeedrunJob
+
+CACHE_DIR = "/var/cache/speedrun"
+# The keys of spec.storage.secretRef and spec.tracking.wandb.secretRef (docs/contracts.md).
+STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+WANDB_SECRET_KEY = "WANDB_API_KEY"
+
+
+class BuildError(ValueError):
+    """The spec is valid for `speedrun run` but cannot run in a cluster; one line, field first."""
+
+
+def job_uid(job: SpeedrunJob) -> str:
+    """The SpeedrunJob's uid (the torchrun rendezvous id); its name when rendering offline."""
+    extra = job.metadata.model_extra or {}
+    return str(extra.get("uid") or job.metadata.name)
+
+
+def storage_uri(job: SpeedrunJob, settings: OperatorSettings) -> str | None:
+    """Where checkpoints and results go: spec.storage.uri, else the operator's default prefix."""
+    if job.spec.storage.uri:
+        return job.spec.storage.uri
+    if settings.default_storage_uri:
+        namespace = job.metadata.namespace or "default"
+        return f"{settings.default_storage_uri.rstrip('/')}/{namespace}/{job.metadata.name}"
+    return None
+
+
+def check_runnable(job: SpeedrunJob, settings: OperatorSettings) -> None:
+    """What a cluster needs beyond the spec's own rules; raises `BuildError`."""
+    name = job.metadata.name
+    if not name[0].isalpha():
+        raise BuildError(f"metadata.name: must start with a letter (it names the headless Service), got {name!r}")
+    if storage_uri(job, settings) is None:
+        raise BuildError(
+            "spec.storage.uri: required in a cluster, where the training and eval pods share checkpoints "
+            "through it (or start the operator with SPEEDRUN_OPERATOR_DEFAULT_STORAGE_URI)"
+        )
+    r = job.spec.resources
+    acc = lookup(r.accelerator)
+    if acc is not None and acc.kind == "tpu" and not r.topology:
+        raise BuildError(f"spec.resources.topology: required for {r.accelerator} (GKE schedules TPU slices by it)")
+
+
+def image(job: SpeedrunJob, settings: OperatorSettings) -> str:
+    return job.spec.image or settings.trainer_image
+
+
+def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
+    uid = settings.run_as_user
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def volumes(job_name: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "config", "configMap": {"name": L.configmap_name(job_name)}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # NCCL and DataLoader shared memory
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+
+
+def volume_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": "config", "mountPath": L.CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+
+
+def env(job: SpeedrunJob, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Environment of the trainer and evaluator (docs/contracts.md); secrets only by reference."""
+    out: list[dict[str, Any]] = [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},  # read-only root: torch.compile and friends cache under HOME
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "SPEEDRUN_CACHE_DIR", "value": CACHE_DIR},
+        {"name": "SPEEDRUN_JOB_NAME", "value": job.metadata.name},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    uri = storage_uri(job, settings)
+    if uri is not None:
+        out.append({"name": "SPEEDRUN_STORAGE_URI", "value": uri})
+    storage = job.spec.storage
+    if storage.endpoint_url:
+        out.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint_url})
+    if storage.secret_ref is not None:
+        out += [_secret_env(key, storage.secret_ref.name, key) for key in STORAGE_SECRET_KEYS]
+    wandb = job.spec.tracking.wandb
+    out.append({"name": "WANDB_MODE", "value": wandb.mode})
+    if wandb.secret_ref is not None:
+        out.append(_secret_env(WANDB_SECRET_KEY, wandb.secret_ref.name, WANDB_SECRET_KEY))
+    return out
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def resources(job: SpeedrunJob) -> dict[str, Any]:
+    """Requests/limits of one node's pod: `procsPerNode` accelerators, plus cpu and memory."""
+    r = job.spec.resources
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if r.cpu:
+        requests["cpu"] = r.cpu
+    if r.memory:
+        requests["memory"] = r.memory
+        limits["memory"] = r.memory
+    acc = lookup(r.accelerator)
+    if acc is not None and acc.resource is not None:
+        # Extended resources cannot be overcommitted: request == limit.
+        requests[acc.resource] = limits[acc.resource] = str(r.procs_per_node)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def node_selector(job: SpeedrunJob, settings: OperatorSettings) -> dict[str, str]:
+    r = job.spec.resources
+    out: dict[str, str] = {}
+    acc = lookup(r.accelerator)
+    if acc is not None and settings.accelerator_selectors:
+        out.update(acc.node_selector)
+    if acc is not None and acc.kind == "tpu" and r.topology:
+        out[L.LABEL_GKE_TPU_TOPOLOGY] = r.topology
+    out.update(r.node_selector)  # the user's word wins
+    return out
+
+
+def tolerations(job: SpeedrunJob) -> list[dict[str, Any]]:
+    return [t.model_dump(by_alias=True, exclude_none=True) for t in job.spec.resources.tolerations]
+
+
+def pod_spec(job: SpeedrunJob, settings: OperatorSettings, container: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec around one container: scheduling, security, volumes."""
+    r = job.spec.resources
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # podFailurePolicy needs it; torchrun restarts workers in-pod
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(settings),
+        "containers": [container],
+        "volumes": volumes(job.metadata.name),
+    }
+    if settings.service_account:
+        spec["serviceAccountName"] = settings.service_account
+    selector = node_selector(job, settings)
+    if selector:
+        spec["nodeSelector"] = selector
+    if r.tolerations:
+        spec["tolerations"] = tolerations(job)
+    if r.priority_class_name:
+        spec["priorityClassName"] = r.priority_class_name
+    return spec
+
+
+def container(
+    job: SpeedrunJob, settings: OperatorSettings, name: str, command: list[str], ports: list[dict[str, Any]]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": name,
+        "image": image(job, settings),
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "env": env(job, settings),
+        "volumeMounts": volume_mounts(),
+        "securityContext": container_security_context(),
+        # On failure the log tail becomes the termination message: the operator shows its last line.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if ports:
+        out["ports"] = ports
+    res = resources(job)
+    if res:
+        out["resources"] = res
+    return out
+
+
+def metadata(job: SpeedrunJob, name: str, role: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {**L.child_labels(job.metadata.name, role), **(extra_labels or {})},
+    }
+    if job.metadata.namespace:
+        meta["namespace"] = job.metadata.namespace
+    return meta
+
+
+def queue_labels(job: SpeedrunJob) -> dict[str, str]:
+    q = job.spec.run_policy.queue_name
+    return {L.LABEL_KUEUE_QUEUE: q} if q else {}

@@ -1,0 +1,55 @@
+"""The eval Job `<name>-eval`: one pod that scores the final checkpoint (BPB, CORE).
+
+It runs after training succeeds, reads the checkpoint and `train_summary.json` from storage,
+writes `speedrun_results.json`, and leaves the headline numbers as JSON in its termination
+message (docs/contracts.md), which is how the operator learns them without storage credentials.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from speedrun_operator import labels as L
+from speedrun_operator.builders import common
+from speedrun_operator.builders.train_job import pod_failure_policy
+from speedrun_operator.settings import OperatorSettings
+from speedrun_trainer.spec import SpeedrunJob
+
+EVAL_MODULE = "speedrun_trainer.evaluate"
+
+
+def torchrun_eval_command(job: SpeedrunJob) -> list[str]:
+    return [
+        "torchrun",
+        "--nnodes=1",
+        f"--nproc-per-node={job.spec.resources.procs_per_node}",
+        "--standalone",
+        "-m",
+        EVAL_MODULE,
+        "--config",
+        L.CONFIG_PATH,
+    ]
+
+
+def build_eval_job(job: SpeedrunJob, settings: OperatorSettings) -> dict[str, Any]:
+    name = job.metadata.name
+    container = common.container(job, settings, L.CONTAINER_EVALUATOR, torchrun_eval_command(job), ports=[])
+    container["env"].append({"name": "SPEEDRUN_TERMINATION_LOG", "value": L.TERMINATION_LOG})
+    container["terminationMessagePath"] = L.TERMINATION_LOG
+    pod = common.pod_spec(job, settings, container)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": common.metadata(job, L.eval_job_name(name), L.ROLE_EVAL, common.queue_labels(job)),
+        "spec": {
+            "completions": 1,
+            "parallelism": 1,
+            "backoffLimit": settings.eval_backoff_limit,
+            "podFailurePolicy": pod_failure_policy(L.CONTAINER_EVALUATOR),
+            "suspend": bool(job.spec.run_policy.suspend or job.spec.run_policy.queue_name),
+            "template": {
+                "metadata": {"labels": {**L.child_labels(name, L.ROLE_EVAL), **common.queue_labels(job)}},
+                "spec": pod,
+            },
+        },
+    }

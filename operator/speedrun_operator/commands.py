@@ -1,0 +1,203 @@
+"""The operator's subcommands of the `speedrun` CLI: render, crd, operator.
+
+    speedrun render examples/gpt2-124m-8xh100.yaml [-o yaml|json]
+    speedrun crd [--check] [--out crds/speedrunjob.yaml] [--chart-dir charts/speedrun-operator]
+    speedrun operator [--namespace NS ...] [--all-namespaces] [--image IMG] [--metrics-port N]
+                      [--peering NAME] [--dev]
+
+The main CLI (speedrun_trainer.cli) calls `register(subparsers)`; until then, or to run only
+these, use `python -m speedrun_operator.commands ...`. `operator` writes its flags into the
+environment (settings.py) and then runs `kopf run -m speedrun_operator.main` in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from speedrun_operator.builders import BuildError, build_all, check_runnable
+from speedrun_operator.settings import OperatorSettings
+from speedrun_trainer.manifest import EXIT_INVALID, SpecError, load_job
+
+DEFAULT_CRD_PATH = "crds/speedrunjob.yaml"
+DEFAULT_CHART_DIR = "charts/speedrun-operator"
+OPERATOR_MODULE = "speedrun_operator.main"
+
+
+def register(subparsers: Any) -> None:
+    """Add `render`, `crd` and `operator` to an argparse subparsers object."""
+    render = subparsers.add_parser("render", help="print the Kubernetes objects the operator creates for a manifest")
+    render.add_argument("file", help="SpeedrunJob manifest (YAML or JSON)")
+    render.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    render.set_defaults(func=render_command)
+
+    crd = subparsers.add_parser("crd", help="generate the SpeedrunJob CRD from the pydantic models")
+    crd.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
+    crd.add_argument("--out", default=DEFAULT_CRD_PATH, help=f"default {DEFAULT_CRD_PATH}")
+    crd.add_argument(
+        "--chart-dir",
+        default=DEFAULT_CHART_DIR,
+        help="also write <chart-dir>/crds/speedrunjob.yaml if the chart exists",
+    )
+    crd.set_defaults(func=crd_command)
+
+    op = subparsers.add_parser("operator", help="run the operator (kopf) against the current kube context")
+    op.add_argument("--namespace", "-n", action="append", default=[], help="serve this namespace (repeatable)")
+    op.add_argument("--all-namespaces", "-A", action="store_true", help="serve the whole cluster (default)")
+    op.add_argument("--image", help="default trainer image (SPEEDRUN_TRAINER_IMAGE)")
+    op.add_argument("--metrics-port", type=int, help="operator metrics port, 0 to disable")
+    op.add_argument("--peering", help="kopf peering name; makes peering mandatory (HA with several replicas)")
+    op.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    op.add_argument("--dev", action="store_true", help="run from a laptop: verbose, priority over in-cluster replicas")
+    op.set_defaults(func=operator_command)
+
+
+# ---- render -------------------------------------------------------------------------------------
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the ConfigMap's run.json) as literal blocks, readable in `render`."""
+
+
+def _str_presenter(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str_presenter)
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(objects, Dumper=_BlockDumper, sort_keys=False, width=110)
+
+
+def render_command(args: argparse.Namespace) -> int:
+    settings = OperatorSettings.from_env()
+    try:
+        job = load_job(args.file)
+    except SpecError as err:
+        for line in err.lines:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        check_runnable(job, settings)
+    except BuildError as err:
+        print(f"note: the operator would refuse this job: {err}", file=sys.stderr)
+    objects = build_all(job, settings)
+    if args.output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
+    else:
+        print(to_yaml(objects), end="")
+    return 0
+
+
+# ---- crd ----------------------------------------------------------------------------------------
+
+
+def crd_targets(out: str, chart_dir: str) -> list[Path]:
+    targets = [Path(out)]
+    if Path(chart_dir).is_dir():
+        targets.append(Path(chart_dir) / "crds" / "speedrunjob.yaml")
+    return targets
+
+
+def crd_command(args: argparse.Namespace) -> int:
+    from speedrun_operator.crd import render_crd
+
+    text = render_crd()
+    drifted = 0
+    for path in crd_targets(args.out, args.chart_dir):
+        current = path.read_text() if path.is_file() else ""
+        if args.check:
+            if current != text:
+                drifted += 1
+                diff = difflib.unified_diff(
+                    current.splitlines(),
+                    text.splitlines(),
+                    f"{path} (committed)",
+                    f"{path} (generated)",
+                    lineterm="",
+                )
+                print("\n".join(list(diff)[:60]), file=sys.stderr)
+                print(f"{path}: out of date with the models; run `speedrun crd`", file=sys.stderr)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if current != text:
+            path.write_text(text)
+        print(f"wrote {path}")
+    return 1 if drifted else 0
+
+
+# ---- operator -----------------------------------------------------------------------------------
+
+
+def settings_from_args(args: argparse.Namespace, base: OperatorSettings | None = None) -> OperatorSettings:
+    settings = base or OperatorSettings.from_env()
+    if args.namespace:
+        settings = replace(settings, namespaces=tuple(args.namespace))
+    if args.all_namespaces:
+        settings = replace(settings, namespaces=())
+    if args.image:
+        settings = replace(settings, trainer_image=args.image)
+    if args.metrics_port is not None:
+        settings = replace(settings, metrics_port=args.metrics_port)
+    if args.peering:
+        settings = replace(settings, peering=args.peering)
+    if args.liveness:
+        settings = replace(settings, liveness=args.liveness)
+    return settings
+
+
+def kopf_run_argv(settings: OperatorSettings, *, dev: bool = False, verbose: bool = False) -> list[str]:
+    """The `kopf run` arguments for these settings (tests run the same through KopfRunner)."""
+    argv = ["run", "-m", OPERATOR_MODULE]
+    if settings.namespaces:
+        for namespace in settings.namespaces:
+            argv += ["--namespace", namespace]
+    else:
+        argv.append("--all-namespaces")
+    if settings.standalone:
+        argv.append("--standalone")
+    elif settings.peering:
+        argv += ["--peering", settings.peering]
+    if settings.liveness:
+        argv += ["--liveness", settings.liveness]
+    if dev:
+        argv.append("--dev")
+    if dev or verbose:
+        argv.append("--verbose")
+    return argv
+
+
+def operator_command(args: argparse.Namespace) -> int:
+    if args.namespace and args.all_namespaces:
+        print("operator: give --namespace or --all-namespaces, not both", file=sys.stderr)
+        return EXIT_INVALID
+    import kopf.cli
+
+    settings = settings_from_args(args)
+    os.environ.update(settings.to_env())  # main.py's startup handler reads them back
+    try:
+        kopf.cli.main.main(args=kopf_run_argv(settings, dev=args.dev), standalone_mode=False)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="speedrun", description=__doc__.split("\n\n")[0])
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""The logic behind the kopf decorators in main.py: one module per concern, thin and idempotent.
+
+- setup.py:     startup/cleanup, kopf settings, the shared `OperatorContext` in kopf's memo
+- children.py:  get-or-create-or-adopt of owned children; Job suspension
+- reconcile.py: observe the SpeedrunJob and its Jobs, decide (lifecycle.py), write status, post Events
+- scrape.py:    the progress timer: rank 0's /metrics -> status.progress
+"""

@@ -1,0 +1,76 @@
+"""Owned children: get-or-create, adopt our orphans, refuse strangers; Job suspension.
+
+Children are named deterministically (labels.py), so "does it exist?" is one GET and a second
+operator (or a restarted one) can never create duplicates: the apiserver's 409 on create is
+the tie-breaker. An existing child counts as ours when it carries our ownerReference; one with
+our labels and no controller (e.g. orphaned by `kubectl delete --cascade=orphan`) is adopted;
+anything else is a conflict the user has to resolve.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+
+from speedrun_operator import kube
+from speedrun_operator import labels as L
+
+
+class ChildConflict(Exception):
+    """A child's name is taken by an object this SpeedrunJob does not own."""
+
+
+def _owned_by(obj: dict[str, Any], owner_uid: str) -> bool:
+    return any(ref.get("uid") == owner_uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def ensure_child(
+    client: kube.KubeClient, kind: kube.Kind, manifest: dict[str, Any], owner: dict[str, Any]
+) -> dict[str, Any]:
+    """The child as it is on the server, created from `manifest` if it was missing."""
+    desired = copy.deepcopy(manifest)
+    kopf.append_owner_reference(desired, owner=owner)
+    namespace, name = owner["metadata"]["namespace"], desired["metadata"]["name"]
+    desired["metadata"]["namespace"] = namespace
+    existing = client.get(kind, namespace, name)
+    if existing is None:
+        try:
+            return client.create(kind, namespace, desired)
+        except kube.Conflict:
+            existing = client.get(kind, namespace, name)
+            if existing is None:  # created and deleted in between: try again on the next pass
+                raise kopf.TemporaryError(f"{kind.kind} {name} is being replaced", delay=2) from None
+    return _adopt(client, kind, existing, owner, desired)
+
+
+def _adopt(
+    client: kube.KubeClient, kind: kube.Kind, existing: dict[str, Any], owner: dict[str, Any], desired: dict[str, Any]
+) -> dict[str, Any]:
+    meta, owner_meta = existing["metadata"], owner["metadata"]
+    if _owned_by(existing, owner_meta["uid"]):
+        return existing
+    refs = meta.get("ownerReferences") or []
+    controller = next((r for r in refs if r.get("controller")), None)
+    if controller is not None:
+        raise ChildConflict(
+            f"{kind.kind} {meta['name']} is controlled by {controller.get('kind')} {controller.get('name')} "
+            f"(uid {controller.get('uid')}); delete it or wait for its owner's garbage collection"
+        )
+    if (meta.get("labels") or {}).get(L.LABEL_JOB) != owner_meta["name"]:
+        raise ChildConflict(f"{kind.kind} {meta['name']} exists and was not made for this SpeedrunJob")
+    patch = {"metadata": {"ownerReferences": [*refs, *desired["metadata"]["ownerReferences"]]}}
+    return client.patch(kind, meta["namespace"], meta["name"], patch)
+
+
+def sync_suspend(client: kube.KubeClient, job: dict[str, Any], suspend: bool) -> dict[str, Any]:
+    """Make a running Job's `spec.suspend` match runPolicy.suspend (finished Jobs stay as they are)."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    finished = any(
+        c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet") and c.get("status") == "True" for c in conditions
+    )
+    if finished or bool(job["spec"].get("suspend")) == suspend:
+        return job
+    meta = job["metadata"]
+    return client.patch(kube.JOB, meta["namespace"], meta["name"], {"spec": {"suspend": suspend}})

@@ -1,0 +1,160 @@
+"""Reconcile one SpeedrunJob: validate, ensure children, observe the Jobs, write status.
+
+Level-triggered and idempotent: every trigger (create, resume after an operator restart, spec
+update, any event of a child Job, the resync timer) runs the same `reconcile`, which reads the
+current state from the API, decides with `lifecycle.next_status`, and writes only what changed.
+A per-job lock serialises concurrent triggers inside this process; peering keeps a single
+active operator across replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from typing import Any
+
+import kopf
+
+from speedrun_operator import builders, kube, lifecycle, metrics
+from speedrun_operator import labels as L
+from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
+from speedrun_operator.handlers.setup import OperatorContext
+from speedrun_operator.status import SpeedrunJobStatus, now_rfc3339, read_status
+from speedrun_operator.termination import eval_results, failure_detail
+from speedrun_trainer.manifest import SpecError, parse_job
+from speedrun_trainer.spec import SpeedrunJob
+
+CONFLICT_RETRY_SECONDS = 10
+IMMUTABLE_NOTE = (
+    "spec changes after the Jobs exist do not reach them (Job pod templates are immutable); "
+    "only runPolicy.suspend applies. Delete and re-create the SpeedrunJob to run the new spec"
+)
+
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+
+def reconcile(
+    ctx: OperatorContext, namespace: str, name: str, trigger: str, logger: logging.Logger | None = None
+) -> SpeedrunJobStatus | None:
+    """Bring one SpeedrunJob one step closer to done; None if it is gone or going."""
+    with metrics.timed(trigger), _locks[(namespace, name)]:
+        body = ctx.client.get(kube.SPEEDRUNJOB, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        try:
+            return _reconcile(ctx, body)
+        except ChildConflict as err:
+            raise kopf.TemporaryError(str(err), delay=CONFLICT_RETRY_SECONDS) from None
+
+
+def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
+    meta = body["metadata"]
+    generation = int(meta.get("generation") or 1)
+    current = read_status(body.get("status"))
+    if lifecycle.is_settled(current, generation):
+        metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], current.phase)
+        return current
+    try:
+        job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
+        builders.check_runnable(job, ctx.settings)
+    except (SpecError, builders.BuildError) as err:
+        error = "; ".join(err.lines) if isinstance(err, SpecError) else str(err)
+        seen = lifecycle.Observation(generation=generation, nodes=_nodes(body), now=now_rfc3339(), spec_error=error)
+        _write(ctx, body, current, seen)
+        raise kopf.PermanentError(error) from None
+    seen = _observe(ctx, body, job, current, generation)
+    return _write(ctx, body, current, seen)
+
+
+def _nodes(body: dict[str, Any]) -> str:
+    resources = (body.get("spec") or {}).get("resources") or {}
+    if "nodes" in resources or "minNodes" not in resources:
+        return str(resources.get("nodes", 1))
+    return f"{resources.get('minNodes')}:{resources.get('maxNodes')}"
+
+
+def _observe(
+    ctx: OperatorContext, body: dict[str, Any], job: SpeedrunJob, current: SpeedrunJobStatus, generation: int
+) -> lifecycle.Observation:
+    client, settings, name = ctx.client, ctx.settings, job.metadata.name
+    namespace = body["metadata"]["namespace"]
+    policy = job.spec.run_policy
+    manage_suspend = not policy.queue_name  # with a queue, Kueue owns spec.suspend
+    ensure_child(client, kube.CONFIGMAP, builders.build_run_configmap(job), body)
+    trained = lifecycle.training_finished(current)
+    if trained:
+        train_job = client.get(kube.JOB, namespace, L.train_job_name(name))  # may be gone (TTL)
+        train = lifecycle.JobState("Succeeded")
+    else:
+        ensure_child(client, kube.SERVICE, builders.build_headless_service(job), body)
+        train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, settings), body)
+        if manage_suspend:
+            train_job = sync_suspend(client, train_job, policy.suspend)
+        train = lifecycle.job_state(train_job)
+    detail: str | None = None
+    if train.phase == "Failed":
+        detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER)
+    evaluation = lifecycle.MISSING
+    results, results_error = None, None
+    if train.phase == "Succeeded":
+        eval_job = ensure_child(client, kube.JOB, builders.build_eval_job(job, settings), body)
+        if manage_suspend:
+            eval_job = sync_suspend(client, eval_job, policy.suspend)
+        evaluation = lifecycle.job_state(eval_job)
+        eval_pods = (
+            [] if evaluation.phase not in ("Succeeded", "Failed") else _pods(client, namespace, name, L.ROLE_EVAL)
+        )
+        if evaluation.phase == "Succeeded":
+            results, results_error = eval_results(eval_pods, L.CONTAINER_EVALUATOR)
+        elif evaluation.phase == "Failed":
+            detail = failure_detail(eval_pods, L.CONTAINER_EVALUATOR)
+    return lifecycle.Observation(
+        generation=generation,
+        nodes=_nodes(body),
+        now=now_rfc3339(),
+        suspend_requested=policy.suspend,
+        queued=bool(policy.queue_name),
+        train=train,
+        evaluation=evaluation,
+        results=results,
+        results_error=results_error,
+        failure_detail=detail,
+    )
+
+
+def _pods(client: kube.KubeClient, namespace: str, name: str, role: str) -> list[dict[str, Any]]:
+    return client.list(kube.POD, namespace, L.selector_labels(name, role))
+
+
+def _write(
+    ctx: OperatorContext, body: dict[str, Any], current: SpeedrunJobStatus, seen: lifecycle.Observation
+) -> SpeedrunJobStatus:
+    new, transition = lifecycle.next_status(current, seen)
+    old_wire, new_wire = current.wire(), new.wire()
+    # Only what changed: the progress timer writes status.progress concurrently.
+    patch: dict[str, Any] = {k: v for k, v in new_wire.items() if old_wire.get(k) != v}
+    patch.update({k: None for k in old_wire if k not in new_wire})
+    meta = body["metadata"]
+    if patch:
+        ctx.client.patch(kube.SPEEDRUNJOB, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
+    metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], new.phase)
+    metrics.record_restarts(new.restarts - current.restarts)
+    if transition is not None:
+        kopf.event(body, type=transition.type, reason=transition.reason, message=transition.message)
+        if new.phase == "Failed":
+            metrics.record_failure(transition.reason)
+    return new
+
+
+def on_spec_change(ctx: OperatorContext, namespace: str, name: str, diff: Any, status: dict[str, Any]) -> None:
+    """A spec edit: reconcile (suspend/resume, re-validation) and say what will not apply."""
+    changed = {tuple(field) for _, field, _, _ in diff if tuple(field[:1]) == ("spec",)}
+    reconciled = reconcile(ctx, namespace, name, "update")
+    ignored = changed - {("spec", "runPolicy", "suspend"), ("spec", "runPolicy")}
+    started = (status or {}).get("phase") not in (None, "Failed")
+    if ignored and started and reconciled is not None:
+        paths = ", ".join(".".join(f) for f in sorted(ignored))
+        body = ctx.client.get(kube.SPEEDRUNJOB, namespace, name)
+        if body is not None:
+            kopf.event(body, type="Warning", reason="SpecChangeIgnored", message=f"{paths}: {IMMUTABLE_NOTE}")

@@ -1,0 +1,198 @@
+"""The SpeedrunJob state machine: what was observed -> the next status (pure, no API calls).
+
+    Pending -> [Queued | Suspended] -> Training -> Evaluating -> Succeeded
+        any step can end in Failed (invalid spec, training or eval failure, unreadable results)
+
+`job_state` reads a batch/v1 Job; `next_status` combines both Jobs' states with the current
+status and returns the new status plus the Event for a phase change, if any. The handlers do
+the observing and the writing; everything that decides lives here, table-tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from speedrun_operator import conditions as C
+from speedrun_operator.status import TERMINAL_PHASES, Results, SpeedrunJobStatus
+
+JobPhase = Literal["Missing", "Suspended", "Pending", "Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True)
+class JobState:
+    phase: JobPhase
+    reason: str = ""
+    message: str = ""
+    failed: int = 0  # pods that failed so far
+    ready: int = 0
+
+
+MISSING = JobState("Missing")
+
+
+def job_state(job: dict[str, Any] | None) -> JobState:
+    if job is None:
+        return MISSING
+    status = job.get("status") or {}
+    failed, ready, active = status.get("failed", 0), status.get("ready", 0), status.get("active", 0)
+    for cond in status.get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Failed":
+            return JobState("Failed", cond.get("reason", ""), cond.get("message", ""), failed)
+        if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return JobState("Succeeded", failed=failed)
+    if (job.get("spec") or {}).get("suspend") and not active:
+        return JobState("Suspended", failed=failed)
+    if ready:
+        return JobState("Running", failed=failed, ready=ready)
+    return JobState("Pending", failed=failed)
+
+
+@dataclass(frozen=True)
+class Observation:
+    generation: int
+    nodes: str
+    now: str
+    spec_error: str | None = None
+    suspend_requested: bool = False
+    queued: bool = False
+    train: JobState = MISSING
+    evaluation: JobState = MISSING
+    results: Results | None = None
+    results_error: str | None = None
+    failure_detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A phase change, posted as a Kubernetes Event on the SpeedrunJob."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+def training_finished(status: SpeedrunJobStatus) -> bool:
+    cond = C.find(status.conditions, C.TRAINING)
+    return cond is not None and cond.reason == C.REASON_TRAINING_SUCCEEDED
+
+
+def is_settled(status: SpeedrunJobStatus, generation: int) -> bool:
+    """Nothing left to do: succeeded, or failed for a reason a spec edit cannot fix."""
+    if status.phase == "Succeeded":
+        return True
+    if status.phase != "Failed":
+        return False
+    failed = C.find(status.conditions, C.FAILED)
+    retry_on_edit = failed is not None and failed.reason == C.REASON_INVALID_SPEC
+    return not (retry_on_edit and (status.observed_generation or 0) < generation)
+
+
+class _Builder:
+    """Accumulates condition changes for one reconcile."""
+
+    def __init__(self, current: SpeedrunJobStatus, seen: Observation) -> None:
+        self.status = current.model_copy(deep=True)
+        self.seen = seen
+        self.phase = current.phase or "Pending"
+        self.reason = C.REASON_PENDING
+        self.message = ""
+
+    def cond(self, type_: str, status: Literal["True", "False", "Unknown"], reason: str, message: str) -> None:
+        self.status.conditions = C.set_condition(
+            self.status.conditions, type_, status, reason, message, self.seen.now, self.seen.generation
+        )
+
+    def move(self, phase: str, reason: str, message: str) -> None:
+        self.phase, self.reason, self.message = phase, reason, message
+
+    def fail(self, reason: str, message: str) -> None:
+        self.cond(C.FAILED, C.TRUE, reason, message)
+        self.move("Failed", reason, message)
+
+
+def next_status(current: SpeedrunJobStatus, seen: Observation) -> tuple[SpeedrunJobStatus, Transition | None]:
+    b = _Builder(current, seen)
+    b.status.observed_generation = seen.generation
+    b.status.nodes = seen.nodes
+    if seen.spec_error is not None:
+        b.cond(C.VALIDATED, C.FALSE, C.REASON_INVALID_SPEC, seen.spec_error)
+        b.fail(C.REASON_INVALID_SPEC, seen.spec_error)
+    else:
+        b.cond(C.VALIDATED, C.TRUE, C.REASON_VALID, "the spec is valid")
+        if C.find(b.status.conditions, C.FAILED) is not None and b.phase == "Failed":
+            b.status.conditions = C.remove_condition(b.status.conditions, C.FAILED)  # a fixed spec runs
+            b.status.completion_time = None
+        _suspension(b)
+        b.status.restarts = max(b.status.restarts, seen.train.failed)
+        if training_finished(b.status) or seen.train.phase == "Succeeded":
+            _evaluation(b)
+        else:
+            _training(b)
+    if b.phase in TERMINAL_PHASES:
+        b.status.completion_time = b.status.completion_time or seen.now
+    changed = b.phase != current.phase
+    b.status.phase = b.phase  # type: ignore[assignment]
+    if not changed:
+        return b.status, None
+    kind: Literal["Normal", "Warning"] = "Warning" if b.phase == "Failed" else "Normal"
+    return b.status, Transition(kind, b.reason, f"{b.phase}: {b.message}" if b.message else b.phase)
+
+
+def _suspension(b: _Builder) -> None:
+    if b.seen.suspend_requested:
+        b.cond(C.SUSPENDED, C.TRUE, C.REASON_SUSPENDED_BY_USER, "runPolicy.suspend is true")
+    elif C.is_true(b.status.conditions, C.SUSPENDED):
+        b.cond(C.SUSPENDED, C.FALSE, C.REASON_RESUMED, "runPolicy.suspend is false")
+
+
+def _training(b: _Builder) -> None:
+    t, seen = b.seen.train, b.seen
+    if t.phase == "Failed":
+        reason = C.JOB_FAILURE_REASONS.get(t.reason, C.REASON_TRAINING_FAILED)
+        message = "; ".join(m for m in (t.message, seen.failure_detail) if m) or t.reason
+        b.cond(C.TRAINING, C.FALSE, reason, message)
+        b.fail(reason, message)
+    elif t.phase == "Running":
+        b.status.start_time = b.status.start_time or seen.now
+        b.cond(C.TRAINING, C.TRUE, C.REASON_RUNNING, f"{t.ready} of {seen.nodes} training pods ready")
+        b.move("Training", C.REASON_RUNNING, f"{t.ready} training pods ready")
+    elif t.phase == "Suspended" and seen.suspend_requested:
+        b.cond(C.TRAINING, C.FALSE, C.REASON_SUSPENDED_BY_USER, "the training Job is suspended")
+        b.move("Suspended", C.REASON_SUSPENDED_BY_USER, "the training Job is suspended")
+    elif t.phase == "Suspended" and seen.queued:
+        b.cond(C.TRAINING, C.FALSE, C.REASON_QUEUED, "waiting for Kueue to admit the training Job")
+        b.move("Queued", C.REASON_QUEUED, "waiting for Kueue to admit the training Job")
+    elif b.phase == "Training" and b.status.start_time:
+        # Pods being replaced after a failure: still the same training run.
+        b.cond(C.TRAINING, C.TRUE, C.REASON_RUNNING, "training pods are being replaced")
+    else:
+        b.cond(C.TRAINING, C.FALSE, C.REASON_PENDING, "waiting for the training pods to start")
+        b.move("Pending", C.REASON_PENDING, "waiting for the training pods to start")
+
+
+def _evaluation(b: _Builder) -> None:
+    e, seen = b.seen.evaluation, b.seen
+    b.cond(C.TRAINING, C.FALSE, C.REASON_TRAINING_SUCCEEDED, "the training Job completed")
+    if e.phase == "Failed":
+        message = "; ".join(m for m in (e.message, seen.failure_detail) if m) or e.reason
+        b.cond(C.EVALUATED, C.FALSE, C.REASON_EVALUATION_FAILED, message)
+        b.fail(C.REASON_EVALUATION_FAILED, message)
+    elif e.phase == "Succeeded" and seen.results is not None:
+        b.status.results = seen.results
+        b.cond(C.EVALUATED, C.TRUE, C.REASON_EVALUATION_SUCCEEDED, "the eval Job completed")
+        b.cond(C.RESULTS_PUBLISHED, C.TRUE, C.REASON_RESULTS_READ, f"results at {seen.results.uri}")
+        b.cond(C.SUCCEEDED, C.TRUE, C.REASON_EVALUATION_SUCCEEDED, f"bpb {seen.results.bpb:.4f}")
+        b.move("Succeeded", C.REASON_EVALUATION_SUCCEEDED, f"bpb {seen.results.bpb:.4f}, results at {seen.results.uri}")
+    elif e.phase == "Succeeded" and seen.results_error is not None:
+        b.cond(C.EVALUATED, C.TRUE, C.REASON_EVALUATION_SUCCEEDED, "the eval Job completed")
+        b.cond(C.RESULTS_PUBLISHED, C.FALSE, C.REASON_RESULTS_UNREADABLE, seen.results_error)
+        b.fail(C.REASON_RESULTS_UNREADABLE, seen.results_error)
+    elif e.phase == "Suspended" and seen.suspend_requested:
+        b.cond(C.EVALUATED, C.FALSE, C.REASON_SUSPENDED_BY_USER, "the eval Job is suspended")
+        b.move("Suspended", C.REASON_SUSPENDED_BY_USER, "the eval Job is suspended")
+    else:
+        b.cond(C.EVALUATED, C.UNKNOWN, C.REASON_EVALUATING, "the eval Job is scoring the final checkpoint")
+        b.move("Evaluating", C.REASON_TRAINING_SUCCEEDED, "training completed; evaluating")

@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     job = load_config(args.config)
     env = setup_distributed()
+    print(f"worker rank {env.rank}/{env.world_size} (local rank {env.local_rank}) on {env.device}", flush=True)
     trainer = None
     try:
         trainer = Trainer(job, env)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
+
 from speedrun_trainer import core_eval
 from speedrun_trainer.core_eval import BundleError, evaluate_core, format_core_table, sample_fewshot
 from speedrun_trainer.storage import DataError
@@ -330,3 +331,31 @@ def test_ranks_split_the_examples_and_sum_their_counts(bundle: Path, monkeypatch
             share = task[rank::2]
             mine, models[rank].seen = models[rank].seen[: len(share)], models[rank].seen[len(share):]
             assert all(torch.equal(a, b) for a, b in zip(mine, share, strict=True))
+
+
+def test_ddp_and_compile_wrappers_are_bypassed(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks run different numbers of forwards: a DDP forward could wait on the others forever."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from speedrun_trainer.model import GPT
+    from speedrun_trainer.spec import ModelSpec
+
+    class Compiled(torch.nn.Module):  # torch.compile's OptimizedModule keeps the original here
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+            raise AssertionError("CORE must not run the compiled wrapper")
+
+    dist.init_process_group("gloo", init_method=(tmp_path / "store").as_uri(), rank=0, world_size=1)
+    try:
+        spec = ModelSpec(vocab_size=257, seq_len=64, hidden_dim=32, intermediate_dim=64, num_layers=1, num_heads=2)
+        inner = GPT(spec)
+        ddp = DDP(Compiled(inner))
+        monkeypatch.setattr(DDP, "forward", Compiled.forward)
+        wrapped = evaluate_core(ddp, ByteTokenizer(), str(bundle), max_per_task=2, device="cpu")
+    finally:
+        dist.destroy_process_group()
+    assert core_eval.unwrap(ddp) is inner
+    assert wrapped == evaluate_core(inner, ByteTokenizer(), str(bundle), max_per_task=2, device="cpu")

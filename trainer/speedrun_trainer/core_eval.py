@@ -22,7 +22,8 @@ choice renders one prompt per choice (continuations differ after the common toke
 one per context option (the continuation is the common token suffix); the pick is the lowest mean
 continuation loss, ties to the first. Language modeling is right when greedy argmax reproduces
 every continuation token. Prompts longer than the model's seqLen lose tokens on the left. All the
-prompts of one example are one batch. Ranks take every world_size-th example; the correct counts
+prompts of one example are one batch, run through the plain module (DDP and torch.compile
+wrappers removed). Ranks take every world_size-th example; the correct counts
 are summed with one all_reduce. Centered accuracy = (acc - b) / (1 - b), b the random baseline;
 CORE = mean centered accuracy over the tasks.
 """
@@ -42,6 +43,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 
 from speedrun_trainer.storage import DataError, fetch_uri
 
@@ -226,10 +228,22 @@ def _truncate_left(row: list[int], span: tuple[int, int], max_len: int | None) -
 # ---- scoring --------------------------------------------------------------------------------
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP and torch.compile wrappers. Ranks score different numbers of
+    examples, so a DDP forward (which may broadcast buffers) could wait forever on the others;
+    and every prompt length would be a new shape to compile."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def _max_seq_len(model: torch.nn.Module) -> int | None:
-    inner = getattr(model, "module", model)  # DDP / compiled wrappers
-    spec = getattr(inner, "spec", None)
-    return getattr(spec, "seq_len", None) or getattr(inner, "max_seq_len", None)
+    spec = getattr(model, "spec", None)
+    return getattr(spec, "seq_len", None) or getattr(model, "max_seq_len", None)
 
 
 @torch.no_grad()
@@ -290,6 +304,7 @@ def evaluate_core(
     tasks = load_bundle(bundle_uri, endpoint_url)
     selected = [select_examples(t.examples, max_per_task) for t in tasks]
     correct = torch.zeros(len(tasks), dtype=torch.long, device=device)
+    model = unwrap(model)
     was_training = model.training
     model.eval()
     try:

@@ -1,0 +1,222 @@
+"""Tests of `speedrun leaderboard` (speedrun_trainer.leaderboard and leaderboard_render).
+
+    pytest tests/test_leaderboard.py
+
+Fixtures in tests/data/leaderboard/: three results files in Marin's shape (no name, no
+num_devices/device_flops, one without the "runs" list) and five in ours (time-to-CORE runs in
+nanochat's style, time-to-val_loss runs in BottleCap's). The plot is drawn and its pixels looked
+at; the HTML page is opened in headless Chromium and the screenshot looked at (skipped, saying
+why, where Chromium is not installed).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from speedrun_trainer import leaderboard as lb
+from speedrun_trainer.cli import main as speedrun
+from speedrun_trainer.leaderboard_render import FRONTIER_COLOR
+
+DATA = Path(__file__).parent / "data" / "leaderboard"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PARETO = {"d26-bf16", "d26-fp8", "d20", "bottlecap-muon-wd"}
+
+
+def run(name: str, flops: float | None = None, bpb: float | None = None, seconds: float = 100.0,
+        **extra: Any) -> lb.Run:
+    info = {"name": name, "training_hardware_flops": flops, lb.BPB_KEY: bpb, "training_time": seconds, **extra}
+    return lb.run_from_info(info, name, f"file:///{name}/speedrun_results.json")
+
+
+def rgb(color: str) -> np.ndarray:
+    return np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.int16)
+
+
+def pixels_near(image: np.ndarray, color: str, tolerance: int = 12) -> int:
+    return int((np.abs(image[..., :3].astype(np.int16) - rgb(color)).max(axis=-1) <= tolerance).sum())
+
+
+def load_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    assert data.startswith(PNG_SIGNATURE)
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_pareto_frontier_bands_and_ties() -> None:
+    runs = [
+        run("cheap", 0.5e18, 1.30), run("a", 1e18, 1.20), run("b", 2e18, 1.10),
+        run("c", 2e18, 1.15),  # b: same FLOPs, better BPB
+        run("d", 4e18, 1.10),  # b: same BPB, fewer FLOPs
+        run("e", 4e18, 1.00, seconds=200.0), run("f", 4e18, 1.00, seconds=150.0),  # equal: both optimal
+        run("no-flops", None, 0.9), run("no-bpb", 1e18, None),
+    ]
+    tracks = lb.rank_runs(runs, band_width=0.1)
+    marin = tracks["marin"]
+    assert [r.name for r in marin] == ["f", "e", "b", "d", "c", "a", "cheap"]  # BPB, FLOPs, then time
+    assert {r.name for r in runs if r.pareto} == {"cheap", "a", "b", "e", "f"}
+    assert {r.name: r.band for r in marin} == {
+        "f": "1.0-1.1", "e": "1.0-1.1", "b": "1.1-1.2", "d": "1.1-1.2", "c": "1.1-1.2", "a": "1.2-1.3",
+        "cheap": "1.3-1.4",
+    }
+    bands = lb.build_tables(tracks, 0.1)[1]
+    assert [row[2] for row in bands.rows] == ["f", "e", "b", "c", "d", "a", "cheap"]  # FLOPs within a band
+    assert [row[1] for row in bands.rows] == ["1", "2", "1", "2", "3", "1", "1"]
+    assert runs[-1].tracks == runs[-2].tracks == []
+
+
+def test_time_to_target_tracks() -> None:
+    loss = {"metric": "val_loss", "value": 3.28}
+    runs = [
+        run("slow", target=loss, time_to_target=300.0, seconds=300.0),
+        run("tie-long", target=loss, time_to_target=100.0, seconds=150.0),
+        run("tie-short", target=loss, time_to_target=100.0, seconds=120.0),
+        run("missed-far", target=loss, time_to_target=None, val_loss=3.35),
+        run("missed-near", target=loss, time_to_target=None, val_loss=3.30),
+        run("core-miss", target={"metric": "core", "value": 0.25}, time_to_target=None, core_metric=0.2),
+        run("core-closer", target={"metric": "core", "value": 0.25}, time_to_target=None, core_metric=0.24),
+        run("other-value", target={"metric": "val_loss", "value": 3.5}, time_to_target=10.0),
+        # an older file: no "target" key, but the resolved manifest says it
+        run("from-spec", time_to_target=50.0,
+            spec={"kind": "SpeedrunJob", "spec": {"target": {"metric": "val_loss", "value": 3.28}}}),
+    ]
+    tracks = lb.rank_runs(runs)
+    assert list(tracks) == ["time-to-core:0.25", "time-to-val_loss:3.28", "time-to-val_loss:3.5"]
+    board = tracks["time-to-val_loss:3.28"]
+    assert [(r.name, r.ranks["time-to-val_loss:3.28"]) for r in board] == [
+        ("from-spec", 1), ("tie-short", 2), ("tie-long", 3), ("slow", 4), ("missed-near", None), ("missed-far", None),
+    ]
+    assert [r.name for r in tracks["time-to-core:0.25"]] == ["core-closer", "core-miss"]  # higher is closer
+    assert runs[0].tracks == ["time-to-val_loss:3.28"] and not runs[0].pareto
+
+
+def test_tables_from_fixture_files(capsys: pytest.CaptureFixture[str]) -> None:
+    assert speedrun(["leaderboard", str(DATA)]) == 0
+    out = capsys.readouterr().out
+    sections = {block.splitlines()[0]: block.splitlines()[4:] for block in out.strip().split("\n\n")}
+    titles = list(sections)
+    assert titles == [
+        "== marin: C4-EN bits per byte vs training hardware FLOPs",
+        "== marin: BPB bands of 0.1",
+        "== time-to-core:0.256525: training time until core >= 0.256525",
+        "== time-to-val_loss:3.3821: training time until val_loss <= 3.3821",
+    ]
+    marin = [line.split() for line in sections[titles[0]]]
+    assert [row[2] if row[1] == "*" else row[1] for row in marin] == [
+        "d26-bf16", "d26-fp8", "d20", "bottlecap-muon-wd", "bottlecap-baseline",
+        "marin/llama_130m_adamw", "marin/llama_300m_muon", "marin/llama_75m_adamw",
+    ]
+    assert "10.6%" in sections[titles[0]][5]  # Marin's files have no mfu: model / hardware FLOPs
+    core = [line.split()[:2] for line in sections[titles[2]]]
+    assert core == [["1", "d26-fp8"], ["2", "d26-bf16"], ["-", "d20"]]  # the tie goes to less training
+    assert "not reached" in sections[titles[2]][2]
+    loss = [line.split()[:2] for line in sections[titles[3]]]
+    assert loss == [["1", "bottlecap-muon-wd"], ["2", "bottlecap-baseline"]]
+    header = out.splitlines()[2]
+    assert header.index("BPB") + 3 == header.index("hardware FLOPs") - 2  # numbers right-aligned
+
+
+def test_json_from_file_and_s3_prefix(capsys: pytest.CaptureFixture[str], s3_bucket: Any) -> None:
+    assert speedrun(["leaderboard", DATA.as_uri(), "--json"]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    assert len(from_file) == 8 and all(isinstance(r["pareto"], bool) and r["tracks"] for r in from_file)
+    assert {r["name"] for r in from_file if r["pareto"]} == PARETO
+    by_name = {r["name"]: r for r in from_file}
+    assert by_name["marin/llama_300m_muon"]["tracks"] == ["marin"]  # Marin's top-level run_info file
+    assert by_name["d26-fp8"]["tracks"] == ["marin", "time-to-core:0.256525"]
+    assert by_name["d26-fp8"]["ranks"] == {"marin": 2, "time-to-core:0.256525": 1}
+    assert by_name["d20"]["ranks"]["time-to-core:0.256525"] is None
+    assert [r["ranks"]["marin"] for r in from_file] == list(range(1, 9))
+    client = s3_bucket.client()
+    for path in DATA.rglob("speedrun_results.json"):
+        client.put_object(Bucket=s3_bucket.name, Key=f"boards/{path.relative_to(DATA).as_posix()}",
+                          Body=path.read_bytes())
+    assert speedrun(["leaderboard", f"s3://{s3_bucket.name}/boards", "--json"]) == 0
+    from_s3 = json.loads(capsys.readouterr().out)
+    for row in (*from_file, *from_s3):
+        row.pop("source")
+    assert from_s3 == from_file
+
+
+def test_errors_are_one_line_and_bad_files_are_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       s3_bucket: Any) -> None:
+    assert speedrun(["leaderboard", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no speedrun_results.json found" in err
+    assert speedrun(["leaderboard", f"s3://{s3_bucket.name}-missing/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+    shutil.copytree(DATA / "bottlecap", tmp_path / "board")
+    (tmp_path / "board" / "broken").mkdir()
+    (tmp_path / "board" / "broken" / "speedrun_results.json").write_text("{not json")
+    assert speedrun(["leaderboard", str(tmp_path / "board"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 2
+    assert re.fullmatch(r"skipping \S+/broken/speedrun_results.json: .*not valid JSON.*\n", captured.err)
+    one = tmp_path / "board" / "baseline" / "speedrun_results.json"
+    assert speedrun(["leaderboard", str(one), "--json"]) == 0  # a single file works too
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["bottlecap-baseline"]
+    no_bpb = tmp_path / "no-bpb" / "x" / "speedrun_results.json"
+    no_bpb.parent.mkdir(parents=True)
+    no_bpb.write_text(json.dumps({"runs": [{"run_info": {"training_time": 5.0, "time_to_target": None}}]}))
+    assert speedrun(["leaderboard", str(tmp_path / "no-bpb"), "--plot", str(tmp_path / "p.png")]) == 2
+    assert "no run has both a BPB and hardware FLOPs to plot" in capsys.readouterr().err
+
+
+def test_plot_png_shows_the_frontier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plots" / "board.png"
+    assert speedrun(["leaderboard", str(DATA), "--plot", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().err
+    image = load_png(out.read_bytes())
+    assert image.shape == (605, 990, 3)  # 9 x 5.5 inches at 110 dpi
+    assert image.std() > 20  # not blank
+    assert pixels_near(image, FRONTIER_COLOR) > 1500  # the staircase and its four markers
+    # Only runs on the frontier are drawn in its color: a board of dominated runs shows one point.
+    lonely = lb.rank_runs([run("x", 1e18, 1.2)])["marin"]
+    from speedrun_trainer.leaderboard_render import plot_png
+
+    single = load_png(plot_png(lonely) or b"")
+    assert 0 < pixels_near(single, FRONTIER_COLOR) < pixels_near(image, FRONTIER_COLOR) / 3
+
+
+def find_chromium() -> str | None:
+    return shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+def test_html_page_renders_in_headless_chromium(tmp_path: Path) -> None:
+    page = tmp_path / "board.html"
+    assert speedrun(["leaderboard", str(DATA), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert re.search(r'(?:src|href)="(?!data:)', text) is None  # self-contained: nothing to fetch
+    assert "<script" not in text and text.count("<table>") == 4 and text.count('class="highlight"') >= 4
+    embedded = re.search(r'src="data:image/png;base64,([^"]+)"', text)
+    assert embedded is not None and load_png(base64.b64decode(embedded.group(1))).std() > 20
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium): the page was not rendered")
+    shot = tmp_path / "screenshot.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,900",
+         page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )
+    image = load_png(shot.read_bytes())
+    assert image.shape == (900, 1200, 3)
+    assert image.std() > 20  # not a blank page
+    assert pixels_near(image, FRONTIER_COLOR) > 500  # the embedded plot was drawn
+    assert pixels_near(image, "#fff4e6", tolerance=3) > 2000  # and the table, frontier rows highlighted

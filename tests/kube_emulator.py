@@ -30,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import functools
 import json
+import logging
 import random
 import string
 import threading
@@ -52,6 +54,8 @@ import yaml
 
 try:  # optional: CEL rules are checked only where cel-python is installed
     import celpy
+
+    logging.getLogger("celpy").setLevel(logging.WARNING)  # its DEBUG output drowns kopf's --verbose
 except ImportError:  # pragma: no cover - depends on the environment
     celpy = None
 
@@ -128,12 +132,16 @@ def evaluate_cel(rule: str, value: Any) -> bool:
     """True when the rule holds for `self = value`; evaluation errors count as failures."""
     if celpy is None:
         raise RuntimeError("cel-python is not installed")
-    env = celpy.Environment()
     try:
-        program = env.program(env.compile(rule))
-        return bool(program.evaluate({"self": celpy.json_to_cel(value)}))
+        return bool(_cel_program(rule).evaluate({"self": celpy.json_to_cel(value)}))
     except Exception:
         return False
+
+
+@functools.lru_cache(maxsize=256)
+def _cel_program(rule: str) -> Any:
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
 
 
 # ---- the emulator -------------------------------------------------------------------------------
@@ -178,6 +186,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
 
     _custom: dict[kmock.resource, CustomResourceSchema] = attrs.field(factory=dict, init=False)
     _resource_version: int = attrs.field(default=0, init=False)
+    namespaces: set[str] = attrs.field(factory=lambda: {"default"})
 
     def register_crd(self, crd: dict[str, Any]) -> kmock.resource:
         """Serve a custom resource as the apiserver would after `kubectl apply -f crd.yaml`."""
@@ -187,6 +196,27 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         return custom.resource
 
     # -- request routing
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock 0.8 cannot parse the path /api/v1/namespaces (it reads "namespaces" as the
+        # namespace prefix of a namespaced path); kopf lists and watches it to find the
+        # namespaces it serves, so answer here with the known ones.
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces" and raw_request.method == "GET":
+            return await self._serve_namespaces(raw_request)
+        return await super().__call__(raw_request)
+
+    async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        items = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "resourceVersion": "1"}}
+            for ns in sorted(self.namespaces)
+        ]
+        if raw_request.query.get("watch") != "true":
+            listing = {"apiVersion": "v1", "kind": "NamespaceList", "items": items}
+            return aiohttp.web.json_response({**listing, "metadata": {"resourceVersion": "1"}})
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(raw_request)
+        await asyncio.Event().wait()  # a fixed set of namespaces: a watch that never says anything
+        return response
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.resource is None or (request.name is None and request.action != kmock.action.CREATE):
@@ -208,6 +238,41 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         selector = request.params.get("labelSelector", "")
         items = [o for o in listing["items"] if match_labels(o.get("metadata", {}).get("labels") or {}, selector)]
         return {**listing, "metadata": {"resourceVersion": str(self._resource_version)}, "items": items}
+
+    async def _serve_watch(self, request: kmock.Request) -> Any:
+        """Watch from `resourceVersion` as the apiserver does: only what changed after it.
+
+        kmock replays every existing object as ADDED; kopf, which lists first and then watches
+        from the list's resourceVersion, would then act on stale copies (and its finalizer
+        JSON-patch would fail its resourceVersion test with nothing newer to retry on).
+        """
+        yield b""  # send the headers now, so the client knows the stream is open
+        since = int(request.params.get("resourceVersion") or 0)
+        selector = request.params.get("labelSelector", "")
+        bus = self._buses[request.resource]
+        async with self._lock:
+            mark = await bus.mark()
+            initial = [
+                {"type": "ADDED", "object": obj.raw}
+                for (resource, namespace, _), obj in self.objects.items()
+                if resource == request.resource
+                and not obj.deleted
+                and self._watched(request, namespace, obj.raw)
+                and int(obj.raw["metadata"].get("resourceVersion") or 0) > since
+            ]
+        for event in initial:
+            if match_labels(event["object"]["metadata"].get("labels") or {}, selector):
+                yield event
+        async for event in bus.stream(since=mark):
+            raw = event.get("object") or {}
+            meta = raw.get("metadata") or {}
+            if self._watched(request, meta.get("namespace"), raw) and match_labels(meta.get("labels") or {}, selector):
+                yield event
+
+    @staticmethod
+    def _watched(request: kmock.Request, namespace: str | None, raw: dict[str, Any]) -> bool:
+        name = (raw.get("metadata") or {}).get("name")
+        return (request.namespace is None or request.namespace == namespace) and request.name in (None, name)
 
     # -- writes
 
@@ -396,8 +461,8 @@ class EmulatedCluster:
         cluster.create("v1", "configmaps", "ns", {...})
     """
 
-    def __init__(self, crds: list[dict[str, Any]] = ()) -> None:
-        self.emulator = KubeApiEmulator()
+    def __init__(self, crds: list[dict[str, Any]] = (), namespaces: tuple[str, ...] = ("default",)) -> None:
+        self.emulator = KubeApiEmulator(namespaces=set(namespaces))
         self.emulator.resources.load_bundled()  # kopf hangs after discovery without v1/namespaces
         for crd in crds:
             self.emulator.register_crd(crd)

@@ -98,6 +98,10 @@ class Trainer:
                 f" = {per_step}"
             )
         self.accum = t.batch_size // per_step
+        if t.precision == "fp8":
+            log("precision fp8: FP8 matmuls are not implemented yet; training with bf16 autocast")
+        if t.precision != "fp32" and env.device.type != "cuda":
+            log(f"precision {t.precision}: no autocast on {env.device.type}; training in fp32")
         self.plan = resolve(job, nodes=max(1, env.world_size // spec.resources.procs_per_node))
         self.storage = run_storage(job)
         endpoint = spec.storage.endpoint_url

@@ -34,3 +34,8 @@ crd: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# The kind quickstart (needs docker with a running engine, kind, kubectl; see README "Try it on kind").
+.PHONY: kind
+kind:
+	scripts/kind-quickstart.sh

@@ -1,0 +1,92 @@
+# syntax=docker/dockerfile:1
+# The two images of speedrun-operator, one target each:
+#
+#   docker build --target operator -t ghcr.io/speedrun-operator/operator:0.1.0 .   # kopf operator, no torch
+#   docker build --target trainer  -t ghcr.io/speedrun-operator/trainer:0.1.0 .    # torch 2.13.0, CPU
+#
+# CUDA trainer: torch's CUDA wheels carry their own CUDA libraries (the node brings the driver),
+# so switching the index is enough:
+#   docker build --target trainer --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
+#     -t ghcr.io/speedrun-operator/trainer:0.1.0-cu128 .
+# BASE picks another base image for the trainer (e.g. nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04);
+# one without python3 gets Debian/Ubuntu's.
+#
+# Both run as UID/GID 1000 (the operator's SPEEDRUN_OPERATOR_RUN_AS_USER default) and work with a
+# read-only root filesystem: HOME is /tmp, which the pods mount as an emptyDir. Layers go from
+# least to most often changed: dependencies (from pyproject.toml) before the source.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG BASE=${PYTHON_IMAGE}
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+# ---- operator ----------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS operator-build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml constraints.txt ./
+COPY scripts/pyproject_requirements.py scripts/
+# The base dependencies only: no `train` extra, so no torch.
+RUN python3 scripts/pyproject_requirements.py pyproject.toml > /tmp/requirements.txt \
+ && pip install -c constraints.txt -r /tmp/requirements.txt
+COPY README.md ./
+COPY trainer/ trainer/
+COPY operator/ operator/
+RUN pip install --no-deps . \
+ && speedrun operator --help >/dev/null \
+ && if pip show torch >/dev/null 2>&1; then echo "torch must not be in the operator image" >&2; exit 1; fi
+
+FROM ${PYTHON_IMAGE} AS operator
+LABEL org.opencontainers.image.title="speedrun-operator" \
+      org.opencontainers.image.description="kopf operator for SpeedrunJob (speedrun.dev/v1alpha1)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --gid 1000 speedrun \
+ && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin speedrun
+COPY --from=operator-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH HOME=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+USER 1000:1000
+# 9090: Prometheus metrics; 8080: kopf's /healthz (both set by the chart).
+EXPOSE 9090 8080
+CMD ["speedrun", "operator"]
+
+# ---- trainer -----------------------------------------------------------------------------------
+FROM ${BASE} AS trainer-build
+ARG TORCH_VERSION
+ARG TORCH_INDEX
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN command -v python3 >/dev/null || { apt-get update \
+      && apt-get install -y --no-install-recommends python3 python3-venv \
+      && rm -rf /var/lib/apt/lists/*; } \
+ && python3 -m venv /opt/venv
+WORKDIR /src
+# torch first: the biggest layer, and the one that changes least often.
+RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
+COPY pyproject.toml constraints.txt ./
+COPY scripts/pyproject_requirements.py scripts/
+RUN python3 scripts/pyproject_requirements.py pyproject.toml train --exclude torch > /tmp/requirements.txt \
+ && pip install -c constraints.txt -r /tmp/requirements.txt
+COPY README.md ./
+COPY trainer/ trainer/
+COPY operator/ operator/
+RUN pip install --no-deps . \
+ && python3 -c "import torch, speedrun_trainer.train; print('torch', torch.__version__)"
+
+FROM ${BASE} AS trainer
+LABEL org.opencontainers.image.title="speedrun-trainer" \
+      org.opencontainers.image.description="GPT speedrun trainer and evaluator (torchrun -m speedrun_trainer.train)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN command -v python3 >/dev/null || { apt-get update \
+      && apt-get install -y --no-install-recommends python3 \
+      && rm -rf /var/lib/apt/lists/*; } \
+ && { getent group 1000 >/dev/null || groupadd --gid 1000 speedrun; } \
+ && { getent passwd 1000 >/dev/null || useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
+      --shell /usr/sbin/nologin speedrun; }
+COPY --from=trainer-build /opt/venv /opt/venv
+# torch.compile and friends cache under HOME; the pods mount /tmp and the shard cache as emptyDirs.
+ENV PATH=/opt/venv/bin:$PATH HOME=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    SPEEDRUN_CACHE_DIR=/var/cache/speedrun
+USER 1000:1000
+# 9400: rank 0's Prometheus metrics; 29400: the c10d rendezvous.
+EXPOSE 9400 29400
+CMD ["speedrun", "--help"]

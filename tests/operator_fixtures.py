@@ -21,9 +21,9 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 
-from kube_emulator import EmulatedCluster, ScriptedJobController, wait_for
 from speedrun_operator.commands import kopf_run_argv
 from speedrun_operator.settings import OperatorSettings
+from tests.kube_emulator import EmulatedCluster, ScriptedJobController, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_PATH = ROOT / "crds" / "speedrunjob.yaml"
@@ -31,8 +31,8 @@ NAMESPACE = "speedruns"
 SRJ = ("speedrun.dev/v1alpha1", "speedrunjobs")
 
 TEST_ENV = {
-    "SPEEDRUN_OPERATOR_PROGRESS_INTERVAL": "0.5",
-    "SPEEDRUN_OPERATOR_RESYNC_INTERVAL": "3",
+    "SPEEDRUN_OPERATOR_PROGRESS_INTERVAL": "1",
+    "SPEEDRUN_OPERATOR_RESYNC_INTERVAL": "5",
     "SPEEDRUN_OPERATOR_DEFAULT_STORAGE_URI": "s3://speedrun-test/runs",
     "SPEEDRUN_TRAINER_IMAGE": "registry.test/speedrun-trainer:test",
 }

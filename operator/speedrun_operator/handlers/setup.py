@@ -38,6 +38,10 @@ def configure(kopf_settings: kopf.OperatorSettings, memo: kopf.Memo, logger: log
     kopf_settings.posting.level = logging.WARNING
     kopf_settings.posting.reporting_component = MANAGER
     kopf_settings.watching.server_timeout = 300  # reconnect watches now and then, as client-go does
+    # A deleted job's timers are stopped before kopf releases its finalizer; our timers are short
+    # sync calls, so wait for them briefly instead of re-checking once a minute (kopf's default).
+    kopf_settings.background.instant_exit_timeout = 2.0
+    kopf_settings.background.cancellation_polling = 2
     if not kopf_settings.peering.mandatory:
         # Auto-detect: peer through KopfPeering "speedrun-operator" if it exists, else standalone.
         kopf_settings.peering.name = DEFAULT_PEERING_NAME

@@ -1,0 +1,279 @@
+"""Unit tests of the operator's pure parts: the state machine, progress and result parsing,
+settings and the `speedrun operator` argv. No API server, no kopf loop."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from speedrun_operator import conditions as C
+from speedrun_operator.commands import kopf_run_argv
+from speedrun_operator.lifecycle import JobState, Observation, is_settled, job_state, next_status
+from speedrun_operator.progress import metrics_url, parse_progress
+from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
+from speedrun_operator.status import Results, SpeedrunJobStatus
+from speedrun_operator.termination import eval_results, failure_detail, parse_results
+
+NOW = "2026-01-01T00:00:00Z"
+LATER = "2026-01-01T01:00:00Z"
+
+
+def job(conditions: list[dict[str, Any]] | None = None, suspend: bool = False, **status: Any) -> dict[str, Any]:
+    return {"spec": {"suspend": suspend}, "status": {**status, "conditions": conditions or []}}
+
+
+@pytest.mark.parametrize(
+    ("body", "phase", "reason"),
+    [
+        (None, "Missing", ""),
+        (job(), "Pending", ""),
+        (job(active=2), "Pending", ""),
+        (job(active=2, ready=2), "Running", ""),
+        (job(suspend=True), "Suspended", ""),
+        (job([{"type": "Complete", "status": "True"}]), "Succeeded", ""),
+        (job([{"type": "SuccessCriteriaMet", "status": "True"}]), "Succeeded", ""),
+        (
+            job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+            "Failed",
+            "BackoffLimitExceeded",
+        ),
+        (job([{"type": "Failed", "status": "False"}], active=1, ready=1), "Running", ""),
+    ],
+)
+def test_job_state(body: dict[str, Any] | None, phase: str, reason: str) -> None:
+    state = job_state(body)
+    assert (state.phase, state.reason) == (phase, reason)
+
+
+RESULTS = Results(uri="s3://b/r.json", bpb=1.25)
+SEEN = Observation(generation=1, nodes="2", now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("name", "seen", "phase", "reason"),
+    [
+        ("invalid", replace(SEEN, spec_error="spec.x: bad"), "Failed", C.REASON_INVALID_SPEC),
+        ("pending", SEEN, "Pending", C.REASON_PENDING),
+        ("queued", replace(SEEN, queued=True, train=JobState("Suspended")), "Queued", C.REASON_QUEUED),
+        ("suspended", replace(SEEN, suspend_requested=True, train=JobState("Suspended")), "Suspended", None),
+        ("training", replace(SEEN, train=JobState("Running", ready=2)), "Training", C.REASON_RUNNING),
+        ("evaluating", replace(SEEN, train=JobState("Succeeded")), "Evaluating", C.REASON_TRAINING_SUCCEEDED),
+        (
+            "config-error",
+            replace(SEEN, train=JobState("Failed", "PodFailurePolicy", "exit 2"), failure_detail="pod p exited 2: bad"),
+            "Failed",
+            C.REASON_INVALID_CONFIG,
+        ),
+        ("deadline", replace(SEEN, train=JobState("Failed", "DeadlineExceeded", "late")), "Failed", C.REASON_DEADLINE),
+        (
+            "eval-failed",
+            replace(SEEN, train=JobState("Succeeded"), evaluation=JobState("Failed", "BackoffLimitExceeded", "oom")),
+            "Failed",
+            C.REASON_EVALUATION_FAILED,
+        ),
+        (
+            "succeeded",
+            replace(SEEN, train=JobState("Succeeded"), evaluation=JobState("Succeeded"), results=RESULTS),
+            "Succeeded",
+            C.REASON_EVALUATION_SUCCEEDED,
+        ),
+        (
+            "results-unreadable",
+            replace(SEEN, train=JobState("Succeeded"), evaluation=JobState("Succeeded"), results_error="not JSON"),
+            "Failed",
+            C.REASON_RESULTS_UNREADABLE,
+        ),
+        (
+            "eval-pod-not-seen-yet",
+            replace(SEEN, train=JobState("Succeeded"), evaluation=JobState("Succeeded")),
+            "Evaluating",
+            C.REASON_TRAINING_SUCCEEDED,
+        ),
+    ],
+)
+def test_next_status_from_nothing(name: str, seen: Observation, phase: str, reason: str | None) -> None:
+    status, transition = next_status(SpeedrunJobStatus(), seen)
+    assert status.phase == phase
+    assert transition is not None and (reason is None or transition.reason == reason)
+    assert transition.type == ("Warning" if phase == "Failed" else "Normal")
+    assert status.observed_generation == 1 and status.nodes == "2"
+    assert (status.completion_time is not None) == (phase in ("Succeeded", "Failed"))
+    if phase == "Failed":
+        failed = C.find(status.conditions, C.FAILED)
+        assert failed is not None and failed.reason == reason and failed.message
+    if name == "config-error":
+        assert "pod p exited 2: bad" in C.find(status.conditions, C.FAILED).message
+    if name == "succeeded":
+        assert status.results == RESULTS
+        assert all(C.is_true(status.conditions, t) for t in (C.EVALUATED, C.RESULTS_PUBLISHED, C.SUCCEEDED))
+
+
+def test_a_repeated_observation_changes_nothing() -> None:
+    seen = replace(SEEN, train=JobState("Running", ready=2))
+    first, transition = next_status(SpeedrunJobStatus(), seen)
+    again, no_transition = next_status(first, replace(seen, now=LATER))
+    assert transition is not None and no_transition is None
+    assert again.wire() == first.wire()  # lastTransitionTime kept, no new startTime
+
+
+def test_pods_being_replaced_stay_training_and_restarts_count() -> None:
+    running, _ = next_status(SpeedrunJobStatus(), replace(SEEN, train=JobState("Running", ready=2)))
+    replaced, transition = next_status(running, replace(SEEN, now=LATER, train=JobState("Pending", failed=1)))
+    assert replaced.phase == "Training" and transition is None and replaced.restarts == 1
+    assert replaced.start_time == NOW
+
+
+def test_training_done_is_remembered_when_the_job_is_gone() -> None:
+    evaluating, _ = next_status(SpeedrunJobStatus(), replace(SEEN, train=JobState("Succeeded")))
+    still, transition = next_status(evaluating, replace(SEEN, now=LATER))  # train Job deleted by TTL
+    assert still.phase == "Evaluating" and transition is None
+
+
+def test_settled_and_retry_after_a_spec_fix() -> None:
+    failed, _ = next_status(SpeedrunJobStatus(), replace(SEEN, spec_error="spec.x: bad"))
+    assert is_settled(failed, generation=1)
+    assert not is_settled(failed, generation=2)  # edited: validate again
+    fixed, transition = next_status(failed, replace(SEEN, generation=2, now=LATER))
+    assert fixed.phase == "Pending" and C.find(fixed.conditions, C.FAILED) is None and fixed.completion_time is None
+    assert transition is not None and transition.type == "Normal"
+    crashed, _ = next_status(SpeedrunJobStatus(), replace(SEEN, train=JobState("Failed", "BackoffLimitExceeded")))
+    assert is_settled(crashed, generation=2)  # a training failure is final
+    done, _ = next_status(
+        SpeedrunJobStatus(),
+        replace(SEEN, train=JobState("Succeeded"), evaluation=JobState("Succeeded"), results=RESULTS),
+    )
+    assert is_settled(done, generation=5)
+
+
+def test_set_condition_keeps_transition_time_while_status_holds() -> None:
+    conds = C.set_condition([], C.TRAINING, C.TRUE, "Running", "a", NOW, 1)
+    conds = C.set_condition(conds, C.TRAINING, C.TRUE, "Running", "b", LATER, 2)
+    assert conds[0].last_transition_time == NOW and conds[0].message == "b" and conds[0].observed_generation == 2
+    conds = C.set_condition(conds, C.TRAINING, C.FALSE, "TrainingSucceeded", "", LATER, 2)
+    assert conds[0].last_transition_time == LATER
+
+
+EXPOSITION = """\
+# HELP speedrun_step Optimizer steps done
+# TYPE speedrun_step gauge
+speedrun_step 120.0
+# TYPE speedrun_total_steps gauge
+speedrun_total_steps 300.0
+# TYPE speedrun_train_loss gauge
+speedrun_train_loss 3.125
+# TYPE speedrun_val_loss gauge
+speedrun_val_loss NaN
+# TYPE speedrun_tokens_per_second gauge
+speedrun_tokens_per_second 5.5e5
+# TYPE speedrun_mfu gauge
+speedrun_mfu 0.42
+# TYPE speedrun_eta_seconds gauge
+speedrun_eta_seconds 61
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 12.0
+"""
+
+
+def test_parse_progress_maps_the_contract_gauges() -> None:
+    assert parse_progress(EXPOSITION) == {
+        "step": 120,
+        "total_steps": 300,
+        "train_loss": 3.125,
+        "tokens_per_second": 550000.0,
+        "mfu": 0.42,
+        "eta_seconds": 61.0,
+    }
+    assert parse_progress("") == {}
+
+
+def test_metrics_url() -> None:
+    assert metrics_url({"status": {"podIP": "10.0.0.7"}}, 9400) == "http://10.0.0.7:9400/metrics"
+    assert metrics_url({"status": {"podIP": "fd00::7"}}, 9400) == "http://[fd00::7]:9400/metrics"
+    assert metrics_url({"status": {}}, 9400) is None
+
+
+def pod(name: str, code: int, message: str | None, container: str = "evaluator") -> dict[str, Any]:
+    terminated: dict[str, Any] = {"exitCode": code}
+    if message is not None:
+        terminated["message"] = message
+    return {
+        "metadata": {"name": name},
+        "status": {"containerStatuses": [{"name": container, "state": {"terminated": terminated}}]},
+    }
+
+
+def test_eval_results_from_the_termination_message() -> None:
+    message = json.dumps({"uri": "s3://b/r.json", "bpb": 1.5, "core": None, "valLoss": 2.0, "extraKey": 1})
+    results, error = eval_results([pod("e-1", 1, "oom"), pod("e-2", 0, message)], "evaluator")
+    assert error is None and results == Results(uri="s3://b/r.json", bpb=1.5, val_loss=2.0)
+    assert eval_results([], "evaluator") == (None, None)
+    assert eval_results([pod("e", 0, None)], "evaluator")[1] == "pod e left no termination message"
+    assert "not JSON" in eval_results([pod("e", 0, "Traceback...")], "evaluator")[1]
+    assert "bpb" in eval_results([pod("e", 0, json.dumps({"uri": "x"}))], "evaluator")[1]
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        parse_results("[1, 2]")
+
+
+def test_failure_detail_is_the_last_log_line() -> None:
+    log = "step 1\nTraceback (most recent call last):\n  ...\nspec.train.batchSize: bad\n"
+    pods = [pod("t-0", 0, None, "trainer"), pod("t-1", 2, log, "trainer")]
+    assert failure_detail(pods, "trainer") == "pod t-1 exited 2: spec.train.batchSize: bad"
+    assert failure_detail([pod("t-0", 137, None, "trainer")], "trainer") == "pod t-0 exited 137"
+    assert failure_detail([pod("t-0", 0, None, "trainer")], "trainer") is None
+
+
+def test_settings_round_trip_through_the_environment() -> None:
+    assert OperatorSettings.from_env({}) == OperatorSettings()
+    assert OperatorSettings().trainer_image == DEFAULT_TRAINER_IMAGE == "ghcr.io/speedrun-operator/trainer:0.1.0"
+    custom = OperatorSettings(
+        trainer_image="x/y:1", namespaces=("a", "b"), metrics_port=0, standalone=True, progress_interval=2.5
+    )
+    env = custom.to_env()
+    assert env["SPEEDRUN_TRAINER_IMAGE"] == "x/y:1" and env["SPEEDRUN_OPERATOR_NAMESPACES"] == "a,b"
+    assert OperatorSettings.from_env(env) == custom
+    with pytest.raises(ValueError, match="SPEEDRUN_OPERATOR_METRICS_PORT"):
+        OperatorSettings.from_env({"SPEEDRUN_OPERATOR_METRICS_PORT": "lots"})
+
+
+def test_kopf_argv() -> None:
+    assert kopf_run_argv(OperatorSettings()) == ["run", "-m", "speedrun_operator.main", "--all-namespaces"]
+    argv = kopf_run_argv(OperatorSettings(namespaces=("a", "b"), peering="ha", liveness="http://0.0.0.0:8080/healthz"))
+    assert argv == [
+        "run",
+        "-m",
+        "speedrun_operator.main",
+        "--namespace",
+        "a",
+        "--namespace",
+        "b",
+        "--peering",
+        "ha",
+        "--liveness",
+        "http://0.0.0.0:8080/healthz",
+    ]
+    assert kopf_run_argv(OperatorSettings(standalone=True, peering="ha"), dev=True)[-3:] == [
+        "--standalone",
+        "--dev",
+        "--verbose",
+    ]
+
+
+def test_operator_flags_become_settings() -> None:
+    import argparse
+
+    from speedrun_operator.commands import register, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["operator", "-n", "team-a", "--image", "i:2", "--metrics-port", "0", "--peering", "p"])
+    settings = settings_from_args(args, OperatorSettings())
+    assert (settings.namespaces, settings.trainer_image, settings.metrics_port, settings.peering) == (
+        ("team-a",),
+        "i:2",
+        0,
+        "p",
+    )
+    assert args.func.__name__ == "operator_command"

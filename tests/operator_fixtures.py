@@ -30,13 +30,16 @@ CRD_PATH = ROOT / "crds" / "speedrunjob.yaml"
 NAMESPACE = "speedruns"
 SRJ = ("speedrun.dev/v1alpha1", "speedrunjobs")
 
-TEST_ENV = {
-    "SPEEDRUN_OPERATOR_PROGRESS_INTERVAL": "1",
-    "SPEEDRUN_OPERATOR_RESYNC_INTERVAL": "5",
+# Read when speedrun_operator.main is imported (kopf needs timer intervals at decoration time),
+# so they are set as this module is imported; nothing else in the test session reads them.
+TIMER_ENV = {"SPEEDRUN_OPERATOR_PROGRESS_INTERVAL": "1", "SPEEDRUN_OPERATOR_RESYNC_INTERVAL": "5"}
+for _key, _value in TIMER_ENV.items():
+    os.environ.setdefault(_key, _value)
+# Read at operator start-up: set only while an operator runs.
+OPERATOR_ENV = {
     "SPEEDRUN_OPERATOR_DEFAULT_STORAGE_URI": "s3://speedrun-test/runs",
     "SPEEDRUN_TRAINER_IMAGE": "registry.test/speedrun-trainer:test",
 }
-os.environ.update(TEST_ENV)
 
 
 def free_port() -> int:
@@ -64,10 +67,10 @@ def emulated_cluster(tmp: Path) -> Iterator[EmulatedCluster]:
 @contextlib.contextmanager
 def start_operator(metrics_port: int = 0) -> Iterator[KopfRunner]:
     """The operator as `speedrun operator --namespace speedruns` runs it (standalone: no peering)."""
-    settings = OperatorSettings.from_env()
-    settings = OperatorSettings(**{**settings.__dict__, "namespaces": (NAMESPACE,), "standalone": True})
+    settings = OperatorSettings(namespaces=(NAMESPACE,), standalone=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPEEDRUN_OPERATOR_METRICS_PORT", str(metrics_port))
+        for key, value in {**OPERATOR_ENV, "SPEEDRUN_OPERATOR_METRICS_PORT": str(metrics_port)}.items():
+            mp.setenv(key, value)
         with KopfRunner(kopf_run_argv(settings, verbose=True), timeout=30) as runner:
             yield runner
 

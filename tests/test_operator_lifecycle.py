@@ -203,6 +203,21 @@ def test_suspend_and_resume(runs: Speedruns) -> None:
     runs.jobs.start_pods(NAMESPACE, "pausable-train")
     runs.wait_phase("pausable", "Training")
     assert runs.condition("pausable", "Suspended")["reason"] == "Resumed"
+    assert not [e for e in runs.events("pausable") if e[1] == "SpecChangeIgnored"]
+
+
+def test_spec_edits_after_start_are_reported_not_applied(runs: Speedruns) -> None:
+    runs.apply(tiny_job("edited"))
+    wait_for(lambda: runs.job("edited-train"), what="the training Job")
+    runs.jobs.start_pods(NAMESPACE, "edited-train")
+    runs.wait_phase("edited", "Training")
+    template = runs.job("edited-train")["spec"]["template"]
+
+    runs.cluster.patch(*SRJ, NAMESPACE, "edited", {"spec": {"train": {"steps": 400}}})
+    event = wait_for(lambda: [e for e in runs.events("edited") if e[1] == "SpecChangeIgnored"], what="the Event")
+    assert event[0][0] == "Warning" and event[0][2].startswith("spec.train.steps: ")
+    assert runs.job("edited-train")["spec"]["template"] == template
+    assert wait_for(lambda: runs.status("edited").get("observedGeneration") == 2, what="observedGeneration 2")
 
 
 def test_delete_removes_what_the_job_owns(runs: Speedruns) -> None:

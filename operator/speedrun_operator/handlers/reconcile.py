@@ -149,12 +149,24 @@ def _write(
 
 def on_spec_change(ctx: OperatorContext, namespace: str, name: str, diff: Any, status: dict[str, Any]) -> None:
     """A spec edit: reconcile (suspend/resume, re-validation) and say what will not apply."""
-    changed = {tuple(field) for _, field, _, _ in diff if tuple(field[:1]) == ("spec",)}
     reconciled = reconcile(ctx, namespace, name, "update")
-    ignored = changed - {("spec", "runPolicy", "suspend"), ("spec", "runPolicy")}
+    ignored = ignored_spec_changes(diff)
     started = (status or {}).get("phase") not in (None, "Failed")
     if ignored and started and reconciled is not None:
-        paths = ", ".join(".".join(f) for f in sorted(ignored))
         body = ctx.client.get(kube.SPEEDRUNJOB, namespace, name)
         if body is not None:
-            kopf.event(body, type="Warning", reason="SpecChangeIgnored", message=f"{paths}: {IMMUTABLE_NOTE}")
+            message = f"{', '.join(ignored)}: {IMMUTABLE_NOTE}"
+            kopf.event(body, type="Warning", reason="SpecChangeIgnored", message=message)
+
+
+def ignored_spec_changes(diff: Any) -> list[str]:
+    """Changed spec paths (kopf's diff of the `spec` field) other than runPolicy.suspend."""
+    ignored = []
+    for _op, field, _old, new in diff:
+        path = tuple(field)
+        if path == ("runPolicy", "suspend"):
+            continue
+        if path == ("runPolicy",) and isinstance(new, dict) and set(new) <= {"suspend"}:
+            continue
+        ignored.append(".".join(("spec", *path)))
+    return sorted(ignored)

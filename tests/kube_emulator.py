@@ -19,10 +19,10 @@ a real cluster:
   are evaluated when `cel-python` is installed.
 
 `EmulatedCluster` serves it on 127.0.0.1 from a background thread (its own event loop), writes a
-kubeconfig for it, and offers a small synchronous JSON client for tests. `ScriptedJobController`
-plays the Job controller and kubelet by hand (pods, pod and Job status) through that client.
-The e2e "process kubelet" is meant to replace `ScriptedJobController` with one that runs each
-pod's command as a local process; it talks to the same `EmulatedCluster`.
+kubeconfig for it, and offers a small synchronous JSON client for tests. Custom-resource
+admission (defaults, schema, CEL) lives in tests/kube_admission.py; the Job controller and
+kubelet are played by tests/scripted_jobs.py (`ScriptedJobController`, step by step) or by the
+e2e process kubelet (tests/process_kubelet.py), both through this same client.
 """
 
 from __future__ import annotations
@@ -30,9 +30,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
-import functools
 import json
-import logging
 import random
 import string
 import threading
@@ -48,114 +46,17 @@ from typing import Any
 import aiohttp.web
 import attrs
 import jsonpatch
-import jsonschema
 import kmock
 import yaml
 
-try:  # optional: CEL rules are checked only where cel-python is installed
-    import celpy
-
-    logging.getLogger("celpy").setLevel(logging.WARNING)  # its DEBUG output drowns kopf's --verbose
-except ImportError:  # pragma: no cover - depends on the environment
-    celpy = None
-
-# ---- custom resources: defaults, schema and CEL ------------------------------------------------
-
-
-def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """Structural defaulting as the apiserver does it: fill missing properties that have one."""
-    if not isinstance(value, dict) or schema.get("type") != "object":
-        if isinstance(value, list) and "items" in schema:
-            return [apply_defaults(schema["items"], item) for item in value]
-        return value
-    out = dict(value)
-    for name, prop in schema.get("properties", {}).items():
-        if name not in out and "default" in prop:
-            out[name] = copy.deepcopy(prop["default"])
-        if name in out:
-            out[name] = apply_defaults(prop, out[name])
-    extra = schema.get("additionalProperties")
-    if isinstance(extra, dict):
-        for name in set(out) - set(schema.get("properties", {})):
-            out[name] = apply_defaults(extra, out[name])
-    return out
-
-
-class CustomResourceSchema:
-    """One served version of a CRD: its resource, discovery info and admission checks."""
-
-    def __init__(self, crd: dict[str, Any]) -> None:
-        spec = crd["spec"]
-        version = next(v for v in spec["versions"] if v.get("served", True))
-        self.resource = kmock.resource(spec["group"], version["name"], spec["names"]["plural"])
-        self.info = kmock.ResourceInfo(
-            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-            kind=spec["names"]["kind"],
-            singular=spec["names"].get("singular"),
-            shortnames=spec["names"].get("shortNames", []),
-            categories=spec["names"].get("categories", []),
-            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-            subresources=set(version.get("subresources", {})),
-        )
-        self.schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
-        self._validator = jsonschema.Draft4Validator(self.schema)
-
-    def default(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return apply_defaults(self.schema, obj)
-
-    def validate(self, obj: dict[str, Any]) -> list[str]:
-        """Schema errors, then failed CEL rules: one line each, as `kubectl apply` shows them."""
-        problems = [
-            f"{'.'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
-            for err in sorted(self._validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
-        ]
-        if not problems and celpy is not None:
-            problems = self._cel_failures(self.schema, obj)
-        return problems
-
-    def _cel_failures(self, schema: dict[str, Any], value: Any) -> list[str]:
-        out: list[str] = []
-        for rule in schema.get("x-kubernetes-validations", []):
-            if not evaluate_cel(rule["rule"], value):
-                out.append(rule.get("message", rule["rule"]))
-        if isinstance(value, dict):
-            for name, prop in schema.get("properties", {}).items():
-                if name in value:
-                    out += self._cel_failures(prop, value[name])
-        elif isinstance(value, list) and "items" in schema:
-            for item in value:
-                out += self._cel_failures(schema["items"], item)
-        return out
-
-
-def evaluate_cel(rule: str, value: Any) -> bool:
-    """True when the rule holds for `self = value`; evaluation errors count as failures."""
-    if celpy is None:
-        raise RuntimeError("cel-python is not installed")
-    return _cel_holds(rule, json.dumps(value, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=4096)
-def _cel_holds(rule: str, value_json: str) -> bool:
-    # celpy is slow (~30 ms a rule); tests apply the same few manifests again and again.
-    try:
-        return bool(_cel_program(rule).evaluate({"self": celpy.json_to_cel(json.loads(value_json))}))
-    except Exception:
-        return False
-
-
-@functools.lru_cache(maxsize=256)
-def _cel_program(rule: str) -> Any:
-    env = celpy.Environment()
-    return env.program(env.compile(rule))
-
+from tests.kube_admission import CustomResourceSchema, apply_defaults, evaluate_cel
 
 # ---- the emulator -------------------------------------------------------------------------------
 
 READ_ONLY_METADATA = ("uid", "creationTimestamp", "name", "namespace", "generateName")
 
 
-def _now() -> str:
+def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -341,7 +242,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             data.pop("status", None)
         meta = data["metadata"]
         meta.pop("deletionTimestamp", None)
-        meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now())
+        meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=now_rfc3339())
         key = (resource, meta.get("namespace"), meta["name"])
         async with self._lock:
             if self._live(key) is not None:
@@ -428,7 +329,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         meta = raw["metadata"]
         if meta.get("finalizers"):
             if not meta.get("deletionTimestamp"):
-                meta["deletionTimestamp"] = _now()
+                meta["deletionTimestamp"] = now_rfc3339()
                 meta["generation"] = meta.get("generation", 1) + 1
                 meta["resourceVersion"] = self._next_version()
                 obj.history.append(raw)
@@ -606,132 +507,16 @@ def wait_for(
         time.sleep(interval)
 
 
-# ---- the Job controller and kubelet, played by the test ------------------------------------------
-
-COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
-JOB_NAME = "batch.kubernetes.io/job-name"
-
-
-class ScriptedJobController:
-    """Creates the pods of a Job and writes pod and Job status, as the test says when.
-
-    Real clusters do this in the Job controller and the kubelet; here each call is one step of
-    their work, written through the API so the operator sees ordinary watch events.
-    """
-
-    def __init__(self, cluster: EmulatedCluster) -> None:
-        self.cluster = cluster
-
-    def job(self, namespace: str, name: str) -> dict[str, Any]:
-        job = self.cluster.get("batch/v1", "jobs", namespace, name)
-        if job is None:
-            raise AssertionError(f"Job {namespace}/{name} does not exist")
-        return job
-
-    def pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        return self.cluster.list("v1", "pods", namespace, {"job-name": job_name})
-
-    def start_pods(self, namespace: str, job_name: str, pod_ip: str = "127.0.0.1") -> list[dict[str, Any]]:
-        """Create one Running pod per completion index (Indexed Jobs) or one pod."""
-        job = self.job(namespace, job_name)
-        spec = job["spec"]
-        template = spec["template"]
-        indexed = spec.get("completionMode") == "Indexed"
-        pods = []
-        for index in range(spec.get("parallelism", 1)):
-            labels = {**template["metadata"].get("labels", {}), "job-name": job_name, JOB_NAME: job_name}
-            pod_spec = copy.deepcopy(template["spec"])
-            if indexed:
-                labels[COMPLETION_INDEX] = str(index)
-                pod_spec["hostname"] = f"{job_name}-{index}"
-            owner = {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "name": job_name,
-                "uid": job["metadata"]["uid"],
-                "controller": True,
-            }
-            pod = self.cluster.create(
-                "v1",
-                "pods",
-                namespace,
-                {
-                    "metadata": {"generateName": f"{job_name}-{index}-", "labels": labels, "ownerReferences": [owner]},
-                    "spec": pod_spec,
-                },
-            )
-            container = pod_spec["containers"][0]["name"]
-            running = {"name": container, "ready": True, "state": {"running": {"startedAt": _now()}}}
-            status = {"phase": "Running", "podIP": pod_ip, "startTime": _now(), "containerStatuses": [running]}
-            pods.append(self._pod_status(namespace, pod, status))
-        self._job_status(namespace, job_name, {"active": len(pods), "ready": len(pods), "startTime": _now()})
-        return pods
-
-    def succeed(self, namespace: str, job_name: str, termination_message: str | None = None) -> None:
-        """Every pod exits 0 (rank 0 leaves `termination_message`); the Job completes."""
-        pods = self.pods(namespace, job_name)
-        for pod in pods:
-            self._terminate(namespace, pod, 0, "Completed", termination_message)
-        now = _now()
-        conditions = [
-            {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
-            {"type": "Complete", "status": "True", "lastTransitionTime": now},
-        ]
-        status = {"active": 0, "ready": 0, "succeeded": len(pods), "completionTime": now, "conditions": conditions}
-        self._job_status(namespace, job_name, status)
-
-    def fail_pod(self, namespace: str, job_name: str, exit_code: int = 1, message: str = "") -> None:
-        """One pod fails and the Job controller replaces it (counts toward backoffLimit)."""
-        pods = self.pods(namespace, job_name)
-        self._terminate(namespace, pods[0], exit_code, "Error", message)
-        failed = self.job(namespace, job_name).get("status", {}).get("failed", 0) + 1
-        self._job_status(namespace, job_name, {"failed": failed})
-
-    def fail(self, namespace: str, job_name: str, reason: str, message: str, exit_code: int = 1, log: str = "") -> None:
-        """The Job fails for good (BackoffLimitExceeded, PodFailurePolicy, DeadlineExceeded)."""
-        pods = self.pods(namespace, job_name)
-        if pods:
-            self._terminate(namespace, pods[0], exit_code, "Error", log)
-        now = _now()
-        conditions = [
-            {
-                "type": "FailureTarget",
-                "status": "True",
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": now,
-            },
-            {"type": "Failed", "status": "True", "reason": reason, "message": message, "lastTransitionTime": now},
-        ]
-        failed = self.job(namespace, job_name).get("status", {}).get("failed", 0) + (1 if pods else 0)
-        self._job_status(namespace, job_name, {"active": 0, "ready": 0, "failed": failed, "conditions": conditions})
-
-    def sync_suspension(self, namespace: str, job_name: str) -> None:
-        """A suspended Job's pods are deleted and it reports Suspended (the Job controller)."""
-        job = self.job(namespace, job_name)
-        if not job["spec"].get("suspend"):
-            return
-        for pod in self.pods(namespace, job_name):
-            self.cluster.delete("v1", "pods", namespace, pod["metadata"]["name"])
-        suspended = {"type": "Suspended", "status": "True", "reason": "JobSuspended", "lastTransitionTime": _now()}
-        self._job_status(namespace, job_name, {"active": 0, "ready": 0, "conditions": [suspended]})
-
-    def admit(self, namespace: str, job_name: str) -> None:
-        """What Kueue does when the queue has room: unsuspend the Job."""
-        self.cluster.patch("batch/v1", "jobs", namespace, job_name, {"spec": {"suspend": False}})
-
-    def _terminate(self, namespace: str, pod: dict[str, Any], code: int, reason: str, message: str | None) -> None:
-        container = pod["spec"]["containers"][0]["name"]
-        terminated: dict[str, Any] = {"exitCode": code, "reason": reason, "finishedAt": _now()}
-        if message:
-            terminated["message"] = message
-        state = {"name": container, "ready": False, "state": {"terminated": terminated}}
-        phase = "Succeeded" if code == 0 else "Failed"
-        self._pod_status(namespace, pod, {"phase": phase, "containerStatuses": [state]})
-
-    def _pod_status(self, namespace: str, pod: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-        name = pod["metadata"]["name"]
-        return self.cluster.patch("v1", "pods", namespace, name, {"status": status}, status=True)
-
-    def _job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.cluster.patch("batch/v1", "jobs", namespace, name, {"status": status}, status=True)
+__all__ = [
+    "ApiError",
+    "CustomResourceSchema",
+    "EmulatedCluster",
+    "KubeApiEmulator",
+    "apply_defaults",
+    "evaluate_cel",
+    "match_labels",
+    "merge_patch",
+    "now_rfc3339",
+    "resource_path",
+    "wait_for",
+]

@@ -23,7 +23,8 @@ from kopf.testing import KopfRunner
 
 from speedrun_operator.commands import kopf_run_argv
 from speedrun_operator.settings import OperatorSettings
-from tests.kube_emulator import EmulatedCluster, ScriptedJobController, wait_for
+from tests.kube_emulator import EmulatedCluster, wait_for
+from tests.scripted_jobs import ScriptedJobController
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_PATH = ROOT / "crds" / "speedrunjob.yaml"

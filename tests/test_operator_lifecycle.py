@@ -268,3 +268,15 @@ def test_render_matches_what_the_operator_creates(runs: Speedruns, tmp_path: Pat
     assert [c for c in command if not c.startswith("--rdzv-id")] == [
         c for c in live_command if not c.startswith("--rdzv-id")
     ]
+
+
+def test_orphaned_children_are_adopted_not_duplicated(runs: Speedruns) -> None:
+    labels = {"speedrun.dev/job": "adopter", "speedrun.dev/role": "config"}
+    orphan = {"metadata": {"name": "adopter-run", "labels": labels}, "data": {"run.json": "{}"}}
+    orphan_uid = runs.cluster.create("v1", "configmaps", NAMESPACE, orphan)["metadata"]["uid"]
+    srj = runs.apply(tiny_job("adopter"))
+    wait_for(lambda: runs.job("adopter-train"), what="the training Job")
+    adopted = runs.cluster.get("v1", "configmaps", NAMESPACE, "adopter-run")
+    assert adopted["metadata"]["uid"] == orphan_uid
+    assert [ref["uid"] for ref in adopted["metadata"]["ownerReferences"]] == [srj["metadata"]["uid"]]
+    assert runs.children("adopter")["configmaps"] == ["adopter-run"]

@@ -43,6 +43,42 @@ def _run_dir(job: SpeedrunJob, runs_dir: str, resume: bool) -> Path:
     return base / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def _children_by_parent() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            out.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc; an empty list elsewhere)."""
+    children, found, todo = _children_by_parent(), [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    if not Path("/proc").is_dir():  # not Linux: ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 class LocalRun:
     def __init__(self, job: SpeedrunJob, run_dir: Path, storage_uri: str) -> None:
         self.job, self.run_dir, self.storage_uri = job, run_dir, storage_uri
@@ -109,13 +145,23 @@ class LocalRun:
             time.sleep(0.5)
 
     def stop(self) -> None:
+        """SIGTERM every process we started and their workers, then SIGKILL what is left.
+
+        torchrun starts its workers in sessions of their own, so killing the agent's process
+        group is not enough: the whole tree is collected first (from /proc) and signalled.
+        """
+        tree = {pid for p in self.procs if p.poll() is None for pid in (p.pid, *_descendants(p.pid))}
         for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 2.0)):
-            alive = [p for p in self.procs if p.poll() is None]
-            for p in alive:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, sig)
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
             deadline = time.monotonic() + grace
-            while any(p.poll() is None for p in alive) and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
+                for p in self.procs:
+                    p.poll()  # reap our direct children
+                tree = {pid for pid in tree if _running(pid)}
+                if not tree:
+                    return
                 time.sleep(0.1)
 
     def tail(self, log_name: str, lines: int = 25) -> str:

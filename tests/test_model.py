@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from speedrun_trainer.flops import param_count
 from speedrun_trainer.model import GPT
 from speedrun_trainer.spec import ModelSpec

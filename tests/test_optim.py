@@ -10,6 +10,7 @@ import itertools
 
 import pytest
 import torch
+
 from speedrun_trainer.model import GPT
 from speedrun_trainer.optim import Muon, build_optimizers, lr_multiplier, newton_schulz, set_lr
 from speedrun_trainer.spec import ModelSpec, OptimizerSpec

@@ -7,13 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import tiny_manifest, write_manifest
 
 
-def test_speedrun_run_two_nodes(tmp_path: Path):
+@pytest.mark.parametrize("launcher", ["torchrun", "torchx"])
+def test_speedrun_run_two_nodes(tmp_path: Path, launcher: str):
     manifest = write_manifest(tmp_path / "job.yaml", tiny_manifest())
     res = subprocess.run(
-        [sys.executable, "-m", "speedrun_trainer.cli", "run", str(manifest), "--runs-dir", str(tmp_path / "runs")],
+        [sys.executable, "-m", "speedrun_trainer.cli", "run", str(manifest), "--runs-dir", str(tmp_path / "runs"),
+         "--launcher", launcher],
         capture_output=True, text=True, timeout=240,
     )
     assert res.returncode == 0, res.stdout + res.stderr
@@ -28,7 +32,13 @@ def test_speedrun_run_two_nodes(tmp_path: Path):
     metas = sorted(p.name for p in (run_dir / "checkpoints").glob("meta_*.json"))
     assert metas == ["meta_000010.json", "meta_000020.json"]
     # both agents really trained: one worker joined through each
-    logs = [(run_dir / "logs" / f"train-node-{i}.log").read_text() for i in range(2)]
-    assert sorted(line for log in logs for line in log.splitlines() if line.startswith("worker rank")) == [
+    if launcher == "torchx":
+        logs = [p.read_text() for p in sorted((run_dir / "logs" / "torchx").glob("**/combined.log"))]
+    else:
+        logs = [(run_dir / "logs" / f"train-node-{i}.log").read_text() for i in range(2)]
+    # torchx tees worker output with a "[rank]:" prefix; torchrun writes it as is
+    lines = [line for log in logs for line in log.splitlines() if "worker rank" in line]
+    workers = sorted(line[line.index("worker rank") :] for line in lines)
+    assert workers == [
         "worker rank 0/2 (local rank 0) on cpu", "worker rank 1/2 (local rank 0) on cpu"]
     assert json.loads((run_dir / "termination-message.json").read_text())["bpb"] == info["eval/paloma/c4_en/bpb"]

@@ -86,7 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from speedrun_trainer.local import run_local
 
     job = load_job(args.file)
-    return run_local(job, storage_uri=args.storage, resume=args.resume, runs_dir=args.runs_dir)
+    return run_local(job, storage_uri=args.storage, resume=args.resume, runs_dir=args.runs_dir,
+                     launcher=args.launcher)
 
 
 # Subcommands that other modules register: (module, attribute). Missing or broken optional
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="storage URI for checkpoints and results (default ./runs/<name>/<run-id>)")
     p.add_argument("--resume", action="store_true", help="continue the newest run of this manifest under --runs-dir")
     p.add_argument("--runs-dir", default="runs", help="where local runs live (default ./runs)")
+    p.add_argument("--launcher", choices=("torchrun", "torchx"), default="torchrun",
+                   help="start the nodes as torchrun agents (default) or as a torchx dist.ddp app (local_cwd)")
     p.set_defaults(func=cmd_run)
 
     for module, attr in _PLUGINS:

@@ -1,6 +1,7 @@
 """`speedrun run FILE`: the manifest's speedrun on this machine, no cluster.
 
-Starts one torchrun agent per "node" of `spec.resources` (each with `procsPerNode` workers),
+Starts one torchrun agent per "node" of `spec.resources` (each with `procsPerNode` workers; or,
+with `--launcher torchx`, the same as a torchx `dist.ddp` app on its local_cwd scheduler),
 rendezvousing over loopback with the same c10d flags the operator puts in its pods, then the
 evaluation, then prints the results. Progress comes from the trainer's own Prometheus endpoint
 (the one the operator scrapes), drawn as a one-line bar. Logs go to `<run dir>/logs/`.
@@ -9,28 +10,20 @@ Ctrl-C stops every process group it started.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from speedrun_trainer.launch import TorchxApp, free_port, stop_process_trees
 from speedrun_trainer.manifest import dumps_job
 from speedrun_trainer.plan import resolve
 from speedrun_trainer.progress import ProgressBar, format_results_table, scrape
 from speedrun_trainer.spec import SpeedrunJob
 from speedrun_trainer.storage import open_storage
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run_dir(job: SpeedrunJob, runs_dir: str, resume: bool) -> Path:
@@ -41,42 +34,6 @@ def _run_dir(job: SpeedrunJob, runs_dir: str, resume: bool) -> Path:
             return existing[-1]
         print(f"no earlier run under {base}; starting a new one", file=sys.stderr)
     return base / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _children_by_parent() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            out.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    return out
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (Linux /proc; an empty list elsewhere)."""
-    children, found, todo = _children_by_parent(), [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    if not Path("/proc").is_dir():  # not Linux: ask the kernel whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 class LocalRun:
@@ -100,6 +57,7 @@ class LocalRun:
         }
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        """One `python -m torch.distributed.run` agent, in a session of its own."""
         log = open(self.logs / log_name, "ab")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", *args],
@@ -108,10 +66,19 @@ class LocalRun:
         self.procs.append(proc)
         return proc
 
-    def start_training(self) -> list[subprocess.Popen]:
+    def start_training(self, launcher: str = "torchrun") -> list[subprocess.Popen | TorchxApp]:
         r, policy = self.job.spec.resources, self.job.spec.run_policy
         lo, hi = r.node_range
         port = free_port()
+        if launcher == "torchx":
+            app = TorchxApp(
+                module="speedrun_trainer.train", args=["--config", str(self.config)],
+                nodes=f"{lo}:{hi}" if lo != hi else str(hi), procs_per_node=r.procs_per_node,
+                env={k: v for k, v in self.env.items() if k.startswith(("SPEEDRUN_", "AWS_", "WANDB_", "OMP_"))},
+                max_retries=policy.max_restarts, rdzv_port=port, log_dir=self.logs / "torchx",
+            )
+            self.procs.append(app)
+            return [app]
         run_id = f"{self.job.metadata.name}-{self.run_dir.name}"
         common = [
             f"--nnodes={lo}:{hi}" if lo != hi else f"--nnodes={hi}",
@@ -130,7 +97,7 @@ class LocalRun:
                 "-m", "speedrun_trainer.evaluate", "--config", str(self.config)]
         return self._spawn(args, "eval.log")
 
-    def wait(self, procs: list[subprocess.Popen], bar: ProgressBar | None) -> int:
+    def wait(self, procs: list[subprocess.Popen | TorchxApp], bar: ProgressBar | None) -> int:
         """Wait for all; the first failure stops the rest. Returns the first non-zero code or 0."""
         while True:
             codes = [p.poll() for p in procs]
@@ -145,32 +112,23 @@ class LocalRun:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """SIGTERM every process we started and their workers, then SIGKILL what is left.
-
-        torchrun starts its workers in sessions of their own, so killing the agent's process
-        group is not enough: the whole tree is collected first (from /proc) and signalled.
-        """
-        tree = {pid for p in self.procs if p.poll() is None for pid in (p.pid, *_descendants(p.pid))}
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 2.0)):
-            for pid in tree:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                for p in self.procs:
-                    p.poll()  # reap our direct children
-                tree = {pid for pid in tree if _running(pid)}
-                if not tree:
-                    return
-                time.sleep(0.1)
+        for proc in self.procs:
+            if isinstance(proc, TorchxApp):
+                proc.cancel()
+        stop_process_trees([p for p in self.procs if isinstance(p, subprocess.Popen)])
 
     def tail(self, log_name: str, lines: int = 25) -> str:
         path = self.logs / log_name
+        apps = [p for p in self.procs if isinstance(p, TorchxApp)]
+        if apps and log_name.startswith("train-node-"):
+            path = apps[0].node_log(int(log_name.removeprefix("train-node-").removesuffix(".log"))) or path
         text = path.read_text(errors="replace").splitlines() if path.exists() else []
         return "\n".join(text[-lines:])
 
 
-def run_local(job: SpeedrunJob, *, storage_uri: str | None, resume: bool, runs_dir: str) -> int:
+def run_local(
+    job: SpeedrunJob, *, storage_uri: str | None, resume: bool, runs_dir: str, launcher: str = "torchrun"
+) -> int:
     run_dir = _run_dir(job, runs_dir, resume)
     uri = storage_uri or job.spec.storage.uri or run_dir.as_uri()
     plan = resolve(job)
@@ -184,7 +142,7 @@ def run_local(job: SpeedrunJob, *, storage_uri: str | None, resume: bool, runs_d
     started = time.monotonic()
     try:
         bar = ProgressBar(plan.steps, stream=sys.stderr)
-        code = run.wait(run.start_training(), bar)
+        code = run.wait(run.start_training(launcher), bar)
         bar.finish()
         if code:
             print(f"training failed (exit {code}); last lines of the rank-0 log:\n{run.tail('train-node-0.log')}",

@@ -1,0 +1,722 @@
+"""A "process kubelet" for the e2e tests: the Job controller and the kubelet, played with local processes.
+
+No kube-apiserver, Docker or kind runs on these machines (DESIGN.md, "Testing here"), so the e2e
+tests run the real operator against `KubeApiEmulator` (tests/kube_emulator.py), and this module
+plays the two cluster components the operator relies on, through the same HTTP API:
+
+- the Job controller (batch/v1): creates a Job's pods -- for Indexed Jobs one per completion
+  index, with the index label and annotation, `JOB_COMPLETION_INDEX` in the env, hostname
+  `<job>-<index>` and the template's subdomain -- replaces failed pods after a back-off until
+  `backoffLimit`, applies `podFailurePolicy` (FailJob, Ignore, Count on exit codes and pod
+  conditions), honours `suspend` and `activeDeadlineSeconds`, deletes the running pods of a Job
+  that failed, and writes active/ready/succeeded/failed/completedIndexes and the
+  SuccessCriteriaMet+Complete or FailureTarget+Failed conditions;
+- the kubelet: runs each pod's container command as local processes and writes the pod's status
+  back: Running with `podIP`, then Succeeded/Failed with the exit code (128+signal when killed)
+  and the termination message (the file, or with FallbackToLogsOnError the log tail). Every
+  process of a pod carries `PROCESS_KUBELET_POD_UID=<pod uid>` in its environment, which stands
+  in for the container's cgroup: deleting the pod sends SIGTERM to the main process and later
+  SIGKILL to all of them, and when the main process exits the rest are killed, as a container
+  runtime does (torchrun starts its workers in sessions of their own, so process groups would
+  not reach them).
+
+How a pod maps onto this machine (in a cluster -> here):
+- the image's `torchrun` / `python` -> this interpreter (`python -m torch.distributed.run`).
+- pod IP -> 127.0.0.x, one per Job and completion index (a replacement pod keeps its
+  predecessor's address, as if the DNS name had followed it).
+- DNS `<hostname>.<subdomain>[.<ns>.svc[.cluster.local]]:<port>` -> there is no resolver: such
+  tokens in the command are rewritten to `<pod IP>:<host port>` while a Service named
+  `<subdomain>` exists; each (pod IP, port) gets its own free host port, as each pod has its
+  own port space in a cluster. This is how `--rdzv-endpoint=<name>-train-0.<name>:29400` reaches
+  the index-0 pod.
+- torchrun finds its own address by hostname -> `--local-addr=<pod IP>` is added, and
+  `--rdzv-conf=is_host=true` only where the endpoint is the pod's own address (torch would take
+  any loopback endpoint for its own and every agent would try to host the store).
+- env `value` ($(VAR) expanded), `fieldRef`, `secretKeyRef`, `configMapKeyRef`, `envFrom` ->
+  resolved through the API; a missing Secret or ConfigMap keeps the pod Pending
+  (CreateContainerConfigError) until it exists.
+- configMap, secret and emptyDir volumes -> directories under the pod's scratch dir; mount paths
+  in the arguments and env values are mapped onto them (e.g. /etc/speedrun/run.json, /tmp).
+- /dev/termination-log (terminationMessagePath) -> a file per pod, and `SPEEDRUN_TERMINATION_LOG`
+  is set to it: nothing here can write /dev, where the kubelet bind-mounts the file in a pod.
+
+Limits -- what a real cluster does that this does not:
+- no images, containers, network namespaces or cgroups: every pod runs this interpreter as the
+  test's user on the host's filesystem; securityContext, resources, nodeSelector, tolerations,
+  affinity, priority and image pull policy are ignored; all pods start at once on one "node";
+  OMP_NUM_THREADS=1 stands in for CPU limits.
+- one port space: servers that bind 0.0.0.0 or * (the trainer's metrics endpoint, torch's TCPStore)
+  clash across pods on the same port; the host-port rewriting above covers ports named in the
+  command, tests give each SpeedrunJob a free `spec.metrics.port`. gloo and torchrun's worker store
+  pick their own addresses and ports as on any host.
+- DNS is not real: only the command line is rewritten; a name resolved inside the program is not.
+- one container per pod (the first): no init containers, sidecars, probes, lifecycle hooks, and no
+  container restarts (restartPolicy is Never, which the operator uses); no pods/log endpoint (the
+  logs are files: `ProcessKubelet.log`).
+- the Job controller: back-off is `backoff_seconds` x 2^(failures-1) (Kubernetes: 10 s, capped at
+  6 min); no successPolicy, FailIndex, backoffLimitPerIndex, podReplacementPolicy,
+  ttlSecondsAfterFinished, finalizer-based pod tracking or Events; only pods created here are run.
+- no eviction, preemption or node failure, so the DisruptionTarget condition (an Ignore rule) never
+  appears; deletion is SIGTERM, then SIGKILL after min(terminationGracePeriodSeconds, 5 s).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import datetime
+import itertools
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.kube_emulator import ApiError, EmulatedCluster
+
+log = logging.getLogger("process-kubelet")
+
+NODE_NAME = "process-kubelet"
+INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+JOB_NAME_KEYS = ("batch.kubernetes.io/job-name", "job-name")
+CONTROLLER_UID_KEYS = ("batch.kubernetes.io/controller-uid", "controller-uid")
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+TERMINATION_ENV = "SPEEDRUN_TERMINATION_LOG"
+POD_MARKER = "PROCESS_KUBELET_POD_UID"  # in every pod process's environment: which pod it belongs to
+MESSAGE_LIMIT = 4096  # bytes of a termination message the kubelet keeps
+FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # FallbackToLogsOnError: the log tail it takes instead
+MAX_GRACE_SECONDS = 5.0
+HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9][-A-Za-z0-9.]*):(?P<port>\d+)$")
+FINISHED = ("Succeeded", "Failed")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _label(obj: dict[str, Any], keys: tuple[str, ...] | str) -> str | None:
+    labels = obj["metadata"].get("labels") or {}
+    return next((labels[k] for k in ((keys,) if isinstance(keys, str) else keys) if k in labels), None)
+
+
+def _phase(pod: dict[str, Any]) -> str:
+    return (pod.get("status") or {}).get("phase") or "Pending"
+
+
+def _intervals(indexes: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5", the format of status.completedIndexes."""
+    runs: list[list[int]] = []
+    for i in indexes:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
+def _condition(type_: str, reason: str = "", message: str = "", status: str = "True") -> dict[str, Any]:
+    now = _now()
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastProbeTime": now, "lastTransitionTime": now}
+
+
+def _is_true(conditions: list[dict[str, Any]], type_: str) -> bool:
+    return any(c.get("type") == type_ and c.get("status") == "True" for c in conditions)
+
+
+class PodStartError(Exception):
+    """The pod cannot start yet (a Secret or ConfigMap is missing, an unsupported volume)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class PodProcess:
+    """A running pod: its main process and where its files are."""
+
+    namespace: str
+    name: str
+    uid: str
+    container: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    message_path: Path
+    fallback_to_logs: bool
+    started_at: str
+    grace: float
+    running_status: dict[str, Any]
+    kill_at: float | None = None
+
+
+class ProcessKubelet:
+    """Plays the Job controller and the kubelet for one namespace of an `EmulatedCluster`.
+
+    with ProcessKubelet(cluster, "speedruns", tmp_path / "pods") as kubelet:
+        ...                                   # create Jobs; their pods run as local processes
+        kubelet.kill(pod_name)                # the container dies with SIGKILL (exit code 137)
+        print(kubelet.log(pod_name))
+    """
+
+    def __init__(
+        self,
+        cluster: EmulatedCluster,
+        namespace: str,
+        workdir: Path,
+        *,
+        interval: float = 0.2,
+        backoff_seconds: float = 1.0,
+    ) -> None:
+        self.cluster, self.namespace, self.workdir = cluster, namespace, workdir
+        self.interval, self.backoff_seconds = interval, backoff_seconds
+        self.errors: list[BaseException] = []
+        self._running: dict[str, PodProcess] = {}  # by pod name
+        self._started: set[str] = set()  # pod uids, so nothing runs twice
+        self._waiting: dict[str, str] = {}  # pod name -> why it cannot start (logged once)
+        self._logs: dict[str, Path] = {}
+        self._creation_order: dict[str, int] = {}  # creationTimestamp has only seconds
+        self._addresses: dict[tuple[str, str], str] = {}
+        self._address_numbers = itertools.count()
+        self._host_ports: dict[tuple[str, int], int] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # Job uid -> (counted failures, when the last was seen)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="process-kubelet", daemon=True)
+
+    # ---- lifecycle and test verbs -------------------------------------------------------------
+
+    def __enter__(self) -> ProcessKubelet:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        with self._lock:
+            procs = list(self._running.values())
+        for sig, wait in ((signal.SIGTERM, MAX_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
+            for p in procs:
+                self._signal(p, sig, every_process=sig == signal.SIGKILL)
+            deadline = time.monotonic() + wait
+            while any(p.proc.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def check(self) -> None:
+        """Raise the first error the background loop hit (call it in test teardown)."""
+        if self.errors:
+            raise AssertionError(f"the process kubelet failed: {self.errors[0]!r}") from self.errors[0]
+
+    def pods(self, job_name: str) -> list[dict[str, Any]]:
+        """The Job's pods in creation order."""
+        pods = self.cluster.list("v1", "pods", self.namespace, {JOB_NAME_KEYS[0]: job_name})
+        return sorted(pods, key=lambda p: self._creation_order.get(p["metadata"]["name"], -1))
+
+    def kill(self, pod_name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal every process of the pod's container, as a crash or a cgroup OOM kill would."""
+        with self._lock:
+            running = self._running.get(pod_name)
+        if running is None:
+            raise AssertionError(f"pod {pod_name} is not running")
+        self._signal(running, sig, every_process=True)
+
+    def log(self, pod_name: str) -> str:
+        """The container's stdout and stderr so far (`kubectl logs`)."""
+        path = self._logs.get(pod_name)
+        return path.read_text(errors="replace") if path is not None and path.exists() else ""
+
+    def log_tails(self, lines: int = 30) -> str:
+        return "\n".join(
+            f"----- pod {name} (last {lines} lines) -----\n" + "\n".join(self.log(name).splitlines()[-lines:])
+            for name in self._logs
+        )
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+            except OSError as err:  # the API timed out or refused: a controller retries on its next pass
+                log.warning(f"sync failed, retrying: {err!r}")
+            except Exception as err:  # a bug here: kept for check(), and the loop goes on
+                log.exception("sync failed")
+                self.errors.append(err)
+            self._stop.wait(self.interval)
+
+    def sync_once(self) -> None:
+        """One pass of the kubelet (reap, then start pods) and the Job controller."""
+        pods = self.cluster.list("v1", "pods", self.namespace)
+        self._reap(pods)
+        self._start_pods(pods)
+        pods = self.cluster.list("v1", "pods", self.namespace)
+        for job in self.cluster.list("batch/v1", "jobs", self.namespace):
+            uid = job["metadata"]["uid"]
+            self._sync_job(job, [p for p in pods if _label(p, CONTROLLER_UID_KEYS) == uid])
+
+    # ---- the Job controller -------------------------------------------------------------------
+
+    def _sync_job(self, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+        spec, status = job["spec"], job.get("status") or {}
+        conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+        active = [p for p in pods if _phase(p) not in FINISHED and not p["metadata"].get("deletionTimestamp")]
+        if _is_true(conditions, "Complete") or _is_true(conditions, "Failed"):
+            self._delete_pods(active)
+            return
+        succeeded = [p for p in pods if _phase(p) == "Succeeded"]
+        failed, verdict = self._failures_and_verdict(job, [p for p in pods if _phase(p) == "Failed"])
+        indexed = spec.get("completionMode") == "Indexed"
+        completions, parallelism = spec.get("completions", 1), spec.get("parallelism", 1)
+        done = sorted({int(_label(p, INDEX_KEY) or 0) for p in succeeded}) if indexed else []
+        new: dict[str, Any] = {"startTime": status.get("startTime") or (None if spec.get("suspend") else _now())}
+        deadline = spec.get("activeDeadlineSeconds")
+        if verdict is None and failed > spec.get("backoffLimit", 6):
+            verdict = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        if verdict is None and deadline is not None and new["startTime"] and self._age(new["startTime"]) > deadline:
+            verdict = ("DeadlineExceeded", "Job was active longer than specified deadline")
+        if verdict is not None:
+            self._delete_pods(active)
+            active = []
+            conditions += [_condition("FailureTarget", *verdict), _condition("Failed", *verdict)]
+        elif (len(done) if indexed else len(succeeded)) >= completions:
+            conditions += [
+                _condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
+                _condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods"),
+            ]
+            new["completionTime"] = _now()
+        elif spec.get("suspend"):
+            self._delete_pods(active)
+            active = []
+            if not _is_true(conditions, "Suspended"):
+                conditions = [c for c in conditions if c["type"] != "Suspended"]
+                conditions.append(_condition("Suspended", "JobSuspended", "Job suspended"))
+        else:
+            if _is_true(conditions, "Suspended"):
+                conditions = [c for c in conditions if c["type"] != "Suspended"]
+                conditions.append(_condition("Suspended", "JobResumed", "Job resumed", status="False"))
+            if self._backoff_over(job["metadata"]["uid"], failed):
+                active += self._create_missing(job, active, done, len(succeeded), indexed, completions, parallelism)
+        new.update(
+            active=len(active),
+            ready=sum(1 for p in active if _phase(p) == "Running"),
+            succeeded=len(succeeded),
+            failed=failed,
+            conditions=conditions,
+        )
+        if indexed:
+            new["completedIndexes"] = _intervals(done)
+        if any(status.get(k) != v for k, v in new.items()):
+            self._patch_status("batch/v1", "jobs", job["metadata"]["name"], new)
+
+    def _failures_and_verdict(
+        self, job: dict[str, Any], failed_pods: list[dict[str, Any]]
+    ) -> tuple[int, tuple[str, str] | None]:
+        """Failed pods that count toward backoffLimit, and (reason, message) if a FailJob rule matched."""
+        rules = (job["spec"].get("podFailurePolicy") or {}).get("rules") or []
+        counted = 0
+        for pod in failed_pods:
+            action, message = _match_failure_policy(rules, pod)
+            if action == "FailJob":
+                return counted + 1, ("PodFailurePolicy", message)
+            if action != "Ignore":
+                counted += 1
+        uid = job["metadata"]["uid"]
+        if counted > self._failures.get(uid, (0, 0.0))[0]:
+            self._failures[uid] = (counted, time.monotonic())
+        return counted, None
+
+    def _backoff_over(self, job_uid: str, failed: int) -> bool:
+        if not failed:
+            return True
+        _, since = self._failures.get(job_uid, (0, 0.0))
+        return time.monotonic() - since >= self.backoff_seconds * 2 ** (failed - 1)
+
+    def _create_missing(
+        self,
+        job: dict[str, Any],
+        active: list[dict[str, Any]],
+        done: list[int],
+        succeeded: int,
+        indexed: bool,
+        completions: int,
+        parallelism: int,
+    ) -> list[dict[str, Any]]:
+        room = parallelism - len(active)
+        if indexed:
+            busy = {int(_label(p, INDEX_KEY) or 0) for p in active}
+            missing: list[int | None] = [i for i in range(completions) if i not in done and i not in busy]
+        else:
+            missing = [None] * (completions - succeeded - len(active))
+        return [self._create_pod(job, index) for index in missing[: max(0, room)]]
+
+    def _create_pod(self, job: dict[str, Any], index: int | None) -> dict[str, Any]:
+        meta, template = job["metadata"], job["spec"]["template"]
+        name, uid = meta["name"], meta["uid"]
+        labels = {**(template.get("metadata") or {}).get("labels", {})}
+        labels.update({k: uid for k in CONTROLLER_UID_KEYS} | {k: name for k in JOB_NAME_KEYS})
+        annotations = dict((template.get("metadata") or {}).get("annotations") or {})
+        spec = copy.deepcopy(template["spec"])
+        spec["nodeName"] = NODE_NAME
+        if index is not None:
+            labels[INDEX_KEY] = annotations[INDEX_KEY] = str(index)
+            spec["hostname"] = f"{name}-{index}"
+            index_env = {"name": "JOB_COMPLETION_INDEX",
+                         "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{INDEX_KEY}']"}}}
+            for container in spec["containers"]:
+                container["env"] = [index_env, *(container.get("env") or [])]
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
+                 "controller": True, "blockOwnerDeletion": True}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "generateName": f"{name}-{index}-" if index is not None else f"{name}-",
+                "labels": labels,
+                "annotations": annotations,
+                "ownerReferences": [owner],
+            },
+            "spec": spec,
+        }
+        created = self.cluster.create("v1", "pods", self.namespace, pod)
+        self._creation_order[created["metadata"]["name"]] = len(self._creation_order)
+        log.info(f"job {name}: created pod {created['metadata']['name']}")
+        return created
+
+    def _delete_pods(self, pods: list[dict[str, Any]]) -> None:
+        for pod in pods:
+            with contextlib.suppress(ApiError):
+                self.cluster.delete("v1", "pods", self.namespace, pod["metadata"]["name"])
+
+    @staticmethod
+    def _age(timestamp: str) -> float:
+        started = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+        return (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+
+    # ---- the kubelet --------------------------------------------------------------------------
+
+    def _reap(self, pods: list[dict[str, Any]]) -> None:
+        """Exited processes -> pod status; deleted pods -> their processes stopped."""
+        live = {p["metadata"]["name"]: p for p in pods}
+        with self._lock:
+            running = list(self._running.values())
+        for p in running:
+            pod = live.get(p.name)
+            gone = pod is None or pod["metadata"]["uid"] != p.uid or bool(pod["metadata"].get("deletionTimestamp"))
+            if gone and p.kill_at is None:
+                self._signal(p, signal.SIGTERM)
+                p.kill_at = time.monotonic() + p.grace
+            code = p.proc.poll()
+            if code is None:
+                if p.kill_at is not None and time.monotonic() > p.kill_at:
+                    self._signal(p, signal.SIGKILL, every_process=True)
+                elif not gone and _phase(pod) == "Pending":  # the Running write was lost: write it again
+                    self._patch_status("v1", "pods", p.name, p.running_status)
+                continue
+            # The container ends with its main process: what it left behind goes with it.
+            self._signal(p, signal.SIGKILL, every_process=True)
+            if not gone:
+                self._write_terminated(p, code if code >= 0 else 128 - code)
+            with self._lock:  # only now: a failed status write is retried on the next pass
+                del self._running[p.name]
+
+    def _write_terminated(self, p: PodProcess, code: int) -> None:
+        message = ""
+        if p.message_path.exists():
+            message = p.message_path.read_bytes()[-MESSAGE_LIMIT:].decode(errors="replace")
+        if not message.strip() and code != 0 and p.fallback_to_logs:
+            tail = p.log_path.read_bytes().splitlines()[-FALLBACK_LINES:]
+            message = b"\n".join(tail)[-FALLBACK_BYTES:].decode(errors="replace")
+        terminated: dict[str, Any] = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": p.started_at,
+            "finishedAt": _now(),
+            "containerID": f"process://{p.proc.pid}",
+        }
+        if message:
+            terminated["message"] = message
+        log.info(f"pod {p.name}: exited {code}")
+        container = {"name": p.container, "ready": False, "started": False, "restartCount": 0,
+                     "state": {"terminated": terminated}}
+        not_ready = [_condition(t, "PodCompleted", status="False") for t in ("ContainersReady", "Ready")]
+        phase = "Succeeded" if code == 0 else "Failed"
+        self._patch_status("v1", "pods", p.name, {"phase": phase, "conditions": not_ready,
+                                                  "containerStatuses": [container]})
+
+    def _start_pods(self, pods: list[dict[str, Any]]) -> None:
+        for pod in pods:
+            meta = pod["metadata"]
+            mine = pod["spec"].get("nodeName") == NODE_NAME and _phase(pod) == "Pending"
+            if not mine or meta["uid"] in self._started or meta.get("deletionTimestamp"):
+                continue
+            try:
+                self._start(pod, pods)
+            except PodStartError as err:
+                if self._waiting.get(meta["name"]) != str(err):
+                    self._waiting[meta["name"]] = str(err)
+                    log.info(f"pod {meta['name']}: cannot start: {err}")
+                    waiting = {"name": pod["spec"]["containers"][0]["name"], "ready": False, "restartCount": 0,
+                               "state": {"waiting": {"reason": err.reason, "message": str(err)}}}
+                    self._patch_status("v1", "pods", meta["name"], {"phase": "Pending",
+                                                                     "containerStatuses": [waiting]})
+
+    def _start(self, pod: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+        meta, spec = pod["metadata"], pod["spec"]
+        container = spec["containers"][0]
+        root = self.workdir / meta["name"]
+        root.mkdir(parents=True, exist_ok=True)
+        ip = self._address(pod)
+        mounts = self._materialize_volumes(pod, container, root)
+        message_path = root / "termination-log"
+        mounts[container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH] = message_path
+        env = self._env(pod, container, ip, mounts)
+        env[TERMINATION_ENV] = str(message_path)
+        env[POD_MARKER] = meta["uid"]
+        env.setdefault("HOME", str(root))
+        argv = self._argv(pod, container, ip, mounts, pods)
+        log_path = root / "log"
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(argv, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        started = _now()
+        ready = [_condition(t) for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
+        state = {"name": container["name"], "image": container.get("image", ""), "ready": True, "started": True,
+                 "restartCount": 0, "containerID": f"process://{proc.pid}",
+                 "state": {"running": {"startedAt": started}}}
+        status = {"phase": "Running", "hostIP": "127.0.0.1", "podIP": ip, "podIPs": [{"ip": ip}],
+                  "startTime": started, "conditions": ready, "containerStatuses": [state]}
+        grace = min(float(spec.get("terminationGracePeriodSeconds", 30)), MAX_GRACE_SECONDS)
+        running = PodProcess(meta["namespace"], meta["name"], meta["uid"], container["name"], proc, log_path,
+                             message_path, container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
+                             started, grace, status)
+        with self._lock:
+            self._running[meta["name"]] = running
+            self._started.add(meta["uid"])
+            self._logs[meta["name"]] = log_path
+        log.info(f"pod {meta['name']}: started at {ip}: {' '.join(argv)}")
+        self._patch_status("v1", "pods", meta["name"], status)
+
+    def _materialize_volumes(self, pod: dict[str, Any], container: dict[str, Any], root: Path) -> dict[str, Path]:
+        """Volumes as directories under the pod's scratch dir; returns mountPath -> directory."""
+        dirs: dict[str, Path] = {}
+        for volume in pod["spec"].get("volumes") or []:
+            target = root / "volumes" / volume["name"]
+            target.mkdir(parents=True, exist_ok=True)
+            if "configMap" in volume or "secret" in volume:
+                kind = "configMap" if "configMap" in volume else "secret"
+                source = volume[kind]
+                name = source.get("name") or source.get("secretName")
+                files = self._data(kind, name, optional=bool(source.get("optional")))
+                items = source.get("items") or [{"key": k, "path": k} for k in files]
+                for item in items:
+                    (target / item["path"]).write_bytes(files[item["key"]])
+            elif "emptyDir" not in volume:
+                raise PodStartError("Unsupported", f"volume {volume['name']}: only configMap, secret and emptyDir")
+            dirs[volume["name"]] = target
+        mounts: dict[str, Path] = {}
+        for mount in container.get("volumeMounts") or []:
+            mounts[mount["mountPath"]] = dirs[mount["name"]] / mount.get("subPath", "")
+        return mounts
+
+    def _data(self, kind: str, name: str, optional: bool = False) -> dict[str, bytes]:
+        """A ConfigMap's or Secret's keys as bytes (Secret data is base64; stringData as the apiserver would)."""
+        plural = "configmaps" if kind.startswith("configMap") else "secrets"
+        obj = self.cluster.get("v1", plural, self.namespace, name)
+        if obj is None:
+            if optional:
+                return {}
+            raise PodStartError("CreateContainerConfigError", f'{plural[:-1]} "{name}" not found')
+        if plural == "secrets":
+            out = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+            return out | {k: v.encode() for k, v in (obj.get("stringData") or {}).items()}
+        return {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+
+    def _env(self, pod: dict[str, Any], container: dict[str, Any], ip: str, mounts: dict[str, Path]) -> dict[str, str]:
+        # The "image's" environment: nothing of the test process leaks in (no AWS_* in particular).
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+               "HOSTNAME": pod["spec"].get("hostname") or pod["metadata"]["name"]}
+        if os.environ.get("PYTHONPATH"):
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        for source in container.get("envFrom") or []:
+            kind = "configMap" if "configMapRef" in source else "secret"
+            ref = source.get("configMapRef") or source.get("secretRef") or {}
+            for key, value in self._data(kind, ref["name"], bool(ref.get("optional"))).items():
+                env[source.get("prefix", "") + key] = value.decode()
+        for var in container.get("env") or []:
+            if "valueFrom" not in var:
+                env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), var.get("value", ""))
+                continue
+            ref = var["valueFrom"]
+            if "fieldRef" in ref:
+                env[var["name"]] = _field(pod, ref["fieldRef"]["fieldPath"], ip)
+            elif "secretKeyRef" in ref or "configMapKeyRef" in ref:
+                kind = "secret" if "secretKeyRef" in ref else "configMap"
+                key_ref = ref.get("secretKeyRef") or ref["configMapKeyRef"]
+                data = self._data(kind, key_ref["name"], bool(key_ref.get("optional")))
+                if key_ref["key"] in data:
+                    env[var["name"]] = data[key_ref["key"]].decode()
+                elif not key_ref.get("optional"):
+                    raise PodStartError("CreateContainerConfigError",
+                                        f"couldn't find key {key_ref['key']} in {kind} {key_ref['name']}")
+        return {k: _map_path(v, mounts) for k, v in env.items()}
+
+    def _argv(
+        self, pod: dict[str, Any], container: dict[str, Any], ip: str, mounts: dict[str, Path],
+        pods: list[dict[str, Any]],
+    ) -> list[str]:
+        command = [*(container.get("command") or []), *(container.get("args") or [])]
+        if not command:
+            raise PodStartError("Unsupported", "the container has no command (no image entrypoints here)")
+        argv = [self._rewrite(_map_arg(arg, mounts), pods) for arg in command]
+        if argv[0] in ("python", "python3"):
+            return [sys.executable, *argv[1:]]
+        if argv[0] != "torchrun":
+            return argv
+        options = argv[1:]
+        endpoints = [o.split("=", 1)[1] for o in options if o.startswith(("--rdzv-endpoint=", "--rdzv_endpoint="))]
+        if endpoints and "--standalone" not in options:
+            is_host = endpoints[0].rsplit(":", 1)[0] == ip
+            conf = [o for o in options if o.startswith("--rdzv-conf=")]
+            joined = ",".join([*(c.split("=", 1)[1] for c in conf), f"is_host={str(is_host).lower()}"])
+            options = [o for o in options if o not in conf]
+            options.insert(0, f"--rdzv-conf={joined}")
+        return [sys.executable, "-m", "torch.distributed.run", f"--local-addr={ip}", *options]
+
+    def _rewrite(self, arg: str, pods: list[dict[str, Any]]) -> str:
+        """`<hostname>.<subdomain>[...]:<port>` -> `<pod IP>:<host port>` (the DNS a cluster would do)."""
+        prefix, _, value = arg.rpartition("=") if arg.startswith("-") else ("", "", arg)
+        match = HOST_PORT.match(value)
+        ip = self._resolve(match["host"], pods) if match else None
+        if match is None or ip is None:
+            return arg
+        port = self._host_port(ip, int(match["port"]))
+        return f"{prefix}{'=' if prefix else ''}{ip}:{port}"
+
+    def _resolve(self, name: str, pods: list[dict[str, Any]]) -> str | None:
+        parts = name.split(".")
+        suffixes = ([], [self.namespace, "svc"], [self.namespace, "svc", "cluster", "local"])
+        if len(parts) < 2 or parts[2:] not in suffixes:
+            return None
+        hostname, subdomain = parts[0], parts[1]
+        if self.cluster.get("v1", "services", self.namespace, subdomain) is None:
+            return None  # pod DNS records exist only under a headless Service of that name
+        for pod in pods:
+            spec = pod["spec"]
+            if spec.get("hostname") == hostname and spec.get("subdomain") == subdomain:
+                return self._address(pod)
+        return None
+
+    def _address(self, pod: dict[str, Any]) -> str:
+        """127.0.0.x: one per Job and completion index (indexed pods), else one per pod."""
+        index = _label(pod, INDEX_KEY)
+        key = (_label(pod, CONTROLLER_UID_KEYS) or "", index) if index is not None else (pod["metadata"]["uid"], "")
+        with self._lock:
+            if key not in self._addresses:
+                n = next(self._address_numbers)
+                self._addresses[key] = f"127.0.{n // 250}.{n % 250 + 2}"
+            return self._addresses[key]
+
+    def _host_port(self, ip: str, port: int) -> int:
+        with self._lock:
+            return self._host_ports.setdefault((ip, port), _free_port())
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _patch_status(self, api_version: str, plural: str, name: str, status: dict[str, Any]) -> None:
+        try:
+            self.cluster.patch(api_version, plural, self.namespace, name, {"status": status}, status=True)
+        except ApiError as err:
+            if err.status != 404:  # deleted meanwhile: nothing to report on
+                raise
+
+    @staticmethod
+    def _signal(p: PodProcess, sig: int, every_process: bool = False) -> None:
+        """The container's main process (what the runtime's stop signal reaches), or all of them."""
+        if p.proc.poll() is None:
+            p.proc.send_signal(sig)
+        for pid in _pod_pids(p.uid) if every_process else []:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+def _pod_pids(uid: str) -> list[int]:
+    """The pod's processes: those carrying its marker in their environment (a cgroup stands in).
+
+    Process groups would not do: torchrun starts its workers in sessions of their own."""
+    marker = f"\0{POD_MARKER}={uid}\0".encode()
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError, ValueError):
+            if marker in b"\0" + environ.read_bytes():
+                pids.append(int(environ.parent.name))
+    return pids
+
+
+def _match_failure_policy(rules: list[dict[str, Any]], pod: dict[str, Any]) -> tuple[str | None, str]:
+    """(action, message) of the first podFailurePolicy rule the failed pod matches, else (None, "")."""
+    meta, status = pod["metadata"], pod.get("status") or {}
+    where = f"{meta['namespace']}/{meta['name']}"
+    for i, rule in enumerate(rules):
+        codes = rule.get("onExitCodes")
+        if codes is not None:
+            for cs in status.get("containerStatuses") or []:
+                code = ((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
+                if code in (None, 0) or codes.get("containerName") not in (None, cs["name"]):
+                    continue
+                if (code in codes["values"]) == (codes["operator"] == "In"):
+                    return rule["action"], (f"Container {cs['name']} for pod {where} failed with exit code {code} "
+                                            f"matching {rule['action']} rule at index {i}")
+        for want in rule.get("onPodConditions") or []:
+            for cond in status.get("conditions") or []:
+                if cond["type"] == want["type"] and cond.get("status") == want.get("status", "True"):
+                    return rule["action"], f"Pod {where} has condition {want['type']} matching {rule['action']} " \
+                                           f"rule at index {i}"
+    return None, ""
+
+
+def _field(pod: dict[str, Any], path: str, ip: str) -> str:
+    """The downward API: the fieldRef paths pods commonly use."""
+    meta, spec = pod["metadata"], pod["spec"]
+    keyed = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+    if keyed:
+        return str((meta.get(keyed[1]) or {}).get(keyed[2], ""))
+    simple = {
+        "metadata.name": meta["name"], "metadata.namespace": meta["namespace"], "metadata.uid": meta["uid"],
+        "spec.nodeName": NODE_NAME, "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
+        "status.podIP": ip, "status.podIPs": ip, "status.hostIP": "127.0.0.1",
+    }
+    if path not in simple:
+        raise PodStartError("CreateContainerConfigError", f"unsupported fieldRef {path}")
+    return simple[path]
+
+
+def _map_path(value: str, mounts: dict[str, Path]) -> str:
+    """A path inside the pod -> where it lives here (longest mount path first)."""
+    for mount in sorted(mounts, key=len, reverse=True):
+        base = mount.rstrip("/")
+        if value in (mount, base):
+            return str(mounts[mount])
+        if value.startswith(base + "/"):
+            return str(mounts[mount]) + value[len(base):]
+    return value
+
+
+def _map_arg(arg: str, mounts: dict[str, Path]) -> str:
+    if arg.startswith("-") and "=" in arg:
+        flag, value = arg.split("=", 1)
+        return f"{flag}={_map_path(value, mounts)}"
+    return _map_path(arg, mounts)

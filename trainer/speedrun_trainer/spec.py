@@ -226,7 +226,7 @@ class SpeedrunSpec(Base):
 
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
-    name: str = Field(min_length=1, max_length=52, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    name: str = Field(min_length=1, max_length=52, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     namespace: str | None = None
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}

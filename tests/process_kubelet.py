@@ -4,12 +4,12 @@ No kube-apiserver, Docker or kind runs on these machines (DESIGN.md, "Testing he
 tests run the real operator against `KubeApiEmulator` (tests/kube_emulator.py), and this module
 plays the two cluster components the operator relies on, through the same HTTP API:
 
-- the Job controller (batch/v1): creates a Job's pods -- for Indexed Jobs one per completion
-  index, with the index label and annotation, `JOB_COMPLETION_INDEX` in the env, hostname
-  `<job>-<index>` and the template's subdomain -- replaces failed pods after a back-off until
-  `backoffLimit`, applies `podFailurePolicy` (FailJob, Ignore, Count on exit codes and pod
-  conditions), honours `suspend` and `activeDeadlineSeconds`, deletes the running pods of a Job
-  that failed, and writes active/ready/succeeded/failed/completedIndexes and the
+- the Job controller (batch/v1, in tests/job_controller.py): creates a Job's pods -- for Indexed
+  Jobs one per completion index, with the index label and annotation, `JOB_COMPLETION_INDEX` in
+  the env, hostname `<job>-<index>` and the template's subdomain -- replaces failed pods after a
+  back-off until `backoffLimit`, applies `podFailurePolicy` (FailJob, Ignore, Count on exit
+  codes and pod conditions), honours `suspend` and `activeDeadlineSeconds`, deletes the running
+  pods of a Job that failed, and writes active/ready/succeeded/failed/completedIndexes and the
   SuccessCriteriaMet+Complete or FailureTarget+Failed conditions;
 - the kubelet: runs each pod's container command as local processes and writes the pod's status
   back: Running with `podIP`, then Succeeded/Failed with the exit code (128+signal when killed)
@@ -64,8 +64,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
-import datetime
 import itertools
 import logging
 import os
@@ -80,14 +78,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.job_controller import (
+    CONTROLLER_UID_KEYS,
+    INDEX_KEY,
+    JOB_NAME_KEYS,
+    NODE_NAME,
+    JobController,
+    condition,
+    label,
+    now,
+    phase,
+)
 from tests.kube_emulator import ApiError, EmulatedCluster
 
 log = logging.getLogger("process-kubelet")
 
-NODE_NAME = "process-kubelet"
-INDEX_KEY = "batch.kubernetes.io/job-completion-index"
-JOB_NAME_KEYS = ("batch.kubernetes.io/job-name", "job-name")
-CONTROLLER_UID_KEYS = ("batch.kubernetes.io/controller-uid", "controller-uid")
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 TERMINATION_ENV = "SPEEDRUN_TERMINATION_LOG"
 POD_MARKER = "PROCESS_KUBELET_POD_UID"  # in every pod process's environment: which pod it belongs to
@@ -95,47 +100,12 @@ MESSAGE_LIMIT = 4096  # bytes of a termination message the kubelet keeps
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # FallbackToLogsOnError: the log tail it takes instead
 MAX_GRACE_SECONDS = 5.0
 HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9][-A-Za-z0-9.]*):(?P<port>\d+)$")
-FINISHED = ("Succeeded", "Failed")
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _label(obj: dict[str, Any], keys: tuple[str, ...] | str) -> str | None:
-    labels = obj["metadata"].get("labels") or {}
-    return next((labels[k] for k in ((keys,) if isinstance(keys, str) else keys) if k in labels), None)
-
-
-def _phase(pod: dict[str, Any]) -> str:
-    return (pod.get("status") or {}).get("phase") or "Pending"
-
-
-def _intervals(indexes: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2,5", the format of status.completedIndexes."""
-    runs: list[list[int]] = []
-    for i in indexes:
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
-
-
-def _condition(type_: str, reason: str = "", message: str = "", status: str = "True") -> dict[str, Any]:
-    now = _now()
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "lastProbeTime": now, "lastTransitionTime": now}
-
-
-def _is_true(conditions: list[dict[str, Any]], type_: str) -> bool:
-    return any(c.get("type") == type_ and c.get("status") == "True" for c in conditions)
 
 
 class PodStartError(Exception):
@@ -183,17 +153,16 @@ class ProcessKubelet:
         backoff_seconds: float = 1.0,
     ) -> None:
         self.cluster, self.namespace, self.workdir = cluster, namespace, workdir
-        self.interval, self.backoff_seconds = interval, backoff_seconds
+        self.interval = interval
+        self.jobs = JobController(cluster, namespace, backoff_seconds)
         self.errors: list[BaseException] = []
         self._running: dict[str, PodProcess] = {}  # by pod name
         self._started: set[str] = set()  # pod uids, so nothing runs twice
         self._waiting: dict[str, str] = {}  # pod name -> why it cannot start (logged once)
         self._logs: dict[str, Path] = {}
-        self._creation_order: dict[str, int] = {}  # creationTimestamp has only seconds
         self._addresses: dict[tuple[str, str], str] = {}
         self._address_numbers = itertools.count()
         self._host_ports: dict[tuple[str, int], int] = {}
-        self._failures: dict[str, tuple[int, float]] = {}  # Job uid -> (counted failures, when the last was seen)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="process-kubelet", daemon=True)
@@ -224,7 +193,7 @@ class ProcessKubelet:
     def pods(self, job_name: str) -> list[dict[str, Any]]:
         """The Job's pods in creation order."""
         pods = self.cluster.list("v1", "pods", self.namespace, {JOB_NAME_KEYS[0]: job_name})
-        return sorted(pods, key=lambda p: self._creation_order.get(p["metadata"]["name"], -1))
+        return sorted(pods, key=lambda p: self.jobs.creation_order.get(p["metadata"]["name"], -1))
 
     def kill(self, pod_name: str, sig: int = signal.SIGKILL) -> None:
         """Signal every process of the pod's container, as a crash or a cgroup OOM kill would."""
@@ -266,145 +235,7 @@ class ProcessKubelet:
         pods = self.cluster.list("v1", "pods", self.namespace)
         for job in self.cluster.list("batch/v1", "jobs", self.namespace):
             uid = job["metadata"]["uid"]
-            self._sync_job(job, [p for p in pods if _label(p, CONTROLLER_UID_KEYS) == uid])
-
-    # ---- the Job controller -------------------------------------------------------------------
-
-    def _sync_job(self, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
-        spec, status = job["spec"], job.get("status") or {}
-        conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
-        active = [p for p in pods if _phase(p) not in FINISHED and not p["metadata"].get("deletionTimestamp")]
-        if _is_true(conditions, "Complete") or _is_true(conditions, "Failed"):
-            self._delete_pods(active)
-            return
-        succeeded = [p for p in pods if _phase(p) == "Succeeded"]
-        failed, verdict = self._failures_and_verdict(job, [p for p in pods if _phase(p) == "Failed"])
-        indexed = spec.get("completionMode") == "Indexed"
-        completions, parallelism = spec.get("completions", 1), spec.get("parallelism", 1)
-        done = sorted({int(_label(p, INDEX_KEY) or 0) for p in succeeded}) if indexed else []
-        new: dict[str, Any] = {"startTime": status.get("startTime") or (None if spec.get("suspend") else _now())}
-        deadline = spec.get("activeDeadlineSeconds")
-        if verdict is None and failed > spec.get("backoffLimit", 6):
-            verdict = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
-        if verdict is None and deadline is not None and new["startTime"] and self._age(new["startTime"]) > deadline:
-            verdict = ("DeadlineExceeded", "Job was active longer than specified deadline")
-        if verdict is not None:
-            self._delete_pods(active)
-            active = []
-            conditions += [_condition("FailureTarget", *verdict), _condition("Failed", *verdict)]
-        elif (len(done) if indexed else len(succeeded)) >= completions:
-            conditions += [
-                _condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
-                _condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods"),
-            ]
-            new["completionTime"] = _now()
-        elif spec.get("suspend"):
-            self._delete_pods(active)
-            active = []
-            if not _is_true(conditions, "Suspended"):
-                conditions = [c for c in conditions if c["type"] != "Suspended"]
-                conditions.append(_condition("Suspended", "JobSuspended", "Job suspended"))
-        else:
-            if _is_true(conditions, "Suspended"):
-                conditions = [c for c in conditions if c["type"] != "Suspended"]
-                conditions.append(_condition("Suspended", "JobResumed", "Job resumed", status="False"))
-            if self._backoff_over(job["metadata"]["uid"], failed):
-                active += self._create_missing(job, active, done, len(succeeded), indexed, completions, parallelism)
-        new.update(
-            active=len(active),
-            ready=sum(1 for p in active if _phase(p) == "Running"),
-            succeeded=len(succeeded),
-            failed=failed,
-            conditions=conditions,
-        )
-        if indexed:
-            new["completedIndexes"] = _intervals(done)
-        if any(status.get(k) != v for k, v in new.items()):
-            self._patch_status("batch/v1", "jobs", job["metadata"]["name"], new)
-
-    def _failures_and_verdict(
-        self, job: dict[str, Any], failed_pods: list[dict[str, Any]]
-    ) -> tuple[int, tuple[str, str] | None]:
-        """Failed pods that count toward backoffLimit, and (reason, message) if a FailJob rule matched."""
-        rules = (job["spec"].get("podFailurePolicy") or {}).get("rules") or []
-        counted = 0
-        for pod in failed_pods:
-            action, message = _match_failure_policy(rules, pod)
-            if action == "FailJob":
-                return counted + 1, ("PodFailurePolicy", message)
-            if action != "Ignore":
-                counted += 1
-        uid = job["metadata"]["uid"]
-        if counted > self._failures.get(uid, (0, 0.0))[0]:
-            self._failures[uid] = (counted, time.monotonic())
-        return counted, None
-
-    def _backoff_over(self, job_uid: str, failed: int) -> bool:
-        if not failed:
-            return True
-        _, since = self._failures.get(job_uid, (0, 0.0))
-        return time.monotonic() - since >= self.backoff_seconds * 2 ** (failed - 1)
-
-    def _create_missing(
-        self,
-        job: dict[str, Any],
-        active: list[dict[str, Any]],
-        done: list[int],
-        succeeded: int,
-        indexed: bool,
-        completions: int,
-        parallelism: int,
-    ) -> list[dict[str, Any]]:
-        room = parallelism - len(active)
-        if indexed:
-            busy = {int(_label(p, INDEX_KEY) or 0) for p in active}
-            missing: list[int | None] = [i for i in range(completions) if i not in done and i not in busy]
-        else:
-            missing = [None] * (completions - succeeded - len(active))
-        return [self._create_pod(job, index) for index in missing[: max(0, room)]]
-
-    def _create_pod(self, job: dict[str, Any], index: int | None) -> dict[str, Any]:
-        meta, template = job["metadata"], job["spec"]["template"]
-        name, uid = meta["name"], meta["uid"]
-        labels = {**(template.get("metadata") or {}).get("labels", {})}
-        labels.update({k: uid for k in CONTROLLER_UID_KEYS} | {k: name for k in JOB_NAME_KEYS})
-        annotations = dict((template.get("metadata") or {}).get("annotations") or {})
-        spec = copy.deepcopy(template["spec"])
-        spec["nodeName"] = NODE_NAME
-        if index is not None:
-            labels[INDEX_KEY] = annotations[INDEX_KEY] = str(index)
-            spec["hostname"] = f"{name}-{index}"
-            index_env = {"name": "JOB_COMPLETION_INDEX",
-                         "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{INDEX_KEY}']"}}}
-            for container in spec["containers"]:
-                container["env"] = [index_env, *(container.get("env") or [])]
-        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
-                 "controller": True, "blockOwnerDeletion": True}
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "generateName": f"{name}-{index}-" if index is not None else f"{name}-",
-                "labels": labels,
-                "annotations": annotations,
-                "ownerReferences": [owner],
-            },
-            "spec": spec,
-        }
-        created = self.cluster.create("v1", "pods", self.namespace, pod)
-        self._creation_order[created["metadata"]["name"]] = len(self._creation_order)
-        log.info(f"job {name}: created pod {created['metadata']['name']}")
-        return created
-
-    def _delete_pods(self, pods: list[dict[str, Any]]) -> None:
-        for pod in pods:
-            with contextlib.suppress(ApiError):
-                self.cluster.delete("v1", "pods", self.namespace, pod["metadata"]["name"])
-
-    @staticmethod
-    def _age(timestamp: str) -> float:
-        started = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
-        return (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+            self.jobs.sync(job, [p for p in pods if label(p, CONTROLLER_UID_KEYS) == uid])
 
     # ---- the kubelet --------------------------------------------------------------------------
 
@@ -423,7 +254,7 @@ class ProcessKubelet:
             if code is None:
                 if p.kill_at is not None and time.monotonic() > p.kill_at:
                     self._signal(p, signal.SIGKILL, every_process=True)
-                elif not gone and _phase(pod) == "Pending":  # the Running write was lost: write it again
+                elif not gone and phase(pod) == "Pending":  # the Running write was lost: write it again
                     self._patch_status("v1", "pods", p.name, p.running_status)
                 continue
             # The container ends with its main process: what it left behind goes with it.
@@ -444,7 +275,7 @@ class ProcessKubelet:
             "exitCode": code,
             "reason": "Completed" if code == 0 else "Error",
             "startedAt": p.started_at,
-            "finishedAt": _now(),
+            "finishedAt": now(),
             "containerID": f"process://{p.proc.pid}",
         }
         if message:
@@ -452,15 +283,15 @@ class ProcessKubelet:
         log.info(f"pod {p.name}: exited {code}")
         container = {"name": p.container, "ready": False, "started": False, "restartCount": 0,
                      "state": {"terminated": terminated}}
-        not_ready = [_condition(t, "PodCompleted", status="False") for t in ("ContainersReady", "Ready")]
-        phase = "Succeeded" if code == 0 else "Failed"
-        self._patch_status("v1", "pods", p.name, {"phase": phase, "conditions": not_ready,
-                                                  "containerStatuses": [container]})
+        not_ready = [condition(t, "PodCompleted", status="False") for t in ("ContainersReady", "Ready")]
+        status = {"phase": "Succeeded" if code == 0 else "Failed", "conditions": not_ready,
+                  "containerStatuses": [container]}
+        self._patch_status("v1", "pods", p.name, status)
 
     def _start_pods(self, pods: list[dict[str, Any]]) -> None:
         for pod in pods:
             meta = pod["metadata"]
-            mine = pod["spec"].get("nodeName") == NODE_NAME and _phase(pod) == "Pending"
+            mine = pod["spec"].get("nodeName") == NODE_NAME and phase(pod) == "Pending"
             if not mine or meta["uid"] in self._started or meta.get("deletionTimestamp"):
                 continue
             try:
@@ -492,8 +323,8 @@ class ProcessKubelet:
         with log_path.open("wb") as out:
             proc = subprocess.Popen(argv, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT)
-        started = _now()
-        ready = [_condition(t) for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
+        started = now()
+        ready = [condition(t) for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
         state = {"name": container["name"], "image": container.get("image", ""), "ready": True, "started": True,
                  "restartCount": 0, "containerID": f"process://{proc.pid}",
                  "state": {"running": {"startedAt": started}}}
@@ -622,8 +453,8 @@ class ProcessKubelet:
 
     def _address(self, pod: dict[str, Any]) -> str:
         """127.0.0.x: one per Job and completion index (indexed pods), else one per pod."""
-        index = _label(pod, INDEX_KEY)
-        key = (_label(pod, CONTROLLER_UID_KEYS) or "", index) if index is not None else (pod["metadata"]["uid"], "")
+        index = label(pod, INDEX_KEY)
+        key = (label(pod, CONTROLLER_UID_KEYS) or "", index) if index is not None else (pod["metadata"]["uid"], "")
         with self._lock:
             if key not in self._addresses:
                 n = next(self._address_numbers)
@@ -664,28 +495,6 @@ def _pod_pids(uid: str) -> list[int]:
             if marker in b"\0" + environ.read_bytes():
                 pids.append(int(environ.parent.name))
     return pids
-
-
-def _match_failure_policy(rules: list[dict[str, Any]], pod: dict[str, Any]) -> tuple[str | None, str]:
-    """(action, message) of the first podFailurePolicy rule the failed pod matches, else (None, "")."""
-    meta, status = pod["metadata"], pod.get("status") or {}
-    where = f"{meta['namespace']}/{meta['name']}"
-    for i, rule in enumerate(rules):
-        codes = rule.get("onExitCodes")
-        if codes is not None:
-            for cs in status.get("containerStatuses") or []:
-                code = ((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
-                if code in (None, 0) or codes.get("containerName") not in (None, cs["name"]):
-                    continue
-                if (code in codes["values"]) == (codes["operator"] == "In"):
-                    return rule["action"], (f"Container {cs['name']} for pod {where} failed with exit code {code} "
-                                            f"matching {rule['action']} rule at index {i}")
-        for want in rule.get("onPodConditions") or []:
-            for cond in status.get("conditions") or []:
-                if cond["type"] == want["type"] and cond.get("status") == want.get("status", "True"):
-                    return rule["action"], f"Pod {where} has condition {want['type']} matching {rule['action']} " \
-                                           f"rule at index {i}"
-    return None, ""
 
 
 def _field(pod: dict[str, Any], path: str, ip: str) -> str:

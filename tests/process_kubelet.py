@@ -42,22 +42,28 @@ How a pod maps onto this machine (in a cluster -> here):
 
 Limits -- what a real cluster does that this does not:
 - no images, containers, network namespaces or cgroups: every pod runs this interpreter as the
-  test's user on the host's filesystem; securityContext, resources, nodeSelector, tolerations,
-  affinity, priority and image pull policy are ignored; all pods start at once on one "node";
-  OMP_NUM_THREADS=1 stands in for CPU limits.
-- one port space: servers that bind 0.0.0.0 or * (the trainer's metrics endpoint, torch's TCPStore)
-  clash across pods on the same port; the host-port rewriting above covers ports named in the
-  command, tests give each SpeedrunJob a free `spec.metrics.port`. gloo and torchrun's worker store
-  pick their own addresses and ports as on any host.
-- DNS is not real: only the command line is rewritten; a name resolved inside the program is not.
-- one container per pod (the first): no init containers, sidecars, probes, lifecycle hooks, and no
-  container restarts (restartPolicy is Never, which the operator uses); no pods/log endpoint (the
-  logs are files: `ProcessKubelet.log`).
+  test's user, on the host's filesystem and network. securityContext (non-root, read-only root
+  filesystem, dropped capabilities), resources, nodeSelector, tolerations, affinity, priority and
+  image pull policy are ignored; nothing is scheduled (all pods start at once on one "node") and
+  nothing waits for capacity; OMP_NUM_THREADS=1 stands in for CPU limits.
+- one port space: servers that bind 0.0.0.0 or * clash across pods on the same port (the
+  trainer's metrics endpoint, torch's TCPStore). The host-port mapping covers only ports named in
+  the command, so the tests give each SpeedrunJob a free `spec.metrics.port`; gloo and torchrun's
+  worker store use the host's addresses and free ports, as on any host.
+- DNS is not real: only the command line is rewritten; a name resolved inside a program is not.
+  Services get no ClusterIP, endpoints or proxying; a headless one only makes names resolvable.
+- two variables a real pod would not have: `SPEEDRUN_TERMINATION_LOG` (see above) and
+  `PROCESS_KUBELET_POD_UID`.
+- one container per pod (the first): no init containers, sidecars, probes (ready = running),
+  lifecycle hooks or container restarts (restartPolicy is treated as Never, which the operator
+  uses); no pods/log endpoint (the logs are files: `ProcessKubelet.log`).
 - the Job controller: back-off is `backoff_seconds` x 2^(failures-1) (Kubernetes: 10 s, capped at
   6 min); no successPolicy, FailIndex, backoffLimitPerIndex, podReplacementPolicy,
-  ttlSecondsAfterFinished, finalizer-based pod tracking or Events; only pods created here are run.
+  ttlSecondsAfterFinished, finalizer-based pod tracking or Events.
+- one namespace per kubelet, and only the pods its own Job controller created are run.
 - no eviction, preemption or node failure, so the DisruptionTarget condition (an Ignore rule) never
-  appears; deletion is SIGTERM, then SIGKILL after min(terminationGracePeriodSeconds, 5 s).
+  appears; deletion is SIGTERM to the main process, then SIGKILL to all after
+  min(terminationGracePeriodSeconds, 5 s).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 No operator and no torch here, so these run in seconds: Indexed Job pods (index, hostname, env,
 fieldRef, secretKeyRef, ConfigMap volume, own loopback address, DNS rewriting), the termination
 message and FallbackToLogsOnError, podFailurePolicy FailJob, backoffLimit, a Secret that appears
-late, and deletion stopping a pod's processes. Run: `pytest -m e2e tests/test_e2e_harness.py`.
+late, deletion stopping a pod's processes, suspend/resume and activeDeadlineSeconds. Run: `pytest -m e2e tests/test_e2e_harness.py`.
 """
 
 from __future__ import annotations
@@ -192,3 +192,29 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_suspended_job_gets_no_pods_until_resumed(harness: tuple[EmulatedCluster, ProcessKubelet]) -> None:
+    cluster, kubelet = harness
+    cluster.create("batch/v1", "jobs", NS, job("later", ["python", "-c", "pass"], suspend=True))
+
+    def suspended() -> bool:
+        status = (cluster.get("batch/v1", "jobs", NS, "later") or {}).get("status") or {}
+        return any(c["type"] == "Suspended" and c["status"] == "True" for c in status.get("conditions") or [])
+
+    wait_for(suspended, timeout=10, what="the Job reported Suspended")
+    assert kubelet.pods("later") == []
+    cluster.patch("batch/v1", "jobs", NS, "later", {"spec": {"suspend": False}})  # what Kueue does on admission
+    status = finished(cluster, "later")
+    assert status["succeeded"] == 1
+    assert [(c["type"], c["status"]) for c in status["conditions"]][:1] == [("Suspended", "False")]
+
+
+def test_active_deadline_fails_the_job_and_stops_its_pod(harness: tuple[EmulatedCluster, ProcessKubelet]) -> None:
+    cluster, kubelet = harness
+    cluster.create("batch/v1", "jobs", NS, job("slow", ["python", "-c", "import time; time.sleep(60)"],
+                                               activeDeadlineSeconds=1))
+
+    status = finished(cluster, "slow")
+    assert [c["reason"] for c in status["conditions"] if c["type"] == "Failed"] == ["DeadlineExceeded"]
+    wait_for(lambda: not kubelet.pods("slow"), timeout=10, what="the running pod deleted")

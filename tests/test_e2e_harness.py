@@ -3,7 +3,8 @@
 No operator and no torch here, so these run in seconds: Indexed Job pods (index, hostname, env,
 fieldRef, secretKeyRef, ConfigMap volume, own loopback address, DNS rewriting), the termination
 message and FallbackToLogsOnError, podFailurePolicy FailJob, backoffLimit, a Secret that appears
-late, deletion stopping a pod's processes, suspend/resume and activeDeadlineSeconds. Run: `pytest -m e2e tests/test_e2e_harness.py`.
+late, deletion stopping a pod's processes, suspend/resume and activeDeadlineSeconds.
+Run: `pytest -m e2e tests/test_e2e_harness.py`.
 """
 
 from __future__ import annotations

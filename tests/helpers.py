@@ -24,7 +24,12 @@ def tiny_manifest(**overrides: Any) -> dict[str, Any]:
     spec["model"].update({"seqLen": 64, "hiddenDim": 64, "intermediateDim": 128, "numHeads": 2, "numKvHeads": 1})
     spec["train"].update({"batchSize": 8, "deviceBatchSize": 4, "steps": 20, "checkpointEvery": 10, "evalEvery": 10})
     spec["eval"] = {"bpb": {"tokens": 4096}}
-    for dotted, value in overrides.items():
+    return with_changes(doc, **overrides)
+
+
+def with_changes(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """Apply dotted-path changes in place ({"spec.train.steps": 5}); None deletes the key."""
+    for dotted, value in changes.items():
         node = doc
         *parents, last = dotted.split(".")
         for key in parents:

@@ -7,7 +7,6 @@ openAPIV3Schema (jsonschema, draft 4 like Kubernetes' OpenAPI v3 subset) and the
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from speedrun_operator.commands import main as cli
 from speedrun_operator.crd import PRINTER_COLUMNS, build_crd, render_crd
 from speedrun_operator.status import Condition, Progress, Results, SpeedrunJobStatus
 from speedrun_trainer.manifest import SpecError, parse_job
-from tests.helpers import EXAMPLES, ROOT
+from tests.helpers import EXAMPLES, ROOT, with_changes
 from tests.kube_emulator import CustomResourceSchema
 
 CRD_FILE = ROOT / "crds" / "speedrunjob.yaml"
@@ -37,17 +36,7 @@ def admit(doc: dict[str, Any]) -> list[str]:
 
 def tiny(**changes: Any) -> dict[str, Any]:
     """tiny-cpu with dotted-path changes; None deletes the key."""
-    doc = copy.deepcopy(yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text()))
-    for dotted, value in changes.items():
-        node = doc
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    return doc
+    return with_changes(yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text()), **changes)
 
 
 def test_committed_crd_matches_the_models() -> None:

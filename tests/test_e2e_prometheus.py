@@ -3,9 +3,9 @@
 Prometheus (Debian's /usr/bin/prometheus, installed by .ci/run; the test skips without it) runs
 tests/data/prometheus/prometheus.yml: the trainer pods are discovered the way a cluster's
 `kubernetes_sd_configs` would find them (the test writes the same `__meta_kubernetes_*` labels
-into file_sd target files) and relabelled down to completion index 0's `metrics` port; the
-operator is a static target. The train loss Prometheus stored is checked against the trainer's
-own log, step by step. Run: `pytest -m e2e tests/test_e2e_prometheus.py`.
+into file_sd target files) and relabelled as the chart's PodMonitor selects them: completion
+index 0's `metrics` port; the operator is a static target. The train loss Prometheus stored is
+checked against the trainer's own log, step by step. Run: `pytest -m e2e tests/test_e2e_prometheus.py`.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def test_prometheus_scrapes_the_trainer_and_the_operator(e2e: E2E, prometheus: P
     assert up[0]["metric"]["instance"] == f"{rank0['status']['podIP']}:{port}"
 
     # The train loss, read back through the query API, is the loss the trainer logged at that step.
-    selector = '{job="speedrun-trainer", speedrunjob="watched"}[10m]'
+    selector = '{job="speedrun-trainer", speedrun_job="watched"}[10m]'
     steps = samples(prometheus, f"speedrun_step{selector}")
     losses = samples(prometheus, f"speedrun_train_loss{selector}")
     scraped = {int(steps[t]): losses[t] for t in steps if t in losses and steps[t] > 0}

@@ -4,7 +4,7 @@
 (tests/process_kubelet.py) running its pods as local processes, the real operator
 (`kopf run -m speedrun_operator.main` in kopf's KopfRunner, as tests/operator_fixtures.py starts
 it; stoppable and restartable), and a fresh bucket on moto's S3 server, whose credentials reach
-the pods the way the chart passes them: a Secret named by `spec.storage.secretRef`.
+the pods as in a cluster: a Secret named by `spec.storage.secretRef`, read through secretKeyRef env.
 `prometheus` is a real Prometheus server (Debian's /usr/bin/prometheus) with the scrape config in
 tests/data/prometheus/; the test skips when the binary is absent.
 

@@ -77,7 +77,7 @@ def test_killed_training_pod_is_replaced_and_training_resumes_from_the_checkpoin
 
 
 def test_operator_restart_mid_training_duplicates_nothing_and_the_job_completes(e2e: E2E) -> None:  # noqa: F811
-    steps, every = 150, 50
+    steps, every = 200, 50  # the restart lands after step 50, with ~150 steps (seconds) left to observe
     e2e.apply(speedrun_manifest("phoenix", e2e.bucket, steps=steps, checkpoint_every=every))
     e2e.follow("phoenix", "Training")
     before = e2e.children("phoenix")

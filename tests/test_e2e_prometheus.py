@@ -59,11 +59,11 @@ def samples(prometheus: Prometheus, expr: str) -> dict[float, float]:  # noqa: F
 def test_prometheus_scrapes_the_trainer_and_the_operator(e2e: E2E, prometheus: Prometheus) -> None:  # noqa: F811
     e2e.apply(speedrun_manifest("watched", e2e.bucket, steps=STEPS, checkpoint_every=50,
                                 **{"spec.train.logEvery": LOG_EVERY}))
-    running = wait_for(
-        lambda: [p for p in e2e.kubelet.pods("watched-train") if (p.get("status") or {}).get("podIP")],
-        timeout=120, what="the training pods' addresses",
-    )
-    assert len(running) == 2
+    def addressed() -> list[dict[str, Any]]:
+        pods = [p for p in e2e.kubelet.pods("watched-train") if (p.get("status") or {}).get("podIP")]
+        return pods if len(pods) == 2 else []
+
+    running = wait_for(addressed, timeout=120, what="both training pods' addresses")
     prometheus.set_targets("watched-train", pod_targets(running))
     e2e.follow("watched", "Evaluating")  # training is over; its samples are all in Prometheus
 

@@ -1,7 +1,7 @@
 """Starting and stopping the local processes of `speedrun run`.
 
 Two launchers run the same torchrun command line: `torchrun` (one `python -m
-torch.distributed.run` agent per node, started here) and `torchx` (torchx's `dist.ddp` component
+speedrun_trainer.torchrun` agent per node, started here) and `torchx` (torchx's `dist.ddp` component
 on its `local_cwd` scheduler, the way torchx users launch jobs). Both are stopped as a whole:
 torchrun starts its workers in sessions of their own, so killing the agent's process group is
 not enough, and `stop_process_trees` collects every descendant first (from /proc) and signals

@@ -57,10 +57,10 @@ class LocalRun:
         }
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
-        """One `python -m torch.distributed.run` agent, in a session of its own."""
+        """One torchrun agent (`python -m speedrun_trainer.torchrun`), in a session of its own."""
         log = open(self.logs / log_name, "ab")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", *args],
+            [sys.executable, "-m", "speedrun_trainer.torchrun", *args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.procs.append(proc)

@@ -46,8 +46,11 @@ def load_config(path: str) -> SpeedrunJob:
     try:
         return load_job(path)
     except SpecError as err:
+        from speedrun_trainer.torchrun import report_config_error
+
         for line in err.lines:
             print(f"invalid config: {line}", file=sys.stderr, flush=True)
+        report_config_error(err.lines[0])
         sys.exit(EXIT_INVALID)
 
 

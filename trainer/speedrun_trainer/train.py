@@ -49,6 +49,7 @@ from speedrun_trainer.spec import SpeedrunJob
 from speedrun_trainer.storage import DataError
 from speedrun_trainer.telemetry import Telemetry
 from speedrun_trainer.tokenizer import load_tokenizer
+from speedrun_trainer.torchrun import report_config_error
 from speedrun_trainer.tracking import Tracker
 from speedrun_trainer.versions import software_versions
 
@@ -320,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ConfigError as err:  # config problems found only at run time (tokenizer, world size)
         print(f"invalid config: {err}", file=sys.stderr, flush=True)
+        report_config_error(str(err))
         return EXIT_INVALID
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr, flush=True)

@@ -1,0 +1,43 @@
+"""`python -m speedrun_trainer.torchrun`: torchrun whose exit code says "invalid config" (2)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from speedrun_trainer.local import free_port
+from speedrun_trainer.torchrun import config_path
+from tests.helpers import tiny_manifest, write_manifest
+
+
+def _torchrun(config: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SPEEDRUN_STORAGE_URI": (tmp_path / "run").as_uri(), "SPEEDRUN_METRICS_PORT": "0"}
+    args = ["--standalone", "--nproc-per-node=1", f"--master-port={free_port()}", "--max-restarts=0",
+            "-m", "speedrun_trainer.train", "--config", str(config)]
+    return subprocess.run([sys.executable, "-m", "speedrun_trainer.torchrun", *args], env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_config_path_is_the_scripts_config():
+    assert config_path(["--nnodes=2", "-m", "x", "--config", "/etc/run.json"]) == "/etc/run.json"
+    assert config_path(["-m", "x", "--config=/a.json"]) == "/a.json"
+    assert config_path(["-m", "x"]) is None
+
+
+def test_invalid_manifest_exits_2_before_any_worker(tmp_path):
+    doc = tiny_manifest(**{"spec.model.numLayers": 0})
+    res = _torchrun(write_manifest(tmp_path / "bad.yaml", doc), tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("invalid config: spec.model.numLayers:")
+    assert "worker rank" not in res.stdout  # no worker was started
+
+
+def test_worker_config_error_keeps_exit_code_2(tmp_path):
+    # valid for the schema; only the trainer finds the byte tokenizer's 257 tokens do not fit
+    doc = tiny_manifest(**{"spec.model.vocabSize": 200})
+    res = _torchrun(write_manifest(tmp_path / "vocab.yaml", doc), tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("invalid config: spec.model.vocabSize: 200 is smaller than"), last

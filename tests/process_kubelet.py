@@ -22,6 +22,7 @@ plays the two cluster components the operator relies on, through the same HTTP A
 
 How a pod maps onto this machine (in a cluster -> here):
 - the image's `torchrun` / `python` -> this interpreter (`python -m torch.distributed.run`).
+  `torchrun` and `python -m <one of TORCHRUN_MODULES>` count as torchrun launchers (below).
 - pod IP -> 127.0.0.x, one per Job and completion index (a replacement pod keeps its
   predecessor's address, as if the DNS name had followed it).
 - DNS `<hostname>.<subdomain>[.<ns>.svc[.cluster.local]]:<port>` -> there is no resolver: such
@@ -29,7 +30,7 @@ How a pod maps onto this machine (in a cluster -> here):
   `<subdomain>` exists; each (pod IP, port) gets its own free host port, as each pod has its
   own port space in a cluster. This is how `--rdzv-endpoint=<name>-train-0.<name>:29400` reaches
   the index-0 pod.
-- torchrun finds its own address by hostname -> `--local-addr=<pod IP>` is added, and
+- a torchrun launcher finds its own address by hostname -> `--local-addr=<pod IP>` is added, and
   `--rdzv-conf=is_host=true` only where the endpoint is the pod's own address (torch would take
   any loopback endpoint for its own and every agent would try to host the store).
 - env `value` ($(VAR) expanded), `fieldRef`, `secretKeyRef`, `configMapKeyRef`, `envFrom` ->
@@ -105,6 +106,8 @@ POD_MARKER = "PROCESS_KUBELET_POD_UID"  # in every pod process's environment: wh
 MESSAGE_LIMIT = 4096  # bytes of a termination message the kubelet keeps
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # FallbackToLogsOnError: the log tail it takes instead
 MAX_GRACE_SECONDS = 5.0
+# Modules that take torchrun's arguments: torchrun itself, and the trainer's exit-code-keeping wrapper.
+TORCHRUN_MODULES = ("torch.distributed.run", "speedrun_trainer.torchrun")
 HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9][-A-Za-z0-9.]*):(?P<port>\d+)$")
 
 
@@ -418,20 +421,7 @@ class ProcessKubelet:
         command = [*(container.get("command") or []), *(container.get("args") or [])]
         if not command:
             raise PodStartError("Unsupported", "the container has no command (no image entrypoints here)")
-        argv = [self._rewrite(_map_arg(arg, mounts), pods) for arg in command]
-        if argv[0] in ("python", "python3"):
-            return [sys.executable, *argv[1:]]
-        if argv[0] != "torchrun":
-            return argv
-        options = argv[1:]
-        endpoints = [o.split("=", 1)[1] for o in options if o.startswith(("--rdzv-endpoint=", "--rdzv_endpoint="))]
-        if endpoints and "--standalone" not in options:
-            is_host = endpoints[0].rsplit(":", 1)[0] == ip
-            conf = [o for o in options if o.startswith("--rdzv-conf=")]
-            joined = ",".join([*(c.split("=", 1)[1] for c in conf), f"is_host={str(is_host).lower()}"])
-            options = [o for o in options if o not in conf]
-            options.insert(0, f"--rdzv-conf={joined}")
-        return [sys.executable, "-m", "torch.distributed.run", f"--local-addr={ip}", *options]
+        return local_command([self._rewrite(_map_arg(arg, mounts), pods) for arg in command], ip)
 
     def _rewrite(self, arg: str, pods: list[dict[str, Any]]) -> str:
         """`<hostname>.<subdomain>[...]:<port>` -> `<pod IP>:<host port>` (the DNS a cluster would do)."""
@@ -488,6 +478,25 @@ class ProcessKubelet:
         for pid in _pod_pids(p.uid) if every_process else []:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
+
+
+def local_command(argv: list[str], ip: str) -> list[str]:
+    """The image's command as this machine runs it: `python` is this interpreter, and a torchrun
+    launcher also learns the pod's address and whether it hosts the rendezvous (module doc)."""
+    python = argv[0] in ("python", "python3")
+    if argv[0] == "torchrun":
+        head, options = [sys.executable, "-m", "torch.distributed.run"], argv[1:]
+    elif python and argv[1:2] == ["-m"] and argv[2:3] and argv[2] in TORCHRUN_MODULES:
+        head, options = [sys.executable, "-m", argv[2]], argv[3:]
+    else:
+        return [sys.executable, *argv[1:]] if python else argv
+    endpoints = [o.split("=", 1)[1] for o in options if o.startswith(("--rdzv-endpoint=", "--rdzv_endpoint="))]
+    if endpoints and "--standalone" not in options:
+        is_host = endpoints[0].rsplit(":", 1)[0] == ip
+        conf = [o for o in options if o.startswith("--rdzv-conf=")]
+        joined = ",".join([*(c.split("=", 1)[1] for c in conf), f"is_host={str(is_host).lower()}"])
+        options = [f"--rdzv-conf={joined}", *(o for o in options if o not in conf)]
+    return [*head, f"--local-addr={ip}", *options]
 
 
 def _pod_pids(uid: str) -> list[int]:

@@ -3,7 +3,8 @@
 No operator and no torch here, so these run in seconds: Indexed Job pods (index, hostname, env,
 fieldRef, secretKeyRef, ConfigMap volume, own loopback address, DNS rewriting), the termination
 message and FallbackToLogsOnError, podFailurePolicy FailJob, backoffLimit, a Secret that appears
-late, deletion stopping a pod's processes, suspend/resume and activeDeadlineSeconds.
+late, deletion stopping a pod's processes, suspend/resume and activeDeadlineSeconds; how
+launcher commands become local ones.
 Run: `pytest -m e2e tests/test_e2e_harness.py`.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.kube_emulator import EmulatedCluster, wait_for
-from tests.process_kubelet import ProcessKubelet
+from tests.process_kubelet import ProcessKubelet, local_command
 
 pytestmark = pytest.mark.e2e
 
@@ -219,3 +221,26 @@ def test_active_deadline_fails_the_job_and_stops_its_pod(harness: tuple[Emulated
     status = finished(cluster, "slow")
     assert [c["reason"] for c in status["conditions"] if c["type"] == "Failed"] == ["DeadlineExceeded"]
     wait_for(lambda: not kubelet.pods("slow"), timeout=10, what="the running pod deleted")
+
+
+RDZV = ["--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.2:40000", "-m", "speedrun_trainer.train"]
+
+
+@pytest.mark.parametrize(
+    ("command", "ip", "expected"),
+    [
+        (["torchrun", *RDZV], "127.0.0.2",
+         [sys.executable, "-m", "torch.distributed.run", "--local-addr=127.0.0.2", "--rdzv-conf=is_host=true", *RDZV]),
+        (["python", "-m", "speedrun_trainer.torchrun", "--rdzv-conf=timeout=60", *RDZV], "127.0.0.3",
+         [sys.executable, "-m", "speedrun_trainer.torchrun", "--local-addr=127.0.0.3",
+          "--rdzv-conf=timeout=60,is_host=false", *RDZV]),
+        (["torchrun", "--standalone", "-m", "speedrun_trainer.evaluate"], "127.0.0.4",
+         [sys.executable, "-m", "torch.distributed.run", "--local-addr=127.0.0.4", "--standalone", "-m",
+          "speedrun_trainer.evaluate"]),
+        (["python", "-m", "speedrun_trainer.evaluate"], "127.0.0.5",
+         [sys.executable, "-m", "speedrun_trainer.evaluate"]),
+        (["sleep", "1"], "127.0.0.6", ["sleep", "1"]),
+    ],
+)
+def test_launcher_commands_run_here_with_the_pod_address(command: list[str], ip: str, expected: list[str]) -> None:
+    assert local_command(command, ip) == expected

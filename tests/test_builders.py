@@ -123,7 +123,7 @@ def test_train_job(case: Case) -> None:
     assert spec["completions"] == spec["parallelism"] == case.pods
     assert pod["subdomain"] == name and pod["restartPolicy"] == "Never"
     cmd = container["command"]
-    assert cmd[:2] == ["torchrun", f"--nnodes={case.nnodes}"]
+    assert cmd[:4] == ["python", "-m", "speedrun_trainer.torchrun", f"--nnodes={case.nnodes}"]
     assert f"--nproc-per-node={case.nproc}" in cmd
     assert "--rdzv-backend=c10d" in cmd
     assert f"--rdzv-endpoint={name}-train-0.{name}:29400" in cmd
@@ -193,7 +193,9 @@ def test_eval_job_is_one_standalone_torchrun_pod_with_results_in_its_termination
     assert manifest["metadata"]["name"] == "gpt2-124m-eval"
     assert spec["completions"] == spec["parallelism"] == 1 and spec["backoffLimit"] == SETTINGS.eval_backoff_limit
     assert container["command"] == [
-        "torchrun",
+        "python",
+        "-m",
+        "speedrun_trainer.torchrun",
         "--nnodes=1",
         "--nproc-per-node=8",
         "--standalone",
@@ -269,7 +271,9 @@ def test_render_gpt2_example_one_pod_per_node_with_eight_gpus() -> None:
     [container] = train["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert container["command"] == [
-        "torchrun",
+        "python",
+        "-m",
+        "speedrun_trainer.torchrun",
         "--nnodes=2",
         "--nproc-per-node=8",
         "--rdzv-backend=c10d",

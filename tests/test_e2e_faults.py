@@ -7,7 +7,7 @@
 - the first eval pod dies: the eval Job retries, results are published once;
 - invalid manifests: rejected by the CRD at apply time, or Failed by the operator with a message
   that names the field, before anything runs; a config only the trainer can find invalid (exit
-  code 2) should fail the Job at once -- xfail: through torchrun it does not yet (operator bug).
+  code 2) fails the Job at once (the pods run `python -m speedrun_trainer.torchrun`, which keeps it).
 Run: `pytest -m e2e tests/test_e2e_faults.py` (the fixtures are in tests/e2e_fixtures.py).
 """
 
@@ -147,12 +147,6 @@ def test_invalid_manifests_fail_with_a_field_named_message(e2e: E2E) -> None:  #
     assert e2e.cluster.get(*SRJ, NAMESPACE, "invalid")["status"]["phase"] == "Failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="operator bug: the training container is `torchrun`, which exits 1 (ChildFailedError) when its worker "
-    "exits 2, so the podFailurePolicy FailJob rule on exit code 2 never matches, and the log tail's last line "
-    "is torchrun's '====' banner, not the trainer's one-line error",
-)
 def test_trainer_config_error_fails_at_once_naming_the_field(e2e: E2E) -> None:  # noqa: F811
     # Valid for the CRD and the operator; only the trainer sees that 200 < the byte tokenizer's 257.
     manifest = speedrun_manifest("vocab", e2e.bucket, steps=20, checkpoint_every=10,

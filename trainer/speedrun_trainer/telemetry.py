@@ -45,7 +45,8 @@ class Telemetry:
     def __post_init__(self) -> None:
         self.registry = CollectorRegistry()
         self.gauges = {k: Gauge(n, HELP[k], registry=self.registry) for k, n in METRIC_NAMES.items()}
-        for k in ("val_loss", "val_bpb"):
+        # Unknown until measured: NaN, which the operator and the progress bar skip (never a fake 0).
+        for k in ("train_loss", "val_loss", "val_bpb", "tokens_per_second", "mfu", "eta_seconds"):
             self.gauges[k].set(math.nan)
         self._server = None
         if self.port is not None:

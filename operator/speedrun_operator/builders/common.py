@@ -99,6 +99,11 @@ def volume_mounts() -> list[dict[str, Any]]:
     ]
 
 
+# torchrun, keeping the trainer's "invalid config" exit code (plain torchrun exits 1 for any
+# worker failure, so a podFailurePolicy on exit code 2 could never match).
+TORCHRUN = ["python", "-m", "speedrun_trainer.torchrun"]
+
+
 def env(job: SpeedrunJob, settings: OperatorSettings) -> list[dict[str, Any]]:
     """Environment of the trainer and evaluator (docs/contracts.md); secrets only by reference."""
     out: list[dict[str, Any]] = [
@@ -108,6 +113,9 @@ def env(job: SpeedrunJob, settings: OperatorSettings) -> list[dict[str, Any]]:
         {"name": "SPEEDRUN_CACHE_DIR", "value": CACHE_DIR},
         {"name": "SPEEDRUN_JOB_NAME", "value": job.metadata.name},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # A replaced pod other than index 0 would otherwise wait forever for the surviving rank 0
+        # to publish its store address again: https://github.com/pytorch/pytorch/issues/135712
+        {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"},
     ]
     uri = storage_uri(job, settings)
     if uri is not None:

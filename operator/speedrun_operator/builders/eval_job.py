@@ -20,7 +20,7 @@ EVAL_MODULE = "speedrun_trainer.evaluate"
 
 def torchrun_eval_command(job: SpeedrunJob) -> list[str]:
     return [
-        "torchrun",
+        *common.TORCHRUN,
         "--nnodes=1",
         f"--nproc-per-node={job.spec.resources.procs_per_node}",
         "--standalone",

@@ -21,11 +21,14 @@ TRAIN_MODULE = "speedrun_trainer.train"
 
 
 def torchrun_train_command(job: SpeedrunJob) -> list[str]:
-    """`torchrun --nnodes=N|MIN:MAX ... -m speedrun_trainer.train --config /etc/speedrun/run.json`."""
+    """`python -m speedrun_trainer.torchrun --nnodes=N|MIN:MAX ... -m speedrun_trainer.train --config ...`.
+
+    `speedrun_trainer.torchrun` takes torchrun's arguments and keeps exit code 2 (invalid config).
+    """
     r, name = job.spec.resources, job.metadata.name
     lo, hi = r.node_range
     return [
-        "torchrun",
+        *common.TORCHRUN,
         f"--nnodes={lo}:{hi}" if r.elastic else f"--nnodes={hi}",
         f"--nproc-per-node={r.procs_per_node}",
         "--rdzv-backend=c10d",

@@ -13,7 +13,6 @@ operator needs no storage credentials.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,15 +30,12 @@ from speedrun_trainer.results import build_run_info, headline, write_results
 from speedrun_trainer.runtime import (
     Dist,
     cache_dir,
-    load_config,
+    entry_point,
     log,
     run_storage,
     seeded,
-    setup_distributed,
-    teardown_distributed,
 )
 from speedrun_trainer.spec import SpeedrunJob
-from speedrun_trainer.storage import DataError
 from speedrun_trainer.tokenizer import load_tokenizer
 from speedrun_trainer.train import SUMMARY_KEY
 from speedrun_trainer.versions import software_versions
@@ -127,20 +123,17 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     return message
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="speedrun_trainer.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="SpeedrunJob manifest (YAML or JSON)")
-    args = parser.parse_args(argv)
-    job = load_config(args.config)
-    env = setup_distributed()
+def _evaluate(job: SpeedrunJob, env: Dist) -> int:
     try:
         evaluate(job, env)
-        return 0
-    except (EvalError, DataError) as err:
+    except EvalError as err:
         print(f"evaluation failed: {err}", file=sys.stderr, flush=True)
         return 1
-    finally:
-        teardown_distributed()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return entry_point("speedrun_trainer.evaluate", __doc__.splitlines()[0], _evaluate, argv)
 
 
 if __name__ == "__main__":

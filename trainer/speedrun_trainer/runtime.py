@@ -7,20 +7,21 @@ turns a bad config into exit code 2 (the operator's podFailurePolicy fails the J
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from speedrun_trainer.manifest import EXIT_INVALID, SpecError, load_job
+from speedrun_trainer.manifest import EXIT_INVALID, ConfigError, SpecError, load_job
 from speedrun_trainer.spec import SpeedrunJob
-from speedrun_trainer.storage import Storage, open_storage
+from speedrun_trainer.storage import DataError, Storage, open_storage
 
 
 @dataclass
@@ -107,3 +108,31 @@ def seeded(seed: int) -> Iterator[None]:
         yield
     finally:
         torch.set_rng_state(state)
+
+
+def entry_point(
+    prog: str, description: str, body: Callable[[SpeedrunJob, Dist], int], argv: list[str] | None = None
+) -> int:
+    """`python -m <prog> --config FILE`: load the config, set up torch.distributed, run `body`.
+
+    Exit codes: 0 done; 2 the config can never work (found before or while running; the
+    torchrun wrapper passes it on); 1 anything else worth a retry, such as data that cannot be read.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, help="SpeedrunJob manifest (YAML or JSON)")
+    args = parser.parse_args(argv)
+    job = load_config(args.config)
+    env = setup_distributed()
+    try:
+        return body(job, env)
+    except ConfigError as err:  # config problems found only at run time (tokenizer, world size)
+        from speedrun_trainer.torchrun import report_config_error
+
+        print(f"invalid config: {err}", file=sys.stderr, flush=True)
+        report_config_error(str(err))
+        return EXIT_INVALID
+    except DataError as err:
+        print(f"{prog}: {err}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        teardown_distributed()

@@ -14,7 +14,6 @@ writes `train_summary.json` at the end.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -31,7 +30,7 @@ from speedrun_trainer import checkpoint
 from speedrun_trainer.data import batch_for, open_dataset
 from speedrun_trainer.flops import training_flops_per_token
 from speedrun_trainer.loss_eval import evaluate_loss
-from speedrun_trainer.manifest import EXIT_INVALID, ConfigError
+from speedrun_trainer.manifest import ConfigError
 from speedrun_trainer.model import GPT
 from speedrun_trainer.optim import build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.plan import resolve
@@ -39,17 +38,13 @@ from speedrun_trainer.runtime import (
     Dist,
     autocast,
     cache_dir,
-    load_config,
+    entry_point,
     log,
     run_storage,
-    setup_distributed,
-    teardown_distributed,
 )
 from speedrun_trainer.spec import SpeedrunJob
-from speedrun_trainer.storage import DataError
 from speedrun_trainer.telemetry import Telemetry
 from speedrun_trainer.tokenizer import load_tokenizer
-from speedrun_trainer.torchrun import report_config_error
 from speedrun_trainer.tracking import Tracker
 from speedrun_trainer.versions import software_versions
 
@@ -305,31 +300,20 @@ class Trainer:
         self.telemetry.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="speedrun_trainer.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="SpeedrunJob manifest (YAML or JSON)")
-    args = parser.parse_args(argv)
-    job = load_config(args.config)
-    env = setup_distributed()
+def _train(job: SpeedrunJob, env: Dist) -> int:
     print(f"worker rank {env.rank}/{env.world_size} (local rank {env.local_rank}) on {env.device}", flush=True)
-    trainer = None
+    trainer = Trainer(job, env)
     try:
-        trainer = Trainer(job, env)
         trainer.run()
         trainer.write_summary()
-        log(f"training done: step {trainer.state.step}, {trainer.state.training_seconds:.1f}s of training")
-        return 0
-    except ConfigError as err:  # config problems found only at run time (tokenizer, world size)
-        print(f"invalid config: {err}", file=sys.stderr, flush=True)
-        report_config_error(str(err))
-        return EXIT_INVALID
-    except DataError as err:
-        print(f"data error: {err}", file=sys.stderr, flush=True)
-        return 1
     finally:
-        if trainer is not None:
-            trainer.close()
-        teardown_distributed()
+        trainer.close()
+    log(f"training done: step {trainer.state.step}, {trainer.state.training_seconds:.1f}s of training")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return entry_point("speedrun_trainer.train", __doc__.splitlines()[0], _train, argv)
 
 
 if __name__ == "__main__":

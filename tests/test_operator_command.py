@@ -51,7 +51,12 @@ def test_speedrun_operator_command_runs_kopf_with_its_flags(tmp_path: Path) -> N
                 except OSError:
                     return ""
 
-            assert 'speedrun_operator_jobs{phase="Pending"} 1.0' in wait_for(metrics, what="operator metrics")
+            pending = 'speedrun_operator_jobs{phase="Pending"} 1.0'
+
+            def pending_in_metrics() -> bool:
+                return pending in metrics()
+
+            wait_for(pending_in_metrics, timeout=30, what="the Pending job in the operator's metrics")
         finally:
             process.send_signal(signal.SIGINT)
             code = process.wait(timeout=30)

@@ -107,8 +107,10 @@ def test_runs_through_training_and_eval_to_succeeded(runs: Speedruns) -> None:
     runs.wait_phase("happy", "Evaluating")
     eval_job = runs.job("happy-eval")
     assert eval_job is not None
-    assert eval_job["spec"]["template"]["spec"]["containers"][0]["command"][:4] == [
-        "torchrun",
+    assert eval_job["spec"]["template"]["spec"]["containers"][0]["command"][:6] == [
+        "python",
+        "-m",
+        "speedrun_trainer.torchrun",
         "--nnodes=1",
         "--nproc-per-node=1",
         "--standalone",

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,10 @@ class TorchxApp:
         from torchx.components.dist import ddp
         from torchx.runner import get_runner
 
+        # torchx runs `bash -c "torchrun ..."`: this interpreter's bin directory must come first on
+        # PATH, also when the venv was never activated (`.venv/bin/speedrun run ...`).
+        bin_dir = str(Path(sys.executable).parent)
+        env = {**env, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
         app = ddp(*args, m=module, j=f"{nodes}x{procs_per_node}", env=env, max_retries=max_retries,
                   rdzv_port=rdzv_port, name=module.rsplit(".", 1)[-1])
         self.log_dir = log_dir

@@ -24,6 +24,10 @@ from speedrun_trainer.spec import SpeedrunJob
 from speedrun_trainer.storage import DataError, Storage, open_storage
 
 
+class DeviceError(Exception):
+    """The accelerator the spec asks for is not here (a node problem: exit 1, worth a retry)."""
+
+
 @dataclass
 class Dist:
     rank: int
@@ -131,7 +135,7 @@ def entry_point(
         print(f"invalid config: {err}", file=sys.stderr, flush=True)
         report_config_error(str(err))
         return EXIT_INVALID
-    except DataError as err:
+    except (DataError, DeviceError) as err:
         print(f"{prog}: {err}", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from speedrun_trainer import checkpoint
+from speedrun_trainer.accelerators import lookup
 from speedrun_trainer.data import batch_for, open_dataset
 from speedrun_trainer.flops import training_flops_per_token
 from speedrun_trainer.loss_eval import evaluate_loss
@@ -35,6 +36,7 @@ from speedrun_trainer.model import GPT
 from speedrun_trainer.optim import build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.plan import resolve
 from speedrun_trainer.runtime import (
+    DeviceError,
     Dist,
     autocast,
     cache_dir,
@@ -66,6 +68,18 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)  # eval points
 
 
+def check_device(job: SpeedrunJob, env: Dist) -> None:
+    """Refuse to train a GPU or TPU manifest on the host CPU by accident."""
+    acc = lookup(job.spec.resources.accelerator)
+    if acc is None or acc.kind == "cpu":
+        return
+    if acc.kind == "tpu":  # no torch_xla path yet: a TPU run can never work with this trainer
+        raise ConfigError(f"spec.resources.accelerator: {acc.name} needs a TPU backend (torch_xla), "
+                          "which this trainer does not have yet")
+    if env.device.type != "cuda":
+        raise DeviceError(f"spec.resources.accelerator is {acc.name}, but torch sees no CUDA device here")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -94,6 +108,7 @@ class Trainer:
                 f" = {per_step}"
             )
         self.accum = t.batch_size // per_step
+        check_device(job, env)
         if t.precision == "fp8":
             log("precision fp8: FP8 matmuls are not implemented yet; training with bf16 autocast")
         if t.precision != "fp32" and env.device.type != "cuda":

@@ -19,7 +19,7 @@ def test_cpu_manifest_runs_on_cpu():
 
 def test_tpu_manifest_is_an_invalid_config():
     job = parse_job(tiny_manifest(**{"spec.resources.accelerator": "tpu-v5e", "spec.resources.topology": "2x2"}))
-    with pytest.raises(ConfigError, match="spec.resources.accelerator: tpu-v5e needs a TPU backend"):
+    with pytest.raises(ConfigError, match=r"spec\.resources\.accelerator: tpu-v5e needs a TPU backend"):
         check_device(job, CPU)
 
 

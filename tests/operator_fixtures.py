@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from kopf.testing import KopfRunner
 
 from speedrun_operator.commands import kopf_run_argv
 from speedrun_operator.settings import OperatorSettings
+from speedrun_trainer.launch import free_port  # noqa: F401 - re-exported for the operator tests
 from tests.kube_emulator import EmulatedCluster, wait_for
 from tests.scripted_jobs import ScriptedJobController
 
@@ -41,12 +41,6 @@ OPERATOR_ENV = {
     "SPEEDRUN_OPERATOR_DEFAULT_STORAGE_URI": "s3://speedrun-test/runs",
     "SPEEDRUN_TRAINER_IMAGE": "registry.test/speedrun-trainer:test",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tiny_job(name: str, **spec_overrides: Any) -> dict[str, Any]:

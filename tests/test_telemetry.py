@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from speedrun_trainer.local import free_port
+from speedrun_trainer.launch import free_port
 from speedrun_trainer.progress import ProgressBar, parse_metrics, scrape
 from speedrun_trainer.telemetry import METRIC_NAMES, Telemetry
 

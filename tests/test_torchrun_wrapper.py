@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from speedrun_trainer.local import free_port
+from speedrun_trainer.launch import free_port
 from speedrun_trainer.torchrun import config_path
 from tests.helpers import tiny_manifest, write_manifest
 

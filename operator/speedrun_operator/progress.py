@@ -8,41 +8,23 @@ exposition (comments, other metrics, `_created` samples) is fine.
 
 from __future__ import annotations
 
-import math
 import urllib.request
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from speedrun_operator.status import Progress
+from speedrun_trainer.telemetry import METRIC_NAMES, parse_metrics
 
 SCRAPE_TIMEOUT = 3.0
 
-# Trainer gauge -> status.progress field (camelCase on the wire, snake_case in the model).
-METRIC_FIELDS: dict[str, str] = {
-    "speedrun_step": "step",
-    "speedrun_total_steps": "total_steps",
-    "speedrun_train_loss": "train_loss",
-    "speedrun_val_loss": "val_loss",
-    "speedrun_val_bpb": "val_bpb",
-    "speedrun_tokens_per_second": "tokens_per_second",
-    "speedrun_mfu": "mfu",
-    "speedrun_eta_seconds": "eta_seconds",
-    "speedrun_training_seconds": "training_seconds",
-}
+# Trainer gauge -> status.progress field: the trainer's own names (speedrun_trainer.telemetry),
+# whose short keys are the snake_case fields of `Progress`.
+METRIC_FIELDS: dict[str, str] = {name: field for field, name in METRIC_NAMES.items()}
 INTEGER_FIELDS = ("step", "total_steps")
 
 
 def parse_progress(text: str) -> dict[str, Any]:
     """Exposition text -> {field: value} for the gauges present; NaN and inf are skipped."""
-    found: dict[str, Any] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            field = METRIC_FIELDS.get(sample.name)
-            if field is None or not math.isfinite(sample.value):
-                continue
-            found[field] = int(sample.value) if field in INTEGER_FIELDS else float(sample.value)
-    return found
+    return {k: int(v) if k in INTEGER_FIELDS else v for k, v in parse_metrics(text).items()}
 
 
 def progress_from(values: dict[str, Any], now: str) -> Progress:

@@ -19,11 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from speedrun_trainer import checkpoint
-from speedrun_trainer.data import open_dataset
-from speedrun_trainer.loss_eval import LossEval, evaluate_loss
+from speedrun_trainer.data import TokenDataset, open_dataset
+from speedrun_trainer.loss_eval import LossEval, evaluate_loss, padded_token_bytes
 from speedrun_trainer.model import GPT
 from speedrun_trainer.plan import resolve
 from speedrun_trainer.results import build_run_info, headline, write_results
@@ -47,7 +48,9 @@ class EvalError(Exception):
     """Something the evaluation needs is missing (no checkpoint, no training summary)."""
 
 
-def _bpb(model: torch.nn.Module, job: SpeedrunJob, env: Dist, dataset: Any, token_bytes: Any) -> LossEval:
+def _bpb(
+    model: torch.nn.Module, job: SpeedrunJob, env: Dist, dataset: TokenDataset, token_bytes: np.ndarray
+) -> LossEval:
     spec = job.spec
     return evaluate_loss(
         model, dataset, token_bytes, tokens=spec.eval.bpb.tokens, seq_len=spec.model.seq_len,
@@ -92,8 +95,7 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     log(f"evaluating the checkpoint of step {ckpt.step} from {storage.url(checkpoint.PREFIX)}")
 
     tokenizer = load_tokenizer(spec.data.tokenizer, endpoint_url=spec.storage.endpoint_url)
-    token_bytes = torch.zeros(spec.model.vocab_size, dtype=torch.long)
-    token_bytes[: tokenizer.vocab_size] = torch.as_tensor(tokenizer.token_bytes())
+    token_bytes = padded_token_bytes(tokenizer, spec.model.vocab_size)
     dataset = open_dataset(
         spec.eval.bpb.data or spec.data.validation, tokenizer=spec.data.tokenizer, cache_dir=cache_dir(),
         endpoint_url=spec.storage.endpoint_url,
@@ -101,9 +103,9 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     with seeded(spec.train.seed):
         model = GPT(spec.model)  # exactly the trainer's initialization: the untrained baseline
     model.to(env.device)
-    initial = _bpb(model, job, env, dataset, token_bytes.numpy())
+    initial = _bpb(model, job, env, dataset, token_bytes)
     model.load_state_dict(ckpt.model)
-    final = _bpb(model, job, env, dataset, token_bytes.numpy())
+    final = _bpb(model, job, env, dataset, token_bytes)
     log(f"bpb {final.bpb:.4f} (untrained {initial.bpb:.4f}) over {final.tokens:,} tokens / {final.bytes:,} bytes")
     core = _core(model, job, env, tokenizer)
     if core is not None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from speedrun_trainer.data import TokenDataset
 from speedrun_trainer.runtime import all_reduce_sum, autocast
+from speedrun_trainer.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,14 @@ class LossEval:
     bpb: float
     tokens: int  # tokens scored over all ranks
     bytes: int
+
+
+def padded_token_bytes(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
+    """UTF-8 bytes per token id for a model whose vocabulary may be padded past the tokenizer's:
+    padding ids stand for no bytes."""
+    out = np.zeros(vocab_size, dtype=np.int64)
+    out[: tokenizer.vocab_size] = tokenizer.token_bytes()
+    return out
 
 
 def bits_per_byte(sum_nats: float, sum_bytes: int) -> float:

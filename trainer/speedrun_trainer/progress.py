@@ -7,28 +7,11 @@ at every tenth of the run.
 
 from __future__ import annotations
 
-import math
 import urllib.error
 import urllib.request
 from typing import Any, TextIO
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from speedrun_trainer.telemetry import METRIC_NAMES
-
-_BY_NAME = {v: k for k, v in METRIC_NAMES.items()}
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Our gauges out of a Prometheus text exposition, keyed by their short names."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        key = _BY_NAME.get(family.name)
-        if key and family.samples:
-            value = float(family.samples[0].value)
-            if math.isfinite(value):
-                out[key] = value
-    return out
+from speedrun_trainer.telemetry import parse_metrics
 
 
 def scrape(url: str, timeout: float = 1.0) -> dict[str, float]:

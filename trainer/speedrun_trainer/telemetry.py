@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 METRIC_NAMES = {
     "step": "speedrun_step",
@@ -34,6 +35,24 @@ HELP = {
     "eta_seconds": "Estimated training seconds left",
     "training_seconds": "Training wall time so far (eval, checkpointing and logging excluded)",
 }
+
+
+_KEY_BY_NAME = {name: key for key, name in METRIC_NAMES.items()}
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Our gauges out of a Prometheus text exposition, keyed by their short names.
+
+    NaN and infinite values (not measured yet) are left out; other metrics are ignored.
+    Used by `speedrun run`'s progress bar and by the operator's progress scrape.
+    """
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = _KEY_BY_NAME.get(sample.name)
+            if key is not None and math.isfinite(sample.value):
+                out[key] = float(sample.value)
+    return out
 
 
 @dataclass

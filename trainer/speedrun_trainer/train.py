@@ -30,7 +30,7 @@ from speedrun_trainer import checkpoint
 from speedrun_trainer.accelerators import lookup
 from speedrun_trainer.data import batch_for, open_dataset
 from speedrun_trainer.flops import training_flops_per_token
-from speedrun_trainer.loss_eval import evaluate_loss
+from speedrun_trainer.loss_eval import evaluate_loss, padded_token_bytes
 from speedrun_trainer.manifest import ConfigError
 from speedrun_trainer.model import GPT
 from speedrun_trainer.optim import build_optimizers, lr_multiplier, set_lr
@@ -121,8 +121,7 @@ class Trainer:
             raise ConfigError(
                 f"spec.model.vocabSize: {m.vocab_size} is smaller than the {tok.name} tokenizer's {tok.vocab_size}"
             )
-        self.token_bytes = torch.zeros(m.vocab_size, dtype=torch.long)
-        self.token_bytes[: tok.vocab_size] = torch.as_tensor(tok.token_bytes())
+        self.token_bytes = padded_token_bytes(tok, m.vocab_size)
         data_args = {"tokenizer": spec.data.tokenizer, "cache_dir": cache_dir(), "endpoint_url": endpoint}
         self.train_data = open_dataset(spec.data.train, **data_args)
         self.val_data = open_dataset(spec.data.validation, **data_args)
@@ -243,7 +242,7 @@ class Trainer:
     def _evaluate(self) -> bool:
         st, env, spec = self.state, self.env, self.spec
         ev = evaluate_loss(
-            self.model, self.val_data, self.token_bytes.numpy(), tokens=spec.eval.bpb.tokens,
+            self.model, self.val_data, self.token_bytes, tokens=spec.eval.bpb.tokens,
             seq_len=spec.model.seq_len, batch_size=spec.train.device_batch_size, rank=env.rank,
             world_size=env.world_size, device=env.device, precision=spec.train.precision,
         )

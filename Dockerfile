@@ -31,6 +31,7 @@ COPY scripts/pyproject_requirements.py scripts/
 RUN python3 scripts/pyproject_requirements.py pyproject.toml > /tmp/requirements.txt \
  && pip install -c constraints.txt -r /tmp/requirements.txt
 COPY README.md ./
+COPY api/ api/
 COPY trainer/ trainer/
 COPY operator/ operator/
 RUN pip install --no-deps . \
@@ -67,10 +68,11 @@ COPY scripts/pyproject_requirements.py scripts/
 RUN python3 scripts/pyproject_requirements.py pyproject.toml train --exclude torch > /tmp/requirements.txt \
  && pip install -c constraints.txt -r /tmp/requirements.txt
 COPY README.md ./
+COPY api/ api/
 COPY trainer/ trainer/
 COPY operator/ operator/
 RUN pip install --no-deps . \
- && python3 -c "import torch, speedrun_trainer.train; print('torch', torch.__version__)"
+ && python3 -c "import torch, speedrun_trainer.train.loop; print('torch', torch.__version__)"
 
 FROM ${BASE} AS trainer
 LABEL org.opencontainers.image.title="speedrun-trainer" \

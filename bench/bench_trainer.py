@@ -39,11 +39,11 @@ from typing import Any
 import torch
 from reference_gpt import ReferenceConfig, ReferenceGPT, reference_adamw
 
-from speedrun_trainer.accelerators import lookup
-from speedrun_trainer.flops import training_flops_per_token
-from speedrun_trainer.model import GPT
-from speedrun_trainer.optim import build_optimizers, set_lr
-from speedrun_trainer.spec import ModelSpec, OptimizerSpec
+from speedrun_api.accelerators import lookup
+from speedrun_api.flops import training_flops_per_token
+from speedrun_api.spec import ModelSpec, OptimizerSpec
+from speedrun_trainer.train.model import GPT
+from speedrun_trainer.train.optim import build_optimizers, set_lr
 
 # (model shape, batch size). `micro` is the smoke-test size of tests/test_bench.py.
 CONFIGS: dict[str, tuple[dict[str, Any], int]] = {

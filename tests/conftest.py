@@ -112,7 +112,7 @@ def bpe_tokenizer_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny byte-level BPE `tokenizers` JSON (vocab 400, `<|endoftext|>` special), trained here."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from speedrun_trainer.builtin_data import builtin_documents
+    from speedrun_trainer.data.builtin import builtin_documents
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -22,7 +22,7 @@ from kopf.testing import KopfRunner
 
 from speedrun_operator.commands import kopf_run_argv
 from speedrun_operator.settings import OperatorSettings
-from speedrun_trainer.launch import free_port  # noqa: F401 - re-exported for the operator tests
+from speedrun_trainer.cli.launch import free_port  # noqa: F401 - re-exported for the operator tests
 from tests.kube_emulator import EmulatedCluster, wait_for
 from tests.scripted_jobs import ScriptedJobController
 

@@ -107,7 +107,7 @@ MESSAGE_LIMIT = 4096  # bytes of a termination message the kubelet keeps
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # FallbackToLogsOnError: the log tail it takes instead
 MAX_GRACE_SECONDS = 5.0
 # Modules that take torchrun's arguments: torchrun itself, and the trainer's exit-code-keeping wrapper.
-TORCHRUN_MODULES = ("torch.distributed.run", "speedrun_trainer.torchrun")
+TORCHRUN_MODULES = ("torch.distributed.run", "speedrun_trainer.train.torchrun")
 HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9][-A-Za-z0-9.]*):(?P<port>\d+)$")
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
+from speedrun_api.manifest import load_job, parse_job
 from speedrun_operator import builders
 from speedrun_operator.commands import main as cli
 from speedrun_operator.settings import OperatorSettings
-from speedrun_trainer.manifest import load_job, parse_job
 from tests.helpers import EXAMPLES
 
 SETTINGS = OperatorSettings(default_storage_uri="s3://bucket/runs")
@@ -123,7 +123,7 @@ def test_train_job(case: Case) -> None:
     assert spec["completions"] == spec["parallelism"] == case.pods
     assert pod["subdomain"] == name and pod["restartPolicy"] == "Never"
     cmd = container["command"]
-    assert cmd[:4] == ["python", "-m", "speedrun_trainer.torchrun", f"--nnodes={case.nnodes}"]
+    assert cmd[:4] == ["python", "-m", "speedrun_trainer.train.torchrun", f"--nnodes={case.nnodes}"]
     assert f"--nproc-per-node={case.nproc}" in cmd
     assert "--rdzv-backend=c10d" in cmd
     assert f"--rdzv-endpoint={name}-train-0.{name}:29400" in cmd
@@ -195,12 +195,12 @@ def test_eval_job_is_one_standalone_torchrun_pod_with_results_in_its_termination
     assert container["command"] == [
         "python",
         "-m",
-        "speedrun_trainer.torchrun",
+        "speedrun_trainer.train.torchrun",
         "--nnodes=1",
         "--nproc-per-node=8",
         "--standalone",
         "-m",
-        "speedrun_trainer.evaluate",
+        "speedrun_trainer.evaluation",
         "--config",
         "/etc/speedrun/run.json",
     ]
@@ -273,7 +273,7 @@ def test_render_gpt2_example_one_pod_per_node_with_eight_gpus() -> None:
     assert container["command"] == [
         "python",
         "-m",
-        "speedrun_trainer.torchrun",
+        "speedrun_trainer.train.torchrun",
         "--nnodes=2",
         "--nproc-per-node=8",
         "--rdzv-backend=c10d",

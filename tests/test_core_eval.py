@@ -1,4 +1,4 @@
-"""Tests of CORE scoring (speedrun_trainer.core_eval) on a small bundle written by the tests.
+"""Tests of CORE scoring (speedrun_trainer.evaluation.core) on a small bundle written by the tests.
 
     pytest tests/test_core_eval.py
 
@@ -26,9 +26,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 
-from speedrun_trainer import core_eval
-from speedrun_trainer.core_eval import BundleError, evaluate_core, format_core_table, sample_fewshot
-from speedrun_trainer.storage import DataError
+from speedrun_trainer.data.storage import DataError
+from speedrun_trainer.evaluation import core as core_eval
+from speedrun_trainer.evaluation.core import BundleError, evaluate_core, format_core_table, sample_fewshot
 
 EOT = 256
 
@@ -107,7 +107,7 @@ def gold_texts() -> list[str]:
 
 
 class ByteTokenizer:
-    """Stand-in for speedrun_trainer.tokenizer's `byte` tokenizer: UTF-8 bytes, separator 256."""
+    """Stand-in for speedrun_trainer.data.tokenizer's `byte` tokenizer: UTF-8 bytes, separator 256."""
 
     eot_id = EOT
     vocab_size = 257
@@ -287,9 +287,9 @@ def test_bad_bundles_are_one_line_errors(bundle: Path, tmp_path: Path) -> None:
 
 
 def test_real_gpt_and_byte_tokenizer(bundle: Path) -> None:
-    from speedrun_trainer.model import GPT
-    from speedrun_trainer.spec import ModelSpec
-    from speedrun_trainer.tokenizer import load_tokenizer
+    from speedrun_api.spec import ModelSpec
+    from speedrun_trainer.data.tokenizer import load_tokenizer
+    from speedrun_trainer.train.model import GPT
 
     torch.manual_seed(0)
     spec = ModelSpec(vocab_size=257, seq_len=64, hidden_dim=32, intermediate_dim=64, num_layers=1,
@@ -337,8 +337,8 @@ def test_ddp_and_compile_wrappers_are_bypassed(bundle: Path, tmp_path: Path, mon
     """Ranks run different numbers of forwards: a DDP forward could wait on the others forever."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from speedrun_trainer.model import GPT
-    from speedrun_trainer.spec import ModelSpec
+    from speedrun_api.spec import ModelSpec
+    from speedrun_trainer.train.model import GPT
 
     class Compiled(torch.nn.Module):  # torch.compile's OptimizedModule keeps the original here
         def __init__(self, inner: torch.nn.Module) -> None:

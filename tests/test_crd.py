@@ -14,10 +14,10 @@ import jsonschema
 import pytest
 import yaml
 
-from speedrun_operator.commands import main as cli
-from speedrun_operator.crd import PRINTER_COLUMNS, build_crd, render_crd
-from speedrun_operator.status import Condition, Progress, Results, SpeedrunJobStatus
-from speedrun_trainer.manifest import SpecError, parse_job
+from speedrun_api.crd import PRINTER_COLUMNS, build_crd, render_crd
+from speedrun_api.manifest import SpecError, parse_job
+from speedrun_api.status import Condition, Progress, Results, SpeedrunJobStatus
+from speedrun_trainer.cli.main import main as cli
 from tests.helpers import EXAMPLES, ROOT, with_changes
 from tests.kube_emulator import CustomResourceSchema
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from speedrun_trainer.builtin_data import builtin_documents, materialize_builtin
-from speedrun_trainer.data import TokenDataset, batch_for, open_dataset
-from speedrun_trainer.shards import read_shard_file, write_shard
-from speedrun_trainer.storage import DataError, local_path_of, open_storage
-from speedrun_trainer.tokenizer import load_tokenizer
+from speedrun_trainer.data.builtin import builtin_documents, materialize_builtin
+from speedrun_trainer.data.loader import TokenDataset, batch_for, open_dataset
+from speedrun_trainer.data.shards import read_shard_file, write_shard
+from speedrun_trainer.data.storage import DataError, local_path_of, open_storage
+from speedrun_trainer.data.tokenizer import load_tokenizer
 
 TRAIN, VAL = "builtin://pydoc-topics/train", "builtin://pydoc-topics/val"
 

@@ -7,7 +7,7 @@
 - the first eval pod dies: the eval Job retries, results are published once;
 - invalid manifests: rejected by the CRD at apply time, or Failed by the operator with a message
   that names the field, before anything runs; a config only the trainer can find invalid (exit
-  code 2) fails the Job at once (the pods run `python -m speedrun_trainer.torchrun`, which keeps it).
+  code 2) fails the Job at once (the pods run `python -m speedrun_trainer.train.torchrun`, which keeps it).
 Run: `pytest -m e2e tests/test_e2e_faults.py` (the fixtures are in tests/e2e_fixtures.py).
 """
 

@@ -20,9 +20,9 @@ import jsonschema
 import pytest
 import yaml
 
+from speedrun_api.manifest import parse_job
 from speedrun_operator.builders import BuildError, check_runnable
 from speedrun_operator.settings import OperatorSettings
-from speedrun_trainer.manifest import parse_job
 from tests import helm_tool
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from speedrun_trainer.flops import forward_flops_per_token, param_count
-from speedrun_trainer.manifest import load_job
-from speedrun_trainer.plan import resolve
-from speedrun_trainer.spec import ModelSpec
+from speedrun_api.flops import forward_flops_per_token, param_count
+from speedrun_api.manifest import load_job
+from speedrun_api.plan import resolve
+from speedrun_api.spec import ModelSpec
 from tests.helpers import EXAMPLES
 
 
@@ -51,7 +51,7 @@ def test_param_count_tied_and_qk_norm():
 
 
 def test_horizons_resolve_to_steps(tmp_path):
-    from speedrun_trainer.manifest import parse_job
+    from speedrun_api.manifest import parse_job
     from tests.helpers import tiny_manifest
 
     per_step = 8 * 64

@@ -27,15 +27,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from speedrun_api.crd import render_crd
+from speedrun_api.manifest import load_job
 from speedrun_operator import kube
 from speedrun_operator import labels as L
 from speedrun_operator.builders import build_train_job
 from speedrun_operator.commands import kopf_run_argv
-from speedrun_operator.crd import render_crd
 from speedrun_operator.metrics import REGISTRY, serve
 from speedrun_operator.progress import METRIC_FIELDS
 from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings, env_name
-from speedrun_trainer.manifest import load_job
 from tests import helm_tool
 
 ROOT = Path(__file__).resolve().parent.parent

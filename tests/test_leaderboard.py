@@ -1,4 +1,4 @@
-"""Tests of `speedrun leaderboard` (speedrun_trainer.leaderboard and leaderboard_render).
+"""Tests of `speedrun leaderboard` (speedrun_trainer.leaderboard.ranking and leaderboard_render).
 
     pytest tests/test_leaderboard.py
 
@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from speedrun_trainer import leaderboard as lb
-from speedrun_trainer.cli import main as speedrun
-from speedrun_trainer.leaderboard_render import FRONTIER_COLOR
+from speedrun_trainer.cli.main import main as speedrun
+from speedrun_trainer.leaderboard.ranking import build_tables, rank_runs
+from speedrun_trainer.leaderboard.render import FRONTIER_COLOR
+from speedrun_trainer.leaderboard.runs import BPB_KEY, Run, run_from_info
 
 DATA = Path(__file__).parent / "data" / "leaderboard"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -33,9 +34,9 @@ PARETO = {"d26-bf16", "d26-fp8", "d20", "bottlecap-muon-wd"}
 
 
 def run(name: str, flops: float | None = None, bpb: float | None = None, seconds: float = 100.0,
-        **extra: Any) -> lb.Run:
-    info = {"name": name, "training_hardware_flops": flops, lb.BPB_KEY: bpb, "training_time": seconds, **extra}
-    return lb.run_from_info(info, name, f"file:///{name}/speedrun_results.json")
+        **extra: Any) -> Run:
+    info = {"name": name, "training_hardware_flops": flops, BPB_KEY: bpb, "training_time": seconds, **extra}
+    return run_from_info(info, name, f"file:///{name}/speedrun_results.json")
 
 
 def rgb(color: str) -> np.ndarray:
@@ -64,7 +65,7 @@ def test_pareto_frontier_bands_and_ties() -> None:
         run("e", 4e18, 1.00, seconds=200.0), run("f", 4e18, 1.00, seconds=150.0),  # equal: both optimal
         run("no-flops", None, 0.9), run("no-bpb", 1e18, None),
     ]
-    tracks = lb.rank_runs(runs, band_width=0.1)
+    tracks = rank_runs(runs, band_width=0.1)
     marin = tracks["marin"]
     assert [r.name for r in marin] == ["f", "e", "b", "d", "c", "a", "cheap"]  # BPB, FLOPs, then time
     assert {r.name for r in runs if r.pareto} == {"cheap", "a", "b", "e", "f"}
@@ -72,7 +73,7 @@ def test_pareto_frontier_bands_and_ties() -> None:
         "f": "1.0-1.1", "e": "1.0-1.1", "b": "1.1-1.2", "d": "1.1-1.2", "c": "1.1-1.2", "a": "1.2-1.3",
         "cheap": "1.3-1.4",
     }
-    bands = lb.build_tables(tracks, 0.1)[1]
+    bands = build_tables(tracks, 0.1)[1]
     assert [row[2] for row in bands.rows] == ["f", "e", "b", "c", "d", "a", "cheap"]  # FLOPs within a band
     assert [row[1] for row in bands.rows] == ["1", "2", "1", "2", "3", "1", "1"]
     assert runs[-1].tracks == runs[-2].tracks == []
@@ -93,7 +94,7 @@ def test_time_to_target_tracks() -> None:
         run("from-spec", time_to_target=50.0,
             spec={"kind": "SpeedrunJob", "spec": {"target": {"metric": "val_loss", "value": 3.28}}}),
     ]
-    tracks = lb.rank_runs(runs)
+    tracks = rank_runs(runs)
     assert list(tracks) == ["time-to-core:0.25", "time-to-val_loss:3.28", "time-to-val_loss:3.5"]
     board = tracks["time-to-val_loss:3.28"]
     assert [(r.name, r.ranks["time-to-val_loss:3.28"]) for r in board] == [
@@ -185,8 +186,8 @@ def test_plot_png_shows_the_frontier(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert image.std() > 20  # not blank
     assert pixels_near(image, FRONTIER_COLOR) > 1500  # the staircase and its four markers
     # Only runs on the frontier are drawn in its color: a board of dominated runs shows one point.
-    lonely = lb.rank_runs([run("x", 1e18, 1.2)])["marin"]
-    from speedrun_trainer.leaderboard_render import plot_png
+    lonely = rank_runs([run("x", 1e18, 1.2)])["marin"]
+    from speedrun_trainer.leaderboard.render import plot_png
 
     single = load_png(plot_png(lonely) or b"")
     assert 0 < pixels_near(single, FRONTIER_COLOR) < pixels_near(image, FRONTIER_COLOR) / 3

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from speedrun_trainer.loss_eval import bits_per_byte, evaluate_loss, score_batch
+from speedrun_trainer.evaluation.loss import bits_per_byte, evaluate_loss, score_batch
 
 
 def test_bits_per_byte_by_hand():

@@ -1,4 +1,4 @@
-"""Unit tests for the GPT in speedrun_trainer.model: shapes, causality, losses, parameter count.
+"""Unit tests for the GPT in speedrun_trainer.train.model: shapes, causality, losses, parameter count.
 
 Run: pytest -q tests/test_model.py  (CPU, a few seconds)
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speedrun_trainer.flops import param_count
-from speedrun_trainer.model import GPT
-from speedrun_trainer.spec import ModelSpec
+from speedrun_api.flops import param_count
+from speedrun_api.spec import ModelSpec
+from speedrun_trainer.train.model import GPT
 
 
 def tiny_spec(**overrides: object) -> ModelSpec:

@@ -110,7 +110,7 @@ def test_runs_through_training_and_eval_to_succeeded(runs: Speedruns) -> None:
     assert eval_job["spec"]["template"]["spec"]["containers"][0]["command"][:6] == [
         "python",
         "-m",
-        "speedrun_trainer.torchrun",
+        "speedrun_trainer.train.torchrun",
         "--nnodes=1",
         "--nproc-per-node=1",
         "--standalone",

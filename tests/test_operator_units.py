@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from speedrun_api.status import Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
 from speedrun_operator.commands import kopf_run_argv
 from speedrun_operator.lifecycle import JobState, Observation, is_settled, job_state, next_status
 from speedrun_operator.progress import metrics_url, parse_progress
 from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
-from speedrun_operator.status import Results, SpeedrunJobStatus
 from speedrun_operator.termination import eval_results, failure_detail, parse_results
 
 NOW = "2026-01-01T00:00:00Z"

@@ -1,4 +1,4 @@
-"""Unit tests for speedrun_trainer.optim: the WSD schedule, Muon, optimizer building, state.
+"""Unit tests for speedrun_trainer.train.optim: the WSD schedule, Muon, optimizer building, state.
 
 Run: pytest -q tests/test_optim.py  (CPU, a few seconds)
 """
@@ -11,9 +11,9 @@ import itertools
 import pytest
 import torch
 
-from speedrun_trainer.model import GPT
-from speedrun_trainer.optim import Muon, build_optimizers, lr_multiplier, newton_schulz, set_lr
-from speedrun_trainer.spec import ModelSpec, OptimizerSpec
+from speedrun_api.spec import ModelSpec, OptimizerSpec
+from speedrun_trainer.train.model import GPT
+from speedrun_trainer.train.optim import Muon, build_optimizers, lr_multiplier, newton_schulz, set_lr
 
 SPEC = ModelSpec(vocab_size=64, seq_len=32, hidden_dim=64, intermediate_dim=128, num_layers=2,
                  num_heads=4, num_kv_heads=2, qk_norm=True)

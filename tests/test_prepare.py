@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speedrun_trainer.data import open_dataset
-from speedrun_trainer.prepare import main, prepare
-from speedrun_trainer.shards import read_shard
-from speedrun_trainer.storage import DataError, open_storage
-from speedrun_trainer.tokenizer import load_tokenizer
+from speedrun_trainer.data.loader import open_dataset
+from speedrun_trainer.data.prepare import main, prepare
+from speedrun_trainer.data.shards import read_shard
+from speedrun_trainer.data.storage import DataError, open_storage
+from speedrun_trainer.data.tokenizer import load_tokenizer
 
 DOCS = [f"document {i}: " + "café " * (i % 7) + "x" * (3 * i) for i in range(12)]
 
@@ -112,7 +112,7 @@ def test_cli_errors_are_one_line_exit_2(args: list[str], message: str, tmp_path:
 
 
 def test_prepare_rejects_wide_vocabularies(tmp_path: Path, monkeypatch) -> None:
-    import speedrun_trainer.prepare as prep
+    import speedrun_trainer.data.prepare as prep
 
     wide = type("Wide", (), {"vocab_size": 100_277})()
     monkeypatch.setattr(prep, "load_tokenizer", lambda spec, endpoint_url=None: wide)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from speedrun_trainer.manifest import parse_job
-from speedrun_trainer.plan import resolve
-from speedrun_trainer.results import BPB_KEY, RESULTS_KEY, RunInfo, build_run_info, headline, write_results
-from speedrun_trainer.storage import open_storage
+from speedrun_api.manifest import parse_job
+from speedrun_api.plan import resolve
+from speedrun_trainer.data.storage import open_storage
+from speedrun_trainer.evaluation.results import BPB_KEY, RESULTS_KEY, RunInfo, build_run_info, headline, write_results
 from tests.helpers import tiny_manifest
 
 SUMMARY = {"step": 20, "training_seconds": 4.0, "time_to_target_seconds": None, "num_devices": 2,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from speedrun_trainer.shards import (
+from speedrun_trainer.data.shards import (
     HEADER_BYTES,
     MAGIC,
     ShardError,
@@ -14,7 +14,7 @@ from speedrun_trainer.shards import (
     shard_name,
     write_shard,
 )
-from speedrun_trainer.storage import DataError
+from speedrun_trainer.data.storage import DataError
 
 
 def _header(magic: int = MAGIC, version: int = 1, count: int = 3) -> bytes:

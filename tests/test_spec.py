@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speedrun_trainer.manifest import SpecError, load_job, parse_job
+from speedrun_api.manifest import SpecError, load_job, parse_job
 from tests.helpers import EXAMPLES, tiny_manifest, write_manifest
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from speedrun_trainer.storage import (
+from speedrun_trainer.data.storage import (
     MULTIPART_THRESHOLD,
     DataError,
     FileStorage,

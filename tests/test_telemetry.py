@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 
-from speedrun_trainer.launch import free_port
-from speedrun_trainer.progress import ProgressBar, parse_metrics, scrape
-from speedrun_trainer.telemetry import METRIC_NAMES, Telemetry
+from speedrun_api.metrics import METRIC_NAMES
+from speedrun_trainer.cli.launch import free_port
+from speedrun_trainer.cli.progress import ProgressBar, parse_metrics, scrape
+from speedrun_trainer.train.telemetry import Telemetry
 
 
 def test_metrics_served_and_parsed_over_http():
@@ -37,8 +38,8 @@ def test_progress_bar_without_a_terminal_prints_each_tenth():
 
 
 def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
-    from speedrun_trainer.manifest import parse_job
-    from speedrun_trainer.tracking import Tracker
+    from speedrun_api.manifest import parse_job
+    from speedrun_trainer.train.tracking import Tracker
     from tests.helpers import tiny_manifest
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

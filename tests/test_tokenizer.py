@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speedrun_trainer.storage import DataError, open_storage
-from speedrun_trainer.tokenizer import (
+from speedrun_trainer.data.storage import DataError, open_storage
+from speedrun_trainer.data.tokenizer import (
     JsonTokenizer,
     TiktokenTokenizer,
     TokenizerError,
@@ -66,7 +66,7 @@ def test_json_byte_level_bpe(bpe_tokenizer_json: Path, text: str) -> None:
 
 
 def test_json_token_bytes_on_a_real_corpus(bpe_tokenizer_json: Path) -> None:
-    from speedrun_trainer.builtin_data import builtin_documents
+    from speedrun_trainer.data.builtin import builtin_documents
 
     tok = load_tokenizer(f"file://{bpe_tokenizer_json}")
     text = "\n".join(builtin_documents("builtin://pydoc-topics/train")[:5])

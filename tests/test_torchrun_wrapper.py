@@ -1,4 +1,4 @@
-"""`python -m speedrun_trainer.torchrun`: torchrun whose exit code says "invalid config" (2)."""
+"""`python -m speedrun_trainer.train.torchrun`: torchrun whose exit code says "invalid config" (2)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from speedrun_trainer.launch import free_port
-from speedrun_trainer.torchrun import config_path
+from speedrun_trainer.cli.launch import free_port
+from speedrun_trainer.train.torchrun import config_path
 from tests.helpers import tiny_manifest, write_manifest
 
 
@@ -16,7 +16,7 @@ def _torchrun(config: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPEEDRUN_STORAGE_URI": (tmp_path / "run").as_uri(), "SPEEDRUN_METRICS_PORT": "0"}
     args = ["--standalone", "--nproc-per-node=1", f"--master-port={free_port()}", "--max-restarts=0",
             "-m", "speedrun_trainer.train", "--config", str(config)]
-    return subprocess.run([sys.executable, "-m", "speedrun_trainer.torchrun", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "speedrun_trainer.train.torchrun", *args], env=env,
                           capture_output=True, text=True, timeout=180)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speedrun_trainer.manifest import ConfigError, parse_job
-from speedrun_trainer.runtime import DeviceError, Dist
-from speedrun_trainer.train import check_device
+from speedrun_api.manifest import ConfigError, parse_job
+from speedrun_trainer.train.loop import check_device
+from speedrun_trainer.train.runtime import DeviceError, Dist
 from tests.helpers import tiny_manifest
 
 CPU = Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

@@ -1,11 +1,10 @@
-"""The operator's subcommands of the `speedrun` CLI: render, crd, operator.
+"""The operator's subcommands of the `speedrun` CLI: render, operator.
 
     speedrun render examples/gpt2-124m-8xh100.yaml [-o yaml|json]
-    speedrun crd [--check] [--out crds/speedrunjob.yaml] [--chart-dir charts/speedrun-operator]
     speedrun operator [--namespace NS ...] [--all-namespaces] [--image IMG] [--metrics-port N]
                       [--peering NAME] [--dev]
 
-The main CLI (speedrun_trainer.cli) calls `register(subparsers)`; until then, or to run only
+The main CLI (speedrun_trainer.cli.main) calls `register(subparsers)`; until then, or to run only
 these, use `python -m speedrun_operator.commands ...`. `operator` writes its flags into the
 environment (settings.py) and then runs `kopf run -m speedrun_operator.main` in-process.
 """
@@ -13,41 +12,27 @@ environment (settings.py) and then runs `kopf run -m speedrun_operator.main` in-
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from speedrun_api.manifest import EXIT_INVALID, SpecError, load_job
 from speedrun_operator.builders import BuildError, build_all, check_runnable
 from speedrun_operator.settings import OperatorSettings
-from speedrun_trainer.manifest import EXIT_INVALID, SpecError, load_job
 
-DEFAULT_CRD_PATH = "crds/speedrunjob.yaml"
-DEFAULT_CHART_DIR = "charts/speedrun-operator"
 OPERATOR_MODULE = "speedrun_operator.main"
 
 
 def register(subparsers: Any) -> None:
-    """Add `render`, `crd` and `operator` to an argparse subparsers object."""
+    """Add `render` and `operator` to an argparse subparsers object."""
     render = subparsers.add_parser("render", help="print the Kubernetes objects the operator creates for a manifest")
     render.add_argument("file", help="SpeedrunJob manifest (YAML or JSON)")
     render.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     render.set_defaults(func=render_command)
-
-    crd = subparsers.add_parser("crd", help="generate the SpeedrunJob CRD from the pydantic models")
-    crd.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
-    crd.add_argument("--out", default=DEFAULT_CRD_PATH, help=f"default {DEFAULT_CRD_PATH}")
-    crd.add_argument(
-        "--chart-dir",
-        default=DEFAULT_CHART_DIR,
-        help="also write <chart-dir>/crds/speedrunjob.yaml if the chart exists",
-    )
-    crd.set_defaults(func=crd_command)
 
     op = subparsers.add_parser("operator", help="run the operator (kopf) against the current kube context")
     op.add_argument("--namespace", "-n", action="append", default=[], help="serve this namespace (repeatable)")
@@ -97,43 +82,6 @@ def render_command(args: argparse.Namespace) -> int:
     else:
         print(to_yaml(objects), end="")
     return 0
-
-
-# ---- crd ----------------------------------------------------------------------------------------
-
-
-def crd_targets(out: str, chart_dir: str) -> list[Path]:
-    targets = [Path(out)]
-    if Path(chart_dir).is_dir():
-        targets.append(Path(chart_dir) / "crds" / "speedrunjob.yaml")
-    return targets
-
-
-def crd_command(args: argparse.Namespace) -> int:
-    from speedrun_operator.crd import render_crd
-
-    text = render_crd()
-    drifted = 0
-    for path in crd_targets(args.out, args.chart_dir):
-        current = path.read_text() if path.is_file() else ""
-        if args.check:
-            if current != text:
-                drifted += 1
-                diff = difflib.unified_diff(
-                    current.splitlines(),
-                    text.splitlines(),
-                    f"{path} (committed)",
-                    f"{path} (generated)",
-                    lineterm="",
-                )
-                print("\n".join(list(diff)[:60]), file=sys.stderr)
-                print(f"{path}: out of date with the models; run `speedrun crd`", file=sys.stderr)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if current != text:
-            path.write_text(text)
-        print(f"wrote {path}")
-    return 1 if drifted else 0
 
 
 # ---- operator -----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ repeated reconciles of the same state leave the conditions untouched.
 
 from __future__ import annotations
 
-from speedrun_operator.status import Condition, ConditionStatus
+from speedrun_api.status import Condition, ConditionStatus
 
 # Types.
 VALIDATED = "Validated"

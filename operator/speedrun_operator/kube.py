@@ -20,7 +20,7 @@ import kubernetes.client
 import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 
-from speedrun_trainer.spec import API_GROUP, API_VERSION, PLURAL
+from speedrun_api.spec import API_GROUP, API_VERSION, PLURAL
 
 REQUEST_TIMEOUT = 30.0
 

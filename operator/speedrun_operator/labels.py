@@ -7,7 +7,7 @@ ownerReference, which is what garbage collection follows.
 
 from __future__ import annotations
 
-from speedrun_trainer.spec import API_GROUP
+from speedrun_api.spec import API_GROUP
 
 MANAGER = "speedrun-operator"
 

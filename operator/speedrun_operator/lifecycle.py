@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from speedrun_api.status import TERMINAL_PHASES, Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
-from speedrun_operator.status import TERMINAL_PHASES, Results, SpeedrunJobStatus
 
 JobPhase = Literal["Missing", "Suspended", "Pending", "Running", "Succeeded", "Failed"]
 

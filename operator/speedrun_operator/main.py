@@ -15,12 +15,12 @@ from typing import Any
 
 import kopf
 
+from speedrun_api.spec import API_GROUP, API_VERSION, PLURAL
+from speedrun_api.status import TERMINAL_PHASES
 from speedrun_operator import kube, metrics
 from speedrun_operator import labels as L
 from speedrun_operator.handlers import reconcile, scrape, setup
 from speedrun_operator.settings import OperatorSettings
-from speedrun_operator.status import TERMINAL_PHASES
-from speedrun_trainer.spec import API_GROUP, API_VERSION, PLURAL
 
 SETTINGS = OperatorSettings.from_env()
 SPEEDRUNJOBS = (API_GROUP, API_VERSION, PLURAL)

@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from speedrun_operator.status import PHASES
+from speedrun_api.status import PHASES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import urllib.request
 from typing import Any
 
-from speedrun_operator.status import Progress
-from speedrun_trainer.telemetry import METRIC_NAMES, parse_metrics
+from speedrun_api.metrics import METRIC_NAMES, parse_metrics
+from speedrun_api.status import Progress
 
 SCRAPE_TIMEOUT = 3.0
 
-# Trainer gauge -> status.progress field: the trainer's own names (speedrun_trainer.telemetry),
+# Trainer gauge -> status.progress field: the trainer's own names (speedrun_trainer.train.telemetry),
 # whose short keys are the snake_case fields of `Progress`.
 METRIC_FIELDS: dict[str, str] = {name: field for field, name in METRIC_NAMES.items()}
 INTEGER_FIELDS = ("step", "total_steps")

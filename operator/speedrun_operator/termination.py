@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from speedrun_operator.status import Results
+from speedrun_api.status import Results
 
 MAX_DETAIL = 300
 

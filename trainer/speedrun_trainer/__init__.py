@@ -1,7 +1,15 @@
-"""speedrun_trainer: the SpeedrunJob spec, FLOPs accounting, the GPT trainer and its evaluation.
+"""speedrun_trainer: the GPT trainer, its data and evaluation, the local CLI and the leaderboard.
 
-Modules that need torch (model, optim, train, evaluate) are imported lazily so the operator,
-which installs this package without torch, can use the spec, plan and accelerator table.
+Subpackages, one concept each (the API types live in `speedrun_api`):
+- `data`: storage URIs, token shards, tokenizers, `data prepare`, the builtin corpus, the loader.
+- `train`: the model, optimizers, the training loop and what it runs on (torch.distributed,
+  the torchrun wrapper, checkpoints, telemetry, tracking).
+- `evaluation`: BPB and loss evaluation, CORE, the eval entry point and speedrun_results.json.
+- `cli`: the `speedrun` command, local runs (`speedrun run`), launchers and the progress bar.
+- `leaderboard`: `speedrun leaderboard`: loading results, ranking, tables, the plot and page.
+
+Subpackages that need torch (train, evaluation) are imported only by what runs them, so the
+CLI's plan/render/crd commands and the operator never import torch.
 """
 
 __version__ = "0.1.0"

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from speedrun_api.spec import SpeedrunJob
 from speedrun_operator.builders.common import BuildError, check_runnable, storage_uri
 from speedrun_operator.builders.eval_job import build_eval_job, torchrun_eval_command
 from speedrun_operator.builders.run_config import build_run_configmap
 from speedrun_operator.builders.service import build_headless_service
 from speedrun_operator.builders.train_job import build_train_job, torchrun_train_command
 from speedrun_operator.settings import OperatorSettings
-from speedrun_trainer.spec import SpeedrunJob
 
 __all__ = [
     "BuildError",

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from speedrun_api.accelerators import lookup
+from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.settings import OperatorSettings
-from speedrun_trainer.accelerators import lookup
-from speedrun_trainer.spec import SpeedrunJob
 
 CACHE_DIR = "/var/cache/speedrun"
 # The keys of spec.storage.secretRef and spec.tracking.wandb.secretRef (docs/contracts.md).
@@ -101,7 +101,7 @@ def volume_mounts() -> list[dict[str, Any]]:
 
 # torchrun, keeping the trainer's "invalid config" exit code (plain torchrun exits 1 for any
 # worker failure, so a podFailurePolicy on exit code 2 could never match).
-TORCHRUN = ["python", "-m", "speedrun_trainer.torchrun"]
+TORCHRUN = ["python", "-m", "speedrun_trainer.train.torchrun"]
 
 
 def env(job: SpeedrunJob, settings: OperatorSettings) -> list[dict[str, Any]]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.builders import common
 from speedrun_operator.builders.train_job import pod_failure_policy
 from speedrun_operator.settings import OperatorSettings
-from speedrun_trainer.spec import SpeedrunJob
 
-EVAL_MODULE = "speedrun_trainer.evaluate"
+EVAL_MODULE = "speedrun_trainer.evaluation"
 
 
 def torchrun_eval_command(job: SpeedrunJob) -> list[str]:

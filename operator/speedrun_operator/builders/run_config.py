@@ -1,6 +1,6 @@
 """The ConfigMap `<name>-run`: the resolved manifest the trainer and evaluator read.
 
-Its key `run.json` is `speedrun_trainer.manifest.dumps_job(job)` (docs/contracts.md), mounted
+Its key `run.json` is `speedrun_api.manifest.dumps_job(job)` (docs/contracts.md), mounted
 read-only at /etc/speedrun/run.json in every pod.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from speedrun_api.manifest import dumps_job
+from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.builders import common
-from speedrun_trainer.manifest import dumps_job
-from speedrun_trainer.spec import SpeedrunJob
 
 
 def build_run_configmap(job: SpeedrunJob) -> dict[str, Any]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.builders import common
-from speedrun_trainer.spec import SpeedrunJob
 
 
 def build_headless_service(job: SpeedrunJob) -> dict[str, Any]:

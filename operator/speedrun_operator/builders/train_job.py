@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from speedrun_api.manifest import EXIT_INVALID
+from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.builders import common
 from speedrun_operator.settings import OperatorSettings
-from speedrun_trainer.manifest import EXIT_INVALID
-from speedrun_trainer.spec import SpeedrunJob
 
 TRAIN_MODULE = "speedrun_trainer.train"
 
 
 def torchrun_train_command(job: SpeedrunJob) -> list[str]:
-    """`python -m speedrun_trainer.torchrun --nnodes=N|MIN:MAX ... -m speedrun_trainer.train --config ...`.
+    """`python -m speedrun_trainer.train.torchrun --nnodes=N|MIN:MAX ... -m speedrun_trainer.train --config ...`.
 
-    `speedrun_trainer.torchrun` takes torchrun's arguments and keeps exit code 2 (invalid config).
+    `speedrun_trainer.train.torchrun` takes torchrun's arguments and keeps exit code 2 (invalid config).
     """
     r, name = job.spec.resources, job.metadata.name
     lo, hi = r.node_range

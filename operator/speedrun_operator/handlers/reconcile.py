@@ -16,14 +16,14 @@ from typing import Any
 
 import kopf
 
+from speedrun_api.manifest import SpecError, parse_job
+from speedrun_api.spec import SpeedrunJob
+from speedrun_api.status import SpeedrunJobStatus, now_rfc3339, read_status
 from speedrun_operator import builders, kube, lifecycle, metrics
 from speedrun_operator import labels as L
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
 from speedrun_operator.handlers.setup import OperatorContext
-from speedrun_operator.status import SpeedrunJobStatus, now_rfc3339, read_status
 from speedrun_operator.termination import eval_results, failure_detail
-from speedrun_trainer.manifest import SpecError, parse_job
-from speedrun_trainer.spec import SpeedrunJob
 
 CONFLICT_RETRY_SECONDS = 10
 IMMUTABLE_NOTE = (

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from speedrun_api.spec import MetricsSpec
+from speedrun_api.status import now_rfc3339
 from speedrun_operator import kube, metrics, progress
 from speedrun_operator import labels as L
 from speedrun_operator.handlers.setup import OperatorContext
-from speedrun_operator.status import now_rfc3339
-from speedrun_trainer.spec import MetricsSpec
 
 
 def rank0_pod(client: kube.KubeClient, namespace: str, name: str) -> dict[str, Any] | None:

@@ -13,10 +13,10 @@ from typing import Any
 
 import kopf
 
+from speedrun_api.spec import API_GROUP
 from speedrun_operator import kube, metrics
 from speedrun_operator.labels import KOPF_ANNOTATION_PREFIX, MANAGER
 from speedrun_operator.settings import DEFAULT_PEERING_NAME, OperatorSettings
-from speedrun_trainer.spec import API_GROUP
 
 FINALIZER = f"{API_GROUP}/finalizer"
 

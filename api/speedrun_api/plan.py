@@ -1,0 +1,108 @@
+"""The resolved plan of a run: Marin's `print_run_info`, as data.
+
+`resolve(job)` turns a manifest into every derived number a run needs: the training horizon
+in steps, gradient-accumulation steps, tokens, parameters, FLOPs, devices and device peak, and
+estimates of hardware FLOPs and wall time at an assumed MFU. `speedrun plan` prints it, the
+trainer trains by it, and the results file records it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from speedrun_api.accelerators import lookup
+from speedrun_api.flops import forward_flops_per_token, param_count, training_flops_per_token
+from speedrun_api.spec import SpeedrunJob
+
+ASSUMED_MFUS = (0.5, 0.2)
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    model_size: int
+    steps: int
+    tokens_per_step: int
+    total_tokens: int
+    model_flops_per_token: float  # forward, as Marin
+    model_flops: float
+    nodes: int
+    min_nodes: int
+    max_nodes: int
+    procs_per_node: int
+    num_devices: int
+    accelerator: str
+    device_flops: float
+    peak_flops: float  # device_flops * num_devices
+    grad_accum_steps: int
+    estimates: dict[str, dict[str, float]]  # "mfu=0.5" -> {hardware_flops, seconds}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def horizon_steps(job: SpeedrunJob) -> int:
+    """The training horizon in optimizer steps, from whichever of the four was given."""
+    t, m = job.spec.train, job.spec.model
+    tokens_per_step = t.batch_size * m.seq_len
+    if t.steps is not None:
+        return t.steps
+    if t.tokens is not None:
+        return max(1, math.ceil(t.tokens / tokens_per_step))
+    if t.param_data_ratio is not None:
+        return max(1, math.ceil(t.param_data_ratio * param_count(m) / tokens_per_step))
+    assert t.flops_budget is not None  # the spec guarantees exactly one horizon
+    return max(1, math.floor(t.flops_budget / (training_flops_per_token(m) * tokens_per_step)))
+
+
+def device_flops(job: SpeedrunJob) -> float:
+    r = job.spec.resources
+    if r.device_flops is not None:
+        return r.device_flops
+    acc = lookup(r.accelerator)
+    assert acc is not None  # the spec guarantees a known accelerator or deviceFlops
+    return acc.device_flops
+
+
+def grad_accum_steps(job: SpeedrunJob, world_size: int) -> int:
+    t = job.spec.train
+    return t.batch_size // (t.device_batch_size * world_size)
+
+
+def resolve(job: SpeedrunJob, nodes: int | None = None) -> Plan:
+    """Resolve a job; `nodes` is the node count in use (elastic jobs), default the maximum."""
+    spec = job.spec
+    m, r = spec.model, spec.resources
+    lo, hi = r.node_range
+    n = nodes or hi
+    steps = horizon_steps(job)
+    tokens_per_step = spec.train.batch_size * m.seq_len
+    total_tokens = steps * tokens_per_step
+    mflops = training_flops_per_token(m) * total_tokens
+    devices = n * r.procs_per_node
+    dflops = device_flops(job)
+    peak = dflops * devices
+    estimates = {
+        f"mfu={mfu}": {"hardware_flops": mflops / mfu, "seconds": mflops / mfu / peak} for mfu in ASSUMED_MFUS
+    }
+    return Plan(
+        name=job.metadata.name,
+        model_size=param_count(m),
+        steps=steps,
+        tokens_per_step=tokens_per_step,
+        total_tokens=total_tokens,
+        model_flops_per_token=forward_flops_per_token(m),
+        model_flops=mflops,
+        nodes=n,
+        min_nodes=lo,
+        max_nodes=hi,
+        procs_per_node=r.procs_per_node,
+        num_devices=devices,
+        accelerator=r.accelerator,
+        device_flops=dflops,
+        peak_flops=peak,
+        grad_accum_steps=grad_accum_steps(job, devices),
+        estimates=estimates,
+    )

@@ -1,0 +1,341 @@
+"""The `SpeedrunJob` resource (`speedrun.dev/v1alpha1`): the single source of truth.
+
+Every entry point parses manifests through these pydantic models: `speedrun plan|run|render`,
+the trainer inside the pods, and the operator. The CRD in crds/ is generated from them
+(`speedrun crd`). Field names are camelCase on the wire (the API contract in DESIGN.md) and
+snake_case in Python.
+
+Cross-field rules live in `RULES`: each has a Python check (used here) and, where Kubernetes'
+CEL can express it, the CEL expression the CRD generator puts under `x-kubernetes-validations`,
+so `kubectl apply` rejects the same manifests `speedrun plan` does.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from speedrun_api.accelerators import known_accelerators, lookup
+
+API_GROUP = "speedrun.dev"
+API_VERSION = "v1alpha1"
+KIND = "SpeedrunJob"
+PLURAL = "speedrunjobs"
+SHORT_NAME = "srj"
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Uri = Annotated[str, Field(min_length=1, description="file://, s3:// or https:// URI, or a local path")]
+
+
+class Base(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Author(Base):
+    name: str = "anonymous"
+    affiliation: str = ""
+    url: str = ""
+
+
+class ModelSpec(Base):
+    """A GPT. All shapes are explicit so FLOPs are exact."""
+
+    vocab_size: PositiveInt
+    seq_len: PositiveInt
+    hidden_dim: PositiveInt
+    intermediate_dim: PositiveInt
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    num_kv_heads: PositiveInt | None = Field(None, description="Defaults to numHeads (no GQA)")
+    activation: Literal["silu", "relu2", "gelu"] = "silu"
+    tie_embeddings: bool = False
+    qk_norm: bool = False
+    rope_theta: PositiveFloat = 10000.0
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_dim // self.num_heads
+
+    @property
+    def glu(self) -> bool:
+        """SwiGLU has three MLP matrices; relu2 and gelu have two."""
+        return self.activation == "silu"
+
+
+class OptimizerSpec(Base):
+    name: Literal["adamw", "muon"] = "adamw"
+    learning_rate: PositiveFloat = 3e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.95
+    warmup_steps: NonNegInt = 0
+    decay: Fraction = Field(0.0, description="Warmdown: fraction of steps at the end with linear decay")
+    min_lr_ratio: Fraction = 0.0
+    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
+    adam_learning_rate: PositiveFloat | None = Field(
+        None, description="Muon only: AdamW rate for embeddings, head and gains (default learningRate/5)"
+    )
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.95
+
+
+class TrainSpec(Base):
+    batch_size: PositiveInt = Field(description="Global sequences per optimizer step")
+    device_batch_size: PositiveInt = Field(description="Micro-batch per process")
+    steps: PositiveInt | None = None
+    tokens: PositiveInt | None = None
+    param_data_ratio: PositiveFloat | None = None
+    flops_budget: PositiveFloat | None = None
+    optimizer: OptimizerSpec = OptimizerSpec()
+    precision: Literal["bf16", "fp32", "fp8"] = "bf16"
+    compile: bool = False
+    seed: int = 0
+    checkpoint_every: NonNegInt = Field(0, description="0: only the final checkpoint")
+    eval_every: NonNegInt = Field(0, description="Validation loss every N steps; 0: only at the end")
+    log_every: PositiveInt = 1
+
+
+HORIZONS = ("steps", "tokens", "paramDataRatio", "flopsBudget")
+
+
+class DataSpec(Base):
+    train: Uri
+    validation: Uri
+    tokenizer: str = Field("byte", description="byte | gpt2 | URI of a tokenizers JSON")
+
+
+class TargetSpec(Base):
+    metric: Literal["val_loss", "val_bpb", "core"]
+    value: float
+
+
+class BpbEvalSpec(Base):
+    data: Uri | None = Field(None, description="Defaults to data.validation")
+    tokens: PositiveInt = 1_048_576
+
+
+class CoreEvalSpec(Base):
+    bundle: Uri
+    max_per_task: PositiveInt | None = None
+
+
+class EvalSpec(Base):
+    bpb: BpbEvalSpec = BpbEvalSpec()
+    core: CoreEvalSpec | None = None
+
+
+class Toleration(Base):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ResourcesSpec(Base):
+    nodes: PositiveInt | None = None
+    min_nodes: PositiveInt | None = None
+    max_nodes: PositiveInt | None = None
+    procs_per_node: PositiveInt = 1
+    accelerator: str = "cpu"
+    device_flops: PositiveFloat | None = Field(None, description="Peak FLOP/s per device; overrides the table")
+    cpu: str | None = None
+    memory: str | None = None
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    priority_class_name: str | None = None
+    topology: str | None = Field(None, description="TPU slice topology, e.g. 2x2x2")
+
+    @property
+    def node_range(self) -> tuple[int, int]:
+        if self.nodes is not None:
+            return self.nodes, self.nodes
+        return self.min_nodes or 1, self.max_nodes or self.min_nodes or 1
+
+    @property
+    def elastic(self) -> bool:
+        lo, hi = self.node_range
+        return lo != hi
+
+
+class SecretRef(Base):
+    name: str = Field(min_length=1)
+
+
+class StorageSpec(Base):
+    uri: str = Field("", description="s3://bucket/prefix or file:///path; default ./runs/<name>")
+    endpoint_url: str | None = None
+    secret_ref: SecretRef | None = None
+
+
+class WandbSpec(Base):
+    project: str = "speedrun"
+    entity: str | None = None
+    mode: Literal["online", "offline", "disabled"] = "disabled"
+    secret_ref: SecretRef | None = None
+
+
+class TrackingSpec(Base):
+    wandb: WandbSpec = WandbSpec()
+
+
+class MetricsSpec(Base):
+    port: Annotated[int, Field(ge=1024, le=65535)] = 9400
+
+
+class RunPolicy(Base):
+    max_restarts: NonNegInt = 3
+    active_deadline_seconds: PositiveInt | None = None
+    ttl_seconds_after_finished: NonNegInt | None = None
+    suspend: bool = False
+    queue_name: str | None = None
+
+
+class SpeedrunSpec(Base):
+    author: Author = Author()
+    description: str = ""
+    image: str | None = None
+    model: ModelSpec
+    train: TrainSpec
+    data: DataSpec
+    target: TargetSpec | None = None
+    eval: EvalSpec = EvalSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    storage: StorageSpec = StorageSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    metrics: MetricsSpec = MetricsSpec()
+    run_policy: RunPolicy = RunPolicy()
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> SpeedrunSpec:
+        problems = [msg for rule in RULES if (msg := rule.check(self))]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(min_length=1, max_length=52, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str | None = None
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class SpeedrunJob(Base):
+    api_version: Literal["speedrun.dev/v1alpha1"] = "speedrun.dev/v1alpha1"
+    kind: Literal["SpeedrunJob"] = "SpeedrunJob"
+    metadata: ObjectMeta
+    spec: SpeedrunSpec
+    status: dict[str, Any] | None = None
+
+    def manifest(self) -> dict[str, Any]:
+        """The wire form (camelCase, defaults filled in), without status."""
+        return self.model_dump(by_alias=True, exclude={"status"}, exclude_none=True, mode="json")
+
+
+# ---- cross-field rules ----------------------------------------------------------------------
+
+
+class Rule:
+    """One cross-field constraint: a Python check and, when expressible, its CEL twin.
+
+    `path` is the camelCase object path the CEL rule attaches to ("" is spec); the message
+    names the field so both `speedrun plan` and `kubectl apply` say the same thing.
+    """
+
+    def __init__(self, path: str, field: str, cel: str | None, message: str, check: Any) -> None:
+        self.path, self.field, self.cel, self.message, self._check = path, field, cel, message, check
+
+    def check(self, spec: SpeedrunSpec) -> str | None:
+        detail = self._check(spec)
+        if not detail:
+            return None
+        where = ".".join(p for p in ("spec", self.path, self.field) if p)
+        return f"{where}: {self.message}" + ("" if detail is True else f" ({detail})")
+
+
+def _divisible(a: int, b: int, what: str) -> str | bool:
+    return f"{a} is not a multiple of {what} {b}" if a % b else False
+
+
+def _horizon(spec: SpeedrunSpec) -> str | bool:
+    given = [h for h, v in zip(HORIZONS, _horizon_values(spec.train), strict=True) if v is not None]
+    return f"got {', '.join(given) or 'none'}" if len(given) != 1 else False
+
+
+def _horizon_values(t: TrainSpec) -> tuple[Any, ...]:
+    return (t.steps, t.tokens, t.param_data_ratio, t.flops_budget)
+
+
+def _batch(spec: SpeedrunSpec) -> str | bool:
+    r, t = spec.resources, spec.train
+    lo, hi = r.node_range
+    for n in range(lo, hi + 1):
+        per_step = t.device_batch_size * r.procs_per_node * n
+        if t.batch_size % per_step:
+            return (
+                f"batchSize {t.batch_size} is not a multiple of deviceBatchSize {t.device_batch_size}"
+                f" x procsPerNode {r.procs_per_node} x nodes {n} = {per_step}"
+            )
+    return False
+
+
+def _nodes(spec: SpeedrunSpec) -> str | bool:
+    r = spec.resources
+    if r.nodes is not None and (r.min_nodes is not None or r.max_nodes is not None):
+        return "give nodes, or minNodes+maxNodes, not both"
+    if r.nodes is None and (r.min_nodes is None or r.max_nodes is None):
+        if r.min_nodes is None and r.max_nodes is None:
+            return False  # defaults to one node
+        return "minNodes and maxNodes go together"
+    if r.min_nodes is not None and r.max_nodes is not None and r.min_nodes > r.max_nodes:
+        return f"minNodes {r.min_nodes} > maxNodes {r.max_nodes}"
+    return False
+
+
+def _accelerator(spec: SpeedrunSpec) -> str | bool:
+    r = spec.resources
+    if lookup(r.accelerator) is None and r.device_flops is None:
+        return f"got {r.accelerator!r}; known: {known_accelerators()}"
+    return False
+
+
+def _target(spec: SpeedrunSpec) -> str | bool:
+    t = spec.target
+    if t is not None and t.metric == "core" and spec.eval.core is None:
+        return "target.metric core needs eval.core.bundle"
+    return False
+
+
+RULES: list[Rule] = [
+    Rule("model", "hiddenDim", "self.hiddenDim % self.numHeads == 0",
+         "must be divisible by numHeads",
+         lambda s: _divisible(s.model.hidden_dim, s.model.num_heads, "numHeads")),
+    Rule("model", "numHeads", "!has(self.numKvHeads) || self.numHeads % self.numKvHeads == 0",
+         "must be divisible by numKvHeads",
+         lambda s: _divisible(s.model.num_heads, s.model.kv_heads, "numKvHeads")),
+    Rule("model", "hiddenDim", "(self.hiddenDim / self.numHeads) % 2 == 0",
+         "hiddenDim / numHeads (the head dim) must be even for RoPE",
+         lambda s: (s.model.hidden_dim // s.model.num_heads) % 2 == 1),
+    Rule("train", "", "[has(self.steps), has(self.tokens), has(self.paramDataRatio), "
+         "has(self.flopsBudget)].filter(x, x).size() == 1",
+         "give exactly one training horizon: steps, tokens, paramDataRatio or flopsBudget", _horizon),
+    Rule("train", "batchSize", None, "must divide evenly into micro-batches over all processes", _batch),
+    Rule("resources", "nodes", "!(has(self.nodes) && (has(self.minNodes) || has(self.maxNodes)))",
+         "invalid node count", _nodes),
+    Rule("resources", "accelerator", None, "unknown accelerator; give resources.deviceFlops for others",
+         _accelerator),
+    Rule("", "eval.core", "!has(self.target) || self.target.metric != 'core' || has(self.eval.core)",
+         "required for a CORE target", _target),
+]

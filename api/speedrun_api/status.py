@@ -1,0 +1,97 @@
+"""`SpeedrunJob.status`: its pydantic model (the CRD's status schema is generated from it).
+
+The spec's models live in `speedrun_api.spec`; the status is the operator's to write, so its
+model lives here. Field names are camelCase on the wire, as in DESIGN.md:
+phase, conditions (metav1.Condition shape), progress, results, restarts, startTime,
+completionTime, observedGeneration, plus `nodes` (what the printer column shows).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+Phase = Literal["Pending", "Queued", "Suspended", "Training", "Evaluating", "Succeeded", "Failed"]
+PHASES: tuple[str, ...] = ("Pending", "Queued", "Suspended", "Training", "Evaluating", "Succeeded", "Failed")
+TERMINAL_PHASES = ("Succeeded", "Failed")
+ConditionStatus = Literal["True", "False", "Unknown"]
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+class StatusBase(BaseModel):
+    # extra="ignore": a newer operator may have written fields this one does not know.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Condition(StatusBase):
+    """metav1.Condition: the latest observation of one aspect of the job."""
+
+    type: str = Field(description="Validated, Suspended, Training, Evaluated, ResultsPublished, Succeeded, Failed")
+    status: ConditionStatus
+    reason: str = Field(description="CamelCase machine-readable cause")
+    message: str = ""
+    last_transition_time: Timestamp = Field(description="When status last changed")
+    observed_generation: int | None = None
+
+
+class Progress(StatusBase):
+    """Copied from rank 0's Prometheus endpoint while Training (docs/contracts.md)."""
+
+    step: int | None = None
+    total_steps: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_bpb: float | None = None
+    tokens_per_second: float | None = None
+    mfu: float | None = None
+    eta_seconds: float | None = None
+    training_seconds: float | None = None
+    update_time: Timestamp | None = None
+
+
+class Results(StatusBase):
+    """The headline results: the eval pod's termination message (docs/contracts.md)."""
+
+    uri: str = Field(description="Where speedrun_results.json was written")
+    bpb: float
+    core: float | None = None
+    val_loss: float | None = None
+    model_flops: float | None = None
+    hardware_flops: float | None = None
+    training_seconds: float | None = None
+    time_to_target_seconds: float | None = None
+
+
+class SpeedrunJobStatus(StatusBase):
+    phase: Phase | None = None
+    nodes: str | None = Field(None, description="Node count, or MIN:MAX for elastic jobs")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    progress: Progress | None = None
+    results: Results | None = None
+    restarts: int = Field(0, description="Training pods that failed and were replaced")
+    start_time: Timestamp | None = None
+    completion_time: Timestamp | None = None
+    observed_generation: int | None = None
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def read_status(body_status: Any) -> SpeedrunJobStatus:
+    """Parse what is on the server; anything unreadable counts as no status at all."""
+    if not isinstance(body_status, dict):
+        return SpeedrunJobStatus()
+    try:
+        return SpeedrunJobStatus.model_validate(body_status)
+    except ValueError:
+        return SpeedrunJobStatus()
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,7 @@
+"""`python -m speedrun_trainer.cli ...`: the `speedrun` command."""
+
+import sys
+
+from speedrun_trainer.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""Starting and stopping the local processes of `speedrun run`.
+
+Two launchers run the same torchrun command line: `torchrun` (one `python -m
+speedrun_trainer.train.torchrun` agent per node, started here) and `torchx` (torchx's `dist.ddp` component
+on its `local_cwd` scheduler, the way torchx users launch jobs). Both are stopped as a whole:
+torchrun starts its workers in sessions of their own, so killing the agent's process group is
+not enough, and `stop_process_trees` collects every descendant first (from /proc) and signals
+them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            out.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc; an empty list elsewhere)."""
+    children, found, todo = _children_by_parent(), [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    if not Path("/proc").is_dir():  # not Linux: ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop_process_trees(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every process below (and including) `procs`, then SIGKILL what is left."""
+    tree = {pid for p in procs if p.poll() is None for pid in (p.pid, *_descendants(p.pid))}
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 2.0)):
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            for p in procs:
+                p.poll()  # reap our direct children
+            tree = {pid for pid in tree if _running(pid)}
+            if not tree:
+                return
+            time.sleep(0.1)
+
+
+class TorchxApp:
+    """A torchx `dist.ddp` app on the `local_cwd` scheduler, polled like a Popen."""
+
+    def __init__(self, *, module: str, args: list[str], nodes: str, procs_per_node: int, env: dict[str, str],
+                 max_retries: int, rdzv_port: int, log_dir: Path) -> None:
+        from torchx.components.dist import ddp
+        from torchx.runner import get_runner
+
+        # torchx runs `bash -c "torchrun ..."`: this interpreter's bin directory must come first on
+        # PATH, also when the venv was never activated (`.venv/bin/speedrun run ...`).
+        bin_dir = str(Path(sys.executable).parent)
+        env = {**env, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+        app = ddp(*args, m=module, j=f"{nodes}x{procs_per_node}", env=env, max_retries=max_retries,
+                  rdzv_port=rdzv_port, name=module.rsplit(".", 1)[-1])
+        self.log_dir = log_dir
+        self.runner: Any = get_runner()
+        self.handle = self.runner.run(app, scheduler="local_cwd", cfg={"log_dir": str(log_dir)})
+
+    def poll(self) -> int | None:
+        from torchx.specs import AppState
+
+        status = self.runner.status(self.handle)
+        if status is None or not status.is_terminal():
+            return None
+        return 0 if status.state == AppState.SUCCEEDED else 1
+
+    def cancel(self) -> None:
+        if self.poll() is None:
+            self.runner.cancel(self.handle)
+        self.runner.close()
+
+    def node_log(self, index: int) -> Path | None:
+        """The combined stdout/stderr of one replica (node)."""
+        found = sorted(self.log_dir.glob(f"**/{index}/combined.log"))
+        return found[0] if found else None

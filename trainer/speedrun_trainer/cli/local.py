@@ -1,0 +1,164 @@
+"""`speedrun run FILE`: the manifest's speedrun on this machine, no cluster.
+
+Starts one torchrun agent per "node" of `spec.resources` (each with `procsPerNode` workers; or,
+with `--launcher torchx`, the same as a torchx `dist.ddp` app on its local_cwd scheduler),
+rendezvousing over loopback with the same c10d flags the operator puts in its pods, then the
+evaluation, then prints the results. Progress comes from the trainer's own Prometheus endpoint
+(the one the operator scrapes), drawn as a one-line bar. Logs go to `<run dir>/logs/`.
+Ctrl-C stops every process group it started.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from speedrun_api.manifest import dumps_job
+from speedrun_api.plan import resolve
+from speedrun_api.spec import SpeedrunJob
+from speedrun_trainer.cli.launch import TorchxApp, free_port, stop_process_trees
+from speedrun_trainer.cli.progress import ProgressBar, format_results_table, scrape
+from speedrun_trainer.data.storage import open_storage
+
+
+def _run_dir(job: SpeedrunJob, runs_dir: str, resume: bool) -> Path:
+    base = Path(runs_dir).resolve() / job.metadata.name
+    if resume:
+        existing = sorted(p for p in base.glob("*") if p.is_dir()) if base.exists() else []
+        if existing:
+            return existing[-1]
+        print(f"no earlier run under {base}; starting a new one", file=sys.stderr)
+    return base / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+class LocalRun:
+    def __init__(self, job: SpeedrunJob, run_dir: Path, storage_uri: str) -> None:
+        self.job, self.run_dir, self.storage_uri = job, run_dir, storage_uri
+        self.logs = run_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.config = run_dir / "run.json"
+        self.config.write_text(dumps_job(job))
+        self.procs: list[subprocess.Popen] = []
+        self.metrics_port = free_port()
+        r = job.spec.resources
+        threads = max(1, (os.cpu_count() or 1) // (r.node_range[1] * r.procs_per_node))
+        self.env = {
+            **os.environ,
+            "SPEEDRUN_STORAGE_URI": storage_uri,
+            "SPEEDRUN_METRICS_PORT": str(self.metrics_port),
+            "SPEEDRUN_TERMINATION_LOG": str(run_dir / "termination-message.json"),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        """One torchrun agent (`python -m speedrun_trainer.train.torchrun`), in a session of its own."""
+        log = open(self.logs / log_name, "ab")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "speedrun_trainer.train.torchrun", *args],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start_training(self, launcher: str = "torchrun") -> list[subprocess.Popen | TorchxApp]:
+        r, policy = self.job.spec.resources, self.job.spec.run_policy
+        lo, hi = r.node_range
+        port = free_port()
+        if launcher == "torchx":
+            app = TorchxApp(
+                module="speedrun_trainer.train", args=["--config", str(self.config)],
+                nodes=f"{lo}:{hi}" if lo != hi else str(hi), procs_per_node=r.procs_per_node,
+                env={k: v for k, v in self.env.items() if k.startswith(("SPEEDRUN_", "AWS_", "WANDB_", "OMP_"))},
+                max_retries=policy.max_restarts, rdzv_port=port, log_dir=self.logs / "torchx",
+            )
+            self.procs.append(app)
+            return [app]
+        run_id = f"{self.job.metadata.name}-{self.run_dir.name}"
+        common = [
+            f"--nnodes={lo}:{hi}" if lo != hi else f"--nnodes={hi}",
+            f"--nproc-per-node={r.procs_per_node}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            f"--rdzv-id={run_id}",
+            f"--max-restarts={policy.max_restarts}",
+            "--local-addr=127.0.0.1",
+            "-m", "speedrun_trainer.train", "--config", str(self.config),
+        ]
+        return [self._spawn(common, f"train-node-{i}.log") for i in range(hi)]
+
+    def start_eval(self) -> subprocess.Popen:
+        args = ["--standalone", f"--nproc-per-node={self.job.spec.resources.procs_per_node}",
+                "-m", "speedrun_trainer.evaluation", "--config", str(self.config)]
+        return self._spawn(args, "eval.log")
+
+    def wait(self, procs: list[subprocess.Popen | TorchxApp], bar: ProgressBar | None) -> int:
+        """Wait for all; the first failure stops the rest. Returns the first non-zero code or 0."""
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                self.stop()
+                return failed[0]
+            if all(c == 0 for c in codes):
+                return 0
+            if bar is not None:
+                bar.update(scrape(f"http://127.0.0.1:{self.metrics_port}/metrics"))
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if isinstance(proc, TorchxApp):
+                proc.cancel()
+        stop_process_trees([p for p in self.procs if isinstance(p, subprocess.Popen)])
+
+    def tail(self, log_name: str, lines: int = 25) -> str:
+        path = self.logs / log_name
+        apps = [p for p in self.procs if isinstance(p, TorchxApp)]
+        if apps and log_name.startswith("train-node-"):
+            path = apps[0].node_log(int(log_name.removeprefix("train-node-").removesuffix(".log"))) or path
+        text = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return "\n".join(text[-lines:])
+
+
+def run_local(
+    job: SpeedrunJob, *, storage_uri: str | None, resume: bool, runs_dir: str, launcher: str = "torchrun"
+) -> int:
+    run_dir = _run_dir(job, runs_dir, resume)
+    uri = storage_uri or job.spec.storage.uri or run_dir.as_uri()
+    plan = resolve(job)
+    run = LocalRun(job, run_dir, uri)
+    print(
+        f"speedrun {job.metadata.name}: {plan.model_size / 1e6:.2f}M params, {plan.steps} steps,"
+        f" {plan.nodes} node(s) x {plan.procs_per_node} process(es) on {job.spec.resources.accelerator}\n"
+        f"  run dir  {run_dir}\n  storage  {uri}\n  logs     {run.logs}",
+        flush=True,
+    )
+    started = time.monotonic()
+    try:
+        bar = ProgressBar(plan.steps, stream=sys.stderr)
+        code = run.wait(run.start_training(launcher), bar)
+        bar.finish()
+        if code:
+            print(f"training failed (exit {code}); last lines of the rank-0 log:\n{run.tail('train-node-0.log')}",
+                  file=sys.stderr)
+            return code
+        print("evaluating ...", flush=True)
+        code = run.wait([run.start_eval()], None)
+        if code:
+            print(f"evaluation failed (exit {code}):\n{run.tail('eval.log')}", file=sys.stderr)
+            return code
+    except KeyboardInterrupt:
+        run.stop()
+        print(f"\nstopped. Continue with: speedrun run <file> --resume (run dir {run_dir})", file=sys.stderr)
+        return 130
+    storage = open_storage(uri, endpoint_url=job.spec.storage.endpoint_url)
+    results = storage.read_json("speedrun_results.json")["runs"][0]["run_info"]
+    print(format_results_table(results, storage.url("speedrun_results.json"), time.monotonic() - started))
+    (run_dir / "results-summary.json").write_text(json.dumps(results, indent=2))
+    return 0

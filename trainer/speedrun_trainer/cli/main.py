@@ -1,0 +1,145 @@
+"""The `speedrun` command line.
+
+    speedrun plan FILE [--json]       what a manifest will cost (Marin's print_run_info)
+    speedrun run FILE                 train + evaluate locally with torchrun, no cluster
+    speedrun data prepare ...         text files -> token shards
+    speedrun leaderboard URI          rank speedrun_results.json files
+    speedrun render FILE              the Kubernetes objects the operator would create
+    speedrun crd [--check]            regenerate the CRD from the pydantic model
+    speedrun operator                 run the kopf operator
+
+Every user mistake is one line on stderr naming the field and what is allowed, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+
+from speedrun_api.accelerators import lookup
+from speedrun_api.manifest import EXIT_INVALID, SpecError, load_job
+from speedrun_api.plan import Plan, resolve
+from speedrun_api.spec import SpeedrunJob
+from speedrun_trainer import __version__
+
+
+def human_seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def format_plan(job: SpeedrunJob, plan: Plan) -> str:
+    spec = job.spec
+    acc = lookup(spec.resources.accelerator)
+    acc_name = acc.display if acc else spec.resources.accelerator
+    nodes = f"{plan.min_nodes}-{plan.max_nodes}" if plan.min_nodes != plan.max_nodes else str(plan.nodes)
+    t = spec.train
+    lines = [
+        f"----- speedrun plan: {job.metadata.name} -----",
+        "Speedrun configuration:",
+        json.dumps(job.manifest()["spec"], indent=2),
+        "Hardware and model FLOPs information:",
+        f"Number of devices: {plan.num_devices} ({nodes} node(s) x {plan.procs_per_node} process(es), {acc_name})",
+        f"Device FLOPs: {plan.device_flops:.2e} FLOP/s",
+        f"Total peak hardware FLOPs: {plan.peak_flops:.2e} FLOP/s",
+        f"Model size: {plan.model_size / 1e6:.2f} million parameters",
+        f"Model FLOPs per token (forward): {plan.model_flops_per_token:.3e}",
+        f"Training steps: {plan.steps} ({t.batch_size} sequences x {spec.model.seq_len} tokens per step)",
+        f"Total tokens: {plan.total_tokens:,} ({plan.total_tokens:.3e})",
+        f"Model FLOPs: {plan.model_flops:.2e} FLOP",
+        f"Gradient accumulation steps: {plan.grad_accum_steps}"
+        f" (batchSize {t.batch_size} / deviceBatchSize {t.device_batch_size} / {plan.num_devices} process(es))",
+        "The rough estimated compute (total model FLOPs / assumed MFU) is between:",
+    ]
+    for key, est in plan.estimates.items():
+        mfu = key.split("=")[1]
+        lines.append(
+            f"      * {est['hardware_flops']:.2e} FLOPs assuming an MFU of {mfu}"
+            f" (about {human_seconds(est['seconds'])} of wall time)"
+        )
+    if spec.target is not None:
+        lines.append(f"Target: stop when {spec.target.metric} reaches {spec.target.value} (time-to-target run)")
+    lines.append("----- end of speedrun plan -----")
+    return "\n".join(lines)
+
+
+def plan_json(job: SpeedrunJob, plan: Plan) -> dict:
+    return {**plan.to_dict(), "config": job.manifest()}
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    job = load_job(args.file)
+    plan = resolve(job)
+    print(json.dumps(plan_json(job, plan), indent=2) if args.json else format_plan(job, plan))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from speedrun_trainer.cli.local import run_local
+
+    job = load_job(args.file)
+    return run_local(job, storage_uri=args.storage, resume=args.resume, runs_dir=args.runs_dir,
+                     launcher=args.launcher)
+
+
+# Subcommands that other modules register: (module, attribute). Missing or broken optional
+# modules must never take down the CLI's core commands.
+_PLUGINS = [
+    ("speedrun_trainer.data.prepare", "register"),
+    ("speedrun_trainer.leaderboard.command", "register"),
+    ("speedrun_api.crd", "register"),
+    ("speedrun_operator.commands", "register"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="speedrun", description="LLM-training speedruns, locally or on Kubernetes.")
+    parser.add_argument("--version", action="version", version=f"speedrun {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("plan", help="resolve a manifest and print its size, FLOPs and cost estimates")
+    p.add_argument("file", help="SpeedrunJob manifest (YAML or JSON)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (Marin's key names)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="train and evaluate a manifest locally with torchrun (no cluster)")
+    p.add_argument("file", help="SpeedrunJob manifest (YAML or JSON)")
+    p.add_argument("--storage", help="storage URI for checkpoints and results (default ./runs/<name>/<run-id>)")
+    p.add_argument("--resume", action="store_true", help="continue the newest run of this manifest under --runs-dir")
+    p.add_argument("--runs-dir", default="runs", help="where local runs live (default ./runs)")
+    p.add_argument("--launcher", choices=("torchrun", "torchx"), default="torchrun",
+                   help="start the nodes as torchrun agents (default) or as a torchx dist.ddp app (local_cwd)")
+    p.set_defaults(func=cmd_run)
+
+    for module, attr in _PLUGINS:
+        try:
+            register: Callable[[argparse._SubParsersAction], None] = getattr(importlib.import_module(module), attr)
+        except ImportError:
+            continue
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpecError as err:
+        for line in err.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The token stream that training and evaluation read: `.bin` shards from anywhere, as sequences.
+
+    ds = open_dataset("s3://bucket/fineweb/train_*.bin", tokenizer="gpt2", cache_dir=cache)
+    x, y = ds.sequences(first=batch_for(step, micro, rank, world, dbs, bs), count=dbs, seq_len=T)
+
+The dataset is the concatenation of its shards in sorted-URI order, read through memmaps. Sequence
+j is tokens [j*T, j*T + T + 1) of that stream, taken modulo the stream length, so it repeats in
+epochs and a sequence may straddle a shard boundary or the end of an epoch. x is the first T of
+those tokens, y the last T (shifted by one). Nothing is random: where a run stands is just the
+number of sequences consumed, so resuming, and resuming with another world size, is exact.
+
+Where shards come from (`uri`):
+- `builtin://pydoc-topics/train|val`: tokenized once into `cache_dir` (see data.builtin);
+- a file:// URI or path: a file, a glob (`*`, `?`, `**`) or a directory (every `*.bin` below it);
+- `s3://bucket/prefix/...`: the same globs and prefixes; each object is downloaded once into
+  `<cache_dir>/shards/`, keyed by a hash of its URI and ETag (a changed object is fetched again);
+- `https://.../shard.bin`: one shard, downloaded once, keyed by its URI.
+Note a directory that holds both `train_*.bin` and `val_*.bin` (what `prepare` writes) expands
+to both: give `.../train_*.bin` and `.../val_*.bin`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speedrun_trainer.data.builtin import is_builtin, materialize_builtin
+from speedrun_trainer.data.shards import read_shard_file
+from speedrun_trainer.data.storage import (
+    DataError,
+    S3Storage,
+    download_uri,
+    expand_uris,
+    file_lock,
+    local_path_of,
+    scheme_of,
+    split_s3,
+)
+from speedrun_trainer.data.tokenizer import load_tokenizer
+
+
+def batch_for(step: int, micro: int, rank: int, world: int, device_batch_size: int, batch_size: int) -> int:
+    """The index of the first sequence that (step, micro-step, rank) reads.
+
+    Step s consumes sequences [s*batch_size, (s+1)*batch_size). Inside it, micro-step m of rank r
+    reads the device_batch_size sequences from s*batch_size + (m*world + r)*device_batch_size:
+    micro-step 0 of all ranks first, then micro-step 1, ... so every sequence of the step is read
+    exactly once, whatever the world size.
+    """
+    per_micro = device_batch_size * world
+    if batch_size % per_micro:
+        raise ValueError(f"batch_size {batch_size} is not a multiple of deviceBatchSize x world {per_micro}")
+    if not (0 <= rank < world and 0 <= micro < batch_size // per_micro and step >= 0):
+        raise ValueError(
+            f"step {step}, micro {micro}, rank {rank} out of range for world {world} and"
+            f" {batch_size // per_micro} micro-steps"
+        )
+    return step * batch_size + (micro * world + rank) * device_batch_size
+
+
+class TokenDataset:
+    """An endless, deterministic token stream over shards (each a 1-D uint16 array or memmap)."""
+
+    def __init__(self, shards: list[np.ndarray], uri: str) -> None:
+        self.uri = uri
+        self.shards = [s for s in shards if len(s)]
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+        self.num_tokens = int(self.offsets[-1])
+
+    def __repr__(self) -> str:
+        return f"TokenDataset({self.uri!r}, shards={len(self.shards)}, tokens={self.num_tokens})"
+
+    def tokens(self, start: int, length: int) -> np.ndarray:
+        """int64[length]: stream positions start, start+1, ... modulo num_tokens."""
+        if self.num_tokens == 0:
+            raise DataError(f"{self.uri}: the dataset has no tokens")
+        out = np.empty(length, dtype=np.int64)
+        pos, filled = start % self.num_tokens, 0
+        while filled < length:
+            i = int(np.searchsorted(self.offsets, pos, side="right")) - 1
+            local = pos - int(self.offsets[i])
+            take = min(length - filled, len(self.shards[i]) - local)
+            out[filled: filled + take] = self.shards[i][local: local + take]
+            filled += take
+            pos = (pos + take) % self.num_tokens
+        return out
+
+    def sequences(self, first: int, count: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), LongTensors of shape (count, seq_len), for sequences first .. first+count-1."""
+        if first < 0 or count < 0 or seq_len < 1:
+            raise ValueError(f"bad sequence range: first={first}, count={count}, seq_len={seq_len}")
+        if self.num_tokens < seq_len + 1:
+            raise DataError(
+                f"{self.uri}: has {self.num_tokens} tokens, fewer than seqLen + 1 = {seq_len + 1}"
+            )
+        buf = self.tokens(first * seq_len, count * seq_len + 1)  # consecutive sequences overlap by 1
+        x = buf[:-1].reshape(count, seq_len)
+        y = buf[1:].reshape(count, seq_len)
+        return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+
+    def sequences_per_epoch(self, seq_len: int) -> int:
+        """How many sequences start within one pass over the stream."""
+        return self.num_tokens // seq_len
+
+
+def _cached_shard(uri: str, cache_dir: Path, endpoint_url: str | None) -> Path:
+    """The local path of a shard, downloading remote ones into the cache once."""
+    scheme = scheme_of(uri)
+    if scheme == "file":
+        return local_path_of(uri)
+    if scheme not in ("s3", "http", "https"):
+        raise DataError(f"{uri}: shards must be file://, s3:// or https:// URIs")
+    version = ""
+    if scheme == "s3":
+        bucket, key = split_s3(uri)
+        version = S3Storage(f"s3://{bucket}", endpoint_url).etag(key)
+    digest = hashlib.sha256(f"{uri}\0{version}".encode()).hexdigest()[:16]
+    name = uri.rstrip("/").rsplit("/", 1)[-1] or "shard.bin"
+    path = Path(cache_dir) / "shards" / f"{digest}-{name}"
+    with file_lock(path.with_name(path.name + ".lock")):
+        if not path.is_file():  # complete when present: downloads land under a temporary name
+            download_uri(uri, path, endpoint_url)
+    return path
+
+
+def open_dataset(
+    uri: str, *, tokenizer: str, cache_dir: Path, endpoint_url: str | None = None
+) -> TokenDataset:
+    """Resolve `uri` to shards (see the module docstring) and map them; nothing is loaded yet.
+
+    `tokenizer` (a `load_tokenizer` spec) is used only to tokenize builtin:// corpora; shards
+    are already tokens, and are not checked against it.
+    """
+    if is_builtin(uri):
+        files = materialize_builtin(uri, load_tokenizer(tokenizer, endpoint_url), Path(cache_dir))
+    else:
+        files = expand_uris(uri, endpoint_url)
+    shards = [read_shard_file(_cached_shard(f, Path(cache_dir), endpoint_url)) for f in files]
+    dataset = TokenDataset(shards, uri)
+    if dataset.num_tokens == 0:
+        raise DataError(f"{uri}: the shards hold no tokens")
+    return dataset

@@ -1,0 +1,142 @@
+"""Evaluation entry point: the final checkpoint -> BPB (and CORE) -> `speedrun_results.json`.
+
+    torchrun --standalone --nproc-per-node=P -m speedrun_trainer.evaluation --config run.json
+    python -m speedrun_trainer.evaluation --config run.json          # one process
+
+Reads the newest complete checkpoint and `train_summary.json` from the run's storage, measures
+bits-per-byte on `spec.eval.bpb.data` (default: the validation data) over `spec.eval.bpb.tokens`
+tokens split across ranks, the same for the untrained model (same seed, same init: the
+`initial_bpb` baseline), CORE when `spec.eval.core` is set, then writes the results file as one
+object and the headline numbers as the pod's termination message (docs/contracts.md), so the
+operator needs no storage credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from speedrun_api.plan import resolve
+from speedrun_api.spec import SpeedrunJob
+from speedrun_trainer.data.loader import TokenDataset, open_dataset
+from speedrun_trainer.data.tokenizer import load_tokenizer
+from speedrun_trainer.evaluation.loss import LossEval, evaluate_loss, padded_token_bytes
+from speedrun_trainer.evaluation.results import build_run_info, headline, write_results
+from speedrun_trainer.train import checkpoint
+from speedrun_trainer.train.loop import SUMMARY_KEY
+from speedrun_trainer.train.model import GPT
+from speedrun_trainer.train.runtime import (
+    Dist,
+    cache_dir,
+    entry_point,
+    log,
+    run_storage,
+    seeded,
+)
+from speedrun_trainer.train.versions import software_versions
+
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+
+class EvalError(Exception):
+    """Something the evaluation needs is missing (no checkpoint, no training summary)."""
+
+
+def _bpb(
+    model: torch.nn.Module, job: SpeedrunJob, env: Dist, dataset: TokenDataset, token_bytes: np.ndarray
+) -> LossEval:
+    spec = job.spec
+    return evaluate_loss(
+        model, dataset, token_bytes, tokens=spec.eval.bpb.tokens, seq_len=spec.model.seq_len,
+        batch_size=spec.train.device_batch_size, rank=env.rank, world_size=env.world_size,
+        device=env.device, precision=spec.train.precision,
+    )
+
+
+def _core(model: torch.nn.Module, job: SpeedrunJob, env: Dist, tokenizer: Any) -> dict[str, Any] | None:
+    core = job.spec.eval.core
+    if core is None:
+        return None
+    from speedrun_trainer.evaluation.core import evaluate_core
+
+    return evaluate_core(
+        model, tokenizer, core.bundle, max_per_task=core.max_per_task, device=env.device, rank=env.rank,
+        world_size=env.world_size, endpoint_url=job.spec.storage.endpoint_url,
+    )
+
+
+def write_termination_message(message: dict[str, Any]) -> None:
+    path = os.environ.get("SPEEDRUN_TERMINATION_LOG", DEFAULT_TERMINATION_LOG)
+    target = Path(path)
+    if path == DEFAULT_TERMINATION_LOG and not target.parent.exists():
+        return  # not in a pod
+    try:
+        target.write_text(json.dumps(message))
+    except OSError as err:
+        print(f"could not write the termination message to {path}: {err}", file=sys.stderr)
+
+
+def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
+    """Run the whole evaluation; returns the headline on rank 0, None on other ranks."""
+    spec = job.spec
+    storage = run_storage(job)
+    if not storage.exists(SUMMARY_KEY):
+        raise EvalError(f"no {SUMMARY_KEY} in {storage.url('')}: has training finished?")
+    summary = storage.read_json(SUMMARY_KEY)
+    ckpt = checkpoint.load(storage, with_optimizers=False)
+    if ckpt is None:
+        raise EvalError(f"no complete checkpoint under {storage.url(checkpoint.PREFIX)}")
+    log(f"evaluating the checkpoint of step {ckpt.step} from {storage.url(checkpoint.PREFIX)}")
+
+    tokenizer = load_tokenizer(spec.data.tokenizer, endpoint_url=spec.storage.endpoint_url)
+    token_bytes = padded_token_bytes(tokenizer, spec.model.vocab_size)
+    dataset = open_dataset(
+        spec.eval.bpb.data or spec.data.validation, tokenizer=spec.data.tokenizer, cache_dir=cache_dir(),
+        endpoint_url=spec.storage.endpoint_url,
+    )
+    with seeded(spec.train.seed):
+        model = GPT(spec.model)  # exactly the trainer's initialization: the untrained baseline
+    model.to(env.device)
+    initial = _bpb(model, job, env, dataset, token_bytes)
+    model.load_state_dict(ckpt.model)
+    final = _bpb(model, job, env, dataset, token_bytes)
+    log(f"bpb {final.bpb:.4f} (untrained {initial.bpb:.4f}) over {final.tokens:,} tokens / {final.bytes:,} bytes")
+    core = _core(model, job, env, tokenizer)
+    if core is not None:
+        log(f"CORE {core['core_metric']:.4f} over {len(core.get('tasks', {}))} tasks")
+    if not env.is_main:
+        return None
+    plan = resolve(job, nodes=max(1, int(summary.get("num_devices", 1)) // spec.resources.procs_per_node))
+    run_info = build_run_info(
+        job, plan, summary, bpb=final.bpb, initial_bpb=initial.bpb, val_loss=final.loss, core=core,
+        versions=software_versions(),
+    )
+    uri = write_results(storage, run_info)
+    message = headline(run_info, uri)
+    write_termination_message(message)
+    log(f"results written to {uri}")
+    print(json.dumps(message), flush=True)
+    return message
+
+
+def _evaluate(job: SpeedrunJob, env: Dist) -> int:
+    try:
+        evaluate(job, env)
+    except EvalError as err:
+        print(f"evaluation failed: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return entry_point("speedrun_trainer.evaluation", __doc__.splitlines()[0], _evaluate, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

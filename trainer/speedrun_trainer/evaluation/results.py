@@ -1,0 +1,152 @@
+"""`speedrun_results.json`: Marin's shape, plus what the other two benchmarks need.
+
+`{"runs": [{"run_info": {...}}]}` with Marin's keys (model_size, total_tokens, model_flops,
+model_flops_per_token, num_devices, device_flops, training_time, training_hardware_flops,
+"eval/paloma/c4_en/bpb", wandb_run_link, run_completion_timestamp, ...) so Marin's leaderboard
+tooling reads it, and our additions: core_metric (nanochat), val_loss and time_to_target
+(modded-nanogpt), initial_bpb, mfu, the resolved spec and software versions.
+
+The BPB is stored under Marin's key whatever the evaluation data was; `bpb_dataset` says which
+data it was measured on, so a CPU-tiny run is never mistaken for a C4-EN number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from speedrun_api.flops import forward_flops_per_token
+from speedrun_api.plan import Plan
+from speedrun_api.spec import SpeedrunJob
+from speedrun_trainer.data.storage import Storage
+
+RESULTS_KEY = "speedrun_results.json"
+BPB_KEY = "eval/paloma/c4_en/bpb"
+
+
+class RunInfo(BaseModel):
+    """The schema of one run's results; extra keys are kept (Marin adds its own)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str
+    author: dict[str, str]
+    description: str
+    model_size: int = Field(gt=0)
+    total_tokens: int = Field(ge=0)
+    model_flops: float = Field(ge=0)
+    model_flops_per_token: float = Field(gt=0)
+    num_devices: int = Field(gt=0)
+    num_chips: int = Field(gt=0)
+    device_flops: float = Field(gt=0)
+    training_time: float = Field(ge=0)
+    training_hardware_flops: float = Field(ge=0)
+    bpb: float | None = Field(alias=BPB_KEY)
+    bpb_dataset: str
+    initial_bpb: float | None
+    val_loss: float | None
+    core_metric: float | None
+    time_to_target: float | None
+    target: dict[str, Any] | None
+    mfu: float | None
+    training_steps: int
+    wandb_run_link: str | None
+    run_completion_timestamp: str
+    spec: dict[str, Any]
+    versions: dict[str, str]
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def build_run_info(
+    job: SpeedrunJob,
+    plan: Plan,
+    summary: dict[str, Any],
+    *,
+    bpb: float | None,
+    initial_bpb: float | None,
+    val_loss: float | None,
+    core: dict[str, Any] | None,
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    spec = job.spec
+    steps = int(summary["step"])
+    tokens = steps * plan.tokens_per_step
+    fwd = forward_flops_per_token(spec.model)
+    model_flops = 3 * fwd * tokens
+    seconds = float(summary["training_seconds"])
+    devices = int(summary.get("num_devices") or plan.num_devices)
+    device_flops = float(summary.get("device_flops") or plan.device_flops)
+    hardware_flops = device_flops * devices * seconds
+    core_metric = None if core is None else _finite(core.get("core_metric"))
+    time_to_target = summary.get("time_to_target_seconds")
+    if spec.target is not None and spec.target.metric == "core" and core_metric is not None:
+        time_to_target = seconds if core_metric >= spec.target.value else None
+    manifest = job.manifest()
+    info = RunInfo.model_validate(
+        {
+            "name": job.metadata.name,
+            "author": spec.author.model_dump(),
+            "description": spec.description,
+            "model_config": spec.model.model_dump(),
+            "train_config": spec.train.model_dump(exclude_none=True),
+            "resources": {
+                "accelerator": spec.resources.accelerator,
+                "nodes": plan.nodes,
+                "procs_per_node": spec.resources.procs_per_node,
+                "device_flops_override": spec.resources.device_flops,
+            },
+            "tokenized_dataset": spec.data.train,
+            "model_size": plan.model_size,
+            "total_tokens": tokens,
+            "model_flops": model_flops,
+            "model_flops_per_token": fwd,
+            "num_devices": devices,
+            "num_chips": devices,
+            "device_flops": device_flops,
+            "training_time": seconds,
+            "training_hardware_flops": hardware_flops,
+            BPB_KEY: _finite(bpb),
+            "bpb_dataset": spec.eval.bpb.data or spec.data.validation,
+            "initial_bpb": _finite(initial_bpb),
+            "val_loss": _finite(val_loss),
+            "core_metric": core_metric,
+            "core_tasks": None if core is None else core.get("tasks"),
+            "time_to_target": time_to_target,
+            "target": None if spec.target is None else spec.target.model_dump(),
+            "mfu": model_flops / hardware_flops if hardware_flops else None,
+            "tokens_per_second": tokens / seconds if seconds else None,
+            "training_steps": steps,
+            "wandb_run_link": summary.get("wandb_run_link"),
+            "run_completion_timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "spec": manifest,
+            "versions": versions,
+        }
+    )
+    return info.model_dump(by_alias=True)
+
+
+def write_results(storage: Storage, run_info: dict[str, Any]) -> str:
+    """Write the results file as one complete object; returns its URI."""
+    RunInfo.model_validate(run_info)
+    storage.write_json(RESULTS_KEY, {"runs": [{"run_info": run_info}]})
+    return storage.url(RESULTS_KEY)
+
+
+def headline(run_info: dict[str, Any], uri: str) -> dict[str, Any]:
+    """The eval pod's termination message: the keys of status.results (docs/contracts.md)."""
+    return {
+        "uri": uri,
+        "bpb": run_info[BPB_KEY],
+        "core": run_info["core_metric"],
+        "valLoss": run_info["val_loss"],
+        "modelFlops": run_info["model_flops"],
+        "hardwareFlops": run_info["training_hardware_flops"],
+        "trainingSeconds": run_info["training_time"],
+        "timeToTargetSeconds": run_info["time_to_target"],
+    }

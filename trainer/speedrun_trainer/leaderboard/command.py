@@ -1,0 +1,92 @@
+"""`speedrun leaderboard URI`: rank every speedrun_results.json under a file:// or s3:// prefix.
+
+    speedrun leaderboard runs/                                  a table per track
+    speedrun leaderboard s3://bucket/speedruns --plot board.png --html board.html
+    speedrun leaderboard runs/ --json                           the ranked runs as JSON
+    python -m speedrun_trainer.leaderboard URI [...]            the same without the CLI
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from speedrun_trainer.data.storage import DataError
+from speedrun_trainer.leaderboard.ranking import build_tables, format_table, rank_runs, runs_json
+from speedrun_trainer.leaderboard.runs import DEFAULT_BAND_WIDTH, EXIT_ERROR, MARIN_TRACK, RESULTS_NAME, load_runs
+
+# ---- the command ----------------------------------------------------------------------------
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("uri", help="file:// or s3:// prefix (or a directory) holding speedrun_results.json files")
+    p.add_argument("--plot", metavar="PNG", help="draw BPB vs hardware FLOPs, the Pareto frontier highlighted")
+    p.add_argument("--html", metavar="HTML", help="write a static page with the tables and the plot")
+    p.add_argument("--json", action="store_true", help="print the ranked runs as JSON instead of tables")
+    p.add_argument("--band-width", type=_positive, default=DEFAULT_BAND_WIDTH, help="BPB band width (0.1)")
+    p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("leaderboard", help="rank the speedrun_results.json files under a URI")
+    add_arguments(p)
+    p.set_defaults(func=handler)
+
+
+def _write(path: str, data: bytes) -> None:
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    print(f"wrote {target}", file=sys.stderr)
+
+
+def handler(args: argparse.Namespace) -> int:
+    try:
+        runs = load_runs(args.uri, args.endpoint_url)
+        if not runs:
+            raise DataError(f"{args.uri}: no {RESULTS_NAME} found")
+        tracks = rank_runs(runs, args.band_width)
+        tables = build_tables(tracks, args.band_width)
+        if args.json:
+            print(json.dumps(runs_json(runs), indent=2))
+        elif tables:
+            print("\n\n".join(format_table(t) for t in tables))
+        else:
+            print(f"{len(runs)} runs, none with a BPB or a target: nothing to rank", file=sys.stderr)
+        if args.plot or args.html:
+            from speedrun_trainer.leaderboard import render
+
+            png = render.plot_png(tracks.get(MARIN_TRACK, []))
+            if args.plot:
+                if png is None:
+                    raise DataError(f"{args.uri}: no run has both a BPB and hardware FLOPs to plot")
+                _write(args.plot, png)
+            if args.html:
+                _write(args.html, render.html_page(args.uri, len(runs), tables, png).encode())
+    except BrokenPipeError:  # `speedrun leaderboard URI | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (DataError, OSError) as e:
+        print(f"speedrun leaderboard: {e}".replace("\n", " "), file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="speedrun leaderboard", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return handler(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

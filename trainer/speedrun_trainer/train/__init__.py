@@ -1,0 +1,6 @@
+"""Training: the GPT model, AdamW/Muon, the training loop (`python -m speedrun_trainer.train`), and
+what it runs on: torch.distributed set-up and exit codes, the torchrun wrapper, checkpoints,
+Prometheus telemetry, W&B tracking and software versions.
+
+Importing this package imports no torch; its modules do.
+"""

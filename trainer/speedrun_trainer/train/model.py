@@ -1,0 +1,195 @@
+"""The GPT the trainer trains: a decoder-only transformer built from a `ModelSpec`.
+
+Pre-norm blocks (RMSNorm with a learnable gain) of causal self-attention and an MLP, a final
+norm, and an LM head that may share the token embedding's weight. Attention uses rotary
+position embeddings (RoPE), grouped-query attention (GQA: `numKvHeads` key/value heads shared
+by groups of query heads), optional QK-norm, and PyTorch's `scaled_dot_product_attention`.
+The MLP is SwiGLU (`silu`, three matrices), ReLU^2 (`relu2`) or GELU (`gelu`), two matrices.
+No biases anywhere, so the parameter count equals `speedrun_api.flops.param_count(spec)`.
+
+    model = GPT(spec)
+    logits = model(idx)                                   # (B, T, V) float32
+    loss = model(idx, targets)                            # scalar, mean over non-ignored tokens
+    per_token = model(idx, targets, reduction="none")    # (B, T) nats, 0 where targets == -1
+
+Works in fp32, under `torch.autocast(..., dtype=torch.bfloat16)`, `torch.compile` and DDP.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speedrun_api.spec import ModelSpec
+
+# `enable_gqa` arrived in torch 2.5; before that, key/value heads are repeated by hand.
+_SDPA_HAS_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
+
+IGNORE_INDEX = -1
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension with a learnable gain (initialised to 1)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The gain follows the activation's dtype (bf16 under autocast) so the fused kernel applies.
+        return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype), self.eps)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding; cos/sin are precomputed for `max_len` positions."""
+
+    def __init__(self, head_dim: int, max_len: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, d/2)
+        # Non-persistent: derived from the spec, so they stay out of checkpoints.
+        self.register_buffer("cos", angles.cos()[None, :, None, :], persistent=False)  # (1, L, 1, d/2)
+        self.register_buffer("sin", angles.sin()[None, :, None, :], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, nh, d); rotate the pairs (x[..., i], x[..., i + d/2]).
+        t = x.size(1)
+        cos, sin = self.cos[:, :t].to(x.dtype), self.sin[:, :t].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with RoPE, GQA and optional QK-norm."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        h, d = spec.hidden_dim, spec.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = spec.num_heads, spec.kv_heads, d
+        self.c_q = nn.Linear(h, self.n_head * d, bias=False)
+        self.c_k = nn.Linear(h, self.n_kv_head * d, bias=False)
+        self.c_v = nn.Linear(h, self.n_kv_head * d, bias=False)
+        self.c_proj = nn.Linear(self.n_head * d, h, bias=False)
+        self.q_norm = RMSNorm(d) if spec.qk_norm else None
+        self.k_norm = RMSNorm(d) if spec.qk_norm else None
+        self.rotary = Rotary(d, spec.seq_len, spec.rope_theta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.size()
+        q = self.c_q(x).view(b, t, self.n_head, self.head_dim)  # (B, T, H, d)
+        k = self.c_k(x).view(b, t, self.n_kv_head, self.head_dim)  # (B, T, K, d)
+        v = self.c_v(x).view(b, t, self.n_kv_head, self.head_dim)  # (B, T, K, d)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(q), self.rotary(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, d)
+        gqa = self.n_kv_head != self.n_head
+        if gqa and not _SDPA_HAS_GQA:
+            repeat = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+            gqa = False
+        if gqa:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, d)
+        y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, H*d)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    """SwiGLU (silu: gate, up, down) or a plain two-matrix MLP with ReLU^2 or GELU."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        h, i = spec.hidden_dim, spec.intermediate_dim
+        self.activation = spec.activation
+        self.c_gate = nn.Linear(h, i, bias=False) if spec.glu else None
+        self.c_up = nn.Linear(h, i, bias=False)
+        self.c_proj = nn.Linear(i, h, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = self.c_up(x)  # (B, T, i)
+        if self.c_gate is not None:
+            hidden = F.silu(self.c_gate(x)) * up
+        elif self.activation == "relu2":
+            hidden = F.relu(up).square()
+        else:
+            hidden = F.gelu(up)
+        return self.c_proj(hidden)  # (B, T, h)
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(spec.hidden_dim)
+        self.attn = CausalSelfAttention(spec)
+        self.mlp_norm = RMSNorm(spec.hidden_dim)
+        self.mlp = MLP(spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    """Token embedding, `numLayers` blocks, final norm, LM head (tied to the embedding if asked)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        if spec.hidden_dim % spec.num_heads or spec.head_dim % 2:
+            raise ValueError(f"hiddenDim {spec.hidden_dim} / numHeads {spec.num_heads} must be an even int")
+        if spec.num_heads % spec.kv_heads:
+            raise ValueError(f"numHeads {spec.num_heads} is not a multiple of numKvHeads {spec.kv_heads}")
+        self.spec = spec
+        self.wte = nn.Embedding(spec.vocab_size, spec.hidden_dim)
+        self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.num_layers))
+        self.norm_f = RMSNorm(spec.hidden_dim)
+        self.lm_head = nn.Linear(spec.hidden_dim, spec.vocab_size, bias=False)
+        if spec.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Deterministic given the global torch seed: N(0, 0.02) matrices, residual outputs
+        scaled by 1/sqrt(2 * numLayers) (GPT-2), gains at 1."""
+        residual_std = 0.02 / math.sqrt(2 * self.spec.num_layers)
+        for name, p in self.named_parameters():  # tied weights appear once
+            if p.ndim < 2:
+                nn.init.ones_(p)
+            elif name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=residual_std)
+            else:
+                nn.init.normal_(p, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Parameters counted once each (a tied head adds nothing)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"
+    ) -> torch.Tensor:
+        """Logits (B, T, V) float32 without targets; otherwise the cross-entropy in nats:
+        a scalar mean ("mean") or per-token losses (B, T) ("none"), ignoring targets == -1."""
+        b, t = idx.size()
+        if t > self.spec.seq_len:
+            raise ValueError(f"sequence length {t} exceeds seqLen {self.spec.seq_len}")
+        x = self.wte(idx)  # (B, T, h)
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm_f(x)
+        logits = self.lm_head(x).float()  # (B, T, V); the loss is always taken in float32
+        if targets is None:
+            return logits
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        loss = F.cross_entropy(
+            logits.view(b * t, -1), targets.reshape(b * t), ignore_index=IGNORE_INDEX, reduction=reduction
+        )
+        return loss if reduction == "mean" else loss.view(b, t)

@@ -1,0 +1,142 @@
+"""Process runtime shared by the training and evaluation entry points.
+
+torch.distributed set-up from torchrun's environment (NCCL on GPU, gloo on CPU), the device,
+the autocast context for the spec's precision, the run's storage and the config loading that
+turns a bad config into exit code 2 (the operator's podFailurePolicy fails the Job at once on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from speedrun_api.manifest import EXIT_INVALID, ConfigError, SpecError, load_job
+from speedrun_api.spec import SpeedrunJob
+from speedrun_trainer.data.storage import DataError, Storage, open_storage
+
+
+class DeviceError(Exception):
+    """The accelerator the spec asks for is not here (a node problem: exit 1, worth a retry)."""
+
+
+@dataclass
+class Dist:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def log(msg: str) -> None:
+    """Rank-0 log line with a timestamp (stdout, flushed: pods and `speedrun run` read it)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+def load_config(path: str) -> SpeedrunJob:
+    """Load the run config or exit 2 with one line per problem."""
+    try:
+        return load_job(path)
+    except SpecError as err:
+        from speedrun_trainer.train.torchrun import report_config_error
+
+        for line in err.lines:
+            print(f"invalid config: {line}", file=sys.stderr, flush=True)
+        report_config_error(err.lines[0])
+        sys.exit(EXIT_INVALID)
+
+
+def setup_distributed() -> Dist:
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=dt.timedelta(minutes=10))
+    return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 (and fp8, whose matmuls are not implemented yet) autocast on CUDA; fp32 elsewhere."""
+    if device.type == "cuda" and precision in ("bf16", "fp8"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def run_storage(job: SpeedrunJob) -> Storage:
+    uri = os.environ.get("SPEEDRUN_STORAGE_URI") or job.spec.storage.uri or f"runs/{job.metadata.name}"
+    return open_storage(uri, endpoint_url=job.spec.storage.endpoint_url)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPEEDRUN_CACHE_DIR") or Path.home() / ".cache" / "speedrun")
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few floats over all ranks (identity when not distributed)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block under a fixed torch seed, restoring the previous RNG state after."""
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
+
+
+def entry_point(
+    prog: str, description: str, body: Callable[[SpeedrunJob, Dist], int], argv: list[str] | None = None
+) -> int:
+    """`python -m <prog> --config FILE`: load the config, set up torch.distributed, run `body`.
+
+    Exit codes: 0 done; 2 the config can never work (found before or while running; the
+    torchrun wrapper passes it on); 1 anything else worth a retry, such as data that cannot be read.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, help="SpeedrunJob manifest (YAML or JSON)")
+    args = parser.parse_args(argv)
+    job = load_config(args.config)
+    env = setup_distributed()
+    try:
+        return body(job, env)
+    except ConfigError as err:  # config problems found only at run time (tokenizer, world size)
+        from speedrun_trainer.train.torchrun import report_config_error
+
+        print(f"invalid config: {err}", file=sys.stderr, flush=True)
+        report_config_error(str(err))
+        return EXIT_INVALID
+    except (DataError, DeviceError) as err:
+        print(f"{prog}: {err}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        teardown_distributed()

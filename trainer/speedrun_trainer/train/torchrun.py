@@ -1,0 +1,79 @@
+"""`torchrun`, with the trainer's "invalid config" exit code kept intact.
+
+    python -m speedrun_trainer.train.torchrun --nnodes=2 ... -m speedrun_trainer.train --config run.json
+
+Takes exactly torchrun's arguments. Plain torchrun exits 1 whatever its workers exited with, so a
+Kubernetes podFailurePolicy could never tell "this config can never work" (exit 2) from a crash
+worth retrying. This wrapper:
+
+1. validates the `--config` manifest before any worker starts (exit 2, one line per problem);
+2. gives the workers a file (`SPEEDRUN_CONFIG_ERROR_FILE`) where a worker that finds its config
+   invalid at run time (world size, tokenizer vocabulary) writes its one-line error;
+3. when torchrun fails and that file says why, prints the error as the last log line (the pod's
+   termination message) and exits 2; any other failure exits 1, as torchrun does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from speedrun_api.manifest import EXIT_INVALID
+
+CONFIG_ERROR_FILE_ENV = "SPEEDRUN_CONFIG_ERROR_FILE"
+
+
+def config_path(argv: list[str]) -> str | None:
+    """The value of the training script's `--config` (after `-m module` or the script)."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def report_config_error(message: str) -> None:
+    """Called by a worker before it exits with EXIT_INVALID."""
+    path = os.environ.get(CONFIG_ERROR_FILE_ENV)
+    if path:
+        with contextlib.suppress(OSError):  # the exit code still says it; only the message is lost
+            Path(path).write_text(message.strip().splitlines()[0] if message.strip() else message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = config_path(argv)
+    if config is not None:
+        from speedrun_api.manifest import SpecError, load_job
+
+        try:
+            load_job(config)
+        except SpecError as err:
+            for line in err.lines:
+                print(f"invalid config: {line}", file=sys.stderr, flush=True)
+            return EXIT_INVALID
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    with tempfile.TemporaryDirectory(prefix="speedrun-torchrun-") as tmp:
+        error_file = Path(tmp) / "config-error"
+        os.environ[CONFIG_ERROR_FILE_ENV] = str(error_file)
+        try:
+            run(parse_args(argv))
+        except ChildFailedError as err:
+            if error_file.exists():
+                print(f"invalid config: {error_file.read_text().strip()}", file=sys.stderr, flush=True)
+                return EXIT_INVALID
+            rank, failure = err.get_first_failure()
+            print(f"torchrun: worker rank {rank} exited {failure.exitcode}", file=sys.stderr, flush=True)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -111,10 +111,26 @@ def test_cli_errors_are_one_line_exit_2(args: list[str], message: str, tmp_path:
     assert message in err
 
 
-def test_prepare_rejects_wide_vocabularies(tmp_path: Path, monkeypatch) -> None:
-    import speedrun_trainer.data.prepare as prep
+def test_prepare_llama3_sized_vocabulary_writes_uint32_shards(tmp_path: Path) -> None:
+    from speedrun_trainer.data.shards import read_shard_file
+    from speedrun_trainer.data.tokenizer import load_tokenizer
+    from tests.llama3_vocab import write_llama3_sized_tokenizer
 
-    wide = type("Wide", (), {"vocab_size": 100_277})()
-    monkeypatch.setattr(prep, "load_tokenizer", lambda spec, endpoint_url=None: wide)
-    with pytest.raises(DataError, match="vocab_size 100277 does not fit"):
-        prepare([str(tmp_path)], str(tmp_path / "out"), "cl100k_base")
+    spec = str(write_llama3_sized_tokenizer(tmp_path / "tokenizer.json"))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"the end of story {i}. Then it ran away."}) + "\n" for i in range(10)))
+    out = tmp_path / "out"
+    summary = prepare([str(docs)], str(out), spec, val_fraction=0.2, dataset="my/stories")
+    meta = json.loads((out / "tokenizer_meta.json").read_text())
+    assert meta["vocab_size"] == 128_256 and meta["token_size"] == 4 and meta["dataset"] == "my/stories"
+    tokens = read_shard_file(out / "train_000000.bin")
+    assert tokens.dtype == np.uint32 and int(tokens.max()) > 65_535
+    tok = load_tokenizer(spec)
+    assert int(tokens[0]) == tok.eot_id == 128_000  # <|begin_of_text|> separates documents
+    assert tok.decode([int(t) for t in tokens[1:]]).startswith("the end of story 0. Then it ran away.")
+    assert summary["tokens"]["train"] == len(tokens)
+
+
+def test_a_directory_as_input_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="is a directory"):
+        prepare([str(tmp_path)], str(tmp_path / "out"), "byte")

@@ -1,4 +1,4 @@
-"""The modded-nanogpt `.bin` shard format: round trips and every malformed header."""
+"""The modded-nanogpt `.bin` shard format and its uint32 variant: round trips and every malformed header."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from speedrun_trainer.data.shards import (
     read_shard,
     read_shard_file,
     shard_name,
+    token_size_for,
     write_shard,
 )
 from speedrun_trainer.data.storage import DataError
@@ -55,7 +56,8 @@ def test_read_shard_accepts_memoryview() -> None:
     [
         (b"\x00" * 100, ["truncated", "1024-byte header", "found 100 bytes"]),
         (_header(magic=12345) + b"\x00" * 6, ["bad magic", "expected 20240520", "found 12345"]),
-        (_header(version=7) + b"\x00" * 6, ["version", "expected 1", "found 7"]),
+        (_header(version=7) + b"\x00" * 6, ["version", "expected 1 or 2", "found 7"]),
+        (_header(version=2) + b"\x00" * 6, ["token size", "expected 2 or 4", "found 0"]),
         (_header(count=3) + b"\x00" * 4, ["truncated", "3 tokens (1030 bytes)", "found 1028 bytes"]),
         (_header(count=3) + b"\x00" * 8, ["size mismatch", "3 tokens (1030 bytes)", "found 1032 bytes"]),
         (_header(count=-1), ["token count", "found -1"]),
@@ -80,9 +82,27 @@ def test_shard_errors_are_data_errors(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("tokens", "bad", "position"), [([1, 65536, 2], 65536, 1), ([5, -1], -1, 1)])
-def test_tokens_outside_uint16_are_rejected(tokens: list[int], bad: int, position: int) -> None:
+def test_tokens_outside_uint16_are_rejected_when_two_bytes_are_asked_for(
+    tokens: list[int], bad: int, position: int
+) -> None:
     with pytest.raises(ShardError, match=f"token id {bad} at position {position} does not fit"):
-        write_shard(tokens)
+        write_shard(tokens, token_size=2)
+
+
+def test_wide_shards_hold_llama3_ids(tmp_path) -> None:
+    ids = [128000, 9906, 65536, 0, 128255]
+    data = write_shard(ids)  # ids past uint16: a version-2 shard of uint32 tokens
+    assert len(data) == HEADER_BYTES + 4 * len(ids)
+    assert np.frombuffer(data[:HEADER_BYTES], "<i4")[:4].tolist() == [20240520, 2, 5, 4]
+    assert read_shard(data, "mem").dtype == np.uint32 and read_shard(data, "mem").tolist() == ids
+    path = tmp_path / "wide.bin"
+    path.write_bytes(data)
+    assert read_shard_file(path).tolist() == ids
+    forced = write_shard([1, 2], token_size=4)  # a whole prepared output stays one width
+    assert read_shard(forced, "mem").dtype == np.uint32 and read_shard(forced, "mem").tolist() == [1, 2]
+    with pytest.raises(ShardError, match="token id -3"):
+        write_shard([-3])
+    assert token_size_for(65536) == 2 and token_size_for(65537) == 4 and token_size_for(128256) == 4
 
 
 def test_non_integer_tokens_are_rejected() -> None:

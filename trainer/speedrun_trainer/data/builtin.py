@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speedrun_trainer.data.shards import read_shard_file, write_shard
+from speedrun_trainer.data.shards import read_shard_file, token_size_for, write_shard
 from speedrun_trainer.data.storage import DataError, atomic_file, file_lock
 from speedrun_trainer.data.tokenizer import Tokenizer
 
@@ -88,7 +88,7 @@ def materialize_builtin(uri: str, tokenizer: Tokenizer, cache_dir: Path) -> list
     path = Path(cache_dir) / "builtin" / corpus / f"{split}.{_safe(tokenizer.name)}.{digest}.bin"
     with file_lock(path.with_name(path.name + ".lock")):
         if not _valid(path):
-            data = write_shard(encode_documents(documents, tokenizer))
+            data = write_shard(encode_documents(documents, tokenizer), token_size_for(tokenizer.vocab_size))
             with atomic_file(path) as f:
                 f.write(data)
     return [f"file://{path}"]

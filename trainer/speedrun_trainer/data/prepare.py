@@ -11,8 +11,10 @@ inputs in order, from 0) goes to validation when floor((i+1)*f) > floor(i*f) for
 every (1/f)-th document, deterministic and independent of sharding.
 
 Output under `--out`: `train_000000.bin`, `train_000001.bin`, ... and `val_000000.bin`, ... of
-`--shard-tokens` tokens each (the last one shorter), then `tokenizer_meta.json` (tokenizer name
-and spec, vocab_size, eot_id, documents and tokens per split, shard names, and `token_bytes`:
+`--shard-tokens` tokens each (the last one shorter; uint16 shards, or uint32 version-2 shards for
+vocabularies over 65,536 ids), then `tokenizer_meta.json` (tokenizer name and spec, vocab_size,
+eot_id, token_size, `dataset` (`--dataset NAME`: what evaluation results call this data),
+documents and tokens per split, shard names, and `token_bytes`:
 the UTF-8 byte length of every token id, the BPB denominator). The metadata is written last:
 output is complete when it exists. Train on `<out>/train_*.bin`, validate on `<out>/val_*.bin`.
 Writing over a complete earlier output needs `--overwrite`; shards named like ours that this run
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from speedrun_trainer.data.shards import MAX_TOKEN, shard_name, write_shard
+from speedrun_trainer.data.shards import shard_name, token_size_for, write_shard
 from speedrun_trainer.data.storage import (
     DataError,
     Storage,
@@ -58,6 +60,8 @@ def _lines(uri: str, endpoint_url: str | None) -> Iterator[str]:
                     yield from f
             except FileNotFoundError:
                 raise DataError(f"{uri}: no such file") from None
+            except IsADirectoryError:
+                raise DataError(f"{uri}: is a directory; give files or a glob (dir/*.jsonl)") from None
         else:
             yield from fetch_uri(uri, endpoint_url).decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
@@ -84,8 +88,9 @@ def iter_documents(uri: str, endpoint_url: str | None = None) -> Iterator[str]:
 class ShardWriter:
     """Cuts one split's token stream into shards of exactly `shard_tokens` (the last shorter)."""
 
-    def __init__(self, storage: Storage, split: str, shard_tokens: int) -> None:
+    def __init__(self, storage: Storage, split: str, shard_tokens: int, token_size: int = 2) -> None:
         self.storage, self.split, self.shard_tokens = storage, split, shard_tokens
+        self.token_size = token_size
         self.pending: list[np.ndarray] = []
         self.pending_tokens = 0
         self.names: list[str] = []
@@ -110,7 +115,7 @@ class ShardWriter:
 
     def _write(self, tokens: np.ndarray) -> None:
         name = shard_name(self.split, len(self.names))
-        self.storage.write_bytes(name, write_shard(tokens))
+        self.storage.write_bytes(name, write_shard(tokens, token_size=self.token_size))
         self.names.append(name)
 
 
@@ -129,6 +134,7 @@ def prepare(
     val_fraction: float = 0.0,
     endpoint_url: str | None = None,
     overwrite: bool = False,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Tokenize `inputs` into shards under `out_uri` (see the module docstring); return a summary."""
     if not inputs:
@@ -138,20 +144,19 @@ def prepare(
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     tok = load_tokenizer(tokenizer, endpoint_url)
-    if tok.vocab_size > MAX_TOKEN + 1:
-        raise DataError(f"{tokenizer}: vocab_size {tok.vocab_size} does not fit .bin shards (uint16)")
+    token_size = token_size_for(tok.vocab_size)  # uint32 (version-2) shards past 65,536 ids
     storage = open_storage(out_uri, endpoint_url)
     if not overwrite and storage.exists(META_KEY):
         raise DataError(f"{storage.url(META_KEY)}: already exists (prepared earlier); pass --overwrite")
     earlier = [k for k in storage.list() if _OUTPUT.match(k)]
 
     fraction = Fraction(val_fraction).limit_denominator(1_000_000)
-    writers = {split: ShardWriter(storage, split, shard_tokens) for split in SPLITS}
+    writers = {split: ShardWriter(storage, split, shard_tokens, token_size) for split in SPLITS}
     index = 0
     for uri in _expand_inputs(inputs, endpoint_url):
         for text in iter_documents(uri, endpoint_url):
             is_val = int((index + 1) * fraction) > int(index * fraction)
-            tokens = np.concatenate([[tok.eot_id], tok.encode_array(text)]).astype(np.uint16)
+            tokens = np.concatenate([[tok.eot_id], tok.encode_array(text)]).astype(np.int64)
             writers["val" if is_val else "train"].add(tokens)
             index += 1
     if val_fraction > 0 and writers["val"].documents == 0:
@@ -172,6 +177,8 @@ def prepare(
         "spec": tok.spec,
         "vocab_size": tok.vocab_size,
         "eot_id": tok.eot_id,
+        "token_size": token_size,
+        "dataset": dataset,
         "shard_tokens": shard_tokens,
         "val_fraction": val_fraction,
         "documents": {s: w.documents for s, w in writers.items()},
@@ -182,12 +189,32 @@ def prepare(
     return {**summary, "meta": storage.url(META_KEY)}
 
 
+def recorded_dataset(uri: str, endpoint_url: str | None = None) -> str | None:
+    """The dataset name recorded in the `tokenizer_meta.json` beside `uri`'s shards, if any.
+
+    `uri` is what a manifest gives: a directory/prefix, or a glob or file inside one.
+    """
+    if scheme_of(uri) not in ("file", "s3"):
+        return None
+    last = uri.rstrip("/").rsplit("/", 1)[-1]
+    folder = uri.rstrip("/").rsplit("/", 1)[0] if ("*" in last or "?" in last or last.endswith(".bin")) else uri
+    try:
+        storage = open_storage(folder, endpoint_url)
+        if not storage.exists(META_KEY):
+            return None
+        name = storage.read_json(META_KEY).get("dataset")
+    except (DataError, OSError, ValueError, AttributeError):
+        return None
+    return str(name) if name else None
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     """The `data prepare` command: the summary as JSON on stdout; errors one line on stderr, exit 2."""
     try:
         summary = prepare(
             args.files, args.out, args.tokenizer, shard_tokens=args.shard_tokens,
             val_fraction=args.val_fraction, endpoint_url=args.endpoint_url, overwrite=args.overwrite,
+            dataset=args.dataset,
         )
     except DataError as e:
         print(f"speedrun data prepare: error: {e}", file=sys.stderr)
@@ -212,6 +239,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output under --out")
+    p.add_argument("--dataset", default=None,
+                   help="the dataset's name, recorded in tokenizer_meta.json; results name BPB after it "
+                   "(paloma/c4_en is filed under Marin's key eval/paloma/c4_en/bpb)")
     p.set_defaults(func=run_prepare)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speedrun_api.flops import forward_flops_per_token, param_count
+from speedrun_api.flops import forward_flops_per_token, param_count, scaling_param_count
 from speedrun_api.manifest import load_job
 from speedrun_api.plan import resolve
 from speedrun_api.spec import ModelSpec
@@ -59,7 +59,22 @@ def test_horizons_resolve_to_steps(tmp_path):
     assert by_tokens.steps == 11
     job = parse_job(tiny_manifest(**{"spec.train.steps": None, "spec.train.paramDataRatio": 20}))
     plan = resolve(job)
-    assert plan.steps == -(-20 * plan.model_size // per_step)
+    assert plan.steps == -(-20 * plan.scaling_params // per_step)  # nanochat's count, not model_size
     budget = plan.model_flops  # exactly the FLOPs of that many steps
     by_budget = resolve(parse_job(tiny_manifest(**{"spec.train.steps": None, "spec.train.flopsBudget": budget})))
     assert by_budget.steps == plan.steps
+
+
+def test_scaling_param_count_by_hand():
+    """nanochat's count for paramDataRatio: matrices per layer + the lm_head; no embedding, no gains."""
+    m = ModelSpec(vocab_size=10, seq_len=8, hidden_dim=4, intermediate_dim=6, num_layers=2, num_heads=2,
+                  activation="gelu", tie_embeddings=True, qk_norm=True)
+    matrices = 4 * 4 * 4 + 2 * 4 * 6  # q, k, v, o and two MLP matrices
+    assert scaling_param_count(m) == 2 * matrices + 10 * 4
+
+
+def test_nanochat_d24_ratio_uses_fewer_tokens_than_all_parameters():
+    """The issue's figure: counting every parameter gives d24 6.9% more tokens than nanochat."""
+    plan = resolve(load_job(EXAMPLES / "nanochat-d24.yaml"))
+    assert plan.model_size / plan.scaling_params == pytest.approx(1.069, abs=5e-4)
+    assert plan.total_tokens == pytest.approx(10.5 * plan.scaling_params, abs=plan.tokens_per_step)

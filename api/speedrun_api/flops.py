@@ -7,6 +7,11 @@ L layers and m = 3 MLP matrices for SwiGLU (2 otherwise), the forward FLOPs per 
 
 and model FLOPs = 3 * forward-per-token * tokens (backward = 2x forward). Marin's
 `model_flops_per_token` is the *forward* figure; we keep that name and meaning.
+
+Two parameter counts: `param_count` is every parameter (Marin's `model_size`); `scaling_param_count`
+is nanochat's count for `--target-param-data-ratio`, the transformer matrices plus the lm_head
+(nanochat scripts/base_train.py: `num_scaling_params()["transformer_matrices"] + ["lm_head"]`),
+without the token embedding and the norm gains. `train.paramDataRatio` uses nanochat's.
 """
 
 from __future__ import annotations
@@ -44,3 +49,14 @@ def param_count(m: ModelSpec) -> int:
     norms = 2 * h + (2 * d if m.qk_norm else 0)
     embed = m.vocab_size * h * (1 if m.tie_embeddings else 2)
     return embed + m.num_layers * (attn + mlp + norms) + h
+
+
+def scaling_param_count(m: ModelSpec) -> int:
+    """nanochat's count for the param-data ratio: per-layer attention and MLP matrices + the lm_head.
+
+    The lm_head counts even when tied (nanochat's model is untied; its head is V x h either way).
+    """
+    h, i, d, k = m.hidden_dim, m.intermediate_dim, m.head_dim, m.kv_heads
+    attn = h * (m.num_heads * d) + 2 * h * (k * d) + h * h
+    mlp = (3 if m.glu else 2) * h * i
+    return m.num_layers * (attn + mlp) + m.vocab_size * h

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from speedrun_api.accelerators import lookup
-from speedrun_api.flops import forward_flops_per_token, param_count, training_flops_per_token
+from speedrun_api.flops import forward_flops_per_token, param_count, scaling_param_count, training_flops_per_token
 from speedrun_api.spec import SpeedrunJob
 
 ASSUMED_MFUS = (0.5, 0.2)
@@ -23,6 +23,7 @@ ASSUMED_MFUS = (0.5, 0.2)
 class Plan:
     name: str
     model_size: int
+    scaling_params: int  # nanochat's count (matrices + lm_head): what paramDataRatio multiplies
     steps: int
     tokens_per_step: int
     total_tokens: int
@@ -52,7 +53,7 @@ def horizon_steps(job: SpeedrunJob) -> int:
     if t.tokens is not None:
         return max(1, math.ceil(t.tokens / tokens_per_step))
     if t.param_data_ratio is not None:
-        return max(1, math.ceil(t.param_data_ratio * param_count(m) / tokens_per_step))
+        return max(1, math.ceil(t.param_data_ratio * scaling_param_count(m) / tokens_per_step))
     assert t.flops_budget is not None  # the spec guarantees exactly one horizon
     return max(1, math.floor(t.flops_budget / (training_flops_per_token(m) * tokens_per_step)))
 
@@ -90,6 +91,7 @@ def resolve(job: SpeedrunJob, nodes: int | None = None) -> Plan:
     return Plan(
         name=job.metadata.name,
         model_size=param_count(m),
+        scaling_params=scaling_param_count(m),
         steps=steps,
         tokens_per_step=tokens_per_step,
         total_tokens=total_tokens,

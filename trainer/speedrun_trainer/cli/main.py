@@ -51,6 +51,8 @@ def format_plan(job: SpeedrunJob, plan: Plan) -> str:
         f"Device FLOPs: {plan.device_flops:.2e} FLOP/s",
         f"Total peak hardware FLOPs: {plan.peak_flops:.2e} FLOP/s",
         f"Model size: {plan.model_size / 1e6:.2f} million parameters",
+        f"Scaling parameters (nanochat: matrices + lm_head; paramDataRatio uses these):"
+        f" {plan.scaling_params / 1e6:.2f} million",
         f"Model FLOPs per token (forward): {plan.model_flops_per_token:.3e}",
         f"Training steps: {plan.steps} ({t.batch_size} sequences x {spec.model.seq_len} tokens per step)",
         f"Total tokens: {plan.total_tokens:,} ({plan.total_tokens:.3e})",

@@ -122,7 +122,7 @@ def test_failed_eval_pod_is_retried_and_results_are_published_once(e2e: E2E) -> 
     assert e2e.runs.children("retry")["jobs"] == ["retry-eval", "retry-train"]  # retried inside the one Job
     assert [k for k in e2e.keys("retry/") if k.endswith("speedrun_results.json")] == ["retry/speedrun_results.json"]
     info = e2e.read_json("retry/speedrun_results.json")["runs"][0]["run_info"]
-    assert e2e.status("retry")["results"]["bpb"] == info["eval/paloma/c4_en/bpb"]
+    assert e2e.status("retry")["results"]["bpb"] == info["eval/builtin://pydoc-topics/val/bpb"]
     reasons = [reason for _, reason, _ in e2e.runs.events("retry")]
     assert reasons.count("EvaluationSucceeded") == 1 and "EvaluationFailed" not in reasons
     assert e2e.status("retry").get("restarts", 0) == 0  # eval retries are not training restarts

@@ -35,12 +35,12 @@ def test_speedrun_trains_evaluates_and_publishes(e2e: E2E) -> None:  # noqa: F81
     info = e2e.read_json("tiny/speedrun_results.json")["runs"][0]["run_info"]
     results = status["results"]
     assert results["uri"] == f"{e2e.bucket.uri}/tiny/speedrun_results.json"
-    assert results["bpb"] == info["eval/paloma/c4_en/bpb"]
+    assert results["bpb"] == info["eval/builtin://pydoc-topics/val/bpb"]
     assert results["valLoss"] == info["val_loss"] and results["modelFlops"] == info["model_flops"]
     assert results["trainingSeconds"] == info["training_time"] > 0
     assert info["training_steps"] == STEPS and info["num_devices"] == 2
     assert info["total_tokens"] == STEPS * BATCH * SEQ_LEN
-    assert info["eval/paloma/c4_en/bpb"] < info["initial_bpb"]  # it learned something
+    assert info["eval/builtin://pydoc-topics/val/bpb"] < info["initial_bpb"]  # it learned something
 
     # Checkpoints every CHECKPOINT_EVERY steps, each complete; the summary of a 2-process run.
     saved = range(CHECKPOINT_EVERY, STEPS + 1, CHECKPOINT_EVERY)

@@ -221,3 +221,86 @@ def test_html_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert image.std() > 20  # not a blank page
     assert pixels_near(image, FRONTIER_COLOR) > 500  # the embedded plot was drawn
     assert pixels_near(image, "#fff4e6", tolerance=3) > 2000  # and the table, frontier rows highlighted
+
+
+def _tiny_results(tmp_path: Path) -> dict[str, Any]:
+    """What a CPU-tiny run on the builtin corpus writes (build_run_info, as its eval pod does)."""
+    from speedrun_api.manifest import parse_job
+    from speedrun_api.plan import resolve
+    from speedrun_trainer.evaluation.results import build_run_info
+    from tests.helpers import tiny_manifest
+
+    job = parse_job(tiny_manifest())
+    summary = {"step": 20, "training_seconds": 4.0, "num_devices": 2, "device_flops": 1e11}
+    return build_run_info(job, resolve(job), summary, bpb=2.2, initial_bpb=8.0, val_loss=1.5, core=None,
+                          versions={})
+
+
+def test_marin_runs_and_a_builtin_corpus_run_are_ranked_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    shutil.copytree(DATA / "marin", tmp_path / "marin")
+    info = _tiny_results(tmp_path)
+    assert BPB_KEY not in info
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "speedrun_results.json").write_text(json.dumps({"runs": [{"run_info": info}]}))
+    assert speedrun(["leaderboard", str(tmp_path), "--json"]) == 0
+    by_name = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert by_name["test-tiny"]["tracks"] == ["bpb:builtin://pydoc-topics/val [levanter-bpb]"]
+    assert by_name["test-tiny"][BPB_KEY] is None and by_name["test-tiny"]["bpb"] == 2.2
+    assert all(r["tracks"] == ["marin"] for name, r in by_name.items() if name != "test-tiny")
+    assert speedrun(["leaderboard", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== bpb:builtin://pydoc-topics/val [levanter-bpb]: builtin://pydoc-topics/val" in out
+    assert "1 other BPB track(s) (other data or definitions) are ranked apart" in out
+
+
+def test_definitions_and_tokenizers_split_tracks() -> None:
+    old_ours = run("old", 1e18, 1.0, bpb_dataset="builtin://pydoc-topics/val")  # before definitions: nanochat's
+    nanochat = run("nano", 1e18, 0.9, bpb_definition="nanochat-bpb")
+    marin = run("marin-run", 2e18, 1.1)
+    tracks = rank_runs([old_ours, nanochat, marin])
+    assert list(tracks) == ["marin", "bpb:builtin://pydoc-topics/val [nanochat-bpb]",
+                            "bpb:paloma/c4_en [nanochat-bpb]"]
+    assert [r.name for r in tracks["marin"]] == ["marin-run"]
+
+    def loss_run(name: str, tokenizer: str, seconds: float) -> Run:
+        eval_set = {"dataset": "fineweb10B/val", "tokens_scored": 10_485_760}
+        return run(name, 1e18, None, target={"metric": "val_loss", "value": 3.28}, time_to_target=seconds,
+                   eval_set=eval_set, tokenizer=tokenizer, val_loss=3.27)
+
+    gpt2, llama = loss_run("gpt2-run", "gpt2", 100.0), loss_run("llama-run", "s3://b/llama3.json", 50.0)
+    tracks = rank_runs([gpt2, llama])
+    names = sorted(tracks)
+    assert len(names) == 2 and all(n.startswith("time-to-val_loss:3.28 @ fineweb10B/val, ") for n in names)
+    assert gpt2.ranks[next(n for n in names if "gpt2" in n)] == 1  # each first in its own track
+    assert llama.ranks[next(n for n in names if "llama3" in n)] == 1
+
+
+def test_model_flops_axis_moves_the_frontier() -> None:
+    cheap_hw = run("cheap-hardware", 1e18, 1.0, model_flops=9e17)  # high MFU
+    cheap_model = run("cheap-model", 2e18, 0.99, model_flops=5e17)  # low MFU, fewer model FLOPs
+    worse = run("worse", 3e18, 1.2, model_flops=8e17)
+    rank_runs([cheap_hw, cheap_model, worse], axis="hardware")
+    assert (cheap_hw.pareto, cheap_model.pareto, worse.pareto) == (True, True, False)
+    for r in (cheap_hw, cheap_model, worse):
+        r.ranks.clear()
+    rank_runs([cheap_hw, cheap_model, worse], axis="model")
+    assert (cheap_hw.pareto, cheap_model.pareto, worse.pareto) == (False, True, False)
+    table = build_tables(rank_runs([cheap_hw, cheap_model, worse], axis="model"), axis="model")[0]
+    assert table.title == "marin: C4-EN bits per byte vs training model FLOPs"
+
+
+def test_exact_duplicates_collapse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = DATA / "marin" / "llama_75m_adamw" / "speedrun_results.json"
+    for copy in ("a", "b"):
+        (tmp_path / copy).mkdir()
+        shutil.copy(source, tmp_path / copy / "speedrun_results.json")
+    assert speedrun(["leaderboard", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 1
+    assert "collapsed 1 exact duplicate run(s)" in captured.err
+
+
+def test_plot_on_the_model_flops_axis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "model.png"
+    assert speedrun(["leaderboard", str(DATA), "--flops", "model", "--plot", str(png)]) == 0
+    assert pixels_near(load_png(png.read_bytes()), FRONTIER_COLOR) > 100

@@ -1,4 +1,4 @@
-"""Bits-per-byte: the formula on a hand-computed case, and the distributed evaluation's sums."""
+"""The distributed evaluation's sums: every definition from one pass, ranks, and a set too small."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from speedrun_trainer.evaluation.loss import bits_per_byte, evaluate_loss, score_batch
+from speedrun_trainer.evaluation.definitions import LossSums
+from speedrun_trainer.evaluation.loss import evaluate_loss, score_batch
 
 
-def test_bits_per_byte_by_hand():
-    # three tokens of 1, 2 and 3 bytes, each with loss ln(2) nats = 1 bit: 3 bits / 6 bytes
-    assert bits_per_byte(3 * math.log(2), 6) == pytest.approx(0.5)
-
-
-def test_special_tokens_count_in_neither_sum():
+def test_score_batch_keeps_every_sum():
     token_bytes = torch.tensor([1, 2, 3, 0])  # id 3 is a special token
     losses = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     targets = torch.tensor([[0, 1, 2, 3]])
-    nats, tokens, nbytes = score_batch(losses, targets, token_bytes)
-    assert (nats, tokens, nbytes) == (6.0, 3, 6)
+    assert score_batch(losses, targets, token_bytes) == LossSums(
+        nats=106.0, tokens=4, nats_with_bytes=6.0, tokens_with_bytes=3, bytes=6
+    )
 
 
 class UniformModel(torch.nn.Module):
@@ -63,3 +60,39 @@ def test_ranks_split_sequences_without_overlap():
     parts = [evaluate_loss(UniformModel(256), data, np.ones(256, dtype=np.int64), rank=r, world_size=3, **kwargs)
              for r in range(3)]
     assert sum(p.tokens for p in parts) == 640
+
+
+class SpecialEveryFourth(torch.nn.Module):
+    """Loss 1 nat on byte targets, 5 nats on the separator (id 256)."""
+
+    def forward(self, x, y, reduction="none"):
+        return torch.where(y == 256, 5.0, 1.0)
+
+
+def test_definitions_differ_on_special_tokens_by_hand():
+    # stream 256,1,2,3, 256,1,2,3, ...: targets of each 4 are 3 one-byte tokens and 1 separator
+    data = ListDataset(np.array([256, 1, 2, 3] * 100))
+    token_bytes = np.ones(257, dtype=np.int64)
+    token_bytes[256] = 0
+    ev = evaluate_loss(SpecialEveryFourth(), data, token_bytes, tokens=64, seq_len=16, batch_size=2, rank=0,
+                       world_size=1, device=torch.device("cpu"), precision="fp32")
+    # 64 targets: 16 separators (5 nats) + 48 bytes (1 nat); 48 bytes
+    assert ev.loss == pytest.approx((16 * 5 + 48) / 64)  # modded-nanogpt: all positions
+    assert ev.bpb == pytest.approx((16 * 5 + 48) / (math.log(2) * 48))  # levanter: special loss kept
+    assert ev.nanochat_bpb == pytest.approx(48 / (math.log(2) * 48))  # nanochat: special out of both
+
+
+class SizedDataset(ListDataset):
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+
+def test_eval_tokens_beyond_the_set_are_not_repeated():
+    data = SizedDataset(np.arange(200) % 256)  # holds 3 whole sequences of 64 (+1 token)
+    ev = evaluate_loss(UniformModel(256), data, np.ones(256, dtype=np.int64), tokens=1024, seq_len=64,
+                       batch_size=4, rank=0, world_size=1, device=torch.device("cpu"), precision="fp32")
+    assert ev.tokens == 192 and ev.exceeded and ev.set_tokens == 200
+    ok = evaluate_loss(UniformModel(256), data, np.ones(256, dtype=np.int64), tokens=128, seq_len=64,
+                       batch_size=4, rank=0, world_size=1, device=torch.device("cpu"), precision="fp32")
+    assert ok.tokens == 128 and not ok.exceeded

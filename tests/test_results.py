@@ -29,7 +29,8 @@ def test_marin_keys_and_values():
     assert info["model_flops"] == pytest.approx(3 * plan.model_flops_per_token * info["total_tokens"])
     assert info["training_hardware_flops"] == pytest.approx(1e11 * 2 * 4.0)
     assert info["mfu"] == pytest.approx(info["model_flops"] / info["training_hardware_flops"])
-    assert info[BPB_KEY] == 2.5 and info["initial_bpb"] == 8.0
+    assert info["eval/builtin://pydoc-topics/val/bpb"] == 2.5 and info["initial_bpb"] == 8.0
+    assert BPB_KEY not in info  # the builtin corpus is not Paloma C4-EN: never Marin's key
     assert info["spec"]["spec"]["model"]["hiddenDim"] == 64
     for key in ("author", "description", "model_flops_per_token", "num_devices", "device_flops", "training_time",
                 "wandb_run_link", "run_completion_timestamp", "core_metric", "time_to_target", "versions"):
@@ -65,3 +66,23 @@ def test_schema_rejects_broken_results():
         RunInfo.model_validate({**info, "model_size": 0})
     with pytest.raises(ValidationError):
         RunInfo.model_validate({k: v for k, v in info.items() if k != "training_time"})
+
+
+def test_marin_key_only_for_paloma_c4_en_and_every_number_names_its_definition():
+    job = parse_job(tiny_manifest())
+    c4 = {"uri": "s3://b/c4/val_*.bin", "dataset": "paloma/c4_en", "tokens_requested": 10_485_760,
+          "tokens_scored": 10_485_760, "set_tokens": 11_000_000, "exceeded": False}
+    info = build_run_info(job, resolve(job), SUMMARY, bpb=1.1, initial_bpb=8.0, val_loss=3.3, core=None,
+                          versions={}, nanochat_bpb=1.05, eval_set=c4)
+    assert info[BPB_KEY] == 1.1 and info["bpb_dataset"] == "paloma/c4_en"
+    assert info["bpb_definition"] == "levanter-bpb" and info["nanochat_bpb"] == 1.05
+    assert info["val_loss_definition"] == "mean-loss-all-positions" and info["val_loss_track"] == "modded-nanogpt"
+    assert set(info["metric_definitions"]) == {"levanter-bpb", "nanochat-bpb", "mean-loss-all-positions"}
+    assert info["eval_set"]["exceeded"] is False and "warm" in info["clock"]
+    assert headline(info, "file:///r")["bpb"] == 1.1
+    small = {**c4, "dataset": "fineweb10B-gpt2/val", "tokens_scored": 1_048_576, "tokens_requested": 2_000_000,
+             "exceeded": True}
+    other = build_run_info(job, resolve(job), SUMMARY, bpb=1.2, initial_bpb=8.0, val_loss=3.4, core=None,
+                           versions={}, eval_set=small)
+    assert BPB_KEY not in other and other["eval/fineweb10B-gpt2/val/bpb"] == 1.2
+    assert other["val_loss_track"] == "bottlecap" and other["eval_set"]["exceeded"] is True

@@ -27,8 +27,10 @@ def test_speedrun_run_two_nodes(tmp_path: Path, launcher: str):
     assert info["num_devices"] == 2
     assert info["training_steps"] == 20
     assert info["total_tokens"] == 20 * 8 * 64
-    assert info["eval/paloma/c4_en/bpb"] < info["initial_bpb"]
+    assert info["eval/builtin://pydoc-topics/val/bpb"] < info["initial_bpb"]
     assert info["training_time"] > 0 and info["training_hardware_flops"] > 0
+    assert "eval/paloma/c4_en/bpb" not in info  # the builtin corpus is not Marin's C4-EN
+    assert info["warmup_steps"] == 10 and info["warmup_seconds"] > 0  # nanochat's 10 steps, kept apart
     metas = sorted(p.name for p in (run_dir / "checkpoints").glob("meta_*.json"))
     assert metas == ["meta_000010.json", "meta_000020.json"]
     # both agents really trained: one worker joined through each
@@ -41,4 +43,4 @@ def test_speedrun_run_two_nodes(tmp_path: Path, launcher: str):
     workers = sorted(line[line.index("worker rank") :] for line in lines)
     assert workers == [
         "worker rank 0/2 (local rank 0) on cpu", "worker rank 1/2 (local rank 0) on cpu"]
-    assert json.loads((run_dir / "termination-message.json").read_text())["bpb"] == info["eval/paloma/c4_en/bpb"]
+    assert json.loads((run_dir / "termination-message.json").read_text())["bpb"] == info["eval/builtin://pydoc-topics/val/bpb"]

@@ -103,6 +103,10 @@ class TrainSpec(Base):
     checkpoint_every: NonNegInt = Field(0, description="0: only the final checkpoint")
     eval_every: NonNegInt = Field(0, description="Validation loss every N steps; 0: only at the end")
     log_every: PositiveInt = 1
+    clock_warmup_steps: NonNegInt = Field(
+        10, description="Steps of every process start (compile, warm-up, resume) kept out of the training "
+        "clock and reported apart; nanochat's 10"
+    )
 
 
 HORIZONS = ("steps", "tokens", "paramDataRatio", "flopsBudget")
@@ -120,7 +124,9 @@ class TargetSpec(Base):
 
 
 class BpbEvalSpec(Base):
-    data: Uri | None = Field(None, description="Defaults to data.validation")
+    data: Uri | None = Field(
+        None, description="The evaluation set: targets and headline numbers both; defaults to data.validation"
+    )
     tokens: PositiveInt = 1_048_576
 
 
@@ -215,6 +221,11 @@ class SpeedrunSpec(Base):
     tracking: TrackingSpec = TrackingSpec()
     metrics: MetricsSpec = MetricsSpec()
     run_policy: RunPolicy = RunPolicy()
+
+    @property
+    def eval_data(self) -> str:
+        """The one evaluation set of a run: targets are judged and headline numbers measured on it."""
+        return self.eval.bpb.data or self.data.validation
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> SpeedrunSpec:

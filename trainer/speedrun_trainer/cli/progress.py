@@ -69,11 +69,14 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def format_results_table(info: dict[str, Any], uri: str, wall_seconds: float) -> str:
+    dataset = info.get("bpb_dataset")
+    bpb_key = f"eval/{dataset}/bpb"  # Marin's key only for Paloma C4-EN (evaluation.definitions)
     rows = [
         ("run", info["name"]),
         ("steps", f"{info['training_steps']:,}"),
         ("tokens", f"{info['total_tokens']:,}"),
-        ("training time", f"{info['training_time']:.1f} s (eval, checkpoints and logging excluded)"),
+        ("training time", f"{info['training_time']:.1f} s (eval, checkpoints, logging and"
+                          f" {info.get('warmup_steps') or 0} warm-up steps excluded)"),
         ("wall time", f"{wall_seconds:.1f} s (start-up, training, evaluation)"),
         ("tokens/s", _fmt(info.get("tokens_per_second"), ",.0f")),
         ("MFU", f"{_fmt(info.get('mfu'), '.2%')} of {info['num_devices']} x {info['device_flops']:.2e} FLOP/s"),
@@ -81,7 +84,7 @@ def format_results_table(info: dict[str, Any], uri: str, wall_seconds: float) ->
         ("hardware FLOPs", f"{info['training_hardware_flops']:.3e}"),
         ("val loss", _fmt(info.get("val_loss"), ".4f")),
         ("BPB untrained", _fmt(info.get("initial_bpb"), ".4f")),
-        ("BPB", f"{_fmt(info.get('eval/paloma/c4_en/bpb'), '.4f')} on {info.get('bpb_dataset')}"),
+        ("BPB", f"{_fmt(info.get(bpb_key), '.4f')} on {dataset} ({info.get('bpb_definition', 'levanter-bpb')})"),
     ]
     if info.get("core_metric") is not None:
         rows.append(("CORE", f"{info['core_metric']:.4f}"))

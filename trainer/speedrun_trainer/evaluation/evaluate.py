@@ -4,9 +4,11 @@
     python -m speedrun_trainer.evaluation --config run.json          # one process
 
 Reads the newest complete checkpoint and `train_summary.json` from the run's storage, measures
-bits-per-byte on `spec.eval.bpb.data` (default: the validation data) over `spec.eval.bpb.tokens`
-tokens split across ranks, the same for the untrained model (same seed, same init: the
-`initial_bpb` baseline), CORE when `spec.eval.core` is set, then writes the results file as one
+loss and bits-per-byte (every definition of evaluation.definitions) on the run's one evaluation
+set (`spec.eval.bpb.data`, default the validation data; the trainer judges targets on the same
+set) over `spec.eval.bpb.tokens` tokens split across ranks, the same for the untrained model
+(same seed, same init: the `initial_bpb` baseline), CORE when `spec.eval.core` is set, then
+writes the results file as one
 object and the headline numbers as the pod's termination message (docs/contracts.md), so the
 operator needs no storage credentials.
 """
@@ -25,6 +27,7 @@ import torch
 from speedrun_api.plan import resolve
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset, open_dataset
+from speedrun_trainer.data.prepare import recorded_dataset
 from speedrun_trainer.data.tokenizer import load_tokenizer
 from speedrun_trainer.evaluation.loss import LossEval, evaluate_loss, padded_token_bytes
 from speedrun_trainer.evaluation.results import build_run_info, headline, write_results
@@ -97,8 +100,7 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     tokenizer = load_tokenizer(spec.data.tokenizer, endpoint_url=spec.storage.endpoint_url)
     token_bytes = padded_token_bytes(tokenizer, spec.model.vocab_size)
     dataset = open_dataset(
-        spec.eval.bpb.data or spec.data.validation, tokenizer=spec.data.tokenizer, cache_dir=cache_dir(),
-        endpoint_url=spec.storage.endpoint_url,
+        spec.eval_data, tokenizer=spec.data.tokenizer, cache_dir=cache_dir(), endpoint_url=spec.storage.endpoint_url,
     )
     with seeded(spec.train.seed):
         model = GPT(spec.model)  # exactly the trainer's initialization: the untrained baseline
@@ -113,9 +115,15 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     if not env.is_main:
         return None
     plan = resolve(job, nodes=max(1, int(summary.get("num_devices", 1)) // spec.resources.procs_per_node))
+    eval_set = {
+        "uri": spec.eval_data,
+        "dataset": recorded_dataset(spec.eval_data, spec.storage.endpoint_url) or spec.eval_data,
+        "tokens_requested": final.requested_tokens, "tokens_scored": final.tokens,
+        "set_tokens": final.set_tokens, "exceeded": final.exceeded,
+    }
     run_info = build_run_info(
         job, plan, summary, bpb=final.bpb, initial_bpb=initial.bpb, val_loss=final.loss, core=core,
-        versions=software_versions(),
+        versions=software_versions(), nanochat_bpb=final.nanochat_bpb, eval_set=eval_set,
     )
     uri = write_results(storage, run_info)
     message = headline(run_info, uri)

@@ -1,9 +1,12 @@
-"""Validation loss and bits-per-byte, distributed across ranks.
+"""Validation loss and bits-per-byte over the evaluation set, distributed across ranks.
 
-BPB = sum of per-token losses in nats / (ln 2 x sum of UTF-8 bytes of the target tokens), the
-byte lengths coming from the tokenizer (`Tokenizer.token_bytes()`). Targets that stand for no
-bytes (special tokens such as the document separator) are left out of both sums, as nanochat
-does, so BPB is a property of the text alone and comparable across tokenizers.
+One pass over the first `tokens` tokens of the set (whole sequences of seqLen) collects the sums
+of `definitions.LossSums`; `LossEval` then gives each leaderboard's number from them: `bpb` is
+levanter's (Marin's), `nanochat_bpb` nanochat's, `loss` modded-nanogpt's mean over all positions.
+Byte lengths come from the tokenizer (`Tokenizer.token_bytes()`, 0 for special tokens).
+
+The set is never repeated: when `tokens` asks for more than it holds, only the whole sequences it
+holds are scored, a warning is logged, and `LossEval.exceeded` says so (the results record it).
 """
 
 from __future__ import annotations
@@ -17,15 +20,43 @@ from torch import nn
 
 from speedrun_trainer.data.loader import TokenDataset
 from speedrun_trainer.data.tokenizer import Tokenizer
-from speedrun_trainer.train.runtime import all_reduce_sum, autocast
+from speedrun_trainer.evaluation.definitions import LossSums, levanter_bpb, mean_loss, nanochat_bpb
+from speedrun_trainer.train.runtime import all_reduce_sum, autocast, log
 
 
 @dataclass(frozen=True)
 class LossEval:
-    loss: float  # mean nats per scored token
-    bpb: float
-    tokens: int  # tokens scored over all ranks
-    bytes: int
+    sums: LossSums  # over all ranks
+    requested_tokens: int  # what the spec asked for (eval.bpb.tokens)
+    set_tokens: int  # how many tokens the evaluation set holds
+
+    @property
+    def loss(self) -> float:
+        """modded-nanogpt's val loss: mean nats over all target positions."""
+        return mean_loss(self.sums)
+
+    @property
+    def bpb(self) -> float:
+        """levanter's (Marin's) bits per byte: special tokens' loss kept in the numerator."""
+        return levanter_bpb(self.sums)
+
+    @property
+    def nanochat_bpb(self) -> float:
+        """nanochat's bits per byte: zero-byte targets out of both sums."""
+        return nanochat_bpb(self.sums)
+
+    @property
+    def tokens(self) -> int:
+        return self.sums.tokens
+
+    @property
+    def bytes(self) -> int:
+        return self.sums.bytes
+
+    @property
+    def exceeded(self) -> bool:
+        """True when the spec asked for more tokens than the set holds (fewer were scored)."""
+        return self.requested_tokens > self.sums.tokens
 
 
 def padded_token_bytes(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
@@ -36,20 +67,24 @@ def padded_token_bytes(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
     return out
 
 
-def bits_per_byte(sum_nats: float, sum_bytes: int) -> float:
-    """The BPB formula itself; see the module docstring."""
-    return sum_nats / (math.log(2) * sum_bytes) if sum_bytes else math.nan
-
-
-def score_batch(losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int, int]:
-    """(sum of nats, tokens, bytes) over the targets that stand for at least one byte."""
+def score_batch(losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> LossSums:
+    """The sums of every definition over one batch of per-position losses."""
     nbytes = token_bytes[targets]
     counted = nbytes > 0
-    return (
-        float(losses[counted].double().sum()),
-        int(counted.sum()),
-        int(nbytes[counted].sum()),
+    return LossSums(
+        nats=float(losses.double().sum()),
+        tokens=int(losses.numel()),
+        nats_with_bytes=float(losses[counted].double().sum()),
+        tokens_with_bytes=int(counted.sum()),
+        bytes=int(nbytes.sum()),
     )
+
+
+def sequences_to_score(tokens: int, seq_len: int, set_tokens: int) -> int:
+    """Whole sequences covering `tokens`, but no more than the set holds without repeating."""
+    wanted = max(1, math.ceil(tokens / seq_len))
+    held = (set_tokens - 1) // seq_len  # sequence j reads tokens [j*T, j*T + T] inclusive
+    return min(wanted, max(1, held))
 
 
 @torch.no_grad()
@@ -66,17 +101,21 @@ def evaluate_loss(
     device: torch.device,
     precision: str,
 ) -> LossEval:
-    """Score the first `tokens` tokens of `dataset` (rounded up to whole sequences).
+    """Score the first `tokens` tokens of `dataset` (rounded up to whole sequences, capped at the
+    set's size).
 
     Sequence j goes to rank j % world_size; the sums are all-reduced, so the result is the same
     for any world size.
     """
-    num_seqs = max(1, math.ceil(tokens / seq_len))
+    set_tokens = int(getattr(dataset, "num_tokens", 0) or 0)
+    num_seqs = sequences_to_score(tokens, seq_len, set_tokens) if set_tokens else max(1, math.ceil(tokens / seq_len))
+    if num_seqs * seq_len < tokens and rank == 0:
+        log(f"warning: eval.bpb.tokens {tokens:,} exceeds the evaluation set {getattr(dataset, 'uri', '')}"
+            f" ({set_tokens:,} tokens): scoring its first {num_seqs * seq_len:,} tokens only, never repeating it")
     tb = torch.as_tensor(token_bytes, dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
-    nats = 0.0
-    count = nbytes = 0
+    sums = LossSums()
     mine = list(range(rank, num_seqs, world_size))
     for i in range(0, len(mine), batch_size):
         chunk = mine[i : i + batch_size]
@@ -85,14 +124,8 @@ def evaluate_loss(
         y = torch.cat(ys).to(device, non_blocking=True)
         with autocast(device, precision):
             losses = model(x, y, reduction="none")
-        a, b, c = score_batch(losses.float(), y, tb)
-        nats, count, nbytes = nats + a, count + b, nbytes + c
+        sums = sums + score_batch(losses.float(), y, tb)
     if was_training:
         model.train()
-    nats, count, nbytes = all_reduce_sum([nats, count, nbytes], device)
-    return LossEval(
-        loss=nats / count if count else math.nan,
-        bpb=bits_per_byte(nats, int(nbytes)),
-        tokens=int(count),
-        bytes=int(nbytes),
-    )
+    total = LossSums.from_list(all_reduce_sum(sums.as_list(), device))
+    return LossEval(sums=total, requested_tokens=tokens, set_tokens=set_tokens)

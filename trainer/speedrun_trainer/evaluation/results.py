@@ -6,8 +6,11 @@ model_flops_per_token, num_devices, device_flops, training_time, training_hardwa
 tooling reads it, and our additions: core_metric (nanochat), val_loss and time_to_target
 (modded-nanogpt), initial_bpb, mfu, the resolved spec and software versions.
 
-The BPB is stored under Marin's key whatever the evaluation data was; `bpb_dataset` says which
-data it was measured on, so a CPU-tiny run is never mistaken for a C4-EN number.
+Every number says what it means (evaluation.definitions): the BPB is levanter's and is filed under
+Marin's `eval/paloma/c4_en/bpb` only when the evaluation set is Paloma's C4-EN, else under
+`eval/<dataset>/bpb`; `bpb_definition`, `nanochat_bpb`, `val_loss_definition` (+ the track whose
+token count it used), `eval_set` (what was scored, and whether the spec asked for more tokens than
+the set holds), `metric_definitions` and `clock` (what the training time counts) go with them.
 """
 
 from __future__ import annotations
@@ -22,9 +25,23 @@ from speedrun_api.flops import forward_flops_per_token
 from speedrun_api.plan import Plan
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.storage import Storage
+from speedrun_trainer.evaluation.definitions import (
+    DESCRIPTIONS,
+    LEVANTER_BPB,
+    MARIN_BPB_KEY,
+    MEAN_LOSS,
+    NANOCHAT_BPB,
+    bpb_key,
+    val_loss_track,
+)
 
 RESULTS_KEY = "speedrun_results.json"
-BPB_KEY = "eval/paloma/c4_en/bpb"
+BPB_KEY = MARIN_BPB_KEY  # only for Paloma C4-EN; see bpb_key()
+CLOCK_RULE = (
+    "optimizer steps only: evaluation, checkpointing and logging excluded; the first"
+    " train.clockWarmupSteps steps of every process start (torch.compile, CUDA warm-up, the first"
+    " steps after a resume) excluded and reported as warmup_seconds (nanochat base_train.py)"
+)
 
 
 class RunInfo(BaseModel):
@@ -44,8 +61,9 @@ class RunInfo(BaseModel):
     device_flops: float = Field(gt=0)
     training_time: float = Field(ge=0)
     training_hardware_flops: float = Field(ge=0)
-    bpb: float | None = Field(alias=BPB_KEY)
     bpb_dataset: str
+    bpb_definition: str
+    eval_set: dict[str, Any]
     initial_bpb: float | None
     val_loss: float | None
     core_metric: float | None
@@ -73,8 +91,17 @@ def build_run_info(
     val_loss: float | None,
     core: dict[str, Any] | None,
     versions: dict[str, str],
+    nanochat_bpb: float | None = None,
+    eval_set: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """One run_info. `eval_set` describes what was scored: uri, dataset (its recorded name),
+    tokens_requested, tokens_scored, set_tokens, exceeded (defaults: the spec's eval set, by URI)."""
     spec = job.spec
+    uri = spec.eval.bpb.data or spec.data.validation
+    evaluated = {"uri": uri, "dataset": uri, "tokens_requested": spec.eval.bpb.tokens,
+                 "tokens_scored": None, "set_tokens": None, "exceeded": False, **(eval_set or {})}
+    scored = evaluated["tokens_scored"]
+    track = val_loss_track(int(scored)) if scored is not None else None
     steps = int(summary["step"])
     tokens = steps * plan.tokens_per_step
     fwd = forward_flops_per_token(spec.model)
@@ -87,6 +114,7 @@ def build_run_info(
     time_to_target = summary.get("time_to_target_seconds")
     if spec.target is not None and spec.target.metric == "core" and core_metric is not None:
         time_to_target = seconds if core_metric >= spec.target.value else None
+    max_per_task = None if core is None else core.get("max_per_task")
     manifest = job.manifest()
     info = RunInfo.model_validate(
         {
@@ -111,12 +139,24 @@ def build_run_info(
             "device_flops": device_flops,
             "training_time": seconds,
             "training_hardware_flops": hardware_flops,
-            BPB_KEY: _finite(bpb),
-            "bpb_dataset": spec.eval.bpb.data or spec.data.validation,
+            bpb_key(str(evaluated["dataset"])): _finite(bpb),
+            "bpb_dataset": evaluated["dataset"],
+            "bpb_definition": LEVANTER_BPB,
+            "nanochat_bpb": _finite(nanochat_bpb),
+            "eval_set": evaluated,
+            "tokenizer": spec.data.tokenizer,
             "initial_bpb": _finite(initial_bpb),
             "val_loss": _finite(val_loss),
+            "val_loss_definition": MEAN_LOSS,
+            "val_loss_track": track,
+            "metric_definitions": {k: DESCRIPTIONS[k] for k in (LEVANTER_BPB, NANOCHAT_BPB, MEAN_LOSS)},
             "core_metric": core_metric,
             "core_tasks": None if core is None else core.get("tasks"),
+            "core_max_per_task": max_per_task,
+            "core_unscoreable": None if core is None else core.get("unscoreable"),
+            "clock": CLOCK_RULE,
+            "warmup_seconds": summary.get("warmup_seconds"),
+            "warmup_steps": summary.get("warmup_steps"),
             "time_to_target": time_to_target,
             "target": None if spec.target is None else spec.target.model_dump(),
             "mfu": model_flops / hardware_flops if hardware_flops else None,
@@ -142,7 +182,7 @@ def headline(run_info: dict[str, Any], uri: str) -> dict[str, Any]:
     """The eval pod's termination message: the keys of status.results (docs/contracts.md)."""
     return {
         "uri": uri,
-        "bpb": run_info[BPB_KEY],
+        "bpb": run_info.get(bpb_key(str(run_info["bpb_dataset"]))),
         "core": run_info["core_metric"],
         "valLoss": run_info["val_loss"],
         "modelFlops": run_info["model_flops"],

@@ -3,6 +3,7 @@
     speedrun leaderboard runs/                                  a table per track
     speedrun leaderboard s3://bucket/speedruns --plot board.png --html board.html
     speedrun leaderboard runs/ --json                           the ranked runs as JSON
+    speedrun leaderboard runs/ --flops model --plot board.png   model FLOPs on the x axis and frontier
     python -m speedrun_trainer.leaderboard URI [...]            the same without the CLI
 """
 
@@ -15,8 +16,8 @@ import sys
 from pathlib import Path
 
 from speedrun_trainer.data.storage import DataError
-from speedrun_trainer.leaderboard.ranking import build_tables, format_table, rank_runs, runs_json
-from speedrun_trainer.leaderboard.runs import DEFAULT_BAND_WIDTH, EXIT_ERROR, MARIN_TRACK, RESULTS_NAME, load_runs
+from speedrun_trainer.leaderboard.ranking import build_tables, format_table, is_bpb_track, rank_runs, runs_json
+from speedrun_trainer.leaderboard.runs import DEFAULT_BAND_WIDTH, EXIT_ERROR, FLOPS_AXES, RESULTS_NAME, load_runs
 
 # ---- the command ----------------------------------------------------------------------------
 
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", metavar="HTML", help="write a static page with the tables and the plot")
     p.add_argument("--json", action="store_true", help="print the ranked runs as JSON instead of tables")
     p.add_argument("--band-width", type=_positive, default=DEFAULT_BAND_WIDTH, help="BPB band width (0.1)")
+    p.add_argument("--flops", choices=FLOPS_AXES, default="hardware",
+                   help="the cost axis of the Pareto frontier, bands and plot: training hardware FLOPs"
+                   " (default) or model FLOPs")
     p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
 
 
@@ -55,8 +59,8 @@ def handler(args: argparse.Namespace) -> int:
         runs = load_runs(args.uri, args.endpoint_url)
         if not runs:
             raise DataError(f"{args.uri}: no {RESULTS_NAME} found")
-        tracks = rank_runs(runs, args.band_width)
-        tables = build_tables(tracks, args.band_width)
+        tracks = rank_runs(runs, args.band_width, args.flops)
+        tables = build_tables(tracks, args.band_width, args.flops)
         if args.json:
             print(json.dumps(runs_json(runs), indent=2))
         elif tables:
@@ -66,10 +70,11 @@ def handler(args: argparse.Namespace) -> int:
         if args.plot or args.html:
             from speedrun_trainer.leaderboard import render
 
-            png = render.plot_png(tracks.get(MARIN_TRACK, []))
+            first_bpb = next((name for name in tracks if is_bpb_track(name)), None)  # marin first when present
+            png = render.plot_png(tracks[first_bpb], args.flops, first_bpb) if first_bpb else None
             if args.plot:
                 if png is None:
-                    raise DataError(f"{args.uri}: no run has both a BPB and hardware FLOPs to plot")
+                    raise DataError(f"{args.uri}: no run has both a BPB and {args.flops} FLOPs to plot")
                 _write(args.plot, png)
             if args.html:
                 _write(args.html, render.html_page(args.uri, len(runs), tables, png).encode())

@@ -44,9 +44,10 @@ def _two_and_five(x: float, _pos: int) -> str:
     return rf"${mantissa}\times10^{{{exponent}}}$" if mantissa in (2, 5) else ""
 
 
-def plot_png(runs: list[Run]) -> bytes | None:
-    """BPB vs training hardware FLOPs (log x) with the Pareto frontier highlighted; None without runs."""
-    points = [r for r in runs if r.bpb is not None and r.hardware_flops]
+def plot_png(runs: list[Run], axis: str = "hardware", track: str = "marin") -> bytes | None:
+    """BPB vs training hardware (or model) FLOPs, log x, with the Pareto frontier highlighted; None
+    without runs. `runs` are one BPB track's (one dataset, one definition)."""
+    points = [r for r in runs if r.bpb is not None and r.flops(axis)]
     if not points:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -57,28 +58,29 @@ def plot_png(runs: list[Run]) -> bytes | None:
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     others = [r for r in points if not r.pareto]
-    frontier = sorted((r for r in points if r.pareto), key=lambda r: (r.hardware_flops, r.bpb))
+    frontier = sorted((r for r in points if r.pareto), key=lambda r: (r.flops(axis), r.bpb))
     if others:
-        ax.scatter([r.hardware_flops for r in others], [r.bpb for r in others], s=40, color=RUN_COLOR,
+        ax.scatter([r.flops(axis) for r in others], [r.bpb for r in others], s=40, color=RUN_COLOR,
                    label="run", zorder=2)
-    fx, fy = [r.hardware_flops for r in frontier], [r.bpb for r in frontier]
+    fx, fy = [r.flops(axis) for r in frontier], [r.bpb for r in frontier]
     # A staircase: a BPB reached with some FLOPs stays reachable with more.
     ax.step(fx, fy, where="post", color=FRONTIER_COLOR, linewidth=2.2, zorder=3)
     ax.scatter(fx, fy, s=80, color=FRONTIER_COLOR, edgecolors="black", linewidths=0.8,
                label="Pareto frontier", zorder=4)
     for i, r in enumerate(frontier):  # labels alternate above and below so neighbours stay legible
-        ax.annotate(r.name, (r.hardware_flops, r.bpb), xytext=(7, 7 if i % 2 == 0 else -13),
+        ax.annotate(r.name, (r.flops(axis), r.bpb), xytext=(7, 7 if i % 2 == 0 else -13),
                     textcoords="offset points", fontsize=8, color="#1f2933")
     if len(points) <= MAX_LABELLED_RUNS:
         for r in others:
-            ax.annotate(r.name, (r.hardware_flops, r.bpb), xytext=(6, -11), textcoords="offset points",
+            ax.annotate(r.name, (r.flops(axis), r.bpb), xytext=(6, -11), textcoords="offset points",
                         fontsize=7, color="#52606d")
     ax.set_xscale("log")
-    if max(fx + [r.hardware_flops for r in others]) < 100 * min(fx + [r.hardware_flops for r in others]):
+    if max(fx + [r.flops(axis) for r in others]) < 100 * min(fx + [r.flops(axis) for r in others]):
         # Under two decades matplotlib labels every minor tick and they collide: keep 2x and 5x.
         ax.xaxis.set_minor_formatter(FuncFormatter(_two_and_five))
-    ax.set_xlabel("training hardware FLOPs (log scale)")
-    ax.set_ylabel("C4-EN bits per byte (lower is better)")
+    ax.set_xlabel(f"training {axis} FLOPs (log scale)")
+    quality = "C4-EN bits per byte" if track == "marin" else f"{track[len('bpb:'):]} bits per byte"
+    ax.set_ylabel(f"{quality} (lower is better)")
     ax.set_title(f"Speedrun leaderboard: {len(points)} runs, {len(frontier)} on the Pareto frontier")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right")

@@ -2,20 +2,35 @@
 
 Files in our shape and in Marin's (`{"runs": [{"run_info": ...}]}`, or one `{"run_info": ...}`,
 without our additions) both load; a file that does not is skipped with one line on stderr.
+Exact duplicates (the same run_info found twice) collapse into one, and stderr says so.
+
+Every run knows what its numbers mean: the dataset its BPB was measured on (from the
+`eval/<dataset>/bpb` key), the BPB definition (`bpb_definition`; Marin's files, which have none,
+are levanter's), the tokenizer and the val-loss definition, so ranking never mixes them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from speedrun_trainer.data.storage import DataError, open_storage
+from speedrun_trainer.evaluation.definitions import (
+    LEVANTER_BPB,
+    MARIN_BPB_KEY,
+    MEAN_LOSS,
+    NANOCHAT_BPB,
+    PALOMA_C4_EN,
+    dataset_from_bpb_key,
+)
 
 RESULTS_NAME = "speedrun_results.json"
-BPB_KEY = "eval/paloma/c4_en/bpb"
+BPB_KEY = MARIN_BPB_KEY
 MARIN_TRACK = "marin"
+FLOPS_AXES = ("hardware", "model")
 DEFAULT_BAND_WIDTH = 0.1
 HIGHER_IS_BETTER = {"core"}
 EXIT_ERROR = 2
@@ -31,6 +46,8 @@ class Run:
     training_time: float | None = None
     target: tuple[str, float] | None = None
     time_to_target: float | None = None
+    dataset: str | None = None  # what the BPB was measured on
+    bpb_definition: str | None = None
     pareto: bool = False
     band: str | None = None
     ranks: dict[str, int | None] = field(default_factory=dict)
@@ -46,8 +63,41 @@ class Run:
 
     def value(self, metric: str) -> float | None:
         """The run's final value of a target metric."""
-        key = {"val_loss": "val_loss", "val_bpb": BPB_KEY, "core": "core_metric"}.get(metric, metric)
+        if metric == "val_bpb":
+            return self.bpb
+        key = {"val_loss": "val_loss", "core": "core_metric"}.get(metric, metric)
         return as_number(self.info.get(key))
+
+    def flops(self, axis: str) -> float | None:
+        """Training hardware FLOPs, or model FLOPs (Marin's site toggles between the two)."""
+        return self.hardware_flops if axis == "hardware" else as_number(self.info.get("model_flops"))
+
+    @property
+    def bpb_group(self) -> tuple[str, str] | None:
+        """(dataset, definition): only BPBs of one group are ranked together."""
+        if self.bpb is None or self.dataset is None:
+            return None
+        return self.dataset, self.bpb_definition or LEVANTER_BPB
+
+    @property
+    def target_context(self) -> str:
+        """What a target's value means besides metric and value: its data, definition, tokenizer.
+
+        Empty for files that record none of it (they rank together, as before)."""
+        if self.target is None:
+            return ""
+        metric, info = self.target[0], self.info
+        data = info.get("eval_set", {}).get("dataset") if isinstance(info.get("eval_set"), dict) else None
+        if metric == "val_bpb":
+            return "" if data is None else f"{data}, {self.bpb_definition or LEVANTER_BPB}"
+        if metric == "val_loss":
+            if data is None:
+                return ""
+            tokens = info["eval_set"].get("tokens_scored")
+            definition = info.get("val_loss_definition") or MEAN_LOSS
+            return f"{data}, {info.get('tokenizer')}, {definition} over {tokens} tokens"
+        cap = info.get("core_max_per_task")
+        return f"CORE capped at {cap} per task" if cap else ""
 
 
 @dataclass
@@ -79,6 +129,26 @@ def _target(info: dict[str, Any]) -> tuple[str, float] | None:
     return str(target["metric"]), float(target["value"])
 
 
+def _bpb_of(info: dict[str, Any]) -> tuple[float | None, str | None, str | None]:
+    """(BPB, dataset, definition) of a run_info.
+
+    Marin's key means Paloma C4-EN and levanter's definition, except in our results written
+    before definitions were recorded, where `bpb_dataset` named other data and the BPB was
+    nanochat's; any other `eval/<dataset>/bpb` key names its dataset.
+    """
+    definition = info.get("bpb_definition")
+    if MARIN_BPB_KEY in info:
+        recorded = info.get("bpb_dataset")
+        if recorded not in (None, PALOMA_C4_EN) and definition is None:
+            return as_number(info[MARIN_BPB_KEY]), str(recorded), NANOCHAT_BPB
+        return as_number(info[MARIN_BPB_KEY]), PALOMA_C4_EN, definition or LEVANTER_BPB
+    for key, value in info.items():
+        dataset = dataset_from_bpb_key(key) if isinstance(key, str) else None
+        if dataset is not None:
+            return as_number(value), dataset, definition or LEVANTER_BPB
+    return None, None, None
+
+
 def run_from_info(info: dict[str, Any], name: str, source: str) -> Run:
     """A `Run` from one run_info (ours or Marin's); hardware FLOPs derived when absent."""
     flops = as_number(info.get("training_hardware_flops"))
@@ -86,10 +156,11 @@ def run_from_info(info: dict[str, Any], name: str, source: str) -> Run:
     if flops is None and seconds is not None:
         per_device, devices = as_number(info.get("device_flops")), as_number(info.get("num_devices"))
         flops = per_device * devices * seconds if per_device and devices else None
+    bpb, dataset, definition = _bpb_of(info)
     return Run(
-        name=str(info.get("name") or name), source=source, info=info, bpb=as_number(info.get(BPB_KEY)),
+        name=str(info.get("name") or name), source=source, info=info, bpb=bpb,
         hardware_flops=flops, training_time=seconds, target=_target(info),
-        time_to_target=as_number(info.get("time_to_target")),
+        time_to_target=as_number(info.get("time_to_target")), dataset=dataset, bpb_definition=definition,
     )
 
 
@@ -103,7 +174,8 @@ def runs_from_document(doc: Any, name: str, source: str) -> list[Run]:
     runs = []
     for i, entry in enumerate(entries):
         info = entry.get("run_info", entry) if isinstance(entry, dict) else None
-        if not isinstance(info, dict) or not ({BPB_KEY, "training_time", "time_to_target"} & set(info)):
+        has_bpb = isinstance(info, dict) and any(dataset_from_bpb_key(str(k)) for k in info)
+        if not isinstance(info, dict) or not (has_bpb or {"training_time", "time_to_target"} & set(info)):
             raise ValueError(f"run {i} has no run_info with results")
         runs.append(run_from_info(info, name if len(entries) == 1 else f"{name}#{i + 1}", source))
     return runs
@@ -119,13 +191,25 @@ def load_runs(uri: str, endpoint_url: str | None = None) -> list[Run]:
         storage = open_storage(uri, endpoint_url)
         keys = [k for k in storage.list("") if k.rsplit("/", 1)[-1] == RESULTS_NAME]
     runs: list[Run] = []
+    seen: set[str] = set()
+    duplicates = 0
     for key in keys:
         source = storage.url(key)
         name = key.rsplit("/", 1)[0] if "/" in key else uri.rstrip("/").rsplit("/", 1)[-1]
         try:
-            runs.extend(runs_from_document(storage.read_json(key), name, source))
+            found = runs_from_document(storage.read_json(key), name, source)
         except (DataError, ValueError, AttributeError) as e:
             print(f"skipping {source}: {e}", file=sys.stderr)
+            continue
+        for run in found:  # the same results copied to two places count once
+            fingerprint = json.dumps(run.info, sort_keys=True, default=str)
+            if fingerprint in seen:
+                duplicates += 1
+                continue
+            seen.add(fingerprint)
+            runs.append(run)
+    if duplicates:
+        print(f"collapsed {duplicates} exact duplicate run(s)", file=sys.stderr)
     names = [r.name for r in runs]
     for run in runs:  # the same manifest run twice: tell them apart by where they live
         if names.count(run.name) > 1:

@@ -8,8 +8,12 @@ accumulation, DDP (NCCL on GPU, gloo on CPU), bf16 autocast on GPU and optional 
 Checkpoints go to the run's storage every `checkpointEvery` steps and at the end; on start it
 resumes from the newest complete checkpoint, so a restarted pod (or torchrun worker restart)
 continues the step counter. The clock counts only the optimizer steps: evaluation,
-checkpointing and logging are excluded (nanochat's rule). Rank 0 serves Prometheus metrics and
-writes `train_summary.json` at the end.
+checkpointing and logging are excluded, and so are the first `train.clockWarmupSteps` steps of
+every process start (torch.compile, CUDA warm-up, and again after a resume), whose time is kept
+apart as `warmup_seconds` (nanochat scripts/base_train.py counts from step 10; modded-nanogpt
+times after its warm-up). Targets are judged on the run's one evaluation set (`spec.eval_data`),
+the set the headline numbers come from. Rank 0 serves Prometheus metrics and writes
+`train_summary.json` at the end.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class TrainState:
 
     step: int = 0
     training_seconds: float = 0.0
+    warmup_seconds: float = 0.0  # clock warm-up steps, kept out of training_seconds
+    warmup_steps: int = 0
     time_to_target_seconds: float | None = None
     target_reached: bool = False
     train_loss: float = math.nan
@@ -124,7 +130,7 @@ class Trainer:
         self.token_bytes = padded_token_bytes(tok, m.vocab_size)
         data_args = {"tokenizer": spec.data.tokenizer, "cache_dir": cache_dir(), "endpoint_url": endpoint}
         self.train_data = open_dataset(spec.data.train, **data_args)
-        self.val_data = open_dataset(spec.data.validation, **data_args)
+        self.val_data = open_dataset(spec.eval_data, **data_args)  # the run's one evaluation set
 
         torch.manual_seed(t.seed)
         self.model = GPT(m).to(env.device)
@@ -201,7 +207,11 @@ class Trainer:
             _sync(env.device)
             dt = time.perf_counter() - t0
             st.step += 1
-            st.training_seconds += dt
+            if session_steps < t.clock_warmup_steps:  # warm-up: compile, first steps after a (re)start
+                st.warmup_seconds += dt
+                st.warmup_steps += 1
+            else:
+                st.training_seconds += dt
             session_seconds += dt
             session_steps += 1
             last = st.step == total_steps

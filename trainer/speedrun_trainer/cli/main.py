@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 # Subcommands that other modules register: (module, attribute). Missing or broken optional
 # modules must never take down the CLI's core commands.
 _PLUGINS = [
-    ("speedrun_trainer.data.prepare", "register"),
+    ("speedrun_trainer.data.fetch", "register_data"),
     ("speedrun_trainer.leaderboard.command", "register"),
     ("speedrun_api.crd", "register"),
     ("speedrun_operator.commands", "register"),

@@ -25,6 +25,7 @@ Local `.jsonl` files are streamed; remote inputs and plain-text documents are re
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import re
 import sys
@@ -56,7 +57,9 @@ def _lines(uri: str, endpoint_url: str | None) -> Iterator[str]:
     try:
         if scheme_of(uri) == "file":
             try:
-                with open(local_path_of(uri), encoding="utf-8") as f:
+                path = local_path_of(uri)
+                opener = gzip.open if path.suffix == ".gz" else open
+                with opener(path, "rt", encoding="utf-8") as f:
                     yield from f
             except FileNotFoundError:
                 raise DataError(f"{uri}: no such file") from None
@@ -66,11 +69,13 @@ def _lines(uri: str, endpoint_url: str | None) -> Iterator[str]:
             yield from fetch_uri(uri, endpoint_url).decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise DataError(f"{uri}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (gzip.BadGzipFile, EOFError) as e:
+        raise DataError(f"{uri}: a damaged gzip file ({e})") from None
 
 
 def iter_documents(uri: str, endpoint_url: str | None = None) -> Iterator[str]:
     """The documents of one input file: each jsonl line's "text", or the whole file."""
-    if not uri.endswith(".jsonl"):
+    if not uri.endswith((".jsonl", ".jsonl.gz")):
         yield "".join(_lines(uri, endpoint_url))
         return
     for lineno, line in enumerate(_lines(uri, endpoint_url), 1):
@@ -135,6 +140,7 @@ def prepare(
     endpoint_url: str | None = None,
     overwrite: bool = False,
     dataset: str | None = None,
+    split: str | None = None,
 ) -> dict[str, Any]:
     """Tokenize `inputs` into shards under `out_uri` (see the module docstring); return a summary."""
     if not inputs:
@@ -143,6 +149,8 @@ def prepare(
         raise DataError(f"shard_tokens must be >= 1, got {shard_tokens}")
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if split not in (None, *SPLITS):
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     tok = load_tokenizer(tokenizer, endpoint_url)
     token_size = token_size_for(tok.vocab_size)  # uint32 (version-2) shards past 65,536 ids
     storage = open_storage(out_uri, endpoint_url)
@@ -155,7 +163,7 @@ def prepare(
     index = 0
     for uri in _expand_inputs(inputs, endpoint_url):
         for text in iter_documents(uri, endpoint_url):
-            is_val = int((index + 1) * fraction) > int(index * fraction)
+            is_val = split == "val" if split else int((index + 1) * fraction) > int(index * fraction)
             tokens = np.concatenate([[tok.eot_id], tok.encode_array(text)]).astype(np.int64)
             writers["val" if is_val else "train"].add(tokens)
             index += 1
@@ -223,9 +231,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
-    """Add `data prepare` to the CLI's subparsers; the parsed args carry `func` (args -> exit code)."""
-    data = subparsers.add_parser("data", help="prepare token shards")
+def register(subparsers: Any) -> Any:
+    """Add `data prepare` to the CLI's subparsers; the parsed args carry `func` (args -> exit code).
+    Returns the `data` command's own subparsers (`data fetch` joins them)."""
+    data = subparsers.add_parser("data", help="prepare or fetch token shards")
     commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     p = commands.add_parser(
         "prepare", help="tokenize text files into .bin shards",
@@ -243,6 +252,7 @@ def register(subparsers: Any) -> None:
                    help="the dataset's name, recorded in tokenizer_meta.json; results name BPB after it "
                    "(paloma/c4_en is filed under Marin's key eval/paloma/c4_en/bpb)")
     p.set_defaults(func=run_prepare)
+    return commands
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -238,18 +238,36 @@ def test_fewshot_sampling_is_deterministic(bundle: Path) -> None:
     assert runs[0][0].shape[0] == 4  # the four choices of a question are one batch
 
 
-def test_max_per_task_and_left_truncation(bundle: Path) -> None:
+def test_max_per_task_and_prompts_never_cropped(bundle: Path) -> None:
     result = evaluate_core(StandInLM(), ByteTokenizer(), str(bundle), max_per_task=3, device="cpu")
-    assert [t["num_examples"] for t in result["tasks"].values()] == [3, 3, 3]
+    assert [t["num_examples"] for t in result["tasks"].values()] == [3, 3, 3] and result["max_per_task"] == 3
     chosen = core_eval.select_examples(list(range(8)), 3)
     assert chosen == core_eval.select_examples(list(range(8)), 3) and len(chosen) == 3
     long = StandInLM()
-    evaluate_core(long, ByteTokenizer(), str(bundle), max_per_task=None, device="cpu")
-    assert max(x.size(1) for x in long.seen) > 96  # the few-shot prompts are long ...
-    short = OracleLM(gold_texts(), seq_len=48)  # ... so this stand-in would refuse them uncut
-    result = evaluate_core(short, ByteTokenizer(), str(bundle), max_per_task=None, device="cpu")
-    assert max(x.size(1) for x in short.seen) == 48
-    assert result["core_metric"] == pytest.approx(1.0)  # the kept right end still decides
+    full = evaluate_core(long, ByteTokenizer(), str(bundle), max_per_task=None, device="cpu")
+    assert full["max_per_task"] is None
+    longest = max(x.size(1) for x in long.seen)
+    assert longest > 96  # the few-shot prompts are long, and reach the model whole, as nanochat scores them
+
+
+def test_real_gpt_scores_prompts_longer_than_seq_len(bundle: Path) -> None:
+    from speedrun_api.spec import ModelSpec
+    from speedrun_trainer.train.model import GPT
+
+    torch.manual_seed(0)
+    spec = ModelSpec(vocab_size=257, seq_len=32, hidden_dim=32, intermediate_dim=64, num_layers=1, num_heads=2)
+    model = GPT(spec)
+    x = torch.randint(0, 256, (1, 100))
+    model.eval()
+    logits = model(x)  # RoPE extends past seqLen at evaluation
+    assert logits.shape == (1, 100, 257)
+    # causal: the first 32 positions are what a seqLen-long forward gives
+    assert torch.allclose(logits[:, :32], model(x[:, :32]), atol=1e-5)
+    model.train()
+    with pytest.raises(ValueError, match="exceeds seqLen"):
+        model(x)  # training never runs past the spec's seqLen
+    result = evaluate_core(model, ByteTokenizer(), str(bundle), max_per_task=2, device="cpu")
+    assert -1.0 <= result["core_metric"] <= 1.0
 
 
 def test_bundle_from_s3_and_zip_over_http(

@@ -21,7 +21,8 @@ Scoring, per example (nanochat's rules): the examples are shuffled once with see
 choice renders one prompt per choice (continuations differ after the common token prefix), schema
 one per context option (the continuation is the common token suffix); the pick is the lowest mean
 continuation loss, ties to the first. Language modeling is right when greedy argmax reproduces
-every continuation token. Prompts longer than the model's seqLen lose tokens on the left. All the
+every continuation token. Prompts are never cropped (nanochat's model never crops one: its RoPE
+table covers 10x its sequence length); ours extends its RoPE table past seqLen at evaluation. All the
 prompts of one example are one batch, run through the plain module (DDP and torch.compile
 wrappers removed). Ranks take every world_size-th example; the correct counts
 are summed with one all_reduce. Centered accuracy = (acc - b) / (1 - b), b the random baseline;
@@ -219,12 +220,6 @@ def continuation_spans(task_type: str, rows: list[list[int]]) -> list[tuple[int,
     return [(min(max(s, 1), e - 1), e) for s, e in spans]
 
 
-def _truncate_left(row: list[int], span: tuple[int, int], max_len: int | None) -> tuple[list[int], int, int]:
-    start, end = span
-    crop = len(row) - max_len if max_len and len(row) > max_len else 0
-    return row[crop:], max(start - crop, 1), end - crop
-
-
 # ---- scoring --------------------------------------------------------------------------------
 
 
@@ -241,11 +236,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def _max_seq_len(model: torch.nn.Module) -> int | None:
-    spec = getattr(model, "spec", None)
-    return getattr(spec, "seq_len", None) or getattr(model, "max_seq_len", None)
-
-
 @torch.no_grad()
 def score_example(model: torch.nn.Module, tokenizer: Any, task: Task, data: list[dict[str, Any]], idx: int,
                   device: torch.device | str, seed: int = FEWSHOT_SEED) -> bool:
@@ -257,8 +247,8 @@ def score_example(model: torch.nn.Module, tokenizer: Any, task: Task, data: list
     spans = continuation_spans(task.task_type, rows)
     if task.task_type == "language_modeling":
         rows = rows[1:]
-    max_len = _max_seq_len(model)
-    cut = [_truncate_left(r, span, max_len) for r, span in zip(rows, spans, strict=True)]
+    # Never cropped, as nanochat scores them: a prompt longer than seqLen runs past it (RoPE extends).
+    cut = [(r, s, e) for r, (s, e) in zip(rows, spans, strict=True)]
     width = max(len(r) for r, _, _ in cut)
     ids = torch.full((len(cut), width), tokenizer.eot_id, dtype=torch.long)  # right padding, never scored
     targets = torch.full((len(cut), width), -1, dtype=torch.long)
@@ -333,7 +323,7 @@ def evaluate_core(
             "num_fewshot": task.num_fewshot,
         }
     core = sum(r["centered"] for r in results.values()) / len(results)
-    return {"core_metric": core, "tasks": results}
+    return {"core_metric": core, "tasks": results, "max_per_task": max_per_task}
 
 
 def format_core_table(result: dict[str, Any]) -> str:

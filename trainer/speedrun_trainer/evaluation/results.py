@@ -153,7 +153,6 @@ def build_run_info(
             "core_metric": core_metric,
             "core_tasks": None if core is None else core.get("tasks"),
             "core_max_per_task": max_per_task,
-            "core_unscoreable": None if core is None else core.get("unscoreable"),
             "clock": CLOCK_RULE,
             "warmup_seconds": summary.get("warmup_seconds"),
             "warmup_steps": summary.get("warmup_steps"),

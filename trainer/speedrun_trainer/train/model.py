@@ -50,7 +50,12 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int, max_len: int, theta: float) -> None:
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, d/2)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._tables(max_len)
+
+    def _tables(self, length: int) -> None:
+        angles = torch.outer(torch.arange(length, dtype=torch.float32, device=self.inv_freq.device),
+                             self.inv_freq)  # (length, d/2)
         # Non-persistent: derived from the spec, so they stay out of checkpoints.
         self.register_buffer("cos", angles.cos()[None, :, None, :], persistent=False)  # (1, L, 1, d/2)
         self.register_buffer("sin", angles.sin()[None, :, None, :], persistent=False)
@@ -58,6 +63,8 @@ class Rotary(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, nh, d); rotate the pairs (x[..., i], x[..., i + d/2]).
         t = x.size(1)
+        if t > self.cos.size(1):  # evaluation past seqLen (CORE prompts are never cropped): extend the table
+            self._tables(t)
         cos, sin = self.cos[:, :t].to(x.dtype), self.sin[:, :t].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
@@ -178,7 +185,7 @@ class GPT(nn.Module):
         """Logits (B, T, V) float32 without targets; otherwise the cross-entropy in nats:
         a scalar mean ("mean") or per-token losses (B, T) ("none"), ignoring targets == -1."""
         b, t = idx.size()
-        if t > self.spec.seq_len:
+        if t > self.spec.seq_len and self.training:  # evaluation may go further (RoPE extends), training not
             raise ValueError(f"sequence length {t} exceeds seqLen {self.spec.seq_len}")
         x = self.wte(idx)  # (B, T, h)
         for block in self.blocks:

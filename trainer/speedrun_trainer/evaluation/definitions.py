@@ -7,7 +7,11 @@ sums (`LossSums`), and every published metric is one formula over them:
   tokens included, over ln 2 x the UTF-8 bytes of the targets. levanter's eval.py sums the
   masked per-token loss over all positions and divides by the sum of `byte_length_of_token`
   (levanter src/levanter/eval.py, utils/hf_utils.py), which is 0 for special tokens: their loss
-  stays in the numerator.
+  stays in the numerator. Known residual differences from a levanter run, not replicated here:
+  levanter (eval.py at 05b4318) averages per-batch BPBs weighted by tokens rather than dividing
+  global sums (equal when every eval batch has the same bytes per token); its packed sequences
+  leave the last position of each sequence without a target; and its tokenization of Paloma
+  adds the tokenizer's BOS/EOS per document where `data prepare` writes one separator.
 - `nanochat-bpb`: targets standing for zero bytes (special tokens) are left out of BOTH sums
   (nanochat nanochat/loss_eval.py `evaluate_bpb`: `token_bytes[y] > 0` masks the loss too).
 - `mean-loss-all-positions`: modded-nanogpt's val loss, the mean cross-entropy over all target

@@ -119,7 +119,11 @@ class DataSpec(Base):
 
 
 class TargetSpec(Base):
-    metric: Literal["val_loss", "val_bpb", "core"]
+    metric: Literal["val_loss", "val_bpb", "core"] = Field(
+        description="Judged on the run's evaluation set (eval.bpb.data, default data.validation): val_loss ="
+        " mean loss over all positions of its first eval.bpb.tokens tokens (modded-nanogpt); val_bpb ="
+        " levanter's bits per byte (Marin); core = CORE on eval.core (full bundle unless maxPerTask)"
+    )
     value: float
 
 

@@ -51,21 +51,23 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._tables(max_len)
-
-    def _tables(self, length: int) -> None:
-        angles = torch.outer(torch.arange(length, dtype=torch.float32, device=self.inv_freq.device),
-                             self.inv_freq)  # (length, d/2)
+        cos, sin = self._tables(max_len)
         # Non-persistent: derived from the spec, so they stay out of checkpoints.
-        self.register_buffer("cos", angles.cos()[None, :, None, :], persistent=False)  # (1, L, 1, d/2)
-        self.register_buffer("sin", angles.sin()[None, :, None, :], persistent=False)
+        self.register_buffer("cos", cos, persistent=False)  # (1, L, 1, d/2)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(length, dtype=torch.float32, device=self.inv_freq.device)
+        angles = torch.outer(positions, self.inv_freq)  # (length, d/2)
+        return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, nh, d); rotate the pairs (x[..., i], x[..., i + d/2]).
         t = x.size(1)
-        if t > self.cos.size(1):  # evaluation past seqLen (CORE prompts are never cropped): extend the table
-            self._tables(t)
-        cos, sin = self.cos[:, :t].to(x.dtype), self.sin[:, :t].to(x.dtype)
+        # Past seqLen (evaluation only: CORE prompts are never cropped) the tables are computed for
+        # this call; the registered buffers never change shape (DDP and compiled graphs keep them).
+        cos, sin = (self.cos, self.sin) if t <= self.cos.size(1) else self._tables(t)
+        cos, sin = cos[:, :t].to(x.dtype), sin[:, :t].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 

@@ -134,3 +134,17 @@ def test_prepare_llama3_sized_vocabulary_writes_uint32_shards(tmp_path: Path) ->
 def test_a_directory_as_input_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="is a directory"):
         prepare([str(tmp_path)], str(tmp_path / "out"), "byte")
+
+
+def test_shards_of_another_tokenizer_are_named_as_a_config_problem(tmp_path: Path, bpe_tokenizer_json: Path) -> None:
+    from speedrun_trainer.data.prepare import recorded_dataset, tokenizer_mismatch
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(4)))
+    prepare([str(docs)], str(tmp_path / "out"), "byte", val_fraction=0.5, dataset="my/docs")
+    shards = f"{(tmp_path / 'out').as_uri()}/val_*.bin"
+    assert tokenizer_mismatch(shards, "spec.eval.bpb.data", load_tokenizer("byte")) is None
+    problem = tokenizer_mismatch(shards, "spec.eval.bpb.data", load_tokenizer(str(bpe_tokenizer_json)))
+    assert problem is not None and problem.startswith("spec.eval.bpb.data: ") and "tokenized with byte" in problem
+    assert recorded_dataset(shards) == "my/docs" and recorded_dataset("builtin://pydoc-topics/val") is None
+    assert tokenizer_mismatch(str(tmp_path / "nowhere"), "x", load_tokenizer("byte")) is None  # no meta: no claim

@@ -197,23 +197,37 @@ def prepare(
     return {**summary, "meta": storage.url(META_KEY)}
 
 
-def recorded_dataset(uri: str, endpoint_url: str | None = None) -> str | None:
-    """The dataset name recorded in the `tokenizer_meta.json` beside `uri`'s shards, if any.
+def shard_meta(uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    """The `tokenizer_meta.json` beside `uri`'s shards ({} when there is none or it is unreadable).
 
     `uri` is what a manifest gives: a directory/prefix, or a glob or file inside one.
     """
     if scheme_of(uri) not in ("file", "s3"):
-        return None
+        return {}
     last = uri.rstrip("/").rsplit("/", 1)[-1]
     folder = uri.rstrip("/").rsplit("/", 1)[0] if ("*" in last or "?" in last or last.endswith(".bin")) else uri
     try:
         storage = open_storage(folder, endpoint_url)
-        if not storage.exists(META_KEY):
-            return None
-        name = storage.read_json(META_KEY).get("dataset")
-    except (DataError, OSError, ValueError, AttributeError):
-        return None
+        meta = storage.read_json(META_KEY) if storage.exists(META_KEY) else {}
+    except (DataError, OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def recorded_dataset(uri: str, endpoint_url: str | None = None) -> str | None:
+    """The dataset name recorded beside `uri`'s shards (`prepare --dataset`, `data fetch`), if any."""
+    name = shard_meta(uri, endpoint_url).get("dataset")
     return str(name) if name else None
+
+
+def tokenizer_mismatch(uri: str, field: str, tokenizer: Any, endpoint_url: str | None = None) -> str | None:
+    """A one-line problem when `prepare` wrote `uri`'s shards with another tokenizer than the run's
+    (their ids would mean other text), else None."""
+    recorded = shard_meta(uri, endpoint_url).get("tokenizer")
+    if recorded and recorded != tokenizer.name:
+        return (f"{field}: {uri} was tokenized with {recorded}, but data.tokenizer is {tokenizer.spec}"
+                f" ({tokenizer.name})")
+    return None
 
 
 def run_prepare(args: argparse.Namespace) -> int:

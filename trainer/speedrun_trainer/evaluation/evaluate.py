@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset, open_dataset
-from speedrun_trainer.data.prepare import recorded_dataset
+from speedrun_trainer.data.prepare import recorded_dataset, tokenizer_mismatch
 from speedrun_trainer.data.tokenizer import load_tokenizer
 from speedrun_trainer.evaluation.loss import LossEval, evaluate_loss, padded_token_bytes
 from speedrun_trainer.evaluation.results import build_run_info, headline, write_results
@@ -98,6 +99,8 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     log(f"evaluating the checkpoint of step {ckpt.step} from {storage.url(checkpoint.PREFIX)}")
 
     tokenizer = load_tokenizer(spec.data.tokenizer, endpoint_url=spec.storage.endpoint_url)
+    if problem := tokenizer_mismatch(spec.eval_data, "spec.eval.bpb.data", tokenizer, spec.storage.endpoint_url):
+        raise ConfigError(problem)
     token_bytes = padded_token_bytes(tokenizer, spec.model.vocab_size)
     dataset = open_dataset(
         spec.eval_data, tokenizer=spec.data.tokenizer, cache_dir=cache_dir(), endpoint_url=spec.storage.endpoint_url,

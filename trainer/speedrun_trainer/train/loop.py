@@ -36,6 +36,7 @@ from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import batch_for, open_dataset
+from speedrun_trainer.data.prepare import tokenizer_mismatch
 from speedrun_trainer.data.tokenizer import load_tokenizer
 from speedrun_trainer.evaluation.loss import evaluate_loss, padded_token_bytes
 from speedrun_trainer.train import checkpoint
@@ -129,6 +130,9 @@ class Trainer:
             )
         self.token_bytes = padded_token_bytes(tok, m.vocab_size)
         data_args = {"tokenizer": spec.data.tokenizer, "cache_dir": cache_dir(), "endpoint_url": endpoint}
+        for where, uri in (("spec.data.train", spec.data.train), ("spec.eval.bpb.data", spec.eval_data)):
+            if problem := tokenizer_mismatch(uri, where, tok, endpoint):
+                raise ConfigError(problem)
         self.train_data = open_dataset(spec.data.train, **data_args)
         self.val_data = open_dataset(spec.eval_data, **data_args)  # the run's one evaluation set
 

@@ -17,7 +17,7 @@ def test_score_batch_keeps_every_sum():
     losses = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     targets = torch.tensor([[0, 1, 2, 3]])
     assert score_batch(losses, targets, token_bytes) == LossSums(
-        nats=106.0, tokens=4, nats_with_bytes=6.0, tokens_with_bytes=3, bytes=6
+        nats=106.0, tokens=4, nats_with_bytes=6.0, tokens_with_bytes=3, bytes=6, last_nats=100.0, last_bytes=0
     )
 
 
@@ -76,9 +76,10 @@ def test_definitions_differ_on_special_tokens_by_hand():
     token_bytes[256] = 0
     ev = evaluate_loss(SpecialEveryFourth(), data, token_bytes, tokens=64, seq_len=16, batch_size=2, rank=0,
                        world_size=1, device=torch.device("cpu"), precision="fp32")
-    # 64 targets: 16 separators (5 nats) + 48 bytes (1 nat); 48 bytes
+    # 64 targets: 16 separators (5 nats) + 48 bytes (1 nat); 48 bytes. Each of the 4 sequences of 16
+    # ends on a separator, the position levanter's causal loss mask drops.
     assert ev.loss == pytest.approx((16 * 5 + 48) / 64)  # modded-nanogpt: all positions
-    assert ev.bpb == pytest.approx((16 * 5 + 48) / (math.log(2) * 48))  # levanter: special loss kept
+    assert ev.bpb == pytest.approx((12 * 5 + 48) / (math.log(2) * 48))  # levanter: special loss kept
     assert ev.nanochat_bpb == pytest.approx(48 / (math.log(2) * 48))  # nanochat: special out of both
 
 
@@ -96,3 +97,20 @@ def test_eval_tokens_beyond_the_set_are_not_repeated():
     ok = evaluate_loss(UniformModel(256), data, np.ones(256, dtype=np.int64), tokens=128, seq_len=64,
                        batch_size=4, rank=0, world_size=1, device=torch.device("cpu"), precision="fp32")
     assert ok.tokens == 128 and not ok.exceeded
+
+
+def test_levanter_drops_each_sequences_last_position_by_hand():
+    # stream 0..9 repeated, seq 5: sequences' targets are 1..5 and 6..10; each target byte costs 1 + id/10 nats
+    class ByTarget(torch.nn.Module):
+        def forward(self, x, y, reduction="none"):
+            return 1.0 + y.float() / 10
+
+    data = ListDataset(np.arange(100) % 10)
+    ev = evaluate_loss(ByTarget(), data, np.arange(10) % 3, tokens=10, seq_len=5, batch_size=2, rank=0,
+                       world_size=1, device=torch.device("cpu"), precision="fp32")
+    targets = [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]  # the last of each sequence: 5 and 0
+    nbytes = {t: t % 3 for t in targets}
+    kept = [t for i, t in enumerate(targets) if i % 5 != 4]
+    expected = sum(1 + t / 10 for t in kept) / (math.log(2) * sum(nbytes[t] for t in kept))
+    assert ev.bpb == pytest.approx(expected)
+    assert ev.loss == pytest.approx(sum(1 + t / 10 for t in targets) / 10)

@@ -1,17 +1,18 @@
 """Each leaderboard's metric definitions, written once, and the names results file them under.
 
-A number is only worth its definition. From one pass over the evaluation tokens we keep five
+A number is only worth its definition. From one pass over the evaluation tokens we keep a few
 sums (`LossSums`), and every published metric is one formula over them:
 
 - `levanter-bpb` (Marin's `eval/paloma/c4_en/bpb`): the loss of EVERY target token, special
   tokens included, over ln 2 x the UTF-8 bytes of the targets. levanter's eval.py sums the
-  masked per-token loss over all positions and divides by the sum of `byte_length_of_token`
-  (levanter src/levanter/eval.py, utils/hf_utils.py), which is 0 for special tokens: their loss
-  stays in the numerator. Known residual differences from a levanter run, not replicated here:
-  levanter (eval.py at 05b4318) averages per-batch BPBs weighted by tokens rather than dividing
-  global sums (equal when every eval batch has the same bytes per token); its packed sequences
-  leave the last position of each sequence without a target; and its tokenization of Paloma
-  adds the tokenizer's BOS/EOS per document where `data prepare` writes one separator.
+  masked per-token loss and divides by the sum of `byte_length_of_token` (levanter
+  src/levanter/eval.py, utils/hf_utils.py), which is 0 for special tokens: their loss stays in
+  the numerator. Its sequences are `LmExample.causal` chunks of seqLen tokens whose loss mask
+  drops the last position (its target lies in the next chunk), so that position is left out
+  here too. Known residual differences, not replicated: levanter (eval.py at 05b4318) averages
+  per-batch BPBs weighted by tokens rather than dividing global sums (equal when every eval
+  batch has the same bytes per token), and its tokenization of Paloma adds the tokenizer's
+  BOS/EOS per document where `data prepare` writes one separator.
 - `nanochat-bpb`: targets standing for zero bytes (special tokens) are left out of BOTH sums
   (nanochat nanochat/loss_eval.py `evaluate_bpb`: `token_bytes[y] > 0` masks the loss too).
 - `mean-loss-all-positions`: modded-nanogpt's val loss, the mean cross-entropy over all target
@@ -28,7 +29,7 @@ under `eval/<dataset>/bpb`, the dataset named by its metadata or, failing that, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 LEVANTER_BPB = "levanter-bpb"
 NANOCHAT_BPB = "nanochat-bpb"
@@ -42,8 +43,9 @@ MARIN_BPB_KEY = f"eval/{PALOMA_C4_EN}/bpb"
 VAL_LOSS_TRACKS = {"modded-nanogpt": 10_485_760, "bottlecap": 1_048_576}
 
 DESCRIPTIONS = {
-    LEVANTER_BPB: "sum of the losses of all target tokens (special tokens included) / "
-    "(ln 2 x sum of their UTF-8 bytes); levanter eval.py, as Marin reports it",
+    LEVANTER_BPB: "sum of the losses of all target tokens (special tokens included; not the last position of"
+    " each seqLen sequence, which levanter's causal loss mask drops) / (ln 2 x sum of their UTF-8 bytes);"
+    " levanter eval.py, as Marin reports it",
     NANOCHAT_BPB: "sum of the losses of targets of >= 1 byte / (ln 2 x sum of their UTF-8 bytes); "
     "zero-byte (special) targets left out of both sums; nanochat loss_eval.py",
     MEAN_LOSS: "mean cross-entropy (nats) over all target positions, separators included; "
@@ -60,20 +62,18 @@ class LossSums:
     nats_with_bytes: float = 0.0  # loss of the targets that stand for >= 1 byte
     tokens_with_bytes: int = 0
     bytes: int = 0  # UTF-8 bytes of all targets (zero-byte targets add nothing)
+    last_nats: float = 0.0  # the same two sums at the last position of each sequence only
+    last_bytes: int = 0
 
     def __add__(self, other: LossSums) -> LossSums:
-        return LossSums(
-            self.nats + other.nats, self.tokens + other.tokens, self.nats_with_bytes + other.nats_with_bytes,
-            self.tokens_with_bytes + other.tokens_with_bytes, self.bytes + other.bytes,
-        )
+        return LossSums(*(a + b for a, b in zip(self.as_list(), other.as_list(), strict=True)))
 
     def as_list(self) -> list[float]:
-        return [self.nats, self.tokens, self.nats_with_bytes, self.tokens_with_bytes, self.bytes]
+        return [getattr(self, f.name) for f in fields(self)]
 
     @classmethod
     def from_list(cls, values: list[float]) -> LossSums:
-        nats, tokens, nats_b, tokens_b, nbytes = values
-        return cls(float(nats), int(tokens), float(nats_b), int(tokens_b), int(nbytes))
+        return cls(*(float(v) if f.type == "float" else int(v) for f, v in zip(fields(cls), values, strict=True)))
 
 
 def bits_per_byte(sum_nats: float, sum_bytes: int) -> float:
@@ -82,7 +82,7 @@ def bits_per_byte(sum_nats: float, sum_bytes: int) -> float:
 
 
 def levanter_bpb(s: LossSums) -> float:
-    return bits_per_byte(s.nats, s.bytes)
+    return bits_per_byte(s.nats - s.last_nats, s.bytes - s.last_bytes)
 
 
 def nanochat_bpb(s: LossSums) -> float:

@@ -37,7 +37,8 @@ class LossEval:
 
     @property
     def bpb(self) -> float:
-        """levanter's (Marin's) bits per byte: special tokens' loss kept in the numerator."""
+        """levanter's (Marin's) bits per byte: special tokens' loss kept in the numerator, the last
+        position of each sequence left out."""
         return levanter_bpb(self.sums)
 
     @property
@@ -69,7 +70,7 @@ def padded_token_bytes(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
 
 def score_batch(losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> LossSums:
     """The sums of every definition over one batch of per-position losses."""
-    nbytes = token_bytes[targets]
+    nbytes = token_bytes[targets]  # (B, T)
     counted = nbytes > 0
     return LossSums(
         nats=float(losses.double().sum()),
@@ -77,6 +78,8 @@ def score_batch(losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.
         nats_with_bytes=float(losses[counted].double().sum()),
         tokens_with_bytes=int(counted.sum()),
         bytes=int(nbytes.sum()),
+        last_nats=float(losses[:, -1].double().sum()),
+        last_bytes=int(nbytes[:, -1].sum()),
     )
 
 

@@ -94,7 +94,10 @@ class TrainSpec(Base):
     device_batch_size: PositiveInt = Field(description="Micro-batch per process")
     steps: PositiveInt | None = None
     tokens: PositiveInt | None = None
-    param_data_ratio: PositiveFloat | None = None
+    param_data_ratio: PositiveFloat | None = Field(
+        None, description="Tokens = ratio x nanochat's parameter count (transformer matrices + lm_head; no"
+        " embedding, no norm gains), as nanochat's --target-param-data-ratio"
+    )
     flops_budget: PositiveFloat | None = None
     optimizer: OptimizerSpec = OptimizerSpec()
     precision: Literal["bf16", "fp32", "fp8"] = "bf16"

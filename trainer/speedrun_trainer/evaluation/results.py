@@ -97,7 +97,7 @@ def build_run_info(
     """One run_info. `eval_set` describes what was scored: uri, dataset (its recorded name),
     tokens_requested, tokens_scored, set_tokens, exceeded (defaults: the spec's eval set, by URI)."""
     spec = job.spec
-    uri = spec.eval.bpb.data or spec.data.validation
+    uri = spec.eval_data
     evaluated = {"uri": uri, "dataset": uri, "tokens_requested": spec.eval.bpb.tokens,
                  "tokens_scored": None, "set_tokens": None, "exceeded": False, **(eval_set or {})}
     scored = evaluated["tokens_scored"]

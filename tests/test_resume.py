@@ -57,10 +57,11 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path):
     assert 10 <= resumed_at < STEPS
     summary = json.loads((interrupted / "train_summary.json").read_text())
     assert summary["step"] == STEPS
-    # the clock's warm-up: the first 10 steps of each process start, the resumed one included
-    assert summary["warmup_steps"] == 20 and summary["warmup_seconds"] > 0
+    # the clock's warm-up: the first 11 steps of each process start, the resumed one included
+    expected = min(11, resumed_at) + min(11, STEPS - resumed_at)
+    assert summary["warmup_steps"] == expected and summary["warmup_seconds"] > 0
     straight_summary = json.loads((straight / "train_summary.json").read_text())
-    assert straight_summary["warmup_steps"] == 10
+    assert straight_summary["warmup_steps"] == 11
     a, b = _final_weights(straight), _final_weights(interrupted)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)

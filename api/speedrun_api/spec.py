@@ -107,8 +107,8 @@ class TrainSpec(Base):
     eval_every: NonNegInt = Field(0, description="Validation loss every N steps; 0: only at the end")
     log_every: PositiveInt = 1
     clock_warmup_steps: NonNegInt = Field(
-        10, description="Steps of every process start (compile, warm-up, resume) kept out of the training "
-        "clock and reported apart; nanochat's 10"
+        11, description="Steps of every process start (compile, warm-up, resume) kept out of the training "
+        "clock and reported apart; nanochat's 11 (base_train.py counts dt only `if step > 10`, steps from 0)"
     )
 
 

@@ -10,7 +10,7 @@ resumes from the newest complete checkpoint, so a restarted pod (or torchrun wor
 continues the step counter. The clock counts only the optimizer steps: evaluation,
 checkpointing and logging are excluded, and so are the first `train.clockWarmupSteps` steps of
 every process start (torch.compile, CUDA warm-up, and again after a resume), whose time is kept
-apart as `warmup_seconds` (nanochat scripts/base_train.py counts from step 10; modded-nanogpt
+apart as `warmup_seconds` (nanochat scripts/base_train.py: `if step > 10`, steps 0-10 out; modded-nanogpt
 times after its warm-up). Targets are judged on the run's one evaluation set (`spec.eval_data`),
 the set the headline numbers come from. Rank 0 serves Prometheus metrics and writes
 `train_summary.json` at the end.

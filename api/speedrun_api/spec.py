@@ -117,7 +117,8 @@ HORIZONS = ("steps", "tokens", "paramDataRatio", "flopsBudget")
 
 class DataSpec(Base):
     train: Uri
-    validation: Uri
+    validation: Uri = Field(description="The evaluation set unless eval.bpb.data names another (one set serves"
+                            " targets and headline numbers)")
     tokenizer: str = Field("byte", description="byte | gpt2 | URI of a tokenizers JSON")
 
 

@@ -4,6 +4,8 @@
     speedrun leaderboard s3://bucket/speedruns --plot board.png --html board.html
     speedrun leaderboard runs/ --json                           the ranked runs as JSON
     speedrun leaderboard runs/ --flops model --plot board.png   model FLOPs on the x axis and frontier
+    speedrun leaderboard runs.json --view scaling [--fit marin]  groups' scaling laws and forecasts
+    speedrun leaderboard runs.json --view runs --x model --relative   BPB vs the baseline's law
     python -m speedrun_trainer.leaderboard URI [...]            the same without the CLI
 """
 
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 from speedrun_trainer.data.storage import DataError
+from speedrun_trainer.leaderboard import scaling, scaling_views
 from speedrun_trainer.leaderboard.ranking import build_tables, format_table, is_bpb_track, rank_runs, runs_json
 from speedrun_trainer.leaderboard.runs import DEFAULT_BAND_WIDTH, EXIT_ERROR, FLOPS_AXES, RESULTS_NAME, load_runs
 
@@ -29,16 +32,34 @@ def _positive(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("uri", help="file:// or s3:// prefix (or a directory) holding speedrun_results.json files")
     p.add_argument("--plot", metavar="PNG", help="draw BPB vs hardware FLOPs, the Pareto frontier highlighted")
     p.add_argument("--html", metavar="HTML", help="write a static page with the tables and the plot")
     p.add_argument("--json", action="store_true", help="print the ranked runs as JSON instead of tables")
     p.add_argument("--band-width", type=_positive, default=DEFAULT_BAND_WIDTH, help="BPB band width (0.1)")
-    p.add_argument("--flops", choices=FLOPS_AXES, default="hardware",
-                   help="the cost axis of the Pareto frontier, bands and plot: training hardware FLOPs"
+    p.add_argument("--flops", "--x", choices=FLOPS_AXES, default="hardware",
+                   help="the cost axis of the Pareto frontier, bands, plot and views: training hardware FLOPs"
                    " (default) or model FLOPs")
     p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    views = p.add_argument_group("views (scaling_views.py); URI may also be Marin's site data file runs.json")
+    views.add_argument("--view", choices=scaling_views.VIEWS,
+                       help="scaling: groups' laws ranked by forecast; runs: all runs")
+    views.add_argument("--relative", action="store_true", help="runs view: BPB relative to the baseline's law")
+    views.add_argument("--baseline", default=scaling_views.BASELINE_GROUP,
+                       help="baseline group for --relative (adamw_llama_scaling)")
+    views.add_argument("--forecast-flops", type=_positive, default=scaling.DEFAULT_FORECAST_FLOPS, metavar="FLOPS",
+                       help="where the scaling view forecasts (1e22)")
+    views.add_argument("--fit", choices=scaling.FITS, default="converged",
+                       help="converged least squares with intervals (default), or Marin's site fit")
+    views.add_argument("--confidence", type=_fraction, default=scaling.DEFAULT_CONFIDENCE, help="interval level (0.95)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,9 +77,15 @@ def _write(path: str, data: bytes) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     try:
-        runs = load_runs(args.uri, args.endpoint_url)
+        site_file = scaling_views.is_site_file(args.uri)
+        runs = scaling_views.load_site_runs(args.uri) if site_file else load_runs(args.uri, args.endpoint_url)
         if not runs:
             raise DataError(f"{args.uri}: no {RESULTS_NAME} found")
+        if args.view:
+            root = scaling_views.storage_root(args.uri, args.endpoint_url)
+            print(scaling_views.render_view(runs, args.view, args.flops, args.relative, args.fit, args.forecast_flops,
+                                            args.confidence, args.baseline, args.json, root))
+            return 0
         tracks = rank_runs(runs, args.band_width, args.flops)
         tables = build_tables(tracks, args.band_width, args.flops)
         if args.json:

@@ -1,0 +1,281 @@
+"""The leaderboard's scaling and all-runs views (`speedrun leaderboard URI --view scaling|runs`).
+
+- scaling: runs grouped by `group/size`, each group's law L = a x^-b + c (scaling.py), ranked by
+  the forecast at x* (default 1e22 FLOPs); converged fits show the profile interval, which groups'
+  intervals overlap, and Marin's own forecast beside ours; `--fit marin` shows the site's numbers
+  and, like the site, ranks only groups with a run above 3e20 hardware FLOPs.
+- runs: every run with a BPB ranked by BPB, the Pareto frontier on the chosen FLOPs axis (the
+  site's rule: sorted by FLOPs, a run joins when its BPB is below every cheaper run's), and with
+  `--relative` each run's BPB in percent above (+) or below (-) the baseline group's law
+  (`adamw_llama_scaling` on Marin's data). With `--fit marin` the baseline is the site's: a baseline
+  run's own BPB at its FLOPs, log-x interpolation between baseline runs, the law outside them.
+
+A run's scaling name is its name when that has a folder (Marin's `group/size`), else the last two
+folders of its results file (`<prefix>/<sweep>/<point>/speedrun_results.json`), so a sweep run
+with `speedrun run ... --storage <prefix>/<sweep>/<point>` groups by itself.
+Marin's site data file (a JSON list of runs with `run_name` and `eval_paloma_c4_en_bpb`) loads too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from speedrun_trainer.data.storage import DataError, open_storage
+from speedrun_trainer.leaderboard.marin_fit import PowerLaw, fit_marin, site_baseline_predict
+from speedrun_trainer.leaderboard.ranking import format_table
+from speedrun_trainer.leaderboard.runs import BPB_KEY, RESULTS_NAME, Run, Table, as_number, run_from_info
+from speedrun_trainer.leaderboard.scaling import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_FORECAST_FLOPS,
+    GroupFit,
+    Point,
+    fit_converged,
+    fit_groups,
+    group_name,
+    rank_groups,
+)
+
+AXES = {"hardware": "training hardware FLOPs", "model": "model FLOPs"}
+VIEWS = ("scaling", "runs")
+BASELINE_GROUP = "adamw_llama_scaling"  # the site's baseline (hooks/useSpeedrunData.ts)
+SITE_MIN_FLOPS = 3e20  # the site ranks groups with a run above this many hardware FLOPs
+INTERVAL_METHOD = "profile likelihood (F test, each group's own residual variance, n - 3 dof)"
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+
+def is_site_file(uri: str) -> bool:
+    return uri.endswith(".json") and not uri.endswith("speedrun_results.json") and Path(uri).is_file()
+
+
+def load_site_runs(path: str) -> list[Run]:
+    """Runs from Marin's site data file (data/runs.json of marin-community/speedrun)."""
+    try:
+        entries = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a JSON file: {e}") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "run_name" in e for e in entries):
+        raise DataError(f"{path}: not Marin's runs list (a JSON list of objects with run_name)")
+    uri = Path(path).resolve().as_uri()
+    return [run_from_info({**e, BPB_KEY: e.get("eval_paloma_c4_en_bpb")}, str(e["run_name"]), uri)
+            for e in entries]
+
+
+def storage_root(uri: str, endpoint_url: str | None = None) -> str:
+    """The URL that load_runs' sources start with for `uri` (a file's folder for one file)."""
+    if is_site_file(uri):
+        return Path(uri).resolve().parent.as_uri()
+    if uri.rstrip("/").rsplit("/", 1)[-1] == RESULTS_NAME:
+        uri = uri.rstrip("/").rpartition("/")[0] or "."
+    return open_storage(uri, endpoint_url).url()
+
+
+def scaling_name(run: Run, root: str | None = None) -> str:
+    """`group/size`: the run's name when it has a folder, else the last two folders of its results
+    file below `root` (the leaderboard's URI), else its name."""
+    if "/" in run.name or root is None or not run.source.startswith(root.rstrip("/") + "/"):
+        return run.name
+    folders = run.source[len(root.rstrip("/")) + 1:].split("/")[:-1]
+    return "/".join(folders[-2:]) if len(folders) >= 2 else run.name
+
+
+def axis_flops(run: Run, axis: str) -> float | None:
+    return run.hardware_flops if axis == "hardware" else as_number(run.info.get("model_flops"))
+
+
+def _points(runs: list[Run], axis: str, root: str | None = None) -> list[tuple[Run, Point]]:
+    out = []
+    for run in runs:
+        x = axis_flops(run, axis)
+        if run.bpb is not None and run.bpb > 0 and x is not None and x > 0:
+            out.append((run, Point(scaling_name(run, root), x, run.bpb)))
+    return out
+
+
+def groups_of(runs: list[Run], axis: str, root: str | None = None) -> tuple[dict[str, list[Point]], dict[str, bool]]:
+    """Points by group, and whether the site would list each group (a run above 3e20 hardware FLOPs)."""
+    points: dict[str, list[Point]] = {}
+    listed: dict[str, bool] = {}
+    for run, point in _points(runs, axis, root):
+        name = group_name(point.name)
+        if name is not None:
+            points.setdefault(name, []).append(point)
+            listed[name] = listed.get(name, False) or (run.hardware_flops or 0.0) > SITE_MIN_FLOPS
+    return points, listed
+
+
+# ---- the scaling view -----------------------------------------------------------------------
+
+
+def scaling_view(runs: list[Run], axis: str = "hardware", fit: str = "converged",
+                 x_star: float = DEFAULT_FORECAST_FLOPS, confidence: float = DEFAULT_CONFIDENCE,
+                 root: str | None = None) -> tuple[list[GroupFit], dict[str, bool], dict[str, float | None]]:
+    """(groups in rank order, site-listed by group, the site's forecast by group)."""
+    points, listed = groups_of(runs, axis, root)
+    if not points:
+        raise DataError("no run is named group/size (or stored under <group>/<size>/) with a BPB and FLOPs")
+    groups = fit_groups(points, fit, x_star, confidence)
+    marin: dict[str, float | None] = {}
+    for g in groups:
+        law = fit_marin([p.x for p in g.points], [p.bpb for p in g.points])
+        marin[g.name] = None if law is None else law.predict(x_star)
+    if fit == "marin":  # the site's leaderboard leaves out groups without a large run
+        shown = rank_groups([g for g in groups if listed[g.name]])
+        rest = [g for g in groups if not listed[g.name]]
+        for g in rest:
+            g.rank = None
+        groups = shown + rest
+    return groups, listed, marin
+
+
+def _ranges(ranks: list[int]) -> str:
+    spans: list[list[int]] = []
+    for r in sorted(ranks):
+        if spans and r == spans[-1][1] + 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def scaling_table(groups: list[GroupFit], listed: dict[str, bool], marin: dict[str, float | None], axis: str,
+                  fit: str, x_star: float, confidence: float) -> Table:
+    by_name = {g.name: g for g in groups}
+    converged = fit == "converged"
+    headers = ["rank", "group", "runs", "a", "b", "c", "R²", f"BPB at {x_star:.0e}"]
+    if converged:
+        headers += [f"{confidence:.0%} interval", "Marin's", "overlaps ranks"]
+    headers.append("note")
+    rows = []
+    for g in groups:
+        law = g.law
+        row = [str(g.rank or "-"), g.name, str(len(g.points)), _fmt(law and law.a, ".4g"), _fmt(law and law.b, ".4f"),
+               _fmt(law and law.c, ".4f"), _fmt(g.r2, ".4f"), _fmt(g.forecast, ".4f")]
+        if converged:
+            interval = "-" if g.interval is None else f"{_fmt(g.interval[0], '.3f')}-{_fmt(g.interval[1], '.3f')}"
+            ranks = [r for r in (by_name[o].rank for o in g.overlaps) if r is not None]
+            others = sum(1 for o in groups if o is not g and o.interval is not None)
+            overlap = "-" if g.interval is None else "none" if not ranks else (
+                f"all {others} others" if len(ranks) == others else _ranges(ranks))
+            row += [interval, _fmt(marin.get(g.name), ".4f"), overlap]
+        notes = [g.flag] if g.flag else []
+        notes += [", ".join(g.at_bounds)] if g.at_bounds else []
+        notes += [] if listed.get(g.name, False) else ["not ranked on Marin's site (no run > 3e20 hardware FLOPs)"]
+        rows.append([*row, "; ".join(notes)])
+    numeric = [True, False, True, True, True, True, True, True] + ([True, True, False] if converged else []) + [False]
+    how = (f"least-squares optimum (scipy least_squares, the site's bounds); interval: {INTERVAL_METHOD}"
+           if converged else "Marin's site: its Levenberg-Marquardt recipe, 200 iterations, no interval")
+    return Table(
+        f"scaling: L = a * x^(-b) + c per group, x = {AXES[axis]}, ranked by the forecast at {x_star:.0e}",
+        how, headers, rows, numeric, [g.rank == 1 for g in groups],
+    )
+
+
+def scaling_json(groups: list[GroupFit], listed: dict[str, bool], marin: dict[str, float | None], axis: str,
+                 fit: str, x_star: float, confidence: float) -> dict[str, Any]:
+    def law(g: GroupFit) -> dict[str, float] | None:
+        return None if g.law is None else {"a": g.law.a, "b": g.law.b, "c": g.law.c}
+
+    return {
+        "view": "scaling", "x": axis, "fit": fit, "forecast_flops": x_star,
+        "confidence": confidence if fit == "converged" else None,
+        "interval_method": INTERVAL_METHOD if fit == "converged" else None,
+        "groups": [{
+            "name": g.name, "rank": g.rank, "law": law(g), "r2": g.r2, "sse": g.sse, "forecast": g.forecast,
+            "interval": None if g.interval is None else [v if math.isfinite(v) else None for v in g.interval],
+            "overlaps": g.overlaps,
+            "flag": g.flag, "at_bounds": g.at_bounds, "marin_forecast": marin.get(g.name),
+            "site_listed": listed.get(g.name, False),
+            "runs": [{"name": p.name, "flops": p.x, "bpb": p.bpb} for p in g.points],
+        } for g in groups],
+    }
+
+
+# ---- the all-runs view ----------------------------------------------------------------------
+
+
+def baseline_of(runs: list[Run], axis: str, fit: str, baseline: str, root: str | None = None
+                ) -> tuple[PowerLaw | None, Callable[[float], float | None]]:
+    """(law, predict(x)) of the baseline runs (names containing `baseline`, as the site matches)."""
+    points = [(p.x, p.bpb) for _, p in _points(runs, axis, root) if baseline.lower() in p.name.lower()]
+    if len({x for x, _ in points}) < 3:
+        raise DataError(f"--baseline {baseline}: needs runs at 3 or more FLOPs values, found {len(points)} runs")
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    law: PowerLaw | None = fit_marin(xs, ys) if fit == "marin" else fit_converged(xs, ys)
+    if fit == "marin":
+        return law, lambda x: site_baseline_predict(law, points, x)
+    return law, (lambda x: None if law is None else law.predict(x))
+
+
+def pareto_names(points: list[tuple[Run, Point]]) -> set[str]:
+    """The site's frontier: sorted by FLOPs (stable), a run joins when its BPB beats every cheaper one."""
+    frontier, best = set(), math.inf
+    for run, p in sorted(points, key=lambda rp: rp[1].x):
+        if p.bpb < best:
+            best = p.bpb
+            frontier.add(run.name)
+    return frontier
+
+
+def runs_view(runs: list[Run], axis: str = "hardware", relative: bool = False, fit: str = "converged",
+              baseline: str = BASELINE_GROUP, root: str | None = None) -> dict[str, Any]:
+    points = sorted(_points(runs, axis, root), key=lambda rp: (rp[1].bpb, rp[1].x, rp[0].name))
+    if not points:
+        raise DataError(f"no run has both a BPB and {AXES[axis]}")
+    frontier = pareto_names(points)
+    law, predict = baseline_of(runs, axis, fit, baseline, root) if relative else (None, None)
+    rows = []
+    for i, (run, p) in enumerate(points, 1):
+        row: dict[str, Any] = {"rank": i, "name": run.name, "author": run.author, "bpb": p.bpb, "flops": p.x,
+                               "pareto": run.name in frontier}
+        if predict is not None:
+            base = predict(p.x)
+            row["baseline_bpb"] = base
+            row["relative_percent"] = None if not base or base <= 0 else (p.bpb / base - 1.0) * 100.0
+        rows.append(row)
+    return {"view": "runs", "x": axis, "relative": relative, "fit": fit,
+            "baseline": None if not relative else {"group": baseline, "law": None if law is None else
+                                                   {"a": law.a, "b": law.b, "c": law.c}},
+            "runs": rows}
+
+
+def runs_table(view: dict[str, Any]) -> Table:
+    relative = view["relative"]
+    headers = ["rank", "pareto", "run", "author", "BPB", AXES[view["x"]]] + (["vs baseline"] if relative else [])
+    rows = [[str(r["rank"]), "*" if r["pareto"] else "", r["name"], r["author"], f"{r['bpb']:.4f}",
+             f"{r['flops']:.3e}"] + ([_fmt(r["relative_percent"], "+.2f") + "%"] if relative else [])
+            for r in view["runs"]]
+    note = f"ranked by BPB; * = Pareto frontier on {AXES[view['x']]}"
+    if relative:
+        law = view["baseline"]["law"]
+        note += (f"; vs baseline = BPB / baseline - 1, baseline `{view['baseline']['group']}` fitted"
+                 f" ({view['fit']}): a={law['a']:.4g} b={law['b']:.4f} c={law['c']:.4f}" if law else "")
+    return Table(f"all runs: BPB vs {AXES[view['x']]}", note, headers, rows,
+                 [True, False, False, False, True, True] + [True] * relative, [r["pareto"] for r in view["runs"]])
+
+
+# ---- output ---------------------------------------------------------------------------------
+
+
+def render_view(runs: list[Run], view: str, axis: str = "hardware", relative: bool = False, fit: str = "converged",
+                x_star: float = DEFAULT_FORECAST_FLOPS, confidence: float = DEFAULT_CONFIDENCE,
+                baseline: str = BASELINE_GROUP, as_json: bool = False, root: str | None = None) -> str:
+    """The text (a table, or JSON) of one view; `root` is where the results were found (storage_root)."""
+    if view == "runs":
+        data = runs_view(runs, axis, relative, fit, baseline, root)
+        return json.dumps(data, indent=2) if as_json else format_table(runs_table(data))
+    if relative:
+        raise DataError("--relative: only with --view runs (the scaling view fits absolute BPB)")
+    groups, listed, marin = scaling_view(runs, axis, fit, x_star, confidence, root)
+    if as_json:
+        return json.dumps(scaling_json(groups, listed, marin, axis, fit, x_star, confidence), indent=2)
+    return format_table(scaling_table(groups, listed, marin, axis, fit, x_star, confidence))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -286,7 +287,19 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     write_results(tmp_path / "flat", "only", "only", 1e18, 1.0)
     code, _, err = run_cli(capsys, str(tmp_path / "flat" / "only"), "--view", "scaling")
     assert code == 2 and "no run is named group/size" in err
+    code, _, err = run_cli(capsys, str(tmp_path), "--view", "scaling", "--plot", str(tmp_path / "p.png"))
+    assert code == 2 and "no PNG or page yet" in err and not (tmp_path / "p.png").exists()
     with pytest.raises(SystemExit) as exit_info:
         speedrun(["leaderboard", str(tmp_path), "--view", "scaling", "--forecast-flops", "-1"])
     assert exit_info.value.code == 2
     assert "--forecast-flops: must be > 0" in capsys.readouterr().err
+
+
+def test_without_scipy_marin_mode_works_and_converged_says_what_to_install(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    depth_sweep(tmp_path)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # `from scipy import ...` now raises ImportError
+    code, _, err = run_cli(capsys, str(tmp_path), "--view", "scaling")
+    assert code == 2 and err.strip().count("\n") == 0 and "speedrun-operator[plot]" in err and "--fit marin" in err
+    code, out, _ = run_cli(capsys, str(tmp_path), "--view", "scaling", "--fit", "marin", "--json")
+    assert code == 0 and json.loads(out)["groups"][0]["name"] == "sweep"

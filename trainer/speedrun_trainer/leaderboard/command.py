@@ -82,6 +82,8 @@ def handler(args: argparse.Namespace) -> int:
         if not runs:
             raise DataError(f"{args.uri}: no {RESULTS_NAME} found")
         if args.view:
+            if args.plot or args.html:
+                raise DataError("--plot/--html draw the Pareto chart; the --view tables have no PNG or page yet")
             root = scaling_views.storage_root(args.uri, args.endpoint_url)
             print(scaling_views.render_view(runs, args.view, args.flops, args.relative, args.fit, args.forecast_flops,
                                             args.confidence, args.baseline, args.json, root))

@@ -275,6 +275,8 @@ def test_cli_views_on_marins_site_file(capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0 and "profile likelihood" in out and "adamh_llama_scaling" in out and "Marin's" in out
     code, out, _ = run_cli(capsys, str(SITE_RUNS), "--view", "runs", "--x", "model", "--relative")
     assert code == 0 and "vs baseline" in out and "adamw_llama_scaling" in out
+    code, out, _ = run_cli(capsys, str(SITE_RUNS))  # without --view: the usual tracks, from the site's file
+    assert code == 0 and "== marin:" in out and "muonh_qwen3_scaling/1_2b" in out
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -244,6 +244,15 @@ def test_cli_scaling_view_on_our_own_sweep(tmp_path: Path, capsys: pytest.Captur
     lo, hi = sweep["interval"]
     assert lo < sweep["forecast"] < hi
     assert groups["wide"]["rank"] is None and "too few runs" in groups["wide"]["flag"]
+    code, out, _ = run_cli(capsys, str(tmp_path), "--view", "scaling", "--json", "--forecast-flops", "1e19",
+                           "--band-points", "5")
+    assert code == 0
+    curve = json.loads(out)["groups"][0]["curve"]
+    assert len(curve) == 5 and curve[0]["flops"] == pytest.approx(64e15) and curve[-1]["flops"] == pytest.approx(1e19)
+    assert curve[-1]["bpb"] == pytest.approx(sweep["forecast"]) and [curve[-1]["low"], curve[-1]["high"]] == \
+        pytest.approx([lo, hi], abs=1e-6)
+    assert all(c["low"] < c["bpb"] < c["high"] for c in curve)
+    assert curve[0]["high"] - curve[0]["low"] < hi - lo  # narrow at the data, wide at the forecast
     code, out, _ = run_cli(capsys, str(tmp_path), "--view", "scaling", "--x", "model")
     assert code == 0
     assert "x = model FLOPs" in out and "sweep" in out and "95% interval" in out and "too few runs" in out
@@ -289,6 +298,8 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     write_results(tmp_path / "flat", "only", "only", 1e18, 1.0)
     code, _, err = run_cli(capsys, str(tmp_path / "flat" / "only"), "--view", "scaling")
     assert code == 2 and "no run is named group/size" in err
+    code, _, err = run_cli(capsys, str(tmp_path), "--view", "scaling", "--band-points", "4")
+    assert code == 2 and "--band-points: only with --view scaling --json" in err
     code, _, err = run_cli(capsys, str(tmp_path), "--view", "scaling", "--plot", str(tmp_path / "p.png"))
     assert code == 2 and "no PNG or page yet" in err and not (tmp_path / "p.png").exists()
     with pytest.raises(SystemExit) as exit_info:

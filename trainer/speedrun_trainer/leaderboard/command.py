@@ -39,6 +39,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _band_points(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else -1
+    if value != 0 and not 2 <= value <= 200:
+        raise argparse.ArgumentTypeError(f"must be 0 (no band) or 2-200, got {text}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("uri", help="file:// or s3:// prefix (or a directory) holding speedrun_results.json files")
     p.add_argument("--plot", metavar="PNG", help="draw BPB vs hardware FLOPs, the Pareto frontier highlighted")
@@ -60,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     views.add_argument("--fit", choices=scaling.FITS, default="converged",
                        help="converged least squares with intervals (default), or Marin's site fit")
     views.add_argument("--confidence", type=_fraction, default=scaling.DEFAULT_CONFIDENCE, help="interval level (0.95)")
+    views.add_argument("--band-points", type=_band_points, default=0, metavar="N",
+                       help="scaling --json: each group's law at N FLOPs up to the forecast, with intervals (a band)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,7 +95,7 @@ def handler(args: argparse.Namespace) -> int:
                 raise DataError("--plot/--html draw the Pareto chart; the --view tables have no PNG or page yet")
             root = scaling_views.storage_root(args.uri, args.endpoint_url)
             print(scaling_views.render_view(runs, args.view, args.flops, args.relative, args.fit, args.forecast_flops,
-                                            args.confidence, args.baseline, args.json, root))
+                                            args.confidence, args.baseline, args.json, root, args.band_points))
             return 0
         tracks = rank_runs(runs, args.band_width, args.flops)
         tables = build_tables(tracks, args.band_width, args.flops)

@@ -203,8 +203,11 @@ def profile_sse(xs: Sequence[float], ys: Sequence[float], forecast: float, x_sta
     if not np.isfinite(err[i]):
         return math.inf
     left, right = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    refined = optimize.minimize_scalar(lambda b: float(best_c(np.array([b]))[0][0]), bounds=(left, right),
-                                       method="bounded", options={"xatol": 1e-12})
+    def at(b: float) -> float:  # infeasible b (a out of bounds): a large finite value keeps Brent's parabolas sane
+        value = float(best_c(np.array([b]))[0][0])
+        return value if math.isfinite(value) else 1e300
+
+    refined = optimize.minimize_scalar(at, bounds=(left, right), method="bounded", options={"xatol": 1e-12})
     return float(min(err[i], refined.fun))
 
 
@@ -229,6 +232,25 @@ def forecast_interval(xs: Sequence[float], ys: Sequence[float], law: PowerLaw, x
     low = 0.0 if excess(floor) <= 0 else optimize.brentq(excess, floor, forecast, xtol=1e-7)
     high = math.inf if excess(ceiling) <= 0 else optimize.brentq(excess, forecast, ceiling, xtol=1e-7)
     return float(low), float(high)
+
+
+def forecast_band(group: GroupFit, x_star: float, points: int, confidence: float = DEFAULT_CONFIDENCE
+                  ) -> list[dict[str, float | None]]:
+    """The law from the group's smallest run to x*, at `points` log-spaced FLOPs, each with its
+    profile interval (what a chart draws as the band; none where the group has no interval)."""
+    if group.law is None or points < 2:
+        return []
+    xs, ys = [p.x for p in group.points], [p.bpb for p in group.points]
+    start, stop = math.log(xs[0]), math.log(max(x_star, xs[0] * 1.01))
+    band: list[dict[str, float | None]] = []
+    for i in range(points):
+        x = math.exp(start + (stop - start) * i / (points - 1))
+        low, high = (None, None)
+        if group.interval is not None:
+            low, high = forecast_interval(xs, ys, group.law, x, confidence)
+        band.append({"flops": x, "bpb": group.law.predict(x), "low": low,
+                     "high": None if high is None or math.isinf(high) else high})
+    return band
 
 
 # ---- groups ---------------------------------------------------------------------------------

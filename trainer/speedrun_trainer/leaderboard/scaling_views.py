@@ -35,6 +35,7 @@ from speedrun_trainer.leaderboard.scaling import (
     Point,
     fit_converged,
     fit_groups,
+    forecast_band,
     group_name,
     rank_groups,
 )
@@ -169,7 +170,8 @@ def scaling_table(groups: list[GroupFit], listed: dict[str, bool], marin: dict[s
             row += [interval, _fmt(marin.get(g.name), ".4f"), overlap]
         notes = [g.flag] if g.flag else []
         notes += [", ".join(g.at_bounds)] if g.at_bounds else []
-        notes += [] if listed.get(g.name, False) else ["not ranked on Marin's site (no run > 3e20 hardware FLOPs)"]
+        if any(listed.values()) and not listed.get(g.name, False):  # Marin-scale data: say what the site hides
+            notes.append("not ranked on Marin's site (no run > 3e20 hardware FLOPs)")
         rows.append([*row, "; ".join(notes)])
     numeric = [True, False, True, True, True, True, True, True] + ([True, True, False] if converged else []) + [False]
     how = (f"least-squares optimum (scipy least_squares, the site's bounds); interval: {INTERVAL_METHOD}"
@@ -181,7 +183,7 @@ def scaling_table(groups: list[GroupFit], listed: dict[str, bool], marin: dict[s
 
 
 def scaling_json(groups: list[GroupFit], listed: dict[str, bool], marin: dict[str, float | None], axis: str,
-                 fit: str, x_star: float, confidence: float) -> dict[str, Any]:
+                 fit: str, x_star: float, confidence: float, band_points: int = 0) -> dict[str, Any]:
     def law(g: GroupFit) -> dict[str, float] | None:
         return None if g.law is None else {"a": g.law.a, "b": g.law.b, "c": g.law.c}
 
@@ -196,6 +198,7 @@ def scaling_json(groups: list[GroupFit], listed: dict[str, bool], marin: dict[st
             "flag": g.flag, "at_bounds": g.at_bounds, "marin_forecast": marin.get(g.name),
             "site_listed": listed.get(g.name, False),
             "runs": [{"name": p.name, "flops": p.x, "bpb": p.bpb} for p in g.points],
+            **({"curve": forecast_band(g, x_star, band_points, confidence)} if band_points else {}),
         } for g in groups],
     }
 
@@ -268,14 +271,17 @@ def runs_table(view: dict[str, Any]) -> Table:
 
 def render_view(runs: list[Run], view: str, axis: str = "hardware", relative: bool = False, fit: str = "converged",
                 x_star: float = DEFAULT_FORECAST_FLOPS, confidence: float = DEFAULT_CONFIDENCE,
-                baseline: str = BASELINE_GROUP, as_json: bool = False, root: str | None = None) -> str:
+                baseline: str = BASELINE_GROUP, as_json: bool = False, root: str | None = None,
+                band_points: int = 0) -> str:
     """The text (a table, or JSON) of one view; `root` is where the results were found (storage_root)."""
     if view == "runs":
         data = runs_view(runs, axis, relative, fit, baseline, root)
         return json.dumps(data, indent=2) if as_json else format_table(runs_table(data))
     if relative:
         raise DataError("--relative: only with --view runs (the scaling view fits absolute BPB)")
+    if band_points and not as_json:
+        raise DataError("--band-points: only with --view scaling --json (the table has no band)")
     groups, listed, marin = scaling_view(runs, axis, fit, x_star, confidence, root)
     if as_json:
-        return json.dumps(scaling_json(groups, listed, marin, axis, fit, x_star, confidence), indent=2)
+        return json.dumps(scaling_json(groups, listed, marin, axis, fit, x_star, confidence, band_points), indent=2)
     return format_table(scaling_table(groups, listed, marin, axis, fit, x_star, confidence))

@@ -211,8 +211,9 @@ def test_ranking_says_where_intervals_overlap() -> None:
 # ---- the command ----------------------------------------------------------------------------
 
 
-def write_results(root: Path, folder: str, name: str, flops: float, bpb: float) -> None:
-    info = {"name": name, "author": {"name": "me"}, "eval/paloma/c4_en/bpb": bpb, "training_time": 100.0,
+def write_results(root: Path, folder: str, name: str, flops: float, bpb: float,
+                  bpb_key: str = "eval/paloma/c4_en/bpb") -> None:
+    info = {"name": name, "author": {"name": "me"}, bpb_key: bpb, "training_time": 100.0,
             "training_hardware_flops": flops, "model_flops": flops / 2, "device_flops": 1e11, "num_devices": 1}
     target = root / folder / "speedrun_results.json"
     target.parent.mkdir(parents=True)
@@ -316,3 +317,20 @@ def test_without_scipy_marin_mode_works_and_converged_says_what_to_install(
     assert code == 2 and err.strip().count("\n") == 0 and "speedrun-operator[plot]" in err and "--fit marin" in err
     code, out, _ = run_cli(capsys, str(tmp_path), "--view", "scaling", "--fit", "marin", "--json")
     assert code == 0 and json.loads(out)["groups"][0]["name"] == "sweep"
+
+
+def test_views_compare_one_bpb_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """BPBs of other data (issue 13's tracks) are never fitted or ranked with Paloma C4-EN's."""
+    for depth in (4, 6, 8, 10):
+        write_results(tmp_path, f"tiny/d{depth}", f"tiny-d{depth}", 1e12 * depth**3, 3.0 - 0.1 * depth,
+                      "eval/pydoc/bpb")
+    code, out, _ = run_cli(capsys, str(tmp_path), "--view", "scaling", "--json")  # only pydoc: that one
+    assert code == 0 and json.loads(out)["bpb_track"] == "bpb:pydoc [levanter-bpb]"
+    depth_sweep(tmp_path)
+    code, out, _ = run_cli(capsys, str(tmp_path), "--view", "scaling", "--json")  # marin first
+    view = json.loads(out)
+    assert view["bpb_track"] == "marin" and {g["name"] for g in view["groups"]} == {"sweep", "wide"}
+    code, out, _ = run_cli(capsys, str(tmp_path), "--view", "runs", "--bpb-track", "bpb:pydoc [levanter-bpb]")
+    assert code == 0 and out.startswith("== bpb:pydoc [levanter-bpb]: all runs") and "sweep-d4" not in out
+    code, _, err = run_cli(capsys, str(tmp_path), "--view", "runs", "--bpb-track", "bpb:nothing")
+    assert code == 2 and "--bpb-track bpb:nothing: no run has that BPB (tracks here: bpb:pydoc" in err

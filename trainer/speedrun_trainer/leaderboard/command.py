@@ -66,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="where the scaling view forecasts (1e22)")
     views.add_argument("--fit", choices=scaling.FITS, default="converged",
                        help="converged least squares with intervals (default), or Marin's site fit")
+    views.add_argument("--bpb-track", metavar="TRACK",
+                       help="which BPB the views compare, a track of the tables (default marin, else the only one)")
     views.add_argument("--confidence", type=_fraction, default=scaling.DEFAULT_CONFIDENCE, help="interval level (0.95)")
     views.add_argument("--band-points", type=_band_points, default=0, metavar="N",
                        help="scaling --json: each group's law at N FLOPs up to the forecast, with intervals (a band)")
@@ -95,7 +97,8 @@ def handler(args: argparse.Namespace) -> int:
                 raise DataError("--plot/--html draw the Pareto chart; the --view tables have no PNG or page yet")
             root = scaling_views.storage_root(args.uri, args.endpoint_url)
             print(scaling_views.render_view(runs, args.view, args.flops, args.relative, args.fit, args.forecast_flops,
-                                            args.confidence, args.baseline, args.json, root, args.band_points))
+                                            args.confidence, args.baseline, args.json, root, args.band_points,
+                                            args.bpb_track))
             return 0
         tracks = rank_runs(runs, args.band_width, args.flops)
         tables = build_tables(tracks, args.band_width, args.flops)

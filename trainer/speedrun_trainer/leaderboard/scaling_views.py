@@ -26,8 +26,8 @@ from typing import Any
 
 from speedrun_trainer.data.storage import DataError, open_storage
 from speedrun_trainer.leaderboard.marin_fit import PowerLaw, fit_marin, site_baseline_predict
-from speedrun_trainer.leaderboard.ranking import format_table
-from speedrun_trainer.leaderboard.runs import BPB_KEY, RESULTS_NAME, Run, Table, as_number, run_from_info
+from speedrun_trainer.leaderboard.ranking import bpb_track_name, format_table
+from speedrun_trainer.leaderboard.runs import BPB_KEY, MARIN_TRACK, RESULTS_NAME, Run, Table, run_from_info
 from speedrun_trainer.leaderboard.scaling import (
     DEFAULT_CONFIDENCE,
     DEFAULT_FORECAST_FLOPS,
@@ -85,14 +85,30 @@ def scaling_name(run: Run, root: str | None = None) -> str:
     return "/".join(folders[-2:]) if len(folders) >= 2 else run.name
 
 
-def axis_flops(run: Run, axis: str) -> float | None:
-    return run.hardware_flops if axis == "hardware" else as_number(run.info.get("model_flops"))
+def comparable_runs(runs: list[Run], track: str | None = None) -> tuple[list[Run], str]:
+    """The runs whose BPBs may be compared: one dataset and definition (a BPB track of ranking.py).
+    Default: `marin` (levanter's BPB on Paloma C4-EN) when present, else the only track there is."""
+    by_track: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.bpb_group is not None:
+            by_track.setdefault(bpb_track_name(run.bpb_group), []).append(run)
+    if not by_track:
+        raise DataError("no run has a BPB to compare")
+    known = ", ".join(sorted(by_track))
+    if track is None:
+        if MARIN_TRACK not in by_track and len(by_track) > 1:
+            raise DataError(f"these runs measure BPB on several datasets or definitions: choose one with "
+                            f"--bpb-track ({known})")
+        track = MARIN_TRACK if MARIN_TRACK in by_track else next(iter(by_track))
+    if track not in by_track:
+        raise DataError(f"--bpb-track {track}: no run has that BPB (tracks here: {known})")
+    return by_track[track], track
 
 
 def _points(runs: list[Run], axis: str, root: str | None = None) -> list[tuple[Run, Point]]:
     out = []
     for run in runs:
-        x = axis_flops(run, axis)
+        x = run.flops(axis)
         if run.bpb is not None and run.bpb > 0 and x is not None and x > 0:
             out.append((run, Point(scaling_name(run, root), x, run.bpb)))
     return out
@@ -272,16 +288,21 @@ def runs_table(view: dict[str, Any]) -> Table:
 def render_view(runs: list[Run], view: str, axis: str = "hardware", relative: bool = False, fit: str = "converged",
                 x_star: float = DEFAULT_FORECAST_FLOPS, confidence: float = DEFAULT_CONFIDENCE,
                 baseline: str = BASELINE_GROUP, as_json: bool = False, root: str | None = None,
-                band_points: int = 0) -> str:
+                band_points: int = 0, bpb_track: str | None = None) -> str:
     """The text (a table, or JSON) of one view; `root` is where the results were found (storage_root)."""
-    if view == "runs":
-        data = runs_view(runs, axis, relative, fit, baseline, root)
-        return json.dumps(data, indent=2) if as_json else format_table(runs_table(data))
-    if relative:
+    if relative and view != "runs":
         raise DataError("--relative: only with --view runs (the scaling view fits absolute BPB)")
-    if band_points and not as_json:
+    if band_points and not (view == "scaling" and as_json):
         raise DataError("--band-points: only with --view scaling --json (the table has no band)")
-    groups, listed, marin = scaling_view(runs, axis, fit, x_star, confidence, root)
+    runs, track = comparable_runs(runs, bpb_track)
+    if view == "runs":
+        data = {"bpb_track": track, **runs_view(runs, axis, relative, fit, baseline, root)}
+        table = runs_table(data)
+    else:
+        groups, listed, marin = scaling_view(runs, axis, fit, x_star, confidence, root)
+        data = {"bpb_track": track, **scaling_json(groups, listed, marin, axis, fit, x_star, confidence, band_points)}
+        table = scaling_table(groups, listed, marin, axis, fit, x_star, confidence)
     if as_json:
-        return json.dumps(scaling_json(groups, listed, marin, axis, fit, x_star, confidence, band_points), indent=2)
-    return format_table(scaling_table(groups, listed, marin, axis, fit, x_star, confidence))
+        return json.dumps(data, indent=2)
+    table.title = f"{track}: {table.title}"
+    return format_table(table)

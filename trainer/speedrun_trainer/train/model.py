@@ -12,7 +12,9 @@ No biases anywhere, so the parameter count equals `speedrun_api.flops.param_coun
     loss = model(idx, targets)                            # scalar, mean over non-ignored tokens
     per_token = model(idx, targets, reduction="none")    # (B, T) nats, 0 where targets == -1
 
-Works in fp32, under `torch.autocast(..., dtype=torch.bfloat16)`, `torch.compile` and DDP.
+Works in fp32, under `torch.autocast(..., dtype=torch.bfloat16)`, `torch.compile` and DDP. With
+targets, the LM head and the loss run in row chunks (train/cross_entropy.py), so the full
+(B, T, V) fp32 logits are never materialised.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from speedrun_api.spec import ModelSpec
+from speedrun_trainer.train.cross_entropy import IGNORE_INDEX, chunked_token_losses, linear_cross_entropy
 
 # `enable_gqa` arrived in torch 2.5; before that, key/value heads are repeated by hand.
 _SDPA_HAS_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
 
-IGNORE_INDEX = -1
+__all__ = ["GPT", "IGNORE_INDEX"]
 
 
 class RMSNorm(nn.Module):
@@ -193,12 +196,13 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.norm_f(x)
-        logits = self.lm_head(x).float()  # (B, T, V); the loss is always taken in float32
         if targets is None:
-            return logits
+            return self.lm_head(x).float()  # (B, T, V)
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-        loss = F.cross_entropy(
-            logits.view(b * t, -1), targets.reshape(b * t), ignore_index=IGNORE_INDEX, reduction=reduction
-        )
-        return loss if reduction == "mean" else loss.view(b, t)
+        # The loss never materialises the full fp32 logits: rows go through the head in chunks
+        # (train/cross_entropy.py). The mean path makes its gradients chunk by chunk, too.
+        x, flat_targets = x.reshape(b * t, -1), targets.reshape(b * t)
+        if reduction == "mean":
+            return linear_cross_entropy(x, self.lm_head.weight, flat_targets)
+        return chunked_token_losses(x, self.lm_head, flat_targets).view(b, t)

@@ -101,11 +101,16 @@ class TrainSpec(Base):
     flops_budget: PositiveFloat | None = None
     optimizer: OptimizerSpec = OptimizerSpec()
     precision: Literal["bf16", "fp32", "fp8"] = "bf16"
-    compile: bool = False
+    compile: bool | None = Field(
+        None, description="torch.compile the model and Muon's Newton-Schulz. Omit (null) for auto: on when the"
+        " trainer runs on CUDA, off on CPU (where compiling costs more than a short run saves)",
+    )
     seed: int = 0
     checkpoint_every: NonNegInt = Field(0, description="0: only the final checkpoint")
     eval_every: NonNegInt = Field(0, description="Validation loss every N steps; 0: only at the end")
-    log_every: PositiveInt = 1
+    log_every: PositiveInt = Field(
+        10, description="Read the loss and step times back from the device every N steps (metrics, W&B, log)"
+    )
     clock_warmup_steps: NonNegInt = Field(
         11, description="Steps of every process start (compile, warm-up, resume) kept out of the training "
         "clock and reported apart; nanochat's 11 (base_train.py counts dt only `if step > 10`, steps from 0)"

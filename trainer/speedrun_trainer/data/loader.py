@@ -73,11 +73,11 @@ class TokenDataset:
     def __repr__(self) -> str:
         return f"TokenDataset({self.uri!r}, shards={len(self.shards)}, tokens={self.num_tokens})"
 
-    def tokens(self, start: int, length: int) -> np.ndarray:
-        """int64[length]: stream positions start, start+1, ... modulo num_tokens."""
+    def tokens(self, start: int, length: int, dtype: type = np.int64) -> np.ndarray:
+        """dtype[length] (int64 unless asked): stream positions start, start+1, ... modulo num_tokens."""
         if self.num_tokens == 0:
             raise DataError(f"{self.uri}: the dataset has no tokens")
-        out = np.empty(length, dtype=np.int64)
+        out = np.empty(length, dtype=dtype)
         pos, filled = start % self.num_tokens, 0
         while filled < length:
             i = int(np.searchsorted(self.offsets, pos, side="right")) - 1
@@ -100,6 +100,16 @@ class TokenDataset:
         x = buf[:-1].reshape(count, seq_len)
         y = buf[1:].reshape(count, seq_len)
         return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+
+    def sequence_tokens(self, first: int, count: int, seq_len: int) -> np.ndarray:
+        """The count*seq_len + 1 raw uint16 tokens that sequences(first, count, seq_len) is made of."""
+        if first < 0 or count < 0 or seq_len < 1:
+            raise ValueError(f"bad sequence range: first={first}, count={count}, seq_len={seq_len}")
+        if self.num_tokens < seq_len + 1:
+            raise DataError(
+                f"{self.uri}: has {self.num_tokens} tokens, fewer than seqLen + 1 = {seq_len + 1}"
+            )
+        return self.tokens(first * seq_len, count * seq_len + 1, dtype=np.uint16)
 
     def sequences_per_epoch(self, seq_len: int) -> int:
         """How many sequences start within one pass over the stream."""

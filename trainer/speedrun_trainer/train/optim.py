@@ -71,10 +71,11 @@ def _split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramet
     return hidden, other_2d, gains
 
 
-def _adamw(groups: list[dict], opt: OptimizerSpec, lr: float, cuda: bool) -> torch.optim.AdamW:
+def _adamw(groups: list[dict], opt: OptimizerSpec, lr: float) -> torch.optim.AdamW:
+    # fused on CUDA and CPU (torch >= 2.4): one kernel per dtype/device group, and its step counts
+    # stay tensors (the foreach CPU path reads each back with .item()).
     groups = [dict(g, lr=lr, initial_lr=lr) for g in groups if g["params"]]
-    kwargs = {"fused": True} if cuda else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=lr, betas=(opt.beta1, opt.beta2), eps=1e-8, **kwargs)
+    return torch.optim.AdamW(groups, lr=lr, betas=(opt.beta1, opt.beta2), eps=1e-8, fused=True)
 
 
 def build_optimizers(model: nn.Module, opt: OptimizerSpec, compile: bool = False) -> list[torch.optim.Optimizer]:
@@ -87,11 +88,10 @@ def build_optimizers(model: nn.Module, opt: OptimizerSpec, compile: bool = False
     its resolved `train.compile`).
     """
     hidden, other_2d, gains = _split_params(model)
-    cuda = next(model.parameters()).is_cuda
     no_decay = {"params": gains, "weight_decay": 0.0, "name": "adam_no_decay"}
     if opt.name == "adamw":
         decay = {"params": hidden + other_2d, "weight_decay": opt.weight_decay, "name": "adam_decay"}
-        return [_adamw([decay, no_decay], opt, opt.learning_rate, cuda)]
+        return [_adamw([decay, no_decay], opt, opt.learning_rate)]
     muon = Muon(
         [{"params": hidden, "name": "muon", "initial_lr": opt.learning_rate}],
         lr=opt.learning_rate,
@@ -101,7 +101,7 @@ def build_optimizers(model: nn.Module, opt: OptimizerSpec, compile: bool = False
     )
     adam_lr = opt.adam_learning_rate or opt.learning_rate / 5
     decay = {"params": other_2d, "weight_decay": opt.weight_decay, "name": "adam_decay"}
-    return [muon, _adamw([decay, no_decay], opt, adam_lr, cuda)]
+    return [muon, _adamw([decay, no_decay], opt, adam_lr)]
 
 
 def set_lr(optimizers: Iterable[torch.optim.Optimizer], multiplier: float) -> None:

@@ -86,6 +86,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def resolve_compile(setting: bool | None, device: torch.device) -> bool:
+    """`train.compile`: as given, or when omitted (None) on for CUDA and off elsewhere."""
+    return device.type == "cuda" if setting is None else setting
+
+
 def run_storage(job: SpeedrunJob) -> Storage:
     uri = os.environ.get("SPEEDRUN_STORAGE_URI") or job.spec.storage.uri or f"runs/{job.metadata.name}"
     return open_storage(uri, endpoint_url=job.spec.storage.endpoint_url)

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: 2.13.0's CPU wheel is what these machines carry (see DESIGN.md)
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,plot,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,fp8,plot,dev]'
 	touch $(STAMP)
 
 speedrun: setup

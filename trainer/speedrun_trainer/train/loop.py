@@ -40,6 +40,7 @@ from speedrun_trainer.data.prepare import tokenizer_mismatch
 from speedrun_trainer.data.tokenizer import load_tokenizer
 from speedrun_trainer.evaluation.loss import evaluate_loss, padded_token_bytes
 from speedrun_trainer.train import checkpoint
+from speedrun_trainer.train.fp8 import check_fp8, convert_to_fp8
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.train.runtime import (
@@ -112,8 +113,8 @@ class Trainer:
             )
         self.accum = t.batch_size // per_step
         check_device(job, env)
-        if t.precision == "fp8":
-            log("precision fp8: FP8 matmuls are not implemented yet; training with bf16 autocast")
+        if t.precision == "fp8":  # refuse where FP8 cannot run: never a silent bf16 run
+            check_fp8(spec.resources.accelerator, env.device)
         if t.precision != "fp32" and env.device.type != "cuda":
             log(f"precision {t.precision}: no autocast on {env.device.type}; training in fp32")
         self.plan = resolve(job, nodes=max(1, env.world_size // spec.resources.procs_per_node))
@@ -134,6 +135,10 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.model = GPT(m).to(env.device)
+        if t.precision == "fp8":  # before the optimizers, compile and DDP see the model
+            layers = convert_to_fp8(self.model)
+            log(f"precision fp8: {len(layers)} block matrices train in FP8 (torchao, tensorwise scaling);"
+                " LM head, embedding and norms in bf16")
         self.compile = resolve_compile(t.compile, env.device)
         self.optimizers = build_optimizers(self.model, t.optimizer, compile=self.compile)
         self.state = TrainState()

@@ -80,7 +80,7 @@ def teardown_distributed() -> None:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 (and fp8, whose matmuls are not implemented yet) autocast on CUDA; fp32 elsewhere."""
+    """bf16 autocast on CUDA for bf16 and fp8 (whose FP8 layers are torchao's, train/fp8.py); fp32 elsewhere."""
     if device.type == "cuda" and precision in ("bf16", "fp8"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -140,6 +140,8 @@ class Trainer:
             log(f"precision fp8: {len(layers)} block matrices train in FP8 (torchao, tensorwise scaling);"
                 " LM head, embedding and norms in bf16")
         self.compile = resolve_compile(t.compile, env.device)
+        log(f"train.compile: {'on' if self.compile else 'off'}"
+            + (f" (omitted: the default on {env.device.type})" if t.compile is None else ""))
         self.optimizers = build_optimizers(self.model, t.optimizer, compile=self.compile)
         self.state = TrainState()
         self._resume()

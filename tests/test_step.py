@@ -174,3 +174,17 @@ def test_cuda_step_makes_no_host_sync() -> None:
         assert np.isfinite(meter.read()) and timer.read()[1] == 3
     finally:
         batches.close()
+
+
+def test_prefetcher_keeps_uint32_token_ids() -> None:
+    # A vocabulary over 65,536 (uint32 shards): ids must cross to the device unchanged.
+    ids = np.array([70000, 128000, 5, 65536, 131071] * 40, dtype=np.uint32)
+    ds = TokenDataset([ids], "mem://wide")
+    assert ds.token_dtype == np.uint32
+    batches = prefetcher(ds, accum=1)
+    try:
+        (x, y), = batches.next_step()
+        want_x, want_y = ds.sequences(0, 3, SPEC.seq_len)
+        assert torch.equal(x.long(), want_x) and torch.equal(y, want_y) and int(y.max()) == 131071
+    finally:
+        batches.close()

@@ -8,10 +8,11 @@
 
 A daemon thread walks the steps from `start_step` on, reading for each micro-step the
 device_batch_size sequences that `batch_for` assigns to this rank, as the raw uint16 tokens of
-the shards (count*T + 1 of them: x and y overlap), into host tensors: pinned memory on CUDA, so
+the shards (count*T + 1 of them: x and y overlap; uint32 for shards of vocabularies over
+65,536), into host tensors: pinned memory on CUDA, so
 the copy to the GPU is asynchronous. It stays `depth` steps ahead. The training thread takes a
-step's buffers, copies them with `non_blocking=True` and widens them on the device: uint16 ->
-int32 for the inputs (what the embedding needs) and int64 for the targets (what the loss
+step's buffers, copies them with `non_blocking=True` and widens them on the device: uint16 (or uint32) ->
+int32 for the inputs (what the embedding needs; ids stay below 2^31) and int64 for the targets (what the loss
 gathers with), as modded-nanogpt's loader does: 2 bytes per token cross the bus instead of 8 and
 the host does no conversion. Batches are exactly those of `TokenDataset.sequences`, so resuming
 and changing world size stay exact. A read error on the thread (DataError: a vanished shard)
@@ -31,6 +32,8 @@ import numpy as np
 import torch
 
 from speedrun_trainer.data.loader import TokenDataset, batch_for
+
+_TORCH_DTYPES = {np.dtype(np.uint16): torch.uint16, np.dtype(np.uint32): torch.uint32}
 
 
 class BatchPrefetcher:
@@ -53,13 +56,13 @@ class BatchPrefetcher:
         self._thread.start()
 
     def host_step(self, step: int) -> list[torch.Tensor]:
-        """The host uint16 buffers (count*T + 1 tokens each) of `step`'s micro-batches."""
+        """The host token buffers (uint16 or uint32, count*T + 1 tokens each) of `step`'s micro-batches."""
         out = []
         for micro in range(self.accum):
             first = batch_for(step, micro, self.rank, self.world, self.device_batch_size, self.batch_size)
             tokens = self.dataset.sequence_tokens(first, self.device_batch_size, self.seq_len)
-            buf = torch.empty(tokens.shape, dtype=torch.uint16, pin_memory=self._pin)
-            buf.numpy()[:] = tokens if tokens.dtype == np.uint16 else tokens.astype(np.uint16)
+            buf = torch.empty(tokens.shape, dtype=_TORCH_DTYPES[tokens.dtype], pin_memory=self._pin)
+            buf.numpy()[:] = tokens
             out.append(buf)
         return out
 

@@ -1,12 +1,13 @@
 # speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject changes).
 #   make speedrun   the CPU-tiny speedrun, locally (no cluster)
-#   make test       lint, generated-file drift check, and the whole test suite
+#   make test       lint, generated-file drift check, the control plane's binaries, and the whole test suite
+#   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup speedrun test lint crd clean
+.PHONY: setup speedrun test lint crd clean cluster-bin
 
 setup: $(STAMP)
 
@@ -24,7 +25,14 @@ speedrun: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/speedrun crd --check
+	$(BIN)/python -m tests.cluster.binaries build --optional
 	$(BIN)/python -m pytest -q
+
+# The control-plane tier's etcd, kube-apiserver, kube-controller-manager, kube-scheduler and CoreDNS,
+# built from tests/cluster/go/ into ~/.cache/speedrun-operator/cluster/<go.sum hash>/bin (never the
+# repo; KUBEBUILDER_ASSETS=<dir> uses binaries you have instead). Needs Go; cold: see README "Testing".
+cluster-bin: setup
+	$(BIN)/python -m tests.cluster.binaries build
 
 lint: setup
 	$(BIN)/ruff check .

@@ -21,6 +21,9 @@ from typing import Any
 
 import pytest
 
+# The control-plane tier's session fixtures (control_plane, kube_nodes, kubectl).
+pytest_plugins = ["tests.cluster.fixtures"]
+
 S3_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

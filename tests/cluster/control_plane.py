@@ -220,6 +220,14 @@ class ControlPlane:
         path = f"/api/v1/namespaces/{name}/serviceaccounts/default"
         wait_until(lambda: self.admin.get(path), 60, f"ServiceAccount {name}/default")
 
+    def drain(self, namespace: str, collection_path: str, timeout: float = 120.0) -> None:
+        """Delete every object of a namespaced collection (its path, e.g. the namespace's
+        speedrunjobs) and wait until the namespace has no pods: a module's runs must not outlive it
+        (they would load the machine, and fail once the module's S3 server is gone)."""
+        self.admin.delete(collection_path)
+        wait_until(lambda: not self.admin.list(f"/api/v1/namespaces/{namespace}/pods"), timeout,
+                   f"the pods of {namespace} gone")  # fmt: skip
+
     def token(self, namespace: str, service_account: str, seconds: int = 3600) -> str:
         """A token for the ServiceAccount from the TokenRequest API (what a projected volume holds)."""
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",

@@ -130,7 +130,7 @@ def test_two_node_speedrun_rendezvous_through_cluster_dns(
     info = json.loads(client(s3_on_pod_network).get_object(Bucket=BUCKET, Key="tiny/speedrun_results.json")["Body"]
                       .read())["runs"][0]["run_info"]  # fmt: skip
     status = cp.admin.get(f"{SRJ_PATH}/tiny")["status"]
-    assert status["results"]["bpb"] == info["eval/paloma/c4_en/bpb"] and info["num_devices"] == 2
+    assert status["results"]["bpb"] == info["eval/builtin://pydoc-topics/val/bpb"] and info["num_devices"] == 2
     assert info["total_tokens"] == STEPS * BATCH * SEQ_LEN
 
     # Two pods, two addresses on the pod network, found by name: the command line is the operator's.

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from speedrun_api.status import Results, SpeedrunJobStatus
+from speedrun_api.status import Progress, Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
 from speedrun_operator.commands import kopf_run_argv
 from speedrun_operator.lifecycle import JobState, Observation, is_settled, job_state, next_status
@@ -109,6 +109,18 @@ def test_next_status_from_nothing(name: str, seen: Observation, phase: str, reas
     if name == "succeeded":
         assert status.results == RESULTS
         assert all(C.is_true(status.conditions, t) for t in (C.EVALUATED, C.RESULTS_PUBLISHED, C.SUCCEEDED))
+
+
+def test_succeeded_progress_is_the_evaluated_step() -> None:
+    # The last scrape saw step 40 of 100; the evaluated checkpoint says 100 were trained.
+    training = SpeedrunJobStatus(phase="Training", progress=Progress(step=40, total_steps=100, eta_seconds=3.0))
+    done = replace(SEEN, train=JobState("Succeeded"), evaluation=JobState("Succeeded"))
+    status, _ = next_status(training, replace(done, results=Results(uri="u", bpb=1.0, training_steps=100)))
+    assert status.phase == "Succeeded" and status.progress is not None
+    assert (status.progress.step, status.progress.total_steps, status.progress.eta_seconds) == (100, 100, 0.0)
+    # An older eval image without trainingSteps: the scraped progress stays as it was.
+    status, _ = next_status(training, replace(done, results=RESULTS))
+    assert status.progress == training.progress
 
 
 def test_a_repeated_observation_changes_nothing() -> None:

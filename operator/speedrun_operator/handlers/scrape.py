@@ -2,7 +2,8 @@
 
 Rank 0 is the training pod with completion index 0. An unreachable endpoint (pod restarting,
 metrics not served yet) is normal during a run: it is counted and logged at debug level, and
-the previous progress stays until the next tick.
+the previous progress stays until the next tick. A scrape that ends after the job left Training
+is dropped, so it cannot overwrite the final progress the reconcile wrote (lifecycle.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def scrape_progress(
             logger.debug(f"progress scrape of {url} failed: {err}")
             return None
         metrics.SCRAPES.labels(result="ok").inc()
-        if not values:
+        if not values or not _still_training(ctx.client, namespace, name):
             return None
         return progress.progress_from(values, now_rfc3339()).model_dump(by_alias=True, exclude_none=True)
+
+
+def _still_training(client: kube.KubeClient, namespace: str, name: str) -> bool:
+    body = client.get(kube.SPEEDRUNJOB, namespace, name)
+    return body is not None and (body.get("status") or {}).get("phase") == "Training"

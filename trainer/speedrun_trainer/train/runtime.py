@@ -130,6 +130,10 @@ def entry_point(
     spec's run; the torchrun wrapper passes it on); 1 anything else worth a retry, such as data
     that cannot be read right now.
     """
+    from speedrun_trainer.train.torchrun import die_with_parent
+
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # a worker of a torchrun agent: go when it goes
+        die_with_parent()
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="SpeedrunJob manifest (YAML or JSON)")
     args = parser.parse_args(argv)

@@ -67,6 +67,8 @@ BOMB = "metadata: {name: x}\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lo
         ("int-key", b"1: x\n", r"m\.yaml:1: mapping key 1 is not a string"),
         ("huge", b"# " + b"x" * (safeyaml.MAX_BYTES + 10), r"m\.yaml: larger than"),
         ("bad-yaml", b"spec: [unclosed\n", r"m\.yaml:\d+: not valid YAML"),
+        ("5000-digits", b"spec:\n  train: {steps: " + b"9" * 5000 + b"}\n", r"m\.yaml:2: an integer of 5,000 char"),
+        ("control-char", b"spec: \x01\n", r"m\.yaml:1: not valid YAML: character U\+0001"),
         ("empty", b"", r"m\.yaml: empty file"),
         ("scalar", b"42\n", r"m\.yaml: expected a SpeedrunJob mapping"),
     ],

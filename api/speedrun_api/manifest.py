@@ -74,7 +74,10 @@ def format_validation_error(err: ValidationError) -> list[str]:
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's 4300-digit str limit
+        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 

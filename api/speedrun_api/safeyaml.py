@@ -23,6 +23,7 @@ MAX_BYTES = 1 << 20  # 1 MiB: Kubernetes' own limit for an object in etcd is 1.5
 MAX_DEPTH = 32  # a SpeedrunJob nests 5 deep; metadata annotations are flat strings
 MAX_ALIASES = 64
 MAX_NODES = 100_000  # after expanding aliases
+MAX_INT_CHARS = 1000  # a longer integer literal is refused here, before Python's 4300-digit limit
 
 # YAML 1.2's float (the core schema), which kubectl's parser follows: no dot needed before e.
 _FLOAT_1_2 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
@@ -90,6 +91,12 @@ class _BoundedLoader(yaml.SafeLoader):
         self._sizes[key] = total
         return total
 
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        # Python refuses to parse integers of more than 4300 digits (ValueError); none fits int64.
+        if len(str(node.value)) > MAX_INT_CHARS:
+            raise YamlProblem(_line(node), f"an integer of {len(str(node.value)):,} characters; at most int64")
+        return super().construct_yaml_int(node)
+
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[str] = set()
         for key_node, _ in node.value:
@@ -104,6 +111,7 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
 _BoundedLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e_fixtures import E2E, e2e, speedrun_manifest  # noqa: F401 - e2e is a fixture
+from tests.e2e_fixtures import E2E, STEP_TIMEOUT, e2e, speedrun_manifest  # noqa: F401 - e2e is a fixture
 from tests.kube_emulator import wait_for
 from tests.operator_fixtures import NAMESPACE, SRJ
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 def test_a_new_spec_on_an_old_runs_storage_fails_and_publishes_nothing(e2e: E2E) -> None:  # noqa: F811
     e2e.apply(speedrun_manifest("reuse", e2e.bucket, steps=20, checkpoint_every=10))
-    e2e.follow("reuse", "Succeeded")
+    e2e.follow("reuse", "Succeeded", timeout=3 * STEP_TIMEOUT)  # pods starting, training, evaluating
     published = e2e.read_json("reuse/speedrun_results.json")
 
     e2e.cluster.delete(*SRJ, NAMESPACE, "reuse")
@@ -28,7 +28,7 @@ def test_a_new_spec_on_an_old_runs_storage_fails_and_publishes_nothing(e2e: E2E)
     changed = speedrun_manifest("reuse", e2e.bucket, steps=20, checkpoint_every=10,
                                 **{"spec.train.optimizer.learningRate": 0.01})
     e2e.apply(changed)
-    e2e.follow("reuse", "Failed")
+    e2e.follow("reuse", "Failed", timeout=2 * STEP_TIMEOUT)
     failed = e2e.runs.condition("reuse", "Failed")
     assert failed["reason"] == "InvalidConfig", failed
     assert "holds a run of another spec" in failed["message"], failed

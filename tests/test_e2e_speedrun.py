@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e_fixtures import E2E, e2e, speedrun_manifest  # noqa: F401 - e2e is a fixture
+from tests.e2e_fixtures import E2E, STEP_TIMEOUT, e2e, speedrun_manifest  # noqa: F401 - e2e is a fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +23,9 @@ BATCH, SEQ_LEN = 8, 64  # tests/helpers.tiny_manifest
 def test_speedrun_trains_evaluates_and_publishes(e2e: E2E) -> None:  # noqa: F811
     e2e.apply(speedrun_manifest("tiny", e2e.bucket, steps=STEPS, checkpoint_every=CHECKPOINT_EVERY))
 
-    seen = e2e.follow("tiny", "Succeeded")
+    # Three phases to wait through (pods starting, training, evaluating), STEP_TIMEOUT each: one
+    # budget for all of them timed out at a load average of 15 on 2 cores (issue 15).
+    seen = e2e.follow("tiny", "Succeeded", timeout=3 * STEP_TIMEOUT)
 
     phases = [s["phase"] for i, s in enumerate(seen) if i == 0 or s["phase"] != seen[i - 1]["phase"]]
     assert phases[-3:] == ["Training", "Evaluating", "Succeeded"], seen

@@ -2,9 +2,10 @@
 
 - The run's identity: `run_identity.json` in the run's storage holds a hash of the
   training-relevant spec (model, train, data, target, and eval when a target is set; not
-  checkpointEvery/logEvery, which do not change what is trained). A run whose storage already holds another spec's identity, or whose
-  newest checkpoint was saved under another spec, is refused: resuming would train the old run's
-  weights under the new spec, and the evaluation would publish the new spec with the old numbers.
+  checkpointEvery/logEvery, which do not change what is trained). A run whose storage already
+  holds another spec's identity, or whose newest checkpoint was saved under another spec, is
+  refused: resuming would train the old run's weights under the new spec, and the evaluation
+  would publish the new spec with the old numbers.
   The evaluation refuses the same way (`check_published`), so a results file is never written by
   a run that trained nothing under a different spec.
 - The data: every token id below `spec.model.vocabSize` (the embedding would raise IndexError

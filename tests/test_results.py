@@ -57,7 +57,8 @@ def test_written_as_one_object_in_marin_shape(tmp_path):
     msg = headline(info, uri)
     assert msg["bpb"] == 2.5 and msg["uri"].endswith(RESULTS_KEY)
     assert set(msg) == {"uri", "bpb", "core", "valLoss", "modelFlops", "hardwareFlops", "trainingSeconds",
-                        "timeToTargetSeconds"}
+                        "timeToTargetSeconds", "trainingSteps"}
+    assert msg["trainingSteps"] == info["training_steps"]
 
 
 def test_schema_rejects_broken_results():

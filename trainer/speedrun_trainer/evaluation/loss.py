@@ -119,7 +119,7 @@ def evaluate_loss(
     was_training = model.training
     model.eval()
     sums = LossSums()
-    mine = list(range(rank, num_seqs, world_size))
+    mine = range(rank, num_seqs, world_size)  # a range, not a list: eval.bpb.tokens may be 1e10
     for i in range(0, len(mine), batch_size):
         chunk = mine[i : i + batch_size]
         xs, ys = zip(*(dataset.sequences(j, 1, seq_len) for j in chunk), strict=True)

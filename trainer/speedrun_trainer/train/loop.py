@@ -39,7 +39,7 @@ from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.data.prepare import tokenizer_mismatch
 from speedrun_trainer.data.tokenizer import load_tokenizer
 from speedrun_trainer.evaluation.loss import evaluate_loss, padded_token_bytes
-from speedrun_trainer.train import checkpoint
+from speedrun_trainer.train import checkpoint, preflight
 from speedrun_trainer.train.fp8 import check_fp8, convert_to_fp8
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers, lr_multiplier, set_lr
@@ -132,6 +132,12 @@ class Trainer:
                 raise ConfigError(problem)
         self.train_data = open_dataset(spec.data.train, **data_args)
         self.val_data = open_dataset(spec.eval_data, **data_args)  # the run's one evaluation set
+        eval_field = "spec.eval.bpb.data" if spec.eval.bpb.data else "spec.data.validation"
+        preflight.check_token_ids(self.train_data, m.vocab_size, "spec.data.train")
+        preflight.check_token_ids(self.val_data, m.vocab_size, eval_field)
+        preflight.check_validation_length(self.val_data, m.seq_len, eval_field)
+        if env.is_main:
+            preflight.check_writable(self.storage)
 
         torch.manual_seed(t.seed)
         self.model = GPT(m).to(env.device)
@@ -165,6 +171,9 @@ class Trainer:
 
     def _resume(self) -> None:
         ckpt = checkpoint.load(self.storage)
+        preflight.check_identity(self.storage, self.job, ckpt.meta if ckpt is not None else None)
+        if self.env.is_main:
+            preflight.claim(self.storage, self.job)
         if ckpt is None:
             return
         self.model.load_state_dict(ckpt.model)
@@ -328,6 +337,7 @@ class Trainer:
             {
                 **asdict(st),
                 "total_steps": self.plan.steps,
+                "spec_hash": preflight.spec_hash(self.job),
                 "tokens": st.step * self.plan.tokens_per_step,
                 "tokens_per_second": st.step * self.plan.tokens_per_step / st.training_seconds
                 if st.training_seconds else None,

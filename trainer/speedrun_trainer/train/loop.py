@@ -245,7 +245,9 @@ class Trainer:
             step=st.step, train_loss=st.train_loss, tokens_per_second=tps, mfu=mfu, eta_seconds=eta,
             training_seconds=st.training_seconds,
         )
-        self.tracker.log({"train/loss": st.train_loss, "throughput/tokens_per_second": tps, "mfu": mfu}, st.step)
+        lr = self.optimizers[0].param_groups[0]["lr"]  # the scheduled lr of the step just taken
+        self.tracker.log({"train/loss": st.train_loss, "throughput/tokens_per_second": tps, "mfu": mfu,
+                          "train/lr": lr}, st.step)
         every = max(1, self.plan.steps // 20)
         if st.step % every == 0 or st.step == self.plan.steps:
             log(

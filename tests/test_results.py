@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -57,7 +59,12 @@ def test_written_as_one_object_in_marin_shape(tmp_path):
     msg = headline(info, uri)
     assert msg["bpb"] == 2.5 and msg["uri"].endswith(RESULTS_KEY)
     assert set(msg) == {"uri", "bpb", "core", "valLoss", "modelFlops", "hardwareFlops", "trainingSeconds",
-                        "timeToTargetSeconds"}
+                        "timeToTargetSeconds", "wandbRunLink"}
+    from speedrun_operator.termination import parse_results
+
+    link = "https://wandb.ai/me/speedrun/runs/abc123"
+    results = parse_results(json.dumps(headline({**info, "wandb_run_link": link}, uri)))
+    assert results.wandb_run_link == link  # into status.results.wandbRunLink
 
 
 def test_schema_rejects_broken_results():

@@ -188,4 +188,5 @@ def headline(run_info: dict[str, Any], uri: str) -> dict[str, Any]:
         "hardwareFlops": run_info["training_hardware_flops"],
         "trainingSeconds": run_info["training_time"],
         "timeToTargetSeconds": run_info["time_to_target"],
+        "wandbRunLink": run_info.get("wandb_run_link"),
     }

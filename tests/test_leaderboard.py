@@ -5,18 +5,17 @@
 Fixtures in tests/data/leaderboard/: three results files in Marin's shape (no name, no
 num_devices/device_flops, one without the "runs" list) and five in ours (time-to-CORE runs in
 nanochat's style, time-to-val_loss runs in BottleCap's). The plot is drawn and its pixels looked
-at; the HTML page is opened in headless Chromium and the screenshot looked at (skipped, saying
-why, where Chromium is not installed).
+at; the HTML page is opened in headless Chromium (tests/cdp.py) and used as a person would: a
+click on a header sorts, hovering a point shows its tooltip, a drag zooms, the axis toggles
+(skipped, saying why, where Chromium is not installed).
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -193,34 +192,93 @@ def test_plot_png_shows_the_frontier(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert 0 < pixels_near(single, FRONTIER_COLOR) < pixels_near(image, FRONTIER_COLOR) / 3
 
 
-def find_chromium() -> str | None:
-    return shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+def board_with_links(tmp_path: Path) -> Path:
+    """The fixture runs, one of them with a W&B link (none of the fixtures has one)."""
+    board = tmp_path / "board"
+    shutil.copytree(DATA, board)
+    d20 = board / "nanochat" / "d20" / "speedrun_results.json"
+    doc = json.loads(d20.read_text())
+    doc["runs"][0]["run_info"]["wandb_run_link"] = "https://wandb.ai/tester/speedrun/runs/d20abc"
+    d20.write_text(json.dumps(doc))
+    return board
 
 
-def test_html_page_renders_in_headless_chromium(tmp_path: Path) -> None:
+def test_html_page_is_one_self_contained_file(tmp_path: Path) -> None:
     page = tmp_path / "board.html"
-    assert speedrun(["leaderboard", str(DATA), "--html", str(page)]) == 0
+    assert speedrun(["leaderboard", str(board_with_links(tmp_path)), "--html", str(page)]) == 0
     text = page.read_text()
-    assert re.search(r'(?:src|href)="(?!data:)', text) is None  # self-contained: nothing to fetch
-    assert "<script" not in text and text.count("<table>") == 4 and text.count('class="highlight"') >= 4
-    embedded = re.search(r'src="data:image/png;base64,([^"]+)"', text)
-    assert embedded is not None and load_png(base64.b64decode(embedded.group(1))).std() > 20
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("Chromium is not installed (apt-get install -y chromium): the page was not rendered")
-    shot = tmp_path / "screenshot.png"
-    subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,900",
-         page.as_uri()],
-        check=True, capture_output=True, timeout=120,
-    )
-    image = load_png(shot.read_bytes())
-    assert image.shape == (900, 1200, 3)
-    assert image.std() > 20  # not a blank page
-    assert pixels_near(image, FRONTIER_COLOR) > 500  # the embedded plot was drawn
-    assert pixels_near(image, "#fff4e6", tolerance=3) > 2000  # and the table, frontier rows highlighted
+    assert re.search(r'<(?:script|link|img|iframe)[^>]+(?:src|href)=', text) is None  # nothing to fetch
+    assert "default-src 'none'" in text  # and the browser is told to fetch nothing
+    assert text.count('<table class="board"') == 4 and text.count('class="highlight"') >= 4
+    assert '<a href="https://wandb.ai/tester/speedrun/runs/d20abc"' in text
+    assert f'<a href="{(tmp_path / "board" / "nanochat" / "d20" / "speedrun_results.json").as_uri()}"' in text
+
+
+def test_frontier_follows_marins_site_on_either_axis() -> None:
+    from speedrun_trainer.leaderboard.page import frontier
+
+    runs = [run("a", 1e18, 1.30, model_flops=5e17), run("b", 2e18, 1.20, model_flops=4e17),
+            run("c", 2e18, 1.20, model_flops=9e17), run("d", 4e18, 1.25, model_flops=1e17)]
+    assert frontier(runs, "hardware") == {"a", "b"}  # c ties b and comes later; d is worse than b
+    assert frontier(runs, "model") == {"d", "b"}  # by model FLOPs: d (1e17), then b (4e17) beats it
+
+
+def test_html_page_in_headless_chromium_sorts_on_a_click_and_shows_a_tooltip(tmp_path: Path) -> None:
+    """The page in a real browser: a click on a header sorts, hovering a point shows its tooltip,
+    the x-axis toggle redraws the chart with the model-FLOPs frontier."""
+    from tests.cdp import Browser, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium): the page was not opened")
+    page = tmp_path / "board.html"
+    assert speedrun(["leaderboard", str(board_with_links(tmp_path)), "--html", str(page)]) == 0
+    with Browser.open(page.as_uri(), tmp_path / "profile") as browser:
+        browser.wait_for("document.querySelectorAll('#chart circle.run').length")
+        assert browser.evaluate("document.querySelectorAll('#chart circle.run').length") == 8
+        runs_in = "Array.from(document.querySelectorAll('#table-0 tbody tr')).map(r => r.cells[2].textContent)"
+        flops_in = "Array.from(document.querySelectorAll('#table-0 tbody tr')).map(r => r.cells[5].textContent)"
+        ranked = browser.evaluate(runs_in)
+        browser.click("#table-0 thead th:nth-child(6)")  # "hardware FLOPs"
+        flops = [float(x) for x in browser.evaluate(flops_in)]
+        assert flops == sorted(flops) and browser.evaluate(runs_in) != ranked
+        browser.click("#table-0 thead th:nth-child(6)")  # again: descending
+        assert [float(x) for x in browser.evaluate(flops_in)] == sorted(flops, reverse=True)
+
+        browser.hover('#chart circle[data-run="d20"]')
+        tip = browser.wait_for("!document.getElementById('tooltip').hidden"
+                               " && document.getElementById('tooltip').innerText")
+        assert "d20" in tip and "Speedrun Tester" in tip and "BPB" in tip and "hardware FLOPs" in tip
+        links = browser.evaluate("Array.from(document.querySelectorAll('#tooltip a')).map(a => a.href)")
+        assert links[0] == "https://wandb.ai/tester/speedrun/runs/d20abc" and links[1].endswith("speedrun_results.json")
+
+        browser.evaluate("document.getElementById('table-0-filter').value = 'd26';"
+                         " document.getElementById('table-0-filter').dispatchEvent(new Event('input'))")
+        shown = browser.evaluate("Array.from(document.querySelectorAll('#table-0 tbody tr'))"
+                                 ".filter(r => !r.hidden).map(r => r.cells[2].textContent)")
+        assert sorted(shown) == ["d26-bf16", "d26-fp8"]
+
+        # Box zoom: drag over the chart's left half; the points there spread out, the others leave.
+        cx = "Array.from(document.querySelectorAll('#chart circle.run')).map(c => +c.getAttribute('cx'))"
+        before = browser.evaluate(cx)
+        browser.center("#chart")  # scrolls it into view
+        box = browser.evaluate("(() => { const r = document.getElementById('chart').getBoundingClientRect();"
+                               " return [r.left, r.top, r.width, r.height]; })()")
+        browser.drag((box[0] + box[2] * 0.09, box[1] + box[3] * 0.05), (box[0] + box[2] * 0.5, box[1] + box[3] * 0.85))
+        after = browser.evaluate(cx)
+        assert after != before and max(after) > max(before)  # zoomed in: right-hand points pushed off the frame
+        browser.click("#reset-zoom")
+        assert browser.evaluate(cx) == before
+
+        hardware_count = browser.evaluate("document.getElementById('frontier-count').textContent")
+        browser.click('input[name=x-axis][value=model]')
+        assert browser.evaluate("document.querySelector('#chart .label').textContent").startswith("model FLOPs")
+        from speedrun_trainer.leaderboard.page import frontier
+        from speedrun_trainer.leaderboard.runs import load_runs
+
+        marin = rank_runs(load_runs(str(tmp_path / "board")))["marin"]
+        assert hardware_count == str(len(frontier(marin, "hardware")))
+        assert browser.evaluate("document.getElementById('frontier-count').textContent") == str(
+            len(frontier(marin, "model")))
 
 
 def _tiny_results(tmp_path: Path) -> dict[str, Any]:

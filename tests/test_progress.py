@@ -55,6 +55,12 @@ def test_ordinary_lines_make_none(line: str) -> None:
     assert classify(line) is None
 
 
+def test_wandbs_own_warnings_are_warnings_not_its_state() -> None:
+    notice = classify("wandb: WARNING Step must only increase in log calls")
+    assert notice is not None and notice.kind == "warning"
+    assert notice.text == "W&B warning: Step must only increase in log calls"
+
+
 def test_watcher_shows_each_warning_once_across_ranks_and_reads_only_what_is_new(tmp_path: Path) -> None:
     (tmp_path / "torchx" / "0").mkdir(parents=True)
     node0, node1 = tmp_path / "train-node-0.log", tmp_path / "torchx" / "0" / "combined.log"

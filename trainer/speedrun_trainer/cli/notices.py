@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RESUMED = re.compile(r"resumed from (?P<uri>\S+) at step (?P<step>\d+)")
-WANDB = re.compile(r"^wandb: (?P<state>.+)$")
+WANDB = re.compile(r"^wandb: (?!WARNING|ERROR)(?P<state>.+)$")  # our tracker's state line
+WANDB_OWN = re.compile(r"^wandb: (?P<kind>WARNING|ERROR) (?P<text>.+)$")  # wandb's own warnings
 # Python warnings (`file.py:12: UserWarning: text`), our `warning:`/`error:` lines, torchrun's
 # `WARNING:` logger lines, the trainer's one-line failures (`speedrun_trainer.train: ...`) and
 # the invalid-config lines.
@@ -55,6 +56,8 @@ def classify(line: str) -> Notice | None:
         return Notice("resumed", f"resumed from step {m['step']} ({m['uri']})", int(m["step"]))
     if m := WANDB.match(text):
         return Notice("wandb", f"W&B {m['state']}")
+    if m := WANDB_OWN.match(text):
+        return Notice("warning", f"W&B {m['kind'].lower()}: {m['text']}"[:MAX_NOTICE_CHARS])
     if (m := WARNING.search(text)) and m["kind"] not in NOISE:
         kind = m["kind"]
         label = kind if kind.endswith("Warning") or kind.startswith("speedrun_trainer") else kind.lower()

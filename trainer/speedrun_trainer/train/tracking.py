@@ -52,7 +52,7 @@ class Tracker:
         self.run: Any = None
         self.state = "off: disabled"
         w = job.spec.tracking.wandb
-        mode = os.environ.get("WANDB_MODE") or w.mode
+        mode = self.mode = os.environ.get("WANDB_MODE") or w.mode
         if not enabled:
             return
         if mode == "disabled":
@@ -93,8 +93,10 @@ class Tracker:
 
     @property
     def link(self) -> str | None:
-        url = getattr(self.run, "url", None) if self.run is not None else None
-        return url or None
+        """The run's page; offline runs have none (and asking makes wandb print a warning)."""
+        if self.run is None or self.mode == "offline":
+            return None
+        return getattr(self.run, "url", None) or None
 
     def log(self, values: dict[str, float], step: int) -> None:
         if self.run is not None:

@@ -12,8 +12,8 @@
   every header is checked against its file's size.
 - `paloma-c4-en`: Paloma's C4-EN validation split (hub dataset allenai/paloma, at the revision
   Marin pins, `c4_en/val/val*.jsonl.gz`; gated: accept its terms on the hub, set HF_TOKEN),
-  tokenized with `--tokenizer` into `val_*.bin` and recorded as dataset `paloma/c4_en`: the only
-  data whose BPB results file under Marin's `eval/paloma/c4_en/bpb`.
+  tokenized with `--tokenizer` into `val_*.bin` and recorded as dataset `paloma/c4_en` (results file
+  its BPB under `eval/paloma/c4_en/bpb-cross-doc`, not Marin's key: evaluation/definitions.py).
 - `nanochat-eval-bundle`: nanochat's CORE bundle. nanochat publishes `eval_bundle.zip` on S3, not
   on the hub ($SPEEDRUN_EVAL_BUNDLE_URL overrides the URL); it is downloaded with huggingface_hub's
   resumable HTTP downloader, its size and every member's CRC checked, and unpacked under

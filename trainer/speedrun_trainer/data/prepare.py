@@ -264,7 +264,7 @@ def register(subparsers: Any) -> Any:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output under --out")
     p.add_argument("--dataset", default=None,
                    help="the dataset's name, recorded in tokenizer_meta.json; results name BPB after it "
-                   "(paloma/c4_en is filed under Marin's key eval/paloma/c4_en/bpb)")
+                   "(paloma/c4_en: eval/paloma/c4_en/bpb-cross-doc, see evaluation/definitions.py)")
     p.set_defaults(func=run_prepare)
     return commands
 

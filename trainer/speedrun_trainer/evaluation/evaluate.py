@@ -59,7 +59,7 @@ def _bpb(
     return evaluate_loss(
         model, dataset, token_bytes, tokens=spec.eval.bpb.tokens, seq_len=spec.model.seq_len,
         batch_size=spec.train.device_batch_size, rank=env.rank, world_size=env.world_size,
-        device=env.device, precision=spec.train.precision,
+        device=env.device, precision=spec.train.precision, eval_batch=spec.train.batch_size,
     )
 
 

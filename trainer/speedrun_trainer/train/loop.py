@@ -285,6 +285,7 @@ class Trainer:
             self.model, self.val_data, self.token_bytes, tokens=spec.eval.bpb.tokens,
             seq_len=spec.model.seq_len, batch_size=spec.train.device_batch_size, rank=env.rank,
             world_size=env.world_size, device=env.device, precision=spec.train.precision,
+            eval_batch=spec.train.batch_size,
         )
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
         st.history.append({"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb,

@@ -19,9 +19,11 @@ sums (`LossSums`), and every published metric is one formula over them:
   `eos_id` (data/text.py `CausalLmDataset`), so attention restarts after every EOS (segment ids,
   levanter #827, Dec 2024, before every Marin speedrun); our GPT has no per-document attention
   mask. That difference changes the number, so Marin's key is never written by this trainer.
-  Two further differences a Marin run may have: which sequences share a batch when C4-EN follows
-  other Paloma sets in one eval loader (batches straddle datasets), and levanter's splitting of
-  documents over 10,000 characters before tokenizing (`BatchTokenizer._workaround_len`).
+  Documents are levanter's when the set was prepared with `--documents levanter` (BOS + text +
+  " " + EOS, `Tokenizer.levanter_document`). Two further differences a Marin run may have: which
+  sequences share a batch when C4-EN follows other Paloma sets in one eval loader (batches
+  straddle datasets), and levanter's splitting of documents over 10,000 characters before
+  tokenizing (`BatchTokenizer._workaround_len`; only for Replace/Sequence normalizers, refused).
 - `nanochat-bpb`: targets standing for zero bytes (special tokens) are left out of BOTH sums
   (nanochat nanochat/loss_eval.py `evaluate_bpb`: `token_bytes[y] > 0` masks the loss too).
 - `mean-loss-all-positions`: modded-nanogpt's val loss, the mean cross-entropy over all target

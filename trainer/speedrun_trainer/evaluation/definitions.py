@@ -24,6 +24,12 @@ sums (`LossSums`), and every published metric is one formula over them:
   sequences share a batch when C4-EN follows other Paloma sets in one eval loader (batches
   straddle datasets), and levanter's splitting of documents over 10,000 characters before
   tokenizing (`BatchTokenizer._workaround_len`; only for Replace/Sequence normalizers, refused).
+  Byte counts: levanter's `byte_length_of_token` (utils/hf_utils.py) is 0 only for the HF
+  tokenizer's `all_special_ids` (BOS/EOS for Llama 3, not its reserved specials) and otherwise
+  the UTF-8 length of `decode([".", id])` minus 1, so a byte-level token that is not whole UTF-8
+  counts the 3 bytes of U+FFFD per invalid run and `clean_up_tokenization_spaces` may drop a
+  space (" ." -> "."); `Tokenizer.token_bytes()` counts the bytes a token stands for. Not
+  replicated: another reason the numbers stay apart from Marin's.
 - `nanochat-bpb`: targets standing for zero bytes (special tokens) are left out of BOTH sums
   (nanochat nanochat/loss_eval.py `evaluate_bpb`: `token_bytes[y] > 0` masks the loss too).
 - `mean-loss-all-positions`: modded-nanogpt's val loss, the mean cross-entropy over all target

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: 2.13.0's CPU wheel is what these machines carry (see DESIGN.md)
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,wandb,gcs,torchx,plot,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,fp8,wandb,gcs,torchx,plot,dev]'
 	touch $(STAMP)
 
 # The trainer and the CLI only (no test tools, no torchx, no W&B, no matplotlib).

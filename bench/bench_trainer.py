@@ -1,20 +1,22 @@
-"""Trainer speed, measured side by side: our GPT + optimizer against a plain nanoGPT-style baseline.
+"""Trainer speed, measured side by side: our real training step against two references, in one run.
 
     python bench/bench_trainer.py --device cpu                        # tiny config, fp32
     python bench/bench_trainer.py --device cuda --config gpt2-124m    # bf16 autocast, compile
+    python bench/bench_trainer.py --device cuda --precision fp8       # ours in FP8 (torchao)
     python bench/bench_trainer.py --device cpu --json                 # one JSON object on stdout
 
-Both implementations train the same shape (hidden, layers, heads, MLP width, seq len, vocab, tied
-head), on the same batches, with the same tokens per step and dtype, for `--steps` steps per
-round after `--warmup` steps. Rounds alternate ours, reference, ours, reference, ... so machine
-noise hits both; step time and tokens/s are medians over rounds, and the speedup is also given as
-the median of per-round ratios and as the ratio of the best rounds. A step is what the trainer does:
-forward, backward, grad-norm clip at 1.0, optimizer step, zero_grad. Inside the timed rounds
-nothing syncs with the host (no .item(); inputs are copied from pinned memory with
-non_blocking=True); the device is synchronized only at round boundaries.
+Contenders (bench/contenders.py): `ours` is the trainer's own step (model, Muon + AdamW, clip,
+the prefetching shard loader, DDP on one process); `reference` a plain nanoGPT-style GPT with
+for-loop AdamW (reference_gpt.py); `modded` modded-nanogpt's GPT-2 step re-implemented from its
+source (modded_gpt.py). All train the same shape (hidden, layers, MLP width, seq len, vocab, tied
+head) on the same tokens, for `--steps` steps per round after `--warmup` steps. Rounds alternate
+ours, reference, modded, ours, ... so machine noise hits all; step time and tokens/s are medians
+over rounds, and each speedup is also given as the median of per-round ratios and as the ratio of
+the best rounds. Inside our timed steps nothing syncs with the host; the device is synchronized
+only at round boundaries.
 
 MFU = training FLOPs per token (DESIGN's formula, `flops.training_flops_per_token` of the
-equivalent ModelSpec, the same for both) x tokens/s / peak FLOP/s. The peak comes from the
+equivalent ModelSpec, the same for all) x tokens/s / peak FLOP/s. The peak comes from the
 accelerator table (`--accelerator`, detected from the GPU name on CUDA; `cpu` is the nominal
 1e11). Each round also times a large matmul in the training dtype, and MFU is reported against
 that measured peak too (the median over rounds of each round's best matmul).
@@ -23,123 +25,31 @@ that measured peak too (the median over rounds of each round's best matmul).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
 import re
 import statistics
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from reference_gpt import ReferenceConfig, ReferenceGPT, reference_adamw
+import torch.distributed as dist
+from contenders import CONFIGS, Contender, build_modded, build_ours, build_reference, model_spec, token_stream
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.flops import training_flops_per_token
-from speedrun_api.spec import ModelSpec, OptimizerSpec
-from speedrun_trainer.train.model import GPT
-from speedrun_trainer.train.optim import build_optimizers, set_lr
+from speedrun_trainer.cli.launch import free_port
 
-# (model shape, batch size). `micro` is the smoke-test size of tests/test_bench.py.
-CONFIGS: dict[str, tuple[dict[str, Any], int]] = {
-    "micro": (dict(vocab_size=64, seq_len=32, hidden_dim=32, intermediate_dim=128, num_layers=2, num_heads=2), 2),
-    "tiny": (dict(vocab_size=264, seq_len=256, hidden_dim=128, intermediate_dim=512, num_layers=2, num_heads=4), 16),
-    "gpt2-124m": (
-        dict(vocab_size=50304, seq_len=1024, hidden_dim=768, intermediate_dim=3072, num_layers=12, num_heads=12),
-        16,
-    ),
-}
-LR, WEIGHT_DECAY, BETAS, MAX_GRAD_NORM = 6e-4, 0.1, (0.9, 0.95), 1.0
 # (pattern in torch.cuda.get_device_name, accelerator table entry)
 GPU_NAMES = [(r"H200", "nvidia-h200"), (r"H100", "nvidia-h100-80gb"), (r"A100.*80", "nvidia-a100-80gb"),
              (r"A100", "nvidia-a100-40gb"), (r"\bL4\b", "nvidia-l4"), (r"4090", "rtx-4090")]
-
-
-@dataclass
-class Contender:
-    """One implementation under test: its train step and what it measured."""
-
-    name: str
-    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    params: int
-    round_step_s: list[float] = field(default_factory=list)
-    last_loss: torch.Tensor | None = None
-
-
-def model_spec(config: str, activation: str) -> ModelSpec:
-    return ModelSpec(**CONFIGS[config][0], activation=activation, tie_embeddings=True)
-
-
-def reference_config(spec: ModelSpec) -> ReferenceConfig:
-    return ReferenceConfig(vocab_size=spec.vocab_size, seq_len=spec.seq_len, n_layer=spec.num_layers,
-                           n_head=spec.num_heads, n_embd=spec.hidden_dim, n_inner=spec.intermediate_dim,
-                           tie_embeddings=spec.tie_embeddings)
-
-
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 on CUDA (as the trainer's bf16 precision), disabled (fp32) on CPU (as its fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def build_ours(spec: ModelSpec, device: torch.device, compile_model: bool) -> Contender:
-    torch.manual_seed(0)
-    model = GPT(spec).to(device)
-    opt_spec = OptimizerSpec(name="adamw", learning_rate=LR, weight_decay=WEIGHT_DECAY, beta1=BETAS[0],
-                             beta2=BETAS[1], max_grad_norm=MAX_GRAD_NORM)
-    optimizers = build_optimizers(model, opt_spec)  # fused AdamW on CUDA, foreach on CPU
-    forward = torch.compile(model) if compile_model else model
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        set_lr(optimizers, 1.0)
-        with autocast(device):
-            loss = forward(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        for opt in optimizers:
-            opt.step()
-        model.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return Contender("ours", step, model.num_params())
-
-
-def build_reference(spec: ModelSpec, device: torch.device) -> Contender:
-    torch.manual_seed(0)
-    model = ReferenceGPT(reference_config(spec)).to(device)
-    optimizer = reference_adamw(model, lr=LR, weight_decay=WEIGHT_DECAY, betas=BETAS)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast(device):
-            loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return Contender("reference", step, model.num_params())
-
-
-class Batches:
-    """A few fixed random batches on the host (pinned on CUDA), cycled; the same for both."""
-
-    def __init__(self, spec: ModelSpec, batch_size: int, device: torch.device, count: int = 4) -> None:
-        gen = torch.Generator().manual_seed(1234)
-        seq = torch.randint(0, spec.vocab_size, (count, batch_size, spec.seq_len + 1), generator=gen)
-        pin = device.type == "cuda"
-        # x and y stored contiguous, so each batch is one pinned block that copies asynchronously.
-        self.x = seq[:, :, :-1].contiguous().pin_memory() if pin else seq[:, :, :-1].contiguous()
-        self.y = seq[:, :, 1:].contiguous().pin_memory() if pin else seq[:, :, 1:].contiguous()
-        self.device, self.count = device, count
-
-    def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        j = i % self.count
-        return self.x[j].to(self.device, non_blocking=True), self.y[j].to(self.device, non_blocking=True)
+NAMES = ("ours", "reference", "modded")
 
 
 def sync(device: torch.device) -> None:
@@ -147,17 +57,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_steps(c: Contender, batches: Batches, steps: int, device: torch.device) -> float:
-    """Seconds per step over `steps` steps, with the device synced only before and after."""
+def run_steps(c: Contender, steps: int, device: torch.device) -> tuple[float, float]:
+    """(wall, process CPU) seconds per step over `steps` steps, the device synced only before and after.
+
+    CPU seconds count every thread of this process (OpenMP workers, our prefetch thread): on a
+    machine that other processes keep busy they measure the work a step takes, where wall time
+    also measures the turns the scheduler gave us. On CUDA only wall time means anything.
+    """
     sync(device)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        c.last_loss = c.step(*batches.get(i))
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        c.last_loss = c.step()
     sync(device)
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
 
 
-def count_host_syncs(c: Contender, batches: Batches, steps: int, device: torch.device) -> int | None:
+def count_host_syncs(c: Contender, steps: int, device: torch.device) -> int | None:
     """CUDA only: how many host-device syncs `steps` steps make (torch's sync debug mode); None on CPU.
 
     The timed steps should make none: a sync (an .item(), a pageable copy) stalls the host
@@ -169,8 +84,8 @@ def count_host_syncs(c: Contender, batches: Batches, steps: int, device: torch.d
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            for i in range(steps):
-                c.last_loss = c.step(*batches.get(i))
+            for _ in range(steps):
+                c.last_loss = c.step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message) for w in caught)
@@ -214,8 +129,28 @@ def summarize(c: Contender, tokens_per_step: int, flops_per_token: float, peak: 
         "mfu": flops_per_token * tps / peak,
         "mfu_vs_measured_peak": flops_per_token * tps / measured_peak if measured_peak else None,
         "round_step_times_s": c.round_step_s,
+        "cpu_time_per_step_s": statistics.median(c.round_cpu_s),
+        "round_cpu_times_s": c.round_cpu_s,
         "final_loss": float(c.last_loss) if c.last_loss is not None else None,
     }
+
+
+def _process_group(device: torch.device) -> bool:
+    """DDP on one process, as the trainer runs under torchrun: start a 1-rank group if none is up."""
+    if dist.is_initialized():
+        return False
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1,
+                            timeout=datetime.timedelta(minutes=5))
+    return True
+
+
+def _speedups(ours: Contender, other: Contender, a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    paired = [o2 / o1 for o1, o2 in zip(ours.round_step_s, other.round_step_s, strict=True)]
+    return {"median": a["tokens_per_second"] / b["tokens_per_second"], "paired_median": statistics.median(paired),
+            "best_round": b["best_round_step_time_s"] / a["best_round_step_time_s"],
+            "cpu_time": b["cpu_time_per_step_s"] / a["cpu_time_per_step_s"]}
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -223,7 +158,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # both: TF32 for whatever stays fp32
+        torch.set_float32_matmul_precision("high")  # all: TF32 for whatever stays fp32
     spec = model_spec(args.config, args.activation)
     batch_size = args.batch_size or CONFIGS[args.config][1]
     compile_ours = device.type == "cuda" if args.compile is None else args.compile
@@ -237,25 +172,43 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     flops_per_token = training_flops_per_token(spec)
 
     load_before = _loadavg()
-    batches = Batches(spec, batch_size, device)
-    contenders = [build_ours(spec, device, compile_ours), build_reference(spec, device)]
-    for c in contenders:  # warm-up (and compilation) outside the clock
-        log(f"warming up {c.name} ({args.warmup} steps{', compiling' if c.name == 'ours' and compile_ours else ''})")
-        if args.warmup:
-            run_steps(c, batches, args.warmup, device)
-    host_syncs = {c.name: count_host_syncs(c, batches, 2, device) for c in contenders}
-    matmul_n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
-    round_peaks: list[float] = []
-    for r in range(args.rounds):
-        if args.matmul_reps:
-            round_peaks.append(matmul_flops(device, dtype, matmul_n, args.matmul_reps))
+    started_group = _process_group(device)
+    workdir = tempfile.TemporaryDirectory(prefix="bench-trainer-")
+    contenders: list[Contender] = []
+    try:
+        tokens, shard_uri = token_stream(spec, batch_size, Path(workdir.name))
+        contenders = [
+            build_ours(spec, device, compile_model=compile_ours, optimizer=args.optimizer, precision=args.precision,
+                       shard_uri=shard_uri, batch_size=batch_size, cache_dir=Path(workdir.name), ddp=True),
+            build_reference(spec, device, tokens, batch_size),
+            build_modded(spec, device, tokens, batch_size, compile_model=device.type == "cuda", ddp=True),
+        ]
+        for c in contenders:  # warm-up (and compilation) outside the clock
+            log(f"warming up {c.name} ({args.warmup} steps)")
+            if args.warmup:
+                run_steps(c, args.warmup, device)
+        host_syncs = {c.name: count_host_syncs(c, 2, device) for c in contenders}
+        matmul_n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
+        round_peaks: list[float] = []
+        for r in range(args.rounds):
+            if args.matmul_reps:
+                round_peaks.append(matmul_flops(device, dtype, matmul_n, args.matmul_reps))
+            for c in contenders:
+                wall, cpu = run_steps(c, args.steps, device)
+                c.round_step_s.append(wall)
+                c.round_cpu_s.append(cpu)
+            log(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{c.name} {c.round_step_s[-1] * 1e3:.1f} ms/step"
+                                                            for c in contenders))
+    finally:
         for c in contenders:
-            c.round_step_s.append(run_steps(c, batches, args.steps, device))
-        log(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{c.name} {c.round_step_s[-1] * 1e3:.1f} ms/step"
-                                                        for c in contenders))
+            c.close()
+        workdir.cleanup()
+        if started_group:
+            dist.destroy_process_group()
     measured_peak = statistics.median(round_peaks) if round_peaks else None
-    ours, ref = (summarize(c, tokens_per_step, flops_per_token, peak, measured_peak) for c in contenders)
-    paired = [r / o for o, r in zip(contenders[0].round_step_s, contenders[1].round_step_s, strict=True)]
+    ours, ref, modded = (summarize(c, tokens_per_step, flops_per_token, peak, measured_peak) for c in contenders)
+    vs_ref = _speedups(contenders[0], contenders[1], ours, ref)
+    vs_modded = _speedups(contenders[0], contenders[2], ours, modded)
     return {
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
@@ -263,10 +216,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "loadavg_1min": {"before": load_before, "after": _loadavg()},  # other processes' share of the machine
         "torch": torch.__version__,
         "config": args.config,
-        "model": spec.model_dump(by_alias=True, mode="json"),  # as a manifest's spec.model
+        "model": spec.model_dump(by_alias=True, mode="json"),  # ours, as a manifest's spec.model
         "batch_size": batch_size,
         "tokens_per_step": tokens_per_step,
         "dtype": "bfloat16 autocast" if dtype == torch.bfloat16 else "float32",
+        "precision_ours": args.precision if device.type == "cuda" else "fp32",
+        "optimizer_ours": args.optimizer,
         "compile_ours": compile_ours,
         "warmup": args.warmup,
         "steps_per_round": args.steps,
@@ -280,9 +235,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                  "round_flops": round_peaks},
         "ours": ours,
         "reference": ref,
-        "speedup": ours["tokens_per_second"] / ref["tokens_per_second"],
-        "speedup_paired_median": statistics.median(paired),
-        "speedup_best_round": ref["best_round_step_time_s"] / ours["best_round_step_time_s"],
+        "modded": modded,
+        "speedup": vs_ref["median"],  # ours / reference tokens/s, the headline
+        "speedup_paired_median": vs_ref["paired_median"],
+        "speedup_best_round": vs_ref["best_round"],
+        "speedup_cpu_time": vs_ref["cpu_time"],  # reference / ours CPU seconds per step
+        "speedup_vs_modded": vs_modded["median"],  # ours / modded tokens/s (>= 1 / 1.1 is the GPU target)
+        "speedup_vs_modded_paired_median": vs_modded["paired_median"],
+        "speedup_vs_modded_best_round": vs_modded["best_round"],
+        "speedup_vs_modded_cpu_time": vs_modded["cpu_time"],
     }
 
 
@@ -316,17 +277,22 @@ def report(res: dict[str, Any]) -> str:
         f" (1-min load average {res['loadavg_1min']['before']} -> {res['loadavg_1min']['after']})",
         f"peak: {res['accelerator']} table {res['peak_flops']:.3g} FLOP/s"
         + (f"; measured matmul {m:.3g} FLOP/s" if m else ""),
-        f"{'':10} {'params':>11} {'ms/step':>9} {'tokens/s':>11} {'MFU(table)':>11} {'MFU(meas.)':>11}",
+        f"{'':10} {'params':>11} {'ms/step':>9} {'tokens/s':>11} {'MFU(table)':>11} {'MFU(meas.)':>11}"
+        f" {'CPU ms/step':>12}",
     ]
-    for name in ("ours", "reference"):
+    for name in NAMES:
         r = res[name]
         meas = f"{r['mfu_vs_measured_peak']:.1%}" if r["mfu_vs_measured_peak"] is not None else "-"
         lines.append(f"{name:10} {r['params']:>11,} {r['step_time_s'] * 1e3:>9.2f} {r['tokens_per_second']:>11,.0f}"
-                     f" {r['mfu']:>11.1%} {meas:>11}")
+                     f" {r['mfu']:>11.1%} {meas:>11} {r['cpu_time_per_step_s'] * 1e3:>12.2f}")
     if res["device"] == "cuda":
         lines.append(f"host syncs in 2 steps (want 0): {res['host_syncs_in_2_steps']}")
     lines.append(f"speedup (ours / reference tokens/s): {res['speedup']:.2f}x; median of per-round ratios"
-                 f" {res['speedup_paired_median']:.2f}x; best rounds {res['speedup_best_round']:.2f}x")
+                 f" {res['speedup_paired_median']:.2f}x; best rounds {res['speedup_best_round']:.2f}x;"
+                 f" CPU time {res['speedup_cpu_time']:.2f}x")
+    lines.append(f"speedup (ours / modded tokens/s): {res['speedup_vs_modded']:.2f}x; median of per-round ratios"
+                 f" {res['speedup_vs_modded_paired_median']:.2f}x; best rounds"
+                 f" {res['speedup_vs_modded_best_round']:.2f}x; CPU time {res['speedup_vs_modded_cpu_time']:.2f}x")
     return "\n".join(lines)
 
 
@@ -341,8 +307,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--config", choices=list(CONFIGS), default=None, help="default: tiny on cpu, gpt2-124m on cuda")
-    p.add_argument("--activation", choices=["gelu", "relu2"], default="gelu",
-                   help="our MLP activation (the reference is GELU; relu2 has the same FLOPs)")
+    p.add_argument("--activation", choices=["gelu", "relu2"], default="relu2",
+                   help="our MLP activation (modded's is ReLU^2, the reference's GELU; the same FLOPs)")
+    p.add_argument("--optimizer", choices=["muon", "adamw"], default="muon",
+                   help="our optimizer (modded's is Muon + AdamW, the reference's AdamW)")
+    p.add_argument("--precision", choices=["bf16", "fp8"], default="bf16",
+                   help="ours on CUDA (fp8: torchao float8 layers; the references stay bf16); cpu is fp32")
     p.add_argument("--batch-size", type=_positive, default=None, help="sequences per step (default per config)")
     p.add_argument("--steps", type=_positive, default=None, help="timed steps per round (default 3 cpu, 20 cuda)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 cpu, 10 cuda)")
@@ -350,7 +320,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="alternating measurement rounds (default 21 cpu, 7 cuda; odd gives a true median)")
     p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's, one per core)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile our model (default: on for cuda, off for cpu); never the reference")
+                   help="torch.compile our model and Muon (default: on for cuda, off for cpu); the reference"
+                   " never, modded on cuda only (as its record)")
     p.add_argument("--accelerator", default=None, help="accelerator table entry for the peak (default: detected)")
     p.add_argument("--device-flops", type=float, default=None, help="peak FLOP/s, overriding the table")
     p.add_argument("--matmul-size", type=_positive, default=None,

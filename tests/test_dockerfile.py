@@ -150,7 +150,7 @@ def test_trainer_installs_pinned_torch_from_a_chosen_index() -> None:
     installs = pip_installs(closure("trainer"))
     assert any('--index-url "${TORCH_INDEX}"' in i and '"torch==${TORCH_VERSION}"' in i for i in installs)
     runs = [run for s in closure("trainer") for run in s.all("RUN")]
-    assert any("pyproject_requirements.py pyproject.toml train wandb gcs --exclude torch" in run for run in runs)
+    assert any("pyproject_requirements.py pyproject.toml train wandb gcs fp8 --exclude torch" in run for run in runs)
 
 
 def test_commands_and_ports_match_the_chart_and_the_builders() -> None:

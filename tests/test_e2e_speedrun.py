@@ -12,23 +12,28 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e_fixtures import E2E, e2e, speedrun_manifest  # noqa: F401 - e2e is a fixture
+from tests.e2e_fixtures import E2E, STEP_TIMEOUT, e2e, speedrun_manifest  # noqa: F401 - e2e is a fixture
 
 pytestmark = pytest.mark.e2e
 
-STEPS, CHECKPOINT_EVERY = 100, 25  # ~4 s of training on 2 idle cores: a few progress scrapes
+STEPS, CHECKPOINT_EVERY = 100, 25  # 1-4 s of training: the 1 s progress timer may see any number of steps
 BATCH, SEQ_LEN = 8, 64  # tests/helpers.tiny_manifest
 
 
 def test_speedrun_trains_evaluates_and_publishes(e2e: E2E) -> None:  # noqa: F811
     e2e.apply(speedrun_manifest("tiny", e2e.bucket, steps=STEPS, checkpoint_every=CHECKPOINT_EVERY))
 
-    seen = e2e.follow("tiny", "Succeeded")
+    # Three phases to wait through (pods starting, training, evaluating), STEP_TIMEOUT each: one
+    # budget for all of them timed out at a load average of 15 on 2 cores (issue 15).
+    seen = e2e.follow("tiny", "Succeeded", timeout=3 * STEP_TIMEOUT)
 
     phases = [s["phase"] for i, s in enumerate(seen) if i == 0 or s["phase"] != seen[i - 1]["phase"]]
     assert phases[-3:] == ["Training", "Evaluating", "Succeeded"], seen
-    steps = [s["step"] for s in seen if s["phase"] == "Training" and s["step"] is not None]
-    assert len(set(steps)) >= 2 and steps == sorted(steps) and steps[-1] <= STEPS, f"progress did not advance: {seen}"
+    # What the operator guarantees (not how many 1 s samples a short run happens to give): the
+    # progress it shows never goes back nor past the horizon, and is the final step once Succeeded.
+    steps = [s["step"] for s in seen if s["step"] is not None]
+    assert steps == sorted(steps) and all(0 <= s <= STEPS for s in steps), f"progress went back: {seen}"
+    assert seen[-1] == {"phase": "Succeeded", "step": STEPS}, seen
 
     # The results: the file in the bucket and status.results agree exactly.
     status = e2e.status("tiny")
@@ -38,6 +43,7 @@ def test_speedrun_trains_evaluates_and_publishes(e2e: E2E) -> None:  # noqa: F81
     assert results["bpb"] == info["eval/builtin://pydoc-topics/val/bpb"]
     assert results["valLoss"] == info["val_loss"] and results["modelFlops"] == info["model_flops"]
     assert results["trainingSeconds"] == info["training_time"] > 0
+    assert results["trainingSteps"] == info["training_steps"] == STEPS == status["progress"]["step"]
     assert info["training_steps"] == STEPS and info["num_devices"] == 2
     assert info["total_tokens"] == STEPS * BATCH * SEQ_LEN
     assert info["eval/builtin://pydoc-topics/val/bpb"] < info["initial_bpb"]  # it learned something

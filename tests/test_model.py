@@ -158,3 +158,23 @@ def test_invalid_shapes_are_rejected() -> None:
         GPT(tiny_spec(num_kv_heads=3))
     with pytest.raises(ValueError, match="even"):
         GPT(tiny_spec(hidden_dim=36, num_heads=4))
+
+
+@pytest.mark.parametrize("shape", [(16, 256, 128), (4, 32, 4, 32), (3, 7, 768)])
+def test_cpu_rms_norm_equals_f_rms_norm_in_values_and_gradients(shape: tuple[int, ...]) -> None:
+    from speedrun_trainer.train.model import RMSNorm
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen, requires_grad=True)
+    norm = RMSNorm(shape[-1])
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(shape[-1], generator=gen) + 0.5)
+    grad_out = torch.randn(*shape, generator=gen)
+    y = norm(x)  # eager CPU: the hand-written autograd.Function
+    assert y.grad_fn is not None and "RMSNormCPU" in type(y.grad_fn).__name__
+    gx, gw = torch.autograd.grad(y, (x, norm.weight), grad_out)
+    want = torch.nn.functional.rms_norm(x, (shape[-1],), norm.weight, norm.eps)
+    want_gx, want_gw = torch.autograd.grad(want, (x, norm.weight), grad_out)
+    torch.testing.assert_close(y, want)
+    torch.testing.assert_close(gx, want_gx)
+    torch.testing.assert_close(gw, want_gw, rtol=1e-4, atol=1e-4)  # a sum over up to 524k rows

@@ -4,14 +4,18 @@ settings and the `speedrun operator` argv. No API server, no kopf loop."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from speedrun_api.status import Results, SpeedrunJobStatus
+from speedrun_api.status import Progress, Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
+from speedrun_operator import kube
 from speedrun_operator.commands import kopf_run_argv
+from speedrun_operator.handlers import scrape
+from speedrun_operator.handlers.setup import OperatorContext
 from speedrun_operator.lifecycle import JobState, Observation, is_settled, job_state, next_status
 from speedrun_operator.progress import metrics_url, parse_progress
 from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
@@ -109,6 +113,18 @@ def test_next_status_from_nothing(name: str, seen: Observation, phase: str, reas
     if name == "succeeded":
         assert status.results == RESULTS
         assert all(C.is_true(status.conditions, t) for t in (C.EVALUATED, C.RESULTS_PUBLISHED, C.SUCCEEDED))
+
+
+def test_succeeded_progress_is_the_evaluated_step() -> None:
+    # The last scrape saw step 40 of 100; the evaluated checkpoint says 100 were trained.
+    training = SpeedrunJobStatus(phase="Training", progress=Progress(step=40, total_steps=100, eta_seconds=3.0))
+    done = replace(SEEN, train=JobState("Succeeded"), evaluation=JobState("Succeeded"))
+    status, _ = next_status(training, replace(done, results=Results(uri="u", bpb=1.0, training_steps=100)))
+    assert status.phase == "Succeeded" and status.progress is not None
+    assert (status.progress.step, status.progress.total_steps, status.progress.eta_seconds) == (100, 100, 0.0)
+    # An older eval image without trainingSteps: the scraped progress stays as it was.
+    status, _ = next_status(training, replace(done, results=RESULTS))
+    assert status.progress == training.progress
 
 
 def test_a_repeated_observation_changes_nothing() -> None:
@@ -330,3 +346,35 @@ def test_ensure_child_refuses_what_another_controller_owns() -> None:
     client.objects["j-run"] = {"metadata": {"name": "j-run", "namespace": "n", "labels": {}}}
     with pytest.raises(ChildConflict, match="not made for this SpeedrunJob"):
         ensure_child(client, kube.CONFIGMAP, {"metadata": {"name": "j-run"}}, OWNER)  # type: ignore[arg-type]
+
+
+class _ProgressClient:
+    """A job in `phase`; patches recorded, or refused with 409 as a changed object is."""
+
+    def __init__(self, phase: str, conflict: bool = False) -> None:
+        self.body = {"metadata": {"resourceVersion": "7"}, "status": {"phase": phase}}
+        self.conflict, self.patches = conflict, []
+
+    def get(self, kind, namespace, name):
+        return self.body
+
+    def patch(self, kind, namespace, name, patch, subresource=None):
+        if self.conflict:
+            raise kube.Conflict(409, "Conflict", "the object has been modified")
+        self.patches.append((patch, subresource))
+
+
+@pytest.mark.parametrize(("phase", "conflict", "written"), [
+    ("Training", False, True),
+    ("Succeeded", False, False),  # the reconcile moved on while rank 0 was scraped
+    ("Training", True, False),  # ... or changed the status between the read and the write
+])
+def test_a_progress_sample_never_overwrites_a_newer_status(monkeypatch, phase, conflict, written) -> None:
+    client = _ProgressClient(phase, conflict)
+    monkeypatch.setattr(scrape, "scrape_progress", lambda *a: {"step": 40})
+    ctx = OperatorContext(settings=OperatorSettings(), client=client)
+    assert scrape.follow_progress(ctx, "ns", "job", {}, logging.getLogger("test")) is written
+    if written:
+        assert client.patches == [
+            ({"metadata": {"resourceVersion": "7"}, "status": {"progress": {"step": 40}}}, "status")
+        ]

@@ -14,7 +14,7 @@ from typing import Any
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.flops import forward_flops_per_token, param_count, scaling_param_count, training_flops_per_token
-from speedrun_api.spec import SpeedrunJob
+from speedrun_api.spec import HORIZONS, MAX_STEPS, MAX_TOKENS, SpeedrunJob
 
 ASSUMED_MFUS = (0.5, 0.2)
 
@@ -56,6 +56,23 @@ def horizon_steps(job: SpeedrunJob) -> int:
         return max(1, math.ceil(t.param_data_ratio * scaling_param_count(m) / tokens_per_step))
     assert t.flops_budget is not None  # the spec guarantees exactly one horizon
     return max(1, math.floor(t.flops_budget / (training_flops_per_token(m) * tokens_per_step)))
+
+
+def horizon_problem(job: SpeedrunJob) -> str | None:
+    """One error line when the horizon resolves past MAX_STEPS steps or MAX_TOKENS tokens (a
+    tiny model with a huge flopsBudget): every count the plan and the trainer derive then fits
+    int64 and every FLOPs figure stays finite."""
+    t = job.spec.train
+    given = [h for h, v in zip(HORIZONS, (t.steps, t.tokens, t.param_data_ratio, t.flops_budget), strict=True)
+             if v is not None]
+    steps = horizon_steps(job)
+    tokens = steps * t.batch_size * job.spec.model.seq_len
+    if steps <= MAX_STEPS and tokens <= MAX_TOKENS:
+        return None
+    return (
+        f"spec.train.{given[0]}: resolves to {steps:.3g} steps of {t.batch_size * job.spec.model.seq_len:,} tokens;"
+        f" at most {MAX_STEPS:.0e} steps and {MAX_TOKENS:.0e} tokens"
+    )
 
 
 def device_flops(job: SpeedrunJob) -> float:

@@ -25,8 +25,16 @@ KIND = "SpeedrunJob"
 PLURAL = "speedrunjobs"
 SHORT_NAME = "srj"
 
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegInt = Annotated[int, Field(ge=0)]
+# Ranges (the CRD states each as minimum/maximum): every integer fits int64 and every product
+# `speedrun plan` forms stays finite; shapes and counts are capped far above any real run.
+# Floats are finite (Base: allow_inf_nan=False; JSON has no inf/NaN, so the CRD cannot carry them).
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+MAX_STEPS = 1_000_000_000  # also the cap on a horizon given as tokens, paramDataRatio or flopsBudget
+MAX_TOKENS = 10**16  # Marin's largest runs train ~1e13 tokens
+PositiveInt = Annotated[int, Field(ge=1, le=INT64_MAX)]
+NonNegInt = Annotated[int, Field(ge=0, le=INT64_MAX)]
+StepCount = Annotated[int, Field(ge=0, le=MAX_STEPS)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 Uri = Annotated[str, Field(min_length=1, description="file://, s3:// or https:// URI, or a local path")]
@@ -34,7 +42,7 @@ Uri = Annotated[str, Field(min_length=1, description="file://, s3:// or https://
 
 class Base(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, allow_inf_nan=False
     )
 
 
@@ -47,17 +55,17 @@ class Author(Base):
 class ModelSpec(Base):
     """A GPT. All shapes are explicit so FLOPs are exact."""
 
-    vocab_size: PositiveInt
-    seq_len: PositiveInt
-    hidden_dim: PositiveInt
-    intermediate_dim: PositiveInt
-    num_layers: PositiveInt
-    num_heads: PositiveInt
-    num_kv_heads: PositiveInt | None = Field(None, description="Defaults to numHeads (no GQA)")
+    vocab_size: Annotated[int, Field(ge=1, le=2**22)]
+    seq_len: Annotated[int, Field(ge=1, le=2**20)]
+    hidden_dim: Annotated[int, Field(ge=1, le=2**17)]
+    intermediate_dim: Annotated[int, Field(ge=1, le=2**19)]
+    num_layers: Annotated[int, Field(ge=1, le=1024)]
+    num_heads: Annotated[int, Field(ge=1, le=1024)]
+    num_kv_heads: Annotated[int, Field(ge=1, le=1024)] | None = Field(None, description="Defaults to numHeads (no GQA)")
     activation: Literal["silu", "relu2", "gelu"] = "silu"
     tie_embeddings: bool = False
     qk_norm: bool = False
-    rope_theta: PositiveFloat = 10000.0
+    rope_theta: Annotated[float, Field(gt=0, le=1e12)] = 10000.0
 
     @property
     def kv_heads(self) -> int:
@@ -79,7 +87,7 @@ class OptimizerSpec(Base):
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
     beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta2: Annotated[float, Field(ge=0, lt=1)] = 0.95
-    warmup_steps: NonNegInt = 0
+    warmup_steps: StepCount = 0
     decay: Fraction = Field(0.0, description="Warmdown: fraction of steps at the end with linear decay")
     min_lr_ratio: Fraction = 0.0
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
@@ -90,23 +98,28 @@ class OptimizerSpec(Base):
 
 
 class TrainSpec(Base):
-    batch_size: PositiveInt = Field(description="Global sequences per optimizer step")
-    device_batch_size: PositiveInt = Field(description="Micro-batch per process")
-    steps: PositiveInt | None = None
-    tokens: PositiveInt | None = None
-    param_data_ratio: PositiveFloat | None = Field(
+    batch_size: Annotated[int, Field(ge=1, le=2**24)] = Field(description="Global sequences per optimizer step")
+    device_batch_size: Annotated[int, Field(ge=1, le=2**20)] = Field(description="Micro-batch per process")
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
+    tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
+    param_data_ratio: Annotated[float, Field(gt=0, le=1e6)] | None = Field(
         None, description="Tokens = ratio x nanochat's parameter count (transformer matrices + lm_head; no"
         " embedding, no norm gains), as nanochat's --target-param-data-ratio"
     )
-    flops_budget: PositiveFloat | None = None
+    flops_budget: Annotated[float, Field(gt=0, le=1e30)] | None = None
     optimizer: OptimizerSpec = OptimizerSpec()
     precision: Literal["bf16", "fp32", "fp8"] = "bf16"
-    compile: bool = False
-    seed: int = 0
-    checkpoint_every: NonNegInt = Field(0, description="0: only the final checkpoint")
-    eval_every: NonNegInt = Field(0, description="Validation loss every N steps; 0: only at the end")
-    log_every: PositiveInt = 1
-    clock_warmup_steps: NonNegInt = Field(
+    compile: bool | None = Field(
+        None, description="torch.compile the model and Muon's Newton-Schulz. Omit (null) for auto: on when the"
+        " trainer runs on CUDA, off on CPU (where compiling costs more than a short run saves)",
+    )
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(0, description="torch and numpy seed")
+    checkpoint_every: StepCount = Field(0, description="0: only the final checkpoint")
+    eval_every: StepCount = Field(0, description="Validation loss every N steps; 0: only at the end")
+    log_every: Annotated[int, Field(ge=1, le=MAX_STEPS)] = Field(
+        10, description="Read the loss and step times back from the device every N steps (metrics, W&B, log)"
+    )
+    clock_warmup_steps: StepCount = Field(
         11, description="Steps of every process start (compile, warm-up, resume) kept out of the training "
         "clock and reported apart; nanochat's 11 (base_train.py counts dt only `if step > 10`, steps from 0)"
     )
@@ -135,12 +148,12 @@ class BpbEvalSpec(Base):
     data: Uri | None = Field(
         None, description="The evaluation set: targets and headline numbers both; defaults to data.validation"
     )
-    tokens: PositiveInt = 1_048_576
+    tokens: Annotated[int, Field(ge=1, le=10**10)] = 1_048_576
 
 
 class CoreEvalSpec(Base):
     bundle: Uri
-    max_per_task: PositiveInt | None = None
+    max_per_task: Annotated[int, Field(ge=1, le=10**7)] | None = None
 
 
 class EvalSpec(Base):
@@ -153,16 +166,18 @@ class Toleration(Base):
     operator: Literal["Exists", "Equal"] | None = None
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: Annotated[int, Field(ge=-(2**63), le=INT64_MAX)] | None = None
 
 
 class ResourcesSpec(Base):
-    nodes: PositiveInt | None = None
-    min_nodes: PositiveInt | None = None
-    max_nodes: PositiveInt | None = None
-    procs_per_node: PositiveInt = 1
+    nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    min_nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    max_nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    procs_per_node: Annotated[int, Field(ge=1, le=256)] = 1
     accelerator: str = "cpu"
-    device_flops: PositiveFloat | None = Field(None, description="Peak FLOP/s per device; overrides the table")
+    device_flops: Annotated[float, Field(gt=0, le=1e18)] | None = Field(
+        None, description="Peak FLOP/s per device; overrides the table"
+    )
     cpu: str | None = None
     memory: str | None = None
     node_selector: dict[str, str] = {}
@@ -208,9 +223,9 @@ class MetricsSpec(Base):
 
 
 class RunPolicy(Base):
-    max_restarts: NonNegInt = 3
+    max_restarts: Annotated[int, Field(ge=0, le=10_000)] = 3
     active_deadline_seconds: PositiveInt | None = None
-    ttl_seconds_after_finished: NonNegInt | None = None
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     suspend: bool = False
     queue_name: str | None = None
 

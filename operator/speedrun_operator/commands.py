@@ -12,7 +12,6 @@ environment (settings.py) and then runs `kopf run -m speedrun_operator.main` in-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import replace
@@ -20,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from speedrun_api.manifest import EXIT_INVALID, SpecError, load_job
+from speedrun_api.manifest import EXIT_INVALID, SpecError, load_job, strict_json
 from speedrun_operator.builders import BuildError, build_all, check_runnable
 from speedrun_operator.settings import OperatorSettings
 
@@ -70,7 +69,7 @@ def render_command(args: argparse.Namespace) -> int:
         job = load_job(args.file)
     except SpecError as err:
         for line in err.lines:
-            print(line, file=sys.stderr)
+            print(f"error: {line}", file=sys.stderr)
         return EXIT_INVALID
     try:
         check_runnable(job, settings)
@@ -78,7 +77,7 @@ def render_command(args: argparse.Namespace) -> int:
         print(f"note: the operator would refuse this job: {err}", file=sys.stderr)
     objects = build_all(job, settings)
     if args.output == "json":
-        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
+        print(strict_json({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
     else:
         print(to_yaml(objects), end="")
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from speedrun_api.status import TERMINAL_PHASES, Results, SpeedrunJobStatus
+from speedrun_api.status import TERMINAL_PHASES, Progress, Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
 
 JobPhase = Literal["Missing", "Suspended", "Pending", "Running", "Succeeded", "Failed"]
@@ -173,6 +173,17 @@ def _training(b: _Builder) -> None:
         b.move("Pending", C.REASON_PENDING, "waiting for the training pods to start")
 
 
+def _final_progress(b: _Builder, results: Results) -> None:
+    """The progress timer samples rank 0 every few seconds and may have missed the last steps;
+    the evaluated checkpoint's step is the truth once the run is done."""
+    if results.training_steps is None:
+        return
+    progress = b.status.progress or Progress()
+    b.status.progress = progress.model_copy(
+        update={"step": results.training_steps, "eta_seconds": 0.0, "update_time": b.seen.now}
+    )
+
+
 def _evaluation(b: _Builder) -> None:
     e, seen = b.seen.evaluation, b.seen
     b.cond(C.TRAINING, C.FALSE, C.REASON_TRAINING_SUCCEEDED, "the training Job completed")
@@ -182,6 +193,7 @@ def _evaluation(b: _Builder) -> None:
         b.fail(C.REASON_EVALUATION_FAILED, message)
     elif e.phase == "Succeeded" and seen.results is not None:
         b.status.results = seen.results
+        _final_progress(b, seen.results)
         b.cond(C.EVALUATED, C.TRUE, C.REASON_EVALUATION_SUCCEEDED, "the eval Job completed")
         b.cond(C.RESULTS_PUBLISHED, C.TRUE, C.REASON_RESULTS_READ, f"results at {seen.results.uri}")
         b.cond(C.SUCCEEDED, C.TRUE, C.REASON_EVALUATION_SUCCEEDED, f"bpb {seen.results.bpb:.4f}")

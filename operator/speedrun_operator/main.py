@@ -79,14 +79,6 @@ def resync(name: str, namespace: str, memo: kopf.Memo, logger: logging.Logger, *
 
 @kopf.timer(*SPEEDRUNJOBS, interval=SETTINGS.progress_interval, when=_is_training)
 def follow_progress(
-    name: str,
-    namespace: str,
-    spec: dict[str, Any],
-    memo: kopf.Memo,
-    patch: kopf.Patch,
-    logger: logging.Logger,
-    **_: Any,
+    name: str, namespace: str, spec: dict[str, Any], memo: kopf.Memo, logger: logging.Logger, **_: Any
 ) -> None:
-    found = scrape.scrape_progress(memo.operator, namespace, name, spec, logger)
-    if found is not None:
-        patch.status["progress"] = found
+    scrape.follow_progress(memo.operator, namespace, name, spec, logger)

@@ -68,7 +68,12 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
 
 
 def _nodes(body: dict[str, Any]) -> str:
-    resources = (body.get("spec") or {}).get("resources") or {}
+    """The printer column's node count, read from the raw body: it must not fail on a body whose
+    spec is invalid (not a mapping), since the Failed status is written with it."""
+    spec = body.get("spec")
+    resources = spec.get("resources") if isinstance(spec, dict) else None
+    if not isinstance(resources, dict):
+        return "1"
     if "nodes" in resources or "minNodes" not in resources:
         return str(resources.get("nodes", 1))
     return f"{resources.get('minNodes')}:{resources.get('maxNodes')}"

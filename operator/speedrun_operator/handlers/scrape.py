@@ -2,7 +2,10 @@
 
 Rank 0 is the training pod with completion index 0. An unreachable endpoint (pod restarting,
 metrics not served yet) is normal during a run: it is counted and logged at debug level, and
-the previous progress stays until the next tick.
+the previous progress stays until the next tick. `follow_progress` writes what it scraped with
+the resourceVersion it read the job at as a precondition: if the reconcile changed the status in
+the meantime (Training -> Evaluating -> Succeeded, with the final step, lifecycle.py), the
+apiserver answers 409 and the stale sample is dropped instead of overwriting the final progress.
 """
 
 from __future__ import annotations
@@ -45,3 +48,22 @@ def scrape_progress(
         if not values:
             return None
         return progress.progress_from(values, now_rfc3339()).model_dump(by_alias=True, exclude_none=True)
+
+
+def follow_progress(
+    ctx: OperatorContext, namespace: str, name: str, spec: dict[str, Any], logger: logging.Logger
+) -> bool:
+    """Scrape rank 0 and write status.progress while the job is still Training; True if written."""
+    found = scrape_progress(ctx, namespace, name, spec, logger)
+    if found is None:
+        return False
+    body = ctx.client.get(kube.SPEEDRUNJOB, namespace, name)
+    if body is None or (body.get("status") or {}).get("phase") != "Training":
+        return False
+    patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": {"progress": found}}
+    try:
+        ctx.client.patch(kube.SPEEDRUNJOB, namespace, name, patch, subresource="status")
+    except kube.Conflict:
+        logger.debug("progress sample dropped: the job changed while it was scraped")
+        return False
+    return True

@@ -6,18 +6,25 @@ rendezvousing over loopback with the same c10d flags the operator puts in its po
 evaluation, then prints the results. Progress comes from the trainer's own Prometheus endpoint
 (the one the operator scrapes), drawn as one live line (cli/progress.py); what the nodes' logs
 say that a user must see (resumed step, W&B, warnings) shows above it once (cli/notices.py).
-Logs go to `<run dir>/logs/`. Ctrl-C stops every process group it started. `--resume` of a run
-that already finished says so and does nothing, unless `--force` asks to evaluate it again.
+Logs go to `<run dir>/logs/`. `--resume` of a run that already finished says so and does
+nothing, unless `--force` asks to evaluate it again.
+Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop every process it started and exit 128 + the
+signal number; the agents and their workers also get SIGTERM from the kernel if this process is
+SIGKILLed (`SPEEDRUN_DIE_WITH_PARENT`, train/torchrun.py). A process killed by a signal is
+reported as such ("killed by signal 9 (SIGKILL)", exit 128 + 9), not as a wrapped exit code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from speedrun_api.manifest import dumps_job
@@ -27,6 +34,40 @@ from speedrun_trainer.cli.launch import TorchxApp, free_port, stop_process_trees
 from speedrun_trainer.cli.notices import LogWatcher
 from speedrun_trainer.cli.progress import LiveDisplay, RunScreen, format_results_table, scrape
 from speedrun_trainer.data.storage import open_storage
+from speedrun_trainer.train.torchrun import DIE_WITH_PARENT_ENV
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGHUP arrived: stop like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `Stopped` in the main thread while the run is going."""
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def describe_exit(code: int) -> tuple[str, int]:
+    """(what happened, the exit code to pass on): a negative Popen code is a signal."""
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else "?"
+        return f"killed by signal {-code} ({name})", 128 - code
+    return f"exit {code}", code
 
 
 def _run_dir(job: SpeedrunJob, runs_dir: str, resume: bool) -> Path:
@@ -58,6 +99,7 @@ class LocalRun:
             "SPEEDRUN_TERMINATION_LOG": str(run_dir / "termination-message.json"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
             "PYTHONUNBUFFERED": "1",
+            DIE_WITH_PARENT_ENV: "1",
         }
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
@@ -116,6 +158,8 @@ class LocalRun:
             time.sleep(0.5)
 
     def stop(self) -> None:
+        for sig in (*STOP_SIGNALS, signal.SIGINT):  # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         for proc in self.procs:
             if isinstance(proc, TorchxApp):
                 proc.cancel()
@@ -155,23 +199,28 @@ def run_local(
     started = time.monotonic()
     screen = RunScreen(LiveDisplay(plan.steps, stream=sys.stderr), LogWatcher(run.logs))
     try:
-        code = run.wait(run.start_training(launcher), screen)
-        screen.finish()
-        if code:
-            print(f"training failed (exit {code}); last lines of the rank-0 log:\n{run.tail('train-node-0.log')}",
-                  file=sys.stderr)
-            return code
-        print("evaluating ...", flush=True)
-        code = run.wait([run.start_eval()], screen)
-        screen.finish()
-        if code:
-            print(f"evaluation failed (exit {code}):\n{run.tail('eval.log')}", file=sys.stderr)
-            return code
-    except KeyboardInterrupt:
+        with stop_signals_raise():
+            code = run.wait(run.start_training(launcher), screen)
+            screen.finish()
+            if code:
+                what, code = describe_exit(code)
+                print(f"training failed ({what}); last lines of the rank-0 log:\n{run.tail('train-node-0.log')}",
+                      file=sys.stderr)
+                return code
+            print("evaluating ...", flush=True)
+            code = run.wait([run.start_eval()], screen)
+            screen.finish()
+            if code:
+                what, code = describe_exit(code)
+                print(f"evaluation failed ({what}):\n{run.tail('eval.log')}", file=sys.stderr)
+                return code
+    except (KeyboardInterrupt, Stopped) as err:
         screen.finish()
         run.stop()
-        print(f"\nstopped. Continue with: speedrun run <file> --resume (run dir {run_dir})", file=sys.stderr)
-        return 130
+        signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
+        print(f"\nstopped ({signal.Signals(signum).name}). Continue with: speedrun run <file> --resume"
+              f" (run dir {run_dir})", file=sys.stderr)
+        return 128 + signum
     storage = open_storage(uri, endpoint_url=job.spec.storage.endpoint_url)
     results = storage.read_json("speedrun_results.json")["runs"][0]["run_info"]
     print(format_results_table(results, storage.url("speedrun_results.json"), time.monotonic() - started))

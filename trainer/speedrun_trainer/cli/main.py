@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 
 from speedrun_api.accelerators import lookup
-from speedrun_api.manifest import EXIT_INVALID, SpecError, load_job
+from speedrun_api.manifest import EXIT_INVALID, SpecError, load_job, strict_json
 from speedrun_api.plan import Plan, resolve
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer import __version__
@@ -81,7 +81,7 @@ def plan_json(job: SpeedrunJob, plan: Plan) -> dict:
 def cmd_plan(args: argparse.Namespace) -> int:
     job = load_job(args.file)
     plan = resolve(job)
-    print(json.dumps(plan_json(job, plan), indent=2) if args.json else format_plan(job, plan))
+    print(strict_json(plan_json(job, plan), indent=2) if args.json else format_plan(job, plan))
     return 0
 
 

@@ -25,6 +25,7 @@ from speedrun_trainer.cli.notices import LogWatcher, Notice
 
 MIN_BAR_WIDTH = 10
 STYLES = {"resumed": "cyan", "wandb": "magenta", "warning": "yellow", "results": "green", "info": ""}
+from speedrun_trainer.evaluation.definitions import LEVANTER_BPB, bpb_key
 
 
 def scrape(url: str, timeout: float = 1.0) -> dict[str, float]:
@@ -156,7 +157,8 @@ def _fmt(value: Any, spec: str) -> str:
 
 def format_results_table(info: dict[str, Any], uri: str, wall_seconds: float) -> str:
     dataset = info.get("bpb_dataset")
-    bpb_key = f"eval/{dataset}/bpb"  # Marin's key only for Paloma C4-EN (evaluation.definitions)
+    definition = info.get("bpb_definition", LEVANTER_BPB)
+    key = bpb_key(str(dataset), definition)  # Marin's key only for levanter's exact number on C4-EN
     rows = [
         ("run", info["name"]),
         ("steps", f"{info['training_steps']:,}"),
@@ -170,7 +172,7 @@ def format_results_table(info: dict[str, Any], uri: str, wall_seconds: float) ->
         ("hardware FLOPs", f"{info['training_hardware_flops']:.3e}"),
         ("val loss", _fmt(info.get("val_loss"), ".4f")),
         ("BPB untrained", _fmt(info.get("initial_bpb"), ".4f")),
-        ("BPB", f"{_fmt(info.get(bpb_key), '.4f')} on {dataset} ({info.get('bpb_definition', 'levanter-bpb')})"),
+        ("BPB", f"{_fmt(info.get(key), '.4f')} on {dataset} ({definition})"),
     ]
     if info.get("core_metric") is not None:
         rows.append(("CORE", f"{info['core_metric']:.4f}"))

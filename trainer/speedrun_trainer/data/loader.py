@@ -53,22 +53,26 @@ def batch_for(step: int, micro: int, rank: int, world: int, device_batch_size: i
 
 
 class TokenDataset:
-    """An endless, deterministic token stream over shards (each a 1-D uint16 array or memmap)."""
+    """An endless, deterministic token stream over shards (each a 1-D uint16/uint32 array or memmap)."""
 
     def __init__(self, shards: list[np.ndarray], uri: str) -> None:
         self.uri = uri
         self.shards = [s for s in shards if len(s)]
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
         self.num_tokens = int(self.offsets[-1])
+        # uint16 unless a shard holds uint32 tokens (vocabularies over 65,536): the raw token type
+        # the prefetcher moves to the device.
+        wide = any(s.dtype.itemsize > 2 for s in self.shards)
+        self.token_dtype = np.dtype(np.uint32) if wide else np.dtype(np.uint16)
 
     def __repr__(self) -> str:
         return f"TokenDataset({self.uri!r}, shards={len(self.shards)}, tokens={self.num_tokens})"
 
-    def tokens(self, start: int, length: int) -> np.ndarray:
-        """int64[length]: stream positions start, start+1, ... modulo num_tokens."""
+    def tokens(self, start: int, length: int, dtype: type = np.int64) -> np.ndarray:
+        """dtype[length] (int64 unless asked): stream positions start, start+1, ... modulo num_tokens."""
         if self.num_tokens == 0:
             raise DataError(f"{self.uri}: the dataset has no tokens")
-        out = np.empty(length, dtype=np.int64)
+        out = np.empty(length, dtype=dtype)
         pos, filled = start % self.num_tokens, 0
         while filled < length:
             i = int(np.searchsorted(self.offsets, pos, side="right")) - 1
@@ -91,6 +95,16 @@ class TokenDataset:
         x = buf[:-1].reshape(count, seq_len)
         y = buf[1:].reshape(count, seq_len)
         return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+
+    def sequence_tokens(self, first: int, count: int, seq_len: int) -> np.ndarray:
+        """The count*seq_len + 1 raw tokens (`token_dtype`) that sequences(first, count, seq_len) is made of."""
+        if first < 0 or count < 0 or seq_len < 1:
+            raise ValueError(f"bad sequence range: first={first}, count={count}, seq_len={seq_len}")
+        if self.num_tokens < seq_len + 1:
+            raise DataError(
+                f"{self.uri}: has {self.num_tokens} tokens, fewer than seqLen + 1 = {seq_len + 1}"
+            )
+        return self.tokens(first * seq_len, count * seq_len + 1, dtype=self.token_dtype)
 
     def sequences_per_epoch(self, seq_len: int) -> int:
         """How many sequences start within one pass over the stream."""

@@ -32,7 +32,7 @@ from speedrun_trainer.data.prepare import recorded_dataset, tokenizer_mismatch
 from speedrun_trainer.data.tokenizer import load_tokenizer
 from speedrun_trainer.evaluation.loss import LossEval, evaluate_loss, padded_token_bytes
 from speedrun_trainer.evaluation.results import build_run_info, headline, write_results
-from speedrun_trainer.train import checkpoint
+from speedrun_trainer.train import checkpoint, preflight
 from speedrun_trainer.train.loop import SUMMARY_KEY
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.runtime import (
@@ -59,7 +59,7 @@ def _bpb(
     return evaluate_loss(
         model, dataset, token_bytes, tokens=spec.eval.bpb.tokens, seq_len=spec.model.seq_len,
         batch_size=spec.train.device_batch_size, rank=env.rank, world_size=env.world_size,
-        device=env.device, precision=spec.train.precision,
+        device=env.device, precision=spec.train.precision, eval_batch=spec.train.batch_size,
     )
 
 
@@ -93,7 +93,10 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     if not storage.exists(SUMMARY_KEY):
         raise EvalError(f"no {SUMMARY_KEY} in {storage.url('')}: has training finished?")
     summary = storage.read_json(SUMMARY_KEY)
-    ckpt = checkpoint.load(storage, with_optimizers=False)
+    preflight.check_published(storage, job, summary)
+    # The checkpoint training ended with, never an older one (checkpoint.load's fallback).
+    final_step = int(summary["step"]) if isinstance(summary.get("step"), int) and summary["step"] > 0 else None
+    ckpt = checkpoint.load(storage, final_step, with_optimizers=False)
     if ckpt is None:
         raise EvalError(f"no complete checkpoint under {storage.url(checkpoint.PREFIX)}")
     log(f"evaluating the checkpoint of step {ckpt.step} from {storage.url(checkpoint.PREFIX)}")

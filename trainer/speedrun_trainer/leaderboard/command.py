@@ -19,7 +19,15 @@ from pathlib import Path
 
 from speedrun_trainer.data.storage import DataError
 from speedrun_trainer.leaderboard import scaling, scaling_views
-from speedrun_trainer.leaderboard.ranking import build_tables, format_table, is_bpb_track, rank_runs, runs_json
+from speedrun_trainer.leaderboard.ranking import (
+    FLOPS_FIELD,
+    build_tables,
+    format_table,
+    is_bpb_track,
+    left_out,
+    rank_runs,
+    runs_json,
+)
 from speedrun_trainer.leaderboard.runs import DEFAULT_BAND_WIDTH, EXIT_ERROR, FLOPS_AXES, RESULTS_NAME, load_runs
 
 # ---- the command ----------------------------------------------------------------------------
@@ -102,7 +110,11 @@ def handler(args: argparse.Namespace) -> int:
                                             args.bpb_track))
             return 0
         tracks = rank_runs(runs, args.band_width, args.flops)
-        tables = build_tables(tracks, args.band_width, args.flops)
+        missing = left_out(runs, args.flops)
+        if missing:
+            print(f"{sum(missing.values())} run(s) with a BPB left out of the {args.flops}-FLOPs ranking: no"
+                  f" {FLOPS_FIELD[args.flops]} recorded", file=sys.stderr)
+        tables = build_tables(tracks, args.band_width, args.flops, missing)
         if args.json:
             print(json.dumps(runs_json(runs), indent=2))
         elif tables:

@@ -5,12 +5,17 @@ spec, software versions) and written last: a checkpoint is complete when its met
 process killed mid-save leaves nothing that a restart would trust. Rank 0 saves; every rank
 loads. The data position needs no per-rank state: the loader's position is a pure function of
 the step (docs/contracts.md), so resuming on a different world size is exact.
+
+`load()` without a step falls back from the newest complete checkpoint to older ones when one
+does not load (a model file truncated or lost after its meta was written, a corrupt pickle):
+a restart then retrains from the previous checkpoint instead of failing every retry.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,19 +65,30 @@ def complete_steps(storage: Storage) -> list[int]:
 
 
 def load(storage: Storage, step: int | None = None, *, with_optimizers: bool = True) -> Checkpoint | None:
-    """Load the given step, or the newest complete checkpoint; None when there is none."""
-    if step is None:
-        steps = complete_steps(storage)
-        if not steps:
-            return None
-        step = steps[-1]
+    """Load the given step, or the newest complete checkpoint that loads; None when there is none."""
+    if step is not None:
+        return _load_step(storage, step, with_optimizers)
+    for candidate in reversed(complete_steps(storage)):
+        try:
+            return _load_step(storage, candidate, with_optimizers)
+        except Exception as err:  # any unreadable part: torch.load raises many kinds
+            print(
+                f"checkpoint {storage.url(_key('meta', candidate, 'json'))} does not load"
+                f" ({type(err).__name__}: {str(err)[:200]}); trying the one before",
+                file=sys.stderr, flush=True,
+            )
+    return None
 
+
+def _load_step(storage: Storage, step: int, with_optimizers: bool) -> Checkpoint:
     def read(kind: str) -> Any:
         data = storage.read_bytes(_key(kind, step, "pt"))
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
     meta = storage.read_json(_key("meta", step, "json"))
+    model = read("model")
     optims = read("optim") if with_optimizers else None
-    if with_optimizers and storage.exists(_key("rng", step, "pt")):
-        torch.set_rng_state(read("rng"))
-    return Checkpoint(step=step, meta=meta, model=read("model"), optimizers=optims)
+    rng = read("rng") if with_optimizers and storage.exists(_key("rng", step, "pt")) else None
+    if rng is not None:  # set only once every part loaded: a failed load leaves the RNG alone
+        torch.set_rng_state(rng)
+    return Checkpoint(step=step, meta=meta, model=model, optimizers=optims)

@@ -18,7 +18,6 @@ the set the headline numbers come from. Rank 0 serves Prometheus metrics and wri
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -35,22 +34,25 @@ from speedrun_api.flops import training_flops_per_token
 from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
 from speedrun_api.spec import SpeedrunJob
-from speedrun_trainer.data.loader import batch_for, open_dataset
+from speedrun_trainer.data.loader import open_dataset
+from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.data.prepare import tokenizer_mismatch
 from speedrun_trainer.data.tokenizer import load_tokenizer
 from speedrun_trainer.evaluation.loss import evaluate_loss, padded_token_bytes
-from speedrun_trainer.train import checkpoint
+from speedrun_trainer.train import checkpoint, preflight
+from speedrun_trainer.train.fp8 import check_fp8, convert_to_fp8
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.train.runtime import (
     DeviceError,
     Dist,
-    autocast,
     cache_dir,
     entry_point,
     log,
+    resolve_compile,
     run_storage,
 )
+from speedrun_trainer.train.step import LossMeter, StepTimer, TrainStep
 from speedrun_trainer.train.telemetry import Telemetry
 from speedrun_trainer.train.tracking import Tracker
 from speedrun_trainer.train.versions import software_versions
@@ -87,11 +89,6 @@ def check_device(job: SpeedrunJob, env: Dist) -> None:
         raise DeviceError(f"spec.resources.accelerator is {acc.name}, but torch sees no CUDA device here")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _target_reached(job: SpeedrunJob, val_loss: float, val_bpb: float) -> bool:
     t = job.spec.target
     if t is None:
@@ -116,8 +113,8 @@ class Trainer:
             )
         self.accum = t.batch_size // per_step
         check_device(job, env)
-        if t.precision == "fp8":
-            log("precision fp8: FP8 matmuls are not implemented yet; training with bf16 autocast")
+        if t.precision == "fp8":  # refuse where FP8 cannot run: never a silent bf16 run
+            check_fp8(spec.resources.accelerator, env.device)
         if t.precision != "fp32" and env.device.type != "cuda":
             log(f"precision {t.precision}: no autocast on {env.device.type}; training in fp32")
         self.plan = resolve(job, nodes=max(1, env.world_size // spec.resources.procs_per_node))
@@ -135,29 +132,48 @@ class Trainer:
                 raise ConfigError(problem)
         self.train_data = open_dataset(spec.data.train, **data_args)
         self.val_data = open_dataset(spec.eval_data, **data_args)  # the run's one evaluation set
+        eval_field = "spec.eval.bpb.data" if spec.eval.bpb.data else "spec.data.validation"
+        preflight.check_token_ids(self.train_data, m.vocab_size, "spec.data.train")
+        preflight.check_token_ids(self.val_data, m.vocab_size, eval_field)
+        preflight.check_validation_length(self.val_data, m.seq_len, eval_field)
+        if env.is_main:
+            preflight.check_writable(self.storage)
 
         torch.manual_seed(t.seed)
         self.model = GPT(m).to(env.device)
-        self.optimizers = build_optimizers(self.model, t.optimizer)
+        if t.precision == "fp8":  # before the optimizers, compile and DDP see the model
+            layers = convert_to_fp8(self.model)
+            log(f"precision fp8: {len(layers)} block matrices train in FP8 (torchao, tensorwise scaling);"
+                " LM head, embedding and norms in bf16")
+        self.compile = resolve_compile(t.compile, env.device)
+        log(f"train.compile: {'on' if self.compile else 'off'}"
+            + (f" (omitted: the default on {env.device.type})" if t.compile is None else ""))
+        self.optimizers = build_optimizers(self.model, t.optimizer, compile=self.compile)
         self.state = TrainState()
         self._resume()
-        runnable = torch.compile(self.model) if t.compile else self.model
+        runnable = torch.compile(self.model) if self.compile else self.model
         self.ddp = (
             DistributedDataParallel(runnable, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
             if env.world_size > 1
             else None
         )
         self.forward = self.ddp or runnable
+        self.train_step = TrainStep(self.model, self.forward, self.ddp, self.optimizers, env.device, t.precision,
+                                    t.optimizer.max_grad_norm)
         port = int(os.environ.get("SPEEDRUN_METRICS_PORT") or spec.metrics.port)
         self.telemetry = Telemetry(port if env.is_main else None)
         self.tracker = Tracker(
             job, enabled=env.is_main, run_id=self.state.run_id, config={"spec": job.manifest()["spec"]}
         )
         self.flops_per_step = training_flops_per_token(m) * self.plan.tokens_per_step
+        self._printed_step = self.state.step
         self.peak_flops = self.plan.device_flops * env.world_size
 
     def _resume(self) -> None:
         ckpt = checkpoint.load(self.storage)
+        preflight.check_identity(self.storage, self.job, ckpt.meta if ckpt is not None else None)
+        if self.env.is_main:
+            preflight.claim(self.storage, self.job)
         if ckpt is None:
             return
         self.model.load_state_dict(ckpt.model)
@@ -168,31 +184,24 @@ class Trainer:
         log(f"resumed from {self.storage.url(f'checkpoints/meta_{ckpt.step:06d}.json')} at step {ckpt.step}")
 
     # ---- one optimizer step --------------------------------------------------------------
-    def _step(self) -> torch.Tensor:
-        t, env, step = self.spec.train, self.env, self.state.step
-        o = t.optimizer
-        set_lr(self.optimizers, lr_multiplier(step, self.plan.steps, o.warmup_steps, o.decay, o.min_lr_ratio))
-        total = torch.zeros((), device=env.device)
-        for micro in range(self.accum):
-            first = batch_for(step, micro, env.rank, env.world_size, t.device_batch_size, t.batch_size)
-            x, y = self.train_data.sequences(first, t.device_batch_size, self.spec.model.seq_len)
-            x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-            last = micro == self.accum - 1
-            sync_ctx = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
-            with sync_ctx, autocast(env.device, t.precision):
-                loss = self.forward(x, y)
-            (loss / self.accum).backward()
-            total += loss.detach()
-        if o.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.max_grad_norm)
-        for opt in self.optimizers:
-            opt.step()
-        self.model.zero_grad(set_to_none=True)
-        return total / self.accum
+    def _step(self, batches: BatchPrefetcher) -> torch.Tensor:
+        """One optimizer step (train/step.py); the mean loss stays on the device."""
+        o = self.spec.train.optimizer
+        set_lr(self.optimizers, lr_multiplier(self.state.step, self.plan.steps, o.warmup_steps, o.decay,
+                                              o.min_lr_ratio))
+        return self.train_step(batches.next_step())
+
+    def _prefetcher(self) -> BatchPrefetcher:
+        t, env = self.spec.train, self.env
+        return BatchPrefetcher(
+            self.train_data, start_step=self.state.step, accum=self.accum, rank=env.rank, world=env.world_size,
+            device_batch_size=t.device_batch_size, batch_size=t.batch_size, seq_len=self.spec.model.seq_len,
+            device=env.device,
+        )
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> TrainState:
-        st, t, env = self.state, self.spec.train, self.env
+        st, env = self.state, self.env
         total_steps = self.plan.steps
         self.telemetry.set(step=st.step, total_steps=total_steps, training_seconds=st.training_seconds)
         if st.step >= total_steps or st.target_reached:
@@ -203,41 +212,57 @@ class Trainer:
             f" process(es) x {self.accum} accumulation step(s), from step {st.step}"
         )
         self.model.train()
-        session_seconds, session_steps = 0.0, 0
+        batches = self._prefetcher()
+        try:
+            return self._train_steps(batches)
+        finally:
+            batches.close()
+
+    def _train_steps(self, batches: BatchPrefetcher) -> TrainState:
+        # No host sync inside a step: the loss is summed on the device and the step clock is
+        # CUDA events (train/step.py); both are read only where the loop needs a number.
+        st, t = self.state, self.spec.train
+        total_steps = self.plan.steps
+        timer, meter = StepTimer(self.env.device), LossMeter(self.env.device)
+        window_seconds, window_steps, session_steps = 0.0, 0, 0
         while st.step < total_steps:
-            _sync(env.device)
-            t0 = time.perf_counter()
-            loss = self._step()
-            _sync(env.device)
-            dt = time.perf_counter() - t0
+            timer.start()
+            loss = self._step(batches)
+            timer.stop()
+            meter.add(loss)
             st.step += 1
-            if session_steps < t.clock_warmup_steps:  # warm-up: compile, first steps after a (re)start
-                st.warmup_seconds += dt
-                st.warmup_steps += 1
-            else:
-                st.training_seconds += dt
-            session_seconds += dt
             session_steps += 1
             last = st.step == total_steps
-            if st.step % t.log_every == 0 or last:
-                self._log_progress(loss, session_seconds, session_steps)
-            if ((t.eval_every and st.step % t.eval_every == 0) or last) and self._evaluate():
+            log_now = st.step % t.log_every == 0 or last
+            eval_now = bool(t.eval_every and st.step % t.eval_every == 0) or last
+            checkpoint_now = bool(t.checkpoint_every and st.step % t.checkpoint_every == 0) or last
+            warmup_done = session_steps == t.clock_warmup_steps
+            if warmup_done or log_now or eval_now or checkpoint_now:  # the clock is current wherever read
+                seconds, steps = timer.read()
+                if session_steps <= t.clock_warmup_steps:  # warm-up: compile, first steps after a (re)start
+                    st.warmup_seconds += seconds
+                    st.warmup_steps += steps
+                else:  # the timer was read at the warm-up's end: these steps all come after it
+                    st.training_seconds += seconds
+                window_seconds, window_steps = window_seconds + seconds, window_steps + steps
+            if log_now:
+                self._log_progress(meter.read(), window_seconds, window_steps)
+                window_seconds, window_steps = 0.0, 0
+            if eval_now and self._evaluate():
                 st.time_to_target_seconds = st.training_seconds
                 st.target_reached = True
                 log(f"target reached at step {st.step} after {st.training_seconds:.1f}s of training")
                 self._checkpoint()
                 break
-            if (t.checkpoint_every and st.step % t.checkpoint_every == 0) or last:
+            if checkpoint_now:
                 self._checkpoint()
         return st
 
-    def _log_progress(self, loss: torch.Tensor, seconds: float, steps: int) -> None:
-        st, env = self.state, self.env
-        if dist.is_initialized():
-            dist.all_reduce(loss)
-            loss = loss / env.world_size
-        st.train_loss = float(loss)
-        step_time = seconds / steps
+    def _log_progress(self, loss: float, seconds: float, steps: int) -> None:
+        """Progress over the last `steps` steps (`seconds` of training): their mean loss, speed, ETA."""
+        st = self.state
+        st.train_loss = loss
+        step_time = seconds / max(steps, 1)
         tps = self.plan.tokens_per_step / step_time
         mfu = self.flops_per_step / step_time / self.peak_flops
         eta = (self.plan.steps - st.step) * step_time
@@ -248,8 +273,9 @@ class Trainer:
         lr = self.optimizers[0].param_groups[0]["lr"]  # the scheduled lr of the step just taken
         self.tracker.log({"train/loss": st.train_loss, "throughput/tokens_per_second": tps, "mfu": mfu,
                           "train/lr": lr}, st.step)
-        every = max(1, self.plan.steps // 20)
-        if st.step % every == 0 or st.step == self.plan.steps:
+        every = max(1, self.plan.steps // 20)  # about 20 log lines per run, whatever logEvery is
+        if st.step - self._printed_step >= every or st.step == self.plan.steps:
+            self._printed_step = st.step
             log(
                 f"step {st.step:>6}/{self.plan.steps} | loss {st.train_loss:.4f} | {tps:,.0f} tok/s"
                 f" | mfu {mfu:.1%} | eta {eta:.0f}s"
@@ -261,6 +287,7 @@ class Trainer:
             self.model, self.val_data, self.token_bytes, tokens=spec.eval.bpb.tokens,
             seq_len=spec.model.seq_len, batch_size=spec.train.device_batch_size, rank=env.rank,
             world_size=env.world_size, device=env.device, precision=spec.train.precision,
+            eval_batch=spec.train.batch_size,
         )
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
         st.history.append({"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb,
@@ -313,6 +340,7 @@ class Trainer:
             {
                 **asdict(st),
                 "total_steps": self.plan.steps,
+                "spec_hash": preflight.spec_hash(self.job),
                 "tokens": st.step * self.plan.tokens_per_step,
                 "tokens_per_second": st.step * self.plan.tokens_per_step / st.training_seconds
                 if st.training_seconds else None,

@@ -12,7 +12,9 @@ No biases anywhere, so the parameter count equals `speedrun_api.flops.param_coun
     loss = model(idx, targets)                            # scalar, mean over non-ignored tokens
     per_token = model(idx, targets, reduction="none")    # (B, T) nats, 0 where targets == -1
 
-Works in fp32, under `torch.autocast(..., dtype=torch.bfloat16)`, `torch.compile` and DDP.
+Works in fp32, under `torch.autocast(..., dtype=torch.bfloat16)`, `torch.compile` and DDP. With
+targets, the LM head and the loss run in row chunks (train/cross_entropy.py), so the full
+(B, T, V) fp32 logits are never materialised.
 """
 
 from __future__ import annotations
@@ -24,11 +26,41 @@ import torch.nn.functional as F
 from torch import nn
 
 from speedrun_api.spec import ModelSpec
+from speedrun_trainer.train.cross_entropy import IGNORE_INDEX, chunked_token_losses, linear_cross_entropy
 
 # `enable_gqa` arrived in torch 2.5; before that, key/value heads are repeated by hand.
 _SDPA_HAS_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
 
-IGNORE_INDEX = -1
+__all__ = ["GPT", "IGNORE_INDEX"]
+
+
+class _RMSNormCPU(torch.autograd.Function):
+    """RMSNorm with a gain and a hand-written backward, for eager CPU runs.
+
+    torch 2.13 has no fused CPU kernel for `F.rms_norm`: it runs as pow, mean, add, rsqrt and two
+    multiplies, and autograd differentiates each. Saving x_hat and 1/rms and writing the backward
+    out (dx = rstd * (g - x_hat * mean(g * x_hat)), g = dy * w) takes about half the time on the
+    shapes of the CPU configs; equal to `F.rms_norm` up to rounding (tests/test_model.py).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))
+        x_hat = x * rstd
+        ctx.save_for_backward(x_hat, rstd, weight)  # type: ignore[attr-defined]
+        return x_hat * weight
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x_hat, rstd, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad_w = (grad_out * x_hat).reshape(-1, x_hat.size(-1)).sum(0) if ctx.needs_input_grad[1] else None  # type: ignore[attr-defined]
+        g = grad_out * weight
+        grad_x = (g - x_hat * (g * x_hat).mean(-1, keepdim=True)).mul_(rstd)
+        return grad_x, grad_w, None
 
 
 class RMSNorm(nn.Module):
@@ -40,7 +72,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The gain follows the activation's dtype (bf16 under autocast) so the fused kernel applies.
+        if x.device.type == "cpu" and x.dtype == self.weight.dtype and not torch.compiler.is_compiling():
+            return _RMSNormCPU.apply(x, self.weight, self.eps)
+        # The gain follows the activation's dtype (bf16 under autocast) so the fused kernel applies;
+        # under torch.compile inductor fuses the norm itself.
         return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype), self.eps)
 
 
@@ -193,12 +228,13 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.norm_f(x)
-        logits = self.lm_head(x).float()  # (B, T, V); the loss is always taken in float32
         if targets is None:
-            return logits
+            return self.lm_head(x).float()  # (B, T, V)
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-        loss = F.cross_entropy(
-            logits.view(b * t, -1), targets.reshape(b * t), ignore_index=IGNORE_INDEX, reduction=reduction
-        )
-        return loss if reduction == "mean" else loss.view(b, t)
+        # The loss never materialises the full fp32 logits: rows go through the head in chunks
+        # (train/cross_entropy.py). The mean path makes its gradients chunk by chunk, too.
+        x, flat_targets = x.reshape(b * t, -1), targets.reshape(b * t)
+        if reduction == "mean":
+            return linear_cross_entropy(x, self.lm_head.weight, flat_targets)
+        return chunked_token_losses(x, self.lm_head, flat_targets).view(b, t)

@@ -1,8 +1,8 @@
 """Optimizers and the learning-rate schedule of the trainer.
 
 - `lr_multiplier`: warmup-stable-decay (WSD) schedule as a multiplier of the base rate.
-- `Muon`: momentum + Newton-Schulz orthogonalization for 2-D hidden matrices (Keller Jordan's
-  algorithm, https://kellerjordan.github.io/posts/muon/, written from the description).
+- `Muon` (train/muon.py, re-exported here): momentum + Newton-Schulz orthogonalization for the
+  2-D hidden matrices, stacked per shape and split across ranks.
 - `build_optimizers`: AdamW alone, or Muon for the hidden matrices + AdamW for the rest.
 - `set_lr`: apply a schedule multiplier to every param group's `initial_lr`.
 
@@ -17,17 +17,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from speedrun_api.spec import OptimizerSpec
+from speedrun_trainer.train.muon import Muon, newton_schulz
 
-# Quintic Newton-Schulz coefficients from the Muon write-up: they push every singular value
-# into roughly [0.7, 1.2] in five steps, which trains as well as exact orthogonalization.
-_NS_COEFFS = (3.4445, -4.7750, 2.0315)
-
+__all__ = ["Muon", "build_optimizers", "lr_multiplier", "newton_schulz", "set_lr"]
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, decay: float, min_lr_ratio: float) -> float:
     """Multiplier for the update made at 0-based `step`.
@@ -47,83 +45,6 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int, decay: float, 
         progress = min(1.0, (step - decay_start) / decay_steps)
         mult = min(mult, 1.0 - (1.0 - min_lr_ratio) * progress)
     return mult
-
-
-def newton_schulz(grad: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Approximate U V^T of grad = U S V^T (a 2-D matrix) by `steps` quintic iterations.
-
-    Runs in bf16 on CUDA (fast, and the iteration tolerates the noise), fp32 elsewhere.
-    Returns a tensor of grad's shape and dtype whose singular values are near 1.
-    """
-    if grad.ndim != 2:
-        raise ValueError(f"Newton-Schulz needs a 2-D matrix, got shape {tuple(grad.shape)}")
-    a, b, c = _NS_COEFFS
-    x = grad.to(torch.bfloat16 if grad.is_cuda else torch.float32)
-    transposed = x.size(0) > x.size(1)
-    if transposed:  # iterate on the wide form: X X^T is then the smaller Gram matrix
-        x = x.mT
-    x = x / (x.norm() + 1e-7)  # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
-        gram = x @ x.mT
-        poly = b * gram + c * gram @ gram
-        x = a * x + poly @ x
-    if transposed:
-        x = x.mT
-    return x.to(grad.dtype)
-
-
-class Muon(torch.optim.Optimizer):
-    """MomentUm Orthogonalized by Newton-schulz, for 2-D weight matrices only.
-
-    Per step: buf <- momentum * buf + (1 - momentum) * grad; the update direction is the
-    Nesterov look-ahead grad + momentum * (buf - grad) (or buf), orthogonalized by Newton-Schulz
-    and scaled by sqrt(max(1, rows / cols)); weight decay is decoupled: p <- p * (1 - lr * wd).
-    Under DDP every rank holds the same averaged gradient and computes the same update.
-    """
-
-    def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict],
-        lr: float = 0.02,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        ns_steps: int = 5,
-    ) -> None:
-        if lr < 0 or not 0 <= momentum < 1 or weight_decay < 0:
-            raise ValueError(f"invalid Muon settings: lr={lr}, momentum={momentum}, wd={weight_decay}")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                        ns_steps=ns_steps)
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.ndim != 2:
-                    raise ValueError(f"Muon only takes 2-D parameters, got shape {tuple(p.shape)}")
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(grad, 1 - momentum)
-                direction = grad.lerp(buf, momentum) if group["nesterov"] else buf
-                update = newton_schulz(direction, group["ns_steps"])
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(update, alpha=-lr * scale)
-        return loss
 
 
 def _split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
@@ -150,34 +71,37 @@ def _split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramet
     return hidden, other_2d, gains
 
 
-def _adamw(groups: list[dict], opt: OptimizerSpec, lr: float, cuda: bool) -> torch.optim.AdamW:
+def _adamw(groups: list[dict], opt: OptimizerSpec, lr: float) -> torch.optim.AdamW:
+    # fused on CUDA and CPU (torch >= 2.4): one kernel per dtype/device group, and its step counts
+    # stay tensors (the foreach CPU path reads each back with .item()).
     groups = [dict(g, lr=lr, initial_lr=lr) for g in groups if g["params"]]
-    kwargs = {"fused": True} if cuda else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=lr, betas=(opt.beta1, opt.beta2), eps=1e-8, **kwargs)
+    return torch.optim.AdamW(groups, lr=lr, betas=(opt.beta1, opt.beta2), eps=1e-8, fused=True)
 
 
-def build_optimizers(model: nn.Module, opt: OptimizerSpec) -> list[torch.optim.Optimizer]:
+def build_optimizers(model: nn.Module, opt: OptimizerSpec, compile: bool = False) -> list[torch.optim.Optimizer]:
     """The optimizers for `model` as `opt` asks; every param group records `initial_lr`.
 
     adamw: one AdamW; weight decay on >=2-D weights only (not on norm gains).
     muon: Muon (lr = learningRate, momentum, weight decay) for the blocks' 2-D matrices, and
     AdamW (lr = adamLearningRate or learningRate / 5) for embeddings, LM head and gains.
+    `compile`: Muon's Newton-Schulz as one compiled graph per matrix shape (the trainer passes
+    its resolved `train.compile`).
     """
     hidden, other_2d, gains = _split_params(model)
-    cuda = next(model.parameters()).is_cuda
     no_decay = {"params": gains, "weight_decay": 0.0, "name": "adam_no_decay"}
     if opt.name == "adamw":
         decay = {"params": hidden + other_2d, "weight_decay": opt.weight_decay, "name": "adam_decay"}
-        return [_adamw([decay, no_decay], opt, opt.learning_rate, cuda)]
+        return [_adamw([decay, no_decay], opt, opt.learning_rate)]
     muon = Muon(
         [{"params": hidden, "name": "muon", "initial_lr": opt.learning_rate}],
         lr=opt.learning_rate,
         momentum=opt.momentum,
         weight_decay=opt.weight_decay,
+        compile=compile,
     )
     adam_lr = opt.adam_learning_rate or opt.learning_rate / 5
     decay = {"params": other_2d, "weight_decay": opt.weight_decay, "name": "adam_decay"}
-    return [muon, _adamw([decay, no_decay], opt, adam_lr, cuda)]
+    return [muon, _adamw([decay, no_decay], opt, adam_lr)]
 
 
 def set_lr(optimizers: Iterable[torch.optim.Optimizer], multiplier: float) -> None:

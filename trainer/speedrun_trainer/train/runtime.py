@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from speedrun_api.manifest import EXIT_INVALID, ConfigError, SpecError, load_job
 from speedrun_api.spec import SpeedrunJob
+from speedrun_trainer.data.shards import ShardError
 from speedrun_trainer.data.storage import DataError, Storage, open_storage
 
 
@@ -80,10 +81,15 @@ def teardown_distributed() -> None:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 (and fp8, whose matmuls are not implemented yet) autocast on CUDA; fp32 elsewhere."""
+    """bf16 autocast on CUDA for bf16 and fp8 (whose FP8 layers are torchao's, train/fp8.py); fp32 elsewhere."""
     if device.type == "cuda" and precision in ("bf16", "fp8"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def resolve_compile(setting: bool | None, device: torch.device) -> bool:
+    """`train.compile`: as given, or when omitted (None) on for CUDA and off elsewhere."""
+    return device.type == "cuda" if setting is None else setting
 
 
 def run_storage(job: SpeedrunJob) -> Storage:
@@ -119,9 +125,15 @@ def entry_point(
 ) -> int:
     """`python -m <prog> --config FILE`: load the config, set up torch.distributed, run `body`.
 
-    Exit codes: 0 done; 2 the config can never work (found before or while running; the
-    torchrun wrapper passes it on); 1 anything else worth a retry, such as data that cannot be read.
+    Exit codes: 0 done; 2 the config can never work (found before or while running: the spec,
+    the data's contents, a local storage that cannot be written, a storage that holds another
+    spec's run; the torchrun wrapper passes it on); 1 anything else worth a retry, such as data
+    that cannot be read right now.
     """
+    from speedrun_trainer.train.torchrun import die_with_parent
+
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # a worker of a torchrun agent: go when it goes
+        die_with_parent()
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="SpeedrunJob manifest (YAML or JSON)")
     args = parser.parse_args(argv)
@@ -129,7 +141,9 @@ def entry_point(
     env = setup_distributed()
     try:
         return body(job, env)
-    except ConfigError as err:  # config problems found only at run time (tokenizer, world size)
+    except (ConfigError, ShardError) as err:
+        # Problems no retry can fix, found only at run time: the tokenizer, the world size, the
+        # data (train/preflight.py: token ids, validation length, storage; a malformed shard).
         from speedrun_trainer.train.torchrun import report_config_error
 
         print(f"invalid config: {err}", file=sys.stderr, flush=True)

@@ -11,12 +11,18 @@ worth retrying. This wrapper:
    invalid at run time (world size, tokenizer vocabulary) writes its one-line error;
 3. when torchrun fails and that file says why, prints the error as the last log line (the pod's
    termination message) and exits 2; any other failure exits 1, as torchrun does.
+
+With `SPEEDRUN_DIE_WITH_PARENT=1` (`speedrun run` sets it; pods need not), the agent and its
+workers ask Linux for SIGTERM when their parent dies (`die_with_parent`), so even a SIGKILLed
+`speedrun run` or agent leaves no orphan training processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +30,21 @@ from pathlib import Path
 from speedrun_api.manifest import EXIT_INVALID
 
 CONFIG_ERROR_FILE_ENV = "SPEEDRUN_CONFIG_ERROR_FILE"
+DIE_WITH_PARENT_ENV = "SPEEDRUN_DIE_WITH_PARENT"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """With SPEEDRUN_DIE_WITH_PARENT=1 on Linux: SIGTERM this process when its parent exits.
+
+    prctl(PR_SET_PDEATHSIG) is Linux-only; elsewhere `speedrun run`'s own signal handling (and
+    torchrun's, which stops its workers on SIGTERM) is what stops the tree."""
+    if os.environ.get(DIE_WITH_PARENT_ENV) != "1" or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0 and os.getppid() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # the parent was gone before the request took hold
 
 
 def config_path(argv: list[str]) -> str | None:
@@ -45,6 +66,7 @@ def report_config_error(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     argv = list(sys.argv[1:] if argv is None else argv)
     config = config_path(argv)
     if config is not None:

@@ -1,0 +1,137 @@
+"""Checks before the first step, so what can never work fails in seconds with exit 2, not later.
+
+- The run's identity: `run_identity.json` in the run's storage holds a hash of the
+  training-relevant spec (model, train, data, target, and eval when a target is set; not
+  checkpointEvery/logEvery, which do not change what is trained). A run whose storage already
+  holds another spec's identity, or whose newest checkpoint was saved under another spec, is
+  refused: resuming would train the old run's weights under the new spec, and the evaluation
+  would publish the new spec with the old numbers.
+  The evaluation refuses the same way (`check_published`), so a results file is never written by
+  a run that trained nothing under a different spec.
+- The data: every token id below `spec.model.vocabSize` (the embedding would raise IndexError
+  mid-run), and an evaluation set of at least seqLen + 1 tokens (else the evaluation fails only
+  after training).
+- The storage takes a write (a probe object, deleted again). A local path that cannot be written
+  (its parent is a file, no permission, read-only) is a config error; an S3 error stays a
+  `DataError` (exit 1), which may be transient and is worth a retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import numpy as np
+
+from speedrun_api.manifest import ConfigError
+from speedrun_api.spec import SpeedrunJob
+from speedrun_trainer.data.loader import TokenDataset
+from speedrun_trainer.data.storage import DataError, FileStorage, Storage
+
+IDENTITY_KEY = "run_identity.json"
+TRAINING_FIELDS = ("model", "train", "data", "target")
+NOT_TRAINING = {"train": ("checkpointEvery", "logEvery")}  # how often to save or log: same weights
+SCAN_CHUNK = 1 << 24  # tokens per np.max call: bounded memory on any shard size
+
+
+def training_spec(job: SpeedrunJob) -> dict[str, Any]:
+    """The part of the spec that decides the trained weights (wire names, defaults left out, so
+    a field added later with a default does not change the identity of existing runs)."""
+    spec = job.spec.model_dump(by_alias=True, exclude_defaults=True, exclude_none=True, mode="json")
+    out = {k: spec[k] for k in TRAINING_FIELDS if k in spec}
+    if job.spec.target is not None and "eval" in spec:  # the evaluation set decides when training stops
+        out["eval"] = spec["eval"]
+    for section, keys in NOT_TRAINING.items():
+        for key in keys:
+            out.get(section, {}).pop(key, None)
+    return out
+
+
+def spec_hash(job: SpeedrunJob) -> str:
+    canonical = json.dumps(training_spec(job), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _differences(old: Any, new: Any, path: str = "spec") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _differences(old.get(k), new.get(k), f"{path}.{k}")]
+    return [] if old == new else [path]
+
+
+def _refuse(storage: Storage, what: str, stored: dict[str, Any] | None, job: SpeedrunJob) -> ConfigError:
+    changed = _differences(stored, training_spec(job)) if stored is not None else []
+    fields = f" ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''} differ)" if changed else ""
+    return ConfigError(
+        f"spec.storage.uri: {storage.url('')} holds {what} of another spec{fields}; give this spec a storage"
+        " URI of its own (or delete the old run) instead of resuming or overwriting it"
+    )
+
+
+def check_identity(storage: Storage, job: SpeedrunJob, newest_checkpoint_meta: dict[str, Any] | None) -> None:
+    """Refuse a storage that belongs to another spec's run (every rank; reads only)."""
+    if storage.exists(IDENTITY_KEY):
+        stored = storage.read_json(IDENTITY_KEY)
+        if stored.get("spec_hash") != spec_hash(job):
+            raise _refuse(storage, "a run", stored.get("training_spec"), job)
+    elif newest_checkpoint_meta is not None and isinstance(newest_checkpoint_meta.get("spec"), dict):
+        # A run from before identities were written: its checkpoint's meta carries the whole spec.
+        try:
+            old = SpeedrunJob.model_validate(newest_checkpoint_meta["spec"])
+        except ValueError:
+            return
+        if spec_hash(old) != spec_hash(job):
+            raise _refuse(storage, "checkpoints", training_spec(old), job)
+
+
+def claim(storage: Storage, job: SpeedrunJob) -> None:
+    """Rank 0: record this spec as the run's identity (after `check_identity` passed)."""
+    if not storage.exists(IDENTITY_KEY):
+        storage.write_json(IDENTITY_KEY, {"spec_hash": spec_hash(job), "training_spec": training_spec(job)})
+
+
+def check_published(storage: Storage, job: SpeedrunJob, summary: dict[str, Any]) -> None:
+    """The evaluation: the training summary must come from this spec's training."""
+    trained = summary.get("spec_hash")
+    if trained is None and storage.exists(IDENTITY_KEY):
+        trained = storage.read_json(IDENTITY_KEY).get("spec_hash")
+    if trained is not None and trained != spec_hash(job):
+        stored = storage.read_json(IDENTITY_KEY).get("training_spec") if storage.exists(IDENTITY_KEY) else None
+        raise _refuse(storage, "the training of a run", stored, job)
+
+
+def check_writable(storage: Storage) -> None:
+    """Write and delete a probe object; raises ConfigError (local) or DataError (remote)."""
+    key = f".write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        storage.write_bytes(key, b"")
+        storage.delete(key)
+    except (OSError, DataError) as err:
+        if isinstance(storage, FileStorage):
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise ConfigError(f"spec.storage.uri: {storage.url('')} is not writable ({reason})") from None
+        raise DataError(f"{storage.url('')}: cannot write ({err})") from None
+
+
+def check_token_ids(dataset: TokenDataset, vocab_size: int, field: str) -> None:
+    """Every token id < vocab_size (a shard whose dtype cannot hold vocab_size needs no scan)."""
+    for shard in dataset.shards:
+        if np.issubdtype(shard.dtype, np.integer) and vocab_size > np.iinfo(shard.dtype).max:
+            continue
+        for start in range(0, len(shard), SCAN_CHUNK):
+            chunk = shard[start : start + SCAN_CHUNK]
+            top = int(np.max(chunk))
+            if top >= vocab_size:
+                raise ConfigError(
+                    f"{field}: {dataset.uri} holds token id {top}, but spec.model.vocabSize is {vocab_size}"
+                    " (tokenized with another tokenizer?)"
+                )
+
+
+def check_validation_length(dataset: TokenDataset, seq_len: int, field: str) -> None:
+    if dataset.num_tokens < seq_len + 1:
+        raise ConfigError(
+            f"{field}: {dataset.uri} has {dataset.num_tokens} tokens; evaluation needs at least"
+            f" spec.model.seqLen + 1 = {seq_len + 1}"
+        )

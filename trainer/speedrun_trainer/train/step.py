@@ -1,0 +1,127 @@
+"""One optimizer step with no host synchronisation, its clock, and its loss read every N steps.
+
+- `TrainStep`: forward + backward over the micro-batches (DDP gradient sync only on the last),
+  gradient-norm clip, every optimizer's step, zero_grad. It returns the mean loss as a device
+  tensor and reads nothing back: no `.item()`, no `float()`, no synchronize, so the host keeps
+  queueing kernels while the GPU works.
+- `StepTimer`: on CUDA a pair of CUDA events around each step, read only when asked (one wait
+  on the newest event, then `elapsed_time`s that are already complete); elsewhere perf_counter
+  (CPU ops run synchronously, so wall time is step time).
+- `LossMeter`: the losses of the steps since the last read, summed on the device; `read()` makes
+  one all-reduce and one host read for all of them (the trainer calls it every `logEvery` steps).
+
+    step = TrainStep(model, forward, ddp, optimizers, device, precision, max_grad_norm)
+    timer, meter = StepTimer(device), LossMeter(device)
+    timer.start(); loss = step(prefetcher.next_step()); timer.stop(); meter.add(loss)
+    ...every logEvery steps: seconds, steps = timer.read(); mean_loss = meter.read()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from speedrun_trainer.train.runtime import autocast
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class TrainStep:
+    """The trainer's optimizer step (see the module doc); the learning rate is set by the caller."""
+
+    def __init__(
+        self, model: nn.Module, forward: Callable[..., torch.Tensor], ddp: DistributedDataParallel | None,
+        optimizers: Sequence[torch.optim.Optimizer], device: torch.device, precision: str, max_grad_norm: float,
+    ) -> None:
+        self.model, self.forward, self.ddp = model, forward, ddp
+        self.optimizers, self.device, self.precision = list(optimizers), device, precision
+        self.max_grad_norm = max_grad_norm
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def __call__(self, micro_batches: Sequence[Batch]) -> torch.Tensor:
+        accum = len(micro_batches)
+        total = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(micro_batches):
+            last = i == accum - 1
+            no_sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with no_sync, autocast(self.device, self.precision):
+                loss = self.forward(x, y)
+            (loss / accum).backward()
+            total += loss.detach()
+        if self.max_grad_norm > 0:
+            # foreach norm + clamp on the device: no host read (clip_grad_norm_ never .item()s)
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
+        for opt in self.optimizers:
+            opt.step()
+        self.model.zero_grad(set_to_none=True)
+        return total / accum
+
+
+class StepTimer:
+    """Seconds spent in the timed steps, read lazily (see the module doc)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._open: torch.cuda.Event | float | None = None
+        self._seconds, self._steps = 0.0, 0
+
+    def start(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._open = event
+        else:
+            self._open = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._open is None:
+            raise RuntimeError("StepTimer.stop() without start()")
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((self._open, end))  # type: ignore[arg-type]
+        else:
+            self._seconds += time.perf_counter() - self._open  # type: ignore[operator]
+        self._open = None
+        self._steps += 1
+
+    def read(self) -> tuple[float, int]:
+        """(seconds, steps) timed since the last read; on CUDA waits for the last timed step once."""
+        if self._pending:
+            self._pending[-1][1].synchronize()
+            self._seconds += sum(a.elapsed_time(b) for a, b in self._pending) / 1000.0
+            self._pending.clear()
+        out = (self._seconds, self._steps)
+        self._seconds, self._steps = 0.0, 0
+        return out
+
+
+class LossMeter:
+    """Sum of step losses on the device; `read()` averages them over steps and ranks."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float32, device=device)
+        self.count = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss.detach().float()
+        self.count += 1
+
+    def read(self) -> float:
+        """The mean loss of the steps added since the last read, over all ranks (NaN if none)."""
+        if self.count == 0:
+            return float("nan")
+        total = self.total / self.count
+        if dist.is_initialized():
+            dist.all_reduce(total)
+            total = total / dist.get_world_size()
+        self.total.zero_()
+        self.count = 0
+        return float(total)

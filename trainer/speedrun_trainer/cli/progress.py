@@ -22,10 +22,10 @@ from rich.text import Text
 
 from speedrun_api.metrics import parse_metrics
 from speedrun_trainer.cli.notices import LogWatcher, Notice
+from speedrun_trainer.evaluation.definitions import LEVANTER_BPB, bpb_key
 
 MIN_BAR_WIDTH = 10
 STYLES = {"resumed": "cyan", "wandb": "magenta", "warning": "yellow", "results": "green", "info": ""}
-from speedrun_trainer.evaluation.definitions import LEVANTER_BPB, bpb_key
 
 
 def scrape(url: str, timeout: float = 1.0) -> dict[str, float]:

@@ -65,7 +65,7 @@ WORKDIR /src
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml constraints.txt ./
 COPY scripts/pyproject_requirements.py scripts/
-RUN python3 scripts/pyproject_requirements.py pyproject.toml train fp8 --exclude torch > /tmp/requirements.txt \
+RUN python3 scripts/pyproject_requirements.py pyproject.toml train wandb gcs fp8 --exclude torch > /tmp/requirements.txt \
  && pip install -c constraints.txt -r /tmp/requirements.txt
 COPY README.md ./
 COPY api/ api/

@@ -1,11 +1,12 @@
 # speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject changes).
-#   make speedrun   the CPU-tiny speedrun, locally (no cluster)
+#   make speedrun   the CPU-tiny speedrun, locally (no cluster); installs only what running needs
 #   make test       lint, generated-file drift check, the control plane's binaries, and the whole test suite
 #   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: setup speedrun test lint crd clean cluster-bin
 
@@ -16,10 +17,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: 2.13.0's CPU wheel is what these machines carry (see DESIGN.md)
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,fp8,plot,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,fp8,wandb,gcs,torchx,plot,dev]'
 	touch $(STAMP)
 
-speedrun: setup
+# The trainer and the CLI only (no test tools, no torchx, no W&B, no matplotlib).
+$(RUN_STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train]'
+	touch $(RUN_STAMP)
+
+speedrun: $(RUN_STAMP)
 	$(BIN)/speedrun run examples/tiny-cpu.yaml
 
 test: setup

@@ -54,14 +54,14 @@ class Case:
 
 
 CASES = [
-    Case("cpu", tiny(), pods=2, nnodes="2", nproc=1),
+    Case("cpu", tiny(), pods=2, nnodes="2", nproc=1, limits={"memory": "2Gi"}),  # the example's memory
     Case(
         "gpu-multi-node",
         yaml.safe_load((EXAMPLES / "gpt2-124m-8xh100.yaml").read_text()),
         pods=2,
         nnodes="2",
         nproc=8,
-        limits={"nvidia.com/gpu": "8"},
+        limits={"nvidia.com/gpu": "8", "memory": "512Gi"},
         node_selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         queue="gpu-queue",
@@ -76,7 +76,7 @@ CASES = [
         pods=2,
         nnodes="2",
         nproc=4,
-        limits={"google.com/tpu": "4"},
+        limits={"google.com/tpu": "4", "memory": "2Gi"},
         node_selector={
             "cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
             "cloud.google.com/gke-tpu-topology": "2x2x2",
@@ -88,6 +88,7 @@ CASES = [
         pods=2,
         nnodes="1:2",
         nproc=1,
+        limits={"memory": "2Gi"},
         elastic=True,
     ),
     Case(
@@ -96,6 +97,7 @@ CASES = [
         pods=2,
         nnodes="2",
         nproc=1,
+        limits={"memory": "2Gi"},
         queue="team-queue",
         suspended=True,
     ),

@@ -135,10 +135,12 @@ def test_base_requirements_have_no_torch() -> None:
     assert "kopf" in names(out) and "torch" not in names(out)
     trainer = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "pyproject_requirements.py"), str(ROOT / "pyproject.toml"),
-         "train", "--exclude", "torch"],
+         "train", "wandb", "gcs", "--exclude", "torch"],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
-    assert "torch" not in names(trainer) and {"numpy", "torchx"} <= names(trainer)
+    assert "torch" not in names(trainer) and {"numpy", "rich", "wandb", "s3fs", "gcsfs"} <= names(trainer)
+    assert "torchx" not in names(trainer), "torchx is `speedrun run --launcher torchx` only, not the pods'"
+    assert not any(r.startswith("kubernetes") and "<" in r for r in out), "no kubernetes cap on the base install"
 
 
 def test_trainer_installs_pinned_torch_from_a_chosen_index() -> None:
@@ -148,7 +150,7 @@ def test_trainer_installs_pinned_torch_from_a_chosen_index() -> None:
     installs = pip_installs(closure("trainer"))
     assert any('--index-url "${TORCH_INDEX}"' in i and '"torch==${TORCH_VERSION}"' in i for i in installs)
     runs = [run for s in closure("trainer") for run in s.all("RUN")]
-    assert any("pyproject_requirements.py pyproject.toml train fp8 --exclude torch" in run for run in runs)
+    assert any("pyproject_requirements.py pyproject.toml train wandb gcs fp8 --exclude torch" in run for run in runs)
 
 
 def test_commands_and_ports_match_the_chart_and_the_builders() -> None:

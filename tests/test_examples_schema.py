@@ -79,6 +79,13 @@ def test_example_matches_the_crd(validator: jsonschema.Draft4Validator, path: Pa
     assert errors(validator, manifest) == []
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_requests_cpu_and_memory(path: Path) -> None:
+    """Pods without requests are best-effort: the first evicted (charts/speedrun-operator/README.md)."""
+    resources = load(path)["spec"]["resources"]
+    assert resources.get("cpu") and resources.get("memory"), f"{path.name}: set spec.resources.cpu and memory"
+
+
 def test_kind_quickstart_manifest_matches_the_crd_and_runs_in_a_cluster(
     validator: jsonschema.Draft4Validator,
 ) -> None:

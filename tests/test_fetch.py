@@ -88,7 +88,7 @@ def test_paloma_c4_en_is_gated_tokenized_and_named(hub: HubMirror, tmp_path: Pat
     code, summary, err = _fetch(capsys, "paloma-c4-en", "--out", str(out), "--tokenizer", "byte")
     assert code == 0, err
     assert summary["documents"] == {"train": 0, "val": 6} and summary["dataset"] == "paloma/c4_en"
-    assert recorded_dataset(summary["validation"]) == "paloma/c4_en"  # results file it under Marin's key
+    assert recorded_dataset(summary["validation"]) == "paloma/c4_en"  # results name C4-EN
     tokens = read_shard_file(out / "val_000000.bin")
     assert bytes(int(t) for t in tokens if t < 256).decode() == "".join(texts)
     paths = {p for m, p, _ in hub.requests if "/resolve/" in p}

@@ -46,6 +46,10 @@ RELEASE, NAMESPACE = "rel", "speedrun"
 # Kinds the Kubernetes schemas do not describe; checked structurally below.
 NOT_BUILTIN = {"CustomResourceDefinition", "ServiceMonitor", "PodMonitor"}
 
+# The monitors render only where the cluster serves their kinds (.Capabilities.APIVersions);
+# `render` plays a cluster with the Prometheus Operator's CRDs unless told otherwise.
+MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor")
+
 _renders: dict[tuple[str, ...], list[dict[str, Any]]] = {}
 
 
@@ -61,13 +65,16 @@ def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120, check=False)
 
 
-def render(helm: Path, *args: str, chart: Path = CHART, release: str = RELEASE) -> list[dict[str, Any]]:
+def render(
+    helm: Path, *args: str, chart: Path = CHART, release: str = RELEASE, apis: tuple[str, ...] = MONITORING_APIS
+) -> list[dict[str, Any]]:
     """`helm template` -> the objects (cached per arguments; CRDs included)."""
-    key = (str(chart), release, *args)
+    key = (str(chart), release, *args, *apis)
     if key not in _renders:
+        api_args = [arg for api in apis for arg in ("--api-versions", api)]
         proc = run_helm(
             helm, "template", release, str(chart), "--namespace", NAMESPACE,
-            "--kube-version", KUBE_VERSION, "--include-crds", *args,
+            "--kube-version", KUBE_VERSION, "--include-crds", *api_args, *args,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         _renders[key] = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
@@ -206,7 +213,10 @@ def test_cluster_wide_serves_every_namespace_with_peering(helm: Path) -> None:
 def test_custom_images_and_resources(helm: Path) -> None:
     objects = render(helm, *values_args(CHART / "ci" / "custom-image-values.yaml"))
     settings = OperatorSettings.from_env(operator_env(objects))
-    assert settings.trainer_image == "registry.example.com/ml/speedrun-trainer:0.1.0-cu128"
+    assert settings.trainer_image == (
+        "registry.example.com/ml/speedrun-trainer:0.1.0-cu128"
+        "@sha256:4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"
+    )
     assert settings.image_pull_policy == "Always" and settings.run_as_user == 2000
     assert settings.service_account == "speedrun-trainer" and not settings.accelerator_selectors
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
@@ -390,6 +400,10 @@ def test_service_monitor_scrapes_the_metrics_service(helm: Path) -> None:
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["metricRelabelings"] == [
+        {"sourceLabels": ["__name__"], "regex": "python_gc_.*", "action": "drop"}
+    ]
+    assert "honorLabels" not in endpoint and "relabelings" not in endpoint
     assert DURATION.match(endpoint["interval"]) and DURATION.match(endpoint["scrapeTimeout"])
 
 
@@ -411,10 +425,34 @@ def test_pod_monitor_selects_rank_0_of_the_training_pods_the_operator_creates(he
     container_ports = train_job["spec"]["template"]["spec"]["containers"][0]["ports"]
     assert endpoint["port"] == L.PORT_NAME_METRICS in {p["name"] for p in container_ports}
     assert DURATION.match(endpoint["interval"])
-    [relabel] = endpoint["relabelings"]
+    ours, user = endpoint["relabelings"]  # the chart's own first, then monitoring.podMonitor.relabelings
     sanitized = re.sub(r"[^a-zA-Z0-9_]", "_", L.LABEL_JOB)
-    assert relabel == {"sourceLabels": [f"__meta_kubernetes_pod_label_{sanitized}"], "targetLabel": "speedrun_job"}
+    assert ours == {"sourceLabels": [f"__meta_kubernetes_pod_label_{sanitized}"], "targetLabel": "speedrun_job"}
+    assert user == {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}
+    assert endpoint["honorLabels"] is True and "metricRelabelings" not in endpoint
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["research", "leaderboard"]}
+
+
+def test_monitors_wait_for_the_prometheus_operator_crds(helm: Path, tmp_path: Path) -> None:
+    """Enabled but not served by the cluster: no monitor (the install would fail), and a note."""
+    monitoring = values_args(CHART / "ci" / "monitoring-values.yaml")
+    assert not [o for o in render(helm, *monitoring, apis=()) if o["kind"] in ("ServiceMonitor", "PodMonitor")]
+    only_pods = render(helm, *monitoring, apis=("monitoring.coreos.com/v1/PodMonitor",))
+    assert {o["kind"] for o in only_pods} & {"ServiceMonitor", "PodMonitor"} == {"PodMonitor"}
+    notes = render_notes(helm, tmp_path, *monitoring, apis=())
+    assert "no ServiceMonitor was created" in notes and "no PodMonitor was created" in notes
+    assert "no ServiceMonitor was created" not in render_notes(helm, tmp_path, *monitoring)
+
+
+def test_common_labels_on_every_object_but_never_in_selectors(helm: Path) -> None:
+    objects = render(helm, *values_args(CHART / "ci" / "custom-image-values.yaml"))
+    for obj in objects:
+        if obj["kind"] == "CustomResourceDefinition":  # crds/ is not templated
+            continue
+        assert obj["metadata"]["labels"]["team"] == "ml-infra", obj["kind"]
+    deployment = one(objects, "Deployment")
+    assert "team" not in deployment["spec"]["selector"]["matchLabels"]
+    assert deployment["spec"]["template"]["metadata"]["labels"]["team"] == "ml-infra"
 
 
 def test_pod_monitor_cluster_wide_watches_any_namespace(helm: Path) -> None:
@@ -444,12 +482,31 @@ def test_dashboard_queries_metrics_that_exist(helm: Path) -> None:
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
 
 
+def test_dashboard_filters_by_namespace_job_and_run_and_every_panel_has_a_unit() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "speedrun.json").read_text())
+    variables = [v["name"] for v in dashboard["templating"]["list"]]
+    assert variables == ["datasource", "namespace", "job", "run"]
+    trainer_queries = 0
+    for panel in dashboard["panels"]:
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{panel['title']}: no unit"
+        for target in panel["targets"]:
+            for _, matchers in re.findall(r"\b(speedrun_(?!operator_)[a-z_]+)\{([^}]*)\}", target["expr"]):
+                assert matchers == 'namespace=~"$namespace", job=~"$job", speedrun_job=~"$run"', target["expr"]
+                trainer_queries += 1
+    assert trainer_queries >= 7
+    units = {p["title"]: p["fieldConfig"]["defaults"]["unit"] for p in dashboard["panels"]}
+    assert units["MFU"] == "percentunit" and units["ETA"] == "s"
+    assert units["Validation bits per byte"] == "suffix: bits/byte"
+
+
 # ---- values.yaml and NOTES ---------------------------------------------------------------------
 
 
 def test_every_value_has_a_doc_comment() -> None:
-    """helm-docs style: each key is preceded by a `# --` comment (continuation lines allowed);
-    keys inside a free-form default (resources, securityContext) belong to their parent's."""
+    """helm-docs style: each setting is preceded by a `# --` comment (continuation lines allowed),
+    each group (a schema object with properties) by a plain heading comment, so that the values
+    table lists settings, not whole groups; keys inside a free-form default (resources,
+    securityContext) belong to their parent's."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     lines = (CHART / "values.yaml").read_text().splitlines()
     undocumented, stack = [], []  # stack: (indent, schema node of the key on that line)
@@ -468,7 +525,11 @@ def test_every_value_has_a_doc_comment() -> None:
         j = i - 1
         while j >= 0 and lines[j].strip().startswith("#") and not lines[j].strip().startswith("# --"):
             j -= 1
-        if j < 0 or not lines[j].startswith(" " * indent + "# --"):
+        documented = j >= 0 and lines[j].startswith(" " * indent + "# --")
+        if node is not None and "properties" in node:
+            if documented or not lines[i - 1].strip().startswith("#"):
+                undocumented.append(f"values.yaml:{i + 1}: group {key}: wants a plain heading comment, not `# --`")
+        elif not documented:
             undocumented.append(f"values.yaml:{i + 1}: {line.strip()}")
     assert not undocumented, "\n".join(undocumented)
 
@@ -487,17 +548,23 @@ def test_every_value_is_in_the_schema() -> None:
     walk(values, schema, "")
 
 
-def test_notes_say_how_to_submit_watch_and_read_results(helm: Path, tmp_path: Path) -> None:
+def render_notes(helm: Path, tmp_path: Path, *args: str, apis: tuple[str, ...] = MONITORING_APIS) -> str:
     # `helm template` skips NOTES.txt and `helm install --dry-run` wants a cluster, so a copy of
     # the chart renders NOTES.txt into a ConfigMap.
     chart = tmp_path / "chart"
-    shutil.copytree(CHART, chart)
-    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes.txt")
-    (chart / "templates" / "zz-notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
-        'data:\n  notes: {{ tpl (.Files.Get "notes.txt") . | toJson }}\n'
-    )
-    notes = next(o for o in render(helm, chart=chart) if o["metadata"]["name"] == "notes")["data"]["notes"]
+    if not chart.exists():
+        shutil.copytree(CHART, chart)
+        shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes.txt")
+        (chart / "templates" / "zz-notes.yaml").write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+            'data:\n  notes: {{ tpl (.Files.Get "notes.txt") . | toJson }}\n'
+        )
+    objects = render(helm, *args, chart=chart, apis=apis)
+    return str(next(o for o in objects if o["metadata"]["name"] == "notes")["data"]["notes"])
+
+
+def test_notes_say_how_to_submit_watch_and_read_results(helm: Path, tmp_path: Path) -> None:
+    notes = render_notes(helm, tmp_path)
     for expected in (
         f"kubectl -n {NAMESPACE} apply -f examples/tiny-cpu.yaml",
         f"kubectl -n {NAMESPACE} get srj -w",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from speedrun_trainer.evaluation.definitions import LossSums
+from speedrun_trainer.evaluation.definitions import LossSums, levanter_bpb
 from speedrun_trainer.evaluation.loss import evaluate_loss, score_batch
 
 
@@ -17,7 +17,7 @@ def test_score_batch_keeps_every_sum():
     losses = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     targets = torch.tensor([[0, 1, 2, 3]])
     assert score_batch(losses, targets, token_bytes) == LossSums(
-        nats=106.0, tokens=4, nats_with_bytes=6.0, tokens_with_bytes=3, bytes=6, last_nats=100.0, last_bytes=0
+        nats=106.0, tokens=4, nats_with_bytes=6.0, tokens_with_bytes=3, bytes=6
     )
 
 
@@ -114,3 +114,54 @@ def test_levanter_drops_each_sequences_last_position_by_hand():
     expected = sum(1 + t / 10 for t in kept) / (math.log(2) * sum(nbytes[t] for t in kept))
     assert ev.bpb == pytest.approx(expected)
     assert ev.loss == pytest.approx(sum(1 + t / 10 for t in targets) / 10)
+
+
+class CostByTarget(torch.nn.Module):
+    """Each target costs 1 + id/10 nats."""
+
+    def forward(self, x, y, reduction="none"):
+        return 1.0 + y.float() / 10
+
+
+# Marin-style documents: BOS (9) + tokens + EOS (8), specials of 0 bytes; ids 1, 2, 3 stand for 1, 2, 3 bytes.
+MARIN_DOCS = np.array([9, 1, 2, 8, 9, 3, 3, 3, 1, 8, 9, 2, 8] * 2)
+MARIN_BYTES = np.array([0, 1, 2, 3, 0, 0, 0, 0, 0, 0])
+
+
+def test_levanter_averages_per_batch_bpbs_weighted_by_tokens_by_hand():
+    # seqLen 4, 5 sequences (documents cross their boundaries), levanter eval batch 2: batches of 2, 2, 1 sequences.
+    # seq  inputs        targets       kept by the causal mask   nats            bytes
+    # 0    9 1 2 8       1 2 8 9       1 2 8                     1.1+1.2+1.8=4.1  3
+    # 1    9 3 3 3       3 3 3 1       3 3 3                     3.9              9
+    # 2    1 8 9 2       8 9 2 8       8 9 2                     1.8+1.9+1.2=4.9  2
+    # 3    8 9 1 2       9 1 2 8       9 1 2                     4.2              3
+    # 4    8 9 3 3       9 3 3 3       9 3 3                     4.5              6
+    # batch (nats, tokens, bytes): (8.0, 6, 12), (9.1, 6, 5), (4.5, 3, 6)
+    # levanter: (6 x 8.0/12 + 6 x 9.1/5 + 3 x 4.5/6) / 15 / ln 2 = 17.17 / 15 / ln 2
+    ev = evaluate_loss(CostByTarget(), ListDataset(MARIN_DOCS), MARIN_BYTES, tokens=20, seq_len=4, batch_size=1,
+                       eval_batch=2, rank=0, world_size=1, device=torch.device("cpu"), precision="fp32")
+    assert [(round(n, 6), t, b) for n, t, b in ev.levanter_batches] == [(8.0, 6, 12), (9.1, 6, 5), (4.5, 3, 6)]
+    assert ev.bpb == pytest.approx(17.17 / 15 / math.log(2))
+    assert ev.bpb != pytest.approx(21.6 / 23 / math.log(2))  # not global sums over global bytes
+    # Global batches, whichever rank scored a sequence: three ranks' per-batch sums add up to the same.
+    parts = [evaluate_loss(CostByTarget(), ListDataset(MARIN_DOCS), MARIN_BYTES, tokens=20, seq_len=4, batch_size=1,
+                           eval_batch=2, rank=r, world_size=3, device=torch.device("cpu"), precision="fp32")
+             for r in range(3)]
+    summed = [tuple(sum(x) for x in zip(*rows, strict=True))
+              for rows in zip(*(p.levanter_batches for p in parts), strict=True)]
+    assert levanter_bpb(summed) == pytest.approx(ev.bpb)
+
+
+def test_levanter_batch_without_bytes_divides_by_one():
+    # eval.py: `this_loss / max(this_bytes, 1)`; a batch of special tokens only still weighs its tokens.
+    assert levanter_bpb([(2.0, 3, 0), (1.0, 1, 4)]) == pytest.approx((3 * 2.0 + 1 * 0.25) / 4 / math.log(2))
+    assert math.isnan(levanter_bpb([(0.0, 0, 0)]))  # padding only
+
+
+def test_exceeding_the_set_warns_once_per_process(capsys):
+    data = SizedDataset(np.arange(333) % 256)
+    for _ in range(3):  # in-loop evaluations
+        evaluate_loss(UniformModel(256), data, np.ones(256, dtype=np.int64), tokens=4096, seq_len=64,
+                      batch_size=4, rank=0, world_size=1, device=torch.device("cpu"), precision="fp32")
+    err = capsys.readouterr()
+    assert (err.out + err.err).count("exceeds the evaluation set") == 1

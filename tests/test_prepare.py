@@ -148,3 +148,59 @@ def test_shards_of_another_tokenizer_are_named_as_a_config_problem(tmp_path: Pat
     assert problem is not None and problem.startswith("spec.eval.bpb.data: ") and "tokenized with byte" in problem
     assert recorded_dataset(shards) == "my/docs" and recorded_dataset("builtin://pydoc-topics/val") is None
     assert tokenizer_mismatch(str(tmp_path / "nowhere"), "x", load_tokenizer("byte")) is None  # no meta: no claim
+
+
+def _byte_level_tokenizer(path: Path, adds_bos: bool, normalizer: dict | None = None) -> Path:
+    """256 ByteLevel characters (id = byte) and Llama 3's BOS 256 / EOS 257; optionally a post-processor
+    that adds BOS itself, as Llama 3's tokenizer does."""
+    from tests.llama3_vocab import _byte_level_chars
+
+    specials = [{"id": 256 + i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                 "normalized": False, "special": True} for i, c in enumerate(["<|begin_of_text|>", "<|end_of_text|>"])]
+    sequence_a = {"Sequence": {"id": "A", "type_id": 0}}
+    post = {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, sequence_a],
+            "pair": [sequence_a, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [256],
+                                                     "tokens": ["<|begin_of_text|>"]}}}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    path.write_text(json.dumps({
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": specials, "normalizer": normalizer,
+        "pre_tokenizer": byte_level, "post_processor": post if adds_bos else None, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {c: i for i, c in enumerate(_byte_level_chars())}, "merges": []},
+    }))
+    return path
+
+
+@pytest.mark.parametrize(("adds_bos", "expected"), [
+    # Llama 3 adds BOS itself; levanter appends " " + EOS to the text: "hi" -> BOS h i ' ' EOS
+    (True, [256, 104, 105, 32, 257]),
+    # a tokenizer that adds nothing: levanter writes "<bos> " + text + " <eos>": BOS ' ' h i ' ' EOS
+    (False, [256, 32, 104, 105, 32, 257]),
+])
+def test_levanter_documents_by_hand(tmp_path: Path, adds_bos: bool, expected: list[int]) -> None:
+    tok = _byte_level_tokenizer(tmp_path / "tok.json", adds_bos)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"text": "hi"}) + "\n" + json.dumps({"text": "hi"}) + "\n")
+    out = tmp_path / "out"
+    summary = prepare([str(docs)], out.as_uri(), str(tok), dataset="paloma/c4_en", split="val", documents="levanter")
+    assert summary["document_style"] == "levanter"
+    assert read_shard((out / "val_000000.bin").read_bytes(), "val").tolist() == expected * 2
+    plain = prepare([str(docs)], (tmp_path / "plain").as_uri(), str(tok), split="val")
+    assert read_shard((tmp_path / "plain" / "val_000000.bin").read_bytes(), "val").tolist() == [256, 104, 105] * 2
+    assert plain["document_style"] == "separator"
+
+
+def test_levanter_documents_refused_where_not_replicated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    docs = tmp_path / "docs.txt"
+    docs.write_text("hi")
+    assert main(["data", "prepare", "--out", str(tmp_path / "a"), "--documents", "levanter", str(docs)]) == 2
+    assert "levanter-style documents need a tokenizers JSON" in capsys.readouterr().err
+    replace = {"type": "Replace", "pattern": {"String": "x"}, "content": "y"}
+    tok = _byte_level_tokenizer(tmp_path / "tok.json", True, replace)
+    assert main(["data", "prepare", "--out", str(tmp_path / "b"), "--tokenizer", str(tok), "--documents", "levanter",
+                 str(docs)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "split long documents" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -57,8 +59,13 @@ def test_written_as_one_object_in_marin_shape(tmp_path):
     msg = headline(info, uri)
     assert msg["bpb"] == 2.5 and msg["uri"].endswith(RESULTS_KEY)
     assert set(msg) == {"uri", "bpb", "core", "valLoss", "modelFlops", "hardwareFlops", "trainingSeconds",
-                        "timeToTargetSeconds", "trainingSteps"}
+                        "timeToTargetSeconds", "wandbRunLink", "trainingSteps"}
     assert msg["trainingSteps"] == info["training_steps"]
+    from speedrun_operator.termination import parse_results
+
+    link = "https://wandb.ai/me/speedrun/runs/abc123"
+    results = parse_results(json.dumps(headline({**info, "wandb_run_link": link}, uri)))
+    assert results.wandb_run_link == link  # into status.results.wandbRunLink
 
 
 def test_schema_rejects_broken_results():
@@ -69,16 +76,19 @@ def test_schema_rejects_broken_results():
         RunInfo.model_validate({k: v for k, v in info.items() if k != "training_time"})
 
 
-def test_marin_key_only_for_paloma_c4_en_and_every_number_names_its_definition():
+def test_marin_key_never_ours_and_every_number_names_its_definition():
     job = parse_job(tiny_manifest())
     c4 = {"uri": "s3://b/c4/val_*.bin", "dataset": "paloma/c4_en", "tokens_requested": 10_485_760,
           "tokens_scored": 10_485_760, "set_tokens": 11_000_000, "exceeded": False}
     info = build_run_info(job, resolve(job), SUMMARY, bpb=1.1, initial_bpb=8.0, val_loss=3.3, core=None,
                           versions={}, nanochat_bpb=1.05, eval_set=c4)
-    assert info[BPB_KEY] == 1.1 and info["bpb_dataset"] == "paloma/c4_en"
-    assert info["bpb_definition"] == "levanter-bpb" and info["nanochat_bpb"] == 1.05
+    # levanter restarts attention after each EOS, our model does not: C4-EN under its own key, not Marin's
+    assert BPB_KEY not in info and info["eval/paloma/c4_en/bpb-cross-doc"] == 1.1
+    assert info["bpb_dataset"] == "paloma/c4_en"
+    assert info["bpb_definition"] == "levanter-bpb-cross-doc" and info["nanochat_bpb"] == 1.05
     assert info["val_loss_definition"] == "mean-loss-all-positions" and info["val_loss_track"] == "modded-nanogpt"
-    assert set(info["metric_definitions"]) == {"levanter-bpb", "nanochat-bpb", "mean-loss-all-positions"}
+    assert set(info["metric_definitions"]) == {"levanter-bpb-cross-doc", "levanter-bpb", "nanochat-bpb",
+                                               "mean-loss-all-positions"}
     assert info["eval_set"]["exceeded"] is False and "warm" in info["clock"]
     assert headline(info, "file:///r")["bpb"] == 1.1
     small = {**c4, "dataset": "fineweb10B-gpt2/val", "tokens_scored": 1_048_576, "tokens_requested": 2_000_000,

@@ -1,4 +1,5 @@
-"""Storage over file:// and real S3 (moto's server over HTTP), URI fetching and globbing."""
+"""Storage (fsspec) over file://, real S3 (moto's server over HTTP) and real GCS (fake-gcs-server,
+built from its Go module), URI fetching, fsspec's globbing and its file cache."""
 
 from __future__ import annotations
 
@@ -7,17 +8,18 @@ import re
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
 
 from speedrun_trainer.data.storage import (
     MULTIPART_THRESHOLD,
     DataError,
     FileStorage,
-    _explain,
+    cached_copy,
     expand_uris,
+    explain,
     fetch_uri,
     open_storage,
 )
+from tests.gcs_server import GcsBucket, gcs_bucket, gcs_server  # noqa: F401 - fixtures
 
 
 def _exercise(storage, expected_root: str) -> None:
@@ -76,7 +78,7 @@ def test_s3_large_object_goes_multipart(s3_bucket, tmp_path: Path) -> None:
     storage = open_storage(s3_bucket.uri)
     storage.write_bytes("big.bin", data)
     etag = s3_bucket.client().head_object(Bucket=s3_bucket.name, Key="big.bin")["ETag"]
-    assert etag.strip('"').endswith("-2"), f"expected a 2-part multipart ETag, got {etag}"
+    assert etag.strip('"').endswith("-3"), f"expected a 3-part multipart ETag (5+5+1 MiB), got {etag}"
     assert storage.read_bytes("big.bin") == data
     storage.download_to("big.bin", tmp_path / "big.bin")
     assert (tmp_path / "big.bin").read_bytes() == data
@@ -85,7 +87,7 @@ def test_s3_large_object_goes_multipart(s3_bucket, tmp_path: Path) -> None:
 def _one_line(err: pytest.ExceptionInfo[DataError]) -> str:
     message = str(err.value)
     assert "\n" not in message and "Traceback" not in message
-    assert err.value.__suppress_context__, "the boto3 exception would be printed as context"
+    assert err.value.__suppress_context__, "the backend's exception would be printed as context"
     return message
 
 
@@ -102,8 +104,8 @@ def test_s3_errors_name_the_uri(s3_bucket, tmp_path: Path) -> None:
             action()
         assert "s3://no-such-bucket-here/p" in _one_line(err)
         assert "bucket no-such-bucket-here does not exist" in str(err.value)
-    with pytest.raises(DataError, match="does not exist"):  # boto3 wraps this one in S3UploadFailedError
-        gone.write_bytes("big", b"\0" * MULTIPART_THRESHOLD)
+    with pytest.raises(DataError, match="does not exist"):  # a multipart upload into no bucket
+        gone.write_bytes("big", b"\0" * (MULTIPART_THRESHOLD + 1))
 
 
 def test_s3_connection_refused(monkeypatch) -> None:
@@ -113,14 +115,53 @@ def test_s3_connection_refused(monkeypatch) -> None:
     storage = open_storage("s3://bucket/p", endpoint_url="http://127.0.0.1:9")
     with pytest.raises(DataError) as err:
         storage.read_bytes("k")
-    assert _one_line(err).startswith("s3://bucket/p/k: cannot connect to the S3 endpoint")
+    assert _one_line(err).startswith("s3://bucket/p/k: cannot connect")
 
 
 def test_access_denied_message() -> None:
-    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "GetObject")
-    assert _explain(denied, "s3://b/k") == (
-        "s3://b/k: access denied (AccessDenied; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+    """s3fs and gcsfs turn 403s into PermissionError."""
+    assert explain(PermissionError("Access Denied"), "s3://b/k") == (
+        "s3://b/k: access denied; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     )
+    assert explain(PermissionError(), "gs://b/k") == "gs://b/k: access denied; check GOOGLE_APPLICATION_CREDENTIALS"
+
+
+def test_gcs_storage_round_trip(gcs_bucket: GcsBucket, tmp_path: Path) -> None:  # noqa: F811
+    storage = open_storage(f"{gcs_bucket.uri}/runs/x/")
+    _exercise(storage, f"{gcs_bucket.uri}/runs/x")
+    assert gcs_bucket.object_names() == ["runs/x/b/one.bin", "runs/x/b/two.bin", "runs/x/meta.json"]
+    storage.download_to("b/one.bin", tmp_path / "one.bin")
+    assert (tmp_path / "one.bin").read_bytes() == b"1"
+    assert fetch_uri(f"{gcs_bucket.uri}/runs/x/meta.json").startswith(b"{")
+    assert expand_uris(f"{gcs_bucket.uri}/runs/x/b/*.bin") == [
+        f"{gcs_bucket.uri}/runs/x/b/one.bin", f"{gcs_bucket.uri}/runs/x/b/two.bin"]
+    assert expand_uris(f"{gcs_bucket.uri}/runs") == [
+        f"{gcs_bucket.uri}/runs/x/b/one.bin", f"{gcs_bucket.uri}/runs/x/b/two.bin"]
+    with pytest.raises(DataError) as err:
+        storage.read_bytes("missing.bin")
+    assert _one_line(err) == f"{gcs_bucket.uri}/runs/x/missing.bin: no such object"
+    with pytest.raises(DataError) as err:
+        open_storage("gs://no-such-bucket-here/p").list()
+    assert _one_line(err) == "gs://no-such-bucket-here/p: bucket no-such-bucket-here does not exist"
+
+
+@pytest.mark.parametrize("backend", ["s3", "gs"])
+def test_cached_copy_fetches_once_and_again_when_the_object_changes(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """fsspec's filecache: a second open reads the local copy; a new version is fetched again."""
+    bucket = request.getfixturevalue("s3_bucket" if backend == "s3" else "gcs_bucket")
+    storage = open_storage(bucket.uri)
+    storage.write_bytes("shards/train_000.bin", b"v1" * 1000)
+    uri = f"{bucket.uri}/shards/train_000.bin"
+    first = cached_copy(uri, tmp_path / "cache")
+    assert first.read_bytes() == b"v1" * 1000 and tmp_path / "cache" in first.parents
+    assert cached_copy(uri, tmp_path / "cache") == first
+    storage.write_bytes("shards/train_000.bin", b"v2" * 1000)
+    assert cached_copy(uri, tmp_path / "cache").read_bytes() == b"v2" * 1000
+    local = tmp_path / "local.bin"
+    local.write_bytes(b"x")
+    assert cached_copy(str(local), tmp_path / "cache") == local  # local files are used in place
 
 
 def test_fetch_uri_everywhere(tmp_path: Path, s3_bucket, http_server) -> None:
@@ -166,7 +207,7 @@ def test_expand_s3(s3_bucket) -> None:
     b = s3_bucket.uri
     assert expand_uris(f"{b}/d/train_*.bin") == [f"{b}/d/train_000.bin", f"{b}/d/train_001.bin"]
     assert expand_uris(f"{b}/d/*.bin") == [f"{b}/d/train_000.bin", f"{b}/d/train_001.bin", f"{b}/d/val_000.bin"]
-    assert expand_uris(f"{b}/d/**.bin") == [f"{b}/d/sub/x.bin", f"{b}/d/train_000.bin",
+    assert expand_uris(f"{b}/d/**/*.bin") == [f"{b}/d/sub/x.bin", f"{b}/d/train_000.bin",
                                             f"{b}/d/train_001.bin", f"{b}/d/val_000.bin"]
     everything_in_d = [f"{b}/d/{n}" for n in ("sub/x.bin", "train_000.bin", "train_001.bin", "val_000.bin")]
     assert expand_uris(f"{b}/d") == everything_in_d  # a prefix is a directory: dx.bin is not in it

@@ -1,12 +1,16 @@
-"""Trainer metrics: served over HTTP, parsed back by the progress bar; W&B offline never blocks."""
+"""Trainer metrics: served over HTTP, parsed back by `speedrun run`; W&B: files under the run
+directory, one `wandb:` line saying what became of it, never a reason for a run to stop."""
 
 from __future__ import annotations
 
-import io
+import sys
+from pathlib import Path
+
+import pytest
 
 from speedrun_api.metrics import METRIC_NAMES
 from speedrun_trainer.cli.launch import free_port
-from speedrun_trainer.cli.progress import ProgressBar, parse_metrics, scrape
+from speedrun_trainer.cli.progress import parse_metrics, scrape
 from speedrun_trainer.train.telemetry import Telemetry
 
 
@@ -28,24 +32,62 @@ def test_unset_validation_metrics_are_absent_not_nan():
     assert parse_metrics(text) == {}
 
 
-def test_progress_bar_without_a_terminal_prints_each_tenth():
-    out = io.StringIO()
-    bar = ProgressBar(100, stream=out)
-    for step in range(0, 101, 5):
-        bar.update({"step": step, "train_loss": 1.0, "tokens_per_second": 10.0, "eta_seconds": 1.0})
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 11 and lines[-1].startswith("[" + "#" * 28 + "] step 100/100")
-
-
-def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
+def wandb_job(mode: str):
     from speedrun_api.manifest import parse_job
-    from speedrun_trainer.train.tracking import Tracker
     from tests.helpers import tiny_manifest
 
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    job = parse_job(tiny_manifest(**{"spec.tracking.wandb.mode": "offline"}))
-    tracker = Tracker(job, enabled=True, run_id="testrun1", config={})
-    tracker.log({"train/loss": 1.0}, step=1)
+    return parse_job(tiny_manifest(**{"spec.tracking.wandb.mode": mode}))
+
+
+def test_wandb_offline_writes_under_the_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    from speedrun_trainer.train.tracking import Tracker
+
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("SPEEDRUN_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.chdir(tmp_path)  # the working directory stays clean (in a pod: read-only)
+    tracker = Tracker(wandb_job("offline"), enabled=True, run_id="testrun1", config={})
+    tracker.log({"train/loss": 1.0, "train/lr": 0.01}, step=1)
+    tracker.summary({"eval/paloma/c4_en/bpb": 1.5})
     tracker.finish()
-    assert list(tmp_path.glob("wandb/offline-run-*testrun1"))
+    [run] = (tmp_path / "run" / "wandb").glob("offline-run-*testrun1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    out = capsys.readouterr().out
+    assert f"wandb: offline, files in {run} (upload later: wandb sync {run})" in out
+
+
+def test_wandb_online_without_a_key_is_off_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    from speedrun_trainer.train.tracking import Tracker
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    tracker = Tracker(wandb_job("online"), enabled=True, run_id="x", config={})
+    assert tracker.run is None and tracker.link is None
+    [line] = capsys.readouterr().out.splitlines()
+    assert "wandb: off: mode online but no API key" in line and "secretRef" in line
+    tracker.log({"train/loss": 1.0}, step=1)  # no-ops
+    tracker.finish()
+
+
+def test_wandb_without_the_package_is_off_with_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    from speedrun_trainer.train.tracking import Tracker
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tracker = Tracker(wandb_job("offline"), enabled=True, run_id="x", config={})
+    assert tracker.run is None
+    assert "wandb: off: the wandb package is not installed (pip install 'speedrun-operator[wandb]')" in (
+        capsys.readouterr().out
+    )
+
+
+def test_wandb_other_ranks_say_nothing(capsys: pytest.CaptureFixture) -> None:
+    from speedrun_trainer.train.tracking import Tracker
+
+    assert Tracker(wandb_job("offline"), enabled=False, run_id="x", config={}).run is None
+    assert capsys.readouterr().out == ""

@@ -63,6 +63,7 @@ class Results(StatusBase):
     hardware_flops: float | None = None
     training_seconds: float | None = None
     time_to_target_seconds: float | None = None
+    wandb_run_link: str | None = Field(None, description="The run's Weights & Biases page, when it was tracked online")
     training_steps: int | None = Field(None, description="Optimizer steps the evaluated checkpoint trained")
 
 

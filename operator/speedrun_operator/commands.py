@@ -124,6 +124,22 @@ def kopf_run_argv(settings: OperatorSettings, *, dev: bool = False, verbose: boo
     return argv
 
 
+def credentials_problem() -> str | None:
+    """One line saying why no Kubernetes credentials can be loaded (kube.load_configuration), or None."""
+    import kubernetes.config
+
+    from speedrun_operator.kube import load_configuration
+
+    try:
+        load_configuration()
+    except (kubernetes.config.ConfigException, OSError) as err:
+        where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        reason = (str(err).splitlines() or [type(err).__name__])[0].rstrip(".")
+        return (f"no Kubernetes credentials: not running in a cluster, and the kubeconfig ({where}) "
+                f"cannot be used: {reason}. Set KUBECONFIG or run inside a pod.")
+    return None
+
+
 def operator_command(args: argparse.Namespace) -> int:
     if args.namespace and args.all_namespaces:
         print("operator: give --namespace or --all-namespaces, not both", file=sys.stderr)
@@ -131,6 +147,10 @@ def operator_command(args: argparse.Namespace) -> int:
     import kopf.cli
 
     settings = settings_from_args(args)
+    problem = credentials_problem()
+    if problem:  # kopf would print a traceback and retry its login every minute
+        print(f"speedrun operator: {problem}", file=sys.stderr)
+        return 1
     os.environ.update(settings.to_env())  # main.py's startup handler reads them back
     try:
         kopf.cli.main.main(args=kopf_run_argv(settings, dev=args.dev), standalone_mode=False)

@@ -41,6 +41,9 @@ helm.sh/chart: {{ include "speedrun-operator.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: speedrun-operator
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* The stable subset that selects the operator pod. */}}
@@ -58,9 +61,35 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* image:tag, the tag defaulting to the chart's appVersion. Call with (dict "image" X "ctx" $). */}}
+{{/*
+repository:tag, the tag defaulting to the chart's appVersion, and @digest when one is given
+(the tag then only documents; the runtime pulls by digest). Call with (dict "image" X "ctx" $).
+*/}}
 {{- define "speedrun-operator.image" -}}
-{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- $ref := printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- if .image.digest }}
+{{- $ref = printf "%s@%s" $ref .image.digest }}
+{{- end }}
+{{- $ref }}
+{{- end }}
+
+{{/*
+Relabelings, metricRelabelings and honorLabels of one scrape endpoint, from a monitor's values.
+Call with (dict "monitor" .Values.monitoring.X "relabelings" LIST-OF-THE-CHART'S-OWN).
+*/}}
+{{- define "speedrun-operator.scrapeOptions" -}}
+{{- if .monitor.honorLabels }}
+honorLabels: true
+{{- end }}
+{{- $relabelings := concat (.relabelings | default list) (.monitor.relabelings | default list) }}
+{{- with $relabelings }}
+relabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .monitor.metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -4,8 +4,8 @@ Two launchers run the same torchrun command line: `torchrun` (one `python -m
 speedrun_trainer.train.torchrun` agent per node, started here) and `torchx` (torchx's `dist.ddp` component
 on its `local_cwd` scheduler, the way torchx users launch jobs). Both are stopped as a whole:
 torchrun starts its workers in sessions of their own, so killing the agent's process group is
-not enough, and `stop_process_trees` collects every descendant first (from /proc) and signals
-them all.
+not enough, and `stop_process_trees` collects every descendant first (psutil, on any OS) and
+signals them all.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -27,40 +29,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _children_by_parent() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            out.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    return out
-
-
 def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (Linux /proc; an empty list elsewhere)."""
-    children, found, todo = _children_by_parent(), [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    """Every process below `pid` (none if it is gone)."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def _running(pid: int) -> bool:
     """Alive and not a zombie."""
-    if not Path("/proc").is_dir():  # not Linux: ask the kernel whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    return state != "Z"
 
 
 def stop_process_trees(procs: list[subprocess.Popen]) -> None:

@@ -4,7 +4,10 @@ Starts one torchrun agent per "node" of `spec.resources` (each with `procsPerNod
 with `--launcher torchx`, the same as a torchx `dist.ddp` app on its local_cwd scheduler),
 rendezvousing over loopback with the same c10d flags the operator puts in its pods, then the
 evaluation, then prints the results. Progress comes from the trainer's own Prometheus endpoint
-(the one the operator scrapes), drawn as a one-line bar. Logs go to `<run dir>/logs/`.
+(the one the operator scrapes), drawn as one live line (cli/progress.py); what the nodes' logs
+say that a user must see (resumed step, W&B, warnings) shows above it once (cli/notices.py).
+Logs go to `<run dir>/logs/`. `--resume` of a run that already finished says so and does
+nothing, unless `--force` asks to evaluate it again.
 Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop every process it started and exit 128 + the
 signal number; the agents and their workers also get SIGTERM from the kernel if this process is
 SIGKILLed (`SPEEDRUN_DIE_WITH_PARENT`, train/torchrun.py). A process killed by a signal is
@@ -28,7 +31,8 @@ from speedrun_api.manifest import dumps_job
 from speedrun_api.plan import resolve
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.cli.launch import TorchxApp, free_port, stop_process_trees
-from speedrun_trainer.cli.progress import ProgressBar, format_results_table, scrape
+from speedrun_trainer.cli.notices import LogWatcher
+from speedrun_trainer.cli.progress import LiveDisplay, RunScreen, format_results_table, scrape
 from speedrun_trainer.data.storage import open_storage
 from speedrun_trainer.train.torchrun import DIE_WITH_PARENT_ENV
 
@@ -90,6 +94,7 @@ class LocalRun:
         self.env = {
             **os.environ,
             "SPEEDRUN_STORAGE_URI": storage_uri,
+            "SPEEDRUN_RUN_DIR": str(run_dir),  # W&B files go under it (train/tracking.py)
             "SPEEDRUN_METRICS_PORT": str(self.metrics_port),
             "SPEEDRUN_TERMINATION_LOG": str(run_dir / "termination-message.json"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
@@ -138,7 +143,7 @@ class LocalRun:
                 "-m", "speedrun_trainer.evaluation", "--config", str(self.config)]
         return self._spawn(args, "eval.log")
 
-    def wait(self, procs: list[subprocess.Popen | TorchxApp], bar: ProgressBar | None) -> int:
+    def wait(self, procs: list[subprocess.Popen | TorchxApp], bar: RunScreen | None) -> int:
         """Wait for all; the first failure stops the rest. Returns the first non-zero code or 0."""
         while True:
             codes = [p.poll() for p in procs]
@@ -169,10 +174,19 @@ class LocalRun:
         return "\n".join(text[-lines:])
 
 
+FINISHED_MARKER = "results-summary.json"  # written by run_local when a run has its results
+
+
 def run_local(
-    job: SpeedrunJob, *, storage_uri: str | None, resume: bool, runs_dir: str, launcher: str = "torchrun"
+    job: SpeedrunJob, *, storage_uri: str | None, resume: bool, runs_dir: str, launcher: str = "torchrun",
+    force: bool = False,
 ) -> int:
     run_dir = _run_dir(job, runs_dir, resume)
+    if resume and (run_dir / FINISHED_MARKER).exists() and not force:
+        print(f"speedrun {job.metadata.name}: the run in {run_dir} already finished (results in"
+              f" {run_dir / FINISHED_MARKER}); nothing to do. --force evaluates it again and overwrites"
+              " its results; without --resume a new run starts.", file=sys.stderr)
+        return 0
     uri = storage_uri or job.spec.storage.uri or run_dir.as_uri()
     plan = resolve(job)
     run = LocalRun(job, run_dir, uri)
@@ -183,23 +197,25 @@ def run_local(
         flush=True,
     )
     started = time.monotonic()
+    screen = RunScreen(LiveDisplay(plan.steps, stream=sys.stderr), LogWatcher(run.logs))
     try:
         with stop_signals_raise():
-            bar = ProgressBar(plan.steps, stream=sys.stderr)
-            code = run.wait(run.start_training(launcher), bar)
-            bar.finish()
+            code = run.wait(run.start_training(launcher), screen)
+            screen.finish()
             if code:
                 what, code = describe_exit(code)
                 print(f"training failed ({what}); last lines of the rank-0 log:\n{run.tail('train-node-0.log')}",
                       file=sys.stderr)
                 return code
             print("evaluating ...", flush=True)
-            code = run.wait([run.start_eval()], None)
+            code = run.wait([run.start_eval()], screen)
+            screen.finish()
             if code:
                 what, code = describe_exit(code)
                 print(f"evaluation failed ({what}):\n{run.tail('eval.log')}", file=sys.stderr)
                 return code
     except (KeyboardInterrupt, Stopped) as err:
+        screen.finish()
         run.stop()
         signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
         print(f"\nstopped ({signal.Signals(signum).name}). Continue with: speedrun run <file> --resume"
@@ -208,5 +224,6 @@ def run_local(
     storage = open_storage(uri, endpoint_url=job.spec.storage.endpoint_url)
     results = storage.read_json("speedrun_results.json")["runs"][0]["run_info"]
     print(format_results_table(results, storage.url("speedrun_results.json"), time.monotonic() - started))
-    (run_dir / "results-summary.json").write_text(json.dumps(results, indent=2))
+    (run_dir / FINISHED_MARKER).write_text(json.dumps(results, indent=2))
+    print(f"  summary  {run_dir / FINISHED_MARKER}", flush=True)
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -89,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     job = load_job(args.file)
     return run_local(job, storage_uri=args.storage, resume=args.resume, runs_dir=args.runs_dir,
-                     launcher=args.launcher)
+                     launcher=args.launcher, force=args.force)
 
 
 # Subcommands that other modules register: (module, attribute). Missing or broken optional
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="SpeedrunJob manifest (YAML or JSON)")
     p.add_argument("--storage", help="storage URI for checkpoints and results (default ./runs/<name>/<run-id>)")
     p.add_argument("--resume", action="store_true", help="continue the newest run of this manifest under --runs-dir")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: evaluate a run that already finished again, overwriting its results")
     p.add_argument("--runs-dir", default="runs", help="where local runs live (default ./runs)")
     p.add_argument("--launcher", choices=("torchrun", "torchx"), default="torchrun",
                    help="start the nodes as torchrun agents (default) or as a torchx dist.ddp app (local_cwd)")
@@ -141,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `speedrun plan --json | head`: the reader has seen enough
+        # Point stdout at /dev/null so that the interpreter's final flush raises nothing either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

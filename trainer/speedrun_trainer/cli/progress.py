@@ -1,8 +1,11 @@
-"""What `speedrun run` shows: a live one-line progress bar and the final results table.
+"""What `speedrun run` shows: one live progress line, the notices above it, the results table.
 
-The bar reads the trainer's Prometheus endpoint (`scrape`), the same numbers the operator puts
-into `status.progress`. On a terminal it redraws one line; elsewhere (CI logs) it prints a line
-at every tenth of the run.
+The numbers come from the trainer's Prometheus endpoint (`scrape`), the same ones the operator
+puts into `status.progress`. On a terminal, rich draws one line that fits the terminal's width
+and is redrawn in place (fields drop out right to left when the terminal is narrow, never
+wrapping onto a second line); notices (resumed step, W&B, warnings from the nodes, the results
+path) print above it, each once. Elsewhere (a pipe, CI logs) every update worth a line is a
+plain line: a progress line at every tenth of the run, and each notice as `note: ...`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,18 @@ import urllib.error
 import urllib.request
 from typing import Any, TextIO
 
+from rich.console import Console
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
 from speedrun_api.metrics import parse_metrics
+from speedrun_trainer.cli.notices import LogWatcher, Notice
+from speedrun_trainer.evaluation.definitions import LEVANTER_BPB, bpb_key
+
+MIN_BAR_WIDTH = 10
+STYLES = {"resumed": "cyan", "wandb": "magenta", "warning": "yellow", "results": "green", "info": ""}
 
 
 def scrape(url: str, timeout: float = 1.0) -> dict[str, float]:
@@ -22,46 +36,119 @@ def scrape(url: str, timeout: float = 1.0) -> dict[str, float]:
         return {}
 
 
-class ProgressBar:
-    def __init__(self, total_steps: int, stream: TextIO, width: int = 28) -> None:
-        self.total, self.stream, self.width = total_steps, stream, width
-        self.tty = stream.isatty()
-        self.last_decile = -1
-        self.drawn = False
+def human_eta(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
-    def line(self, m: dict[str, float]) -> str:
-        step = int(m.get("step", 0))
-        frac = min(1.0, step / self.total) if self.total else 0.0
-        filled = int(frac * self.width)
-        parts = [f"[{'#' * filled}{'.' * (self.width - filled)}] step {step}/{self.total}"]
-        if "train_loss" in m:
-            parts.append(f"loss {m['train_loss']:.4f}")
-        if "val_bpb" in m:
-            parts.append(f"val bpb {m['val_bpb']:.3f}")
-        if "tokens_per_second" in m:
-            parts.append(f"{m['tokens_per_second']:,.0f} tok/s")
-        if "eta_seconds" in m:
-            parts.append(f"ETA {m['eta_seconds']:.0f}s")
-        return " | ".join(parts)
+
+def stats(m: dict[str, float]) -> list[str]:
+    """The progress fields after the bar, most important first (ETA, loss, throughput, BPB)."""
+    out = []
+    if "eta_seconds" in m:
+        out.append(f"ETA {human_eta(m['eta_seconds'])}")
+    if "train_loss" in m:
+        out.append(f"loss {m['train_loss']:.4f}")
+    if "tokens_per_second" in m:
+        out.append(f"{m['tokens_per_second']:,.0f} tok/s")
+    if "val_bpb" in m:
+        out.append(f"bpb {m['val_bpb']:.3f}")
+    return out
+
+
+def plain_line(step: int, total: int, m: dict[str, float]) -> str:
+    return " | ".join([f"step {step}/{total}", *stats(m)])
+
+
+class LiveDisplay:
+    """The progress line and the notices; `finish()` leaves the last line on screen."""
+
+    def __init__(self, total_steps: int, stream: TextIO, *, force_terminal: bool | None = None) -> None:
+        self.total = total_steps
+        self.console = Console(file=stream, force_terminal=force_terminal, highlight=False, soft_wrap=False)
+        self.tty = self.console.is_terminal
+        self.metrics: dict[str, float] = {}
+        self.last_decile = -1
+        self.live: Live | None = None
+        self.notes: list[Notice] = []
+
+    # ---- input ----------------------------------------------------------------------------
 
     def update(self, metrics: dict[str, float]) -> None:
         if not metrics:
             return
-        text = self.line(metrics)
+        self.metrics = metrics
+        step = int(metrics.get("step", 0))
         if self.tty:
-            self.stream.write("\r" + text.ljust(100))
-            self.drawn = True
+            self._live().update(self._render(), refresh=True)
+            return
+        decile = int(10 * step / max(1, self.total))
+        if decile > self.last_decile:
+            self.last_decile = decile
+            self.console.print(plain_line(step, self.total, metrics), markup=False)
+
+    def note(self, notice: Notice) -> None:
+        """Show one notice above the live line (or as a plain `note:` line)."""
+        self.notes.append(notice)
+        if self.tty:
+            text = Text(notice.text, style=STYLES.get(notice.kind, ""))
+            (self.live.console if self.live else self.console).print(text, overflow="fold")
         else:
-            decile = int(10 * metrics.get("step", 0) / max(1, self.total))
-            if decile > self.last_decile:
-                self.last_decile = decile
-                self.stream.write(text + "\n")
-        self.stream.flush()
+            self.console.print(f"note: {notice.text}", markup=False, soft_wrap=True)
 
     def finish(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    # ---- drawing --------------------------------------------------------------------------
+
+    def _live(self) -> Live:
+        if self.live is None:
+            self.live = Live(console=self.console, auto_refresh=False, transient=False,
+                             redirect_stdout=False, redirect_stderr=False)
+            self.live.start()
+        return self.live
+
+    def _render(self) -> Table:
+        """One row as wide as the terminal: `step N/T [bar] ETA .. | loss .. | tok/s | bpb`."""
+        step = int(self.metrics.get("step", 0))
+        width = self.console.width
+        head = f"step {step}/{self.total}"
+        fields = stats(self.metrics)
+        # Drop the least important fields until head + bar + fields fit on one line.
+        while fields and len(head) + MIN_BAR_WIDTH + len(" | ".join(fields)) + 2 > width:
+            fields.pop()
+        grid = Table.grid(padding=(0, 1), expand=True)
+        grid.add_column(no_wrap=True)
+        grid.add_column(ratio=1, min_width=MIN_BAR_WIDTH)
+        grid.add_column(no_wrap=True, overflow="ellipsis")
+        bar = ProgressBar(total=max(1, self.total), completed=min(step, self.total))
+        grid.add_row(head, bar, " | ".join(fields))
+        return grid
+
+
+class RunScreen:
+    """The display fed by both sources: the trainer's metrics and the notices in the node logs."""
+
+    def __init__(self, display: LiveDisplay, watcher: LogWatcher) -> None:
+        self.display, self.watcher = display, watcher
+
+    def update(self, metrics: dict[str, float]) -> None:
+        for notice in self.watcher.poll():
+            self.display.note(notice)
+        self.display.update(metrics)
+
+    def note(self, kind: str, text: str) -> None:
+        self.display.note(Notice(kind, text))
+
+    def finish(self) -> None:
+        for notice in self.watcher.poll():
+            self.display.note(notice)
+        self.display.finish()
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -70,7 +157,8 @@ def _fmt(value: Any, spec: str) -> str:
 
 def format_results_table(info: dict[str, Any], uri: str, wall_seconds: float) -> str:
     dataset = info.get("bpb_dataset")
-    bpb_key = f"eval/{dataset}/bpb"  # Marin's key only for Paloma C4-EN (evaluation.definitions)
+    definition = info.get("bpb_definition", LEVANTER_BPB)
+    key = bpb_key(str(dataset), definition)  # Marin's key only for levanter's exact number on C4-EN
     rows = [
         ("run", info["name"]),
         ("steps", f"{info['training_steps']:,}"),
@@ -84,7 +172,7 @@ def format_results_table(info: dict[str, Any], uri: str, wall_seconds: float) ->
         ("hardware FLOPs", f"{info['training_hardware_flops']:.3e}"),
         ("val loss", _fmt(info.get("val_loss"), ".4f")),
         ("BPB untrained", _fmt(info.get("initial_bpb"), ".4f")),
-        ("BPB", f"{_fmt(info.get(bpb_key), '.4f')} on {dataset} ({info.get('bpb_definition', 'levanter-bpb')})"),
+        ("BPB", f"{_fmt(info.get(key), '.4f')} on {dataset} ({definition})"),
     ]
     if info.get("core_metric") is not None:
         rows.append(("CORE", f"{info['core_metric']:.4f}"))
@@ -93,6 +181,8 @@ def format_results_table(info: dict[str, Any], uri: str, wall_seconds: float) ->
         reached = info.get("time_to_target")
         rows.append(("target", f"{t['metric']} {t['value']}: "
                      + (f"reached in {reached:.1f} s" if reached is not None else "not reached")))
+    if info.get("wandb_run_link"):
+        rows.append(("W&B run", str(info["wandb_run_link"])))
     rows.append(("results", uri))
     width = max(len(k) for k, _ in rows)
     return "\n".join(["", "speedrun results", *(f"  {k.ljust(width)}  {v}" for k, v in rows)])

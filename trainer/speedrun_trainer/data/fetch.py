@@ -12,8 +12,9 @@
   every header is checked against its file's size.
 - `paloma-c4-en`: Paloma's C4-EN validation split (hub dataset allenai/paloma, at the revision
   Marin pins, `c4_en/val/val*.jsonl.gz`; gated: accept its terms on the hub, set HF_TOKEN),
-  tokenized with `--tokenizer` into `val_*.bin` and recorded as dataset `paloma/c4_en`: the only
-  data whose BPB results file under Marin's `eval/paloma/c4_en/bpb`.
+  tokenized with `--tokenizer` (`--documents levanter`: each document as levanter's BatchTokenizer
+  writes it for Marin, BOS + text + " " + EOS) into `val_*.bin` and recorded as dataset `paloma/c4_en` (results file
+  its BPB under `eval/paloma/c4_en/bpb-cross-doc`, not Marin's key: evaluation/definitions.py).
 - `nanochat-eval-bundle`: nanochat's CORE bundle. nanochat publishes `eval_bundle.zip` on S3, not
   on the hub ($SPEEDRUN_EVAL_BUNDLE_URL overrides the URL); it is downloaded with huggingface_hub's
   resumable HTTP downloader, its size and every member's CRC checked, and unpacked under
@@ -172,7 +173,8 @@ def fetch_paloma_c4_en(out: str, args: argparse.Namespace) -> dict[str, Any]:
     check_reachable(hub_endpoint())
     files = hub_files(PALOMA_REPO, PALOMA_C4_EN_FILES, PALOMA_REVISION)
     summary = prepare_command.prepare([str(p) for p in files], out, args.tokenizer, endpoint_url=args.endpoint_url,
-                      overwrite=args.overwrite, dataset="paloma/c4_en", split="val")
+                      overwrite=args.overwrite, dataset="paloma/c4_en", split="val",
+                      documents=getattr(args, "documents", "separator"))
     return {**summary, "validation": open_storage(out, args.endpoint_url).url("val_*.bin")}
 
 
@@ -243,6 +245,8 @@ def register(commands: Any) -> None:
     p.add_argument("--list", action="store_true", help="list the datasets that can be fetched")
     p.add_argument("--train-shards", type=int, default=8, help="fineweb10b-gpt2: train shards of 100M tokens (8)")
     p.add_argument("--tokenizer", help="paloma-c4-en: byte | gpt2 | URI of a tokenizers JSON")
+    p.add_argument("--documents", choices=prepare_command.DOCUMENT_STYLES, default="separator",
+                   help="paloma-c4-en: levanter = BOS + text + ' ' + EOS per document, as Marin's levanter caches")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint of --out (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output under --out")
     p.set_defaults(func=run_fetch)

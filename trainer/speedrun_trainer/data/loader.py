@@ -12,16 +12,16 @@ number of sequences consumed, so resuming, and resuming with another world size,
 Where shards come from (`uri`):
 - `builtin://pydoc-topics/train|val`: tokenized once into `cache_dir` (see data.builtin);
 - a file:// URI or path: a file, a glob (`*`, `?`, `**`) or a directory (every `*.bin` below it);
-- `s3://bucket/prefix/...`: the same globs and prefixes; each object is downloaded once into
-  `<cache_dir>/shards/`, keyed by a hash of its URI and ETag (a changed object is fetched again);
-- `https://.../shard.bin`: one shard, downloaded once, keyed by its URI.
+- `s3://bucket/prefix/...` or `gs://...`: the same globs and prefixes; each object is downloaded
+  once per node into `<cache_dir>/shards/` by fsspec's file cache, which fetches it again when its
+  ETag (S3) or generation (GCS) changes (data.storage.cached_copy);
+- `https://.../shard.bin`: one shard, downloaded once.
 Note a directory that holds both `train_*.bin` and `val_*.bin` (what `prepare` writes) expands
 to both: give `.../train_*.bin` and `.../val_*.bin`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +29,7 @@ import torch
 
 from speedrun_trainer.data.builtin import is_builtin, materialize_builtin
 from speedrun_trainer.data.shards import read_shard_file
-from speedrun_trainer.data.storage import (
-    DataError,
-    S3Storage,
-    download_uri,
-    expand_uris,
-    file_lock,
-    local_path_of,
-    scheme_of,
-    split_s3,
-)
+from speedrun_trainer.data.storage import DataError, cached_copy, expand_uris, scheme_of
 from speedrun_trainer.data.tokenizer import load_tokenizer
 
 
@@ -121,23 +112,10 @@ class TokenDataset:
 
 
 def _cached_shard(uri: str, cache_dir: Path, endpoint_url: str | None) -> Path:
-    """The local path of a shard, downloading remote ones into the cache once."""
-    scheme = scheme_of(uri)
-    if scheme == "file":
-        return local_path_of(uri)
-    if scheme not in ("s3", "http", "https"):
-        raise DataError(f"{uri}: shards must be file://, s3:// or https:// URIs")
-    version = ""
-    if scheme == "s3":
-        bucket, key = split_s3(uri)
-        version = S3Storage(f"s3://{bucket}", endpoint_url).etag(key)
-    digest = hashlib.sha256(f"{uri}\0{version}".encode()).hexdigest()[:16]
-    name = uri.rstrip("/").rsplit("/", 1)[-1] or "shard.bin"
-    path = Path(cache_dir) / "shards" / f"{digest}-{name}"
-    with file_lock(path.with_name(path.name + ".lock")):
-        if not path.is_file():  # complete when present: downloads land under a temporary name
-            download_uri(uri, path, endpoint_url)
-    return path
+    """The local path of a shard: local files as they are, remote ones through the node's cache."""
+    if scheme_of(uri) not in ("file", "s3", "gs", "http", "https"):
+        raise DataError(f"{uri}: shards must be file://, s3://, gs:// or https:// URIs")
+    return cached_copy(uri, Path(cache_dir) / "shards", endpoint_url)
 
 
 def open_dataset(

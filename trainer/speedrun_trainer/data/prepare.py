@@ -6,14 +6,16 @@
 
 Inputs are file paths or file://, s3://, https:// URIs (globs expand for file:// and s3://): a
 `.jsonl` file holds one document per line in its "text" field; any other file is one document.
-Each document is preceded by the tokenizer's separator token. Document i (counted over all
+Each document is preceded by the tokenizer's separator token, or with `--documents levanter`
+written as levanter's BatchTokenizer writes Marin's caches: BOS + text + " " + EOS for Llama 3
+(`Tokenizer.levanter_document`). Document i (counted over all
 inputs in order, from 0) goes to validation when floor((i+1)*f) > floor(i*f) for f = val-fraction:
 every (1/f)-th document, deterministic and independent of sharding.
 
 Output under `--out`: `train_000000.bin`, `train_000001.bin`, ... and `val_000000.bin`, ... of
 `--shard-tokens` tokens each (the last one shorter; uint16 shards, or uint32 version-2 shards for
 vocabularies over 65,536 ids), then `tokenizer_meta.json` (tokenizer name and spec, vocab_size,
-eot_id, token_size, `dataset` (`--dataset NAME`: what evaluation results call this data),
+eot_id, token_size, document_style, `dataset` (`--dataset NAME`: what evaluation results call this data),
 documents and tokens per split, shard names, and `token_bytes`:
 the UTF-8 byte length of every token id, the BPB denominator). The metadata is written last:
 output is complete when it exists. Train on `<out>/train_*.bin`, validate on `<out>/val_*.bin`.
@@ -49,6 +51,7 @@ from speedrun_trainer.data.tokenizer import load_tokenizer
 
 META_KEY = "tokenizer_meta.json"
 SPLITS = ("train", "val")
+DOCUMENT_STYLES = ("separator", "levanter")
 _OUTPUT = re.compile(r"(train|val)_\d{6}\.bin\Z")
 
 
@@ -141,6 +144,7 @@ def prepare(
     overwrite: bool = False,
     dataset: str | None = None,
     split: str | None = None,
+    documents: str = "separator",
 ) -> dict[str, Any]:
     """Tokenize `inputs` into shards under `out_uri` (see the module docstring); return a summary."""
     if not inputs:
@@ -149,6 +153,8 @@ def prepare(
         raise DataError(f"shard_tokens must be >= 1, got {shard_tokens}")
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if documents not in DOCUMENT_STYLES:
+        raise DataError(f"documents must be one of {', '.join(DOCUMENT_STYLES)}, got {documents!r}")
     if split not in (None, *SPLITS):
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     tok = load_tokenizer(tokenizer, endpoint_url)
@@ -164,7 +170,10 @@ def prepare(
     for uri in _expand_inputs(inputs, endpoint_url):
         for text in iter_documents(uri, endpoint_url):
             is_val = split == "val" if split else int((index + 1) * fraction) > int(index * fraction)
-            tokens = np.concatenate([[tok.eot_id], tok.encode_array(text)]).astype(np.int64)
+            if documents == "levanter":
+                tokens = tok.levanter_document(text)
+            else:
+                tokens = np.concatenate([[tok.eot_id], tok.encode_array(text)]).astype(np.int64)
             writers["val" if is_val else "train"].add(tokens)
             index += 1
     if val_fraction > 0 and writers["val"].documents == 0:
@@ -187,6 +196,7 @@ def prepare(
         "eot_id": tok.eot_id,
         "token_size": token_size,
         "dataset": dataset,
+        "document_style": documents,
         "shard_tokens": shard_tokens,
         "val_fraction": val_fraction,
         "documents": {s: w.documents for s, w in writers.items()},
@@ -236,7 +246,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         summary = prepare(
             args.files, args.out, args.tokenizer, shard_tokens=args.shard_tokens,
             val_fraction=args.val_fraction, endpoint_url=args.endpoint_url, overwrite=args.overwrite,
-            dataset=args.dataset,
+            dataset=args.dataset, documents=args.documents,
         )
     except DataError as e:
         print(f"speedrun data prepare: error: {e}", file=sys.stderr)
@@ -264,7 +274,10 @@ def register(subparsers: Any) -> Any:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output under --out")
     p.add_argument("--dataset", default=None,
                    help="the dataset's name, recorded in tokenizer_meta.json; results name BPB after it "
-                   "(paloma/c4_en is filed under Marin's key eval/paloma/c4_en/bpb)")
+                   "(paloma/c4_en: eval/paloma/c4_en/bpb-cross-doc, see evaluation/definitions.py)")
+    p.add_argument("--documents", choices=DOCUMENT_STYLES, default="separator",
+                   help="separator: the separator token before each document; levanter: BOS + text + ' ' + EOS"
+                   " as levanter's BatchTokenizer writes Marin's caches (tokenizers JSON with Llama 3's BOS/EOS)")
     p.set_defaults(func=run_prepare)
     return commands
 

@@ -1,17 +1,22 @@
-"""URIs and object storage: `file://` (or a plain path), `s3://bucket/prefix` and `http(s)://`.
+"""URIs and object storage, a thin adapter over fsspec: `file://` (or a plain path), `s3://`
+(s3fs), `gs://` (gcsfs) and `http(s)://` (read-only).
 
 `open_storage(uri)` gives a `Storage` rooted at a prefix; keys are `/`-separated and relative to
-it. Every write is one complete object: local files are written to a temporary name beside the
-target and `os.replace`d, S3 objects are one PUT (or one multipart upload above 8 MiB), so a
-reader never sees half an object.
+it. What fsspec does is left to fsspec: the backends, globbing (`expand_uris`), multipart
+uploads, and the local cache of remote shards (`cached_copy`: fsspec's `filecache`, which
+fetches an object again when its ETag/generation changes). What this module adds:
 
-S3 clients take the endpoint from the argument, else `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`
-(path-style addressing whenever an endpoint is given, as MinIO and moto want), and credentials
-and retries (`AWS_MAX_ATTEMPTS`, `AWS_RETRY_MODE`) from the standard AWS environment variables.
-
-Every failure the user can cause (missing bucket or key, access denied, nothing listening at the
-endpoint, HTTP errors, a glob that matches nothing) is a `DataError` with a one-line message that
-names the URI; boto3 tracebacks stay inside.
+- one-line errors: every failure the user can cause (missing bucket or key, access denied,
+  nothing listening, HTTP errors, a glob that matches nothing) is a `DataError` naming the URI;
+- complete local writes: fsspec's local files are written in place (or, uncommitted, through
+  a temporary file in /tmp, which a rename across filesystems cannot replace atomically), so
+  `atomic_file` writes beside the target and `os.replace`s; an object store's PUT is atomic;
+- `file_lock`: the processes of one node fetch a shard once (fsspec's cache has no lock);
+- configuration from the usual environment: S3 endpoint from the argument, else
+  `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (path-style addressing with an endpoint, as MinIO
+  and moto want), credentials from `AWS_*`; GCS from Google's default credentials, or
+  `STORAGE_EMULATOR_HOST` (anonymous, as fake-gcs-server wants) or the endpoint argument.
+Listings are never cached (another process writes checkpoints while we read).
 """
 
 from __future__ import annotations
@@ -19,21 +24,19 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
-import io
 import json
 import os
-import re
 import shutil
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-MULTIPART_THRESHOLD = 8 * 1024 * 1024  # boto3's default: above it, upload_fileobj goes multipart
-HTTP_TIMEOUT_S = 60
+PART_SIZE = 5 * 1024 * 1024  # S3's smallest part
+MULTIPART_THRESHOLD = 2 * PART_SIZE  # s3fs uploads objects of two parts or more in parts
 TMP_SUFFIX = ".tmp"
+REMOTE = ("s3", "gs", "http", "https")
+EXTRAS = {"s3": ("s3fs", "train"), "gs": ("gcsfs", "gcs"), "http": ("aiohttp", "train"), "https": ("aiohttp", "train")}
 
 
 class DataError(Exception):
@@ -41,7 +44,7 @@ class DataError(Exception):
 
 
 def scheme_of(uri: str) -> str:
-    """`file` for file:// URIs and plain paths, else the scheme (`s3`, `https`, `builtin`...)."""
+    """`file` for file:// URIs and plain paths, else the scheme (`s3`, `gs`, `https`, `builtin`...)."""
     return uri.split("://", 1)[0].lower() if "://" in uri else "file"
 
 
@@ -51,12 +54,14 @@ def local_path_of(uri: str) -> Path:
     return Path(os.path.normpath(Path(path).expanduser().absolute()))
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    """`s3://bucket/some/key` -> ("bucket", "some/key")."""
-    bucket, _, key = uri[len("s3://"):].partition("/")
+def split_bucket(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` (or gs://) -> ("bucket", "some/key")."""
+    scheme = scheme_of(uri)
+    bucket, _, key = uri[len(scheme) + 3:].partition("/")
     if not bucket:
-        raise DataError(f"{uri}: no bucket in S3 URI (expected s3://bucket/prefix)")
+        raise DataError(f"{uri}: no bucket in the URI (expected {scheme}://bucket/prefix)")
     return bucket, key
+
 
 
 @contextlib.contextmanager
@@ -86,100 +91,174 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def s3_client(endpoint_url: str | None = None) -> Any:
-    """A boto3 S3 client (cached per endpoint and credentials; clients are thread-safe)."""
+# ---- fsspec filesystems -----------------------------------------------------------------------
+
+
+def fs_options(scheme: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    """The fsspec constructor options for a scheme, from the argument and the environment."""
     env = os.environ
-    return _cached_client(
-        endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
-        env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"),
-        env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-    )
+    if scheme == "s3":
+        endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        options: dict[str, Any] = {
+            "key": env.get("AWS_ACCESS_KEY_ID"), "secret": env.get("AWS_SECRET_ACCESS_KEY"),
+            "token": env.get("AWS_SESSION_TOKEN"), "endpoint_url": endpoint,
+            "client_kwargs": {"region_name": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"},
+        }  # fmt: skip
+        if endpoint:
+            options["config_kwargs"] = {"s3": {"addressing_style": "path"}}
+        return options
+    if scheme == "gs":
+        emulator = env.get("STORAGE_EMULATOR_HOST")
+        endpoint = endpoint_url or emulator or None
+        return {"endpoint_url": endpoint, "token": "anon" if endpoint else None,
+                "project": env.get("GOOGLE_CLOUD_PROJECT") or "speedrun"}  # fmt: skip
+    return {}
+
+
+def filesystem(scheme: str, endpoint_url: str | None = None) -> Any:
+    """The fsspec filesystem of a scheme (cached per configuration; fsspec's are thread-safe)."""
+    options = fs_options(scheme, endpoint_url)
+    return _cached_fs(scheme, json.dumps(options, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_client(endpoint: str | None, key_id: str | None, secret: str | None, token: str | None,
-                   region: str) -> Any:
-    import boto3
-    from botocore.config import Config
+def _cached_fs(scheme: str, options_json: str) -> Any:
+    import fsspec
 
-    config = Config(s3={"addressing_style": "path"}) if endpoint else None
-    session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
-                                    aws_session_token=token)
-    return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
-
-
-_ACCESS_CODES = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
-_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
-
-
-def _code(e: Any) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
-
-
-def _explain(exc: BaseException, uri: str, client: Any = None, bucket: str = "") -> str:
-    """One line for a botocore/boto3 exception."""
-    from boto3.exceptions import Boto3Error
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
-    # boto3's S3UploadFailedError wraps the botocore error that says what happened
-    cause = exc.__context__ if isinstance(exc, Boto3Error) and exc.__context__ is not None else exc
-    if isinstance(cause, ClientError):
-        code = _code(cause)
-        if code == "NoSuchBucket":
-            return f"{uri}: bucket {bucket or '?'} does not exist"
-        if code in _MISSING_CODES:
-            if client is not None and bucket and not _bucket_exists(client, bucket):
-                return f"{uri}: bucket {bucket} does not exist"
-            return f"{uri}: no such object"
-        if code in _ACCESS_CODES:
-            return f"{uri}: access denied ({code}; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
-        return f"{uri}: S3 error {code}: {cause.response.get('Error', {}).get('Message', '')}".rstrip(": ")
-    if isinstance(cause, EndpointConnectionError):
-        return f"{uri}: cannot connect to the S3 endpoint ({cause})"
-    if isinstance(exc, NoCredentialsError):
-        return f"{uri}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
-    return f"{uri}: {type(exc).__name__}: {exc}".replace("\n", " ")
-
-
-def _bucket_exists(client: Any, bucket: str) -> bool:
-    from botocore.exceptions import ClientError
-
+    options = json.loads(options_json)
+    if scheme in ("s3", "gs"):
+        options["use_listings_cache"] = False
     try:
-        client.head_bucket(Bucket=bucket)
-    except ClientError as e:
-        return _code(e) not in _MISSING_CODES | {"NoSuchBucket"}
-    return True
+        if scheme == "gs":
+            # gcsfs's default class (gcsfs>=2025, "experimental ZB/HNS support") first asks a gRPC
+            # API for the bucket's type, which emulators lack (a 60 s timeout per bucket); the JSON
+            # API of the core class reads and writes every kind of bucket.
+            from gcsfs.core import GCSFileSystem
+
+            return GCSFileSystem(skip_instance_cache=True, **options)
+        return fsspec.filesystem(scheme, skip_instance_cache=True, **options)
+    except ImportError:
+        package, extra = EXTRAS.get(scheme, (scheme, "train"))
+        raise DataError(f"{scheme}:// needs the {package} package (pip install 'speedrun-operator[{extra}]')") from None
+
+
+def explain(exc: BaseException, uri: str, fs: Any = None) -> str:
+    """One line for whatever fsspec or its backend raised (`fs`: to ask whether a bucket exists)."""
+    scheme = scheme_of(uri)
+    if isinstance(exc, DataError):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        if scheme in ("s3", "gs"):
+            bucket = split_bucket(uri)[0]
+            if "bucket" in str(exc).lower() or (fs is not None and not _bucket_exists(fs, bucket)):
+                return f"{uri}: bucket {bucket} does not exist"
+        if scheme in ("http", "https"):
+            return f"{uri}: HTTP 404 Not Found"
+        return f"{uri}: no such object" if scheme in REMOTE else f"{uri}: no such file"
+    if isinstance(exc, PermissionError):
+        hint = {"s3": "; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+                "gs": "; check GOOGLE_APPLICATION_CREDENTIALS"}.get(scheme_of(uri), "")  # fmt: skip
+        return f"{uri}: access denied{hint}"
+    if isinstance(exc, IsADirectoryError):
+        return f"{uri}: is a directory"
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)
+    if isinstance(status, int) and scheme_of(uri) in ("http", "https"):
+        return f"{uri}: HTTP {status} {getattr(exc, 'message', '')}".rstrip()
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if any(word in f"{type(exc).__name__} {text}" for word in ("Connect", "connect", "Connection")):
+        return f"{uri}: cannot connect ({text or type(exc).__name__})"
+    return f"{uri}: {type(exc).__name__}: {text}".rstrip(": ")
+
+
+def _bucket_exists(fs: Any, bucket: str) -> bool:
+    try:
+        return bool(fs.exists(bucket))
+    except Exception:  # cannot tell: say "no such object", not "no such bucket"
+        return True
+
+
+@contextlib.contextmanager
+def errors(uri: str, fs: Any = None) -> Iterator[None]:
+    """Turn any storage failure inside the block into a one-line DataError naming `uri`."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as exc:  # the backends raise many types (botocore, aiohttp, google-auth, OS)
+        raise DataError(explain(exc, uri, fs)) from None
+
+
+# ---- Storage --------------------------------------------------------------------------------
 
 
 class Storage:
     """Objects under a root URI. Keys are relative, `/`-separated; `list` returns them sorted."""
 
-    root: str
+    def __init__(self, root: str, endpoint_url: str | None = None) -> None:
+        self.scheme = scheme_of(root)
+        if self.scheme not in ("file", "s3", "gs"):
+            raise DataError(f"{root}: storage must be file://, s3://, gs:// or a local path (got {self.scheme}://)")
+        self.fs = filesystem(self.scheme, endpoint_url)
+        if self.scheme == "file":
+            self.base = str(local_path_of(root))
+            self.root = f"file://{self.base}"
+        else:
+            bucket, prefix = split_bucket(root)
+            self.base = f"{bucket}/{prefix.strip('/')}".rstrip("/")
+            self.root = f"{self.scheme}://{self.base}"
 
-    def read_bytes(self, key: str) -> bytes:
-        raise NotImplementedError
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        raise NotImplementedError
-
-    def exists(self, key: str) -> bool:
-        raise NotImplementedError
-
-    def list(self, prefix: str = "") -> builtins.list[str]:
-        raise NotImplementedError
-
-    def delete(self, key: str) -> None:
-        raise NotImplementedError
-
-    def download_to(self, key: str, dest: Path) -> None:
-        """Copy one object to a local file, atomically (temporary name, then os.replace)."""
-        raise NotImplementedError
+    def path(self, key: str) -> str:
+        parts = [p for p in key.split("/") if p]
+        if ".." in parts:
+            raise DataError(f"{self.root}: key {key!r} leaves the storage root")
+        return "/".join([self.base, *parts]) if parts else self.base
 
     def url(self, key: str = "") -> str:
         return f"{self.root.rstrip('/')}/{key}" if key else self.root
 
     def local_path(self, key: str) -> Path | None:
-        return None
+        return Path(self.path(key)) if self.scheme == "file" else None
+
+    def read_bytes(self, key: str) -> bytes:
+        with errors(self.url(key), self.fs):
+            return bytes(self.fs.cat_file(self.path(key)))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with errors(self.url(key), self.fs):
+            if self.scheme == "file":
+                with atomic_file(Path(self.path(key))) as f:
+                    f.write(data)
+            elif self.scheme == "s3":
+                self.fs.pipe_file(self.path(key), data, chunksize=PART_SIZE)
+            else:
+                self.fs.pipe_file(self.path(key), data)
+
+    def download_to(self, key: str, dest: Path) -> None:
+        """Copy one object to a local file, atomically, without holding it in memory."""
+        with errors(self.url(key), self.fs), atomic_file(dest) as f, self.fs.open(self.path(key), "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+
+    def exists(self, key: str) -> bool:
+        with errors(self.url(key), self.fs):
+            return bool(self.fs.isfile(self.path(key)))
+
+    def version(self, key: str) -> str:
+        """What changes when the object does: ETag (S3), generation (GCS), mtime (files); and the size."""
+        with errors(self.url(key), self.fs):
+            info = self.fs.info(self.path(key))
+        stamp = info.get("ETag") or info.get("generation") or info.get("mtime") or ""
+        return f"{stamp}:{info.get('size', '')}"
+
+    def list(self, prefix: str = "") -> builtins.list[str]:
+        start = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        with errors(self.url(prefix), self.fs):
+            found = _find(self.fs, self.path(start), self.url(prefix))
+        keys = (p[len(self.base) + 1:] for p in found if p.startswith(self.base + "/"))
+        return sorted(k for k in keys if k.startswith(prefix) and not _is_tmp(k))
+
+    def delete(self, key: str) -> None:
+        with errors(self.url(key), self.fs), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(key))
 
     def read_json(self, key: str) -> Any:
         try:
@@ -193,207 +272,98 @@ class Storage:
 
 class FileStorage(Storage):
     def __init__(self, root: str) -> None:
-        self.path = local_path_of(root)
-        self.root = f"file://{self.path}"
+        super().__init__(root if scheme_of(root) == "file" else f"file://{root}")
 
-    def local_path(self, key: str) -> Path:
-        parts = [p for p in key.split("/") if p]
-        if ".." in parts:
-            raise DataError(f"{self.root}: key {key!r} leaves the storage root")
-        return self.path.joinpath(*parts)
 
-    @contextlib.contextmanager
-    def _errors(self, key: str) -> Iterator[None]:
-        try:
-            yield
-        except FileNotFoundError:
-            raise DataError(f"{self.url(key)}: no such file") from None
-        except PermissionError:
-            raise DataError(f"{self.url(key)}: access denied") from None
-        except IsADirectoryError:
-            raise DataError(f"{self.url(key)}: is a directory") from None
-
-    def read_bytes(self, key: str) -> bytes:
-        with self._errors(key):
-            return self.local_path(key).read_bytes()
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        with self._errors(key), atomic_file(self.local_path(key)) as f:
-            f.write(data)
-
-    def download_to(self, key: str, dest: Path) -> None:
-        with self._errors(key), atomic_file(dest) as f, open(self.local_path(key), "rb") as src:
-            shutil.copyfileobj(src, f, 1 << 20)
-
-    def exists(self, key: str) -> bool:
-        return self.local_path(key).is_file()
-
-    def list(self, prefix: str = "") -> builtins.list[str]:
-        start = self.local_path(prefix.rsplit("/", 1)[0] if "/" in prefix else "")  # rglob: [] if absent
-        keys = (p.relative_to(self.path).as_posix() for p in start.rglob("*") if p.is_file())
-        return sorted(k for k in keys if k.startswith(prefix) and not _is_tmp(k))
-
-    def delete(self, key: str) -> None:
-        with self._errors(key):
-            self.local_path(key).unlink(missing_ok=True)
+def _find(fs: Any, path: str, uri: str) -> builtins.list[str]:
+    """Every file below `path`; none for a missing directory or prefix, an error for a missing bucket."""
+    try:
+        found = list(fs.find(path))
+    except FileNotFoundError:
+        found = []
+    if not found and scheme_of(uri) in ("s3", "gs") and not _bucket_exists(fs, path.split("/", 1)[0]):
+        raise DataError(f"{uri}: bucket {split_bucket(uri)[0]} does not exist") from None
+    return found
 
 
 def _is_tmp(key: str) -> bool:
     return key.rsplit("/", 1)[-1].startswith(".") and key.endswith(TMP_SUFFIX)
 
 
-class S3Storage(Storage):
-    def __init__(self, root: str, endpoint_url: str | None = None) -> None:
-        self.bucket, prefix = split_s3(root)
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        self.client = s3_client(endpoint_url)
-
-    @contextlib.contextmanager
-    def _errors(self, key: str) -> Iterator[None]:
-        from boto3.exceptions import Boto3Error
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            yield
-        except (ClientError, BotoCoreError, Boto3Error) as e:
-            raise DataError(_explain(e, self.url(key), self.client, self.bucket)) from None
-
-    def read_bytes(self, key: str) -> bytes:
-        with self._errors(key):
-            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        from boto3.s3.transfer import TransferConfig
-
-        with self._errors(key):
-            if len(data) < MULTIPART_THRESHOLD:
-                self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
-            else:
-                config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD)
-                self.client.upload_fileobj(io.BytesIO(data), self.bucket, self.prefix + key, Config=config)
-
-    def download_to(self, key: str, dest: Path) -> None:
-        with self._errors(key), atomic_file(dest) as f:
-            self.client.download_fileobj(self.bucket, self.prefix + key, f)
-
-    def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        with self._errors(key):
-            try:
-                self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
-            except ClientError as e:
-                if _code(e) in _MISSING_CODES:
-                    return False
-                raise
-        return True
-
-    def etag(self, key: str) -> str:
-        with self._errors(key):
-            head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
-        return f"{head.get('ETag', '')}:{head.get('ContentLength', '')}"
-
-    def list(self, prefix: str = "") -> builtins.list[str]:
-        keys: builtins.list[str] = []
-        with self._errors(prefix):
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self.prefix + prefix
-            )
-            for page in pages:
-                keys.extend(obj["Key"][len(self.prefix):] for obj in page.get("Contents", []))
-        return sorted(keys)
-
-    def delete(self, key: str) -> None:
-        with self._errors(key):
-            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
-
-
 def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
-    """A `Storage` rooted at `file:///abs/path`, a plain path or `s3://bucket/prefix`."""
+    """A `Storage` rooted at `file:///abs/path`, a plain path, `s3://bucket/prefix` or `gs://bucket/prefix`."""
+    return Storage(uri, endpoint_url)
+
+
+# ---- single URIs ------------------------------------------------------------------------------
+
+
+def _fs_and_path(uri: str, endpoint_url: str | None) -> tuple[Any, str]:
     scheme = scheme_of(uri)
+    if scheme not in ("file", *REMOTE):
+        raise DataError(f"{uri}: cannot fetch {scheme}:// URIs (file://, s3://, gs://, http(s)://)")
     if scheme == "file":
-        return FileStorage(uri)
-    if scheme == "s3":
-        return S3Storage(uri, endpoint_url)
-    raise DataError(f"{uri}: storage must be file://, s3:// or a local path (got {scheme}://)")
-
-
-def _parent_and_key(uri: str, endpoint_url: str | None) -> tuple[Storage, str]:
-    if scheme_of(uri) == "s3":
-        bucket, key = split_s3(uri)
-        return S3Storage(f"s3://{bucket}", endpoint_url), key
-    path = local_path_of(uri)
-    return FileStorage(str(path.parent)), path.name
-
-
-@contextlib.contextmanager
-def _http_get(uri: str) -> Iterator[IO[bytes]]:
-    try:
-        response = urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        raise DataError(f"{uri}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise DataError(f"{uri}: cannot fetch ({getattr(e, 'reason', e)})") from None
-    with response:
-        yield response
+        return filesystem("file"), str(local_path_of(uri))
+    if scheme in ("s3", "gs"):
+        bucket, key = split_bucket(uri)
+        return filesystem(scheme, endpoint_url), f"{bucket}/{key}"
+    return filesystem(scheme), uri
 
 
 def fetch_uri(uri: str, endpoint_url: str | None = None) -> bytes:
-    """The bytes at a file://, plain-path, s3:// or http(s):// URI."""
-    if scheme_of(uri) in ("http", "https"):
-        with _http_get(uri) as response:
-            return response.read()
-    if scheme_of(uri) not in ("file", "s3"):
-        raise DataError(f"{uri}: cannot fetch {scheme_of(uri)}:// URIs")
-    storage, key = _parent_and_key(uri, endpoint_url)
-    return storage.read_bytes(key)
+    """The bytes at a file://, plain-path, s3://, gs:// or http(s):// URI."""
+    fs, path = _fs_and_path(uri, endpoint_url)
+    with errors(uri, fs):
+        return bytes(fs.cat_file(path))
 
 
 def download_uri(uri: str, dest: Path, endpoint_url: str | None = None) -> None:
     """Copy the object at `uri` to the local file `dest`, atomically, without holding it in memory."""
-    if scheme_of(uri) in ("http", "https"):
-        with _http_get(uri) as response, atomic_file(dest) as f:
-            shutil.copyfileobj(response, f, 1 << 20)
-        return
-    storage, key = _parent_and_key(uri, endpoint_url)
-    storage.download_to(key, dest)
+    fs, path = _fs_and_path(uri, endpoint_url)
+    with errors(uri, fs), atomic_file(dest) as f, fs.open(path, "rb") as src:
+        shutil.copyfileobj(src, f, 1 << 20)
 
 
-_GLOB = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+def cached_copy(uri: str, cache_dir: Path, endpoint_url: str | None = None) -> Path:
+    """A local path of a remote object through fsspec's `filecache` under `cache_dir` (fetched once
+    per node: other processes wait on a lock; fetched again when the object's version changes)."""
+    scheme = scheme_of(uri)
+    if scheme == "file":
+        return local_path_of(uri)
+    from fsspec.implementations.cached import WholeFileCacheFileSystem
 
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """`*` and `?` stay within one path segment, `**` crosses segments (as glob.glob's recursive)."""
-    parts = re.split(r"(\*\*/|\*\*|\*|\?)", pattern)
-    return re.compile("".join(_GLOB.get(part, re.escape(part)) for part in parts) + r"\Z")
+    fs, path = _fs_and_path(uri, endpoint_url)
+    cache = Path(cache_dir)
+    with file_lock(cache / ".lock"), errors(uri, fs):
+        cached = WholeFileCacheFileSystem(fs=fs, cache_storage=str(cache), check_files=True,
+                                          skip_instance_cache=True)  # fmt: skip
+        with cached.open(path, "rb") as f:
+            return Path(f.name)
 
 
 def expand_uris(pattern: str, endpoint_url: str | None = None) -> list[str]:
-    """Expand a glob (`*`, `?`, `**`), a directory or an S3 prefix into sorted URIs.
+    """Expand a glob (`*`, `?`, `**`; fsspec's), a directory or a bucket prefix into sorted URIs.
 
     A directory or prefix expands to every `*.bin` below it (recursively); a single file or
     object stays itself; http(s):// and builtin:// URIs pass through. Results keep the input's
     form (file:// URIs stay URIs, plain paths stay paths). Nothing matched -> DataError.
     """
     scheme = scheme_of(pattern)
-    if scheme == "s3":
-        bucket, key = split_s3(pattern)
-        storage: Storage = S3Storage(f"s3://{bucket}", endpoint_url)
-        base = f"s3://{bucket}/"
-    elif scheme == "file":
-        storage, key = FileStorage("/"), str(local_path_of(pattern)).lstrip("/")
-        base = "file:///" if pattern.startswith("file://") else "/"
-    else:
+    if scheme not in ("file", "s3", "gs"):
         return [pattern]
-    if "*" in key or "?" in key:
-        regex = _glob_regex(key)
-        keys = [k for k in storage.list(re.split(r"[*?]", key, maxsplit=1)[0]) if regex.match(k)]
-    elif key and not key.endswith("/") and storage.exists(key):
-        return [pattern]
-    else:
-        prefix = key.rstrip("/") + "/" if key.strip("/") else ""
-        keys = [k for k in storage.list(prefix) if k.endswith(".bin")]
-    if not keys:
-        raise DataError(f"{pattern}: matches no files (a directory or prefix needs *.bin shards)")
-    return [base + k for k in keys]
+    fs, path = _fs_and_path(pattern, endpoint_url)
+    with errors(pattern, fs):
+        if any(c in path for c in "*?["):
+            found = [p for p in fs.glob(path) if fs.isfile(p)]
+            if not found and scheme in ("s3", "gs") and not _bucket_exists(fs, path.split("/", 1)[0]):
+                raise DataError(f"{pattern}: bucket {path.split('/', 1)[0]} does not exist") from None
+        elif fs.isfile(path):
+            return [pattern]
+        else:
+            found = [p for p in _find(fs, path.rstrip("/"), pattern) if p.endswith(".bin")]
+    if not found:
+        raise DataError(f"{pattern}: matches no files (a directory or prefix needs *.bin shards)") from None
+    if scheme == "file":
+        base = "file://" if pattern.startswith("file://") else ""
+        return sorted(base + p for p in found)
+    return sorted(f"{scheme}://{p.lstrip('/')}" for p in found)

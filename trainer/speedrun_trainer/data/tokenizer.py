@@ -14,6 +14,15 @@ tokenizers it is the UTF-8 length of the token's text (`▁` counts as a space, 
 fallback tokens as one byte): an approximation, since their decoders may add or drop spaces.
 `encode` treats text literally where the library allows (tiktoken's `encode_ordinary`); a JSON
 tokenizer still turns special-token strings found in the text into special tokens.
+
+`levanter_document(text)` tokenizes one document as levanter's `BatchTokenizer` does for Marin's
+caches (stanford-crfm/levanter src/levanter/data/text.py at 9263f81, `enforce_bos`/`enforce_eos`):
+when the tokenizer does not add BOS itself the text becomes `bos + " " + text`, when it does not
+end with EOS `text + " " + eos`, and the string is encoded with the tokenizer's own special tokens
+(Llama 3: `<|begin_of_text|>` added by its post-processor, then `... <|end_of_text|>` with the
+space before EOS its own token). JSON tokenizers only, whose BOS/EOS are Llama 3's or `<s>`/`</s>`
+(HF reads their names from tokenizer_config.json, which a tokenizers JSON lacks), and without a
+Replace/Sequence normalizer (levanter then splits documents over 10,000 characters first).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from speedrun_trainer.data.storage import DataError, fetch_uri
 
 BYTE_EOT = 256
 SEPARATOR_CANDIDATES = ("<|endoftext|>", "<|bos|>")
+LEVANTER_BOS_EOS = (("<|begin_of_text|>", "<|end_of_text|>"), ("<s>", "</s>"))  # Llama 3, Llama 2
 
 
 class TokenizerError(DataError):
@@ -57,6 +67,10 @@ class Tokenizer:
     def encode_array(self, text: str) -> np.ndarray:
         """`encode` as an int64 array."""
         return np.asarray(self.encode(text), dtype=np.int64)
+
+    def levanter_document(self, text: str) -> np.ndarray:
+        """One document as levanter's BatchTokenizer writes it (see the module docstring)."""
+        raise TokenizerError(f"{self.spec}: levanter-style documents need a tokenizers JSON with BOS and EOS")
 
     def token_bytes(self) -> np.ndarray:
         """int64[vocab_size]: UTF-8 bytes each token stands for; 0 for special tokens (a fresh copy)."""
@@ -188,6 +202,27 @@ class JsonTokenizer(Tokenizer):
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    @functools.cached_property
+    def _levanter_affixes(self) -> tuple[str, str]:
+        """(prefix, suffix) levanter's BatchTokenizer adds to every document's text."""
+        names = next(((b, e) for b, e in LEVANTER_BOS_EOS
+                      if self.tok.token_to_id(b) is not None and self.tok.token_to_id(e) is not None), None)
+        if names is None:
+            raise TokenizerError(f"{self.spec}: levanter-style documents need BOS/EOS tokens named "
+                                 + " or ".join(f"{b} and {e}" for b, e in LEVANTER_BOS_EOS))
+        if _component_types(json.loads(self.tok.to_str()).get("normalizer")) & {"Replace", "Sequence"}:
+            raise TokenizerError(f"{self.spec}: its normalizer makes levanter split long documents before"
+                                 " tokenizing, which is not replicated here")
+        bos, eos = names
+        probe = self.tok.encode("hi there", add_special_tokens=True).ids
+        prefix = "" if probe[0] == self.tok.token_to_id(bos) else bos + " "
+        suffix = "" if probe[-1] == self.tok.token_to_id(eos) else " " + eos
+        return prefix, suffix
+
+    def levanter_document(self, text: str) -> np.ndarray:
+        prefix, suffix = self._levanter_affixes
+        return np.asarray(self.tok.encode(prefix + text + suffix, add_special_tokens=True).ids, dtype=np.int64)
 
     def _length(self, token: str) -> int:
         if self.byte_level:

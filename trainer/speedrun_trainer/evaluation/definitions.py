@@ -3,16 +3,33 @@
 A number is only worth its definition. From one pass over the evaluation tokens we keep a few
 sums (`LossSums`), and every published metric is one formula over them:
 
-- `levanter-bpb` (Marin's `eval/paloma/c4_en/bpb`): the loss of EVERY target token, special
-  tokens included, over ln 2 x the UTF-8 bytes of the targets. levanter's eval.py sums the
-  masked per-token loss and divides by the sum of `byte_length_of_token` (levanter
-  src/levanter/eval.py, utils/hf_utils.py), which is 0 for special tokens: their loss stays in
-  the numerator. Its sequences are `LmExample.causal` chunks of seqLen tokens whose loss mask
-  drops the last position (its target lies in the next chunk), so that position is left out
-  here too. Known residual differences, not replicated: levanter (eval.py at 05b4318) averages
-  per-batch BPBs weighted by tokens rather than dividing global sums (equal when every eval
-  batch has the same bytes per token), and its tokenization of Paloma adds the tokenizer's
-  BOS/EOS per document where `data prepare` writes one separator.
+- `levanter-bpb` (Marin's `eval/paloma/c4_en/bpb`), as levanter's `TaggedEvaluator` computes it
+  (stanford-crfm/levanter src/levanter/eval.py at 9263f81, unchanged in marin-community/marin
+  lib/levanter/src/levanter/eval.py; neither has a `_compute_bpb`): the eval set is cut into
+  `LmExample.causal` chunks of seqLen tokens whose loss mask drops the last position; chunks go
+  in global batches of EvalBatch sequences (levanter's default eval batch is the train batch,
+  trainer.py `eval_batch_size`; a final short batch is padded with zero-weight examples); each
+  batch gives `loss / max(bytes, 1) x log2(e)` over its masked positions, bytes from
+  `byte_length_of_token` (0 for special tokens, whose loss stays in the numerator); the published
+  number is the running mean of those per-batch BPBs weighted by each batch's masked-token count
+  (`RunningMean.add(bpb, this_tokens)`), not global sums over global bytes.
+- `levanter-bpb-cross-doc`: what this trainer measures, and files under its own key
+  (`eval/paloma/c4_en/bpb-cross-doc` on C4-EN): exactly the levanter formula above, but the model
+  attends across document boundaries inside a sequence. levanter builds eval examples with
+  `eos_id` (data/text.py `CausalLmDataset`), so attention restarts after every EOS (segment ids,
+  levanter #827, Dec 2024, before every Marin speedrun); our GPT has no per-document attention
+  mask. That difference changes the number, so Marin's key is never written by this trainer.
+  Documents are levanter's when the set was prepared with `--documents levanter` (BOS + text +
+  " " + EOS, `Tokenizer.levanter_document`). Two further differences a Marin run may have: which
+  sequences share a batch when C4-EN follows other Paloma sets in one eval loader (batches
+  straddle datasets), and levanter's splitting of documents over 10,000 characters before
+  tokenizing (`BatchTokenizer._workaround_len`; only for Replace/Sequence normalizers, refused).
+  Byte counts: levanter's `byte_length_of_token` (utils/hf_utils.py) is 0 only for the HF
+  tokenizer's `all_special_ids` (BOS/EOS for Llama 3, not its reserved specials) and otherwise
+  the UTF-8 length of `decode([".", id])` minus 1, so a byte-level token that is not whole UTF-8
+  counts the 3 bytes of U+FFFD per invalid run and `clean_up_tokenization_spaces` may drop a
+  space (" ." -> "."); `Tokenizer.token_bytes()` counts the bytes a token stands for. Not
+  replicated: another reason the numbers stay apart from Marin's.
 - `nanochat-bpb`: targets standing for zero bytes (special tokens) are left out of BOTH sums
   (nanochat nanochat/loss_eval.py `evaluate_bpb`: `token_bytes[y] > 0` masks the loss too).
 - `mean-loss-all-positions`: modded-nanogpt's val loss, the mean cross-entropy over all target
@@ -21,31 +38,38 @@ sums (`LossSums`), and every published metric is one formula over them:
   the first 1,048,576 tokens, seed 004). The token count is part of the definition: the results
   name the track whose count was used, or none.
 
-Dataset names: Marin's key is written only for Paloma's C4-EN validation set (`PALOMA_C4_EN`,
-the name `speedrun data fetch paloma-c4-en` records); a BPB measured on anything else is filed
-under `eval/<dataset>/bpb`, the dataset named by its metadata or, failing that, its URI.
+Dataset names: Marin's key names Paloma's C4-EN validation set (`PALOMA_C4_EN`, the name
+`speedrun data fetch paloma-c4-en` records) and levanter's exact number; what we measure on it is
+filed under `eval/paloma/c4_en/bpb-cross-doc`, a BPB measured on anything else under
+`eval/<dataset>/bpb`, the dataset named by its metadata or, failing that, its URI.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-LEVANTER_BPB = "levanter-bpb"
+LEVANTER_BPB = "levanter-bpb"  # Marin's published numbers
+LEVANTER_BPB_CROSS_DOC = "levanter-bpb-cross-doc"  # ours: levanter's formula, attention across documents
 NANOCHAT_BPB = "nanochat-bpb"
 MEAN_LOSS = "mean-loss-all-positions"
 
 PALOMA_C4_EN = "paloma/c4_en"
 MARIN_BPB_KEY = f"eval/{PALOMA_C4_EN}/bpb"
+CROSS_DOC_SUFFIX = "/bpb-cross-doc"
 
 # modded-nanogpt train_gpt.py: `val_tokens = 10485760  # how many tokens of validation data?
 # it's important to keep this fixed for consistent comparisons`; BottleCap (seed 004): 1,048,576.
 VAL_LOSS_TRACKS = {"modded-nanogpt": 10_485_760, "bottlecap": 1_048_576}
 
 DESCRIPTIONS = {
-    LEVANTER_BPB: "sum of the losses of all target tokens (special tokens included; not the last position of"
-    " each seqLen sequence, which levanter's causal loss mask drops) / (ln 2 x sum of their UTF-8 bytes);"
-    " levanter eval.py, as Marin reports it",
+    LEVANTER_BPB: "levanter eval.py TaggedEvaluator: per global eval batch of seqLen chunks, loss / max(bytes, 1)"
+    " x log2(e) over the positions levanter's causal loss mask keeps (all but each chunk's last; special"
+    " tokens' loss kept, their bytes 0), averaged over batches weighted by masked tokens; attention restarts"
+    " after each EOS; as Marin reports it",
+    LEVANTER_BPB_CROSS_DOC: "levanter-bpb's formula and batching (eval batch = train.batchSize sequences),"
+    " with attention across document boundaries inside a sequence (levanter restarts it after each EOS)",
     NANOCHAT_BPB: "sum of the losses of targets of >= 1 byte / (ln 2 x sum of their UTF-8 bytes); "
     "zero-byte (special) targets left out of both sums; nanochat loss_eval.py",
     MEAN_LOSS: "mean cross-entropy (nats) over all target positions, separators included; "
@@ -62,8 +86,6 @@ class LossSums:
     nats_with_bytes: float = 0.0  # loss of the targets that stand for >= 1 byte
     tokens_with_bytes: int = 0
     bytes: int = 0  # UTF-8 bytes of all targets (zero-byte targets add nothing)
-    last_nats: float = 0.0  # the same two sums at the last position of each sequence only
-    last_bytes: int = 0
 
     def __add__(self, other: LossSums) -> LossSums:
         return LossSums(*(a + b for a, b in zip(self.as_list(), other.as_list(), strict=True)))
@@ -81,8 +103,19 @@ def bits_per_byte(sum_nats: float, sum_bytes: int) -> float:
     return sum_nats / (math.log(2) * sum_bytes) if sum_bytes else math.nan
 
 
-def levanter_bpb(s: LossSums) -> float:
-    return bits_per_byte(s.nats - s.last_nats, s.bytes - s.last_bytes)
+def levanter_bpb(batches: Sequence[tuple[float, int, int]]) -> float:
+    """levanter's BPB from (masked nats, masked tokens, masked bytes) per global eval batch.
+
+    levanter eval.py `accum_for_batch`: `bpb = this_loss / max(this_bytes, 1) * log2(e)`, then
+    `state.bpb_per_tag.add(bpb, this_tokens)`, a running mean weighted by masked tokens; batches
+    with no masked tokens (padding) weigh nothing.
+    """
+    weighted = weight = 0.0
+    for nats, tokens, nbytes in batches:
+        if tokens:
+            weighted += tokens * nats / (max(nbytes, 1) * math.log(2))
+            weight += tokens
+    return weighted / weight if weight else math.nan
 
 
 def nanochat_bpb(s: LossSums) -> float:
@@ -98,15 +131,19 @@ def val_loss_track(tokens_scored: int) -> str | None:
     return next((name for name, n in VAL_LOSS_TRACKS.items() if n == tokens_scored), None)
 
 
-def bpb_key(dataset: str) -> str:
-    """`eval/paloma/c4_en/bpb` for Paloma C4-EN, `eval/<dataset>/bpb` for anything else."""
+def bpb_key(dataset: str, definition: str = LEVANTER_BPB_CROSS_DOC) -> str:
+    """Where a BPB is filed: Marin's `eval/paloma/c4_en/bpb` only for levanter's exact number on
+    Paloma C4-EN, `eval/paloma/c4_en/bpb-cross-doc` for ours there, `eval/<dataset>/bpb` elsewhere."""
+    if dataset == PALOMA_C4_EN and definition != LEVANTER_BPB:
+        return f"eval/{dataset}{CROSS_DOC_SUFFIX}"
     return f"eval/{dataset}/bpb"
 
 
 def dataset_from_bpb_key(key: str) -> str | None:
-    """The dataset a `eval/<dataset>/bpb` key names, else None."""
-    if key.startswith("eval/") and key.endswith("/bpb") and len(key) > len("eval//bpb"):
-        return key[len("eval/"): -len("/bpb")]
+    """The dataset a `eval/<dataset>/bpb` (or `.../bpb-cross-doc`) key names, else None."""
+    for suffix in ("/bpb", CROSS_DOC_SUFFIX):
+        if key.startswith("eval/") and key.endswith(suffix) and len(key) > len("eval/") + len(suffix):
+            return key[len("eval/"): -len(suffix)]
     return None
 
 

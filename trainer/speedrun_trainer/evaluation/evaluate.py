@@ -59,7 +59,7 @@ def _bpb(
     return evaluate_loss(
         model, dataset, token_bytes, tokens=spec.eval.bpb.tokens, seq_len=spec.model.seq_len,
         batch_size=spec.train.device_batch_size, rank=env.rank, world_size=env.world_size,
-        device=env.device, precision=spec.train.precision,
+        device=env.device, precision=spec.train.precision, eval_batch=spec.train.batch_size,
     )
 
 
@@ -132,11 +132,24 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
         versions=software_versions(), nanochat_bpb=final.nanochat_bpb, eval_set=eval_set,
     )
     uri = write_results(storage, run_info)
+    _track_final(job, summary, run_info, uri)
     message = headline(run_info, uri)
     write_termination_message(message)
     log(f"results written to {uri}")
     print(json.dumps(message), flush=True)
     return message
+
+
+def _track_final(job: SpeedrunJob, summary: dict[str, Any], run_info: dict[str, Any], uri: str) -> None:
+    """The final evaluation into the training's W&B run (same id, resumed) as its summary."""
+    from speedrun_trainer.train.tracking import Tracker
+
+    if not summary.get("run_id"):
+        return
+    tracker = Tracker(job, enabled=True, run_id=str(summary["run_id"]), config={}, job_type="eval")
+    final = {key: run_info.get(key) for key in ("eval/paloma/c4_en/bpb", "core_metric", "val_loss", "initial_bpb")}
+    tracker.summary({**{k: v for k, v in final.items() if v is not None}, "results_uri": uri})
+    tracker.finish()
 
 
 def _evaluate(job: SpeedrunJob, env: Dist) -> int:

@@ -1,12 +1,15 @@
 """Validation loss and bits-per-byte over the evaluation set, distributed across ranks.
 
 One pass over the first `tokens` tokens of the set (whole sequences of seqLen) collects the sums
-of `definitions.LossSums`; `LossEval` then gives each leaderboard's number from them: `bpb` is
-levanter's (Marin's), `nanochat_bpb` nanochat's, `loss` modded-nanogpt's mean over all positions.
-Byte lengths come from the tokenizer (`Tokenizer.token_bytes()`, 0 for special tokens).
+of `definitions.LossSums`, plus levanter's per-batch sums (sequence j belongs to global eval batch
+j // eval_batch, as levanter's DataLoader batches them); `LossEval` then gives each leaderboard's
+number: `bpb` is levanter's formula (filed as `levanter-bpb-cross-doc`, see definitions),
+`nanochat_bpb` nanochat's, `loss` modded-nanogpt's mean over all positions. Byte lengths come
+from the tokenizer (`Tokenizer.token_bytes()`, 0 for special tokens).
 
 The set is never repeated: when `tokens` asks for more than it holds, only the whole sequences it
-holds are scored, a warning is logged, and `LossEval.exceeded` says so (the results record it).
+holds are scored, a warning is logged (once per process: in-loop evaluations repeat it no more),
+and `LossEval.exceeded` says so (the results record it).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class LossEval:
     sums: LossSums  # over all ranks
     requested_tokens: int  # what the spec asked for (eval.bpb.tokens)
     set_tokens: int  # how many tokens the evaluation set holds
+    levanter_batches: tuple[tuple[float, int, int], ...] = ()  # (nats, tokens, bytes) per eval batch
 
     @property
     def loss(self) -> float:
@@ -37,9 +41,9 @@ class LossEval:
 
     @property
     def bpb(self) -> float:
-        """levanter's (Marin's) bits per byte: special tokens' loss kept in the numerator, the last
-        position of each sequence left out."""
-        return levanter_bpb(self.sums)
+        """levanter's bits-per-byte formula: per eval batch, special tokens' loss kept in the
+        numerator, the last position of each sequence left out; batches weighted by tokens."""
+        return levanter_bpb(self.levanter_batches)
 
     @property
     def nanochat_bpb(self) -> float:
@@ -78,9 +82,15 @@ def score_batch(losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.
         nats_with_bytes=float(losses[counted].double().sum()),
         tokens_with_bytes=int(counted.sum()),
         bytes=int(nbytes.sum()),
-        last_nats=float(losses[:, -1].double().sum()),
-        last_bytes=int(nbytes[:, -1].sum()),
     )
+
+
+def levanter_sequence_sums(losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> torch.Tensor:
+    """(nats, tokens, bytes) per sequence over the positions levanter's causal loss mask keeps:
+    all but the last (levanter models/lm_model.py `LmExample.causal_loss_mask`). Shape (B, 3)."""
+    kept = losses[:, :-1].double()  # (B, T-1)
+    nbytes = token_bytes[targets[:, :-1]].double()
+    return torch.stack([kept.sum(1), torch.full_like(kept[:, 0], kept.shape[1]), nbytes.sum(1)], dim=1)
 
 
 def sequences_to_score(tokens: int, seq_len: int, set_tokens: int) -> int:
@@ -103,22 +113,25 @@ def evaluate_loss(
     world_size: int,
     device: torch.device,
     precision: str,
+    eval_batch: int | None = None,
 ) -> LossEval:
     """Score the first `tokens` tokens of `dataset` (rounded up to whole sequences, capped at the
     set's size).
 
-    Sequence j goes to rank j % world_size; the sums are all-reduced, so the result is the same
-    for any world size.
+    Sequence j goes to rank j % world_size and to levanter's global eval batch j // eval_batch
+    (default: `batch_size`); the sums are all-reduced, so the result is the same for any world size.
     """
     set_tokens = int(getattr(dataset, "num_tokens", 0) or 0)
     num_seqs = sequences_to_score(tokens, seq_len, set_tokens) if set_tokens else max(1, math.ceil(tokens / seq_len))
-    if num_seqs * seq_len < tokens and rank == 0:
+    if num_seqs * seq_len < tokens and rank == 0 and _warn_once(getattr(dataset, "uri", ""), tokens):
         log(f"warning: eval.bpb.tokens {tokens:,} exceeds the evaluation set {getattr(dataset, 'uri', '')}"
             f" ({set_tokens:,} tokens): scoring its first {num_seqs * seq_len:,} tokens only, never repeating it")
     tb = torch.as_tensor(token_bytes, dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
     sums = LossSums()
+    per_batch_size = eval_batch or batch_size
+    per_batch = torch.zeros(math.ceil(num_seqs / per_batch_size), 3, dtype=torch.float64, device=device)
     mine = range(rank, num_seqs, world_size)  # a range, not a list: eval.bpb.tokens may be 1e10
     for i in range(0, len(mine), batch_size):
         chunk = mine[i : i + batch_size]
@@ -128,7 +141,24 @@ def evaluate_loss(
         with autocast(device, precision):
             losses = model(x, y, reduction="none")
         sums = sums + score_batch(losses.float(), y, tb)
+        index = torch.as_tensor([j // per_batch_size for j in chunk], device=device)
+        per_batch.index_add_(0, index, levanter_sequence_sums(losses.float(), y, tb))
     if was_training:
         model.train()
-    total = LossSums.from_list(all_reduce_sum(sums.as_list(), device))
-    return LossEval(sums=total, requested_tokens=tokens, set_tokens=set_tokens)
+    reduced = all_reduce_sum(sums.as_list() + per_batch.flatten().tolist(), device)
+    n = len(sums.as_list())
+    total = LossSums.from_list(reduced[:n])
+    rows = reduced[n:]
+    batches = tuple((rows[i], int(rows[i + 1]), int(rows[i + 2])) for i in range(0, len(rows), 3))
+    return LossEval(sums=total, requested_tokens=tokens, set_tokens=set_tokens, levanter_batches=batches)
+
+
+_WARNED: set[tuple[str, int]] = set()
+
+
+def _warn_once(uri: str, tokens: int) -> bool:
+    """True the first time this process would warn that `tokens` exceed the set at `uri`."""
+    if (uri, tokens) in _WARNED:
+        return False
+    _WARNED.add((uri, tokens))
+    return True

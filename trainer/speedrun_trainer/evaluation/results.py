@@ -6,8 +6,9 @@ model_flops_per_token, num_devices, device_flops, training_time, training_hardwa
 tooling reads it, and our additions: core_metric (nanochat), val_loss and time_to_target
 (modded-nanogpt), initial_bpb, mfu, the resolved spec and software versions.
 
-Every number says what it means (evaluation.definitions): the BPB is levanter's and is filed under
-Marin's `eval/paloma/c4_en/bpb` only when the evaluation set is Paloma's C4-EN, else under
+Every number says what it means (evaluation.definitions): the BPB is levanter's formula with
+attention across documents (`levanter-bpb-cross-doc`), so it is never filed under Marin's
+`eval/paloma/c4_en/bpb`: on Paloma C4-EN under `eval/paloma/c4_en/bpb-cross-doc`, elsewhere under
 `eval/<dataset>/bpb`; `bpb_definition`, `nanochat_bpb`, `val_loss_definition` (+ the track whose
 token count it used), `eval_set` (what was scored, and whether the spec asked for more tokens than
 the set holds), `metric_definitions` and `clock` (what the training time counts) go with them.
@@ -28,6 +29,7 @@ from speedrun_trainer.data.storage import Storage
 from speedrun_trainer.evaluation.definitions import (
     DESCRIPTIONS,
     LEVANTER_BPB,
+    LEVANTER_BPB_CROSS_DOC,
     MARIN_BPB_KEY,
     MEAN_LOSS,
     NANOCHAT_BPB,
@@ -36,7 +38,7 @@ from speedrun_trainer.evaluation.definitions import (
 )
 
 RESULTS_KEY = "speedrun_results.json"
-BPB_KEY = MARIN_BPB_KEY  # only for Paloma C4-EN; see bpb_key()
+BPB_KEY = MARIN_BPB_KEY  # levanter's exact number on Paloma C4-EN only: never ours; see bpb_key()
 CLOCK_RULE = (
     "optimizer steps only: evaluation, checkpointing and logging excluded; the first"
     " train.clockWarmupSteps steps of every process start (torch.compile, CUDA warm-up, the first"
@@ -141,7 +143,7 @@ def build_run_info(
             "training_hardware_flops": hardware_flops,
             bpb_key(str(evaluated["dataset"])): _finite(bpb),
             "bpb_dataset": evaluated["dataset"],
-            "bpb_definition": LEVANTER_BPB,
+            "bpb_definition": LEVANTER_BPB_CROSS_DOC,
             "nanochat_bpb": _finite(nanochat_bpb),
             "eval_set": evaluated,
             "tokenizer": spec.data.tokenizer,
@@ -149,7 +151,9 @@ def build_run_info(
             "val_loss": _finite(val_loss),
             "val_loss_definition": MEAN_LOSS,
             "val_loss_track": track,
-            "metric_definitions": {k: DESCRIPTIONS[k] for k in (LEVANTER_BPB, NANOCHAT_BPB, MEAN_LOSS)},
+            "metric_definitions": {
+                k: DESCRIPTIONS[k] for k in (LEVANTER_BPB_CROSS_DOC, LEVANTER_BPB, NANOCHAT_BPB, MEAN_LOSS)
+            },
             "core_metric": core_metric,
             "core_tasks": None if core is None else core.get("tasks"),
             "core_max_per_task": max_per_task,
@@ -188,5 +192,6 @@ def headline(run_info: dict[str, Any], uri: str) -> dict[str, Any]:
         "hardwareFlops": run_info["training_hardware_flops"],
         "trainingSeconds": run_info["training_time"],
         "timeToTargetSeconds": run_info["time_to_target"],
+        "wandbRunLink": run_info.get("wandb_run_link"),
         "trainingSteps": run_info["training_steps"],
     }

@@ -19,7 +19,15 @@ from pathlib import Path
 
 from speedrun_trainer.data.storage import DataError
 from speedrun_trainer.leaderboard import scaling, scaling_views
-from speedrun_trainer.leaderboard.ranking import build_tables, format_table, is_bpb_track, rank_runs, runs_json
+from speedrun_trainer.leaderboard.ranking import (
+    FLOPS_FIELD,
+    build_tables,
+    format_table,
+    is_bpb_track,
+    left_out,
+    rank_runs,
+    runs_json,
+)
 from speedrun_trainer.leaderboard.runs import DEFAULT_BAND_WIDTH, EXIT_ERROR, FLOPS_AXES, RESULTS_NAME, load_runs
 
 # ---- the command ----------------------------------------------------------------------------
@@ -48,8 +56,9 @@ def _band_points(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("uri", help="file:// or s3:// prefix (or a directory) holding speedrun_results.json files")
-    p.add_argument("--plot", metavar="PNG", help="draw BPB vs hardware FLOPs, the Pareto frontier highlighted")
-    p.add_argument("--html", metavar="HTML", help="write a static page with the tables and the plot")
+    p.add_argument("--plot", metavar="PNG", help="draw BPB vs FLOPs (--flops), the Pareto frontier highlighted")
+    p.add_argument("--html", metavar="HTML",
+                   help="write one self-contained interactive page: chart (tooltips, zoom, FLOPs axis) and tables")
     p.add_argument("--json", action="store_true", help="print the ranked runs as JSON instead of tables")
     p.add_argument("--band-width", type=_positive, default=DEFAULT_BAND_WIDTH, help="BPB band width (0.1)")
     p.add_argument("--flops", "--x", choices=FLOPS_AXES, default="hardware",
@@ -101,24 +110,32 @@ def handler(args: argparse.Namespace) -> int:
                                             args.bpb_track))
             return 0
         tracks = rank_runs(runs, args.band_width, args.flops)
-        tables = build_tables(tracks, args.band_width, args.flops)
+        missing = left_out(runs, args.flops)
+        if missing:
+            print(f"{sum(missing.values())} run(s) with a BPB left out of the {args.flops}-FLOPs ranking: no"
+                  f" {FLOPS_FIELD[args.flops]} recorded", file=sys.stderr)
+        tables = build_tables(tracks, args.band_width, args.flops, missing)
         if args.json:
             print(json.dumps(runs_json(runs), indent=2))
         elif tables:
             print("\n\n".join(format_table(t) for t in tables))
         else:
             print(f"{len(runs)} runs, none with a BPB or a target: nothing to rank", file=sys.stderr)
-        if args.plot or args.html:
+        if args.plot:
             from speedrun_trainer.leaderboard import render
 
             first_bpb = next((name for name in tracks if is_bpb_track(name)), None)  # marin first when present
             png = render.plot_png(tracks[first_bpb], args.flops, first_bpb) if first_bpb else None
-            if args.plot:
-                if png is None:
-                    raise DataError(f"{args.uri}: no run has both a BPB and {args.flops} FLOPs to plot")
-                _write(args.plot, png)
-            if args.html:
-                _write(args.html, render.html_page(args.uri, len(runs), tables, png).encode())
+            if png is None:
+                raise DataError(f"{args.uri}: no run has both a BPB and {args.flops} FLOPs to plot")
+            _write(args.plot, png)
+        if args.html:
+            from speedrun_trainer.leaderboard import page
+
+            first_bpb = next((name for name in tracks if is_bpb_track(name)), None)
+            chart = tracks[first_bpb] if first_bpb else []
+            html = page.html_page(args.uri, runs, tables, chart, axis=args.flops, track=first_bpb)
+            _write(args.html, html.encode())
     except BrokenPipeError:  # `speedrun leaderboard URI | head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

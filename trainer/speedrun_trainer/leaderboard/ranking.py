@@ -30,6 +30,9 @@ from speedrun_trainer.leaderboard.runs import (
     as_number,
 )
 
+# the results field each FLOPs axis reads (hardware FLOPs are derived when absent: runs.run_from_info)
+FLOPS_FIELD = {"hardware": "training_hardware_flops", "model": "model_flops"}
+
 # ---- ranking --------------------------------------------------------------------------------
 
 
@@ -70,6 +73,17 @@ def _closest(run: Run, metric: str) -> tuple[float, str]:
     if final is None:
         return math.inf, run.name
     return (-final if metric in HIGHER_IS_BETTER else final), run.name
+
+
+def left_out(runs: list[Run], axis: str = "hardware") -> dict[str, int]:
+    """Per BPB track, how many runs with a BPB have no FLOPs on `axis` and so are not ranked
+    (files without `model_flops` under --flops model, Marin's among them when old)."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        if r.bpb_group is not None and not r.flops(axis):
+            name = bpb_track_name(r.bpb_group)
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def rank_runs(runs: list[Run], band_width: float = DEFAULT_BAND_WIDTH, axis: str = "hardware") -> dict[str, list[Run]]:
@@ -128,9 +142,12 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _bpb_tables(name: str, board: list[Run], band_width: float, axis: str, others: int) -> list[Table]:
+def _bpb_tables(name: str, board: list[Run], band_width: float, axis: str, others: int,
+                missing: int = 0) -> list[Table]:
     what = "C4-EN bits per byte" if name == MARIN_TRACK else name[len("bpb:"):] + " bits per byte"
     apart = f"; {others} other BPB track(s) (other data or definitions) are ranked apart" if others else ""
+    if missing:
+        apart += f"; {missing} run(s) left out: no {FLOPS_FIELD[axis]} recorded"
     tables = [Table(
         f"{name}: {what} vs training {axis} FLOPs",
         f"ranked by BPB (ties: fewer {axis} FLOPs, then shorter training); * = on the Pareto frontier{apart}",
@@ -157,11 +174,13 @@ def _bpb_tables(name: str, board: list[Run], band_width: float, axis: str, other
 
 
 def build_tables(tracks: dict[str, list[Run]], band_width: float = DEFAULT_BAND_WIDTH,
-                 axis: str = "hardware") -> list[Table]:
+                 axis: str = "hardware", missing: dict[str, int] | None = None) -> list[Table]:
+    """The tables of every track; `missing` (from `left_out`) counts the runs each BPB track lost."""
     tables = []
     bpb_tracks = [n for n in tracks if is_bpb_track(n)]
     for name in bpb_tracks:
-        tables.extend(_bpb_tables(name, tracks[name], band_width, axis, len(bpb_tracks) - 1))
+        lost = (missing or {}).get(name, 0)
+        tables.extend(_bpb_tables(name, tracks[name], band_width, axis, len(bpb_tracks) - 1, lost))
     for name, entrants in tracks.items():
         if is_bpb_track(name):
             continue

@@ -270,7 +270,9 @@ class Trainer:
             step=st.step, train_loss=st.train_loss, tokens_per_second=tps, mfu=mfu, eta_seconds=eta,
             training_seconds=st.training_seconds,
         )
-        self.tracker.log({"train/loss": st.train_loss, "throughput/tokens_per_second": tps, "mfu": mfu}, st.step)
+        lr = self.optimizers[0].param_groups[0]["lr"]  # the scheduled lr of the step just taken
+        self.tracker.log({"train/loss": st.train_loss, "throughput/tokens_per_second": tps, "mfu": mfu,
+                          "train/lr": lr}, st.step)
         every = max(1, self.plan.steps // 20)  # about 20 log lines per run, whatever logEvery is
         if st.step - self._printed_step >= every or st.step == self.plan.steps:
             self._printed_step = st.step
@@ -285,6 +287,7 @@ class Trainer:
             self.model, self.val_data, self.token_bytes, tokens=spec.eval.bpb.tokens,
             seq_len=spec.model.seq_len, batch_size=spec.train.device_batch_size, rank=env.rank,
             world_size=env.world_size, device=env.device, precision=spec.train.precision,
+            eval_batch=spec.train.batch_size,
         )
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
         st.history.append({"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb,

@@ -10,14 +10,13 @@ through CoreDNS. Run: `pytest -m cluster tests/test_cluster_control_plane.py`.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.cluster.api import ApiError
-from tests.cluster.control_plane import ControlPlane
+from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import CPU_NODES, GPU_NODE
 from tests.cluster.network import NamespaceNetwork
 from tests.cluster.node_agent import NodeAgent
@@ -29,14 +28,7 @@ INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 def wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    return wait_until(predicate, timeout, what, interval=0.2)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ image pull) so these tests need no training. Run: `pytest -m cluster tests/test_
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import yaml
 
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import ChartOperator, chart_operator, install_chart
-from tests.cluster.control_plane import ControlPlane
+from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.helpers import tiny_manifest
@@ -40,14 +39,7 @@ CHART_VALUES = {
 
 
 def wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    return wait_until(predicate, timeout, what, interval=0.2)
 
 
 @pytest.fixture(scope="module")

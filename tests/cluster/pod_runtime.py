@@ -105,9 +105,10 @@ class PodFiles:
     def _env(self) -> dict[str, str]:
         # The "image's" environment: nothing of the test process leaks in (no AWS_* in particular).
         bin_dir = str(Path(sys.executable).parent)
-        env = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
-               "HOME": str(self.root), "HOSTNAME": self.pod["spec"].get("hostname") or self.pod["metadata"]["name"],
-               "KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}  # fmt: skip
+        image = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+                 "HOME": str(self.root), "HOSTNAME": self.pod["spec"].get("hostname") or self.pod["metadata"]["name"],
+                 "KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}  # fmt: skip
+        env = dict(image)
         for source in self.container.get("envFrom") or []:
             kind = "configMap" if "configMapRef" in source else "secret"
             ref = source.get("configMapRef") or source.get("secretRef") or {}
@@ -131,7 +132,9 @@ class PodFiles:
                                         f"couldn't find key {key_ref['key']} in {kind} {key_ref['name']}")  # fmt: skip
             elif "resourceFieldRef" in ref:
                 env[var["name"]] = "1"  # limits are not enforced here: a divisor-free stand-in
-        env = {k: self.map_path(v) for k, v in env.items()}
+        # Only the pod's own values name paths inside the pod; the "image's" PATH names this
+        # machine's (a checkout under /tmp must not be mapped onto the pod's /tmp emptyDir).
+        env = {k: v if image.get(k) == v else self.map_path(v) for k, v in env.items()}
         env[TERMINATION_ENV] = str(self.message_path)
         env[POD_MARKER] = self.pod["metadata"]["uid"]
         return env

@@ -28,7 +28,7 @@ import numpy as np
 from speedrun_api.manifest import ConfigError
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset
-from speedrun_trainer.data.storage import DataError, FileStorage, Storage
+from speedrun_trainer.data.storage import DataError, Storage, scheme_of
 
 IDENTITY_KEY = "run_identity.json"
 TRAINING_FIELDS = ("model", "train", "data", "target")
@@ -108,7 +108,7 @@ def check_writable(storage: Storage) -> None:
         storage.write_bytes(key, b"")
         storage.delete(key)
     except (OSError, DataError) as err:
-        if isinstance(storage, FileStorage):
+        if scheme_of(storage.url("")) == "file":  # a local path: the spec names a place that cannot work
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise ConfigError(f"spec.storage.uri: {storage.url('')} is not writable ({reason})") from None
         raise DataError(f"{storage.url('')}: cannot write ({err})") from None

@@ -158,3 +158,29 @@ def test_muon_single_shape_matches_reference(compile_ns: bool) -> None:
         with torch.no_grad():
             reference_step(ref, bufs, 0.05, 0.95, 0.0)
     assert_params_equal([p.detach() for p in params], ref)
+
+
+def test_newton_schulz_baddbmm_form_and_bf16_stay_orthogonalising() -> None:
+    # bf16 (what CUDA and bf16-capable CPUs run) against fp32: the same direction to within bf16's
+    # rounding, and singular values no larger than the quintic iteration's band either way.
+    gen = torch.Generator().manual_seed(5)
+    for shape in [(2, 64, 64), (3, 32, 96), (96, 32)]:
+        g = torch.randn(shape, generator=gen)
+        fp32 = newton_schulz(g, dtype=torch.float32)
+        bf16 = newton_schulz(g, dtype=torch.bfloat16)
+        assert bf16.dtype == g.dtype and bf16.shape == g.shape
+        cosine = torch.nn.functional.cosine_similarity(fp32.flatten(), bf16.flatten(), dim=0)
+        assert cosine > 0.999, cosine
+        for out in (fp32, bf16):
+            sv = torch.linalg.svdvals(out.float())
+            # (a random square matrix has a few tiny singular values that 5 steps only start to lift)
+            assert float(sv.median()) > 0.7 and float(sv.max()) < 1.3, sv
+
+
+def test_build_optimizers_runs_newton_schulz_in_bf16_where_the_cpu_has_it() -> None:
+    from speedrun_trainer.train.muon import native_bf16_matmul
+
+    muon, _ = build_optimizers(GPT(SPEC), OptimizerSpec(name="muon", learning_rate=0.02))
+    want = torch.bfloat16 if native_bf16_matmul(torch.device("cpu")) else torch.float32
+    assert muon.ns_dtype == want
+    assert not native_bf16_matmul(torch.device("meta"))

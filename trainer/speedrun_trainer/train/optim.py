@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from speedrun_api.spec import OptimizerSpec
-from speedrun_trainer.train.muon import Muon, newton_schulz
+from speedrun_trainer.train.muon import Muon, native_bf16_matmul, newton_schulz
 
 __all__ = ["Muon", "build_optimizers", "lr_multiplier", "newton_schulz", "set_lr"]
 
@@ -85,7 +85,8 @@ def build_optimizers(model: nn.Module, opt: OptimizerSpec, compile: bool = False
     muon: Muon (lr = learningRate, momentum, weight decay) for the blocks' 2-D matrices, and
     AdamW (lr = adamLearningRate or learningRate / 5) for embeddings, LM head and gains.
     `compile`: Muon's Newton-Schulz as one compiled graph per matrix shape (the trainer passes
-    its resolved `train.compile`).
+    its resolved `train.compile`). Newton-Schulz multiplies in bf16 wherever the device does so
+    natively (CUDA; CPUs with AVX512-BF16 or AMX), as modded-nanogpt and nanochat run it, fp32 elsewhere.
     """
     hidden, other_2d, gains = _split_params(model)
     no_decay = {"params": gains, "weight_decay": 0.0, "name": "adam_no_decay"}
@@ -98,6 +99,7 @@ def build_optimizers(model: nn.Module, opt: OptimizerSpec, compile: bool = False
         momentum=opt.momentum,
         weight_decay=opt.weight_decay,
         compile=compile,
+        ns_dtype=torch.bfloat16 if hidden and native_bf16_matmul(hidden[0].device) else torch.float32,
     )
     adam_lr = opt.adam_learning_rate or opt.learning_rate / 5
     decay = {"params": other_2d, "weight_decay": opt.weight_decay, "name": "adam_decay"}

@@ -1,9 +1,10 @@
 """The three training steps bench/bench_trainer.py times, each with its own data path.
 
 - ours: the trainer's real step (speedrun_trainer): `GPT(ModelSpec)`, `build_optimizers` (Muon +
-  fused AdamW by default), `TrainStep` (grad clip, no host syncs) under DDP (one process when the
-  bench runs alone), batches from a `.bin` shard through `open_dataset` and the background
-  `BatchPrefetcher` (uint16 on the host, pinned on CUDA, widened on the device).
+  fused AdamW by default), `TrainStep` (grad clip, no host syncs), under DDP only where the trainer
+  puts it (more than one rank: never when the bench runs alone), batches from a `.bin` shard
+  through `open_dataset` and the background `BatchPrefetcher` (uint16 on the host, pinned on
+  CUDA, widened on the device).
 - reference: the plain nanoGPT-style GPT of reference_gpt.py with for-loop AdamW, never compiled,
   fed pinned pre-made batches with non_blocking copies.
 - modded: modded-nanogpt's GPT-2 step as re-implemented in modded_gpt.py, with its own loader.
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from modded_gpt import ModdedConfig, ModdedGPT, ModdedLoader, modded_optimizers
 from reference_gpt import ReferenceConfig, ReferenceGPT, reference_adamw
 from torch.nn.parallel import DistributedDataParallel
@@ -35,7 +37,7 @@ from speedrun_trainer.data.shards import write_shard
 from speedrun_trainer.train.fp8 import check_fp8, convert_to_fp8
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers, set_lr
-from speedrun_trainer.train.step import TrainStep
+from speedrun_trainer.train.step import TrainStep, data_parallel
 
 # (model shape, batch size). `micro` is the smoke-test size of tests/test_bench.py.
 CONFIGS: dict[str, tuple[dict[str, Any], int]] = {
@@ -107,8 +109,8 @@ def build_ours(spec: ModelSpec, device: torch.device, *, compile_model: bool, op
                              weight_decay=WEIGHT_DECAY, beta1=BETAS[0], beta2=BETAS[1], max_grad_norm=MAX_GRAD_NORM)
     optimizers = build_optimizers(model, opt_spec, compile=compile_model)
     runnable = torch.compile(model) if compile_model else model
-    wrapped = (DistributedDataParallel(runnable, device_ids=[device.index or 0] if device.type == "cuda" else None)
-               if ddp else None)
+    # As the trainer: DDP only when there is more than one rank (none when the bench runs alone).
+    wrapped = data_parallel(runnable, device, dist.get_world_size() if ddp and dist.is_initialized() else 1)
     trainer_precision = precision if device.type == "cuda" else "fp32"
     step_fn = TrainStep(model, wrapped or runnable, wrapped, optimizers, device, trainer_precision, MAX_GRAD_NORM)
     dataset = open_dataset(shard_uri, tokenizer="byte", cache_dir=cache_dir)

@@ -29,7 +29,7 @@ from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers
 from speedrun_trainer.train.runtime import resolve_compile
-from speedrun_trainer.train.step import LossMeter, StepTimer, TrainStep
+from speedrun_trainer.train.step import LossMeter, StepTimer, TrainStep, data_parallel
 
 SPEC = ModelSpec(vocab_size=64, seq_len=16, hidden_dim=32, intermediate_dim=64, num_layers=2, num_heads=2)
 
@@ -141,6 +141,20 @@ def test_step_trains() -> None:
         batches.close()
     assert losses[-1] < losses[0] - 0.5, losses
     assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none) after each step
+
+
+def test_ddp_only_with_more_than_one_rank() -> None:
+    # One process (the bench alone, `speedrun run` with one worker): no DDP, whose hooks and one-rank
+    # all-reduces only cost time; with 2 ranks (one gloo process stands in for rank 0 of 2) DDP.
+    model = GPT(SPEC)
+    assert data_parallel(model, torch.device("cpu"), 1) is None
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        wrapped = data_parallel(model, torch.device("cpu"), 2)
+        assert isinstance(wrapped, DistributedDataParallel) and wrapped.module is model
+    finally:
+        dist.destroy_process_group()
 
 
 def test_compile_resolves_by_device_when_omitted() -> None:

@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.flops import training_flops_per_token
@@ -52,7 +51,7 @@ from speedrun_trainer.train.runtime import (
     resolve_compile,
     run_storage,
 )
-from speedrun_trainer.train.step import LossMeter, StepTimer, TrainStep
+from speedrun_trainer.train.step import LossMeter, StepTimer, TrainStep, data_parallel
 from speedrun_trainer.train.telemetry import Telemetry
 from speedrun_trainer.train.tracking import Tracker
 from speedrun_trainer.train.versions import software_versions
@@ -152,11 +151,7 @@ class Trainer:
         self.state = TrainState()
         self._resume()
         runnable = torch.compile(self.model) if self.compile else self.model
-        self.ddp = (
-            DistributedDataParallel(runnable, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
-            if env.world_size > 1
-            else None
-        )
+        self.ddp = data_parallel(runnable, env.device, env.world_size)
         self.forward = self.ddp or runnable
         self.train_step = TrainStep(self.model, self.forward, self.ddp, self.optimizers, env.device, t.precision,
                                     t.optimizer.max_grad_norm)

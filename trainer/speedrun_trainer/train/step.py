@@ -7,10 +7,13 @@
 - `StepTimer`: on CUDA a pair of CUDA events around each step, read only when asked (one wait
   on the newest event, then `elapsed_time`s that are already complete); elsewhere perf_counter
   (CPU ops run synchronously, so wall time is step time).
+- `data_parallel`: DDP around the (compiled) model when there is more than one rank; none at
+  world size 1, where it would only add its hooks and a one-rank all-reduce of every bucket.
 - `LossMeter`: the losses of the steps since the last read, summed on the device; `read()` makes
   one all-reduce and one host read for all of them (the trainer calls it every `logEvery` steps).
 
-    step = TrainStep(model, forward, ddp, optimizers, device, precision, max_grad_norm)
+    ddp = data_parallel(runnable, device, world_size)      # None on one process
+    step = TrainStep(model, ddp or runnable, ddp, optimizers, device, precision, max_grad_norm)
     timer, meter = StepTimer(device), LossMeter(device)
     timer.start(); loss = step(prefetcher.next_step()); timer.stop(); meter.add(loss)
     ...every logEvery steps: seconds, steps = timer.read(); mean_loss = meter.read()
@@ -30,6 +33,13 @@ from torch.nn.parallel import DistributedDataParallel
 from speedrun_trainer.train.runtime import autocast
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def data_parallel(module: nn.Module, device: torch.device, world_size: int) -> DistributedDataParallel | None:
+    """`module` under DDP when `world_size` > 1 (device_ids on CUDA), else None: the caller runs it bare."""
+    if world_size <= 1:
+        return None
+    return DistributedDataParallel(module, device_ids=[device.index or 0] if device.type == "cuda" else None)
 
 
 class TrainStep:

@@ -178,3 +178,40 @@ def test_cpu_rms_norm_equals_f_rms_norm_in_values_and_gradients(shape: tuple[int
     torch.testing.assert_close(y, want)
     torch.testing.assert_close(gx, want_gx)
     torch.testing.assert_close(gw, want_gw, rtol=1e-4, atol=1e-4)  # a sum over up to 524k rows
+
+
+def test_eager_relu_squared_equals_relu_then_square_in_values_and_gradients() -> None:
+    from speedrun_trainer.train.model import _ReLUSquared
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 16, 64, generator=gen, requires_grad=True)
+    x.data[0, 0, :4] = 0.0  # the kink: both give 0 and gradient 0 there
+    grad_out = torch.randn(4, 16, 64, generator=gen)
+    y = _ReLUSquared.apply(x)
+    (gx,) = torch.autograd.grad(y, x, grad_out)
+    want = torch.nn.functional.relu(x).square()
+    (want_gx,) = torch.autograd.grad(want, x, grad_out)
+    assert torch.equal(y, want) and torch.equal(gx, want_gx)
+
+
+def test_rope_equals_the_rotation_of_each_pair_and_its_inverse_past_seq_len() -> None:
+    from speedrun_trainer.train.model import Rotary
+
+    d, length = 16, 8
+    rot = Rotary(d, length, 10000.0)
+    gen = torch.Generator().manual_seed(2)
+    for t in (length, 2 * length):  # the registered tables, and tables made for a longer input
+        x = torch.randn(2, t, 3, d, generator=gen, requires_grad=True)
+        inv_freq = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+        angles = torch.outer(torch.arange(t, dtype=torch.float32), inv_freq)[None, :, None, :]
+        cos, sin = angles.cos(), angles.sin()
+        x1, x2 = x.chunk(2, dim=-1)
+        want = torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)  # the textbook pairs
+        got = rot(x)
+        assert torch.equal(got, want)
+        grad_out = torch.randn(got.shape, generator=gen)
+        (g_got,) = torch.autograd.grad(got, x, grad_out)
+        (g_want,) = torch.autograd.grad(want, x, grad_out)
+        torch.testing.assert_close(g_got, g_want)
+        # A rotation: each head vector keeps its norm
+        torch.testing.assert_close(got.norm(dim=-1), x.norm(dim=-1))

@@ -63,6 +63,26 @@ class _RMSNormCPU(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+class _ReLUSquared(torch.autograd.Function):
+    """relu(x)^2 as one autograd node for eager runs: saves r = relu(x), backward grad * (r + r).
+
+    Autograd of `F.relu(x).square()` runs pow's backward (grad * 2 * r) and then relu's
+    (threshold_backward), one more pass over the (B, T, intermediateDim) activations each way; the
+    same values (tests/test_model.py).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        r = torch.relu(x)
+        ctx.save_for_backward(r)  # type: ignore[attr-defined]
+        return r * r
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (r,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad_out * (r + r)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm over the last dimension with a learnable gain (initialised to 1)."""
 
@@ -88,23 +108,26 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         cos, sin = self._tables(max_len)
         # Non-persistent: derived from the spec, so they stay out of checkpoints.
-        self.register_buffer("cos", cos, persistent=False)  # (1, L, 1, d/2)
+        self.register_buffer("cos", cos, persistent=False)  # (1, L, 1, d)
         self.register_buffer("sin", sin, persistent=False)
 
     def _tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-width tables (1, length, 1, d): cos = [cos, cos], sin = [sin, -sin] over the two halves."""
         positions = torch.arange(length, dtype=torch.float32, device=self.inv_freq.device)
         angles = torch.outer(positions, self.inv_freq)  # (length, d/2)
-        return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+        cos, sin = angles.cos(), angles.sin()
+        return torch.cat((cos, cos), -1)[None, :, None, :], torch.cat((sin, -sin), -1)[None, :, None, :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, nh, d); rotate the pairs (x[..., i], x[..., i + d/2]).
+        # x: (B, T, nh, d); rotate the pairs (x[..., i], x[..., i + d/2]):
+        # (x1 cos + x2 sin, x2 cos - x1 sin) = x * [cos, cos] + [x2, x1] * [sin, -sin], in 4 ops, not 7.
         t = x.size(1)
         # Past seqLen (evaluation only: CORE prompts are never cropped) the tables are computed for
         # this call; the registered buffers never change shape (DDP and compiled graphs keep them).
         cos, sin = (self.cos, self.sin) if t <= self.cos.size(1) else self._tables(t)
         cos, sin = cos[:, :t].to(x.dtype), sin[:, :t].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+        return x * cos + torch.cat((x2, x1), dim=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
@@ -160,7 +183,8 @@ class MLP(nn.Module):
         if self.c_gate is not None:
             hidden = F.silu(self.c_gate(x)) * up
         elif self.activation == "relu2":
-            hidden = F.relu(up).square()
+            # eager: one autograd node (relu, square; backward 2r * grad); compiled: inductor fuses it
+            hidden = F.relu(up).square() if torch.compiler.is_compiling() else _ReLUSquared.apply(up)
         else:
             hidden = F.gelu(up)
         return self.c_proj(hidden)  # (B, T, h)

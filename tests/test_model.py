@@ -5,6 +5,8 @@ Run: pytest -q tests/test_model.py  (CPU, a few seconds)
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -215,3 +217,25 @@ def test_rope_equals_the_rotation_of_each_pair_and_its_inverse_past_seq_len() ->
         torch.testing.assert_close(g_got, g_want)
         # A rotation: each head vector keeps its norm
         torch.testing.assert_close(got.norm(dim=-1), x.norm(dim=-1))
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on CPU needs a C++ compiler (inductor's C++ backend)")
+def test_compiled_model_on_cpu_equals_eager_in_loss_and_gradients() -> None:
+    # `train.compile: true` on a CPU (inductor's C++ backend): the model takes the plain-op paths
+    # (F.rms_norm, relu().square()) that the eager CPU Functions replace; both train the same.
+    spec = tiny_spec(activation="relu2", qk_norm=True)
+    torch.manual_seed(0)
+    eager = GPT(spec)
+    compiled_src = GPT(spec)
+    compiled_src.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_src)
+    idx = torch.randint(0, spec.vocab_size, (2, spec.seq_len))
+    targets = torch.randint(0, spec.vocab_size, (2, spec.seq_len))
+    want = eager(idx, targets)
+    got = compiled(idx, targets)
+    want.backward()
+    got.backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for (name, p), q in zip(eager.named_parameters(), compiled_src.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)

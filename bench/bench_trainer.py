@@ -6,7 +6,7 @@
     python bench/bench_trainer.py --device cpu --json                 # one JSON object on stdout
 
 Contenders (bench/contenders.py): `ours` is the trainer's own step (model, Muon + AdamW, clip,
-the prefetching shard loader, DDP on one process); `reference` a plain nanoGPT-style GPT with
+the prefetching shard loader, DDP only as the trainer uses it); `reference` a plain nanoGPT-style GPT with
 for-loop AdamW (reference_gpt.py); `modded` modded-nanogpt's GPT-2 step re-implemented from its
 source (modded_gpt.py). All train the same shape (hidden, layers, MLP width, seq len, vocab, tied
 head) on the same tokens, for `--steps` steps per round after `--warmup` steps. Rounds alternate
@@ -136,7 +136,8 @@ def summarize(c: Contender, tokens_per_step: int, flops_per_token: float, peak: 
 
 
 def _process_group(device: torch.device) -> bool:
-    """DDP on one process, as the trainer runs under torchrun: start a 1-rank group if none is up."""
+    """A 1-rank group, as torchrun gives the trainer (ours then runs without DDP, as the trainer does at
+    world size 1; modded under DDP, as its record): start one if none is up."""
     if dist.is_initialized():
         return False
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

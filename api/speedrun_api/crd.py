@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,47 @@ ROOT_RULES = [
         "message": "metadata.name: must start with a letter (it names the headless Service)",
     },
 ]
+# Manifests `speedrun run` takes on one machine but a cluster cannot run: refused at admission;
+# `cluster_problems` is their Python twin (the operator's builders.check_runnable, for a cluster
+# whose installed CRD predates these rules).
+TPU_MESSAGE = (
+    "spec.resources.accelerator: TPU accelerators are not supported in a cluster yet (the trainer has no TPU "
+    "backend); use a GPU accelerator or cpu"
+)
+LOCAL_STORAGE_MESSAGE = (
+    "spec.storage.uri: local storage (file:// or a path) is each node's own disk, which the pods of a "
+    "multi-node run do not share; use s3:// (or another object store) when nodes > 1"
+)
+_MAX_NODES = (
+    "(has(self.resources.nodes) ? self.resources.nodes : (has(self.resources.maxNodes) ? self.resources.maxNodes : 1))"
+)
+CLUSTER_RULES = [
+    {
+        "rule": "!has(self.resources.accelerator) || !self.resources.accelerator.startsWith('tpu-')",
+        "message": TPU_MESSAGE,
+        "fieldPath": ".resources.accelerator",
+    },
+    {
+        "rule": f"!has(self.storage.uri) || self.storage.uri == '' || {_MAX_NODES} <= 1 || "
+        f"(self.storage.uri.matches('^[a-z][a-z0-9+.-]*://') && !self.storage.uri.startsWith('file://'))",
+        "message": LOCAL_STORAGE_MESSAGE,
+        "fieldPath": ".storage.uri",
+    },
+]
+
+
+def cluster_problems(spec: SpeedrunSpec) -> list[str]:
+    """The CLUSTER_RULES, checked in Python: one line per problem, field first."""
+    problems = []
+    if spec.resources.accelerator.startswith("tpu-"):
+        problems.append(TPU_MESSAGE)
+    uri = spec.storage.uri
+    local = bool(uri) and (uri.startswith("file://") or not re.match(r"^[a-z][a-z0-9+.-]*://", uri))
+    if local and spec.resources.node_range[1] > 1:
+        problems.append(LOCAL_STORAGE_MESSAGE)
+    return problems
+
+
 EXTRA_RULES: dict[str, list[dict[str, str]]] = {
     "resources": [
         {
@@ -157,6 +199,7 @@ def _attach_rules(spec: dict[str, Any]) -> None:
         target.setdefault("x-kubernetes-validations", []).append(validation)
     for path, extra in EXTRA_RULES.items():
         spec["properties"][path].setdefault("x-kubernetes-validations", []).extend(extra)
+    spec.setdefault("x-kubernetes-validations", []).extend(CLUSTER_RULES)
 
 
 def build_crd() -> dict[str, Any]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from speedrun_api import kubeformats as kf
 from speedrun_api.accelerators import known_accelerators, lookup
 
 API_GROUP = "speedrun.dev"
@@ -24,16 +25,19 @@ API_VERSION = "v1alpha1"
 KIND = "SpeedrunJob"
 PLURAL = "speedrunjobs"
 SHORT_NAME = "srj"
+RENDEZVOUS_PORT = 29400  # torchrun's c10d store on rank 0's pod (the operator's headless Service)
 
 # Ranges (the CRD states each as minimum/maximum): every integer fits int64 and every product
 # `speedrun plan` forms stays finite; shapes and counts are capped far above any real run.
 # Floats are finite (Base: allow_inf_nan=False; JSON has no inf/NaN, so the CRD cannot carry them).
 INT64_MAX = 2**63 - 1
+# int64 fields stop at 2**53 - 1: the apiserver reads bounds as float64, where 2**63 - 1 is no integer.
+JSON_INT_MAX = 2**53 - 1
 INT32_MAX = 2**31 - 1
 MAX_STEPS = 1_000_000_000  # also the cap on a horizon given as tokens, paramDataRatio or flopsBudget
 MAX_TOKENS = 10**16  # Marin's largest runs train ~1e13 tokens
-PositiveInt = Annotated[int, Field(ge=1, le=INT64_MAX)]
-NonNegInt = Annotated[int, Field(ge=0, le=INT64_MAX)]
+PositiveInt = Annotated[int, Field(ge=1, le=JSON_INT_MAX)]
+NonNegInt = Annotated[int, Field(ge=0, le=JSON_INT_MAX)]
 StepCount = Annotated[int, Field(ge=0, le=MAX_STEPS)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -162,11 +166,21 @@ class EvalSpec(Base):
 
 
 class Toleration(Base):
-    key: str | None = None
+    """A pod toleration; Kubernetes' rules for tolerations apply (ValidateTolerations)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": kf.TOLERATION_CEL})
+    key: str | None = Field(None, max_length=317)
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: kf.LabelValue | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: Annotated[int, Field(ge=-(2**63), le=INT64_MAX)] | None = None
+    toleration_seconds: NonNegInt | None = None
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> Toleration:
+        problems = kf.toleration_problems(self.key, self.operator, self.value, self.effect, self.toleration_seconds)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class ResourcesSpec(Base):
@@ -178,12 +192,20 @@ class ResourcesSpec(Base):
     device_flops: Annotated[float, Field(gt=0, le=1e18)] | None = Field(
         None, description="Peak FLOP/s per device; overrides the table"
     )
-    cpu: str | None = None
-    memory: str | None = None
-    node_selector: dict[str, str] = {}
-    tolerations: list[Toleration] = []
-    priority_class_name: str | None = None
-    topology: str | None = Field(None, description="TPU slice topology, e.g. 2x2x2")
+    cpu: kf.Quantity | None = None
+    memory: kf.Quantity | None = None
+    node_selector: dict[str, kf.LabelValue] = kf.node_selector_field()
+    tolerations: list[Toleration] = Field([], max_length=kf.MAX_TOLERATIONS)
+    priority_class_name: kf.DnsSubdomain | None = None
+    topology: kf.LabelValue | None = Field(None, description="TPU slice topology, e.g. 2x2x2")
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, selector: dict[str, str]) -> dict[str, str]:
+        problems = [p for key in selector if (p := kf.label_key_problem(key))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return selector
 
     @property
     def node_range(self) -> tuple[int, int]:
@@ -198,7 +220,7 @@ class ResourcesSpec(Base):
 
 
 class SecretRef(Base):
-    name: str = Field(min_length=1)
+    name: kf.DnsSubdomain
 
 
 class StorageSpec(Base):
@@ -227,13 +249,13 @@ class RunPolicy(Base):
     active_deadline_seconds: PositiveInt | None = None
     ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     suspend: bool = False
-    queue_name: str | None = None
+    queue_name: kf.LabelValue | None = Field(None, description="Kueue LocalQueue (the Job's queue-name label)")
 
 
 class SpeedrunSpec(Base):
     author: Author = Author()
     description: str = ""
-    image: str | None = None
+    image: Annotated[str, Field(max_length=4096, pattern=r"^\S+$")] | None = None
     model: ModelSpec
     train: TrainSpec
     data: DataSpec
@@ -370,6 +392,9 @@ RULES: list[Rule] = [
          "invalid node count", _nodes),
     Rule("resources", "accelerator", None, "unknown accelerator; give resources.deviceFlops for others",
          _accelerator),
+    Rule("metrics", "port", f"!has(self.port) || self.port != {RENDEZVOUS_PORT}",
+         f"must differ from the rendezvous port {RENDEZVOUS_PORT} (torchrun's c10d store)",
+         lambda s: s.metrics.port == RENDEZVOUS_PORT),
     Rule("", "eval.core", "!has(self.target) || self.target.metric != 'core' || has(self.eval.core)",
          "required for a CORE target", _target),
 ]

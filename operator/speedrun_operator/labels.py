@@ -7,7 +7,7 @@ ownerReference, which is what garbage collection follows.
 
 from __future__ import annotations
 
-from speedrun_api.spec import API_GROUP
+from speedrun_api.spec import API_GROUP, RENDEZVOUS_PORT
 
 MANAGER = "speedrun-operator"
 
@@ -40,7 +40,7 @@ KOPF_ANNOTATION_PREFIX = API_GROUP
 # Container, volume and port names inside the pods.
 CONTAINER_TRAINER = "trainer"
 CONTAINER_EVALUATOR = "evaluator"
-PORT_RENDEZVOUS = 29400
+PORT_RENDEZVOUS = RENDEZVOUS_PORT
 PORT_NAME_RENDEZVOUS = "rdzv"
 PORT_NAME_METRICS = "metrics"
 CONFIG_KEY = "run.json"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from speedrun_api.accelerators import lookup
+from speedrun_api.crd import cluster_problems
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.settings import OperatorSettings
@@ -55,6 +56,9 @@ def check_runnable(job: SpeedrunJob, settings: OperatorSettings) -> None:
     acc = lookup(r.accelerator)
     if acc is not None and acc.kind == "tpu" and not r.topology:
         raise BuildError(f"spec.resources.topology: required for {r.accelerator} (GKE schedules TPU slices by it)")
+    problems = cluster_problems(job.spec)  # the CRD's cluster-only rules, for a CRD installed before them
+    if problems:
+        raise BuildError("; ".join(problems))
 
 
 def image(job: SpeedrunJob, settings: OperatorSettings) -> str:

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from speedrun_api.manifest import SpecError, parse_job
-from tests.cluster.control_plane import ControlPlane
+from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
+from tests.cluster.node_agent import NodeAgent
+from tests.cluster.operator_run import served_namespace
 from tests.helpers import ROOT, tiny_manifest
 
 pytestmark = pytest.mark.cluster
@@ -139,3 +142,66 @@ def test_valid_values_are_admitted_by_both(crd: Kubectl, manifest: dict[str, Any
     code, err = dry_run(crd, manifest)
     assert code == 0, err
     assert model_errors(manifest) == []
+
+
+# ---- what the apiserver still refuses ends the job in Failed with its message ---------------------
+
+REJECTING_NAMESPACE = "admission-policy"
+# A cluster policy no CRD can foresee (ValidatingAdmissionPolicy, GA since 1.30): every Job in the
+# namespace must carry a deadline. The training Job of a SpeedrunJob without
+# runPolicy.activeDeadlineSeconds is refused with 422, after the SpeedrunJob itself was admitted.
+POLICY_MESSAGE = "every Job in this namespace must set spec.activeDeadlineSeconds"
+
+
+def deadline_policy(namespace: str) -> list[dict[str, Any]]:
+    name = f"{namespace}-job-deadlines"
+    return [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": name},
+         "spec": {"failurePolicy": "Fail",
+                  "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                          "operations": ["CREATE"], "resources": ["jobs"]}]},
+                  "validations": [{"expression": "has(object.spec.activeDeadlineSeconds)",
+                                   "message": POLICY_MESSAGE}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": name},
+         "spec": {"policyName": name, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchLabels": {
+                      "kubernetes.io/metadata.name": namespace}}}}},
+    ]  # fmt: skip
+
+
+def test_a_child_the_apiserver_refuses_fails_the_job_with_its_message(
+    control_plane: ControlPlane, kube_nodes: NodeAgent, kubectl: Kubectl, tmp_path: Path
+) -> None:
+    with served_namespace(control_plane, REJECTING_NAMESPACE, tmp_path) as served:
+        kubectl.run("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                           "items": deadline_policy(REJECTING_NAMESPACE)}))
+        # The policy is enforced once the apiserver has compiled it: probe with a throw-away Job.
+        probe = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "probe"},
+                 "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                                "containers": [{"name": "c", "image": "none"}]}}}}  # fmt: skip
+        wait_until(lambda: POLICY_MESSAGE in kubectl.run(
+            "create", "--dry-run=server", "-n", REJECTING_NAMESPACE, "-f", "-", stdin=json.dumps(probe),
+            check=False).stderr, 60, "the admission policy to be enforced")  # fmt: skip
+
+        kube_nodes.hold("refused-train-")  # nothing to train here: the pods wait as in a slow image pull
+        served.apply(kubectl, served.manifest("refused"))
+        wait_until(lambda: served.phase("refused") == "Failed", 90, "phase Failed", interval=0.2)
+        failed = served.condition("refused", "Failed")
+        assert failed["reason"] == "ChildRejected" and POLICY_MESSAGE in failed["message"], failed
+        assert "refused-train" in failed["message"], failed
+        assert served.condition("refused", "Validated")["status"] == "True"
+        assert served.job("refused") is None
+        reasons = [e["reason"] for e in served.events("refused")]
+        assert reasons == ["ChildRejected"], reasons
+
+        # A spec edit that satisfies the policy runs the job again.
+        kubectl.run("patch", "srj", "refused", "-n", REJECTING_NAMESPACE, "--type=merge",
+                    "-p", json.dumps({"spec": {"runPolicy": {"activeDeadlineSeconds": 3600}}}))  # fmt: skip
+        wait_until(lambda: served.job("refused") is not None, 90, "the training Job after the fix", interval=0.2)
+        wait_until(lambda: served.phase("refused") == "Pending", 60, "phase Pending after the fix", interval=0.2)
+        served.delete(kubectl, "refused")
+        kube_nodes.release("refused-train-")
+        kubectl.run("delete", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                            "items": deadline_policy(REJECTING_NAMESPACE)}))

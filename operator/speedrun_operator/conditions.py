@@ -42,6 +42,10 @@ REASON_BACKOFF_LIMIT = "BackoffLimitExceeded"
 REASON_DEADLINE = "DeadlineExceeded"
 REASON_TRAINING_FAILED = "TrainingFailed"
 REASON_CHILD_CONFLICT = "ChildConflict"
+REASON_CHILD_REJECTED = "ChildRejected"  # the apiserver refused a child (422/400): its message
+REASON_STARTUP_DEADLINE = "StartupDeadlineExceeded"  # pods never all ready within startupDeadlineSeconds
+# A spec edit may cure these: a Failed job with one of them runs again on a new generation.
+RETRY_ON_EDIT_REASONS = (REASON_INVALID_SPEC, REASON_CHILD_REJECTED)
 
 # Job condition reasons (batch/v1) -> ours.
 JOB_FAILURE_REASONS = {

@@ -63,6 +63,7 @@ class Observation:
     results: Results | None = None
     results_error: str | None = None
     failure_detail: str | None = None
+    rejected: str | None = None  # the apiserver's message refusing a child (422/400)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def is_settled(status: SpeedrunJobStatus, generation: int) -> bool:
     if status.phase != "Failed":
         return False
     failed = C.find(status.conditions, C.FAILED)
-    retry_on_edit = failed is not None and failed.reason == C.REASON_INVALID_SPEC
+    retry_on_edit = failed is not None and failed.reason in C.RETRY_ON_EDIT_REASONS
     return not (retry_on_edit and (status.observed_generation or 0) < generation)
 
 
@@ -127,7 +128,9 @@ def next_status(current: SpeedrunJobStatus, seen: Observation) -> tuple[Speedrun
             b.status.completion_time = None
         _suspension(b)
         b.status.restarts = max(b.status.restarts, seen.train.failed)
-        if training_finished(b.status) or seen.train.phase == "Succeeded":
+        if seen.rejected is not None:
+            b.fail(C.REASON_CHILD_REJECTED, seen.rejected)
+        elif training_finished(b.status) or seen.train.phase == "Succeeded":
             _evaluation(b)
         else:
             _training(b)

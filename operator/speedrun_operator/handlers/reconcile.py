@@ -26,6 +26,7 @@ from speedrun_operator.handlers.setup import OperatorContext
 from speedrun_operator.termination import eval_results, failure_detail
 
 CONFLICT_RETRY_SECONDS = 10
+REJECTED_STATUSES = (400, 422)  # BadRequest, Invalid: the request itself is refused, not the caller
 IMMUTABLE_NOTE = (
     "spec changes after the Jobs exist do not reach them (Job pod templates are immutable); "
     "only runPolicy.suspend applies. Delete and re-create the SpeedrunJob to run the new spec"
@@ -63,7 +64,17 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
         seen = lifecycle.Observation(generation=generation, nodes=_nodes(body), now=now_rfc3339(), spec_error=error)
         _write(ctx, body, current, seen)
         raise kopf.PermanentError(error) from None
-    seen = _observe(ctx, body, job, current, generation)
+    try:
+        seen = _observe(ctx, body, job, current, generation)
+    except kube.KubeError as err:
+        if err.status not in REJECTED_STATUSES:
+            raise
+        # The apiserver (its validation, a webhook, an admission policy) refuses a child of a spec
+        # the CRD admitted: retrying cannot help, the job fails with the apiserver's own words.
+        message = f"{err.reason}: {err.message}"
+        seen = lifecycle.Observation(generation=generation, nodes=_nodes(body), now=now_rfc3339(), rejected=message)
+        _write(ctx, body, current, seen)
+        raise kopf.PermanentError(message) from None
     return _write(ctx, body, current, seen)
 
 

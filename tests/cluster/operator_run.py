@@ -1,0 +1,94 @@
+"""One namespace served by the chart's operator, and what tests read back about its SpeedrunJobs.
+
+    with served_namespace(cp, "pending", tmp, resyncInterval="2") as served:
+        served.apply(kubectl, manifest)          # kubectl apply into the namespace
+        served.phase("name"), served.condition("name", "Training"), served.events("name")
+
+`helm install` (chart.py) with the chart values the operator tier uses, then the operator run
+with the release's ServiceAccount token; on exit the SpeedrunJobs are drained while the operator
+still runs (it releases its finalizers) and a request the chart's RBAC refused fails the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from speedrun_trainer.cli.launch import free_port
+from tests.cluster.chart import ChartOperator, chart_operator, install_chart
+from tests.cluster.control_plane import ControlPlane
+from tests.cluster.fixtures import Kubectl
+from tests.helpers import tiny_manifest
+
+BASE_VALUES = {
+    "operator.defaultStorageUri": "s3://speedrun-test/runs",
+    "operator.progressInterval": "1",
+    "operator.resyncInterval": "2",
+    "trainer.image.repository": "registry.test/speedrun-trainer",
+    "trainer.image.tag": "test",
+}
+
+
+@dataclass
+class ServedNamespace:
+    cp: ControlPlane
+    namespace: str
+    operator: ChartOperator
+
+    @property
+    def srj_path(self) -> str:
+        return f"/apis/speedrun.dev/v1alpha1/namespaces/{self.namespace}/speedrunjobs"
+
+    def manifest(self, name: str, **changes: Any) -> dict[str, Any]:
+        doc = tiny_manifest(**changes)
+        doc["metadata"] = {"name": name, "namespace": self.namespace}
+        return doc
+
+    def apply(self, kubectl: Kubectl, doc: dict[str, Any]) -> None:
+        kubectl.run("apply", "-f", "-", stdin=json.dumps(doc))
+
+    def srj(self, name: str) -> dict[str, Any]:
+        return self.cp.admin.get(f"{self.srj_path}/{name}") or {}
+
+    def phase(self, name: str) -> str:
+        return (self.srj(name).get("status") or {}).get("phase", "")
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        found = [c for c in (self.srj(name).get("status") or {}).get("conditions") or [] if c["type"] == type_]
+        return found[0] if found else {}
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        events = self.cp.admin.list(f"/api/v1/namespaces/{self.namespace}/events",
+                                    fields=f"involvedObject.name={name},involvedObject.kind=SpeedrunJob")  # fmt: skip
+        return sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+    def pods(self, name: str) -> list[dict[str, Any]]:
+        return self.cp.admin.list(f"/api/v1/namespaces/{self.namespace}/pods", labels=f"speedrun.dev/job={name}")
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        return self.cp.admin.get(f"/apis/batch/v1/namespaces/{self.namespace}/jobs/{name}-train")
+
+    def delete(self, kubectl: Kubectl, name: str) -> None:
+        kubectl.run("delete", "srj", name, "-n", self.namespace, "--wait=true", "--timeout=90s")
+
+
+@contextlib.contextmanager
+def served_namespace(
+    cp: ControlPlane, namespace: str, workdir: Path, env: dict[str, str] | None = None, **values: str
+) -> Iterator[ServedNamespace]:
+    """The chart installed as release `namespace` into `namespace`, its operator running.
+
+    `values` are chart values (dots as in `--set`) over BASE_VALUES; `env` overrides operator
+    variables that the chart does not set."""
+    release = install_chart(cp, namespace, namespace, {**BASE_VALUES, **values})
+    cp.namespace(namespace)
+    overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": "", **(env or {})}
+    with chart_operator(cp, release, workdir, **overrides) as op:
+        served = ServedNamespace(cp, namespace, op)
+        yield served
+        cp.drain(namespace, served.srj_path)
+    assert op.forbidden() == [], "the chart's RBAC refused the operator"

@@ -78,7 +78,7 @@ def test_create_makes_exactly_the_children(runs: Speedruns) -> None:
 
     assert status["nodes"] == "2" and status["observedGeneration"] == 1
     assert runs.condition("create", "Validated")["status"] == "True"
-    assert ("Normal", "PodsPending", "Pending: waiting for the training pods to start") in runs.events("create")
+    assert ("Normal", "PodsPending", "Pending: 0 of 2 training pods ready") in runs.events("create")
 
 
 def test_runs_through_training_and_eval_to_succeeded(runs: Speedruns) -> None:

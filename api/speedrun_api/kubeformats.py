@@ -17,9 +17,10 @@ Sources (Kubernetes' own, k8s.io/apimachinery and k8s.io/kubernetes):
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
 
 # <quantity> ::= <number><suffix>; <number> ::= <digits> | <digits>.<digits> | <digits>. | .<digits>;
 # <suffix> ::= Ki|Mi|Gi|Ti|Pi|Ei | n|u|m||k|M|G|T|P|E | e<int>|E<int> (the parser takes integer exponents).
@@ -122,3 +123,25 @@ def toleration_problems(
     if seconds is not None and effect != "NoExecute":
         problems.append("effect must be NoExecute when tolerationSeconds is set")
     return problems
+
+
+class Toleration(BaseModel):
+    """A pod toleration; Kubernetes' rules for tolerations apply (ValidateTolerations)."""
+
+    # spec.Base's configuration (camelCase, strict, frozen), plus the rules as CEL for the CRD.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
+        json_schema_extra={"x-kubernetes-validations": TOLERATION_CEL},
+    )  # fmt: skip
+    key: str | None = Field(None, max_length=LABEL_KEY_PREFIX_MAX + 64)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: LabelValue | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: Annotated[int, Field(ge=0, le=2**53 - 1)] | None = None
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> Toleration:
+        problems = toleration_problems(self.key, self.operator, self.value, self.effect, self.toleration_seconds)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

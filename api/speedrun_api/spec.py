@@ -165,24 +165,6 @@ class EvalSpec(Base):
     core: CoreEvalSpec | None = None
 
 
-class Toleration(Base):
-    """A pod toleration; Kubernetes' rules for tolerations apply (ValidateTolerations)."""
-
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": kf.TOLERATION_CEL})
-    key: str | None = Field(None, max_length=317)
-    operator: Literal["Exists", "Equal"] | None = None
-    value: kf.LabelValue | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: NonNegInt | None = None
-
-    @model_validator(mode="after")
-    def _kubernetes_rules(self) -> Toleration:
-        problems = kf.toleration_problems(self.key, self.operator, self.value, self.effect, self.toleration_seconds)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
 class ResourcesSpec(Base):
     nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
     min_nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
@@ -195,7 +177,7 @@ class ResourcesSpec(Base):
     cpu: kf.Quantity | None = None
     memory: kf.Quantity | None = None
     node_selector: dict[str, kf.LabelValue] = kf.node_selector_field()
-    tolerations: list[Toleration] = Field([], max_length=kf.MAX_TOLERATIONS)
+    tolerations: list[kf.Toleration] = Field([], max_length=kf.MAX_TOLERATIONS)
     priority_class_name: kf.DnsSubdomain | None = None
     topology: kf.LabelValue | None = Field(None, description="TPU slice topology, e.g. 2x2x2")
 
@@ -249,6 +231,8 @@ class RunPolicy(Base):
     active_deadline_seconds: PositiveInt | None = None
     ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     suspend: bool = False
+    startup_deadline_seconds: Annotated[int, Field(ge=1, le=INT32_MAX)] = Field(3600, description=(
+        "Fail when the training pods are not all running this long after the Job starts (Kueue's wait excluded)"))
     queue_name: kf.LabelValue | None = Field(None, description="Kueue LocalQueue (the Job's queue-name label)")
 
 

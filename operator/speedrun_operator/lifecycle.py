@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from speedrun_api.status import TERMINAL_PHASES, Progress, Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
+from speedrun_operator.startup import PodsWaiting
 
 JobPhase = Literal["Missing", "Suspended", "Pending", "Running", "Succeeded", "Failed"]
 
@@ -26,6 +27,7 @@ class JobState:
     message: str = ""
     failed: int = 0  # pods that failed so far
     ready: int = 0
+    succeeded: int = 0
 
 
 MISSING = JobState("Missing")
@@ -45,9 +47,10 @@ def job_state(job: dict[str, Any] | None) -> JobState:
             return JobState("Succeeded", failed=failed)
     if (job.get("spec") or {}).get("suspend") and not active:
         return JobState("Suspended", failed=failed)
+    succeeded = status.get("succeeded", 0)
     if ready:
-        return JobState("Running", failed=failed, ready=ready)
-    return JobState("Pending", failed=failed)
+        return JobState("Running", failed=failed, ready=ready, succeeded=succeeded)
+    return JobState("Pending", failed=failed, succeeded=succeeded)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class Observation:
     results_error: str | None = None
     failure_detail: str | None = None
     rejected: str | None = None  # the apiserver's message refusing a child (422/400)
+    min_ready: int = 1  # pods that must run for the rendezvous to form (startup.py)
+    waiting: PodsWaiting | None = None  # why the training pods are not all running yet
+    startup_failure: str | None = None  # the start-up deadline passed: the Failed message
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ class _Builder:
         self.phase = current.phase or "Pending"
         self.reason = C.REASON_PENDING
         self.message = ""
+        self.notice: Transition | None = None  # an Event without a phase change
 
     def cond(self, type_: str, status: Literal["True", "False", "Unknown"], reason: str, message: str) -> None:
         self.status.conditions = C.set_condition(
@@ -138,8 +145,8 @@ def next_status(current: SpeedrunJobStatus, seen: Observation) -> tuple[Speedrun
         b.status.completion_time = b.status.completion_time or seen.now
     changed = b.phase != current.phase
     b.status.phase = b.phase  # type: ignore[assignment]
-    if not changed:
-        return b.status, None
+    if not changed or b.notice is not None:
+        return b.status, b.notice
     kind: Literal["Normal", "Warning"] = "Warning" if b.phase == "Failed" else "Normal"
     return b.status, Transition(kind, b.reason, f"{b.phase}: {b.message}" if b.message else b.phase)
 
@@ -158,7 +165,8 @@ def _training(b: _Builder) -> None:
         message = "; ".join(m for m in (t.message, seen.failure_detail) if m) or t.reason
         b.cond(C.TRAINING, C.FALSE, reason, message)
         b.fail(reason, message)
-    elif t.phase == "Running":
+    elif t.phase == "Running" and t.ready + t.succeeded >= seen.min_ready:
+        # The rendezvous can form: every pod it waits for runs (or has already finished).
         b.status.start_time = b.status.start_time or seen.now
         b.cond(C.TRAINING, C.TRUE, C.REASON_RUNNING, f"{t.ready} of {seen.nodes} training pods ready")
         b.move("Training", C.REASON_RUNNING, f"{t.ready} training pods ready")
@@ -171,9 +179,27 @@ def _training(b: _Builder) -> None:
     elif b.phase == "Training" and b.status.start_time:
         # Pods being replaced after a failure: still the same training run.
         b.cond(C.TRAINING, C.TRUE, C.REASON_RUNNING, "training pods are being replaced")
+    elif seen.startup_failure is not None:
+        b.cond(C.TRAINING, C.FALSE, C.REASON_STARTUP_DEADLINE, seen.startup_failure)
+        b.fail(C.REASON_STARTUP_DEADLINE, seen.startup_failure)
     else:
-        b.cond(C.TRAINING, C.FALSE, C.REASON_PENDING, "waiting for the training pods to start")
-        b.move("Pending", C.REASON_PENDING, "waiting for the training pods to start")
+        _pending(b)
+
+
+def _pending(b: _Builder) -> None:
+    """Pending: how many pods are ready, and the scheduler's or kubelet's reason for the others;
+    a new problem reason (Unschedulable, ErrImagePull, ...) is posted as a Warning Event."""
+    t, waiting = b.seen.train, b.seen.waiting
+    message = f"{t.ready} of {b.seen.nodes} training pods ready"
+    reason = C.REASON_PENDING
+    if waiting is not None:
+        message = f"{message}; {waiting.describe()}"
+        reason = waiting.reason if waiting.problem else C.REASON_PENDING
+    old = C.find(b.status.conditions, C.TRAINING)
+    if reason != C.REASON_PENDING and (old is None or old.reason != reason):
+        b.notice = Transition("Warning", reason, f"Pending: {message}")
+    b.cond(C.TRAINING, C.FALSE, reason, message)
+    b.move("Pending", reason, message)
 
 
 def _final_progress(b: _Builder, results: Results) -> None:

@@ -19,7 +19,7 @@ import kopf
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import SpeedrunJobStatus, now_rfc3339, read_status
-from speedrun_operator import builders, kube, lifecycle, metrics
+from speedrun_operator import builders, kube, lifecycle, metrics, startup
 from speedrun_operator import labels as L
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
 from speedrun_operator.handlers.setup import OperatorContext
@@ -75,7 +75,19 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
         seen = lifecycle.Observation(generation=generation, nodes=_nodes(body), now=now_rfc3339(), rejected=message)
         _write(ctx, body, current, seen)
         raise kopf.PermanentError(message) from None
-    return _write(ctx, body, current, seen)
+    new = _write(ctx, body, current, seen)
+    if seen.startup_failure is not None and new.phase == "Failed":
+        _stop_training_job(ctx, body, job)
+    return new
+
+
+def _stop_training_job(ctx: OperatorContext, body: dict[str, Any], job: SpeedrunJob) -> None:
+    """End a training Job whose pods never started, so none of them starts later unwatched."""
+    namespace, name = body["metadata"]["namespace"], L.train_job_name(job.metadata.name)
+    train_job = ctx.client.get(kube.JOB, namespace, name)
+    patch = startup.stop_patch(train_job, job.spec.run_policy.startup_deadline_seconds) if train_job else None
+    if patch is not None:
+        ctx.client.patch(kube.JOB, namespace, name, patch)
 
 
 def _nodes(body: dict[str, Any]) -> str:
@@ -108,6 +120,15 @@ def _observe(
         if manage_suspend:
             train_job = sync_suspend(client, train_job, policy.suspend)
         train = lifecycle.job_state(train_job)
+    lo, _ = job.spec.resources.node_range
+    waiting, startup_failure = None, None
+    now = now_rfc3339()
+    if train.phase in ("Pending", "Running") and train.ready + train.succeeded < lo and not current.start_time:
+        # Never trained yet: why the pods are not all running, and whether start-up took too long.
+        waiting = startup.pods_waiting(_pods(client, namespace, name, L.ROLE_TRAIN))
+        deadline = policy.startup_deadline_seconds
+        if startup.startup_overdue(train_job, deadline, now):
+            startup_failure = startup.startup_failure(deadline, waiting, train.ready, lo)
     detail: str | None = None
     if train.phase == "Failed":
         detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER)
@@ -128,7 +149,7 @@ def _observe(
     return lifecycle.Observation(
         generation=generation,
         nodes=_nodes(body),
-        now=now_rfc3339(),
+        now=now,
         suspend_requested=policy.suspend,
         queued=bool(policy.queue_name),
         train=train,
@@ -136,6 +157,9 @@ def _observe(
         results=results,
         results_error=results_error,
         failure_detail=detail,
+        min_ready=lo,
+        waiting=waiting,
+        startup_failure=startup_failure,
     )
 
 

@@ -249,6 +249,11 @@ def test_image_and_selectors_follow_the_settings() -> None:
             "spec.resources.topology: required",
         ),
         ({**tiny(), "metadata": {"name": "9lives"}}, "metadata.name: must start with a letter"),
+        (
+            tiny(resources={"accelerator": "tpu-v5p", "procsPerNode": 4, "topology": "2x2x1"}, train={"batchSize": 64}),
+            "spec.resources.accelerator: TPU accelerators are not supported in a cluster yet",
+        ),
+        (tiny(storage={"uri": "file:///data/runs"}), r"spec.storage.uri: local storage \(file:// or a path\)"),
     ],
 )
 def test_check_runnable_refuses_what_a_cluster_cannot_run(manifest: dict[str, Any], message: str) -> None:

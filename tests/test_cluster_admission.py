@@ -202,6 +202,6 @@ def test_a_child_the_apiserver_refuses_fails_the_job_with_its_message(
         wait_until(lambda: served.job("refused") is not None, 90, "the training Job after the fix", interval=0.2)
         wait_until(lambda: served.phase("refused") == "Pending", 60, "phase Pending after the fix", interval=0.2)
         served.delete(kubectl, "refused")
-        kube_nodes.release("refused-train-")
         kubectl.run("delete", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
                                                             "items": deadline_policy(REJECTING_NAMESPACE)}))
+    kube_nodes.release("refused-train-")  # once the pods are gone (held pods are deleted at once)

@@ -61,8 +61,8 @@ def emulated_cluster(tmp: Path) -> Iterator[EmulatedCluster]:
 
 @contextlib.contextmanager
 def start_operator(metrics_port: int = 0) -> Iterator[KopfRunner]:
-    """The operator as `speedrun operator --namespace speedruns` runs it (standalone: no peering)."""
-    settings = OperatorSettings(namespaces=(NAMESPACE,), standalone=True)
+    """The operator as `speedrun operator --namespace speedruns` runs it (one replica, no Lease)."""
+    settings = OperatorSettings(namespaces=(NAMESPACE,))
     with pytest.MonkeyPatch.context() as mp:
         for key, value in {**OPERATOR_ENV, "SPEEDRUN_OPERATOR_METRICS_PORT": str(metrics_port)}.items():
             mp.setenv(key, value)

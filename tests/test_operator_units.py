@@ -245,7 +245,7 @@ def test_settings_round_trip_through_the_environment() -> None:
     assert OperatorSettings.from_env({}) == OperatorSettings()
     assert OperatorSettings().trainer_image == DEFAULT_TRAINER_IMAGE == "ghcr.io/speedrun-operator/trainer:0.1.0"
     custom = OperatorSettings(
-        trainer_image="x/y:1", namespaces=("a", "b"), metrics_port=0, standalone=True, progress_interval=2.5
+        trainer_image="x/y:1", namespaces=("a", "b"), metrics_port=0, leader_election=True, progress_interval=2.5
     )
     env = custom.to_env()
     assert env["SPEEDRUN_TRAINER_IMAGE"] == "x/y:1" and env["SPEEDRUN_OPERATOR_NAMESPACES"] == "a,b"
@@ -255,26 +255,21 @@ def test_settings_round_trip_through_the_environment() -> None:
 
 
 def test_kopf_argv() -> None:
-    assert kopf_run_argv(OperatorSettings()) == ["run", "-m", "speedrun_operator.main", "--all-namespaces"]
-    argv = kopf_run_argv(OperatorSettings(namespaces=("a", "b"), peering="ha", liveness="http://0.0.0.0:8080/healthz"))
-    assert argv == [
-        "run",
-        "-m",
-        "speedrun_operator.main",
-        "--namespace",
-        "a",
-        "--namespace",
-        "b",
-        "--peering",
-        "ha",
-        "--liveness",
-        "http://0.0.0.0:8080/healthz",
-    ]
-    assert kopf_run_argv(OperatorSettings(standalone=True, peering="ha"), dev=True)[-3:] == [
-        "--standalone",
-        "--dev",
-        "--verbose",
-    ]
+    # Always standalone: replicas coordinate through a Lease (leader.py), never kopf peering.
+    assert kopf_run_argv(OperatorSettings()) == ["run", "-m", "speedrun_operator.main", "--standalone",
+                                                 "--all-namespaces"]  # fmt: skip
+    argv = kopf_run_argv(OperatorSettings(namespaces=("a", "b"), leader_election=True,
+                                          liveness="http://0.0.0.0:8080/healthz"))  # fmt: skip
+    assert argv == ["run", "-m", "speedrun_operator.main", "--standalone", "--namespace", "a", "--namespace", "b",
+                    "--liveness", "http://0.0.0.0:8080/healthz"]  # fmt: skip
+    assert kopf_run_argv(OperatorSettings(), dev=True)[-2:] == ["--dev", "--verbose"]
+
+
+def test_lease_timings_that_cannot_work_are_named() -> None:
+    assert OperatorSettings(leader_election=True, namespaces=("a",)).problem() is None
+    bad = OperatorSettings(leader_election=True, namespaces=("a",), lease_duration=5, lease_renew_deadline=10)
+    assert "SPEEDRUN_OPERATOR_LEASE_RENEW_DEADLINE" in (bad.problem() or "")
+    assert OperatorSettings(lease_duration=5, lease_renew_deadline=10).problem() is None  # election off
 
 
 def test_operator_flags_become_settings() -> None:
@@ -284,13 +279,14 @@ def test_operator_flags_become_settings() -> None:
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["operator", "-n", "team-a", "--image", "i:2", "--metrics-port", "0", "--peering", "p"])
+    args = parser.parse_args(["operator", "-n", "team-a", "--image", "i:2", "--metrics-port", "0",
+                              "--leader-election"])  # fmt: skip
     settings = settings_from_args(args, OperatorSettings())
-    assert (settings.namespaces, settings.trainer_image, settings.metrics_port, settings.peering) == (
+    assert (settings.namespaces, settings.trainer_image, settings.metrics_port, settings.leader_election) == (
         ("team-a",),
         "i:2",
         0,
-        "p",
+        True,
     )
     assert args.func.__name__ == "operator_command"
 

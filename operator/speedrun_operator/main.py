@@ -36,8 +36,9 @@ def _is_active(status: dict[str, Any], **_: Any) -> bool:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    setup.configure(settings, memo, logger)
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    # A standby replica waits here: kopf starts no watch before its startup handlers end.
+    await setup.elect(setup.configure(settings, memo, logger), logger)
 
 
 @kopf.on.cleanup()

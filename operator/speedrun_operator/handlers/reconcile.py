@@ -3,7 +3,7 @@
 Level-triggered and idempotent: every trigger (create, resume after an operator restart, spec
 update, any event of a child Job, the resync timer) runs the same `reconcile`, which reads the
 current state from the API, decides with `lifecycle.next_status`, and writes only what changed.
-A per-job lock serialises concurrent triggers inside this process; peering keeps a single
+A per-job lock serialises concurrent triggers inside this process; the Lease (leader.py) keeps a single
 active operator across replicas.
 """
 

@@ -93,16 +93,21 @@ def _observe(
         train = lifecycle.JobState("Succeeded")
     else:
         ensure_child(client, kube.SERVICE, builders.build_headless_service(job), body)
-        train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, settings), body)
-        if manage_suspend:
-            train_job = sync_suspend(client, train_job, policy.suspend)
-        train = lifecycle.job_state(train_job)
+        if _held_back(client, policy, namespace, L.train_job_name(name)):
+            train = lifecycle.JobState("Suspended")
+        else:
+            train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, settings), body)
+            if manage_suspend:
+                train_job = sync_suspend(client, train_job, policy.suspend)
+            train = lifecycle.job_state(train_job)
     detail: str | None = None
     if train.phase == "Failed":
         detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER)
     evaluation = lifecycle.MISSING
     results, results_error = None, None
-    if train.phase == "Succeeded":
+    if train.phase == "Succeeded" and _held_back(client, policy, namespace, L.eval_job_name(name)):
+        evaluation = lifecycle.JobState("Suspended")
+    elif train.phase == "Succeeded":
         eval_job = ensure_child(client, kube.JOB, builders.build_eval_job(job, settings), body)
         if manage_suspend:
             eval_job = sync_suspend(client, eval_job, policy.suspend)
@@ -126,6 +131,12 @@ def _observe(
         results_error=results_error,
         failure_detail=detail,
     )
+
+
+def _held_back(client: kube.KubeClient, policy: Any, namespace: str, job_name: str) -> bool:
+    """With a queue, Kueue owns the Jobs' spec.suspend (it admits by writing false), so a user's
+    runPolicy.suspend holds a Job back by not creating it; one already created is Kueue's."""
+    return bool(policy.queue_name and policy.suspend) and client.get(kube.JOB, namespace, job_name) is None
 
 
 def _pods(client: kube.KubeClient, namespace: str, name: str, role: str) -> list[dict[str, Any]]:

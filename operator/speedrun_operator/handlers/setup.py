@@ -39,6 +39,7 @@ class OperatorContext:
     client: kube.KubeClient
     metrics_server: Any = None
     elector: leader.LeaderElector | None = None
+    periodic: Any = None  # handlers.periodic.Periodic, once this replica leads
 
 
 def configure(kopf_settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger) -> OperatorContext:
@@ -49,10 +50,6 @@ def configure(kopf_settings: kopf.OperatorSettings, memo: kopf.Memo, logger: log
     kopf_settings.posting.level = logging.WARNING
     kopf_settings.posting.reporting_component = MANAGER
     kopf_settings.watching.server_timeout = 300  # reconnect watches now and then, as client-go does
-    # A deleted job's timers are stopped before kopf releases its finalizer; our timers are short
-    # sync calls, so wait for them briefly instead of re-checking once a minute (kopf's default).
-    kopf_settings.background.instant_exit_timeout = 2.0
-    kopf_settings.background.cancellation_polling = 2
     kopf_settings.watching.label_selectors["batch", "v1", "jobs"] = f"{LABEL_MANAGED_BY}={MANAGER}"
     kopf_settings.scanning.disabled = bool(settings.namespaces)
     context = OperatorContext(settings=settings, client=kube.KubeClient(kube.load_configuration()))
@@ -103,6 +100,8 @@ def shutdown(memo: kopf.Memo) -> None:
     context: OperatorContext | None = getattr(memo, "operator", None)
     if context is None:
         return
+    if context.periodic is not None:
+        context.periodic.stop()
     if context.elector is not None:
         context.elector.release()
     if context.metrics_server is not None:

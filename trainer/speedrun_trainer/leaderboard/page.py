@@ -1,14 +1,16 @@
-"""The leaderboard as one self-contained, interactive HTML page.
+"""The leaderboard as one self-contained, interactive HTML page: views "All runs" and "Scaling".
 
-    speedrun leaderboard runs/ --html board.html
+    speedrun leaderboard runs/ --html board.html [--view scaling] [--x model] [--fit marin]
 
 One file, nothing fetched (a Content-Security-Policy forbids any request): the runs as embedded
-JSON, page.css and page.js inlined. The chart is SVG drawn by page.js: BPB against training
-hardware FLOPs or model FLOPs (a toggle; Marin's site shows both), log x, the Pareto frontier as a
-staircase, a tooltip per run (name, author, BPB, both FLOPs, links to its W&B run and results
-file), box zoom (drag; double-click resets). Below it every table of
-`speedrun_trainer.leaderboard.ranking`, sortable by a click on a header and filterable by text,
-with a links column (W&B run, results file) on rows that name a run.
+JSON, page.css, page.js and page_scaling.js inlined. All runs: an SVG chart drawn by page.js, BPB
+(or, a toggle, BPB relative to the baseline group's law) against training hardware FLOPs or model
+FLOPs (a toggle; Marin's site shows both), log x, the Pareto frontier as a staircase, a tooltip per
+run (name, author, BPB, both FLOPs, links to its W&B run and results file), box zoom (drag;
+double-click resets). Below it every table of `speedrun_trainer.leaderboard.ranking`, sortable by
+a click on a header and filterable by text, with a links column (W&B run, results file) on rows
+that name a run. Scaling: the frame written here, filled by page_scaling.js from page_data.py's
+data (each group's law, band and forecast; the ranking at any forecast FLOPs).
 
 The frontier on each axis follows Marin's site (marin-community/speedrun,
 website/src/hooks/useSpeedrunData.ts): runs sorted by x, a run joins when its BPB is below every

@@ -24,7 +24,7 @@ from speedrun_trainer.leaderboard.scaling import fit_group, forecast_interval
 from speedrun_trainer.leaderboard.scaling_views import comparable_runs, load_site_runs, runs_view, scaling_view
 from speedrun_trainer.leaderboard.view_plots import COLORS, FAINT, scaling_png
 from tests.test_leaderboard import load_png, pixels_near, rgb
-from tests.test_scaling import SITE_RUNS, synthetic
+from tests.test_scaling import SITE_RUNS, depth_sweep, synthetic
 
 if TYPE_CHECKING:
     from tests.cdp import Browser
@@ -108,6 +108,34 @@ def test_page_data_matches_the_scaling_and_relative_views() -> None:
         assert percent == pytest.approx(by_name[run.name], abs=1e-12)
     _, missing = relative_data(runs, "converged", "no_such_group")
     assert missing["hardware"]["law"] is None and "--baseline no_such_group" in missing["hardware"]["reason"]
+
+
+def embedded(page: Path) -> dict:
+    text = page.read_text()
+    start = text.index('<script type="application/json" id="leaderboard-data">') + len(
+        '<script type="application/json" id="leaderboard-data">')
+    return json.loads(text[start:text.index("</script>", start)].replace("<\\/", "</"))
+
+
+def test_page_of_our_own_sweep_opens_on_the_view_asked_for(tmp_path: Path) -> None:
+    depth_sweep(tmp_path / "results")
+    page = tmp_path / "board.html"
+    assert speedrun(["leaderboard", str(tmp_path / "results"), "--view", "scaling", "--forecast-flops", "1e19",
+                     "--html", str(page)]) == 0
+    data = embedded(page)
+    assert data["view"] == "scaling" and data["scaling"]["xStar"] == 1e19
+    groups = {g["name"]: g for g in data["scaling"]["groups"]}
+    assert set(groups) == {"sweep", "wide"} and groups["sweep"]["rankable"] and not groups["wide"]["rankable"]
+    assert 1e19 in [b["flops"] for b in groups["sweep"]["band"]] and "too few runs" in groups["wide"]["notes"]
+    assert 'id="tab-scaling" data-view="scaling"\n aria-selected="true"' in page.read_text()
+    assert speedrun(["leaderboard", str(tmp_path / "results"), "--view", "runs", "--relative", "--baseline", "sweep",
+                     "--html", str(page)]) == 0
+    data = embedded(page)
+    assert data["view"] == "runs" and data["relative"] is True and data["baseline"]["hardware"]["law"] is not None
+    assert sum(r["hardwareRelative"] is not None for r in data["runs"]) == 7
+    assert speedrun(["leaderboard", str(SITE_RUNS), "--fit", "marin", "--html", str(page)]) == 0
+    marin = embedded(page)["scaling"]["groups"]
+    assert sum(g["rankable"] for g in marin) == 17 and all(g["band"] == [] for g in marin)  # the site's: no interval
 
 
 # ---- the page in headless Chromium ----------------------------------------------------------

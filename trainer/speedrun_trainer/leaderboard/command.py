@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     views = p.add_argument_group("views (scaling_views.py); URI may also be Marin's site data file runs.json")
     views.add_argument("--view", choices=scaling_views.VIEWS,
                        help="scaling: groups' laws ranked by forecast; runs: all runs")
-    views.add_argument("--relative", action="store_true", help="runs view: BPB relative to the baseline's law")
+    views.add_argument("--relative", action="store_true",
+                       help="runs view: BPB relative to the baseline's law (the page: All runs starts so)")
     views.add_argument("--baseline", default=scaling_views.BASELINE_GROUP,
                        help="baseline group for --relative (adamw_llama_scaling)")
     views.add_argument("--forecast-flops", type=_positive, default=scaling.DEFAULT_FORECAST_FLOPS, metavar="FLOPS",
@@ -152,7 +153,8 @@ def handler(args: argparse.Namespace) -> int:
 
 def _page(args: argparse.Namespace, runs: list[Run], root: str) -> str:
     """The interactive page: one BPB track's runs (--bpb-track, else marin first) in All runs and
-    Scaling, every table below the All-runs chart; it opens on --view (default All runs)."""
+    Scaling, every table below the All-runs chart; it opens on --view (default All runs), relative
+    with --relative."""
     from speedrun_trainer.leaderboard import page, page_data
 
     tracks = rank_runs(runs, args.band_width, args.flops)
@@ -168,7 +170,7 @@ def _page(args: argparse.Namespace, runs: list[Run], root: str) -> str:
         scaling = page_data.scaling_data(chart, args.flops, args.fit, args.forecast_flops, args.confidence, root)
         relative = page_data.relative_data(chart, args.fit, args.baseline, root)
     return page.html_page(args.uri, runs, tables, chart, axis=args.flops, track=track, scaling=scaling,
-                          relative=relative, view=args.view or "runs")
+                          relative=relative, view=args.view or "runs", relative_on=args.relative)
 
 
 def main(argv: list[str] | None = None) -> int:

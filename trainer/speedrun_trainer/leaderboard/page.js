@@ -200,6 +200,7 @@
         " b=" + b.law.b.toFixed(4) + " c=" + b.law.c.toFixed(4) : "")
       : "(no baseline: " + (b ? b.reason : "none") + ")";
   }
+  relBox.checked = relative = !!DATA.relative; // --relative: start there (relativeState undoes it without a law)
   relBox.addEventListener("change", function () { relative = relBox.checked; view = null; hide(); relativeState(); draw(); });
   relativeState();
 

@@ -151,13 +151,14 @@ def html_page(
     source: str, runs: list[Run], tables: list[Table], chart_runs: list[Run] | None = None,
     axis: str = "hardware", track: str | None = "marin", scaling: dict[str, Any] | None = None,
     relative: tuple[dict[str, list[float | None]], dict[str, Any]] | None = None, view: str = "runs",
+    relative_on: bool = False,
 ) -> str:
     """The page: "All runs" with `chart_runs` (one BPB track's; default every run with a BPB) on the
     chart, starting on `axis`, and `tables` below it; "Scaling" with `scaling` (page_data.scaling_data);
     `relative`: page_data.relative_data of the plotted runs (those with a BPB, in order); `view`: the
-    one shown first."""
+    one shown first; `relative_on`: All runs starts relative to the baseline (where it has a law)."""
     plotted = [r for r in (runs if chart_runs is None else chart_runs) if r.bpb is not None]
-    board = {**chart_data(plotted, axis, track, relative), "scaling": scaling, "view": view}
+    board = {**chart_data(plotted, axis, track, relative), "scaling": scaling, "view": view, "relative": relative_on}
     data = json.dumps(board, allow_nan=False).replace("</", "<\\/")  # no `</script>` in the JSON
     asset = files("speedrun_trainer.leaderboard")
     css = asset.joinpath("page.css").read_text()

@@ -85,6 +85,7 @@ def test_forecast_grid_holds_the_forecast_and_half_decades() -> None:
     assert all(b / a == pytest.approx(10**0.5) for a, b in itertools.pairwise(grid[1:]))
     odd = forecast_grid(1e18, 3e21)
     assert 3e21 in odd and odd == sorted(odd) and len(odd) == len(set(odd))
+    assert forecast_grid(1e20, 1e19)[:2] == [1e19, 1e20]  # a forecast below every run keeps its interval
 
 
 def test_page_data_matches_the_scaling_and_relative_views() -> None:

@@ -41,13 +41,13 @@ GRID_DECADES_PAST_FORECAST = 2  # the typed forecast keeps an interval up to 100
 
 def forecast_grid(smallest: float, x_star: float) -> list[float]:
     """The FLOPs at which a group's interval is computed: its smallest run, each half decade above
-    it up to 100 x x*, and x* (the grid's points, sorted, without near-duplicates)."""
+    it up to 100 x x*, and x* (even below the smallest run; sorted, without near-duplicates)."""
     top = math.log10(x_star) + GRID_DECADES_PAST_FORECAST
     first = math.floor(math.log10(smallest) * GRID_STEPS_PER_DECADE) + 1
     last = math.floor(top * GRID_STEPS_PER_DECADE + 1e-9)
     grid = [smallest, x_star] + [10 ** (k / GRID_STEPS_PER_DECADE) for k in range(first, last + 1)]
     out: list[float] = []
-    for x in sorted(v for v in grid if v >= smallest):
+    for x in sorted(v for v in grid if v >= smallest or v == x_star):
         if not out or x > out[-1] * (1 + 1e-9):
             out.append(x)
         elif x == x_star:  # keep x* exactly: the page's default interval is the table's

@@ -12,15 +12,11 @@ by the apiserver, as it would be for the tenant.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.cluster.api import ApiError
-from tests.cluster.chart import CHART, Release
+from tests.cluster.chart import Release, install_chart
 from tests.cluster.control_plane import ControlPlane, write_kubeconfig
-from tests.helm_tool import HelmUnavailable, helm_path
 
 TENANT = "tenant-admin"
 
@@ -57,19 +53,4 @@ def helm_install_as(cp: ControlPlane, kubeconfig: Path, release: str, namespace:
                     *extra: str) -> Release:  # fmt: skip
     """`helm install` into an existing namespace as the user of `kubeconfig`; AssertionError with
     helm's message when it fails."""
-    try:
-        helm = helm_path()
-    except HelmUnavailable as err:
-        pytest.skip(f"needs helm: {err}")
-    sets = [f"--set={k}={v}" for k, v in {"replicaCount": "0", **values}.items()]
-    cmd = [str(helm), "install", release, str(CHART), f"--namespace={namespace}", f"--kubeconfig={kubeconfig}",
-           "--wait=false", *extra, *sets]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        raise AssertionError(f"helm install as {kubeconfig.name} failed: {proc.stderr.strip()}")
-    deployments = cp.admin.list(f"/apis/apps/v1/namespaces/{namespace}/deployments",
-                                labels=f"app.kubernetes.io/instance={release}")  # fmt: skip
-    assert len(deployments) == 1, deployments
-    pod = deployments[0]["spec"]["template"]["spec"]
-    env = {e["name"]: e.get("value", "") for e in pod["containers"][0].get("env") or [] if "value" in e}
-    return Release(release, namespace, pod["serviceAccountName"], env)
+    return install_chart(cp, release, namespace, values, *extra, kubeconfig=kubeconfig)

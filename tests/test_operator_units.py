@@ -239,6 +239,11 @@ def test_failure_detail_is_the_last_log_line() -> None:
     assert failure_detail(pods, "trainer") == "pod t-1 exited 2: spec.train.batchSize: bad"
     assert failure_detail([pod("t-0", 137, None, "trainer")], "trainer") == "pod t-0 exited 137"
     assert failure_detail([pod("t-0", 0, None, "trainer")], "trainer") is None
+    # The pod that failed last decided the Job's failure (a FailJob match after an earlier restart).
+    early, late = pod("t-0-a", 1, "NCCL timeout", "trainer"), pod("t-1-b", 2, "bad config", "trainer")
+    for p, at in ((early, "2026-01-01T00:00:05Z"), (late, "2026-01-01T00:01:00Z")):
+        p["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = at
+    assert failure_detail([early, late], "trainer") == "pod t-1-b exited 2: bad config"
 
 
 def test_settings_round_trip_through_the_environment() -> None:

@@ -59,8 +59,9 @@ def eval_results(pods: list[dict[str, Any]], container: str) -> tuple[Results | 
 
 
 def failure_detail(pods: list[dict[str, Any]], container: str) -> str | None:
-    """`pod P exited N: <last log line>` for the first failed container, if any."""
-    for pod in pods:
+    """`pod P exited N: <last log line>` for the failed container that finished last, if any (the one
+    whose exit decided the Job's failure, e.g. a podFailurePolicy FailJob match after restarts)."""
+    for pod in sorted(pods, key=lambda p: (terminated_state(p, container) or {}).get("finishedAt") or "", reverse=True):
         state = terminated_state(pod, container)
         if state is None or not state.get("exitCode"):
             continue

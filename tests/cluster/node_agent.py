@@ -88,7 +88,7 @@ class NodeAgent:
         stand_in: Callable[[dict[str, Any]], list[str] | None] | None = None,
     ) -> None:
         """`stand_in(pod)`, when given and not None for a pod, is the command run instead of the
-        pod's (the control-plane bench's pods that finish at once); the tests never use it."""
+        pod's: the control-plane bench's pods that finish at once, the tests' PodPlayers."""
         self.api, self.workdir, self.nodes, self.network = api, workdir, {n.name: n for n in nodes}, network
         self.stand_in = stand_in
         self.errors: list[BaseException] = []

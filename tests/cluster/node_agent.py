@@ -1,4 +1,4 @@
-"""The node agent: a kubelet that runs pods as local processes (tests/process_kubelet.py's successor).
+"""The node agent: a kubelet running pods as local processes (the retired emulator kubelet's successor).
 
 It registers Node objects (cpu, memory, pods and `nvidia.com/gpu` capacity on a node that claims
 GPUs, so the real scheduler's fit checks decide placement), renews their Leases and Ready

@@ -4,13 +4,15 @@ These check what the operator's tests rely on: RBAC is enforced for ServiceAccou
 real Job controller runs an Indexed Job's pods on the nodes the scheduler picks, GPU capacity
 decides placement, pods get their env, volumes and status as from a kubelet, held and refused
 pods wait with the kubelet's reasons, deletion completes, and (as root) pods resolve each other
-through CoreDNS. Run: `pytest -m cluster tests/test_cluster_control_plane.py`.
+through CoreDNS, and run as their securityContext's user. Run: `pytest -m cluster tests/test_cluster_control_plane.py`.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -209,3 +211,44 @@ def test_pods_resolve_each_other_through_cluster_dns(
     for me, peer in (("0", "1"), ("1", "0")):
         ips = found[peer]["status"]["podIP"], found[me]["status"]["podIP"]
         assert f"peer {ips[0]} me {ips[1]} heard dns-{peer}" in logs[me], logs[me]
+
+
+def test_pods_run_as_their_security_contexts_user(
+    control_plane: ControlPlane, kube_nodes: NodeAgent, ns: str, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("switching a pod's user needs root (the node agent then runs pods as its own user)")
+    cp = control_plane
+    guarded = tmp_path / "root-only"
+    guarded.mkdir(mode=0o755)
+    script = (
+        "import os, pathlib, sys\n"
+        "print('ids', os.getuid(), os.getgid(), sorted(os.getgroups()))\n"
+        "pathlib.Path(sys.argv[1], 'mine').write_text('ok')\n"
+        "try:\n"
+        "    pathlib.Path(sys.argv[2], 'theirs').write_text('no')\n"
+        "except PermissionError:\n"
+        "    print('refused outside its volumes')\n"
+    )
+    spec = job("ids", script, securityContext={"runAsNonRoot": True, "runAsUser": 1234, "runAsGroup": 1235,
+                                               "fsGroup": 2345})  # fmt: skip
+    container = spec["spec"]["template"]["spec"]["containers"][0]
+    container |= {"args": ["/scratch", str(guarded)], "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                  "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}}  # fmt: skip
+    spec["spec"]["template"]["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    as_root = job("as-root", "print('never')", securityContext={"runAsNonRoot": True})
+    for body in (spec, as_root):
+        cp.admin.create(f"/apis/batch/v1/namespaces/{ns}/jobs", body)
+
+    wait(lambda: "Complete" in job_condition(cp, ns, "ids"), "Job ids Complete")
+    log = kube_nodes.log(pods(cp, ns, "ids")[0]["metadata"]["name"])
+    assert "ids 1234 1235 [2345]" in log and "refused outside its volumes" in log, log
+    assert not (guarded / "theirs").exists()
+
+    def waiting() -> dict[str, Any]:
+        found = pods(cp, ns, "as-root")
+        statuses = found[0]["status"].get("containerStatuses") if found else None
+        return statuses[0]["state"].get("waiting") or {} if statuses else {}
+
+    reason = wait(waiting, "the as-root pod refused")
+    assert reason["reason"] == "CreateContainerConfigError" and "runAsNonRoot" in reason["message"], reason

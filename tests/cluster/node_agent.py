@@ -17,6 +17,8 @@ else a loopback address (said once in the log). `hold(prefix)` keeps matching po
 ContainerCreating (a slow image pull); `refuse(prefix)` leaves them waiting with ErrImagePull
 (a broken image).
 
+The pod runs as its securityContext's runAsUser/runAsGroup/fsGroup when the agent is root;
+readOnlyRootFilesystem is not enforced (pod_identity.py).
 Limits: no images, cgroups or mount namespaces (pod_runtime.py maps mount paths); one container
 per pod (init containers, sidecars and probes are not run; ready = running); resources are
 counted by the scheduler but not enforced.
@@ -284,7 +286,7 @@ class NodeAgent:
                                  spec.get("subdomain", ""))
         files = PodFiles(self.api, pod, root, ip, self.network.host_ip)
         argv, env, cwd = files.prepare()
-        argv = (self.stand_in(pod) if self.stand_in else None) or argv
+        argv = files.identity.wrap((self.stand_in(pod) if self.stand_in else None) or argv)
         log_path = root / "log"
         with log_path.open("ab") as out:
             proc = subprocess.Popen(self.network.wrap(meta["uid"], argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL,

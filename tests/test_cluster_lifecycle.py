@@ -51,14 +51,16 @@ def wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
 
 @pytest.fixture(scope="module")
 def operator(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ChartOperator]:
+    control_plane: ControlPlane, kube_nodes: NodeAgent, pod_players: PodPlayers,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ChartOperator]:  # fmt: skip
     release = install_chart(control_plane, "speedrun-life", NAMESPACE, CHART_VALUES)
     control_plane.namespace(NAMESPACE)
     overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
     with chart_operator(control_plane, release, tmp_path_factory.mktemp("operator"), **overrides) as op:
         yield op
         control_plane.drain(NAMESPACE, SRJ_PATH)  # while the operator runs: it releases its finalizers
+    pod_players.clear()
     assert op.forbidden() == [], "the chart's RBAC refused the operator"
 
 
@@ -128,8 +130,8 @@ def test_apply_trains_evaluates_and_succeeds_with_exactly_its_children(
     runs: Runs, pod_players: PodPlayers, kubectl: Kubectl
 ) -> None:
     port = free_port()
-    pod_players.play("happy-train-", metrics_port=port, exposition=exposition(GAUGES))
-    pod_players.play("happy-eval-")
+    pod_players.play("happy-train-", metrics_port=port, exposition=exposition(GAUGES), namespace=NAMESPACE)
+    pod_players.play("happy-eval-", namespace=NAMESPACE)
     uid = runs.apply("happy", **{"spec.metrics.port": port})["metadata"]["uid"]
     status = runs.wait_phase("happy", "Training")
     assert status["startTime"] and status["nodes"] == "2" and status["observedGeneration"] == 1
@@ -196,7 +198,7 @@ def test_an_invalid_spec_fails_and_a_fixed_generation_runs(runs: Runs, kube_node
 def test_trainer_config_error_after_a_restart_fails_at_once_with_its_log_line(
     runs: Runs, pod_players: PodPlayers
 ) -> None:
-    pod_players.play("badconfig-train-")
+    pod_players.play("badconfig-train-", namespace=NAMESPACE)
     runs.apply("badconfig")
     runs.wait_phase("badconfig", "Training")
     first = wait(lambda: pod_players.playing("badconfig-train-"), "the training pods")[0]
@@ -216,7 +218,7 @@ def test_trainer_config_error_after_a_restart_fails_at_once_with_its_log_line(
 
 
 def test_kueue_queue_label_keeps_the_job_suspended_until_admitted(runs: Runs, pod_players: PodPlayers) -> None:
-    pod_players.play("queued-train-")
+    pod_players.play("queued-train-", namespace=NAMESPACE)
     runs.apply("queued", **{"spec.runPolicy.queueName": "cpu-queue"})
     job = wait(lambda: runs.job("queued-train"), "the training Job")
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "cpu-queue" and job["spec"]["suspend"] is True
@@ -229,7 +231,7 @@ def test_kueue_queue_label_keeps_the_job_suspended_until_admitted(runs: Runs, po
 
 
 def test_suspend_stops_the_pods_and_resume_starts_new_ones(runs: Runs, pod_players: PodPlayers) -> None:
-    pod_players.play("pausable-train-")
+    pod_players.play("pausable-train-", namespace=NAMESPACE)
     runs.apply("pausable")
     runs.wait_phase("pausable", "Training")
     before = {p["metadata"]["name"] for p in runs.pods("pausable-train")}
@@ -248,7 +250,7 @@ def test_suspend_stops_the_pods_and_resume_starts_new_ones(runs: Runs, pod_playe
 
 
 def test_spec_edits_after_start_are_reported_not_applied(runs: Runs, pod_players: PodPlayers) -> None:
-    pod_players.play("edited-train-")
+    pod_players.play("edited-train-", namespace=NAMESPACE)
     runs.apply("edited")
     runs.wait_phase("edited", "Training")
     template = runs.job("edited-train")["spec"]["template"]
@@ -316,8 +318,8 @@ def test_orphaned_children_are_adopted_not_duplicated(runs: Runs, kube_nodes: No
 def test_operator_restarted_after_training_ended_adopts_and_finishes(
     runs: Runs, pod_players: PodPlayers, operator: ChartOperator
 ) -> None:
-    pod_players.play("phoenix-train-")
-    pod_players.play("phoenix-eval-")
+    pod_players.play("phoenix-train-", namespace=NAMESPACE)
+    pod_players.play("phoenix-eval-", namespace=NAMESPACE)
     runs.apply("phoenix")
     runs.wait_phase("phoenix", "Training")
     before = runs.uids("phoenix")

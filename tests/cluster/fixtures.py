@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,14 +73,27 @@ def pod_net(control_plane: ControlPlane) -> Iterator[PodNetwork]:
 
 
 @pytest.fixture(scope="session")
-def pod_players(control_plane: ControlPlane) -> PodPlayers:
-    return PodPlayers(control_plane.workdir / "players")
+def pod_scratch(control_plane: ControlPlane) -> Iterator[Path]:
+    """Where pods' directories live: outside pytest's basetemp, whose root every new pytest session
+    on the machine resets to 0700, so that a pod run as its securityContext's user can reach its own."""
+    path = Path(tempfile.mkdtemp(prefix="speedrun-node-agent-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def kube_nodes(control_plane: ControlPlane, pod_net: PodNetwork, pod_players: PodPlayers) -> Iterator[NodeAgent]:
+def pod_players(pod_scratch: Path) -> PodPlayers:
+    return PodPlayers(pod_scratch / "players")
+
+
+@pytest.fixture(scope="session")
+def kube_nodes(
+    control_plane: ControlPlane, pod_net: PodNetwork, pod_players: PodPlayers, pod_scratch: Path
+) -> Iterator[NodeAgent]:
     nodes = [NodeSpec(n) for n in CPU_NODES] + [NodeSpec(GPU_NODE, gpus=2, labels={"speedrun.dev/gpu": "true"})]
-    pods = control_plane.workdir / "pods"
+    pods = pod_scratch / "pods"
     with NodeAgent(control_plane.admin, pods, nodes, pod_net, stand_in=pod_players) as agent:
         yield agent
     agent.check()

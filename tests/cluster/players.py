@@ -65,19 +65,25 @@ class PodPlayers:
         self.started: dict[str, Path] = {}  # pod name -> its exit-request file
         self._lock = threading.Lock()
 
-    def play(self, prefix: str, metrics_port: int = 0, exposition: str = "") -> None:
-        """Play pods whose name starts with `prefix` (from their next start on)."""
-        self.parts[prefix] = Part(metrics_port, exposition)
+    def play(self, prefix: str, metrics_port: int = 0, exposition: str = "", namespace: str = "") -> None:
+        """Play pods whose name starts with `prefix` (in `namespace`, when given) from their next start on."""
+        self.parts[f"{namespace}/{prefix}"] = Part(metrics_port, exposition)
 
-    def stop_playing(self, prefix: str) -> None:
-        self.parts.pop(prefix, None)
+    def stop_playing(self, prefix: str, namespace: str = "") -> None:
+        self.parts.pop(f"{namespace}/{prefix}", None)
+
+    def clear(self) -> None:
+        """Play nothing from now on (a module's prefixes must not catch another module's pods)."""
+        self.parts.clear()
 
     def __call__(self, pod: dict[str, Any]) -> list[str] | None:
-        name = pod["metadata"]["name"]
-        prefixes = [p for p in self.parts if name.startswith(p)]
-        if not prefixes:
+        meta = pod["metadata"]
+        keys = [k for k in self.parts for ns, prefix in [k.split("/", 1)]
+                if meta["name"].startswith(prefix) and ns in ("", meta["namespace"])]  # fmt: skip
+        if not keys:
             return None
-        part = self.parts[max(prefixes, key=len)]
+        name = meta["name"]
+        part = self.parts[max(keys, key=len)]
         request = self.workdir / f"{name}-{pod['metadata']['uid'][:8]}.exit.json"
         script = self.workdir / "player.py"
         with self._lock:

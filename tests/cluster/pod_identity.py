@@ -12,7 +12,10 @@ override the pod's), and what a process on this machine can be given of it:
 - runAsNonRoot: true with no runAsUser, or runAsUser 0, is refused with the kubelet's
   CreateContainerConfigError: the "image" here is this machine's Python, whose user is root.
 - allowPrivilegeEscalation: false -> no_new_privs; capabilities.drop [ALL] -> an empty bounding
-  and inheritable set (setpriv), when root.
+  and inheritable set (setpriv), when root. One exception, said in the log: where this
+  environment's Python lies out of other users' reach (a pyenv under /root, mode 0700), the
+  process keeps CAP_DAC_READ_SEARCH alone so that it can run the "image's" Python at all; it
+  reads and searches anywhere but writes only where its uid may.
 - readOnlyRootFilesystem: NOT enforced: without mount namespaces and images there is no root
   filesystem of the pod's own to make read-only. What holds writes back is the uid: a pod run as
   a non-root user can write its own volumes and directories, and elsewhere only where this
@@ -22,10 +25,12 @@ override the pod's), and what a process on this machine can be given of it:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +69,10 @@ class PodIdentity:
         prefix = ["setpriv", f"--reuid={self.uid}", f"--regid={gid}", groups]
         if self.no_new_privs:
             prefix.append("--no-new-privs")
-        if self.drop_all_caps:
+        if interpreter_hidden():  # read and search anywhere, write nothing more (see notes())
+            keep = "+dac_read_search"
+            prefix += [f"--inh-caps=-all,{keep}", f"--ambient-caps={keep}", f"--bounding-set=-all,{keep}"]
+        elif self.drop_all_caps:
             prefix += ["--inh-caps=-all", "--bounding-set=-all"]
         return [*prefix, "--", *argv]
 
@@ -83,10 +91,26 @@ class PodIdentity:
     def notes(self) -> list[str]:
         """What of the securityContext this machine does not enforce, one line each."""
         found = [NOT_ENFORCED_READ_ONLY_ROOT] if self.read_only_root else []
+        if self.switches_user and interpreter_hidden():
+            found.append(f"runs as uid {self.uid} keeping CAP_DAC_READ_SEARCH (reads anywhere, writes nothing more): "
+                         f"this environment's Python ({interpreter_hidden()}) is out of others' reach")  # fmt: skip
         if self.uid is not None and os.geteuid() != 0 and self.uid != os.geteuid():
             found.append(f"runAsUser {self.uid} is not honoured: the node agent is not root and runs the pod "
                          f"as uid {os.geteuid()}")  # fmt: skip
         return found
+
+
+@functools.cache
+def interpreter_hidden() -> str:
+    """The first path on the way to this Python (interpreter, environment) that other users cannot
+    search or read, or "" (a pyenv under /root, mode 0700, is the usual one)."""
+    for target in (Path(os.path.realpath(sys.executable)), Path(sys.prefix)):
+        for path in [*reversed(target.parents), target]:
+            mode = path.stat().st_mode
+            needed = stat.S_IXOTH if stat.S_ISDIR(mode) else stat.S_IROTH | stat.S_IXOTH
+            if mode & needed != needed:
+                return str(path)
+    return ""
 
 
 def pod_identity(pod: dict[str, Any]) -> PodIdentity:

@@ -58,10 +58,12 @@ def eval_results(pods: list[dict[str, Any]], container: str) -> tuple[Results | 
     return None, None
 
 
-def failure_detail(pods: list[dict[str, Any]], container: str) -> str | None:
-    """`pod P exited N: <last log line>` for the failed container that finished last, if any (the one
-    whose exit decided the Job's failure, e.g. a podFailurePolicy FailJob match after restarts)."""
-    for pod in sorted(pods, key=lambda p: (terminated_state(p, container) or {}).get("finishedAt") or "", reverse=True):
+def failure_detail(pods: list[dict[str, Any]], container: str, job_message: str = "") -> str | None:
+    """`pod P exited N: <last log line>` for a failed container, if any: the pod the Job's failure
+    message names first (the Job controller names the pod that matched a podFailurePolicy FailJob
+    rule; an earlier restart's pod may sort before it), else the first in list order."""
+    named = [p for p in pods if f"/{p['metadata']['name']} " in job_message]
+    for pod in named + [p for p in pods if p not in named]:
         state = terminated_state(pod, container)
         if state is None or not state.get("exitCode"):
             continue

@@ -239,6 +239,11 @@ def test_failure_detail_is_the_last_log_line() -> None:
     assert failure_detail(pods, "trainer") == "pod t-1 exited 2: spec.train.batchSize: bad"
     assert failure_detail([pod("t-0", 137, None, "trainer")], "trainer") == "pod t-0 exited 137"
     assert failure_detail([pod("t-0", 0, None, "trainer")], "trainer") is None
+    # The pod the Job controller names (its FailJob match) comes first, even after an earlier restart.
+    early, matched = pod("t-0-a", 1, "NCCL timeout", "trainer"), pod("t-1-b", 2, "bad config", "trainer")
+    rule = "Container trainer for pod ns/t-1-b failed with exit code 2 matching FailJob rule at index 0"
+    assert failure_detail([early, matched], "trainer", rule) == "pod t-1-b exited 2: bad config"
+    assert failure_detail([early, matched], "trainer") == "pod t-0-a exited 1: NCCL timeout"
 
 
 def test_settings_round_trip_through_the_environment() -> None:

@@ -102,7 +102,7 @@ def _observe(
             train = lifecycle.job_state(train_job)
     detail: str | None = None
     if train.phase == "Failed":
-        detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER)
+        detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER, train.message)
     evaluation = lifecycle.MISSING
     results, results_error = None, None
     if train.phase == "Succeeded" and _held_back(client, policy, namespace, L.eval_job_name(name)):

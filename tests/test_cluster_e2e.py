@@ -185,13 +185,13 @@ def test_killed_training_pod_is_replaced_and_training_resumes(
 
     follow(cp, kube_nodes, "crash", "Evaluating")
 
-    pods = pods_of(cp, "crash-train")
+    pods = pods_of(cp, "crash-train")  # the next attempt's: a gang restart replaced the failed Job and its pods
     codes = [p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in pods]
-    assert 137 in codes and codes.count(0) == 2, codes  # 137 = 128 + SIGKILL; two pods finished the job
+    assert codes == [0, 0], codes
     job = cp.admin.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/crash-train")["status"]
-    assert job["succeeded"] == 2 and job["failed"] >= 1
+    assert job["succeeded"] == 2 and job.get("failed", 0) == 0
     status = cp.admin.get(f"{SRJ_PATH}/crash")["status"]
-    assert status["restarts"] == job["failed"]
+    assert status["restarts"] == 1  # one failure, one restart of the group
     logs = "\n".join(kube_nodes.log(p["metadata"]["name"]) for p in pods)
     resumed = [int(s) for s in re.findall(r"resumed from \S+/checkpoints/meta_\d+\.json at step (\d+)", logs)]
     assert resumed and resumed[0] in before, (resumed, before)

@@ -294,10 +294,11 @@ def group_of(kind: kube.Kind) -> str:
 # What the operator does with each resource (main.py, handlers/, kube.py, kopf), and so exactly
 # what the chart grants: kopf watches and patches (finalizer, annotations) the SpeedrunJobs; the
 # reconcile gets/creates/patches (adopts, suspends) the children and watches the Jobs' events;
-# pods are only listed; nothing is deleted (ownerReferences do that); Events are posted.
+# pods are only listed; a gang restart deletes the failed attempt's training Job (everything else
+# goes by ownerReferences); Events are posted.
 OPERATOR_VERBS: dict[kube.Kind, set[str]] = {
     kube.SPEEDRUNJOB: {"get", "list", "watch", "patch"},
-    kube.JOB: {"get", "list", "watch", "create", "patch"},
+    kube.JOB: {"get", "list", "watch", "create", "patch", "delete"},
     kube.CONFIGMAP: {"get", "create", "patch"},
     kube.SERVICE: {"get", "create", "patch"},
     kube.POD: {"get", "list"},

@@ -228,6 +228,9 @@ class RunPolicy(Base):
     ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     suspend: bool = False
     queue_name: str | None = None
+    # How long a torchrun agent waits for the c10d store and for the other nodes to join: rank 0's
+    # pod may start minutes after the others (image pulls, node autoscaling).
+    rendezvous_timeout_seconds: Annotated[int, Field(ge=60, le=86_400)] = 900
 
 
 class SpeedrunSpec(Base):

@@ -42,6 +42,14 @@ REASON_BACKOFF_LIMIT = "BackoffLimitExceeded"
 REASON_DEADLINE = "DeadlineExceeded"
 REASON_TRAINING_FAILED = "TrainingFailed"
 REASON_CHILD_CONFLICT = "ChildConflict"
+REASON_RESTARTING = "Restarting"  # a gang restart: the failed attempt's Job is being replaced
+REASON_MAX_RESTARTS = "MaxRestartsExceeded"
+EVENT_GANG_RESTART = "GangRestart"
+
+# Job failure reasons (batch/v1) that a gang restart may fix: a pod failed (the training Job has
+# backoffLimit 0). PodFailurePolicy (the trainer's invalid-config exit code) and DeadlineExceeded
+# (runPolicy.activeDeadlineSeconds) are final.
+RESTARTABLE_JOB_FAILURES = frozenset({"BackoffLimitExceeded"})
 
 # Job condition reasons (batch/v1) -> ours.
 JOB_FAILURE_REASONS = {

@@ -5,10 +5,17 @@ update, any event of a child Job, the resync timer) runs the same `reconcile`, w
 current state from the API, decides with `lifecycle.next_status`, and writes only what changed.
 A per-job lock serialises concurrent triggers inside this process; the Lease (leader.py) keeps a single
 active operator across replicas.
+
+After the status is written, two acts follow from it (so that a crash in between repeats them
+on the next pass, never skips them): a gang restart deletes the failed attempt's training Job
+(Foreground: its pods go first; the next pass creates the next attempt under the same name),
+and a Job whose outcome is now recorded gets `runPolicy.ttlSecondsAfterFinished`, so the TTL
+controller can only ever delete a Job whose end is already in the SpeedrunJob's status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import defaultdict
@@ -18,7 +25,7 @@ import kopf
 
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
-from speedrun_api.status import SpeedrunJobStatus, now_rfc3339, read_status
+from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339, read_status
 from speedrun_operator import builders, kube, lifecycle, metrics
 from speedrun_operator import labels as L
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
@@ -63,8 +70,10 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
         seen = lifecycle.Observation(generation=generation, nodes=_nodes(body), now=now_rfc3339(), spec_error=error)
         _write(ctx, body, current, seen)
         raise kopf.PermanentError(error) from None
-    seen = _observe(ctx, body, job, current, generation)
-    return _write(ctx, body, current, seen)
+    seen, children = _observe(ctx, body, job, current, generation)
+    new = _write(ctx, body, current, seen)
+    _after_write(ctx, job, current, new, children)
+    return new
 
 
 def _nodes(body: dict[str, Any]) -> str:
@@ -81,7 +90,7 @@ def _nodes(body: dict[str, Any]) -> str:
 
 def _observe(
     ctx: OperatorContext, body: dict[str, Any], job: SpeedrunJob, current: SpeedrunJobStatus, generation: int
-) -> lifecycle.Observation:
+) -> tuple[lifecycle.Observation, dict[str, dict[str, Any] | None]]:
     client, settings, name = ctx.client, ctx.settings, job.metadata.name
     namespace = body["metadata"]["namespace"]
     policy = job.spec.run_policy
@@ -93,17 +102,23 @@ def _observe(
         train = lifecycle.JobState("Succeeded")
     else:
         ensure_child(client, kube.SERVICE, builders.build_headless_service(job), body)
+        train_job = None
         if _held_back(client, policy, namespace, L.train_job_name(name)):
             train = lifecycle.JobState("Suspended")
         else:
-            train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, settings), body)
-            if manage_suspend:
+            attempt = current.restarts
+            train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, settings, attempt), body)
+            train = lifecycle.train_state(train_job, attempt)
+            if train.phase == "Replacing":
+                _replace(client, train_job)
+            elif manage_suspend:
                 train_job = sync_suspend(client, train_job, policy.suspend)
-            train = lifecycle.job_state(train_job)
+                train = lifecycle.train_state(train_job, attempt)
     detail: str | None = None
     if train.phase == "Failed":
         detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER, train.message)
     evaluation = lifecycle.MISSING
+    eval_job = None
     results, results_error = None, None
     if train.phase == "Succeeded" and _held_back(client, policy, namespace, L.eval_job_name(name)):
         evaluation = lifecycle.JobState("Suspended")
@@ -119,7 +134,7 @@ def _observe(
             results, results_error = eval_results(eval_pods, L.CONTAINER_EVALUATOR)
         elif evaluation.phase == "Failed":
             detail = failure_detail(eval_pods, L.CONTAINER_EVALUATOR)
-    return lifecycle.Observation(
+    observation = lifecycle.Observation(
         generation=generation,
         nodes=_nodes(body),
         now=now_rfc3339(),
@@ -130,7 +145,46 @@ def _observe(
         results=results,
         results_error=results_error,
         failure_detail=detail,
+        max_restarts=policy.max_restarts,
     )
+    return observation, {"train": train_job, "eval": eval_job}
+
+
+def _replace(client: kube.KubeClient, train_job: dict[str, Any]) -> None:
+    """Delete a failed attempt's training Job, its pods first (Foreground, as JobSet restarts)."""
+    meta = train_job["metadata"]
+    if not meta.get("deletionTimestamp"):
+        client.delete(kube.JOB, meta["namespace"], meta["name"], propagation="Foreground")
+
+
+def _after_write(
+    ctx: OperatorContext,
+    job: SpeedrunJob,
+    current: SpeedrunJobStatus,
+    new: SpeedrunJobStatus,
+    children: dict[str, dict[str, Any] | None],
+) -> None:
+    train_job, eval_job = children["train"], children["eval"]
+    if new.restarts > current.restarts and train_job is not None:
+        _replace(ctx.client, train_job)  # the restart is counted: now the old attempt goes
+        return
+    ttl = job.spec.run_policy.ttl_seconds_after_finished
+    if ttl is None:
+        return
+    recorded = [train_job] if lifecycle.training_finished(new) or new.phase == "Failed" else []
+    if new.phase in TERMINAL_PHASES:
+        recorded.append(eval_job)
+    for child in recorded:
+        if child is not None and lifecycle.job_state(child).phase in ("Succeeded", "Failed"):
+            _set_ttl(ctx.client, child, ttl)
+
+
+def _set_ttl(client: kube.KubeClient, child: dict[str, Any], ttl: int) -> None:
+    """Hand a finished Job whose outcome is recorded to the TTL-after-finished controller."""
+    meta = child["metadata"]
+    if child["spec"].get("ttlSecondsAfterFinished") is None and not meta.get("deletionTimestamp"):
+        with contextlib.suppress(kube.NotFound):
+            client.patch(kube.JOB, meta["namespace"], meta["name"], {"spec": {"ttlSecondsAfterFinished": ttl}})
 
 
 def _held_back(client: kube.KubeClient, policy: Any, namespace: str, job_name: str) -> bool:

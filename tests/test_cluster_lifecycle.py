@@ -201,11 +201,13 @@ def test_trainer_config_error_after_a_restart_fails_at_once_with_its_log_line(
     pod_players.play("badconfig-train-", namespace=NAMESPACE)
     runs.apply("badconfig")
     runs.wait_phase("badconfig", "Training")
-    first = wait(lambda: pod_players.playing("badconfig-train-"), "the training pods")[0]
-    pod_players.finish(first, code=1, log="NCCL timeout")
+    first_attempt = wait(lambda: _all_playing(pod_players, "badconfig-train-", 2), "both training pods")
+    pod_players.finish(first_attempt[0], code=1, log="NCCL timeout")  # rank 0
     wait(lambda: runs.status("badconfig").get("restarts") == 1, "restarts == 1")
 
-    wait(lambda: len(pod_players.playing("badconfig-train-")) == 2, "the replacement pod running")
+    # The first attempt's rank 1 was stopped by the Job controller, not asked to exit: leave it out.
+    second = lambda: set(pod_players.playing("badconfig-train-")) - set(first_attempt)
+    wait(lambda: len(second()) == 2, "the second attempt's two pods running")
     log = "loading config\nworld size 3 does not divide batchSize 16"
     pod_players.finish("badconfig-train-", code=2, log=log)  # the trainer's "invalid config" exit code
     runs.wait_phase("badconfig", "Failed")
@@ -215,6 +217,11 @@ def test_trainer_config_error_after_a_restart_fails_at_once_with_its_log_line(
     assert "world size 3 does not divide batchSize 16" in failed["message"], failed
     assert runs.events("badconfig")[-1][:2] == ("Warning", "InvalidConfig")
     assert runs.job("badconfig-eval") is None
+
+
+def _all_playing(pod_players: PodPlayers, prefix: str, count: int) -> list[str] | None:
+    playing = pod_players.playing(prefix)
+    return playing if len(playing) == count else None
 
 
 def test_kueue_queue_label_keeps_the_job_suspended_until_admitted(runs: Runs, pod_players: PodPlayers) -> None:

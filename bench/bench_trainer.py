@@ -1,6 +1,6 @@
 """Trainer speed, measured side by side: our real training step against two references, in one run.
 
-    python bench/bench_trainer.py --device cpu                        # tiny config, fp32
+    python bench/bench_trainer.py --device cpu                        # tiny config: fp32, + ours at bf16
     python bench/bench_trainer.py --device cuda --config gpt2-124m    # bf16 autocast, compile
     python bench/bench_trainer.py --device cuda --precision fp8       # ours in FP8 (torchao)
     python bench/bench_trainer.py --device cpu --json                 # one JSON object on stdout
@@ -8,9 +8,12 @@
 Contenders (bench/contenders.py): `ours` is the trainer's own step (model, Muon + AdamW, clip,
 the prefetching shard loader, DDP only as the trainer uses it); `reference` a plain nanoGPT-style GPT with
 for-loop AdamW (reference_gpt.py); `modded` modded-nanogpt's GPT-2 step re-implemented from its
-source (modded_gpt.py). All train the same shape (hidden, layers, MLP width, seq len, vocab, tied
-head) on the same tokens, for `--steps` steps per round after `--warmup` steps. Rounds alternate
-ours, reference, modded, ours, ... so machine noise hits all; step time and tokens/s are medians
+source (modded_gpt.py). On CPU `ours` runs fp32 like the references (nanoGPT's train.py runs fp32
+on cpu) and, where the trainer's default `train.precision` (bf16) autocasts on this CPU, a second
+time as `ours_default`: every ratio names the two rows it divides (trainer_report.py). All train
+the same shape (hidden, layers, MLP width, seq len, vocab, tied head) on the same tokens, for
+`--steps` steps per round after `--warmup` steps. Rounds alternate
+ours, [ours_default,] reference, modded, ours, ... so machine noise hits all; step time and tokens/s are medians
 over rounds, and each speedup is also given as the median of per-round ratios and as the ratio of
 the best rounds. Inside our timed steps nothing syncs with the host; the device is synchronized
 only at round boundaries.
@@ -18,8 +21,8 @@ only at round boundaries.
 MFU = training FLOPs per token (DESIGN's formula, `flops.training_flops_per_token` of the
 equivalent ModelSpec, the same for all) x tokens/s / peak FLOP/s. The peak comes from the
 accelerator table (`--accelerator`, detected from the GPU name on CUDA; `cpu` is the nominal
-1e11). Each round also times a large matmul in the training dtype, and MFU is reported against
-that measured peak too (the median over rounds of each round's best matmul).
+1e11). Each round also times a large matmul in the training dtype (and in bf16 for `ours_default`),
+and MFU is reported against that measured peak too (the median over rounds of each round's best).
 """
 
 from __future__ import annotations
@@ -41,15 +44,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from contenders import CONFIGS, Contender, build_modded, build_ours, build_reference, model_spec, token_stream
+from trainer_report import NAMES, report
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.flops import training_flops_per_token
+from speedrun_api.spec import TrainSpec
 from speedrun_trainer.cli.launch import free_port
+from speedrun_trainer.train.runtime import autocast_dtype
 
 # (pattern in torch.cuda.get_device_name, accelerator table entry)
 GPU_NAMES = [(r"H200", "nvidia-h200"), (r"H100", "nvidia-h100-80gb"), (r"A100.*80", "nvidia-a100-80gb"),
              (r"A100", "nvidia-a100-40gb"), (r"\bL4\b", "nvidia-l4"), (r"4090", "rtx-4090")]
-NAMES = ("ours", "reference", "modded")
 
 
 def sync(device: torch.device) -> None:
@@ -154,6 +159,11 @@ def _speedups(ours: Contender, other: Contender, a: dict[str, Any], b: dict[str,
             "cpu_time": b["cpu_time_per_step_s"] / a["cpu_time_per_step_s"]}
 
 
+def default_precision() -> str:
+    """`train.precision` when a manifest omits it (the API's default)."""
+    return str(TrainSpec.model_fields["precision"].default)
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
@@ -171,6 +181,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tokens_per_step = batch_size * spec.seq_len
     flops_per_token = training_flops_per_token(spec)
+    # On CPU "ours" runs fp32 like the references (like for like); "ours_default" runs the trainer's
+    # default precision where that is not fp32 here (bf16 autocast on CPUs with native bf16).
+    precision_ours = args.precision if device.type == "cuda" else "fp32"
+    default = default_precision()
+    default_dtype = autocast_dtype(device, default) if device.type == "cpu" else None
 
     load_before = _loadavg()
     started_group = _process_group(device)
@@ -178,9 +193,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     contenders: list[Contender] = []
     try:
         tokens, shard_uri = token_stream(spec, batch_size, Path(workdir.name))
-        contenders = [
-            build_ours(spec, device, compile_model=compile_ours, optimizer=args.optimizer, precision=args.precision,
-                       shard_uri=shard_uri, batch_size=batch_size, cache_dir=Path(workdir.name), ddp=True),
+        ours_args = dict(compile_model=compile_ours, optimizer=args.optimizer, shard_uri=shard_uri,
+                         batch_size=batch_size, cache_dir=Path(workdir.name), ddp=True)
+        contenders = [build_ours(spec, device, precision=precision_ours, **ours_args)]
+        if default_dtype is not None:
+            contenders.append(build_ours(spec, device, precision=default, name="ours_default", **ours_args))
+        contenders += [
             build_reference(spec, device, tokens, batch_size),
             build_modded(spec, device, tokens, batch_size, compile_model=device.type == "cuda", ddp=True),
         ]
@@ -191,9 +209,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         host_syncs = {c.name: count_host_syncs(c, 2, device) for c in contenders}
         matmul_n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
         round_peaks: list[float] = []
+        round_peaks_default: list[float] = []  # the default precision's matmul dtype (bf16), when it runs
         for r in range(args.rounds):
             if args.matmul_reps:
                 round_peaks.append(matmul_flops(device, dtype, matmul_n, args.matmul_reps))
+                if default_dtype is not None:
+                    round_peaks_default.append(matmul_flops(device, default_dtype, matmul_n, args.matmul_reps))
             for c in contenders:
                 wall, cpu = run_steps(c, args.steps, device)
                 c.round_step_s.append(wall)
@@ -207,10 +228,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if started_group:
             dist.destroy_process_group()
     measured_peak = statistics.median(round_peaks) if round_peaks else None
-    ours, ref, modded = (summarize(c, tokens_per_step, flops_per_token, peak, measured_peak) for c in contenders)
-    vs_ref = _speedups(contenders[0], contenders[1], ours, ref)
-    vs_modded = _speedups(contenders[0], contenders[2], ours, modded)
-    return {
+    measured_peak_default = statistics.median(round_peaks_default) if round_peaks_default else None
+    by_name = {c.name: c for c in contenders}
+    rows = {c.name: summarize(c, tokens_per_step, flops_per_token, peak,
+                              measured_peak_default if c.name == "ours_default" else measured_peak)
+            for c in contenders}
+    res: dict[str, Any] = {
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(),
@@ -220,8 +243,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "model": spec.model_dump(by_alias=True, mode="json"),  # ours, as a manifest's spec.model
         "batch_size": batch_size,
         "tokens_per_step": tokens_per_step,
-        "dtype": "bfloat16 autocast" if dtype == torch.bfloat16 else "float32",
-        "precision_ours": args.precision if device.type == "cuda" else "fp32",
+        "dtype": "bfloat16 autocast" if dtype == torch.bfloat16 else "float32",  # ours, reference and modded
+        "precision_ours": precision_ours,
+        # the trainer's default `train.precision` and what it runs in here; null where that is the fp32 row
+        "precision_ours_default": default if default_dtype is not None else None,
+        "dtype_ours_default": f"{str(default_dtype).removeprefix('torch.')} autocast" if default_dtype else None,
         "optimizer_ours": args.optimizer,
         "compile_ours": compile_ours,
         "warmup": args.warmup,
@@ -231,21 +257,23 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "accelerator": accelerator,
         "peak_flops": peak,
         "measured_peak_flops": measured_peak,
+        "measured_peak_flops_default": measured_peak_default,  # the matmul in ours_default's dtype
         "host_syncs_in_2_steps": host_syncs,  # CUDA only (torch.cuda.set_sync_debug_mode); null on CPU
         "measured_peak_matmul": {"n": matmul_n, "dtype": str(dtype).removeprefix("torch."),
-                                 "round_flops": round_peaks},
-        "ours": ours,
-        "reference": ref,
-        "modded": modded,
-        "speedup": vs_ref["median"],  # ours / reference tokens/s, the headline
-        "speedup_paired_median": vs_ref["paired_median"],
-        "speedup_best_round": vs_ref["best_round"],
-        "speedup_cpu_time": vs_ref["cpu_time"],  # reference / ours CPU seconds per step
-        "speedup_vs_modded": vs_modded["median"],  # ours / modded tokens/s (>= 1 / 1.1 is the GPU target)
-        "speedup_vs_modded_paired_median": vs_modded["paired_median"],
-        "speedup_vs_modded_best_round": vs_modded["best_round"],
-        "speedup_vs_modded_cpu_time": vs_modded["cpu_time"],
+                                 "round_flops": round_peaks, "round_flops_default": round_peaks_default},
+        **{name: rows.get(name) for name in NAMES},
     }
+    # speedup*: ours / reference, like for like (the headline); speedup_default*: ours at the trainer's
+    # default precision / the reference as nanoGPT runs here (fp32 on CPU); *_vs_modded: / modded.
+    for mine, prefix in (("ours", "speedup"), ("ours_default", "speedup_default")):
+        for other, suffix in (("reference", ""), ("modded", "_vs_modded")):
+            ratios = (_speedups(by_name[mine], by_name[other], rows[mine], rows[other]) if mine in rows
+                      else dict.fromkeys(("median", "paired_median", "best_round", "cpu_time")))
+            res[prefix + suffix] = ratios["median"]  # ratio of median tokens/s
+            res[f"{prefix}{suffix}_paired_median"] = ratios["paired_median"]
+            res[f"{prefix}{suffix}_best_round"] = ratios["best_round"]
+            res[f"{prefix}{suffix}_cpu_time"] = ratios["cpu_time"]  # ratio of CPU seconds per step
+    return res
 
 
 def _loadavg() -> float | None:
@@ -270,33 +298,6 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def report(res: dict[str, Any]) -> str:
-    m = res["measured_peak_flops"]
-    lines = [
-        f"{res['config']} on {res['device_name']} ({res['device']}, {res['threads']} threads), {res['dtype']},"
-        f" {res['tokens_per_step']} tokens/step, {res['rounds']} rounds x {res['steps_per_round']} steps"
-        f" (1-min load average {res['loadavg_1min']['before']} -> {res['loadavg_1min']['after']})",
-        f"peak: {res['accelerator']} table {res['peak_flops']:.3g} FLOP/s"
-        + (f"; measured matmul {m:.3g} FLOP/s" if m else ""),
-        f"{'':10} {'params':>11} {'ms/step':>9} {'tokens/s':>11} {'MFU(table)':>11} {'MFU(meas.)':>11}"
-        f" {'CPU ms/step':>12}",
-    ]
-    for name in NAMES:
-        r = res[name]
-        meas = f"{r['mfu_vs_measured_peak']:.1%}" if r["mfu_vs_measured_peak"] is not None else "-"
-        lines.append(f"{name:10} {r['params']:>11,} {r['step_time_s'] * 1e3:>9.2f} {r['tokens_per_second']:>11,.0f}"
-                     f" {r['mfu']:>11.1%} {meas:>11} {r['cpu_time_per_step_s'] * 1e3:>12.2f}")
-    if res["device"] == "cuda":
-        lines.append(f"host syncs in 2 steps (want 0): {res['host_syncs_in_2_steps']}")
-    lines.append(f"speedup (ours / reference tokens/s): {res['speedup']:.2f}x; median of per-round ratios"
-                 f" {res['speedup_paired_median']:.2f}x; best rounds {res['speedup_best_round']:.2f}x;"
-                 f" CPU time {res['speedup_cpu_time']:.2f}x")
-    lines.append(f"speedup (ours / modded tokens/s): {res['speedup_vs_modded']:.2f}x; median of per-round ratios"
-                 f" {res['speedup_vs_modded_paired_median']:.2f}x; best rounds"
-                 f" {res['speedup_vs_modded_best_round']:.2f}x; CPU time {res['speedup_vs_modded_cpu_time']:.2f}x")
-    return "\n".join(lines)
-
-
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -313,7 +314,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optimizer", choices=["muon", "adamw"], default="muon",
                    help="our optimizer (modded's is Muon + AdamW, the reference's AdamW)")
     p.add_argument("--precision", choices=["bf16", "fp8"], default="bf16",
-                   help="ours on CUDA (fp8: torchao float8 layers; the references stay bf16); cpu is fp32")
+                   help="ours on CUDA (fp8: torchao float8 layers; the references stay bf16); on cpu ours runs"
+                   " fp32 like the references, and again at the trainer's default precision where that is bf16")
     p.add_argument("--batch-size", type=_positive, default=None, help="sequences per step (default per config)")
     p.add_argument("--steps", type=_positive, default=None, help="timed steps per round (default 3 cpu, 20 cuda)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 cpu, 10 cuda)")

@@ -1,8 +1,8 @@
 """The three training steps bench/bench_trainer.py times, each with its own data path.
 
-- ours: the trainer's real step (speedrun_trainer): `GPT(ModelSpec)`, `build_optimizers` (Muon +
-  fused AdamW by default), `TrainStep` (grad clip, no host syncs), under DDP only where the trainer
-  puts it (more than one rank: never when the bench runs alone), batches from a `.bin` shard
+- ours: the trainer's real step (speedrun_trainer) at a given `train.precision`: `GPT(ModelSpec)`,
+  `build_optimizers` (Muon + fused AdamW by default), `TrainStep` (grad clip, no host syncs), under
+  DDP only where the trainer puts it (more than one rank: never when the bench runs alone), batches from a `.bin` shard
   through `open_dataset` and the background `BatchPrefetcher` (uint16 on the host, pinned on
   CUDA, widened on the device).
 - reference: the plain nanoGPT-style GPT of reference_gpt.py with for-loop AdamW, never compiled,
@@ -85,7 +85,8 @@ def modded_config(spec: ModelSpec) -> ModdedConfig:
 
 
 def autocast(device: torch.device) -> torch.autocast:
-    """bf16 on CUDA (as the trainer's bf16 precision), disabled (fp32) on CPU (as its fp32)."""
+    """The references' autocast: bf16 on CUDA, disabled (fp32) on CPU, as nanoGPT's train.py runs them
+    (`nullcontext() if device_type == 'cpu' else torch.amp.autocast(...)`)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
@@ -99,7 +100,7 @@ def token_stream(spec: ModelSpec, batch_size: int, workdir: Path) -> tuple[np.nd
 
 
 def build_ours(spec: ModelSpec, device: torch.device, *, compile_model: bool, optimizer: str, precision: str,
-               shard_uri: str, batch_size: int, cache_dir: Path, ddp: bool) -> Contender:
+               shard_uri: str, batch_size: int, cache_dir: Path, ddp: bool, name: str = "ours") -> Contender:
     torch.manual_seed(0)
     model = GPT(spec).to(device)
     if precision == "fp8":
@@ -111,8 +112,8 @@ def build_ours(spec: ModelSpec, device: torch.device, *, compile_model: bool, op
     runnable = torch.compile(model) if compile_model else model
     # As the trainer: DDP only when there is more than one rank (none when the bench runs alone).
     wrapped = data_parallel(runnable, device, dist.get_world_size() if ddp and dist.is_initialized() else 1)
-    trainer_precision = precision if device.type == "cuda" else "fp32"
-    step_fn = TrainStep(model, wrapped or runnable, wrapped, optimizers, device, trainer_precision, MAX_GRAD_NORM)
+    # `precision` as the trainer reads `train.precision`: runtime.autocast decides what runs in bf16 here.
+    step_fn = TrainStep(model, wrapped or runnable, wrapped, optimizers, device, precision, MAX_GRAD_NORM)
     dataset = open_dataset(shard_uri, tokenizer="byte", cache_dir=cache_dir)
     batches = BatchPrefetcher(dataset, start_step=0, accum=1, rank=0, world=1, device_batch_size=batch_size,
                               batch_size=batch_size, seq_len=spec.seq_len, device=device)
@@ -121,7 +122,7 @@ def build_ours(spec: ModelSpec, device: torch.device, *, compile_model: bool, op
         set_lr(optimizers, 1.0)
         return step_fn(batches.next_step())
 
-    return Contender("ours", step, model.num_params(), close=batches.close)
+    return Contender(name, step, model.num_params(), close=batches.close)
 
 
 def build_reference(spec: ModelSpec, device: torch.device, tokens: np.ndarray, batch_size: int) -> Contender:

@@ -1,7 +1,7 @@
-"""What the apiserver does with a custom resource on admission, for the fast (no-Go) tiers: defaults, schema.
+"""What the apiserver does with a custom resource on admission, for the fast tier: defaults, schema.
 
-Used by `KubeApiEmulator.register_crd` (tests/kube_emulator.py) and by tests/test_crd.py:
-structural defaulting from the CRD's `default`s and the openAPIV3Schema checked with jsonschema
+Used by tests/test_crd.py, the unit tier that runs without Go: structural defaulting from the
+CRD's `default`s and the openAPIV3Schema checked with jsonschema
 (draft 4, the dialect of Kubernetes' OpenAPI v3 subset). The `x-kubernetes-validations` CEL rules
 are evaluated by the real kube-apiserver in the control-plane tier (tests/test_cluster_crd.py),
 not here.
@@ -13,7 +13,6 @@ import copy
 from typing import Any
 
 import jsonschema
-import kmock
 
 
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
@@ -36,21 +35,11 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 
 
 class CustomResourceSchema:
-    """One served version of a CRD: its resource, discovery info and admission checks."""
+    """One served version of a CRD: its structural defaults and OpenAPI schema check."""
 
     def __init__(self, crd: dict[str, Any]) -> None:
         spec = crd["spec"]
         version = next(v for v in spec["versions"] if v.get("served", True))
-        self.resource = kmock.resource(spec["group"], version["name"], spec["names"]["plural"])
-        self.info = kmock.ResourceInfo(
-            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-            kind=spec["names"]["kind"],
-            singular=spec["names"].get("singular"),
-            shortnames=spec["names"].get("shortNames", []),
-            categories=spec["names"].get("categories", []),
-            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-            subresources=set(version.get("subresources", {})),
-        )
         self.schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
         self._validator = jsonschema.Draft4Validator(self.schema)
 

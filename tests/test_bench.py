@@ -1,6 +1,8 @@
 """Smoke test of bench/: our real training step, the nanoGPT-style reference and the modded-nanogpt
 re-implementation all train, and the benchmark script's JSON report has the keys the README
-documents. No timing assertions: the figures depend on the machine and on what else runs on it.
+documents (ours a second time at the trainer's default precision where that is bf16 here); the
+printed table names each row's precision. No timing assertions: the figures depend on the
+machine and on what else runs on it.
 
 Run: pytest -q tests/test_bench.py  (CPU, ~30 s)
 """
@@ -16,6 +18,8 @@ from types import ModuleType
 import pytest
 import torch
 
+from speedrun_trainer.train.runtime import native_bf16_matmul
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 SUMMARY_KEYS = {"params", "step_time_s", "best_round_step_time_s", "tokens_per_second", "mfu", "mfu_vs_measured_peak",
@@ -26,7 +30,11 @@ TOP_KEYS = {"device", "device_name", "threads", "loadavg_1min", "torch", "config
             "measured_peak_matmul", "host_syncs_in_2_steps", "ours", "reference", "modded", "speedup",
             "speedup_paired_median", "speedup_best_round", "speedup_vs_modded", "speedup_vs_modded_paired_median",
             "speedup_vs_modded_best_round", "precision_ours", "optimizer_ours", "speedup_cpu_time",
-            "speedup_vs_modded_cpu_time"}
+            "speedup_vs_modded_cpu_time", "ours_default", "precision_ours_default", "dtype_ours_default",
+            "measured_peak_flops_default", "speedup_default", "speedup_default_paired_median",
+            "speedup_default_best_round", "speedup_default_cpu_time", "speedup_default_vs_modded",
+            "speedup_default_vs_modded_paired_median", "speedup_default_vs_modded_best_round",
+            "speedup_default_vs_modded_cpu_time"}
 
 
 @pytest.fixture
@@ -97,3 +105,31 @@ def test_script_json_has_the_documented_keys() -> None:
     assert report["tokens_per_step"] == report["batch_size"] * report["model"]["seqLen"]
     assert report["measured_peak_flops"] > 0 and report["speedup"] > 0 and report["speedup_vs_modded"] > 0
     assert report["optimizer_ours"] == "muon" and report["precision_ours"] == "fp32"
+    # The trainer's default precision (bf16) is a second row of ours only where it autocasts here.
+    if native_bf16_matmul(torch.device("cpu")):
+        assert report["precision_ours_default"] == "bf16" and report["dtype_ours_default"] == "bfloat16 autocast"
+        assert report["ours_default"].keys() >= SUMMARY_KEYS and report["measured_peak_flops_default"] > 0
+        assert report["speedup_default"] > 0 and report["speedup_default_vs_modded_cpu_time"] > 0
+    else:
+        assert report["ours_default"] is None and report["precision_ours_default"] is None
+        assert report["speedup_default"] is None
+
+
+def test_report_labels_each_row_with_its_precision(bench: ModuleType) -> None:
+    import trainer_report
+
+    row = {"params": 1, "step_time_s": 0.1, "tokens_per_second": 10.0, "mfu": 0.1, "mfu_vs_measured_peak": 0.2,
+           "cpu_time_per_step_s": 0.1}
+    res = {"config": "tiny", "device_name": "cpu", "device": "cpu", "threads": 1, "dtype": "float32",
+           "tokens_per_step": 1, "rounds": 1, "steps_per_round": 1, "loadavg_1min": {"before": 0, "after": 0},
+           "accelerator": "cpu", "peak_flops": 1e11, "measured_peak_flops": 9e10, "measured_peak_flops_default": 2e11,
+           "measured_peak_matmul": {"dtype": "float32"}, "precision_ours": "fp32", "precision_ours_default": "bf16",
+           "dtype_ours_default": "bfloat16 autocast", "ours": row, "ours_default": row, "reference": row,
+           "modded": row}
+    for key in ("speedup", "speedup_vs_modded", "speedup_default", "speedup_default_vs_modded"):
+        for suffix in ("", "_paired_median", "_best_round", "_cpu_time"):
+            res[key + suffix] = 1.5
+    text = trainer_report.report(res)
+    assert "speedup ours fp32 / reference fp32 (like for like): 1.50x" in text
+    assert "speedup ours bf16 (default) / reference fp32 (the trainer's default vs nanoGPT as it runs): 1.50x" in text
+    assert "ours bf16 (default)" in trainer_report.labels(res).values()

@@ -129,7 +129,8 @@ def test_train_job(case: Case) -> None:
     assert f"--nproc-per-node={case.nproc}" in cmd
     assert "--rdzv-backend=c10d" in cmd
     assert f"--rdzv-endpoint={name}-train-0.{name}:29400" in cmd
-    assert f"--max-restarts={job.spec.run_policy.max_restarts}" in cmd
+    # Gang restarts are the operator's (counted in status.restarts): neither torchrun nor the Job retries.
+    assert "--max-restarts=0" in cmd and "--rdzv-conf=join_timeout=900,read_timeout=900" in cmd
     assert cmd[-4:] == ["-m", "speedrun_trainer.train", "--config", "/etc/speedrun/run.json"]
     assert container.get("resources", {}).get("limits", {}) == case.limits
     assert pod.get("nodeSelector", {}) == case.node_selector
@@ -139,7 +140,8 @@ def test_train_job(case: Case) -> None:
     assert spec["template"]["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") == case.queue
     assert spec["suspend"] is case.suspended
     assert ("successPolicy" in spec) is case.elastic
-    assert spec["backoffLimit"] == job.spec.run_policy.max_restarts
+    assert spec["backoffLimit"] == 0
+    assert labels["speedrun.dev/attempt"] == spec["template"]["metadata"]["labels"]["speedrun.dev/attempt"] == "0"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -164,7 +166,8 @@ def test_pods_are_hardened(case: Case) -> None:
 
 def test_policies_and_credentials_come_from_the_spec() -> None:
     manifest = tiny(
-        runPolicy={"maxRestarts": 5, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 600},
+        runPolicy={"maxRestarts": 5, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 600,
+                   "rendezvousTimeoutSeconds": 1800},
         storage={"uri": "s3://b/p", "endpointUrl": "http://minio:9000", "secretRef": {"name": "s3-creds"}},
         tracking={"wandb": {"mode": "online", "secretRef": {"name": "wandb"}}},
         resources={"cpu": "4", "memory": "16Gi", "priorityClassName": "speedrun-high", "nodeSelector": {"pool": "cpu"}},
@@ -173,8 +176,9 @@ def test_policies_and_credentials_come_from_the_spec() -> None:
     spec = builders.build_train_job(job, SETTINGS)["spec"]
     pod = spec["template"]["spec"]
     [container] = pod["containers"]
-    assert spec["backoffLimit"] == 5 and "--max-restarts=5" in container["command"]
-    assert spec["activeDeadlineSeconds"] == 3600 and spec["ttlSecondsAfterFinished"] == 600
+    assert spec["backoffLimit"] == 0 and "--rdzv-conf=join_timeout=1800,read_timeout=1800" in container["command"]
+    # The TTL is set by the operator once it has recorded the outcome (handlers/reconcile.py).
+    assert spec["activeDeadlineSeconds"] == 3600 and "ttlSecondsAfterFinished" not in spec
     assert pod["priorityClassName"] == "speedrun-high" and pod["nodeSelector"] == {"pool": "cpu"}
     assert container["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "16Gi"}}
     env = {e["name"]: e for e in container["env"]}
@@ -286,7 +290,8 @@ def test_render_gpt2_example_one_pod_per_node_with_eight_gpus() -> None:
         "--rdzv-backend=c10d",
         "--rdzv-endpoint=gpt2-124m-train-0.gpt2-124m:29400",
         "--rdzv-id=gpt2-124m",
-        "--max-restarts=3",
+        "--rdzv-conf=join_timeout=900,read_timeout=900",
+        "--max-restarts=0",
         "-m",
         "speedrun_trainer.train",
         "--config",

@@ -4,13 +4,15 @@ These check what the operator's tests rely on: RBAC is enforced for ServiceAccou
 real Job controller runs an Indexed Job's pods on the nodes the scheduler picks, GPU capacity
 decides placement, pods get their env, volumes and status as from a kubelet, held and refused
 pods wait with the kubelet's reasons, deletion completes, and (as root) pods resolve each other
-through CoreDNS. Run: `pytest -m cluster tests/test_cluster_control_plane.py`.
+through CoreDNS, and run as their securityContext's user. Run: `pytest -m cluster tests/test_cluster_control_plane.py`.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,9 +160,6 @@ def test_deleting_a_job_stops_and_collects_its_pods(
     wait(lambda: not pods(cp, ns, "sleeper"), "the sleeper's pod gone (garbage collector, then the agent)")
 
 
-@pytest.mark.xfail(reason="fails on main since the merges of 2026-11-30 (the 2-node e2e rendezvous through CoreDNS "
-                          "passes); suspected: a pod that resolved its peer and exited leaves the EndpointSlice before "
-                          "the other resolves it. Open in issue 11", strict=False)
 def test_pods_resolve_each_other_through_cluster_dns(
     control_plane: ControlPlane, kube_nodes: NodeAgent, ns: str
 ) -> None:
@@ -171,22 +170,85 @@ def test_pods_resolve_each_other_through_cluster_dns(
                "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
                         "selector": {"job-name": "dns"}}}  # fmt: skip
     cp.admin.create(f"/api/v1/namespaces/{ns}/services", service)
+    # Each pod resolves its peer's name and talks to it over TCP, and stays until its peer has
+    # talked to it: a pod that exits leaves the EndpointSlice (terminal pods are not endpoints),
+    # so one that resolved its peer and left at once would take its own name away before the
+    # peer looked it up (the flake this test had while each pod only resolved and exited).
     script = (
-        "import socket, time\n"
-        "for _ in range(300):\n"
+        "import os, socket, threading, time\n"
+        "me = int(os.environ['JOB_COMPLETION_INDEX'])\n"
+        "server = socket.create_server(('', 7000))\n"
+        "server.settimeout(90)\n"
+        "heard = []\n"
+        "def serve():\n"
+        "    conn, _ = server.accept()\n"
+        "    heard.append(conn.recv(100).decode())\n"
+        "    conn.sendall(b'ok')\n"
+        "    conn.close()\n"
+        "listener = threading.Thread(target=serve)\n"
+        "listener.start()\n"
+        "deadline = time.monotonic() + 90\n"
+        "while True:\n"
         "    try:\n"
-        "        print('peer', socket.gethostbyname('dns-1.peers'), 'me', socket.gethostbyname(socket.gethostname()))\n"
+        "        peer = socket.gethostbyname(f'dns-{1 - me}.peers')\n"
+        "        with socket.create_connection((peer, 7000), timeout=5) as conn:\n"
+        "            conn.sendall(f'dns-{me}'.encode())\n"
+        "            assert conn.recv(10) == b'ok'\n"
         "        break\n"
-        "    except OSError:\n"
+        "    except OSError as err:\n"
+        "        if time.monotonic() > deadline:\n"
+        "            raise SystemExit(f'dns-{1 - me}.peers never answered: {err}')\n"
         "        time.sleep(0.2)\n"
-        "else:\n"
-        "    raise SystemExit('dns-1.peers never resolved')\n"
+        "listener.join()\n"
+        "print('peer', peer, 'me', socket.gethostbyname(socket.gethostname()), 'heard', heard[0])\n"
     )
     spec = job("dns", script, completions=2, subdomain="peers")
     cp.admin.create(f"/apis/batch/v1/namespaces/{ns}/jobs", spec)
-    wait(lambda: job_condition(cp, ns, "dns") & {"Complete", "Failed"}, "Job dns finished", timeout=120)
+    wait(lambda: job_condition(cp, ns, "dns") & {"Complete", "Failed"}, "Job dns finished", timeout=150)
     found = {p["metadata"]["labels"][INDEX]: p for p in pods(cp, ns, "dns")}
-    peer_ip = found["1"]["status"]["podIP"]
-    log = kube_nodes.log(found["0"]["metadata"]["name"])
-    assert job_condition(cp, ns, "dns") >= {"Complete"}, log
-    assert f"peer {peer_ip} me {found['0']['status']['podIP']}" in log
+    logs = {i: kube_nodes.log(found[i]["metadata"]["name"]) for i in ("0", "1")}
+    assert job_condition(cp, ns, "dns") >= {"Complete"}, logs
+    for me, peer in (("0", "1"), ("1", "0")):
+        ips = found[peer]["status"]["podIP"], found[me]["status"]["podIP"]
+        assert f"peer {ips[0]} me {ips[1]} heard dns-{peer}" in logs[me], logs[me]
+
+
+def test_pods_run_as_their_security_contexts_user(
+    control_plane: ControlPlane, kube_nodes: NodeAgent, ns: str, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("switching a pod's user needs root (the node agent then runs pods as its own user)")
+    cp = control_plane
+    guarded = tmp_path / "root-only"
+    guarded.mkdir(mode=0o755)
+    script = (
+        "import os, pathlib, sys\n"
+        "print('ids', os.getuid(), os.getgid(), sorted(os.getgroups()))\n"
+        "pathlib.Path(sys.argv[1], 'mine').write_text('ok')\n"
+        "try:\n"
+        "    pathlib.Path(sys.argv[2], 'theirs').write_text('no')\n"
+        "except PermissionError:\n"
+        "    print('refused outside its volumes')\n"
+    )
+    spec = job("ids", script, securityContext={"runAsNonRoot": True, "runAsUser": 1234, "runAsGroup": 1235,
+                                               "fsGroup": 2345})  # fmt: skip
+    container = spec["spec"]["template"]["spec"]["containers"][0]
+    container |= {"args": ["/scratch", str(guarded)], "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                  "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}}  # fmt: skip
+    spec["spec"]["template"]["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    as_root = job("as-root", "print('never')", securityContext={"runAsNonRoot": True})
+    for body in (spec, as_root):
+        cp.admin.create(f"/apis/batch/v1/namespaces/{ns}/jobs", body)
+
+    wait(lambda: "Complete" in job_condition(cp, ns, "ids"), "Job ids Complete")
+    log = kube_nodes.log(pods(cp, ns, "ids")[0]["metadata"]["name"])
+    assert "ids 1234 1235 [2345]" in log and "refused outside its volumes" in log, log
+    assert not (guarded / "theirs").exists()
+
+    def waiting() -> dict[str, Any]:
+        found = pods(cp, ns, "as-root")
+        statuses = found[0]["status"].get("containerStatuses") if found else None
+        return statuses[0]["state"].get("waiting") or {} if statuses else {}
+
+    reason = wait(waiting, "the as-root pod refused")
+    assert reason["reason"] == "CreateContainerConfigError" and "runAsNonRoot" in reason["message"], reason

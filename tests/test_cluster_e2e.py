@@ -1,5 +1,6 @@
 """E2E on the real control plane: a 2-node torchrun speedrun whose pods find each other through cluster DNS,
-and the same under faults (a training pod killed, the operator restarted, the eval pod failing once).
+and the same under faults (a training pod killed, the operator restarted, the eval pod failing once,
+a new spec re-created on an old run's storage).
 
 The chart's operator (helm install, its ServiceAccount token) turns the CPU-tiny SpeedrunJob into
 its children; Kubernetes' Job controller creates the Indexed Job's pods, the scheduler binds them,
@@ -184,13 +185,13 @@ def test_killed_training_pod_is_replaced_and_training_resumes(
 
     follow(cp, kube_nodes, "crash", "Evaluating")
 
-    pods = pods_of(cp, "crash-train")
+    pods = pods_of(cp, "crash-train")  # the next attempt's: a gang restart replaced the failed Job and its pods
     codes = [p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in pods]
-    assert 137 in codes and codes.count(0) == 2, codes  # 137 = 128 + SIGKILL; two pods finished the job
+    assert codes == [0, 0], codes
     job = cp.admin.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/crash-train")["status"]
-    assert job["succeeded"] == 2 and job["failed"] >= 1
+    assert job["succeeded"] == 2 and job.get("failed", 0) == 0
     status = cp.admin.get(f"{SRJ_PATH}/crash")["status"]
-    assert status["restarts"] == job["failed"]
+    assert status["restarts"] == 1  # one failure, one restart of the group
     logs = "\n".join(kube_nodes.log(p["metadata"]["name"]) for p in pods)
     resumed = [int(s) for s in re.findall(r"resumed from \S+/checkpoints/meta_\d+\.json at step (\d+)", logs)]
     assert resumed and resumed[0] in before, (resumed, before)
@@ -321,3 +322,29 @@ def test_prometheus_discovers_and_scrapes_rank_0_and_the_operator(
         assert float(training["value"][1]) >= 1
     finally:
         server.close()
+
+
+def test_a_new_spec_on_an_old_runs_storage_fails_and_publishes_nothing(
+    control_plane: ControlPlane, kube_nodes: NodeAgent, kubectl: Kubectl, operator: ChartOperator,
+    s3_on_pod_network: str,
+) -> None:  # fmt: skip
+    # Delete-and-recreate with a new spec on the same storage (what the operator tells users to do
+    # after a spec edit) fails at once instead of "resuming" the old run under the new spec (issue 15).
+    cp, s3 = control_plane, s3_on_pod_network
+    kubectl.run("apply", "-f", "-", stdin=json.dumps(manifest("reuse", s3, 20, 10)))
+    follow(cp, kube_nodes, "reuse", "Succeeded")
+    published = client(s3).get_object(Bucket=BUCKET, Key="reuse/speedrun_results.json")["Body"].read()
+
+    kubectl.run("delete", "srj", "reuse", "-n", NAMESPACE, "--wait=true", "--timeout=60s")
+    wait_for(lambda: not pods_of(cp, "reuse-train") and not pods_of(cp, "reuse-eval"), "the old run's pods gone")
+    changed = manifest("reuse", s3, 20, 10, **{"spec.train.optimizer.learningRate": 0.01})
+    kubectl.run("apply", "-f", "-", stdin=json.dumps(changed))
+    follow(cp, kube_nodes, "reuse", "Failed")
+    status = cp.admin.get(f"{SRJ_PATH}/reuse")["status"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidConfig", failed
+    assert "holds a run of another spec" in failed["message"], failed
+    assert "spec.train.optimizer.learningRate" in failed["message"], failed
+    jobs = cp.admin.list(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", labels="speedrun.dev/job=reuse")
+    assert [j["metadata"]["name"] for j in jobs] == ["reuse-train"]  # no eval Job: nothing published
+    assert client(s3).get_object(Bucket=BUCKET, Key="reuse/speedrun_results.json")["Body"].read() == published

@@ -19,7 +19,7 @@ from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.status import Condition, Progress, Results, SpeedrunJobStatus
 from speedrun_trainer.cli.main import main as cli
 from tests.helpers import EXAMPLES, ROOT, with_changes
-from tests.kube_emulator import CustomResourceSchema
+from tests.kube_admission import CustomResourceSchema
 
 CRD_FILE = ROOT / "crds" / "speedrunjob.yaml"
 SCHEMA = CustomResourceSchema(build_crd())
@@ -166,7 +166,7 @@ def test_what_the_model_rejects_of_the_cel_table(message: str, doc: dict[str, An
 
 def test_a_rule_without_cel_is_left_to_the_operator() -> None:
     # The batch-size rule spans nodes x procs x micro-batch ranges: no CEL twin, the operator
-    # reports it (tests/test_operator_lifecycle.py::test_invalid_spec_...).
+    # reports it (tests/test_cluster_lifecycle.py::test_an_invalid_spec_fails_and_a_fixed_generation_runs).
     doc = tiny(**{"spec.train.batchSize": 12})
     assert admit(doc) == []
     with pytest.raises(SpecError, match="batchSize"):

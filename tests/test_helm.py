@@ -195,16 +195,18 @@ def test_defaults_serve_the_release_namespace_with_the_default_trainer_image(hel
     settings = OperatorSettings.from_env(operator_env(render(helm)))
     assert settings.trainer_image == DEFAULT_TRAINER_IMAGE
     assert settings.namespaces == (NAMESPACE,)
-    assert settings.standalone and not settings.peering
+    assert not settings.leader_election
     assert settings.metrics_port == 9090
     argv = kopf_run_argv(settings)
     assert argv[argv.index("--namespace") + 1] == NAMESPACE and "--standalone" in argv
 
 
-def test_cluster_wide_serves_every_namespace_with_peering(helm: Path) -> None:
+def test_cluster_wide_serves_every_namespace_with_leader_election(helm: Path) -> None:
     objects = render(helm, *values_args(CHART / "ci" / "cluster-wide-values.yaml"))
     settings = OperatorSettings.from_env(operator_env(objects))
-    assert settings.namespaces == () and not settings.standalone and settings.peering == "speedrun-operator"
+    assert settings.namespaces == () and settings.leader_election and settings.problem() is None
+    deployment_name = one(objects, "Deployment")["metadata"]["name"]
+    assert (settings.lease_namespace, settings.lease_name) == (NAMESPACE, deployment_name)
     assert "--all-namespaces" in kopf_run_argv(settings)
     deployment = one(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
@@ -224,7 +226,7 @@ def test_custom_images_and_resources(helm: Path) -> None:
     assert pod["containers"][0]["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["serviceAccountName"] == "speedrun-operator"
     assert not by_kind(objects, "Pod"), "no metrics Service, so no helm test pod"
-    assert not [o for o in objects if o["kind"] == "ClusterRole"], "rbac.discovery=false: nothing cluster-wide"
+    assert not [o for o in objects if o["kind"] == "ClusterRole"], "namespaced: nothing cluster-wide"
 
 
 def test_chart_version_follows_the_package() -> None:
@@ -292,10 +294,11 @@ def group_of(kind: kube.Kind) -> str:
 # What the operator does with each resource (main.py, handlers/, kube.py, kopf), and so exactly
 # what the chart grants: kopf watches and patches (finalizer, annotations) the SpeedrunJobs; the
 # reconcile gets/creates/patches (adopts, suspends) the children and watches the Jobs' events;
-# pods are only listed; nothing is deleted (ownerReferences do that); Events are posted.
+# pods are only listed; a gang restart deletes the failed attempt's training Job (everything else
+# goes by ownerReferences); Events are posted.
 OPERATOR_VERBS: dict[kube.Kind, set[str]] = {
     kube.SPEEDRUNJOB: {"get", "list", "watch", "patch"},
-    kube.JOB: {"get", "list", "watch", "create", "patch"},
+    kube.JOB: {"get", "list", "watch", "create", "patch", "delete"},
     kube.CONFIGMAP: {"get", "create", "patch"},
     kube.SERVICE: {"get", "create", "patch"},
     kube.POD: {"get", "list"},
@@ -307,13 +310,11 @@ EXTRA_VERBS = {
 }
 
 
-def expected_rbac(peering: bool, cluster_wide: bool) -> dict[tuple[str, str], set[str]]:
+def expected_rbac(cluster_wide: bool) -> dict[tuple[str, str], set[str]]:
     expected = {(group_of(k), k.plural): verbs for k, verbs in OPERATOR_VERBS.items()}
     expected.update(EXTRA_VERBS)
-    if peering:
-        expected[("kopf.dev", "clusterkopfpeerings" if cluster_wide else "kopfpeerings")] = {
-            "get", "list", "watch", "patch",
-        }  # fmt: skip
+    if cluster_wide:  # kopf's scanning of CRDs (a namespaced operator has it off: setup.py)
+        expected[("apiextensions.k8s.io", "customresourcedefinitions")] = {"list", "watch"}
     return expected
 
 
@@ -327,19 +328,24 @@ def test_rbac_grants_what_the_operator_does_and_no_more(helm: Path, values: Path
     settings = OperatorSettings.from_env(operator_env(objects))
     cluster_wide = settings.namespaces == ()
     roles = by_kind(objects, "ClusterRole" if cluster_wide else "Role")
-    roles = [r for r in roles if not r["metadata"]["name"].endswith("-discovery")]
+    lease_roles = [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    roles = [r for r in roles if r not in lease_roles]
     assert roles
     for role in roles:
-        assert granted(role["rules"]) == expected_rbac(bool(settings.peering), cluster_wide)
+        assert granted(role["rules"]) == expected_rbac(cluster_wide)
+    if settings.leader_election:
+        [lease_role] = lease_roles
+        assert lease_role["metadata"]["namespace"] == settings.lease_namespace == NAMESPACE
+        assert granted(lease_role["rules"]) == {("coordination.k8s.io", "leases"): {"get", "create", "patch"}}
+    else:
+        assert lease_roles == []
     if not cluster_wide:
-        bindings = by_kind(objects, "RoleBinding")
+        bindings = [b for b in by_kind(objects, "RoleBinding")
+                    if not b["metadata"]["name"].endswith("-leader-election")]  # fmt: skip
         assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(settings.namespaces)
         assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(settings.namespaces)
-        for cluster_role in by_kind(objects, "ClusterRole"):  # only the read-only discovery role
-            assert granted(cluster_role["rules"]) == {
-                ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-                ("", "namespaces"): {"list", "watch"},
-            }
+        # Nothing cluster-scoped: a namespace admin can install it (README "Install modes").
+        assert by_kind(objects, "ClusterRole") == [] and by_kind(objects, "ClusterRoleBinding") == []
     sa = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     for binding in by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]

@@ -226,7 +226,7 @@ def test_html_page_is_one_self_contained_file(tmp_path: Path) -> None:
     text = page.read_text()
     assert re.search(r'<(?:script|link|img|iframe)[^>]+(?:src|href)=', text) is None  # nothing to fetch
     assert "default-src 'none'" in text  # and the browser is told to fetch nothing
-    assert text.count('<table class="board"') == 8 and text.count('class="highlight"') >= 4
+    assert text.count('<table class="board" id="table-') == 8 and text.count('class="highlight"') >= 4
     assert '<a href="https://wandb.ai/tester/speedrun/runs/d20abc"' in text
     assert f'<a href="{(tmp_path / "board" / "nanochat" / "d20" / "speedrun_results.json").as_uri()}"' in text
 

@@ -16,7 +16,7 @@ from speedrun_operator import kube
 from speedrun_operator.commands import kopf_run_argv
 from speedrun_operator.handlers import scrape
 from speedrun_operator.handlers.setup import OperatorContext
-from speedrun_operator.lifecycle import JobState, Observation, is_settled, job_state, next_status
+from speedrun_operator.lifecycle import JobState, Observation, is_settled, job_state, next_status, train_state
 from speedrun_operator.progress import metrics_url, parse_progress
 from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
 from speedrun_operator.termination import eval_results, failure_detail, parse_results
@@ -135,11 +135,58 @@ def test_a_repeated_observation_changes_nothing() -> None:
     assert again.wire() == first.wire()  # lastTransitionTime kept, no new startTime
 
 
-def test_pods_being_replaced_stay_training_and_restarts_count() -> None:
-    running, _ = next_status(SpeedrunJobStatus(), replace(SEEN, train=JobState("Running", ready=2)))
-    replaced, transition = next_status(running, replace(SEEN, now=LATER, train=JobState("Pending", failed=1)))
-    assert replaced.phase == "Training" and transition is None and replaced.restarts == 1
-    assert replaced.start_time == NOW
+def test_a_pod_failure_restarts_the_whole_group_counted_once() -> None:
+    seen = replace(SEEN, max_restarts=2)
+    running, _ = next_status(SpeedrunJobStatus(), replace(seen, train=JobState("Running", ready=2)))
+    crash = JobState("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit", failed=2)
+    restarted, event = next_status(running, replace(seen, now=LATER, train=crash))
+    assert restarted.phase == "Training" and restarted.restarts == 1 and restarted.start_time == NOW
+    assert event is not None and event.reason == "GangRestart" and "restart 1 of 2" in event.message
+    # The failed attempt's Job is being replaced, then the next attempt's pods wait: nothing more counted.
+    for state in (JobState("Replacing"), JobState("Missing"), JobState("Pending")):
+        restarted, event = next_status(restarted, replace(seen, now=LATER, train=state))
+        assert restarted.phase == "Training" and restarted.restarts == 1 and event is None
+    twice, _ = next_status(restarted, replace(seen, now=LATER, train=crash))
+    done, transition = next_status(twice, replace(seen, now=LATER, train=crash))
+    assert (twice.restarts, done.restarts, done.phase) == (2, 2, "Failed")
+    failed = C.find(done.conditions, C.FAILED)
+    assert failed is not None and failed.reason == "MaxRestartsExceeded"
+    assert "training failed 3 times and runPolicy.maxRestarts is 2" in failed.message
+    assert transition is not None and transition.type == "Warning"
+
+
+def test_permanent_training_failures_are_never_restarted() -> None:
+    seen = replace(SEEN, max_restarts=5)
+    for reason, ours in (("PodFailurePolicy", "InvalidConfig"), ("DeadlineExceeded", "DeadlineExceeded")):
+        done, _ = next_status(SpeedrunJobStatus(), replace(seen, train=JobState("Failed", reason, "msg")))
+        assert (done.phase, done.restarts, C.find(done.conditions, C.FAILED).reason) == ("Failed", 0, ours)
+
+
+def test_job_state_reads_the_interim_conditions_of_kubernetes_1_31() -> None:
+    def job(*types: str, reason: str = "BackoffLimitExceeded") -> dict[str, Any]:
+        conditions = [{"type": t, "status": "True", "reason": reason} for t in types]
+        return {"metadata": {"name": "j"}, "spec": {}, "status": {"active": 1, "ready": 1, "conditions": conditions}}
+
+    assert job_state(job("FailureTarget")).phase == "Failed"
+    assert job_state(job("FailureTarget")).reason == "BackoffLimitExceeded"
+    assert job_state(job("FailureTarget", "Failed")).phase == "Failed"
+    assert job_state(job("SuccessCriteriaMet", reason="SuccessPolicy")).phase == "Succeeded"
+    assert job_state(job()).phase == "Running"
+
+
+def test_train_state_knows_the_attempts() -> None:
+    def job(attempt: str | None, deleting: bool = False) -> dict[str, Any]:
+        labels = {} if attempt is None else {"speedrun.dev/attempt": attempt}
+        meta: dict[str, Any] = {"name": "x-train", "labels": labels}
+        if deleting:
+            meta["deletionTimestamp"] = NOW
+        return {"metadata": meta, "spec": {}, "status": {"ready": 2}}
+
+    assert train_state(None, 1).phase == "Missing"
+    assert train_state(job("0"), 1).phase == "Replacing"  # an earlier attempt
+    assert train_state(job("1"), 1).phase == "Running"
+    assert train_state(job("1", deleting=True), 1).phase == "Replacing"
+    assert train_state(job(None), 1).phase == "Running"  # made before attempts were labelled: the current one
 
 
 def test_training_done_is_remembered_when_the_job_is_gone() -> None:
@@ -239,13 +286,18 @@ def test_failure_detail_is_the_last_log_line() -> None:
     assert failure_detail(pods, "trainer") == "pod t-1 exited 2: spec.train.batchSize: bad"
     assert failure_detail([pod("t-0", 137, None, "trainer")], "trainer") == "pod t-0 exited 137"
     assert failure_detail([pod("t-0", 0, None, "trainer")], "trainer") is None
+    # The pod the Job controller names (its FailJob match) comes first, even after an earlier restart.
+    early, matched = pod("t-0-a", 1, "NCCL timeout", "trainer"), pod("t-1-b", 2, "bad config", "trainer")
+    rule = "Container trainer for pod ns/t-1-b failed with exit code 2 matching FailJob rule at index 0"
+    assert failure_detail([early, matched], "trainer", rule) == "pod t-1-b exited 2: bad config"
+    assert failure_detail([early, matched], "trainer") == "pod t-0-a exited 1: NCCL timeout"
 
 
 def test_settings_round_trip_through_the_environment() -> None:
     assert OperatorSettings.from_env({}) == OperatorSettings()
     assert OperatorSettings().trainer_image == DEFAULT_TRAINER_IMAGE == "ghcr.io/speedrun-operator/trainer:0.1.0"
     custom = OperatorSettings(
-        trainer_image="x/y:1", namespaces=("a", "b"), metrics_port=0, standalone=True, progress_interval=2.5
+        trainer_image="x/y:1", namespaces=("a", "b"), metrics_port=0, leader_election=True, progress_interval=2.5
     )
     env = custom.to_env()
     assert env["SPEEDRUN_TRAINER_IMAGE"] == "x/y:1" and env["SPEEDRUN_OPERATOR_NAMESPACES"] == "a,b"
@@ -255,26 +307,21 @@ def test_settings_round_trip_through_the_environment() -> None:
 
 
 def test_kopf_argv() -> None:
-    assert kopf_run_argv(OperatorSettings()) == ["run", "-m", "speedrun_operator.main", "--all-namespaces"]
-    argv = kopf_run_argv(OperatorSettings(namespaces=("a", "b"), peering="ha", liveness="http://0.0.0.0:8080/healthz"))
-    assert argv == [
-        "run",
-        "-m",
-        "speedrun_operator.main",
-        "--namespace",
-        "a",
-        "--namespace",
-        "b",
-        "--peering",
-        "ha",
-        "--liveness",
-        "http://0.0.0.0:8080/healthz",
-    ]
-    assert kopf_run_argv(OperatorSettings(standalone=True, peering="ha"), dev=True)[-3:] == [
-        "--standalone",
-        "--dev",
-        "--verbose",
-    ]
+    # Always standalone: replicas coordinate through a Lease (leader.py), never kopf peering.
+    assert kopf_run_argv(OperatorSettings()) == ["run", "-m", "speedrun_operator.main", "--standalone",
+                                                 "--all-namespaces"]  # fmt: skip
+    argv = kopf_run_argv(OperatorSettings(namespaces=("a", "b"), leader_election=True,
+                                          liveness="http://0.0.0.0:8080/healthz"))  # fmt: skip
+    assert argv == ["run", "-m", "speedrun_operator.main", "--standalone", "--namespace", "a", "--namespace", "b",
+                    "--liveness", "http://0.0.0.0:8080/healthz"]  # fmt: skip
+    assert kopf_run_argv(OperatorSettings(), dev=True)[-2:] == ["--dev", "--verbose"]
+
+
+def test_lease_timings_that_cannot_work_are_named() -> None:
+    assert OperatorSettings(leader_election=True, namespaces=("a",)).problem() is None
+    bad = OperatorSettings(leader_election=True, namespaces=("a",), lease_duration=5, lease_renew_deadline=10)
+    assert "SPEEDRUN_OPERATOR_LEASE_RENEW_DEADLINE" in (bad.problem() or "")
+    assert OperatorSettings(lease_duration=5, lease_renew_deadline=10).problem() is None  # election off
 
 
 def test_operator_flags_become_settings() -> None:
@@ -284,13 +331,14 @@ def test_operator_flags_become_settings() -> None:
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["operator", "-n", "team-a", "--image", "i:2", "--metrics-port", "0", "--peering", "p"])
+    args = parser.parse_args(["operator", "-n", "team-a", "--image", "i:2", "--metrics-port", "0",
+                              "--leader-election"])  # fmt: skip
     settings = settings_from_args(args, OperatorSettings())
-    assert (settings.namespaces, settings.trainer_image, settings.metrics_port, settings.peering) == (
+    assert (settings.namespaces, settings.trainer_image, settings.metrics_port, settings.leader_election) == (
         ("team-a",),
         "i:2",
         0,
-        "p",
+        True,
     )
     assert args.func.__name__ == "operator_command"
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from speedrun_trainer.cli.launch import free_port
-from speedrun_trainer.train.torchrun import config_path
+from speedrun_trainer.train.torchrun import config_path, with_rendezvous_host
 from tests.helpers import tiny_manifest, write_manifest
 
 
@@ -41,3 +41,17 @@ def test_worker_config_error_keeps_exit_code_2(tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("invalid config: spec.model.vocabSize: 200 is smaller than"), last
+
+
+def test_completion_index_0_hosts_the_rendezvous_store_and_no_other_does() -> None:
+    argv = ["--nnodes=3", "--rdzv-backend=c10d", "--rdzv-conf=join_timeout=900", "-m", "x", "--config", "c"]
+    assert with_rendezvous_host(argv, "0")[2] == "--rdzv-conf=join_timeout=900,is_host=true"
+    assert with_rendezvous_host(argv, "2")[2] == "--rdzv-conf=join_timeout=900,is_host=false"
+    assert with_rendezvous_host(argv, None) == argv  # not an Indexed Job's pod: torch decides, as before
+    bare = ["--rdzv-backend=c10d", "-m", "x"]
+    assert with_rendezvous_host(bare, "1") == ["--rdzv-conf=is_host=false", *bare]
+    given = ["--rdzv-backend=c10d", "--rdzv-conf=is_host=true", "-m", "x"]
+    assert with_rendezvous_host(given, "1") == given  # an explicit choice is kept
+    static = ["--rdzv-backend=static", "-m", "x"]
+    assert with_rendezvous_host(static, "0") == static
+    assert with_rendezvous_host(["-m", "x", "--rdzv-backend=c10d"], "0") == ["-m", "x", "--rdzv-backend=c10d"]

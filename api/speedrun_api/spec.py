@@ -234,6 +234,9 @@ class RunPolicy(Base):
     startup_deadline_seconds: Annotated[int, Field(ge=1, le=INT32_MAX)] = Field(3600, description=(
         "Fail when the training pods are not all running this long after the Job starts (Kueue's wait excluded)"))
     queue_name: kf.LabelValue | None = Field(None, description="Kueue LocalQueue (the Job's queue-name label)")
+    # How long a torchrun agent waits for the c10d store and for the other nodes to join: rank 0's
+    # pod may start minutes after the others (image pulls, node autoscaling).
+    rendezvous_timeout_seconds: Annotated[int, Field(ge=60, le=86_400)] = 900
 
 
 class SpeedrunSpec(Base):

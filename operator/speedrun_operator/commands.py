@@ -2,7 +2,7 @@
 
     speedrun render examples/gpt2-124m-8xh100.yaml [-o yaml|json]
     speedrun operator [--namespace NS ...] [--all-namespaces] [--image IMG] [--metrics-port N]
-                      [--peering NAME] [--dev]
+                      [--leader-election] [--dev]
 
 The main CLI (speedrun_trainer.cli.main) calls `register(subparsers)`; until then, or to run only
 these, use `python -m speedrun_operator.commands ...`. `operator` writes its flags into the
@@ -38,9 +38,10 @@ def register(subparsers: Any) -> None:
     op.add_argument("--all-namespaces", "-A", action="store_true", help="serve the whole cluster (default)")
     op.add_argument("--image", help="default trainer image (SPEEDRUN_TRAINER_IMAGE)")
     op.add_argument("--metrics-port", type=int, help="operator metrics port, 0 to disable")
-    op.add_argument("--peering", help="kopf peering name; makes peering mandatory (HA with several replicas)")
+    op.add_argument("--leader-election", action="store_true",
+                    help="several replicas: only the holder of a coordination.k8s.io Lease reconciles")
     op.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-    op.add_argument("--dev", action="store_true", help="run from a laptop: verbose, priority over in-cluster replicas")
+    op.add_argument("--dev", action="store_true", help="run from a laptop: verbose logs")
     op.set_defaults(func=operator_command)
 
 
@@ -96,25 +97,24 @@ def settings_from_args(args: argparse.Namespace, base: OperatorSettings | None =
         settings = replace(settings, trainer_image=args.image)
     if args.metrics_port is not None:
         settings = replace(settings, metrics_port=args.metrics_port)
-    if args.peering:
-        settings = replace(settings, peering=args.peering)
+    if args.leader_election:
+        settings = replace(settings, leader_election=True)
     if args.liveness:
         settings = replace(settings, liveness=args.liveness)
     return settings
 
 
 def kopf_run_argv(settings: OperatorSettings, *, dev: bool = False, verbose: bool = False) -> list[str]:
-    """The `kopf run` arguments for these settings (tests run the same through KopfRunner)."""
-    argv = ["run", "-m", OPERATOR_MODULE]
+    """The `kopf run` arguments for these settings (tests run the same through KopfRunner).
+
+    Always `--standalone`: replicas coordinate through a Lease (leader.py), not kopf peering,
+    which would look up KopfPeering objects the chart does not install."""
+    argv = ["run", "-m", OPERATOR_MODULE, "--standalone"]
     if settings.namespaces:
         for namespace in settings.namespaces:
             argv += ["--namespace", namespace]
     else:
         argv.append("--all-namespaces")
-    if settings.standalone:
-        argv.append("--standalone")
-    elif settings.peering:
-        argv += ["--peering", settings.peering]
     if settings.liveness:
         argv += ["--liveness", settings.liveness]
     if dev:
@@ -146,7 +146,14 @@ def operator_command(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     import kopf.cli
 
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as err:  # a variable the operator cannot parse
+        print(f"speedrun operator: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    if settings.problem():
+        print(f"speedrun operator: {settings.problem()}", file=sys.stderr)
+        return EXIT_INVALID
     problem = credentials_problem()
     if problem:  # kopf would print a traceback and retry its login every minute
         print(f"speedrun operator: {problem}", file=sys.stderr)

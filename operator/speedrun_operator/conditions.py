@@ -46,6 +46,14 @@ REASON_CHILD_REJECTED = "ChildRejected"  # the apiserver refused a child (422/40
 REASON_STARTUP_DEADLINE = "StartupDeadlineExceeded"  # pods never all ready within startupDeadlineSeconds
 # A spec edit may cure these: a Failed job with one of them runs again on a new generation.
 RETRY_ON_EDIT_REASONS = (REASON_INVALID_SPEC, REASON_CHILD_REJECTED)
+REASON_RESTARTING = "Restarting"  # a gang restart: the failed attempt's Job is being replaced
+REASON_MAX_RESTARTS = "MaxRestartsExceeded"
+EVENT_GANG_RESTART = "GangRestart"
+
+# Job failure reasons (batch/v1) that a gang restart may fix: a pod failed (the training Job has
+# backoffLimit 0). PodFailurePolicy (the trainer's invalid-config exit code) and DeadlineExceeded
+# (runPolicy.activeDeadlineSeconds) are final.
+RESTARTABLE_JOB_FAILURES = frozenset({"BackoffLimitExceeded"})
 
 # Job condition reasons (batch/v1) -> ours.
 JOB_FAILURE_REASONS = {

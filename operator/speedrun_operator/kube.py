@@ -145,9 +145,10 @@ class KubeClient:
         path = kind.path(namespace, name, subresource)
         return self._call("PATCH", path, body=patch, content_type="application/merge-patch+json")
 
-    def delete(self, kind: Kind, namespace: str | None, name: str) -> None:
+    def delete(self, kind: Kind, namespace: str | None, name: str, propagation: str = "Background") -> None:
+        """Delete (absent is fine); `propagation` Foreground keeps the object until its dependents are gone."""
         with contextlib.suppress(NotFound):
-            self._call("DELETE", kind.path(namespace, name), body={"propagationPolicy": "Background"})
+            self._call("DELETE", kind.path(namespace, name), body={"propagationPolicy": propagation})
 
 
 def _translate(err: ApiException) -> KubeError:

@@ -21,6 +21,7 @@ APP_NAME = "speedrun"
 # Our own: which SpeedrunJob a child belongs to, and what it does for it.
 LABEL_JOB = f"{API_GROUP}/job"
 LABEL_ROLE = f"{API_GROUP}/role"
+LABEL_ATTEMPT = f"{API_GROUP}/attempt"  # the training Job's attempt: 0, then one more per gang restart
 ROLE_TRAIN = "train"
 ROLE_EVAL = "eval"
 ROLE_CONFIG = "config"

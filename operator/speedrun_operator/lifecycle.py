@@ -3,9 +3,17 @@
     Pending -> [Queued | Suspended] -> Training -> Evaluating -> Succeeded
         any step can end in Failed (invalid spec, training or eval failure, unreadable results)
 
-`job_state` reads a batch/v1 Job; `next_status` combines both Jobs' states with the current
-status and returns the new status plus the Event for a phase change, if any. The handlers do
-the observing and the writing; everything that decides lives here, table-tested.
+`job_state` reads a batch/v1 Job as Kubernetes 1.31+ writes its end: the Job controller first
+adds `FailureTarget` or `SuccessCriteriaMet`, terminates the remaining pods, and only then adds
+`Failed` or `Complete` (pkg/controller/job/job_controller.go, `jobFinishedCondition` then
+`trackJobStatusAndRemoveFinalizers`); the outcome is decided at the first of them.
+`train_state` adds the gang restart's view: a Job of an earlier attempt (label
+`speedrun.dev/attempt` below `status.restarts`) or one being deleted is being Replaced.
+`next_status` combines both Jobs' states with the current status and returns the new status plus
+the Event for a phase change or a gang restart, if any. A training failure that a restart may fix
+(a pod failed) restarts the whole group, counted once in `status.restarts`, until
+`runPolicy.maxRestarts`; the handlers then delete the failed attempt's Job and create the next.
+The handlers do the observing and the writing; everything that decides lives here, table-tested.
 """
 
 from __future__ import annotations
@@ -17,7 +25,10 @@ from speedrun_api.status import TERMINAL_PHASES, Progress, Results, SpeedrunJobS
 from speedrun_operator import conditions as C
 from speedrun_operator.startup import PodsWaiting
 
-JobPhase = Literal["Missing", "Suspended", "Pending", "Running", "Succeeded", "Failed"]
+JobPhase = Literal["Missing", "Replacing", "Suspended", "Pending", "Running", "Succeeded", "Failed"]
+ATTEMPT_LABEL = "speedrun.dev/attempt"  # labels.LABEL_ATTEMPT (this module imports no handler code)
+FAILED_TYPES = ("FailureTarget", "Failed")  # FailureTarget first (1.31+), Failed once pods are gone
+SUCCEEDED_TYPES = ("SuccessCriteriaMet", "Complete")
 
 
 @dataclass(frozen=True)
@@ -41,9 +52,9 @@ def job_state(job: dict[str, Any] | None) -> JobState:
     for cond in status.get("conditions") or []:
         if cond.get("status") != "True":
             continue
-        if cond.get("type") == "Failed":
+        if cond.get("type") in FAILED_TYPES:
             return JobState("Failed", cond.get("reason", ""), cond.get("message", ""), failed)
-        if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+        if cond.get("type") in SUCCEEDED_TYPES:
             return JobState("Succeeded", failed=failed)
     if (job.get("spec") or {}).get("suspend") and not active:
         return JobState("Suspended", failed=failed)
@@ -51,6 +62,21 @@ def job_state(job: dict[str, Any] | None) -> JobState:
     if ready:
         return JobState("Running", failed=failed, ready=ready, succeeded=succeeded)
     return JobState("Pending", failed=failed, succeeded=succeeded)
+
+
+def job_attempt(job: dict[str, Any], default: int) -> int:
+    """The training attempt a Job runs; `default` for a Job made before attempts were labelled."""
+    value = ((job.get("metadata") or {}).get("labels") or {}).get(ATTEMPT_LABEL, "")
+    return int(value) if value.isdigit() else default
+
+
+def train_state(job: dict[str, Any] | None, attempt: int) -> JobState:
+    """The training Job's state for attempt `attempt` (= status.restarts)."""
+    if job is None:
+        return MISSING
+    if job["metadata"].get("deletionTimestamp") or job_attempt(job, attempt) < attempt:
+        return JobState("Replacing")
+    return job_state(job)
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,7 @@ class Observation:
     min_ready: int = 1  # pods that must run for the rendezvous to form (startup.py)
     waiting: PodsWaiting | None = None  # why the training pods are not all running yet
     startup_failure: str | None = None  # the start-up deadline passed: the Failed message
+    max_restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,7 +133,7 @@ class _Builder:
         self.phase = current.phase or "Pending"
         self.reason = C.REASON_PENDING
         self.message = ""
-        self.notice: Transition | None = None  # an Event without a phase change
+        self.event: Transition | None = None  # an Event besides phase changes: gang restart, pending reason
 
     def cond(self, type_: str, status: Literal["True", "False", "Unknown"], reason: str, message: str) -> None:
         self.status.conditions = C.set_condition(
@@ -134,7 +161,6 @@ def next_status(current: SpeedrunJobStatus, seen: Observation) -> tuple[Speedrun
             b.status.conditions = C.remove_condition(b.status.conditions, C.FAILED)  # a fixed spec runs
             b.status.completion_time = None
         _suspension(b)
-        b.status.restarts = max(b.status.restarts, seen.train.failed)
         if seen.rejected is not None:
             b.fail(C.REASON_CHILD_REJECTED, seen.rejected)
         elif training_finished(b.status) or seen.train.phase == "Succeeded":
@@ -145,8 +171,8 @@ def next_status(current: SpeedrunJobStatus, seen: Observation) -> tuple[Speedrun
         b.status.completion_time = b.status.completion_time or seen.now
     changed = b.phase != current.phase
     b.status.phase = b.phase  # type: ignore[assignment]
-    if not changed or b.notice is not None:
-        return b.status, b.notice
+    if not changed or b.event is not None:
+        return b.status, b.event
     kind: Literal["Normal", "Warning"] = "Warning" if b.phase == "Failed" else "Normal"
     return b.status, Transition(kind, b.reason, f"{b.phase}: {b.message}" if b.message else b.phase)
 
@@ -160,11 +186,16 @@ def _suspension(b: _Builder) -> None:
 
 def _training(b: _Builder) -> None:
     t, seen = b.seen.train, b.seen
-    if t.phase == "Failed":
+    if t.phase == "Failed" and t.reason in C.RESTARTABLE_JOB_FAILURES:
+        _restart(b)
+    elif t.phase == "Failed":
         reason = C.JOB_FAILURE_REASONS.get(t.reason, C.REASON_TRAINING_FAILED)
         message = "; ".join(m for m in (t.message, seen.failure_detail) if m) or t.reason
         b.cond(C.TRAINING, C.FALSE, reason, message)
         b.fail(reason, message)
+    elif t.phase == "Replacing":
+        message = f"restart {b.status.restarts}: the failed attempt's pods are stopping"
+        b.cond(C.TRAINING, C.TRUE if b.phase == "Training" else C.FALSE, C.REASON_RESTARTING, message)
     elif t.phase == "Running" and t.ready + t.succeeded >= seen.min_ready:
         # The rendezvous can form: every pod it waits for runs (or has already finished).
         b.status.start_time = b.status.start_time or seen.now
@@ -197,9 +228,30 @@ def _pending(b: _Builder) -> None:
         reason = waiting.reason if waiting.problem else C.REASON_PENDING
     old = C.find(b.status.conditions, C.TRAINING)
     if reason != C.REASON_PENDING and (old is None or old.reason != reason):
-        b.notice = Transition("Warning", reason, f"Pending: {message}")
+        b.event = Transition("Warning", reason, f"Pending: {message}")
     b.cond(C.TRAINING, C.FALSE, reason, message)
     b.move("Pending", reason, message)
+
+
+def _restart(b: _Builder) -> None:
+    """One failure of the group: restart all of it (counted once), or fail past maxRestarts."""
+    t, seen = b.seen.train, b.seen
+    cause = "; ".join(m for m in (seen.failure_detail, t.message) if m) or t.reason
+    if b.status.restarts >= seen.max_restarts:
+        message = (
+            f"training failed {b.status.restarts + 1} times and runPolicy.maxRestarts is {seen.max_restarts}; "
+            f"last failure: {cause}"
+        )
+        b.cond(C.TRAINING, C.FALSE, C.REASON_MAX_RESTARTS, message)
+        b.fail(C.REASON_MAX_RESTARTS, message)
+        return
+    b.status.restarts += 1
+    message = (
+        f"restart {b.status.restarts} of {seen.max_restarts} (runPolicy.maxRestarts): all {seen.nodes} nodes "
+        f"restart from the last checkpoint after: {cause}"
+    )
+    b.cond(C.TRAINING, C.TRUE if b.phase == "Training" else C.FALSE, C.REASON_RESTARTING, message)
+    b.event = Transition("Warning", C.EVENT_GANG_RESTART, message)
 
 
 def _final_progress(b: _Builder, results: Results) -> None:

@@ -9,8 +9,12 @@ reads them too, so what it prints is what the operator would create.
 | SPEEDRUN_TRAINER_IMAGE                    | ghcr.io/speedrun-operator/trainer:0.1.0  |
 | SPEEDRUN_OPERATOR_NAMESPACES              | "" (comma-separated; empty: all)          |
 | SPEEDRUN_OPERATOR_METRICS_PORT            | 9090 (0: off)                            |
-| SPEEDRUN_OPERATOR_PEERING                 | "" (auto-detect kopf peering "speedrun-operator") |
-| SPEEDRUN_OPERATOR_STANDALONE              | false                                    |
+| SPEEDRUN_OPERATOR_LEADER_ELECTION         | false (true: only the holder of the Lease reconciles) |
+| SPEEDRUN_OPERATOR_LEASE_NAME              | speedrun-operator                        |
+| SPEEDRUN_OPERATOR_LEASE_NAMESPACE         | "" ($POD_NAMESPACE, else the first served namespace) |
+| SPEEDRUN_OPERATOR_LEASE_DURATION          | 15 (seconds a standby waits on a silent holder) |
+| SPEEDRUN_OPERATOR_LEASE_RENEW_DEADLINE    | 10 (the holder exits when it cannot renew for this long) |
+| SPEEDRUN_OPERATOR_LEASE_RETRY_PERIOD      | 2 (seconds between attempts to take or renew) |
 | SPEEDRUN_OPERATOR_LIVENESS                | "" (e.g. http://0.0.0.0:8080/healthz)    |
 | SPEEDRUN_OPERATOR_DEFAULT_STORAGE_URI     | "" (runs without spec.storage.uri fail)  |
 | SPEEDRUN_OPERATOR_PROGRESS_INTERVAL       | 15 (seconds between progress scrapes)    |
@@ -29,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/speedrun-operator/trainer:0.1.0"
-DEFAULT_PEERING_NAME = "speedrun-operator"
+DEFAULT_LEASE_NAME = "speedrun-operator"
 
 ENV_TRAINER_IMAGE = "SPEEDRUN_TRAINER_IMAGE"
 ENV_PREFIX = "SPEEDRUN_OPERATOR_"
@@ -40,8 +44,12 @@ class OperatorSettings:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     namespaces: tuple[str, ...] = ()
     metrics_port: int = 9090
-    peering: str = ""
-    standalone: bool = False
+    leader_election: bool = False
+    lease_name: str = DEFAULT_LEASE_NAME
+    lease_namespace: str = ""
+    lease_duration: float = 15.0
+    lease_renew_deadline: float = 10.0
+    lease_retry_period: float = 2.0
     liveness: str = ""
     default_storage_uri: str = ""
     progress_interval: float = 15.0
@@ -63,6 +71,21 @@ class OperatorSettings:
                 continue
             values[f.name] = _parse(f.name, raw, getattr(cls, f.name))
         return cls(**values)  # type: ignore[arg-type]
+
+    def problem(self) -> str | None:
+        """One line naming the variable whose value cannot work, or None."""
+        if self.leader_election:
+            if not 0 < self.lease_retry_period < self.lease_renew_deadline < self.lease_duration:
+                return (f"{env_name('lease_retry_period')} < {env_name('lease_renew_deadline')} < "
+                        f"{env_name('lease_duration')} must hold and be positive (client-go's rule), got "
+                        f"{self.lease_retry_period:g} / {self.lease_renew_deadline:g} / {self.lease_duration:g}")
+            if not self.lease_namespace and not os.environ.get("POD_NAMESPACE") and not self.namespaces:
+                return (f"{env_name('lease_namespace')}: give the namespace of the Lease when serving all "
+                        "namespaces with leader election (the chart sets its release namespace)")
+        return None
+
+    def lease_namespace_or_default(self) -> str:
+        return self.lease_namespace or os.environ.get("POD_NAMESPACE", "") or (self.namespaces or ("default",))[0]
 
     def to_env(self) -> dict[str, str]:
         """The variables that reproduce these settings in `from_env` (flags -> env -> kopf)."""

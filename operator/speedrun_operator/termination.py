@@ -58,9 +58,12 @@ def eval_results(pods: list[dict[str, Any]], container: str) -> tuple[Results | 
     return None, None
 
 
-def failure_detail(pods: list[dict[str, Any]], container: str) -> str | None:
-    """`pod P exited N: <last log line>` for the first failed container, if any."""
-    for pod in pods:
+def failure_detail(pods: list[dict[str, Any]], container: str, job_message: str = "") -> str | None:
+    """`pod P exited N: <last log line>` for a failed container, if any: the pod the Job's failure
+    message names first (the Job controller names the pod that matched a podFailurePolicy FailJob
+    rule; an earlier restart's pod may sort before it), else the first in list order."""
+    named = [p for p in pods if f"/{p['metadata']['name']} " in job_message]
+    for pod in named + [p for p in pods if p not in named]:
         state = terminated_state(pod, container)
         if state is None or not state.get("exitCode"):
             continue

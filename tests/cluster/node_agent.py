@@ -1,4 +1,4 @@
-"""The node agent: a kubelet that runs pods as local processes (tests/process_kubelet.py's successor).
+"""The node agent: a kubelet running pods as local processes (the retired emulator kubelet's successor).
 
 It registers Node objects (cpu, memory, pods and `nvidia.com/gpu` capacity on a node that claims
 GPUs, so the real scheduler's fit checks decide placement), renews their Leases and Ready
@@ -17,6 +17,8 @@ else a loopback address (said once in the log). `hold(prefix)` keeps matching po
 ContainerCreating (a slow image pull); `refuse(prefix)` leaves them waiting with ErrImagePull
 (a broken image).
 
+The pod runs as its securityContext's runAsUser/runAsGroup/fsGroup when the agent is root;
+readOnlyRootFilesystem is not enforced (pod_identity.py).
 Limits: no images, cgroups or mount namespaces (pod_runtime.py maps mount paths); one container
 per pod (init containers, sidecars and probes are not run; ready = running); resources are
 counted by the scheduler but not enforced.
@@ -88,7 +90,7 @@ class NodeAgent:
         stand_in: Callable[[dict[str, Any]], list[str] | None] | None = None,
     ) -> None:
         """`stand_in(pod)`, when given and not None for a pod, is the command run instead of the
-        pod's (the control-plane bench's pods that finish at once); the tests never use it."""
+        pod's: the control-plane bench's pods that finish at once, the tests' PodPlayers."""
         self.api, self.workdir, self.nodes, self.network = api, workdir, {n.name: n for n in nodes}, network
         self.stand_in = stand_in
         self.errors: list[BaseException] = []
@@ -284,7 +286,7 @@ class NodeAgent:
                                  spec.get("subdomain", ""))
         files = PodFiles(self.api, pod, root, ip, self.network.host_ip)
         argv, env, cwd = files.prepare()
-        argv = (self.stand_in(pod) if self.stand_in else None) or argv
+        argv = files.identity.wrap((self.stand_in(pod) if self.stand_in else None) or argv)
         log_path = root / "log"
         with log_path.open("ab") as out:
             proc = subprocess.Popen(self.network.wrap(meta["uid"], argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL,

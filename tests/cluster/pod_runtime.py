@@ -7,6 +7,8 @@ What a container runtime gives a container, as files and variables on this machi
 - volumes: configMap, secret (items, optional), emptyDir, downwardAPI and projected (serviceAccount
   token from the TokenRequest API, the kube-root-ca.crt ConfigMap, downward-API files) become
   directories under the pod's scratch dir;
+- securityContext: runAsUser/runAsGroup/fsGroup honoured when root, readOnlyRootFilesystem
+  not enforced (pod_identity.py says what and why);
 - the image's `python`/`torchrun` are this environment's (the agent puts its bin dir first on PATH),
   and the working directory is `workingDir` mapped like a mount path, else the pod's scratch dir.
 There are no mount namespaces here: a path under a volume's mountPath in the command or the env is
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.api import Api
+from tests.cluster.pod_identity import IdentityError, PodIdentity, log, pod_identity
 
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 TERMINATION_ENV = "SPEEDRUN_TERMINATION_LOG"
@@ -47,9 +50,15 @@ class PodFiles:
         self.namespace = pod["metadata"]["namespace"]
         self.container = pod["spec"]["containers"][0]
         self.mounts: dict[str, Path] = {}
+        self.identity = PodIdentity()
 
     def prepare(self) -> tuple[list[str], dict[str, str], Path]:
-        """(argv, env, cwd) of the container's main process; PodStartError when it cannot start."""
+        """(argv, env, cwd) of the container's main process; PodStartError when it cannot start.
+        Run argv through `self.identity.wrap` (after any stand-in) for the pod's securityContext."""
+        try:
+            self.identity = pod_identity(self.pod)
+        except IdentityError as err:
+            raise PodStartError("CreateContainerConfigError", str(err)) from None
         self.root.mkdir(parents=True, exist_ok=True)
         self._volumes()
         self.mounts[self.container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH] = self.message_path
@@ -62,6 +71,9 @@ class PodFiles:
         working_dir = self.container.get("workingDir")
         cwd = Path(self.map_path(working_dir)) if working_dir else self.root
         cwd.mkdir(parents=True, exist_ok=True)
+        self.identity.hand_over(self.root)
+        for note in self.identity.notes():
+            log.info(f"pod {self.namespace}/{self.pod['metadata']['name']}: {note}")
         return argv, env, cwd
 
     @property

@@ -1,10 +1,17 @@
 """The Indexed training Job `<name>-train`: one pod per node, torchrun with c10d rendezvous.
 
 completions = parallelism = nodes (the maximum for elastic jobs), so pod `i` is hostname
-`<name>-train-i` and rank 0's agent hosts the rendezvous at `<name>-train-0.<name>:29400`.
-Failure policy: the trainer's invalid-config exit code (2) fails the Job at once; any other pod
-failure is retried up to `runPolicy.maxRestarts` times (the Job's backoffLimit), while torchrun
-restarts workers inside a pod up to the same count (`--max-restarts`).
+`<name>-train-i`, and the agent of completion index 0 hosts the rendezvous store at
+`<name>-train-0.<name>:29400` (the torchrun wrapper decides that from JOB_COMPLETION_INDEX, never
+from a DNS lookup that races the EndpointSlice). Every agent waits up to
+`runPolicy.rendezvousTimeoutSeconds` for the store and for the others (`--rdzv-conf`).
+
+Failure policy (gang restart, JobSet's model): the Job itself never retries (backoffLimit 0,
+torchrun `--max-restarts=0`): the first pod failure fails the Job, and the operator re-creates it
+as the next attempt (label `speedrun.dev/attempt`), resuming from the last checkpoint, counted
+once in `status.restarts` against `runPolicy.maxRestarts`. The trainer's invalid-config exit code
+(2) fails the Job through its podFailurePolicy with reason PodFailurePolicy, which the operator
+never retries. Evictions and preemptions (DisruptionTarget) are replaced by the Job controller.
 """
 
 from __future__ import annotations
@@ -34,12 +41,21 @@ def torchrun_train_command(job: SpeedrunJob) -> list[str]:
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={L.rendezvous_endpoint(name)}",
         f"--rdzv-id={common.job_uid(job)}",
-        f"--max-restarts={job.spec.run_policy.max_restarts}",
+        f"--rdzv-conf={rendezvous_conf(job)}",
+        "--max-restarts=0",  # restarts are the operator's gang restarts, counted in status.restarts
         "-m",
         TRAIN_MODULE,
         "--config",
         L.CONFIG_PATH,
     ]
+
+
+def rendezvous_conf(job: SpeedrunJob) -> str:
+    """torch's c10d rendezvous settings: how long an agent waits for the store (`read_timeout`,
+    also its store operations' timeout) and for the other nodes (`join_timeout`).
+    torch/distributed/elastic/rendezvous/{c10d_rendezvous_backend,dynamic_rendezvous}.py."""
+    timeout = job.spec.run_policy.rendezvous_timeout_seconds
+    return f"join_timeout={timeout},read_timeout={timeout}"
 
 
 def pod_failure_policy(container_name: str) -> dict[str, Any]:
@@ -55,8 +71,10 @@ def pod_failure_policy(container_name: str) -> dict[str, Any]:
     }
 
 
-def build_train_job(job: SpeedrunJob, settings: OperatorSettings) -> dict[str, Any]:
+def build_train_job(job: SpeedrunJob, settings: OperatorSettings, attempt: int = 0) -> dict[str, Any]:
+    """The Job of training attempt `attempt` (0, then one more per gang restart)."""
     name, r, policy = job.metadata.name, job.spec.resources, job.spec.run_policy
+    labels = {**common.queue_labels(job), L.LABEL_ATTEMPT: str(attempt)}
     _, nodes = r.node_range
     ports = [
         {"name": L.PORT_NAME_RENDEZVOUS, "containerPort": L.PORT_RENDEZVOUS},
@@ -69,12 +87,12 @@ def build_train_job(job: SpeedrunJob, settings: OperatorSettings) -> dict[str, A
         "completionMode": "Indexed",
         "completions": nodes,
         "parallelism": nodes,
-        "backoffLimit": policy.max_restarts,
+        "backoffLimit": 0,
         "podFailurePolicy": pod_failure_policy(L.CONTAINER_TRAINER),
         # Kueue admits a queued Job by unsuspending it, so queued Jobs start suspended.
         "suspend": bool(policy.suspend or policy.queue_name),
         "template": {
-            "metadata": {"labels": {**L.child_labels(name, L.ROLE_TRAIN), **common.queue_labels(job)}},
+            "metadata": {"labels": {**L.child_labels(name, L.ROLE_TRAIN), **labels}},
             "spec": pod,
         },
     }
@@ -83,11 +101,11 @@ def build_train_job(job: SpeedrunJob, settings: OperatorSettings) -> dict[str, A
         spec["successPolicy"] = {"rules": [{"succeededIndexes": "0"}]}
     if policy.active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
-    if policy.ttl_seconds_after_finished is not None:
-        spec["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
+    # No ttlSecondsAfterFinished here: the operator sets it once it has recorded the outcome
+    # (handlers/reconcile.py), so the TTL controller can never delete an unrecorded Job.
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": common.metadata(job, L.train_job_name(name), L.ROLE_TRAIN, common.queue_labels(job)),
+        "metadata": common.metadata(job, L.train_job_name(name), L.ROLE_TRAIN, labels),
         "spec": spec,
     }

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from speedrun_operator import kube
+from speedrun_operator import kube, lifecycle
 from speedrun_operator import labels as L
 
 
@@ -68,7 +68,8 @@ def sync_suspend(client: kube.KubeClient, job: dict[str, Any], suspend: bool) ->
     """Make a running Job's `spec.suspend` match runPolicy.suspend (finished Jobs stay as they are)."""
     conditions = (job.get("status") or {}).get("conditions") or []
     finished = any(
-        c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet") and c.get("status") == "True" for c in conditions
+        c.get("type") in (*lifecycle.FAILED_TYPES, *lifecycle.SUCCEEDED_TYPES) and c.get("status") == "True"
+        for c in conditions
     )
     if finished or bool(job["spec"].get("suspend")) == suspend:
         return job

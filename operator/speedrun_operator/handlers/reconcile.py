@@ -3,12 +3,19 @@
 Level-triggered and idempotent: every trigger (create, resume after an operator restart, spec
 update, any event of a child Job, the resync timer) runs the same `reconcile`, which reads the
 current state from the API, decides with `lifecycle.next_status`, and writes only what changed.
-A per-job lock serialises concurrent triggers inside this process; peering keeps a single
+A per-job lock serialises concurrent triggers inside this process; the Lease (leader.py) keeps a single
 active operator across replicas.
+
+After the status is written, two acts follow from it (so that a crash in between repeats them
+on the next pass, never skips them): a gang restart deletes the failed attempt's training Job
+(Foreground: its pods go first; the next pass creates the next attempt under the same name),
+and a Job whose outcome is now recorded gets `runPolicy.ttlSecondsAfterFinished`, so the TTL
+controller can only ever delete a Job whose end is already in the SpeedrunJob's status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import defaultdict
@@ -18,7 +25,7 @@ import kopf
 
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
-from speedrun_api.status import SpeedrunJobStatus, now_rfc3339, read_status
+from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339, read_status
 from speedrun_operator import builders, kube, lifecycle, metrics, startup
 from speedrun_operator import labels as L
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
@@ -65,7 +72,7 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
         _write(ctx, body, current, seen)
         raise kopf.PermanentError(error) from None
     try:
-        seen = _observe(ctx, body, job, current, generation)
+        seen, children = _observe(ctx, body, job, current, generation)
     except kube.KubeError as err:
         if err.status not in REJECTED_STATUSES:
             raise
@@ -77,17 +84,20 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
         raise kopf.PermanentError(message) from None
     new = _write(ctx, body, current, seen)
     if seen.startup_failure is not None and new.phase == "Failed":
-        _stop_training_job(ctx, body, job)
+        _stop_training_job(ctx, children["train"], job)
+    else:
+        _after_write(ctx, job, current, new, children)
     return new
 
 
-def _stop_training_job(ctx: OperatorContext, body: dict[str, Any], job: SpeedrunJob) -> None:
-    """End a training Job whose pods never started, so none of them starts later unwatched."""
-    namespace, name = body["metadata"]["namespace"], L.train_job_name(job.metadata.name)
-    train_job = ctx.client.get(kube.JOB, namespace, name)
+def _stop_training_job(ctx: OperatorContext, train_job: dict[str, Any] | None, job: SpeedrunJob) -> None:
+    """End a training Job whose pods never started, so none of them starts later unwatched: its
+    activeDeadlineSeconds is lowered to now, and the Job controller removes the pods and records
+    DeadlineExceeded on the Job (which stays for `kubectl describe`)."""
     patch = startup.stop_patch(train_job, job.spec.run_policy.startup_deadline_seconds) if train_job else None
-    if patch is not None:
-        ctx.client.patch(kube.JOB, namespace, name, patch)
+    if train_job is not None and patch is not None:
+        meta = train_job["metadata"]
+        ctx.client.patch(kube.JOB, meta["namespace"], meta["name"], patch)
 
 
 def _nodes(body: dict[str, Any]) -> str:
@@ -104,7 +114,7 @@ def _nodes(body: dict[str, Any]) -> str:
 
 def _observe(
     ctx: OperatorContext, body: dict[str, Any], job: SpeedrunJob, current: SpeedrunJobStatus, generation: int
-) -> lifecycle.Observation:
+) -> tuple[lifecycle.Observation, dict[str, dict[str, Any] | None]]:
     client, settings, name = ctx.client, ctx.settings, job.metadata.name
     namespace = body["metadata"]["namespace"]
     policy = job.spec.run_policy
@@ -116,10 +126,18 @@ def _observe(
         train = lifecycle.JobState("Succeeded")
     else:
         ensure_child(client, kube.SERVICE, builders.build_headless_service(job), body)
-        train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, settings), body)
-        if manage_suspend:
-            train_job = sync_suspend(client, train_job, policy.suspend)
-        train = lifecycle.job_state(train_job)
+        train_job = None
+        if _held_back(client, policy, namespace, L.train_job_name(name)):
+            train = lifecycle.JobState("Suspended")
+        else:
+            attempt = current.restarts
+            train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, settings, attempt), body)
+            train = lifecycle.train_state(train_job, attempt)
+            if train.phase == "Replacing":
+                _replace(client, train_job)
+            elif manage_suspend:
+                train_job = sync_suspend(client, train_job, policy.suspend)
+                train = lifecycle.train_state(train_job, attempt)
     lo, _ = job.spec.resources.node_range
     waiting, startup_failure = None, None
     now = now_rfc3339()
@@ -131,10 +149,13 @@ def _observe(
             startup_failure = startup.startup_failure(deadline, waiting, train.ready, lo)
     detail: str | None = None
     if train.phase == "Failed":
-        detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER)
+        detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER, train.message)
     evaluation = lifecycle.MISSING
+    eval_job = None
     results, results_error = None, None
-    if train.phase == "Succeeded":
+    if train.phase == "Succeeded" and _held_back(client, policy, namespace, L.eval_job_name(name)):
+        evaluation = lifecycle.JobState("Suspended")
+    elif train.phase == "Succeeded":
         eval_job = ensure_child(client, kube.JOB, builders.build_eval_job(job, settings), body)
         if manage_suspend:
             eval_job = sync_suspend(client, eval_job, policy.suspend)
@@ -146,7 +167,7 @@ def _observe(
             results, results_error = eval_results(eval_pods, L.CONTAINER_EVALUATOR)
         elif evaluation.phase == "Failed":
             detail = failure_detail(eval_pods, L.CONTAINER_EVALUATOR)
-    return lifecycle.Observation(
+    observation = lifecycle.Observation(
         generation=generation,
         nodes=_nodes(body),
         now=now,
@@ -157,10 +178,55 @@ def _observe(
         results=results,
         results_error=results_error,
         failure_detail=detail,
+        max_restarts=policy.max_restarts,
         min_ready=lo,
         waiting=waiting,
         startup_failure=startup_failure,
     )
+    return observation, {"train": train_job, "eval": eval_job}
+
+
+def _replace(client: kube.KubeClient, train_job: dict[str, Any]) -> None:
+    """Delete a failed attempt's training Job, its pods first (Foreground, as JobSet restarts)."""
+    meta = train_job["metadata"]
+    if not meta.get("deletionTimestamp"):
+        client.delete(kube.JOB, meta["namespace"], meta["name"], propagation="Foreground")
+
+
+def _after_write(
+    ctx: OperatorContext,
+    job: SpeedrunJob,
+    current: SpeedrunJobStatus,
+    new: SpeedrunJobStatus,
+    children: dict[str, dict[str, Any] | None],
+) -> None:
+    train_job, eval_job = children["train"], children["eval"]
+    if new.restarts > current.restarts and train_job is not None:
+        _replace(ctx.client, train_job)  # the restart is counted: now the old attempt goes
+        return
+    ttl = job.spec.run_policy.ttl_seconds_after_finished
+    if ttl is None:
+        return
+    recorded = [train_job] if lifecycle.training_finished(new) or new.phase == "Failed" else []
+    if new.phase in TERMINAL_PHASES:
+        recorded.append(eval_job)
+    for child in recorded:
+        if child is not None and lifecycle.job_state(child).phase in ("Succeeded", "Failed"):
+            _set_ttl(ctx.client, child, ttl)
+
+
+def _set_ttl(client: kube.KubeClient, child: dict[str, Any], ttl: int) -> None:
+    """Hand a finished Job whose outcome is recorded to the TTL-after-finished controller."""
+    meta = child["metadata"]
+    if child["spec"].get("ttlSecondsAfterFinished") is None and not meta.get("deletionTimestamp"):
+        with contextlib.suppress(kube.NotFound):
+            client.patch(kube.JOB, meta["namespace"], meta["name"], {"spec": {"ttlSecondsAfterFinished": ttl}})
+
+
+def _held_back(client: kube.KubeClient, policy: Any, namespace: str, job_name: str) -> bool:
+    """With a queue, Kueue owns the Jobs' spec.suspend (it admits by writing false), so a user's
+    runPolicy.suspend holds a Job back by not creating it; one already created is Kueue's."""
+    return bool(policy.queue_name and policy.suspend) and client.get(kube.JOB, namespace, job_name) is None
 
 
 def _pods(client: kube.KubeClient, namespace: str, name: str, role: str) -> list[dict[str, Any]]:

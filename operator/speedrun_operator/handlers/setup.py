@@ -1,12 +1,22 @@
-"""Operator start-up and shut-down: kopf settings, the API client, the metrics server.
+"""Operator start-up and shut-down: kopf settings, the API client, the metrics server, the Lease.
 
 kopf keeps its own bookkeeping (handler progress, last-handled spec) in annotations under
 speedrun.dev/, so `status` holds only what the CRD schema describes. Log lines are not posted
 as Events: the operator posts one deliberate Event per phase transition instead.
+
+What kopf watches, and with which rights:
+- Jobs only with the server-side selector `app.kubernetes.io/managed-by=speedrun-operator`
+  (kopf's `settings.watching.label_selectors`; the handler's `labels=` filter is client-side
+  and alone would stream every Job of the namespace to the operator);
+- serving given namespaces, no cluster-scoped calls at all (`settings.scanning.disabled`: kopf
+  then neither lists/watches Namespaces nor CustomResourceDefinitions), so a namespaced install
+  needs only the Role in each namespace; cluster-wide, kopf watches CRDs as usual.
+With leader election (leader.py), `elect` holds start-up until this replica holds the Lease.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +24,9 @@ from typing import Any
 import kopf
 
 from speedrun_api.spec import API_GROUP
-from speedrun_operator import kube, metrics
-from speedrun_operator.labels import KOPF_ANNOTATION_PREFIX, MANAGER
-from speedrun_operator.settings import DEFAULT_PEERING_NAME, OperatorSettings
+from speedrun_operator import kube, leader, metrics
+from speedrun_operator.labels import KOPF_ANNOTATION_PREFIX, LABEL_MANAGED_BY, MANAGER
+from speedrun_operator.settings import OperatorSettings
 
 FINALIZER = f"{API_GROUP}/finalizer"
 
@@ -28,6 +38,8 @@ class OperatorContext:
     settings: OperatorSettings
     client: kube.KubeClient
     metrics_server: Any = None
+    elector: leader.LeaderElector | None = None
+    periodic: Any = None  # handlers.periodic.Periodic, once this replica leads
 
 
 def configure(kopf_settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger) -> OperatorContext:
@@ -38,13 +50,8 @@ def configure(kopf_settings: kopf.OperatorSettings, memo: kopf.Memo, logger: log
     kopf_settings.posting.level = logging.WARNING
     kopf_settings.posting.reporting_component = MANAGER
     kopf_settings.watching.server_timeout = 300  # reconnect watches now and then, as client-go does
-    # A deleted job's timers are stopped before kopf releases its finalizer; our timers are short
-    # sync calls, so wait for them briefly instead of re-checking once a minute (kopf's default).
-    kopf_settings.background.instant_exit_timeout = 2.0
-    kopf_settings.background.cancellation_polling = 2
-    if not kopf_settings.peering.mandatory:
-        # Auto-detect: peer through KopfPeering "speedrun-operator" if it exists, else standalone.
-        kopf_settings.peering.name = DEFAULT_PEERING_NAME
+    kopf_settings.watching.label_selectors["batch", "v1", "jobs"] = f"{LABEL_MANAGED_BY}={MANAGER}"
+    kopf_settings.scanning.disabled = bool(settings.namespaces)
     context = OperatorContext(settings=settings, client=kube.KubeClient(kube.load_configuration()))
     context.metrics_server = metrics.serve(settings.metrics_port)
     memo.operator = context
@@ -55,10 +62,48 @@ def configure(kopf_settings: kopf.OperatorSettings, memo: kopf.Memo, logger: log
     return context
 
 
+async def elect(context: OperatorContext, logger: logging.Logger) -> None:
+    """With leader election on: wait (answering the liveness URL) until this replica holds the
+    Lease, then renew it in the background; losing it ends the process (leader.exit_on_lost)."""
+    settings = context.settings
+    if not settings.leader_election:
+        return
+    timings = leader.LeaseTimings(settings.lease_duration, settings.lease_renew_deadline, settings.lease_retry_period)
+    elector = leader.LeaderElector(context.client, settings.lease_namespace_or_default(), settings.lease_name,
+                                   leader.default_identity(), timings)  # fmt: skip
+    where = f"Lease {elector.namespace}/{elector.name}"
+    health = leader.StandbyHealth(settings.liveness) if settings.liveness else None
+    try:
+        announced = ""
+        while not await asyncio.to_thread(_attempt, elector, logger):
+            if elector.holder != announced:
+                announced = elector.holder
+                logger.info(f"standby: {where} is held by {announced}; waiting as {elector.identity}")
+            await asyncio.sleep(timings.retry_period)
+    finally:
+        if health is not None:
+            health.close()
+    logger.info(f"leader: {elector.identity} holds {where}")
+    context.elector = elector
+    elector.start_renewing(leader.exit_on_lost(logger))
+
+
+def _attempt(elector: leader.LeaderElector, logger: logging.Logger) -> bool:
+    try:
+        return elector.try_acquire_or_renew()
+    except kube.KubeError as err:
+        logger.warning(f"leader election: {err}")
+        return False
+
+
 def shutdown(memo: kopf.Memo) -> None:
     context: OperatorContext | None = getattr(memo, "operator", None)
     if context is None:
         return
+    if context.periodic is not None:
+        context.periodic.stop()
+    if context.elector is not None:
+        context.elector.release()
     if context.metrics_server is not None:
         context.metrics_server.shutdown()
         context.metrics_server.server_close()

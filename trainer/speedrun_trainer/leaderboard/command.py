@@ -6,6 +6,7 @@
     speedrun leaderboard runs/ --flops model --plot board.png   model FLOPs on the x axis and frontier
     speedrun leaderboard runs.json --view scaling [--fit marin]  groups' scaling laws and forecasts
     speedrun leaderboard runs.json --view runs --x model --relative   BPB vs the baseline's law
+    speedrun leaderboard runs.json --view scaling --plot s.png --html s.html   the view drawn, the page on it
     python -m speedrun_trainer.leaderboard URI [...]            the same without the CLI
 """
 
@@ -28,7 +29,7 @@ from speedrun_trainer.leaderboard.ranking import (
     rank_runs,
     runs_json,
 )
-from speedrun_trainer.leaderboard.runs import DEFAULT_BAND_WIDTH, EXIT_ERROR, FLOPS_AXES, RESULTS_NAME, load_runs
+from speedrun_trainer.leaderboard.runs import DEFAULT_BAND_WIDTH, EXIT_ERROR, FLOPS_AXES, RESULTS_NAME, Run, load_runs
 
 # ---- the command ----------------------------------------------------------------------------
 
@@ -56,9 +57,11 @@ def _band_points(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("uri", help="file:// or s3:// prefix (or a directory) holding speedrun_results.json files")
-    p.add_argument("--plot", metavar="PNG", help="draw BPB vs FLOPs (--flops), the Pareto frontier highlighted")
+    p.add_argument("--plot", metavar="PNG", help="draw BPB vs FLOPs (--flops), the Pareto frontier highlighted;"
+                   " with --view: that view (laws, bands and forecasts; or relative BPB)")
     p.add_argument("--html", metavar="HTML",
-                   help="write one self-contained interactive page: chart (tooltips, zoom, FLOPs axis) and tables")
+                   help="write one self-contained interactive page: All runs (chart with tooltips, zoom, FLOPs axis,"
+                   " relative toggle; tables) and Scaling (laws, bands, forecasts at any FLOPs); --view opens it there")
     p.add_argument("--json", action="store_true", help="print the ranked runs as JSON instead of tables")
     p.add_argument("--band-width", type=_positive, default=DEFAULT_BAND_WIDTH, help="BPB band width (0.1)")
     p.add_argument("--flops", "--x", choices=FLOPS_AXES, default="hardware",
@@ -68,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     views = p.add_argument_group("views (scaling_views.py); URI may also be Marin's site data file runs.json")
     views.add_argument("--view", choices=scaling_views.VIEWS,
                        help="scaling: groups' laws ranked by forecast; runs: all runs")
-    views.add_argument("--relative", action="store_true", help="runs view: BPB relative to the baseline's law")
+    views.add_argument("--relative", action="store_true",
+                       help="runs view: BPB relative to the baseline's law (the page: All runs starts so)")
     views.add_argument("--baseline", default=scaling_views.BASELINE_GROUP,
                        help="baseline group for --relative (adamw_llama_scaling)")
     views.add_argument("--forecast-flops", type=_positive, default=scaling.DEFAULT_FORECAST_FLOPS, metavar="FLOPS",
@@ -79,7 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="which BPB the views compare, a track of the tables (default marin, else the only one)")
     views.add_argument("--confidence", type=_fraction, default=scaling.DEFAULT_CONFIDENCE, help="interval level (0.95)")
     views.add_argument("--band-points", type=_band_points, default=0, metavar="N",
-                       help="scaling --json: each group's law at N FLOPs up to the forecast, with intervals (a band)")
+                       help="scaling --json/--plot: each group's law at N FLOPs up to the forecast, with intervals"
+                       " (a band; the PNG draws 12 by default)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,12 +107,18 @@ def handler(args: argparse.Namespace) -> int:
         if not runs:
             raise DataError(f"{args.uri}: no {RESULTS_NAME} found")
         if args.view:
-            if args.plot or args.html:
-                raise DataError("--plot/--html draw the Pareto chart; the --view tables have no PNG or page yet")
+            if args.band_points and not (args.view == "scaling" and (args.json or args.plot)):
+                raise DataError("--band-points: only with --view scaling --json or --plot (the table has no band)")
             root = scaling_views.storage_root(args.uri, args.endpoint_url)
             print(scaling_views.render_view(runs, args.view, args.flops, args.relative, args.fit, args.forecast_flops,
-                                            args.confidence, args.baseline, args.json, root, args.band_points,
-                                            args.bpb_track))
+                                            args.confidence, args.baseline, args.json, root,
+                                            args.band_points if args.json else 0, args.bpb_track))
+            if args.plot:
+                from speedrun_trainer.leaderboard import view_plots
+
+                _write(args.plot, view_plots.view_png(runs, args, root))
+            if args.html:
+                _write(args.html, _page(args, runs, root).encode())
             return 0
         tracks = rank_runs(runs, args.band_width, args.flops)
         missing = left_out(runs, args.flops)
@@ -130,12 +141,7 @@ def handler(args: argparse.Namespace) -> int:
                 raise DataError(f"{args.uri}: no run has both a BPB and {args.flops} FLOPs to plot")
             _write(args.plot, png)
         if args.html:
-            from speedrun_trainer.leaderboard import page
-
-            first_bpb = next((name for name in tracks if is_bpb_track(name)), None)
-            chart = tracks[first_bpb] if first_bpb else []
-            html = page.html_page(args.uri, runs, tables, chart, axis=args.flops, track=first_bpb)
-            _write(args.html, html.encode())
+            _write(args.html, _page(args, runs, scaling_views.storage_root(args.uri, args.endpoint_url)).encode())
     except BrokenPipeError:  # `speedrun leaderboard URI | head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -143,6 +149,28 @@ def handler(args: argparse.Namespace) -> int:
         print(f"speedrun leaderboard: {e}".replace("\n", " "), file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+def _page(args: argparse.Namespace, runs: list[Run], root: str) -> str:
+    """The interactive page: one BPB track's runs (--bpb-track, else marin first) in All runs and
+    Scaling, every table below the All-runs chart; it opens on --view (default All runs), relative
+    with --relative."""
+    from speedrun_trainer.leaderboard import page, page_data
+
+    tracks = rank_runs(runs, args.band_width, args.flops)
+    tables = build_tables(tracks, args.band_width, args.flops, left_out(runs, args.flops))
+    bpb_tracks = [name for name in tracks if is_bpb_track(name)]
+    track = args.bpb_track or next(iter(bpb_tracks), None)
+    if track is not None and track not in bpb_tracks:
+        raise DataError(f"--bpb-track {track}: no run has that BPB with {args.flops} FLOPs (tracks here: "
+                        f"{', '.join(bpb_tracks) or 'none'})")
+    chart = [r for r in tracks[track] if r.bpb is not None] if track else []
+    scaling = relative = None
+    if chart:
+        scaling = page_data.scaling_data(chart, args.flops, args.fit, args.forecast_flops, args.confidence, root)
+        relative = page_data.relative_data(chart, args.fit, args.baseline, root)
+    return page.html_page(args.uri, runs, tables, chart, axis=args.flops, track=track, scaling=scaling,
+                          relative=relative, view=args.view or "runs", relative_on=args.relative)
 
 
 def main(argv: list[str] | None = None) -> int:

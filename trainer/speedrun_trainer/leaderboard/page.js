@@ -1,6 +1,7 @@
-// The leaderboard page's behaviour: the chart (SVG drawn here from the embedded JSON), its
-// tooltips, box zoom and x-axis toggle, and sortable, filterable tables. Hand-written, no
-// library and no network: page.py inlines this file into the one HTML file it writes.
+// The leaderboard page's behaviour: the view switcher (All runs | Scaling), the All-runs chart
+// (SVG drawn here from the embedded JSON), its tooltips, box zoom, x-axis and relative toggles, and
+// sortable, filterable tables. The Scaling view is page_scaling.js. Hand-written, no library and
+// no network: page.py inlines both files into the one HTML file it writes.
 (function () {
   "use strict";
   var DATA = JSON.parse(document.getElementById("leaderboard-data").textContent);
@@ -12,6 +13,19 @@
   var view = null; // the zoomed window {x0, x1 (log10 FLOPs), y0, y1 (BPB)}; null: every run
   var drag = null;
   var pinned = false;
+  var relative = false; // y: BPB relative to the baseline's law (percent) instead of BPB
+
+  // ---- the view switcher ----
+  function showView(name) {
+    Array.prototype.forEach.call(document.querySelectorAll("nav.views button"), function (b) {
+      b.setAttribute("aria-selected", String(b.getAttribute("data-view") === name));
+      document.getElementById("view-" + b.getAttribute("data-view")).hidden = b.getAttribute("data-view") !== name;
+    });
+    document.dispatchEvent(new CustomEvent("leaderboard-view", { detail: name }));
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("nav.views button"), function (b) {
+    b.addEventListener("click", function () { showView(b.getAttribute("data-view")); });
+  });
 
   function el(name, attrs, parent, text) {
     var node = document.createElementNS(NS, name);
@@ -22,15 +36,21 @@
   }
   function xOf(run) { return axis === "hardware" ? run.hardwareFlops : run.modelFlops; }
   function onFrontier(run) { return axis === "hardware" ? run.hardwareFrontier : run.modelFrontier; }
-  function points() { return DATA.runs.filter(function (r) { return xOf(r) > 0 && r.bpb !== null; }); }
+  function yOf(run) {
+    if (!relative) return run.bpb;
+    return axis === "hardware" ? run.hardwareRelative : run.modelRelative;
+  }
+  function points() {
+    return DATA.runs.filter(function (r) { return xOf(r) > 0 && yOf(r) !== null && yOf(r) !== undefined; });
+  }
   function sci(x) { return x === null ? "n/a" : x.toExponential(2).replace("e+", "e"); }
 
   function extent(ps) {
     var xs = ps.map(function (r) { return Math.log10(xOf(r)); });
-    var ys = ps.map(function (r) { return r.bpb; });
+    var ys = ps.map(yOf);
     var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs);
     var y0 = Math.min.apply(null, ys), y1 = Math.max.apply(null, ys);
-    var px = Math.max(0.15, (x1 - x0) * 0.06), py = Math.max(0.01, (y1 - y0) * 0.08);
+    var px = Math.max(0.15, (x1 - x0) * 0.06), py = Math.max(relative ? 0.5 : 0.01, (y1 - y0) * 0.08);
     return { x0: x0 - px, x1: x1 + px, y0: y0 - py, y1: y1 + py };
   }
 
@@ -66,16 +86,21 @@
     }
     niceTicks(v.y0, v.y1, 6).forEach(function (y) {
       el("line", { x1: M.l, x2: M.l + pw, y1: sy(y), y2: sy(y), class: "major" }, grid);
-      el("text", { x: M.l - 8, y: sy(y) + 4, "text-anchor": "end", class: "tick" }, grid, y.toFixed(3));
+      el("text", { x: M.l - 8, y: sy(y) + 4, "text-anchor": "end", class: "tick" }, grid,
+        relative ? (y > 0 ? "+" : "") + y.toFixed(1) + "%" : y.toFixed(3));
     });
     el("rect", { x: M.l, y: M.t, width: pw, height: ph, class: "frame" }, svg);
     el("text", { x: M.l + pw / 2, y: H - 12, "text-anchor": "middle", class: "label" }, svg,
       DATA.axes[axis] + " (log scale; drag to zoom, double-click to reset)");
     el("text", { x: 16, y: M.t + ph / 2, "text-anchor": "middle", class: "label",
-      transform: "rotate(-90 16 " + (M.t + ph / 2) + ")" }, svg, DATA.quality + " (lower is better)");
+      transform: "rotate(-90 16 " + (M.t + ph / 2) + ")" }, svg, relative
+        ? DATA.quality + " vs the " + DATA.baseline.group + " law, % (lower is better)"
+        : DATA.quality + " (lower is better)");
     var plot = el("g", { "clip-path": "url(#plot-area)" }, svg);
     var frontier = ps.filter(onFrontier).sort(function (a, b) { return xOf(a) - xOf(b); });
-    if (frontier.length) {
+    if (relative) { // the baseline's own law: 0%
+      if (v.y0 < 0 && v.y1 > 0) el("line", { x1: M.l, x2: M.l + pw, y1: sy(0), y2: sy(0), class: "baseline" }, plot);
+    } else if (frontier.length) { // a staircase in BPB; in relative terms the frontier is only its points
       var d = "M" + sx(xOf(frontier[0])) + "," + sy(frontier[0].bpb);
       for (var i = 1; i < frontier.length; i++) {
         d += " H" + sx(xOf(frontier[i])) + " V" + sy(frontier[i].bpb);
@@ -84,7 +109,7 @@
       el("path", { d: d, class: "frontier" }, plot);
     }
     ps.forEach(function (r) {
-      var c = el("circle", { cx: sx(xOf(r)), cy: sy(r.bpb), r: onFrontier(r) ? 7 : 5,
+      var c = el("circle", { cx: sx(xOf(r)), cy: sy(yOf(r)), r: onFrontier(r) ? 7 : 5,
         class: onFrontier(r) ? "run on-frontier" : "run", "data-run": r.name, tabindex: 0 }, plot);
       c.addEventListener("mouseenter", function (ev) { show(r, ev); });
       c.addEventListener("focus", function () { var b = c.getBoundingClientRect(); show(r, { clientX: b.right, clientY: b.bottom }); });
@@ -117,6 +142,8 @@
     row(dl, "BPB", r.bpb.toFixed(4));
     row(dl, "hardware FLOPs", sci(r.hardwareFlops));
     row(dl, "model FLOPs", sci(r.modelFlops));
+    var rel = axis === "hardware" ? r.hardwareRelative : r.modelRelative;
+    if (rel !== null && rel !== undefined) row(dl, "vs baseline", (rel > 0 ? "+" : "") + rel.toFixed(2) + "%");
     if (onFrontier(r)) row(dl, "Pareto", "on the frontier");
     var links = document.createElement("span");
     if (r.wandb) links.appendChild(link(r.wandb, "W&B run"));
@@ -161,8 +188,21 @@
   document.addEventListener("click", function (ev) { if (!tip.contains(ev.target)) hide(); });
   document.addEventListener("keydown", function (ev) { if (ev.key === "Escape") hide(); });
   Array.prototype.forEach.call(document.querySelectorAll("input[name=x-axis]"), function (input) {
-    input.addEventListener("change", function () { axis = input.value; view = null; hide(); draw(); });
+    input.addEventListener("change", function () { axis = input.value; view = null; hide(); relativeState(); draw(); });
   });
+  var relBox = document.getElementById("relative"), relNote = document.getElementById("relative-note");
+  function relativeState() { // the toggle works where the baseline has a law on this axis
+    var b = DATA.baseline && DATA.baseline[axis];
+    relBox.disabled = !(b && b.law);
+    if (relBox.disabled) { relBox.checked = false; relative = false; }
+    relNote.textContent = !DATA.baseline ? "" : b && b.law
+      ? (relative ? "baseline " + DATA.baseline.group + " (" + DATA.baseline.fit + "): a=" + b.law.a.toPrecision(4) +
+        " b=" + b.law.b.toFixed(4) + " c=" + b.law.c.toFixed(4) : "")
+      : "(no baseline: " + (b ? b.reason : "none") + ")";
+  }
+  relBox.checked = relative = !!DATA.relative; // --relative: start there (relativeState undoes it without a law)
+  relBox.addEventListener("change", function () { relative = relBox.checked; view = null; hide(); relativeState(); draw(); });
+  relativeState();
 
   // ---- tables: click a header to sort (again: reverse), type to filter ----
   // Numbers as ranking.py writes them: 1,234 | 0.9400 | 3.323e+19 | 41.2% | durations 12.5s, 19m10s, 2h46m.
@@ -198,6 +238,7 @@
       });
     });
     var filter = document.getElementById(table.id + "-filter");
+    if (!filter) return; // the Scaling table sorts, and is redrawn in rank order at each forecast
     filter.addEventListener("input", function () {
       var q = filter.value.trim().toLowerCase();
       Array.prototype.forEach.call(body.rows, function (r) {

@@ -240,11 +240,20 @@ def forecast_band(group: GroupFit, x_star: float, points: int, confidence: float
     profile interval (what a chart draws as the band; none where the group has no interval)."""
     if group.law is None or points < 2:
         return []
+    smallest = group.points[0].x
+    start, stop = math.log(smallest), math.log(max(x_star, smallest * 1.01))
+    return band_at(group, [math.exp(start + (stop - start) * i / (points - 1)) for i in range(points)], confidence)
+
+
+def band_at(group: GroupFit, flops: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
+            ) -> list[dict[str, float | None]]:
+    """The group's law at each of `flops`, with its profile interval there (None where the group
+    has none; `high` None for an end only the constraints bound)."""
+    if group.law is None:
+        return []
     xs, ys = [p.x for p in group.points], [p.bpb for p in group.points]
-    start, stop = math.log(xs[0]), math.log(max(x_star, xs[0] * 1.01))
     band: list[dict[str, float | None]] = []
-    for i in range(points):
-        x = math.exp(start + (stop - start) * i / (points - 1))
+    for x in flops:
         low, high = (None, None)
         if group.interval is not None:
             low, high = forecast_interval(xs, ys, group.law, x, confidence)

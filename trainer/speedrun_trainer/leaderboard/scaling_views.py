@@ -164,6 +164,15 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None or not math.isfinite(x) else format(x, spec)
 
 
+def group_notes(g: GroupFit, listed: dict[str, bool]) -> str:
+    """The table's note: the too-few flag, parameters on a bound, and what Marin's site leaves out."""
+    notes = [g.flag] if g.flag else []
+    notes += [", ".join(g.at_bounds)] if g.at_bounds else []
+    if any(listed.values()) and not listed.get(g.name, False):  # Marin-scale data: say what the site hides
+        notes.append("not ranked on Marin's site (no run > 3e20 hardware FLOPs)")
+    return "; ".join(notes)
+
+
 def scaling_table(groups: list[GroupFit], listed: dict[str, bool], marin: dict[str, float | None], axis: str,
                   fit: str, x_star: float, confidence: float) -> Table:
     by_name = {g.name: g for g in groups}
@@ -184,11 +193,7 @@ def scaling_table(groups: list[GroupFit], listed: dict[str, bool], marin: dict[s
             overlap = "-" if g.interval is None else "none" if not ranks else (
                 f"all {others} others" if len(ranks) == others else _ranges(ranks))
             row += [interval, _fmt(marin.get(g.name), ".4f"), overlap]
-        notes = [g.flag] if g.flag else []
-        notes += [", ".join(g.at_bounds)] if g.at_bounds else []
-        if any(listed.values()) and not listed.get(g.name, False):  # Marin-scale data: say what the site hides
-            notes.append("not ranked on Marin's site (no run > 3e20 hardware FLOPs)")
-        rows.append([*row, "; ".join(notes)])
+        rows.append([*row, group_notes(g, listed)])
     numeric = [True, False, True, True, True, True, True, True] + ([True, True, False] if converged else []) + [False]
     how = (f"least-squares optimum (scipy least_squares, the site's bounds); interval: {INTERVAL_METHOD}"
            if converged else "Marin's site: its Levenberg-Marquardt recipe, 200 iterations, no interval")

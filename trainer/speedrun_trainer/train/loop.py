@@ -4,7 +4,8 @@
         -m speedrun_trainer.train --config run.json
 
 Trains the spec's GPT to its horizon (or until the target metric is reached), with gradient
-accumulation, DDP (NCCL on GPU, gloo on CPU), bf16 autocast on GPU and optional torch.compile.
+accumulation, DDP (NCCL on GPU, gloo on CPU), bf16 autocast (GPUs; CPUs with native bf16) and
+optional torch.compile.
 Checkpoints go to the run's storage every `checkpointEvery` steps and at the end; on start it
 resumes from the newest complete checkpoint, so a restarted pod (or torchrun worker restart)
 continues the step counter. The clock counts only the optimizer steps: evaluation,
@@ -45,6 +46,7 @@ from speedrun_trainer.train.optim import build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.train.runtime import (
     DeviceError,
     Dist,
+    autocast_dtype,
     cache_dir,
     entry_point,
     log,
@@ -114,8 +116,10 @@ class Trainer:
         check_device(job, env)
         if t.precision == "fp8":  # refuse where FP8 cannot run: never a silent bf16 run
             check_fp8(spec.resources.accelerator, env.device)
-        if t.precision != "fp32" and env.device.type != "cuda":
-            log(f"precision {t.precision}: no autocast on {env.device.type}; training in fp32")
+        if t.precision != "fp32":
+            dtype = autocast_dtype(env.device, t.precision)
+            log(f"precision {t.precision}: " + (f"{env.device.type} autocast in {str(dtype).removeprefix('torch.')}"
+                if dtype is not None else f"no native bf16 on this {env.device.type}; training in fp32"))
         self.plan = resolve(job, nodes=max(1, env.world_size // spec.resources.procs_per_node))
         self.storage = run_storage(job)
         endpoint = spec.storage.endpoint_url

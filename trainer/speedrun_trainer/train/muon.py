@@ -22,7 +22,7 @@ the Newton-Schulz iteration is one torch.compile'd graph per shape. Each iterati
 batched matmuls, two of them `baddbmm` with the scaling folded in (no separate multiplies and adds).
 `ns_dtype` is the dtype the iteration multiplies in: bf16 on CUDA (as modded-nanogpt and nanochat),
 fp32 elsewhere unless asked; the trainer asks for bf16 on CPUs that multiply bf16 natively
-(`native_bf16_matmul`: AVX512-BF16 or AMX), where it takes about half the time of fp32.
+(`runtime.native_bf16_matmul`: AVX512-BF16 or AMX), where it takes about half the time of fp32.
 
     opt = Muon(hidden_matrices, lr=0.02, momentum=0.95, weight_decay=0.0)
 """
@@ -34,22 +34,13 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.distributed as dist
 
+from speedrun_trainer.train.runtime import native_bf16_matmul
+
+__all__ = ["Muon", "native_bf16_matmul", "newton_schulz"]
+
 # Quintic Newton-Schulz coefficients from the Muon write-up: they push every singular value
 # into roughly [0.7, 1.2] in five steps, which trains as well as exact orthogonalization.
 _NS_COEFFS = (3.4445, -4.7750, 2.0315)
-
-
-def native_bf16_matmul(device: torch.device) -> bool:
-    """Whether `device` multiplies bf16 matrices natively: CUDA, or a CPU with AVX512-BF16 or AMX
-    (oneDNN's check; there a bf16 matmul runs about twice as fast as fp32)."""
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
 
 
 def newton_schulz(grad: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> torch.Tensor:

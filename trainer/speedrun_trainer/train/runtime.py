@@ -80,11 +80,41 @@ def teardown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA for bf16 and fp8 (whose FP8 layers are torchao's, train/fp8.py); fp32 elsewhere."""
+def native_bf16_matmul(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices natively: CUDA, or a CPU with AVX512-BF16 or AMX
+    (oneDNN's check of the CPU's capability flags; there a bf16 matmul runs about twice as fast as fp32).
+    Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The dtype `precision` runs matmuls in on `device` (None: fp32, no autocast).
+
+    bf16 on CUDA for bf16 and fp8 (whose FP8 layers are torchao's, train/fp8.py); bf16 on CPUs
+    that multiply it natively (`native_bf16_matmul`) for bf16, as torch's CPU autocast does it:
+    matmuls, linear and attention in bf16, norms, softmax, the loss and the weights in fp32.
+    A CPU without native bf16 would emulate it, slower than fp32: there bf16 trains in fp32.
+    """
     if device.type == "cuda" and precision in ("bf16", "fp8"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return torch.bfloat16
+    if device.type == "cpu" and precision == "bf16" and native_bf16_matmul(device):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """`torch.autocast` in `autocast_dtype(device, precision)`, or a no-op where that is fp32."""
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def resolve_compile(setting: bool | None, device: torch.device) -> bool:

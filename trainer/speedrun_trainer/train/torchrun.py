@@ -12,6 +12,11 @@ worth retrying. This wrapper:
 3. when torchrun fails and that file says why, prints the error as the last log line (the pod's
    termination message) and exits 2; any other failure exits 1, as torchrun does.
 
+In an Indexed Job's pod (JOB_COMPLETION_INDEX set), the agent of index 0 hosts the c10d store and
+the others never do (`is_host` added to `--rdzv-conf`, `with_rendezvous_host`): torch would
+otherwise decide by resolving the endpoint's name and comparing it with its own addresses, a
+lookup that races the headless Service's EndpointSlice.
+
 With `SPEEDRUN_DIE_WITH_PARENT=1` (`speedrun run` sets it; pods need not), the agent and its
 workers ask Linux for SIGTERM when their parent dies (`die_with_parent`), so even a SIGKILLed
 `speedrun run` or agent leaves no orphan training processes.
@@ -30,6 +35,7 @@ from pathlib import Path
 from speedrun_api.manifest import EXIT_INVALID
 
 CONFIG_ERROR_FILE_ENV = "SPEEDRUN_CONFIG_ERROR_FILE"
+COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in an Indexed Job's pods
 DIE_WITH_PARENT_ENV = "SPEEDRUN_DIE_WITH_PARENT"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -57,6 +63,27 @@ def config_path(argv: list[str]) -> str | None:
     return None
 
 
+def with_rendezvous_host(argv: list[str], completion_index: str | None) -> list[str]:
+    """torchrun's arguments with `is_host=true|false` in `--rdzv-conf`: index 0 hosts the store.
+
+    Unchanged outside an Indexed Job, for other rendezvous backends, or when `is_host` is given."""
+    if completion_index is None or not completion_index.strip().isdigit():
+        return list(argv)
+    options = argv[: next((i for i, a in enumerate(argv) if a == "-m" or not a.startswith("-")), len(argv))]
+    if not any(a.replace("_", "-") in ("--rdzv-backend=c10d",) for a in options):
+        return list(argv)
+    is_host = f"is_host={'true' if int(completion_index) == 0 else 'false'}"
+    out = list(argv)
+    for i, arg in enumerate(options):
+        key, _, value = arg.partition("=")
+        if key.replace("_", "-") == "--rdzv-conf":
+            if "is_host=" in value:
+                return out
+            out[i] = f"{key}={value},{is_host}" if value else f"{key}={is_host}"
+            return out
+    return [f"--rdzv-conf={is_host}", *out]
+
+
 def report_config_error(message: str) -> None:
     """Called by a worker before it exits with EXIT_INVALID."""
     path = os.environ.get(CONFIG_ERROR_FILE_ENV)
@@ -81,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
+
+    argv = with_rendezvous_host(argv, os.environ.get(COMPLETION_INDEX_ENV))
 
     with tempfile.TemporaryDirectory(prefix="speedrun-torchrun-") as tmp:
         error_file = Path(tmp) / "config-error"

@@ -1,0 +1,85 @@
+"""The operator's periodic work, without kopf timers: the safety-net resync and the progress scrape.
+
+Why not `@kopf.timer`: kopf puts a finalizer on every object a timer or daemon runs for (kopf's
+on.py registers them with `requires_finalizer=True`), and only a running operator removes it.
+With the operator uninstalled, scaled to zero or crash-looping, `kubectl delete namespace` would
+then hang on every SpeedrunJob in it. The operator needs no finalizer otherwise (its children go
+by ownerReference garbage collection; the delete handler is optional), so the periodic work is
+one thread per operator instead, started once this replica leads (setup.elect):
+
+- every `progress_interval` seconds: one LIST of SpeedrunJobs per served namespace (one for the
+  whole cluster), and rank 0's metrics scraped into status.progress for those Training;
+- every `resync_interval` seconds: the same reconcile as every other trigger, for each
+  SpeedrunJob not yet finished (a missed Job event is caught here).
+
+kopf then keeps no finalizer, and removes its old one from SpeedrunJobs an earlier version
+marked. A failing call is logged and retried at the next tick; the thread never dies of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import kopf
+
+from speedrun_api.status import TERMINAL_PHASES
+from speedrun_operator import kube
+from speedrun_operator.handlers import reconcile, scrape
+from speedrun_operator.handlers.setup import OperatorContext
+
+
+class Periodic:
+    def __init__(self, ctx: OperatorContext, logger: logging.Logger) -> None:
+        self.ctx, self.logger = ctx, logger
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="speedrun-periodic", daemon=True)
+
+    def start(self) -> Periodic:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        settings = self.ctx.settings
+        now = time.monotonic()
+        next_progress, next_resync = now + settings.progress_interval, now + settings.resync_interval
+        while not self._stop.wait(max(0.0, min(next_progress, next_resync) - time.monotonic())):
+            now = time.monotonic()
+            resync, progress = now >= next_resync, now >= next_progress
+            if resync:
+                next_resync = now + settings.resync_interval
+            if progress:
+                next_progress = now + settings.progress_interval
+            try:
+                self.tick(resync=resync, progress=progress)
+            except Exception as err:  # the next tick retries; the thread must outlive any one failure
+                self.logger.warning(f"periodic work failed: {type(err).__name__}: {err}")
+
+    def speedrunjobs(self) -> list[dict[str, Any]]:
+        namespaces: tuple[str | None, ...] = self.ctx.settings.namespaces or (None,)
+        return [body for ns in namespaces for body in self.ctx.client.list(kube.SPEEDRUNJOB, ns)]
+
+    def tick(self, *, resync: bool, progress: bool) -> None:
+        for body in self.speedrunjobs():
+            if self._stop.is_set():
+                return
+            meta, phase = body["metadata"], (body.get("status") or {}).get("phase")
+            if meta.get("deletionTimestamp"):
+                continue
+            namespace, name = meta["namespace"], meta["name"]
+            try:
+                if progress and phase == "Training":
+                    scrape.follow_progress(self.ctx, namespace, name, body.get("spec") or {}, self.logger)
+                if resync and phase not in TERMINAL_PHASES:
+                    reconcile.reconcile(self.ctx, namespace, name, "resync", self.logger)
+            except (kopf.PermanentError, kopf.TemporaryError) as err:
+                self.logger.debug(f"[{namespace}/{name}] resync: {err}")
+            except kube.KubeError as err:
+                self.logger.warning(f"[{namespace}/{name}] periodic work failed: {err}")

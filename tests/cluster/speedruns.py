@@ -1,0 +1,184 @@
+"""Real speedruns on the control plane: one namespace, S3 and chart operator per test module.
+
+The fault tests of issue 12 (rendezvous under start-up skew, gang restart, Job TTL and
+conditions) each need what tests/test_cluster_e2e.py sets up for itself: moto's S3 on the pod
+network, the chart installed into the module's own namespace, the operator run with the chart's
+ServiceAccount token, and helpers to follow a SpeedrunJob and read its Jobs, pods and checkpoints.
+`speedrun_env(...)` yields a `Speedruns` holding all of it; every wait is on a condition with a
+generous timeout (the machine is shared), never a sleep of fixed length.
+
+    @pytest.fixture(scope="module")
+    def runs(control_plane, kube_nodes, pod_net, tmp_path_factory):
+        with speedrun_env(control_plane, kube_nodes, pod_net, tmp_path_factory, "speedruns-gang") as env:
+            yield env
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from speedrun_trainer.cli.launch import free_port
+from tests.cluster.api import ApiError
+from tests.cluster.chart import ChartOperator, chart_operator, install_chart
+from tests.cluster.control_plane import ControlPlane
+from tests.cluster.network import NamespaceNetwork, PodNetwork
+from tests.cluster.node_agent import NodeAgent
+from tests.conftest import S3_CREDENTIALS
+from tests.helpers import tiny_manifest
+
+S3_SECRET = "speedrun-s3"
+BUCKET = "runs"
+TIMEOUT = 300.0
+INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+@dataclass
+class Speedruns:
+    cp: ControlPlane
+    nodes: NodeAgent
+    namespace: str
+    s3: str
+    operator: ChartOperator
+
+    @property
+    def srj_path(self) -> str:
+        return f"/apis/speedrun.dev/v1alpha1/namespaces/{self.namespace}/speedrunjobs"
+
+    def manifest(self, name: str, steps: int, every: int, **changes: Any) -> dict[str, Any]:
+        doc = tiny_manifest(**{"spec.train.steps": steps, "spec.train.checkpointEvery": every,
+                               "spec.train.evalEvery": 1000, **changes})  # fmt: skip
+        doc["metadata"] = {"name": name, "namespace": self.namespace}
+        doc["spec"]["storage"] = {"uri": f"s3://{BUCKET}/{name}", "endpointUrl": self.s3,
+                                  "secretRef": {"name": S3_SECRET}}  # fmt: skip
+        return doc
+
+    def create(self, doc: dict[str, Any]) -> None:
+        self.cp.admin.create(self.srj_path, doc)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.cp.admin.get(f"{self.srj_path}/{name}") or {}).get("status") or {}
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        return self.cp.admin.get(f"/apis/batch/v1/namespaces/{self.namespace}/jobs/{name}")
+
+    def pods(self, job: str) -> list[dict[str, Any]]:
+        found = self.cp.admin.list(f"/api/v1/namespaces/{self.namespace}/pods",
+                                   labels=f"batch.kubernetes.io/job-name={job}")  # fmt: skip
+        return sorted(found, key=lambda p: p["metadata"]["creationTimestamp"] + p["metadata"]["name"])
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        found = self.cp.admin.list(f"/api/v1/namespaces/{self.namespace}/events", fields=f"involvedObject.name={name}")
+        return [e for e in found if e["involvedObject"]["kind"] == "SpeedrunJob"]
+
+    def saved_steps(self, name: str) -> list[int]:
+        listing = s3_client(self.s3).list_objects_v2(Bucket=BUCKET, Prefix=f"{name}/checkpoints/").get("Contents")
+        return sorted(int(m[1]) for o in listing or [] if (m := re.search(r"meta_(\d+)\.json$", o["Key"])))
+
+    def wait_for(self, predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+        deadline = time.monotonic() + timeout
+        while not (value := predicate()):
+            self.nodes.check()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}\n{self.nodes.log_tails()}")
+            time.sleep(0.2)
+        return value
+
+    def follow(self, name: str, until: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """Wait for phase `until`; fail at once on another terminal phase."""
+
+        def reached() -> dict[str, Any] | None:
+            status = self.status(name)
+            if status.get("phase") == "Failed" and until != "Failed":
+                raise AssertionError(f"{name}: waiting for {until}, got {status}\n{self.nodes.log_tails()}")
+            return status if status.get("phase") == until else None
+
+        return self.wait_for(reached, f"{name} {until}", timeout)
+
+
+def s3_client(url: str) -> Any:
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")  # fmt: skip
+
+
+@contextlib.contextmanager
+def speedrun_env(
+    cp: ControlPlane, nodes: NodeAgent, pod_net: PodNetwork, tmp: pytest.TempPathFactory, namespace: str,
+    values: dict[str, str] | None = None,
+) -> Iterator[Speedruns]:  # fmt: skip
+    """S3 on the pod network + the chart in `namespace` + its operator; drained on exit."""
+    if not isinstance(pod_net, NamespaceNetwork):
+        pytest.skip(f"real speedruns on the control plane need per-pod network namespaces: {pod_net.reason}")
+    server = ThreadedMotoServer(ip_address=pod_net.host_ip, port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    s3_client(url).create_bucket(Bucket=BUCKET)
+    try:
+        chart_values = {"operator.progressInterval": "1", "operator.resyncInterval": "5", **(values or {})}
+        release = install_chart(cp, namespace, namespace, chart_values)
+        cp.namespace(namespace)
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET}, "type": "Opaque",
+                  "data": {k: base64.b64encode(S3_CREDENTIALS[k].encode()).decode()
+                           for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
+        cp.admin.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
+        overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
+        with chart_operator(cp, release, tmp.mktemp("operator"), **overrides) as op:
+            env = Speedruns(cp, nodes, namespace, url, op)
+            yield env
+            cp.drain(namespace, env.srj_path)  # while the operator runs: it releases its finalizers
+        assert op.forbidden() == [], "the chart's RBAC refused the operator"
+    finally:
+        server.stop()
+
+
+class JobRecorder:
+    """Every version of the namespace's batch Jobs, as a watch delivers them (a background thread).
+
+    `versions(name)` lists (event type, Job) in order; `uids(name)` the distinct Jobs of that
+    name ever seen: a re-created Job shows up even if it lived for a moment only."""
+
+    def __init__(self, cp: ControlPlane, namespace: str) -> None:
+        self.cp, self.path = cp, f"/apis/batch/v1/namespaces/{namespace}/jobs"
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"jobs-{namespace}", daemon=True)
+
+    def __enter__(self) -> JobRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=20)
+
+    def _run(self) -> None:
+        version = ""
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, ValueError, ApiError):
+                for kind, job in self.cp.admin.watch(self.path, resource_version=version, timeout_seconds=5):
+                    if kind == "ERROR":  # e.g. 410 Gone: the version expired; list afresh
+                        version = ""
+                        break
+                    self.seen.append((kind, job))
+                    version = job["metadata"]["resourceVersion"]
+
+    def versions(self, name: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(k, j) for k, j in list(self.seen) if j["metadata"]["name"] == name]
+
+    def uids(self, name: str) -> list[str]:
+        return list(dict.fromkeys(j["metadata"]["uid"] for _, j in self.versions(name)))
+
+
+def true_conditions(job: dict[str, Any]) -> list[str]:
+    return [c["type"] for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]

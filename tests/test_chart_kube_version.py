@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from speedrun_api.manifest import load_job
+from speedrun_api.manifest import load_job, parse_job
 from speedrun_operator import labels as L
 from speedrun_operator.builders import build_all
 from speedrun_operator.settings import OperatorSettings
@@ -79,10 +79,19 @@ def present(node: Any, path: str) -> bool:
 
 
 def created_objects() -> list[dict[str, Any]]:
+    """What the operator creates for every example, and for each as an elastic run too (minNodes/
+    maxNodes: the training Job gets a successPolicy), since users set what no example does."""
     crd = yaml.safe_load((CHART / "crds" / "speedrunjob.yaml").read_text())
     objects = [{**crd, "kind": "CRD"}]
     for example in EXAMPLES:
         objects += build_all(load_job(example), OperatorSettings())
+        manifest = yaml.safe_load(example.read_text())
+        resources = manifest["spec"]["resources"]
+        nodes = resources.get("nodes") or 1
+        if nodes >= 2:
+            del resources["nodes"]
+            resources.update(minNodes=1, maxNodes=nodes)
+            objects += build_all(parse_job(manifest), OperatorSettings())
     return objects
 
 
@@ -108,6 +117,7 @@ def test_the_chart_floor_covers_every_field_the_operator_sends() -> None:
     needed = required_floor(created_objects())
     needed.update({f"label {k}: {why}": minor for k, (minor, why) in USED_LABELS.items()})
     assert any(key.startswith("Job spec.podFailurePolicy") for key in needed), "the walk found no Job field"
+    assert any(key.startswith("Job spec.successPolicy") for key in needed), "no elastic run was rendered"
     floor = chart_floor()
     too_new = {k: f"1.{v}" for k, v in needed.items() if v > floor}
     assert not too_new, f"Chart.yaml kubeVersion >=1.{floor} but the operator sends: {too_new}"

@@ -135,7 +135,9 @@ def test_killing_the_active_replica_hands_over_without_duplicating_children(
 
             apply(kubectl, "ha-two")
             wait(lambda: all_children(cp, "ha-two"), "the children of ha-two from the new active replica")
-            assert reconciled(standby)
+            # The children may come from the new replica's resync before its create handler has run
+            # (both reconcile): wait for the handler rather than assume the order.
+            wait(lambda: reconciled(standby), "the new active replica's create handler")
             # The new active replica resumed ha-one: the same children, none re-created.
             wait(lambda: "ha-one" in standby.log(), "the new active replica to resume ha-one")
             assert children(cp, "ha-one") == first
@@ -148,6 +150,6 @@ def test_killing_the_active_replica_hands_over_without_duplicating_children(
             creates = wait(lambda: (lambda c: c if all(k in c for k in expected) else None)(
                 successful_creates(cp.audit_log, user)), "the creates in the audit log")  # fmt: skip
             assert {k: creates[k] for k in expected} == dict.fromkeys(expected, 1), creates
-            cp.drain(NAMESPACE, SRJ_PATH, timeout=120)  # while a replica runs: it releases the finalizers
+            cp.drain(NAMESPACE, SRJ_PATH, timeout=120)
     finally:
         kube_nodes.release("ha-")

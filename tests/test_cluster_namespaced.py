@@ -58,7 +58,7 @@ def tenant_operator(
     overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
     with chart_operator(cp, release, tmp_path_factory.mktemp("tenant-operator"), **overrides) as op:
         yield op
-        cp.drain(NAMESPACE, SRJ_PATH)  # while the operator runs: it releases its finalizers
+        cp.drain(NAMESPACE, SRJ_PATH)
     assert op.forbidden() == [], "the namespaced chart's RBAC refused the operator"
 
 

@@ -51,7 +51,7 @@ def operator(
     overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
     with chart_operator(control_plane, release, tmp_path_factory.mktemp("operator"), **overrides) as op:
         yield op
-        control_plane.drain(NAMESPACE, SRJ_PATH)  # while the operator runs: it releases its finalizers
+        control_plane.drain(NAMESPACE, SRJ_PATH)
     assert op.forbidden() == [], "the chart's RBAC refused the operator"
 
 

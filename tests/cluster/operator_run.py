@@ -5,8 +5,8 @@
         served.phase("name"), served.condition("name", "Training"), served.events("name")
 
 `helm install` (chart.py) with the chart values the operator tier uses, then the operator run
-with the release's ServiceAccount token; on exit the SpeedrunJobs are drained while the operator
-still runs (it releases its finalizers) and a request the chart's RBAC refused fails the test.
+with the release's ServiceAccount token; on exit the SpeedrunJobs are drained, and a request the
+chart's RBAC refused fails the test.
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def speedrun_env(
         with chart_operator(cp, release, tmp.mktemp("operator"), **overrides) as op:
             env = Speedruns(cp, nodes, namespace, url, op)
             yield env
-            cp.drain(namespace, env.srj_path)  # while the operator runs: it releases its finalizers
+            cp.drain(namespace, env.srj_path)
         assert op.forbidden() == [], "the chart's RBAC refused the operator"
     finally:
         server.stop()

@@ -302,11 +302,11 @@ OPERATOR_VERBS: dict[kube.Kind, set[str]] = {
     kube.CONFIGMAP: {"get", "create", "patch"},
     kube.SERVICE: {"get", "create", "patch"},
     kube.POD: {"get", "list"},
+    kube.EVENT: {"create"},
 }
 EXTRA_VERBS = {
     ("speedrun.dev", "speedrunjobs/status"): {"patch"},
     ("speedrun.dev", "speedrunjobs/finalizers"): {"update"},
-    ("", "events"): {"create"},
 }
 
 

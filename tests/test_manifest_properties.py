@@ -162,7 +162,8 @@ class FakeClient:
 
     def create(self, kind: kube.Kind, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         json.loads(strict_json(body))  # what goes to the API server is strict JSON
-        self.objects[(kind.kind, body["metadata"]["name"])] = body
+        meta = body["metadata"]
+        self.objects[(kind.kind, meta.get("name") or meta["generateName"])] = body  # an Event: generateName
         return body
 
     def patch(self, kind: kube.Kind, namespace: str | None, name: str, patch: dict[str, Any], **kw: Any) -> Any:
@@ -195,11 +196,6 @@ def _operator_reconcile(doc: dict[str, Any]) -> None:
         return
     assert valid, "the operator ran a spec the CLI refuses"
     assert status.phase in ("Pending", "Queued", "Suspended") and client.status_patches
-
-
-@pytest.fixture(autouse=True)
-def _no_kopf_events(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
 
 
 @seed(15)

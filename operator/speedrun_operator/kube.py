@@ -45,8 +45,9 @@ CONFIGMAP = Kind("v1", "configmaps", "ConfigMap")
 SERVICE = Kind("v1", "services", "Service")
 POD = Kind("v1", "pods", "Pod")
 JOB = Kind("batch/v1", "jobs", "Job")
+EVENT = Kind("v1", "events", "Event")
 SPEEDRUNJOB = Kind(f"{API_GROUP}/{API_VERSION}", PLURAL, "SpeedrunJob")
-KINDS = {k.kind: k for k in (CONFIGMAP, SERVICE, POD, JOB, SPEEDRUNJOB)}
+KINDS = {k.kind: k for k in (CONFIGMAP, SERVICE, POD, JOB, EVENT, SPEEDRUNJOB)}
 
 
 class KubeError(Exception):

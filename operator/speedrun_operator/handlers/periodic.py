@@ -18,7 +18,6 @@ marked. A failing call is logged and retried at the next tick; the thread never 
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import time
@@ -36,13 +35,7 @@ class Periodic:
     def __init__(self, ctx: OperatorContext, logger: logging.Logger) -> None:
         self.ctx, self.logger = ctx, logger
         self._stop = threading.Event()
-        # kopf.event (a phase change a resync finds, such as a start-up deadline passing) reads
-        # kopf's context variables (its settings and its event queue): the thread runs in a copy of
-        # the context it is made in, the startup handler's, where kopf has set them.
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(
-            target=context.run, args=(self._run,), name="speedrun-periodic", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="speedrun-periodic", daemon=True)
 
     def start(self) -> Periodic:
         self._thread.start()

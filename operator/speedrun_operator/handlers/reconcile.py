@@ -26,7 +26,7 @@ import kopf
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339, read_status
-from speedrun_operator import builders, kube, lifecycle, metrics, startup
+from speedrun_operator import builders, events, kube, lifecycle, metrics, startup
 from speedrun_operator import labels as L
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
 from speedrun_operator.handlers.setup import OperatorContext
@@ -247,7 +247,7 @@ def _write(
     metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], new.phase)
     metrics.record_restarts(new.restarts - current.restarts)
     if transition is not None:
-        kopf.event(body, type=transition.type, reason=transition.reason, message=transition.message)
+        events.post(ctx.client, body, transition.type, transition.reason, transition.message)
         if new.phase == "Failed":
             metrics.record_failure(transition.reason)
     return new
@@ -262,7 +262,7 @@ def on_spec_change(ctx: OperatorContext, namespace: str, name: str, diff: Any, s
         body = ctx.client.get(kube.SPEEDRUNJOB, namespace, name)
         if body is not None:
             message = f"{', '.join(ignored)}: {IMMUTABLE_NOTE}"
-            kopf.event(body, type="Warning", reason="SpecChangeIgnored", message=message)
+            events.post(ctx.client, body, "Warning", "SpecChangeIgnored", message)
 
 
 def ignored_spec_changes(diff: Any) -> list[str]:

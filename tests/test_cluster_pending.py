@@ -3,7 +3,9 @@
 The scheduler is Kubernetes' own (a GPU request larger than any node stays Unschedulable), the
 node agent plays the kubelet (a refused pod waits with ErrImagePull as a broken image does, a pod
 whose Secret is missing waits with CreateContainerConfigError, a held pod waits with
-ContainerCreating as in a slow image pull). The operator is the chart's, under its RBAC
+ContainerCreating as in a slow image pull); a ResourceQuota, enforced by the apiserver's own
+admission and the controller-manager's quota controller, keeps the Job controller from creating
+pods. The operator is the chart's, under its RBAC
 (tests/cluster/operator_run.py). Run: `pytest -m cluster tests/test_cluster_pending.py`.
 """
 
@@ -115,3 +117,19 @@ def test_one_ready_pod_of_two_is_not_training(served: ServedNamespace, kube_node
         kube_nodes.release("half-train-1-")
     wait(lambda: "Running" in reasons(served, "half"), "the Training event once both pods run")
     served.delete(kubectl, "half")
+
+
+def test_pods_the_job_controller_cannot_create_show_its_failed_create(
+    served: ServedNamespace, kubectl: Kubectl
+) -> None:
+    quotas = f"/api/v1/namespaces/{served.namespace}/resourcequotas"
+    served.cp.admin.create(quotas, {"apiVersion": "v1", "kind": "ResourceQuota",
+                                    "metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}})  # fmt: skip
+    try:
+        served.apply(kubectl, served.manifest("overquota"))
+        shown = wait(lambda: waiting_reason(served, "overquota", "FailedCreate"), "reason FailedCreate")
+        assert "exceeded quota: no-pods" in shown["message"] and "job overquota-train" in shown["message"], shown
+        assert shown["message"].startswith("0 of 2 training pods ready") and served.phase("overquota") == "Pending"
+    finally:
+        served.cp.admin.delete(f"{quotas}/no-pods")
+    served.delete(kubectl, "overquota")

@@ -295,14 +295,14 @@ def group_of(kind: kube.Kind) -> str:
 # what the chart grants: kopf watches and patches (finalizer, annotations) the SpeedrunJobs; the
 # reconcile gets/creates/patches (adopts, suspends) the children and watches the Jobs' events;
 # pods are only listed; a gang restart deletes the failed attempt's training Job (everything else
-# goes by ownerReferences); Events are posted.
+# goes by ownerReferences); Events are posted, and a training Job's are listed (FailedCreate).
 OPERATOR_VERBS: dict[kube.Kind, set[str]] = {
     kube.SPEEDRUNJOB: {"get", "list", "watch", "patch"},
     kube.JOB: {"get", "list", "watch", "create", "patch", "delete"},
     kube.CONFIGMAP: {"get", "create", "patch"},
     kube.SERVICE: {"get", "create", "patch"},
     kube.POD: {"get", "list"},
-    kube.EVENT: {"create"},
+    kube.EVENT: {"create", "list"},
 }
 EXTRA_VERBS = {
     ("speedrun.dev", "speedrunjobs/status"): {"patch"},

@@ -157,7 +157,7 @@ class FakeClient:
     def get(self, kind: kube.Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
         return self.objects.get((kind.kind, name))
 
-    def list(self, kind: kube.Kind, namespace: str | None, labels: dict[str, str] | None = None) -> list[Any]:
+    def list(self, kind: kube.Kind, namespace: str | None, *selectors: Any, **kw: Any) -> list[Any]:
         return []
 
     def create(self, kind: kube.Kind, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:

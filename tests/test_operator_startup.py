@@ -58,6 +58,27 @@ def test_the_message_names_the_pod_and_keeps_the_schedulers_words() -> None:
     assert found is not None and found.describe() == "Unschedulable: pod j-train-1-abcde: 0/3 nodes are available"
 
 
+def test_missing_pods_counts_live_pods_against_the_jobs_parallelism() -> None:
+    job = {"spec": {"parallelism": 2}}
+    assert startup.missing_pods(job, [pod(0, "Running")])
+    going = pod(1)
+    going["metadata"]["deletionTimestamp"] = NOW
+    assert startup.missing_pods(job, [pod(0, "Running"), going])
+    assert not startup.missing_pods(job, [pod(0, "Running"), pod(1)])
+
+
+def test_the_job_controllers_last_failed_create_is_the_reason() -> None:
+    def event(reason: str, message: str, at: str, type_: str = "Warning") -> dict[str, Any]:
+        return {"type": type_, "reason": reason, "message": message, "lastTimestamp": at,
+                "involvedObject": {"kind": "Job", "name": "j-train"}}  # fmt: skip
+
+    assert startup.creation_failure([event("SuccessfulCreate", "Created pod: j-train-0", NOW, "Normal")]) is None
+    quota = 'Error creating: pods "j-train-1-x" is forbidden: exceeded quota: gpus, requested: pods=1'
+    found = startup.creation_failure([event("FailedCreate", quota, "2026-01-01T00:59:00Z"),
+                                      event("FailedCreate", "an older refusal", "2026-01-01T00:10:00Z")])  # fmt: skip
+    assert found == startup.PodsWaiting("FailedCreate", f"job j-train: {quota}", True)
+
+
 @pytest.mark.parametrize(
     ("job", "overdue"),
     [

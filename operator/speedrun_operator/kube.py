@@ -133,8 +133,13 @@ class KubeClient:
         except NotFound:
             return None
 
-    def list(self, kind: Kind, namespace: str | None, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def list(
+        self, kind: Kind, namespace: str | None, labels: dict[str, str] | None = None,
+        fields: dict[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
         query = [("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items()))] if labels else []
+        if fields:
+            query.append(("fieldSelector", ",".join(f"{k}={v}" for k, v in fields.items())))
         return list(self._call("GET", kind.path(namespace), query=query).get("items") or [])
 
     def create(self, kind: Kind, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,10 @@ the scheduler's and the kubelet's own, read from the pods' status:
 - `PodScheduled=False` with its reason (Unschedulable, SchedulingGated) and the scheduler's message
   ("0/3 nodes are available: 1 Insufficient nvidia.com/gpu ...");
 - a container waiting with a reason other than the normal ContainerCreating/PodInitializing
-  (ErrImagePull, ImagePullBackOff, CreateContainerConfigError, InvalidImageName, ...).
+  (ErrImagePull, ImagePullBackOff, CreateContainerConfigError, InvalidImageName, ...);
+- pods that do not exist at all because the Job controller cannot create them (a ResourceQuota
+  exceeded, a pod admission webhook or policy refusing them): no pod carries a status then, so
+  the reason is the Job controller's `FailedCreate` Warning Event on the Job, with its message.
 
 The run is training only once its rendezvous can form: every pod ready (the minimum node count
 of an elastic run). Until then the phase stays Pending, and after `runPolicy.startupDeadlineSeconds`
@@ -73,6 +76,22 @@ def pods_waiting(pods: list[dict[str, Any]]) -> PodsWaiting | None:
     found = [w for p in sorted(active, key=_index) if (w := _pod_waiting(p)) is not None]
     problems = [w for w in found if w.problem]
     return (problems or found or [None])[0]
+
+
+def missing_pods(job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """Fewer live pods than the Job runs at once: the Job controller has not created them all."""
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    return len(live) < int((job.get("spec") or {}).get("parallelism") or 1)
+
+
+def creation_failure(job_events: list[dict[str, Any]]) -> PodsWaiting | None:
+    """The Job controller's last `FailedCreate` Event (pods it could not create), if any."""
+    failed = [e for e in job_events if e.get("reason") == "FailedCreate" and e.get("type") == "Warning"]
+    if not failed:
+        return None
+    last = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    job = (last.get("involvedObject") or {}).get("name", "")
+    return PodsWaiting("FailedCreate", f"job {job}: {last.get('message') or 'pods could not be created'}", True)
 
 
 def _parse_time(value: str) -> datetime.datetime:

@@ -47,6 +47,7 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "node-lifecycle-controller",
     "pod-garbage-collector-controller",
+    "resourcequota-controller",
 )
 SERVICE_CIDR = "10.0.0.0/24"
 ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -143,7 +143,10 @@ def _observe(
     now = now_rfc3339()
     if train.phase in ("Pending", "Running") and train.ready + train.succeeded < lo and not current.start_time:
         # Never trained yet: why the pods are not all running, and whether start-up took too long.
-        waiting = startup.pods_waiting(_pods(client, namespace, name, L.ROLE_TRAIN))
+        pods = _pods(client, namespace, name, L.ROLE_TRAIN)
+        waiting = startup.pods_waiting(pods)
+        if (waiting is None or not waiting.problem) and startup.missing_pods(train_job, pods):
+            waiting = startup.creation_failure(_job_events(client, train_job)) or waiting
         deadline = policy.startup_deadline_seconds
         if startup.startup_overdue(train_job, deadline, now):
             startup_failure = startup.startup_failure(deadline, waiting, train.ready, lo)
@@ -227,6 +230,14 @@ def _held_back(client: kube.KubeClient, policy: Any, namespace: str, job_name: s
     """With a queue, Kueue owns the Jobs' spec.suspend (it admits by writing false), so a user's
     runPolicy.suspend holds a Job back by not creating it; one already created is Kueue's."""
     return bool(policy.queue_name and policy.suspend) and client.get(kube.JOB, namespace, job_name) is None
+
+
+def _job_events(client: kube.KubeClient, job: dict[str, Any]) -> list[dict[str, Any]]:
+    meta = job["metadata"]
+    fields = {"involvedObject.kind": "Job", "involvedObject.name": meta["name"]}
+    if meta.get("uid"):  # this Job's, not a deleted attempt's of the same name
+        fields["involvedObject.uid"] = meta["uid"]
+    return client.list(kube.EVENT, meta["namespace"], fields=fields)
 
 
 def _pods(client: kube.KubeClient, namespace: str, name: str, role: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ otherwise. Run: `pytest -m cluster tests/test_cluster_e2e.py`.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
@@ -22,23 +23,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
-from tests.cluster import speedruns
-from tests.cluster.chart import ChartOperator
+from speedrun_trainer.cli.launch import free_port
+from tests.cluster.chart import ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.prometheus import Prometheus, prometheus_binary
-from tests.cluster.speedruns import s3_client
+from tests.conftest import S3_CREDENTIALS
 from tests.helpers import ROOT, tiny_manifest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 NAMESPACE = "speedruns-e2e"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
-S3_SECRET, BUCKET = speedruns.S3_SECRET, speedruns.BUCKET
+S3_SECRET = "speedrun-s3"
+BUCKET = "e2e"
 STEP_TIMEOUT = 240.0
 STEPS, CHECKPOINT_EVERY, BATCH, SEQ_LEN = 60, 20, 8, 64
 INDEX = "batch.kubernetes.io/job-completion-index"
@@ -46,22 +50,41 @@ PROMETHEUS_CONFIG = ROOT / "tests" / "data" / "prometheus" / "cluster.yml"
 
 
 @pytest.fixture(scope="module")
-def e2e_env(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, pod_net: PodNetwork, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[speedruns.Speedruns]:
-    """S3 on the pod network, the chart in NAMESPACE and its operator (tests/cluster/speedruns.py)."""
-    with speedruns.speedrun_env(control_plane, kube_nodes, pod_net, tmp_path_factory, NAMESPACE) as env:
-        yield env
+def s3_on_pod_network(pod_net: PodNetwork) -> Iterator[str]:
+    if not isinstance(pod_net, NamespaceNetwork):
+        pytest.skip(f"the cluster e2e needs per-pod network namespaces: {pod_net.reason}")
+    server = ThreadedMotoServer(ip_address=pod_net.host_ip, port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    client(url).create_bucket(Bucket=BUCKET)
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+def client(url: str) -> Any:
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def s3_on_pod_network(e2e_env: speedruns.Speedruns) -> str:
-    return e2e_env.s3
-
-
-@pytest.fixture(scope="module")
-def operator(e2e_env: speedruns.Speedruns) -> ChartOperator:
-    return e2e_env.operator
+def operator(
+    control_plane: ControlPlane, kube_nodes: NodeAgent, s3_on_pod_network: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChartOperator]:
+    values = {"operator.progressInterval": "1", "operator.resyncInterval": "5"}
+    release = install_chart(control_plane, "speedrun-e2e", NAMESPACE, values)
+    control_plane.namespace(NAMESPACE)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET}, "type": "Opaque",
+              "data": {k: base64.b64encode(S3_CREDENTIALS[k].encode()).decode()
+                       for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
+    control_plane.admin.create(f"/api/v1/namespaces/{NAMESPACE}/secrets", secret)
+    overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
+    with chart_operator(control_plane, release, tmp_path_factory.mktemp("operator"), **overrides) as op:
+        yield op
+        control_plane.drain(NAMESPACE, SRJ_PATH)
+    assert op.forbidden() == [], "the chart's RBAC refused the operator"
 
 
 def manifest(name: str, s3: str, steps: int = STEPS, every: int = CHECKPOINT_EVERY, **changes: Any) -> dict[str, Any]:
@@ -105,7 +128,7 @@ def test_two_node_speedrun_rendezvous_through_cluster_dns(
     # What a user sees: kubectl's table and the published results.
     row = kubectl.run("get", "srj", "tiny", "-n", NAMESPACE, "--no-headers").stdout.split()
     assert row[:3] == ["tiny", "Succeeded", "2"], row
-    info = json.loads(s3_client(s3_on_pod_network).get_object(Bucket=BUCKET, Key="tiny/speedrun_results.json")["Body"]
+    info = json.loads(client(s3_on_pod_network).get_object(Bucket=BUCKET, Key="tiny/speedrun_results.json")["Body"]
                       .read())["runs"][0]["run_info"]  # fmt: skip
     status = cp.admin.get(f"{SRJ_PATH}/tiny")["status"]
     assert status["results"]["bpb"] == info["eval/builtin://pydoc-topics/val/bpb"] and info["num_devices"] == 2
@@ -136,7 +159,7 @@ def pods_of(cp: ControlPlane, job: str) -> list[dict[str, Any]]:
 
 
 def saved_steps(s3: str, name: str) -> list[int]:
-    listing = s3_client(s3).list_objects_v2(Bucket=BUCKET, Prefix=f"{name}/checkpoints/").get("Contents") or []
+    listing = client(s3).list_objects_v2(Bucket=BUCKET, Prefix=f"{name}/checkpoints/").get("Contents") or []
     return sorted(int(m[1]) for o in listing if (m := re.search(r"meta_(\d+)\.json$", o["Key"])))
 
 
@@ -214,7 +237,7 @@ def test_failed_eval_pod_is_retried_and_results_are_published_once(
     assert [p["status"]["phase"] for p in pods] == ["Failed", "Succeeded"]
     job = cp.admin.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/retry-eval")["status"]
     assert (job["failed"], job["succeeded"]) == (1, 1)
-    keys = s3_client(s3_on_pod_network).list_objects_v2(Bucket=BUCKET, Prefix="retry/").get("Contents") or []
+    keys = client(s3_on_pod_network).list_objects_v2(Bucket=BUCKET, Prefix="retry/").get("Contents") or []
     assert [o["Key"] for o in keys if o["Key"].endswith("speedrun_results.json")] == ["retry/speedrun_results.json"]
     assert cp.admin.get(f"{SRJ_PATH}/retry")["status"].get("restarts", 0) == 0
 
@@ -310,7 +333,7 @@ def test_a_new_spec_on_an_old_runs_storage_fails_and_publishes_nothing(
     cp, s3 = control_plane, s3_on_pod_network
     kubectl.run("apply", "-f", "-", stdin=json.dumps(manifest("reuse", s3, 20, 10)))
     follow(cp, kube_nodes, "reuse", "Succeeded")
-    published = s3_client(s3).get_object(Bucket=BUCKET, Key="reuse/speedrun_results.json")["Body"].read()
+    published = client(s3).get_object(Bucket=BUCKET, Key="reuse/speedrun_results.json")["Body"].read()
 
     kubectl.run("delete", "srj", "reuse", "-n", NAMESPACE, "--wait=true", "--timeout=60s")
     wait_for(lambda: not pods_of(cp, "reuse-train") and not pods_of(cp, "reuse-eval"), "the old run's pods gone")
@@ -324,4 +347,4 @@ def test_a_new_spec_on_an_old_runs_storage_fails_and_publishes_nothing(
     assert "spec.train.optimizer.learningRate" in failed["message"], failed
     jobs = cp.admin.list(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", labels="speedrun.dev/job=reuse")
     assert [j["metadata"]["name"] for j in jobs] == ["reuse-train"]  # no eval Job: nothing published
-    assert s3_client(s3).get_object(Bucket=BUCKET, Key="reuse/speedrun_results.json")["Body"].read() == published
+    assert client(s3).get_object(Bucket=BUCKET, Key="reuse/speedrun_results.json")["Body"].read() == published

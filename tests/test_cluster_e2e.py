@@ -208,7 +208,10 @@ def test_operator_restart_mid_training_duplicates_nothing(
 
     operator.stop()
     try:
-        wait_for(lambda: saved_steps(s3_on_pod_network, "phoenix"), "a checkpoint without the operator")
+        try:
+            wait_for(lambda: saved_steps(s3_on_pod_network, "phoenix"), "a checkpoint without the operator")
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{kube_nodes.log_tails(80)}") from None
     finally:
         operator.start()
 

@@ -163,7 +163,9 @@ class FakeClient:
     def create(self, kind: kube.Kind, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         json.loads(strict_json(body))  # what goes to the API server is strict JSON
         meta = body["metadata"]
-        self.objects[(kind.kind, meta.get("name") or meta["generateName"])] = body  # an Event: generateName
+        name = meta.get("name") or meta["generateName"]  # an Event has generateName
+        body = {**body, "metadata": {**meta, "uid": f"uid-{kind.kind}-{name}"}}  # as the apiserver assigns
+        self.objects[(kind.kind, name)] = body
         return body
 
     def patch(self, kind: kube.Kind, namespace: str | None, name: str, patch: dict[str, Any], **kw: Any) -> Any:

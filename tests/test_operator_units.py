@@ -138,7 +138,7 @@ def test_a_repeated_observation_changes_nothing() -> None:
 def test_a_pod_failure_restarts_the_whole_group_counted_once() -> None:
     seen = replace(SEEN, max_restarts=2)
     running, _ = next_status(SpeedrunJobStatus(), replace(seen, train=JobState("Running", ready=2)))
-    crash = JobState("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit", failed=2)
+    crash = JobState("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
     restarted, event = next_status(running, replace(seen, now=LATER, train=crash))
     assert restarted.phase == "Training" and restarted.restarts == 1 and restarted.start_time == NOW
     assert event is not None and event.reason == "GangRestart" and "restart 1 of 2" in event.message

@@ -46,7 +46,8 @@ def _cel_regex(regex: str) -> str:
 
 
 def label_key_cel(var: str) -> str:
-    return f"{var}.matches({_cel_regex(LABEL_KEY_RE)}) && (!{var}.contains('/') || {var}.indexOf('/') <= 253)"
+    prefix = f"{var}.indexOf('/') <= {LABEL_KEY_PREFIX_MAX}"
+    return f"{var}.matches({_cel_regex(LABEL_KEY_RE)}) && (!{var}.contains('/') || {prefix})"
 
 
 Quantity = Annotated[

@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 from speedrun_api.status import TERMINAL_PHASES, Progress, Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
+from speedrun_operator import labels as L
 from speedrun_operator.startup import PodsWaiting
 
 JobPhase = Literal["Missing", "Replacing", "Suspended", "Pending", "Running", "Succeeded", "Failed"]
-ATTEMPT_LABEL = "speedrun.dev/attempt"  # labels.LABEL_ATTEMPT (this module imports no handler code)
 FAILED_TYPES = ("FailureTarget", "Failed")  # FailureTarget first (1.31+), Failed once pods are gone
 SUCCEEDED_TYPES = ("SuccessCriteriaMet", "Complete")
 
@@ -36,7 +36,6 @@ class JobState:
     phase: JobPhase
     reason: str = ""
     message: str = ""
-    failed: int = 0  # pods that failed so far
     ready: int = 0
     succeeded: int = 0
 
@@ -48,25 +47,25 @@ def job_state(job: dict[str, Any] | None) -> JobState:
     if job is None:
         return MISSING
     status = job.get("status") or {}
-    failed, ready, active = status.get("failed", 0), status.get("ready", 0), status.get("active", 0)
+    ready, active = status.get("ready", 0), status.get("active", 0)
     for cond in status.get("conditions") or []:
         if cond.get("status") != "True":
             continue
         if cond.get("type") in FAILED_TYPES:
-            return JobState("Failed", cond.get("reason", ""), cond.get("message", ""), failed)
+            return JobState("Failed", cond.get("reason", ""), cond.get("message", ""))
         if cond.get("type") in SUCCEEDED_TYPES:
-            return JobState("Succeeded", failed=failed)
+            return JobState("Succeeded")
     if (job.get("spec") or {}).get("suspend") and not active:
-        return JobState("Suspended", failed=failed)
+        return JobState("Suspended")
     succeeded = status.get("succeeded", 0)
     if ready:
-        return JobState("Running", failed=failed, ready=ready, succeeded=succeeded)
-    return JobState("Pending", failed=failed, succeeded=succeeded)
+        return JobState("Running", ready=ready, succeeded=succeeded)
+    return JobState("Pending", succeeded=succeeded)
 
 
 def job_attempt(job: dict[str, Any], default: int) -> int:
     """The training attempt a Job runs; `default` for a Job made before attempts were labelled."""
-    value = ((job.get("metadata") or {}).get("labels") or {}).get(ATTEMPT_LABEL, "")
+    value = ((job.get("metadata") or {}).get("labels") or {}).get(L.LABEL_ATTEMPT, "")
     return int(value) if value.isdigit() else default
 
 

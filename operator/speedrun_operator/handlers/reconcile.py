@@ -94,8 +94,10 @@ def _stop_training_job(ctx: OperatorContext, train_job: dict[str, Any] | None, j
     """End a training Job whose pods never started, so none of them starts later unwatched: its
     activeDeadlineSeconds is lowered to now, and the Job controller removes the pods and records
     DeadlineExceeded on the Job (which stays for `kubectl describe`)."""
-    patch = startup.stop_patch(train_job, job.spec.run_policy.startup_deadline_seconds) if train_job else None
-    if train_job is not None and patch is not None:
+    if train_job is None:
+        return
+    patch = startup.stop_patch(train_job, job.spec.run_policy.startup_deadline_seconds)
+    if patch is not None:
         meta = train_job["metadata"]
         ctx.client.patch(kube.JOB, meta["namespace"], meta["name"], patch)
 
@@ -234,9 +236,8 @@ def _held_back(client: kube.KubeClient, policy: Any, namespace: str, job_name: s
 
 def _job_events(client: kube.KubeClient, job: dict[str, Any]) -> list[dict[str, Any]]:
     meta = job["metadata"]
-    fields = {"involvedObject.kind": "Job", "involvedObject.name": meta["name"]}
-    if meta.get("uid"):  # this Job's, not a deleted attempt's of the same name
-        fields["involvedObject.uid"] = meta["uid"]
+    # By uid too: this Job's events, not those of a deleted attempt of the same name.
+    fields = {"involvedObject.kind": "Job", "involvedObject.name": meta["name"], "involvedObject.uid": meta["uid"]}
     return client.list(kube.EVENT, meta["namespace"], fields=fields)
 
 

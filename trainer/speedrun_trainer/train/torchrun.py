@@ -70,7 +70,7 @@ def with_rendezvous_host(argv: list[str], completion_index: str | None) -> list[
     if completion_index is None or not completion_index.strip().isdigit():
         return list(argv)
     options = argv[: next((i for i, a in enumerate(argv) if a == "-m" or not a.startswith("-")), len(argv))]
-    if not any(a.replace("_", "-") in ("--rdzv-backend=c10d",) for a in options):
+    if "--rdzv-backend=c10d" not in (a.replace("_", "-") for a in options):
         return list(argv)
     is_host = f"is_host={'true' if int(completion_index) == 0 else 'false'}"
     out = list(argv)

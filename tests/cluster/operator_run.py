@@ -4,9 +4,10 @@
         served.apply(kubectl, manifest)          # kubectl apply into the namespace
         served.phase("name"), served.condition("name", "Training"), served.events("name")
 
-`helm install` (chart.py) with the chart values the operator tier uses, then the operator run
-with the release's ServiceAccount token; on exit the SpeedrunJobs are drained, and a request the
-chart's RBAC refused fails the test.
+`chart_operator_in`: `helm install` (chart.py), then the operator run with the release's
+ServiceAccount token; on exit the SpeedrunJobs are drained, and a request the chart's RBAC refused
+fails the test. `served_namespace` adds the chart values the operator tier uses and the readers;
+speedruns.py adds S3 for real speedruns.
 """
 
 from __future__ import annotations
@@ -77,18 +78,26 @@ class ServedNamespace:
 
 
 @contextlib.contextmanager
-def served_namespace(
-    cp: ControlPlane, namespace: str, workdir: Path, env: dict[str, str] | None = None, **values: str
-) -> Iterator[ServedNamespace]:
-    """The chart installed as release `namespace` into `namespace`, its operator running.
-
-    `values` are chart values (dots as in `--set`) over BASE_VALUES; `env` overrides operator
-    variables that the chart does not set."""
-    release = install_chart(cp, namespace, namespace, {**BASE_VALUES, **values})
+def chart_operator_in(
+    cp: ControlPlane, namespace: str, workdir: Path, values: dict[str, str], env: dict[str, str] | None = None
+) -> Iterator[ChartOperator]:
+    """The chart installed as release `namespace` into `namespace` with chart `values`, and its
+    operator running (`env` over the variables the chart sets); on exit the namespace's
+    SpeedrunJobs are drained while it runs, and a request the chart's RBAC refused fails."""
+    release = install_chart(cp, namespace, namespace, values)
     cp.namespace(namespace)
     overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": "", **(env or {})}
     with chart_operator(cp, release, workdir, **overrides) as op:
-        served = ServedNamespace(cp, namespace, op)
-        yield served
-        cp.drain(namespace, served.srj_path)
+        yield op
+        cp.drain(namespace, f"/apis/speedrun.dev/v1alpha1/namespaces/{namespace}/speedrunjobs")
     assert op.forbidden() == [], "the chart's RBAC refused the operator"
+
+
+@contextlib.contextmanager
+def served_namespace(
+    cp: ControlPlane, namespace: str, workdir: Path, env: dict[str, str] | None = None, **values: str
+) -> Iterator[ServedNamespace]:
+    """`chart_operator_in` with chart `values` (dots as in `--set`) over BASE_VALUES, and readers
+    of what the operator makes of its SpeedrunJobs."""
+    with chart_operator_in(cp, namespace, workdir, {**BASE_VALUES, **values}, env) as op:
+        yield ServedNamespace(cp, namespace, op)

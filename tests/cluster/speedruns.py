@@ -30,10 +30,11 @@ from moto.server import ThreadedMotoServer
 
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.api import ApiError
-from tests.cluster.chart import ChartOperator, chart_operator, install_chart
+from tests.cluster.chart import ChartOperator
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
+from tests.cluster.operator_run import chart_operator_in
 from tests.conftest import S3_CREDENTIALS
 from tests.helpers import tiny_manifest
 
@@ -126,18 +127,12 @@ def speedrun_env(
     s3_client(url).create_bucket(Bucket=BUCKET)
     try:
         chart_values = {"operator.progressInterval": "1", "operator.resyncInterval": "5", **(values or {})}
-        release = install_chart(cp, namespace, namespace, chart_values)
-        cp.namespace(namespace)
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET}, "type": "Opaque",
-                  "data": {k: base64.b64encode(S3_CREDENTIALS[k].encode()).decode()
-                           for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
-        cp.admin.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
-        overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
-        with chart_operator(cp, release, tmp.mktemp("operator"), **overrides) as op:
-            env = Speedruns(cp, nodes, namespace, url, op)
-            yield env
-            cp.drain(namespace, env.srj_path)
-        assert op.forbidden() == [], "the chart's RBAC refused the operator"
+        with chart_operator_in(cp, namespace, tmp.mktemp("operator"), chart_values) as op:
+            secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET}, "type": "Opaque",
+                      "data": {k: base64.b64encode(S3_CREDENTIALS[k].encode()).decode()
+                               for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
+            cp.admin.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
+            yield Speedruns(cp, nodes, namespace, url, op)
     finally:
         server.stop()
 

@@ -96,6 +96,7 @@ class ChartOperator:
         for key, value in {**self.env, "KUBECONFIG": str(self.kubeconfig)}.items():
             mp.setenv(key, value)
         mp.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in-cluster: use the kubeconfig
+        self._stack.enter_context(_root_logging_kept())
         logging.getLogger().addHandler(self._handler)
         self._stack.callback(logging.getLogger().removeHandler, self._handler)
         self.runner = self._stack.enter_context(KopfRunner(kopf_run_argv(settings, verbose=True), timeout=60))
@@ -109,6 +110,31 @@ class ChartOperator:
     def forbidden(self) -> list[str]:
         """The operator's log lines about requests the apiserver denied (RBAC), so far."""
         return list(self.denied)
+
+
+_kept_root: list[tuple[list[logging.Handler], int]] = []  # the root logger before the first running operator
+
+
+@contextlib.contextmanager
+def _root_logging_kept() -> Iterator[None]:
+    """Give the root logger back as it was once the last in-process operator stops.
+
+    kopf's `run` (kopf/_core/actions/loggers.py `configure`) sets the root level to DEBUG and adds a
+    stream handler bound to `sys.stderr` as it is when the operator's thread gets there, which may
+    be a test's own capture (capsys) that pytest closes after that test: left behind, the handler
+    then writes "Logging error ... I/O operation on closed file" into every later test's stderr."""
+    root = logging.getLogger()
+    if not _kept_root:
+        _kept_root.append((list(root.handlers), root.level))
+    else:
+        _kept_root.append(_kept_root[0])
+    try:
+        yield
+    finally:
+        handlers, level = _kept_root.pop()
+        if not _kept_root:  # no other operator runs in this process
+            root.handlers[:] = handlers
+            root.setLevel(level)
 
 
 class _DeniedHandler(logging.Handler):

@@ -71,6 +71,12 @@ class NamespaceNetwork(PodNetwork):
         self.bridge = f"srbr{self.tag}"
         self._namespaces: dict[str, str] = {}
         _ip("link", "add", self.bridge, "type", "bridge")
+        # A bridge without an address of its own takes the lowest MAC among its ports, so it changes
+        # whenever a pod's veth joins or leaves; the running pods' ARP entries for the host (their
+        # gateway: S3, CoreDNS) then point at the old MAC, and their connections time out until the
+        # entry goes stale (~30 s). An address set by hand is kept (Linux: br_stp_recalculate_bridge_id).
+        octets = [int(o) for o in self.host_ip.split(".")]
+        _ip("link", "set", self.bridge, "address", "02:53:" + ":".join(f"{o:02x}" for o in octets))
         _ip("addr", "add", f"{self.host_ip}/{self.net.prefixlen}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         corefile = workdir / "Corefile"

@@ -120,9 +120,7 @@ class PodCreations:
         return self.seen.get((job, count))
 
 
-def measure(
-    cp: ControlPlane, operator_pid: int, user: str, n: int, pods: PodCreations, tag: str
-) -> dict[str, Any]:
+def measure(cp: ControlPlane, operator_pid: int, user: str, n: int, pods: PodCreations, tag: str) -> dict[str, Any]:
     _, offset = audit_counts(cp.audit_log, 0, user)
     names = [f"{tag}-{i}" for i in range(n)]
     applied: dict[str, float] = {}
@@ -239,9 +237,11 @@ def print_table(report: dict[str, Any]) -> None:
         lat = run["apply_to_train_pods_s"] or {"p50": float("nan"), "p99": float("nan")}
         verbs = " ".join(f"{v}={c}" for v, c in run["requests_per_job"].items())
         post, to_pod = run["job_post_round_trip_s"]["p50"], run["job_create_to_pod_s"]["p50"]
-        print(f"{run['n']:>4} {json.dumps(run['phases']):<22} {run['requests_per_job_total']:>7}  {verbs:<44} "
-              f"{lat['p50']:>9.3f}/{lat['p99']:<9.3f} {post:>12.4f} {to_pod:>12.3f} "
-              f"{run['operator_rss_mib']:>8} {run['operator_peak_rss_mib']:>6}")
+        print(
+            f"{run['n']:>4} {json.dumps(run['phases']):<22} {run['requests_per_job_total']:>7}  {verbs:<44} "
+            f"{lat['p50']:>9.3f}/{lat['p99']:<9.3f} {post:>12.4f} {to_pod:>12.3f} "
+            f"{run['operator_rss_mib']:>8} {run['operator_peak_rss_mib']:>6}"
+        )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,14 @@ from speedrun_trainer.cli.launch import free_port
 from speedrun_trainer.train.runtime import autocast_dtype
 
 # (pattern in torch.cuda.get_device_name, accelerator table entry)
-GPU_NAMES = [(r"H200", "nvidia-h200"), (r"H100", "nvidia-h100-80gb"), (r"A100.*80", "nvidia-a100-80gb"),
-             (r"A100", "nvidia-a100-40gb"), (r"\bL4\b", "nvidia-l4"), (r"4090", "rtx-4090")]
+GPU_NAMES = [
+    (r"H200", "nvidia-h200"),
+    (r"H100", "nvidia-h100-80gb"),
+    (r"A100.*80", "nvidia-a100-80gb"),
+    (r"A100", "nvidia-a100-40gb"),
+    (r"\bL4\b", "nvidia-l4"),
+    (r"4090", "rtx-4090"),
+]
 
 
 def sync(device: torch.device) -> None:
@@ -122,8 +128,9 @@ def detect_accelerator(device: torch.device) -> str:
     raise SystemExit(f"unknown GPU {name!r}: give --accelerator (a table entry) or --device-flops")
 
 
-def summarize(c: Contender, tokens_per_step: int, flops_per_token: float, peak: float,
-              measured_peak: float | None) -> dict[str, Any]:
+def summarize(
+    c: Contender, tokens_per_step: int, flops_per_token: float, peak: float, measured_peak: float | None
+) -> dict[str, Any]:
     step_s = statistics.median(c.round_step_s)
     tps = tokens_per_step / step_s
     return {
@@ -147,16 +154,20 @@ def _process_group(device: torch.device) -> bool:
         return False
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1,
-                            timeout=datetime.timedelta(minutes=5))
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1, timeout=datetime.timedelta(minutes=5)
+    )
     return True
 
 
 def _speedups(ours: Contender, other: Contender, a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
     paired = [o2 / o1 for o1, o2 in zip(ours.round_step_s, other.round_step_s, strict=True)]
-    return {"median": a["tokens_per_second"] / b["tokens_per_second"], "paired_median": statistics.median(paired),
-            "best_round": b["best_round_step_time_s"] / a["best_round_step_time_s"],
-            "cpu_time": b["cpu_time_per_step_s"] / a["cpu_time_per_step_s"]}
+    return {
+        "median": a["tokens_per_second"] / b["tokens_per_second"],
+        "paired_median": statistics.median(paired),
+        "best_round": b["best_round_step_time_s"] / a["best_round_step_time_s"],
+        "cpu_time": b["cpu_time_per_step_s"] / a["cpu_time_per_step_s"],
+    }
 
 
 def default_precision() -> str:
@@ -193,8 +204,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     contenders: list[Contender] = []
     try:
         tokens, shard_uri = token_stream(spec, batch_size, Path(workdir.name))
-        ours_args = dict(compile_model=compile_ours, optimizer=args.optimizer, shard_uri=shard_uri,
-                         batch_size=batch_size, cache_dir=Path(workdir.name), ddp=True)
+        ours_args = dict(
+            compile_model=compile_ours,
+            optimizer=args.optimizer,
+            shard_uri=shard_uri,
+            batch_size=batch_size,
+            cache_dir=Path(workdir.name),
+            ddp=True,
+        )
         contenders = [build_ours(spec, device, precision=precision_ours, **ours_args)]
         if default_dtype is not None:
             contenders.append(build_ours(spec, device, precision=default, name="ours_default", **ours_args))
@@ -219,8 +236,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 wall, cpu = run_steps(c, args.steps, device)
                 c.round_step_s.append(wall)
                 c.round_cpu_s.append(cpu)
-            log(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{c.name} {c.round_step_s[-1] * 1e3:.1f} ms/step"
-                                                            for c in contenders))
+            log(
+                f"round {r + 1}/{args.rounds}: "
+                + ", ".join(f"{c.name} {c.round_step_s[-1] * 1e3:.1f} ms/step" for c in contenders)
+            )
     finally:
         for c in contenders:
             c.close()
@@ -230,9 +249,16 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     measured_peak = statistics.median(round_peaks) if round_peaks else None
     measured_peak_default = statistics.median(round_peaks_default) if round_peaks_default else None
     by_name = {c.name: c for c in contenders}
-    rows = {c.name: summarize(c, tokens_per_step, flops_per_token, peak,
-                              measured_peak_default if c.name == "ours_default" else measured_peak)
-            for c in contenders}
+    rows = {
+        c.name: summarize(
+            c,
+            tokens_per_step,
+            flops_per_token,
+            peak,
+            measured_peak_default if c.name == "ours_default" else measured_peak,
+        )
+        for c in contenders
+    }
     res: dict[str, Any] = {
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
@@ -259,16 +285,23 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "measured_peak_flops": measured_peak,
         "measured_peak_flops_default": measured_peak_default,  # the matmul in ours_default's dtype
         "host_syncs_in_2_steps": host_syncs,  # CUDA only (torch.cuda.set_sync_debug_mode); null on CPU
-        "measured_peak_matmul": {"n": matmul_n, "dtype": str(dtype).removeprefix("torch."),
-                                 "round_flops": round_peaks, "round_flops_default": round_peaks_default},
+        "measured_peak_matmul": {
+            "n": matmul_n,
+            "dtype": str(dtype).removeprefix("torch."),
+            "round_flops": round_peaks,
+            "round_flops_default": round_peaks_default,
+        },
         **{name: rows.get(name) for name in NAMES},
     }
     # speedup*: ours / reference, like for like (the headline); speedup_default*: ours at the trainer's
     # default precision / the reference as nanoGPT runs here (fp32 on CPU); *_vs_modded: / modded.
     for mine, prefix in (("ours", "speedup"), ("ours_default", "speedup_default")):
         for other, suffix in (("reference", ""), ("modded", "_vs_modded")):
-            ratios = (_speedups(by_name[mine], by_name[other], rows[mine], rows[other]) if mine in rows
-                      else dict.fromkeys(("median", "paired_median", "best_round", "cpu_time")))
+            ratios = (
+                _speedups(by_name[mine], by_name[other], rows[mine], rows[other])
+                if mine in rows
+                else dict.fromkeys(("median", "paired_median", "best_round", "cpu_time"))
+            )
             res[prefix + suffix] = ratios["median"]  # ratio of median tokens/s
             res[f"{prefix}{suffix}_paired_median"] = ratios["paired_median"]
             res[f"{prefix}{suffix}_best_round"] = ratios["best_round"]
@@ -309,26 +342,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--config", choices=list(CONFIGS), default=None, help="default: tiny on cpu, gpt2-124m on cuda")
-    p.add_argument("--activation", choices=["gelu", "relu2"], default="relu2",
-                   help="our MLP activation (modded's is ReLU^2, the reference's GELU; the same FLOPs)")
-    p.add_argument("--optimizer", choices=["muon", "adamw"], default="muon",
-                   help="our optimizer (modded's is Muon + AdamW, the reference's AdamW)")
-    p.add_argument("--precision", choices=["bf16", "fp8"], default="bf16",
-                   help="ours on CUDA (fp8: torchao float8 layers; the references stay bf16); on cpu ours runs"
-                   " fp32 like the references, and again at the trainer's default precision where that is bf16")
+    p.add_argument(
+        "--activation",
+        choices=["gelu", "relu2"],
+        default="relu2",
+        help="our MLP activation (modded's is ReLU^2, the reference's GELU; the same FLOPs)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=["muon", "adamw"],
+        default="muon",
+        help="our optimizer (modded's is Muon + AdamW, the reference's AdamW)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["bf16", "fp8"],
+        default="bf16",
+        help="ours on CUDA (fp8: torchao float8 layers; the references stay bf16); on cpu ours runs"
+        " fp32 like the references, and again at the trainer's default precision where that is bf16",
+    )
     p.add_argument("--batch-size", type=_positive, default=None, help="sequences per step (default per config)")
     p.add_argument("--steps", type=_positive, default=None, help="timed steps per round (default 3 cpu, 20 cuda)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 cpu, 10 cuda)")
-    p.add_argument("--rounds", type=_positive, default=None,
-                   help="alternating measurement rounds (default 21 cpu, 7 cuda; odd gives a true median)")
+    p.add_argument(
+        "--rounds",
+        type=_positive,
+        default=None,
+        help="alternating measurement rounds (default 21 cpu, 7 cuda; odd gives a true median)",
+    )
     p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's, one per core)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile our model and Muon (default: on for cuda, off for cpu); the reference"
-                   " never, modded on cuda only (as its record)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile our model and Muon (default: on for cuda, off for cpu); the reference"
+        " never, modded on cuda only (as its record)",
+    )
     p.add_argument("--accelerator", default=None, help="accelerator table entry for the peak (default: detected)")
     p.add_argument("--device-flops", type=float, default=None, help="peak FLOP/s, overriding the table")
-    p.add_argument("--matmul-size", type=_positive, default=None,
-                   help="n of the peak matmul (default 2048 cpu, 8192 cuda)")
+    p.add_argument(
+        "--matmul-size", type=_positive, default=None, help="n of the peak matmul (default 2048 cpu, 8192 cuda)"
+    )
     p.add_argument("--matmul-reps", type=int, default=2, help="matmuls per round for the measured peak; 0: skip")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)

@@ -71,9 +71,15 @@ def model_spec(config: str, activation: str) -> ModelSpec:
 
 
 def reference_config(spec: ModelSpec) -> ReferenceConfig:
-    return ReferenceConfig(vocab_size=spec.vocab_size, seq_len=spec.seq_len, n_layer=spec.num_layers,
-                           n_head=spec.num_heads, n_embd=spec.hidden_dim, n_inner=spec.intermediate_dim,
-                           tie_embeddings=spec.tie_embeddings)
+    return ReferenceConfig(
+        vocab_size=spec.vocab_size,
+        seq_len=spec.seq_len,
+        n_layer=spec.num_layers,
+        n_head=spec.num_heads,
+        n_embd=spec.hidden_dim,
+        n_inner=spec.intermediate_dim,
+        tie_embeddings=spec.tie_embeddings,
+    )
 
 
 def modded_config(spec: ModelSpec) -> ModdedConfig:
@@ -99,15 +105,32 @@ def token_stream(spec: ModelSpec, batch_size: int, workdir: Path) -> tuple[np.nd
     return tokens, path.as_uri()
 
 
-def build_ours(spec: ModelSpec, device: torch.device, *, compile_model: bool, optimizer: str, precision: str,
-               shard_uri: str, batch_size: int, cache_dir: Path, ddp: bool, name: str = "ours") -> Contender:
+def build_ours(
+    spec: ModelSpec,
+    device: torch.device,
+    *,
+    compile_model: bool,
+    optimizer: str,
+    precision: str,
+    shard_uri: str,
+    batch_size: int,
+    cache_dir: Path,
+    ddp: bool,
+    name: str = "ours",
+) -> Contender:
     torch.manual_seed(0)
     model = GPT(spec).to(device)
     if precision == "fp8":
         check_fp8("nvidia-h100-80gb", device)  # the bench asks the device itself, whatever table entry
         convert_to_fp8(model)
-    opt_spec = OptimizerSpec(name=optimizer, learning_rate=LR if optimizer == "adamw" else 0.02,
-                             weight_decay=WEIGHT_DECAY, beta1=BETAS[0], beta2=BETAS[1], max_grad_norm=MAX_GRAD_NORM)
+    opt_spec = OptimizerSpec(
+        name=optimizer,
+        learning_rate=LR if optimizer == "adamw" else 0.02,
+        weight_decay=WEIGHT_DECAY,
+        beta1=BETAS[0],
+        beta2=BETAS[1],
+        max_grad_norm=MAX_GRAD_NORM,
+    )
     optimizers = build_optimizers(model, opt_spec, compile=compile_model)
     runnable = torch.compile(model) if compile_model else model
     # As the trainer: DDP only when there is more than one rank (none when the bench runs alone).
@@ -115,8 +138,17 @@ def build_ours(spec: ModelSpec, device: torch.device, *, compile_model: bool, op
     # `precision` as the trainer reads `train.precision`: runtime.autocast decides what runs in bf16 here.
     step_fn = TrainStep(model, wrapped or runnable, wrapped, optimizers, device, precision, MAX_GRAD_NORM)
     dataset = open_dataset(shard_uri, tokenizer="byte", cache_dir=cache_dir)
-    batches = BatchPrefetcher(dataset, start_step=0, accum=1, rank=0, world=1, device_batch_size=batch_size,
-                              batch_size=batch_size, seq_len=spec.seq_len, device=device)
+    batches = BatchPrefetcher(
+        dataset,
+        start_step=0,
+        accum=1,
+        rank=0,
+        world=1,
+        device_batch_size=batch_size,
+        batch_size=batch_size,
+        seq_len=spec.seq_len,
+        device=device,
+    )
 
     def step() -> torch.Tensor:
         set_lr(optimizers, 1.0)
@@ -130,11 +162,11 @@ def build_reference(spec: ModelSpec, device: torch.device, tokens: np.ndarray, b
     model = ReferenceGPT(reference_config(spec)).to(device)
     optimizer = reference_adamw(model, lr=LR, weight_decay=WEIGHT_DECAY, betas=BETAS)
     n = batch_size * spec.seq_len
-    seqs = torch.from_numpy(tokens[:STREAM_BATCHES * n + 1].astype(np.int64))
+    seqs = torch.from_numpy(tokens[: STREAM_BATCHES * n + 1].astype(np.int64))
     pin = device.type == "cuda"
     # x and y stored contiguous per batch, so each is one pinned block that copies asynchronously.
-    xs = [seqs[i * n:(i + 1) * n].view(batch_size, spec.seq_len).contiguous() for i in range(STREAM_BATCHES)]
-    ys = [seqs[i * n + 1:(i + 1) * n + 1].view(batch_size, spec.seq_len).contiguous() for i in range(STREAM_BATCHES)]
+    xs = [seqs[i * n : (i + 1) * n].view(batch_size, spec.seq_len).contiguous() for i in range(STREAM_BATCHES)]
+    ys = [seqs[i * n + 1 : (i + 1) * n + 1].view(batch_size, spec.seq_len).contiguous() for i in range(STREAM_BATCHES)]
     if pin:
         xs, ys = [x.pin_memory() for x in xs], [y.pin_memory() for y in ys]
     order = itertools.cycle(range(STREAM_BATCHES))
@@ -153,8 +185,9 @@ def build_reference(spec: ModelSpec, device: torch.device, tokens: np.ndarray, b
     return Contender("reference", step, model.num_params())
 
 
-def build_modded(spec: ModelSpec, device: torch.device, tokens: np.ndarray, batch_size: int, *,
-                 compile_model: bool, ddp: bool) -> Contender:
+def build_modded(
+    spec: ModelSpec, device: torch.device, tokens: np.ndarray, batch_size: int, *, compile_model: bool, ddp: bool
+) -> Contender:
     torch.manual_seed(0)
     raw = ModdedGPT(modded_config(spec)).to(device)
     model = torch.compile(raw) if compile_model else raw

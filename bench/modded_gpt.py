@@ -67,8 +67,15 @@ def newtonschulz5(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
 class ModdedMuon(torch.optim.Optimizer):
     """The record's Muon: per-parameter loop, rank i % world does parameter i, one flat all-reduce."""
 
-    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, compile_ns: bool = False) -> None:
+    def __init__(
+        self,
+        params: list[nn.Parameter],
+        lr: float,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        compile_ns: bool = False,
+    ) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
         self.ns = torch.compile(newtonschulz5) if compile_ns else newtonschulz5
         distributed = dist.is_available() and dist.is_initialized()
@@ -93,21 +100,22 @@ class ModdedMuon(torch.optim.Optimizer):
                         g = g.add(buf, alpha=group["momentum"])
                     g = self.ns(g, steps=group["ns_steps"])
                     g = g * max(g.size(0), g.size(1)) ** 0.5
-                    flat[offset:offset + p.numel()] = g.flatten()
+                    flat[offset : offset + p.numel()] = g.flatten()
                 offset += p.numel()
             if self.world > 1:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             offset = 0
             for p in params:
-                p.add_(flat[offset:offset + p.numel()].view_as(p).type_as(p), alpha=-group["lr"])
+                p.add_(flat[offset : offset + p.numel()].view_as(p).type_as(p), alpha=-group["lr"])
                 offset += p.numel()
 
 
 class Rotary(nn.Module):
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
-        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim)),
-                             persistent=False)
+        self.register_buffer(
+            "inv_freq", 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim)), persistent=False
+        )
         self.cached: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,13 +202,14 @@ class ModdedLoader:
         n = self.b * self.t
         if self.pos + n + 1 > len(self.tokens):
             self.pos = 0
-        buf = torch.tensor(self.tokens[self.pos:self.pos + n + 1].astype(np.int32), dtype=torch.long)
+        buf = torch.tensor(self.tokens[self.pos : self.pos + n + 1].astype(np.int32), dtype=torch.long)
         self.pos += n
         return buf[:-1].view(self.b, self.t).to(self.device), buf[1:].view(self.b, self.t).to(self.device)
 
 
 def modded_optimizers(model: ModdedGPT, compile_ns: bool) -> list[torch.optim.Optimizer]:
-    adam = torch.optim.AdamW(model.lm_head.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), weight_decay=0.0,
-                             fused=True)
+    adam = torch.optim.AdamW(
+        model.lm_head.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), weight_decay=0.0, fused=True
+    )
     muon = ModdedMuon(list(model.h.parameters()), lr=0.1 * LEARNING_RATE, momentum=0.95, compile_ns=compile_ns)
     return [adam, muon]

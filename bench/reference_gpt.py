@@ -131,9 +131,7 @@ class ReferenceGPT(nn.Module):
         return F.cross_entropy(logits.view(b * t, -1).float(), targets.reshape(b * t), ignore_index=-1)
 
 
-def reference_adamw(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
-) -> torch.optim.AdamW:
+def reference_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW with decay on >=2-D weights only, as nanoGPT groups them.
 
     foreach and fused are switched off explicitly: on CPU that is torch's default anyway, and on

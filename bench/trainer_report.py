@@ -45,23 +45,31 @@ def report(res: dict[str, Any]) -> str:
         if r is None:
             continue
         meas = f"{r['mfu_vs_measured_peak']:.1%}" if r["mfu_vs_measured_peak"] is not None else "-"
-        lines.append(f"{label[name]:22} {r['params']:>9,} {r['step_time_s'] * 1e3:>9.2f}"
-                     f" {r['tokens_per_second']:>9,.0f} {r['mfu']:>11.1%} {meas:>11}"
-                     f" {r['cpu_time_per_step_s'] * 1e3:>12.2f}")
+        lines.append(
+            f"{label[name]:22} {r['params']:>9,} {r['step_time_s'] * 1e3:>9.2f}"
+            f" {r['tokens_per_second']:>9,.0f} {r['mfu']:>11.1%} {meas:>11}"
+            f" {r['cpu_time_per_step_s'] * 1e3:>12.2f}"
+        )
     if res["device"] == "cuda":
         lines.append(f"host syncs in 2 steps (want 0): {res['host_syncs_in_2_steps']}")
     if res["precision_ours_default"]:
-        lines.append(f"(default) = the trainer's default train.precision, {res['precision_ours_default']}: here"
-                     f" {res['dtype_ours_default']}; the references run as nanoGPT runs on {res['device']}:"
-                     f" {label['reference'].split()[-1]}")
+        lines.append(
+            f"(default) = the trainer's default train.precision, {res['precision_ours_default']}: here"
+            f" {res['dtype_ours_default']}; the references run as nanoGPT runs on {res['device']}:"
+            f" {label['reference'].split()[-1]}"
+        )
     elif res["device"] == "cpu":
         lines.append("the trainer's default precision trains in fp32 on this CPU (no native bf16): row ours fp32")
     pairs = [("speedup", "ours", "reference", "like for like"), ("speedup_vs_modded", "ours", "modded", "")]
     if res["precision_ours_default"]:
-        pairs += [("speedup_default", "ours_default", "reference", "the trainer's default vs nanoGPT as it runs"),
-                  ("speedup_default_vs_modded", "ours_default", "modded", "")]
+        pairs += [
+            ("speedup_default", "ours_default", "reference", "the trainer's default vs nanoGPT as it runs"),
+            ("speedup_default_vs_modded", "ours_default", "modded", ""),
+        ]
     for key, mine, other, note in pairs:
-        lines.append(f"speedup {label[mine]} / {label[other]}{f' ({note})' if note else ''}: {res[key]:.2f}x"
-                     f" tokens/s; median of per-round ratios {res[key + '_paired_median']:.2f}x; best rounds"
-                     f" {res[key + '_best_round']:.2f}x; CPU time {res[key + '_cpu_time']:.2f}x")
+        lines.append(
+            f"speedup {label[mine]} / {label[other]}{f' ({note})' if note else ''}: {res[key]:.2f}x"
+            f" tokens/s; median of per-round ratios {res[key + '_paired_median']:.2f}x; best rounds"
+            f" {res[key + '_best_round']:.2f}x; CPU time {res[key + '_cpu_time']:.2f}x"
+        )
     return "\n".join(lines)

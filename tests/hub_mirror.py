@@ -92,8 +92,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         m.requests.append((self.command, path, self.headers.get("Range")))
         if m.token and self.headers.get("Authorization") != f"Bearer {m.token}":
-            self._reply(401, b'{"error": "Access to this dataset is restricted"}', {"X-Error-Code": "GatedRepo"},
-                        body)
+            self._reply(401, b'{"error": "Access to this dataset is restricted"}', {"X-Error-Code": "GatedRepo"}, body)
             return
         parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
         if parts[0] == "files":
@@ -104,8 +103,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif parts[:2] == ["api", "datasets"] and len(parts) > 5 and parts[4] == "revision":
             repo = "/".join(parts[2:4])
             files = self._files(repo, "")
-            self._json({"id": repo, "sha": commit_of(repo), "private": False,
-                        "siblings": [{"rfilename": f["path"]} for f in files]})
+            self._json(
+                {
+                    "id": repo,
+                    "sha": commit_of(repo),
+                    "private": False,
+                    "siblings": [{"rfilename": f["path"]} for f in files],
+                }
+            )
         elif parts[:2] == ["api", "datasets"] and len(parts) > 5 and parts[4] == "tree":
             self._json(self._files("/".join(parts[2:4]), "/".join(parts[6:])))
         else:
@@ -118,9 +123,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if p.is_file():
                 data = p.read_bytes()
                 sha256 = hashlib.sha256(data).hexdigest()
-                out.append({"type": "file", "path": p.relative_to(base).as_posix(), "size": len(data),
-                            "oid": hashlib.sha1(data).hexdigest(),
-                            "lfs": {"oid": sha256, "size": len(data), "pointerSize": 134}})
+                out.append(
+                    {
+                        "type": "file",
+                        "path": p.relative_to(base).as_posix(),
+                        "size": len(data),
+                        "oid": hashlib.sha1(data).hexdigest(),
+                        "lfs": {"oid": sha256, "size": len(data), "pointerSize": 134},
+                    }
+                )
         return out
 
     def _file(self, target: Path, path: str, headers: dict[str, str], body: bool) -> None:
@@ -129,11 +140,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         data = target.read_bytes()
         sha256 = hashlib.sha256(data).hexdigest()
-        headers = {**headers, "ETag": f'"{sha256}"', "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data)),
-                   "Accept-Ranges": "bytes"}
+        headers = {
+            **headers,
+            "ETag": f'"{sha256}"',
+            "X-Linked-Etag": f'"{sha256}"',
+            "X-Linked-Size": str(len(data)),
+            "Accept-Ranges": "bytes",
+        }
         start = 0
         if body and (wanted := self.headers.get("Range", "")).startswith("bytes="):
-            start = int(wanted[len("bytes="):].split("-")[0] or 0)
+            start = int(wanted[len("bytes=") :].split("-")[0] or 0)
         if body and path in self.mirror.cut_once and start == 0:
             self.mirror.cut_once.discard(path)
             self.send_response(200)

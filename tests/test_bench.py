@@ -22,19 +22,65 @@ from speedrun_trainer.train.runtime import native_bf16_matmul
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
-SUMMARY_KEYS = {"params", "step_time_s", "best_round_step_time_s", "tokens_per_second", "mfu", "mfu_vs_measured_peak",
-                "round_step_times_s", "final_loss", "cpu_time_per_step_s", "round_cpu_times_s"}
-TOP_KEYS = {"device", "device_name", "threads", "loadavg_1min", "torch", "config", "model", "batch_size",
-            "tokens_per_step", "dtype", "compile_ours", "warmup", "steps_per_round", "rounds",
-            "training_flops_per_token", "accelerator", "peak_flops", "measured_peak_flops",
-            "measured_peak_matmul", "host_syncs_in_2_steps", "ours", "reference", "modded", "speedup",
-            "speedup_paired_median", "speedup_best_round", "speedup_vs_modded", "speedup_vs_modded_paired_median",
-            "speedup_vs_modded_best_round", "precision_ours", "optimizer_ours", "speedup_cpu_time",
-            "speedup_vs_modded_cpu_time", "ours_default", "precision_ours_default", "dtype_ours_default",
-            "measured_peak_flops_default", "speedup_default", "speedup_default_paired_median",
-            "speedup_default_best_round", "speedup_default_cpu_time", "speedup_default_vs_modded",
-            "speedup_default_vs_modded_paired_median", "speedup_default_vs_modded_best_round",
-            "speedup_default_vs_modded_cpu_time"}
+SUMMARY_KEYS = {
+    "params",
+    "step_time_s",
+    "best_round_step_time_s",
+    "tokens_per_second",
+    "mfu",
+    "mfu_vs_measured_peak",
+    "round_step_times_s",
+    "final_loss",
+    "cpu_time_per_step_s",
+    "round_cpu_times_s",
+}
+TOP_KEYS = {
+    "device",
+    "device_name",
+    "threads",
+    "loadavg_1min",
+    "torch",
+    "config",
+    "model",
+    "batch_size",
+    "tokens_per_step",
+    "dtype",
+    "compile_ours",
+    "warmup",
+    "steps_per_round",
+    "rounds",
+    "training_flops_per_token",
+    "accelerator",
+    "peak_flops",
+    "measured_peak_flops",
+    "measured_peak_matmul",
+    "host_syncs_in_2_steps",
+    "ours",
+    "reference",
+    "modded",
+    "speedup",
+    "speedup_paired_median",
+    "speedup_best_round",
+    "speedup_vs_modded",
+    "speedup_vs_modded_paired_median",
+    "speedup_vs_modded_best_round",
+    "precision_ours",
+    "optimizer_ours",
+    "speedup_cpu_time",
+    "speedup_vs_modded_cpu_time",
+    "ours_default",
+    "precision_ours_default",
+    "dtype_ours_default",
+    "measured_peak_flops_default",
+    "speedup_default",
+    "speedup_default_paired_median",
+    "speedup_default_best_round",
+    "speedup_default_cpu_time",
+    "speedup_default_vs_modded",
+    "speedup_default_vs_modded_paired_median",
+    "speedup_default_vs_modded_best_round",
+    "speedup_default_vs_modded_cpu_time",
+}
 
 
 @pytest.fixture
@@ -51,8 +97,17 @@ def test_all_three_train_two_steps_on_the_same_shape(bench: ModuleType, tmp_path
     spec = contenders.model_spec("micro", "relu2")
     device = torch.device("cpu")
     tokens, uri = contenders.token_stream(spec, 2, tmp_path)
-    ours = contenders.build_ours(spec, device, compile_model=False, optimizer="muon", precision="bf16",
-                                 shard_uri=uri, batch_size=2, cache_dir=tmp_path, ddp=False)
+    ours = contenders.build_ours(
+        spec,
+        device,
+        compile_model=False,
+        optimizer="muon",
+        precision="bf16",
+        shard_uri=uri,
+        batch_size=2,
+        cache_dir=tmp_path,
+        ddp=False,
+    )
     reference = contenders.build_reference(spec, device, tokens, 2)
     modded = contenders.build_modded(spec, device, tokens, 2, compile_model=False, ddp=False)
     try:
@@ -68,8 +123,7 @@ def test_all_three_train_two_steps_on_the_same_shape(bench: ModuleType, tmp_path
     # norms have no weights at all: ours has 2d + 2h per layer and h more.
     cfg = contenders.reference_config(spec)
     h, L, d = spec.hidden_dim, spec.num_layers, spec.head_dim
-    assert reference.params - (ours.params - L * 2 * d) == (
-        spec.seq_len * h + L * (7 * h + spec.intermediate_dim) + h)
+    assert reference.params - (ours.params - L * 2 * d) == (spec.seq_len * h + L * (7 * h + spec.intermediate_dim) + h)
     assert ours.params - modded.params == L * (2 * d + 2 * h) + h
     assert (cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.n_inner) == (h, L, spec.num_heads, spec.intermediate_dim)
 
@@ -91,8 +145,23 @@ def test_modded_uses_128_wide_heads_at_gpt2_size(bench: ModuleType) -> None:
 
 
 def test_script_json_has_the_documented_keys() -> None:
-    cmd = [sys.executable, str(BENCH / "bench_trainer.py"), "--device", "cpu", "--config", "micro",
-           "--steps", "2", "--warmup", "1", "--rounds", "2", "--matmul-size", "256", "--json"]
+    cmd = [
+        sys.executable,
+        str(BENCH / "bench_trainer.py"),
+        "--device",
+        "cpu",
+        "--config",
+        "micro",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--rounds",
+        "2",
+        "--matmul-size",
+        "256",
+        "--json",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
     report = json.loads(out.stdout)
     assert report.keys() >= TOP_KEYS
@@ -118,14 +187,37 @@ def test_script_json_has_the_documented_keys() -> None:
 def test_report_labels_each_row_with_its_precision(bench: ModuleType) -> None:
     import trainer_report
 
-    row = {"params": 1, "step_time_s": 0.1, "tokens_per_second": 10.0, "mfu": 0.1, "mfu_vs_measured_peak": 0.2,
-           "cpu_time_per_step_s": 0.1}
-    res = {"config": "tiny", "device_name": "cpu", "device": "cpu", "threads": 1, "dtype": "float32",
-           "tokens_per_step": 1, "rounds": 1, "steps_per_round": 1, "loadavg_1min": {"before": 0, "after": 0},
-           "accelerator": "cpu", "peak_flops": 1e11, "measured_peak_flops": 9e10, "measured_peak_flops_default": 2e11,
-           "measured_peak_matmul": {"dtype": "float32"}, "precision_ours": "fp32", "precision_ours_default": "bf16",
-           "dtype_ours_default": "bfloat16 autocast", "ours": row, "ours_default": row, "reference": row,
-           "modded": row}
+    row = {
+        "params": 1,
+        "step_time_s": 0.1,
+        "tokens_per_second": 10.0,
+        "mfu": 0.1,
+        "mfu_vs_measured_peak": 0.2,
+        "cpu_time_per_step_s": 0.1,
+    }
+    res = {
+        "config": "tiny",
+        "device_name": "cpu",
+        "device": "cpu",
+        "threads": 1,
+        "dtype": "float32",
+        "tokens_per_step": 1,
+        "rounds": 1,
+        "steps_per_round": 1,
+        "loadavg_1min": {"before": 0, "after": 0},
+        "accelerator": "cpu",
+        "peak_flops": 1e11,
+        "measured_peak_flops": 9e10,
+        "measured_peak_flops_default": 2e11,
+        "measured_peak_matmul": {"dtype": "float32"},
+        "precision_ours": "fp32",
+        "precision_ours_default": "bf16",
+        "dtype_ours_default": "bfloat16 autocast",
+        "ours": row,
+        "ours_default": row,
+        "reference": row,
+        "modded": row,
+    }
     for key in ("speedup", "speedup_vs_modded", "speedup_default", "speedup_default_vs_modded"):
         for suffix in ("", "_paired_median", "_best_round", "_cpu_time"):
             res[key + suffix] = 1.5

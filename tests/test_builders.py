@@ -166,8 +166,12 @@ def test_pods_are_hardened(case: Case) -> None:
 
 def test_policies_and_credentials_come_from_the_spec() -> None:
     manifest = tiny(
-        runPolicy={"maxRestarts": 5, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 600,
-                   "rendezvousTimeoutSeconds": 1800},
+        runPolicy={
+            "maxRestarts": 5,
+            "activeDeadlineSeconds": 3600,
+            "ttlSecondsAfterFinished": 600,
+            "rendezvousTimeoutSeconds": 1800,
+        },
         storage={"uri": "s3://b/p", "endpointUrl": "http://minio:9000", "secretRef": {"name": "s3-creds"}},
         tracking={"wandb": {"mode": "online", "secretRef": {"name": "wandb"}}},
         resources={"cpu": "4", "memory": "16Gi", "priorityClassName": "speedrun-high", "nodeSelector": {"pool": "cpu"}},

@@ -25,17 +25,23 @@ def test_every_example_plans(path, capsys):
 def test_plan_prints_marin_figures(capsys):
     assert main(["plan", str(EXAMPLES / "marin-130m.yaml")]) == 0
     out = capsys.readouterr().out
-    for text in ["Model size: 154.15 million parameters", "Model FLOPs: 2.11e+18 FLOP", "Device FLOPs: 3.12e+14",
-                 "4.21e+18 FLOPs assuming an MFU of 0.5", "1.05e+19 FLOPs assuming an MFU of 0.2",
-                 "Gradient accumulation steps: 16"]:
+    for text in [
+        "Model size: 154.15 million parameters",
+        "Model FLOPs: 2.11e+18 FLOP",
+        "Device FLOPs: 3.12e+14",
+        "4.21e+18 FLOPs assuming an MFU of 0.5",
+        "1.05e+19 FLOPs assuming an MFU of 0.2",
+        "Gradient accumulation steps: 16",
+    ]:
         assert text in out
 
 
 def test_invalid_manifest_exits_2_with_one_line_per_problem(tmp_path):
     doc = tiny_manifest(**{"spec.model.hiddenDim": 66, "spec.model.numHeads": 4, "spec.train.batchSize": 12})
     path = write_manifest(tmp_path / "bad.yaml", doc)
-    res = subprocess.run([sys.executable, "-m", "speedrun_trainer.cli", "plan", str(path)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "speedrun_trainer.cli", "plan", str(path)], capture_output=True, text=True
+    )
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()

@@ -57,8 +57,7 @@ REFUSED = [
     ("spec.runPolicy.queueName", doc(**{"spec.runPolicy.queueName": "q" * 64})),
     ("spec.resources.tolerations", toleration(operator="Equal", value="x")),
     ("spec.resources.tolerations", toleration(key="gpu", operator="Exists", value="x")),
-    ("spec.resources.tolerations", toleration(key="gpu", operator="Exists", effect="NoSchedule",
-                                              tolerationSeconds=60)),
+    ("spec.resources.tolerations", toleration(key="gpu", operator="Exists", effect="NoSchedule", tolerationSeconds=60)),
     ("spec.resources.tolerations", toleration(key="bad key", operator="Exists")),
     ("spec.resources.tolerations", toleration(key="gpu", value="not a label value")),
     ("spec.metrics.port", doc(**{"spec.metrics.port": 29400})),
@@ -69,12 +68,30 @@ REFUSED = [
 
 # Refused in a cluster only: `speedrun run` on one machine still takes them.
 CLUSTER_ONLY = [
-    ("spec.resources.accelerator", doc(**{"spec.resources.accelerator": "tpu-v5p", "spec.resources.topology": "2x2x1",
-                                          "spec.resources.nodes": 1, "spec.train.batchSize": 4})),
+    (
+        "spec.resources.accelerator",
+        doc(
+            **{
+                "spec.resources.accelerator": "tpu-v5p",
+                "spec.resources.topology": "2x2x1",
+                "spec.resources.nodes": 1,
+                "spec.train.batchSize": 4,
+            }
+        ),
+    ),
     ("spec.storage.uri", doc(**{"spec.storage.uri": "file:///data/runs"})),
     ("spec.storage.uri", doc(**{"spec.storage.uri": "/data/runs"})),
-    ("spec.storage.uri", doc(**{"spec.storage.uri": "file:///data/runs", "spec.resources.nodes": None,
-                                "spec.resources.minNodes": 1, "spec.resources.maxNodes": 2})),
+    (
+        "spec.storage.uri",
+        doc(
+            **{
+                "spec.storage.uri": "file:///data/runs",
+                "spec.resources.nodes": None,
+                "spec.resources.minNodes": 1,
+                "spec.resources.maxNodes": 2,
+            }
+        ),
+    ),
 ]
 
 ADMITTED = [
@@ -175,8 +192,12 @@ def test_a_child_the_apiserver_refuses_fails_the_job_with_its_message(
     control_plane: ControlPlane, kube_nodes: NodeAgent, kubectl: Kubectl, tmp_path: Path
 ) -> None:
     with served_namespace(control_plane, REJECTING_NAMESPACE, tmp_path) as served:
-        kubectl.run("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                           "items": deadline_policy(REJECTING_NAMESPACE)}))
+        kubectl.run(
+            "apply",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": deadline_policy(REJECTING_NAMESPACE)}),
+        )
         # The policy is enforced once the apiserver has compiled it: probe with a throw-away Job.
         probe = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "probe"},
                  "spec": {"template": {"spec": {"restartPolicy": "Never",
@@ -202,6 +223,10 @@ def test_a_child_the_apiserver_refuses_fails_the_job_with_its_message(
         wait_until(lambda: served.job("refused") is not None, 90, "the training Job after the fix", interval=0.2)
         wait_until(lambda: served.phase("refused") == "Pending", 60, "phase Pending after the fix", interval=0.2)
         served.delete(kubectl, "refused")
-        kubectl.run("delete", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                            "items": deadline_policy(REJECTING_NAMESPACE)}))
+        kubectl.run(
+            "delete",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": deadline_policy(REJECTING_NAMESPACE)}),
+        )
     kube_nodes.release("refused-train-")  # once the pods are gone (held pods are deleted at once)

@@ -275,8 +275,12 @@ def pod_targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
                   for k, v in meta["labels"].items()}  # fmt: skip
         labels |= {"__meta_kubernetes_namespace": meta["namespace"], "__meta_kubernetes_pod_name": meta["name"]}
         for port in (p for c in pod["spec"]["containers"] for p in c.get("ports") or []):
-            groups.append({"targets": [f"{ip}:{port['containerPort']}"],
-                           "labels": {**labels, "__meta_kubernetes_pod_container_port_name": port.get("name", "")}})
+            groups.append(
+                {
+                    "targets": [f"{ip}:{port['containerPort']}"],
+                    "labels": {**labels, "__meta_kubernetes_pod_container_port_name": port.get("name", "")},
+                }
+            )
     return groups
 
 
@@ -296,6 +300,7 @@ def test_prometheus_discovers_and_scrapes_rank_0_and_the_operator(
         steps, log_every = 100, 10
         changes = {"spec.train.logEvery": log_every}
         control_plane.admin.create(SRJ_PATH, manifest("watched", s3_on_pod_network, steps, 50, **changes))
+
         def both_addressed() -> list[dict[str, Any]]:
             pods = [p for p in pods_of(control_plane, "watched-train") if p["status"].get("podIP")]
             return pods if len(pods) == 2 else []

@@ -87,9 +87,7 @@ def test_a_namespace_admin_installs_and_runs_a_speedrun_with_namespaced_rbac_onl
     assert cluster_scoped == [], f"cluster-scoped calls of a namespaced operator: {cluster_scoped}"
 
 
-def test_the_job_watch_is_filtered_by_the_server(
-    control_plane: ControlPlane, tenant_operator: ChartOperator
-) -> None:
+def test_the_job_watch_is_filtered_by_the_server(control_plane: ControlPlane, tenant_operator: ChartOperator) -> None:
     cp = control_plane
     release = tenant_operator.release
     user = f"system:serviceaccount:{release.namespace}:{release.service_account}"

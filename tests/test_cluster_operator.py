@@ -127,7 +127,6 @@ def test_invalid_spec_fails_with_the_field_in_a_status_the_apiserver_accepts(
     assert operator.forbidden() == []
 
 
-
 def test_without_the_charts_rbac_the_operator_is_refused_and_that_is_seen(
     control_plane: ControlPlane, tmp_path: Path
 ) -> None:

@@ -65,8 +65,7 @@ def mc_examples() -> list[dict[str, Any]]:
 
 
 def schema_examples() -> list[dict[str, Any]]:
-    return [{"context_options": [f"{s} {a}", f"{s} {b}"], "continuation": c, "gold": g}
-            for s, a, b, c, g in SCHEMA]
+    return [{"context_options": [f"{s} {a}", f"{s} {b}"], "continuation": c, "gold": g} for s, a, b, c, g in SCHEMA]
 
 
 def lm_examples() -> list[dict[str, Any]]:
@@ -83,8 +82,13 @@ TASKS = [  # label, type, file, shots, baseline (percent), examples
 def write_bundle(root: Path) -> Path:
     """core.yaml + eval_meta_data.csv + eval_data/*.jsonl, DCLM's layout."""
     icl_tasks = [
-        {"label": label, "dataset_uri": path, "num_fewshot": [shots], "icl_task_type": kind,
-         "continuation_delimiter": " "}
+        {
+            "label": label,
+            "dataset_uri": path,
+            "num_fewshot": [shots],
+            "icl_task_type": kind,
+            "continuation_delimiter": " ",
+        }
         for label, kind, path, shots, _, _ in TASKS
     ]
     root.mkdir(parents=True, exist_ok=True)
@@ -101,9 +105,11 @@ def write_bundle(root: Path) -> Path:
 
 
 def gold_texts() -> list[str]:
-    return ([f"{e['query']} {e['choices'][e['gold']]}" for e in mc_examples()]
-            + [f"{e['context_options'][e['gold']]} {e['continuation']}" for e in schema_examples()]
-            + [f"{e['context'].strip()} {e['continuation']}" for e in lm_examples()])
+    return (
+        [f"{e['query']} {e['choices'][e['gold']]}" for e in mc_examples()]
+        + [f"{e['context_options'][e['gold']]} {e['continuation']}" for e in schema_examples()]
+        + [f"{e['context'].strip()} {e['continuation']}" for e in lm_examples()]
+    )
 
 
 class ByteTokenizer:
@@ -131,9 +137,7 @@ class StandInLM(torch.nn.Module):
     def logits(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.zeros(*idx.shape, 257)
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"
-    ) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
         if self.spec.seq_len is not None:
             assert idx.size(1) <= self.spec.seq_len, f"got {idx.size(1)} tokens > seqLen {self.spec.seq_len}"
         self.seen.append(idx.clone())
@@ -141,8 +145,9 @@ class StandInLM(torch.nn.Module):
         if targets is None:
             return logits
         b, t = idx.shape
-        return F.cross_entropy(logits.view(b * t, -1), targets.reshape(b * t), ignore_index=-1,
-                               reduction="none").view(b, t)
+        return F.cross_entropy(logits.view(b * t, -1), targets.reshape(b * t), ignore_index=-1, reduction="none").view(
+            b, t
+        )
 
 
 class OracleLM(StandInLM):
@@ -183,8 +188,7 @@ def bundle(tmp_path: Path) -> Path:
 
 
 def test_oracle_scores_one_and_uniform_scores_zero(bundle: Path) -> None:
-    oracle = evaluate_core(OracleLM(gold_texts()), ByteTokenizer(), bundle.as_uri(), max_per_task=None,
-                           device="cpu")
+    oracle = evaluate_core(OracleLM(gold_texts()), ByteTokenizer(), bundle.as_uri(), max_per_task=None, device="cpu")
     assert oracle["core_metric"] == pytest.approx(1.0)
     for label, t in oracle["tasks"].items():
         assert (t["accuracy"], t["centered"]) == (1.0, pytest.approx(1.0)), label
@@ -193,8 +197,12 @@ def test_oracle_scores_one_and_uniform_scores_zero(bundle: Path) -> None:
     tasks = uniform["tasks"]
     assert [tasks[k]["accuracy"] for k in tasks] == [0.25, 0.5, 0.0]  # ties go to the first choice
     assert tasks["mc_trivia"] == {
-        "accuracy": 0.25, "centered": 0.0, "random_baseline": 0.25, "num_examples": 8,
-        "task_type": "multiple_choice", "num_fewshot": 2,
+        "accuracy": 0.25,
+        "centered": 0.0,
+        "random_baseline": 0.25,
+        "num_examples": 8,
+        "task_type": "multiple_choice",
+        "num_fewshot": 2,
     }
     table = format_core_table(uniform)
     header = ["task", "type", "shots", "examples", "accuracy", "baseline", "centered"]
@@ -207,8 +215,9 @@ def test_prompts_follow_nanochat_rendering(bundle: Path) -> None:
     mc, schema, lm = tasks["mc_trivia"], tasks["schema_pronouns"], tasks["lm_facts"]
     shot = mc.examples[0]
     prompts = core_eval.render_prompts(mc, mc.examples[1], [shot])
-    assert prompts[1] == ("Question: What color is a ripe banana?\nAnswer: yellow\n\n"
-                          "Question: What do bees make?\nAnswer: honey")
+    assert prompts[1] == (
+        "Question: What color is a ripe banana?\nAnswer: yellow\n\nQuestion: What do bees make?\nAnswer: honey"
+    )
     options = core_eval.render_prompts(schema, schema.examples[0], [])
     assert options == [f"Tom thanked Ann because {who} had helped him." for who in ("Tom", "Ann")]
     without, with_ = core_eval.render_prompts(lm, lm.examples[2], [lm.examples[0]])
@@ -270,22 +279,27 @@ def test_real_gpt_scores_prompts_longer_than_seq_len(bundle: Path) -> None:
     assert -1.0 <= result["core_metric"] <= 1.0
 
 
-def test_bundle_from_s3_and_zip_over_http(
-    bundle: Path, s3_bucket: Any, http_server: tuple[str, Path]
-) -> None:
+def test_bundle_from_s3_and_zip_over_http(bundle: Path, s3_bucket: Any, http_server: tuple[str, Path]) -> None:
     client = s3_bucket.client()
     for path in bundle.rglob("*"):
         if path.is_file():
             key = f"bundles/core/{path.relative_to(bundle).as_posix()}"
             client.put_object(Bucket=s3_bucket.name, Key=key, Body=path.read_bytes())
-    from_s3 = evaluate_core(OracleLM(gold_texts()), ByteTokenizer(), f"s3://{s3_bucket.name}/bundles/core/",
-                            max_per_task=4, device="cpu", endpoint_url=s3_bucket.endpoint_url)
+    from_s3 = evaluate_core(
+        OracleLM(gold_texts()),
+        ByteTokenizer(),
+        f"s3://{s3_bucket.name}/bundles/core/",
+        max_per_task=4,
+        device="cpu",
+        endpoint_url=s3_bucket.endpoint_url,
+    )
     base_url, root = http_server
     with zipfile.ZipFile(root / "eval_bundle.zip", "w") as zf:  # nanochat ships eval_bundle.zip
         for path in bundle.rglob("*"):
             zf.write(path, f"eval_bundle/{path.relative_to(bundle).as_posix()}")
-    from_zip = evaluate_core(OracleLM(gold_texts()), ByteTokenizer(), f"{base_url}/eval_bundle.zip",
-                             max_per_task=4, device="cpu")
+    from_zip = evaluate_core(
+        OracleLM(gold_texts()), ByteTokenizer(), f"{base_url}/eval_bundle.zip", max_per_task=4, device="cpu"
+    )
     assert from_s3 == from_zip and from_s3["core_metric"] == pytest.approx(1.0)
 
 
@@ -310,8 +324,7 @@ def test_real_gpt_and_byte_tokenizer(bundle: Path) -> None:
     from speedrun_trainer.train.model import GPT
 
     torch.manual_seed(0)
-    spec = ModelSpec(vocab_size=257, seq_len=64, hidden_dim=32, intermediate_dim=64, num_layers=1,
-                     num_heads=2)
+    spec = ModelSpec(vocab_size=257, seq_len=64, hidden_dim=32, intermediate_dim=64, num_layers=1, num_heads=2)
     model = GPT(spec).train()
     result = evaluate_core(model, load_tokenizer("byte"), str(bundle), max_per_task=4, device="cpu")
     assert model.training  # the mode is restored
@@ -332,13 +345,17 @@ def test_ranks_split_the_examples_and_sum_their_counts(bundle: Path, monkeypatch
     for rank in (0, 1):
         monkeypatch.setattr(dist, "all_reduce", lambda t, op=None, r=rank: own.__setitem__(r, t.clone()))
         models[rank] = StandInLM()
-        evaluate_core(models[rank], ByteTokenizer(), str(bundle), max_per_task=None, device="cpu",
-                      rank=rank, world_size=2)
+        evaluate_core(
+            models[rank], ByteTokenizer(), str(bundle), max_per_task=None, device="cpu", rank=rank, world_size=2
+        )
     results = []
     for rank in (0, 1):
         monkeypatch.setattr(dist, "all_reduce", lambda t, op=None, r=rank: t.add_(own[1 - r]))
-        results.append(evaluate_core(StandInLM(), ByteTokenizer(), str(bundle), max_per_task=None,
-                                     device="cpu", rank=rank, world_size=2))
+        results.append(
+            evaluate_core(
+                StandInLM(), ByteTokenizer(), str(bundle), max_per_task=None, device="cpu", rank=rank, world_size=2
+            )
+        )
     assert results[0] == results[1] == expected
     # after the shuffle every gold-0 example sits at an even place: rank 0 has all the hits
     assert own[0].tolist() == [2, 3, 0] and own[1].tolist() == [0, 0, 0]
@@ -347,7 +364,7 @@ def test_ranks_split_the_examples_and_sum_their_counts(bundle: Path, monkeypatch
         task, at = single.seen[at : at + size], at + size
         for rank in (0, 1):
             share = task[rank::2]
-            mine, models[rank].seen = models[rank].seen[: len(share)], models[rank].seen[len(share):]
+            mine, models[rank].seen = models[rank].seen[: len(share)], models[rank].seen[len(share) :]
             assert all(torch.equal(a, b) for a, b in zip(mine, share, strict=True))
 
 

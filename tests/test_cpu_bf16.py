@@ -24,8 +24,17 @@ from speedrun_trainer.train.optim import build_optimizers
 from speedrun_trainer.train.runtime import autocast, autocast_dtype, native_bf16_matmul
 from speedrun_trainer.train.step import TrainStep
 
-SPEC = ModelSpec(vocab_size=64, seq_len=16, hidden_dim=32, intermediate_dim=64, num_layers=2, num_heads=2,
-                 activation="relu2", qk_norm=True, tie_embeddings=True)
+SPEC = ModelSpec(
+    vocab_size=64,
+    seq_len=16,
+    hidden_dim=32,
+    intermediate_dim=64,
+    num_layers=2,
+    num_heads=2,
+    activation="relu2",
+    qk_norm=True,
+    tie_embeddings=True,
+)
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 NATIVE = native_bf16_matmul(CPU)
 
@@ -52,8 +61,17 @@ def test_cpu_autocasts_bf16_only_where_it_is_native(monkeypatch: pytest.MonkeyPa
 def counting_batches(device_batch_size: int = 4) -> BatchPrefetcher:
     """Next token = this token + 1: learnable, so a training loss must fall."""
     ds = TokenDataset([(np.arange(4000) % SPEC.vocab_size).astype(np.uint16)], "mem://counting")
-    return BatchPrefetcher(ds, start_step=0, accum=1, rank=0, world=1, device_batch_size=device_batch_size,
-                           batch_size=device_batch_size, seq_len=SPEC.seq_len, device=CPU)
+    return BatchPrefetcher(
+        ds,
+        start_step=0,
+        accum=1,
+        rank=0,
+        world=1,
+        device_batch_size=device_batch_size,
+        batch_size=device_batch_size,
+        seq_len=SPEC.seq_len,
+        device=CPU,
+    )
 
 
 def train(precision: str, steps: int) -> tuple[list[float], list[torch.dtype], torch.nn.Module]:

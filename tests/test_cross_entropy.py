@@ -84,8 +84,9 @@ def test_chunked_token_losses_equal_per_token_cross_entropy() -> None:
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_gpt_loss_and_grads_equal_the_loss_of_its_logits(tie: bool) -> None:
-    spec = ModelSpec(vocab_size=80, seq_len=16, hidden_dim=32, intermediate_dim=64, num_layers=2, num_heads=2,
-                     tie_embeddings=tie)
+    spec = ModelSpec(
+        vocab_size=80, seq_len=16, hidden_dim=32, intermediate_dim=64, num_layers=2, num_heads=2, tie_embeddings=tie
+    )
     torch.manual_seed(0)
     model = GPT(spec)
     gen = torch.Generator().manual_seed(1)

@@ -105,7 +105,9 @@ def test_batch_for_reads_each_sequence_of_a_step_once(world: int, device_batch: 
     for step in (0, 3):
         read = [
             batch_for(step, m, r, world, device_batch, batch) + i
-            for m in range(accumulation) for r in range(world) for i in range(device_batch)
+            for m in range(accumulation)
+            for r in range(world)
+            for i in range(device_batch)
         ]
         assert sorted(read) == list(range(step * batch, (step + 1) * batch))
     assert batch_for(2, 1, 1, 2, 4, 32) == 2 * 32 + (1 * 2 + 1) * 4

@@ -42,8 +42,9 @@ def _fetch(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict, s
     return code, (json.loads(captured.out) if code == 0 else {}), captured.err
 
 
-def test_fineweb_shards_resume_after_a_dropped_connection(hub: HubMirror, tmp_path: Path, capsys,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fineweb_shards_resume_after_a_dropped_connection(
+    hub: HubMirror, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1024)  # small chunks: the bytes before the drop are kept
@@ -57,8 +58,11 @@ def test_fineweb_shards_resume_after_a_dropped_connection(hub: HubMirror, tmp_pa
     out = tmp_path / "fineweb"
     code, summary, err = _fetch(capsys, "fineweb10b-gpt2", "--out", str(out), "--train-shards", "2")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["fineweb_train_000001.bin", "fineweb_train_000002.bin",
-                                                     "fineweb_val_000000.bin"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fineweb_train_000001.bin",
+        "fineweb_train_000002.bin",
+        "fineweb_val_000000.bin",
+    ]
     for name in ("fineweb_val_000000.bin", "fineweb_train_000001.bin", "fineweb_train_000002.bin"):
         assert read_shard_file(out / name).tolist() == shards[name].tolist()
     assert summary["tokens"]["fineweb_val_000000.bin"] == 5000
@@ -77,8 +81,9 @@ def _paloma(hub: HubMirror) -> list[str]:
     return texts
 
 
-def test_paloma_c4_en_is_gated_tokenized_and_named(hub: HubMirror, tmp_path: Path, capsys,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paloma_c4_en_is_gated_tokenized_and_named(
+    hub: HubMirror, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     texts = _paloma(hub)
     hub.token = "hf_secret"
     out = tmp_path / "c4"
@@ -95,8 +100,7 @@ def test_paloma_c4_en_is_gated_tokenized_and_named(hub: HubMirror, tmp_path: Pat
     assert paths and all("/c4_en/val/" in p for p in paths)  # only the C4-EN validation split
 
 
-def test_nanochat_eval_bundle_unpacked(hub: HubMirror, tmp_path: Path, capsys,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nanochat_eval_bundle_unpacked(hub: HubMirror, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("eval_bundle/core.yaml", "icl_tasks: []\n")

@@ -24,8 +24,15 @@ def test_marin_130m_matches_print_run_info():
 
 def test_marin_150m_results_file_model_flops():
     """Marin's llama_150m_run results: seq 1024, batch 512, 3000 steps -> 8.95011e17 model FLOPs."""
-    m = ModelSpec(vocab_size=128256, seq_len=1024, hidden_dim=512, intermediate_dim=1792, num_layers=6,
-                  num_heads=8, num_kv_heads=8)
+    m = ModelSpec(
+        vocab_size=128256,
+        seq_len=1024,
+        hidden_dim=512,
+        intermediate_dim=1792,
+        num_layers=6,
+        num_heads=8,
+        num_kv_heads=8,
+    )
     tokens = 512 * 1024 * 3000
     assert 3 * forward_flops_per_token(m) * tokens == pytest.approx(8.95011054944256e17, rel=1e-12)
     assert param_count(m) == 154147328
@@ -33,8 +40,16 @@ def test_marin_150m_results_file_model_flops():
 
 def test_forward_flops_by_hand():
     """h=4, i=8, H=2, K=1, d=2, s=3, V=5, L=1, relu2 (two MLP matrices)."""
-    m = ModelSpec(vocab_size=5, seq_len=3, hidden_dim=4, intermediate_dim=8, num_layers=1, num_heads=2,
-                  num_kv_heads=1, activation="relu2")
+    m = ModelSpec(
+        vocab_size=5,
+        seq_len=3,
+        hidden_dim=4,
+        intermediate_dim=8,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        activation="relu2",
+    )
     mlp = 2 * 2 * 4 * 8  # 128
     qkv = 2 * 4 * (2 * 2 + 2 * 1 * 2)  # 64
     out = 2 * 4 * 4  # 32
@@ -44,8 +59,17 @@ def test_forward_flops_by_hand():
 
 
 def test_param_count_tied_and_qk_norm():
-    m = ModelSpec(vocab_size=10, seq_len=8, hidden_dim=4, intermediate_dim=6, num_layers=2, num_heads=2,
-                  activation="gelu", tie_embeddings=True, qk_norm=True)
+    m = ModelSpec(
+        vocab_size=10,
+        seq_len=8,
+        hidden_dim=4,
+        intermediate_dim=6,
+        num_layers=2,
+        num_heads=2,
+        activation="gelu",
+        tie_embeddings=True,
+        qk_norm=True,
+    )
     per_layer = 4 * 4 * 4 + 2 * 4 * 6 + 2 * 4 + 2 * 2  # attn, mlp, norms, qk gains
     assert param_count(m) == 10 * 4 + 2 * per_layer + 4
 
@@ -67,8 +91,17 @@ def test_horizons_resolve_to_steps(tmp_path):
 
 def test_scaling_param_count_by_hand():
     """nanochat's count for paramDataRatio: matrices per layer + the lm_head; no embedding, no gains."""
-    m = ModelSpec(vocab_size=10, seq_len=8, hidden_dim=4, intermediate_dim=6, num_layers=2, num_heads=2,
-                  activation="gelu", tie_embeddings=True, qk_norm=True)
+    m = ModelSpec(
+        vocab_size=10,
+        seq_len=8,
+        hidden_dim=4,
+        intermediate_dim=6,
+        num_layers=2,
+        num_heads=2,
+        activation="gelu",
+        tie_embeddings=True,
+        qk_norm=True,
+    )
     matrices = 4 * 4 * 4 + 2 * 4 * 6  # q, k, v, o and two MLP matrices
     assert scaling_param_count(m) == 2 * matrices + 10 * 4
 

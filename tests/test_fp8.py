@@ -21,8 +21,16 @@ from speedrun_trainer.train import fp8
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.runtime import DeviceError
 
-GPT2_SMALL = ModelSpec(vocab_size=50304, seq_len=64, hidden_dim=768, intermediate_dim=3072, num_layers=2,
-                       num_heads=12, num_kv_heads=4, activation="silu")
+GPT2_SMALL = ModelSpec(
+    vocab_size=50304,
+    seq_len=64,
+    hidden_dim=768,
+    intermediate_dim=3072,
+    num_layers=2,
+    num_heads=12,
+    num_kv_heads=4,
+    activation="silu",
+)
 
 
 def gpt(spec: ModelSpec = GPT2_SMALL) -> GPT:
@@ -39,8 +47,16 @@ def test_fp8_layers_are_the_block_matrices_and_not_the_head() -> None:
 
 def test_small_or_odd_layers_stay_bf16() -> None:
     # k/v are 64 wide (2 kv heads x 32): below the 128 floor; 200 is not a multiple of 16.
-    spec = ModelSpec(vocab_size=64, seq_len=16, hidden_dim=128, intermediate_dim=200, num_layers=1, num_heads=4,
-                     num_kv_heads=2, activation="relu2")
+    spec = ModelSpec(
+        vocab_size=64,
+        seq_len=16,
+        hidden_dim=128,
+        intermediate_dim=200,
+        num_layers=1,
+        num_heads=4,
+        num_kv_heads=2,
+        activation="relu2",
+    )
     assert fp8.fp8_layer_names(gpt(spec)) == ["blocks.0.attn.c_q", "blocks.0.attn.c_proj"]
     tiny = spec.model_copy(update={"hidden_dim": 64, "intermediate_dim": 128, "num_heads": 2, "num_kv_heads": 2})
     with pytest.raises(ConfigError, match=r"spec\.train\.precision: fp8 found no layer"):
@@ -91,8 +107,10 @@ def test_conversion_swaps_the_selected_layers_and_keeps_parameters() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
-                    reason="needs an FP8 GPU (compute capability >= 8.9)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+    reason="needs an FP8 GPU (compute capability >= 8.9)",
+)
 def test_fp8_trains_on_the_gpu() -> None:
     pytest.importorskip("torchao.float8")
     device = torch.device("cuda")

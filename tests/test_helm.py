@@ -406,9 +406,7 @@ def test_service_monitor_scrapes_the_metrics_service(helm: Path) -> None:
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
-    assert endpoint["metricRelabelings"] == [
-        {"sourceLabels": ["__name__"], "regex": "python_gc_.*", "action": "drop"}
-    ]
+    assert endpoint["metricRelabelings"] == [{"sourceLabels": ["__name__"], "regex": "python_gc_.*", "action": "drop"}]
     assert "honorLabels" not in endpoint and "relabelings" not in endpoint
     assert DURATION.match(endpoint["interval"]) and DURATION.match(endpoint["scrapeTimeout"])
 

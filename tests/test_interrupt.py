@@ -39,7 +39,9 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen, str]:
     runs = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "speedrun_trainer.cli", "run", str(manifest), "--runs-dir", str(runs)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     marker = str(runs)
     deadline = time.monotonic() + START_TIMEOUT

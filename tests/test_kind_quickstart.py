@@ -54,7 +54,7 @@ def test_files_the_script_uses_exist() -> None:
 def test_default_images_are_the_charts() -> None:
     values = yaml.safe_load((ROOT / "charts" / "speedrun-operator" / "values.yaml").read_text())
     chart = yaml.safe_load((ROOT / "charts" / "speedrun-operator" / "Chart.yaml").read_text())
-    assert f'VERSION={chart["appVersion"]}' in script()
+    assert f"VERSION={chart['appVersion']}" in script()
     assert f"OPERATOR_IMAGE:-{values['image']['repository']}:$VERSION" in script()
     assert f"TRAINER_IMAGE:-{values['trainer']['image']['repository']}:$VERSION" in script()
 

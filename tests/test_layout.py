@@ -61,7 +61,7 @@ def test_no_import_cycles() -> None:
         stack.append(m)
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(n):], n]))
+                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(n) :], n]))
             if n not in state:
                 visit(n)
         stack.pop()
@@ -80,8 +80,11 @@ def test_package_inits_say_what_they_hold() -> None:
 
 
 def test_modules_stay_small() -> None:
-    big = {str(p.relative_to(ROOT)): n for p in modules().values()
-           if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    big = {
+        str(p.relative_to(ROOT)): n
+        for p in modules().values()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
     assert not big, f"modules over {MAX_MODULE_LINES} lines (split them by concept): {big}"
 
 

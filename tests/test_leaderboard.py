@@ -36,8 +36,7 @@ BOTTLECAP_TRACK = "bpb:fineweb10B-gpt2/val [levanter-bpb-cross-doc]"
 NANOCHAT_TRACK = "bpb:nanochat-fineweb-edu/val [levanter-bpb-cross-doc]"
 
 
-def run(name: str, flops: float | None = None, bpb: float | None = None, seconds: float = 100.0,
-        **extra: Any) -> Run:
+def run(name: str, flops: float | None = None, bpb: float | None = None, seconds: float = 100.0, **extra: Any) -> Run:
     info = {"name": name, "training_hardware_flops": flops, BPB_KEY: bpb, "training_time": seconds, **extra}
     return run_from_info(info, name, f"file:///{name}/speedrun_results.json")
 
@@ -62,18 +61,27 @@ def load_png(data: bytes) -> np.ndarray:
 
 def test_pareto_frontier_bands_and_ties() -> None:
     runs = [
-        run("cheap", 0.5e18, 1.30), run("a", 1e18, 1.20), run("b", 2e18, 1.10),
+        run("cheap", 0.5e18, 1.30),
+        run("a", 1e18, 1.20),
+        run("b", 2e18, 1.10),
         run("c", 2e18, 1.15),  # b: same FLOPs, better BPB
         run("d", 4e18, 1.10),  # b: same BPB, fewer FLOPs
-        run("e", 4e18, 1.00, seconds=200.0), run("f", 4e18, 1.00, seconds=150.0),  # equal: both optimal
-        run("no-flops", None, 0.9), run("no-bpb", 1e18, None),
+        run("e", 4e18, 1.00, seconds=200.0),
+        run("f", 4e18, 1.00, seconds=150.0),  # equal: both optimal
+        run("no-flops", None, 0.9),
+        run("no-bpb", 1e18, None),
     ]
     tracks = rank_runs(runs, band_width=0.1)
     marin = tracks["marin"]
     assert [r.name for r in marin] == ["f", "e", "b", "d", "c", "a", "cheap"]  # BPB, FLOPs, then time
     assert {r.name for r in runs if r.pareto} == {"cheap", "a", "b", "e", "f"}
     assert {r.name: r.band for r in marin} == {
-        "f": "1.0-1.1", "e": "1.0-1.1", "b": "1.1-1.2", "d": "1.1-1.2", "c": "1.1-1.2", "a": "1.2-1.3",
+        "f": "1.0-1.1",
+        "e": "1.0-1.1",
+        "b": "1.1-1.2",
+        "d": "1.1-1.2",
+        "c": "1.1-1.2",
+        "a": "1.2-1.3",
         "cheap": "1.3-1.4",
     }
     bands = build_tables(tracks, 0.1)[1]
@@ -94,14 +102,22 @@ def test_time_to_target_tracks() -> None:
         run("core-closer", target={"metric": "core", "value": 0.25}, time_to_target=None, core_metric=0.24),
         run("other-value", target={"metric": "val_loss", "value": 3.5}, time_to_target=10.0),
         # an older file: no "target" key, but the resolved manifest says it
-        run("from-spec", time_to_target=50.0,
-            spec={"kind": "SpeedrunJob", "spec": {"target": {"metric": "val_loss", "value": 3.28}}}),
+        run(
+            "from-spec",
+            time_to_target=50.0,
+            spec={"kind": "SpeedrunJob", "spec": {"target": {"metric": "val_loss", "value": 3.28}}},
+        ),
     ]
     tracks = rank_runs(runs)
     assert list(tracks) == ["time-to-core:0.25", "time-to-val_loss:3.28", "time-to-val_loss:3.5"]
     board = tracks["time-to-val_loss:3.28"]
     assert [(r.name, r.ranks["time-to-val_loss:3.28"]) for r in board] == [
-        ("from-spec", 1), ("tie-short", 2), ("tie-long", 3), ("slow", 4), ("missed-near", None), ("missed-far", None),
+        ("from-spec", 1),
+        ("tie-short", 2),
+        ("tie-long", 3),
+        ("slow", 4),
+        ("missed-near", None),
+        ("missed-far", None),
     ]
     assert [r.name for r in tracks["time-to-core:0.25"]] == ["core-closer", "core-miss"]  # higher is closer
     assert runs[0].tracks == ["time-to-val_loss:3.28"] and not runs[0].pareto
@@ -156,8 +172,9 @@ def test_json_from_file_and_s3_prefix(capsys: pytest.CaptureFixture[str], s3_buc
     assert [r["ranks"].get("marin") for r in from_file] == [1, 2, 3, None, None, None, None, None]
     client = s3_bucket.client()
     for path in DATA.rglob("speedrun_results.json"):
-        client.put_object(Bucket=s3_bucket.name, Key=f"boards/{path.relative_to(DATA).as_posix()}",
-                          Body=path.read_bytes())
+        client.put_object(
+            Bucket=s3_bucket.name, Key=f"boards/{path.relative_to(DATA).as_posix()}", Body=path.read_bytes()
+        )
     assert speedrun(["leaderboard", f"s3://{s3_bucket.name}/boards", "--json"]) == 0
     from_s3 = json.loads(capsys.readouterr().out)
     for row in (*from_file, *from_s3):
@@ -165,8 +182,9 @@ def test_json_from_file_and_s3_prefix(capsys: pytest.CaptureFixture[str], s3_buc
     assert from_s3 == from_file
 
 
-def test_errors_are_one_line_and_bad_files_are_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                       s3_bucket: Any) -> None:
+def test_errors_are_one_line_and_bad_files_are_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], s3_bucket: Any
+) -> None:
     assert speedrun(["leaderboard", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no speedrun_results.json found" in err
@@ -224,7 +242,7 @@ def test_html_page_is_one_self_contained_file(tmp_path: Path) -> None:
     page = tmp_path / "board.html"
     assert speedrun(["leaderboard", str(board_with_links(tmp_path)), "--html", str(page)]) == 0
     text = page.read_text()
-    assert re.search(r'<(?:script|link|img|iframe)[^>]+(?:src|href)=', text) is None  # nothing to fetch
+    assert re.search(r"<(?:script|link|img|iframe)[^>]+(?:src|href)=", text) is None  # nothing to fetch
     assert "default-src 'none'" in text  # and the browser is told to fetch nothing
     assert text.count('<table class="board" id="table-') == 8 and text.count('class="highlight"') >= 4
     assert '<a href="https://wandb.ai/tester/speedrun/runs/d20abc"' in text
@@ -234,8 +252,12 @@ def test_html_page_is_one_self_contained_file(tmp_path: Path) -> None:
 def test_frontier_follows_marins_site_on_either_axis() -> None:
     from speedrun_trainer.leaderboard.page import frontier
 
-    runs = [run("a", 1e18, 1.30, model_flops=5e17), run("b", 2e18, 1.20, model_flops=4e17),
-            run("c", 2e18, 1.20, model_flops=9e17), run("d", 4e18, 1.25, model_flops=1e17)]
+    runs = [
+        run("a", 1e18, 1.30, model_flops=5e17),
+        run("b", 2e18, 1.20, model_flops=4e17),
+        run("c", 2e18, 1.20, model_flops=9e17),
+        run("d", 4e18, 1.25, model_flops=1e17),
+    ]
     assert frontier(runs, "hardware") == {"a", "b"}  # c ties b and comes later; d is worse than b
     assert frontier(runs, "model") == {"d", "b"}  # by model FLOPs: d (1e17), then b (4e17) beats it
 
@@ -262,24 +284,31 @@ def test_html_page_in_headless_chromium_sorts_on_a_click_and_shows_a_tooltip(tmp
         assert [float(x) for x in browser.evaluate(flops_in)] == sorted(flops, reverse=True)
 
         browser.hover('#chart circle[data-run="d20"]')
-        tip = browser.wait_for("!document.getElementById('tooltip').hidden"
-                               " && document.getElementById('tooltip').innerText")
+        tip = browser.wait_for(
+            "!document.getElementById('tooltip').hidden && document.getElementById('tooltip').innerText"
+        )
         assert "d20" in tip and "Speedrun Tester" in tip and "BPB" in tip and "hardware FLOPs" in tip
         links = browser.evaluate("Array.from(document.querySelectorAll('#tooltip a')).map(a => a.href)")
         assert links[0] == "https://wandb.ai/tester/speedrun/runs/d20abc" and links[1].endswith("speedrun_results.json")
 
-        browser.evaluate("document.getElementById('table-0-filter').value = 'd26';"
-                         " document.getElementById('table-0-filter').dispatchEvent(new Event('input'))")
-        shown = browser.evaluate("Array.from(document.querySelectorAll('#table-0 tbody tr'))"
-                                 ".filter(r => !r.hidden).map(r => r.cells[2].textContent)")
+        browser.evaluate(
+            "document.getElementById('table-0-filter').value = 'd26';"
+            " document.getElementById('table-0-filter').dispatchEvent(new Event('input'))"
+        )
+        shown = browser.evaluate(
+            "Array.from(document.querySelectorAll('#table-0 tbody tr'))"
+            ".filter(r => !r.hidden).map(r => r.cells[2].textContent)"
+        )
         assert sorted(shown) == ["d26-bf16", "d26-fp8"]
 
         # Box zoom: drag over the chart's left half; the points there spread out, the others leave.
         cx = "Array.from(document.querySelectorAll('#chart circle.run')).map(c => +c.getAttribute('cx'))"
         before = browser.evaluate(cx)
         browser.center("#chart")  # scrolls it into view
-        box = browser.evaluate("(() => { const r = document.getElementById('chart').getBoundingClientRect();"
-                               " return [r.left, r.top, r.width, r.height]; })()")
+        box = browser.evaluate(
+            "(() => { const r = document.getElementById('chart').getBoundingClientRect();"
+            " return [r.left, r.top, r.width, r.height]; })()"
+        )
         browser.drag((box[0] + box[2] * 0.09, box[1] + box[3] * 0.05), (box[0] + box[2] * 0.5, box[1] + box[3] * 0.85))
         after = browser.evaluate(cx)
         assert after != before and max(after) > max(before)  # zoomed in: right-hand points pushed off the frame
@@ -287,7 +316,7 @@ def test_html_page_in_headless_chromium_sorts_on_a_click_and_shows_a_tooltip(tmp
         assert browser.evaluate(cx) == before
 
         hardware_count = browser.evaluate("document.getElementById('frontier-count').textContent")
-        browser.click('input[name=x-axis][value=model]')
+        browser.click("input[name=x-axis][value=model]")
         assert browser.evaluate("document.querySelector('#chart .label').textContent").startswith("model FLOPs")
         from speedrun_trainer.leaderboard.page import frontier
         from speedrun_trainer.leaderboard.runs import load_runs
@@ -296,7 +325,8 @@ def test_html_page_in_headless_chromium_sorts_on_a_click_and_shows_a_tooltip(tmp
         marin = next(runs for name, runs in tracks.items() if is_bpb_track(name))  # the charted track
         assert hardware_count == str(len(frontier(marin, "hardware")))
         assert browser.evaluate("document.getElementById('frontier-count').textContent") == str(
-            len(frontier(marin, "model")))
+            len(frontier(marin, "model"))
+        )
 
 
 def _tiny_results(tmp_path: Path) -> dict[str, Any]:
@@ -308,8 +338,7 @@ def _tiny_results(tmp_path: Path) -> dict[str, Any]:
 
     job = parse_job(tiny_manifest())
     summary = {"step": 20, "training_seconds": 4.0, "num_devices": 2, "device_flops": 1e11}
-    return build_run_info(job, resolve(job), summary, bpb=2.2, initial_bpb=8.0, val_loss=1.5, core=None,
-                          versions={})
+    return build_run_info(job, resolve(job), summary, bpb=2.2, initial_bpb=8.0, val_loss=1.5, core=None, versions={})
 
 
 def test_marin_runs_and_a_builtin_corpus_run_are_ranked_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -334,14 +363,21 @@ def test_definitions_and_tokenizers_split_tracks() -> None:
     nanochat = run("nano", 1e18, 0.9, bpb_definition="nanochat-bpb")
     marin = run("marin-run", 2e18, 1.1)
     tracks = rank_runs([old_ours, nanochat, marin])
-    assert list(tracks) == ["marin", "bpb:builtin://pydoc-topics/val [nanochat-bpb]",
-                            "bpb:paloma/c4_en [nanochat-bpb]"]
+    assert list(tracks) == ["marin", "bpb:builtin://pydoc-topics/val [nanochat-bpb]", "bpb:paloma/c4_en [nanochat-bpb]"]
     assert [r.name for r in tracks["marin"]] == ["marin-run"]
 
     def loss_run(name: str, tokenizer: str, seconds: float) -> Run:
         eval_set = {"dataset": "fineweb10B/val", "tokens_scored": 10_485_760}
-        return run(name, 1e18, None, target={"metric": "val_loss", "value": 3.28}, time_to_target=seconds,
-                   eval_set=eval_set, tokenizer=tokenizer, val_loss=3.27)
+        return run(
+            name,
+            1e18,
+            None,
+            target={"metric": "val_loss", "value": 3.28},
+            time_to_target=seconds,
+            eval_set=eval_set,
+            tokenizer=tokenizer,
+            val_loss=3.27,
+        )
 
     gpt2, llama = loss_run("gpt2-run", "gpt2", 100.0), loss_run("llama-run", "s3://b/llama3.json", 50.0)
     tracks = rank_runs([gpt2, llama])

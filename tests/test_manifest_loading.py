@@ -100,17 +100,28 @@ def test_a_utf8_bom_and_yaml_1_2_floats_are_fine(tmp_path, capsys):
         ({"spec.train.seed": 2**64}, "spec.train.seed: LE 4294967295"),
         ({"spec.eval.bpb.tokens": 10**18}, "spec.eval.bpb.tokens: LE 10000000000"),
         ({"spec.runPolicy.activeDeadlineSeconds": 2**63}, "spec.runPolicy.activeDeadlineSeconds: Input should be less"),
-        ({"spec.resources.maxNodes": 10**9, "spec.resources.minNodes": 1, "spec.resources.nodes": None},
-         "spec.resources.maxNodes: LE 10000"),
+        (
+            {"spec.resources.maxNodes": 10**9, "spec.resources.minNodes": 1, "spec.resources.nodes": None},
+            "spec.resources.maxNodes: LE 10000",
+        ),
         ({"spec.train.steps": "100"}, "spec.train.steps: Input should be a valid integer (got '100')"),
         ({"spec.train.steps": True}, "spec.train.steps: Input should be a valid integer (got True)"),
         ({"spec.model.tieEmbeddings": "yes"}, "spec.model.tieEmbeddings: Input should be a valid boolean"),
         ({"spec.train.batch_size": 8}, "spec.train.batch_size: unknown field (fields are camelCase; did you"),
         ({"spec.train.steps": None, "spec.train.flopsBudget": 1e30}, "spec.train.flopsBudget: resolves to"),
-        ({"spec.train.steps": None, "spec.train.tokens": 10**16, "spec.model.seqLen": 1},
-         "spec.train.tokens: resolves"),
-        ({"spec.train.steps": None, "spec.train.tokens": 16 * 2**20 * 596_046_447, "spec.model.seqLen": 2**20,
-          "spec.train.batchSize": 16}, None),
+        (
+            {"spec.train.steps": None, "spec.train.tokens": 10**16, "spec.model.seqLen": 1},
+            "spec.train.tokens: resolves",
+        ),
+        (
+            {
+                "spec.train.steps": None,
+                "spec.train.tokens": 16 * 2**20 * 596_046_447,
+                "spec.model.seqLen": 2**20,
+                "spec.train.batchSize": 16,
+            },
+            None,
+        ),
     ],
 )
 def test_numbers_and_names_outside_the_contract(overrides, expected, tmp_path, capsys):

@@ -112,8 +112,10 @@ def mutated_manifests(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def byte_mutation(draw: st.DrawFn) -> tuple[str, int, int]:
-    return draw(st.sampled_from(["none", "flip", "duplicate-line", "cut"])), draw(st.integers(0, 10**6)), draw(
-        st.integers(0, 255)
+    return (
+        draw(st.sampled_from(["none", "flip", "duplicate-line", "cut"])),
+        draw(st.integers(0, 10**6)),
+        draw(st.integers(0, 255)),
     )
 
 
@@ -201,8 +203,13 @@ def _operator_reconcile(doc: dict[str, Any]) -> None:
 
 
 @seed(15)
-@settings(max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=MAX_EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(doc=mutated_manifests(), via_text=st.booleans(), mutation=byte_mutation())
 def test_mutated_manifests_keep_the_rules(doc: dict[str, Any], via_text: bool, mutation: tuple[str, int, int]) -> None:
     if via_text:
@@ -230,7 +237,8 @@ def test_mutated_manifests_keep_the_rules(doc: dict[str, Any], via_text: bool, m
 
 
 @pytest.mark.parametrize(
-    "change", [{"spec": [1, 2]}, {"spec": "text"}, {"spec": None}, {"resources": ["gpu"]}, {"resources": 3}],
+    "change",
+    [{"spec": [1, 2]}, {"spec": "text"}, {"spec": None}, {"resources": ["gpu"]}, {"resources": 3}],
     ids=["spec-list", "spec-str", "spec-null", "resources-list", "resources-int"],
 )
 def test_operator_writes_failed_for_a_body_that_is_not_mappings(change: dict[str, Any]) -> None:

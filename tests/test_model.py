@@ -219,8 +219,10 @@ def test_rope_equals_the_rotation_of_each_pair_and_its_inverse_past_seq_len() ->
         torch.testing.assert_close(got.norm(dim=-1), x.norm(dim=-1))
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
-                    reason="torch.compile on CPU needs a C++ compiler (inductor's C++ backend)")
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+    reason="torch.compile on CPU needs a C++ compiler (inductor's C++ backend)",
+)
 def test_compiled_model_on_cpu_equals_eager_in_loss_and_gradients() -> None:
     # `train.compile: true` on a CPU (inductor's C++ backend): the model takes the plain-op paths
     # (F.rms_norm, relu().square()) that the eager CPU Functions replace; both train the same.

@@ -25,13 +25,20 @@ from speedrun_trainer.train.optim import build_optimizers
 
 # 3 layers of GQA + SwiGLU: shapes (64,64) x6, (32,64) x6, (128,64) x6, (64,128) x3 - tall, wide, square,
 # and bucket sizes that do not divide by 2 ranks.
-SPEC = ModelSpec(vocab_size=64, seq_len=16, hidden_dim=64, intermediate_dim=128, num_layers=3,
-                 num_heads=4, num_kv_heads=2, activation="silu")
+SPEC = ModelSpec(
+    vocab_size=64,
+    seq_len=16,
+    hidden_dim=64,
+    intermediate_dim=128,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=2,
+    activation="silu",
+)
 LR, MOMENTUM, WD, STEPS = 0.02, 0.9, 0.1, 3
 
 
-def reference_step(params: list[torch.Tensor], bufs: list[torch.Tensor], lr: float, momentum: float,
-                   wd: float) -> None:
+def reference_step(params: list[torch.Tensor], bufs: list[torch.Tensor], lr: float, momentum: float, wd: float) -> None:
     """The per-parameter Muon update (Nesterov), one Newton-Schulz call per matrix."""
     for p, buf in zip(params, bufs, strict=True):
         buf.lerp_(p.grad, 1 - momentum)
@@ -100,8 +107,10 @@ def _distributed_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         got, opt = stacked_run()
-        torch.save({"params": got, "orthogonalized": opt.orthogonalized,
-                    "state": opt.state_dict()["state"]}, Path(out) / f"rank{rank}.pt")
+        torch.save(
+            {"params": got, "orthogonalized": opt.orthogonalized, "state": opt.state_dict()["state"]},
+            Path(out) / f"rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 

@@ -26,8 +26,9 @@ def pod(index: int, phase: str = "Pending", scheduled: tuple[str, str] | None = 
         status["conditions"].append({"type": "PodScheduled", "status": "False", "reason": scheduled[0],
                                      "message": scheduled[1]})  # fmt: skip
     if waiting is not None:
-        status["containerStatuses"] = [{"name": "trainer", "state": {"waiting": {"reason": waiting[0],
-                                                                                 "message": waiting[1]}}}]
+        status["containerStatuses"] = [
+            {"name": "trainer", "state": {"waiting": {"reason": waiting[0], "message": waiting[1]}}}
+        ]
     labels = {"batch.kubernetes.io/job-completion-index": str(index)}
     return {"metadata": {"name": f"j-train-{index}-abcde", "labels": labels}, "status": status}
 

@@ -412,11 +412,14 @@ class _ProgressClient:
         self.patches.append((patch, subresource))
 
 
-@pytest.mark.parametrize(("phase", "conflict", "written"), [
-    ("Training", False, True),
-    ("Succeeded", False, False),  # the reconcile moved on while rank 0 was scraped
-    ("Training", True, False),  # ... or changed the status between the read and the write
-])
+@pytest.mark.parametrize(
+    ("phase", "conflict", "written"),
+    [
+        ("Training", False, True),
+        ("Succeeded", False, False),  # the reconcile moved on while rank 0 was scraped
+        ("Training", True, False),  # ... or changed the status between the read and the write
+    ],
+)
 def test_a_progress_sample_never_overwrites_a_newer_status(monkeypatch, phase, conflict, written) -> None:
     client = _ProgressClient(phase, conflict)
     monkeypatch.setattr(scrape, "scrape_progress", lambda *a: {"step": 40})

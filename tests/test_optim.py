@@ -15,8 +15,16 @@ from speedrun_api.spec import ModelSpec, OptimizerSpec
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import Muon, build_optimizers, lr_multiplier, newton_schulz, set_lr
 
-SPEC = ModelSpec(vocab_size=64, seq_len=32, hidden_dim=64, intermediate_dim=128, num_layers=2,
-                 num_heads=4, num_kv_heads=2, qk_norm=True)
+SPEC = ModelSpec(
+    vocab_size=64,
+    seq_len=32,
+    hidden_dim=64,
+    intermediate_dim=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    qk_norm=True,
+)
 
 
 def make_model(seed: int = 0, **overrides: object) -> GPT:
@@ -30,9 +38,7 @@ def batch(seed: int = 0, size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return seq[:, :-1], seq[:, 1:]
 
 
-def train_steps(
-    model: GPT, optimizers: list[torch.optim.Optimizer], steps: int, seed: int = 0
-) -> list[float]:
+def train_steps(model: GPT, optimizers: list[torch.optim.Optimizer], steps: int, seed: int = 0) -> list[float]:
     idx, targets = batch(seed)
     losses = []
     for _ in range(steps):

@@ -34,8 +34,15 @@ def _shards(tmp_path: Path, name: str, tokens: np.ndarray) -> str:
 
 
 def _run(entry: Any, tmp_path: Path, storage: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> int:
-    doc = tiny_manifest(**{"spec.train.steps": 4, "spec.train.checkpointEvery": 2, "spec.train.evalEvery": 0,
-                           "spec.eval.bpb.tokens": 256, **overrides})
+    doc = tiny_manifest(
+        **{
+            "spec.train.steps": 4,
+            "spec.train.checkpointEvery": 2,
+            "spec.train.evalEvery": 0,
+            "spec.eval.bpb.tokens": 256,
+            **overrides,
+        }
+    )
     config = write_manifest(tmp_path / "job.yaml", doc)
     monkeypatch.setenv("SPEEDRUN_STORAGE_URI", storage.as_uri())
     monkeypatch.setenv("SPEEDRUN_METRICS_PORT", "0")

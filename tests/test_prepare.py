@@ -31,7 +31,7 @@ def corpus(tmp_path: Path) -> list[str]:
 def _split_documents(tokens: np.ndarray, eot: int) -> list[list[int]]:
     bounds = [*np.flatnonzero(tokens == eot), len(tokens)]
     assert bounds[0] == 0, "every document starts with the separator"
-    return [tokens[a + 1: b].tolist() for a, b in itertools.pairwise(bounds)]
+    return [tokens[a + 1 : b].tolist() for a, b in itertools.pairwise(bounds)]
 
 
 def test_prepare_to_s3_end_to_end(corpus: list[str], s3_bucket, tmp_path: Path) -> None:
@@ -155,31 +155,66 @@ def _byte_level_tokenizer(path: Path, adds_bos: bool, normalizer: dict | None = 
     that adds BOS itself, as Llama 3's tokenizer does."""
     from tests.llama3_vocab import _byte_level_chars
 
-    specials = [{"id": 256 + i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
-                 "normalized": False, "special": True} for i, c in enumerate(["<|begin_of_text|>", "<|end_of_text|>"])]
+    specials = [
+        {
+            "id": 256 + i,
+            "content": c,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, c in enumerate(["<|begin_of_text|>", "<|end_of_text|>"])
+    ]
     sequence_a = {"Sequence": {"id": "A", "type_id": 0}}
-    post = {"type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, sequence_a],
-            "pair": [sequence_a, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [256],
-                                                     "tokens": ["<|begin_of_text|>"]}}}
+    post = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, sequence_a],
+        "pair": [sequence_a, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {
+            "<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [256], "tokens": ["<|begin_of_text|>"]}
+        },
+    }
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    path.write_text(json.dumps({
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": specials, "normalizer": normalizer,
-        "pre_tokenizer": byte_level, "post_processor": post if adds_bos else None, "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {c: i for i, c in enumerate(_byte_level_chars())}, "merges": []},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "version": "1.0",
+                "truncation": None,
+                "padding": None,
+                "added_tokens": specials,
+                "normalizer": normalizer,
+                "pre_tokenizer": byte_level,
+                "post_processor": post if adds_bos else None,
+                "decoder": byte_level,
+                "model": {
+                    "type": "BPE",
+                    "dropout": None,
+                    "unk_token": None,
+                    "continuing_subword_prefix": None,
+                    "end_of_word_suffix": None,
+                    "fuse_unk": False,
+                    "byte_fallback": False,
+                    "ignore_merges": False,
+                    "vocab": {c: i for i, c in enumerate(_byte_level_chars())},
+                    "merges": [],
+                },
+            }
+        )
+    )
     return path
 
 
-@pytest.mark.parametrize(("adds_bos", "expected"), [
-    # Llama 3 adds BOS itself; levanter appends " " + EOS to the text: "hi" -> BOS h i ' ' EOS
-    (True, [256, 104, 105, 32, 257]),
-    # a tokenizer that adds nothing: levanter writes "<bos> " + text + " <eos>": BOS ' ' h i ' ' EOS
-    (False, [256, 32, 104, 105, 32, 257]),
-])
+@pytest.mark.parametrize(
+    ("adds_bos", "expected"),
+    [
+        # Llama 3 adds BOS itself; levanter appends " " + EOS to the text: "hi" -> BOS h i ' ' EOS
+        (True, [256, 104, 105, 32, 257]),
+        # a tokenizer that adds nothing: levanter writes "<bos> " + text + " <eos>": BOS ' ' h i ' ' EOS
+        (False, [256, 32, 104, 105, 32, 257]),
+    ],
+)
 def test_levanter_documents_by_hand(tmp_path: Path, adds_bos: bool, expected: list[int]) -> None:
     tok = _byte_level_tokenizer(tmp_path / "tok.json", adds_bos)
     docs = tmp_path / "docs.jsonl"
@@ -200,7 +235,21 @@ def test_levanter_documents_refused_where_not_replicated(tmp_path: Path, capsys:
     assert "levanter-style documents need a tokenizers JSON" in capsys.readouterr().err
     replace = {"type": "Replace", "pattern": {"String": "x"}, "content": "y"}
     tok = _byte_level_tokenizer(tmp_path / "tok.json", True, replace)
-    assert main(["data", "prepare", "--out", str(tmp_path / "b"), "--tokenizer", str(tok), "--documents", "levanter",
-                 str(docs)]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--out",
+                str(tmp_path / "b"),
+                "--tokenizer",
+                str(tok),
+                "--documents",
+                "levanter",
+                str(docs),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "split long documents" in err

@@ -13,14 +13,21 @@ from speedrun_trainer.data.storage import open_storage
 from speedrun_trainer.evaluation.results import BPB_KEY, RESULTS_KEY, RunInfo, build_run_info, headline, write_results
 from tests.helpers import tiny_manifest
 
-SUMMARY = {"step": 20, "training_seconds": 4.0, "time_to_target_seconds": None, "num_devices": 2,
-           "device_flops": 1e11, "wandb_run_link": None}
+SUMMARY = {
+    "step": 20,
+    "training_seconds": 4.0,
+    "time_to_target_seconds": None,
+    "num_devices": 2,
+    "device_flops": 1e11,
+    "wandb_run_link": None,
+}
 
 
 def _run_info(**overrides):
     job = parse_job(tiny_manifest(**overrides))
-    return job, build_run_info(job, resolve(job), SUMMARY, bpb=2.5, initial_bpb=8.0, val_loss=1.7, core=None,
-                               versions={"torch": "x"})
+    return job, build_run_info(
+        job, resolve(job), SUMMARY, bpb=2.5, initial_bpb=8.0, val_loss=1.7, core=None, versions={"torch": "x"}
+    )
 
 
 def test_marin_keys_and_values():
@@ -34,8 +41,19 @@ def test_marin_keys_and_values():
     assert info["eval/builtin://pydoc-topics/val/bpb"] == 2.5 and info["initial_bpb"] == 8.0
     assert BPB_KEY not in info  # the builtin corpus is not Paloma C4-EN: never Marin's key
     assert info["spec"]["spec"]["model"]["hiddenDim"] == 64
-    for key in ("author", "description", "model_flops_per_token", "num_devices", "device_flops", "training_time",
-                "wandb_run_link", "run_completion_timestamp", "core_metric", "time_to_target", "versions"):
+    for key in (
+        "author",
+        "description",
+        "model_flops_per_token",
+        "num_devices",
+        "device_flops",
+        "training_time",
+        "wandb_run_link",
+        "run_completion_timestamp",
+        "core_metric",
+        "time_to_target",
+        "versions",
+    ):
         assert key in info
 
 
@@ -43,10 +61,26 @@ def test_core_target_sets_time_to_target():
     job, _ = _run_info()
     over = {"spec.target": {"metric": "core", "value": 0.2}, "spec.eval.core": {"bundle": "file:///b"}}
     job = parse_job(tiny_manifest(**over))
-    reached = build_run_info(job, resolve(job), SUMMARY, bpb=1.0, initial_bpb=8.0, val_loss=1.0,
-                             core={"core_metric": 0.3, "tasks": {}}, versions={})
-    missed = build_run_info(job, resolve(job), SUMMARY, bpb=1.0, initial_bpb=8.0, val_loss=1.0,
-                            core={"core_metric": 0.1, "tasks": {}}, versions={})
+    reached = build_run_info(
+        job,
+        resolve(job),
+        SUMMARY,
+        bpb=1.0,
+        initial_bpb=8.0,
+        val_loss=1.0,
+        core={"core_metric": 0.3, "tasks": {}},
+        versions={},
+    )
+    missed = build_run_info(
+        job,
+        resolve(job),
+        SUMMARY,
+        bpb=1.0,
+        initial_bpb=8.0,
+        val_loss=1.0,
+        core={"core_metric": 0.1, "tasks": {}},
+        versions={},
+    )
     assert reached["time_to_target"] == 4.0 and missed["time_to_target"] is None
 
 
@@ -58,8 +92,18 @@ def test_written_as_one_object_in_marin_shape(tmp_path):
     assert list(doc) == ["runs"] and doc["runs"][0]["run_info"] == info
     msg = headline(info, uri)
     assert msg["bpb"] == 2.5 and msg["uri"].endswith(RESULTS_KEY)
-    assert set(msg) == {"uri", "bpb", "core", "valLoss", "modelFlops", "hardwareFlops", "trainingSeconds",
-                        "timeToTargetSeconds", "wandbRunLink", "trainingSteps"}
+    assert set(msg) == {
+        "uri",
+        "bpb",
+        "core",
+        "valLoss",
+        "modelFlops",
+        "hardwareFlops",
+        "trainingSeconds",
+        "timeToTargetSeconds",
+        "wandbRunLink",
+        "trainingSteps",
+    }
     assert msg["trainingSteps"] == info["training_steps"]
     from speedrun_operator.termination import parse_results
 
@@ -78,22 +122,48 @@ def test_schema_rejects_broken_results():
 
 def test_marin_key_never_ours_and_every_number_names_its_definition():
     job = parse_job(tiny_manifest())
-    c4 = {"uri": "s3://b/c4/val_*.bin", "dataset": "paloma/c4_en", "tokens_requested": 10_485_760,
-          "tokens_scored": 10_485_760, "set_tokens": 11_000_000, "exceeded": False}
-    info = build_run_info(job, resolve(job), SUMMARY, bpb=1.1, initial_bpb=8.0, val_loss=3.3, core=None,
-                          versions={}, nanochat_bpb=1.05, eval_set=c4)
+    c4 = {
+        "uri": "s3://b/c4/val_*.bin",
+        "dataset": "paloma/c4_en",
+        "tokens_requested": 10_485_760,
+        "tokens_scored": 10_485_760,
+        "set_tokens": 11_000_000,
+        "exceeded": False,
+    }
+    info = build_run_info(
+        job,
+        resolve(job),
+        SUMMARY,
+        bpb=1.1,
+        initial_bpb=8.0,
+        val_loss=3.3,
+        core=None,
+        versions={},
+        nanochat_bpb=1.05,
+        eval_set=c4,
+    )
     # levanter restarts attention after each EOS, our model does not: C4-EN under its own key, not Marin's
     assert BPB_KEY not in info and info["eval/paloma/c4_en/bpb-cross-doc"] == 1.1
     assert info["bpb_dataset"] == "paloma/c4_en"
     assert info["bpb_definition"] == "levanter-bpb-cross-doc" and info["nanochat_bpb"] == 1.05
     assert info["val_loss_definition"] == "mean-loss-all-positions" and info["val_loss_track"] == "modded-nanogpt"
-    assert set(info["metric_definitions"]) == {"levanter-bpb-cross-doc", "levanter-bpb", "nanochat-bpb",
-                                               "mean-loss-all-positions"}
+    assert set(info["metric_definitions"]) == {
+        "levanter-bpb-cross-doc",
+        "levanter-bpb",
+        "nanochat-bpb",
+        "mean-loss-all-positions",
+    }
     assert info["eval_set"]["exceeded"] is False and "warm" in info["clock"]
     assert headline(info, "file:///r")["bpb"] == 1.1
-    small = {**c4, "dataset": "fineweb10B-gpt2/val", "tokens_scored": 1_048_576, "tokens_requested": 2_000_000,
-             "exceeded": True}
-    other = build_run_info(job, resolve(job), SUMMARY, bpb=1.2, initial_bpb=8.0, val_loss=3.4, core=None,
-                           versions={}, eval_set=small)
+    small = {
+        **c4,
+        "dataset": "fineweb10B-gpt2/val",
+        "tokens_scored": 1_048_576,
+        "tokens_requested": 2_000_000,
+        "exceeded": True,
+    }
+    other = build_run_info(
+        job, resolve(job), SUMMARY, bpb=1.2, initial_bpb=8.0, val_loss=3.4, core=None, versions={}, eval_set=small
+    )
     assert BPB_KEY not in other and other["eval/fineweb10B-gpt2/val/bpb"] == 1.2
     assert other["val_loss_track"] == "bottlecap" and other["eval_set"]["exceeded"] is True

@@ -19,10 +19,14 @@ STEPS = 60
 
 
 def _train(config: Path, storage: Path) -> subprocess.Popen:
-    env = {**os.environ, "SPEEDRUN_STORAGE_URI": storage.as_uri(), "SPEEDRUN_METRICS_PORT": "0",
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "speedrun_trainer.train", "--config", str(config)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "SPEEDRUN_STORAGE_URI": storage.as_uri(), "SPEEDRUN_METRICS_PORT": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "speedrun_trainer.train", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _final_weights(storage: Path) -> dict[str, torch.Tensor]:

@@ -16,9 +16,20 @@ from tests.helpers import tiny_manifest, write_manifest
 def test_speedrun_run_two_nodes(tmp_path: Path, launcher: str):
     manifest = write_manifest(tmp_path / "job.yaml", tiny_manifest())
     res = subprocess.run(
-        [sys.executable, "-m", "speedrun_trainer.cli", "run", str(manifest), "--runs-dir", str(tmp_path / "runs"),
-         "--launcher", launcher],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "speedrun_trainer.cli",
+            "run",
+            str(manifest),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--launcher",
+            launcher,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "speedrun results" in res.stdout and "BPB" in res.stdout
@@ -41,6 +52,8 @@ def test_speedrun_run_two_nodes(tmp_path: Path, launcher: str):
     # torchx tees worker output with a "[rank]:" prefix; torchrun writes it as is
     lines = [line for log in logs for line in log.splitlines() if "worker rank" in line]
     workers = sorted(line[line.index("worker rank") :] for line in lines)
-    assert workers == [
-        "worker rank 0/2 (local rank 0) on cpu", "worker rank 1/2 (local rank 0) on cpu"]
-    assert json.loads((run_dir / "termination-message.json").read_text())["bpb"] == info["eval/builtin://pydoc-topics/val/bpb"]
+    assert workers == ["worker rank 0/2 (local rank 0) on cpu", "worker rank 1/2 (local rank 0) on cpu"]
+    assert (
+        json.loads((run_dir / "termination-message.json").read_text())["bpb"]
+        == info["eval/builtin://pydoc-topics/val/bpb"]
+    )

@@ -156,8 +156,10 @@ SIZES = np.geomspace(3e17, 3e20, 6)
 
 def synthetic(seed: int, sigma: float, sizes: np.ndarray = SIZES) -> list[Point]:
     rng = np.random.default_rng(seed)
-    return [Point(f"syn/{i}", float(x), TRUE_LAW.predict(float(x)) + float(rng.normal(0.0, sigma)))
-            for i, x in enumerate(sizes)]
+    return [
+        Point(f"syn/{i}", float(x), TRUE_LAW.predict(float(x)) + float(rng.normal(0.0, sigma)))
+        for i, x in enumerate(sizes)
+    ]
 
 
 def test_intervals_cover_the_true_forecast_on_synthetic_groups() -> None:
@@ -211,10 +213,19 @@ def test_ranking_says_where_intervals_overlap() -> None:
 # ---- the command ----------------------------------------------------------------------------
 
 
-def write_results(root: Path, folder: str, name: str, flops: float, bpb: float,
-                  bpb_key: str = "eval/paloma/c4_en/bpb") -> None:
-    info = {"name": name, "author": {"name": "me"}, bpb_key: bpb, "training_time": 100.0,
-            "training_hardware_flops": flops, "model_flops": flops / 2, "device_flops": 1e11, "num_devices": 1}
+def write_results(
+    root: Path, folder: str, name: str, flops: float, bpb: float, bpb_key: str = "eval/paloma/c4_en/bpb"
+) -> None:
+    info = {
+        "name": name,
+        "author": {"name": "me"},
+        bpb_key: bpb,
+        "training_time": 100.0,
+        "training_hardware_flops": flops,
+        "model_flops": flops / 2,
+        "device_flops": 1e11,
+        "num_devices": 1,
+    }
     target = root / folder / "speedrun_results.json"
     target.parent.mkdir(parents=True)
     target.write_text(json.dumps({"runs": [{"run_info": info}]}))
@@ -245,13 +256,16 @@ def test_cli_scaling_view_on_our_own_sweep(tmp_path: Path, capsys: pytest.Captur
     lo, hi = sweep["interval"]
     assert lo < sweep["forecast"] < hi
     assert groups["wide"]["rank"] is None and "too few runs" in groups["wide"]["flag"]
-    code, out, _ = run_cli(capsys, str(tmp_path), "--view", "scaling", "--json", "--forecast-flops", "1e19",
-                           "--band-points", "5")
+    code, out, _ = run_cli(
+        capsys, str(tmp_path), "--view", "scaling", "--json", "--forecast-flops", "1e19", "--band-points", "5"
+    )
     assert code == 0
     curve = json.loads(out)["groups"][0]["curve"]
     assert len(curve) == 5 and curve[0]["flops"] == pytest.approx(64e15) and curve[-1]["flops"] == pytest.approx(1e19)
-    assert curve[-1]["bpb"] == pytest.approx(sweep["forecast"]) and [curve[-1]["low"], curve[-1]["high"]] == \
-        pytest.approx([lo, hi], abs=1e-6)
+    assert curve[-1]["bpb"] == pytest.approx(sweep["forecast"]) and [
+        curve[-1]["low"],
+        curve[-1]["high"],
+    ] == pytest.approx([lo, hi], abs=1e-6)
     assert all(c["low"] < c["bpb"] < c["high"] for c in curve)
     assert curve[0]["high"] - curve[0]["low"] < hi - lo  # narrow at the data, wide at the forecast
     code, out, _ = run_cli(capsys, str(tmp_path), "--view", "scaling", "--x", "model")
@@ -311,7 +325,8 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_without_scipy_marin_mode_works_and_converged_says_what_to_install(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     depth_sweep(tmp_path)
     monkeypatch.setitem(sys.modules, "scipy", None)  # `from scipy import ...` now raises ImportError
     code, _, err = run_cli(capsys, str(tmp_path), "--view", "scaling")
@@ -323,8 +338,9 @@ def test_without_scipy_marin_mode_works_and_converged_says_what_to_install(
 def test_views_compare_one_bpb_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """BPBs of other data (issue 13's tracks) are never fitted or ranked with Paloma C4-EN's."""
     for depth in (4, 6, 8, 10):
-        write_results(tmp_path, f"tiny/d{depth}", f"tiny-d{depth}", 1e12 * depth**3, 3.0 - 0.1 * depth,
-                      "eval/pydoc/bpb")
+        write_results(
+            tmp_path, f"tiny/d{depth}", f"tiny-d{depth}", 1e12 * depth**3, 3.0 - 0.1 * depth, "eval/pydoc/bpb"
+        )
     code, out, _ = run_cli(capsys, str(tmp_path), "--view", "scaling", "--json")  # only pydoc: that one
     assert code == 0 and json.loads(out)["bpb_track"] == "bpb:pydoc [levanter-bpb]"
     depth_sweep(tmp_path)

@@ -114,23 +114,51 @@ def test_page_data_matches_the_scaling_and_relative_views() -> None:
 def embedded(page: Path) -> dict:
     text = page.read_text()
     start = text.index('<script type="application/json" id="leaderboard-data">') + len(
-        '<script type="application/json" id="leaderboard-data">')
-    return json.loads(text[start:text.index("</script>", start)].replace("<\\/", "</"))
+        '<script type="application/json" id="leaderboard-data">'
+    )
+    return json.loads(text[start : text.index("</script>", start)].replace("<\\/", "</"))
 
 
 def test_page_of_our_own_sweep_opens_on_the_view_asked_for(tmp_path: Path) -> None:
     depth_sweep(tmp_path / "results")
     page = tmp_path / "board.html"
-    assert speedrun(["leaderboard", str(tmp_path / "results"), "--view", "scaling", "--forecast-flops", "1e19",
-                     "--html", str(page)]) == 0
+    assert (
+        speedrun(
+            [
+                "leaderboard",
+                str(tmp_path / "results"),
+                "--view",
+                "scaling",
+                "--forecast-flops",
+                "1e19",
+                "--html",
+                str(page),
+            ]
+        )
+        == 0
+    )
     data = embedded(page)
     assert data["view"] == "scaling" and data["scaling"]["xStar"] == 1e19
     groups = {g["name"]: g for g in data["scaling"]["groups"]}
     assert set(groups) == {"sweep", "wide"} and groups["sweep"]["rankable"] and not groups["wide"]["rankable"]
     assert 1e19 in [b["flops"] for b in groups["sweep"]["band"]] and "too few runs" in groups["wide"]["notes"]
     assert 'id="tab-scaling" data-view="scaling"\n aria-selected="true"' in page.read_text()
-    assert speedrun(["leaderboard", str(tmp_path / "results"), "--view", "runs", "--relative", "--baseline", "sweep",
-                     "--html", str(page)]) == 0
+    assert (
+        speedrun(
+            [
+                "leaderboard",
+                str(tmp_path / "results"),
+                "--view",
+                "runs",
+                "--relative",
+                "--baseline",
+                "sweep",
+                "--html",
+                str(page),
+            ]
+        )
+        == 0
+    )
     data = embedded(page)
     assert data["view"] == "runs" and data["relative"] is True and data["baseline"]["hardware"]["law"] is not None
     assert sum(r["hardwareRelative"] is not None for r in data["runs"]) == 7
@@ -141,14 +169,18 @@ def test_page_of_our_own_sweep_opens_on_the_view_asked_for(tmp_path: Path) -> No
 
 # ---- the page in headless Chromium ----------------------------------------------------------
 
-ROWS = ("Array.from(document.querySelectorAll('#scaling-table tbody tr'))"
-        ".map(r => Array.from(r.cells).map(c => c.textContent))")
+ROWS = (
+    "Array.from(document.querySelectorAll('#scaling-table tbody tr'))"
+    ".map(r => Array.from(r.cells).map(c => c.textContent))"
+)
 
 
 def set_forecast(browser: Browser, text: str) -> None:
     browser.click("#forecast-flops")
-    browser.evaluate(f"(() => {{ const i = document.getElementById('forecast-flops'); i.value = {json.dumps(text)};"
-                     " i.dispatchEvent(new Event('change')); })()")
+    browser.evaluate(
+        f"(() => {{ const i = document.getElementById('forecast-flops'); i.value = {json.dumps(text)};"
+        " i.dispatchEvent(new Event('change')); })()"
+    )
 
 
 def test_page_scaling_view_in_headless_chromium(tmp_path: Path) -> None:
@@ -179,7 +211,7 @@ def test_page_scaling_view_in_headless_chromium(tmp_path: Path) -> None:
         assert browser.evaluate("document.getElementById('forecast-head').textContent") == "BPB at 1e20"
         rows = browser.evaluate(ROWS)
         fitted = sorted((g for g in groups if g.law is not None), key=lambda g: (g.law.predict(1e20), g.name))
-        assert [r[1] for r in rows[:len(fitted)]] == [g.name for g in fitted]
+        assert [r[1] for r in rows[: len(fitted)]] == [g.name for g in fitted]
         assert [r[1] for r in rows] != [g.name for g in groups]  # re-ranked
         for row, group in zip(rows, fitted, strict=False):
             assert row[4] == f"{group.law.predict(1e20):.4f}", group.name
@@ -191,7 +223,8 @@ def test_page_scaling_view_in_headless_chromium(tmp_path: Path) -> None:
         assert all(r[5].startswith("≈") for r in browser.evaluate(ROWS) if r[5] != "-")
         set_forecast(browser, "lots")
         assert "forecast FLOPs: a positive number" in browser.evaluate(
-            "document.getElementById('forecast-error').textContent")
+            "document.getElementById('forecast-error').textContent"
+        )
         assert browser.evaluate("document.getElementById('forecast-head').textContent") == "BPB at 3e20"
 
         browser.click("#tab-runs")
@@ -202,6 +235,6 @@ def test_page_scaling_view_in_headless_chromium(tmp_path: Path) -> None:
         label = "Array.from(document.querySelectorAll('#chart .label')).map(t => t.textContent).join(' | ')"
         assert "vs the adamw_llama_scaling law, %" in browser.evaluate(label)
         assert browser.evaluate(cy) != before and len(browser.evaluate(cy)) == len(before)
-        browser.click('input[name=x-axis][value=model]')  # the relative view on model FLOPs
+        browser.click("input[name=x-axis][value=model]")  # the relative view on model FLOPs
         assert browser.evaluate(label).startswith("model FLOPs")
         assert "a=" in browser.evaluate("document.getElementById('relative-note').textContent")

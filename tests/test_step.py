@@ -36,15 +36,27 @@ SPEC = ModelSpec(vocab_size=64, seq_len=16, hidden_dim=32, intermediate_dim=64, 
 
 def dataset(n: int = 5000, seed: int = 0) -> TokenDataset:
     rng = np.random.default_rng(seed)
-    return TokenDataset([rng.integers(0, SPEC.vocab_size, n, dtype=np.uint16),
-                         rng.integers(0, SPEC.vocab_size, 777, dtype=np.uint16)], "mem://")
+    return TokenDataset(
+        [rng.integers(0, SPEC.vocab_size, n, dtype=np.uint16), rng.integers(0, SPEC.vocab_size, 777, dtype=np.uint16)],
+        "mem://",
+    )
 
 
-def prefetcher(ds: TokenDataset, start_step: int = 0, accum: int = 2, rank: int = 0, world: int = 1,
-               depth: int = 2) -> BatchPrefetcher:
-    return BatchPrefetcher(ds, start_step=start_step, accum=accum, rank=rank, world=world, device_batch_size=3,
-                           batch_size=3 * accum * world, seq_len=SPEC.seq_len, device=torch.device("cpu"),
-                           depth=depth)
+def prefetcher(
+    ds: TokenDataset, start_step: int = 0, accum: int = 2, rank: int = 0, world: int = 1, depth: int = 2
+) -> BatchPrefetcher:
+    return BatchPrefetcher(
+        ds,
+        start_step=start_step,
+        accum=accum,
+        rank=rank,
+        world=world,
+        device_batch_size=3,
+        batch_size=3 * accum * world,
+        seq_len=SPEC.seq_len,
+        device=torch.device("cpu"),
+        depth=depth,
+    )
 
 
 @pytest.mark.parametrize(("start", "rank", "world"), [(0, 0, 1), (5, 1, 2)])
@@ -171,8 +183,17 @@ def test_cuda_step_makes_no_host_sync() -> None:
     model = GPT(SPEC).to(device)
     optimizers = build_optimizers(model, OptimizerSpec(name="muon", learning_rate=0.02))
     step = TrainStep(model, model, None, optimizers, device, "bf16", 1.0)
-    batches = BatchPrefetcher(dataset(), start_step=0, accum=2, rank=0, world=1, device_batch_size=3,
-                              batch_size=6, seq_len=SPEC.seq_len, device=device)
+    batches = BatchPrefetcher(
+        dataset(),
+        start_step=0,
+        accum=2,
+        rank=0,
+        world=1,
+        device_batch_size=3,
+        batch_size=6,
+        seq_len=SPEC.seq_len,
+        device=device,
+    )
     meter, timer = LossMeter(device), StepTimer(device)
     try:
         step(batches.next_step())
@@ -197,7 +218,7 @@ def test_prefetcher_keeps_uint32_token_ids() -> None:
     assert ds.token_dtype == np.uint32
     batches = prefetcher(ds, accum=1)
     try:
-        (x, y), = batches.next_step()
+        ((x, y),) = batches.next_step()
         want_x, want_y = ds.sequences(0, 3, SPEC.seq_len)
         assert torch.equal(x.long(), want_x) and torch.equal(y, want_y) and int(y.max()) == 131071
     finally:

@@ -134,9 +134,13 @@ def test_gcs_storage_round_trip(gcs_bucket: GcsBucket, tmp_path: Path) -> None: 
     assert (tmp_path / "one.bin").read_bytes() == b"1"
     assert fetch_uri(f"{gcs_bucket.uri}/runs/x/meta.json").startswith(b"{")
     assert expand_uris(f"{gcs_bucket.uri}/runs/x/b/*.bin") == [
-        f"{gcs_bucket.uri}/runs/x/b/one.bin", f"{gcs_bucket.uri}/runs/x/b/two.bin"]
+        f"{gcs_bucket.uri}/runs/x/b/one.bin",
+        f"{gcs_bucket.uri}/runs/x/b/two.bin",
+    ]
     assert expand_uris(f"{gcs_bucket.uri}/runs") == [
-        f"{gcs_bucket.uri}/runs/x/b/one.bin", f"{gcs_bucket.uri}/runs/x/b/two.bin"]
+        f"{gcs_bucket.uri}/runs/x/b/one.bin",
+        f"{gcs_bucket.uri}/runs/x/b/two.bin",
+    ]
     with pytest.raises(DataError) as err:
         storage.read_bytes("missing.bin")
     assert _one_line(err) == f"{gcs_bucket.uri}/runs/x/missing.bin: no such object"
@@ -190,10 +194,15 @@ def test_expand_local(tmp_path: Path) -> None:
     d = tmp_path / "d"
     assert expand_uris(f"file://{d}/train_*.bin") == [f"file://{d}/train_000.bin", f"file://{d}/train_001.bin"]
     assert expand_uris(f"{d}/*_000.bin") == [f"{d}/train_000.bin", f"{d}/val_000.bin"]
-    assert expand_uris(f"{d}/**/*.bin") == [f"{d}/sub/x.bin", f"{d}/train_000.bin", f"{d}/train_001.bin",
-                                            f"{d}/val_000.bin"]
-    assert expand_uris(f"file://{d}") == [f"file://{d}/{n}" for n in
-                                          ("sub/x.bin", "train_000.bin", "train_001.bin", "val_000.bin")]
+    assert expand_uris(f"{d}/**/*.bin") == [
+        f"{d}/sub/x.bin",
+        f"{d}/train_000.bin",
+        f"{d}/train_001.bin",
+        f"{d}/val_000.bin",
+    ]
+    assert expand_uris(f"file://{d}") == [
+        f"file://{d}/{n}" for n in ("sub/x.bin", "train_000.bin", "train_001.bin", "val_000.bin")
+    ]
     assert expand_uris(f"{d}/notes.txt") == [f"{d}/notes.txt"]
     for pattern in (f"file://{d}/none_*.bin", f"{d}/missing.bin", f"file://{tmp_path}/empty"):
         with pytest.raises(DataError, match=f"^{re.escape(pattern)}: matches no files"):
@@ -207,8 +216,12 @@ def test_expand_s3(s3_bucket) -> None:
     b = s3_bucket.uri
     assert expand_uris(f"{b}/d/train_*.bin") == [f"{b}/d/train_000.bin", f"{b}/d/train_001.bin"]
     assert expand_uris(f"{b}/d/*.bin") == [f"{b}/d/train_000.bin", f"{b}/d/train_001.bin", f"{b}/d/val_000.bin"]
-    assert expand_uris(f"{b}/d/**/*.bin") == [f"{b}/d/sub/x.bin", f"{b}/d/train_000.bin",
-                                            f"{b}/d/train_001.bin", f"{b}/d/val_000.bin"]
+    assert expand_uris(f"{b}/d/**/*.bin") == [
+        f"{b}/d/sub/x.bin",
+        f"{b}/d/train_000.bin",
+        f"{b}/d/train_001.bin",
+        f"{b}/d/val_000.bin",
+    ]
     everything_in_d = [f"{b}/d/{n}" for n in ("sub/x.bin", "train_000.bin", "train_001.bin", "val_000.bin")]
     assert expand_uris(f"{b}/d") == everything_in_d  # a prefix is a directory: dx.bin is not in it
     assert expand_uris(f"{b}/d/") == everything_in_d

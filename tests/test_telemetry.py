@@ -22,8 +22,15 @@ def test_metrics_served_and_parsed_over_http():
         got = scrape(f"http://127.0.0.1:{port}/metrics")
     finally:
         telemetry.close()
-    assert got == {"step": 7, "total_steps": 10, "train_loss": 2.5, "tokens_per_second": 1234.0, "mfu": 0.25,
-                   "eta_seconds": 3.0, "training_seconds": 0.0}
+    assert got == {
+        "step": 7,
+        "total_steps": 10,
+        "train_loss": 2.5,
+        "tokens_per_second": 1234.0,
+        "mfu": 0.25,
+        "eta_seconds": 3.0,
+        "training_seconds": 0.0,
+    }
     assert scrape(f"http://127.0.0.1:{port}/metrics") == {}  # closed: no error, no numbers
 
 
@@ -39,8 +46,9 @@ def wandb_job(mode: str):
     return parse_job(tiny_manifest(**{"spec.tracking.wandb.mode": mode}))
 
 
-def test_wandb_offline_writes_under_the_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_wandb_offline_writes_under_the_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from speedrun_trainer.train.tracking import Tracker
 
     monkeypatch.delenv("WANDB_DIR", raising=False)
@@ -57,8 +65,9 @@ def test_wandb_offline_writes_under_the_run_directory(tmp_path: Path, monkeypatc
     assert f"wandb: offline, files in {run} (upload later: wandb sync {run})" in out
 
 
-def test_wandb_online_without_a_key_is_off_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_wandb_online_without_a_key_is_off_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from speedrun_trainer.train.tracking import Tracker
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -73,8 +82,9 @@ def test_wandb_online_without_a_key_is_off_with_one_line(tmp_path: Path, monkeyp
     tracker.finish()
 
 
-def test_wandb_without_the_package_is_off_with_one_line(monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture) -> None:
+def test_wandb_without_the_package_is_off_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from speedrun_trainer.train.tracking import Tracker
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError

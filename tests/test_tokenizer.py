@@ -88,8 +88,12 @@ def _train(tmp_path: Path, specials: list[str]) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(["some text to learn from"] * 3, trainer)
     path = tmp_path / f"tok{len(specials)}.json"
     tok.save(str(path))
@@ -152,8 +156,10 @@ def test_tiktoken_token_bytes_offline(monkeypatch) -> None:
     ranks = {bytes([i]): i for i in range(256)}
     ranks.update({m: 256 + j for j, m in enumerate([b"th", b"the", b" the", b"in", "é".encode()])})
     mini = tiktoken.Encoding(
-        "mini", pat_str=r"""'s|'t| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-        mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 300},
+        "mini",
+        pat_str=r"""'s|'t| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 300},
     )
     monkeypatch.setattr(tiktoken, "get_encoding", lambda name: mini)
     tok = TiktokenTokenizer("mini")

@@ -14,10 +14,23 @@ from tests.helpers import tiny_manifest, write_manifest
 
 def _torchrun(config: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPEEDRUN_STORAGE_URI": (tmp_path / "run").as_uri(), "SPEEDRUN_METRICS_PORT": "0"}
-    args = ["--standalone", "--nproc-per-node=1", f"--master-port={free_port()}", "--max-restarts=0",
-            "-m", "speedrun_trainer.train", "--config", str(config)]
-    return subprocess.run([sys.executable, "-m", "speedrun_trainer.train.torchrun", *args], env=env,
-                          capture_output=True, text=True, timeout=180)
+    args = [
+        "--standalone",
+        "--nproc-per-node=1",
+        f"--master-port={free_port()}",
+        "--max-restarts=0",
+        "-m",
+        "speedrun_trainer.train",
+        "--config",
+        str(config),
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "speedrun_trainer.train.torchrun", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_config_path_is_the_scripts_config():

@@ -24,11 +24,17 @@ from tests.llama3_vocab import LLAMA3_VOCAB, write_llama3_sized_tokenizer
 
 
 def _run(module: str, config: Path, storage: Path, cache: Path) -> str:
-    env = {**os.environ, "SPEEDRUN_STORAGE_URI": storage.as_uri(), "SPEEDRUN_METRICS_PORT": "0",
-           "SPEEDRUN_CACHE_DIR": str(cache), "SPEEDRUN_TERMINATION_LOG": str(storage / "termination.json"),
-           "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", module, "--config", str(config)], env=env, capture_output=True,
-                         text=True, timeout=300)
+    env = {
+        **os.environ,
+        "SPEEDRUN_STORAGE_URI": storage.as_uri(),
+        "SPEEDRUN_METRICS_PORT": "0",
+        "SPEEDRUN_CACHE_DIR": str(cache),
+        "SPEEDRUN_TERMINATION_LOG": str(storage / "termination.json"),
+        "OMP_NUM_THREADS": "1",
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", module, "--config", str(config)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout + res.stderr
 
@@ -43,15 +49,27 @@ def test_llama3_sized_vocabulary_trains_and_evaluates_on_cpu(tmp_path: Path) -> 
     train = read_shard_file(data / "train_000000.bin")
     assert train.dtype == np.uint32 and int(train.max()) >= 65_536
 
-    doc = tiny_manifest(**{
-        "spec.model.vocabSize": LLAMA3_VOCAB, "spec.model.hiddenDim": 32, "spec.model.intermediateDim": 64,
-        "spec.model.numLayers": 1, "spec.model.tieEmbeddings": True, "spec.train.steps": 12,
-        "spec.train.clockWarmupSteps": 2, "spec.train.checkpointEvery": 0, "spec.train.evalEvery": 0,
-        "spec.train.optimizer.learningRate": 0.01, "spec.train.optimizer.warmupSteps": 0,
-        "spec.data": {"train": f"{data.as_uri()}/train_*.bin", "validation": f"{data.as_uri()}/val_*.bin",
-                      "tokenizer": str(tokenizer)},
-        "spec.eval": {"bpb": {"tokens": 2048}},
-    })
+    doc = tiny_manifest(
+        **{
+            "spec.model.vocabSize": LLAMA3_VOCAB,
+            "spec.model.hiddenDim": 32,
+            "spec.model.intermediateDim": 64,
+            "spec.model.numLayers": 1,
+            "spec.model.tieEmbeddings": True,
+            "spec.train.steps": 12,
+            "spec.train.clockWarmupSteps": 2,
+            "spec.train.checkpointEvery": 0,
+            "spec.train.evalEvery": 0,
+            "spec.train.optimizer.learningRate": 0.01,
+            "spec.train.optimizer.warmupSteps": 0,
+            "spec.data": {
+                "train": f"{data.as_uri()}/train_*.bin",
+                "validation": f"{data.as_uri()}/val_*.bin",
+                "tokenizer": str(tokenizer),
+            },
+            "spec.eval": {"bpb": {"tokens": 2048}},
+        }
+    )
     config = write_manifest(tmp_path / "job.yaml", doc)
     storage, cache = tmp_path / "run", tmp_path / "cache"
     _run("speedrun_trainer.train", config, storage, cache)

@@ -63,8 +63,11 @@ def horizon_problem(job: SpeedrunJob) -> str | None:
     tiny model with a huge flopsBudget): every count the plan and the trainer derive then fits
     int64 and every FLOPs figure stays finite."""
     t = job.spec.train
-    given = [h for h, v in zip(HORIZONS, (t.steps, t.tokens, t.param_data_ratio, t.flops_budget), strict=True)
-             if v is not None]
+    given = [
+        h
+        for h, v in zip(HORIZONS, (t.steps, t.tokens, t.param_data_ratio, t.flops_budget), strict=True)
+        if v is not None
+    ]
     steps = horizon_steps(job)
     tokens = steps * t.batch_size * job.spec.model.seq_len
     if steps <= MAX_STEPS and tokens <= MAX_TOKENS:
@@ -102,9 +105,7 @@ def resolve(job: SpeedrunJob, nodes: int | None = None) -> Plan:
     devices = n * r.procs_per_node
     dflops = device_flops(job)
     peak = dflops * devices
-    estimates = {
-        f"mfu={mfu}": {"hardware_flops": mflops / mfu, "seconds": mflops / mfu / peak} for mfu in ASSUMED_MFUS
-    }
+    estimates = {f"mfu={mfu}": {"hardware_flops": mflops / mfu, "seconds": mflops / mfu / peak} for mfu in ASSUMED_MFUS}
     return Plan(
         name=job.metadata.name,
         model_size=param_count(m),

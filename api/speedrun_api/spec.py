@@ -107,14 +107,16 @@ class TrainSpec(Base):
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
     tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
     param_data_ratio: Annotated[float, Field(gt=0, le=1e6)] | None = Field(
-        None, description="Tokens = ratio x nanochat's parameter count (transformer matrices + lm_head; no"
-        " embedding, no norm gains), as nanochat's --target-param-data-ratio"
+        None,
+        description="Tokens = ratio x nanochat's parameter count (transformer matrices + lm_head; no"
+        " embedding, no norm gains), as nanochat's --target-param-data-ratio",
     )
     flops_budget: Annotated[float, Field(gt=0, le=1e30)] | None = None
     optimizer: OptimizerSpec = OptimizerSpec()
     precision: Literal["bf16", "fp32", "fp8"] = "bf16"
     compile: bool | None = Field(
-        None, description="torch.compile the model and Muon's Newton-Schulz. Omit (null) for auto: on when the"
+        None,
+        description="torch.compile the model and Muon's Newton-Schulz. Omit (null) for auto: on when the"
         " trainer runs on CUDA, off on CPU (where compiling costs more than a short run saves)",
     )
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(0, description="torch and numpy seed")
@@ -124,8 +126,9 @@ class TrainSpec(Base):
         10, description="Read the loss and step times back from the device every N steps (metrics, W&B, log)"
     )
     clock_warmup_steps: StepCount = Field(
-        11, description="Steps of every process start (compile, warm-up, resume) kept out of the training "
-        "clock and reported apart; nanochat's 11 (base_train.py counts dt only `if step > 10`, steps from 0)"
+        11,
+        description="Steps of every process start (compile, warm-up, resume) kept out of the training "
+        "clock and reported apart; nanochat's 11 (base_train.py counts dt only `if step > 10`, steps from 0)",
     )
 
 
@@ -134,8 +137,10 @@ HORIZONS = ("steps", "tokens", "paramDataRatio", "flopsBudget")
 
 class DataSpec(Base):
     train: Uri
-    validation: Uri = Field(description="The evaluation set unless eval.bpb.data names another (one set serves"
-                            " targets and headline numbers)")
+    validation: Uri = Field(
+        description="The evaluation set unless eval.bpb.data names another (one set serves"
+        " targets and headline numbers)"
+    )
     tokenizer: str = Field("byte", description="byte | gpt2 | URI of a tokenizers JSON")
 
 
@@ -231,8 +236,12 @@ class RunPolicy(Base):
     active_deadline_seconds: PositiveInt | None = None
     ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     suspend: bool = False
-    startup_deadline_seconds: Annotated[int, Field(ge=1, le=INT32_MAX)] = Field(3600, description=(
-        "Fail when the training pods are not all running this long after the Job starts (Kueue's wait excluded)"))
+    startup_deadline_seconds: Annotated[int, Field(ge=1, le=INT32_MAX)] = Field(
+        3600,
+        description=(
+            "Fail when the training pods are not all running this long after the Job starts (Kueue's wait excluded)"
+        ),
+    )
     queue_name: kf.LabelValue | None = Field(None, description="Kueue LocalQueue (the Job's queue-name label)")
     # How long a torchrun agent waits for the c10d store and for the other nodes to join: rank 0's
     # pod may start minutes after the others (image pulls, node autoscaling).
@@ -362,26 +371,55 @@ def _target(spec: SpeedrunSpec) -> str | bool:
 
 
 RULES: list[Rule] = [
-    Rule("model", "hiddenDim", "self.hiddenDim % self.numHeads == 0",
-         "must be divisible by numHeads",
-         lambda s: _divisible(s.model.hidden_dim, s.model.num_heads, "numHeads")),
-    Rule("model", "numHeads", "!has(self.numKvHeads) || self.numHeads % self.numKvHeads == 0",
-         "must be divisible by numKvHeads",
-         lambda s: _divisible(s.model.num_heads, s.model.kv_heads, "numKvHeads")),
-    Rule("model", "hiddenDim", "(self.hiddenDim / self.numHeads) % 2 == 0",
-         "hiddenDim / numHeads (the head dim) must be even for RoPE",
-         lambda s: (s.model.hidden_dim // s.model.num_heads) % 2 == 1),
-    Rule("train", "", "[has(self.steps), has(self.tokens), has(self.paramDataRatio), "
-         "has(self.flopsBudget)].filter(x, x).size() == 1",
-         "give exactly one training horizon: steps, tokens, paramDataRatio or flopsBudget", _horizon),
+    Rule(
+        "model",
+        "hiddenDim",
+        "self.hiddenDim % self.numHeads == 0",
+        "must be divisible by numHeads",
+        lambda s: _divisible(s.model.hidden_dim, s.model.num_heads, "numHeads"),
+    ),
+    Rule(
+        "model",
+        "numHeads",
+        "!has(self.numKvHeads) || self.numHeads % self.numKvHeads == 0",
+        "must be divisible by numKvHeads",
+        lambda s: _divisible(s.model.num_heads, s.model.kv_heads, "numKvHeads"),
+    ),
+    Rule(
+        "model",
+        "hiddenDim",
+        "(self.hiddenDim / self.numHeads) % 2 == 0",
+        "hiddenDim / numHeads (the head dim) must be even for RoPE",
+        lambda s: (s.model.hidden_dim // s.model.num_heads) % 2 == 1,
+    ),
+    Rule(
+        "train",
+        "",
+        "[has(self.steps), has(self.tokens), has(self.paramDataRatio), has(self.flopsBudget)].filter(x, x).size() == 1",
+        "give exactly one training horizon: steps, tokens, paramDataRatio or flopsBudget",
+        _horizon,
+    ),
     Rule("train", "batchSize", None, "must divide evenly into micro-batches over all processes", _batch),
-    Rule("resources", "nodes", "!(has(self.nodes) && (has(self.minNodes) || has(self.maxNodes)))",
-         "invalid node count", _nodes),
-    Rule("resources", "accelerator", None, "unknown accelerator; give resources.deviceFlops for others",
-         _accelerator),
-    Rule("metrics", "port", f"!has(self.port) || self.port != {RENDEZVOUS_PORT}",
-         f"must differ from the rendezvous port {RENDEZVOUS_PORT} (torchrun's c10d store)",
-         lambda s: s.metrics.port == RENDEZVOUS_PORT),
-    Rule("", "eval.core", "!has(self.target) || self.target.metric != 'core' || has(self.eval.core)",
-         "required for a CORE target", _target),
+    Rule(
+        "resources",
+        "nodes",
+        "!(has(self.nodes) && (has(self.minNodes) || has(self.maxNodes)))",
+        "invalid node count",
+        _nodes,
+    ),
+    Rule("resources", "accelerator", None, "unknown accelerator; give resources.deviceFlops for others", _accelerator),
+    Rule(
+        "metrics",
+        "port",
+        f"!has(self.port) || self.port != {RENDEZVOUS_PORT}",
+        f"must differ from the rendezvous port {RENDEZVOUS_PORT} (torchrun's c10d store)",
+        lambda s: s.metrics.port == RENDEZVOUS_PORT,
+    ),
+    Rule(
+        "",
+        "eval.core",
+        "!has(self.target) || self.target.metric != 'core' || has(self.eval.core)",
+        "required for a CORE target",
+        _target,
+    ),
 ]

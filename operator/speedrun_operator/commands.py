@@ -38,8 +38,11 @@ def register(subparsers: Any) -> None:
     op.add_argument("--all-namespaces", "-A", action="store_true", help="serve the whole cluster (default)")
     op.add_argument("--image", help="default trainer image (SPEEDRUN_TRAINER_IMAGE)")
     op.add_argument("--metrics-port", type=int, help="operator metrics port, 0 to disable")
-    op.add_argument("--leader-election", action="store_true",
-                    help="several replicas: only the holder of a coordination.k8s.io Lease reconciles")
+    op.add_argument(
+        "--leader-election",
+        action="store_true",
+        help="several replicas: only the holder of a coordination.k8s.io Lease reconciles",
+    )
     op.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     op.add_argument("--dev", action="store_true", help="run from a laptop: verbose logs")
     op.set_defaults(func=operator_command)
@@ -135,8 +138,10 @@ def credentials_problem() -> str | None:
     except (kubernetes.config.ConfigException, OSError) as err:
         where = os.environ.get("KUBECONFIG") or "~/.kube/config"
         reason = (str(err).splitlines() or [type(err).__name__])[0].rstrip(".")
-        return (f"no Kubernetes credentials: not running in a cluster, and the kubeconfig ({where}) "
-                f"cannot be used: {reason}. Set KUBECONFIG or run inside a pod.")
+        return (
+            f"no Kubernetes credentials: not running in a cluster, and the kubeconfig ({where}) "
+            f"cannot be used: {reason}. Set KUBECONFIG or run inside a pod."
+        )
     return None
 
 

@@ -59,7 +59,11 @@ def build(
 
 
 def post(
-    client: kube.KubeClient, body: dict[str, Any], type_: Literal["Normal", "Warning"], reason: str, message: str,
+    client: kube.KubeClient,
+    body: dict[str, Any],
+    type_: Literal["Normal", "Warning"],
+    reason: str,
+    message: str,
 ) -> None:
     """Post one Event about `body`; a refusal is logged, never raised."""
     instance = os.environ.get("HOSTNAME") or socket.gethostname()  # the operator's pod

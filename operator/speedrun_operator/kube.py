@@ -134,7 +134,10 @@ class KubeClient:
             return None
 
     def list(
-        self, kind: Kind, namespace: str | None, labels: dict[str, str] | None = None,
+        self,
+        kind: Kind,
+        namespace: str | None,
+        labels: dict[str, str] | None = None,
         fields: dict[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         query = [("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items()))] if labels else []

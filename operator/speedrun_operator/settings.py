@@ -76,12 +76,16 @@ class OperatorSettings:
         """One line naming the variable whose value cannot work, or None."""
         if self.leader_election:
             if not 0 < self.lease_retry_period < self.lease_renew_deadline < self.lease_duration:
-                return (f"{env_name('lease_retry_period')} < {env_name('lease_renew_deadline')} < "
-                        f"{env_name('lease_duration')} must hold and be positive (client-go's rule), got "
-                        f"{self.lease_retry_period:g} / {self.lease_renew_deadline:g} / {self.lease_duration:g}")
+                return (
+                    f"{env_name('lease_retry_period')} < {env_name('lease_renew_deadline')} < "
+                    f"{env_name('lease_duration')} must hold and be positive (client-go's rule), got "
+                    f"{self.lease_retry_period:g} / {self.lease_renew_deadline:g} / {self.lease_duration:g}"
+                )
             if not self.lease_namespace and not os.environ.get("POD_NAMESPACE") and not self.namespaces:
-                return (f"{env_name('lease_namespace')}: give the namespace of the Lease when serving all "
-                        "namespaces with leader election (the chart sets its release namespace)")
+                return (
+                    f"{env_name('lease_namespace')}: give the namespace of the Lease when serving all "
+                    "namespaces with leader election (the chart sets its release namespace)"
+                )
         return None
 
     def lease_namespace_or_default(self) -> str:

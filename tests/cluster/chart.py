@@ -157,4 +157,3 @@ def chart_operator(cp: ControlPlane, release: Release, workdir: Path, **override
         yield operator
     finally:
         operator.stop()
-

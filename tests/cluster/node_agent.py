@@ -282,8 +282,9 @@ class NodeAgent:
         meta = pod["metadata"]
         root = self.workdir / meta["namespace"] / f"{meta['name']}-{meta['uid'][:8]}"
         spec = pod["spec"]
-        ip = self.network.attach(meta["uid"], spec.get("hostname") or meta["name"], meta["namespace"],
-                                 spec.get("subdomain", ""))
+        ip = self.network.attach(
+            meta["uid"], spec.get("hostname") or meta["name"], meta["namespace"], spec.get("subdomain", "")
+        )
         files = PodFiles(self.api, pod, root, ip, self.network.host_ip)
         argv, env, cwd = files.prepare()
         argv = files.identity.wrap((self.stand_in(pod) if self.stand_in else None) or argv)

@@ -215,7 +215,7 @@ class PodFiles:
             if value in (mount, base):
                 return str(self.mounts[mount])
             if value.startswith(base + "/"):
-                return str(self.mounts[mount]) + value[len(base):]
+                return str(self.mounts[mount]) + value[len(base) :]
         return value
 
     def _map_arg(self, arg: str) -> str:

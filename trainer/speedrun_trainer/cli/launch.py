@@ -65,8 +65,18 @@ def stop_process_trees(procs: list[subprocess.Popen]) -> None:
 class TorchxApp:
     """A torchx `dist.ddp` app on the `local_cwd` scheduler, polled like a Popen."""
 
-    def __init__(self, *, module: str, args: list[str], nodes: str, procs_per_node: int, env: dict[str, str],
-                 max_retries: int, rdzv_port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        module: str,
+        args: list[str],
+        nodes: str,
+        procs_per_node: int,
+        env: dict[str, str],
+        max_retries: int,
+        rdzv_port: int,
+        log_dir: Path,
+    ) -> None:
         from torchx.components.dist import ddp
         from torchx.runner import get_runner
 
@@ -74,8 +84,15 @@ class TorchxApp:
         # PATH, also when the venv was never activated (`.venv/bin/speedrun run ...`).
         bin_dir = str(Path(sys.executable).parent)
         env = {**env, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
-        app = ddp(*args, m=module, j=f"{nodes}x{procs_per_node}", env=env, max_retries=max_retries,
-                  rdzv_port=rdzv_port, name=module.rsplit(".", 1)[-1])
+        app = ddp(
+            *args,
+            m=module,
+            j=f"{nodes}x{procs_per_node}",
+            env=env,
+            max_retries=max_retries,
+            rdzv_port=rdzv_port,
+            name=module.rsplit(".", 1)[-1],
+        )
         self.log_dir = log_dir
         self.runner: Any = get_runner()
         self.handle = self.runner.run(app, scheduler="local_cwd", cfg={"log_dir": str(log_dir)})

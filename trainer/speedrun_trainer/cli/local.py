@@ -107,7 +107,10 @@ class LocalRun:
         log = open(self.logs / log_name, "ab")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "speedrun_trainer.train.torchrun", *args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.procs.append(proc)
         return proc
@@ -118,10 +121,14 @@ class LocalRun:
         port = free_port()
         if launcher == "torchx":
             app = TorchxApp(
-                module="speedrun_trainer.train", args=["--config", str(self.config)],
-                nodes=f"{lo}:{hi}" if lo != hi else str(hi), procs_per_node=r.procs_per_node,
+                module="speedrun_trainer.train",
+                args=["--config", str(self.config)],
+                nodes=f"{lo}:{hi}" if lo != hi else str(hi),
+                procs_per_node=r.procs_per_node,
                 env={k: v for k, v in self.env.items() if k.startswith(("SPEEDRUN_", "AWS_", "WANDB_", "OMP_"))},
-                max_retries=policy.max_restarts, rdzv_port=port, log_dir=self.logs / "torchx",
+                max_retries=policy.max_restarts,
+                rdzv_port=port,
+                log_dir=self.logs / "torchx",
             )
             self.procs.append(app)
             return [app]
@@ -134,13 +141,22 @@ class LocalRun:
             f"--rdzv-id={run_id}",
             f"--max-restarts={policy.max_restarts}",
             "--local-addr=127.0.0.1",
-            "-m", "speedrun_trainer.train", "--config", str(self.config),
+            "-m",
+            "speedrun_trainer.train",
+            "--config",
+            str(self.config),
         ]
         return [self._spawn(common, f"train-node-{i}.log") for i in range(hi)]
 
     def start_eval(self) -> subprocess.Popen:
-        args = ["--standalone", f"--nproc-per-node={self.job.spec.resources.procs_per_node}",
-                "-m", "speedrun_trainer.evaluation", "--config", str(self.config)]
+        args = [
+            "--standalone",
+            f"--nproc-per-node={self.job.spec.resources.procs_per_node}",
+            "-m",
+            "speedrun_trainer.evaluation",
+            "--config",
+            str(self.config),
+        ]
         return self._spawn(args, "eval.log")
 
     def wait(self, procs: list[subprocess.Popen | TorchxApp], bar: RunScreen | None) -> int:
@@ -178,14 +194,22 @@ FINISHED_MARKER = "results-summary.json"  # written by run_local when a run has 
 
 
 def run_local(
-    job: SpeedrunJob, *, storage_uri: str | None, resume: bool, runs_dir: str, launcher: str = "torchrun",
+    job: SpeedrunJob,
+    *,
+    storage_uri: str | None,
+    resume: bool,
+    runs_dir: str,
+    launcher: str = "torchrun",
     force: bool = False,
 ) -> int:
     run_dir = _run_dir(job, runs_dir, resume)
     if resume and (run_dir / FINISHED_MARKER).exists() and not force:
-        print(f"speedrun {job.metadata.name}: the run in {run_dir} already finished (results in"
-              f" {run_dir / FINISHED_MARKER}); nothing to do. --force evaluates it again and overwrites"
-              " its results; without --resume a new run starts.", file=sys.stderr)
+        print(
+            f"speedrun {job.metadata.name}: the run in {run_dir} already finished (results in"
+            f" {run_dir / FINISHED_MARKER}); nothing to do. --force evaluates it again and overwrites"
+            " its results; without --resume a new run starts.",
+            file=sys.stderr,
+        )
         return 0
     uri = storage_uri or job.spec.storage.uri or run_dir.as_uri()
     plan = resolve(job)
@@ -204,8 +228,10 @@ def run_local(
             screen.finish()
             if code:
                 what, code = describe_exit(code)
-                print(f"training failed ({what}); last lines of the rank-0 log:\n{run.tail('train-node-0.log')}",
-                      file=sys.stderr)
+                print(
+                    f"training failed ({what}); last lines of the rank-0 log:\n{run.tail('train-node-0.log')}",
+                    file=sys.stderr,
+                )
                 return code
             print("evaluating ...", flush=True)
             code = run.wait([run.start_eval()], screen)
@@ -218,8 +244,11 @@ def run_local(
         screen.finish()
         run.stop()
         signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
-        print(f"\nstopped ({signal.Signals(signum).name}). Continue with: speedrun run <file> --resume"
-              f" (run dir {run_dir})", file=sys.stderr)
+        print(
+            f"\nstopped ({signal.Signals(signum).name}). Continue with: speedrun run <file> --resume"
+            f" (run dir {run_dir})",
+            file=sys.stderr,
+        )
         return 128 + signum
     storage = open_storage(uri, endpoint_url=job.spec.storage.endpoint_url)
     results = storage.read_json("speedrun_results.json")["runs"][0]["run_info"]

@@ -89,8 +89,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from speedrun_trainer.cli.local import run_local
 
     job = load_job(args.file)
-    return run_local(job, storage_uri=args.storage, resume=args.resume, runs_dir=args.runs_dir,
-                     launcher=args.launcher, force=args.force)
+    return run_local(
+        job,
+        storage_uri=args.storage,
+        resume=args.resume,
+        runs_dir=args.runs_dir,
+        launcher=args.launcher,
+        force=args.force,
+    )
 
 
 # Subcommands that other modules register: (module, attribute). Missing or broken optional
@@ -117,11 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="SpeedrunJob manifest (YAML or JSON)")
     p.add_argument("--storage", help="storage URI for checkpoints and results (default ./runs/<name>/<run-id>)")
     p.add_argument("--resume", action="store_true", help="continue the newest run of this manifest under --runs-dir")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume: evaluate a run that already finished again, overwriting its results")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: evaluate a run that already finished again, overwriting its results",
+    )
     p.add_argument("--runs-dir", default="runs", help="where local runs live (default ./runs)")
-    p.add_argument("--launcher", choices=("torchrun", "torchx"), default="torchrun",
-                   help="start the nodes as torchrun agents (default) or as a torchx dist.ddp app (local_cwd)")
+    p.add_argument(
+        "--launcher",
+        choices=("torchrun", "torchx"),
+        default="torchrun",
+        help="start the nodes as torchrun agents (default) or as a torchx dist.ddp app (local_cwd)",
+    )
     p.set_defaults(func=cmd_run)
 
     for module, attr in _PLUGINS:

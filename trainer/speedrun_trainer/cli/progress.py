@@ -108,8 +108,9 @@ class LiveDisplay:
 
     def _live(self) -> Live:
         if self.live is None:
-            self.live = Live(console=self.console, auto_refresh=False, transient=False,
-                             redirect_stdout=False, redirect_stderr=False)
+            self.live = Live(
+                console=self.console, auto_refresh=False, transient=False, redirect_stdout=False, redirect_stderr=False
+            )
             self.live.start()
         return self.live
 
@@ -163,8 +164,11 @@ def format_results_table(info: dict[str, Any], uri: str, wall_seconds: float) ->
         ("run", info["name"]),
         ("steps", f"{info['training_steps']:,}"),
         ("tokens", f"{info['total_tokens']:,}"),
-        ("training time", f"{info['training_time']:.1f} s (eval, checkpoints, logging and"
-                          f" {info.get('warmup_steps') or 0} warm-up steps excluded)"),
+        (
+            "training time",
+            f"{info['training_time']:.1f} s (eval, checkpoints, logging and"
+            f" {info.get('warmup_steps') or 0} warm-up steps excluded)",
+        ),
         ("wall time", f"{wall_seconds:.1f} s (start-up, training, evaluation)"),
         ("tokens/s", _fmt(info.get("tokens_per_second"), ",.0f")),
         ("MFU", f"{_fmt(info.get('mfu'), '.2%')} of {info['num_devices']} x {info['device_flops']:.2e} FLOP/s"),
@@ -179,8 +183,13 @@ def format_results_table(info: dict[str, Any], uri: str, wall_seconds: float) ->
     if info.get("target"):
         t = info["target"]
         reached = info.get("time_to_target")
-        rows.append(("target", f"{t['metric']} {t['value']}: "
-                     + (f"reached in {reached:.1f} s" if reached is not None else "not reached")))
+        rows.append(
+            (
+                "target",
+                f"{t['metric']} {t['value']}: "
+                + (f"reached in {reached:.1f} s" if reached is not None else "not reached"),
+            )
+        )
     if info.get("wandb_run_link"):
         rows.append(("W&B run", str(info["wandb_run_link"])))
     rows.append(("results", uri))

@@ -50,7 +50,7 @@ def is_builtin(uri: str) -> bool:
 
 def parse_builtin(uri: str) -> tuple[str, str]:
     """`builtin://pydoc-topics/val` -> ("pydoc-topics", "val"); DataError for unknown ones."""
-    corpus, _, split = uri[len(SCHEME):].strip("/").partition("/") if is_builtin(uri) else ("", "", "")
+    corpus, _, split = uri[len(SCHEME) :].strip("/").partition("/") if is_builtin(uri) else ("", "", "")
     if corpus not in CORPORA or split not in SPLITS:
         known = ", ".join(f"{SCHEME}{c}/{s}" for c in CORPORA for s in SPLITS)
         raise DataError(f"{uri}: unknown built-in dataset (known: {known})")
@@ -60,7 +60,7 @@ def parse_builtin(uri: str) -> tuple[str, str]:
 def split_documents(documents: list[str], split: str) -> list[str]:
     """The documents of one split: validation is the last ceil(n / 10), training the rest."""
     n_val = math.ceil(len(documents) / VAL_EVERY)
-    return documents[len(documents) - n_val:] if split == "val" else documents[: len(documents) - n_val]
+    return documents[len(documents) - n_val :] if split == "val" else documents[: len(documents) - n_val]
 
 
 def builtin_documents(uri: str) -> list[str]:

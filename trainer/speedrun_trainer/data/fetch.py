@@ -101,9 +101,17 @@ def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision,
-                                    cache_dir=cache_root(), endpoint=hub_endpoint(),
-                                    token=os.environ.get("HF_TOKEN") or None))
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                repo_type="dataset",
+                revision=revision,
+                cache_dir=cache_root(),
+                endpoint=hub_endpoint(),
+                token=os.environ.get("HF_TOKEN") or None,
+            )
+        )
     except Exception as err:  # huggingface_hub and httpx raise many kinds; all are one line for the user
         raise _hub_error(f"could not download {repo_id}/{filename}", err) from None
 
@@ -113,9 +121,17 @@ def hub_files(repo_id: str, pattern: str, revision: str | None = None) -> list[P
     from huggingface_hub import snapshot_download
 
     try:
-        root = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=[pattern],
-                                      cache_dir=cache_root(), endpoint=hub_endpoint(),
-                                      token=os.environ.get("HF_TOKEN") or None))
+        root = Path(
+            snapshot_download(
+                repo_id,
+                repo_type="dataset",
+                revision=revision,
+                allow_patterns=[pattern],
+                cache_dir=cache_root(),
+                endpoint=hub_endpoint(),
+                token=os.environ.get("HF_TOKEN") or None,
+            )
+        )
     except Exception as err:
         raise _hub_error(f"could not download {repo_id}/{pattern}", err) from None
     files = sorted(p for p in root.glob(pattern) if p.is_file())
@@ -162,19 +178,33 @@ def fetch_fineweb(out: str, args: argparse.Namespace) -> dict[str, Any]:
             count, _ = parse_header(f.read(1024), f"{FINEWEB_REPO}/{name}", path.stat().st_size)
         storage.write_bytes(name, path.read_bytes())
         tokens[name] = count
-    return {"out": storage.url(), "dataset": "fineweb10B-gpt2", "tokens": tokens,
-            "train": storage.url("fineweb_train_*.bin"), "validation": storage.url("fineweb_val_*.bin")}
+    return {
+        "out": storage.url(),
+        "dataset": "fineweb10B-gpt2",
+        "tokens": tokens,
+        "train": storage.url("fineweb_train_*.bin"),
+        "validation": storage.url("fineweb_val_*.bin"),
+    }
 
 
 def fetch_paloma_c4_en(out: str, args: argparse.Namespace) -> dict[str, Any]:
     if not args.tokenizer:
-        raise FetchError("paloma-c4-en is tokenized on the way: give --tokenizer (byte | gpt2 | tokenizer.json URI;"
-                         " Marin's runs use Llama 3's)")
+        raise FetchError(
+            "paloma-c4-en is tokenized on the way: give --tokenizer (byte | gpt2 | tokenizer.json URI;"
+            " Marin's runs use Llama 3's)"
+        )
     check_reachable(hub_endpoint())
     files = hub_files(PALOMA_REPO, PALOMA_C4_EN_FILES, PALOMA_REVISION)
-    summary = prepare_command.prepare([str(p) for p in files], out, args.tokenizer, endpoint_url=args.endpoint_url,
-                      overwrite=args.overwrite, dataset="paloma/c4_en", split="val",
-                      documents=getattr(args, "documents", "separator"))
+    summary = prepare_command.prepare(
+        [str(p) for p in files],
+        out,
+        args.tokenizer,
+        endpoint_url=args.endpoint_url,
+        overwrite=args.overwrite,
+        dataset="paloma/c4_en",
+        split="val",
+        documents=getattr(args, "documents", "separator"),
+    )
     return {**summary, "validation": open_storage(out, args.endpoint_url).url("val_*.bin")}
 
 
@@ -209,13 +239,21 @@ class Source:
     fetch: Callable[[str, argparse.Namespace], dict[str, Any]]
 
 
-SOURCES = {s.name: s for s in (
-    Source("fineweb10b-gpt2", f"modded-nanogpt's FineWeb10B GPT-2 .bin shards ({FINEWEB_REPO})", fetch_fineweb),
-    Source("paloma-c4-en", f"Paloma C4-EN validation ({PALOMA_REPO}@{PALOMA_REVISION}), tokenized", fetch_paloma_c4_en),
-    Source("nanochat-eval-bundle", "nanochat's CORE eval_bundle.zip (22 tasks), unpacked", fetch_eval_bundle),
-    Source("marin-fineweb-edu", "Marin's pretokenized FineWeb-Edu (a levanter cache): not readable yet",
-           fetch_marin_fineweb_edu),
-)}
+SOURCES = {
+    s.name: s
+    for s in (
+        Source("fineweb10b-gpt2", f"modded-nanogpt's FineWeb10B GPT-2 .bin shards ({FINEWEB_REPO})", fetch_fineweb),
+        Source(
+            "paloma-c4-en", f"Paloma C4-EN validation ({PALOMA_REPO}@{PALOMA_REVISION}), tokenized", fetch_paloma_c4_en
+        ),
+        Source("nanochat-eval-bundle", "nanochat's CORE eval_bundle.zip (22 tasks), unpacked", fetch_eval_bundle),
+        Source(
+            "marin-fineweb-edu",
+            "Marin's pretokenized FineWeb-Edu (a levanter cache): not readable yet",
+            fetch_marin_fineweb_edu,
+        ),
+    )
+}
 
 
 def run_fetch(args: argparse.Namespace) -> int:
@@ -238,19 +276,23 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    p = commands.add_parser("fetch", help="download a benchmark's own data by name (huggingface_hub)",
-                            description=__doc__.splitlines()[0])
+    p = commands.add_parser(
+        "fetch", help="download a benchmark's own data by name (huggingface_hub)", description=__doc__.splitlines()[0]
+    )
     p.add_argument("name", nargs="?", metavar="NAME", help=" | ".join(SOURCES))
     p.add_argument("--out", help="output storage: s3://bucket/prefix, file:///path or a path")
     p.add_argument("--list", action="store_true", help="list the datasets that can be fetched")
     p.add_argument("--train-shards", type=int, default=8, help="fineweb10b-gpt2: train shards of 100M tokens (8)")
     p.add_argument("--tokenizer", help="paloma-c4-en: byte | gpt2 | URI of a tokenizers JSON")
-    p.add_argument("--documents", choices=prepare_command.DOCUMENT_STYLES, default="separator",
-                   help="paloma-c4-en: levanter = BOS + text + ' ' + EOS per document, as Marin's levanter caches")
+    p.add_argument(
+        "--documents",
+        choices=prepare_command.DOCUMENT_STYLES,
+        default="separator",
+        help="paloma-c4-en: levanter = BOS + text + ' ' + EOS per document, as Marin's levanter caches",
+    )
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint of --out (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output under --out")
     p.set_defaults(func=run_fetch)
-
 
 
 def register_data(subparsers: Any) -> None:

@@ -78,7 +78,7 @@ class TokenDataset:
             i = int(np.searchsorted(self.offsets, pos, side="right")) - 1
             local = pos - int(self.offsets[i])
             take = min(length - filled, len(self.shards[i]) - local)
-            out[filled: filled + take] = self.shards[i][local: local + take]
+            out[filled : filled + take] = self.shards[i][local : local + take]
             filled += take
             pos = (pos + take) % self.num_tokens
         return out
@@ -88,9 +88,7 @@ class TokenDataset:
         if first < 0 or count < 0 or seq_len < 1:
             raise ValueError(f"bad sequence range: first={first}, count={count}, seq_len={seq_len}")
         if self.num_tokens < seq_len + 1:
-            raise DataError(
-                f"{self.uri}: has {self.num_tokens} tokens, fewer than seqLen + 1 = {seq_len + 1}"
-            )
+            raise DataError(f"{self.uri}: has {self.num_tokens} tokens, fewer than seqLen + 1 = {seq_len + 1}")
         buf = self.tokens(first * seq_len, count * seq_len + 1)  # consecutive sequences overlap by 1
         x = buf[:-1].reshape(count, seq_len)
         y = buf[1:].reshape(count, seq_len)
@@ -101,9 +99,7 @@ class TokenDataset:
         if first < 0 or count < 0 or seq_len < 1:
             raise ValueError(f"bad sequence range: first={first}, count={count}, seq_len={seq_len}")
         if self.num_tokens < seq_len + 1:
-            raise DataError(
-                f"{self.uri}: has {self.num_tokens} tokens, fewer than seqLen + 1 = {seq_len + 1}"
-            )
+            raise DataError(f"{self.uri}: has {self.num_tokens} tokens, fewer than seqLen + 1 = {seq_len + 1}")
         return self.tokens(first * seq_len, count * seq_len + 1, dtype=self.token_dtype)
 
     def sequences_per_epoch(self, seq_len: int) -> int:
@@ -118,9 +114,7 @@ def _cached_shard(uri: str, cache_dir: Path, endpoint_url: str | None) -> Path:
     return cached_copy(uri, Path(cache_dir) / "shards", endpoint_url)
 
 
-def open_dataset(
-    uri: str, *, tokenizer: str, cache_dir: Path, endpoint_url: str | None = None
-) -> TokenDataset:
+def open_dataset(uri: str, *, tokenizer: str, cache_dir: Path, endpoint_url: str | None = None) -> TokenDataset:
     """Resolve `uri` to shards (see the module docstring) and map them; nothing is loaded yet.
 
     `tokenizer` (a `load_tokenizer` spec) is used only to tokenize builtin:// corpora; shards

@@ -40,8 +40,18 @@ class BatchPrefetcher:
     """Micro-batches of consecutive steps, read `depth` steps ahead on a background thread."""
 
     def __init__(
-        self, dataset: TokenDataset, *, start_step: int, accum: int, rank: int, world: int,
-        device_batch_size: int, batch_size: int, seq_len: int, device: torch.device, depth: int = 2,
+        self,
+        dataset: TokenDataset,
+        *,
+        start_step: int,
+        accum: int,
+        rank: int,
+        world: int,
+        device_batch_size: int,
+        batch_size: int,
+        seq_len: int,
+        device: torch.device,
+        depth: int = 2,
     ) -> None:
         if accum < 1 or depth < 1:
             raise ValueError(f"accum and depth must be >= 1, got {accum}, {depth}")

@@ -113,7 +113,7 @@ class ShardWriter:
         while self.pending_tokens >= self.shard_tokens:
             stream = np.concatenate(self.pending)
             self._write(stream[: self.shard_tokens])
-            self.pending = [stream[self.shard_tokens:]]
+            self.pending = [stream[self.shard_tokens :]]
             self.pending_tokens = len(self.pending[0])
 
     def close(self) -> None:
@@ -235,8 +235,9 @@ def tokenizer_mismatch(uri: str, field: str, tokenizer: Any, endpoint_url: str |
     (their ids would mean other text), else None."""
     recorded = shard_meta(uri, endpoint_url).get("tokenizer")
     if recorded and recorded != tokenizer.name:
-        return (f"{field}: {uri} was tokenized with {recorded}, but data.tokenizer is {tokenizer.spec}"
-                f" ({tokenizer.name})")
+        return (
+            f"{field}: {uri} was tokenized with {recorded}, but data.tokenizer is {tokenizer.spec} ({tokenizer.name})"
+        )
     return None
 
 
@@ -244,9 +245,15 @@ def run_prepare(args: argparse.Namespace) -> int:
     """The `data prepare` command: the summary as JSON on stdout; errors one line on stderr, exit 2."""
     try:
         summary = prepare(
-            args.files, args.out, args.tokenizer, shard_tokens=args.shard_tokens,
-            val_fraction=args.val_fraction, endpoint_url=args.endpoint_url, overwrite=args.overwrite,
-            dataset=args.dataset, documents=args.documents,
+            args.files,
+            args.out,
+            args.tokenizer,
+            shard_tokens=args.shard_tokens,
+            val_fraction=args.val_fraction,
+            endpoint_url=args.endpoint_url,
+            overwrite=args.overwrite,
+            dataset=args.dataset,
+            documents=args.documents,
         )
     except DataError as e:
         print(f"speedrun data prepare: error: {e}", file=sys.stderr)
@@ -261,7 +268,8 @@ def register(subparsers: Any) -> Any:
     data = subparsers.add_parser("data", help="prepare or fetch token shards")
     commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     p = commands.add_parser(
-        "prepare", help="tokenize text files into .bin shards",
+        "prepare",
+        help="tokenize text files into .bin shards",
         description="Tokenize .txt (one document each) and .jsonl (a 'text' field per line) files "
         "into train_NNNNNN.bin / val_NNNNNN.bin shards and tokenizer_meta.json under --out.",
     )
@@ -272,12 +280,19 @@ def register(subparsers: Any) -> Any:
     p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: $AWS_ENDPOINT_URL)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output under --out")
-    p.add_argument("--dataset", default=None,
-                   help="the dataset's name, recorded in tokenizer_meta.json; results name BPB after it "
-                   "(paloma/c4_en: eval/paloma/c4_en/bpb-cross-doc, see evaluation/definitions.py)")
-    p.add_argument("--documents", choices=DOCUMENT_STYLES, default="separator",
-                   help="separator: the separator token before each document; levanter: BOS + text + ' ' + EOS"
-                   " as levanter's BatchTokenizer writes Marin's caches (tokenizers JSON with Llama 3's BOS/EOS)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="the dataset's name, recorded in tokenizer_meta.json; results name BPB after it "
+        "(paloma/c4_en: eval/paloma/c4_en/bpb-cross-doc, see evaluation/definitions.py)",
+    )
+    p.add_argument(
+        "--documents",
+        choices=DOCUMENT_STYLES,
+        default="separator",
+        help="separator: the separator token before each document; levanter: BOS + text + ' ' + EOS"
+        " as levanter's BatchTokenizer writes Marin's caches (tokenizers JSON with Llama 3's BOS/EOS)",
+    )
     p.set_defaults(func=run_prepare)
     return commands
 

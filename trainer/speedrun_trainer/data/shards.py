@@ -77,20 +77,14 @@ def write_shard(tokens: Sequence[int] | np.ndarray, token_size: int | None = Non
 def parse_header(header: bytes | memoryview, source: str, size: int) -> tuple[int, np.dtype]:
     """Check a shard's header against its total size in bytes; return (token count, token dtype)."""
     if size < HEADER_BYTES or len(header) < HEADER_BYTES:
-        raise ShardError(
-            f"{source}: truncated shard: expected a {HEADER_BYTES}-byte header, found {size} bytes"
-        )
+        raise ShardError(f"{source}: truncated shard: expected a {HEADER_BYTES}-byte header, found {size} bytes")
     magic, version, count, width = (int(v) for v in np.frombuffer(header, dtype=HEADER_DTYPE, count=4))
     if magic != MAGIC:
-        raise ShardError(
-            f"{source}: bad magic: expected {MAGIC}, found {magic} (not a modded-nanogpt .bin shard)"
-        )
+        raise ShardError(f"{source}: bad magic: expected {MAGIC}, found {magic} (not a modded-nanogpt .bin shard)")
     if version == VERSION:
         width = 2
     elif version != WIDE_VERSION:
-        raise ShardError(
-            f"{source}: unsupported shard version: expected {VERSION} or {WIDE_VERSION}, found {version}"
-        )
+        raise ShardError(f"{source}: unsupported shard version: expected {VERSION} or {WIDE_VERSION}, found {version}")
     elif width not in TOKEN_DTYPES:
         raise ShardError(f"{source}: bad token size in a version-2 header: expected 2 or 4, found {width}")
     if count < 0:
@@ -102,8 +96,7 @@ def parse_header(header: bytes | memoryview, source: str, size: int) -> tuple[in
         )
     if size > expected:
         raise ShardError(
-            f"{source}: shard size mismatch: header says {count} tokens ({expected} bytes),"
-            f" found {size} bytes"
+            f"{source}: shard size mismatch: header says {count} tokens ({expected} bytes), found {size} bytes"
         )
     return count, TOKEN_DTYPES[width]
 

@@ -50,18 +50,17 @@ def scheme_of(uri: str) -> str:
 
 def local_path_of(uri: str) -> Path:
     """The absolute local path of a file:// URI or a plain path (no percent-decoding)."""
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
     return Path(os.path.normpath(Path(path).expanduser().absolute()))
 
 
 def split_bucket(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/key` (or gs://) -> ("bucket", "some/key")."""
     scheme = scheme_of(uri)
-    bucket, _, key = uri[len(scheme) + 3:].partition("/")
+    bucket, _, key = uri[len(scheme) + 3 :].partition("/")
     if not bucket:
         raise DataError(f"{uri}: no bucket in the URI (expected {scheme}://bucket/prefix)")
     return bucket, key
-
 
 
 @contextlib.contextmanager
@@ -253,7 +252,7 @@ class Storage:
         start = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         with errors(self.url(prefix), self.fs):
             found = _find(self.fs, self.path(start), self.url(prefix))
-        keys = (p[len(self.base) + 1:] for p in found if p.startswith(self.base + "/"))
+        keys = (p[len(self.base) + 1 :] for p in found if p.startswith(self.base + "/"))
         return sorted(k for k in keys if k.startswith(prefix) and not _is_tmp(k))
 
     def delete(self, key: str) -> None:

@@ -193,9 +193,7 @@ class JsonTokenizer(Tokenizer):
                 return token_id
         if self.special:
             return min(self.special)
-        raise TokenizerError(
-            f"{spec}: the tokenizer has no special token to separate documents (add <|endoftext|>)"
-        )
+        raise TokenizerError(f"{spec}: the tokenizer has no special token to separate documents (add <|endoftext|>)")
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -206,14 +204,24 @@ class JsonTokenizer(Tokenizer):
     @functools.cached_property
     def _levanter_affixes(self) -> tuple[str, str]:
         """(prefix, suffix) levanter's BatchTokenizer adds to every document's text."""
-        names = next(((b, e) for b, e in LEVANTER_BOS_EOS
-                      if self.tok.token_to_id(b) is not None and self.tok.token_to_id(e) is not None), None)
+        names = next(
+            (
+                (b, e)
+                for b, e in LEVANTER_BOS_EOS
+                if self.tok.token_to_id(b) is not None and self.tok.token_to_id(e) is not None
+            ),
+            None,
+        )
         if names is None:
-            raise TokenizerError(f"{self.spec}: levanter-style documents need BOS/EOS tokens named "
-                                 + " or ".join(f"{b} and {e}" for b, e in LEVANTER_BOS_EOS))
+            raise TokenizerError(
+                f"{self.spec}: levanter-style documents need BOS/EOS tokens named "
+                + " or ".join(f"{b} and {e}" for b, e in LEVANTER_BOS_EOS)
+            )
         if _component_types(json.loads(self.tok.to_str()).get("normalizer")) & {"Replace", "Sequence"}:
-            raise TokenizerError(f"{self.spec}: its normalizer makes levanter split long documents before"
-                                 " tokenizing, which is not replicated here")
+            raise TokenizerError(
+                f"{self.spec}: its normalizer makes levanter split long documents before"
+                " tokenizing, which is not replicated here"
+            )
         bos, eos = names
         probe = self.tok.encode("hi there", add_special_tokens=True).ids
         prefix = "" if probe[0] == self.tok.token_to_id(bos) else bos + " "

@@ -153,13 +153,17 @@ def load_bundle(uri: str, endpoint_url: str | None = None) -> list[Task]:
         if label not in baselines:
             raise BundleError(f"{files.uri}/eval_meta_data.csv: no random baseline for task {label}")
         shots = entry.get("num_fewshot", 0)
-        tasks.append(Task(
-            label=label, task_type=task_type, dataset_uri=entry["dataset_uri"],
-            num_fewshot=int(shots[0] if isinstance(shots, list) else shots),
-            continuation_delimiter=entry.get("continuation_delimiter", " "),
-            random_baseline=baselines[label],
-            examples=_read_examples(files, label, task_type, entry["dataset_uri"]),
-        ))
+        tasks.append(
+            Task(
+                label=label,
+                task_type=task_type,
+                dataset_uri=entry["dataset_uri"],
+                num_fewshot=int(shots[0] if isinstance(shots, list) else shots),
+                continuation_delimiter=entry.get("continuation_delimiter", " "),
+                random_baseline=baselines[label],
+                examples=_read_examples(files, label, task_type, entry["dataset_uri"]),
+            )
+        )
     return tasks
 
 
@@ -187,9 +191,7 @@ def render_prompts(task: Task, item: dict[str, Any], shots: list[dict[str, Any]]
         prefix = "".join(f"{s['query']}{d}{s['choices'][s['gold']]}{SHOT_SEPARATOR}" for s in shots)
         return [f"{prefix}{item['query']}{d}{choice}" for choice in item["choices"]]
     if task.task_type == "schema":
-        prefix = "".join(
-            f"{s['context_options'][s['gold']]}{d}{s['continuation']}{SHOT_SEPARATOR}" for s in shots
-        )
+        prefix = "".join(f"{s['context_options'][s['gold']]}{d}{s['continuation']}{SHOT_SEPARATOR}" for s in shots)
         return [f"{prefix}{option}{d}{item['continuation']}" for option in item["context_options"]]
     # Contexts may carry stray whitespace: trimmed, and the prompt without the continuation is
     # stripped so that it stays a clean token prefix of the prompt with it.
@@ -237,8 +239,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def score_example(model: torch.nn.Module, tokenizer: Any, task: Task, data: list[dict[str, Any]], idx: int,
-                  device: torch.device | str, seed: int = FEWSHOT_SEED) -> bool:
+def score_example(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: Task,
+    data: list[dict[str, Any]],
+    idx: int,
+    device: torch.device | str,
+    seed: int = FEWSHOT_SEED,
+) -> bool:
     """Whether the model gets example `idx` of `data` right (one forward pass)."""
     item = data[idx]
     shots = [data[i] for i in sample_fewshot(len(data), idx, task.num_fewshot, seed)]
@@ -300,8 +309,10 @@ def evaluate_core(
     try:
         with _autocast(device):
             for n, (task, data) in enumerate(zip(tasks, selected, strict=True)):
-                hits = sum(score_example(model, tokenizer, task, data, i, device, seed)
-                           for i in range(rank, len(data), world_size))
+                hits = sum(
+                    score_example(model, tokenizer, task, data, i, device, seed)
+                    for i in range(rank, len(data), world_size)
+                )
                 correct[n] = hits
                 if log is not None:
                     scored = len(range(rank, len(data), world_size))
@@ -330,8 +341,15 @@ def format_core_table(result: dict[str, Any]) -> str:
     """The per-task table as aligned text, CORE on the last line."""
     header = ("task", "type", "shots", "examples", "accuracy", "baseline", "centered")
     rows = [
-        (label, t["task_type"], str(t["num_fewshot"]), str(t["num_examples"]), f"{t['accuracy']:.4f}",
-         f"{t['random_baseline']:.4f}", f"{t['centered']:.4f}")
+        (
+            label,
+            t["task_type"],
+            str(t["num_fewshot"]),
+            str(t["num_examples"]),
+            f"{t['accuracy']:.4f}",
+            f"{t['random_baseline']:.4f}",
+            f"{t['centered']:.4f}",
+        )
         for label, t in result["tasks"].items()
     ]
     rows.append(("CORE", "", "", "", "", "", f"{result['core_metric']:.4f}"))

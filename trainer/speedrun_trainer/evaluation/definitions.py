@@ -72,8 +72,7 @@ DESCRIPTIONS = {
     " with attention across document boundaries inside a sequence (levanter restarts it after each EOS)",
     NANOCHAT_BPB: "sum of the losses of targets of >= 1 byte / (ln 2 x sum of their UTF-8 bytes); "
     "zero-byte (special) targets left out of both sums; nanochat loss_eval.py",
-    MEAN_LOSS: "mean cross-entropy (nats) over all target positions, separators included; "
-    "modded-nanogpt train_gpt.py",
+    MEAN_LOSS: "mean cross-entropy (nats) over all target positions, separators included; modded-nanogpt train_gpt.py",
 }
 
 
@@ -143,7 +142,7 @@ def dataset_from_bpb_key(key: str) -> str | None:
     """The dataset a `eval/<dataset>/bpb` (or `.../bpb-cross-doc`) key names, else None."""
     for suffix in ("/bpb", CROSS_DOC_SUFFIX):
         if key.startswith("eval/") and key.endswith(suffix) and len(key) > len("eval/") + len(suffix):
-            return key[len("eval/"): -len(suffix)]
+            return key[len("eval/") : -len(suffix)]
     return None
 
 

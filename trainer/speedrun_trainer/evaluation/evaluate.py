@@ -57,9 +57,17 @@ def _bpb(
 ) -> LossEval:
     spec = job.spec
     return evaluate_loss(
-        model, dataset, token_bytes, tokens=spec.eval.bpb.tokens, seq_len=spec.model.seq_len,
-        batch_size=spec.train.device_batch_size, rank=env.rank, world_size=env.world_size,
-        device=env.device, precision=spec.train.precision, eval_batch=spec.train.batch_size,
+        model,
+        dataset,
+        token_bytes,
+        tokens=spec.eval.bpb.tokens,
+        seq_len=spec.model.seq_len,
+        batch_size=spec.train.device_batch_size,
+        rank=env.rank,
+        world_size=env.world_size,
+        device=env.device,
+        precision=spec.train.precision,
+        eval_batch=spec.train.batch_size,
     )
 
 
@@ -70,8 +78,14 @@ def _core(model: torch.nn.Module, job: SpeedrunJob, env: Dist, tokenizer: Any) -
     from speedrun_trainer.evaluation.core import evaluate_core
 
     return evaluate_core(
-        model, tokenizer, core.bundle, max_per_task=core.max_per_task, device=env.device, rank=env.rank,
-        world_size=env.world_size, endpoint_url=job.spec.storage.endpoint_url,
+        model,
+        tokenizer,
+        core.bundle,
+        max_per_task=core.max_per_task,
+        device=env.device,
+        rank=env.rank,
+        world_size=env.world_size,
+        endpoint_url=job.spec.storage.endpoint_url,
     )
 
 
@@ -106,7 +120,10 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
         raise ConfigError(problem)
     token_bytes = padded_token_bytes(tokenizer, spec.model.vocab_size)
     dataset = open_dataset(
-        spec.eval_data, tokenizer=spec.data.tokenizer, cache_dir=cache_dir(), endpoint_url=spec.storage.endpoint_url,
+        spec.eval_data,
+        tokenizer=spec.data.tokenizer,
+        cache_dir=cache_dir(),
+        endpoint_url=spec.storage.endpoint_url,
     )
     with seeded(spec.train.seed):
         model = GPT(spec.model)  # exactly the trainer's initialization: the untrained baseline
@@ -124,12 +141,22 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     eval_set = {
         "uri": spec.eval_data,
         "dataset": recorded_dataset(spec.eval_data, spec.storage.endpoint_url) or spec.eval_data,
-        "tokens_requested": final.requested_tokens, "tokens_scored": final.tokens,
-        "set_tokens": final.set_tokens, "exceeded": final.exceeded,
+        "tokens_requested": final.requested_tokens,
+        "tokens_scored": final.tokens,
+        "set_tokens": final.set_tokens,
+        "exceeded": final.exceeded,
     }
     run_info = build_run_info(
-        job, plan, summary, bpb=final.bpb, initial_bpb=initial.bpb, val_loss=final.loss, core=core,
-        versions=software_versions(), nanochat_bpb=final.nanochat_bpb, eval_set=eval_set,
+        job,
+        plan,
+        summary,
+        bpb=final.bpb,
+        initial_bpb=initial.bpb,
+        val_loss=final.loss,
+        core=core,
+        versions=software_versions(),
+        nanochat_bpb=final.nanochat_bpb,
+        eval_set=eval_set,
     )
     uri = write_results(storage, run_info)
     _track_final(job, summary, run_info, uri)

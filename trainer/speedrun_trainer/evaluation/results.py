@@ -100,8 +100,15 @@ def build_run_info(
     tokens_requested, tokens_scored, set_tokens, exceeded (defaults: the spec's eval set, by URI)."""
     spec = job.spec
     uri = spec.eval_data
-    evaluated = {"uri": uri, "dataset": uri, "tokens_requested": spec.eval.bpb.tokens,
-                 "tokens_scored": None, "set_tokens": None, "exceeded": False, **(eval_set or {})}
+    evaluated = {
+        "uri": uri,
+        "dataset": uri,
+        "tokens_requested": spec.eval.bpb.tokens,
+        "tokens_scored": None,
+        "set_tokens": None,
+        "exceeded": False,
+        **(eval_set or {}),
+    }
     scored = evaluated["tokens_scored"]
     track = val_loss_track(int(scored)) if scored is not None else None
     steps = int(summary["step"])

@@ -1,13 +1,13 @@
 """`speedrun leaderboard URI`: rank every speedrun_results.json under a file:// or s3:// prefix.
 
-    speedrun leaderboard runs/                                  a table per track
-    speedrun leaderboard s3://bucket/speedruns --plot board.png --html board.html
-    speedrun leaderboard runs/ --json                           the ranked runs as JSON
-    speedrun leaderboard runs/ --flops model --plot board.png   model FLOPs on the x axis and frontier
-    speedrun leaderboard runs.json --view scaling [--fit marin]  groups' scaling laws and forecasts
-    speedrun leaderboard runs.json --view runs --x model --relative   BPB vs the baseline's law
-    speedrun leaderboard runs.json --view scaling --plot s.png --html s.html   the view drawn, the page on it
-    python -m speedrun_trainer.leaderboard URI [...]            the same without the CLI
+speedrun leaderboard runs/                                  a table per track
+speedrun leaderboard s3://bucket/speedruns --plot board.png --html board.html
+speedrun leaderboard runs/ --json                           the ranked runs as JSON
+speedrun leaderboard runs/ --flops model --plot board.png   model FLOPs on the x axis and frontier
+speedrun leaderboard runs.json --view scaling [--fit marin]  groups' scaling laws and forecasts
+speedrun leaderboard runs.json --view runs --x model --relative   BPB vs the baseline's law
+speedrun leaderboard runs.json --view scaling --plot s.png --html s.html   the view drawn, the page on it
+python -m speedrun_trainer.leaderboard URI [...]            the same without the CLI
 """
 
 from __future__ import annotations
@@ -57,34 +57,68 @@ def _band_points(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("uri", help="file:// or s3:// prefix (or a directory) holding speedrun_results.json files")
-    p.add_argument("--plot", metavar="PNG", help="draw BPB vs FLOPs (--flops), the Pareto frontier highlighted;"
-                   " with --view: that view (laws, bands and forecasts; or relative BPB)")
-    p.add_argument("--html", metavar="HTML",
-                   help="write one self-contained interactive page: All runs (chart with tooltips, zoom, FLOPs axis,"
-                   " relative toggle; tables) and Scaling (laws, bands, forecasts at any FLOPs); --view opens it there")
+    p.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="draw BPB vs FLOPs (--flops), the Pareto frontier highlighted;"
+        " with --view: that view (laws, bands and forecasts; or relative BPB)",
+    )
+    p.add_argument(
+        "--html",
+        metavar="HTML",
+        help="write one self-contained interactive page: All runs (chart with tooltips, zoom, FLOPs axis,"
+        " relative toggle; tables) and Scaling (laws, bands, forecasts at any FLOPs); --view opens it there",
+    )
     p.add_argument("--json", action="store_true", help="print the ranked runs as JSON instead of tables")
     p.add_argument("--band-width", type=_positive, default=DEFAULT_BAND_WIDTH, help="BPB band width (0.1)")
-    p.add_argument("--flops", "--x", choices=FLOPS_AXES, default="hardware",
-                   help="the cost axis of the Pareto frontier, bands, plot and views: training hardware FLOPs"
-                   " (default) or model FLOPs")
+    p.add_argument(
+        "--flops",
+        "--x",
+        choices=FLOPS_AXES,
+        default="hardware",
+        help="the cost axis of the Pareto frontier, bands, plot and views: training hardware FLOPs"
+        " (default) or model FLOPs",
+    )
     p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
     views = p.add_argument_group("views (scaling_views.py); URI may also be Marin's site data file runs.json")
-    views.add_argument("--view", choices=scaling_views.VIEWS,
-                       help="scaling: groups' laws ranked by forecast; runs: all runs")
-    views.add_argument("--relative", action="store_true",
-                       help="runs view: BPB relative to the baseline's law (the page: All runs starts so)")
-    views.add_argument("--baseline", default=scaling_views.BASELINE_GROUP,
-                       help="baseline group for --relative (adamw_llama_scaling)")
-    views.add_argument("--forecast-flops", type=_positive, default=scaling.DEFAULT_FORECAST_FLOPS, metavar="FLOPS",
-                       help="where the scaling view forecasts (1e22)")
-    views.add_argument("--fit", choices=scaling.FITS, default="converged",
-                       help="converged least squares with intervals (default), or Marin's site fit")
-    views.add_argument("--bpb-track", metavar="TRACK",
-                       help="which BPB the views compare, a track of the tables (default marin, else the only one)")
+    views.add_argument(
+        "--view", choices=scaling_views.VIEWS, help="scaling: groups' laws ranked by forecast; runs: all runs"
+    )
+    views.add_argument(
+        "--relative",
+        action="store_true",
+        help="runs view: BPB relative to the baseline's law (the page: All runs starts so)",
+    )
+    views.add_argument(
+        "--baseline", default=scaling_views.BASELINE_GROUP, help="baseline group for --relative (adamw_llama_scaling)"
+    )
+    views.add_argument(
+        "--forecast-flops",
+        type=_positive,
+        default=scaling.DEFAULT_FORECAST_FLOPS,
+        metavar="FLOPS",
+        help="where the scaling view forecasts (1e22)",
+    )
+    views.add_argument(
+        "--fit",
+        choices=scaling.FITS,
+        default="converged",
+        help="converged least squares with intervals (default), or Marin's site fit",
+    )
+    views.add_argument(
+        "--bpb-track",
+        metavar="TRACK",
+        help="which BPB the views compare, a track of the tables (default marin, else the only one)",
+    )
     views.add_argument("--confidence", type=_fraction, default=scaling.DEFAULT_CONFIDENCE, help="interval level (0.95)")
-    views.add_argument("--band-points", type=_band_points, default=0, metavar="N",
-                       help="scaling --json/--plot: each group's law at N FLOPs up to the forecast, with intervals"
-                       " (a band; the PNG draws 12 by default)")
+    views.add_argument(
+        "--band-points",
+        type=_band_points,
+        default=0,
+        metavar="N",
+        help="scaling --json/--plot: each group's law at N FLOPs up to the forecast, with intervals"
+        " (a band; the PNG draws 12 by default)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -110,9 +144,22 @@ def handler(args: argparse.Namespace) -> int:
             if args.band_points and not (args.view == "scaling" and (args.json or args.plot)):
                 raise DataError("--band-points: only with --view scaling --json or --plot (the table has no band)")
             root = scaling_views.storage_root(args.uri, args.endpoint_url)
-            print(scaling_views.render_view(runs, args.view, args.flops, args.relative, args.fit, args.forecast_flops,
-                                            args.confidence, args.baseline, args.json, root,
-                                            args.band_points if args.json else 0, args.bpb_track))
+            print(
+                scaling_views.render_view(
+                    runs,
+                    args.view,
+                    args.flops,
+                    args.relative,
+                    args.fit,
+                    args.forecast_flops,
+                    args.confidence,
+                    args.baseline,
+                    args.json,
+                    root,
+                    args.band_points if args.json else 0,
+                    args.bpb_track,
+                )
+            )
             if args.plot:
                 from speedrun_trainer.leaderboard import view_plots
 
@@ -123,8 +170,11 @@ def handler(args: argparse.Namespace) -> int:
         tracks = rank_runs(runs, args.band_width, args.flops)
         missing = left_out(runs, args.flops)
         if missing:
-            print(f"{sum(missing.values())} run(s) with a BPB left out of the {args.flops}-FLOPs ranking: no"
-                  f" {FLOPS_FIELD[args.flops]} recorded", file=sys.stderr)
+            print(
+                f"{sum(missing.values())} run(s) with a BPB left out of the {args.flops}-FLOPs ranking: no"
+                f" {FLOPS_FIELD[args.flops]} recorded",
+                file=sys.stderr,
+            )
         tables = build_tables(tracks, args.band_width, args.flops, missing)
         if args.json:
             print(json.dumps(runs_json(runs), indent=2))
@@ -162,15 +212,27 @@ def _page(args: argparse.Namespace, runs: list[Run], root: str) -> str:
     bpb_tracks = [name for name in tracks if is_bpb_track(name)]
     track = args.bpb_track or next(iter(bpb_tracks), None)
     if track is not None and track not in bpb_tracks:
-        raise DataError(f"--bpb-track {track}: no run has that BPB with {args.flops} FLOPs (tracks here: "
-                        f"{', '.join(bpb_tracks) or 'none'})")
+        raise DataError(
+            f"--bpb-track {track}: no run has that BPB with {args.flops} FLOPs (tracks here: "
+            f"{', '.join(bpb_tracks) or 'none'})"
+        )
     chart = [r for r in tracks[track] if r.bpb is not None] if track else []
     scaling = relative = None
     if chart:
         scaling = page_data.scaling_data(chart, args.flops, args.fit, args.forecast_flops, args.confidence, root)
         relative = page_data.relative_data(chart, args.fit, args.baseline, root)
-    return page.html_page(args.uri, runs, tables, chart, axis=args.flops, track=track, scaling=scaling,
-                          relative=relative, view=args.view or "runs", relative_on=args.relative)
+    return page.html_page(
+        args.uri,
+        runs,
+        tables,
+        chart,
+        axis=args.flops,
+        track=track,
+        scaling=scaling,
+        relative=relative,
+        view=args.view or "runs",
+        relative_on=args.relative,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

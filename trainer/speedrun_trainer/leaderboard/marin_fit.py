@@ -133,8 +133,9 @@ def _sse(p: Sequence[float], xs: Sequence[float], ys: Sequence[float]) -> float:
     return total
 
 
-def levenberg_marquardt(xs: Sequence[float], ys: Sequence[float], start: PowerLaw,
-                        lower: Sequence[float], upper: Sequence[float]) -> tuple[PowerLaw, float, int]:
+def levenberg_marquardt(
+    xs: Sequence[float], ys: Sequence[float], start: PowerLaw, lower: Sequence[float], upper: Sequence[float]
+) -> tuple[PowerLaw, float, int]:
     """The package's iteration with the site's options: (best parameters, their SSE, iterations)."""
     params = [start.a, start.b, start.c]
     error = _sse(params, xs, ys)
@@ -149,8 +150,7 @@ def levenberg_marquardt(xs: Sequence[float], ys: Sequence[float], start: PowerLa
             shifted[k] += GRADIENT_DIFFERENCE
             gradient.append([(f - _model(shifted, x)) / GRADIENT_DIFFERENCE for f, x in zip(fitted, xs, strict=True)])
         residuals = [y - f for y, f in zip(ys, fitted, strict=True)]
-        normal = [[(damping if i == j else 0.0) + _dot(gradient[i], gradient[j]) for j in range(3)]
-                  for i in range(3)]
+        normal = [[(damping if i == j else 0.0) + _dot(gradient[i], gradient[j]) for j in range(3)] for i in range(3)]
         g_r = [_dot(row, residuals) for row in gradient]
         step = [_dot(row, g_r) for row in _inverse(normal)]
         params = [min(max(lower[k], params[k] - step[k]), upper[k]) for k in range(3)]
@@ -171,8 +171,10 @@ def levenberg_marquardt(xs: Sequence[float], ys: Sequence[float], start: PowerLa
 def fit_marin(xs: Sequence[float], ys: Sequence[float]) -> PowerLaw | None:
     """The site's fit of one group (None where the site shows none: under 3 usable points, or a
     result that is not finite and positive). Points are sorted by x as the site sorts them."""
-    points = sorted(((x, y) for x, y in zip(xs, ys, strict=True) if x > 0 and math.isfinite(x) and math.isfinite(y)),
-                    key=lambda p: p[0])  # stable, as the site's sort
+    points = sorted(
+        ((x, y) for x, y in zip(xs, ys, strict=True) if x > 0 and math.isfinite(x) and math.isfinite(y)),
+        key=lambda p: p[0],
+    )  # stable, as the site's sort
     if len(points) < 3:
         return None
     px, py = [x for x, _ in points], [y for _, y in points]

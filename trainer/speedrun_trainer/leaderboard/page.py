@@ -34,8 +34,9 @@ BROWSABLE = ("https://", "http://", "file://")  # s3:// and gs:// results are sh
 
 def frontier(runs: list[Run], x: str) -> set[str]:
     """Names of the runs on the Pareto frontier of (x, BPB), Marin's rule (module docstring)."""
-    points = sorted(((flops, r.bpb, r.name) for r in runs if (flops := _x(r, x)) and r.bpb is not None),
-                    key=lambda p: p[0])  # a stable sort: ties keep their order
+    points = sorted(
+        ((flops, r.bpb, r.name) for r in runs if (flops := _x(r, x)) and r.bpb is not None), key=lambda p: p[0]
+    )  # a stable sort: ties keep their order
     best, out = float("inf"), set()
     for _, bpb, name in points:
         if bpb < best:
@@ -58,8 +59,12 @@ def quality_label(track: str | None) -> str:
     return "C4-EN bits per byte" if track in (None, "marin") else f"{track.removeprefix('bpb:')} bits per byte"
 
 
-def chart_data(runs: list[Run], axis: str = "hardware", track: str | None = "marin",
-               relative: tuple[dict[str, list[float | None]], dict[str, Any]] | None = None) -> dict[str, Any]:
+def chart_data(
+    runs: list[Run],
+    axis: str = "hardware",
+    track: str | None = "marin",
+    relative: tuple[dict[str, list[float | None]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The All-runs chart's data; `relative` (page_data.relative_data of the same `runs`) adds each
     run's BPB relative to the baseline's law on either axis."""
     on = {axis: frontier(runs, axis) for axis in AXES}
@@ -71,11 +76,17 @@ def chart_data(runs: list[Run], axis: str = "hardware", track: str | None = "mar
         "baseline": baseline,
         "runs": [
             {
-                "name": r.name, "author": r.author, "bpb": r.bpb,
-                "hardwareFlops": r.hardware_flops, "modelFlops": _x(r, "model"),
-                "hardwareFrontier": r.name in on["hardware"], "modelFrontier": r.name in on["model"],
-                "hardwareRelative": percents["hardware"][i], "modelRelative": percents["model"][i],
-                "wandb": wandb_link(r), "results": r.source if r.source.startswith(BROWSABLE) else None,
+                "name": r.name,
+                "author": r.author,
+                "bpb": r.bpb,
+                "hardwareFlops": r.hardware_flops,
+                "modelFlops": _x(r, "model"),
+                "hardwareFrontier": r.name in on["hardware"],
+                "modelFrontier": r.name in on["model"],
+                "hardwareRelative": percents["hardware"][i],
+                "modelRelative": percents["model"][i],
+                "wandb": wandb_link(r),
+                "results": r.source if r.source.startswith(BROWSABLE) else None,
             }
             for i, r in enumerate(runs)
             if r.bpb is not None
@@ -99,24 +110,31 @@ def _links_html(run: Run | None) -> str:
 def table_html(table: Table, index: int, by_name: dict[str, Run]) -> str:
     """One sortable, filterable table; a `links` column when a column names the run."""
     run_col = table.headers.index("run") if "run" in table.headers else None
-    head = "".join(f'<th class="num">{html.escape(h)}</th>' if num else f"<th>{html.escape(h)}</th>"
-                   for h, num in zip(table.headers, table.numeric, strict=True))
+    head = "".join(
+        f'<th class="num">{html.escape(h)}</th>' if num else f"<th>{html.escape(h)}</th>"
+        for h, num in zip(table.headers, table.numeric, strict=True)
+    )
     if run_col is not None:
         head += "<th>links</th>"
     flags = table.highlight or [False] * len(table.rows)
     rows = []
     for row, flag in zip(table.rows, flags, strict=True):
-        cells = "".join(f'<td class="num">{html.escape(v)}</td>' if num else f"<td>{html.escape(v)}</td>"
-                        for v, num in zip(row, table.numeric, strict=True))
+        cells = "".join(
+            f'<td class="num">{html.escape(v)}</td>' if num else f"<td>{html.escape(v)}</td>"
+            for v, num in zip(row, table.numeric, strict=True)
+        )
         if run_col is not None:
             cells += f"<td>{_links_html(by_name.get(row[run_col]))}</td>"
         rows.append(f'<tr class="highlight">{cells}</tr>' if flag else f"<tr>{cells}</tr>")
     tid = f"table-{index}"
-    return (f'<section>\n<h2>{html.escape(table.title)}</h2>\n<p class="note">{html.escape(table.note)}</p>\n'
-            f'<input class="filter" id="{tid}-filter" type="search" placeholder="filter rows" '
-            f'aria-label="filter {html.escape(table.title)}">\n'
-            f'<table class="board" id="{tid}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(rows)
-            + "\n</tbody>\n</table>\n</section>")
+    return (
+        f'<section>\n<h2>{html.escape(table.title)}</h2>\n<p class="note">{html.escape(table.note)}</p>\n'
+        f'<input class="filter" id="{tid}-filter" type="search" placeholder="filter rows" '
+        f'aria-label="filter {html.escape(table.title)}">\n'
+        f'<table class="board" id="{tid}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(rows)
+        + "\n</tbody>\n</table>\n</section>"
+    )
 
 
 def _scaling_section(scaling: dict[str, Any] | None) -> str:
@@ -125,10 +143,14 @@ def _scaling_section(scaling: dict[str, Any] | None) -> str:
         why = "no scaling data" if scaling is None else scaling["reason"]
         return f'<p class="note" id="scaling-empty">{html.escape(str(why))}</p>'
     x_star = f"{scaling['xStar']:.0e}".replace("e+", "e")
-    how = (f"{scaling['confidence']:.0%} interval: {scaling['method']}" if scaling["fit"] == "converged"
-           else "Marin's site fit (its Levenberg-Marquardt recipe): no interval")
-    return f"""<p class="note">L = a · x<sup>−b</sup> + c per group (runs named group/size), x = {html.escape(
-        scaling['axisLabel'])}; fit: {html.escape(scaling['fit'])}; {html.escape(how)}. Intervals between the
+    how = (
+        f"{scaling['confidence']:.0%} interval: {scaling['method']}"
+        if scaling["fit"] == "converged"
+        else "Marin's site fit (its Levenberg-Marquardt recipe): no interval"
+    )
+    return f"""<p class="note">L = a · x<sup>−b</sup> + c per group (runs named group/size), x = {
+        html.escape(scaling["axisLabel"])
+    }; fit: {html.escape(scaling["fit"])}; {html.escape(how)}. Intervals between the
 computed FLOPs (half decades) are interpolated in log FLOPs, marked ≈.</p>
 <div class="controls">
 <label>forecast at <input id="forecast-flops" type="text" value="{x_star}" size="9" inputmode="decimal"
@@ -148,9 +170,15 @@ computed FLOPs (half decades) are interpolated in log FLOPs, marked ≈.</p>
 
 
 def html_page(
-    source: str, runs: list[Run], tables: list[Table], chart_runs: list[Run] | None = None,
-    axis: str = "hardware", track: str | None = "marin", scaling: dict[str, Any] | None = None,
-    relative: tuple[dict[str, list[float | None]], dict[str, Any]] | None = None, view: str = "runs",
+    source: str,
+    runs: list[Run],
+    tables: list[Table],
+    chart_runs: list[Run] | None = None,
+    axis: str = "hardware",
+    track: str | None = "marin",
+    scaling: dict[str, Any] | None = None,
+    relative: tuple[dict[str, list[float | None]], dict[str, Any]] | None = None,
+    view: str = "runs",
     relative_on: bool = False,
 ) -> str:
     """The page: "All runs" with `chart_runs` (one BPB track's; default every run with a BPB) on the

@@ -63,40 +63,53 @@ def _law(law: PowerLaw | None) -> dict[str, float] | None:
     return None if law is None else {"a": law.a, "b": law.b, "c": law.c}
 
 
-def group_data(g: GroupFit, listed: dict[str, bool], marin: dict[str, float | None], fit: str, x_star: float,
-               confidence: float) -> dict[str, Any]:
+def group_data(
+    g: GroupFit, listed: dict[str, bool], marin: dict[str, float | None], fit: str, x_star: float, confidence: float
+) -> dict[str, Any]:
     """One group as the page needs it (bands only where the fit has intervals; Marin's law for the
     "Marin's" column at any forecast FLOPs)."""
     law = _law(g.law)
     site = g.law if fit == "marin" else fit_marin([p.x for p in g.points], [p.bpb for p in g.points])
     band = band_at(g, forecast_grid(g.points[0].x, x_star), confidence) if g.interval is not None else []
     return {
-        "name": g.name, "law": law, "r2": g.r2, "forecast": g.forecast,
+        "name": g.name,
+        "law": law,
+        "r2": g.r2,
+        "forecast": g.forecast,
         "interval": None if g.interval is None else [_finite(v) for v in g.interval],
         "rankable": g.law is not None and (fit != "marin" or listed.get(g.name, False)),
-        "marin": marin.get(g.name), "marinLaw": _law(site) if marin.get(g.name) is not None else None,
-        "flag": g.flag, "notes": group_notes(g, listed),
+        "marin": marin.get(g.name),
+        "marinLaw": _law(site) if marin.get(g.name) is not None else None,
+        "flag": g.flag,
+        "notes": group_notes(g, listed),
         "runs": [{"name": p.name, "flops": p.x, "bpb": p.bpb} for p in g.points],
         "band": [{"flops": b["flops"], "low": b["low"], "high": b["high"]} for b in band],
     }
 
 
-def scaling_data(runs: list[Run], axis: str, fit: str, x_star: float, confidence: float,
-                 root: str | None = None) -> dict[str, Any]:
+def scaling_data(
+    runs: list[Run], axis: str, fit: str, x_star: float, confidence: float, root: str | None = None
+) -> dict[str, Any]:
     """The Scaling view's data; `groups` empty and `reason` set when no run is named group/size."""
-    base: dict[str, Any] = {"axis": axis, "axisLabel": AXES[axis], "fit": fit, "xStar": x_star,
-                            "confidence": confidence if fit == "converged" else None,
-                            "method": INTERVAL_METHOD if fit == "converged" else None, "groups": []}
+    base: dict[str, Any] = {
+        "axis": axis,
+        "axisLabel": AXES[axis],
+        "fit": fit,
+        "xStar": x_star,
+        "confidence": confidence if fit == "converged" else None,
+        "method": INTERVAL_METHOD if fit == "converged" else None,
+        "groups": [],
+    }
     try:
         groups, listed, marin = scaling_view(runs, axis, fit, x_star, confidence, root)
     except DataError as e:
         return {**base, "reason": str(e)}
-    return {**base, "reason": None,
-            "groups": [group_data(g, listed, marin, fit, x_star, confidence) for g in groups]}
+    return {**base, "reason": None, "groups": [group_data(g, listed, marin, fit, x_star, confidence) for g in groups]}
 
 
-def relative_data(runs: list[Run], fit: str, baseline: str, root: str | None = None
-                  ) -> tuple[dict[str, list[float | None]], dict[str, Any]]:
+def relative_data(
+    runs: list[Run], fit: str, baseline: str, root: str | None = None
+) -> tuple[dict[str, list[float | None]], dict[str, Any]]:
     """(percent above (+) or below (-) the baseline's law per run, by axis; what the page says of
     the baseline on each axis: its law, or why there is none)."""
     percents: dict[str, list[float | None]] = {}

@@ -89,8 +89,9 @@ def left_out(runs: list[Run], axis: str = "hardware") -> dict[str, int]:
 def rank_runs(runs: list[Run], band_width: float = DEFAULT_BAND_WIDTH, axis: str = "hardware") -> dict[str, list[Run]]:
     """Fill each run's ranks, pareto and band; returns the runs of each track in table order."""
     tracks: dict[str, list[Run]] = {}
-    groups = sorted({g for r in runs if (g := r.bpb_group) is not None},
-                    key=lambda g: (bpb_track_name(g) != MARIN_TRACK, g))
+    groups = sorted(
+        {g for r in runs if (g := r.bpb_group) is not None}, key=lambda g: (bpb_track_name(g) != MARIN_TRACK, g)
+    )
     for group in groups:
         name = bpb_track_name(group)
         board = [r for r in runs if r.bpb_group == group and r.flops(axis)]
@@ -104,8 +105,10 @@ def rank_runs(runs: list[Run], band_width: float = DEFAULT_BAND_WIDTH, axis: str
     for metric, value, context in sorted({(*r.target, r.target_context) for r in runs if r.target}):
         name = track_name(metric, value, context)
         entrants = [r for r in runs if r.target == (metric, value) and r.target_context == context]
-        reached = sorted((r for r in entrants if r.time_to_target is not None),
-                         key=lambda r: (r.time_to_target, _inf(r.training_time), r.name))
+        reached = sorted(
+            (r for r in entrants if r.time_to_target is not None),
+            key=lambda r: (r.time_to_target, _inf(r.training_time), r.name),
+        )
         missed = sorted((r for r in entrants if r.time_to_target is None), key=lambda r: _closest(r, metric))
         for i, run in enumerate(reached, 1):
             run.ranks[name] = i
@@ -142,39 +145,72 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _bpb_tables(name: str, board: list[Run], band_width: float, axis: str, others: int,
-                missing: int = 0) -> list[Table]:
-    what = "C4-EN bits per byte" if name == MARIN_TRACK else name[len("bpb:"):] + " bits per byte"
+def _bpb_tables(
+    name: str, board: list[Run], band_width: float, axis: str, others: int, missing: int = 0
+) -> list[Table]:
+    what = "C4-EN bits per byte" if name == MARIN_TRACK else name[len("bpb:") :] + " bits per byte"
     apart = f"; {others} other BPB track(s) (other data or definitions) are ranked apart" if others else ""
     if missing:
         apart += f"; {missing} run(s) left out: no {FLOPS_FIELD[axis]} recorded"
-    tables = [Table(
-        f"{name}: {what} vs training {axis} FLOPs",
-        f"ranked by BPB (ties: fewer {axis} FLOPs, then shorter training); * = on the Pareto frontier{apart}",
-        ["rank", "pareto", "run", "author", "BPB", "hardware FLOPs", "model FLOPs", "MFU", "time"],
-        [[str(r.ranks[name]), "*" if r.pareto else "", r.name, r.author, _fmt(r.bpb, ".4f"),
-          _fmt(r.hardware_flops, ".3e"), _fmt(as_number(r.info.get("model_flops")), ".3e"),
-          _fmt(mfu(r), ".1%"), human_time(r.training_time)] for r in board],
-        [True, False, False, False, True, True, True, True, True], [r.pareto for r in board],
-    )]
+    tables = [
+        Table(
+            f"{name}: {what} vs training {axis} FLOPs",
+            f"ranked by BPB (ties: fewer {axis} FLOPs, then shorter training); * = on the Pareto frontier{apart}",
+            ["rank", "pareto", "run", "author", "BPB", "hardware FLOPs", "model FLOPs", "MFU", "time"],
+            [
+                [
+                    str(r.ranks[name]),
+                    "*" if r.pareto else "",
+                    r.name,
+                    r.author,
+                    _fmt(r.bpb, ".4f"),
+                    _fmt(r.hardware_flops, ".3e"),
+                    _fmt(as_number(r.info.get("model_flops")), ".3e"),
+                    _fmt(mfu(r), ".1%"),
+                    human_time(r.training_time),
+                ]
+                for r in board
+            ],
+            [True, False, False, False, True, True, True, True, True],
+            [r.pareto for r in board],
+        )
+    ]
     rows, flags = [], []
     for band in dict.fromkeys(r.band for r in board):  # from the best quality down
-        members = sorted((r for r in board if r.band == band),
-                         key=lambda r: (r.flops(axis), _inf(r.training_time), r.name))
+        members = sorted(
+            (r for r in board if r.band == band), key=lambda r: (r.flops(axis), _inf(r.training_time), r.name)
+        )
         for i, r in enumerate(members, 1):
-            rows.append([band if i == 1 else "", str(i), r.name, _fmt(r.bpb, ".4f"),
-                         _fmt(r.flops(axis), ".3e"), human_time(r.training_time)])
+            rows.append(
+                [
+                    band if i == 1 else "",
+                    str(i),
+                    r.name,
+                    _fmt(r.bpb, ".4f"),
+                    _fmt(r.flops(axis), ".3e"),
+                    human_time(r.training_time),
+                ]
+            )
             flags.append(i == 1)
-    tables.append(Table(
-        f"{name}: BPB bands of {band_width:g}", f"within a band, fewest {axis} FLOPs first (ties: time)",
-        ["BPB band", "rank", "run", "BPB", f"{axis} FLOPs", "time"], rows,
-        [False, True, False, True, True, True], flags,
-    ))
+    tables.append(
+        Table(
+            f"{name}: BPB bands of {band_width:g}",
+            f"within a band, fewest {axis} FLOPs first (ties: time)",
+            ["BPB band", "rank", "run", "BPB", f"{axis} FLOPs", "time"],
+            rows,
+            [False, True, False, True, True, True],
+            flags,
+        )
+    )
     return tables
 
 
-def build_tables(tracks: dict[str, list[Run]], band_width: float = DEFAULT_BAND_WIDTH,
-                 axis: str = "hardware", missing: dict[str, int] | None = None) -> list[Table]:
+def build_tables(
+    tracks: dict[str, list[Run]],
+    band_width: float = DEFAULT_BAND_WIDTH,
+    axis: str = "hardware",
+    missing: dict[str, int] | None = None,
+) -> list[Table]:
     """The tables of every track; `missing` (from `left_out`) counts the runs each BPB track lost."""
     tables = []
     bpb_tracks = [n for n in tracks if is_bpb_track(n)]
@@ -184,20 +220,31 @@ def build_tables(tracks: dict[str, list[Run]], band_width: float = DEFAULT_BAND_
     for name, entrants in tracks.items():
         if is_bpb_track(name):
             continue
-        metric, _, rest = name[len("time-to-"):].partition(":")
+        metric, _, rest = name[len("time-to-") :].partition(":")
         value, _, context = rest.partition(" @ ")
         better = ">=" if metric in HIGHER_IS_BETTER else "<="
         on = f" ({context})" if context else ""
-        tables.append(Table(
-            f"{name.partition(' @ ')[0]}: training time until {metric} {better} {value}{on}",
-            "ranked by time to target among runs that reached it (ties: shorter total training)",
-            ["rank", "run", "author", "time to target", f"final {metric}", "training time", "hardware FLOPs"],
-            [[str(r.ranks[name] or "-"), r.name, r.author,
-              human_time(r.time_to_target) if r.time_to_target is not None else "not reached",
-              _fmt(r.value(metric), ".4f"), human_time(r.training_time), _fmt(r.hardware_flops, ".3e")]
-             for r in entrants],
-            [True, False, False, True, True, True, True], [r.ranks[name] == 1 for r in entrants],
-        ))
+        tables.append(
+            Table(
+                f"{name.partition(' @ ')[0]}: training time until {metric} {better} {value}{on}",
+                "ranked by time to target among runs that reached it (ties: shorter total training)",
+                ["rank", "run", "author", "time to target", f"final {metric}", "training time", "hardware FLOPs"],
+                [
+                    [
+                        str(r.ranks[name] or "-"),
+                        r.name,
+                        r.author,
+                        human_time(r.time_to_target) if r.time_to_target is not None else "not reached",
+                        _fmt(r.value(metric), ".4f"),
+                        human_time(r.training_time),
+                        _fmt(r.hardware_flops, ".3e"),
+                    ]
+                    for r in entrants
+                ],
+                [True, False, False, True, True, True, True],
+                [r.ranks[name] == 1 for r in entrants],
+            )
+        )
     return tables
 
 
@@ -208,20 +255,41 @@ def format_table(table: Table) -> str:
         pairs = zip(cells, widths, table.numeric, strict=True)
         return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in pairs).rstrip()
 
-    return "\n".join([f"== {table.title}", f"   {table.note}", line(table.headers),
-                      line(["-" * w for w in widths]), *(line(r) for r in table.rows)])
+    return "\n".join(
+        [
+            f"== {table.title}",
+            f"   {table.note}",
+            line(table.headers),
+            line(["-" * w for w in widths]),
+            *(line(r) for r in table.rows),
+        ]
+    )
 
 
 def runs_json(runs: list[Run]) -> list[dict[str, Any]]:
     """The ranked runs: marin order first, then the rest by name; each with tracks and pareto."""
     ordered = sorted(runs, key=lambda r: (r.ranks.get(MARIN_TRACK) or math.inf, r.name))
-    return [{
-        "name": r.name, "source": r.source, "author": r.info.get("author"),
-        "description": r.info.get("description"), "bpb": r.bpb, "bpb_dataset": r.dataset,
-        "bpb_definition": r.bpb_definition, BPB_KEY: r.bpb if r.bpb_group == (PALOMA_C4_EN, LEVANTER_BPB) else None,
-        "training_hardware_flops": r.hardware_flops,
-        "model_flops": as_number(r.info.get("model_flops")), "training_time": r.training_time,
-        "core_metric": r.value("core"), "val_loss": r.value("val_loss"), "time_to_target": r.time_to_target,
-        "target": None if r.target is None else {"metric": r.target[0], "value": r.target[1]},
-        "tracks": r.tracks, "ranks": r.ranks, "pareto": r.pareto, "bpb_band": r.band,
-    } for r in ordered]
+    return [
+        {
+            "name": r.name,
+            "source": r.source,
+            "author": r.info.get("author"),
+            "description": r.info.get("description"),
+            "bpb": r.bpb,
+            "bpb_dataset": r.dataset,
+            "bpb_definition": r.bpb_definition,
+            BPB_KEY: r.bpb if r.bpb_group == (PALOMA_C4_EN, LEVANTER_BPB) else None,
+            "training_hardware_flops": r.hardware_flops,
+            "model_flops": as_number(r.info.get("model_flops")),
+            "training_time": r.training_time,
+            "core_metric": r.value("core"),
+            "val_loss": r.value("val_loss"),
+            "time_to_target": r.time_to_target,
+            "target": None if r.target is None else {"metric": r.target[0], "value": r.target[1]},
+            "tracks": r.tracks,
+            "ranks": r.ranks,
+            "pareto": r.pareto,
+            "bpb_band": r.band,
+        }
+        for r in ordered
+    ]

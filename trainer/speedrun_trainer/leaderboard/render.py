@@ -47,27 +47,30 @@ def plot_png(runs: list[Run], axis: str = "hardware", track: str = "marin") -> b
     others = [r for r in points if not r.pareto]
     frontier = sorted((r for r in points if r.pareto), key=lambda r: (r.flops(axis), r.bpb))
     if others:
-        ax.scatter([r.flops(axis) for r in others], [r.bpb for r in others], s=40, color=RUN_COLOR,
-                   label="run", zorder=2)
+        ax.scatter(
+            [r.flops(axis) for r in others], [r.bpb for r in others], s=40, color=RUN_COLOR, label="run", zorder=2
+        )
     fx, fy = [r.flops(axis) for r in frontier], [r.bpb for r in frontier]
     # A staircase: a BPB reached with some FLOPs stays reachable with more.
     ax.step(fx, fy, where="post", color=FRONTIER_COLOR, linewidth=2.2, zorder=3)
-    ax.scatter(fx, fy, s=80, color=FRONTIER_COLOR, edgecolors="black", linewidths=0.8,
-               label="Pareto frontier", zorder=4)
+    ax.scatter(
+        fx, fy, s=80, color=FRONTIER_COLOR, edgecolors="black", linewidths=0.8, label="Pareto frontier", zorder=4
+    )
     ax.set_xscale("log")
     if max(fx + [r.flops(axis) for r in others]) < 100 * min(fx + [r.flops(axis) for r in others]):
         # Under two decades matplotlib labels every minor tick and they collide: keep 2x and 5x.
         ax.xaxis.set_minor_formatter(FuncFormatter(_two_and_five))
     ax.set_xlabel(f"training {axis} FLOPs (log scale)")
-    quality = "C4-EN bits per byte" if track == "marin" else f"{track[len('bpb:'):]} bits per byte"
+    quality = "C4-EN bits per byte" if track == "marin" else f"{track[len('bpb:') :]} bits per byte"
     ax.set_ylabel(f"{quality} (lower is better)")
     ax.set_title(f"Speedrun leaderboard: {len(points)} runs, {len(frontier)} on the Pareto frontier")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right")
     fig.tight_layout()
     labels = [(r, 8, "#1f2933") for r in frontier] + [(r, 7, "#52606d") for r in others]
-    place_labels(ax, canvas, [(r.name, float(r.flops(axis) or 0), float(r.bpb or 0), size, color)
-                              for r, size, color in labels])
+    place_labels(
+        ax, canvas, [(r.name, float(r.flops(axis) or 0), float(r.bpb or 0), size, color) for r, size, color in labels]
+    )
     buf = io.BytesIO()
     canvas.print_png(buf)
     return buf.getvalue()
@@ -83,8 +86,15 @@ def place_labels(ax: Any, canvas: Any, labels: list[tuple[str, float, float, int
     boxes: list[Any] = [legend.get_window_extent(renderer)] if legend is not None else []
     for name, x, y, size, color in labels:
         for dx, dy in LABEL_OFFSETS:
-            text = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=size,
-                               color=color, ha="left" if dx >= 0 else "right")
+            text = ax.annotate(
+                name,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=size,
+                color=color,
+                ha="left" if dx >= 0 else "right",
+            )
             box = text.get_window_extent(renderer).expanded(1.05, 1.15)
             inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
             hits_point = any(box.contains(px, py) for px, py in taken)

@@ -158,9 +158,16 @@ def run_from_info(info: dict[str, Any], name: str, source: str) -> Run:
         flops = per_device * devices * seconds if per_device and devices else None
     bpb, dataset, definition = _bpb_of(info)
     return Run(
-        name=str(info.get("name") or name), source=source, info=info, bpb=bpb,
-        hardware_flops=flops, training_time=seconds, target=_target(info),
-        time_to_target=as_number(info.get("time_to_target")), dataset=dataset, bpb_definition=definition,
+        name=str(info.get("name") or name),
+        source=source,
+        info=info,
+        bpb=bpb,
+        hardware_flops=flops,
+        training_time=seconds,
+        target=_target(info),
+        time_to_target=as_number(info.get("time_to_target")),
+        dataset=dataset,
+        bpb_definition=definition,
     )
 
 

@@ -56,8 +56,10 @@ def _numeric() -> tuple[ModuleType, ModuleType, ModuleType]:
         import numpy
         from scipy import optimize, stats
     except ImportError as e:
-        raise DataError(f"converged fits need numpy and scipy ({e.name} is not installed): "
-                        "pip install 'speedrun-operator[plot]', or use --fit marin") from None
+        raise DataError(
+            f"converged fits need numpy and scipy ({e.name} is not installed): "
+            "pip install 'speedrun-operator[plot]', or use --fit marin"
+        ) from None
     return numpy, optimize, stats
 
 
@@ -162,8 +164,18 @@ def fit_converged(xs: Sequence[float], ys: Sequence[float]) -> PowerLaw:
     best = None
     for start in starts:
         p0 = np.clip(np.array(start, float), lo, hi)
-        result = optimize.least_squares(residuals, p0, jac=jacobian, bounds=(lo, hi), method="trf",
-                                        x_scale="jac", ftol=1e-14, xtol=1e-14, gtol=1e-14, max_nfev=5000)
+        result = optimize.least_squares(
+            residuals,
+            p0,
+            jac=jacobian,
+            bounds=(lo, hi),
+            method="trf",
+            x_scale="jac",
+            ftol=1e-14,
+            xtol=1e-14,
+            gtol=1e-14,
+            max_nfev=5000,
+        )
         if best is None or result.cost < best.cost:
             best = result
     assert best is not None
@@ -203,6 +215,7 @@ def profile_sse(xs: Sequence[float], ys: Sequence[float], forecast: float, x_sta
     if not np.isfinite(err[i]):
         return math.inf
     left, right = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+
     def at(b: float) -> float:  # infeasible b (a out of bounds): a large finite value keeps Brent's parabolas sane
         value = float(best_c(np.array([b]))[0][0])
         return value if math.isfinite(value) else 1e300
@@ -211,8 +224,9 @@ def profile_sse(xs: Sequence[float], ys: Sequence[float], forecast: float, x_sta
     return float(min(err[i], refined.fun))
 
 
-def forecast_interval(xs: Sequence[float], ys: Sequence[float], law: PowerLaw, x_star: float,
-                      confidence: float) -> tuple[float, float]:
+def forecast_interval(
+    xs: Sequence[float], ys: Sequence[float], law: PowerLaw, x_star: float, confidence: float
+) -> tuple[float, float]:
     """The profile-likelihood interval of L(x*) at `confidence` (n - 3 >= 1 degrees of freedom).
 
     An end that the constraints reach before the threshold is reported as that constraint
@@ -234,8 +248,9 @@ def forecast_interval(xs: Sequence[float], ys: Sequence[float], law: PowerLaw, x
     return float(low), float(high)
 
 
-def forecast_band(group: GroupFit, x_star: float, points: int, confidence: float = DEFAULT_CONFIDENCE
-                  ) -> list[dict[str, float | None]]:
+def forecast_band(
+    group: GroupFit, x_star: float, points: int, confidence: float = DEFAULT_CONFIDENCE
+) -> list[dict[str, float | None]]:
     """The law from the group's smallest run to x*, at `points` log-spaced FLOPs, each with its
     profile interval (what a chart draws as the band; none where the group has no interval)."""
     if group.law is None or points < 2:
@@ -245,8 +260,9 @@ def forecast_band(group: GroupFit, x_star: float, points: int, confidence: float
     return band_at(group, [math.exp(start + (stop - start) * i / (points - 1)) for i in range(points)], confidence)
 
 
-def band_at(group: GroupFit, flops: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
-            ) -> list[dict[str, float | None]]:
+def band_at(
+    group: GroupFit, flops: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
+) -> list[dict[str, float | None]]:
     """The group's law at each of `flops`, with its profile interval there (None where the group
     has none; `high` None for an end only the constraints bound)."""
     if group.law is None:
@@ -257,8 +273,14 @@ def band_at(group: GroupFit, flops: Sequence[float], confidence: float = DEFAULT
         low, high = (None, None)
         if group.interval is not None:
             low, high = forecast_interval(xs, ys, group.law, x, confidence)
-        band.append({"flops": x, "bpb": group.law.predict(x), "low": low,
-                     "high": None if high is None or math.isinf(high) else high})
+        band.append(
+            {
+                "flops": x,
+                "bpb": group.law.predict(x),
+                "low": low,
+                "high": None if high is None or math.isinf(high) else high,
+            }
+        )
     return band
 
 
@@ -274,11 +296,17 @@ def _at_bounds(law: PowerLaw, ys: Sequence[float]) -> list[str]:
     return names
 
 
-def fit_group(name: str, points: Sequence[Point], fit: str = "converged",
-              x_star: float = DEFAULT_FORECAST_FLOPS, confidence: float = DEFAULT_CONFIDENCE) -> GroupFit:
+def fit_group(
+    name: str,
+    points: Sequence[Point],
+    fit: str = "converged",
+    x_star: float = DEFAULT_FORECAST_FLOPS,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> GroupFit:
     """Fit one group; flag it when its runs cannot determine three parameters."""
-    usable = sorted((p for p in points if p.x > 0 and p.bpb > 0 and math.isfinite(p.x) and math.isfinite(p.bpb)),
-                    key=lambda p: p.x)
+    usable = sorted(
+        (p for p in points if p.x > 0 and p.bpb > 0 and math.isfinite(p.x) and math.isfinite(p.bpb)), key=lambda p: p.x
+    )
     group = GroupFit(name, usable, fit)
     xs, ys = [p.x for p in usable], [p.bpb for p in usable]
     sizes = group.distinct_sizes
@@ -307,12 +335,19 @@ def rank_groups(groups: list[GroupFit]) -> list[GroupFit]:
         if group.interval is None:
             continue
         low, high = group.interval
-        group.overlaps = [o.name for o in ordered if o is not group and o.interval is not None
-                          and o.interval[0] <= high and low <= o.interval[1]]
+        group.overlaps = [
+            o.name
+            for o in ordered
+            if o is not group and o.interval is not None and o.interval[0] <= high and low <= o.interval[1]
+        ]
     return ordered
 
 
-def fit_groups(points: dict[str, list[Point]], fit: str = "converged", x_star: float = DEFAULT_FORECAST_FLOPS,
-               confidence: float = DEFAULT_CONFIDENCE) -> list[GroupFit]:
+def fit_groups(
+    points: dict[str, list[Point]],
+    fit: str = "converged",
+    x_star: float = DEFAULT_FORECAST_FLOPS,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> list[GroupFit]:
     """Every group fitted and ranked by its forecast at x*."""
     return rank_groups([fit_group(name, pts, fit, x_star, confidence) for name, pts in points.items()])

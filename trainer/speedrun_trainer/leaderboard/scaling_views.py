@@ -63,8 +63,7 @@ def load_site_runs(path: str) -> list[Run]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "run_name" in e for e in entries):
         raise DataError(f"{path}: not Marin's runs list (a JSON list of objects with run_name)")
     uri = Path(path).resolve().as_uri()
-    return [run_from_info({**e, BPB_KEY: e.get("eval_paloma_c4_en_bpb")}, str(e["run_name"]), uri)
-            for e in entries]
+    return [run_from_info({**e, BPB_KEY: e.get("eval_paloma_c4_en_bpb")}, str(e["run_name"]), uri) for e in entries]
 
 
 def storage_root(uri: str, endpoint_url: str | None = None) -> str:
@@ -81,7 +80,7 @@ def scaling_name(run: Run, root: str | None = None) -> str:
     file below `root` (the leaderboard's URI), else its name."""
     if "/" in run.name or root is None or not run.source.startswith(root.rstrip("/") + "/"):
         return run.name
-    folders = run.source[len(root.rstrip("/")) + 1:].split("/")[:-1]
+    folders = run.source[len(root.rstrip("/")) + 1 :].split("/")[:-1]
     return "/".join(folders[-2:]) if len(folders) >= 2 else run.name
 
 
@@ -97,8 +96,9 @@ def comparable_runs(runs: list[Run], track: str | None = None) -> tuple[list[Run
     known = ", ".join(sorted(by_track))
     if track is None:
         if MARIN_TRACK not in by_track and len(by_track) > 1:
-            raise DataError(f"these runs measure BPB on several datasets or definitions: choose one with "
-                            f"--bpb-track ({known})")
+            raise DataError(
+                f"these runs measure BPB on several datasets or definitions: choose one with --bpb-track ({known})"
+            )
         track = MARIN_TRACK if MARIN_TRACK in by_track else next(iter(by_track))
     if track not in by_track:
         raise DataError(f"--bpb-track {track}: no run has that BPB (tracks here: {known})")
@@ -129,9 +129,14 @@ def groups_of(runs: list[Run], axis: str, root: str | None = None) -> tuple[dict
 # ---- the scaling view -----------------------------------------------------------------------
 
 
-def scaling_view(runs: list[Run], axis: str = "hardware", fit: str = "converged",
-                 x_star: float = DEFAULT_FORECAST_FLOPS, confidence: float = DEFAULT_CONFIDENCE,
-                 root: str | None = None) -> tuple[list[GroupFit], dict[str, bool], dict[str, float | None]]:
+def scaling_view(
+    runs: list[Run],
+    axis: str = "hardware",
+    fit: str = "converged",
+    x_star: float = DEFAULT_FORECAST_FLOPS,
+    confidence: float = DEFAULT_CONFIDENCE,
+    root: str | None = None,
+) -> tuple[list[GroupFit], dict[str, bool], dict[str, float | None]]:
     """(groups in rank order, site-listed by group, the site's forecast by group)."""
     points, listed = groups_of(runs, axis, root)
     if not points:
@@ -173,8 +178,15 @@ def group_notes(g: GroupFit, listed: dict[str, bool]) -> str:
     return "; ".join(notes)
 
 
-def scaling_table(groups: list[GroupFit], listed: dict[str, bool], marin: dict[str, float | None], axis: str,
-                  fit: str, x_star: float, confidence: float) -> Table:
+def scaling_table(
+    groups: list[GroupFit],
+    listed: dict[str, bool],
+    marin: dict[str, float | None],
+    axis: str,
+    fit: str,
+    x_star: float,
+    confidence: float,
+) -> Table:
     by_name = {g.name: g for g in groups}
     converged = fit == "converged"
     headers = ["rank", "group", "runs", "a", "b", "c", "R²", f"BPB at {x_star:.0e}"]
@@ -184,51 +196,93 @@ def scaling_table(groups: list[GroupFit], listed: dict[str, bool], marin: dict[s
     rows = []
     for g in groups:
         law = g.law
-        row = [str(g.rank or "-"), g.name, str(len(g.points)), _fmt(law and law.a, ".4g"), _fmt(law and law.b, ".4f"),
-               _fmt(law and law.c, ".4f"), _fmt(g.r2, ".4f"), _fmt(g.forecast, ".4f")]
+        row = [
+            str(g.rank or "-"),
+            g.name,
+            str(len(g.points)),
+            _fmt(law and law.a, ".4g"),
+            _fmt(law and law.b, ".4f"),
+            _fmt(law and law.c, ".4f"),
+            _fmt(g.r2, ".4f"),
+            _fmt(g.forecast, ".4f"),
+        ]
         if converged:
             interval = "-" if g.interval is None else f"{_fmt(g.interval[0], '.3f')}-{_fmt(g.interval[1], '.3f')}"
             ranks = [r for r in (by_name[o].rank for o in g.overlaps) if r is not None]
             others = sum(1 for o in groups if o is not g and o.interval is not None)
-            overlap = "-" if g.interval is None else "none" if not ranks else (
-                f"all {others} others" if len(ranks) == others else _ranges(ranks))
+            overlap = (
+                "-"
+                if g.interval is None
+                else "none"
+                if not ranks
+                else (f"all {others} others" if len(ranks) == others else _ranges(ranks))
+            )
             row += [interval, _fmt(marin.get(g.name), ".4f"), overlap]
         rows.append([*row, group_notes(g, listed)])
     numeric = [True, False, True, True, True, True, True, True] + ([True, True, False] if converged else []) + [False]
-    how = (f"least-squares optimum (scipy least_squares, the site's bounds); interval: {INTERVAL_METHOD}"
-           if converged else "Marin's site: its Levenberg-Marquardt recipe, 200 iterations, no interval")
+    how = (
+        f"least-squares optimum (scipy least_squares, the site's bounds); interval: {INTERVAL_METHOD}"
+        if converged
+        else "Marin's site: its Levenberg-Marquardt recipe, 200 iterations, no interval"
+    )
     return Table(
         f"scaling: L = a * x^(-b) + c per group, x = {AXES[axis]}, ranked by the forecast at {x_star:.0e}",
-        how, headers, rows, numeric, [g.rank == 1 for g in groups],
+        how,
+        headers,
+        rows,
+        numeric,
+        [g.rank == 1 for g in groups],
     )
 
 
-def scaling_json(groups: list[GroupFit], listed: dict[str, bool], marin: dict[str, float | None], axis: str,
-                 fit: str, x_star: float, confidence: float, band_points: int = 0) -> dict[str, Any]:
+def scaling_json(
+    groups: list[GroupFit],
+    listed: dict[str, bool],
+    marin: dict[str, float | None],
+    axis: str,
+    fit: str,
+    x_star: float,
+    confidence: float,
+    band_points: int = 0,
+) -> dict[str, Any]:
     def law(g: GroupFit) -> dict[str, float] | None:
         return None if g.law is None else {"a": g.law.a, "b": g.law.b, "c": g.law.c}
 
     return {
-        "view": "scaling", "x": axis, "fit": fit, "forecast_flops": x_star,
+        "view": "scaling",
+        "x": axis,
+        "fit": fit,
+        "forecast_flops": x_star,
         "confidence": confidence if fit == "converged" else None,
         "interval_method": INTERVAL_METHOD if fit == "converged" else None,
-        "groups": [{
-            "name": g.name, "rank": g.rank, "law": law(g), "r2": g.r2, "sse": g.sse, "forecast": g.forecast,
-            "interval": None if g.interval is None else [v if math.isfinite(v) else None for v in g.interval],
-            "overlaps": g.overlaps,
-            "flag": g.flag, "at_bounds": g.at_bounds, "marin_forecast": marin.get(g.name),
-            "site_listed": listed.get(g.name, False),
-            "runs": [{"name": p.name, "flops": p.x, "bpb": p.bpb} for p in g.points],
-            **({"curve": forecast_band(g, x_star, band_points, confidence)} if band_points else {}),
-        } for g in groups],
+        "groups": [
+            {
+                "name": g.name,
+                "rank": g.rank,
+                "law": law(g),
+                "r2": g.r2,
+                "sse": g.sse,
+                "forecast": g.forecast,
+                "interval": None if g.interval is None else [v if math.isfinite(v) else None for v in g.interval],
+                "overlaps": g.overlaps,
+                "flag": g.flag,
+                "at_bounds": g.at_bounds,
+                "marin_forecast": marin.get(g.name),
+                "site_listed": listed.get(g.name, False),
+                "runs": [{"name": p.name, "flops": p.x, "bpb": p.bpb} for p in g.points],
+                **({"curve": forecast_band(g, x_star, band_points, confidence)} if band_points else {}),
+            }
+            for g in groups
+        ],
     }
 
 
 # ---- the all-runs view ----------------------------------------------------------------------
 
 
-def baseline_of(runs: list[Run], axis: str, fit: str, baseline: str, root: str | None = None
-                ) -> tuple[PowerLaw | None, Callable[[float], float | None]]:
+def baseline_of(
+    runs: list[Run], axis: str, fit: str, baseline: str, root: str | None = None
+) -> tuple[PowerLaw | None, Callable[[float], float | None]]:
     """(law, predict(x)) of the baseline runs (names containing `baseline`, as the site matches)."""
     points = [(p.x, p.bpb) for _, p in _points(runs, axis, root) if baseline.lower() in p.name.lower()]
     if len({x for x, _ in points}) < 3:
@@ -250,8 +304,14 @@ def pareto_names(points: list[tuple[Run, Point]]) -> set[str]:
     return frontier
 
 
-def runs_view(runs: list[Run], axis: str = "hardware", relative: bool = False, fit: str = "converged",
-              baseline: str = BASELINE_GROUP, root: str | None = None) -> dict[str, Any]:
+def runs_view(
+    runs: list[Run],
+    axis: str = "hardware",
+    relative: bool = False,
+    fit: str = "converged",
+    baseline: str = BASELINE_GROUP,
+    root: str | None = None,
+) -> dict[str, Any]:
     points = sorted(_points(runs, axis, root), key=lambda rp: (rp[1].bpb, rp[1].x, rp[0].name))
     if not points:
         raise DataError(f"no run has both a BPB and {AXES[axis]}")
@@ -259,41 +319,75 @@ def runs_view(runs: list[Run], axis: str = "hardware", relative: bool = False, f
     law, predict = baseline_of(runs, axis, fit, baseline, root) if relative else (None, None)
     rows = []
     for i, (run, p) in enumerate(points, 1):
-        row: dict[str, Any] = {"rank": i, "name": run.name, "author": run.author, "bpb": p.bpb, "flops": p.x,
-                               "pareto": run.name in frontier}
+        row: dict[str, Any] = {
+            "rank": i,
+            "name": run.name,
+            "author": run.author,
+            "bpb": p.bpb,
+            "flops": p.x,
+            "pareto": run.name in frontier,
+        }
         if predict is not None:
             base = predict(p.x)
             row["baseline_bpb"] = base
             row["relative_percent"] = None if not base or base <= 0 else (p.bpb / base - 1.0) * 100.0
         rows.append(row)
-    return {"view": "runs", "x": axis, "relative": relative, "fit": fit,
-            "baseline": None if not relative else {"group": baseline, "law": None if law is None else
-                                                   {"a": law.a, "b": law.b, "c": law.c}},
-            "runs": rows}
+    return {
+        "view": "runs",
+        "x": axis,
+        "relative": relative,
+        "fit": fit,
+        "baseline": None
+        if not relative
+        else {"group": baseline, "law": None if law is None else {"a": law.a, "b": law.b, "c": law.c}},
+        "runs": rows,
+    }
 
 
 def runs_table(view: dict[str, Any]) -> Table:
     relative = view["relative"]
     headers = ["rank", "pareto", "run", "author", "BPB", AXES[view["x"]]] + (["vs baseline"] if relative else [])
-    rows = [[str(r["rank"]), "*" if r["pareto"] else "", r["name"], r["author"], f"{r['bpb']:.4f}",
-             f"{r['flops']:.3e}"] + ([_fmt(r["relative_percent"], "+.2f") + "%"] if relative else [])
-            for r in view["runs"]]
+    rows = [
+        [str(r["rank"]), "*" if r["pareto"] else "", r["name"], r["author"], f"{r['bpb']:.4f}", f"{r['flops']:.3e}"]
+        + ([_fmt(r["relative_percent"], "+.2f") + "%"] if relative else [])
+        for r in view["runs"]
+    ]
     note = f"ranked by BPB; * = Pareto frontier on {AXES[view['x']]}"
     if relative:
         law = view["baseline"]["law"]
-        note += (f"; vs baseline = BPB / baseline - 1, baseline `{view['baseline']['group']}` fitted"
-                 f" ({view['fit']}): a={law['a']:.4g} b={law['b']:.4f} c={law['c']:.4f}" if law else "")
-    return Table(f"all runs: BPB vs {AXES[view['x']]}", note, headers, rows,
-                 [True, False, False, False, True, True] + [True] * relative, [r["pareto"] for r in view["runs"]])
+        note += (
+            f"; vs baseline = BPB / baseline - 1, baseline `{view['baseline']['group']}` fitted"
+            f" ({view['fit']}): a={law['a']:.4g} b={law['b']:.4f} c={law['c']:.4f}"
+            if law
+            else ""
+        )
+    return Table(
+        f"all runs: BPB vs {AXES[view['x']]}",
+        note,
+        headers,
+        rows,
+        [True, False, False, False, True, True] + [True] * relative,
+        [r["pareto"] for r in view["runs"]],
+    )
 
 
 # ---- output ---------------------------------------------------------------------------------
 
 
-def render_view(runs: list[Run], view: str, axis: str = "hardware", relative: bool = False, fit: str = "converged",
-                x_star: float = DEFAULT_FORECAST_FLOPS, confidence: float = DEFAULT_CONFIDENCE,
-                baseline: str = BASELINE_GROUP, as_json: bool = False, root: str | None = None,
-                band_points: int = 0, bpb_track: str | None = None) -> str:
+def render_view(
+    runs: list[Run],
+    view: str,
+    axis: str = "hardware",
+    relative: bool = False,
+    fit: str = "converged",
+    x_star: float = DEFAULT_FORECAST_FLOPS,
+    confidence: float = DEFAULT_CONFIDENCE,
+    baseline: str = BASELINE_GROUP,
+    as_json: bool = False,
+    root: str | None = None,
+    band_points: int = 0,
+    bpb_track: str | None = None,
+) -> str:
     """The text (a table, or JSON) of one view; `root` is where the results were found (storage_root)."""
     if relative and view != "runs":
         raise DataError("--relative: only with --view runs (the scaling view fits absolute BPB)")

@@ -62,8 +62,15 @@ def _interval_text(group: GroupFit) -> str:
     return f" [{low:.3f}, {'inf' if math.isinf(high) else format(high, '.3f')}]"
 
 
-def scaling_png(groups: list[GroupFit], axis: str, x_star: float, track: str, band_points: int = DEFAULT_BAND_POINTS,
-                confidence: float = 0.95, top: int = TOP_GROUPS) -> bytes:
+def scaling_png(
+    groups: list[GroupFit],
+    axis: str,
+    x_star: float,
+    track: str,
+    band_points: int = DEFAULT_BAND_POINTS,
+    confidence: float = 0.95,
+    top: int = TOP_GROUPS,
+) -> bytes:
     """Groups in rank order (scaling_views.scaling_view): the top `top` ranked ones in colour."""
     fig, canvas, ax = _figure()
     leaders = [g for g in groups if g.rank is not None and g.law is not None][:top]
@@ -83,20 +90,36 @@ def scaling_png(groups: list[GroupFit], axis: str, x_star: float, track: str, ba
             band = forecast_band(g, x_star, band_points, confidence)
             lows = [b["low"] if b["low"] is not None else y_low - pad for b in band]
             highs = [b["high"] if b["high"] is not None else y_high + pad for b in band]
-            ax.fill_between([b["flops"] for b in band], lows, highs,
-                            color=color, alpha=0.1, linewidth=0, zorder=2)
+            ax.fill_between([b["flops"] for b in band], lows, highs, color=color, alpha=0.1, linewidth=0, zorder=2)
         ax.plot(*_curve(g, x_star), color=color, linewidth=2, zorder=3)
-        ax.scatter([p.x for p in g.points], [p.bpb for p in g.points], s=28, color=color, edgecolors="white",
-                   linewidths=0.6, zorder=4)
+        ax.scatter(
+            [p.x for p in g.points],
+            [p.bpb for p in g.points],
+            s=28,
+            color=color,
+            edgecolors="white",
+            linewidths=0.6,
+            zorder=4,
+        )
         assert g.forecast is not None
         err = None
         if g.interval is not None:
             low, high = g.interval
             err = [[g.forecast - low], [(y_high + pad if math.isinf(high) else high) - g.forecast]]
         dodge = x_star * 10 ** (0.04 * (i - (len(leaders) - 1) / 2))  # error bars side by side, not on top
-        entries[i] = ax.errorbar([dodge], [g.forecast], yerr=err, fmt="D", color=color, markersize=6, capsize=4,
-                    markeredgecolor="black", markeredgewidth=0.6, zorder=5,
-                    label=f"{g.rank}. {g.name}: {g.forecast:.4f}{_interval_text(g)}")
+        entries[i] = ax.errorbar(
+            [dodge],
+            [g.forecast],
+            yerr=err,
+            fmt="D",
+            color=color,
+            markersize=6,
+            capsize=4,
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            zorder=5,
+            label=f"{g.rank}. {g.name}: {g.forecast:.4f}{_interval_text(g)}",
+        )
     ax.axvline(x_star, color="#495057", linestyle="--", linewidth=1, zorder=0)
     ax.set_xscale("log")
     ax.set_ylim(y_low - pad, y_high + pad)
@@ -104,13 +127,20 @@ def scaling_png(groups: list[GroupFit], axis: str, x_star: float, track: str, ba
     quality = "C4-EN bits per byte" if track == "marin" else f"{track.removeprefix('bpb:')} bits per byte"
     ax.set_ylabel(f"{quality} (lower is better)")
     fit = leaders[0].fit if leaders else "converged"
-    how = (f"band: {confidence:.0%} profile intervals" if fit == "converged" else "Marin's site fit, no interval")
+    how = f"band: {confidence:.0%} profile intervals" if fit == "converged" else "Marin's site fit, no interval"
     ax.set_title(f"Scaling: L = a·x^(-b) + c per group, ranked by the forecast at {x_star:.0e} ({how})", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     handles = [entries[i] for i in sorted(entries)]
     if others:
-        handles += ax.plot([], [], color=FAINT, linewidth=0.9, marker="o", markersize=3,
-                           label=f"{len(others)} other groups (law and runs)")
+        handles += ax.plot(
+            [],
+            [],
+            color=FAINT,
+            linewidth=0.9,
+            marker="o",
+            markersize=3,
+            label=f"{len(others)} other groups (law and runs)",
+        )
     ax.legend(handles=handles, loc="upper right", fontsize=7.5)
     return _png(fig, canvas)
 
@@ -125,22 +155,44 @@ def runs_png(view: dict[str, Any], track: str) -> bytes:
     frontier = sorted((r for r in rows if r["pareto"]), key=lambda r: (r["flops"], r["bpb"]))
     ax.scatter([r["flops"] for r in others], [y_of(r) for r in others], s=30, color=RUN_COLOR, label="run", zorder=2)
     if not relative:  # a staircase: a BPB reached with some FLOPs stays reachable with more
-        ax.step([r["flops"] for r in frontier], [r["bpb"] for r in frontier], where="post", color=FRONTIER_COLOR,
-                linewidth=2, zorder=3)
+        ax.step(
+            [r["flops"] for r in frontier],
+            [r["bpb"] for r in frontier],
+            where="post",
+            color=FRONTIER_COLOR,
+            linewidth=2,
+            zorder=3,
+        )
     else:
         law = view["baseline"]["law"]
-        ax.axhline(0.0, color="#1f2933", linewidth=1.2, zorder=1,
-                   label=f"baseline {view['baseline']['group']} ({view['fit']})"
-                   + (f": a={law['a']:.4g} b={law['b']:.4f} c={law['c']:.4f}" if law else ""))
-    ax.scatter([r["flops"] for r in frontier], [y_of(r) for r in frontier], s=70, color=FRONTIER_COLOR,
-               edgecolors="black", linewidths=0.8, label="Pareto frontier (BPB vs FLOPs)", zorder=4)
+        ax.axhline(
+            0.0,
+            color="#1f2933",
+            linewidth=1.2,
+            zorder=1,
+            label=f"baseline {view['baseline']['group']} ({view['fit']})"
+            + (f": a={law['a']:.4g} b={law['b']:.4f} c={law['c']:.4f}" if law else ""),
+        )
+    ax.scatter(
+        [r["flops"] for r in frontier],
+        [y_of(r) for r in frontier],
+        s=70,
+        color=FRONTIER_COLOR,
+        edgecolors="black",
+        linewidths=0.8,
+        label="Pareto frontier (BPB vs FLOPs)",
+        zorder=4,
+    )
     ax.set_xscale("log")
     ax.set_xlabel(f"{AXES[view['x']]} (log scale)")
     quality = "C4-EN BPB" if track == "marin" else f"{track.removeprefix('bpb:')} BPB"
-    ax.set_ylabel(f"{quality} vs the baseline's law, % (lower is better)" if relative
-                  else f"{quality} (lower is better)")
-    ax.set_title(f"All runs: {len(rows)} runs, {len(frontier)} on the Pareto frontier"
-                 + (" (relative to the baseline's law)" if relative else ""))
+    ax.set_ylabel(
+        f"{quality} vs the baseline's law, % (lower is better)" if relative else f"{quality} (lower is better)"
+    )
+    ax.set_title(
+        f"All runs: {len(rows)} runs, {len(frontier)} on the Pareto frontier"
+        + (" (relative to the baseline's law)" if relative else "")
+    )
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
@@ -155,7 +207,8 @@ def view_png(runs: list[Run], args: argparse.Namespace, root: str | None = None)
     comparable, track = comparable_runs(runs, args.bpb_track)
     if args.view == "scaling":
         groups, _, _ = scaling_view(comparable, args.flops, args.fit, args.forecast_flops, args.confidence, root)
-        return scaling_png(groups, args.flops, args.forecast_flops, track, args.band_points or DEFAULT_BAND_POINTS,
-                           args.confidence)
+        return scaling_png(
+            groups, args.flops, args.forecast_flops, track, args.band_points or DEFAULT_BAND_POINTS, args.confidence
+        )
     view = runs_view(comparable, args.flops, args.relative, args.fit, args.baseline, root)
     return runs_png(view, track)

@@ -75,7 +75,8 @@ def load(storage: Storage, step: int | None = None, *, with_optimizers: bool = T
             print(
                 f"checkpoint {storage.url(_key('meta', candidate, 'json'))} does not load"
                 f" ({type(err).__name__}: {str(err)[:200]}); trying the one before",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
     return None
 

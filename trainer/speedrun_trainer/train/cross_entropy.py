@@ -39,8 +39,12 @@ class _LinearCrossEntropySum(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-        chunk_rows: int, compute_dtype: torch.dtype,
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_rows: int,
+        compute_dtype: torch.dtype,
     ) -> torch.Tensor:
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]  # type: ignore[attr-defined]
         w = weight.to(compute_dtype)
@@ -49,8 +53,8 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         with torch.autocast(x.device.type, enabled=False):
             for start in range(0, x.size(0), chunk_rows):
-                xc = x[start:start + chunk_rows].to(compute_dtype)  # (c, h)
-                tc = targets[start:start + chunk_rows]  # (c,)
+                xc = x[start : start + chunk_rows].to(compute_dtype)  # (c, h)
+                tc = targets[start : start + chunk_rows]  # (c,)
                 keep = tc != IGNORE_INDEX
                 safe = tc.clamp_min(0).unsqueeze(1)  # ignored rows pick class 0, then are masked out
                 logits = (xc @ w.mT).float()  # (c, V)
@@ -64,7 +68,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 dlogits.mul_(keep.unsqueeze(1))
                 d = dlogits.to(compute_dtype)
                 if grad_x is not None:
-                    grad_x[start:start + chunk_rows] = (d @ w).to(x.dtype)  # (c, h)
+                    grad_x[start : start + chunk_rows] = (d @ w).to(x.dtype)  # (c, h)
                 if grad_w is not None:
                     grad_w += (d.mT @ xc).float()  # (V, h)
         ctx.save_for_backward(grad_x, grad_w)  # type: ignore[attr-defined]
@@ -91,8 +95,10 @@ def linear_cross_entropy(
     ignored it returns 0 where that returns NaN.
     """
     if x.ndim != 2 or weight.ndim != 2 or targets.shape != x.shape[:1]:
-        raise ValueError(f"expected x (N, h), weight (V, h), targets (N,); got {tuple(x.shape)}, "
-                         f"{tuple(weight.shape)}, {tuple(targets.shape)}")
+        raise ValueError(
+            f"expected x (N, h), weight (V, h), targets (N,); got {tuple(x.shape)}, "
+            f"{tuple(weight.shape)}, {tuple(targets.shape)}"
+        )
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     targets = targets.long()
@@ -110,8 +116,12 @@ def chunked_token_losses(
     """
     targets = targets.long()
     out = [
-        F.cross_entropy(head(x[s:s + chunk_rows]).float(), targets[s:s + chunk_rows], ignore_index=IGNORE_INDEX,
-                        reduction="none")
+        F.cross_entropy(
+            head(x[s : s + chunk_rows]).float(),
+            targets[s : s + chunk_rows],
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        )
         for s in range(0, x.size(0), chunk_rows)
     ]
     return torch.cat(out) if out else x.new_zeros(0, dtype=torch.float32)

@@ -84,8 +84,10 @@ def check_device(job: SpeedrunJob, env: Dist) -> None:
     if acc is None or acc.kind == "cpu":
         return
     if acc.kind == "tpu":  # no torch_xla path yet: a TPU run can never work with this trainer
-        raise ConfigError(f"spec.resources.accelerator: {acc.name} needs a TPU backend (torch_xla), "
-                          "which this trainer does not have yet")
+        raise ConfigError(
+            f"spec.resources.accelerator: {acc.name} needs a TPU backend (torch_xla), "
+            "which this trainer does not have yet"
+        )
     if env.device.type != "cuda":
         raise DeviceError(f"spec.resources.accelerator is {acc.name}, but torch sees no CUDA device here")
 
@@ -109,8 +111,7 @@ class Trainer:
         per_step = t.device_batch_size * env.world_size
         if t.batch_size % per_step:
             raise ConfigError(
-                f"spec.train.batchSize: {t.batch_size} is not a multiple of deviceBatchSize x world size"
-                f" = {per_step}"
+                f"spec.train.batchSize: {t.batch_size} is not a multiple of deviceBatchSize x world size = {per_step}"
             )
         self.accum = t.batch_size // per_step
         check_device(job, env)
@@ -118,8 +119,14 @@ class Trainer:
             check_fp8(spec.resources.accelerator, env.device)
         if t.precision != "fp32":
             dtype = autocast_dtype(env.device, t.precision)
-            log(f"precision {t.precision}: " + (f"{env.device.type} autocast in {str(dtype).removeprefix('torch.')}"
-                if dtype is not None else f"no native bf16 on this {env.device.type}; training in fp32"))
+            log(
+                f"precision {t.precision}: "
+                + (
+                    f"{env.device.type} autocast in {str(dtype).removeprefix('torch.')}"
+                    if dtype is not None
+                    else f"no native bf16 on this {env.device.type}; training in fp32"
+                )
+            )
         self.plan = resolve(job, nodes=max(1, env.world_size // spec.resources.procs_per_node))
         self.storage = run_storage(job)
         endpoint = spec.storage.endpoint_url
@@ -146,19 +153,24 @@ class Trainer:
         self.model = GPT(m).to(env.device)
         if t.precision == "fp8":  # before the optimizers, compile and DDP see the model
             layers = convert_to_fp8(self.model)
-            log(f"precision fp8: {len(layers)} block matrices train in FP8 (torchao, tensorwise scaling);"
-                " LM head, embedding and norms in bf16")
+            log(
+                f"precision fp8: {len(layers)} block matrices train in FP8 (torchao, tensorwise scaling);"
+                " LM head, embedding and norms in bf16"
+            )
         self.compile = resolve_compile(t.compile, env.device)
-        log(f"train.compile: {'on' if self.compile else 'off'}"
-            + (f" (omitted: the default on {env.device.type})" if t.compile is None else ""))
+        log(
+            f"train.compile: {'on' if self.compile else 'off'}"
+            + (f" (omitted: the default on {env.device.type})" if t.compile is None else "")
+        )
         self.optimizers = build_optimizers(self.model, t.optimizer, compile=self.compile)
         self.state = TrainState()
         self._resume()
         runnable = torch.compile(self.model) if self.compile else self.model
         self.ddp = data_parallel(runnable, env.device, env.world_size)
         self.forward = self.ddp or runnable
-        self.train_step = TrainStep(self.model, self.forward, self.ddp, self.optimizers, env.device, t.precision,
-                                    t.optimizer.max_grad_norm)
+        self.train_step = TrainStep(
+            self.model, self.forward, self.ddp, self.optimizers, env.device, t.precision, t.optimizer.max_grad_norm
+        )
         port = int(os.environ.get("SPEEDRUN_METRICS_PORT") or spec.metrics.port)
         self.telemetry = Telemetry(port if env.is_main else None)
         self.tracker = Tracker(
@@ -186,15 +198,22 @@ class Trainer:
     def _step(self, batches: BatchPrefetcher) -> torch.Tensor:
         """One optimizer step (train/step.py); the mean loss stays on the device."""
         o = self.spec.train.optimizer
-        set_lr(self.optimizers, lr_multiplier(self.state.step, self.plan.steps, o.warmup_steps, o.decay,
-                                              o.min_lr_ratio))
+        set_lr(
+            self.optimizers, lr_multiplier(self.state.step, self.plan.steps, o.warmup_steps, o.decay, o.min_lr_ratio)
+        )
         return self.train_step(batches.next_step())
 
     def _prefetcher(self) -> BatchPrefetcher:
         t, env = self.spec.train, self.env
         return BatchPrefetcher(
-            self.train_data, start_step=self.state.step, accum=self.accum, rank=env.rank, world=env.world_size,
-            device_batch_size=t.device_batch_size, batch_size=t.batch_size, seq_len=self.spec.model.seq_len,
+            self.train_data,
+            start_step=self.state.step,
+            accum=self.accum,
+            rank=env.rank,
+            world=env.world_size,
+            device_batch_size=t.device_batch_size,
+            batch_size=t.batch_size,
+            seq_len=self.spec.model.seq_len,
             device=env.device,
         )
 
@@ -266,12 +285,17 @@ class Trainer:
         mfu = self.flops_per_step / step_time / self.peak_flops
         eta = (self.plan.steps - st.step) * step_time
         self.telemetry.set(
-            step=st.step, train_loss=st.train_loss, tokens_per_second=tps, mfu=mfu, eta_seconds=eta,
+            step=st.step,
+            train_loss=st.train_loss,
+            tokens_per_second=tps,
+            mfu=mfu,
+            eta_seconds=eta,
             training_seconds=st.training_seconds,
         )
         lr = self.optimizers[0].param_groups[0]["lr"]  # the scheduled lr of the step just taken
-        self.tracker.log({"train/loss": st.train_loss, "throughput/tokens_per_second": tps, "mfu": mfu,
-                          "train/lr": lr}, st.step)
+        self.tracker.log(
+            {"train/loss": st.train_loss, "throughput/tokens_per_second": tps, "mfu": mfu, "train/lr": lr}, st.step
+        )
         every = max(1, self.plan.steps // 20)  # about 20 log lines per run, whatever logEvery is
         if st.step - self._printed_step >= every or st.step == self.plan.steps:
             self._printed_step = st.step
@@ -283,14 +307,22 @@ class Trainer:
     def _evaluate(self) -> bool:
         st, env, spec = self.state, self.env, self.spec
         ev = evaluate_loss(
-            self.model, self.val_data, self.token_bytes, tokens=spec.eval.bpb.tokens,
-            seq_len=spec.model.seq_len, batch_size=spec.train.device_batch_size, rank=env.rank,
-            world_size=env.world_size, device=env.device, precision=spec.train.precision,
+            self.model,
+            self.val_data,
+            self.token_bytes,
+            tokens=spec.eval.bpb.tokens,
+            seq_len=spec.model.seq_len,
+            batch_size=spec.train.device_batch_size,
+            rank=env.rank,
+            world_size=env.world_size,
+            device=env.device,
+            precision=spec.train.precision,
             eval_batch=spec.train.batch_size,
         )
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
-        st.history.append({"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb,
-                           "training_seconds": st.training_seconds})
+        st.history.append(
+            {"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb, "training_seconds": st.training_seconds}
+        )
         self.telemetry.set(val_loss=ev.loss, val_bpb=ev.bpb)
         self.tracker.log({"val/loss": ev.loss, "val/bpb": ev.bpb}, st.step)
         log(f"step {st.step:>6}/{self.plan.steps} | val loss {ev.loss:.4f} | val bpb {ev.bpb:.4f}")
@@ -306,8 +338,14 @@ class Trainer:
         core = self.spec.eval.core
         assert core is not None
         result = evaluate_core(
-            self.model, self.tokenizer, core.bundle, max_per_task=core.max_per_task, device=self.env.device,
-            rank=self.env.rank, world_size=self.env.world_size, endpoint_url=self.spec.storage.endpoint_url,
+            self.model,
+            self.tokenizer,
+            core.bundle,
+            max_per_task=core.max_per_task,
+            device=self.env.device,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            endpoint_url=self.spec.storage.endpoint_url,
         )
         score = float(result["core_metric"])
         self.state.history[-1]["core"] = score
@@ -342,7 +380,8 @@ class Trainer:
                 "spec_hash": preflight.spec_hash(self.job),
                 "tokens": st.step * self.plan.tokens_per_step,
                 "tokens_per_second": st.step * self.plan.tokens_per_step / st.training_seconds
-                if st.training_seconds else None,
+                if st.training_seconds
+                else None,
                 "world_size": self.env.world_size,
                 "num_devices": self.env.world_size,
                 "device_flops": self.plan.device_flops,

@@ -240,9 +240,7 @@ class GPT(nn.Module):
         """Parameters counted once each (a tied head adds nothing)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"
-    ) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
         """Logits (B, T, V) float32 without targets; otherwise the cross-entropy in nats:
         a scalar mean ("mean") or per-token losses (B, T) ("none"), ignoring targets == -1."""
         b, t = idx.size()

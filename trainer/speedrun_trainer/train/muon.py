@@ -99,8 +99,7 @@ class Muon(torch.optim.Optimizer):
     ) -> None:
         if lr < 0 or not 0 <= momentum < 1 or weight_decay < 0:
             raise ValueError(f"invalid Muon settings: lr={lr}, momentum={momentum}, wd={weight_decay}")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                        ns_steps=ns_steps)
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -156,7 +155,7 @@ class Muon(torch.optim.Optimizer):
         share = -(-n // world)  # ceil(n / world) matrices per rank; the last ones may be padding
         padded = stacked.new_zeros((share * world, *stacked.shape[1:]))
         padded[:n] = stacked
-        mine = padded[rank * share:(rank + 1) * share]
+        mine = padded[rank * share : (rank + 1) * share]
         self.orthogonalized += max(0, min(n - rank * share, share))
         gathered = torch.empty_like(padded)
         dist.all_gather_into_tensor(gathered, self._ns(mine, steps, self.ns_dtype).contiguous())

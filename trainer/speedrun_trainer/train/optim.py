@@ -27,6 +27,7 @@ from speedrun_trainer.train.muon import Muon, native_bf16_matmul, newton_schulz
 
 __all__ = ["Muon", "build_optimizers", "lr_multiplier", "newton_schulz", "set_lr"]
 
+
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, decay: float, min_lr_ratio: float) -> float:
     """Multiplier for the update made at 0-based `step`.
 

@@ -46,8 +46,14 @@ class TrainStep:
     """The trainer's optimizer step (see the module doc); the learning rate is set by the caller."""
 
     def __init__(
-        self, model: nn.Module, forward: Callable[..., torch.Tensor], ddp: DistributedDataParallel | None,
-        optimizers: Sequence[torch.optim.Optimizer], device: torch.device, precision: str, max_grad_norm: float,
+        self,
+        model: nn.Module,
+        forward: Callable[..., torch.Tensor],
+        ddp: DistributedDataParallel | None,
+        optimizers: Sequence[torch.optim.Optimizer],
+        device: torch.device,
+        precision: str,
+        max_grad_norm: float,
     ) -> None:
         self.model, self.forward, self.ddp = model, forward, ddp
         self.optimizers, self.device, self.precision = list(optimizers), device, precision

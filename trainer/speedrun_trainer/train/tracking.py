@@ -59,8 +59,10 @@ class Tracker:
             self._off("mode disabled (spec.tracking.wandb.mode: online or offline turns it on)")
             return
         if mode == "online" and not has_api_key():
-            self._off("mode online but no API key (give spec.tracking.wandb.secretRef a WANDB_API_KEY,"
-                      " or run `wandb login`); use mode offline to keep the run locally")
+            self._off(
+                "mode online but no API key (give spec.tracking.wandb.secretRef a WANDB_API_KEY,"
+                " or run `wandb login`); use mode offline to keep the run locally"
+            )
             return
         try:
             import wandb

@@ -25,11 +25,12 @@ FROM ${PYTHON_IMAGE} AS operator-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml constraints.txt ./
+COPY pyproject.toml ./
+COPY requirements/constraints.in requirements/
 COPY scripts/pyproject_requirements.py scripts/
 # The base dependencies only: no `train` extra, so no torch.
 RUN python3 scripts/pyproject_requirements.py pyproject.toml > /tmp/requirements.txt \
- && pip install -c constraints.txt -r /tmp/requirements.txt
+ && pip install -c requirements/constraints.in -r /tmp/requirements.txt
 COPY README.md ./
 COPY api/ api/
 COPY trainer/ trainer/
@@ -63,10 +64,11 @@ RUN command -v python3 >/dev/null || { apt-get update \
 WORKDIR /src
 # torch first: the biggest layer, and the one that changes least often.
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
-COPY pyproject.toml constraints.txt ./
+COPY pyproject.toml ./
+COPY requirements/constraints.in requirements/
 COPY scripts/pyproject_requirements.py scripts/
 RUN python3 scripts/pyproject_requirements.py pyproject.toml train wandb gcs fp8 --exclude torch > /tmp/requirements.txt \
- && pip install -c constraints.txt -r /tmp/requirements.txt
+ && pip install -c requirements/constraints.in -r /tmp/requirements.txt
 COPY README.md ./
 COPY api/ api/
 COPY trainer/ trainer/

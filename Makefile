@@ -1,9 +1,12 @@
-# speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject changes).
+# speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject or a lock changes).
 #   make speedrun   the CPU-tiny speedrun, locally (no cluster); installs only what running needs
 #   make test       lint, generated-file drift check, the control plane's binaries, and the whole test suite
 #   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
 #   make lock       re-resolve requirements/*.txt after editing pyproject.toml (lock-upgrade: newest versions)
-PYTHON ?= python3
+# The locks are resolved for CPython 3.11 on x86_64 Linux: python3.11 is preferred where one runs
+# (a pyenv shim for a version not selected does not); any other interpreter is installed unlocked,
+# and scripts/setup_venv.sh says so.
+PYTHON ?= $(shell python3.11 -c 'import sys; print(sys.executable)' 2>/dev/null || echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -15,20 +18,19 @@ TOOLS_STAMP := $(VENV)/.installed-tools
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/constraints.in
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned: 2.13.0's CPU wheel is what these machines carry (see DESIGN.md)
-	$(BIN)/python -m pip install -q -c requirements/constraints.in torch==2.13.0
-	$(BIN)/python -m pip install -q -c requirements/constraints.in -e '.[train,fp8,wandb,gcs,torchx,plot,dev]'
+# Everything: the trainer, every extra, the test tools (requirements/dev.txt).
+SETUP_INPUTS := pyproject.toml requirements/dev.txt requirements/tools.txt
+$(STAMP): $(SETUP_INPUTS)
+	scripts/setup_venv.sh $(VENV) $(PYTHON) requirements/dev.txt train,fp8,wandb,gcs,torchx,plot,dev
 	touch $(STAMP)
 
-# The trainer and the CLI only (no test tools, no torchx, no W&B, no matplotlib).
-$(RUN_STAMP): pyproject.toml requirements/constraints.in
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements/constraints.in torch==2.13.0
-	$(BIN)/python -m pip install -q -c requirements/constraints.in -e '.[train]'
+# The trainer and the CLI only (requirements/speedrun.txt: no test tools, no torchx, no W&B, no
+# matplotlib). A current full set-up holds all of it; installing this lock over it would move
+# kubernetes past the cap that torchx needs.
+$(RUN_STAMP): pyproject.toml requirements/speedrun.txt requirements/tools.txt
+	if [ -f $(STAMP) ] && [ -z "$$(find $(SETUP_INPUTS) -newer $(STAMP))" ]; then \
+	  echo "$(STAMP) is current: the full set-up holds what speedrun needs"; \
+	else scripts/setup_venv.sh $(VENV) $(PYTHON) requirements/speedrun.txt train; fi
 	touch $(RUN_STAMP)
 
 # uv, pinned by requirements/tools.txt, resolves the locks: one per install profile, with hashes,

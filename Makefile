@@ -1,8 +1,9 @@
 # speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject or a lock changes).
 #   make speedrun   the CPU-tiny speedrun, locally (no cluster); installs only what running needs
-#   make test       lint, generated-file drift check, the control plane's binaries, and the whole test suite
+#   make test       lint, format check, generated-file drift check, the control plane's binaries, and the whole test suite
 #   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
 #   make lock       re-resolve requirements/*.txt after editing pyproject.toml (lock-upgrade: newest versions)
+#   make format     ruff format the tree
 # The locks are resolved for CPython 3.11 on x86_64 Linux: python3.11 is preferred where one runs
 # (a pyenv shim for a version not selected does not); any other interpreter is installed unlocked,
 # and scripts/setup_venv.sh says so.
@@ -14,7 +15,7 @@ RUN_STAMP := $(VENV)/.installed-run
 TOOLS_STAMP := $(VENV)/.installed-tools
 
 .PHONY: setup speedrun test lint crd clean cluster-bin
-.PHONY: lock lock-upgrade
+.PHONY: lock lock-upgrade format
 
 setup: $(STAMP)
 
@@ -63,6 +64,7 @@ speedrun: $(RUN_STAMP)
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/speedrun crd --check
 	$(BIN)/python -m tests.cluster.binaries build --optional
 	$(BIN)/python -m pytest -q
@@ -75,6 +77,10 @@ cluster-bin: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
 
 crd: setup
 	$(BIN)/speedrun crd

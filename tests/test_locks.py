@@ -42,6 +42,7 @@ LOCK_ENVIRONMENT = {
     "os_name": "posix",
 }
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+)(?:\s*;\s*(?P<marker>[^\\]+?))?\s*\\?$")
+VALUED = {"-c", "-o", "--extra", "--python-version", "--python-platform"}  # flags of uv pip compile that take a value
 HASH = re.compile(r"^\s+--hash=sha256:[0-9a-f]{64}(\s*\\)?$")
 
 
@@ -55,14 +56,9 @@ class Lock:
 
     @property
     def inputs(self) -> list[str]:
-        """The files compiled: pyproject.toml or requirements/*.in."""
-        start = self.command.index("compile") + 1
-        files = []
-        for word in self.command[start:]:
-            if word.startswith("-"):
-                break
-            files.append(word)
-        return files
+        """The files compiled (pyproject.toml or requirements/*.in): the words no flag takes."""
+        words = self.command[self.command.index("compile") + 1 :]
+        return [w for i, w in enumerate(words) if not w.startswith("-") and (i == 0 or words[i - 1] not in VALUED)]
 
     def values(self, flag: str) -> list[str]:
         return [self.command[i + 1] for i, word in enumerate(self.command[:-1]) if word == flag]

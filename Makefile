@@ -20,19 +20,21 @@ TOOLS_STAMP := $(VENV)/.installed-tools
 setup: $(STAMP)
 
 # Everything: the trainer, every extra, the test tools (requirements/dev.txt).
-SETUP_INPUTS := pyproject.toml requirements/dev.txt requirements/tools.txt
-$(STAMP): $(SETUP_INPUTS)
+$(STAMP): pyproject.toml requirements/dev.txt requirements/tools.txt
 	scripts/setup_venv.sh $(VENV) $(PYTHON) requirements/dev.txt train,fp8,wandb,gcs,torchx,plot,dev
 	touch $(STAMP)
 
 # The trainer and the CLI only (requirements/speedrun.txt: no test tools, no torchx, no W&B, no
-# matplotlib). A current full set-up holds all of it; installing this lock over it would move
-# kubernetes past the cap that torchx needs.
-$(RUN_STAMP): pyproject.toml requirements/speedrun.txt requirements/tools.txt
-	if [ -f $(STAMP) ] && [ -z "$$(find $(SETUP_INPUTS) -newer $(STAMP))" ]; then \
-	  echo "$(STAMP) is current: the full set-up holds what speedrun needs"; \
-	else scripts/setup_venv.sh $(VENV) $(PYTHON) requirements/speedrun.txt train; fi
+# matplotlib). A venv that holds the full set-up keeps it (brought up to date if need be): it has
+# all speedrun needs, and speedrun.txt over it would move kubernetes past the cap torchx needs.
+ifneq ($(wildcard $(STAMP)),)
+$(RUN_STAMP): $(STAMP)
 	touch $(RUN_STAMP)
+else
+$(RUN_STAMP): pyproject.toml requirements/speedrun.txt requirements/tools.txt
+	scripts/setup_venv.sh $(VENV) $(PYTHON) requirements/speedrun.txt train
+	touch $(RUN_STAMP)
+endif
 
 # uv, pinned by requirements/tools.txt, resolves the locks: one per install profile, with hashes,
 # for CPython 3.11 on x86_64 Linux (this machine's python3, and the Dockerfile's python:3.11 images).

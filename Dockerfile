@@ -2,35 +2,33 @@
 # The two images of speedrun-operator, one target each:
 #
 #   docker build --target operator -t ghcr.io/speedrun-operator/operator:0.1.0 .   # kopf operator, no torch
-#   docker build --target trainer  -t ghcr.io/speedrun-operator/trainer:0.1.0 .    # torch 2.13.0, CPU
+#   docker build --target trainer  -t ghcr.io/speedrun-operator/trainer:0.1.0 .    # torch 2.13.0
 #
-# CUDA trainer: torch's CUDA wheels carry their own CUDA libraries (the node brings the driver),
-# so switching the index is enough:
-#   docker build --target trainer --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
-#     -t ghcr.io/speedrun-operator/trainer:0.1.0-cu128 .
+# Each installs its lock, hash-checked: requirements/operator.txt (the base dependencies) and
+# requirements/trainer.txt (train, wandb, gcs, fp8), resolved by `make lock` for CPython 3.11 on
+# x86_64 Linux, the python:3.11 image's. The trainer's torch is PyPI's 2.13.0, which on Linux x86_64
+# is the CUDA build: its CUDA libraries ride along as nvidia-* wheels (the node brings the driver),
+# so one image serves CPU and GPU nodes (~5.6 GB).
 # BASE picks another base image for the trainer (e.g. nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04);
-# one without python3 gets Debian/Ubuntu's.
+# one without python3 gets Debian/Ubuntu's (Ubuntu 24.04's 3.12 installs the 3.11 lock: its hashes
+# cover every wheel of each pinned version; 3.10, e.g. Ubuntu 22.04's, does not).
 #
 # Both run as UID/GID 1000 (the operator's SPEEDRUN_OPERATOR_RUN_AS_USER default) and work with a
 # read-only root filesystem: HOME is /tmp, which the pods mount as an emptyDir. Layers go from
-# least to most often changed: dependencies (from pyproject.toml) before the source.
+# least to most often changed: dependencies (from the locks) before the source.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG BASE=${PYTHON_IMAGE}
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 # ---- operator ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS operator-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml constraints.txt ./
-COPY scripts/pyproject_requirements.py scripts/
+COPY requirements/operator.txt requirements/
 # The base dependencies only: no `train` extra, so no torch.
-RUN python3 scripts/pyproject_requirements.py pyproject.toml > /tmp/requirements.txt \
- && pip install -c constraints.txt -r /tmp/requirements.txt
-COPY README.md ./
+RUN pip install --require-hashes -r requirements/operator.txt
+COPY pyproject.toml README.md ./
 COPY api/ api/
 COPY trainer/ trainer/
 COPY operator/ operator/
@@ -53,21 +51,16 @@ CMD ["speedrun", "operator"]
 
 # ---- trainer -----------------------------------------------------------------------------------
 FROM ${BASE} AS trainer-build
-ARG TORCH_VERSION
-ARG TORCH_INDEX
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN command -v python3 >/dev/null || { apt-get update \
       && apt-get install -y --no-install-recommends python3 python3-venv \
       && rm -rf /var/lib/apt/lists/*; } \
  && python3 -m venv /opt/venv
 WORKDIR /src
-# torch first: the biggest layer, and the one that changes least often.
-RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
-COPY pyproject.toml constraints.txt ./
-COPY scripts/pyproject_requirements.py scripts/
-RUN python3 scripts/pyproject_requirements.py pyproject.toml train wandb gcs fp8 --exclude torch > /tmp/requirements.txt \
- && pip install -c constraints.txt -r /tmp/requirements.txt
-COPY README.md ./
+COPY requirements/trainer.txt requirements/
+# torch and the rest in one layer, rebuilt only when the lock changes.
+RUN pip install --require-hashes -r requirements/trainer.txt
+COPY pyproject.toml README.md ./
 COPY api/ api/
 COPY trainer/ trainer/
 COPY operator/ operator/

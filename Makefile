@@ -1,38 +1,72 @@
-# speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject changes).
+# speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject or a lock changes).
 #   make speedrun   the CPU-tiny speedrun, locally (no cluster); installs only what running needs
-#   make test       lint, generated-file drift check, the control plane's binaries, and the whole test suite
+#   make test       lint, format check, generated-file drift check, the control plane's binaries, and the whole test suite
 #   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
-PYTHON ?= python3
+#   make lock       re-resolve requirements/*.txt after editing pyproject.toml (lock-upgrade: newest versions)
+#   make format     ruff format the tree
+# The locks are resolved for CPython 3.11 on x86_64 Linux: python3.11 is preferred where one runs
+# (a pyenv shim for a version not selected does not); any other interpreter is installed unlocked,
+# and scripts/setup_venv.sh says so.
+PYTHON ?= $(shell python3.11 -c 'import sys; print(sys.executable)' 2>/dev/null || echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
+TOOLS_STAMP := $(VENV)/.installed-tools
 
 .PHONY: setup speedrun test lint crd clean cluster-bin
+.PHONY: lock lock-upgrade format
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned: 2.13.0's CPU wheel is what these machines carry (see DESIGN.md)
-	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,fp8,wandb,gcs,torchx,plot,dev]'
+# Everything: the trainer, every extra, the test tools (requirements/dev.txt).
+$(STAMP): pyproject.toml requirements/dev.txt requirements/tools.txt
+	scripts/setup_venv.sh $(VENV) $(PYTHON) requirements/dev.txt train,fp8,wandb,gcs,torchx,plot,dev
 	touch $(STAMP)
 
-# The trainer and the CLI only (no test tools, no torchx, no W&B, no matplotlib).
-$(RUN_STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train]'
+# The trainer and the CLI only (requirements/speedrun.txt: no test tools, no torchx, no W&B, no
+# matplotlib). A venv that holds the full set-up keeps it (brought up to date if need be): it has
+# all speedrun needs, and speedrun.txt over it would move kubernetes past the cap torchx needs.
+ifneq ($(wildcard $(STAMP)),)
+$(RUN_STAMP): $(STAMP)
 	touch $(RUN_STAMP)
+else
+$(RUN_STAMP): pyproject.toml requirements/speedrun.txt requirements/tools.txt
+	scripts/setup_venv.sh $(VENV) $(PYTHON) requirements/speedrun.txt train
+	touch $(RUN_STAMP)
+endif
+
+# uv, pinned by requirements/tools.txt, resolves the locks: one per install profile, with hashes,
+# for CPython 3.11 on x86_64 Linux (this machine's python3, and the Dockerfile's python:3.11 images).
+$(TOOLS_STAMP): requirements/tools.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check --require-hashes -r requirements/tools.txt
+	touch $(TOOLS_STAMP)
+
+LOCK_FLAGS ?=
+COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 $(LOCK_FLAGS)
+PROFILE = $(COMPILE) pyproject.toml -c requirements/constraints.in
+
+# One lock per install profile: operator (the operator image), speedrun (make speedrun), trainer
+# (the trainer image), dev (make setup / make test: every extra); tools (this set-up's own tools).
+lock: $(TOOLS_STAMP)
+	$(COMPILE) requirements/tools.in -o requirements/tools.txt
+	$(PROFILE) -o requirements/operator.txt
+	$(PROFILE) --extra train -o requirements/speedrun.txt
+	$(PROFILE) --extra train --extra wandb --extra gcs --extra fp8 -o requirements/trainer.txt
+	$(PROFILE) --all-extras -o requirements/dev.txt
+
+# An existing lock keeps its pins where they still fit; this moves every pin to the newest version.
+lock-upgrade:
+	$(MAKE) lock LOCK_FLAGS=--upgrade
 
 speedrun: $(RUN_STAMP)
 	$(BIN)/speedrun run examples/tiny-cpu.yaml
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/speedrun crd --check
 	$(BIN)/python -m tests.cluster.binaries build --optional
 	$(BIN)/python -m pytest -q
@@ -45,6 +79,10 @@ cluster-bin: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
 
 crd: setup
 	$(BIN)/speedrun crd

@@ -1,8 +1,8 @@
 """Static checks of the Dockerfile and .dockerignore (no Docker engine on these machines).
 
-Both targets exist and end as a non-root user; the operator target installs no torch (its
-requirements come from pyproject's base dependencies only); the trainer installs the pinned torch
-from a PyTorch index chosen by a build argument; everything COPY needs is in the build context and
+Both targets exist and end as a non-root user; each installs its lock from requirements/,
+hash-checked, and nothing else but the project itself (--no-deps); the operator's lock holds no
+torch, the trainer's the pinned one; everything COPY needs is in the build context and
 the context leaves out .venv, runs/ and .git; image names, UID and ports agree with the operator's
 settings and the chart.
 
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,44 +111,35 @@ def test_target_runs_as_the_non_root_user_the_pods_expect(target: str) -> None:
 
 
 def test_operator_target_has_no_torch() -> None:
-    stages = closure("operator")
-    installs = pip_installs(stages)
+    installs = pip_installs(closure("operator"))
     assert installs, "the operator stage installs the package"
     for install in installs:
         assert "torch" not in install and "[train" not in install, install
-    assert any("--no-deps" in install for install in installs)
-    requirement_runs = [run for s in stages for run in s.all("RUN") if "pyproject_requirements.py" in run]
-    assert requirement_runs and all(" train" not in run for run in requirement_runs)
+    lock = (ROOT / "requirements" / "operator.txt").read_text()
+    assert "\nkopf==" in lock and "\ntorch==" not in lock
 
 
-def names(requirements: list[str]) -> set[str]:
-    return {re.split(r"[<>=!~\[;\s]", r, maxsplit=1)[0].lower() for r in requirements}
+@pytest.mark.parametrize(("target", "lock"), [("operator", "operator"), ("trainer", "trainer")])
+def test_target_installs_its_lock_and_nothing_unlocked(target: str, lock: str) -> None:
+    stages = closure(target)
+    installs = pip_installs(stages)
+    assert f"pip install --require-hashes -r requirements/{lock}.txt" in installs
+    unlocked = [i for i in installs if "--require-hashes" not in i and "--no-deps" not in i]
+    assert not unlocked, f"{target}: installs outside the lock: {unlocked}"
+    copies = [args for stage in stages for args in stage.all("COPY")]
+    assert f"requirements/{lock}.txt requirements/" in copies, "the lock is in its own layer, before the source"
+    assert copies.index(f"requirements/{lock}.txt requirements/") < copies.index("api/ api/")
 
 
-def test_base_requirements_have_no_torch() -> None:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "pyproject_requirements.py"), str(ROOT / "pyproject.toml")],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    assert "kopf" in names(out) and "torch" not in names(out)
-    trainer = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "pyproject_requirements.py"), str(ROOT / "pyproject.toml"),
-         "train", "wandb", "gcs", "--exclude", "torch"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    assert "torch" not in names(trainer) and {"numpy", "rich", "wandb", "s3fs", "gcsfs"} <= names(trainer)
-    assert "torchx" not in names(trainer), "torchx is `speedrun run --launcher torchx` only, not the pods'"
-    assert not any(r.startswith("kubernetes") and "<" in r for r in out), "no kubernetes cap on the base install"
-
-
-def test_trainer_installs_pinned_torch_from_a_chosen_index() -> None:
-    assert GLOBAL_ARGS["TORCH_VERSION"] == "2.13.0"  # the CPU wheel these machines carry (DESIGN.md)
-    assert GLOBAL_ARGS["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+def test_trainer_lock_holds_the_pinned_torch_and_the_pods_extras() -> None:
+    lock = (ROOT / "requirements" / "trainer.txt").read_text()
+    header = lock.splitlines()[1]
+    assert all(f"--extra {extra}" in header for extra in ("train", "wandb", "gcs", "fp8")), header
+    pinned = set(re.findall(r"^([a-z0-9][a-z0-9._-]*)==", lock, re.MULTILINE))
+    assert "\ntorch==2.13.0 " in lock  # requirements/constraints.in's pin
+    assert {"numpy", "rich", "wandb", "s3fs", "gcsfs", "torchao"} <= pinned
+    assert "torchx" not in pinned, "torchx is `speedrun run --launcher torchx` only, not the pods'"
     assert "BASE" in GLOBAL_ARGS and STAGES["trainer"].base == "${BASE}"
-    installs = pip_installs(closure("trainer"))
-    assert any('--index-url "${TORCH_INDEX}"' in i and '"torch==${TORCH_VERSION}"' in i for i in installs)
-    runs = [run for s in closure("trainer") for run in s.all("RUN")]
-    assert any("pyproject_requirements.py pyproject.toml train wandb gcs fp8 --exclude torch" in run for run in runs)
 
 
 def test_commands_and_ports_match_the_chart_and_the_builders() -> None:

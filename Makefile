@@ -2,13 +2,14 @@
 #   make speedrun   the CPU-tiny speedrun, locally (no cluster); installs only what running needs
 #   make test       lint, generated-file drift check, the control plane's binaries, and the whole test suite
 #   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
+#   make picture    redraw the README's picture from Marin's published runs
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: setup speedrun test lint crd clean cluster-bin
+.PHONY: setup speedrun test lint crd clean cluster-bin picture
 
 setup: $(STAMP)
 
@@ -48,6 +49,12 @@ lint: setup
 
 crd: setup
 	$(BIN)/speedrun crd
+
+# The README's picture: the leaderboard of Marin's published runs (tests/data/marin-speedrun/),
+# drawn by the CLI itself; tests/test_readme_picture.py fails when the committed file drifts.
+PICTURE := docs/img/leaderboard.png
+picture: setup
+	$(BIN)/speedrun leaderboard tests/data/marin-speedrun/runs.json --plot $(PICTURE) > /dev/null
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

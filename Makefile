@@ -40,7 +40,7 @@ test: setup
 
 # The control-plane tier's etcd, kube-apiserver, kube-controller-manager, kube-scheduler and CoreDNS,
 # built from tests/cluster/go/ into ~/.cache/speedrun-operator/cluster/<go.sum hash>/bin (never the
-# repo; KUBEBUILDER_ASSETS=<dir> uses binaries you have instead). Needs Go; cold: see README "Testing".
+# repo; KUBEBUILDER_ASSETS=<dir> uses binaries you have instead). Needs Go; cold: see docs/testing.md.
 cluster-bin: setup
 	$(BIN)/python -m tests.cluster.binaries build
 
@@ -59,7 +59,7 @@ picture: setup
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
 
-# The kind quickstart (needs docker with a running engine, kind, kubectl; see README "Try it on kind").
+# The kind quickstart (needs docker with a running engine, kind, kubectl; see docs/operator.md, "Try it on kind").
 .PHONY: kind
 kind:
 	scripts/kind-quickstart.sh

@@ -4,6 +4,7 @@
 #   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
 #   make lock       re-resolve requirements/*.txt after editing pyproject.toml (lock-upgrade: newest versions)
 #   make format     ruff format the tree
+#   make picture    redraw the README's picture from Marin's published runs
 # The locks are resolved for CPython 3.11 on x86_64 Linux: python3.11 is preferred where one runs
 # (a pyenv shim for a version not selected does not); any other interpreter is installed unlocked,
 # and scripts/setup_venv.sh says so.
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 TOOLS_STAMP := $(VENV)/.installed-tools
 
-.PHONY: setup speedrun test lint crd clean cluster-bin
+.PHONY: setup speedrun test lint crd clean cluster-bin picture
 .PHONY: lock lock-upgrade format
 
 setup: $(STAMP)
@@ -73,7 +74,7 @@ test: setup
 
 # The control-plane tier's etcd, kube-apiserver, kube-controller-manager, kube-scheduler and CoreDNS,
 # built from tests/cluster/go/ into ~/.cache/speedrun-operator/cluster/<go.sum hash>/bin (never the
-# repo; KUBEBUILDER_ASSETS=<dir> uses binaries you have instead). Needs Go; cold: see README "Testing".
+# repo; KUBEBUILDER_ASSETS=<dir> uses binaries you have instead). Needs Go; cold: see docs/testing.md.
 cluster-bin: setup
 	$(BIN)/python -m tests.cluster.binaries build
 
@@ -87,10 +88,16 @@ format: setup
 crd: setup
 	$(BIN)/speedrun crd
 
+# The README's picture: the leaderboard of Marin's published runs (tests/data/marin-speedrun/),
+# drawn by the CLI itself; tests/test_readme_picture.py fails when the committed file drifts.
+PICTURE := docs/img/leaderboard.png
+picture: setup
+	$(BIN)/speedrun leaderboard tests/data/marin-speedrun/runs.json --plot $(PICTURE) > /dev/null
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
 
-# The kind quickstart (needs docker with a running engine, kind, kubectl; see README "Try it on kind").
+# The kind quickstart (needs docker with a running engine, kind, kubectl; see docs/operator.md, "Try it on kind").
 .PHONY: kind
 kind:
 	scripts/kind-quickstart.sh

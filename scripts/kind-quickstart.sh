@@ -29,7 +29,7 @@ run() { printf '+ %s\n' "$*"; "$@"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 for tool in docker kind kubectl; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (see README: Try it on kind)"
+  command -v "$tool" >/dev/null || die "$tool is not installed (see docs/operator.md: Try it on kind)"
 done
 docker info >/dev/null 2>&1 || die "docker has no running engine (docker info failed)"
 HELM=${HELM:-$(command -v helm || true)}

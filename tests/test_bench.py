@@ -1,5 +1,5 @@
 """Smoke test of bench/: our real training step, the nanoGPT-style reference and the modded-nanogpt
-re-implementation all train, and the benchmark script's JSON report has the keys the README
+re-implementation all train, and the benchmark script's JSON report has the keys bench/README.md
 documents (ours a second time at the trainer's default precision where that is bf16 here); the
 printed table names each row's precision. No timing assertions: the figures depend on the
 machine and on what else runs on it.

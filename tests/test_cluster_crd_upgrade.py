@@ -2,8 +2,8 @@
 
 Helm installs charts/speedrun-operator/crds/ on the first install only and never upgrades it
 (helm.sh/docs/chart_best_practices/custom_resource_definitions). A chart release that adds a
-field to the SpeedrunJob schema therefore needs the README's step before `helm upgrade`:
-UPGRADE_CRDS, which this test runs exactly as the README and the chart's README print it.
+field to the SpeedrunJob schema therefore needs the documented step before `helm upgrade`:
+UPGRADE_CRDS, which this test runs exactly as docs/operator.md and the chart's README print it.
 The test installs the chart, makes a copy of it whose CRD has one more field, and shows that
 `helm upgrade` alone leaves the served schema unchanged (kubectl's strict field validation
 refuses a SpeedrunJob with the new field), and that after UPGRADE_CRDS the field is served and
@@ -77,8 +77,8 @@ def test_the_documented_crd_upgrade_serves_a_field_the_new_chart_adds(
     control_plane: ControlPlane, kubectl: Kubectl, tmp_path: Path
 ) -> None:
     cp = control_plane
-    readme, chart_readme = (ROOT / "README.md").read_text(), (CHART / "README.md").read_text()
-    assert UPGRADE_CRDS in readme and UPGRADE_CRDS in chart_readme, "the documented step is not the tested one"
+    docs, chart_readme = (ROOT / "docs" / "operator.md").read_text(), (CHART / "README.md").read_text()
+    assert UPGRADE_CRDS in docs and UPGRADE_CRDS in chart_readme, "the documented step is not the tested one"
     # Before the install, so that it is Helm's crds/ that creates the CRD when the session has none yet.
     install_chart(cp, "speedrun-upgrade", NAMESPACE, {"operator.defaultStorageUri": "s3://speedrun-test/runs"})
     cp.namespace(NAMESPACE)

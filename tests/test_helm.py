@@ -344,7 +344,7 @@ def test_rbac_grants_what_the_operator_does_and_no_more(helm: Path, values: Path
                     if not b["metadata"]["name"].endswith("-leader-election")]  # fmt: skip
         assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(settings.namespaces)
         assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(settings.namespaces)
-        # Nothing cluster-scoped: a namespace admin can install it (README "Install modes").
+        # Nothing cluster-scoped: a namespace admin can install it (docs/operator.md, "Install modes").
         assert by_kind(objects, "ClusterRole") == [] and by_kind(objects, "ClusterRoleBinding") == []
     sa = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     for binding in by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding"):

@@ -4,7 +4,7 @@ The script parses (`bash -n`) and is strict (`set -euo pipefail`); the files it 
 default images are the chart's and the operator's; the MinIO manifest is valid for Kubernetes
 1.32 (kubernetes-validate) and agrees with the SpeedrunJob it serves (Secret name and keys,
 Service name and port, bucket); the chart renders valid objects with deploy/kind/values.yaml.
-Running it end to end needs docker, kind and kubectl: see README, "Try it on kind".
+Running it end to end needs docker, kind and kubectl: see docs/operator.md, "Try it on kind".
 
     pytest tests/test_kind_quickstart.py
 """

@@ -23,6 +23,9 @@ FRONTIER_COLOR = "#d9480f"
 RUN_COLOR = "#8c96a3"
 # Offsets (points) tried for a label, right of its point first.
 LABEL_OFFSETS = [(7, 5), (7, -13), (-7, 5), (-7, -13), (0, 10), (0, -18), (12, 14), (12, -22)]
+# No "Software: Matplotlib version..." text chunk: the same runs make the same bytes under any
+# matplotlib release that draws the same pixels (the README's picture is checked for drift).
+PNG_METADATA: dict[str, str | None] = {"Software": None}
 
 
 def _two_and_five(x: float, _pos: int) -> str:
@@ -72,7 +75,7 @@ def plot_png(runs: list[Run], axis: str = "hardware", track: str = "marin") -> b
         ax, canvas, [(r.name, float(r.flops(axis) or 0), float(r.bpb or 0), size, color) for r, size, color in labels]
     )
     buf = io.BytesIO()
-    canvas.print_png(buf)
+    canvas.print_png(buf, metadata=PNG_METADATA)
     return buf.getvalue()
 
 

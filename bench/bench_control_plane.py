@@ -207,7 +207,7 @@ def main() -> int:
                    "SPEEDRUN_OPERATOR_LIVENESS": ""}  # fmt: skip
             env.pop("KUBERNETES_SERVICE_HOST", None)
             log = (workdir / "operator.log").open("wb")
-            operator = subprocess.Popen([sys.executable, "-m", "speedrun_trainer.cli.main", "operator"], env=env,
+            operator = subprocess.Popen([sys.executable, "-m", "speedrun_trainer.cli.speedrun", "operator"], env=env,
                                         stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
             user = f"system:serviceaccount:{NAMESPACE}:{release.service_account}"
             pods = PodCreations(cp)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from speedrun_api.status import TERMINAL_PHASES, Progress, Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
 from speedrun_operator import labels as L
-from speedrun_operator.startup import PodsWaiting
+from speedrun_operator.pod_startup import PodsWaiting
 
 JobPhase = Literal["Missing", "Replacing", "Suspended", "Pending", "Running", "Succeeded", "Failed"]
 FAILED_TYPES = ("FailureTarget", "Failed")  # FailureTarget first (1.31+), Failed once pods are gone
@@ -92,7 +92,7 @@ class Observation:
     results_error: str | None = None
     failure_detail: str | None = None
     rejected: str | None = None  # the apiserver's message refusing a child (422/400)
-    min_ready: int = 1  # pods that must run for the rendezvous to form (startup.py)
+    min_ready: int = 1  # pods that must run for the rendezvous to form (pod_startup.py)
     waiting: PodsWaiting | None = None  # why the training pods are not all running yet
     startup_failure: str | None = None  # the start-up deadline passed: the Failed message
     max_restarts: int = 0
@@ -254,7 +254,7 @@ def _restart(b: _Builder) -> None:
 
 
 def _final_progress(b: _Builder, results: Results) -> None:
-    """The progress timer samples rank 0 every few seconds and may have missed the last steps;
+    """The periodic progress scrape samples rank 0 every few seconds and may have missed the last steps;
     the evaluated checkpoint's step is the truth once the run is done."""
     if results.training_steps is None:
         return

@@ -1,7 +1,7 @@
 """Reconcile one SpeedrunJob: validate, ensure children, observe the Jobs, write status.
 
 Level-triggered and idempotent: every trigger (create, resume after an operator restart, spec
-update, any event of a child Job, the resync timer) runs the same `reconcile`, which reads the
+update, any event of a child Job, the periodic resync) runs the same `reconcile`, which reads the
 current state from the API, decides with `lifecycle.next_status`, and writes only what changed.
 A per-job lock serialises concurrent triggers inside this process; the Lease (leader.py) keeps a single
 active operator across replicas.
@@ -26,10 +26,10 @@ import kopf
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339, read_status
-from speedrun_operator import builders, events, kube, lifecycle, metrics, startup
+from speedrun_operator import builders, events, kube, lifecycle, operator_metrics, pod_startup
 from speedrun_operator import labels as L
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
-from speedrun_operator.handlers.setup import OperatorContext
+from speedrun_operator.handlers.operator_startup import OperatorContext
 from speedrun_operator.termination import eval_results, failure_detail
 
 CONFLICT_RETRY_SECONDS = 10
@@ -46,7 +46,7 @@ def reconcile(
     ctx: OperatorContext, namespace: str, name: str, trigger: str, logger: logging.Logger | None = None
 ) -> SpeedrunJobStatus | None:
     """Bring one SpeedrunJob one step closer to done; None if it is gone or going."""
-    with metrics.timed(trigger), _locks[(namespace, name)]:
+    with operator_metrics.timed(trigger), _locks[(namespace, name)]:
         body = ctx.client.get(kube.SPEEDRUNJOB, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
@@ -61,7 +61,7 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
     generation = int(meta.get("generation") or 1)
     current = read_status(body.get("status"))
     if lifecycle.is_settled(current, generation):
-        metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], current.phase)
+        operator_metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], current.phase)
         return current
     try:
         job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
@@ -96,7 +96,7 @@ def _stop_training_job(ctx: OperatorContext, train_job: dict[str, Any] | None, j
     DeadlineExceeded on the Job (which stays for `kubectl describe`)."""
     if train_job is None:
         return
-    patch = startup.stop_patch(train_job, job.spec.run_policy.startup_deadline_seconds)
+    patch = pod_startup.stop_patch(train_job, job.spec.run_policy.startup_deadline_seconds)
     if patch is not None:
         meta = train_job["metadata"]
         ctx.client.patch(kube.JOB, meta["namespace"], meta["name"], patch)
@@ -146,12 +146,12 @@ def _observe(
     if train.phase in ("Pending", "Running") and train.ready + train.succeeded < lo and not current.start_time:
         # Never trained yet: why the pods are not all running, and whether start-up took too long.
         pods = _pods(client, namespace, name, L.ROLE_TRAIN)
-        waiting = startup.pods_waiting(pods)
-        if (waiting is None or not waiting.problem) and startup.missing_pods(train_job, pods):
-            waiting = startup.creation_failure(_job_events(client, train_job)) or waiting
+        waiting = pod_startup.pods_waiting(pods)
+        if (waiting is None or not waiting.problem) and pod_startup.missing_pods(train_job, pods):
+            waiting = pod_startup.creation_failure(_job_events(client, train_job)) or waiting
         deadline = policy.startup_deadline_seconds
-        if startup.startup_overdue(train_job, deadline, now):
-            startup_failure = startup.startup_failure(deadline, waiting, train.ready, lo)
+        if pod_startup.startup_overdue(train_job, deadline, now):
+            startup_failure = pod_startup.startup_failure(deadline, waiting, train.ready, lo)
     detail: str | None = None
     if train.phase == "Failed":
         detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER, train.message)
@@ -250,18 +250,18 @@ def _write(
 ) -> SpeedrunJobStatus:
     new, transition = lifecycle.next_status(current, seen)
     old_wire, new_wire = current.wire(), new.wire()
-    # Only what changed: the progress timer writes status.progress concurrently.
+    # Only what changed: the periodic progress scrape writes status.progress concurrently.
     patch: dict[str, Any] = {k: v for k, v in new_wire.items() if old_wire.get(k) != v}
     patch.update({k: None for k in old_wire if k not in new_wire})
     meta = body["metadata"]
     if patch:
         ctx.client.patch(kube.SPEEDRUNJOB, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
-    metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], new.phase)
-    metrics.record_restarts(new.restarts - current.restarts)
+    operator_metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], new.phase)
+    operator_metrics.record_restarts(new.restarts - current.restarts)
     if transition is not None:
         events.post(ctx.client, body, transition.type, transition.reason, transition.message)
         if new.phase == "Failed":
-            metrics.record_failure(transition.reason)
+            operator_metrics.record_failure(transition.reason)
     return new
 
 

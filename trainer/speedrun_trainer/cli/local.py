@@ -4,7 +4,7 @@ Starts one torchrun agent per "node" of `spec.resources` (each with `procsPerNod
 with `--launcher torchx`, the same as a torchx `dist.ddp` app on its local_cwd scheduler),
 rendezvousing over loopback with the same c10d flags the operator puts in its pods, then the
 evaluation, then prints the results. Progress comes from the trainer's own Prometheus endpoint
-(the one the operator scrapes), drawn as one live line (cli/progress.py); what the nodes' logs
+(the one the operator scrapes), drawn as one live line (cli/live_display.py); what the nodes' logs
 say that a user must see (resumed step, W&B, warnings) shows above it once (cli/notices.py).
 Logs go to `<run dir>/logs/`. `--resume` of a run that already finished says so and does
 nothing, unless `--force` asks to evaluate it again.
@@ -31,8 +31,8 @@ from speedrun_api.manifest import dumps_job
 from speedrun_api.plan import resolve
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.cli.launch import TorchxApp, free_port, stop_process_trees
+from speedrun_trainer.cli.live_display import LiveDisplay, RunScreen, format_results_table, scrape
 from speedrun_trainer.cli.notices import LogWatcher
-from speedrun_trainer.cli.progress import LiveDisplay, RunScreen, format_results_table, scrape
 from speedrun_trainer.data.storage import open_storage
 from speedrun_trainer.train.torchrun import DIE_WITH_PARENT_ENV
 

@@ -20,7 +20,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from speedrun_api.metrics import parse_metrics
+from speedrun_api.trainer_metrics import parse_metrics
 from speedrun_trainer.cli.notices import LogWatcher, Notice
 from speedrun_trainer.evaluation.definitions import LEVANTER_BPB, bpb_key
 

@@ -103,9 +103,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 # modules must never take down the CLI's core commands.
 _PLUGINS = [
     ("speedrun_trainer.data.fetch", "register_data"),
-    ("speedrun_trainer.leaderboard.command", "register"),
+    ("speedrun_trainer.leaderboard.leaderboard_command", "register"),
     ("speedrun_api.crd", "register"),
-    ("speedrun_operator.commands", "register"),
+    ("speedrun_operator.operator_commands", "register"),
 ]
 
 

@@ -183,10 +183,10 @@ def handler(args: argparse.Namespace) -> int:
         else:
             print(f"{len(runs)} runs, none with a BPB or a target: nothing to rank", file=sys.stderr)
         if args.plot:
-            from speedrun_trainer.leaderboard import render
+            from speedrun_trainer.leaderboard import frontier_plot
 
             first_bpb = next((name for name in tracks if is_bpb_track(name)), None)  # marin first when present
-            png = render.plot_png(tracks[first_bpb], args.flops, first_bpb) if first_bpb else None
+            png = frontier_plot.plot_png(tracks[first_bpb], args.flops, first_bpb) if first_bpb else None
             if png is None:
                 raise DataError(f"{args.uri}: no run has both a BPB and {args.flops} FLOPs to plot")
             _write(args.plot, png)

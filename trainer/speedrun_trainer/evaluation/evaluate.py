@@ -1,4 +1,4 @@
-"""Evaluation entry point: the final checkpoint -> BPB (and CORE) -> `speedrun_results.json`.
+"""Evaluation entry point: the final checkpoint -> BPB (and CORE) -> the results file.
 
     torchrun --standalone --nproc-per-node=P -m speedrun_trainer.evaluation --config run.json
     python -m speedrun_trainer.evaluation --config run.json          # one process
@@ -26,6 +26,7 @@ import torch
 
 from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
+from speedrun_api.run_contract import ENV_TERMINATION_LOG, TERMINATION_LOG, TRAIN_SUMMARY_FILE, cache_dir
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset, open_dataset
 from speedrun_trainer.data.prepare import recorded_dataset, tokenizer_mismatch
@@ -33,19 +34,9 @@ from speedrun_trainer.data.tokenizer import load_tokenizer
 from speedrun_trainer.evaluation.loss import LossEval, evaluate_loss, padded_token_bytes
 from speedrun_trainer.evaluation.results import build_run_info, headline, write_results
 from speedrun_trainer.train import checkpoint, preflight
-from speedrun_trainer.train.loop import SUMMARY_KEY
 from speedrun_trainer.train.model import GPT
-from speedrun_trainer.train.runtime import (
-    Dist,
-    cache_dir,
-    entry_point,
-    log,
-    run_storage,
-    seeded,
-)
+from speedrun_trainer.train.runtime import Dist, entry_point, log, run_storage, seeded
 from speedrun_trainer.train.versions import software_versions
-
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
 
 class EvalError(Exception):
@@ -90,9 +81,9 @@ def _core(model: torch.nn.Module, job: SpeedrunJob, env: Dist, tokenizer: Any) -
 
 
 def write_termination_message(message: dict[str, Any]) -> None:
-    path = os.environ.get("SPEEDRUN_TERMINATION_LOG", DEFAULT_TERMINATION_LOG)
+    path = os.environ.get(ENV_TERMINATION_LOG, TERMINATION_LOG)
     target = Path(path)
-    if path == DEFAULT_TERMINATION_LOG and not target.parent.exists():
+    if path == TERMINATION_LOG and not target.parent.exists():
         return  # not in a pod
     try:
         target.write_text(json.dumps(message))
@@ -104,9 +95,9 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     """Run the whole evaluation; returns the headline on rank 0, None on other ranks."""
     spec = job.spec
     storage = run_storage(job)
-    if not storage.exists(SUMMARY_KEY):
-        raise EvalError(f"no {SUMMARY_KEY} in {storage.url('')}: has training finished?")
-    summary = storage.read_json(SUMMARY_KEY)
+    if not storage.exists(TRAIN_SUMMARY_FILE):
+        raise EvalError(f"no {TRAIN_SUMMARY_FILE} in {storage.url('')}: has training finished?")
+    summary = storage.read_json(TRAIN_SUMMARY_FILE)
     preflight.check_published(storage, job, summary)
     # The checkpoint training ended with, never an older one (checkpoint.load's fallback).
     final_step = int(summary["step"]) if isinstance(summary.get("step"), int) and summary["step"] > 0 else None

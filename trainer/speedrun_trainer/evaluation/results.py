@@ -1,4 +1,4 @@
-"""`speedrun_results.json`: Marin's shape, plus what the other two benchmarks need.
+"""The results file (`RESULTS_FILE`): Marin's shape, plus what the other two benchmarks need.
 
 `{"runs": [{"run_info": {...}}]}` with Marin's keys (model_size, total_tokens, model_flops,
 model_flops_per_token, num_devices, device_flops, training_time, training_hardware_flops,
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from speedrun_api.flops import forward_flops_per_token
 from speedrun_api.plan import Plan
+from speedrun_api.run_contract import RESULTS_FILE
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.storage import Storage
 from speedrun_trainer.evaluation.definitions import (
@@ -37,7 +38,6 @@ from speedrun_trainer.evaluation.definitions import (
     val_loss_track,
 )
 
-RESULTS_KEY = "speedrun_results.json"
 BPB_KEY = MARIN_BPB_KEY  # levanter's exact number on Paloma C4-EN only: never ours; see bpb_key()
 CLOCK_RULE = (
     "optimizer steps only: evaluation, checkpointing and logging excluded; the first"
@@ -184,8 +184,8 @@ def build_run_info(
 def write_results(storage: Storage, run_info: dict[str, Any]) -> str:
     """Write the results file as one complete object; returns its URI."""
     RunInfo.model_validate(run_info)
-    storage.write_json(RESULTS_KEY, {"runs": [{"run_info": run_info}]})
-    return storage.url(RESULTS_KEY)
+    storage.write_json(RESULTS_FILE, {"runs": [{"run_info": run_info}]})
+    return storage.url(RESULTS_FILE)
 
 
 def headline(run_info: dict[str, Any], uri: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@
   run's own BPB at its FLOPs, log-x interpolation between baseline runs, the law outside them.
 
 A run's scaling name is its name when that has a folder (Marin's `group/size`), else the last two
-folders of its results file (`<prefix>/<sweep>/<point>/speedrun_results.json`), so a sweep run
+folders of its results file (`<prefix>/<sweep>/<point>/<RESULTS_FILE>`), so a sweep run
 with `speedrun run ... --storage <prefix>/<sweep>/<point>` groups by itself.
 Marin's site data file (a JSON list of runs with `run_name` and `eval_paloma_c4_en_bpb`) loads too.
 """
@@ -24,10 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from speedrun_api.run_contract import RESULTS_FILE
 from speedrun_trainer.data.storage import DataError, open_storage
 from speedrun_trainer.leaderboard.marin_fit import PowerLaw, fit_marin, site_baseline_predict
 from speedrun_trainer.leaderboard.ranking import bpb_track_name, format_table
-from speedrun_trainer.leaderboard.runs import BPB_KEY, MARIN_TRACK, RESULTS_NAME, Run, Table, run_from_info
+from speedrun_trainer.leaderboard.runs import BPB_KEY, MARIN_TRACK, Run, Table, run_from_info
 from speedrun_trainer.leaderboard.scaling import (
     DEFAULT_CONFIDENCE,
     DEFAULT_FORECAST_FLOPS,
@@ -51,7 +52,7 @@ INTERVAL_METHOD = "profile likelihood (F test, each group's own residual varianc
 
 
 def is_site_file(uri: str) -> bool:
-    return uri.endswith(".json") and not uri.endswith("speedrun_results.json") and Path(uri).is_file()
+    return uri.endswith(".json") and not uri.endswith(RESULTS_FILE) and Path(uri).is_file()
 
 
 def load_site_runs(path: str) -> list[Run]:
@@ -70,7 +71,7 @@ def storage_root(uri: str, endpoint_url: str | None = None) -> str:
     """The URL that load_runs' sources start with for `uri` (a file's folder for one file)."""
     if is_site_file(uri):
         return Path(uri).resolve().parent.as_uri()
-    if uri.rstrip("/").rsplit("/", 1)[-1] == RESULTS_NAME:
+    if uri.rstrip("/").rsplit("/", 1)[-1] == RESULTS_FILE:
         uri = uri.rstrip("/").rpartition("/")[0] or "."
     return open_storage(uri, endpoint_url).url()
 

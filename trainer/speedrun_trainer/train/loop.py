@@ -33,6 +33,7 @@ from speedrun_api.accelerators import lookup
 from speedrun_api.flops import training_flops_per_token
 from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
+from speedrun_api.run_contract import ENV_METRICS_PORT, TRAIN_SUMMARY_FILE, cache_dir
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import open_dataset
 from speedrun_trainer.data.prefetch import BatchPrefetcher
@@ -47,7 +48,6 @@ from speedrun_trainer.train.runtime import (
     DeviceError,
     Dist,
     autocast_dtype,
-    cache_dir,
     entry_point,
     log,
     resolve_compile,
@@ -57,8 +57,6 @@ from speedrun_trainer.train.step import LossMeter, StepTimer, TrainStep, data_pa
 from speedrun_trainer.train.telemetry import Telemetry
 from speedrun_trainer.train.tracking import Tracker
 from speedrun_trainer.train.versions import software_versions
-
-SUMMARY_KEY = "train_summary.json"
 
 
 @dataclass
@@ -171,7 +169,7 @@ class Trainer:
         self.train_step = TrainStep(
             self.model, self.forward, self.ddp, self.optimizers, env.device, t.precision, t.optimizer.max_grad_norm
         )
-        port = int(os.environ.get("SPEEDRUN_METRICS_PORT") or spec.metrics.port)
+        port = int(os.environ.get(ENV_METRICS_PORT) or spec.metrics.port)
         self.telemetry = Telemetry(port if env.is_main else None)
         self.tracker = Tracker(
             job, enabled=env.is_main, run_id=self.state.run_id, config={"spec": job.manifest()["spec"]}
@@ -373,7 +371,7 @@ class Trainer:
             return
         st = self.state
         self.storage.write_json(
-            SUMMARY_KEY,
+            TRAIN_SUMMARY_FILE,
             {
                 **asdict(st),
                 "total_steps": self.plan.steps,

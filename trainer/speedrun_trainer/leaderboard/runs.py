@@ -17,9 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from speedrun_api.run_contract import RESULTS_FILE
-from speedrun_trainer.data.storage import DataError, open_storage
-from speedrun_trainer.evaluation.definitions import (
+from speedrun_api.metric_definitions import (
     LEVANTER_BPB,
     MARIN_BPB_KEY,
     MEAN_LOSS,
@@ -27,6 +25,8 @@ from speedrun_trainer.evaluation.definitions import (
     PALOMA_C4_EN,
     dataset_from_bpb_key,
 )
+from speedrun_api.run_contract import RESULTS_FILE
+from speedrun_trainer.data.storage import DataError, open_storage
 
 BPB_KEY = MARIN_BPB_KEY
 MARIN_TRACK = "marin"

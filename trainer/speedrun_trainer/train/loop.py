@@ -38,10 +38,11 @@ from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import open_dataset
 from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.data.prepare import tokenizer_mismatch
-from speedrun_trainer.data.tokenizer import load_tokenizer
-from speedrun_trainer.evaluation.loss import evaluate_loss, padded_token_bytes
+from speedrun_trainer.data.tokenizer import load_tokenizer, padded_token_bytes
 from speedrun_trainer.train import checkpoint, preflight
+from speedrun_trainer.train.core_eval import evaluate_run_core
 from speedrun_trainer.train.fp8 import check_fp8, convert_to_fp8
+from speedrun_trainer.train.loss_eval import evaluate_run_loss
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.train.runtime import (
@@ -304,19 +305,7 @@ class Trainer:
 
     def _evaluate(self) -> bool:
         st, env, spec = self.state, self.env, self.spec
-        ev = evaluate_loss(
-            self.model,
-            self.val_data,
-            self.token_bytes,
-            tokens=spec.eval.bpb.tokens,
-            seq_len=spec.model.seq_len,
-            batch_size=spec.train.device_batch_size,
-            rank=env.rank,
-            world_size=env.world_size,
-            device=env.device,
-            precision=spec.train.precision,
-            eval_batch=spec.train.batch_size,
-        )
+        ev = evaluate_run_loss(self.model, self.job, env, self.val_data, self.token_bytes)
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
         st.history.append(
             {"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb, "training_seconds": st.training_seconds}
@@ -331,20 +320,8 @@ class Trainer:
 
     def _core_reached(self, value: float) -> bool:
         """nanochat's time-to-GPT-2: CORE at every eval point; its time is not training time."""
-        from speedrun_trainer.evaluation.core import evaluate_core
-
-        core = self.spec.eval.core
-        assert core is not None
-        result = evaluate_core(
-            self.model,
-            self.tokenizer,
-            core.bundle,
-            max_per_task=core.max_per_task,
-            device=self.env.device,
-            rank=self.env.rank,
-            world_size=self.env.world_size,
-            endpoint_url=self.spec.storage.endpoint_url,
-        )
+        result = evaluate_run_core(self.model, self.job, self.env, self.tokenizer)
+        assert result is not None  # called only when spec.eval.core is set
         score = float(result["core_metric"])
         self.state.history[-1]["core"] = score
         self.tracker.log({"core_metric": score}, self.state.step)

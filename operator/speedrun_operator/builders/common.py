@@ -12,6 +12,7 @@ from typing import Any
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.crd import cluster_problems
+from speedrun_api.manifest import EXIT_INVALID
 from speedrun_api.run_contract import ENV_CACHE_DIR, ENV_JOB_NAME, ENV_STORAGE_URI, resolve_storage_uri
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
@@ -232,6 +233,49 @@ def metadata(job: SpeedrunJob, name: str, role: str, extra_labels: dict[str, str
     if job.metadata.namespace:
         meta["namespace"] = job.metadata.namespace
     return meta
+
+
+def starts_suspended(job: SpeedrunJob) -> bool:
+    """Both Jobs start suspended when the run is, and when it is queued: Kueue admits a queued Job
+    by unsuspending it."""
+    policy = job.spec.run_policy
+    return bool(policy.suspend or policy.queue_name)
+
+
+def pod_failure_policy(container_name: str) -> dict[str, Any]:
+    """Exit code 2 (invalid config) is final; evictions and preemptions do not count as failures."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": container_name, "operator": "In", "values": [EXIT_INVALID]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def batch_job(
+    job: SpeedrunJob,
+    name: str,
+    role: str,
+    labels: dict[str, str],
+    pod: dict[str, Any],
+    counts: dict[str, Any],
+) -> dict[str, Any]:
+    """A batch/v1 Job of `role` running `pod` (one container): `counts` (completions, parallelism,
+    backoffLimit, ...), then the failure policy and the suspend rule every Job of a run shares."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(job, name, role, labels),
+        "spec": {
+            **counts,
+            "podFailurePolicy": pod_failure_policy(pod["containers"][0]["name"]),
+            "suspend": starts_suspended(job),
+            "template": {"metadata": {"labels": {**L.child_labels(job.metadata.name, role), **labels}}, "spec": pod},
+        },
+    }
 
 
 def queue_labels(job: SpeedrunJob) -> dict[str, str]:

@@ -13,7 +13,6 @@ from speedrun_api.run_contract import ENV_TERMINATION_LOG, TERMINATION_LOG
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.builders import common
-from speedrun_operator.builders.train_job import pod_failure_policy
 from speedrun_operator.settings import OperatorSettings
 
 EVAL_MODULE = "speedrun_trainer.evaluation"
@@ -38,19 +37,6 @@ def build_eval_job(job: SpeedrunJob, settings: OperatorSettings) -> dict[str, An
     container["env"].append({"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG})
     container["terminationMessagePath"] = TERMINATION_LOG
     pod = common.pod_spec(job, settings, container)
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": common.metadata(job, L.eval_job_name(name), L.ROLE_EVAL, common.queue_labels(job)),
-        "spec": {
-            "completions": 1,
-            "parallelism": 1,
-            "backoffLimit": settings.eval_backoff_limit,
-            "podFailurePolicy": pod_failure_policy(L.CONTAINER_EVALUATOR),
-            "suspend": bool(job.spec.run_policy.suspend or job.spec.run_policy.queue_name),
-            "template": {
-                "metadata": {"labels": {**L.child_labels(name, L.ROLE_EVAL), **common.queue_labels(job)}},
-                "spec": pod,
-            },
-        },
-    }
+    counts = {"completions": 1, "parallelism": 1, "backoffLimit": settings.eval_backoff_limit}
+    labels = common.queue_labels(job)
+    return common.batch_job(job, L.eval_job_name(name), L.ROLE_EVAL, labels, pod, counts)

@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned: 2.13.0's CPU wheel is what these machines carry (see DESIGN.md)
+	# torch first, pinned: 2.13.0's CPU wheel is what these machines carry
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,fp8,wandb,gcs,torchx,plot,dev]'
 	touch $(STAMP)

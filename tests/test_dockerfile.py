@@ -144,7 +144,7 @@ def test_base_requirements_have_no_torch() -> None:
 
 
 def test_trainer_installs_pinned_torch_from_a_chosen_index() -> None:
-    assert GLOBAL_ARGS["TORCH_VERSION"] == "2.13.0"  # the CPU wheel these machines carry (DESIGN.md)
+    assert GLOBAL_ARGS["TORCH_VERSION"] == "2.13.0"  # the CPU wheel these machines carry
     assert GLOBAL_ARGS["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
     assert "BASE" in GLOBAL_ARGS and STAGES["trainer"].base == "${BASE}"
     installs = pip_installs(closure("trainer"))

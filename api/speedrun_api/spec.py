@@ -1,13 +1,9 @@
 """The `SpeedrunJob` resource (`speedrun.dev/v1alpha1`): the single source of truth.
 
-Every entry point parses manifests through these pydantic models: `speedrun plan|run|render`,
-the trainer inside the pods, and the operator. The CRD in crds/ is generated from them
-(`speedrun crd`). Field names are camelCase on the wire (the API contract in DESIGN.md) and
-snake_case in Python.
-
-Cross-field rules live in `RULES`: each has a Python check (used here) and, where Kubernetes'
-CEL can express it, the CEL expression the CRD generator puts under `x-kubernetes-validations`,
-so `kubectl apply` rejects the same manifests `speedrun plan` does.
+Every entry point (`speedrun plan|run|render`, the trainer, the operator) parses manifests through
+these models, and the CRD is generated from them (`speedrun crd`): camelCase on the wire. Each
+cross-field rule in `RULES` has a Python check and, where CEL can express it, the CRD's twin, so
+`kubectl apply` rejects the manifests `speedrun plan` does.
 """
 
 from __future__ import annotations
@@ -37,11 +33,10 @@ INT32_MAX = 2**31 - 1
 MAX_STEPS = 1_000_000_000  # also the cap on a horizon given as tokens, paramDataRatio or flopsBudget
 MAX_TOKENS = 10**16  # Marin's largest runs train ~1e13 tokens
 PositiveInt = Annotated[int, Field(ge=1, le=JSON_INT_MAX)]
-NonNegInt = Annotated[int, Field(ge=0, le=JSON_INT_MAX)]
 StepCount = Annotated[int, Field(ge=0, le=MAX_STEPS)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
-Uri = Annotated[str, Field(min_length=1, description="file://, s3:// or https:// URI, or a local path")]
+Uri = Annotated[str, Field(min_length=1, description="file://, s3://, gs:// or https:// URI, or a local path")]
 
 
 class Base(BaseModel):
@@ -136,7 +131,7 @@ HORIZONS = ("steps", "tokens", "paramDataRatio", "flopsBudget")
 
 
 class DataSpec(Base):
-    train: Uri
+    train: Uri = Field(description="Token shards (a file, glob or prefix URI), or builtin://pydoc-topics/train")
     validation: Uri = Field(
         description="The evaluation set unless eval.bpb.data names another (one set serves"
         " targets and headline numbers)"
@@ -211,7 +206,11 @@ class SecretRef(Base):
 
 
 class StorageSpec(Base):
-    uri: str = Field("", description="s3://bucket/prefix or file:///path; default ./runs/<name>")
+    uri: str = Field(
+        "",
+        description="Where checkpoints and results go (s3://, gs:// or file:// prefix). Default: the run"
+        " directory with speedrun run; in a cluster the operator's default prefix, else required",
+    )
     endpoint_url: str | None = None
     secret_ref: SecretRef | None = None
 

@@ -78,7 +78,7 @@ class SpeedrunJobStatus(StatusBase):
     )
     progress: Progress | None = None
     results: Results | None = None
-    restarts: int = Field(0, description="Training pods that failed and were replaced")
+    restarts: int = Field(0, description="Gang restarts so far: failed training attempts replaced by the next")
     start_time: Timestamp | None = None
     completion_time: Timestamp | None = None
     observed_generation: int | None = None

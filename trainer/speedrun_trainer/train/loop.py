@@ -3,18 +3,12 @@
     torchrun --nnodes=N --nproc-per-node=P --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 \
         -m speedrun_trainer.train --config run.json
 
-Trains the spec's GPT to its horizon (or until the target metric is reached), with gradient
-accumulation, DDP (NCCL on GPU, gloo on CPU), bf16 autocast (GPUs; CPUs with native bf16) and
-optional torch.compile.
-Checkpoints go to the run's storage every `checkpointEvery` steps and at the end; on start it
-resumes from the newest complete checkpoint, so a restarted pod (or torchrun worker restart)
-continues the step counter. The clock counts only the optimizer steps: evaluation,
-checkpointing and logging are excluded, and so are the first `train.clockWarmupSteps` steps of
-every process start (torch.compile, CUDA warm-up, and again after a resume), whose time is kept
-apart as `warmup_seconds` (nanochat scripts/base_train.py: `if step > 10`, steps 0-10 out; modded-nanogpt
-times after its warm-up). Targets are judged on the run's one evaluation set (`spec.eval_data`),
-the set the headline numbers come from. Rank 0 serves Prometheus metrics and writes
-`train_summary.json` at the end.
+Trains the spec's GPT to its horizon or its target (judged on the run's one evaluation set, the
+set the headline numbers come from), checkpointing to the run's storage and resuming from the
+newest complete checkpoint, so a restarted pod continues the step counter. The clock counts only
+optimizer steps, without the first `train.clockWarmupSteps` of every process start (compile,
+warm-up; kept apart as `warmup_seconds`), as nanochat's base_train.py does (`if step > 10`).
+Rank 0 serves Prometheus metrics and writes the training summary at the end.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from speedrun_api.run_contract import ENV_TERMINATION_LOG, RESULTS_FILE  # noqa: E402
 from speedrun_trainer.cli.launch import free_port  # noqa: E402
 from tests.cluster.binaries import BinariesMissing, locate  # noqa: E402
 from tests.cluster.chart import install_chart  # noqa: E402
@@ -47,7 +48,7 @@ from tests.helpers import tiny_manifest  # noqa: E402
 
 NAMESPACE = "bench"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
-RESULTS = {"uri": "s3://bench/x/speedrun_results.json", "bpb": 1.5, "valLoss": 1.0, "modelFlops": 1e12,
+RESULTS = {"uri": f"s3://bench/x/{RESULTS_FILE}", "bpb": 1.5, "valLoss": 1.0, "modelFlops": 1e12,
            "hardwareFlops": 2e12, "trainingSeconds": 1.0}  # fmt: skip
 TIMEOUT = 600.0
 
@@ -56,7 +57,7 @@ def finish_at_once(pod: dict[str, Any]) -> list[str]:
     """The stand-in command: eval pods report RESULTS, training pods just succeed."""
     name = pod["metadata"]["labels"].get("batch.kubernetes.io/job-name", "")
     if name.endswith("-eval"):
-        script = f"import os; open(os.environ['SPEEDRUN_TERMINATION_LOG'], 'w').write({json.dumps(RESULTS)!r})"
+        script = f"import os; open(os.environ[{ENV_TERMINATION_LOG!r}], 'w').write({json.dumps(RESULTS)!r})"
         return [sys.executable, "-c", script]
     return [sys.executable, "-c", "pass"]
 
@@ -207,7 +208,7 @@ def main() -> int:
                    "SPEEDRUN_OPERATOR_LIVENESS": ""}  # fmt: skip
             env.pop("KUBERNETES_SERVICE_HOST", None)
             log = (workdir / "operator.log").open("wb")
-            operator = subprocess.Popen([sys.executable, "-m", "speedrun_trainer.cli.main", "operator"], env=env,
+            operator = subprocess.Popen([sys.executable, "-m", "speedrun_trainer.cli.speedrun", "operator"], env=env,
                                         stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
             user = f"system:serviceaccount:{NAMESPACE}:{release.service_account}"
             pods = PodCreations(cp)

@@ -18,7 +18,7 @@ over rounds, and each speedup is also given as the median of per-round ratios an
 the best rounds. Inside our timed steps nothing syncs with the host; the device is synchronized
 only at round boundaries.
 
-MFU = training FLOPs per token (DESIGN's formula, `flops.training_flops_per_token` of the
+MFU = training FLOPs per token (levanter's formula, `flops.training_flops_per_token` of the
 equivalent ModelSpec, the same for all) x tokens/s / peak FLOP/s. The peak comes from the
 accelerator table (`--accelerator`, detected from the GPU name on CUDA; `cpu` is the nominal
 1e11). Each round also times a large matmul in the training dtype (and in bf16 for `ours_default`),

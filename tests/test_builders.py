@@ -18,7 +18,7 @@ import yaml
 
 from speedrun_api.manifest import load_job, parse_job
 from speedrun_operator import builders
-from speedrun_operator.commands import main as cli
+from speedrun_operator.operator_commands import main as cli
 from speedrun_operator.settings import OperatorSettings
 from tests.helpers import EXAMPLES
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from speedrun_trainer.cli.main import main
+from speedrun_trainer.cli.speedrun import main
 from tests.helpers import EXAMPLES, tiny_manifest, write_manifest
 
 MARIN_KEYS = {"model_size", "model_flops_per_token", "model_flops", "total_tokens", "num_devices", "device_flops"}

@@ -50,7 +50,7 @@ def test_speedrun_operator_command_runs_kopf_with_its_flags(
     kubeconfig = write_kubeconfig(tmp_path / "operator.kubeconfig", cp.server, cp.pki.ca.cert, "operator",
                                   token=cp.token(NAMESPACE, release.service_account))  # fmt: skip
     port = free_port()
-    command = [sys.executable, "-m", "speedrun_operator.commands", "operator", "--namespace", NAMESPACE,
+    command = [sys.executable, "-m", "speedrun_operator.operator_commands", "operator", "--namespace", NAMESPACE,
                "--image", "example.test/trainer:flag", "--metrics-port", str(port)]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPEEDRUN_") and k != "KUBERNETES_SERVICE_HOST"}
     env |= {"KUBECONFIG": str(kubeconfig), "SPEEDRUN_OPERATOR_DEFAULT_STORAGE_URI": "s3://b/p",

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from speedrun_operator.metrics import REGISTRY
+from speedrun_operator.operator_metrics import REGISTRY
 from tests.cluster.chart import ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl

@@ -286,7 +286,7 @@ def test_operator_serves_its_metrics(runs: Runs, operator: ChartOperator) -> Non
 
 def test_render_matches_what_the_operator_creates(runs: Runs, kube_nodes: NodeAgent, tmp_path: Path) -> None:
     """`speedrun render` and the operator share builders: the same command, the rendezvous id aside."""
-    from speedrun_operator.commands import main
+    from speedrun_operator.operator_commands import main
 
     kube_nodes.hold("rendered-train-")
     runs.apply("rendered")

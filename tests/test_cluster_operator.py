@@ -28,7 +28,7 @@ pytestmark = pytest.mark.cluster
 
 NAMESPACE = "speedruns-cp"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
-# The intervals the operator module reads at import (kopf timers; the chart passes them as env).
+# The intervals of the operator's periodic thread (handlers/periodic.py; the chart passes them as env).
 CHART_VALUES = {
     "operator.defaultStorageUri": "s3://speedrun-test/runs",
     "operator.progressInterval": "1",

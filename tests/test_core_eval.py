@@ -1,4 +1,4 @@
-"""Tests of CORE scoring (speedrun_trainer.evaluation.core) on a small bundle written by the tests.
+"""Tests of CORE scoring (speedrun_trainer.train.core_eval) on a small bundle written by the tests.
 
     pytest tests/test_core_eval.py
 
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 import yaml
 
 from speedrun_trainer.data.storage import DataError
-from speedrun_trainer.evaluation import core as core_eval
-from speedrun_trainer.evaluation.core import BundleError, evaluate_core, format_core_table, sample_fewshot
+from speedrun_trainer.train import core_eval
+from speedrun_trainer.train.core_eval import BundleError, evaluate_core, format_core_table, sample_fewshot
 
 EOT = 256
 

@@ -17,7 +17,7 @@ import yaml
 from speedrun_api.crd import PRINTER_COLUMNS, build_crd, render_crd
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.status import Condition, Progress, Results, SpeedrunJobStatus
-from speedrun_trainer.cli.main import main as cli
+from speedrun_trainer.cli.speedrun import main as cli
 from tests.helpers import EXAMPLES, ROOT, with_changes
 from tests.kube_admission import CustomResourceSchema
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speedrun_trainer.cli.main import main as speedrun
+from speedrun_trainer.cli.speedrun import main as speedrun
 from speedrun_trainer.data.loader import open_dataset
 from speedrun_trainer.data.prepare import recorded_dataset
 from speedrun_trainer.data.shards import read_shard_file, write_shard

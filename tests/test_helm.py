@@ -32,10 +32,10 @@ from speedrun_api.manifest import load_job
 from speedrun_operator import kube
 from speedrun_operator import labels as L
 from speedrun_operator.builders import build_train_job
-from speedrun_operator.commands import kopf_run_argv
-from speedrun_operator.metrics import REGISTRY, serve
-from speedrun_operator.progress import METRIC_FIELDS
+from speedrun_operator.operator_commands import kopf_run_argv
+from speedrun_operator.operator_metrics import REGISTRY, serve
 from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings, env_name
+from speedrun_operator.training_progress import METRIC_FIELDS
 from tests import helm_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -313,7 +313,7 @@ EXTRA_VERBS = {
 def expected_rbac(cluster_wide: bool) -> dict[tuple[str, str], set[str]]:
     expected = {(group_of(k), k.plural): verbs for k, verbs in OPERATOR_VERBS.items()}
     expected.update(EXTRA_VERBS)
-    if cluster_wide:  # kopf's scanning of CRDs (a namespaced operator has it off: setup.py)
+    if cluster_wide:  # kopf's scanning of CRDs (a namespaced operator has it off: operator_startup.py)
         expected[("apiextensions.k8s.io", "customresourcedefinitions")] = {"list", "watch"}
     return expected
 

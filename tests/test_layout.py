@@ -91,9 +91,9 @@ def test_modules_stay_small() -> None:
 def test_operator_and_api_import_no_torch() -> None:
     code = (
         "import sys\n"
-        "import speedrun_api.crd, speedrun_api.plan, speedrun_api.metrics\n"
-        "import speedrun_operator.main, speedrun_operator.commands\n"
-        "from speedrun_trainer.cli.main import build_parser\n"
+        "import speedrun_api.crd, speedrun_api.plan, speedrun_api.trainer_metrics\n"
+        "import speedrun_operator.main, speedrun_operator.operator_commands\n"
+        "from speedrun_trainer.cli.speedrun import build_parser\n"
         "build_parser()\n"
         "print(' '.join(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
     )

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from speedrun_trainer.cli.main import main as speedrun
+from speedrun_trainer.cli.speedrun import main as speedrun
+from speedrun_trainer.leaderboard.frontier_plot import FRONTIER_COLOR
 from speedrun_trainer.leaderboard.ranking import build_tables, is_bpb_track, rank_runs
-from speedrun_trainer.leaderboard.render import FRONTIER_COLOR
 from speedrun_trainer.leaderboard.runs import BPB_KEY, Run, run_from_info
 
 DATA = Path(__file__).parent / "data" / "leaderboard"
@@ -218,7 +218,7 @@ def test_plot_png_shows_the_frontier(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert pixels_near(image, FRONTIER_COLOR) > 1500  # the staircase and its four markers
     # Only runs on the frontier are drawn in its color: a board of dominated runs shows one point.
     lonely = rank_runs([run("x", 1e18, 1.2)])["marin"]
-    from speedrun_trainer.leaderboard.render import plot_png
+    from speedrun_trainer.leaderboard.frontier_plot import plot_png
 
     single = load_png(plot_png(lonely) or b"")
     assert 0 < pixels_near(single, FRONTIER_COLOR) < pixels_near(image, FRONTIER_COLOR) / 3

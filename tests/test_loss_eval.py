@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from speedrun_trainer.evaluation.definitions import LossSums, levanter_bpb
-from speedrun_trainer.evaluation.loss import evaluate_loss, score_batch
+from speedrun_api.metric_definitions import LossSums, levanter_bpb
+from speedrun_trainer.train.loss_eval import evaluate_loss, score_batch
 
 
 def test_score_batch_keeps_every_sum():

@@ -38,13 +38,13 @@ from hypothesis import strategies as st
 
 from speedrun_api.manifest import SpecError, load_job, parse_job, strict_json
 from speedrun_api.plan import resolve
-from speedrun_api.spec import INT64_MAX
+from speedrun_api.spec_types import INT64_MAX
 from speedrun_operator import kube
 from speedrun_operator.builders import BuildError, build_all, check_runnable
 from speedrun_operator.handlers import reconcile
-from speedrun_operator.handlers.setup import OperatorContext
+from speedrun_operator.handlers.operator_startup import OperatorContext
 from speedrun_operator.settings import OperatorSettings
-from speedrun_trainer.cli.main import plan_json
+from speedrun_trainer.cli.speedrun import plan_json
 from tests.helpers import EXAMPLES
 
 MAX_EXAMPLES = 600

@@ -1,4 +1,4 @@
-"""Unit tests of the start-up logic (operator/speedrun_operator/startup.py) and its place in the
+"""Unit tests of the start-up logic (operator/speedrun_operator/pod_startup.py) and its place in the
 state machine: pods' reasons, Training only once the rendezvous can form, the start-up deadline,
 and a child the apiserver refuses. The same behaviour on the real control plane:
 tests/test_cluster_pending.py and tests/test_cluster_admission.py."""
@@ -12,7 +12,7 @@ import pytest
 
 from speedrun_api.status import SpeedrunJobStatus
 from speedrun_operator import conditions as C
-from speedrun_operator import startup
+from speedrun_operator import pod_startup
 from speedrun_operator.lifecycle import JobState, Observation, is_settled, job_state, next_status
 
 NOW = "2026-01-01T01:00:00Z"
@@ -50,22 +50,22 @@ def pod(index: int, phase: str = "Pending", scheduled: tuple[str, str] | None = 
 def test_pods_waiting_reads_the_schedulers_and_kubelets_reason(
     pods: list[dict[str, Any]], reason: str | None, problem: bool | None
 ) -> None:
-    found = startup.pods_waiting(pods)
+    found = pod_startup.pods_waiting(pods)
     assert (found.reason if found else None, found.problem if found else None) == (reason, problem)
 
 
 def test_the_message_names_the_pod_and_keeps_the_schedulers_words() -> None:
-    found = startup.pods_waiting([pod(1, scheduled=("Unschedulable", "0/3 nodes are available"))])
+    found = pod_startup.pods_waiting([pod(1, scheduled=("Unschedulable", "0/3 nodes are available"))])
     assert found is not None and found.describe() == "Unschedulable: pod j-train-1-abcde: 0/3 nodes are available"
 
 
 def test_missing_pods_counts_live_pods_against_the_jobs_parallelism() -> None:
     job = {"spec": {"parallelism": 2}}
-    assert startup.missing_pods(job, [pod(0, "Running")])
+    assert pod_startup.missing_pods(job, [pod(0, "Running")])
     going = pod(1)
     going["metadata"]["deletionTimestamp"] = NOW
-    assert startup.missing_pods(job, [pod(0, "Running"), going])
-    assert not startup.missing_pods(job, [pod(0, "Running"), pod(1)])
+    assert pod_startup.missing_pods(job, [pod(0, "Running"), going])
+    assert not pod_startup.missing_pods(job, [pod(0, "Running"), pod(1)])
 
 
 def test_the_job_controllers_last_failed_create_is_the_reason() -> None:
@@ -73,11 +73,11 @@ def test_the_job_controllers_last_failed_create_is_the_reason() -> None:
         return {"type": type_, "reason": reason, "message": message, "lastTimestamp": at,
                 "involvedObject": {"kind": "Job", "name": "j-train"}}  # fmt: skip
 
-    assert startup.creation_failure([event("SuccessfulCreate", "Created pod: j-train-0", NOW, "Normal")]) is None
+    assert pod_startup.creation_failure([event("SuccessfulCreate", "Created pod: j-train-0", NOW, "Normal")]) is None
     quota = 'Error creating: pods "j-train-1-x" is forbidden: exceeded quota: gpus, requested: pods=1'
-    found = startup.creation_failure([event("FailedCreate", quota, "2026-01-01T00:59:00Z"),
+    found = pod_startup.creation_failure([event("FailedCreate", quota, "2026-01-01T00:59:00Z"),
                                       event("FailedCreate", "an older refusal", "2026-01-01T00:10:00Z")])  # fmt: skip
-    assert found == startup.PodsWaiting("FailedCreate", f"job j-train: {quota}", True)
+    assert found == pod_startup.PodsWaiting("FailedCreate", f"job j-train: {quota}", True)
 
 
 @pytest.mark.parametrize(
@@ -91,13 +91,14 @@ def test_the_job_controllers_last_failed_create_is_the_reason() -> None:
     ],
 )
 def test_startup_overdue_counts_from_the_jobs_start(job: dict[str, Any] | None, overdue: bool) -> None:
-    assert startup.startup_overdue(job, 60, NOW) is overdue
+    assert pod_startup.startup_overdue(job, 60, NOW) is overdue
 
 
 def test_stop_patch_lowers_the_jobs_deadline_only() -> None:
-    assert startup.stop_patch({"spec": {}}, 60) == {"spec": {"activeDeadlineSeconds": 60}}
-    assert startup.stop_patch({"spec": {"activeDeadlineSeconds": 600}}, 60) == {"spec": {"activeDeadlineSeconds": 60}}
-    assert startup.stop_patch({"spec": {"activeDeadlineSeconds": 30}}, 60) is None
+    assert pod_startup.stop_patch({"spec": {}}, 60) == {"spec": {"activeDeadlineSeconds": 60}}
+    lowered = {"spec": {"activeDeadlineSeconds": 60}}
+    assert pod_startup.stop_patch({"spec": {"activeDeadlineSeconds": 600}}, 60) == lowered
+    assert pod_startup.stop_patch({"spec": {"activeDeadlineSeconds": 30}}, 60) is None
 
 
 def test_job_state_counts_succeeded_pods() -> None:
@@ -120,7 +121,7 @@ def test_one_ready_pod_of_two_stays_pending_and_all_ready_trains() -> None:
 
 
 def test_a_problem_reason_is_shown_and_posted_once() -> None:
-    waiting = startup.PodsWaiting("Unschedulable", "pod p: 0/3 nodes are available", True)
+    waiting = pod_startup.PodsWaiting("Unschedulable", "pod p: 0/3 nodes are available", True)
     seen = replace(SEEN, train=JobState("Pending"), waiting=waiting)
     first, event = next_status(SpeedrunJobStatus(), seen)
     cond = C.find(first.conditions, C.TRAINING)
@@ -128,7 +129,7 @@ def test_a_problem_reason_is_shown_and_posted_once() -> None:
     assert event is not None and event.type == "Warning" and event.reason == "Unschedulable"
     again, event = next_status(first, seen)
     assert again == first and event is None
-    starting = startup.PodsWaiting("ContainerCreating", "pod p: pulling", False)
+    starting = pod_startup.PodsWaiting("ContainerCreating", "pod p: pulling", False)
     later, event = next_status(first, replace(seen, waiting=starting))
     assert C.find(later.conditions, C.TRAINING).reason == C.REASON_PENDING and event is None
 

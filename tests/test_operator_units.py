@@ -13,13 +13,13 @@ import pytest
 from speedrun_api.status import Progress, Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
 from speedrun_operator import kube
-from speedrun_operator.commands import kopf_run_argv
 from speedrun_operator.handlers import scrape
-from speedrun_operator.handlers.setup import OperatorContext
+from speedrun_operator.handlers.operator_startup import OperatorContext
 from speedrun_operator.lifecycle import JobState, Observation, is_settled, job_state, next_status, train_state
-from speedrun_operator.progress import metrics_url, parse_progress
+from speedrun_operator.operator_commands import kopf_run_argv
 from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
 from speedrun_operator.termination import eval_results, failure_detail, parse_results
+from speedrun_operator.training_progress import metrics_url, parse_progress
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T01:00:00Z"
@@ -327,7 +327,7 @@ def test_lease_timings_that_cannot_work_are_named() -> None:
 def test_operator_flags_become_settings() -> None:
     import argparse
 
-    from speedrun_operator.commands import register, settings_from_args
+    from speedrun_operator.operator_commands import register, settings_from_args
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

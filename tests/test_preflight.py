@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from speedrun_api.manifest import parse_job
+from speedrun_api.run_contract import RUN_IDENTITY_FILE
 from speedrun_trainer.data.shards import write_shard
 from speedrun_trainer.data.storage import open_storage
 from speedrun_trainer.evaluation import evaluate
@@ -110,13 +111,13 @@ def test_a_different_spec_neither_resumes_nor_publishes_over_a_run(tmp_path, dat
     assert _run(evaluate, tmp_path, run, monkeypatch, **other) == 2
     other_job = parse_job(yaml.safe_load((tmp_path / "job.yaml").read_text()))
     assert (run / "speedrun_results.json").read_text() == results  # never overwritten
-    identity = json.loads((run / preflight.IDENTITY_KEY).read_text())
+    identity = json.loads((run / RUN_IDENTITY_FILE).read_text())
     assert identity["spec_hash"] != preflight.spec_hash(other_job)  # still the first run's
 
     # How often to checkpoint or log does not change what is trained: the same run.
     assert _run(loop, tmp_path, run, monkeypatch, **{**data, "spec.train.checkpointEvery": 1}) == 0
 
     # A run from before identities were written: its checkpoints' meta still tells.
-    (run / preflight.IDENTITY_KEY).unlink()
+    (run / RUN_IDENTITY_FILE).unlink()
     assert _run(loop, tmp_path, run, monkeypatch, **other) == 2
     assert "holds checkpoints of another spec" in capsys.readouterr().err

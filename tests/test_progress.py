@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from speedrun_trainer.cli.main import main
+from speedrun_trainer.cli.live_display import LiveDisplay, RunScreen, human_eta
 from speedrun_trainer.cli.notices import LogWatcher, classify
-from speedrun_trainer.cli.progress import LiveDisplay, RunScreen, human_eta
+from speedrun_trainer.cli.speedrun import main
 from tests.helpers import ROOT, tiny_manifest, write_manifest
 
 METRICS = {"step": 150, "train_loss": 2.54321, "tokens_per_second": 10252.0, "eta_seconds": 106.0, "val_bpb": 2.163}
@@ -116,7 +116,7 @@ DRIVER = textwrap.dedent("""
     from pathlib import Path
     from speedrun_trainer.cli.launch import free_port
     from speedrun_trainer.cli.notices import LogWatcher
-    from speedrun_trainer.cli.progress import LiveDisplay, RunScreen, scrape
+    from speedrun_trainer.cli.live_display import LiveDisplay, RunScreen, scrape
     from speedrun_trainer.train.telemetry import Telemetry
 
     logs = Path(sys.argv[1])

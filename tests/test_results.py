@@ -9,8 +9,9 @@ from pydantic import ValidationError
 
 from speedrun_api.manifest import parse_job
 from speedrun_api.plan import resolve
+from speedrun_api.run_contract import RESULTS_FILE
 from speedrun_trainer.data.storage import open_storage
-from speedrun_trainer.evaluation.results import BPB_KEY, RESULTS_KEY, RunInfo, build_run_info, headline, write_results
+from speedrun_trainer.evaluation.results import BPB_KEY, RunInfo, build_run_info, headline, write_results
 from tests.helpers import tiny_manifest
 
 SUMMARY = {
@@ -88,10 +89,10 @@ def test_written_as_one_object_in_marin_shape(tmp_path):
     _, info = _run_info()
     storage = open_storage(tmp_path.as_uri())
     uri = write_results(storage, info)
-    doc = storage.read_json(RESULTS_KEY)
+    doc = storage.read_json(RESULTS_FILE)
     assert list(doc) == ["runs"] and doc["runs"][0]["run_info"] == info
     msg = headline(info, uri)
-    assert msg["bpb"] == 2.5 and msg["uri"].endswith(RESULTS_KEY)
+    assert msg["bpb"] == 2.5 and msg["uri"].endswith(RESULTS_FILE)
     assert set(msg) == {
         "uri",
         "bpb",

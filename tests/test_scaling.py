@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from speedrun_trainer.cli.main import main as speedrun
+from speedrun_trainer.cli.speedrun import main as speedrun
 from speedrun_trainer.leaderboard.marin_fit import PowerLaw, fit_marin
 from speedrun_trainer.leaderboard.scaling import Point, fit_converged, fit_group, fit_groups, sse
 from speedrun_trainer.leaderboard.scaling_views import groups_of, load_site_runs, runs_view

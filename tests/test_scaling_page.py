@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from speedrun_trainer.cli.main import main as speedrun
+from speedrun_trainer.cli.speedrun import main as speedrun
+from speedrun_trainer.leaderboard.frontier_plot import FRONTIER_COLOR
 from speedrun_trainer.leaderboard.page_data import forecast_grid, relative_data, scaling_data
-from speedrun_trainer.leaderboard.render import FRONTIER_COLOR
 from speedrun_trainer.leaderboard.scaling import fit_group, forecast_interval
 from speedrun_trainer.leaderboard.scaling_views import comparable_runs, load_site_runs, runs_view, scaling_view
 from speedrun_trainer.leaderboard.view_plots import COLORS, FAINT, scaling_png

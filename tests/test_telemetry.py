@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from speedrun_api.metrics import METRIC_NAMES
+from speedrun_api.trainer_metrics import METRIC_NAMES
 from speedrun_trainer.cli.launch import free_port
-from speedrun_trainer.cli.progress import parse_metrics, scrape
+from speedrun_trainer.cli.live_display import parse_metrics, scrape
 from speedrun_trainer.train.telemetry import Telemetry
 
 

@@ -172,7 +172,7 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], keep_defaults: bool
 def spec_schema() -> dict[str, Any]:
     raw = SpeedrunSpec.model_json_schema(by_alias=True, mode="validation")
     schema = structural(raw, raw.get("$defs", {}), keep_defaults=True)
-    schema["description"] = "What to train, on what, for how long; see DESIGN.md (The resource)."
+    schema["description"] = "What to train, on what, for how long: model, data, training, evaluation, resources."
     _attach_rules(schema)
     return schema
 

@@ -129,7 +129,7 @@ def toleration_problems(
 class Toleration(BaseModel):
     """A pod toleration; Kubernetes' rules for tolerations apply (ValidateTolerations)."""
 
-    # spec.Base's configuration (camelCase, strict, frozen), plus the rules as CEL for the CRD.
+    # spec_types.Base's configuration (camelCase, strict, frozen), plus the rules as CEL for the CRD.
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
         json_schema_extra={"x-kubernetes-validations": TOLERATION_CEL},

@@ -1,24 +1,20 @@
 """The `SpeedrunJob` resource (`speedrun.dev/v1alpha1`): the single source of truth.
 
-Every entry point parses manifests through these pydantic models: `speedrun plan|run|render`,
-the trainer inside the pods, and the operator. The CRD in crds/ is generated from them
-(`speedrun crd`). Field names are camelCase on the wire (the API contract in DESIGN.md) and
-snake_case in Python.
-
-Cross-field rules live in `RULES`: each has a Python check (used here) and, where Kubernetes'
-CEL can express it, the CEL expression the CRD generator puts under `x-kubernetes-validations`,
-so `kubectl apply` rejects the same manifests `speedrun plan` does.
+Every entry point (`speedrun plan|run|render`, the trainer, the operator) parses manifests through
+these models, and the CRD is generated from them (`speedrun crd`): camelCase on the wire. Each
+cross-field rule in `RULES` has a Python check and, where CEL can express it, the CRD's twin, so
+`kubectl apply` rejects the manifests `speedrun plan` does.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from speedrun_api import kubeformats as kf
 from speedrun_api.accelerators import known_accelerators, lookup
+from speedrun_api.spec_placement import MetricsSpec, ResourcesSpec, RunPolicy, StorageSpec, TrackingSpec
+from speedrun_api.spec_types import MAX_STEPS, MAX_TOKENS, Base, Fraction, PositiveFloat, StepCount, Uri
 
 API_GROUP = "speedrun.dev"
 API_VERSION = "v1alpha1"
@@ -26,28 +22,6 @@ KIND = "SpeedrunJob"
 PLURAL = "speedrunjobs"
 SHORT_NAME = "srj"
 RENDEZVOUS_PORT = 29400  # torchrun's c10d store on rank 0's pod (the operator's headless Service)
-
-# Ranges (the CRD states each as minimum/maximum): every integer fits int64 and every product
-# `speedrun plan` forms stays finite; shapes and counts are capped far above any real run.
-# Floats are finite (Base: allow_inf_nan=False; JSON has no inf/NaN, so the CRD cannot carry them).
-INT64_MAX = 2**63 - 1
-# int64 fields stop at 2**53 - 1: the apiserver reads bounds as float64, where 2**63 - 1 is no integer.
-JSON_INT_MAX = 2**53 - 1
-INT32_MAX = 2**31 - 1
-MAX_STEPS = 1_000_000_000  # also the cap on a horizon given as tokens, paramDataRatio or flopsBudget
-MAX_TOKENS = 10**16  # Marin's largest runs train ~1e13 tokens
-PositiveInt = Annotated[int, Field(ge=1, le=JSON_INT_MAX)]
-NonNegInt = Annotated[int, Field(ge=0, le=JSON_INT_MAX)]
-StepCount = Annotated[int, Field(ge=0, le=MAX_STEPS)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
-Uri = Annotated[str, Field(min_length=1, description="file://, s3:// or https:// URI, or a local path")]
-
-
-class Base(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, allow_inf_nan=False
-    )
 
 
 class Author(Base):
@@ -136,7 +110,7 @@ HORIZONS = ("steps", "tokens", "paramDataRatio", "flopsBudget")
 
 
 class DataSpec(Base):
-    train: Uri
+    train: Uri = Field(description="Token shards (a file, glob or prefix URI), or builtin://pydoc-topics/train")
     validation: Uri = Field(
         description="The evaluation set unless eval.bpb.data names another (one set serves"
         " targets and headline numbers)"
@@ -168,84 +142,6 @@ class CoreEvalSpec(Base):
 class EvalSpec(Base):
     bpb: BpbEvalSpec = BpbEvalSpec()
     core: CoreEvalSpec | None = None
-
-
-class ResourcesSpec(Base):
-    nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
-    min_nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
-    max_nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
-    procs_per_node: Annotated[int, Field(ge=1, le=256)] = 1
-    accelerator: str = "cpu"
-    device_flops: Annotated[float, Field(gt=0, le=1e18)] | None = Field(
-        None, description="Peak FLOP/s per device; overrides the table"
-    )
-    cpu: kf.Quantity | None = None
-    memory: kf.Quantity | None = None
-    node_selector: dict[str, kf.LabelValue] = kf.node_selector_field()
-    tolerations: list[kf.Toleration] = Field([], max_length=kf.MAX_TOLERATIONS)
-    priority_class_name: kf.DnsSubdomain | None = None
-    topology: kf.LabelValue | None = Field(None, description="TPU slice topology, e.g. 2x2x2")
-
-    @field_validator("node_selector")
-    @classmethod
-    def _label_keys(cls, selector: dict[str, str]) -> dict[str, str]:
-        problems = [p for key in selector if (p := kf.label_key_problem(key))]
-        if problems:
-            raise ValueError("; ".join(problems))
-        return selector
-
-    @property
-    def node_range(self) -> tuple[int, int]:
-        if self.nodes is not None:
-            return self.nodes, self.nodes
-        return self.min_nodes or 1, self.max_nodes or self.min_nodes or 1
-
-    @property
-    def elastic(self) -> bool:
-        lo, hi = self.node_range
-        return lo != hi
-
-
-class SecretRef(Base):
-    name: kf.DnsSubdomain
-
-
-class StorageSpec(Base):
-    uri: str = Field("", description="s3://bucket/prefix or file:///path; default ./runs/<name>")
-    endpoint_url: str | None = None
-    secret_ref: SecretRef | None = None
-
-
-class WandbSpec(Base):
-    project: str = "speedrun"
-    entity: str | None = None
-    mode: Literal["online", "offline", "disabled"] = "disabled"
-    secret_ref: SecretRef | None = None
-
-
-class TrackingSpec(Base):
-    wandb: WandbSpec = WandbSpec()
-
-
-class MetricsSpec(Base):
-    port: Annotated[int, Field(ge=1024, le=65535)] = 9400
-
-
-class RunPolicy(Base):
-    max_restarts: Annotated[int, Field(ge=0, le=10_000)] = 3
-    active_deadline_seconds: PositiveInt | None = None
-    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
-    suspend: bool = False
-    startup_deadline_seconds: Annotated[int, Field(ge=1, le=INT32_MAX)] = Field(
-        3600,
-        description=(
-            "Fail when the training pods are not all running this long after the Job starts (Kueue's wait excluded)"
-        ),
-    )
-    queue_name: kf.LabelValue | None = Field(None, description="Kueue LocalQueue (the Job's queue-name label)")
-    # How long a torchrun agent waits for the c10d store and for the other nodes to join: rank 0's
-    # pod may start minutes after the others (image pulls, node autoscaling).
-    rendezvous_timeout_seconds: Annotated[int, Field(ge=60, le=86_400)] = 900
 
 
 class SpeedrunSpec(Base):

@@ -1,7 +1,7 @@
 """`SpeedrunJob.status`: its pydantic model (the CRD's status schema is generated from it).
 
 The spec's models live in `speedrun_api.spec`; the status is the operator's to write, so its
-model lives here. Field names are camelCase on the wire, as in DESIGN.md:
+model lives here. Field names are camelCase on the wire:
 phase, conditions (metav1.Condition shape), progress, results, restarts, startTime,
 completionTime, observedGeneration, plus `nodes` (what the printer column shows).
 """
@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from speedrun_api.run_contract import RESULTS_FILE
 
 Phase = Literal["Pending", "Queued", "Suspended", "Training", "Evaluating", "Succeeded", "Failed"]
 PHASES: tuple[str, ...] = ("Pending", "Queued", "Suspended", "Training", "Evaluating", "Succeeded", "Failed")
@@ -55,7 +57,7 @@ class Progress(StatusBase):
 class Results(StatusBase):
     """The headline results: the eval pod's termination message (docs/contracts.md)."""
 
-    uri: str = Field(description="Where speedrun_results.json was written")
+    uri: str = Field(description=f"Where {RESULTS_FILE} was written")
     bpb: float
     core: float | None = None
     val_loss: float | None = None
@@ -76,7 +78,7 @@ class SpeedrunJobStatus(StatusBase):
     )
     progress: Progress | None = None
     results: Results | None = None
-    restarts: int = Field(0, description="Training pods that failed and were replaced")
+    restarts: int = Field(0, description="Gang restarts so far: failed training attempts replaced by the next")
     start_time: Timestamp | None = None
     completion_time: Timestamp | None = None
     observed_generation: int | None = None

@@ -41,7 +41,6 @@ REASON_INVALID_CONFIG = "InvalidConfig"  # the trainer exited with EXIT_INVALID
 REASON_BACKOFF_LIMIT = "BackoffLimitExceeded"
 REASON_DEADLINE = "DeadlineExceeded"
 REASON_TRAINING_FAILED = "TrainingFailed"
-REASON_CHILD_CONFLICT = "ChildConflict"
 REASON_CHILD_REJECTED = "ChildRejected"  # the apiserver refused a child (422/400): its message
 REASON_STARTUP_DEADLINE = "StartupDeadlineExceeded"  # pods never all ready within startupDeadlineSeconds
 # A spec edit may cure these: a Failed job with one of them runs again on a new generation.

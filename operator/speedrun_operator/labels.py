@@ -7,6 +7,7 @@ ownerReference, which is what garbage collection follows.
 
 from __future__ import annotations
 
+from speedrun_api.run_contract import RUN_CONFIG_FILE
 from speedrun_api.spec import API_GROUP, RENDEZVOUS_PORT
 
 MANAGER = "speedrun-operator"
@@ -44,10 +45,9 @@ CONTAINER_EVALUATOR = "evaluator"
 PORT_RENDEZVOUS = RENDEZVOUS_PORT
 PORT_NAME_RENDEZVOUS = "rdzv"
 PORT_NAME_METRICS = "metrics"
-CONFIG_KEY = "run.json"
+CONFIG_KEY = RUN_CONFIG_FILE
 CONFIG_DIR = "/etc/speedrun"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
-TERMINATION_LOG = "/dev/termination-log"
 
 
 def configmap_name(job_name: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from speedrun_api.status import TERMINAL_PHASES, Progress, Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
 from speedrun_operator import labels as L
-from speedrun_operator.startup import PodsWaiting
+from speedrun_operator.pod_startup import PodsWaiting
 
 JobPhase = Literal["Missing", "Replacing", "Suspended", "Pending", "Running", "Succeeded", "Failed"]
 FAILED_TYPES = ("FailureTarget", "Failed")  # FailureTarget first (1.31+), Failed once pods are gone
@@ -92,7 +92,7 @@ class Observation:
     results_error: str | None = None
     failure_detail: str | None = None
     rejected: str | None = None  # the apiserver's message refusing a child (422/400)
-    min_ready: int = 1  # pods that must run for the rendezvous to form (startup.py)
+    min_ready: int = 1  # pods that must run for the rendezvous to form (pod_startup.py)
     waiting: PodsWaiting | None = None  # why the training pods are not all running yet
     startup_failure: str | None = None  # the start-up deadline passed: the Failed message
     max_restarts: int = 0
@@ -123,8 +123,8 @@ def is_settled(status: SpeedrunJobStatus, generation: int) -> bool:
     return not (retry_on_edit and (status.observed_generation or 0) < generation)
 
 
-class _Builder:
-    """Accumulates condition changes for one reconcile."""
+class _StatusDraft:
+    """The next status while `next_status` drafts it: conditions, phase, reason, and an Event."""
 
     def __init__(self, current: SpeedrunJobStatus, seen: Observation) -> None:
         self.status = current.model_copy(deep=True)
@@ -148,143 +148,147 @@ class _Builder:
 
 
 def next_status(current: SpeedrunJobStatus, seen: Observation) -> tuple[SpeedrunJobStatus, Transition | None]:
-    b = _Builder(current, seen)
-    b.status.observed_generation = seen.generation
-    b.status.nodes = seen.nodes
+    draft = _StatusDraft(current, seen)
+    draft.status.observed_generation = seen.generation
+    draft.status.nodes = seen.nodes
     if seen.spec_error is not None:
-        b.cond(C.VALIDATED, C.FALSE, C.REASON_INVALID_SPEC, seen.spec_error)
-        b.fail(C.REASON_INVALID_SPEC, seen.spec_error)
+        draft.cond(C.VALIDATED, C.FALSE, C.REASON_INVALID_SPEC, seen.spec_error)
+        draft.fail(C.REASON_INVALID_SPEC, seen.spec_error)
     else:
-        b.cond(C.VALIDATED, C.TRUE, C.REASON_VALID, "the spec is valid")
-        if C.find(b.status.conditions, C.FAILED) is not None and b.phase == "Failed":
-            b.status.conditions = C.remove_condition(b.status.conditions, C.FAILED)  # a fixed spec runs
-            b.status.completion_time = None
-        _suspension(b)
+        draft.cond(C.VALIDATED, C.TRUE, C.REASON_VALID, "the spec is valid")
+        if C.find(draft.status.conditions, C.FAILED) is not None and draft.phase == "Failed":
+            draft.status.conditions = C.remove_condition(draft.status.conditions, C.FAILED)  # a fixed spec runs
+            draft.status.completion_time = None
+        _suspension(draft)
         if seen.rejected is not None:
-            b.fail(C.REASON_CHILD_REJECTED, seen.rejected)
-        elif training_finished(b.status) or seen.train.phase == "Succeeded":
-            _evaluation(b)
+            draft.fail(C.REASON_CHILD_REJECTED, seen.rejected)
+        elif training_finished(draft.status) or seen.train.phase == "Succeeded":
+            _evaluation(draft)
         else:
-            _training(b)
-    if b.phase in TERMINAL_PHASES:
-        b.status.completion_time = b.status.completion_time or seen.now
-    changed = b.phase != current.phase
-    b.status.phase = b.phase  # type: ignore[assignment]
-    if not changed or b.event is not None:
-        return b.status, b.event
-    kind: Literal["Normal", "Warning"] = "Warning" if b.phase == "Failed" else "Normal"
-    return b.status, Transition(kind, b.reason, f"{b.phase}: {b.message}" if b.message else b.phase)
+            _training(draft)
+    if draft.phase in TERMINAL_PHASES:
+        draft.status.completion_time = draft.status.completion_time or seen.now
+    changed = draft.phase != current.phase
+    draft.status.phase = draft.phase  # type: ignore[assignment]
+    if not changed or draft.event is not None:
+        return draft.status, draft.event
+    kind: Literal["Normal", "Warning"] = "Warning" if draft.phase == "Failed" else "Normal"
+    return draft.status, Transition(
+        kind, draft.reason, f"{draft.phase}: {draft.message}" if draft.message else draft.phase
+    )
 
 
-def _suspension(b: _Builder) -> None:
-    if b.seen.suspend_requested:
-        b.cond(C.SUSPENDED, C.TRUE, C.REASON_SUSPENDED_BY_USER, "runPolicy.suspend is true")
-    elif C.is_true(b.status.conditions, C.SUSPENDED):
-        b.cond(C.SUSPENDED, C.FALSE, C.REASON_RESUMED, "runPolicy.suspend is false")
+def _suspension(draft: _StatusDraft) -> None:
+    if draft.seen.suspend_requested:
+        draft.cond(C.SUSPENDED, C.TRUE, C.REASON_SUSPENDED_BY_USER, "runPolicy.suspend is true")
+    elif C.is_true(draft.status.conditions, C.SUSPENDED):
+        draft.cond(C.SUSPENDED, C.FALSE, C.REASON_RESUMED, "runPolicy.suspend is false")
 
 
-def _training(b: _Builder) -> None:
-    t, seen = b.seen.train, b.seen
+def _training(draft: _StatusDraft) -> None:
+    t, seen = draft.seen.train, draft.seen
     if t.phase == "Failed" and t.reason in C.RESTARTABLE_JOB_FAILURES:
-        _restart(b)
+        _restart(draft)
     elif t.phase == "Failed":
         reason = C.JOB_FAILURE_REASONS.get(t.reason, C.REASON_TRAINING_FAILED)
         message = "; ".join(m for m in (t.message, seen.failure_detail) if m) or t.reason
-        b.cond(C.TRAINING, C.FALSE, reason, message)
-        b.fail(reason, message)
+        draft.cond(C.TRAINING, C.FALSE, reason, message)
+        draft.fail(reason, message)
     elif t.phase == "Replacing":
-        message = f"restart {b.status.restarts}: the failed attempt's pods are stopping"
-        b.cond(C.TRAINING, C.TRUE if b.phase == "Training" else C.FALSE, C.REASON_RESTARTING, message)
+        message = f"restart {draft.status.restarts}: the failed attempt's pods are stopping"
+        draft.cond(C.TRAINING, C.TRUE if draft.phase == "Training" else C.FALSE, C.REASON_RESTARTING, message)
     elif t.phase == "Running" and t.ready + t.succeeded >= seen.min_ready:
         # The rendezvous can form: every pod it waits for runs (or has already finished).
-        b.status.start_time = b.status.start_time or seen.now
-        b.cond(C.TRAINING, C.TRUE, C.REASON_RUNNING, f"{t.ready} of {seen.nodes} training pods ready")
-        b.move("Training", C.REASON_RUNNING, f"{t.ready} training pods ready")
+        draft.status.start_time = draft.status.start_time or seen.now
+        draft.cond(C.TRAINING, C.TRUE, C.REASON_RUNNING, f"{t.ready} of {seen.nodes} training pods ready")
+        draft.move("Training", C.REASON_RUNNING, f"{t.ready} training pods ready")
     elif t.phase == "Suspended" and seen.suspend_requested:
-        b.cond(C.TRAINING, C.FALSE, C.REASON_SUSPENDED_BY_USER, "the training Job is suspended")
-        b.move("Suspended", C.REASON_SUSPENDED_BY_USER, "the training Job is suspended")
+        draft.cond(C.TRAINING, C.FALSE, C.REASON_SUSPENDED_BY_USER, "the training Job is suspended")
+        draft.move("Suspended", C.REASON_SUSPENDED_BY_USER, "the training Job is suspended")
     elif t.phase == "Suspended" and seen.queued:
-        b.cond(C.TRAINING, C.FALSE, C.REASON_QUEUED, "waiting for Kueue to admit the training Job")
-        b.move("Queued", C.REASON_QUEUED, "waiting for Kueue to admit the training Job")
-    elif b.phase == "Training" and b.status.start_time:
+        draft.cond(C.TRAINING, C.FALSE, C.REASON_QUEUED, "waiting for Kueue to admit the training Job")
+        draft.move("Queued", C.REASON_QUEUED, "waiting for Kueue to admit the training Job")
+    elif draft.phase == "Training" and draft.status.start_time:
         # Pods being replaced after a failure: still the same training run.
-        b.cond(C.TRAINING, C.TRUE, C.REASON_RUNNING, "training pods are being replaced")
+        draft.cond(C.TRAINING, C.TRUE, C.REASON_RUNNING, "training pods are being replaced")
     elif seen.startup_failure is not None:
-        b.cond(C.TRAINING, C.FALSE, C.REASON_STARTUP_DEADLINE, seen.startup_failure)
-        b.fail(C.REASON_STARTUP_DEADLINE, seen.startup_failure)
+        draft.cond(C.TRAINING, C.FALSE, C.REASON_STARTUP_DEADLINE, seen.startup_failure)
+        draft.fail(C.REASON_STARTUP_DEADLINE, seen.startup_failure)
     else:
-        _pending(b)
+        _pending(draft)
 
 
-def _pending(b: _Builder) -> None:
+def _pending(draft: _StatusDraft) -> None:
     """Pending: how many pods are ready, and the scheduler's or kubelet's reason for the others;
     a new problem reason (Unschedulable, ErrImagePull, ...) is posted as a Warning Event."""
-    t, waiting = b.seen.train, b.seen.waiting
-    message = f"{t.ready} of {b.seen.nodes} training pods ready"
+    t, waiting = draft.seen.train, draft.seen.waiting
+    message = f"{t.ready} of {draft.seen.nodes} training pods ready"
     reason = C.REASON_PENDING
     if waiting is not None:
         message = f"{message}; {waiting.describe()}"
         reason = waiting.reason if waiting.problem else C.REASON_PENDING
-    old = C.find(b.status.conditions, C.TRAINING)
+    old = C.find(draft.status.conditions, C.TRAINING)
     if reason != C.REASON_PENDING and (old is None or old.reason != reason):
-        b.event = Transition("Warning", reason, f"Pending: {message}")
-    b.cond(C.TRAINING, C.FALSE, reason, message)
-    b.move("Pending", reason, message)
+        draft.event = Transition("Warning", reason, f"Pending: {message}")
+    draft.cond(C.TRAINING, C.FALSE, reason, message)
+    draft.move("Pending", reason, message)
 
 
-def _restart(b: _Builder) -> None:
+def _restart(draft: _StatusDraft) -> None:
     """One failure of the group: restart all of it (counted once), or fail past maxRestarts."""
-    t, seen = b.seen.train, b.seen
+    t, seen = draft.seen.train, draft.seen
     cause = "; ".join(m for m in (seen.failure_detail, t.message) if m) or t.reason
-    if b.status.restarts >= seen.max_restarts:
+    if draft.status.restarts >= seen.max_restarts:
         message = (
-            f"training failed {b.status.restarts + 1} times and runPolicy.maxRestarts is {seen.max_restarts}; "
+            f"training failed {draft.status.restarts + 1} times and runPolicy.maxRestarts is {seen.max_restarts}; "
             f"last failure: {cause}"
         )
-        b.cond(C.TRAINING, C.FALSE, C.REASON_MAX_RESTARTS, message)
-        b.fail(C.REASON_MAX_RESTARTS, message)
+        draft.cond(C.TRAINING, C.FALSE, C.REASON_MAX_RESTARTS, message)
+        draft.fail(C.REASON_MAX_RESTARTS, message)
         return
-    b.status.restarts += 1
+    draft.status.restarts += 1
     message = (
-        f"restart {b.status.restarts} of {seen.max_restarts} (runPolicy.maxRestarts): all {seen.nodes} nodes "
+        f"restart {draft.status.restarts} of {seen.max_restarts} (runPolicy.maxRestarts): all {seen.nodes} nodes "
         f"restart from the last checkpoint after: {cause}"
     )
-    b.cond(C.TRAINING, C.TRUE if b.phase == "Training" else C.FALSE, C.REASON_RESTARTING, message)
-    b.event = Transition("Warning", C.EVENT_GANG_RESTART, message)
+    draft.cond(C.TRAINING, C.TRUE if draft.phase == "Training" else C.FALSE, C.REASON_RESTARTING, message)
+    draft.event = Transition("Warning", C.EVENT_GANG_RESTART, message)
 
 
-def _final_progress(b: _Builder, results: Results) -> None:
-    """The progress timer samples rank 0 every few seconds and may have missed the last steps;
+def _final_progress(draft: _StatusDraft, results: Results) -> None:
+    """The periodic progress scrape samples rank 0 every few seconds and may have missed the last steps;
     the evaluated checkpoint's step is the truth once the run is done."""
     if results.training_steps is None:
         return
-    progress = b.status.progress or Progress()
-    b.status.progress = progress.model_copy(
-        update={"step": results.training_steps, "eta_seconds": 0.0, "update_time": b.seen.now}
+    progress = draft.status.progress or Progress()
+    draft.status.progress = progress.model_copy(
+        update={"step": results.training_steps, "eta_seconds": 0.0, "update_time": draft.seen.now}
     )
 
 
-def _evaluation(b: _Builder) -> None:
-    e, seen = b.seen.evaluation, b.seen
-    b.cond(C.TRAINING, C.FALSE, C.REASON_TRAINING_SUCCEEDED, "the training Job completed")
+def _evaluation(draft: _StatusDraft) -> None:
+    e, seen = draft.seen.evaluation, draft.seen
+    draft.cond(C.TRAINING, C.FALSE, C.REASON_TRAINING_SUCCEEDED, "the training Job completed")
     if e.phase == "Failed":
         message = "; ".join(m for m in (e.message, seen.failure_detail) if m) or e.reason
-        b.cond(C.EVALUATED, C.FALSE, C.REASON_EVALUATION_FAILED, message)
-        b.fail(C.REASON_EVALUATION_FAILED, message)
+        draft.cond(C.EVALUATED, C.FALSE, C.REASON_EVALUATION_FAILED, message)
+        draft.fail(C.REASON_EVALUATION_FAILED, message)
     elif e.phase == "Succeeded" and seen.results is not None:
-        b.status.results = seen.results
-        _final_progress(b, seen.results)
-        b.cond(C.EVALUATED, C.TRUE, C.REASON_EVALUATION_SUCCEEDED, "the eval Job completed")
-        b.cond(C.RESULTS_PUBLISHED, C.TRUE, C.REASON_RESULTS_READ, f"results at {seen.results.uri}")
-        b.cond(C.SUCCEEDED, C.TRUE, C.REASON_EVALUATION_SUCCEEDED, f"bpb {seen.results.bpb:.4f}")
-        b.move("Succeeded", C.REASON_EVALUATION_SUCCEEDED, f"bpb {seen.results.bpb:.4f}, results at {seen.results.uri}")
+        draft.status.results = seen.results
+        _final_progress(draft, seen.results)
+        draft.cond(C.EVALUATED, C.TRUE, C.REASON_EVALUATION_SUCCEEDED, "the eval Job completed")
+        draft.cond(C.RESULTS_PUBLISHED, C.TRUE, C.REASON_RESULTS_READ, f"results at {seen.results.uri}")
+        draft.cond(C.SUCCEEDED, C.TRUE, C.REASON_EVALUATION_SUCCEEDED, f"bpb {seen.results.bpb:.4f}")
+        draft.move(
+            "Succeeded", C.REASON_EVALUATION_SUCCEEDED, f"bpb {seen.results.bpb:.4f}, results at {seen.results.uri}"
+        )
     elif e.phase == "Succeeded" and seen.results_error is not None:
-        b.cond(C.EVALUATED, C.TRUE, C.REASON_EVALUATION_SUCCEEDED, "the eval Job completed")
-        b.cond(C.RESULTS_PUBLISHED, C.FALSE, C.REASON_RESULTS_UNREADABLE, seen.results_error)
-        b.fail(C.REASON_RESULTS_UNREADABLE, seen.results_error)
+        draft.cond(C.EVALUATED, C.TRUE, C.REASON_EVALUATION_SUCCEEDED, "the eval Job completed")
+        draft.cond(C.RESULTS_PUBLISHED, C.FALSE, C.REASON_RESULTS_UNREADABLE, seen.results_error)
+        draft.fail(C.REASON_RESULTS_UNREADABLE, seen.results_error)
     elif e.phase == "Suspended" and seen.suspend_requested:
-        b.cond(C.EVALUATED, C.FALSE, C.REASON_SUSPENDED_BY_USER, "the eval Job is suspended")
-        b.move("Suspended", C.REASON_SUSPENDED_BY_USER, "the eval Job is suspended")
+        draft.cond(C.EVALUATED, C.FALSE, C.REASON_SUSPENDED_BY_USER, "the eval Job is suspended")
+        draft.move("Suspended", C.REASON_SUSPENDED_BY_USER, "the eval Job is suspended")
     else:
-        b.cond(C.EVALUATED, C.UNKNOWN, C.REASON_EVALUATING, "the eval Job is scoring the final checkpoint")
-        b.move("Evaluating", C.REASON_TRAINING_SUCCEEDED, "training completed; evaluating")
+        draft.cond(C.EVALUATED, C.UNKNOWN, C.REASON_EVALUATING, "the eval Job is scoring the final checkpoint")
+        draft.move("Evaluating", C.REASON_TRAINING_SUCCEEDED, "training completed; evaluating")

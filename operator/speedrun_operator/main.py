@@ -17,9 +17,9 @@ from typing import Any
 import kopf
 
 from speedrun_api.spec import API_GROUP, API_VERSION, PLURAL
-from speedrun_operator import kube, metrics
+from speedrun_operator import kube, operator_metrics
 from speedrun_operator import labels as L
-from speedrun_operator.handlers import periodic, reconcile, setup
+from speedrun_operator.handlers import operator_startup, periodic, reconcile
 
 SPEEDRUNJOBS = (API_GROUP, API_VERSION, PLURAL)
 MANAGED_JOBS = {L.LABEL_MANAGED_BY: L.MANAGER, L.LABEL_JOB: kopf.PRESENT}
@@ -28,14 +28,14 @@ MANAGED_JOBS = {L.LABEL_MANAGED_BY: L.MANAGER, L.LABEL_JOB: kopf.PRESENT}
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     # A standby replica waits here: kopf starts no watch before its startup handlers end.
-    context = setup.configure(settings, memo, logger)
-    await setup.elect(context, logger)
+    context = operator_startup.configure(settings, memo, logger)
+    await operator_startup.elect(context, logger)
     context.periodic = periodic.Periodic(context, logger).start()
 
 
 @kopf.on.cleanup()
 def shut_down(memo: kopf.Memo, **_: Any) -> None:
-    setup.shutdown(memo)
+    operator_startup.shutdown(memo)
 
 
 @kopf.on.login()
@@ -59,7 +59,7 @@ def forget(type: str, name: str, namespace: str, **_: Any) -> None:
     # No finalizer, no on.delete: children go with their ownerReferences (garbage collection);
     # only the gauge remembers the job, until the watch reports it deleted.
     if type == "DELETED":
-        metrics.PHASE_BOOK.forget(namespace, name)
+        operator_metrics.PHASE_BOOK.forget(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_JOBS)

@@ -1,29 +1,9 @@
 """Operator settings: one frozen dataclass read from the environment.
 
-`speedrun operator` turns its flags into these environment variables before kopf starts, so the
-environment is the single source (the Helm chart sets the same variables). `speedrun render`
-reads them too, so what it prints is what the operator would create.
-
-| variable                                  | default                                  |
-| ----------------------------------------- | ---------------------------------------- |
-| SPEEDRUN_TRAINER_IMAGE                    | ghcr.io/speedrun-operator/trainer:0.1.0  |
-| SPEEDRUN_OPERATOR_NAMESPACES              | "" (comma-separated; empty: all)          |
-| SPEEDRUN_OPERATOR_METRICS_PORT            | 9090 (0: off)                            |
-| SPEEDRUN_OPERATOR_LEADER_ELECTION         | false (true: only the holder of the Lease reconciles) |
-| SPEEDRUN_OPERATOR_LEASE_NAME              | speedrun-operator                        |
-| SPEEDRUN_OPERATOR_LEASE_NAMESPACE         | "" ($POD_NAMESPACE, else the first served namespace) |
-| SPEEDRUN_OPERATOR_LEASE_DURATION          | 15 (seconds a standby waits on a silent holder) |
-| SPEEDRUN_OPERATOR_LEASE_RENEW_DEADLINE    | 10 (the holder exits when it cannot renew for this long) |
-| SPEEDRUN_OPERATOR_LEASE_RETRY_PERIOD      | 2 (seconds between attempts to take or renew) |
-| SPEEDRUN_OPERATOR_LIVENESS                | "" (e.g. http://0.0.0.0:8080/healthz)    |
-| SPEEDRUN_OPERATOR_DEFAULT_STORAGE_URI     | "" (runs without spec.storage.uri fail)  |
-| SPEEDRUN_OPERATOR_PROGRESS_INTERVAL       | 15 (seconds between progress scrapes)    |
-| SPEEDRUN_OPERATOR_RESYNC_INTERVAL         | 60 (seconds between safety-net reconciles) |
-| SPEEDRUN_OPERATOR_ACCELERATOR_SELECTORS   | true (GKE node selectors from the accelerator table) |
-| SPEEDRUN_OPERATOR_IMAGE_PULL_POLICY       | IfNotPresent                             |
-| SPEEDRUN_OPERATOR_EVAL_BACKOFF_LIMIT      | 2                                        |
-| SPEEDRUN_OPERATOR_RUN_AS_USER             | 1000                                     |
-| SPEEDRUN_OPERATOR_SERVICE_ACCOUNT         | "" (pods get no API token either way)    |
+Each field is the variable `SPEEDRUN_OPERATOR_<FIELD>` (`trainer_image`: SPEEDRUN_TRAINER_IMAGE),
+its default the field's. `speedrun operator` turns its flags into these variables before kopf
+starts, so the environment is the single source (the Helm chart sets the same variables), and
+`speedrun render` reads them too, so what it prints is what the operator would create.
 """
 
 from __future__ import annotations

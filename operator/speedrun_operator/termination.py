@@ -1,9 +1,9 @@
 """Reading pods' termination messages: eval results, and why a trainer failed.
 
-The eval pod writes its headline results as one JSON object to /dev/termination-log
-(docs/contracts.md); the kubelet copies it into the pod status, where the operator reads it
-without storage credentials. Trainer pods use FallbackToLogsOnError, so a failed pod's message
-is its log tail, whose last line is the trainer's one-line error.
+The eval pod writes its headline results as one JSON object to its termination log
+(`run_contract.TERMINATION_LOG`, docs/contracts.md); the kubelet copies it into the pod status,
+where the operator reads it without storage credentials. Trainer pods use FallbackToLogsOnError,
+so a failed pod's message is its log tail, whose last line is the trainer's one-line error.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from kopf.testing import KopfRunner
 
-from speedrun_operator.commands import kopf_run_argv
+from speedrun_operator.operator_commands import kopf_run_argv
 from speedrun_operator.settings import OperatorSettings
 from tests.cluster.control_plane import ControlPlane, write_kubeconfig
 from tests.helm_tool import HelmUnavailable, helm_path

@@ -7,7 +7,7 @@ without cleanup, as a pod does when its node vanishes, needs a process of its ow
         a.kill()                      # SIGKILL: no cleanup handler, no Lease release
         a.log()                       # everything it printed (kopf's and our log lines)
 
-It runs `python -m speedrun_operator.commands operator` (what the chart's container runs as
+It runs `python -m speedrun_operator.operator_commands operator` (what the chart's container runs as
 `speedrun operator`) with the Deployment's own env read back from the cluster, HOSTNAME set to
 the replica's name (a pod's hostname is its name: the leader-election identity), and a
 kubeconfig holding a TokenRequest token of the chart's ServiceAccount, so the chart's RBAC is
@@ -46,7 +46,7 @@ class OperatorProcess:
         env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
         env.update({**self.env, "KUBECONFIG": str(kubeconfig), "HOSTNAME": self.name, "PYTHONUNBUFFERED": "1"})
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "speedrun_operator.commands", "operator"],
+            self.proc = subprocess.Popen([sys.executable, "-m", "speedrun_operator.operator_commands", "operator"],
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=env, start_new_session=True)  # fmt: skip
         return self

@@ -3,8 +3,9 @@
 Subpackages, one concept each (the API types live in `speedrun_api`):
 - `data`: storage URIs, token shards, tokenizers, `data prepare`, the builtin corpus, the loader.
 - `train`: the model, optimizers, the training loop and what it runs on (torch.distributed,
-  the torchrun wrapper, checkpoints, telemetry, tracking).
-- `evaluation`: BPB and loss evaluation, CORE, the eval entry point and speedrun_results.json.
+  the torchrun wrapper, checkpoints, telemetry, tracking), and the measurement (loss and BPB,
+  CORE) that the loop and the final evaluation share.
+- `evaluation`: the eval entry point, which scores the final checkpoint, and the results file.
 - `cli`: the `speedrun` command, local runs (`speedrun run`), launchers and the progress bar.
 - `leaderboard`: `speedrun leaderboard`: loading results, ranking, tables, the plot and page.
 

@@ -12,9 +12,11 @@ from typing import Any
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.crd import cluster_problems
+from speedrun_api.manifest import EXIT_INVALID
+from speedrun_api.run_contract import ENV_CACHE_DIR, ENV_JOB_NAME, ENV_STORAGE_URI, resolve_storage_uri
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
-from speedrun_operator.settings import OperatorSettings
+from speedrun_operator.settings import OperatorSettings, env_name
 
 CACHE_DIR = "/var/cache/speedrun"
 # The keys of spec.storage.secretRef and spec.tracking.wandb.secretRef (docs/contracts.md).
@@ -33,13 +35,13 @@ def job_uid(job: SpeedrunJob) -> str:
 
 
 def storage_uri(job: SpeedrunJob, settings: OperatorSettings) -> str | None:
-    """Where checkpoints and results go: spec.storage.uri, else the operator's default prefix."""
-    if job.spec.storage.uri:
-        return job.spec.storage.uri
+    """Where checkpoints and results go: spec.storage.uri, else `<default prefix>/<namespace>/<name>`
+    under the operator's default prefix, else None (a cluster run cannot run without storage)."""
+    default = None
     if settings.default_storage_uri:
         namespace = job.metadata.namespace or "default"
-        return f"{settings.default_storage_uri.rstrip('/')}/{namespace}/{job.metadata.name}"
-    return None
+        default = f"{settings.default_storage_uri.rstrip('/')}/{namespace}/{job.metadata.name}"
+    return resolve_storage_uri(job, default=default)
 
 
 def check_runnable(job: SpeedrunJob, settings: OperatorSettings) -> None:
@@ -50,7 +52,7 @@ def check_runnable(job: SpeedrunJob, settings: OperatorSettings) -> None:
     if storage_uri(job, settings) is None:
         raise BuildError(
             "spec.storage.uri: required in a cluster, where the training and eval pods share checkpoints "
-            "through it (or start the operator with SPEEDRUN_OPERATOR_DEFAULT_STORAGE_URI)"
+            f"through it (or start the operator with {env_name('default_storage_uri')})"
         )
     r = job.spec.resources
     acc = lookup(r.accelerator)
@@ -114,8 +116,8 @@ def env(job: SpeedrunJob, settings: OperatorSettings) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": "/tmp"},  # read-only root: torch.compile and friends cache under HOME
         {"name": "TMPDIR", "value": "/tmp"},
-        {"name": "SPEEDRUN_CACHE_DIR", "value": CACHE_DIR},
-        {"name": "SPEEDRUN_JOB_NAME", "value": job.metadata.name},
+        {"name": ENV_CACHE_DIR, "value": CACHE_DIR},
+        {"name": ENV_JOB_NAME, "value": job.metadata.name},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         # A replaced pod other than index 0 would otherwise wait forever for the surviving rank 0
         # to publish its store address again: https://github.com/pytorch/pytorch/issues/135712
@@ -123,7 +125,7 @@ def env(job: SpeedrunJob, settings: OperatorSettings) -> list[dict[str, Any]]:
     ]
     uri = storage_uri(job, settings)
     if uri is not None:
-        out.append({"name": "SPEEDRUN_STORAGE_URI", "value": uri})
+        out.append({"name": ENV_STORAGE_URI, "value": uri})
     storage = job.spec.storage
     if storage.endpoint_url:
         out.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint_url})
@@ -231,6 +233,49 @@ def metadata(job: SpeedrunJob, name: str, role: str, extra_labels: dict[str, str
     if job.metadata.namespace:
         meta["namespace"] = job.metadata.namespace
     return meta
+
+
+def starts_suspended(job: SpeedrunJob) -> bool:
+    """Both Jobs start suspended when the run is, and when it is queued: Kueue admits a queued Job
+    by unsuspending it."""
+    policy = job.spec.run_policy
+    return bool(policy.suspend or policy.queue_name)
+
+
+def pod_failure_policy(container_name: str) -> dict[str, Any]:
+    """Exit code 2 (invalid config) is final; evictions and preemptions do not count as failures."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": container_name, "operator": "In", "values": [EXIT_INVALID]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def batch_job(
+    job: SpeedrunJob,
+    name: str,
+    role: str,
+    labels: dict[str, str],
+    pod: dict[str, Any],
+    counts: dict[str, Any],
+) -> dict[str, Any]:
+    """A batch/v1 Job of `role` running `pod` (one container): `counts` (completions, parallelism,
+    backoffLimit, ...), then the failure policy and the suspend rule every Job of a run shares."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(job, name, role, labels),
+        "spec": {
+            **counts,
+            "podFailurePolicy": pod_failure_policy(pod["containers"][0]["name"]),
+            "suspend": starts_suspended(job),
+            "template": {"metadata": {"labels": {**L.child_labels(job.metadata.name, role), **labels}}, "spec": pod},
+        },
+    }
 
 
 def queue_labels(job: SpeedrunJob) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The eval Job `<name>-eval`: one pod that scores the final checkpoint (BPB, CORE).
 
-It runs after training succeeds, reads the checkpoint and `train_summary.json` from storage,
-writes `speedrun_results.json`, and leaves the headline numbers as JSON in its termination
+It runs after training succeeds, reads the checkpoint and the training summary from storage,
+writes the results file there, and leaves the headline numbers as JSON in its termination
 message (docs/contracts.md), which is how the operator learns them without storage credentials.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from speedrun_api.run_contract import ENV_TERMINATION_LOG, TERMINATION_LOG
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.builders import common
-from speedrun_operator.builders.train_job import pod_failure_policy
 from speedrun_operator.settings import OperatorSettings
 
 EVAL_MODULE = "speedrun_trainer.evaluation"
@@ -34,22 +34,9 @@ def torchrun_eval_command(job: SpeedrunJob) -> list[str]:
 def build_eval_job(job: SpeedrunJob, settings: OperatorSettings) -> dict[str, Any]:
     name = job.metadata.name
     container = common.container(job, settings, L.CONTAINER_EVALUATOR, torchrun_eval_command(job), ports=[])
-    container["env"].append({"name": "SPEEDRUN_TERMINATION_LOG", "value": L.TERMINATION_LOG})
-    container["terminationMessagePath"] = L.TERMINATION_LOG
+    container["env"].append({"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG})
+    container["terminationMessagePath"] = TERMINATION_LOG
     pod = common.pod_spec(job, settings, container)
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": common.metadata(job, L.eval_job_name(name), L.ROLE_EVAL, common.queue_labels(job)),
-        "spec": {
-            "completions": 1,
-            "parallelism": 1,
-            "backoffLimit": settings.eval_backoff_limit,
-            "podFailurePolicy": pod_failure_policy(L.CONTAINER_EVALUATOR),
-            "suspend": bool(job.spec.run_policy.suspend or job.spec.run_policy.queue_name),
-            "template": {
-                "metadata": {"labels": {**L.child_labels(name, L.ROLE_EVAL), **common.queue_labels(job)}},
-                "spec": pod,
-            },
-        },
-    }
+    counts = {"completions": 1, "parallelism": 1, "backoffLimit": settings.eval_backoff_limit}
+    labels = common.queue_labels(job)
+    return common.batch_job(job, L.eval_job_name(name), L.ROLE_EVAL, labels, pod, counts)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from speedrun_api.manifest import EXIT_INVALID
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.builders import common
@@ -58,19 +57,6 @@ def rendezvous_conf(job: SpeedrunJob) -> str:
     return f"join_timeout={timeout},read_timeout={timeout}"
 
 
-def pod_failure_policy(container_name: str) -> dict[str, Any]:
-    """Exit code 2 (invalid config) is final; evictions and preemptions do not count as failures."""
-    return {
-        "rules": [
-            {
-                "action": "FailJob",
-                "onExitCodes": {"containerName": container_name, "operator": "In", "values": [EXIT_INVALID]},
-            },
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        ]
-    }
-
-
 def build_train_job(job: SpeedrunJob, settings: OperatorSettings, attempt: int = 0) -> dict[str, Any]:
     """The Job of training attempt `attempt` (0, then one more per gang restart)."""
     name, r, policy = job.metadata.name, job.spec.resources, job.spec.run_policy
@@ -83,19 +69,9 @@ def build_train_job(job: SpeedrunJob, settings: OperatorSettings, attempt: int =
     container = common.container(job, settings, L.CONTAINER_TRAINER, torchrun_train_command(job), ports)
     pod = common.pod_spec(job, settings, container)
     pod["subdomain"] = L.service_name(name)
-    spec: dict[str, Any] = {
-        "completionMode": "Indexed",
-        "completions": nodes,
-        "parallelism": nodes,
-        "backoffLimit": 0,
-        "podFailurePolicy": pod_failure_policy(L.CONTAINER_TRAINER),
-        # Kueue admits a queued Job by unsuspending it, so queued Jobs start suspended.
-        "suspend": bool(policy.suspend or policy.queue_name),
-        "template": {
-            "metadata": {"labels": {**L.child_labels(name, L.ROLE_TRAIN), **labels}},
-            "spec": pod,
-        },
-    }
+    counts = {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": 0}
+    out = common.batch_job(job, L.train_job_name(name), L.ROLE_TRAIN, labels, pod, counts)
+    spec = out["spec"]
     if r.elastic:
         # An elastic run may finish before late pods ever start: rank 0's success is the run's.
         spec["successPolicy"] = {"rules": [{"succeededIndexes": "0"}]}
@@ -103,9 +79,4 @@ def build_train_job(job: SpeedrunJob, settings: OperatorSettings, attempt: int =
         spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
     # No ttlSecondsAfterFinished here: the operator sets it once it has recorded the outcome
     # (handlers/reconcile.py), so the TTL controller can never delete an unrecorded Job.
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": common.metadata(job, L.train_job_name(name), L.ROLE_TRAIN, labels),
-        "spec": spec,
-    }
+    return out

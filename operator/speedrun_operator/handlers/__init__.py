@@ -1,7 +1,8 @@
 """The logic behind the kopf decorators in main.py: one module per concern, thin and idempotent.
 
-- setup.py:     startup/cleanup, kopf settings, the shared `OperatorContext` in kopf's memo
+- operator_startup.py: startup/cleanup, kopf settings, the shared `OperatorContext` in kopf's memo
 - children.py:  get-or-create-or-adopt of owned children; Job suspension
 - reconcile.py: observe the SpeedrunJob and its Jobs, decide (lifecycle.py), write status, post Events
-- scrape.py:    the progress timer: rank 0's /metrics -> status.progress
+- periodic.py:  the periodic thread: the safety-net resync and the progress scrape
+- scrape.py:    one progress scrape: rank 0's /metrics -> status.progress
 """

@@ -5,7 +5,7 @@ on.py registers them with `requires_finalizer=True`), and only a running operato
 With the operator uninstalled, scaled to zero or crash-looping, `kubectl delete namespace` would
 then hang on every SpeedrunJob in it. The operator needs no finalizer otherwise (its children go
 by ownerReference garbage collection; the delete handler is optional), so the periodic work is
-one thread per operator instead, started once this replica leads (setup.elect):
+one thread per operator instead, started once this replica leads (operator_startup.elect):
 
 - every `progress_interval` seconds: one LIST of SpeedrunJobs per served namespace (one for the
   whole cluster), and rank 0's metrics scraped into status.progress for those Training;
@@ -28,7 +28,7 @@ import kopf
 from speedrun_api.status import TERMINAL_PHASES
 from speedrun_operator import kube
 from speedrun_operator.handlers import reconcile, scrape
-from speedrun_operator.handlers.setup import OperatorContext
+from speedrun_operator.handlers.operator_startup import OperatorContext
 
 
 class Periodic:

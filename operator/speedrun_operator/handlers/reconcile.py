@@ -1,16 +1,16 @@
-"""Reconcile one SpeedrunJob: validate, ensure children, observe the Jobs, write status.
+"""Reconcile one SpeedrunJob: validate, act on its children, observe them, decide, write status.
 
 Level-triggered and idempotent: every trigger (create, resume after an operator restart, spec
-update, any event of a child Job, the resync timer) runs the same `reconcile`, which reads the
-current state from the API, decides with `lifecycle.next_status`, and writes only what changed.
-A per-job lock serialises concurrent triggers inside this process; the Lease (leader.py) keeps a single
-active operator across replicas.
+update, any event of a child Job, the periodic resync) runs the same `reconcile`, in this order:
+the actions (`_ensure_children`: create what is missing, delete a failed attempt, patch
+spec.suspend), the reads (`_observe`: the Jobs' pods and events -> `lifecycle.Observation`), the
+decision (`lifecycle.next_status`), and a status patch of only what changed. A per-job lock
+serialises triggers inside this process; the Lease (leader.py) keeps one active replica.
 
-After the status is written, two acts follow from it (so that a crash in between repeats them
-on the next pass, never skips them): a gang restart deletes the failed attempt's training Job
-(Foreground: its pods go first; the next pass creates the next attempt under the same name),
-and a Job whose outcome is now recorded gets `runPolicy.ttlSecondsAfterFinished`, so the TTL
-controller can only ever delete a Job whose end is already in the SpeedrunJob's status.
+Two acts follow from the status written, so a crash in between repeats them on the next pass
+rather than skipping them: a gang restart deletes the failed attempt's training Job (Foreground:
+its pods first; the next pass creates the next attempt), and a Job whose outcome is recorded gets
+`runPolicy.ttlSecondsAfterFinished`, so the TTL controller never deletes an unrecorded Job.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextlib
 import logging
 import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -26,10 +27,11 @@ import kopf
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339, read_status
-from speedrun_operator import builders, events, kube, lifecycle, metrics, startup
+from speedrun_operator import builders, events, kube, lifecycle, operator_metrics, pod_startup
 from speedrun_operator import labels as L
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
-from speedrun_operator.handlers.setup import OperatorContext
+from speedrun_operator.handlers.operator_startup import OperatorContext
+from speedrun_operator.pod_startup import PodsWaiting
 from speedrun_operator.termination import eval_results, failure_detail
 
 CONFLICT_RETRY_SECONDS = 10
@@ -46,7 +48,7 @@ def reconcile(
     ctx: OperatorContext, namespace: str, name: str, trigger: str, logger: logging.Logger | None = None
 ) -> SpeedrunJobStatus | None:
     """Bring one SpeedrunJob one step closer to done; None if it is gone or going."""
-    with metrics.timed(trigger), _locks[(namespace, name)]:
+    with operator_metrics.timed(trigger), _locks[(namespace, name)]:
         body = ctx.client.get(kube.SPEEDRUNJOB, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
@@ -61,7 +63,7 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
     generation = int(meta.get("generation") or 1)
     current = read_status(body.get("status"))
     if lifecycle.is_settled(current, generation):
-        metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], current.phase)
+        operator_metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], current.phase)
         return current
     try:
         job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
@@ -72,7 +74,8 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
         _write(ctx, body, current, seen)
         raise kopf.PermanentError(error) from None
     try:
-        seen, children = _observe(ctx, body, job, current, generation)
+        children = _ensure_children(ctx, body, job, current)
+        seen = _observe(ctx, body, job, current, generation, children)
     except kube.KubeError as err:
         if err.status not in REJECTED_STATUSES:
             raise
@@ -84,7 +87,7 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
         raise kopf.PermanentError(message) from None
     new = _write(ctx, body, current, seen)
     if seen.startup_failure is not None and new.phase == "Failed":
-        _stop_training_job(ctx, children["train"], job)
+        _stop_training_job(ctx, children.train_job, job)
     else:
         _after_write(ctx, job, current, new, children)
     return new
@@ -96,7 +99,7 @@ def _stop_training_job(ctx: OperatorContext, train_job: dict[str, Any] | None, j
     DeadlineExceeded on the Job (which stays for `kubectl describe`)."""
     if train_job is None:
         return
-    patch = startup.stop_patch(train_job, job.spec.run_policy.startup_deadline_seconds)
+    patch = pod_startup.stop_patch(train_job, job.spec.run_policy.startup_deadline_seconds)
     if patch is not None:
         meta = train_job["metadata"]
         ctx.client.patch(kube.JOB, meta["namespace"], meta["name"], patch)
@@ -114,65 +117,93 @@ def _nodes(body: dict[str, Any]) -> str:
     return f"{resources.get('minNodes')}:{resources.get('maxNodes')}"
 
 
-def _observe(
-    ctx: OperatorContext, body: dict[str, Any], job: SpeedrunJob, current: SpeedrunJobStatus, generation: int
-) -> tuple[lifecycle.Observation, dict[str, dict[str, Any] | None]]:
-    client, settings, name = ctx.client, ctx.settings, job.metadata.name
+@dataclass(frozen=True)
+class Children:
+    """The run's two Jobs as the actions left them, and the state each is in."""
+
+    train_job: dict[str, Any] | None
+    train: lifecycle.JobState
+    eval_job: dict[str, Any] | None = None
+    evaluation: lifecycle.JobState = lifecycle.MISSING
+
+
+def _ensure_children(
+    ctx: OperatorContext, body: dict[str, Any], job: SpeedrunJob, current: SpeedrunJobStatus
+) -> Children:
+    """The actions: create the children that are missing, delete a failed training attempt, and
+    patch the Jobs' spec.suspend to runPolicy.suspend."""
+    ensure_child(ctx.client, kube.CONFIGMAP, builders.build_run_configmap(job), body)
+    train_job, train = _ensure_training(ctx, body, job, current)
+    if train.phase != "Succeeded":
+        return Children(train_job, train)
+    eval_job, evaluation = _ensure_evaluation(ctx, body, job)
+    return Children(train_job, train, eval_job, evaluation)
+
+
+def _ensure_training(
+    ctx: OperatorContext, body: dict[str, Any], job: SpeedrunJob, current: SpeedrunJobStatus
+) -> tuple[dict[str, Any] | None, lifecycle.JobState]:
+    """The training Job of attempt `status.restarts`, and its state."""
+    client, name, policy = ctx.client, job.metadata.name, job.spec.run_policy
     namespace = body["metadata"]["namespace"]
-    policy = job.spec.run_policy
-    manage_suspend = not policy.queue_name  # with a queue, Kueue owns spec.suspend
-    ensure_child(client, kube.CONFIGMAP, builders.build_run_configmap(job), body)
-    trained = lifecycle.training_finished(current)
-    if trained:
+    if lifecycle.training_finished(current):
         train_job = client.get(kube.JOB, namespace, L.train_job_name(name))  # may be gone (TTL)
-        train = lifecycle.JobState("Succeeded")
-    else:
-        ensure_child(client, kube.SERVICE, builders.build_headless_service(job), body)
-        train_job = None
-        if _held_back(client, policy, namespace, L.train_job_name(name)):
-            train = lifecycle.JobState("Suspended")
-        else:
-            attempt = current.restarts
-            train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, settings, attempt), body)
-            train = lifecycle.train_state(train_job, attempt)
-            if train.phase == "Replacing":
-                _replace(client, train_job)
-            elif manage_suspend:
-                train_job = sync_suspend(client, train_job, policy.suspend)
-                train = lifecycle.train_state(train_job, attempt)
+        return train_job, lifecycle.JobState("Succeeded")
+    ensure_child(client, kube.SERVICE, builders.build_headless_service(job), body)
+    if _held_back(client, policy, namespace, L.train_job_name(name)):
+        return None, lifecycle.JobState("Suspended")
+    attempt = current.restarts
+    train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, ctx.settings, attempt), body)
+    train = lifecycle.train_state(train_job, attempt)
+    if train.phase == "Replacing":
+        _replace(client, train_job)
+    elif not policy.queue_name:  # with a queue, Kueue owns spec.suspend
+        train_job = sync_suspend(client, train_job, policy.suspend)
+        train = lifecycle.train_state(train_job, attempt)
+    return train_job, train
+
+
+def _ensure_evaluation(
+    ctx: OperatorContext, body: dict[str, Any], job: SpeedrunJob
+) -> tuple[dict[str, Any] | None, lifecycle.JobState]:
+    """The eval Job, once training succeeded, and its state."""
+    client, policy = ctx.client, job.spec.run_policy
+    if _held_back(client, policy, body["metadata"]["namespace"], L.eval_job_name(job.metadata.name)):
+        return None, lifecycle.JobState("Suspended")
+    eval_job = ensure_child(client, kube.JOB, builders.build_eval_job(job, ctx.settings), body)
+    if not policy.queue_name:  # with a queue, Kueue owns spec.suspend
+        eval_job = sync_suspend(client, eval_job, policy.suspend)
+    return eval_job, lifecycle.job_state(eval_job)
+
+
+def _observe(
+    ctx: OperatorContext,
+    body: dict[str, Any],
+    job: SpeedrunJob,
+    current: SpeedrunJobStatus,
+    generation: int,
+    children: Children,
+) -> lifecycle.Observation:
+    """The reads: what the Jobs' pods and events say, gathered into what `next_status` decides on."""
+    client, name, policy = ctx.client, job.metadata.name, job.spec.run_policy
+    namespace = body["metadata"]["namespace"]
+    train, evaluation = children.train, children.evaluation
     lo, _ = job.spec.resources.node_range
-    waiting, startup_failure = None, None
     now = now_rfc3339()
+    waiting, startup_failure = None, None
     if train.phase in ("Pending", "Running") and train.ready + train.succeeded < lo and not current.start_time:
-        # Never trained yet: why the pods are not all running, and whether start-up took too long.
-        pods = _pods(client, namespace, name, L.ROLE_TRAIN)
-        waiting = startup.pods_waiting(pods)
-        if (waiting is None or not waiting.problem) and startup.missing_pods(train_job, pods):
-            waiting = startup.creation_failure(_job_events(client, train_job)) or waiting
-        deadline = policy.startup_deadline_seconds
-        if startup.startup_overdue(train_job, deadline, now):
-            startup_failure = startup.startup_failure(deadline, waiting, train.ready, lo)
+        waiting, startup_failure = _startup(client, namespace, job, children, now)
     detail: str | None = None
     if train.phase == "Failed":
         detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER, train.message)
-    evaluation = lifecycle.MISSING
-    eval_job = None
     results, results_error = None, None
-    if train.phase == "Succeeded" and _held_back(client, policy, namespace, L.eval_job_name(name)):
-        evaluation = lifecycle.JobState("Suspended")
-    elif train.phase == "Succeeded":
-        eval_job = ensure_child(client, kube.JOB, builders.build_eval_job(job, settings), body)
-        if manage_suspend:
-            eval_job = sync_suspend(client, eval_job, policy.suspend)
-        evaluation = lifecycle.job_state(eval_job)
-        eval_pods = (
-            [] if evaluation.phase not in ("Succeeded", "Failed") else _pods(client, namespace, name, L.ROLE_EVAL)
-        )
+    if evaluation.phase in ("Succeeded", "Failed"):
+        eval_pods = _pods(client, namespace, name, L.ROLE_EVAL)
         if evaluation.phase == "Succeeded":
             results, results_error = eval_results(eval_pods, L.CONTAINER_EVALUATOR)
-        elif evaluation.phase == "Failed":
+        else:
             detail = failure_detail(eval_pods, L.CONTAINER_EVALUATOR)
-    observation = lifecycle.Observation(
+    return lifecycle.Observation(
         generation=generation,
         nodes=_nodes(body),
         now=now,
@@ -188,7 +219,23 @@ def _observe(
         waiting=waiting,
         startup_failure=startup_failure,
     )
-    return observation, {"train": train_job, "eval": eval_job}
+
+
+def _startup(
+    client: kube.KubeClient, namespace: str, job: SpeedrunJob, children: Children, now: str
+) -> tuple[PodsWaiting | None, str | None]:
+    """A run that never trained yet: why its pods are not all running, and, past the start-up
+    deadline, the message it fails with."""
+    train_job, train = children.train_job, children.train
+    pods = _pods(client, namespace, job.metadata.name, L.ROLE_TRAIN)
+    waiting = pod_startup.pods_waiting(pods)
+    if (waiting is None or not waiting.problem) and pod_startup.missing_pods(train_job, pods):
+        waiting = pod_startup.creation_failure(_job_events(client, train_job)) or waiting
+    deadline = job.spec.run_policy.startup_deadline_seconds
+    if not pod_startup.startup_overdue(train_job, deadline, now):
+        return waiting, None
+    lo, _ = job.spec.resources.node_range
+    return waiting, pod_startup.startup_failure(deadline, waiting, train.ready, lo)
 
 
 def _replace(client: kube.KubeClient, train_job: dict[str, Any]) -> None:
@@ -199,13 +246,10 @@ def _replace(client: kube.KubeClient, train_job: dict[str, Any]) -> None:
 
 
 def _after_write(
-    ctx: OperatorContext,
-    job: SpeedrunJob,
-    current: SpeedrunJobStatus,
-    new: SpeedrunJobStatus,
-    children: dict[str, dict[str, Any] | None],
+    ctx: OperatorContext, job: SpeedrunJob, current: SpeedrunJobStatus, new: SpeedrunJobStatus, children: Children
 ) -> None:
-    train_job, eval_job = children["train"], children["eval"]
+    """The acts that follow from the status just written (see the module's docstring)."""
+    train_job, eval_job = children.train_job, children.eval_job
     if new.restarts > current.restarts and train_job is not None:
         _replace(ctx.client, train_job)  # the restart is counted: now the old attempt goes
         return
@@ -250,18 +294,18 @@ def _write(
 ) -> SpeedrunJobStatus:
     new, transition = lifecycle.next_status(current, seen)
     old_wire, new_wire = current.wire(), new.wire()
-    # Only what changed: the progress timer writes status.progress concurrently.
+    # Only what changed: the periodic progress scrape writes status.progress concurrently.
     patch: dict[str, Any] = {k: v for k, v in new_wire.items() if old_wire.get(k) != v}
     patch.update({k: None for k in old_wire if k not in new_wire})
     meta = body["metadata"]
     if patch:
         ctx.client.patch(kube.SPEEDRUNJOB, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
-    metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], new.phase)
-    metrics.record_restarts(new.restarts - current.restarts)
+    operator_metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], new.phase)
+    operator_metrics.record_restarts(new.restarts - current.restarts)
     if transition is not None:
         events.post(ctx.client, body, transition.type, transition.reason, transition.message)
         if new.phase == "Failed":
-            metrics.record_failure(transition.reason)
+            operator_metrics.record_failure(transition.reason)
     return new
 
 

@@ -1,11 +1,12 @@
-"""The progress timer: rank 0's Prometheus endpoint -> status.progress, while Training.
+"""The progress scrape: rank 0's Prometheus endpoint -> status.progress, while Training.
 
 Rank 0 is the training pod with completion index 0. An unreachable endpoint (pod restarting,
 metrics not served yet) is normal during a run: it is counted and logged at debug level, and
-the previous progress stays until the next tick. `follow_progress` writes what it scraped with
-the resourceVersion it read the job at as a precondition: if the reconcile changed the status in
-the meantime (Training -> Evaluating -> Succeeded, with the final step, lifecycle.py), the
-apiserver answers 409 and the stale sample is dropped instead of overwriting the final progress.
+the previous progress stays until the next tick of the periodic thread (periodic.py).
+`follow_progress` writes what it scraped with the resourceVersion it read the job at as a
+precondition: if the reconcile changed the status in the meantime (Training -> Evaluating ->
+Succeeded, with the final step, lifecycle.py), the apiserver answers 409 and the stale sample is
+dropped instead of overwriting the final progress.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 
 from speedrun_api.spec import MetricsSpec
 from speedrun_api.status import now_rfc3339
-from speedrun_operator import kube, metrics, progress
+from speedrun_operator import kube, operator_metrics, training_progress
 from speedrun_operator import labels as L
-from speedrun_operator.handlers.setup import OperatorContext
+from speedrun_operator.handlers.operator_startup import OperatorContext
 
 
 def rank0_pod(client: kube.KubeClient, namespace: str, name: str) -> dict[str, Any] | None:
@@ -32,22 +33,22 @@ def scrape_progress(
     ctx: OperatorContext, namespace: str, name: str, spec: dict[str, Any], logger: logging.Logger
 ) -> dict[str, Any] | None:
     """status.progress (wire form) from rank 0, or None when there is nothing to report."""
-    with metrics.timed("progress"):
+    with operator_metrics.timed("progress"):
         pod = rank0_pod(ctx.client, namespace, name)
         port = int((spec.get("metrics") or {}).get("port") or MetricsSpec().port)
-        url = progress.metrics_url(pod, port) if pod is not None else None
+        url = training_progress.metrics_url(pod, port) if pod is not None else None
         if url is None:
             return None
         try:
-            values = progress.parse_progress(progress.fetch(url))
+            values = training_progress.parse_progress(training_progress.fetch(url))
         except (OSError, ValueError) as err:
-            metrics.SCRAPES.labels(result="error").inc()
+            operator_metrics.SCRAPES.labels(result="error").inc()
             logger.debug(f"progress scrape of {url} failed: {err}")
             return None
-        metrics.SCRAPES.labels(result="ok").inc()
+        operator_metrics.SCRAPES.labels(result="ok").inc()
         if not values:
             return None
-        return progress.progress_from(values, now_rfc3339()).model_dump(by_alias=True, exclude_none=True)
+        return training_progress.progress_from(values, now_rfc3339()).model_dump(by_alias=True, exclude_none=True)
 
 
 def follow_progress(

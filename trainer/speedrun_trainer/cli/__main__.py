@@ -2,6 +2,6 @@
 
 import sys
 
-from speedrun_trainer.cli.main import main
+from speedrun_trainer.cli.speedrun import main
 
 sys.exit(main())

@@ -4,13 +4,13 @@ Starts one torchrun agent per "node" of `spec.resources` (each with `procsPerNod
 with `--launcher torchx`, the same as a torchx `dist.ddp` app on its local_cwd scheduler),
 rendezvousing over loopback with the same c10d flags the operator puts in its pods, then the
 evaluation, then prints the results. Progress comes from the trainer's own Prometheus endpoint
-(the one the operator scrapes), drawn as one live line (cli/progress.py); what the nodes' logs
+(the one the operator scrapes), drawn as one live line (cli/live_display.py); what the nodes' logs
 say that a user must see (resumed step, W&B, warnings) shows above it once (cli/notices.py).
 Logs go to `<run dir>/logs/`. `--resume` of a run that already finished says so and does
 nothing, unless `--force` asks to evaluate it again.
 Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop every process it started and exit 128 + the
 signal number; the agents and their workers also get SIGTERM from the kernel if this process is
-SIGKILLed (`SPEEDRUN_DIE_WITH_PARENT`, train/torchrun.py). A process killed by a signal is
+SIGKILLed (`ENV_DIE_WITH_PARENT`, train/torchrun.py). A process killed by a signal is
 reported as such ("killed by signal 9 (SIGKILL)", exit 128 + 9), not as a wrapped exit code.
 """
 
@@ -29,12 +29,22 @@ from pathlib import Path
 
 from speedrun_api.manifest import dumps_job
 from speedrun_api.plan import resolve
+from speedrun_api.run_contract import (
+    ENV_DIE_WITH_PARENT,
+    ENV_METRICS_PORT,
+    ENV_RUN_DIR,
+    ENV_STORAGE_URI,
+    ENV_TERMINATION_LOG,
+    RESULTS_FILE,
+    RUN_CONFIG_FILE,
+    local_run_root,
+    resolve_storage_uri,
+)
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.cli.launch import TorchxApp, free_port, stop_process_trees
+from speedrun_trainer.cli.live_display import LiveDisplay, RunScreen, format_results_table, scrape
 from speedrun_trainer.cli.notices import LogWatcher
-from speedrun_trainer.cli.progress import LiveDisplay, RunScreen, format_results_table, scrape
 from speedrun_trainer.data.storage import open_storage
-from speedrun_trainer.train.torchrun import DIE_WITH_PARENT_ENV
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -71,7 +81,7 @@ def describe_exit(code: int) -> tuple[str, int]:
 
 
 def _run_dir(job: SpeedrunJob, runs_dir: str, resume: bool) -> Path:
-    base = Path(runs_dir).resolve() / job.metadata.name
+    base = local_run_root(job.metadata.name, Path(runs_dir).resolve())
     if resume:
         existing = sorted(p for p in base.glob("*") if p.is_dir()) if base.exists() else []
         if existing:
@@ -85,7 +95,7 @@ class LocalRun:
         self.job, self.run_dir, self.storage_uri = job, run_dir, storage_uri
         self.logs = run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.config = run_dir / "run.json"
+        self.config = run_dir / RUN_CONFIG_FILE
         self.config.write_text(dumps_job(job))
         self.procs: list[subprocess.Popen] = []
         self.metrics_port = free_port()
@@ -93,13 +103,13 @@ class LocalRun:
         threads = max(1, (os.cpu_count() or 1) // (r.node_range[1] * r.procs_per_node))
         self.env = {
             **os.environ,
-            "SPEEDRUN_STORAGE_URI": storage_uri,
-            "SPEEDRUN_RUN_DIR": str(run_dir),  # W&B files go under it (train/tracking.py)
-            "SPEEDRUN_METRICS_PORT": str(self.metrics_port),
-            "SPEEDRUN_TERMINATION_LOG": str(run_dir / "termination-message.json"),
+            ENV_STORAGE_URI: storage_uri,
+            ENV_RUN_DIR: str(run_dir),  # W&B files go under it (train/tracking.py)
+            ENV_METRICS_PORT: str(self.metrics_port),
+            ENV_TERMINATION_LOG: str(run_dir / "termination-message.json"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
             "PYTHONUNBUFFERED": "1",
-            DIE_WITH_PARENT_ENV: "1",
+            ENV_DIE_WITH_PARENT: "1",
         }
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
@@ -211,7 +221,7 @@ def run_local(
             file=sys.stderr,
         )
         return 0
-    uri = storage_uri or job.spec.storage.uri or run_dir.as_uri()
+    uri = resolve_storage_uri(job, override=storage_uri, default=run_dir.as_uri())
     plan = resolve(job)
     run = LocalRun(job, run_dir, uri)
     print(
@@ -251,8 +261,8 @@ def run_local(
         )
         return 128 + signum
     storage = open_storage(uri, endpoint_url=job.spec.storage.endpoint_url)
-    results = storage.read_json("speedrun_results.json")["runs"][0]["run_info"]
-    print(format_results_table(results, storage.url("speedrun_results.json"), time.monotonic() - started))
+    results = storage.read_json(RESULTS_FILE)["runs"][0]["run_info"]
+    print(format_results_table(results, storage.url(RESULTS_FILE), time.monotonic() - started))
     (run_dir / FINISHED_MARKER).write_text(json.dumps(results, indent=2))
     print(f"  summary  {run_dir / FINISHED_MARKER}", flush=True)
     return 0

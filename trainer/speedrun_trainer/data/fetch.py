@@ -14,7 +14,7 @@
   Marin pins, `c4_en/val/val*.jsonl.gz`; gated: accept its terms on the hub, set HF_TOKEN),
   tokenized with `--tokenizer` (`--documents levanter`: each document as levanter's BatchTokenizer
   writes it for Marin, BOS + text + " " + EOS) into `val_*.bin` and recorded as dataset `paloma/c4_en` (results file
-  its BPB under `eval/paloma/c4_en/bpb-cross-doc`, not Marin's key: evaluation/definitions.py).
+  its BPB under `eval/paloma/c4_en/bpb-cross-doc`, not Marin's key: speedrun_api/metric_definitions.py).
 - `nanochat-eval-bundle`: nanochat's CORE bundle. nanochat publishes `eval_bundle.zip` on S3, not
   on the hub ($SPEEDRUN_EVAL_BUNDLE_URL overrides the URL); it is downloaded with huggingface_hub's
   resumable HTTP downloader, its size and every member's CRC checked, and unpacked under
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from speedrun_api.run_contract import ENV_EVAL_BUNDLE_URL, cache_dir
 from speedrun_trainer.data import prepare as prepare_command
 from speedrun_trainer.data.shards import parse_header
 from speedrun_trainer.data.storage import DataError, open_storage
@@ -62,7 +63,7 @@ class FetchError(DataError):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SPEEDRUN_CACHE_DIR") or Path.home() / ".cache" / "speedrun") / "hub"
+    return cache_dir() / "hub"
 
 
 def hub_endpoint() -> str:
@@ -209,7 +210,7 @@ def fetch_paloma_c4_en(out: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def fetch_eval_bundle(out: str, args: argparse.Namespace) -> dict[str, Any]:
-    url = os.environ.get("SPEEDRUN_EVAL_BUNDLE_URL") or NANOCHAT_EVAL_BUNDLE_URL
+    url = os.environ.get(ENV_EVAL_BUNDLE_URL) or NANOCHAT_EVAL_BUNDLE_URL
     if not (cache_root() / "urls" / "eval_bundle.zip").is_file():
         check_reachable(url)
     path = url_file(url, "eval_bundle.zip")

@@ -284,7 +284,7 @@ def register(subparsers: Any) -> Any:
         "--dataset",
         default=None,
         help="the dataset's name, recorded in tokenizer_meta.json; results name BPB after it "
-        "(paloma/c4_en: eval/paloma/c4_en/bpb-cross-doc, see evaluation/definitions.py)",
+        "(paloma/c4_en: eval/paloma/c4_en/bpb-cross-doc, see speedrun_api/metric_definitions.py)",
     )
     p.add_argument(
         "--documents",

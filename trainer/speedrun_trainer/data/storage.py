@@ -316,13 +316,6 @@ def fetch_uri(uri: str, endpoint_url: str | None = None) -> bytes:
         return bytes(fs.cat_file(path))
 
 
-def download_uri(uri: str, dest: Path, endpoint_url: str | None = None) -> None:
-    """Copy the object at `uri` to the local file `dest`, atomically, without holding it in memory."""
-    fs, path = _fs_and_path(uri, endpoint_url)
-    with errors(uri, fs), atomic_file(dest) as f, fs.open(path, "rb") as src:
-        shutil.copyfileobj(src, f, 1 << 20)
-
-
 def cached_copy(uri: str, cache_dir: Path, endpoint_url: str | None = None) -> Path:
     """A local path of a remote object through fsspec's `filecache` under `cache_dir` (fetched once
     per node: other processes wait on a lock; fetched again when the object's version changes)."""

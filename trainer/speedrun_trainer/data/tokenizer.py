@@ -267,3 +267,11 @@ def load_tokenizer(spec: str, endpoint_url: str | None = None) -> Tokenizer:
     if not spec:
         raise TokenizerError("empty tokenizer spec: give byte, gpt2 or the URI of a tokenizer.json")
     return JsonTokenizer(spec, endpoint_url)
+
+
+def padded_token_bytes(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
+    """UTF-8 bytes per token id for a model whose vocabulary may be padded past the tokenizer's:
+    padding ids stand for no bytes."""
+    out = np.zeros(vocab_size, dtype=np.int64)
+    out[: tokenizer.vocab_size] = tokenizer.token_bytes()
+    return out

@@ -1,16 +1,12 @@
-"""Evaluation entry point: the final checkpoint -> BPB (and CORE) -> `speedrun_results.json`.
+"""Evaluation entry point: the final checkpoint -> BPB (and CORE) -> the results file.
 
     torchrun --standalone --nproc-per-node=P -m speedrun_trainer.evaluation --config run.json
     python -m speedrun_trainer.evaluation --config run.json          # one process
 
-Reads the newest complete checkpoint and `train_summary.json` from the run's storage, measures
-loss and bits-per-byte (every definition of evaluation.definitions) on the run's one evaluation
-set (`spec.eval.bpb.data`, default the validation data; the trainer judges targets on the same
-set) over `spec.eval.bpb.tokens` tokens split across ranks, the same for the untrained model
-(same seed, same init: the `initial_bpb` baseline), CORE when `spec.eval.core` is set, then
-writes the results file as one
-object and the headline numbers as the pod's termination message (docs/contracts.md), so the
-operator needs no storage credentials.
+Scores the checkpoint training ended with, and the untrained model (same seed and init: the
+`initial_bpb` baseline), on the run's one evaluation set, the set the trainer judged targets on.
+The headline numbers also go to the pod's termination message (docs/contracts.md), so the
+operator learns them without storage credentials.
 """
 
 from __future__ import annotations
@@ -21,78 +17,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
+from speedrun_api.run_contract import ENV_TERMINATION_LOG, TERMINATION_LOG, TRAIN_SUMMARY_FILE, cache_dir
 from speedrun_api.spec import SpeedrunJob
-from speedrun_trainer.data.loader import TokenDataset, open_dataset
+from speedrun_trainer.data.loader import open_dataset
 from speedrun_trainer.data.prepare import recorded_dataset, tokenizer_mismatch
-from speedrun_trainer.data.tokenizer import load_tokenizer
-from speedrun_trainer.evaluation.loss import LossEval, evaluate_loss, padded_token_bytes
+from speedrun_trainer.data.tokenizer import load_tokenizer, padded_token_bytes
 from speedrun_trainer.evaluation.results import build_run_info, headline, write_results
 from speedrun_trainer.train import checkpoint, preflight
-from speedrun_trainer.train.loop import SUMMARY_KEY
+from speedrun_trainer.train.core_eval import evaluate_run_core
+from speedrun_trainer.train.loss_eval import evaluate_run_loss
 from speedrun_trainer.train.model import GPT
-from speedrun_trainer.train.runtime import (
-    Dist,
-    cache_dir,
-    entry_point,
-    log,
-    run_storage,
-    seeded,
-)
+from speedrun_trainer.train.runtime import Dist, entry_point, log, run_storage, seeded
 from speedrun_trainer.train.versions import software_versions
-
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
 
 class EvalError(Exception):
     """Something the evaluation needs is missing (no checkpoint, no training summary)."""
 
 
-def _bpb(
-    model: torch.nn.Module, job: SpeedrunJob, env: Dist, dataset: TokenDataset, token_bytes: np.ndarray
-) -> LossEval:
-    spec = job.spec
-    return evaluate_loss(
-        model,
-        dataset,
-        token_bytes,
-        tokens=spec.eval.bpb.tokens,
-        seq_len=spec.model.seq_len,
-        batch_size=spec.train.device_batch_size,
-        rank=env.rank,
-        world_size=env.world_size,
-        device=env.device,
-        precision=spec.train.precision,
-        eval_batch=spec.train.batch_size,
-    )
-
-
-def _core(model: torch.nn.Module, job: SpeedrunJob, env: Dist, tokenizer: Any) -> dict[str, Any] | None:
-    core = job.spec.eval.core
-    if core is None:
-        return None
-    from speedrun_trainer.evaluation.core import evaluate_core
-
-    return evaluate_core(
-        model,
-        tokenizer,
-        core.bundle,
-        max_per_task=core.max_per_task,
-        device=env.device,
-        rank=env.rank,
-        world_size=env.world_size,
-        endpoint_url=job.spec.storage.endpoint_url,
-    )
-
-
 def write_termination_message(message: dict[str, Any]) -> None:
-    path = os.environ.get("SPEEDRUN_TERMINATION_LOG", DEFAULT_TERMINATION_LOG)
+    path = os.environ.get(ENV_TERMINATION_LOG, TERMINATION_LOG)
     target = Path(path)
-    if path == DEFAULT_TERMINATION_LOG and not target.parent.exists():
+    if path == TERMINATION_LOG and not target.parent.exists():
         return  # not in a pod
     try:
         target.write_text(json.dumps(message))
@@ -104,9 +52,9 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     """Run the whole evaluation; returns the headline on rank 0, None on other ranks."""
     spec = job.spec
     storage = run_storage(job)
-    if not storage.exists(SUMMARY_KEY):
-        raise EvalError(f"no {SUMMARY_KEY} in {storage.url('')}: has training finished?")
-    summary = storage.read_json(SUMMARY_KEY)
+    if not storage.exists(TRAIN_SUMMARY_FILE):
+        raise EvalError(f"no {TRAIN_SUMMARY_FILE} in {storage.url('')}: has training finished?")
+    summary = storage.read_json(TRAIN_SUMMARY_FILE)
     preflight.check_published(storage, job, summary)
     # The checkpoint training ended with, never an older one (checkpoint.load's fallback).
     final_step = int(summary["step"]) if isinstance(summary.get("step"), int) and summary["step"] > 0 else None
@@ -128,11 +76,11 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     with seeded(spec.train.seed):
         model = GPT(spec.model)  # exactly the trainer's initialization: the untrained baseline
     model.to(env.device)
-    initial = _bpb(model, job, env, dataset, token_bytes)
+    initial = evaluate_run_loss(model, job, env, dataset, token_bytes)
     model.load_state_dict(ckpt.model)
-    final = _bpb(model, job, env, dataset, token_bytes)
+    final = evaluate_run_loss(model, job, env, dataset, token_bytes)
     log(f"bpb {final.bpb:.4f} (untrained {initial.bpb:.4f}) over {final.tokens:,} tokens / {final.bytes:,} bytes")
-    core = _core(model, job, env, tokenizer)
+    core = evaluate_run_core(model, job, env, tokenizer)
     if core is not None:
         log(f"CORE {core['core_metric']:.4f} over {len(core.get('tasks', {}))} tasks")
     if not env.is_main:

@@ -1,17 +1,9 @@
-"""`speedrun_results.json`: Marin's shape, plus what the other two benchmarks need.
+"""The results file (`RESULTS_FILE`): Marin's shape, plus what the other two benchmarks need.
 
-`{"runs": [{"run_info": {...}}]}` with Marin's keys (model_size, total_tokens, model_flops,
-model_flops_per_token, num_devices, device_flops, training_time, training_hardware_flops,
-"eval/paloma/c4_en/bpb", wandb_run_link, run_completion_timestamp, ...) so Marin's leaderboard
-tooling reads it, and our additions: core_metric (nanochat), val_loss and time_to_target
-(modded-nanogpt), initial_bpb, mfu, the resolved spec and software versions.
-
-Every number says what it means (evaluation.definitions): the BPB is levanter's formula with
-attention across documents (`levanter-bpb-cross-doc`), so it is never filed under Marin's
-`eval/paloma/c4_en/bpb`: on Paloma C4-EN under `eval/paloma/c4_en/bpb-cross-doc`, elsewhere under
-`eval/<dataset>/bpb`; `bpb_definition`, `nanochat_bpb`, `val_loss_definition` (+ the track whose
-token count it used), `eval_set` (what was scored, and whether the spec asked for more tokens than
-the set holds), `metric_definitions` and `clock` (what the training time counts) go with them.
+`{"runs": [{"run_info": {...}}]}` with Marin's keys, so Marin's leaderboard tooling reads it, and
+our additions (core_metric, val_loss, time_to_target, initial_bpb, mfu, the spec, versions).
+Every number names its definition (speedrun_api.metric_definitions): our BPB is levanter's
+formula with attention across documents, so it is never filed under Marin's key.
 """
 
 from __future__ import annotations
@@ -23,10 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from speedrun_api.flops import forward_flops_per_token
-from speedrun_api.plan import Plan
-from speedrun_api.spec import SpeedrunJob
-from speedrun_trainer.data.storage import Storage
-from speedrun_trainer.evaluation.definitions import (
+from speedrun_api.metric_definitions import (
     DESCRIPTIONS,
     LEVANTER_BPB,
     LEVANTER_BPB_CROSS_DOC,
@@ -36,8 +25,11 @@ from speedrun_trainer.evaluation.definitions import (
     bpb_key,
     val_loss_track,
 )
+from speedrun_api.plan import Plan
+from speedrun_api.run_contract import RESULTS_FILE
+from speedrun_api.spec import SpeedrunJob
+from speedrun_trainer.data.storage import Storage
 
-RESULTS_KEY = "speedrun_results.json"
 BPB_KEY = MARIN_BPB_KEY  # levanter's exact number on Paloma C4-EN only: never ours; see bpb_key()
 CLOCK_RULE = (
     "optimizer steps only: evaluation, checkpointing and logging excluded; the first"
@@ -184,8 +176,8 @@ def build_run_info(
 def write_results(storage: Storage, run_info: dict[str, Any]) -> str:
     """Write the results file as one complete object; returns its URI."""
     RunInfo.model_validate(run_info)
-    storage.write_json(RESULTS_KEY, {"runs": [{"run_info": run_info}]})
-    return storage.url(RESULTS_KEY)
+    storage.write_json(RESULTS_FILE, {"runs": [{"run_info": run_info}]})
+    return storage.url(RESULTS_FILE)
 
 
 def headline(run_info: dict[str, Any], uri: str) -> dict[str, Any]:

@@ -2,6 +2,6 @@
 
 import sys
 
-from speedrun_trainer.leaderboard.command import main
+from speedrun_trainer.leaderboard.leaderboard_command import main
 
 sys.exit(main())

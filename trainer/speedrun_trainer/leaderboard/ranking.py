@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from speedrun_trainer.evaluation.definitions import LEVANTER_BPB, PALOMA_C4_EN
+from speedrun_api.metric_definitions import LEVANTER_BPB, PALOMA_C4_EN
 from speedrun_trainer.leaderboard.runs import (
     BPB_KEY,
     DEFAULT_BAND_WIDTH,

@@ -1,4 +1,4 @@
-"""Leaderboard runs: the `Run` and `Table` records, and loading speedrun_results.json files.
+"""Leaderboard runs: the `Run` and `Table` records, and loading results files (`RESULTS_FILE`).
 
 Files in our shape and in Marin's (`{"runs": [{"run_info": ...}]}`, or one `{"run_info": ...}`,
 without our additions) both load; a file that does not is skipped with one line on stderr.
@@ -17,8 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from speedrun_trainer.data.storage import DataError, open_storage
-from speedrun_trainer.evaluation.definitions import (
+from speedrun_api.metric_definitions import (
     LEVANTER_BPB,
     MARIN_BPB_KEY,
     MEAN_LOSS,
@@ -26,8 +25,9 @@ from speedrun_trainer.evaluation.definitions import (
     PALOMA_C4_EN,
     dataset_from_bpb_key,
 )
+from speedrun_api.run_contract import RESULTS_FILE
+from speedrun_trainer.data.storage import DataError, open_storage
 
-RESULTS_NAME = "speedrun_results.json"
 BPB_KEY = MARIN_BPB_KEY
 MARIN_TRACK = "marin"
 FLOPS_AXES = ("hardware", "model")
@@ -190,13 +190,13 @@ def runs_from_document(doc: Any, name: str, source: str) -> list[Run]:
 
 def load_runs(uri: str, endpoint_url: str | None = None) -> list[Run]:
     """Every run under `uri`; files that do not parse are reported on stderr and skipped."""
-    if uri.rstrip("/").rsplit("/", 1)[-1] == RESULTS_NAME:  # one file
+    if uri.rstrip("/").rsplit("/", 1)[-1] == RESULTS_FILE:  # one file
         uri, _, only = uri.rstrip("/").rpartition("/")
         storage = open_storage(uri or ".", endpoint_url)
         keys = [only] if storage.exists(only) else []
     else:
         storage = open_storage(uri, endpoint_url)
-        keys = [k for k in storage.list("") if k.rsplit("/", 1)[-1] == RESULTS_NAME]
+        keys = [k for k in storage.list("") if k.rsplit("/", 1)[-1] == RESULTS_FILE]
     runs: list[Run] = []
     seen: set[str] = set()
     duplicates = 0

@@ -1,19 +1,10 @@
 """The leaderboard's scaling and all-runs views (`speedrun leaderboard URI --view scaling|runs`).
 
-- scaling: runs grouped by `group/size`, each group's law L = a x^-b + c (scaling.py), ranked by
-  the forecast at x* (default 1e22 FLOPs); converged fits show the profile interval, which groups'
-  intervals overlap, and Marin's own forecast beside ours; `--fit marin` shows the site's numbers
-  and, like the site, ranks only groups with a run above 3e20 hardware FLOPs.
-- runs: every run with a BPB ranked by BPB, the Pareto frontier on the chosen FLOPs axis (the
-  site's rule: sorted by FLOPs, a run joins when its BPB is below every cheaper run's), and with
-  `--relative` each run's BPB in percent above (+) or below (-) the baseline group's law
-  (`adamw_llama_scaling` on Marin's data). With `--fit marin` the baseline is the site's: a baseline
-  run's own BPB at its FLOPs, log-x interpolation between baseline runs, the law outside them.
-
-A run's scaling name is its name when that has a folder (Marin's `group/size`), else the last two
-folders of its results file (`<prefix>/<sweep>/<point>/speedrun_results.json`), so a sweep run
-with `speedrun run ... --storage <prefix>/<sweep>/<point>` groups by itself.
-Marin's site data file (a JSON list of runs with `run_name` and `eval_paloma_c4_en_bpb`) loads too.
+- scaling: each `group/size` group's law fitted (scaling.py) and ranked by its forecast at x*
+  FLOPs, beside Marin's own forecast (`--fit marin`: the site's numbers; its runs.json loads too).
+- runs: every run with a BPB, ranked, with the Pareto frontier and, with `--relative`, each BPB
+  against the baseline group's law (docs/scaling.md). A run's scaling name is its folder's
+  `group/size`, so a sweep run with `--storage <prefix>/<sweep>/<point>` groups by itself.
 """
 
 from __future__ import annotations
@@ -24,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from speedrun_api.run_contract import RESULTS_FILE
 from speedrun_trainer.data.storage import DataError, open_storage
 from speedrun_trainer.leaderboard.marin_fit import PowerLaw, fit_marin, site_baseline_predict
 from speedrun_trainer.leaderboard.ranking import bpb_track_name, format_table
-from speedrun_trainer.leaderboard.runs import BPB_KEY, MARIN_TRACK, RESULTS_NAME, Run, Table, run_from_info
+from speedrun_trainer.leaderboard.runs import BPB_KEY, MARIN_TRACK, Run, Table, run_from_info
 from speedrun_trainer.leaderboard.scaling import (
     DEFAULT_CONFIDENCE,
     DEFAULT_FORECAST_FLOPS,
@@ -51,7 +43,7 @@ INTERVAL_METHOD = "profile likelihood (F test, each group's own residual varianc
 
 
 def is_site_file(uri: str) -> bool:
-    return uri.endswith(".json") and not uri.endswith("speedrun_results.json") and Path(uri).is_file()
+    return uri.endswith(".json") and not uri.endswith(RESULTS_FILE) and Path(uri).is_file()
 
 
 def load_site_runs(path: str) -> list[Run]:
@@ -70,7 +62,7 @@ def storage_root(uri: str, endpoint_url: str | None = None) -> str:
     """The URL that load_runs' sources start with for `uri` (a file's folder for one file)."""
     if is_site_file(uri):
         return Path(uri).resolve().parent.as_uri()
-    if uri.rstrip("/").rsplit("/", 1)[-1] == RESULTS_NAME:
+    if uri.rstrip("/").rsplit("/", 1)[-1] == RESULTS_FILE:
         uri = uri.rstrip("/").rpartition("/")[0] or "."
     return open_storage(uri, endpoint_url).url()
 

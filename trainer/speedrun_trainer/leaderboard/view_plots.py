@@ -9,8 +9,8 @@ intervals (scaling.forecast_band at `--band-points` FLOPs, 12 by default; none f
 which has no interval) and the forecast with its interval as an error bar; every other group faint
 grey (its runs and law, no band), so Marin's 20 groups stay legible. The legend gives the top
 groups' ranks, forecasts and intervals. All runs: BPB (or with `--relative` percent above or below
-the baseline's law) against FLOPs, the Pareto frontier highlighted as in render.py.
-Both draw on matplotlib's Agg canvas directly (no pyplot), as render.py does.
+the baseline's law) against FLOPs, the Pareto frontier highlighted as in frontier_plot.py.
+Both draw on matplotlib's Agg canvas directly (no pyplot), as frontier_plot.py does.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import io
 import math
 from typing import TYPE_CHECKING, Any
 
-from speedrun_trainer.leaderboard.render import FRONTIER_COLOR, RUN_COLOR, place_labels
+from speedrun_trainer.leaderboard.frontier_plot import FRONTIER_COLOR, RUN_COLOR, place_labels
 from speedrun_trainer.leaderboard.scaling import GroupFit, forecast_band
 from speedrun_trainer.leaderboard.scaling_views import AXES, comparable_runs, runs_view, scaling_view
 

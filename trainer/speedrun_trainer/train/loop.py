@@ -3,18 +3,12 @@
     torchrun --nnodes=N --nproc-per-node=P --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 \
         -m speedrun_trainer.train --config run.json
 
-Trains the spec's GPT to its horizon (or until the target metric is reached), with gradient
-accumulation, DDP (NCCL on GPU, gloo on CPU), bf16 autocast (GPUs; CPUs with native bf16) and
-optional torch.compile.
-Checkpoints go to the run's storage every `checkpointEvery` steps and at the end; on start it
-resumes from the newest complete checkpoint, so a restarted pod (or torchrun worker restart)
-continues the step counter. The clock counts only the optimizer steps: evaluation,
-checkpointing and logging are excluded, and so are the first `train.clockWarmupSteps` steps of
-every process start (torch.compile, CUDA warm-up, and again after a resume), whose time is kept
-apart as `warmup_seconds` (nanochat scripts/base_train.py: `if step > 10`, steps 0-10 out; modded-nanogpt
-times after its warm-up). Targets are judged on the run's one evaluation set (`spec.eval_data`),
-the set the headline numbers come from. Rank 0 serves Prometheus metrics and writes
-`train_summary.json` at the end.
+Trains the spec's GPT to its horizon or its target (judged on the run's one evaluation set, the
+set the headline numbers come from), checkpointing to the run's storage and resuming from the
+newest complete checkpoint, so a restarted pod continues the step counter. The clock counts only
+optimizer steps, without the first `train.clockWarmupSteps` of every process start (compile,
+warm-up; kept apart as `warmup_seconds`), as nanochat's base_train.py does (`if step > 10`).
+Rank 0 serves Prometheus metrics and writes the training summary at the end.
 """
 
 from __future__ import annotations
@@ -33,21 +27,22 @@ from speedrun_api.accelerators import lookup
 from speedrun_api.flops import training_flops_per_token
 from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
+from speedrun_api.run_contract import ENV_METRICS_PORT, TRAIN_SUMMARY_FILE, cache_dir
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import open_dataset
 from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.data.prepare import tokenizer_mismatch
-from speedrun_trainer.data.tokenizer import load_tokenizer
-from speedrun_trainer.evaluation.loss import evaluate_loss, padded_token_bytes
+from speedrun_trainer.data.tokenizer import load_tokenizer, padded_token_bytes
 from speedrun_trainer.train import checkpoint, preflight
+from speedrun_trainer.train.core_eval import evaluate_run_core
 from speedrun_trainer.train.fp8 import check_fp8, convert_to_fp8
+from speedrun_trainer.train.loss_eval import evaluate_run_loss
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.train.runtime import (
     DeviceError,
     Dist,
     autocast_dtype,
-    cache_dir,
     entry_point,
     log,
     resolve_compile,
@@ -57,8 +52,6 @@ from speedrun_trainer.train.step import LossMeter, StepTimer, TrainStep, data_pa
 from speedrun_trainer.train.telemetry import Telemetry
 from speedrun_trainer.train.tracking import Tracker
 from speedrun_trainer.train.versions import software_versions
-
-SUMMARY_KEY = "train_summary.json"
 
 
 @dataclass
@@ -171,7 +164,7 @@ class Trainer:
         self.train_step = TrainStep(
             self.model, self.forward, self.ddp, self.optimizers, env.device, t.precision, t.optimizer.max_grad_norm
         )
-        port = int(os.environ.get("SPEEDRUN_METRICS_PORT") or spec.metrics.port)
+        port = int(os.environ.get(ENV_METRICS_PORT) or spec.metrics.port)
         self.telemetry = Telemetry(port if env.is_main else None)
         self.tracker = Tracker(
             job, enabled=env.is_main, run_id=self.state.run_id, config={"spec": job.manifest()["spec"]}
@@ -306,19 +299,7 @@ class Trainer:
 
     def _evaluate(self) -> bool:
         st, env, spec = self.state, self.env, self.spec
-        ev = evaluate_loss(
-            self.model,
-            self.val_data,
-            self.token_bytes,
-            tokens=spec.eval.bpb.tokens,
-            seq_len=spec.model.seq_len,
-            batch_size=spec.train.device_batch_size,
-            rank=env.rank,
-            world_size=env.world_size,
-            device=env.device,
-            precision=spec.train.precision,
-            eval_batch=spec.train.batch_size,
-        )
+        ev = evaluate_run_loss(self.model, self.job, env, self.val_data, self.token_bytes)
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
         st.history.append(
             {"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb, "training_seconds": st.training_seconds}
@@ -333,20 +314,8 @@ class Trainer:
 
     def _core_reached(self, value: float) -> bool:
         """nanochat's time-to-GPT-2: CORE at every eval point; its time is not training time."""
-        from speedrun_trainer.evaluation.core import evaluate_core
-
-        core = self.spec.eval.core
-        assert core is not None
-        result = evaluate_core(
-            self.model,
-            self.tokenizer,
-            core.bundle,
-            max_per_task=core.max_per_task,
-            device=self.env.device,
-            rank=self.env.rank,
-            world_size=self.env.world_size,
-            endpoint_url=self.spec.storage.endpoint_url,
-        )
+        result = evaluate_run_core(self.model, self.job, self.env, self.tokenizer)
+        assert result is not None  # called only when spec.eval.core is set
         score = float(result["core_metric"])
         self.state.history[-1]["core"] = score
         self.tracker.log({"core_metric": score}, self.state.step)
@@ -373,7 +342,7 @@ class Trainer:
             return
         st = self.state
         self.storage.write_json(
-            SUMMARY_KEY,
+            TRAIN_SUMMARY_FILE,
             {
                 **asdict(st),
                 "total_steps": self.plan.steps,

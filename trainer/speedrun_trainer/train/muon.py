@@ -9,20 +9,14 @@ iteration. Per parameter the update is exactly the textbook one:
     p   <- p * (1 - lr * wd) - lr * sqrt(max(1, rows/cols)) * NS5(d)
 
 How it runs (the ideas of nanochat's `MuonAdamW` and modded-nanogpt's distributed Muon, written
-here from reading them): the hidden matrices of a transformer come in a few shapes (q/o, k/v,
-MLP up, MLP down), so a step makes one bucket per shape, stacks its directions into one
-(N, rows, cols) tensor and runs Newton-Schulz as batched matmuls: a handful of ops per shape
-instead of ~40 per parameter. Momentum, weight decay and the parameter update are `torch._foreach_*`
-calls over the bucket. Under torch.distributed (DDP has already averaged the gradients) rank r
-orthogonalises only its contiguous share of each stack, ceil(N / world) matrices, and one
-all-gather per shape brings every rank the full stack of updates. Momentum buffers stay per
-parameter and identical on every rank, so rank 0's `state_dict` is the whole optimizer (the
-checkpoint format is unchanged). With `compile=True` (the trainer passes its compile setting)
-the Newton-Schulz iteration is one torch.compile'd graph per shape. Each iteration is three
-batched matmuls, two of them `baddbmm` with the scaling folded in (no separate multiplies and adds).
-`ns_dtype` is the dtype the iteration multiplies in: bf16 on CUDA (as modded-nanogpt and nanochat),
-fp32 elsewhere unless asked; the trainer asks for bf16 on CPUs that multiply bf16 natively
-(`runtime.native_bf16_matmul`: AVX512-BF16 or AMX), where it takes about half the time of fp32.
+here from reading them): one bucket per matrix shape (q/o, k/v, MLP up, MLP down), its directions
+stacked into one (N, rows, cols) tensor, Newton-Schulz as batched matmuls (`baddbmm`, the scaling
+folded in; one torch.compile'd graph per shape with `compile=True`): a handful of ops per shape
+instead of ~40 per parameter. Under torch.distributed rank r orthogonalises its contiguous share
+of each stack and one all-gather per shape brings every rank the whole stack; momentum buffers
+stay per parameter and identical on every rank, so rank 0's `state_dict` is the whole optimizer.
+`ns_dtype` is what the iteration multiplies in: by default bf16 on CUDA (as modded-nanogpt and
+nanochat), else fp32; the trainer asks for bf16 on CPUs with native bf16 (`native_bf16_matmul`).
 
     opt = Muon(hidden_matrices, lr=0.02, momentum=0.95, weight_decay=0.0)
 """

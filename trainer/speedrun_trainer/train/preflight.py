@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from speedrun_api.manifest import ConfigError
+from speedrun_api.run_contract import RUN_IDENTITY_FILE
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset
 from speedrun_trainer.data.storage import DataError, Storage, scheme_of
 
-IDENTITY_KEY = "run_identity.json"
 TRAINING_FIELDS = ("model", "train", "data", "target")
 NOT_TRAINING = {"train": ("checkpointEvery", "logEvery")}  # how often to save or log: same weights
 SCAN_CHUNK = 1 << 24  # tokens per np.max call: bounded memory on any shard size
@@ -71,8 +71,8 @@ def _refuse(storage: Storage, what: str, stored: dict[str, Any] | None, job: Spe
 
 def check_identity(storage: Storage, job: SpeedrunJob, newest_checkpoint_meta: dict[str, Any] | None) -> None:
     """Refuse a storage that belongs to another spec's run (every rank; reads only)."""
-    if storage.exists(IDENTITY_KEY):
-        stored = storage.read_json(IDENTITY_KEY)
+    if storage.exists(RUN_IDENTITY_FILE):
+        stored = storage.read_json(RUN_IDENTITY_FILE)
         if stored.get("spec_hash") != spec_hash(job):
             raise _refuse(storage, "a run", stored.get("training_spec"), job)
     elif newest_checkpoint_meta is not None and isinstance(newest_checkpoint_meta.get("spec"), dict):
@@ -87,18 +87,18 @@ def check_identity(storage: Storage, job: SpeedrunJob, newest_checkpoint_meta: d
 
 def claim(storage: Storage, job: SpeedrunJob) -> None:
     """Rank 0: record this spec as the run's identity (after `check_identity` passed)."""
-    if not storage.exists(IDENTITY_KEY):
-        storage.write_json(IDENTITY_KEY, {"spec_hash": spec_hash(job), "training_spec": training_spec(job)})
+    if not storage.exists(RUN_IDENTITY_FILE):
+        storage.write_json(RUN_IDENTITY_FILE, {"spec_hash": spec_hash(job), "training_spec": training_spec(job)})
 
 
 def check_published(storage: Storage, job: SpeedrunJob, summary: dict[str, Any]) -> None:
     """The evaluation: the training summary must come from this spec's training."""
     trained = summary.get("spec_hash")
-    if trained is None and storage.exists(IDENTITY_KEY):
-        trained = storage.read_json(IDENTITY_KEY).get("spec_hash")
+    if trained is None and storage.exists(RUN_IDENTITY_FILE):
+        trained = storage.read_json(RUN_IDENTITY_FILE).get("spec_hash")
     if trained is not None and trained != spec_hash(job):
-        stored = storage.read_json(IDENTITY_KEY).get("training_spec") if storage.exists(IDENTITY_KEY) else None
-        raise _refuse(storage, "the training of a run", stored, job)
+        identity = storage.read_json(RUN_IDENTITY_FILE) if storage.exists(RUN_IDENTITY_FILE) else {}
+        raise _refuse(storage, "the training of a run", identity.get("training_spec"), job)
 
 
 def check_writable(storage: Storage) -> None:

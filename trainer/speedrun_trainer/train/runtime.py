@@ -14,12 +14,12 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from speedrun_api.manifest import EXIT_INVALID, ConfigError, SpecError, load_job
+from speedrun_api.run_contract import ENV_STORAGE_URI, local_run_root, resolve_storage_uri
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.shards import ShardError
 from speedrun_trainer.data.storage import DataError, Storage, open_storage
@@ -123,12 +123,11 @@ def resolve_compile(setting: bool | None, device: torch.device) -> bool:
 
 
 def run_storage(job: SpeedrunJob) -> Storage:
-    uri = os.environ.get("SPEEDRUN_STORAGE_URI") or job.spec.storage.uri or f"runs/{job.metadata.name}"
+    """The run's storage: what the launcher set, else spec.storage.uri, else `runs/<name>` here."""
+    default = str(local_run_root(job.metadata.name))
+    uri = resolve_storage_uri(job, override=os.environ.get(ENV_STORAGE_URI), default=default)
+    assert uri is not None  # the default is never None
     return open_storage(uri, endpoint_url=job.spec.storage.endpoint_url)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SPEEDRUN_CACHE_DIR") or Path.home() / ".cache" / "speedrun")
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from speedrun_api.metrics import HELP, METRIC_NAMES
+from speedrun_api.trainer_metrics import HELP, METRIC_NAMES
 
 
 @dataclass

@@ -33,10 +33,9 @@ import tempfile
 from pathlib import Path
 
 from speedrun_api.manifest import EXIT_INVALID
+from speedrun_api.run_contract import ENV_CONFIG_ERROR_FILE, ENV_DIE_WITH_PARENT
 
-CONFIG_ERROR_FILE_ENV = "SPEEDRUN_CONFIG_ERROR_FILE"
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in an Indexed Job's pods
-DIE_WITH_PARENT_ENV = "SPEEDRUN_DIE_WITH_PARENT"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -45,7 +44,7 @@ def die_with_parent() -> None:
 
     prctl(PR_SET_PDEATHSIG) is Linux-only; elsewhere `speedrun run`'s own signal handling (and
     torchrun's, which stops its workers on SIGTERM) is what stops the tree."""
-    if os.environ.get(DIE_WITH_PARENT_ENV) != "1" or not sys.platform.startswith("linux"):
+    if os.environ.get(ENV_DIE_WITH_PARENT) != "1" or not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -86,7 +85,7 @@ def with_rendezvous_host(argv: list[str], completion_index: str | None) -> list[
 
 def report_config_error(message: str) -> None:
     """Called by a worker before it exits with EXIT_INVALID."""
-    path = os.environ.get(CONFIG_ERROR_FILE_ENV)
+    path = os.environ.get(ENV_CONFIG_ERROR_FILE)
     if path:
         with contextlib.suppress(OSError):  # the exit code still says it; only the message is lost
             Path(path).write_text(message.strip().splitlines()[0] if message.strip() else message)
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="speedrun-torchrun-") as tmp:
         error_file = Path(tmp) / "config-error"
-        os.environ[CONFIG_ERROR_FILE_ENV] = str(error_file)
+        os.environ[ENV_CONFIG_ERROR_FILE] = str(error_file)
         try:
             run(parse_args(argv))
         except ChildFailedError as err:

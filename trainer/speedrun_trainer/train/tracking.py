@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from speedrun_api.run_contract import ENV_RUN_DIR
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.train.runtime import log
 
@@ -32,7 +33,7 @@ def wandb_dir() -> Path:
     """Where W&B writes its files: WANDB_DIR, else the run directory, else the temporary directory."""
     if os.environ.get("WANDB_DIR"):
         return Path(os.environ["WANDB_DIR"])
-    return Path(os.environ.get("SPEEDRUN_RUN_DIR") or tempfile.gettempdir())
+    return Path(os.environ.get(ENV_RUN_DIR) or tempfile.gettempdir())
 
 
 def has_api_key() -> bool:

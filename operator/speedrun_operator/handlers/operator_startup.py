@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 
 from speedrun_api.spec import API_GROUP
-from speedrun_operator import kube, leader, metrics
+from speedrun_operator import kube, leader, operator_metrics
 from speedrun_operator.labels import KOPF_ANNOTATION_PREFIX, LABEL_MANAGED_BY, MANAGER
 from speedrun_operator.settings import OperatorSettings
 
@@ -53,7 +53,7 @@ def configure(kopf_settings: kopf.OperatorSettings, memo: kopf.Memo, logger: log
     kopf_settings.watching.label_selectors["batch", "v1", "jobs"] = f"{LABEL_MANAGED_BY}={MANAGER}"
     kopf_settings.scanning.disabled = bool(settings.namespaces)
     context = OperatorContext(settings=settings, client=kube.KubeClient(kube.load_configuration()))
-    context.metrics_server = metrics.serve(settings.metrics_port)
+    context.metrics_server = operator_metrics.serve(settings.metrics_port)
     memo.operator = context
     logger.info(
         f"speedrun-operator: image {settings.trainer_image}, metrics port {settings.metrics_port or 'off'}, "

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from speedrun_api.metric_definitions import LossSums, levanter_bpb, mean_loss, nanochat_bpb
+from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset
-from speedrun_trainer.data.tokenizer import Tokenizer
-from speedrun_trainer.evaluation.definitions import LossSums, levanter_bpb, mean_loss, nanochat_bpb
-from speedrun_trainer.train.runtime import all_reduce_sum, autocast, log
+from speedrun_trainer.train.runtime import Dist, all_reduce_sum, autocast, log
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,6 @@ class LossEval:
     def exceeded(self) -> bool:
         """True when the spec asked for more tokens than the set holds (fewer were scored)."""
         return self.requested_tokens > self.sums.tokens
-
-
-def padded_token_bytes(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
-    """UTF-8 bytes per token id for a model whose vocabulary may be padded past the tokenizer's:
-    padding ids stand for no bytes."""
-    out = np.zeros(vocab_size, dtype=np.int64)
-    out[: tokenizer.vocab_size] = tokenizer.token_bytes()
-    return out
 
 
 def score_batch(losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> LossSums:
@@ -153,6 +145,28 @@ def evaluate_loss(
     rows = reduced[n:]
     batches = tuple((rows[i], int(rows[i + 1]), int(rows[i + 2])) for i in range(0, len(rows), 3))
     return LossEval(sums=total, requested_tokens=tokens, set_tokens=set_tokens, levanter_batches=batches)
+
+
+def evaluate_run_loss(
+    model: nn.Module, job: SpeedrunJob, env: Dist, dataset: TokenDataset, token_bytes: np.ndarray
+) -> LossEval:
+    """`evaluate_loss` as the run's spec asks: `eval.bpb.tokens` of seqLen sequences in the
+    training's device batches and precision, levanter's eval batch being the training batch.
+    The training loop (at every eval point) and the final evaluation both score this way."""
+    spec = job.spec
+    return evaluate_loss(
+        model,
+        dataset,
+        token_bytes,
+        tokens=spec.eval.bpb.tokens,
+        seq_len=spec.model.seq_len,
+        batch_size=spec.train.device_batch_size,
+        rank=env.rank,
+        world_size=env.world_size,
+        device=env.device,
+        precision=spec.train.precision,
+        eval_batch=spec.train.batch_size,
+    )
 
 
 _WARNED: set[tuple[str, int]] = set()

@@ -1,11 +1,12 @@
 """CORE: the DCLM in-context-learning ensemble, scored the way nanochat scores it.
 
-    from speedrun_trainer.evaluation.core import evaluate_core, format_core_table
+    from speedrun_trainer.train.core_eval import evaluate_core, format_core_table
     result = evaluate_core(model, tokenizer, "s3://bucket/eval_bundle", max_per_task=500,
                            device="cuda", rank=rank, world_size=world_size)
     print(format_core_table(result))
 
-`speedrun_trainer.evaluation` calls it when `spec.eval.core` is set; tests: `pytest tests/test_core_eval.py`.
+`evaluate_run_core` runs it as the spec's `eval.core` asks, for the final evaluation and for a CORE
+target during training; tests: `pytest tests/test_core_eval.py`.
 
 The bundle (DCLM / nanochat layout) is a directory URI (file://, a path, s3:// or https://) or a
 `.zip` of one (nanochat's `eval_bundle.zip`):
@@ -46,7 +47,9 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
+from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.storage import DataError, fetch_uri
+from speedrun_trainer.train.runtime import Dist
 
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 REQUIRED_KEYS = {
@@ -335,6 +338,24 @@ def evaluate_core(
         }
     core = sum(r["centered"] for r in results.values()) / len(results)
     return {"core_metric": core, "tasks": results, "max_per_task": max_per_task}
+
+
+def evaluate_run_core(model: torch.nn.Module, job: SpeedrunJob, env: Dist, tokenizer: Any) -> dict[str, Any] | None:
+    """`evaluate_core` as the run's spec asks (`eval.core`); None when it asks for no CORE.
+    The training loop (for a CORE target) and the final evaluation both score this way."""
+    core = job.spec.eval.core
+    if core is None:
+        return None
+    return evaluate_core(
+        model,
+        tokenizer,
+        core.bundle,
+        max_per_task=core.max_per_task,
+        device=env.device,
+        rank=env.rank,
+        world_size=env.world_size,
+        endpoint_url=job.spec.storage.endpoint_url,
+    )
 
 
 def format_core_table(result: dict[str, Any]) -> str:

@@ -20,9 +20,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from speedrun_api.metrics import parse_metrics
+from speedrun_api.metric_definitions import LEVANTER_BPB, bpb_key
+from speedrun_api.trainer_metrics import parse_metrics
 from speedrun_trainer.cli.notices import LogWatcher, Notice
-from speedrun_trainer.evaluation.definitions import LEVANTER_BPB, bpb_key
 
 MIN_BAR_WIDTH = 10
 STYLES = {"resumed": "cyan", "wandb": "magenta", "warning": "yellow", "results": "green", "info": ""}

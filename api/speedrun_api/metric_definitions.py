@@ -144,8 +144,3 @@ def dataset_from_bpb_key(key: str) -> str | None:
         if key.startswith("eval/") and key.endswith(suffix) and len(key) > len("eval/") + len(suffix):
             return key[len("eval/") : -len(suffix)]
     return None
-
-
-def dataset_name(uri: str, recorded: str | None = None) -> str:
-    """The name a dataset is filed under: what its metadata records, else its URI."""
-    return recorded or uri

@@ -1,9 +1,10 @@
 """Training progress: scrape rank 0's Prometheus endpoint and map it onto status.progress.
 
-Rank 0 of the trainer serves gauges without labels (docs/contracts.md); the operator polls
-`http://<rank-0 pod IP>:<spec.metrics.port>/metrics` on a kopf timer while the job is Training
-and copies the values it finds. Parsing uses prometheus_client's text parser, so any valid
-exposition (comments, other metrics, `_created` samples) is fine.
+Rank 0 of the trainer serves gauges without labels (docs/contracts.md); while the job is
+Training, the operator's periodic thread (handlers/periodic.py) polls
+`http://<rank-0 pod IP>:<spec.metrics.port>/metrics` and copies the values it finds. Parsing
+uses prometheus_client's text parser, so any valid exposition (comments, other metrics,
+`_created` samples) is fine.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import urllib.request
 from typing import Any
 
-from speedrun_api.metrics import METRIC_NAMES, parse_metrics
 from speedrun_api.status import Progress
+from speedrun_api.trainer_metrics import METRIC_NAMES, parse_metrics
 
 SCRAPE_TIMEOUT = 3.0
 

@@ -2,7 +2,7 @@
 
     speedrun_operator_jobs{phase}                          gauge: SpeedrunJobs by phase
     speedrun_operator_reconcile_duration_seconds{handler}  histogram
-    speedrun_operator_training_restarts_total              counter: replaced training pods
+    speedrun_operator_training_restarts_total              counter: gang restarts of training
     speedrun_operator_failures_total{reason}               counter: jobs that ended Failed
     speedrun_operator_progress_scrapes_total{result}       counter: rank-0 scrapes (ok|error)
 
@@ -31,7 +31,9 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RESTARTS = Counter(
-    "speedrun_operator_training_restarts", "Training pods that failed and were replaced", registry=REGISTRY
+    "speedrun_operator_training_restarts",
+    "Gang restarts: a failed training attempt replaced by the next (status.restarts)",
+    registry=REGISTRY,
 )
 FAILURES = Counter("speedrun_operator_failures", "SpeedrunJobs that ended Failed", ["reason"], registry=REGISTRY)
 SCRAPES = Counter("speedrun_operator_progress_scrapes", "Scrapes of rank 0's metrics", ["result"], registry=REGISTRY)

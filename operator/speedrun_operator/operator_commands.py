@@ -4,8 +4,8 @@
     speedrun operator [--namespace NS ...] [--all-namespaces] [--image IMG] [--metrics-port N]
                       [--leader-election] [--dev]
 
-The main CLI (speedrun_trainer.cli.main) calls `register(subparsers)`; until then, or to run only
-these, use `python -m speedrun_operator.commands ...`. `operator` writes its flags into the
+The main CLI (speedrun_trainer.cli.speedrun) calls `register(subparsers)`; until then, or to run only
+these, use `python -m speedrun_operator.operator_commands ...`. `operator` writes its flags into the
 environment (settings.py) and then runs `kopf run -m speedrun_operator.main` in-process.
 """
 

@@ -1,4 +1,4 @@
-"""`speedrun leaderboard URI`: rank every speedrun_results.json under a file:// or s3:// prefix.
+"""`speedrun leaderboard URI`: rank every run's results file under a file:// or s3:// prefix.
 
 speedrun leaderboard runs/                                  a table per track
 speedrun leaderboard s3://bucket/speedruns --plot board.png --html board.html
@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from speedrun_api.run_contract import RESULTS_FILE
 from speedrun_trainer.data.storage import DataError
 from speedrun_trainer.leaderboard import scaling, scaling_views
 from speedrun_trainer.leaderboard.ranking import (
@@ -29,7 +30,7 @@ from speedrun_trainer.leaderboard.ranking import (
     rank_runs,
     runs_json,
 )
-from speedrun_trainer.leaderboard.runs import DEFAULT_BAND_WIDTH, EXIT_ERROR, FLOPS_AXES, RESULTS_NAME, Run, load_runs
+from speedrun_trainer.leaderboard.runs import DEFAULT_BAND_WIDTH, EXIT_ERROR, FLOPS_AXES, Run, load_runs
 
 # ---- the command ----------------------------------------------------------------------------
 
@@ -56,7 +57,7 @@ def _band_points(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("uri", help="file:// or s3:// prefix (or a directory) holding speedrun_results.json files")
+    p.add_argument("uri", help=f"file:// or s3:// prefix (or a directory) holding {RESULTS_FILE} files")
     p.add_argument(
         "--plot",
         metavar="PNG",
@@ -122,7 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("leaderboard", help="rank the speedrun_results.json files under a URI")
+    p = subparsers.add_parser("leaderboard", help=f"rank the {RESULTS_FILE} files under a URI")
     add_arguments(p)
     p.set_defaults(func=handler)
 
@@ -139,7 +140,7 @@ def handler(args: argparse.Namespace) -> int:
         site_file = scaling_views.is_site_file(args.uri)
         runs = scaling_views.load_site_runs(args.uri) if site_file else load_runs(args.uri, args.endpoint_url)
         if not runs:
-            raise DataError(f"{args.uri}: no {RESULTS_NAME} found")
+            raise DataError(f"{args.uri}: no {RESULTS_FILE} found")
         if args.view:
             if args.band_points and not (args.view == "scaling" and (args.json or args.plot)):
                 raise DataError("--band-points: only with --view scaling --json or --plot (the table has no band)")
@@ -183,10 +184,10 @@ def handler(args: argparse.Namespace) -> int:
         else:
             print(f"{len(runs)} runs, none with a BPB or a target: nothing to rank", file=sys.stderr)
         if args.plot:
-            from speedrun_trainer.leaderboard import render
+            from speedrun_trainer.leaderboard import frontier_plot
 
             first_bpb = next((name for name in tracks if is_bpb_track(name)), None)  # marin first when present
-            png = render.plot_png(tracks[first_bpb], args.flops, first_bpb) if first_bpb else None
+            png = frontier_plot.plot_png(tracks[first_bpb], args.flops, first_bpb) if first_bpb else None
             if png is None:
                 raise DataError(f"{args.uri}: no run has both a BPB and {args.flops} FLOPs to plot")
             _write(args.plot, png)

@@ -3,7 +3,7 @@
     speedrun plan FILE [--json]       what a manifest will cost (Marin's print_run_info)
     speedrun run FILE                 train + evaluate locally with torchrun, no cluster
     speedrun data prepare ...         text files -> token shards
-    speedrun leaderboard URI          rank speedrun_results.json files
+    speedrun leaderboard URI          rank the results files under a URI
     speedrun render FILE              the Kubernetes objects the operator would create
     speedrun crd [--check]            regenerate the CRD from the pydantic model
     speedrun operator                 run the kopf operator
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from speedrun_api.accelerators import lookup
 from speedrun_api.manifest import EXIT_INVALID, SpecError, load_job, strict_json
 from speedrun_api.plan import Plan, resolve
+from speedrun_api.run_contract import LOCAL_RUNS_DIR
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer import __version__
 
@@ -103,9 +104,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 # modules must never take down the CLI's core commands.
 _PLUGINS = [
     ("speedrun_trainer.data.fetch", "register_data"),
-    ("speedrun_trainer.leaderboard.command", "register"),
+    ("speedrun_trainer.leaderboard.leaderboard_command", "register"),
     ("speedrun_api.crd", "register"),
-    ("speedrun_operator.commands", "register"),
+    ("speedrun_operator.operator_commands", "register"),
 ]
 
 
@@ -121,14 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train and evaluate a manifest locally with torchrun (no cluster)")
     p.add_argument("file", help="SpeedrunJob manifest (YAML or JSON)")
-    p.add_argument("--storage", help="storage URI for checkpoints and results (default ./runs/<name>/<run-id>)")
+    p.add_argument("--storage", help="storage URI for checkpoints and results (default <runs-dir>/<name>/<run-id>)")
     p.add_argument("--resume", action="store_true", help="continue the newest run of this manifest under --runs-dir")
     p.add_argument(
         "--force",
         action="store_true",
         help="with --resume: evaluate a run that already finished again, overwriting its results",
     )
-    p.add_argument("--runs-dir", default="runs", help="where local runs live (default ./runs)")
+    p.add_argument("--runs-dir", default=LOCAL_RUNS_DIR, help=f"where local runs live (default ./{LOCAL_RUNS_DIR})")
     p.add_argument(
         "--launcher",
         choices=("torchrun", "torchx"),

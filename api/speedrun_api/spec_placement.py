@@ -1,0 +1,97 @@
+"""Where and how a run runs: resources, storage, tracking, metrics and the run policy.
+
+The parts of a `SpeedrunJob` spec that say nothing about the model or its training: the
+operator turns them into pods, Jobs and Secrets references, and `speedrun run` reads the same
+fields on one machine. Values that reach Kubernetes objects follow its own formats (kubeformats.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from speedrun_api import kubeformats as kf
+from speedrun_api.spec_types import INT32_MAX, Base, PositiveInt
+
+
+class ResourcesSpec(Base):
+    nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    min_nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    max_nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    procs_per_node: Annotated[int, Field(ge=1, le=256)] = 1
+    accelerator: str = "cpu"
+    device_flops: Annotated[float, Field(gt=0, le=1e18)] | None = Field(
+        None, description="Peak FLOP/s per device; overrides the table"
+    )
+    cpu: kf.Quantity | None = None
+    memory: kf.Quantity | None = None
+    node_selector: dict[str, kf.LabelValue] = kf.node_selector_field()
+    tolerations: list[kf.Toleration] = Field([], max_length=kf.MAX_TOLERATIONS)
+    priority_class_name: kf.DnsSubdomain | None = None
+    topology: kf.LabelValue | None = Field(None, description="TPU slice topology, e.g. 2x2x2")
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, selector: dict[str, str]) -> dict[str, str]:
+        problems = [p for key in selector if (p := kf.label_key_problem(key))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return selector
+
+    @property
+    def node_range(self) -> tuple[int, int]:
+        if self.nodes is not None:
+            return self.nodes, self.nodes
+        return self.min_nodes or 1, self.max_nodes or self.min_nodes or 1
+
+    @property
+    def elastic(self) -> bool:
+        lo, hi = self.node_range
+        return lo != hi
+
+
+class SecretRef(Base):
+    name: kf.DnsSubdomain
+
+
+class StorageSpec(Base):
+    uri: str = Field(
+        "",
+        description="Where checkpoints and results go (s3://, gs:// or file:// prefix). Default: the run"
+        " directory with speedrun run; in a cluster the operator's default prefix, else required",
+    )
+    endpoint_url: str | None = None
+    secret_ref: SecretRef | None = None
+
+
+class WandbSpec(Base):
+    project: str = "speedrun"
+    entity: str | None = None
+    mode: Literal["online", "offline", "disabled"] = "disabled"
+    secret_ref: SecretRef | None = None
+
+
+class TrackingSpec(Base):
+    wandb: WandbSpec = WandbSpec()
+
+
+class MetricsSpec(Base):
+    port: Annotated[int, Field(ge=1024, le=65535)] = 9400
+
+
+class RunPolicy(Base):
+    max_restarts: Annotated[int, Field(ge=0, le=10_000)] = 3
+    active_deadline_seconds: PositiveInt | None = None
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    suspend: bool = False
+    startup_deadline_seconds: Annotated[int, Field(ge=1, le=INT32_MAX)] = Field(
+        3600,
+        description=(
+            "Fail when the training pods are not all running this long after the Job starts (Kueue's wait excluded)"
+        ),
+    )
+    queue_name: kf.LabelValue | None = Field(None, description="Kueue LocalQueue (the Job's queue-name label)")
+    # How long a torchrun agent waits for the c10d store and for the other nodes to join: rank 0's
+    # pod may start minutes after the others (image pulls, node autoscaling).
+    rendezvous_timeout_seconds: Annotated[int, Field(ge=60, le=86_400)] = 900

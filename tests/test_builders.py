@@ -20,7 +20,7 @@ from speedrun_api.manifest import load_job, parse_job
 from speedrun_operator import builders
 from speedrun_operator.commands import main as cli
 from speedrun_operator.settings import OperatorSettings
-from tests.helpers import EXAMPLES
+from tests.support.helpers import EXAMPLES
 
 SETTINGS = OperatorSettings(default_storage_uri="s3://bucket/runs")
 TINY = yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())

@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from tests import chart_docs, go_tool
+from tests.support import chart_docs, go_tool
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def rendered() -> str:
 
 
 def test_chart_readme_is_what_helm_docs_renders(rendered: str) -> None:
-    assert chart_docs.README.read_text() == rendered, "stale: run `python tests/chart_docs.py`"
+    assert chart_docs.README.read_text() == rendered, "stale: run `python tests/support/chart_docs.py`"
 
 
 def leaf_keys(value: object, prefix: str = "") -> set[str]:

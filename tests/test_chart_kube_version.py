@@ -22,7 +22,7 @@ from speedrun_api.manifest import load_job, parse_job
 from speedrun_operator import labels as L
 from speedrun_operator.builders import build_all
 from speedrun_operator.settings import OperatorSettings
-from tests.helpers import ROOT
+from tests.support.helpers import ROOT
 
 CHART = ROOT / "charts" / "speedrun-operator"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

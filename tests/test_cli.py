@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from speedrun_trainer.cli.main import main
-from tests.helpers import EXAMPLES, tiny_manifest, write_manifest
+from tests.support.helpers import EXAMPLES, tiny_manifest, write_manifest
 
 MARIN_KEYS = {"model_size", "model_flops_per_token", "model_flops", "total_tokens", "num_devices", "device_flops"}
 

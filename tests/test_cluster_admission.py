@@ -23,7 +23,7 @@ from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_run import served_namespace
-from tests.helpers import ROOT, tiny_manifest
+from tests.support.helpers import ROOT, tiny_manifest
 
 pytestmark = pytest.mark.cluster
 

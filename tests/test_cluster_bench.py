@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.cluster.fixtures import tier_missing
-from tests.helpers import ROOT
+from tests.support.helpers import ROOT
 
 pytestmark = pytest.mark.cluster
 

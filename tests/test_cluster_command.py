@@ -24,7 +24,7 @@ from tests.cluster.chart import install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until, write_kubeconfig
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.node_agent import NodeAgent
-from tests.helpers import ROOT, tiny_manifest
+from tests.support.helpers import ROOT, tiny_manifest
 from tests.test_cluster_operator import CHART_VALUES
 
 pytestmark = pytest.mark.cluster

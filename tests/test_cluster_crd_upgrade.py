@@ -26,8 +26,8 @@ import yaml
 from tests.cluster.chart import CHART, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
-from tests.helm_tool import helm_path
-from tests.helpers import ROOT, tiny_manifest
+from tests.support.helm_tool import helm_path
+from tests.support.helpers import ROOT, tiny_manifest
 
 pytestmark = pytest.mark.cluster
 

@@ -35,7 +35,7 @@ from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.prometheus import Prometheus, prometheus_binary
 from tests.conftest import S3_CREDENTIALS
-from tests.helpers import ROOT, tiny_manifest
+from tests.support.helpers import ROOT, tiny_manifest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

@@ -22,7 +22,7 @@ from tests.cluster.chart import chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.node_agent import NodeAgent
-from tests.helpers import tiny_manifest
+from tests.support.helpers import tiny_manifest
 
 pytestmark = pytest.mark.cluster
 

@@ -25,7 +25,7 @@ from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_process import OperatorProcess, operator_process
-from tests.helpers import tiny_manifest
+from tests.support.helpers import tiny_manifest
 
 pytestmark = pytest.mark.cluster
 

@@ -30,7 +30,7 @@ from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.players import PodPlayers
-from tests.helpers import tiny_manifest
+from tests.support.helpers import tiny_manifest
 from tests.test_cluster_operator import CHART_VALUES
 
 pytestmark = pytest.mark.cluster

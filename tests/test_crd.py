@@ -18,8 +18,8 @@ from speedrun_api.crd import PRINTER_COLUMNS, build_crd, render_crd
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.status import Condition, Progress, Results, SpeedrunJobStatus
 from speedrun_trainer.cli.main import main as cli
-from tests.helpers import EXAMPLES, ROOT, with_changes
-from tests.kube_admission import CustomResourceSchema
+from tests.support.helpers import EXAMPLES, ROOT, with_changes
+from tests.support.kube_admission import CustomResourceSchema
 
 CRD_FILE = ROOT / "crds" / "speedrunjob.yaml"
 SCHEMA = CustomResourceSchema(build_crd())

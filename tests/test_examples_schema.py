@@ -23,7 +23,7 @@ import yaml
 from speedrun_api.manifest import parse_job
 from speedrun_operator.builders import BuildError, check_runnable
 from speedrun_operator.settings import OperatorSettings
-from tests import helm_tool
+from tests.support import helm_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD = ROOT / "crds" / "speedrunjob.yaml"

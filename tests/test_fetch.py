@@ -1,4 +1,4 @@
-"""`speedrun data fetch` against a local server that answers like the Hugging Face Hub (tests/hub_mirror.py).
+"""`speedrun data fetch` against a local server that answers like the Hugging Face Hub (tests/support/hub_mirror.py).
 
 Each dataset is a small mirror in the hub's layout; the downloads go through huggingface_hub for
 real (HF_ENDPOINT, HF_TOKEN, resume after a dropped connection, sizes), then become what a
@@ -22,7 +22,7 @@ from speedrun_trainer.cli.main import main as speedrun
 from speedrun_trainer.data.loader import open_dataset
 from speedrun_trainer.data.prepare import recorded_dataset
 from speedrun_trainer.data.shards import read_shard_file, write_shard
-from tests.hub_mirror import HubMirror
+from tests.support.hub_mirror import HubMirror
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from speedrun_api.flops import forward_flops_per_token, param_count, scaling_par
 from speedrun_api.manifest import load_job
 from speedrun_api.plan import resolve
 from speedrun_api.spec import ModelSpec
-from tests.helpers import EXAMPLES
+from tests.support.helpers import EXAMPLES
 
 
 def test_marin_130m_matches_print_run_info():
@@ -76,7 +76,7 @@ def test_param_count_tied_and_qk_norm():
 
 def test_horizons_resolve_to_steps(tmp_path):
     from speedrun_api.manifest import parse_job
-    from tests.helpers import tiny_manifest
+    from tests.support.helpers import tiny_manifest
 
     per_step = 8 * 64
     by_tokens = resolve(parse_job(tiny_manifest(**{"spec.train.steps": None, "spec.train.tokens": 10 * per_step + 1})))

@@ -8,7 +8,7 @@ own code: the environment it sets is what settings.py reads, the RBAC covers eve
 kube.py touches (and no more), the PodMonitor selects the pods the builders create, the dashboard
 queries metrics that exist.
 
-    pytest tests/test_helm.py     # helm from tests/helm_tool.py, cached under .cache/helm/
+    pytest tests/test_helm.py     # helm from tests/support/helm_tool.py, cached under .cache/helm/
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from speedrun_operator.commands import kopf_run_argv
 from speedrun_operator.metrics import REGISTRY, serve
 from speedrun_operator.progress import METRIC_FIELDS
 from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings, env_name
-from tests import helm_tool
+from tests.support import helm_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "speedrun-operator"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import tiny_manifest, write_manifest
+from tests.support.helpers import tiny_manifest, write_manifest
 
 START_TIMEOUT = 120.0  # two torchrun agents and their workers up, on 2 busy cores
 GONE_TIMEOUT = 30.0

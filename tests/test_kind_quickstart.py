@@ -83,7 +83,7 @@ def test_minio_serves_the_storage_the_speedrunjob_uses() -> None:
 
 
 def test_chart_renders_valid_objects_with_the_kind_values() -> None:
-    from tests import helm_tool
+    from tests.support import helm_tool
 
     try:
         helm = helm_tool.helm_path()

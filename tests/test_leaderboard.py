@@ -5,7 +5,7 @@
 Fixtures in tests/data/leaderboard/: three results files in Marin's shape (no name, no
 num_devices/device_flops, one without the "runs" list) and five in ours (time-to-CORE runs in
 nanochat's style, time-to-val_loss runs in BottleCap's). The plot is drawn and its pixels looked
-at; the HTML page is opened in headless Chromium (tests/cdp.py) and used as a person would: a
+at; the HTML page is opened in headless Chromium (tests/support/cdp.py) and used as a person would: a
 click on a header sorts, hovering a point shows its tooltip, a drag zooms, the axis toggles
 (skipped, saying why, where Chromium is not installed).
 """
@@ -265,7 +265,7 @@ def test_frontier_follows_marins_site_on_either_axis() -> None:
 def test_html_page_in_headless_chromium_sorts_on_a_click_and_shows_a_tooltip(tmp_path: Path) -> None:
     """The page in a real browser: a click on a header sorts, hovering a point shows its tooltip,
     the x-axis toggle redraws the chart with the model-FLOPs frontier."""
-    from tests.cdp import Browser, find_chromium
+    from tests.support.cdp import Browser, find_chromium
 
     if find_chromium() is None:
         pytest.skip("Chromium is not installed (apt-get install -y chromium): the page was not opened")
@@ -334,7 +334,7 @@ def _tiny_results(tmp_path: Path) -> dict[str, Any]:
     from speedrun_api.manifest import parse_job
     from speedrun_api.plan import resolve
     from speedrun_trainer.evaluation.results import build_run_info
-    from tests.helpers import tiny_manifest
+    from tests.support.helpers import tiny_manifest
 
     job = parse_job(tiny_manifest())
     summary = {"step": 20, "training_seconds": 4.0, "num_devices": 2, "device_flops": 1e11}

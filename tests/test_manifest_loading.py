@@ -20,7 +20,7 @@ import yaml
 from speedrun_api import safeyaml
 from speedrun_api.manifest import SpecError, load_job, parse_job
 from speedrun_trainer.cli.main import main
-from tests.helpers import EXAMPLES, tiny_manifest, write_manifest
+from tests.support.helpers import EXAMPLES, tiny_manifest, write_manifest
 
 ERROR_LINE = re.compile(r"^error: (spec|metadata|kind|apiVersion|status|\S+\.(yaml|json))(\S*|:\d+): \S.*$")
 LE, FINITE = "Input should be less than or equal to", "Input should be a finite number"

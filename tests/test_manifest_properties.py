@@ -45,7 +45,7 @@ from speedrun_operator.handlers import reconcile
 from speedrun_operator.handlers.setup import OperatorContext
 from speedrun_operator.settings import OperatorSettings
 from speedrun_trainer.cli.main import plan_json
-from tests.helpers import EXAMPLES
+from tests.support.helpers import EXAMPLES
 
 MAX_EXAMPLES = 600
 EXAMPLE_DOCS = [yaml.safe_load(p.read_text()) for p in sorted(EXAMPLES.glob("*.yaml"))]

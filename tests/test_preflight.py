@@ -21,7 +21,7 @@ from speedrun_trainer.data.shards import write_shard
 from speedrun_trainer.data.storage import open_storage
 from speedrun_trainer.evaluation import evaluate
 from speedrun_trainer.train import checkpoint, loop, preflight
-from tests.helpers import tiny_manifest, write_manifest
+from tests.support.helpers import tiny_manifest, write_manifest
 
 VOCAB = 264  # tests/helpers.tiny_manifest (the byte tokenizer's 257 fit)
 

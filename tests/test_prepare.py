@@ -114,7 +114,7 @@ def test_cli_errors_are_one_line_exit_2(args: list[str], message: str, tmp_path:
 def test_prepare_llama3_sized_vocabulary_writes_uint32_shards(tmp_path: Path) -> None:
     from speedrun_trainer.data.shards import read_shard_file
     from speedrun_trainer.data.tokenizer import load_tokenizer
-    from tests.llama3_vocab import write_llama3_sized_tokenizer
+    from tests.support.llama3_vocab import write_llama3_sized_tokenizer
 
     spec = str(write_llama3_sized_tokenizer(tmp_path / "tokenizer.json"))
     docs = tmp_path / "docs.jsonl"
@@ -153,7 +153,7 @@ def test_shards_of_another_tokenizer_are_named_as_a_config_problem(tmp_path: Pat
 def _byte_level_tokenizer(path: Path, adds_bos: bool, normalizer: dict | None = None) -> Path:
     """256 ByteLevel characters (id = byte) and Llama 3's BOS 256 / EOS 257; optionally a post-processor
     that adds BOS itself, as Llama 3's tokenizer does."""
-    from tests.llama3_vocab import _byte_level_chars
+    from tests.support.llama3_vocab import _byte_level_chars
 
     specials = [
         {

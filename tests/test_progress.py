@@ -23,7 +23,7 @@ from rich.console import Console
 from speedrun_trainer.cli.main import main
 from speedrun_trainer.cli.notices import LogWatcher, classify
 from speedrun_trainer.cli.progress import LiveDisplay, RunScreen, human_eta
-from tests.helpers import ROOT, tiny_manifest, write_manifest
+from tests.support.helpers import ROOT, tiny_manifest, write_manifest
 
 METRICS = {"step": 150, "train_loss": 2.54321, "tokens_per_second": 10252.0, "eta_seconds": 106.0, "val_bpb": 2.163}
 

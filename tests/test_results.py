@@ -11,7 +11,7 @@ from speedrun_api.manifest import parse_job
 from speedrun_api.plan import resolve
 from speedrun_trainer.data.storage import open_storage
 from speedrun_trainer.evaluation.results import BPB_KEY, RESULTS_KEY, RunInfo, build_run_info, headline, write_results
-from tests.helpers import tiny_manifest
+from tests.support.helpers import tiny_manifest
 
 SUMMARY = {
     "step": 20,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tests.helpers import tiny_manifest, write_manifest
+from tests.support.helpers import tiny_manifest, write_manifest
 
 STEPS = 60
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import tiny_manifest, write_manifest
+from tests.support.helpers import tiny_manifest, write_manifest
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "torchx"])

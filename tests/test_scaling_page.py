@@ -27,7 +27,7 @@ from tests.test_leaderboard import load_png, pixels_near, rgb
 from tests.test_scaling import SITE_RUNS, depth_sweep, synthetic
 
 if TYPE_CHECKING:
-    from tests.cdp import Browser
+    from tests.support.cdp import Browser
 
 
 def marin_runs() -> list:
@@ -185,7 +185,7 @@ def set_forecast(browser: Browser, text: str) -> None:
 
 def test_page_scaling_view_in_headless_chromium(tmp_path: Path) -> None:
     """Marin's 96 runs: switch to Scaling, read the leader's forecast, forecast elsewhere, switch back."""
-    from tests.cdp import Browser, find_chromium
+    from tests.support.cdp import Browser, find_chromium
 
     if find_chromium() is None:
         pytest.skip("Chromium is not installed (apt-get install -y chromium): the page was not opened")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from speedrun_api.manifest import SpecError, load_job, parse_job
-from tests.helpers import EXAMPLES, tiny_manifest, write_manifest
+from tests.support.helpers import EXAMPLES, tiny_manifest, write_manifest
 
 
 def errors(**overrides: object) -> list[str]:

@@ -19,7 +19,7 @@ from speedrun_trainer.data.storage import (
     fetch_uri,
     open_storage,
 )
-from tests.gcs_server import GcsBucket, gcs_bucket, gcs_server  # noqa: F401 - fixtures
+from tests.support.gcs_server import GcsBucket, gcs_bucket, gcs_server  # noqa: F401 - fixtures
 
 
 def _exercise(storage, expected_root: str) -> None:

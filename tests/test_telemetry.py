@@ -41,7 +41,7 @@ def test_unset_validation_metrics_are_absent_not_nan():
 
 def wandb_job(mode: str):
     from speedrun_api.manifest import parse_job
-    from tests.helpers import tiny_manifest
+    from tests.support.helpers import tiny_manifest
 
     return parse_job(tiny_manifest(**{"spec.tracking.wandb.mode": mode}))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from speedrun_trainer.cli.launch import free_port
 from speedrun_trainer.train.torchrun import config_path, with_rendezvous_host
-from tests.helpers import tiny_manifest, write_manifest
+from tests.support.helpers import tiny_manifest, write_manifest
 
 
 def _torchrun(config: Path, tmp_path: Path) -> subprocess.CompletedProcess:

@@ -2,7 +2,7 @@
 
 Marin's runs use a 128,256-token vocabulary; its ids do not fit modded-nanogpt's uint16 shards.
 This trains a small GPT with that vocabulary (a synthetic tokenizers JSON of the same size, see
-tests/llama3_vocab.py) through the real trainer and evaluation entry points, one process each.
+tests/support/llama3_vocab.py) through the real trainer and evaluation entry points, one process each.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 from speedrun_trainer.data.builtin import builtin_documents
 from speedrun_trainer.data.prepare import prepare
 from speedrun_trainer.data.shards import read_shard_file
-from tests.helpers import tiny_manifest, write_manifest
-from tests.llama3_vocab import LLAMA3_VOCAB, write_llama3_sized_tokenizer
+from tests.support.helpers import tiny_manifest, write_manifest
+from tests.support.llama3_vocab import LLAMA3_VOCAB, write_llama3_sized_tokenizer
 
 
 def _run(module: str, config: Path, storage: Path, cache: Path) -> str:

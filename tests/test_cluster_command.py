@@ -20,12 +20,11 @@ import pytest
 import yaml
 
 from speedrun_trainer.cli.launch import free_port
-from tests.cluster.chart import install_chart
+from tests.cluster.chart import CHART_VALUES, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until, write_kubeconfig
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.support.helpers import ROOT, tiny_manifest
-from tests.test_cluster_operator import CHART_VALUES
 
 pytestmark = pytest.mark.cluster
 

@@ -34,8 +34,8 @@ from tests.cluster.fixtures import Kubectl
 from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.prometheus import Prometheus, prometheus_binary
-from tests.conftest import S3_CREDENTIALS
 from tests.support.helpers import ROOT, tiny_manifest
+from tests.support.s3 import S3_CREDENTIALS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

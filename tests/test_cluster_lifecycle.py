@@ -25,13 +25,12 @@ import pytest
 import yaml
 
 from speedrun_trainer.cli.launch import free_port
-from tests.cluster.chart import ChartOperator, chart_operator, install_chart
+from tests.cluster.chart import CHART_VALUES, ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.players import PodPlayers
 from tests.support.helpers import tiny_manifest
-from tests.test_cluster_operator import CHART_VALUES
 
 pytestmark = pytest.mark.cluster
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from speedrun_trainer.cli.launch import free_port
-from tests.cluster.chart import ChartOperator, chart_operator, install_chart
+from tests.cluster.chart import CHART_VALUES, ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.node_agent import NodeAgent
@@ -28,14 +28,6 @@ pytestmark = pytest.mark.cluster
 
 NAMESPACE = "speedruns-cp"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
-# The intervals the operator module reads at import (kopf timers; the chart passes them as env).
-CHART_VALUES = {
-    "operator.defaultStorageUri": "s3://speedrun-test/runs",
-    "operator.progressInterval": "1",
-    "operator.resyncInterval": "5",
-    "trainer.image.repository": "registry.test/speedrun-trainer",
-    "trainer.image.tag": "test",
-}
 
 
 def wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:

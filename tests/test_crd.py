@@ -2,7 +2,8 @@
 
 Validation here is offline: structural defaulting and the openAPIV3Schema (jsonschema, draft 4
 like Kubernetes' OpenAPI v3 subset). The CEL rules (x-kubernetes-validations) are evaluated by the
-real kube-apiserver with the CEL_REJECTS table below, in tests/test_cluster_crd.py.
+real kube-apiserver with the same CEL_REJECTS table (tests/support/crd_cases.py), in
+tests/test_cluster_crd.py.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 
 from speedrun_api.crd import PRINTER_COLUMNS, build_crd, render_crd
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.status import Condition, Progress, Results, SpeedrunJobStatus
 from speedrun_trainer.cli.main import main as cli
-from tests.support.helpers import EXAMPLES, ROOT, with_changes
+from tests.support.crd_cases import CEL_REJECTS, SCHEMA_REJECTS, example_docs, tiny
+from tests.support.helpers import ROOT
 from tests.support.kube_admission import CustomResourceSchema
 
 CRD_FILE = ROOT / "crds" / "speedrunjob.yaml"
@@ -26,17 +27,8 @@ SCHEMA = CustomResourceSchema(build_crd())
 FORBIDDEN_KEYS = {"$ref", "$defs", "anyOf", "oneOf", "allOf", "not", "const", "title"}
 
 
-def example_docs() -> list[dict[str, Any]]:
-    return [yaml.safe_load(p.read_text()) for p in sorted(EXAMPLES.glob("*.yaml"))]
-
-
 def admit(doc: dict[str, Any]) -> list[str]:
     return SCHEMA.validate(SCHEMA.default(doc))
-
-
-def tiny(**changes: Any) -> dict[str, Any]:
-    """tiny-cpu with dotted-path changes; None deletes the key."""
-    return with_changes(yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text()), **changes)
 
 
 def test_committed_crd_matches_the_models() -> None:
@@ -118,41 +110,12 @@ def test_server_side_defaults_mean_what_pydantic_defaults_mean(doc: dict[str, An
     assert parse_job(defaulted).manifest() == parse_job(doc).manifest()
 
 
-SCHEMA_REJECTS = [
-    ("spec.model.activation: 'tanh' is not one of", tiny(**{"spec.model.activation": "tanh"})),
-    ("spec.model.vocabSize: 0 is less than the minimum", tiny(**{"spec.model.vocabSize": 0})),
-    ("spec.train.optimizer.learningRate: 0 is less than or equal", tiny(**{"spec.train.optimizer.learningRate": 0})),
-    ("spec.metrics.port: 80 is less than the minimum", tiny(**{"spec.metrics.port": 80})),
-    ("spec: 'data' is a required property", tiny(**{"spec.data": None})),
-]
-
-
 @pytest.mark.parametrize(("where", "doc"), SCHEMA_REJECTS, ids=[w for w, _ in SCHEMA_REJECTS])
 def test_schema_rejects_what_the_model_rejects(where: str, doc: dict[str, Any]) -> None:
     problems = admit(doc)
     assert problems and problems[0].startswith(where), problems
     with pytest.raises(SpecError):
         parse_job(doc)
-
-
-CEL_REJECTS = [
-    ("spec.model.hiddenDim: must be divisible by numHeads", tiny(**{"spec.model.numHeads": 3}), True),
-    ("spec.model.numHeads: must be divisible by numKvHeads", tiny(**{"spec.model.numKvHeads": 3}), True),
-    ("head dim) must be even", tiny(**{"spec.model.hiddenDim": 132, "spec.model.intermediateDim": 512}), True),
-    ("give exactly one training horizon", tiny(**{"spec.train.tokens": 1000}), True),
-    ("give exactly one training horizon", tiny(**{"spec.train.steps": None}), True),
-    ("spec.resources.nodes: invalid node count", tiny(**{"spec.resources.minNodes": 1}), True),
-    ("minNodes and maxNodes go together", tiny(**{"spec.resources.nodes": None, "spec.resources.minNodes": 1}), True),
-    (
-        "must not exceed maxNodes",
-        tiny(**{"spec.resources.nodes": None, "spec.resources.minNodes": 2, "spec.resources.maxNodes": 1}),
-        True,
-    ),
-    ("unknown accelerator", tiny(**{"spec.resources.accelerator": "nvidia-b200"}), True),
-    ("required for a CORE target", tiny(**{"spec.target": {"metric": "core", "value": 0.25}}), True),
-    ("at most 52 characters", tiny(**{"metadata.name": "x" * 53}), True),
-    ("must start with a letter", tiny(**{"metadata.name": "7up"}), False),
-]
 
 
 @pytest.mark.parametrize(("message", "doc", "model_rejects"), CEL_REJECTS, ids=[m for m, _, _ in CEL_REJECTS])

@@ -12,23 +12,22 @@ click on a header sorts, hovering a point shows its tooltip, a drag zooms, the a
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from speedrun_trainer.cli.main import main as speedrun
 from speedrun_trainer.leaderboard.ranking import build_tables, is_bpb_track, rank_runs
 from speedrun_trainer.leaderboard.render import FRONTIER_COLOR
 from speedrun_trainer.leaderboard.runs import BPB_KEY, Run, run_from_info
+from tests.support.helpers import TEST_DATA
+from tests.support.pixels import load_png, pixels_near
 
-DATA = Path(__file__).parent / "data" / "leaderboard"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DATA = TEST_DATA / "leaderboard"
 PARETO = {"marin/llama_130m_adamw", "marin/llama_75m_adamw", "bottlecap-muon-wd", "d26-bf16", "d26-fp8", "d20"}
 # Our fixtures (written by this project, not published) measured BPB on their own benchmarks' data: each
 # dataset is its own track, apart from Marin's C4-EN.
@@ -39,24 +38,6 @@ NANOCHAT_TRACK = "bpb:nanochat-fineweb-edu/val [levanter-bpb-cross-doc]"
 def run(name: str, flops: float | None = None, bpb: float | None = None, seconds: float = 100.0, **extra: Any) -> Run:
     info = {"name": name, "training_hardware_flops": flops, BPB_KEY: bpb, "training_time": seconds, **extra}
     return run_from_info(info, name, f"file:///{name}/speedrun_results.json")
-
-
-def rgb(color: str) -> np.ndarray:
-    return np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.int16)
-
-
-def pixels_near(image: np.ndarray, color: str, tolerance: int = 12) -> int:
-    return int((np.abs(image[..., :3].astype(np.int16) - rgb(color)).max(axis=-1) <= tolerance).sum())
-
-
-def load_png(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    assert data.startswith(PNG_SIGNATURE)
-    with Image.open(io.BytesIO(data)) as image:
-        image.verify()
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def test_pareto_frontier_bands_and_ties() -> None:

@@ -32,8 +32,7 @@ from speedrun_trainer.cli.main import main as speedrun
 from speedrun_trainer.leaderboard.marin_fit import PowerLaw, fit_marin
 from speedrun_trainer.leaderboard.scaling import Point, fit_converged, fit_group, fit_groups, sse
 from speedrun_trainer.leaderboard.scaling_views import groups_of, load_site_runs, runs_view
-
-SITE_RUNS = Path(__file__).parent / "data" / "marin-speedrun" / "runs.json"  # Marin's data/runs.json
+from tests.support.scaling_runs import SITE_RUNS, SIZES, TRUE_LAW, depth_sweep, synthetic, write_results
 
 SITE_FORECASTS = {  # BPB at 1e22 FLOPs, per group, as the site computes it
     "hardware": {
@@ -150,17 +149,6 @@ def test_converged_fit_beats_the_sites_fit_on_adamh() -> None:
 
 # ---- intervals and flags on synthetic groups ------------------------------------------------
 
-TRUE_LAW = PowerLaw(400.0, 0.155, 0.68)
-SIZES = np.geomspace(3e17, 3e20, 6)
-
-
-def synthetic(seed: int, sigma: float, sizes: np.ndarray = SIZES) -> list[Point]:
-    rng = np.random.default_rng(seed)
-    return [
-        Point(f"syn/{i}", float(x), TRUE_LAW.predict(float(x)) + float(rng.normal(0.0, sigma)))
-        for i, x in enumerate(sizes)
-    ]
-
 
 def test_intervals_cover_the_true_forecast_on_synthetic_groups() -> None:
     truth = TRUE_LAW.predict(1e22)
@@ -211,35 +199,6 @@ def test_ranking_says_where_intervals_overlap() -> None:
 
 
 # ---- the command ----------------------------------------------------------------------------
-
-
-def write_results(
-    root: Path, folder: str, name: str, flops: float, bpb: float, bpb_key: str = "eval/paloma/c4_en/bpb"
-) -> None:
-    info = {
-        "name": name,
-        "author": {"name": "me"},
-        bpb_key: bpb,
-        "training_time": 100.0,
-        "training_hardware_flops": flops,
-        "model_flops": flops / 2,
-        "device_flops": 1e11,
-        "num_devices": 1,
-    }
-    target = root / folder / "speedrun_results.json"
-    target.parent.mkdir(parents=True)
-    target.write_text(json.dumps({"runs": [{"run_info": info}]}))
-
-
-def depth_sweep(root: Path) -> None:
-    """Our own results: a depth sweep (5 sizes) and a width sweep with only 2 runs so far."""
-    law = PowerLaw(50.0, 0.12, 0.9)
-    wiggle = [0.002, -0.003, 0.001, 0.002, -0.002]
-    for i, depth in enumerate((4, 6, 8, 10, 12)):
-        flops = 1e15 * depth**3
-        write_results(root, f"sweep/d{depth}", f"sweep-d{depth}", flops, law.predict(flops) + wiggle[i])
-    for width in (128, 256):
-        write_results(root, f"wide/w{width}", f"wide-w{width}", 1e15 * width, 1.9)
 
 
 def test_cli_scaling_view_on_our_own_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

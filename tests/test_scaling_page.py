@@ -23,8 +23,8 @@ from speedrun_trainer.leaderboard.render import FRONTIER_COLOR
 from speedrun_trainer.leaderboard.scaling import fit_group, forecast_interval
 from speedrun_trainer.leaderboard.scaling_views import comparable_runs, load_site_runs, runs_view, scaling_view
 from speedrun_trainer.leaderboard.view_plots import COLORS, FAINT, scaling_png
-from tests.test_leaderboard import load_png, pixels_near, rgb
-from tests.test_scaling import SITE_RUNS, depth_sweep, synthetic
+from tests.support.pixels import load_png, pixels_near, rgb
+from tests.support.scaling_runs import SITE_RUNS, depth_sweep, synthetic
 
 if TYPE_CHECKING:
     from tests.support.cdp import Browser

@@ -34,6 +34,15 @@ from tests.support.helm_tool import HelmUnavailable, helm_path
 from tests.support.helpers import ROOT
 
 CHART = ROOT / "charts" / "speedrun-operator"
+# The values the operator tests install with; the intervals the operator module reads at import
+# (kopf timers; the chart passes them as env).
+CHART_VALUES = {
+    "operator.defaultStorageUri": "s3://speedrun-test/runs",
+    "operator.progressInterval": "1",
+    "operator.resyncInterval": "5",
+    "trainer.image.repository": "registry.test/speedrun-trainer",
+    "trainer.image.tag": "test",
+}
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ from tests.cluster.control_plane import ControlPlane
 from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_run import chart_operator_in
-from tests.conftest import S3_CREDENTIALS
 from tests.support.helpers import tiny_manifest
+from tests.support.s3 import S3_CREDENTIALS
 
 S3_SECRET = "speedrun-s3"
 BUCKET = "runs"

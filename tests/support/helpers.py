@@ -10,6 +10,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
+TEST_DATA = ROOT / "tests" / "data"
 
 
 def example(name: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 helm-docs (tests/support/go_tool.py builds it from its Go module) writes the values table from the
 `# --` comment above each setting, in file order. The README is committed, so that it reads on
-GitHub and in Artifact Hub; tests/test_chart_docs.py fails when it drifts from what helm-docs
+GitHub and in Artifact Hub; tests/e2e/test_chart_docs.py fails when it drifts from what helm-docs
 renders now.
 
     python tests/support/chart_docs.py           # regenerate charts/speedrun-operator/README.md

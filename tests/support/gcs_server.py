@@ -1,7 +1,7 @@
 """A real Google Cloud Storage emulator for the gs:// tests: fake-gcs-server, built from its Go
 module (tests/support/go_tool.py) and run on loopback with an in-memory backend.
 
-    def test_x(gcs_bucket): ...   # `from tests.support.gcs_server import gcs_bucket, gcs_server` in the module
+    def test_x(gcs_bucket): ...   # in tests/e2e, whose conftest.py imports both fixtures
 
 `gcs_server` (session) starts it and sets nothing; `gcs_bucket` creates a new bucket through the
 JSON API and sets STORAGE_EMULATOR_HOST for the test, which gcsfs (and so our storage) honours.

@@ -1,9 +1,9 @@
 """What the apiserver does with a custom resource on admission, for the fast tier: defaults, schema.
 
-Used by tests/test_crd.py, the unit tier that runs without Go: structural defaulting from the
+Used by tests/unit/api/test_crd.py, the unit tier that runs without Go: structural defaulting from the
 CRD's `default`s and the openAPIV3Schema checked with jsonschema
 (draft 4, the dialect of Kubernetes' OpenAPI v3 subset). The `x-kubernetes-validations` CEL rules
-are evaluated by the real kube-apiserver in the control-plane tier (tests/test_cluster_crd.py),
+are evaluated by the real kube-apiserver in the control-plane tier (tests/cluster/test_crd.py),
 not here.
 """
 

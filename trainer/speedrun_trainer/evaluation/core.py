@@ -5,7 +5,8 @@
                            device="cuda", rank=rank, world_size=world_size)
     print(format_core_table(result))
 
-`speedrun_trainer.evaluation` calls it when `spec.eval.core` is set; tests: `pytest tests/test_core_eval.py`.
+`speedrun_trainer.evaluation` calls it when `spec.eval.core` is set; tests:
+`pytest tests/unit/trainer/test_core_eval.py`.
 
 The bundle (DCLM / nanochat layout) is a directory URI (file://, a path, s3:// or https://) or a
 `.zip` of one (nanochat's `eval_bundle.zip`):

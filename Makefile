@@ -1,6 +1,7 @@
 # speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject changes).
 #   make speedrun   the CPU-tiny speedrun, locally (no cluster); installs only what running needs
 #   make test       lint, generated-file drift check, the control plane's binaries, and the whole test suite
+#   make test-unit | test-cluster | test-e2e   one tier alone (tests/unit needs no Go and no root)
 #   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: setup speedrun test lint crd clean cluster-bin
+.PHONY: setup speedrun test test-unit test-cluster test-e2e lint crd clean cluster-bin
 
 setup: $(STAMP)
 
@@ -36,6 +37,17 @@ test: setup
 	$(BIN)/speedrun crd --check
 	$(BIN)/python -m tests.cluster.binaries build --optional
 	$(BIN)/python -m pytest -q
+
+test-unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+test-cluster: setup
+	$(BIN)/python -m tests.cluster.binaries build --optional
+	$(BIN)/python -m pytest -q tests/cluster
+
+test-e2e: setup
+	$(BIN)/python -m tests.cluster.binaries build --optional
+	$(BIN)/python -m pytest -q tests/e2e
 
 # The control-plane tier's etcd, kube-apiserver, kube-controller-manager, kube-scheduler and CoreDNS,
 # built from tests/cluster/go/ into ~/.cache/speedrun-operator/cluster/<go.sum hash>/bin (never the

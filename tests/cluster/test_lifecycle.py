@@ -9,8 +9,8 @@ Covers: the children (once, owned), Training -> Evaluating -> Succeeded with pro
 an invalid spec fixed by a new generation, the trainer's config error after a restart, Kueue's
 label and admission, suspend/resume, spec edits reported not applied, the operator's metrics,
 `speedrun render` == what the operator creates, orphan adoption, and the operator restarted
-while no pod runs. The chart/RBAC/GC basics are in test_cluster_operator.py, real training in
-test_cluster_e2e.py. Run: `pytest -m cluster tests/cluster/test_lifecycle.py`.
+while no pod runs. The chart/RBAC/GC basics are in test_operator.py, real training in
+tests/e2e/test_cluster_speedrun.py. Run: `pytest -m cluster tests/cluster/test_lifecycle.py`.
 """
 
 from __future__ import annotations

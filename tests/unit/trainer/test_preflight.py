@@ -23,7 +23,7 @@ from speedrun_trainer.evaluation import evaluate
 from speedrun_trainer.train import checkpoint, loop, preflight
 from tests.support.helpers import tiny_manifest, write_manifest
 
-VOCAB = 264  # tests/helpers.tiny_manifest (the byte tokenizer's 257 fit)
+VOCAB = 264  # tests/support/helpers.tiny_manifest (the byte tokenizer's 257 fit)
 
 
 def _shards(tmp_path: Path, name: str, tokens: np.ndarray) -> str:

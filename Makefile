@@ -1,6 +1,7 @@
 # speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject or a lock changes).
 #   make speedrun   the CPU-tiny speedrun, locally (no cluster); installs only what running needs
 #   make test       lint, format check, generated-file drift check, the control plane's binaries, and the whole test suite
+#   make test-unit | test-cluster | test-e2e   one tier alone (tests/unit needs no Go and no root)
 #   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
 #   make lock       re-resolve requirements/*.txt after editing pyproject.toml (lock-upgrade: newest versions)
 #   make format     ruff format the tree
@@ -15,7 +16,7 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 TOOLS_STAMP := $(VENV)/.installed-tools
 
-.PHONY: setup speedrun test lint crd clean cluster-bin picture
+.PHONY: setup speedrun test test-unit test-cluster test-e2e lint crd clean cluster-bin picture
 .PHONY: lock lock-upgrade format
 
 setup: $(STAMP)
@@ -72,6 +73,17 @@ test: setup
 	$(BIN)/python -m tests.cluster.binaries build --optional
 	$(BIN)/python -m pytest -q
 
+test-unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+test-cluster: setup
+	$(BIN)/python -m tests.cluster.binaries build --optional
+	$(BIN)/python -m pytest -q tests/cluster
+
+test-e2e: setup
+	$(BIN)/python -m tests.cluster.binaries build --optional
+	$(BIN)/python -m pytest -q tests/e2e
+
 # The control-plane tier's etcd, kube-apiserver, kube-controller-manager, kube-scheduler and CoreDNS,
 # built from tests/cluster/go/ into ~/.cache/speedrun-operator/cluster/<go.sum hash>/bin (never the
 # repo; KUBEBUILDER_ASSETS=<dir> uses binaries you have instead). Needs Go; cold: see docs/testing.md.
@@ -89,7 +101,7 @@ crd: setup
 	$(BIN)/speedrun crd
 
 # The README's picture: the leaderboard of Marin's published runs (tests/data/marin-speedrun/),
-# drawn by the CLI itself; tests/test_readme_picture.py fails when the committed file drifts.
+# drawn by the CLI itself; tests/unit/deploy/test_readme_picture.py fails when the committed file drifts.
 PICTURE := docs/img/leaderboard.png
 picture: setup
 	$(BIN)/speedrun leaderboard tests/data/marin-speedrun/runs.json --plot $(PICTURE) > /dev/null

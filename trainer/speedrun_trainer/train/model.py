@@ -40,7 +40,7 @@ class _RMSNormCPU(torch.autograd.Function):
     torch 2.13 has no fused CPU kernel for `F.rms_norm`: it runs as pow, mean, add, rsqrt and two
     multiplies, and autograd differentiates each. Saving x_hat and 1/rms and writing the backward
     out (dx = rstd * (g - x_hat * mean(g * x_hat)), g = dy * w) takes about half the time on the
-    shapes of the CPU configs; equal to `F.rms_norm` up to rounding (tests/test_model.py).
+    shapes of the CPU configs; equal to `F.rms_norm` up to rounding (tests/unit/trainer/test_model.py).
     """
 
     @staticmethod
@@ -68,7 +68,7 @@ class _ReLUSquared(torch.autograd.Function):
 
     Autograd of `F.relu(x).square()` runs pow's backward (grad * 2 * r) and then relu's
     (threshold_backward), one more pass over the (B, T, intermediateDim) activations each way; the
-    same values (tests/test_model.py).
+    same values (tests/unit/trainer/test_model.py).
     """
 
     @staticmethod

@@ -1,0 +1,97 @@
+"""Kueue and `runPolicy.suspend` on the real control plane: one owner for the Job's `spec.suspend`.
+
+With `runPolicy.queueName` the Job carries `kueue.x-k8s.io/queue-name`, is created suspended and
+Kueue admits it by setting `spec.suspend: false` (its jobframework's `RunWithPodSetsInfo`); the
+operator must then never write that flag, or the two would flip it back and forth. A user's
+`runPolicy.suspend: true` acts another way with a queue: the Job is not created (nothing for
+Kueue to admit) until suspend is false again. Kueue itself is not installed here; the test plays
+its admission on the real apiserver (the same merge patch) and counts the Job's spec changes
+(`metadata.generation`) across several resyncs of the operator.
+Run: `pytest -m cluster tests/cluster/test_kueue.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from speedrun_operator.operator_metrics import REGISTRY
+from tests.cluster.chart import ChartOperator, chart_operator, install_chart
+from tests.cluster.control_plane import ControlPlane, wait_until
+from tests.cluster.fixtures import Kubectl
+from tests.cluster.node_agent import NodeAgent
+from tests.support.helpers import tiny_manifest
+
+pytestmark = pytest.mark.cluster
+
+NAMESPACE = "speedruns-kueue"
+SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
+JOB_PATH = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/queued-train"
+VALUES = {"operator.defaultStorageUri": "s3://speedrun-test/runs", "operator.resyncInterval": "2"}
+
+
+def wait(predicate: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
+    return wait_until(predicate, timeout, what, interval=0.2)
+
+
+def resyncs() -> float:
+    """Resync reconciles the in-process operator has finished (its own metrics registry)."""
+    value = REGISTRY.get_sample_value("speedrun_operator_reconcile_duration_seconds_count", {"handler": "resync"})
+    return value or 0.0
+
+
+def after_resyncs(count: int) -> None:
+    target = resyncs() + count
+    wait(lambda: resyncs() >= target, f"{count} more resyncs of the operator")
+
+
+def phase(cp: ControlPlane) -> str:
+    return ((cp.admin.get(f"{SRJ_PATH}/queued") or {}).get("status") or {}).get("phase", "")
+
+
+@pytest.fixture(scope="module")
+def operator(
+    control_plane: ControlPlane, kube_nodes: NodeAgent, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChartOperator]:
+    release = install_chart(control_plane, "speedrun-kueue", NAMESPACE, VALUES)
+    control_plane.namespace(NAMESPACE)
+    with chart_operator(control_plane, release, tmp_path_factory.mktemp("kueue"), SPEEDRUN_OPERATOR_METRICS_PORT="0",
+                        SPEEDRUN_OPERATOR_LIVENESS="") as op:  # fmt: skip
+        yield op
+        control_plane.drain(NAMESPACE, SRJ_PATH)
+    assert op.forbidden() == []
+
+
+def test_kueue_owns_the_suspend_flag_and_a_user_suspend_holds_the_job_back(
+    control_plane: ControlPlane, kube_nodes: NodeAgent, kubectl: Kubectl, operator: ChartOperator
+) -> None:
+    cp = control_plane
+    kube_nodes.hold("queued-")
+    doc = tiny_manifest(**{"spec.runPolicy": {"queueName": "gpu-queue", "suspend": True}})
+    doc["metadata"] = {"name": "queued", "namespace": NAMESPACE}
+    try:
+        kubectl.run("apply", "-f", "-", stdin=json.dumps(doc))
+        # Suspended by the user with a queue: no Job for Kueue to admit.
+        wait(lambda: phase(cp) == "Suspended", "phase Suspended")
+        after_resyncs(2)
+        assert cp.admin.get(JOB_PATH) is None, "a Job was created although runPolicy.suspend is true"
+
+        kubectl.run("patch", "srj", "queued", "-n", NAMESPACE, "--type=merge",
+                    "-p", '{"spec": {"runPolicy": {"suspend": false}}}')  # fmt: skip
+        job = wait(lambda: cp.admin.get(JOB_PATH), "the training Job once the user resumes")
+        assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+        wait(lambda: phase(cp) == "Queued", "phase Queued (waiting for Kueue)")
+
+        # Kueue admits: the same merge patch its job reconciler sends.
+        admitted = cp.admin.patch(JOB_PATH, {"spec": {"suspend": False}})
+        after_resyncs(3)
+        job = cp.admin.get(JOB_PATH) or {}
+        assert job["spec"]["suspend"] is False, "the operator suspended the Job Kueue admitted"
+        assert job["metadata"]["generation"] == admitted["metadata"]["generation"], "the Job's spec kept changing"
+        assert phase(cp) in ("Pending", "Training")
+    finally:
+        kube_nodes.release("queued-")
+    assert operator.forbidden() == []

@@ -1,0 +1,53 @@
+"""Manifests the CRD must refuse, checked twice: offline against the schema (tests/unit/api/test_crd.py)
+and on the real kube-apiserver (tests/cluster/test_crd.py), so that both read the same table.
+
+SCHEMA_REJECTS: (where the first problem is, manifest) that the openAPIV3Schema refuses.
+CEL_REJECTS: (message, manifest, whether the pydantic model refuses it too) that only the
+x-kubernetes-validations rules refuse; the schema alone admits them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tests.support.helpers import EXAMPLES, with_changes
+
+
+def example_docs() -> list[dict[str, Any]]:
+    return [yaml.safe_load(p.read_text()) for p in sorted(EXAMPLES.glob("*.yaml"))]
+
+
+def tiny(**changes: Any) -> dict[str, Any]:
+    """tiny-cpu with dotted-path changes; None deletes the key."""
+    return with_changes(yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text()), **changes)
+
+
+SCHEMA_REJECTS = [
+    ("spec.model.activation: 'tanh' is not one of", tiny(**{"spec.model.activation": "tanh"})),
+    ("spec.model.vocabSize: 0 is less than the minimum", tiny(**{"spec.model.vocabSize": 0})),
+    ("spec.train.optimizer.learningRate: 0 is less than or equal", tiny(**{"spec.train.optimizer.learningRate": 0})),
+    ("spec.metrics.port: 80 is less than the minimum", tiny(**{"spec.metrics.port": 80})),
+    ("spec: 'data' is a required property", tiny(**{"spec.data": None})),
+]
+
+
+CEL_REJECTS = [
+    ("spec.model.hiddenDim: must be divisible by numHeads", tiny(**{"spec.model.numHeads": 3}), True),
+    ("spec.model.numHeads: must be divisible by numKvHeads", tiny(**{"spec.model.numKvHeads": 3}), True),
+    ("head dim) must be even", tiny(**{"spec.model.hiddenDim": 132, "spec.model.intermediateDim": 512}), True),
+    ("give exactly one training horizon", tiny(**{"spec.train.tokens": 1000}), True),
+    ("give exactly one training horizon", tiny(**{"spec.train.steps": None}), True),
+    ("spec.resources.nodes: invalid node count", tiny(**{"spec.resources.minNodes": 1}), True),
+    ("minNodes and maxNodes go together", tiny(**{"spec.resources.nodes": None, "spec.resources.minNodes": 1}), True),
+    (
+        "must not exceed maxNodes",
+        tiny(**{"spec.resources.nodes": None, "spec.resources.minNodes": 2, "spec.resources.maxNodes": 1}),
+        True,
+    ),
+    ("unknown accelerator", tiny(**{"spec.resources.accelerator": "nvidia-b200"}), True),
+    ("required for a CORE target", tiny(**{"spec.target": {"metric": "core", "value": 0.25}}), True),
+    ("at most 52 characters", tiny(**{"metadata.name": "x" * 53}), True),
+    ("must start with a letter", tiny(**{"metadata.name": "7up"}), False),
+]

@@ -1,0 +1,47 @@
+"""Small manifest builders shared by the tests (not fixtures: plain functions)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+TEST_DATA = ROOT / "tests" / "data"
+
+
+def example(name: str) -> dict[str, Any]:
+    return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+def tiny_manifest(**overrides: Any) -> dict[str, Any]:
+    """A very small CPU job (seconds to train); dotted keys override, e.g. {"train.steps": 5}."""
+    doc = copy.deepcopy(example("tiny-cpu.yaml"))
+    doc["metadata"]["name"] = "test-tiny"
+    spec = doc["spec"]
+    spec["model"].update({"seqLen": 64, "hiddenDim": 64, "intermediateDim": 128, "numHeads": 2, "numKvHeads": 1})
+    spec["train"].update({"batchSize": 8, "deviceBatchSize": 4, "steps": 20, "checkpointEvery": 10, "evalEvery": 10})
+    spec["eval"] = {"bpb": {"tokens": 4096}}
+    return with_changes(doc, **overrides)
+
+
+def with_changes(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """Apply dotted-path changes in place ({"spec.train.steps": 5}); None deletes the key."""
+    for dotted, value in changes.items():
+        node = doc
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return doc
+
+
+def write_manifest(path: Path, doc: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path

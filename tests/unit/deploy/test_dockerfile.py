@@ -1,0 +1,196 @@
+"""Static checks of the Dockerfile and .dockerignore (no Docker engine on these machines).
+
+Both targets exist and end as a non-root user; each installs its lock from requirements/,
+hash-checked, and nothing else but the project itself (--no-deps); the operator's lock holds no
+torch, the trainer's the pinned one; everything COPY needs is in the build context and
+the context leaves out .venv, runs/ and .git; image names, UID and ports agree with the operator's
+settings and the chart.
+
+    pytest tests/unit/deploy/test_dockerfile.py
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from speedrun_operator import labels as L
+from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
+from tests.support.helpers import ROOT
+
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+VALUES = yaml.safe_load((ROOT / "charts" / "speedrun-operator" / "values.yaml").read_text())
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments)
+
+    def all(self, instruction: str) -> list[str]:
+        return [args for ins, args in self.instructions if ins == instruction]
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], dict[str, Stage]]:
+    """(global ARG defaults, stages by name): comments dropped, continuation lines joined."""
+    logical, current = [], ""
+    for line in text.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    global_args: dict[str, str] = {}
+    stages: dict[str, Stage] = {}
+    stage: Stage | None = None
+    for line in logical:
+        instruction, _, args = line.strip().partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            match = re.match(r"(\S+)\s+AS\s+(\S+)", args.strip(), re.IGNORECASE)
+            assert match, f"every stage is named: FROM {args}"
+            stage = Stage(name=match.group(2), base=match.group(1))
+            stages[stage.name] = stage
+        elif stage is None:
+            assert instruction == "ARG", line
+            name, _, default = args.strip().partition("=")
+            global_args[name] = default
+        else:
+            stage.instructions.append((instruction, args.strip()))
+    return global_args, stages
+
+
+GLOBAL_ARGS, STAGES = parse_dockerfile(DOCKERFILE.read_text())
+
+
+def closure(name: str) -> list[Stage]:
+    """The stage and every stage it builds on (FROM <stage>, COPY --from=<stage>)."""
+    seen: list[Stage] = []
+    todo = [name]
+    while todo:
+        stage = STAGES[todo.pop()]
+        if stage in seen:
+            continue
+        seen.append(stage)
+        todo += [stage.base] if stage.base in STAGES else []
+        todo += [m for args in stage.all("COPY") for m in re.findall(r"--from=(\S+)", args) if m in STAGES]
+    return seen
+
+
+def pip_installs(stages: list[Stage]) -> list[str]:
+    return [
+        part.strip()
+        for stage in stages
+        for run in stage.all("RUN")
+        for part in re.split(r"&&|;|\|\|", run)
+        if "pip install" in part
+    ]
+
+
+def test_both_targets_exist() -> None:
+    assert {"operator", "trainer"} <= set(STAGES)
+
+
+@pytest.mark.parametrize("target", ["operator", "trainer"])
+def test_target_runs_as_the_non_root_user_the_pods_expect(target: str) -> None:
+    users = STAGES[target].all("USER")
+    assert users, f"{target}: no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "numeric, so the kubelet can verify runAsNonRoot"
+    assert int(uid) == OperatorSettings().run_as_user == VALUES["trainer"]["runAsUser"]
+    assert int(uid) == VALUES["podSecurityContext"]["runAsUser"]
+
+
+def test_operator_target_has_no_torch() -> None:
+    installs = pip_installs(closure("operator"))
+    assert installs, "the operator stage installs the package"
+    for install in installs:
+        assert "torch" not in install and "[train" not in install, install
+    lock = (ROOT / "requirements" / "operator.txt").read_text()
+    assert "\nkopf==" in lock and "\ntorch==" not in lock
+
+
+@pytest.mark.parametrize(("target", "lock"), [("operator", "operator"), ("trainer", "trainer")])
+def test_target_installs_its_lock_and_nothing_unlocked(target: str, lock: str) -> None:
+    stages = closure(target)
+    installs = pip_installs(stages)
+    assert f"pip install --require-hashes -r requirements/{lock}.txt" in installs
+    unlocked = [i for i in installs if "--require-hashes" not in i and "--no-deps" not in i]
+    assert not unlocked, f"{target}: installs outside the lock: {unlocked}"
+    copies = [args for stage in stages for args in stage.all("COPY")]
+    assert f"requirements/{lock}.txt requirements/" in copies, "the lock is in its own layer, before the source"
+    assert copies.index(f"requirements/{lock}.txt requirements/") < copies.index("api/ api/")
+
+
+def test_trainer_lock_holds_the_pinned_torch_and_the_pods_extras() -> None:
+    lock = (ROOT / "requirements" / "trainer.txt").read_text()
+    header = lock.splitlines()[1]
+    assert all(f"--extra {extra}" in header for extra in ("train", "wandb", "gcs", "fp8")), header
+    pinned = set(re.findall(r"^([a-z0-9][a-z0-9._-]*)==", lock, re.MULTILINE))
+    assert "\ntorch==2.13.0 " in lock  # requirements/constraints.in's pin
+    assert {"numpy", "rich", "wandb", "s3fs", "gcsfs", "torchao"} <= pinned
+    assert "torchx" not in pinned, "torchx is `speedrun run --launcher torchx` only, not the pods'"
+    assert "BASE" in GLOBAL_ARGS and STAGES["trainer"].base == "${BASE}"
+
+
+def test_commands_and_ports_match_the_chart_and_the_builders() -> None:
+    assert STAGES["operator"].all("CMD") == ['["speedrun", "operator"]']
+    operator_ports = {int(p) for args in STAGES["operator"].all("EXPOSE") for p in args.split()}
+    assert {VALUES["metrics"]["port"], VALUES["health"]["port"]} <= operator_ports
+    trainer_ports = {int(p) for args in STAGES["trainer"].all("EXPOSE") for p in args.split()}
+    assert {L.PORT_RENDEZVOUS, 9400} <= trainer_ports  # 9400: spec.metrics.port's default
+    assert any("HOME=/tmp" in env for env in STAGES["trainer"].all("ENV")), "read-only root: HOME on the /tmp emptyDir"
+
+
+def test_default_image_names_agree() -> None:
+    header = DOCKERFILE.read_text()
+    repo, _, tag = DEFAULT_TRAINER_IMAGE.rpartition(":")
+    assert VALUES["trainer"]["image"]["repository"] == repo
+    assert f"--target trainer  -t {DEFAULT_TRAINER_IMAGE}" in header
+    assert f"--target operator -t {VALUES['image']['repository']}:{tag}" in header
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = DOCKERIGNORE.read_text().splitlines()
+    return [line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith("#")]
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule, simplified: a pattern excludes a path or any of its parent directories;
+    a leading `**/` matches at any depth."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        if pattern.startswith("**/"):
+            tails = {"/".join(parts[i:j]) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1)}
+            if any(fnmatch.fnmatch(tail, pattern[3:]) for tail in tails):
+                return True
+        elif any(fnmatch.fnmatch(prefix, pattern) for prefix in prefixes):
+            return True
+    return False
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    patterns = dockerignore_patterns()
+    for path in (".venv", "runs", ".git", ".cache", "tests/unit/deploy/test_helm.py", "trainer/x/__pycache__"):
+        assert ignored(path, patterns), path
+
+
+def test_everything_copied_is_in_the_build_context() -> None:
+    patterns = dockerignore_patterns()
+    for stage in STAGES.values():
+        for args in stage.all("COPY"):
+            if "--from=" in args:
+                continue
+            *sources, _dest = args.split()
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+                assert not ignored(source.rstrip("/"), patterns), f"COPY {source}: excluded by .dockerignore"

@@ -1,0 +1,61 @@
+"""Children (operator/speedrun_operator/handlers/children.py): get-or-create once, and never adopt
+what another controller owns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+class FakeKube:
+    """Just enough of KubeClient for ensure_child: one dict per kind."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.creates = 0
+
+    def get(self, kind: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get(name)
+
+    def create(self, kind: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.creates += 1
+        self.objects[body["metadata"]["name"]] = body
+        return body
+
+    def patch(self, kind: Any, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.objects[name]["metadata"].update(patch["metadata"])
+        return self.objects[name]
+
+
+OWNER = {
+    "apiVersion": "speedrun.dev/v1alpha1",
+    "kind": "SpeedrunJob",
+    "metadata": {"name": "j", "namespace": "n", "uid": "u1"},
+}
+
+
+def test_ensure_child_creates_once_then_gets() -> None:
+    from speedrun_operator import kube
+    from speedrun_operator.handlers.children import ensure_child
+
+    client = FakeKube()
+    manifest = {"metadata": {"name": "j-run", "labels": {"speedrun.dev/job": "j"}}}
+    first = ensure_child(client, kube.CONFIGMAP, manifest, OWNER)  # type: ignore[arg-type]
+    second = ensure_child(client, kube.CONFIGMAP, manifest, OWNER)  # type: ignore[arg-type]
+    assert client.creates == 1 and first is second
+    assert first["metadata"]["ownerReferences"][0]["uid"] == "u1" and "ownerReferences" not in manifest["metadata"]
+
+
+def test_ensure_child_refuses_what_another_controller_owns() -> None:
+    from speedrun_operator import kube
+    from speedrun_operator.handlers.children import ChildConflict, ensure_child
+
+    client = FakeKube()
+    stranger = {"kind": "Job", "name": "other", "uid": "u0", "controller": True}
+    client.objects["j-run"] = {"metadata": {"name": "j-run", "namespace": "n", "ownerReferences": [stranger]}}
+    with pytest.raises(ChildConflict, match="controlled by Job other"):
+        ensure_child(client, kube.CONFIGMAP, {"metadata": {"name": "j-run"}}, OWNER)  # type: ignore[arg-type]
+    client.objects["j-run"] = {"metadata": {"name": "j-run", "namespace": "n", "labels": {}}}
+    with pytest.raises(ChildConflict, match="not made for this SpeedrunJob"):
+        ensure_child(client, kube.CONFIGMAP, {"metadata": {"name": "j-run"}}, OWNER)  # type: ignore[arg-type]

@@ -1,0 +1,28 @@
+"""Operator settings (operator/speedrun_operator/settings.py): the environment round trip and the
+Lease timings that cannot work."""
+
+from __future__ import annotations
+
+import pytest
+
+from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
+
+
+def test_settings_round_trip_through_the_environment() -> None:
+    assert OperatorSettings.from_env({}) == OperatorSettings()
+    assert OperatorSettings().trainer_image == DEFAULT_TRAINER_IMAGE == "ghcr.io/speedrun-operator/trainer:0.1.0"
+    custom = OperatorSettings(
+        trainer_image="x/y:1", namespaces=("a", "b"), metrics_port=0, leader_election=True, progress_interval=2.5
+    )
+    env = custom.to_env()
+    assert env["SPEEDRUN_TRAINER_IMAGE"] == "x/y:1" and env["SPEEDRUN_OPERATOR_NAMESPACES"] == "a,b"
+    assert OperatorSettings.from_env(env) == custom
+    with pytest.raises(ValueError, match="SPEEDRUN_OPERATOR_METRICS_PORT"):
+        OperatorSettings.from_env({"SPEEDRUN_OPERATOR_METRICS_PORT": "lots"})
+
+
+def test_lease_timings_that_cannot_work_are_named() -> None:
+    assert OperatorSettings(leader_election=True, namespaces=("a",)).problem() is None
+    bad = OperatorSettings(leader_election=True, namespaces=("a",), lease_duration=5, lease_renew_deadline=10)
+    assert "SPEEDRUN_OPERATOR_LEASE_RENEW_DEADLINE" in (bad.problem() or "")
+    assert OperatorSettings(lease_duration=5, lease_renew_deadline=10).problem() is None  # election off

@@ -1,0 +1,56 @@
+"""The `speedrun` CLI as a user meets it: plan output, JSON keys, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from speedrun_trainer.cli.speedrun import main
+from tests.support.helpers import EXAMPLES, tiny_manifest, write_manifest
+
+MARIN_KEYS = {"model_size", "model_flops_per_token", "model_flops", "total_tokens", "num_devices", "device_flops"}
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_plans(path, capsys):
+    assert main(["plan", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out.keys() >= MARIN_KEYS
+    assert out["steps"] > 0 and out["grad_accum_steps"] >= 1
+
+
+def test_plan_prints_marin_figures(capsys):
+    assert main(["plan", str(EXAMPLES / "marin-130m.yaml")]) == 0
+    out = capsys.readouterr().out
+    for text in [
+        "Model size: 154.15 million parameters",
+        "Model FLOPs: 2.11e+18 FLOP",
+        "Device FLOPs: 3.12e+14",
+        "4.21e+18 FLOPs assuming an MFU of 0.5",
+        "1.05e+19 FLOPs assuming an MFU of 0.2",
+        "Gradient accumulation steps: 16",
+    ]:
+        assert text in out
+
+
+def test_invalid_manifest_exits_2_with_one_line_per_problem(tmp_path):
+    doc = tiny_manifest(**{"spec.model.hiddenDim": 66, "spec.model.numHeads": 4, "spec.train.batchSize": 12})
+    path = write_manifest(tmp_path / "bad.yaml", doc)
+    res = subprocess.run(
+        [sys.executable, "-m", "speedrun_trainer.cli", "plan", str(path)], capture_output=True, text=True
+    )
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert any(line.startswith("error: spec.model.hiddenDim: must be divisible by numHeads") for line in lines)
+    assert any(line.startswith("error: spec.train.batchSize: must divide evenly") for line in lines)
+    assert res.stdout == ""
+
+
+def test_missing_file_is_one_line(tmp_path, capsys):
+    assert main(["plan", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.yaml'}: no such file"

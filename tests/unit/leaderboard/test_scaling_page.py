@@ -91,7 +91,7 @@ def test_forecast_grid_holds_the_forecast_and_half_decades() -> None:
 def test_page_data_matches_the_scaling_and_relative_views() -> None:
     runs = marin_runs()
     data = scaling_data(runs, "hardware", "converged", 1e22, 0.95)
-    groups, _, _ = scaling_view(runs, "hardware")
+    groups = scaling_view(runs, "hardware").groups
     assert [g["name"] for g in data["groups"]] == [g.name for g in groups]
     for embedded, group in zip(data["groups"], groups, strict=True):
         assert embedded["forecast"] == group.forecast
@@ -192,7 +192,7 @@ def test_page_scaling_view_in_headless_chromium(tmp_path: Path) -> None:
     page = tmp_path / "board.html"
     assert speedrun(["leaderboard", str(SITE_RUNS), "--html", str(page)]) == 0
     runs = marin_runs()
-    groups, _, _ = scaling_view(runs, "hardware")
+    groups = scaling_view(runs, "hardware").groups
     with Browser.open(page.as_uri(), tmp_path / "profile") as browser:
         browser.wait_for("document.querySelectorAll('#chart circle.run').length")
         assert browser.evaluate("document.getElementById('view-scaling').hidden") is True

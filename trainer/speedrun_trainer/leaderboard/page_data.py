@@ -101,10 +101,11 @@ def scaling_data(
         "groups": [],
     }
     try:
-        groups, listed, marin = scaling_view(runs, axis, fit, x_star, confidence, root)
+        view = scaling_view(runs, axis, fit, x_star, confidence, root)
     except DataError as e:
         return {**base, "reason": str(e)}
-    return {**base, "reason": None, "groups": [group_data(g, listed, marin, fit, x_star, confidence) for g in groups]}
+    groups = [group_data(g, view.listed, view.marin, fit, x_star, confidence) for g in view.groups]
+    return {**base, "reason": None, "groups": groups}
 
 
 def relative_data(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,19 @@ def groups_of(runs: list[Run], axis: str, root: str | None = None) -> tuple[dict
 # ---- the scaling view -----------------------------------------------------------------------
 
 
+@dataclass
+class ScalingView:
+    """The scaling view: groups in rank order, and what it was fitted with."""
+
+    groups: list[GroupFit]
+    listed: dict[str, bool]  # by group: whether Marin's site ranks it (a run above SITE_MIN_FLOPS)
+    marin: dict[str, float | None]  # by group: the site's own fit's forecast at x_star
+    axis: str
+    fit: str
+    x_star: float
+    confidence: float
+
+
 def scaling_view(
     runs: list[Run],
     axis: str = "hardware",
@@ -128,8 +142,8 @@ def scaling_view(
     x_star: float = DEFAULT_FORECAST_FLOPS,
     confidence: float = DEFAULT_CONFIDENCE,
     root: str | None = None,
-) -> tuple[list[GroupFit], dict[str, bool], dict[str, float | None]]:
-    """(groups in rank order, site-listed by group, the site's forecast by group)."""
+) -> ScalingView:
+    """The groups' fits in rank order, with what the site lists and forecasts for each."""
     points, listed = groups_of(runs, axis, root)
     if not points:
         raise DataError("no run is named group/size (or stored under <group>/<size>/) with a BPB and FLOPs")
@@ -144,7 +158,7 @@ def scaling_view(
         for g in rest:
             g.rank = None
         groups = shown + rest
-    return groups, listed, marin
+    return ScalingView(groups, listed, marin, axis, fit, x_star, confidence)
 
 
 def _ranges(ranks: list[int]) -> str:
@@ -170,17 +184,10 @@ def group_notes(g: GroupFit, listed: dict[str, bool]) -> str:
     return "; ".join(notes)
 
 
-def scaling_table(
-    groups: list[GroupFit],
-    listed: dict[str, bool],
-    marin: dict[str, float | None],
-    axis: str,
-    fit: str,
-    x_star: float,
-    confidence: float,
-) -> Table:
+def scaling_table(view: ScalingView) -> Table:
+    groups, x_star, confidence = view.groups, view.x_star, view.confidence
     by_name = {g.name: g for g in groups}
-    converged = fit == "converged"
+    converged = view.fit == "converged"
     headers = ["rank", "group", "runs", "a", "b", "c", "R²", f"BPB at {x_star:.0e}"]
     if converged:
         headers += [f"{confidence:.0%} interval", "Marin's", "overlaps ranks"]
@@ -209,8 +216,8 @@ def scaling_table(
                 if not ranks
                 else (f"all {others} others" if len(ranks) == others else _ranges(ranks))
             )
-            row += [interval, _fmt(marin.get(g.name), ".4f"), overlap]
-        rows.append([*row, group_notes(g, listed)])
+            row += [interval, _fmt(view.marin.get(g.name), ".4f"), overlap]
+        rows.append([*row, group_notes(g, view.listed)])
     numeric = [True, False, True, True, True, True, True, True] + ([True, True, False] if converged else []) + [False]
     how = (
         f"least-squares optimum (scipy least_squares, the site's bounds); interval: {INTERVAL_METHOD}"
@@ -218,7 +225,7 @@ def scaling_table(
         else "Marin's site: its Levenberg-Marquardt recipe, 200 iterations, no interval"
     )
     return Table(
-        f"scaling: L = a * x^(-b) + c per group, x = {AXES[axis]}, ranked by the forecast at {x_star:.0e}",
+        f"scaling: L = a * x^(-b) + c per group, x = {AXES[view.axis]}, ranked by the forecast at {x_star:.0e}",
         how,
         headers,
         rows,
@@ -227,26 +234,18 @@ def scaling_table(
     )
 
 
-def scaling_json(
-    groups: list[GroupFit],
-    listed: dict[str, bool],
-    marin: dict[str, float | None],
-    axis: str,
-    fit: str,
-    x_star: float,
-    confidence: float,
-    band_points: int = 0,
-) -> dict[str, Any]:
+def scaling_json(view: ScalingView, band_points: int = 0) -> dict[str, Any]:
     def law(g: GroupFit) -> dict[str, float] | None:
         return None if g.law is None else {"a": g.law.a, "b": g.law.b, "c": g.law.c}
 
+    converged = view.fit == "converged"
     return {
         "view": "scaling",
-        "x": axis,
-        "fit": fit,
-        "forecast_flops": x_star,
-        "confidence": confidence if fit == "converged" else None,
-        "interval_method": INTERVAL_METHOD if fit == "converged" else None,
+        "x": view.axis,
+        "fit": view.fit,
+        "forecast_flops": view.x_star,
+        "confidence": view.confidence if converged else None,
+        "interval_method": INTERVAL_METHOD if converged else None,
         "groups": [
             {
                 "name": g.name,
@@ -259,12 +258,12 @@ def scaling_json(
                 "overlaps": g.overlaps,
                 "flag": g.flag,
                 "at_bounds": g.at_bounds,
-                "marin_forecast": marin.get(g.name),
-                "site_listed": listed.get(g.name, False),
+                "marin_forecast": view.marin.get(g.name),
+                "site_listed": view.listed.get(g.name, False),
                 "runs": [{"name": p.name, "flops": p.x, "bpb": p.bpb} for p in g.points],
-                **({"curve": forecast_band(g, x_star, band_points, confidence)} if band_points else {}),
+                **({"curve": forecast_band(g, view.x_star, band_points, view.confidence)} if band_points else {}),
             }
-            for g in groups
+            for g in view.groups
         ],
     }
 
@@ -390,9 +389,9 @@ def render_view(
         data = {"bpb_track": track, **runs_view(runs, axis, relative, fit, baseline, root)}
         table = runs_table(data)
     else:
-        groups, listed, marin = scaling_view(runs, axis, fit, x_star, confidence, root)
-        data = {"bpb_track": track, **scaling_json(groups, listed, marin, axis, fit, x_star, confidence, band_points)}
-        table = scaling_table(groups, listed, marin, axis, fit, x_star, confidence)
+        scaling = scaling_view(runs, axis, fit, x_star, confidence, root)
+        data = {"bpb_track": track, **scaling_json(scaling, band_points)}
+        table = scaling_table(scaling)
     if as_json:
         return json.dumps(data, indent=2)
     table.title = f"{track}: {table.title}"

@@ -206,7 +206,7 @@ def view_png(runs: list[Run], args: argparse.Namespace, root: str | None = None)
     """The picture of `args.view` on the runs of one BPB track (as the view's table)."""
     comparable, track = comparable_runs(runs, args.bpb_track)
     if args.view == "scaling":
-        groups, _, _ = scaling_view(comparable, args.flops, args.fit, args.forecast_flops, args.confidence, root)
+        groups = scaling_view(comparable, args.flops, args.fit, args.forecast_flops, args.confidence, root).groups
         return scaling_png(
             groups, args.flops, args.forecast_flops, track, args.band_points or DEFAULT_BAND_POINTS, args.confidence
         )

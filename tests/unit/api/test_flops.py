@@ -10,6 +10,19 @@ from speedrun_api.plan import resolve
 from speedrun_api.spec import ModelSpec
 from tests.support.helpers import EXAMPLES
 
+# The model of the two by-hand parameter counts below: tied head, QK-norm, gelu (two MLP matrices).
+TIED_QK_NORM = ModelSpec(
+    vocab_size=10,
+    seq_len=8,
+    hidden_dim=4,
+    intermediate_dim=6,
+    num_layers=2,
+    num_heads=2,
+    activation="gelu",
+    tie_embeddings=True,
+    qk_norm=True,
+)
+
 
 def test_marin_130m_matches_print_run_info():
     """Seed 002's print_run_info for the 130m config on 1x A100-80G, to 3 significant figures."""
@@ -59,19 +72,8 @@ def test_forward_flops_by_hand():
 
 
 def test_param_count_tied_and_qk_norm():
-    m = ModelSpec(
-        vocab_size=10,
-        seq_len=8,
-        hidden_dim=4,
-        intermediate_dim=6,
-        num_layers=2,
-        num_heads=2,
-        activation="gelu",
-        tie_embeddings=True,
-        qk_norm=True,
-    )
     per_layer = 4 * 4 * 4 + 2 * 4 * 6 + 2 * 4 + 2 * 2  # attn, mlp, norms, qk gains
-    assert param_count(m) == 10 * 4 + 2 * per_layer + 4
+    assert param_count(TIED_QK_NORM) == 10 * 4 + 2 * per_layer + 4
 
 
 def test_horizons_resolve_to_steps(tmp_path):
@@ -91,19 +93,8 @@ def test_horizons_resolve_to_steps(tmp_path):
 
 def test_scaling_param_count_by_hand():
     """nanochat's count for paramDataRatio: matrices per layer + the lm_head; no embedding, no gains."""
-    m = ModelSpec(
-        vocab_size=10,
-        seq_len=8,
-        hidden_dim=4,
-        intermediate_dim=6,
-        num_layers=2,
-        num_heads=2,
-        activation="gelu",
-        tie_embeddings=True,
-        qk_norm=True,
-    )
     matrices = 4 * 4 * 4 + 2 * 4 * 6  # q, k, v, o and two MLP matrices
-    assert scaling_param_count(m) == 2 * matrices + 10 * 4
+    assert scaling_param_count(TIED_QK_NORM) == 2 * matrices + 10 * 4
 
 
 def test_nanochat_d24_ratio_uses_fewer_tokens_than_all_parameters():

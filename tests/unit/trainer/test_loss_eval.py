@@ -46,31 +46,29 @@ class ListDataset:
         return torch.stack(xs), torch.stack(ys)
 
 
+def evaluate(data, *, tokens, model=None, token_bytes=None, **settings):
+    """evaluate_loss on one CPU rank in fp32; unless told otherwise, the uniform model over 256 one-byte
+    tokens, sequences of 64, batches of 4."""
+    defaults = dict(seq_len=64, batch_size=4, rank=0, world_size=1, device=torch.device("cpu"), precision="fp32")
+    return evaluate_loss(
+        UniformModel(256) if model is None else model,
+        data,
+        np.ones(256, dtype=np.int64) if token_bytes is None else token_bytes,
+        tokens=tokens,
+        **(defaults | settings),
+    )
+
+
 def test_uniform_byte_model_scores_eight_bits_per_byte():
     data = ListDataset(np.arange(1000) % 256)
-    ev = evaluate_loss(
-        UniformModel(256),
-        data,
-        np.ones(256, dtype=np.int64),
-        tokens=512,
-        seq_len=64,
-        batch_size=4,
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        precision="fp32",
-    )
+    ev = evaluate(data, tokens=512)
     assert ev.bpb == pytest.approx(8.0)
     assert ev.tokens == 512 and ev.bytes == 512
 
 
 def test_ranks_split_sequences_without_overlap():
     data = ListDataset(np.arange(5000) % 256)
-    kwargs = dict(tokens=640, seq_len=64, batch_size=3, device=torch.device("cpu"), precision="fp32")
-    parts = [
-        evaluate_loss(UniformModel(256), data, np.ones(256, dtype=np.int64), rank=r, world_size=3, **kwargs)
-        for r in range(3)
-    ]
+    parts = [evaluate(data, tokens=640, batch_size=3, rank=r, world_size=3) for r in range(3)]
     assert sum(p.tokens for p in parts) == 640
 
 
@@ -86,18 +84,7 @@ def test_definitions_differ_on_special_tokens_by_hand():
     data = ListDataset(np.array([256, 1, 2, 3] * 100))
     token_bytes = np.ones(257, dtype=np.int64)
     token_bytes[256] = 0
-    ev = evaluate_loss(
-        SpecialEveryFourth(),
-        data,
-        token_bytes,
-        tokens=64,
-        seq_len=16,
-        batch_size=2,
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        precision="fp32",
-    )
+    ev = evaluate(data, tokens=64, model=SpecialEveryFourth(), token_bytes=token_bytes, seq_len=16, batch_size=2)
     # 64 targets: 16 separators (5 nats) + 48 bytes (1 nat); 48 bytes. Each of the 4 sequences of 16
     # ends on a separator, the position levanter's causal loss mask drops.
     assert ev.loss == pytest.approx((16 * 5 + 48) / 64)  # modded-nanogpt: all positions
@@ -113,31 +100,9 @@ class SizedDataset(ListDataset):
 
 def test_eval_tokens_beyond_the_set_are_not_repeated():
     data = SizedDataset(np.arange(200) % 256)  # holds 3 whole sequences of 64 (+1 token)
-    ev = evaluate_loss(
-        UniformModel(256),
-        data,
-        np.ones(256, dtype=np.int64),
-        tokens=1024,
-        seq_len=64,
-        batch_size=4,
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        precision="fp32",
-    )
+    ev = evaluate(data, tokens=1024)
     assert ev.tokens == 192 and ev.exceeded and ev.set_tokens == 200
-    ok = evaluate_loss(
-        UniformModel(256),
-        data,
-        np.ones(256, dtype=np.int64),
-        tokens=128,
-        seq_len=64,
-        batch_size=4,
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        precision="fp32",
-    )
+    ok = evaluate(data, tokens=128)
     assert ok.tokens == 128 and not ok.exceeded
 
 
@@ -148,18 +113,7 @@ def test_levanter_drops_each_sequences_last_position_by_hand():
             return 1.0 + y.float() / 10
 
     data = ListDataset(np.arange(100) % 10)
-    ev = evaluate_loss(
-        ByTarget(),
-        data,
-        np.arange(10) % 3,
-        tokens=10,
-        seq_len=5,
-        batch_size=2,
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        precision="fp32",
-    )
+    ev = evaluate(data, tokens=10, model=ByTarget(), token_bytes=np.arange(10) % 3, seq_len=5, batch_size=2)
     targets = [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]  # the last of each sequence: 5 and 0
     nbytes = {t: t % 3 for t in targets}
     kept = [t for i, t in enumerate(targets) if i % 5 != 4]
@@ -190,39 +144,13 @@ def test_levanter_averages_per_batch_bpbs_weighted_by_tokens_by_hand():
     # 4    8 9 3 3       9 3 3 3       9 3 3                     4.5              6
     # batch (nats, tokens, bytes): (8.0, 6, 12), (9.1, 6, 5), (4.5, 3, 6)
     # levanter: (6 x 8.0/12 + 6 x 9.1/5 + 3 x 4.5/6) / 15 / ln 2 = 17.17 / 15 / ln 2
-    ev = evaluate_loss(
-        CostByTarget(),
-        ListDataset(MARIN_DOCS),
-        MARIN_BYTES,
-        tokens=20,
-        seq_len=4,
-        batch_size=1,
-        eval_batch=2,
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        precision="fp32",
-    )
+    marin = dict(tokens=20, model=CostByTarget(), token_bytes=MARIN_BYTES, seq_len=4, batch_size=1, eval_batch=2)
+    ev = evaluate(ListDataset(MARIN_DOCS), **marin)
     assert [(round(n, 6), t, b) for n, t, b in ev.levanter_batches] == [(8.0, 6, 12), (9.1, 6, 5), (4.5, 3, 6)]
     assert ev.bpb == pytest.approx(17.17 / 15 / math.log(2))
     assert ev.bpb != pytest.approx(21.6 / 23 / math.log(2))  # not global sums over global bytes
     # Global batches, whichever rank scored a sequence: three ranks' per-batch sums add up to the same.
-    parts = [
-        evaluate_loss(
-            CostByTarget(),
-            ListDataset(MARIN_DOCS),
-            MARIN_BYTES,
-            tokens=20,
-            seq_len=4,
-            batch_size=1,
-            eval_batch=2,
-            rank=r,
-            world_size=3,
-            device=torch.device("cpu"),
-            precision="fp32",
-        )
-        for r in range(3)
-    ]
+    parts = [evaluate(ListDataset(MARIN_DOCS), **marin, rank=r, world_size=3) for r in range(3)]
     summed = [
         tuple(sum(x) for x in zip(*rows, strict=True))
         for rows in zip(*(p.levanter_batches for p in parts), strict=True)
@@ -239,17 +167,6 @@ def test_levanter_batch_without_bytes_divides_by_one():
 def test_exceeding_the_set_warns_once_per_process(capsys):
     data = SizedDataset(np.arange(333) % 256)
     for _ in range(3):  # in-loop evaluations
-        evaluate_loss(
-            UniformModel(256),
-            data,
-            np.ones(256, dtype=np.int64),
-            tokens=4096,
-            seq_len=64,
-            batch_size=4,
-            rank=0,
-            world_size=1,
-            device=torch.device("cpu"),
-            precision="fp32",
-        )
+        evaluate(data, tokens=4096)
     err = capsys.readouterr()
     assert (err.out + err.err).count("exceeds the evaluation set") == 1

@@ -153,20 +153,8 @@ def test_shards_of_another_tokenizer_are_named_as_a_config_problem(tmp_path: Pat
 def _byte_level_tokenizer(path: Path, adds_bos: bool, normalizer: dict | None = None) -> Path:
     """256 ByteLevel characters (id = byte) and Llama 3's BOS 256 / EOS 257; optionally a post-processor
     that adds BOS itself, as Llama 3's tokenizer does."""
-    from tests.support.llama3_vocab import _byte_level_chars
+    from tests.support.llama3_vocab import BYTE_LEVEL, byte_level_bpe, byte_level_chars, special_tokens
 
-    specials = [
-        {
-            "id": 256 + i,
-            "content": c,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": False,
-            "normalized": False,
-            "special": True,
-        }
-        for i, c in enumerate(["<|begin_of_text|>", "<|end_of_text|>"])
-    ]
     sequence_a = {"Sequence": {"id": "A", "type_id": 0}}
     post = {
         "type": "TemplateProcessing",
@@ -176,33 +164,15 @@ def _byte_level_tokenizer(path: Path, adds_bos: bool, normalizer: dict | None = 
             "<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [256], "tokens": ["<|begin_of_text|>"]}
         },
     }
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    path.write_text(
-        json.dumps(
-            {
-                "version": "1.0",
-                "truncation": None,
-                "padding": None,
-                "added_tokens": specials,
-                "normalizer": normalizer,
-                "pre_tokenizer": byte_level,
-                "post_processor": post if adds_bos else None,
-                "decoder": byte_level,
-                "model": {
-                    "type": "BPE",
-                    "dropout": None,
-                    "unk_token": None,
-                    "continuing_subword_prefix": None,
-                    "end_of_word_suffix": None,
-                    "fuse_unk": False,
-                    "byte_fallback": False,
-                    "ignore_merges": False,
-                    "vocab": {c: i for i, c in enumerate(_byte_level_chars())},
-                    "merges": [],
-                },
-            }
-        )
+    doc = byte_level_bpe(
+        {c: i for i, c in enumerate(byte_level_chars())},
+        [],
+        special_tokens(256, ["<|begin_of_text|>", "<|end_of_text|>"]),
+        normalizer=normalizer,
+        post_processor=post if adds_bos else None,
+        decoder=BYTE_LEVEL,
     )
+    path.write_text(json.dumps(doc))
     return path
 
 

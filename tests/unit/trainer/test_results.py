@@ -62,25 +62,9 @@ def test_core_target_sets_time_to_target():
     job, _ = _run_info()
     over = {"spec.target": {"metric": "core", "value": 0.2}, "spec.eval.core": {"bundle": "file:///b"}}
     job = parse_job(tiny_manifest(**over))
-    reached = build_run_info(
-        job,
-        resolve(job),
-        SUMMARY,
-        bpb=1.0,
-        initial_bpb=8.0,
-        val_loss=1.0,
-        core={"core_metric": 0.3, "tasks": {}},
-        versions={},
-    )
-    missed = build_run_info(
-        job,
-        resolve(job),
-        SUMMARY,
-        bpb=1.0,
-        initial_bpb=8.0,
-        val_loss=1.0,
-        core={"core_metric": 0.1, "tasks": {}},
-        versions={},
+    reached, missed = (
+        build_run_info(job, resolve(job), SUMMARY, bpb=1.0, initial_bpb=8.0, val_loss=1.0, core=core, versions={})
+        for core in ({"core_metric": 0.3, "tasks": {}}, {"core_metric": 0.1, "tasks": {}})
     )
     assert reached["time_to_target"] == 4.0 and missed["time_to_target"] is None
 

@@ -59,7 +59,6 @@ def test_marin_keys_and_values():
 
 
 def test_core_target_sets_time_to_target():
-    job, _ = _run_info()
     over = {"spec.target": {"metric": "core", "value": 0.2}, "spec.eval.core": {"bundle": "file:///b"}}
     job = parse_job(tiny_manifest(**over))
     reached, missed = (

@@ -19,13 +19,12 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import ChartOperator, chart_operator, install_chart
@@ -35,7 +34,7 @@ from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.prometheus import Prometheus, prometheus_binary
 from tests.support.helpers import ROOT, tiny_manifest
-from tests.support.s3 import S3_CREDENTIALS
+from tests.support.s3 import S3_CREDENTIALS, GatedMotoServer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -50,18 +49,20 @@ PROMETHEUS_CONFIG = ROOT / "tests" / "data" / "prometheus" / "cluster.yml"
 
 
 @pytest.fixture(scope="module")
-def s3_on_pod_network(pod_net: PodNetwork) -> Iterator[str]:
+def s3_server(pod_net: PodNetwork) -> Iterator[GatedMotoServer]:
     if not isinstance(pod_net, NamespaceNetwork):
         pytest.skip(f"the cluster e2e needs per-pod network namespaces: {pod_net.reason}")
-    server = ThreadedMotoServer(ip_address=pod_net.host_ip, port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    client(url).create_bucket(Bucket=BUCKET)
+    server = GatedMotoServer(pod_net.host_ip, free_port()).start()
+    client(server.url).create_bucket(Bucket=BUCKET)
     try:
-        yield url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_on_pod_network(s3_server: GatedMotoServer) -> str:
+    return s3_server.url
 
 
 def client(url: str) -> Any:
@@ -95,7 +96,9 @@ def manifest(name: str, s3: str, steps: int = STEPS, every: int = CHECKPOINT_EVE
     return doc
 
 
-def follow(cp: ControlPlane, nodes: NodeAgent, name: str, until: str) -> list[dict[str, Any]]:
+def follow(
+    cp: ControlPlane, nodes: NodeAgent, name: str, until: str, on_sample: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + STEP_TIMEOUT
     while True:
@@ -103,6 +106,8 @@ def follow(cp: ControlPlane, nodes: NodeAgent, name: str, until: str) -> list[di
         sample = {"phase": status.get("phase"), "step": (status.get("progress") or {}).get("step")}
         if not seen or seen[-1] != sample:
             seen.append(sample)
+        if on_sample is not None:
+            on_sample(sample)
         if sample["phase"] == until:
             return seen
         nodes.check()
@@ -113,12 +118,22 @@ def follow(cp: ControlPlane, nodes: NodeAgent, name: str, until: str) -> list[di
 
 def test_two_node_speedrun_rendezvous_through_cluster_dns(
     control_plane: ControlPlane, kube_nodes: NodeAgent, pod_net: PodNetwork, kubectl: Kubectl,
-    operator: ChartOperator, s3_on_pod_network: str,
+    operator: ChartOperator, s3_on_pod_network: str, s3_server: GatedMotoServer,
 ) -> None:  # fmt: skip
     cp = control_plane
-    kubectl.run("apply", "-f", "-", stdin=json.dumps(manifest("tiny", s3_on_pod_network)))
+    # Rank 0 waits at its first checkpoint, gauges served, until status.progress shows a step: the
+    # scrape is seen at work however fast this machine trains 60 steps.
+    s3_server.hold(rf"/tiny/checkpoints/model_{CHECKPOINT_EVERY:06d}\.pt$")
 
-    seen = follow(cp, kube_nodes, "tiny", "Succeeded")
+    def release_once_progress_is_read(sample: dict[str, Any]) -> None:
+        if sample["phase"] == "Training" and sample["step"] is not None:
+            s3_server.release()
+
+    kubectl.run("apply", "-f", "-", stdin=json.dumps(manifest("tiny", s3_on_pod_network)))
+    try:
+        seen = follow(cp, kube_nodes, "tiny", "Succeeded", on_sample=release_once_progress_is_read)
+    finally:
+        s3_server.release()
 
     phases = [s["phase"] for i, s in enumerate(seen) if i == 0 or s["phase"] != seen[i - 1]["phase"]]
     assert phases[-3:] == ["Training", "Evaluating", "Succeeded"], seen

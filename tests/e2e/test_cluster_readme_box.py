@@ -135,6 +135,7 @@ def test_readme_cluster_box_runs_as_written(
                 shell.run(f"{line} --set replicaCount=0")
                 release = installed_release(cp, argv[2], namespace)
                 assert (operator_image(cp, release), release.env["SPEEDRUN_TRAINER_IMAGE"]) == tuple(pushed)
+                (tmp_path / "operator").mkdir()
                 stack.enter_context(release_operator(cp, release, tmp_path / "operator"))
             elif "wait" in argv:
                 assert job is not None, "the box waits for a job it has not applied"

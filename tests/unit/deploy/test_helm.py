@@ -36,7 +36,6 @@ from speedrun_operator.operator_commands import kopf_run_argv
 from speedrun_operator.operator_metrics import REGISTRY, serve
 from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings, env_name
 from speedrun_operator.training_progress import METRIC_FIELDS
-from tests.support import helm_tool
 from tests.support.helpers import ROOT
 
 CHART = ROOT / "charts" / "speedrun-operator"
@@ -51,14 +50,6 @@ NOT_BUILTIN = {"CustomResourceDefinition", "ServiceMonitor", "PodMonitor"}
 MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor")
 
 _renders: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    try:
-        return helm_tool.helm_path()
-    except helm_tool.HelmUnavailable as err:
-        pytest.skip(f"no helm binary: {err}")
 
 
 def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -618,8 +609,8 @@ def test_notes_say_how_to_submit_watch_and_read_results(helm: Path, tmp_path: Pa
 def test_notes_with_default_storage_create_its_secret_in_the_jobs_namespace(helm: Path, tmp_path: Path) -> None:
     notes = render_notes(helm, tmp_path, *set_args(DEFAULT_STORAGE))
     for expected in (
-        "falls back to s3://my-bucket/speedruns/<namespace>/<name> at https://s3.example.com.",
-        "from the job's own namespace",
+        "the default: s3://my-bucket/speedruns/<namespace>/<name> at https://s3.example.com.",
+        "read Secret s3-creds from their own namespace",
         f"kubectl -n {NAMESPACE} create secret generic s3-creds \\\n"
         "       --from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...",
         f"kubectl -n {NAMESPACE} apply -f examples/tiny-cpu.yaml",

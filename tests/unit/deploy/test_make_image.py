@@ -15,24 +15,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from speedrun_operator.settings import OperatorSettings
-from tests.support import helm_tool
 from tests.support.helpers import ROOT
 from tests.support.readme_box import cluster_box, helm_sets, option, words
 
 CHART = ROOT / "charts" / "speedrun-operator"
 APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    try:
-        return helm_tool.helm_path()
-    except helm_tool.HelmUnavailable as err:
-        pytest.skip(f"no helm binary: {err}")
 
 
 def make_n(*args: str) -> subprocess.CompletedProcess[str]:

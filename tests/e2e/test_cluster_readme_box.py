@@ -57,7 +57,8 @@ APP_VERSION = yaml.safe_load((ROOT / "charts" / "speedrun-operator" / "Chart.yam
 
 class Shell:
     """Runs a box command through bash in the repository root, with `helm` and `kubectl` on PATH
-    and the control plane's admin kubeconfig (the in-process operator's own KUBECONFIG is its)."""
+    and the control plane's admin kubeconfig (set here: the in-process operator points the test
+    process's KUBECONFIG at its ServiceAccount's)."""
 
     def __init__(self, cp: ControlPlane, bin_dir: Path) -> None:
         bin_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +114,8 @@ def test_readme_cluster_box_runs_as_written(
     values, namespace = helm_sets(install), option(install, "-n", "--namespace")
     assert namespace, "the box's helm install names its namespace"
     bucket, _, prefix = values["operator.defaultStorageUri"].removeprefix("s3://").partition("/")
-    shell = Shell(cp, tmp_path / "bin")
+    shell, workdir = Shell(cp, tmp_path / "bin"), tmp_path / "operator"
+    workdir.mkdir()
     with contextlib.ExitStack() as stack:
         s3 = stack.enter_context(moto_s3(pod_net, bucket))
         placeholders = {
@@ -135,8 +137,7 @@ def test_readme_cluster_box_runs_as_written(
                 shell.run(f"{line} --set replicaCount=0")
                 release = installed_release(cp, argv[2], namespace)
                 assert (operator_image(cp, release), release.env["SPEEDRUN_TRAINER_IMAGE"]) == tuple(pushed)
-                (tmp_path / "operator").mkdir()
-                stack.enter_context(release_operator(cp, release, tmp_path / "operator"))
+                stack.enter_context(release_operator(cp, release, workdir))
             elif "wait" in argv:
                 assert job is not None, "the box waits for a job it has not applied"
                 out = wait_as_the_box_does(shell, line, cp, kube_nodes, job)
@@ -157,15 +158,20 @@ def test_readme_cluster_box_runs_as_written(
         assert results["bpb"] == info["eval/builtin://pydoc-topics/val/bpb"] and info["num_devices"] == 2
         assert srj_status(cp, *job)["phase"] == "Succeeded"
 
-        # The pods ran the pushed trainer image, with the box's Secret for their keys.
-        pods = cp.admin.list(f"/api/v1/namespaces/{namespace}/pods", labels=f"speedrun.dev/job={job[1]}")
         secret = next(argv[6] for argv in map(words, commands) if argv[3:6] == ["create", "secret", "generic"])
-        for pod in pods:
-            [container] = pod["spec"]["containers"]
-            refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e
-                    and "secretKeyRef" in e["valueFrom"]}  # fmt: skip
-            assert container["image"] == pushed[1] and refs == dict.fromkeys(STORAGE_SECRET_KEYS, secret), refs
-        assert sorted({p["metadata"]["labels"]["speedrun.dev/role"] for p in pods}) == ["eval", "train"]
+        check_pods(cp, job, pushed[1], secret)
+
+
+def check_pods(cp: ControlPlane, job: tuple[str, str], image: str, secret: str) -> None:
+    """The job's training and eval pods ran the pushed trainer image, with the box's Secret for their keys."""
+    namespace, name = job
+    pods = cp.admin.list(f"/api/v1/namespaces/{namespace}/pods", labels=f"speedrun.dev/job={name}")
+    assert sorted({p["metadata"]["labels"]["speedrun.dev/role"] for p in pods}) == ["eval", "train"]
+    for pod in pods:
+        [container] = pod["spec"]["containers"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
+                if "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
+        assert container["image"] == image and refs == dict.fromkeys(STORAGE_SECRET_KEYS, secret), refs
 
 
 def operator_image(cp: ControlPlane, release: Release) -> str:

@@ -4,6 +4,9 @@
 #   docker build --target operator -t ghcr.io/speedrun-operator/operator:0.1.0 .   # kopf operator, no torch
 #   docker build --target trainer  -t ghcr.io/speedrun-operator/trainer:0.1.0 .    # torch 2.13.0
 #
+# `make image REGISTRY=<registry/namespace you can push to>` builds both as <REGISTRY>/operator and
+# <REGISTRY>/trainer (tag: the chart's appVersion), pushes them and prints the `helm install` line.
+#
 # Each installs its lock, hash-checked: requirements/operator.txt (the base dependencies) and
 # requirements/trainer.txt (train, wandb, gcs, fp8), resolved by `make lock` for CPython 3.11 on
 # x86_64 Linux, the python:3.11 image's. The trainer's torch is PyPI's 2.13.0, which on Linux x86_64

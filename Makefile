@@ -6,6 +6,7 @@
 #   make lock       re-resolve requirements/*.txt after editing pyproject.toml (lock-upgrade: newest versions)
 #   make format     ruff format the tree
 #   make picture    redraw the README's picture from Marin's published runs
+#   make image REGISTRY=<registry/namespace> [TAG=...]   build and push the operator and trainer images
 # The locks are resolved for CPython 3.11 on x86_64 Linux: python3.11 is preferred where one runs
 # (a pyenv shim for a version not selected does not); any other interpreter is installed unlocked,
 # and scripts/setup_venv.sh says so.
@@ -113,3 +114,24 @@ clean:
 .PHONY: kind
 kind:
 	scripts/kind-quickstart.sh
+
+# The chart's two images, built from the Dockerfile's targets and pushed to a registry you can push
+# to: $(REGISTRY)/operator:$(TAG) and $(REGISTRY)/trainer:$(TAG) (REGISTRY=ghcr.io/speedrun-operator
+# gives the chart's defaults). TAG defaults to the chart's appVersion, the tag the chart pulls when
+# none is set. CONTAINER_TOOL=podman or buildah work as docker does. The trainer image is ~5.6 GB.
+CONTAINER_TOOL ?= docker
+REGISTRY ?=
+IMAGE_PREFIX = $(patsubst %/,%,$(REGISTRY))
+TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/speedrun-operator/Chart.yaml)
+HELM_IMAGE_VALUES = --set image.repository=$(IMAGE_PREFIX)/operator,image.tag=$(TAG) \
+  --set trainer.image.repository=$(IMAGE_PREFIX)/trainer,trainer.image.tag=$(TAG)
+
+.PHONY: image
+image:
+	$(if $(REGISTRY),,$(error REGISTRY: give the registry and namespace to push to, e.g. make image REGISTRY=ghcr.io/you))
+	$(CONTAINER_TOOL) build --target operator -t $(IMAGE_PREFIX)/operator:$(TAG) .
+	$(CONTAINER_TOOL) build --target trainer -t $(IMAGE_PREFIX)/trainer:$(TAG) .
+	$(CONTAINER_TOOL) push $(IMAGE_PREFIX)/operator:$(TAG)
+	$(CONTAINER_TOOL) push $(IMAGE_PREFIX)/trainer:$(TAG)
+	@echo "Pushed. Install the chart with these images (and default storage: README.md, 'Run it on a cluster'):"
+	@echo "  helm install speedrun charts/speedrun-operator -n speedrun --create-namespace $(HELM_IMAGE_VALUES)"

@@ -32,6 +32,9 @@ class OperatorSettings:
     lease_retry_period: float = 2.0
     liveness: str = ""
     default_storage_uri: str = ""
+    # The endpoint and Secret of the default storage: they go only to jobs stored under it.
+    default_storage_endpoint_url: str = ""
+    default_storage_secret: str = ""
     progress_interval: float = 15.0
     resync_interval: float = 60.0
     accelerator_selectors: bool = True
@@ -54,6 +57,12 @@ class OperatorSettings:
 
     def problem(self) -> str | None:
         """One line naming the variable whose value cannot work, or None."""
+        for name in ("default_storage_endpoint_url", "default_storage_secret"):
+            if getattr(self, name) and not self.default_storage_uri:
+                return (
+                    f"{env_name(name)}: set {env_name('default_storage_uri')} too "
+                    "(the default endpoint and Secret apply only to jobs stored under the default prefix)"
+                )
         if self.leader_election:
             if not 0 < self.lease_retry_period < self.lease_renew_deadline < self.lease_duration:
                 return (

@@ -2,7 +2,8 @@
 
 `install_chart` runs the real helm (tests/support/helm_tool.py) against the control plane:
 `helm install <release> charts/speedrun-operator --namespace <ns> --set replicaCount=0 ...`,
-so the CRD, ServiceAccount, Role/RoleBinding (or ClusterRole) and Deployment are the chart's.
+so the CRD, ServiceAccount, Role/RoleBinding (or ClusterRole) and Deployment are the chart's
+(`installed_release` reads back a release installed by other means, e.g. the README's command).
 No container runtime can run the operator image here, so the Deployment keeps 0 replicas and
 `ChartOperator` runs the same process in the test (kopf's KopfRunner, `speedrun operator`'s
 argv) with:
@@ -73,6 +74,11 @@ def install_chart(cp: ControlPlane, release: str, namespace: str, values: dict[s
     if proc.returncode != 0:
         who = f" as {kubeconfig.name}" if kubeconfig else ""
         raise AssertionError(f"helm install{who} failed: {proc.stderr.strip()}")
+    return installed_release(cp, release, namespace)
+
+
+def installed_release(cp: ControlPlane, release: str, namespace: str) -> Release:
+    """The identity and operator env of a release helm has installed (however it was installed)."""
     deployments = cp.admin.list(f"/apis/apps/v1/namespaces/{namespace}/deployments",
                                 labels=f"app.kubernetes.io/instance={release}")  # fmt: skip
     assert len(deployments) == 1, deployments

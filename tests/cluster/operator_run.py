@@ -5,9 +5,10 @@
         served.phase("name"), served.condition("name", "Training"), served.events("name")
 
 `chart_operator_in`: `helm install` (chart.py), then the operator run with the release's
-ServiceAccount token; on exit the SpeedrunJobs are drained, and a request the chart's RBAC refused
-fails the test. `served_namespace` adds the chart values the operator tier uses and the readers;
-speedruns.py adds S3 for real speedruns.
+ServiceAccount token (`release_operator`, also for a release installed otherwise); on exit the
+SpeedrunJobs are drained, and a request the chart's RBAC refused fails the test.
+`served_namespace` adds the chart values the operator tier uses and the readers; speedruns.py
+adds S3 for real speedruns.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from speedrun_trainer.cli.launch import free_port
-from tests.cluster.chart import ChartOperator, chart_operator, install_chart
+from tests.cluster.chart import ChartOperator, Release, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.fixtures import Kubectl
 from tests.support.helpers import tiny_manifest
@@ -82,9 +83,20 @@ def chart_operator_in(
     cp: ControlPlane, namespace: str, workdir: Path, values: dict[str, str], env: dict[str, str] | None = None
 ) -> Iterator[ChartOperator]:
     """The chart installed as release `namespace` into `namespace` with chart `values`, and its
-    operator running (`env` over the variables the chart sets); on exit the namespace's
-    SpeedrunJobs are drained while it runs, and a request the chart's RBAC refused fails."""
+    operator running (`release_operator`)."""
     release = install_chart(cp, namespace, namespace, values)
+    with release_operator(cp, release, workdir, env) as op:
+        yield op
+
+
+@contextlib.contextmanager
+def release_operator(
+    cp: ControlPlane, release: Release, workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[ChartOperator]:
+    """The operator of an installed release serving its namespace, run with the release's
+    ServiceAccount token (`env` over the variables the chart sets); on exit the namespace's
+    SpeedrunJobs are drained while it runs, and a request the chart's RBAC refused fails."""
+    namespace = release.namespace
     cp.namespace(namespace)
     overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": "", **(env or {})}
     with chart_operator(cp, release, workdir, **overrides) as op:

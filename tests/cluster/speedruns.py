@@ -4,8 +4,9 @@ The fault tests of issue 12 (rendezvous under start-up skew, gang restart, Job T
 conditions) each need what tests/e2e/test_cluster_speedrun.py sets up for itself: moto's S3 on the pod
 network, the chart installed into the module's own namespace, the operator run with the chart's
 ServiceAccount token, and helpers to follow a SpeedrunJob and read its Jobs, pods and checkpoints.
-`speedrun_env(...)` yields a `Speedruns` holding all of it; every wait is on a condition with a
-generous timeout (the machine is shared), never a sleep of fixed length.
+`speedrun_env(...)` yields a `Speedruns` holding all of it (`moto_s3(...)` the S3 part alone);
+every wait is on a condition with a generous timeout (the machine is shared), never a sleep of
+fixed length.
 
     @pytest.fixture(scope="module")
     def runs(control_plane, kube_nodes, pod_net, tmp_path_factory):
@@ -118,14 +119,7 @@ def speedrun_env(
     values: dict[str, str] | None = None,
 ) -> Iterator[Speedruns]:  # fmt: skip
     """S3 on the pod network + the chart in `namespace` + its operator; drained on exit."""
-    if not isinstance(pod_net, NamespaceNetwork):
-        pytest.skip(f"real speedruns on the control plane need per-pod network namespaces: {pod_net.reason}")
-    server = ThreadedMotoServer(ip_address=pod_net.host_ip, port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    s3_client(url).create_bucket(Bucket=BUCKET)
-    try:
+    with moto_s3(pod_net, BUCKET) as url:
         chart_values = {"operator.progressInterval": "1", "operator.resyncInterval": "5", **(values or {})}
         with chart_operator_in(cp, namespace, tmp.mktemp("operator"), chart_values) as op:
             secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET}, "type": "Opaque",
@@ -133,6 +127,21 @@ def speedrun_env(
                                for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
             cp.admin.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
             yield Speedruns(cp, nodes, namespace, url, op)
+
+
+@contextlib.contextmanager
+def moto_s3(pod_net: PodNetwork, bucket: str) -> Iterator[str]:
+    """moto's S3 server on the pod network's host address (the pods reach it, nothing beyond does)
+    holding an empty `bucket`; yields its URL. Skips without per-pod network namespaces."""
+    if not isinstance(pod_net, NamespaceNetwork):
+        pytest.skip(f"real speedruns on the control plane need per-pod network namespaces: {pod_net.reason}")
+    server = ThreadedMotoServer(ip_address=pod_net.host_ip, port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    s3_client(url).create_bucket(Bucket=bucket)
+    try:
+        yield url
     finally:
         server.stop()
 

@@ -8,6 +8,7 @@ escalation, no service-account token, credentials only through `secretKeyRef`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from speedrun_api.accelerators import lookup
@@ -34,14 +35,37 @@ def job_uid(job: SpeedrunJob) -> str:
     return str(extra.get("uid") or job.metadata.name)
 
 
+@dataclass(frozen=True)
+class Storage:
+    """Where a job's checkpoints and results go and how its pods reach them."""
+
+    uri: str | None
+    endpoint_url: str | None = None
+    secret: str | None = None  # a Secret in the job's namespace holding STORAGE_SECRET_KEYS
+
+
+def storage(job: SpeedrunJob, settings: OperatorSettings) -> Storage:
+    """spec.storage when it names a URI, as a whole; else `<default prefix>/<namespace>/<name>` with
+    the operator's default endpoint and Secret (a job's own endpointUrl or secretRef replaces that
+    one); else no URI (a cluster run cannot run without storage).
+
+    The defaults never go with a URI the job names: the default store's credentials stay with it."""
+    own = job.spec.storage
+    secret = own.secret_ref.name if own.secret_ref is not None else None
+    if own.uri or not settings.default_storage_uri:
+        return Storage(resolve_storage_uri(job, default=None), own.endpoint_url, secret)
+    namespace = job.metadata.namespace or "default"
+    default = f"{settings.default_storage_uri.rstrip('/')}/{namespace}/{job.metadata.name}"
+    return Storage(
+        resolve_storage_uri(job, default=default),
+        own.endpoint_url or settings.default_storage_endpoint_url or None,
+        secret or settings.default_storage_secret or None,
+    )
+
+
 def storage_uri(job: SpeedrunJob, settings: OperatorSettings) -> str | None:
-    """Where checkpoints and results go: spec.storage.uri, else `<default prefix>/<namespace>/<name>`
-    under the operator's default prefix, else None (a cluster run cannot run without storage)."""
-    default = None
-    if settings.default_storage_uri:
-        namespace = job.metadata.namespace or "default"
-        default = f"{settings.default_storage_uri.rstrip('/')}/{namespace}/{job.metadata.name}"
-    return resolve_storage_uri(job, default=default)
+    """Where checkpoints and results go (`storage(...).uri`)."""
+    return storage(job, settings).uri
 
 
 def check_runnable(job: SpeedrunJob, settings: OperatorSettings) -> None:
@@ -123,14 +147,13 @@ def env(job: SpeedrunJob, settings: OperatorSettings) -> list[dict[str, Any]]:
         # to publish its store address again: https://github.com/pytorch/pytorch/issues/135712
         {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"},
     ]
-    uri = storage_uri(job, settings)
-    if uri is not None:
-        out.append({"name": ENV_STORAGE_URI, "value": uri})
-    storage = job.spec.storage
-    if storage.endpoint_url:
-        out.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint_url})
-    if storage.secret_ref is not None:
-        out += [_secret_env(key, storage.secret_ref.name, key) for key in STORAGE_SECRET_KEYS]
+    where = storage(job, settings)
+    if where.uri is not None:
+        out.append({"name": ENV_STORAGE_URI, "value": where.uri})
+    if where.endpoint_url:
+        out.append({"name": "AWS_ENDPOINT_URL", "value": where.endpoint_url})
+    if where.secret is not None:
+        out += [_secret_env(key, where.secret, key) for key in STORAGE_SECRET_KEYS]
     wandb = job.spec.tracking.wandb
     out.append({"name": "WANDB_MODE", "value": wandb.mode})
     if wandb.secret_ref is not None:

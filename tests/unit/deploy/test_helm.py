@@ -36,7 +36,6 @@ from speedrun_operator.operator_commands import kopf_run_argv
 from speedrun_operator.operator_metrics import REGISTRY, serve
 from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings, env_name
 from speedrun_operator.training_progress import METRIC_FIELDS
-from tests.support import helm_tool
 from tests.support.helpers import ROOT
 
 CHART = ROOT / "charts" / "speedrun-operator"
@@ -51,14 +50,6 @@ NOT_BUILTIN = {"CustomResourceDefinition", "ServiceMonitor", "PodMonitor"}
 MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor")
 
 _renders: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    try:
-        return helm_tool.helm_path()
-    except helm_tool.HelmUnavailable as err:
-        pytest.skip(f"no helm binary: {err}")
 
 
 def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -221,6 +212,10 @@ def test_custom_images_and_resources(helm: Path) -> None:
     )
     assert settings.image_pull_policy == "Always" and settings.run_as_user == 2000
     assert settings.service_account == "speedrun-trainer" and not settings.accelerator_selectors
+    assert (settings.default_storage_endpoint_url, settings.default_storage_secret) == (
+        "https://minio.storage.svc:9000",
+        "speedrun-s3",
+    )
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.example.com/ml/speedrun-operator:0.1.0-rc1"
     assert pod["containers"][0]["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
@@ -367,11 +362,42 @@ def test_cluster_wide_rbac_with_namespaces_is_refused(helm: Path) -> None:
         ("operator.watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
         ("monitoring.podMonitor.interval=often", "interval"),
         ("imag.tag=x", "Additional property imag is not allowed"),
+        ("operator.defaultStorageEndpointUrl=s3.example.com", "defaultStorageEndpointUrl"),
+        ("operator.defaultStorageSecret=S3_Creds", "defaultStorageSecret"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, setting: str, message: str) -> None:
     proc = run_helm(helm, "template", RELEASE, str(CHART), "--set", setting)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+DEFAULT_STORAGE = {
+    "operator.defaultStorageUri": "s3://my-bucket/speedruns",
+    "operator.defaultStorageEndpointUrl": "https://s3.example.com",
+    "operator.defaultStorageSecret": "s3-creds",
+}
+
+
+def set_args(values: dict[str, str]) -> list[str]:
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+def test_default_storage_reaches_the_pods_of_jobs_without_their_own(helm: Path) -> None:
+    settings = OperatorSettings.from_env(operator_env(render(helm, *set_args(DEFAULT_STORAGE))))
+    assert settings.problem() is None
+    job = load_job(ROOT / "examples" / "tiny-cpu.yaml")  # no spec.storage
+    [container] = build_train_job(job, settings)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") or e["valueFrom"].get("secretKeyRef") for e in container["env"]}
+    assert env["SPEEDRUN_STORAGE_URI"] == "s3://my-bucket/speedruns/default/tiny-cpu"
+    assert env["AWS_ENDPOINT_URL"] == "https://s3.example.com"
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}
+
+
+@pytest.mark.parametrize("value", ["operator.defaultStorageEndpointUrl=https://s3.example.com",
+                                   "operator.defaultStorageSecret=s3-creds"])  # fmt: skip
+def test_default_endpoint_or_secret_without_the_default_uri_is_refused(helm: Path, value: str) -> None:
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--set", value)
+    assert proc.returncode != 0 and "apply to operator.defaultStorageUri: set it too" in proc.stderr, proc.stderr
 
 
 def test_names_fit_kubernetes_limits(helm: Path) -> None:
@@ -570,10 +596,23 @@ def render_notes(helm: Path, tmp_path: Path, *args: str, apis: tuple[str, ...] =
 def test_notes_say_how_to_submit_watch_and_read_results(helm: Path, tmp_path: Path) -> None:
     notes = render_notes(helm, tmp_path)
     for expected in (
-        f"kubectl -n {NAMESPACE} apply -f examples/tiny-cpu.yaml",
+        f"kubectl -n {NAMESPACE} apply -f my-speedrun.yaml",  # tiny-cpu.yaml has no storage: it needs some
+        "--set operator.defaultStorageUri=",
         f"kubectl -n {NAMESPACE} get srj -w",
         "jsonpath='{.status.results}",
         f"helm test {RELEASE}",
         "spec.storage",
+    ):
+        assert expected in notes, expected
+
+
+def test_notes_with_default_storage_create_its_secret_in_the_jobs_namespace(helm: Path, tmp_path: Path) -> None:
+    notes = render_notes(helm, tmp_path, *set_args(DEFAULT_STORAGE))
+    for expected in (
+        "the default: s3://my-bucket/speedruns/<namespace>/<name> at https://s3.example.com.",
+        "read Secret s3-creds from their own namespace",
+        f"kubectl -n {NAMESPACE} create secret generic s3-creds \\\n"
+        "       --from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...",
+        f"kubectl -n {NAMESPACE} apply -f examples/tiny-cpu.yaml",
     ):
         assert expected in notes, expected

@@ -18,6 +18,7 @@ import yaml
 
 from speedrun_api.manifest import load_job, parse_job
 from speedrun_operator import builders
+from speedrun_operator.builders.common import STORAGE_SECRET_KEYS
 from speedrun_operator.operator_commands import main as cli
 from speedrun_operator.settings import OperatorSettings
 from tests.support.helpers import EXAMPLES
@@ -273,6 +274,45 @@ def test_storage_is_required_without_an_operator_default() -> None:
     with pytest.raises(builders.BuildError, match=r"spec\.storage\.uri: required"):
         builders.check_runnable(parse(tiny()), OperatorSettings())
     builders.check_runnable(parse(tiny(storage={"uri": "s3://b/p"})), OperatorSettings())
+
+
+DEFAULT_STORAGE = OperatorSettings(
+    default_storage_uri="s3://bucket/runs/",
+    default_storage_endpoint_url="https://s3.example.com",
+    default_storage_secret="s3-default",
+)
+OWN = {"uri": "s3://own/p", "endpointUrl": "http://minio:9000", "secretRef": {"name": "own-creds"}}
+
+
+@pytest.mark.parametrize(
+    ("storage", "settings", "uri", "endpoint", "secret"),
+    [
+        # No spec.storage: the operator's default, endpoint and Secret included.
+        (None, DEFAULT_STORAGE, "s3://bucket/runs/team-a/tiny-cpu", "https://s3.example.com", "s3-default"),
+        # A job's own URI wins as a whole: the default endpoint and Secret never go with it.
+        ({"uri": "s3://own/p"}, DEFAULT_STORAGE, "s3://own/p", None, None),
+        (OWN, DEFAULT_STORAGE, "s3://own/p", "http://minio:9000", "own-creds"),
+        # Under the default prefix, a job's own Secret (or endpoint) replaces the default's.
+        ({"secretRef": {"name": "team-creds"}}, DEFAULT_STORAGE, "s3://bucket/runs/team-a/tiny-cpu",
+         "https://s3.example.com", "team-creds"),
+        ({"endpointUrl": "http://minio:9000"}, DEFAULT_STORAGE, "s3://bucket/runs/team-a/tiny-cpu",
+         "http://minio:9000", "s3-default"),
+        # A default URI alone (AWS, the pods' own identity): no endpoint, no Secret.
+        (None, SETTINGS, "s3://bucket/runs/team-a/tiny-cpu", None, None),
+    ],
+    ids=["default", "own-uri", "own-all", "own-secret", "own-endpoint", "default-uri-only"],
+)  # fmt: skip
+def test_storage_env_of_training_and_eval_pods(
+    storage: dict[str, Any] | None, settings: OperatorSettings, uri: str, endpoint: str | None, secret: str | None
+) -> None:
+    job = parse(tiny(storage=storage) if storage else tiny())
+    for built in (builders.build_train_job(job, settings), builders.build_eval_job(job, settings)):
+        [container] = built["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["SPEEDRUN_STORAGE_URI"]["value"] == uri
+        assert env.get("AWS_ENDPOINT_URL", {}).get("value") == endpoint
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if e["name"] in STORAGE_SECRET_KEYS}
+        assert refs == {key: {"name": secret, "key": key} for key in STORAGE_SECRET_KEYS if secret}
 
 
 def test_render_gpt2_example_one_pod_per_node_with_eight_gpus() -> None:

@@ -26,3 +26,14 @@ def test_lease_timings_that_cannot_work_are_named() -> None:
     bad = OperatorSettings(leader_election=True, namespaces=("a",), lease_duration=5, lease_renew_deadline=10)
     assert "SPEEDRUN_OPERATOR_LEASE_RENEW_DEADLINE" in (bad.problem() or "")
     assert OperatorSettings(lease_duration=5, lease_renew_deadline=10).problem() is None  # election off
+
+
+def test_default_storage_endpoint_and_secret_need_the_default_uri() -> None:
+    env = {"SPEEDRUN_OPERATOR_DEFAULT_STORAGE_SECRET": "s3-creds"}
+    problem = OperatorSettings.from_env(env).problem() or ""
+    assert problem.startswith("SPEEDRUN_OPERATOR_DEFAULT_STORAGE_SECRET: set SPEEDRUN_OPERATOR_DEFAULT_STORAGE_URI")
+    endpoint = OperatorSettings(default_storage_endpoint_url="https://s3.example.com")
+    assert "SPEEDRUN_OPERATOR_DEFAULT_STORAGE_ENDPOINT_URL" in (endpoint.problem() or "")
+    full = OperatorSettings(default_storage_uri="s3://b/p", default_storage_endpoint_url="https://s3.example.com",
+                            default_storage_secret="s3-creds")  # fmt: skip
+    assert full.problem() is None and OperatorSettings.from_env(full.to_env()) == full

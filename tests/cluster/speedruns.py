@@ -27,7 +27,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.api import ApiError
@@ -37,7 +36,7 @@ from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_run import chart_operator_in
 from tests.support.helpers import tiny_manifest
-from tests.support.s3 import S3_CREDENTIALS
+from tests.support.s3 import S3_CREDENTIALS, GatedMotoServer
 
 S3_SECRET = "speedrun-s3"
 BUCKET = "runs"
@@ -119,29 +118,27 @@ def speedrun_env(
     values: dict[str, str] | None = None,
 ) -> Iterator[Speedruns]:  # fmt: skip
     """S3 on the pod network + the chart in `namespace` + its operator; drained on exit."""
-    with moto_s3(pod_net, BUCKET) as url:
+    with moto_s3(pod_net, BUCKET) as s3:
         chart_values = {"operator.progressInterval": "1", "operator.resyncInterval": "5", **(values or {})}
         with chart_operator_in(cp, namespace, tmp.mktemp("operator"), chart_values) as op:
             secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET}, "type": "Opaque",
                       "data": {k: base64.b64encode(S3_CREDENTIALS[k].encode()).decode()
                                for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
             cp.admin.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
-            yield Speedruns(cp, nodes, namespace, url, op)
+            yield Speedruns(cp, nodes, namespace, s3.url, op)
 
 
 @contextlib.contextmanager
-def moto_s3(pod_net: PodNetwork, bucket: str) -> Iterator[str]:
+def moto_s3(pod_net: PodNetwork, bucket: str) -> Iterator[GatedMotoServer]:
     """moto's S3 server on the pod network's host address (the pods reach it, nothing beyond does)
-    holding an empty `bucket`; yields its URL. Skips without per-pod network namespaces."""
+    holding an empty `bucket`; its PUTs can be held (GatedMotoServer). Skips without per-pod
+    network namespaces."""
     if not isinstance(pod_net, NamespaceNetwork):
         pytest.skip(f"real speedruns on the control plane need per-pod network namespaces: {pod_net.reason}")
-    server = ThreadedMotoServer(ip_address=pod_net.host_ip, port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    s3_client(url).create_bucket(Bucket=bucket)
+    server = GatedMotoServer(pod_net.host_ip, free_port()).start()
+    s3_client(server.url).create_bucket(Bucket=bucket)
     try:
-        yield url
+        yield server
     finally:
         server.stop()
 

@@ -117,7 +117,7 @@ def test_readme_cluster_box_runs_as_written(
     shell, workdir = Shell(cp, tmp_path / "bin"), tmp_path / "operator"
     workdir.mkdir()
     with contextlib.ExitStack() as stack:
-        s3 = stack.enter_context(moto_s3(pod_net, bucket))
+        s3 = stack.enter_context(moto_s3(pod_net, bucket)).url
         placeholders = {
             values["operator.defaultStorageEndpointUrl"]: s3,
             **{f"{key}=...": f"{key}={S3_CREDENTIALS[key]}" for key in STORAGE_SECRET_KEYS},

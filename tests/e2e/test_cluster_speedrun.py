@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from speedrun_trainer.cli.launch import free_port
@@ -33,6 +32,7 @@ from tests.cluster.fixtures import Kubectl
 from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.prometheus import Prometheus, prometheus_binary
+from tests.cluster.speedruns import moto_s3, s3_client
 from tests.support.helpers import ROOT, tiny_manifest
 from tests.support.s3 import S3_CREDENTIALS, GatedMotoServer
 
@@ -50,24 +50,13 @@ PROMETHEUS_CONFIG = ROOT / "tests" / "data" / "prometheus" / "cluster.yml"
 
 @pytest.fixture(scope="module")
 def s3_server(pod_net: PodNetwork) -> Iterator[GatedMotoServer]:
-    if not isinstance(pod_net, NamespaceNetwork):
-        pytest.skip(f"the cluster e2e needs per-pod network namespaces: {pod_net.reason}")
-    server = GatedMotoServer(pod_net.host_ip, free_port()).start()
-    client(server.url).create_bucket(Bucket=BUCKET)
-    try:
+    with moto_s3(pod_net, BUCKET) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def s3_on_pod_network(s3_server: GatedMotoServer) -> str:
     return s3_server.url
-
-
-def client(url: str) -> Any:
-    return boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +132,7 @@ def test_two_node_speedrun_rendezvous_through_cluster_dns(
     # What a user sees: kubectl's table and the published results.
     row = kubectl.run("get", "srj", "tiny", "-n", NAMESPACE, "--no-headers").stdout.split()
     assert row[:3] == ["tiny", "Succeeded", "2"], row
-    info = json.loads(client(s3_on_pod_network).get_object(Bucket=BUCKET, Key="tiny/speedrun_results.json")["Body"]
+    info = json.loads(s3_client(s3_on_pod_network).get_object(Bucket=BUCKET, Key="tiny/speedrun_results.json")["Body"]
                       .read())["runs"][0]["run_info"]  # fmt: skip
     status = cp.admin.get(f"{SRJ_PATH}/tiny")["status"]
     assert status["results"]["bpb"] == info["eval/builtin://pydoc-topics/val/bpb"] and info["num_devices"] == 2
@@ -174,7 +163,7 @@ def pods_of(cp: ControlPlane, job: str) -> list[dict[str, Any]]:
 
 
 def saved_steps(s3: str, name: str) -> list[int]:
-    listing = client(s3).list_objects_v2(Bucket=BUCKET, Prefix=f"{name}/checkpoints/").get("Contents") or []
+    listing = s3_client(s3).list_objects_v2(Bucket=BUCKET, Prefix=f"{name}/checkpoints/").get("Contents") or []
     return sorted(int(m[1]) for o in listing if (m := re.search(r"meta_(\d+)\.json$", o["Key"])))
 
 
@@ -255,7 +244,7 @@ def test_failed_eval_pod_is_retried_and_results_are_published_once(
     assert [p["status"]["phase"] for p in pods] == ["Failed", "Succeeded"]
     job = cp.admin.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/retry-eval")["status"]
     assert (job["failed"], job["succeeded"]) == (1, 1)
-    keys = client(s3_on_pod_network).list_objects_v2(Bucket=BUCKET, Prefix="retry/").get("Contents") or []
+    keys = s3_client(s3_on_pod_network).list_objects_v2(Bucket=BUCKET, Prefix="retry/").get("Contents") or []
     assert [o["Key"] for o in keys if o["Key"].endswith("speedrun_results.json")] == ["retry/speedrun_results.json"]
     assert cp.admin.get(f"{SRJ_PATH}/retry")["status"].get("restarts", 0) == 0
 
@@ -356,7 +345,7 @@ def test_a_new_spec_on_an_old_runs_storage_fails_and_publishes_nothing(
     cp, s3 = control_plane, s3_on_pod_network
     kubectl.run("apply", "-f", "-", stdin=json.dumps(manifest("reuse", s3, 20, 10)))
     follow(cp, kube_nodes, "reuse", "Succeeded")
-    published = client(s3).get_object(Bucket=BUCKET, Key="reuse/speedrun_results.json")["Body"].read()
+    published = s3_client(s3).get_object(Bucket=BUCKET, Key="reuse/speedrun_results.json")["Body"].read()
 
     kubectl.run("delete", "srj", "reuse", "-n", NAMESPACE, "--wait=true", "--timeout=60s")
     wait_for(lambda: not pods_of(cp, "reuse-train") and not pods_of(cp, "reuse-eval"), "the old run's pods gone")
@@ -370,4 +359,4 @@ def test_a_new_spec_on_an_old_runs_storage_fails_and_publishes_nothing(
     assert "spec.train.optimizer.learningRate" in failed["message"], failed
     jobs = cp.admin.list(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", labels="speedrun.dev/job=reuse")
     assert [j["metadata"]["name"] for j in jobs] == ["reuse-train"]  # no eval Job: nothing published
-    assert client(s3).get_object(Bucket=BUCKET, Key="reuse/speedrun_results.json")["Body"].read() == published
+    assert s3_client(s3).get_object(Bucket=BUCKET, Key="reuse/speedrun_results.json")["Body"].read() == published

@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, seed, settings
+from hypothesis import event, given, seed
 from hypothesis import strategies as st
 
 from speedrun_trainer.cli.speedrun import main as speedrun
 from speedrun_trainer.leaderboard.run_checks import MAX_BPB, MAX_FLOPS, MAX_RESULTS_BYTES
 from speedrun_trainer.leaderboard.runs import BPB_KEY
 from speedrun_trainer.leaderboard.table_text import TABLE_WIDTH
+from tests.support.helpers import property_settings
 
 MAX_EXAMPLES = 200
 NUMBER_FIELDS = [
@@ -127,13 +128,7 @@ def _lines(capsys: pytest.CaptureFixture[str]) -> tuple[str, list[str]]:
 
 
 @seed(28)
-@settings(
-    max_examples=MAX_EXAMPLES,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@property_settings(MAX_EXAMPLES)
 @given(tree=trees())
 def test_hostile_trees_rank_the_valid_runs_and_name_each_bad_file_once(
     tree: list[tuple[bytes, list[str], bool]], capsys: pytest.CaptureFixture[str]

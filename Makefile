@@ -101,11 +101,12 @@ format: setup
 crd: setup
 	$(BIN)/speedrun crd
 
-# The README's picture: the leaderboard of Marin's published runs (tests/data/marin-speedrun/),
-# drawn by the CLI itself; tests/unit/deploy/test_readme_picture.py fails when the committed file drifts.
+# The README's picture: the leaderboard of Marin's published runs (`--demo`: the site's data file,
+# shipped in trainer/speedrun_trainer/leaderboard/marin_speedrun/), drawn by the CLI itself;
+# tests/unit/deploy/test_readme_picture.py fails when the committed file drifts.
 PICTURE := docs/img/leaderboard.png
 picture: setup
-	$(BIN)/speedrun leaderboard tests/data/marin-speedrun/runs.json --plot $(PICTURE) > /dev/null
+	$(BIN)/speedrun leaderboard --demo --plot $(PICTURE) > /dev/null
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

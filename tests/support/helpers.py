@@ -1,4 +1,5 @@
-"""Small manifest builders shared by the tests (not fixtures: plain functions)."""
+"""Small manifest builders shared by the tests (not fixtures: plain functions), and the property
+tests' Hypothesis settings."""
 
 from __future__ import annotations
 
@@ -45,3 +46,17 @@ def with_changes(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
 def write_manifest(path: Path, doc: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def property_settings(max_examples: int) -> Any:
+    """Hypothesis settings of our property tests: derandomized, no example database, no deadline
+    (cases vary by orders of magnitude), function-scoped fixtures allowed (each case resets them)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=max_examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from speedrun_trainer.leaderboard.marin_fit import PowerLaw
+from speedrun_trainer.leaderboard.runs import MARIN_RUNS
 from speedrun_trainer.leaderboard.scaling import Point
-from tests.support.helpers import TEST_DATA
 
-SITE_RUNS = TEST_DATA / "marin-speedrun" / "runs.json"  # Marin's data/runs.json
+SITE_RUNS = MARIN_RUNS  # Marin's data/runs.json, shipped with the package (`--demo`)
 
 TRUE_LAW = PowerLaw(400.0, 0.155, 0.68)
 SIZES = np.geomspace(3e17, 3e20, 6)

@@ -33,7 +33,7 @@ from typing import Any
 import kopf
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, seed, settings
+from hypothesis import event, given, seed
 from hypothesis import strategies as st
 
 from speedrun_api.manifest import SpecError, load_job, parse_job, strict_json
@@ -45,7 +45,7 @@ from speedrun_operator.handlers import reconcile
 from speedrun_operator.handlers.operator_startup import OperatorContext
 from speedrun_operator.settings import OperatorSettings
 from speedrun_trainer.cli.speedrun import plan_json
-from tests.support.helpers import EXAMPLES
+from tests.support.helpers import EXAMPLES, property_settings
 
 MAX_EXAMPLES = 600
 EXAMPLE_DOCS = [yaml.safe_load(p.read_text()) for p in sorted(EXAMPLES.glob("*.yaml"))]
@@ -203,13 +203,7 @@ def _operator_reconcile(doc: dict[str, Any]) -> None:
 
 
 @seed(15)
-@settings(
-    max_examples=MAX_EXAMPLES,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@property_settings(MAX_EXAMPLES)
 @given(doc=mutated_manifests(), via_text=st.booleans(), mutation=byte_mutation())
 def test_mutated_manifests_keep_the_rules(doc: dict[str, Any], via_text: bool, mutation: tuple[str, int, int]) -> None:
     if via_text:

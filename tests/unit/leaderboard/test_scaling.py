@@ -4,7 +4,7 @@
 
 How the site's numbers below were obtained (2026-11-30, outside this repository, nothing of it
 committed): the public repository marin-community/speedrun at commit 8c942e9 (the commit that
-tests/data/marin-speedrun/runs.json was taken from) was fetched; its
+trainer/speedrun_trainer/leaderboard/marin_speedrun/runs.json was taken from) was fetched; its
 website/src/utils/regression.ts was transpiled as is with esbuild 0.24.0 to an ES module, and a
 scratch Node.js 20 script imported it with the npm package ml-levenberg-marquardt 5.0.0 (the
 version website/package-lock.json pins; ml-matrix 6.12.1) and replayed what
@@ -30,8 +30,9 @@ import pytest
 
 from speedrun_trainer.cli.speedrun import main as speedrun
 from speedrun_trainer.leaderboard.marin_fit import PowerLaw, fit_marin
+from speedrun_trainer.leaderboard.runs import load_site_runs
 from speedrun_trainer.leaderboard.scaling import Point, fit_converged, fit_group, fit_groups, sse
-from speedrun_trainer.leaderboard.scaling_views import groups_of, load_site_runs, runs_view
+from speedrun_trainer.leaderboard.scaling_views import groups_of, runs_view
 from tests.support.scaling_runs import SITE_RUNS, SIZES, TRUE_LAW, depth_sweep, synthetic, write_results
 
 SITE_FORECASTS = {  # BPB at 1e22 FLOPs, per group, as the site computes it
@@ -280,7 +281,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit) as exit_info:
         speedrun(["leaderboard", str(tmp_path), "--view", "scaling", "--forecast-flops", "-1"])
     assert exit_info.value.code == 2
-    assert "--forecast-flops: must be > 0" in capsys.readouterr().err
+    assert "--forecast-flops: must be a number from 1 to 1e+30, got -1" in capsys.readouterr().err
 
 
 def test_without_scipy_marin_mode_works_and_converged_says_what_to_install(
@@ -289,7 +290,7 @@ def test_without_scipy_marin_mode_works_and_converged_says_what_to_install(
     depth_sweep(tmp_path)
     monkeypatch.setitem(sys.modules, "scipy", None)  # `from scipy import ...` now raises ImportError
     code, _, err = run_cli(capsys, str(tmp_path), "--view", "scaling")
-    assert code == 2 and err.strip().count("\n") == 0 and "speedrun-operator[plot]" in err and "--fit marin" in err
+    assert code == 2 and err.strip().count("\n") == 0 and "speedrun-operator[train]" in err and "--fit marin" in err
     code, out, _ = run_cli(capsys, str(tmp_path), "--view", "scaling", "--fit", "marin", "--json")
     assert code == 0 and json.loads(out)["groups"][0]["name"] == "sweep"
 

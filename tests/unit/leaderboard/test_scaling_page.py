@@ -3,7 +3,7 @@ Scaling view and relative toggle (page_data.py, page_scaling.js), the page in he
 
     pytest tests/unit/leaderboard/test_scaling_page.py
 
-Marin's 96 published runs (tests/data/marin-speedrun/runs.json) are the data; the page's figures
+Marin's 96 published runs (the package's marin_speedrun/runs.json) are the data; the page's figures
 are checked against the Python ones (scaling.py) at the precision the page prints them.
 """
 
@@ -20,8 +20,9 @@ import pytest
 from speedrun_trainer.cli.speedrun import main as speedrun
 from speedrun_trainer.leaderboard.frontier_plot import FRONTIER_COLOR
 from speedrun_trainer.leaderboard.page_data import forecast_grid, relative_data, scaling_data
+from speedrun_trainer.leaderboard.runs import load_site_runs
 from speedrun_trainer.leaderboard.scaling import fit_group, forecast_interval
-from speedrun_trainer.leaderboard.scaling_views import comparable_runs, load_site_runs, runs_view, scaling_view
+from speedrun_trainer.leaderboard.scaling_views import comparable_runs, runs_view, scaling_view
 from speedrun_trainer.leaderboard.view_plots import COLORS, FAINT, scaling_png
 from tests.support.pixels import load_png, pixels_near, rgb
 from tests.support.scaling_runs import SITE_RUNS, depth_sweep, synthetic

@@ -4,9 +4,11 @@ speedrun leaderboard runs/                                  a table per track
 speedrun leaderboard s3://bucket/speedruns --plot board.png --html board.html
 speedrun leaderboard runs/ --json                           the ranked runs as JSON
 speedrun leaderboard runs/ --flops model --plot board.png   model FLOPs on the x axis and frontier
-speedrun leaderboard runs.json --view scaling [--fit marin]  groups' scaling laws and forecasts
-speedrun leaderboard runs.json --view runs --x model --relative   BPB vs the baseline's law
-speedrun leaderboard runs.json --view scaling --plot s.png --html s.html   the view drawn, the page on it
+speedrun leaderboard --demo                                 Marin's published runs (shipped with the package)
+speedrun leaderboard --demo --view scaling [--fit marin]    groups' scaling laws and forecasts
+speedrun leaderboard --demo --view runs --x model --relative   BPB vs the baseline's law
+speedrun leaderboard --demo --view scaling --plot s.png --html s.html   the view drawn, the page on it
+speedrun leaderboard runs/ --wide                           every column (tables fit 80 columns by default)
 python -m speedrun_trainer.leaderboard URI [...]            the same without the CLI
 """
 
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from speedrun_api.run_contract import RESULTS_FILE
@@ -24,22 +27,38 @@ from speedrun_trainer.leaderboard import scaling, scaling_views
 from speedrun_trainer.leaderboard.ranking import (
     FLOPS_FIELD,
     build_tables,
-    format_table,
     is_bpb_track,
     left_out,
     rank_runs,
     runs_json,
 )
-from speedrun_trainer.leaderboard.runs import DEFAULT_BAND_WIDTH, EXIT_ERROR, FLOPS_AXES, Run, load_runs
+from speedrun_trainer.leaderboard.run_checks import MAX_BPB, MAX_FLOPS
+from speedrun_trainer.leaderboard.runs import (
+    DEFAULT_BAND_WIDTH,
+    EXIT_ERROR,
+    FLOPS_AXES,
+    MARIN_RUNS,
+    Run,
+    is_site_file,
+    load_runs,
+    load_site_runs,
+)
+from speedrun_trainer.leaderboard.table_text import TABLE_WIDTH, format_table
+
+MIN_BAND_WIDTH = 1e-4  # BPBs are shown to 4 decimals: a narrower band cannot be told apart
 
 # ---- the command ----------------------------------------------------------------------------
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _within(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, got {text}")
+        return value
+
+    parse.__name__ = "number"  # argparse's "invalid number value: 'x'"
+    return parse
 
 
 def _fraction(text: str) -> float:
@@ -57,7 +76,18 @@ def _band_points(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("uri", help=f"file:// or s3:// prefix (or a directory) holding {RESULTS_FILE} files")
+    p.add_argument("uri", nargs="?", help=f"file:// or s3:// prefix (or a directory) holding {RESULTS_FILE} files")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="rank Marin's 96 published runs (the site's data file, shipped with this package) instead of a URI",
+    )
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help=f"tables with every column, whole (default: fitted to {TABLE_WIDTH} columns: details left out,"
+        " long names wrapped)",
+    )
     p.add_argument(
         "--plot",
         metavar="PNG",
@@ -71,7 +101,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " relative toggle; tables) and Scaling (laws, bands, forecasts at any FLOPs); --view opens it there",
     )
     p.add_argument("--json", action="store_true", help="print the ranked runs as JSON instead of tables")
-    p.add_argument("--band-width", type=_positive, default=DEFAULT_BAND_WIDTH, help="BPB band width (0.1)")
+    p.add_argument(
+        "--band-width", type=_within(MIN_BAND_WIDTH, MAX_BPB), default=DEFAULT_BAND_WIDTH, help="BPB band width (0.1)"
+    )
     p.add_argument(
         "--flops",
         "--x",
@@ -81,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " (default) or model FLOPs",
     )
     p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
-    views = p.add_argument_group("views (scaling_views.py); URI may also be Marin's site data file runs.json")
+    views = p.add_argument_group("views (scaling_views.py); URI may also be a Marin site data file (runs.json)")
     views.add_argument(
         "--view", choices=scaling_views.VIEWS, help="scaling: groups' laws ranked by forecast; runs: all runs"
     )
@@ -95,7 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     views.add_argument(
         "--forecast-flops",
-        type=_positive,
+        type=_within(1.0, MAX_FLOPS),
         default=scaling.DEFAULT_FORECAST_FLOPS,
         metavar="FLOPS",
         help="where the scaling view forecasts (1e22)",
@@ -136,9 +168,13 @@ def _write(path: str, data: bytes) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
+    width = None if args.wide else TABLE_WIDTH
     try:
-        site_file = scaling_views.is_site_file(args.uri)
-        runs = scaling_views.load_site_runs(args.uri) if site_file else load_runs(args.uri, args.endpoint_url)
+        if args.demo == bool(args.uri):
+            raise DataError("give a URI of results files, or --demo for Marin's published runs (not both)")
+        if args.demo:
+            args.uri = str(MARIN_RUNS)
+        runs = load_site_runs(args.uri) if is_site_file(args.uri) else load_runs(args.uri, args.endpoint_url)
         if not runs:
             raise DataError(f"{args.uri}: no {RESULTS_FILE} found")
         if args.view:
@@ -159,6 +195,7 @@ def handler(args: argparse.Namespace) -> int:
                     root,
                     args.band_points if args.json else 0,
                     args.bpb_track,
+                    width,
                 )
             )
             if args.plot:
@@ -180,7 +217,7 @@ def handler(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(runs_json(runs), indent=2))
         elif tables:
-            print("\n\n".join(format_table(t) for t in tables))
+            print("\n\n".join(format_table(t, width) for t in tables))
         else:
             print(f"{len(runs)} runs, none with a BPB or a target: nothing to rank", file=sys.stderr)
         if args.plot:

@@ -173,6 +173,7 @@ def _bpb_tables(
             ],
             [True, False, False, False, True, True, True, True, True],
             [r.pareto for r in board],
+            ["", "", "", "drop", "", "", "drop", "drop", ""],
         )
     ]
     rows, flags = [], []
@@ -243,27 +244,10 @@ def build_tables(
                 ],
                 [True, False, False, True, True, True, True],
                 [r.ranks[name] == 1 for r in entrants],
+                ["", "", "drop", "", "", "", ""],
             )
         )
     return tables
-
-
-def format_table(table: Table) -> str:
-    widths = [max(len(c) for c in col) for col in zip(table.headers, *table.rows, strict=True)]
-
-    def line(cells: list[str]) -> str:
-        pairs = zip(cells, widths, table.numeric, strict=True)
-        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in pairs).rstrip()
-
-    return "\n".join(
-        [
-            f"== {table.title}",
-            f"   {table.note}",
-            line(table.headers),
-            line(["-" * w for w in widths]),
-            *(line(r) for r in table.rows),
-        ]
-    )
 
 
 def runs_json(runs: list[Run]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from speedrun_api.metric_definitions import (
@@ -27,6 +28,17 @@ from speedrun_api.metric_definitions import (
 )
 from speedrun_api.run_contract import RESULTS_FILE
 from speedrun_trainer.data.storage import DataError, open_storage
+from speedrun_trainer.leaderboard.run_checks import (
+    MAX_SITE_BYTES,
+    is_bpb_key,
+    parse_results,
+    printable,
+    problems,
+    read_results,
+    shown,
+    target_of,
+    too_big,
+)
 
 BPB_KEY = MARIN_BPB_KEY
 MARIN_TRACK = "marin"
@@ -34,6 +46,8 @@ FLOPS_AXES = ("hardware", "model")
 DEFAULT_BAND_WIDTH = 0.1
 HIGHER_IS_BETTER = {"core"}
 EXIT_ERROR = 2
+SHOWN_REASONS = 3  # per skipped file on stderr; the rest counted
+MARIN_RUNS = Path(__file__).with_name("marin_speedrun") / "runs.json"  # Marin's published runs: --demo
 
 
 @dataclass
@@ -108,6 +122,7 @@ class Table:
     rows: list[list[str]]
     numeric: list[bool]  # right-aligned columns
     highlight: list[bool] = field(default_factory=list)  # rows drawn out (the Pareto frontier)
+    narrow: list[str] = field(default_factory=list)  # per column, to fit 80 columns: "drop", "fold" or "" (table_text)
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -120,10 +135,7 @@ def as_number(x: Any) -> float | None:
 
 
 def _target(info: dict[str, Any]) -> tuple[str, float] | None:
-    target = info.get("target")
-    if target is None and isinstance(info.get("spec"), dict):  # the resolved manifest, or its spec
-        spec = info["spec"].get("spec", info["spec"])
-        target = spec.get("target") if isinstance(spec, dict) else None
+    target = target_of(info)  # `target`, or the resolved manifest's
     if not isinstance(target, dict) or as_number(target.get("value")) is None or not target.get("metric"):
         return None
     return str(target["metric"]), float(target["value"])
@@ -171,25 +183,54 @@ def run_from_info(info: dict[str, Any], name: str, source: str) -> Run:
     )
 
 
-def runs_from_document(doc: Any, name: str, source: str) -> list[Run]:
-    """Every run of one results file: {"runs": [{"run_info"}...]}, {"run_info"} or a bare run_info."""
+def checked_run(info: dict[str, Any], name: str, source: str) -> Run:
+    """`run_from_info` of a run_info that run_checks passes and that has something to rank by;
+    ValueError (the reasons, one line) otherwise."""
+    found = problems(info)
+    if found:
+        raise ValueError("; ".join(found))
+    run = run_from_info(info, name, source)
+    if run.bpb is None and run.target is None:
+        raise ValueError("no BPB and no target: nothing to rank it by")
+    return run
+
+
+def runs_from_document(doc: Any, name: str, source: str) -> tuple[list[Run], list[str]]:
+    """Every rankable run of one results file ({"runs": [{"run_info"}...]}, {"run_info"} or a bare
+    run_info), and why each other run is not; ValueError when the file is none of these."""
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     entries = doc.get("runs", [doc])
     if not isinstance(entries, list) or not entries:
         raise ValueError("'runs' is not a non-empty list")
-    runs = []
+    runs, refused = [], []
     for i, entry in enumerate(entries):
+        which = "" if len(entries) == 1 else f"run {i + 1}: "
         info = entry.get("run_info", entry) if isinstance(entry, dict) else None
-        has_bpb = isinstance(info, dict) and any(dataset_from_bpb_key(str(k)) for k in info)
-        if not isinstance(info, dict) or not (has_bpb or {"training_time", "time_to_target"} & set(info)):
-            raise ValueError(f"run {i} has no run_info with results")
-        runs.append(run_from_info(info, name if len(entries) == 1 else f"{name}#{i + 1}", source))
-    return runs
+        if not isinstance(info, dict) or not (
+            any(map(is_bpb_key, info)) or {"training_time", "time_to_target"} & set(info)
+        ):
+            refused.append(f"{which}no run_info with results")
+            continue
+        try:
+            runs.append(checked_run(info, name if len(entries) == 1 else f"{name}#{i + 1}", source))
+        except ValueError as e:
+            refused.append(f"{which}{e}")
+    return runs, refused
+
+
+def report_skipped(source: str, reasons: list[str]) -> None:
+    """One stderr line for a file whose runs (some or all) are not ranked, with the first reasons."""
+    more = f"; and {len(reasons) - SHOWN_REASONS} more" if len(reasons) > SHOWN_REASONS else ""
+    print(f"skipping {printable(source)}: {'; '.join(reasons[:SHOWN_REASONS])}{more}", file=sys.stderr)
+
+
+def _fingerprint(info: dict[str, Any]) -> str:
+    return json.dumps(info, sort_keys=True, default=str)
 
 
 def load_runs(uri: str, endpoint_url: str | None = None) -> list[Run]:
-    """Every run under `uri`; files that do not parse are reported on stderr and skipped."""
+    """Every rankable run under `uri`; each file with runs that are not is named on stderr, once."""
     if uri.rstrip("/").rsplit("/", 1)[-1] == RESULTS_FILE:  # one file
         uri, _, only = uri.rstrip("/").rpartition("/")
         storage = open_storage(uri or ".", endpoint_url)
@@ -204,12 +245,15 @@ def load_runs(uri: str, endpoint_url: str | None = None) -> list[Run]:
         source = storage.url(key)
         name = key.rsplit("/", 1)[0] if "/" in key else uri.rstrip("/").rsplit("/", 1)[-1]
         try:
-            found = runs_from_document(storage.read_json(key), name, source)
-        except (DataError, ValueError, AttributeError) as e:
-            print(f"skipping {source}: {e}", file=sys.stderr)
-            continue
+            found, refused = runs_from_document(read_results(storage, key), name, source)
+        except DataError as e:
+            found, refused = [], [str(e).removeprefix(f"{source}: ")]
+        except ValueError as e:
+            found, refused = [], [str(e)]
+        if refused:
+            report_skipped(source, refused)
         for run in found:  # the same results copied to two places count once
-            fingerprint = json.dumps(run.info, sort_keys=True, default=str)
+            fingerprint = _fingerprint(run.info)
             if fingerprint in seen:
                 duplicates += 1
                 continue
@@ -217,8 +261,44 @@ def load_runs(uri: str, endpoint_url: str | None = None) -> list[Run]:
             runs.append(run)
     if duplicates:
         print(f"collapsed {duplicates} exact duplicate run(s)", file=sys.stderr)
+    if keys and not runs:
+        raise DataError(f"{uri}: none of the {len(keys)} {RESULTS_FILE} file(s) holds a run that can be ranked")
     names = [r.name for r in runs]
     for run in runs:  # the same manifest run twice: tell them apart by where they live
         if names.count(run.name) > 1:
             run.name = f"{run.name} ({run.source.rsplit('/', 2)[-2]})"
+    return runs
+
+
+# ---- Marin's site data file -----------------------------------------------------------------
+
+
+def is_site_file(uri: str) -> bool:
+    return uri.endswith(".json") and not uri.endswith(RESULTS_FILE) and Path(uri).is_file()
+
+
+def load_site_runs(path: str | Path) -> list[Run]:
+    """Runs from Marin's site data file (data/runs.json of marin-community/speedrun; MARIN_RUNS is
+    the one published); entries that cannot be ranked are named on stderr, in one line."""
+    file = Path(path)
+    uri = file.resolve().as_uri()
+    try:
+        size = file.stat().st_size
+        if size > MAX_SITE_BYTES:
+            raise too_big(str(path), MAX_SITE_BYTES, size)
+        entries = parse_results(file.read_bytes(), str(path))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "run_name" in e for e in entries):
+        raise DataError(f"{path}: not Marin's runs list (a JSON list of objects with run_name)")
+    runs, refused = [], []
+    for entry in entries:
+        try:
+            runs.append(
+                checked_run({**entry, BPB_KEY: entry.get("eval_paloma_c4_en_bpb")}, str(entry["run_name"]), uri)
+            )
+        except ValueError as e:
+            refused.append(f"run {shown(entry['run_name'])}: {e}")
+    if refused:
+        report_skipped(uri, refused)
     return runs

@@ -50,15 +50,16 @@ _LN_A = (math.log(A_BOUNDS[0]), math.log(A_BOUNDS[1]))
 
 
 def _numeric() -> tuple[ModuleType, ModuleType, ModuleType]:
-    """numpy, scipy.optimize and scipy.stats, imported when a converged fit needs them (the `plot` extra):
-    the rest of `speedrun leaderboard`, and `--fit marin`, run without them."""
+    """numpy, scipy.optimize and scipy.stats, imported when a converged fit needs them (the `train`
+    extra, which `make speedrun` installs, has both): `--fit marin` and the rest of `speedrun
+    leaderboard` run without them."""
     try:
         import numpy
         from scipy import optimize, stats
     except ImportError as e:
         raise DataError(
             f"converged fits need numpy and scipy ({e.name} is not installed): "
-            "pip install 'speedrun-operator[plot]', or use --fit marin"
+            "pip install 'speedrun-operator[train]', or use --fit marin"
         ) from None
     return numpy, optimize, stats
 

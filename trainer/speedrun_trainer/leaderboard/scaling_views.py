@@ -19,8 +19,8 @@ from typing import Any
 from speedrun_api.run_contract import RESULTS_FILE
 from speedrun_trainer.data.storage import DataError, open_storage
 from speedrun_trainer.leaderboard.marin_fit import PowerLaw, fit_marin, site_baseline_predict
-from speedrun_trainer.leaderboard.ranking import bpb_track_name, format_table
-from speedrun_trainer.leaderboard.runs import BPB_KEY, MARIN_TRACK, Run, Table, run_from_info
+from speedrun_trainer.leaderboard.ranking import bpb_track_name
+from speedrun_trainer.leaderboard.runs import MARIN_TRACK, Run, Table, is_site_file
 from speedrun_trainer.leaderboard.scaling import (
     DEFAULT_CONFIDENCE,
     DEFAULT_FORECAST_FLOPS,
@@ -32,6 +32,7 @@ from speedrun_trainer.leaderboard.scaling import (
     group_name,
     rank_groups,
 )
+from speedrun_trainer.leaderboard.table_text import TABLE_WIDTH, format_table
 
 AXES = {"hardware": "training hardware FLOPs", "model": "model FLOPs"}
 VIEWS = ("scaling", "runs")
@@ -41,22 +42,6 @@ INTERVAL_METHOD = "profile likelihood (F test, each group's own residual varianc
 
 
 # ---- inputs ---------------------------------------------------------------------------------
-
-
-def is_site_file(uri: str) -> bool:
-    return uri.endswith(".json") and not uri.endswith(RESULTS_FILE) and Path(uri).is_file()
-
-
-def load_site_runs(path: str) -> list[Run]:
-    """Runs from Marin's site data file (data/runs.json of marin-community/speedrun)."""
-    try:
-        entries = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a JSON file: {e}") from None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and "run_name" in e for e in entries):
-        raise DataError(f"{path}: not Marin's runs list (a JSON list of objects with run_name)")
-    uri = Path(path).resolve().as_uri()
-    return [run_from_info({**e, BPB_KEY: e.get("eval_paloma_c4_en_bpb")}, str(e["run_name"]), uri) for e in entries]
 
 
 def storage_root(uri: str, endpoint_url: str | None = None) -> str:
@@ -219,6 +204,7 @@ def scaling_table(view: ScalingView) -> Table:
             row += [interval, _fmt(view.marin.get(g.name), ".4f"), overlap]
         rows.append([*row, group_notes(g, view.listed)])
     numeric = [True, False, True, True, True, True, True, True] + ([True, True, False] if converged else []) + [False]
+    narrow = ["", "", "", "drop", "drop", "drop", "fold", ""] + (["", "", "fold"] if converged else []) + ["fold"]
     how = (
         f"least-squares optimum (scipy least_squares, the site's bounds); interval: {INTERVAL_METHOD}"
         if converged
@@ -231,6 +217,7 @@ def scaling_table(view: ScalingView) -> Table:
         rows,
         numeric,
         [g.rank == 1 for g in groups],
+        narrow,
     )
 
 
@@ -359,6 +346,7 @@ def runs_table(view: dict[str, Any]) -> Table:
         rows,
         [True, False, False, False, True, True] + [True] * relative,
         [r["pareto"] for r in view["runs"]],
+        ["", "", "", "drop", "", ""] + [""] * relative,
     )
 
 
@@ -378,8 +366,10 @@ def render_view(
     root: str | None = None,
     band_points: int = 0,
     bpb_track: str | None = None,
+    width: int | None = TABLE_WIDTH,
 ) -> str:
-    """The text (a table, or JSON) of one view; `root` is where the results were found (storage_root)."""
+    """The text (a table fitted to `width` columns, None: whole; or JSON) of one view; `root` is
+    where the results were found (storage_root)."""
     if relative and view != "runs":
         raise DataError("--relative: only with --view runs (the scaling view fits absolute BPB)")
     if band_points and not (view == "scaling" and as_json):
@@ -395,4 +385,4 @@ def render_view(
     if as_json:
         return json.dumps(data, indent=2)
     table.title = f"{track}: {table.title}"
-    return format_table(table)
+    return format_table(table, width)

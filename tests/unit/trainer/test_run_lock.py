@@ -21,6 +21,7 @@ import torch
 from speedrun_api.manifest import parse_job
 from speedrun_api.run_contract import ENV_RUN_LOCK_HELD, RUN_LOCK_FILE
 from speedrun_trainer.cli import run_dirs
+from speedrun_trainer.cli.local import run_local
 from speedrun_trainer.data.run_lock import Holder, RunLocked, file_run_lock
 from speedrun_trainer.train import loop
 from speedrun_trainer.train.runtime import Dist, run_writer
@@ -137,7 +138,20 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, mon
         for path in made:  # each held by its run
             with pytest.raises(RunLocked), file_run_lock(path, Holder.here("x")):
                 pass
-    assert run_dirs.newest_run_dir(made[0].parent) == made[2]
+        for path in made[:2]:  # these two started their runs; the third never did
+            (path / "run.json").write_text("{}")
+    assert run_dirs.newest_run_dir(made[0].parent) == made[1]
+    assert not made[2].exists()
+
+
+def test_a_new_run_refused_its_storage_exits_2_and_leaves_no_directory(tmp_path, capsys) -> None:
+    _, job = _job(tmp_path)
+    storage = tmp_path / "shared"
+    with holder_process(storage) as proc:
+        assert run_local(job, storage_uri=storage.as_uri(), resume=False, runs_dir=str(tmp_path / "runs")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"speedrun run: {storage} is being written by pid {proc.pid}")
+    assert list((tmp_path / "runs" / "test-tiny").iterdir()) == []
 
 
 def test_resume_takes_the_newest_directory_and_is_refused_while_it_is_held(tmp_path, capsys) -> None:

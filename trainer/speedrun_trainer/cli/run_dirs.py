@@ -20,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from speedrun_api.run_contract import local_run_root
+from speedrun_api.run_contract import RUN_LOCK_FILE, local_run_root
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.run_lease import hold_run
 from speedrun_trainer.data.run_lock import Holder, RunLocked, file_run_lock
@@ -61,8 +61,18 @@ def _new_run_dir(job: SpeedrunJob, base: Path, held: contextlib.ExitStack) -> Pa
             held.enter_context(file_run_lock(path, Holder.here(run_id(job, path))))
         except RunLocked:  # a --resume took this newest directory first: that run is its now
             continue
+        held.callback(_remove_if_unused, path)  # before the lock goes: a --resume must not pick it
         return path
     raise AssertionError("unreachable")
+
+
+def _remove_if_unused(path: Path) -> None:
+    """A new run directory that never started a run (refused its storage's lock, say): gone, so
+    that `--resume` picks the run before it rather than an empty one."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in path.iterdir()} <= {RUN_LOCK_FILE}:
+            (path / RUN_LOCK_FILE).unlink(missing_ok=True)
+            path.rmdir()
 
 
 def open_run_dir(job: SpeedrunJob, runs_dir: str, resume: bool, held: contextlib.ExitStack) -> Path:

@@ -133,7 +133,7 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, mon
     _, job = _job(tmp_path)
     monkeypatch.setattr(run_dirs, "dt", SimpleNamespace(datetime=_SameSecond))
     with contextlib.ExitStack() as held:
-        made = [run_dirs.open_run_dir(job, str(tmp_path), False, held) for _ in range(3)]
+        made = [run_dirs.new_run_dir(job, str(tmp_path), held) for _ in range(3)]
         assert [p.name for p in made] == ["20261206-072556", "20261206-072556-2", "20261206-072556-3"]
         for path in made:  # each held by its run
             with pytest.raises(RunLocked), file_run_lock(path, Holder.here("x")):
@@ -157,13 +157,15 @@ def test_a_new_run_refused_its_storage_exits_2_and_leaves_no_directory(tmp_path,
 def test_resume_takes_the_newest_directory_and_is_refused_while_it_is_held(tmp_path, capsys) -> None:
     _, job = _job(tmp_path)
     base = tmp_path / "test-tiny"
+    assert run_dirs.last_run_dir(job, str(tmp_path)) is None
+    assert capsys.readouterr().err == f"no earlier run under {base}; starting a new one\n"
     for name in ("20261206-072555", "20261206-072556-2", "20261206-072556-10", "20261206-072556"):
         (base / name).mkdir(parents=True)
     newest = base / "20261206-072556-10"
+    assert run_dirs.last_run_dir(job, str(tmp_path)) == newest
     with contextlib.ExitStack() as held:
-        assert run_dirs.open_run_dir(job, str(tmp_path), True, held) == newest
+        run_dirs.hold_run_dir(job, newest, held)
         with contextlib.ExitStack() as second, pytest.raises(RunLocked, match=rf"^{newest} is being written"):
-            run_dirs.open_run_dir(job, str(tmp_path), True, second)
+            run_dirs.hold_run_dir(job, newest, second)
     with contextlib.ExitStack() as held:  # released: resumable again
-        assert run_dirs.open_run_dir(job, str(tmp_path), True, held) == newest
-    assert capsys.readouterr().err == ""
+        run_dirs.hold_run_dir(job, newest, held)

@@ -45,7 +45,7 @@ from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.cli.launch import TorchxApp, free_port, stop_process_trees
 from speedrun_trainer.cli.live_display import LiveDisplay, RunScreen, format_results_table, scrape
 from speedrun_trainer.cli.notices import LogWatcher
-from speedrun_trainer.cli.run_dirs import hold_storage, open_run_dir, run_id
+from speedrun_trainer.cli.run_dirs import hold_run_dir, hold_storage, last_run_dir, new_run_dir, run_id
 from speedrun_trainer.data.run_lock import RunLocked
 from speedrun_trainer.data.storage import DataError, open_storage
 
@@ -207,8 +207,8 @@ def run_local(
 ) -> int:
     with contextlib.ExitStack() as held:  # the run's locks, held until this function returns
         try:
-            run_dir = open_run_dir(job, runs_dir, resume, held)
-            if resume and (run_dir / FINISHED_MARKER).exists() and not force:
+            run_dir = last_run_dir(job, runs_dir) if resume else None
+            if run_dir is not None and (run_dir / FINISHED_MARKER).exists() and not force:
                 print(
                     f"speedrun {job.metadata.name}: the run in {run_dir} already finished (results in"
                     f" {run_dir / FINISHED_MARKER}); nothing to do. --force evaluates it again and overwrites"
@@ -216,6 +216,10 @@ def run_local(
                     file=sys.stderr,
                 )
                 return 0
+            if run_dir is not None:
+                hold_run_dir(job, run_dir, held)
+            else:
+                run_dir = new_run_dir(job, runs_dir, held)
             uri = resolve_storage_uri(job, override=storage_uri, default=run_dir.as_uri())
             assert uri is not None  # the default is never None
             hold_storage(job, run_dir, uri, held)

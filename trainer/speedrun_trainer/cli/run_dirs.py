@@ -45,7 +45,9 @@ def run_id(job: SpeedrunJob, run_dir: Path) -> str:
     return f"{job.metadata.name}-{run_dir.name}"
 
 
-def _new_run_dir(job: SpeedrunJob, base: Path, held: contextlib.ExitStack) -> Path:
+def new_run_dir(job: SpeedrunJob, runs_dir: str, held: contextlib.ExitStack) -> Path:
+    """A new run directory, created exclusively, its lock held until `held` closes."""
+    base = local_run_root(job.metadata.name, Path(runs_dir).resolve())
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -75,17 +77,18 @@ def _remove_if_unused(path: Path) -> None:
             path.rmdir()
 
 
-def open_run_dir(job: SpeedrunJob, runs_dir: str, resume: bool, held: contextlib.ExitStack) -> Path:
-    """The run directory, its lock held until `held` closes: the newest one with `resume`, else a
-    new one. Raises `RunLocked` when another process holds the newest."""
+def last_run_dir(job: SpeedrunJob, runs_dir: str) -> Path | None:
+    """What `--resume` continues: the newest run directory, or None (saying a new run starts)."""
     base = local_run_root(job.metadata.name, Path(runs_dir).resolve())
-    if resume:
-        newest = newest_run_dir(base)
-        if newest is not None:
-            held.enter_context(file_run_lock(newest, Holder.here(run_id(job, newest))))
-            return newest
+    newest = newest_run_dir(base)
+    if newest is None:
         print(f"no earlier run under {base}; starting a new one", file=sys.stderr)
-    return _new_run_dir(job, base, held)
+    return newest
+
+
+def hold_run_dir(job: SpeedrunJob, run_dir: Path, held: contextlib.ExitStack) -> None:
+    """An existing run directory's lock, held until `held` closes; `RunLocked` if another has it."""
+    held.enter_context(file_run_lock(run_dir, Holder.here(run_id(job, run_dir))))
 
 
 def hold_storage(job: SpeedrunJob, run_dir: Path, uri: str, held: contextlib.ExitStack) -> None:

@@ -16,6 +16,9 @@ from speedrun_api.spec import SpeedrunJob
 RESULTS_FILE = "speedrun_results.json"  # the evaluation's results, in Marin's shape
 TRAIN_SUMMARY_FILE = "train_summary.json"  # written by rank 0 when training ends; the eval reads it
 RUN_IDENTITY_FILE = "run_identity.json"  # the training spec's hash, claimed before the first step
+# Who writes the run now (host, pid, run id, since): flock'd on a local path, a lease object with
+# a heartbeat on S3/GCS (trainer data/run_lock.py). A run directory of `speedrun run` has one too.
+RUN_LOCK_FILE = "run.lock"
 
 # The manifest as JSON, the file both entry points read with --config (`<run dir>/run.json` for
 # `speedrun run`; the operator's ConfigMap key, mounted in the pods).
@@ -34,6 +37,8 @@ ENV_JOB_NAME = "SPEEDRUN_JOB_NAME"  # the SpeedrunJob's name, set in the pods fo
 ENV_CONFIG_ERROR_FILE = "SPEEDRUN_CONFIG_ERROR_FILE"  # the torchrun wrapper's invalid-config file
 ENV_DIE_WITH_PARENT = "SPEEDRUN_DIE_WITH_PARENT"  # "1": agents and workers go when `speedrun run` goes
 ENV_EVAL_BUNDLE_URL = "SPEEDRUN_EVAL_BUNDLE_URL"  # overrides where `data fetch` gets the CORE bundle
+ENV_RUN_LOCK_HELD = "SPEEDRUN_RUN_LOCK_HELD"  # "1": the launcher holds the run's lock; its workers take none
+ENV_RUN_ID = "SPEEDRUN_RUN_ID"  # the run across restarts (the SpeedrunJob's uid): takes over its own lease
 
 # Where runs without a storage URI keep their files, relative to the working directory.
 LOCAL_RUNS_DIR = "runs"

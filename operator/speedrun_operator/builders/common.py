@@ -14,7 +14,7 @@ from typing import Any
 from speedrun_api.accelerators import lookup
 from speedrun_api.crd import cluster_problems
 from speedrun_api.manifest import EXIT_INVALID
-from speedrun_api.run_contract import ENV_CACHE_DIR, ENV_JOB_NAME, ENV_STORAGE_URI, resolve_storage_uri
+from speedrun_api.run_contract import ENV_CACHE_DIR, ENV_JOB_NAME, ENV_RUN_ID, ENV_STORAGE_URI, resolve_storage_uri
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.settings import OperatorSettings, env_name
@@ -142,6 +142,9 @@ def env(job: SpeedrunJob, settings: OperatorSettings) -> list[dict[str, Any]]:
         {"name": "TMPDIR", "value": "/tmp"},
         {"name": ENV_CACHE_DIR, "value": CACHE_DIR},
         {"name": ENV_JOB_NAME, "value": job.metadata.name},
+        # The run's writer (train rank 0, then the eval) holds a lease on its storage; a new pod of
+        # this SpeedrunJob takes over the lease of a pod it replaces at once (data/run_lease.py).
+        {"name": ENV_RUN_ID, "value": job_uid(job)},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         # A replaced pod other than index 0 would otherwise wait forever for the surviving rank 0
         # to publish its store address again: https://github.com/pytorch/pytorch/issues/135712

@@ -7,7 +7,9 @@ evaluation, then prints the results. Progress comes from the trainer's own Prome
 (the one the operator scrapes), drawn as one live line (cli/live_display.py); what the nodes' logs
 say that a user must see (resumed step, W&B, warnings) shows above it once (cli/notices.py).
 Logs go to `<run dir>/logs/`. `--resume` of a run that already finished says so and does
-nothing, unless `--force` asks to evaluate it again.
+nothing, unless `--force` asks to evaluate it again. This process is the run's one writer: it
+holds the run directory's lock, and its storage's, until it exits (cli/run_dirs.py); a second
+`speedrun run` of the same run exits 2 with one line naming it.
 Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop every process it started and exit 128 + the
 signal number; the agents and their workers also get SIGTERM from the kernel if this process is
 SIGKILLed (`ENV_DIE_WITH_PARENT`, train/torchrun.py). A process killed by a signal is
@@ -17,7 +19,6 @@ reported as such ("killed by signal 9 (SIGKILL)", exit 128 + 9), not as a wrappe
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import signal
@@ -27,24 +28,26 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from speedrun_api.manifest import dumps_job
+from speedrun_api.manifest import EXIT_INVALID, ConfigError, dumps_job
 from speedrun_api.plan import resolve
 from speedrun_api.run_contract import (
     ENV_DIE_WITH_PARENT,
     ENV_METRICS_PORT,
     ENV_RUN_DIR,
+    ENV_RUN_LOCK_HELD,
     ENV_STORAGE_URI,
     ENV_TERMINATION_LOG,
     RESULTS_FILE,
     RUN_CONFIG_FILE,
-    local_run_root,
     resolve_storage_uri,
 )
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.cli.launch import TorchxApp, free_port, stop_process_trees
 from speedrun_trainer.cli.live_display import LiveDisplay, RunScreen, format_results_table, scrape
 from speedrun_trainer.cli.notices import LogWatcher
-from speedrun_trainer.data.storage import open_storage
+from speedrun_trainer.cli.run_dirs import hold_run_dir, hold_storage, last_run_dir, new_run_dir, run_id
+from speedrun_trainer.data.run_lock import RunLocked
+from speedrun_trainer.data.storage import DataError, open_storage
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -80,16 +83,6 @@ def describe_exit(code: int) -> tuple[str, int]:
     return f"exit {code}", code
 
 
-def _run_dir(job: SpeedrunJob, runs_dir: str, resume: bool) -> Path:
-    base = local_run_root(job.metadata.name, Path(runs_dir).resolve())
-    if resume:
-        existing = sorted(p for p in base.glob("*") if p.is_dir()) if base.exists() else []
-        if existing:
-            return existing[-1]
-        print(f"no earlier run under {base}; starting a new one", file=sys.stderr)
-    return base / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
 class LocalRun:
     def __init__(self, job: SpeedrunJob, run_dir: Path, storage_uri: str) -> None:
         self.job, self.run_dir, self.storage_uri = job, run_dir, storage_uri
@@ -110,6 +103,7 @@ class LocalRun:
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
             "PYTHONUNBUFFERED": "1",
             ENV_DIE_WITH_PARENT: "1",
+            ENV_RUN_LOCK_HELD: "1",  # this process holds the run's lock for its trainers and eval
         }
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
@@ -142,13 +136,12 @@ class LocalRun:
             )
             self.procs.append(app)
             return [app]
-        run_id = f"{self.job.metadata.name}-{self.run_dir.name}"
         common = [
             f"--nnodes={lo}:{hi}" if lo != hi else f"--nnodes={hi}",
             f"--nproc-per-node={r.procs_per_node}",
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint=127.0.0.1:{port}",
-            f"--rdzv-id={run_id}",
+            f"--rdzv-id={run_id(self.job, self.run_dir)}",
             f"--max-restarts={policy.max_restarts}",
             "--local-addr=127.0.0.1",
             "-m",
@@ -212,16 +205,35 @@ def run_local(
     launcher: str = "torchrun",
     force: bool = False,
 ) -> int:
-    run_dir = _run_dir(job, runs_dir, resume)
-    if resume and (run_dir / FINISHED_MARKER).exists() and not force:
-        print(
-            f"speedrun {job.metadata.name}: the run in {run_dir} already finished (results in"
-            f" {run_dir / FINISHED_MARKER}); nothing to do. --force evaluates it again and overwrites"
-            " its results; without --resume a new run starts.",
-            file=sys.stderr,
-        )
-        return 0
-    uri = resolve_storage_uri(job, override=storage_uri, default=run_dir.as_uri())
+    with contextlib.ExitStack() as held:  # the run's locks, held until this function returns
+        try:
+            run_dir = last_run_dir(job, runs_dir) if resume else None
+            if run_dir is not None and (run_dir / FINISHED_MARKER).exists() and not force:
+                print(
+                    f"speedrun {job.metadata.name}: the run in {run_dir} already finished (results in"
+                    f" {run_dir / FINISHED_MARKER}); nothing to do. --force evaluates it again and overwrites"
+                    " its results; without --resume a new run starts.",
+                    file=sys.stderr,
+                )
+                return 0
+            if run_dir is not None:
+                hold_run_dir(job, run_dir, held)
+            else:
+                run_dir = new_run_dir(job, runs_dir, held)
+            uri = resolve_storage_uri(job, override=storage_uri, default=run_dir.as_uri())
+            assert uri is not None  # the default is never None
+            hold_storage(job, run_dir, uri, held)
+        except (RunLocked, ConfigError) as err:  # usage errors: a retry would be refused the same way
+            print(f"speedrun run: {err}", file=sys.stderr)
+            return EXIT_INVALID
+        except DataError as err:
+            print(f"speedrun run: {err}", file=sys.stderr)
+            return 1
+        return _run(job, run_dir, uri, launcher)
+
+
+def _run(job: SpeedrunJob, run_dir: Path, uri: str, launcher: str) -> int:
+    """Train, evaluate and print the results of a run whose locks this process holds."""
     plan = resolve(job)
     run = LocalRun(job, run_dir, uri)
     print(

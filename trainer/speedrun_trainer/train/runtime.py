@@ -19,8 +19,16 @@ import torch
 import torch.distributed as dist
 
 from speedrun_api.manifest import EXIT_INVALID, ConfigError, SpecError, load_job
-from speedrun_api.run_contract import ENV_STORAGE_URI, local_run_root, resolve_storage_uri
+from speedrun_api.run_contract import (
+    ENV_RUN_ID,
+    ENV_RUN_LOCK_HELD,
+    ENV_STORAGE_URI,
+    local_run_root,
+    resolve_storage_uri,
+)
 from speedrun_api.spec import SpeedrunJob
+from speedrun_trainer.data.run_lease import hold_run
+from speedrun_trainer.data.run_lock import Holder, RunLocked
 from speedrun_trainer.data.shards import ShardError
 from speedrun_trainer.data.storage import DataError, Storage, open_storage
 
@@ -130,6 +138,26 @@ def run_storage(job: SpeedrunJob) -> Storage:
     return open_storage(uri, endpoint_url=job.spec.storage.endpoint_url)
 
 
+@contextlib.contextmanager
+def run_writer(job: SpeedrunJob, env: Dist) -> Iterator[None]:
+    """Rank 0, the one process that writes the run's storage, holds the run's lock (data/run_lock.py)
+    for the block: in pods and for entry points started by hand. Under `speedrun run` its launcher
+    holds it for everything it starts (`SPEEDRUN_RUN_LOCK_HELD=1`), and the workers take none."""
+    if not env.is_main or os.environ.get(ENV_RUN_LOCK_HELD) == "1":
+        yield
+        return
+    from speedrun_trainer.train.preflight import check_writable
+
+    storage = run_storage(job)
+    if storage.local_path("") is not None:  # a path that cannot be written is an invalid config, lock or not
+        check_writable(storage)
+    # The same run restarted (a new pod of the same SpeedrunJob, a worker restarted by its agent)
+    # takes over its own lease at once instead of waiting for it to expire.
+    restart_key = os.environ.get(ENV_RUN_ID) or os.environ.get("TORCHELASTIC_RUN_ID") or None
+    with hold_run(storage, Holder.here(restart_key or job.metadata.name, restart_key)):
+        yield
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few floats over all ranks (identity when not distributed)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -156,8 +184,8 @@ def entry_point(
 
     Exit codes: 0 done; 2 the config can never work (found before or while running: the spec,
     the data's contents, a local storage that cannot be written, a storage that holds another
-    spec's run; the torchrun wrapper passes it on); 1 anything else worth a retry, such as data
-    that cannot be read right now.
+    spec's run; the torchrun wrapper passes it on) or another writer holds the run; 1 anything
+    else worth a retry, such as data that cannot be read right now.
     """
     from speedrun_trainer.train.torchrun import die_with_parent
 
@@ -169,7 +197,14 @@ def entry_point(
     job = load_config(args.config)
     env = setup_distributed()
     try:
-        return body(job, env)
+        with run_writer(job, env):
+            return body(job, env)
+    except RunLocked as err:  # a usage error: a retry would be refused the same way
+        from speedrun_trainer.train.torchrun import report_config_error
+
+        print(str(err), file=sys.stderr, flush=True)
+        report_config_error(str(err))
+        return EXIT_INVALID
     except (ConfigError, ShardError) as err:
         # Problems no retry can fix, found only at run time: the tokenizer, the world size, the
         # data (train/preflight.py: token ids, validation length, storage; a malformed shard).

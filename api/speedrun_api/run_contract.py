@@ -40,6 +40,11 @@ ENV_EVAL_BUNDLE_URL = "SPEEDRUN_EVAL_BUNDLE_URL"  # overrides where `data fetch`
 ENV_RUN_LOCK_HELD = "SPEEDRUN_RUN_LOCK_HELD"  # "1": the launcher holds the run's lock; its workers take none
 ENV_RUN_ID = "SPEEDRUN_RUN_ID"  # the run across restarts (the SpeedrunJob's uid): takes over its own lease
 
+# The start of a log line that says a set-up phase has begun (`phase: loading the data`): the
+# torchrun wrapper and rank 0 print them, `speedrun run` shows the newest as its live line until
+# the first step (cli/notices.py), and a pod's log reads the same.
+PHASE_PREFIX = "phase: "
+
 # Where runs without a storage URI keep their files, relative to the working directory.
 LOCAL_RUNS_DIR = "runs"
 

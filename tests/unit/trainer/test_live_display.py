@@ -2,28 +2,31 @@
 one-line endings (a finished run resumed, a broken pipe, no kubeconfig).
 
 The tmux test runs the display in a real terminal of 80 columns (tmux's own screen, captured
-with its scrollback) and checks that progress is one line redrawn in place, never a new line per
-update, and that each notice shows once. It skips with one line when tmux is not installed.
+with its scrollback, wrapped lines joined) and checks that a set-up phase shows before the
+progress, that progress is one line redrawn in place, never a new line per update, that nothing
+wraps, and that each notice shows once. It skips with one line when tmux is not installed.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from speedrun_trainer.cli.live_display import LiveDisplay, RunScreen, human_eta
-from speedrun_trainer.cli.notices import LogWatcher, classify
+from speedrun_trainer.cli.notices import LogWatcher, Notice, classify
 from speedrun_trainer.cli.speedrun import main
+from speedrun_trainer.train.runtime import phase
+from speedrun_trainer.train.torchrun import say_phase
 from tests.support.helpers import ROOT, tiny_manifest, write_manifest
+from tests.support.tmux_screen import screen_of
 
 METRICS = {"step": 150, "train_loss": 2.54321, "tokens_per_second": 10252.0, "eta_seconds": 106.0, "val_bpb": 2.163}
 
@@ -43,6 +46,10 @@ METRICS = {"step": 150, "train_loss": 2.54321, "tokens_per_second": 10252.0, "et
         ("/x/torch/utils.py:12: UserWarning: something odd", "warning", "UserWarning: something odd"),
         ("[0]:invalid config: spec.model.vocabSize: 50 is smaller", "warning",
          "invalid config: spec.model.vocabSize: 50 is smaller"),
+        ("[17:23:40] phase: rendezvous of 2 node(s) at 127.0.0.1:29400", "phase",
+         "rendezvous of 2 node(s) at 127.0.0.1:29400"),
+        ("[17:23:50] step    200/300 | val loss 1.6739 | val bpb 2.4148 on 32,768 tokens", "eval",
+         "in-loop eval at step 200/300: val loss 1.6739, bpb 2.4148 on 32,768 tokens"),
     ],
 )  # fmt: skip
 def test_log_lines_that_make_notices(line: str, kind: str, text: str) -> None:
@@ -78,6 +85,80 @@ def test_watcher_shows_each_warning_once_across_ranks_and_reads_only_what_is_new
 # ---- the display -------------------------------------------------------------------------------
 
 
+def test_the_trainers_log_lines_make_the_notices_the_screen_reads(capsys: pytest.CaptureFixture) -> None:
+    """The trainer's own printers, not a copy of their format: a phase and an in-loop evaluation."""
+    phase("loading the data")
+    say_phase("torchrun agent: importing torch")
+    lines = capsys.readouterr().out.splitlines()
+    assert [(n.kind, n.text) for n in map(classify, lines) if n] == [
+        ("phase", "loading the data"),
+        ("phase", "torchrun agent: importing torch"),
+    ]
+    evaluation = classify("[12:00:00] step    200/300 | val loss 1.6739 | val bpb 2.4148 on 32,768 tokens")
+    assert evaluation is not None and (evaluation.step, evaluation.value) == (200, 2.4148)
+
+
+def test_a_pipe_shows_each_phase_as_a_line_before_the_first_step(tmp_path: Path) -> None:
+    out = io.StringIO()
+    screen = RunScreen(LiveDisplay(100, stream=out), LogWatcher(tmp_path))
+    screen.note("phase", "starting 2 torchrun agent(s)")
+    screen.update({})  # the trainer's endpoint is not up yet
+    for node in range(2):  # both agents say the same: shown once
+        (tmp_path / f"train-node-{node}.log").write_text("[12:00:00] phase: rendezvous of 2 node(s)\n")
+    screen.update({})
+    screen.update({"step": 0, "total_steps": 100})
+    screen.finish()
+    assert out.getvalue().splitlines() == [
+        "phase: starting 2 torchrun agent(s)",
+        "phase: rendezvous of 2 node(s)",
+        "step 0/100",
+    ]
+
+
+def fake_clock(now: list[float]) -> Callable[[], float]:
+    return lambda: now[0]
+
+
+def screen_text(display: LiveDisplay) -> str:
+    [line] = display.console.render_lines(display._render(), pad=False)
+    return "".join(segment.text for segment in line).rstrip()
+
+
+def test_a_terminal_shows_the_phase_under_way_ticking_and_keeps_finished_ones_above() -> None:
+    now = [100.0]
+    out = io.StringIO()
+    display = LiveDisplay(300, stream=out, force_terminal=True, clock=fake_clock(now))
+    display.console = Console(file=out, width=80, force_terminal=True)
+    display.note(Notice("phase", "starting 2 torchrun agent(s)"))
+    now[0] = 103.2
+    assert screen_text(display) == "starting 2 torchrun agent(s) 3s"
+    display.note(Notice("phase", "loading the data"))
+    now[0] = 104.0
+    display.update({"step": 0, "total_steps": 300})  # the endpoint is up, no step timed yet
+    assert screen_text(display).startswith("step 0/300") and screen_text(display).endswith("loading the data 1s")
+    display.update({**METRICS, "step": 10})  # a loss: set-up is over
+    assert display.phase is None and "loss 2.5432" in screen_text(display)
+    display.finish()
+    shown = out.getvalue()
+    assert "starting 2 torchrun agent(s) (3.2 s)" in shown and "loading the data (0.8 s)" in shown
+
+
+def test_the_live_line_labels_its_bpb_with_the_step_it_was_measured_at() -> None:
+    """The val_bpb gauge carries no step: shown only as the newest in-loop evaluation, `bpb@step`,
+    which is also printed above with its token count; never a bare number."""
+    out = io.StringIO()
+    display = LiveDisplay(300, stream=out, force_terminal=True)
+    display.console = Console(file=out, width=100, force_terminal=True)
+    display.update(METRICS)  # the gauge says 2.163, of no known step
+    assert "bpb" not in screen_text(display)
+    evaluation = classify("[12:00:00] step    200/300 | val loss 1.6739 | val bpb 2.4148 on 32,768 tokens")
+    assert evaluation is not None
+    display.note(evaluation)
+    assert screen_text(display).endswith("| bpb@200 2.415")
+    display.finish()
+    assert "in-loop eval at step 200/300: val loss 1.6739, bpb 2.4148 on 32,768 tokens" in out.getvalue()
+
+
 def test_not_a_terminal_prints_a_line_each_tenth_and_notes_as_plain_lines(tmp_path: Path) -> None:
     out = io.StringIO()
     (tmp_path / "node.log").write_text("[12:00:00] resumed from file:///r/ck at step 20\n")
@@ -93,18 +174,19 @@ def test_not_a_terminal_prints_a_line_each_tenth_and_notes_as_plain_lines(tmp_pa
 
 @pytest.mark.parametrize(
     ("width", "shown"),
-    [(30, []), (40, ["ETA"]), (60, ["ETA", "loss"]), (80, ["ETA", "loss", "tok/s", "bpb"]),
-     (200, ["ETA", "loss", "tok/s", "bpb"])],
+    [(30, []), (40, ["ETA"]), (60, ["ETA", "loss"]), (80, ["ETA", "loss", "tok/s", "bpb@100"]),
+     (200, ["ETA", "loss", "tok/s", "bpb@100"])],
 )  # fmt: skip
 def test_the_live_line_fits_the_terminal(width: int, shown: list[str]) -> None:
-    """One line at any width: the least important fields drop out, the bar shrinks, nothing wraps."""
+    """One line at any width, short of the last column: the least important fields drop out,
+    the bar shrinks, nothing wraps."""
     display = LiveDisplay(300, stream=io.StringIO(), force_terminal=True)
     display.console = Console(file=io.StringIO(), width=width, force_terminal=True)
     display.metrics = METRICS
-    [line] = display.console.render_lines(display._render(), pad=False)
-    text = "".join(segment.text for segment in line).rstrip()
-    assert len(text) <= width and text.startswith("step 150/300 ━")
-    assert [name for name in ("ETA", "loss", "tok/s", "bpb") if name in text] == shown
+    display.evaluation = Notice("eval", "in-loop eval at step 100/300", 100, 2.163)
+    text = screen_text(display)
+    assert len(text) < width and text.startswith("step 150/300 ━")
+    assert [name for name in ("ETA", "loss", "tok/s", "bpb@100") if name in text] == shown
 
 
 def test_human_eta() -> None:
@@ -121,8 +203,12 @@ DRIVER = textwrap.dedent("""
 
     logs = Path(sys.argv[1])
     port = free_port()
-    telemetry = Telemetry(port)  # the trainer's own endpoint, scraped as `speedrun run` does
     screen = RunScreen(LiveDisplay(300, stream=sys.stderr), LogWatcher(logs))
+    (logs / "train-node-0.log").write_text("[12:00:00] phase: rendezvous of 2 node(s)\\n")
+    for _ in range(3):  # set-up: no endpoint yet, the phase line ticks
+        screen.update(scrape(f"http://127.0.0.1:{port}/metrics"))
+        time.sleep(0.05)
+    telemetry = Telemetry(port)  # the trainer's own endpoint, scraped as `speedrun run` does
     for step in range(0, 301, 10):
         telemetry.set(step=step, total_steps=300, train_loss=3.0 - step / 300, tokens_per_second=10252.0,
                       eta_seconds=(300 - step) * 0.4)
@@ -141,31 +227,19 @@ DRIVER = textwrap.dedent("""
 
 
 def test_tmux_at_80_columns_shows_one_redrawing_line(tmp_path: Path) -> None:
-    tmux = shutil.which("tmux")
-    if tmux is None:
-        pytest.skip("no tmux: install it (Debian: tmux) to run the terminal test")
     (tmp_path / "logs").mkdir()
     (tmp_path / "driver.py").write_text(DRIVER)
-    session = f"speedrun-test-{os.getpid()}"
     driver = f"{sys.executable} {tmp_path / 'driver.py'} {tmp_path / 'logs'}"
-    env_cmd = f"cd {ROOT} && TERM=xterm-256color {driver}; sleep 30"
-    subprocess.run([tmux, "-L", session, "new-session", "-d", "-s", session, "-x", "80", "-y", "24", env_cmd],
-                   check=True, timeout=30)  # fmt: skip
-    try:
-        deadline, screen = time.monotonic() + 60, ""
-        while time.monotonic() < deadline and "DRIVER DONE" not in screen:
-            time.sleep(0.5)
-            screen = subprocess.run([tmux, "-L", session, "capture-pane", "-p", "-S", "-", "-t", session],
-                                    capture_output=True, text=True, timeout=30).stdout  # fmt: skip
-    finally:
-        subprocess.run([tmux, "-L", session, "kill-server"], capture_output=True, timeout=30)
+    screen = screen_of(f"cd {ROOT} && {driver}", "DRIVER DONE")
     lines = [line for line in screen.splitlines() if line.strip()]
     assert "DRIVER DONE" in screen, screen
     progress = [line for line in lines if line.startswith("step ")]
     assert progress == [progress[-1]] and progress[-1].startswith("step 300/300"), screen
-    assert all(len(line) <= 80 for line in lines)
+    assert all(len(line) <= 80 for line in lines), screen
     assert sum("UserWarning: slow path taken" in line for line in lines) == 1, screen
     assert sum("resumed from step 100" in line for line in lines) == 1, screen
+    [phase_line] = [i for i, line in enumerate(lines) if line.startswith("rendezvous of 2 node(s) (")]
+    assert phase_line < lines.index(progress[0]), screen
 
 
 # ---- one-line endings --------------------------------------------------------------------------

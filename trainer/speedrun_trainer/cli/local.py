@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +44,9 @@ from speedrun_api.run_contract import (
 )
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.cli.launch import TorchxApp, free_port, stop_process_trees
-from speedrun_trainer.cli.live_display import LiveDisplay, RunScreen, format_results_table, scrape
+from speedrun_trainer.cli.live_display import LiveDisplay, RunScreen, scrape
 from speedrun_trainer.cli.notices import LogWatcher
+from speedrun_trainer.cli.results_table import fit_rows, format_results_table, text_width
 from speedrun_trainer.cli.run_dirs import hold_run_dir, hold_storage, last_run_dir, new_run_dir, run_id
 from speedrun_trainer.data.run_lock import RunLocked
 from speedrun_trainer.data.storage import DataError, open_storage
@@ -236,14 +238,20 @@ def _run(job: SpeedrunJob, run_dir: Path, uri: str, launcher: str) -> int:
     """Train, evaluate and print the results of a run whose locks this process holds."""
     plan = resolve(job)
     run = LocalRun(job, run_dir, uri)
-    print(
+    width = text_width()
+    title = (
         f"speedrun {job.metadata.name}: {plan.model_size / 1e6:.2f}M params, {plan.steps} steps,"
-        f" {plan.nodes} node(s) x {plan.procs_per_node} process(es) on {job.spec.resources.accelerator}\n"
-        f"  run dir  {run_dir}\n  storage  {uri}\n  logs     {run.logs}",
-        flush=True,
+        f" {plan.nodes} node(s) x {plan.procs_per_node} process(es) on {job.spec.resources.accelerator}"
     )
+    header = fit_rows([("run dir", str(run_dir)), ("storage", uri), ("logs", str(run.logs))], width)
+    print("\n".join([*textwrap.wrap(title, width, break_on_hyphens=False), *header]), flush=True)
     started = time.monotonic()
-    screen = RunScreen(LiveDisplay(plan.steps, stream=sys.stderr), LogWatcher(run.logs))
+    screen = RunScreen(LiveDisplay(plan.steps, stream=sys.stderr), LogWatcher(run.logs, skip_existing=True))
+    nodes, procs = job.spec.resources.node_range[1], job.spec.resources.procs_per_node
+    if launcher == "torchx":
+        screen.note("phase", f"starting a torchx dist.ddp app: {nodes} node(s) x {procs} process(es)")
+    else:
+        screen.note("phase", f"starting {nodes} torchrun agent(s), {procs} process(es) each")
     try:
         with stop_signals_raise():
             code = run.wait(run.start_training(launcher), screen)
@@ -255,7 +263,7 @@ def _run(job: SpeedrunJob, run_dir: Path, uri: str, launcher: str) -> int:
                     file=sys.stderr,
                 )
                 return code
-            print("evaluating ...", flush=True)
+            screen.note("phase", "starting the evaluation")
             code = run.wait([run.start_eval()], screen)
             screen.finish()
             if code:
@@ -274,7 +282,7 @@ def _run(job: SpeedrunJob, run_dir: Path, uri: str, launcher: str) -> int:
         return 128 + signum
     storage = open_storage(uri, endpoint_url=job.spec.storage.endpoint_url)
     results = storage.read_json(RESULTS_FILE)["runs"][0]["run_info"]
-    print(format_results_table(results, storage.url(RESULTS_FILE), time.monotonic() - started))
     (run_dir / FINISHED_MARKER).write_text(json.dumps(results, indent=2))
-    print(f"  summary  {run_dir / FINISHED_MARKER}", flush=True)
+    seconds = time.monotonic() - started
+    print(format_results_table(results, storage.url(RESULTS_FILE), seconds, width, run_dir / FINISHED_MARKER))
     return 0

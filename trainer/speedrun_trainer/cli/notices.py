@@ -3,6 +3,13 @@
 Every process of a local run writes to `<run dir>/logs/*.log` (torchrun agents, their workers,
 the evaluation). The screen shows none of that stream, only what a user must see:
 
+- `phase`: a set-up phase has begun (`phase: loading the data`; the launcher's own, the torchrun
+  agents' and rank 0's, `PHASE_PREFIX`): the live line shows it until training reports a loss;
+- `eval`: an in-loop evaluation (`step 200/300 | val loss .. | val bpb .. on N tokens`,
+  train/loop.py), shown with its step and token count;
+- `progress`: rank 0's progress line (`step 20/300 | loss .. | .. tok/s | mfu .. | eta ..s`), the
+  same numbers as the Prometheus gauges: the run's last step always reaches the screen, even
+  when the process exits before the next scrape;
 - `resumed`: rank 0 continued from a checkpoint (`resumed from URI at step N`, train/loop.py);
 - `wandb`: W&B's state and run link (the `wandb: ...` line of train/tracking.py);
 - `warning`: a warning or error line from any process, shown once however many ranks print it
@@ -21,6 +28,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from speedrun_api.run_contract import PHASE_PREFIX
+
+PHASE = re.compile(rf"^{PHASE_PREFIX}(?P<text>\S.*)$")
+EVAL = re.compile(
+    r"step\s+(?P<step>\d+)/(?P<total>\d+) \| val loss (?P<loss>\S+) \| val bpb (?P<bpb>[-+\w.]+)"
+    r"(?: on (?P<tokens>[\d,]+) tokens)?"
+)
+PROGRESS = re.compile(
+    r"step\s+(?P<step>\d+)/(?P<total>\d+) \| loss (?P<loss>\S+) \| (?P<tps>[\d,.]+) tok/s"
+    r" \| mfu \S+ \| eta (?P<eta>\d+)s"
+)
 RESUMED = re.compile(r"resumed from (?P<uri>\S+) at step (?P<step>\d+)")
 WANDB = re.compile(r"^wandb: (?!WARNING|ERROR)(?P<state>.+)$")  # our tracker's state line
 WANDB_OWN = re.compile(r"^wandb: (?P<kind>WARNING|ERROR) (?P<text>.+)$")  # wandb's own warnings
@@ -38,13 +56,22 @@ MAX_NOTICE_CHARS = 300
 
 @dataclass(frozen=True)
 class Notice:
-    kind: str  # "resumed" | "wandb" | "warning"
+    kind: str  # "phase" | "eval" | "progress" | "resumed" | "wandb" | "warning"
     text: str
-    step: int | None = None  # the resumed-from step
+    step: int | None = None  # the resumed-from step; the evaluated step; the step reached
+    value: float | None = None  # an evaluation's BPB
+    metrics: tuple[tuple[str, float], ...] = ()  # progress: the gauges' names and values
 
 
 def strip_prefixes(line: str) -> str:
     return PREFIXES.sub("", line.rstrip("\r\n")).strip()
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def classify(line: str) -> Notice | None:
@@ -52,6 +79,24 @@ def classify(line: str) -> Notice | None:
     text = strip_prefixes(line)
     if not text:
         return None
+    if m := PHASE.match(text):
+        return Notice("phase", m["text"][:MAX_NOTICE_CHARS])
+    if (m := EVAL.search(text)) and (bpb := _number(m["bpb"])) is not None:
+        tokens = f" on {m['tokens']} tokens" if m["tokens"] else ""
+        return Notice(
+            "eval",
+            f"in-loop eval at step {m['step']}/{m['total']}: val loss {m['loss']}, bpb {m['bpb']}{tokens}",
+            int(m["step"]),
+            bpb,
+        )
+    if (m := PROGRESS.search(text)) and (loss := _number(m["loss"])) is not None:
+        metrics = {
+            "step": float(m["step"]),
+            "train_loss": loss,
+            "tokens_per_second": float(m["tps"].replace(",", "")),
+            "eta_seconds": float(m["eta"]),
+        }
+        return Notice("progress", text, int(m["step"]), metrics=tuple(metrics.items()))
     if m := RESUMED.search(text):
         return Notice("resumed", f"resumed from step {m['step']} ({m['uri']})", int(m["step"]))
     if m := WANDB.match(text):
@@ -68,11 +113,15 @@ def classify(line: str) -> Notice | None:
 class LogWatcher:
     """New notices from the growing `*.log` files under a directory, each distinct notice once."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, skip_existing: bool = False) -> None:
+        """`skip_existing`: only what the files gain from now on (a resumed run appends to the
+        logs of its earlier sessions, whose phases and steps are not this session's)."""
         self.root = root
         self.offsets: dict[Path, int] = {}
         self.partial: dict[Path, str] = {}
         self.seen: set[tuple[str, str]] = set()
+        if skip_existing:
+            self.offsets = {path: path.stat().st_size for path in root.glob("**/*.log")}
 
     def poll(self) -> list[Notice]:
         out: list[Notice] = []

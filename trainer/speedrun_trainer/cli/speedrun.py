@@ -1,6 +1,6 @@
 """The `speedrun` command line.
 
-    speedrun plan FILE [--json]       what a manifest will cost (Marin's print_run_info)
+    speedrun plan FILE [--config|--json]  what a manifest will cost (Marin's print_run_info)
     speedrun run FILE                 train + evaluate locally with torchrun, no cluster
     speedrun data prepare ...         text files -> token shards
     speedrun leaderboard URI          rank the results files under a URI
@@ -38,7 +38,9 @@ def human_seconds(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def format_plan(job: SpeedrunJob, plan: Plan) -> str:
+def format_plan(job: SpeedrunJob, plan: Plan, *, config: bool = False) -> str:
+    """Marin's print_run_info, cost first: size, FLOPs, tokens, devices and wall time lead (the
+    lines a user plans by), the details follow; the resolved config only with `config`."""
     spec = job.spec
     acc = lookup(spec.resources.accelerator)
     acc_name = acc.display if acc else spec.resources.accelerator
@@ -46,21 +48,10 @@ def format_plan(job: SpeedrunJob, plan: Plan) -> str:
     t = spec.train
     lines = [
         f"----- speedrun plan: {job.metadata.name} -----",
-        "Speedrun configuration:",
-        json.dumps(job.manifest()["spec"], indent=2),
-        "Hardware and model FLOPs information:",
-        f"Number of devices: {plan.num_devices} ({nodes} node(s) x {plan.procs_per_node} process(es), {acc_name})",
-        f"Device FLOPs: {plan.device_flops:.2e} FLOP/s",
-        f"Total peak hardware FLOPs: {plan.peak_flops:.2e} FLOP/s",
         f"Model size: {plan.model_size / 1e6:.2f} million parameters",
-        f"Scaling parameters (nanochat: matrices + lm_head; paramDataRatio uses these):"
-        f" {plan.scaling_params / 1e6:.2f} million",
-        f"Model FLOPs per token (forward): {plan.model_flops_per_token:.3e}",
-        f"Training steps: {plan.steps} ({t.batch_size} sequences x {spec.model.seq_len} tokens per step)",
-        f"Total tokens: {plan.total_tokens:,} ({plan.total_tokens:.3e})",
         f"Model FLOPs: {plan.model_flops:.2e} FLOP",
-        f"Gradient accumulation steps: {plan.grad_accum_steps}"
-        f" (batchSize {t.batch_size} / deviceBatchSize {t.device_batch_size} / {plan.num_devices} process(es))",
+        f"Total tokens: {plan.total_tokens:,} ({plan.total_tokens:.3e})",
+        f"Number of devices: {plan.num_devices} ({nodes} node(s) x {plan.procs_per_node} process(es), {acc_name})",
         "The rough estimated compute (total model FLOPs / assumed MFU) is between:",
     ]
     for key, est in plan.estimates.items():
@@ -69,8 +60,21 @@ def format_plan(job: SpeedrunJob, plan: Plan) -> str:
             f"      * {est['hardware_flops']:.2e} FLOPs assuming an MFU of {mfu}"
             f" (about {human_seconds(est['seconds'])} of wall time)"
         )
+    lines += [
+        "Details:",
+        f"  Device FLOPs: {plan.device_flops:.2e} FLOP/s (peak of all devices: {plan.peak_flops:.2e} FLOP/s)",
+        f"  Model FLOPs per token (forward): {plan.model_flops_per_token:.3e}",
+        f"  Scaling parameters (matrices + lm_head, for paramDataRatio): {plan.scaling_params / 1e6:.2f} million",
+        f"  Training steps: {plan.steps} ({t.batch_size} sequences x {spec.model.seq_len} tokens per step)",
+        f"  Gradient accumulation steps: {plan.grad_accum_steps}"
+        f" ({t.batch_size} sequences / {t.device_batch_size} per device / {plan.num_devices} device(s))",
+    ]
     if spec.target is not None:
-        lines.append(f"Target: stop when {spec.target.metric} reaches {spec.target.value} (time-to-target run)")
+        lines.append(f"  Target: stop when {spec.target.metric} reaches {spec.target.value} (time-to-target run)")
+    if config:
+        lines += ["Speedrun configuration:", json.dumps(job.manifest()["spec"], indent=2)]
+    else:
+        lines.append("The resolved configuration: add --config (or --json: all as one JSON object)")
     lines.append("----- end of speedrun plan -----")
     return "\n".join(lines)
 
@@ -82,7 +86,7 @@ def plan_json(job: SpeedrunJob, plan: Plan) -> dict:
 def cmd_plan(args: argparse.Namespace) -> int:
     job = load_job(args.file)
     plan = resolve(job)
-    print(strict_json(plan_json(job, plan), indent=2) if args.json else format_plan(job, plan))
+    print(strict_json(plan_json(job, plan), indent=2) if args.json else format_plan(job, plan, config=args.config))
     return 0
 
 
@@ -117,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="resolve a manifest and print its size, FLOPs and cost estimates")
     p.add_argument("file", help="SpeedrunJob manifest (YAML or JSON)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (Marin's key names)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (Marin's key names), config included")
+    p.add_argument("--config", action="store_true", help="also print the resolved configuration after the costs")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="train and evaluate a manifest locally with torchrun (no cluster)")

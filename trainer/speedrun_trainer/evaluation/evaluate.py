@@ -29,7 +29,7 @@ from speedrun_trainer.train import checkpoint, preflight
 from speedrun_trainer.train.core_eval import evaluate_run_core
 from speedrun_trainer.train.loss_eval import evaluate_run_loss
 from speedrun_trainer.train.model import GPT
-from speedrun_trainer.train.runtime import Dist, entry_point, log, run_storage, seeded
+from speedrun_trainer.train.runtime import Dist, entry_point, log, phase, run_storage, seeded
 from speedrun_trainer.train.versions import software_versions
 
 
@@ -56,6 +56,7 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
         raise EvalError(f"no {TRAIN_SUMMARY_FILE} in {storage.url('')}: has training finished?")
     summary = storage.read_json(TRAIN_SUMMARY_FILE)
     preflight.check_published(storage, job, summary)
+    phase("loading the final checkpoint and the evaluation set")
     # The checkpoint training ended with, never an older one (checkpoint.load's fallback).
     final_step = int(summary["step"]) if isinstance(summary.get("step"), int) and summary["step"] > 0 else None
     ckpt = checkpoint.load(storage, final_step, with_optimizers=False)
@@ -76,10 +77,14 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     with seeded(spec.train.seed):
         model = GPT(spec.model)  # exactly the trainer's initialization: the untrained baseline
     model.to(env.device)
+    phase("evaluating the untrained model")
     initial = evaluate_run_loss(model, job, env, dataset, token_bytes)
     model.load_state_dict(ckpt.model)
+    phase(f"evaluating the checkpoint of step {ckpt.step}")
     final = evaluate_run_loss(model, job, env, dataset, token_bytes)
     log(f"bpb {final.bpb:.4f} (untrained {initial.bpb:.4f}) over {final.tokens:,} tokens / {final.bytes:,} bytes")
+    if spec.eval.core is not None:
+        phase("evaluating CORE")
     core = evaluate_run_core(model, job, env, tokenizer)
     if core is not None:
         log(f"CORE {core['core_metric']:.4f} over {len(core.get('tasks', {}))} tasks")
@@ -112,6 +117,7 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     write_termination_message(message)
     log(f"results written to {uri}")
     print(json.dumps(message), flush=True)
+    phase("results written; the processes are exiting")
     return message
 
 

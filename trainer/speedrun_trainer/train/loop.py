@@ -45,6 +45,7 @@ from speedrun_trainer.train.runtime import (
     autocast_dtype,
     entry_point,
     log,
+    phase,
     resolve_compile,
     run_storage,
 )
@@ -123,6 +124,7 @@ class Trainer:
         self.plan = resolve(job, nodes=max(1, env.world_size // spec.resources.procs_per_node))
         self.storage = run_storage(job)
         endpoint = spec.storage.endpoint_url
+        phase("loading the tokenizer and the data")
         tok = self.tokenizer = load_tokenizer(spec.data.tokenizer, endpoint_url=endpoint)
         if tok.vocab_size > m.vocab_size:
             raise ConfigError(
@@ -136,12 +138,14 @@ class Trainer:
         self.train_data = open_dataset(spec.data.train, **data_args)
         self.val_data = open_dataset(spec.eval_data, **data_args)  # the run's one evaluation set
         eval_field = "spec.eval.bpb.data" if spec.eval.bpb.data else "spec.data.validation"
+        phase("checking the data (token ids, evaluation set) and the storage")
         preflight.check_token_ids(self.train_data, m.vocab_size, "spec.data.train")
         preflight.check_token_ids(self.val_data, m.vocab_size, eval_field)
         preflight.check_validation_length(self.val_data, m.seq_len, eval_field)
         if env.is_main:
             preflight.check_writable(self.storage)
 
+        phase("building the model and its optimizer")  # torch.optim loads torch._dynamo: seconds
         torch.manual_seed(t.seed)
         self.model = GPT(m).to(env.device)
         if t.precision == "fp8":  # before the optimizers, compile and DDP see the model
@@ -223,6 +227,7 @@ class Trainer:
             f" process(es) x {self.accum} accumulation step(s), from step {st.step}"
         )
         self.model.train()
+        phase("first steps" + (" (compiling the model)" if self.compile else ""))
         batches = self._prefetcher()
         try:
             return self._train_steps(batches)
@@ -306,7 +311,10 @@ class Trainer:
         )
         self.telemetry.set(val_loss=ev.loss, val_bpb=ev.bpb)
         self.tracker.log({"val/loss": ev.loss, "val/bpb": ev.bpb}, st.step)
-        log(f"step {st.step:>6}/{self.plan.steps} | val loss {ev.loss:.4f} | val bpb {ev.bpb:.4f}")
+        log(
+            f"step {st.step:>6}/{self.plan.steps} | val loss {ev.loss:.4f} | val bpb {ev.bpb:.4f}"
+            f" on {ev.tokens:,} tokens"
+        )
         target = spec.target
         if target is not None and target.metric == "core" and spec.eval.core is not None:
             return self._core_reached(target.value)
@@ -374,6 +382,7 @@ def _train(job: SpeedrunJob, env: Dist) -> int:
     finally:
         trainer.close()
     log(f"training done: step {trainer.state.step}, {trainer.state.training_seconds:.1f}s of training")
+    phase("training done; the processes are exiting")  # torch's teardown and torchrun's exit take seconds
     return 0
 
 

@@ -23,6 +23,7 @@ from speedrun_api.run_contract import (
     ENV_RUN_ID,
     ENV_RUN_LOCK_HELD,
     ENV_STORAGE_URI,
+    PHASE_PREFIX,
     local_run_root,
     resolve_storage_uri,
 )
@@ -53,6 +54,11 @@ def log(msg: str) -> None:
     """Rank-0 log line with a timestamp (stdout, flushed: pods and `speedrun run` read it)."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+def phase(text: str) -> None:
+    """Rank 0 begins a set-up phase: one log line `speedrun run` shows as its live line."""
+    log(f"{PHASE_PREFIX}{text}")
 
 
 def load_config(path: str) -> SpeedrunJob:

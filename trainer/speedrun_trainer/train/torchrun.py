@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime as dt
 import os
 import signal
 import sys
@@ -33,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 from speedrun_api.manifest import EXIT_INVALID
-from speedrun_api.run_contract import ENV_CONFIG_ERROR_FILE, ENV_DIE_WITH_PARENT
+from speedrun_api.run_contract import ENV_CONFIG_ERROR_FILE, ENV_DIE_WITH_PARENT, PHASE_PREFIX
 
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in an Indexed Job's pods
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -83,6 +84,12 @@ def with_rendezvous_host(argv: list[str], completion_index: str | None) -> list[
     return [f"--rdzv-conf={is_host}", *out]
 
 
+def say_phase(text: str) -> None:
+    """A set-up phase of this process, as a log line `speedrun run` shows (cli/notices.py).
+    Here, not in train/runtime.py: the agent says it before importing torch."""
+    print(f"[{dt.datetime.now():%H:%M:%S}] {PHASE_PREFIX}{text}", flush=True)
+
+
 def report_config_error(message: str) -> None:
     """Called by a worker before it exits with EXIT_INVALID."""
     path = os.environ.get(ENV_CONFIG_ERROR_FILE)
@@ -105,16 +112,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"invalid config: {line}", file=sys.stderr, flush=True)
             return EXIT_INVALID
 
+    say_phase("torchrun agent: importing torch")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     argv = with_rendezvous_host(argv, os.environ.get(COMPLETION_INDEX_ENV))
+    args = parse_args(argv)
+    if not args.standalone:
+        say_phase(f"rendezvous of {args.nnodes} node(s) at {args.rdzv_endpoint}")
 
     with tempfile.TemporaryDirectory(prefix="speedrun-torchrun-") as tmp:
         error_file = Path(tmp) / "config-error"
         os.environ[ENV_CONFIG_ERROR_FILE] = str(error_file)
         try:
-            run(parse_args(argv))
+            run(args)
         except ChildFailedError as err:
             if error_file.exists():
                 print(f"invalid config: {error_file.read_text().strip()}", file=sys.stderr, flush=True)

@@ -17,19 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from speedrun_api.metric_definitions import LEVANTER_BPB, bpb_key
-
-MAX_WIDTH = 80  # what the table is laid out for; narrower when the terminal is narrower
+from speedrun_trainer.leaderboard.table_text import TABLE_WIDTH
 
 
 def text_width(stream: Any = None) -> int:
     """80, or the terminal's width when `stream` is a narrower terminal."""
     stream = sys.stdout if stream is None else stream
     if hasattr(stream, "isatty") and stream.isatty():
-        return max(20, min(MAX_WIDTH, shutil.get_terminal_size((MAX_WIDTH, 24)).columns))
-    return MAX_WIDTH
+        return max(20, min(TABLE_WIDTH, shutil.get_terminal_size((TABLE_WIDTH, 24)).columns))
+    return TABLE_WIDTH
 
 
-def fold_row(label: str, value: str, label_width: int, width: int = MAX_WIDTH) -> list[str]:
+def fold_row(label: str, value: str, label_width: int, width: int = TABLE_WIDTH) -> list[str]:
     """`  label  value` as lines of at most `width` characters (see the module docstring)."""
     indent = " " * (2 + label_width + 2)
     room = width - len(indent)
@@ -41,7 +40,7 @@ def fold_row(label: str, value: str, label_width: int, width: int = MAX_WIDTH) -
     return [f"  {label}", *("    " + piece for piece in pieces)]
 
 
-def fit_rows(rows: list[tuple[str, str]], width: int = MAX_WIDTH) -> list[str]:
+def fit_rows(rows: list[tuple[str, str]], width: int = TABLE_WIDTH) -> list[str]:
     """Labelled rows, labels in one column, each row folded to `width`."""
     label_width = max((len(label) for label, _ in rows), default=0)
     return [line for label, value in rows for line in fold_row(label, value, label_width, width)]
@@ -107,7 +106,7 @@ def results_rows(
 
 
 def format_results_table(
-    info: dict[str, Any], uri: str, wall_seconds: float, width: int = MAX_WIDTH, summary: Path | None = None
+    info: dict[str, Any], uri: str, wall_seconds: float, width: int = TABLE_WIDTH, summary: Path | None = None
 ) -> str:
     """The results as `speedrun run` prints them, every line at most `width` characters; `summary`
     is the local copy `speedrun run` keeps."""

@@ -45,3 +45,13 @@ def with_changes(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
 def write_manifest(path: Path, doc: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def word_tokenizer(path: Path, size: int) -> Path:
+    """A tokenizers JSON of `size` ids: words w0.. and <|endoftext|> last (the separator)."""
+    from tokenizers import Tokenizer, models
+
+    tok = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(size - 1)}, unk_token="w0"))
+    tok.add_special_tokens(["<|endoftext|>"])
+    tok.save(str(path))
+    return path

@@ -8,6 +8,9 @@ evaluation, then prints the results. Progress comes from the trainer's own Prome
 say that a user must see (resumed step, W&B, warnings) shows above it once (cli/notices.py).
 Logs go to `<run dir>/logs/`. `--resume` of a run that already finished says so and does
 nothing, unless `--force` asks to evaluate it again.
+An error no retry can fix (train/startup_checks.py) is one line on stderr and exit 2: found
+before any agent starts where no worker is needed to find it, else after the workers' one
+attempt (the agents do not restart a worker that exited 2).
 Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop every process it started and exit 128 + the
 signal number; the agents and their workers also get SIGTERM from the kernel if this process is
 SIGKILLed (`ENV_DIE_WITH_PARENT`, train/torchrun.py). A process killed by a signal is
@@ -27,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from speedrun_api.manifest import dumps_job
+from speedrun_api.manifest import EXIT_INVALID, dumps_job
 from speedrun_api.plan import resolve
 from speedrun_api.run_contract import (
     ENV_DIE_WITH_PARENT,
@@ -45,6 +48,8 @@ from speedrun_trainer.cli.launch import TorchxApp, free_port, stop_process_trees
 from speedrun_trainer.cli.live_display import LiveDisplay, RunScreen, format_results_table, scrape
 from speedrun_trainer.cli.notices import LogWatcher
 from speedrun_trainer.data.storage import open_storage
+from speedrun_trainer.train.startup_checks import permanent_problem
+from speedrun_trainer.train.torchrun import INVALID_CONFIG
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -191,6 +196,15 @@ class LocalRun:
                 proc.cancel()
         stop_process_trees([p for p in self.procs if isinstance(p, subprocess.Popen)])
 
+    def config_error(self, logs: str) -> str | None:
+        """Why a process exited 2: the last `invalid config:` line its torchrun wrapper wrote in
+        the first of the `logs` (a glob) that holds one."""
+        for log in sorted(self.logs.glob(logs)):
+            found = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(INVALID_CONFIG)]
+            if found:
+                return found[-1].removeprefix(INVALID_CONFIG)
+        return None
+
     def tail(self, log_name: str, lines: int = 25) -> str:
         path = self.logs / log_name
         apps = [p for p in self.procs if isinstance(p, TorchxApp)]
@@ -222,6 +236,10 @@ def run_local(
         )
         return 0
     uri = resolve_storage_uri(job, override=storage_uri, default=run_dir.as_uri())
+    # What no retry can fix fails here, in seconds, before any torchrun agent starts.
+    if (problem := permanent_problem(job, uri)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
     plan = resolve(job)
     run = LocalRun(job, run_dir, uri)
     print(
@@ -236,6 +254,9 @@ def run_local(
         with stop_signals_raise():
             code = run.wait(run.start_training(launcher), screen)
             screen.finish()
+            if code == EXIT_INVALID and (problem := run.config_error("train-node-*.log")) is not None:
+                print(f"error: {problem}", file=sys.stderr)  # one line: no retry can fix it
+                return code
             if code:
                 what, code = describe_exit(code)
                 print(
@@ -246,6 +267,9 @@ def run_local(
             print("evaluating ...", flush=True)
             code = run.wait([run.start_eval()], screen)
             screen.finish()
+            if code == EXIT_INVALID and (problem := run.config_error("eval.log")) is not None:
+                print(f"error: {problem}", file=sys.stderr)
+                return code
             if code:
                 what, code = describe_exit(code)
                 print(f"evaluation failed ({what}):\n{run.tail('eval.log')}", file=sys.stderr)

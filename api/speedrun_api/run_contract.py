@@ -24,6 +24,9 @@ RUN_LOCK_FILE = "run.lock"
 # `speedrun run`; the operator's ConfigMap key, mounted in the pods).
 RUN_CONFIG_FILE = "run.json"
 
+# The training entry point the launchers run under torchrun (`-m speedrun_trainer.train`).
+TRAIN_MODULE = "speedrun_trainer.train"
+
 # Kubernetes' default terminationMessagePath: the eval pod's headline results go there.
 TERMINATION_LOG = "/dev/termination-log"
 

@@ -60,3 +60,13 @@ def property_settings(max_examples: int) -> Any:
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
+
+
+def word_tokenizer(path: Path, size: int) -> Path:
+    """A tokenizers JSON of `size` ids: words w0.. and <|endoftext|> last (the separator)."""
+    from tokenizers import Tokenizer, models
+
+    tok = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(size - 1)}, unk_token="w0"))
+    tok.add_special_tokens(["<|endoftext|>"])
+    tok.save(str(path))
+    return path

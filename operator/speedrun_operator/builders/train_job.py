@@ -18,12 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from speedrun_api.run_contract import TRAIN_MODULE
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.builders import common
 from speedrun_operator.settings import OperatorSettings
-
-TRAIN_MODULE = "speedrun_trainer.train"
 
 
 def torchrun_train_command(job: SpeedrunJob) -> list[str]:

@@ -16,13 +16,15 @@ import pytest
 import torch
 import yaml
 
-from speedrun_api.manifest import parse_job
+from speedrun_api.manifest import ConfigError, parse_job
 from speedrun_api.run_contract import RUN_IDENTITY_FILE
+from speedrun_trainer.data.loader import TokenDataset
 from speedrun_trainer.data.shards import write_shard
 from speedrun_trainer.data.storage import open_storage
+from speedrun_trainer.data.tokenizer import load_tokenizer
 from speedrun_trainer.evaluation import evaluate
 from speedrun_trainer.train import checkpoint, loop, preflight
-from tests.support.helpers import tiny_manifest, write_manifest
+from tests.support.helpers import tiny_manifest, word_tokenizer, write_manifest
 
 VOCAB = 264  # tests/support/helpers.tiny_manifest (the byte tokenizer's 257 fit)
 
@@ -67,6 +69,32 @@ def test_token_ids_beyond_the_vocabulary_are_an_invalid_config(tmp_path, data, m
     err = capsys.readouterr().err
     assert f"invalid config: spec.data.train: {data['spec.data.train']} holds token id 300" in err
     assert f"spec.model.vocabSize is {VOCAB}" in err
+
+
+def test_vocabulary_agreement_three_ways(tmp_path) -> None:
+    """Tokenizer <= vocabSize; every id < vocabSize; every id < the tokenizer's size."""
+    v100, byte = load_tokenizer(str(word_tokenizer(tmp_path / "v100.json", 100))), load_tokenizer("byte")
+    ids_to_255 = TokenDataset([np.arange(256, dtype=np.uint16)], "mem://bytes")
+
+    with pytest.raises(ConfigError, match=r"^spec.model.vocabSize: 200 is smaller than the byte tokenizer's 257"):
+        preflight.check_vocabulary(byte, 200)
+    preflight.check_vocabulary(v100, VOCAB)
+    with pytest.raises(ConfigError, match=r"holds token id 255, but the tokenizer .* has 100 ids, 0\.\.99"):
+        preflight.check_token_ids(ids_to_255, "spec.data.train", VOCAB, v100)
+    with pytest.raises(ConfigError, match=r"holds token id 255, but spec.model.vocabSize is 200"):
+        preflight.check_token_ids(ids_to_255, "spec.data.train", 200)
+    preflight.check_token_ids(ids_to_255, "spec.data.train", VOCAB, byte)  # ids 0..255 are bytes
+    wide = TokenDataset([np.array([5, 70_000], dtype=np.uint32)], "mem://wide")
+    with pytest.raises(ConfigError, match="holds token id 70000"):
+        preflight.check_token_ids(wide, "spec.data.train", 2**17, v100)
+
+
+def test_a_tokenizer_smaller_than_the_shards_ids_is_refused_by_the_trainer(tmp_path, data, monkeypatch, capsys) -> None:
+    tokenizer = str(word_tokenizer(tmp_path / "v100.json", 100))
+    assert _run(loop, tmp_path, tmp_path / "run", monkeypatch, **data, **{"spec.data.tokenizer": tokenizer}) == 2
+    err = capsys.readouterr().err
+    assert "invalid config: spec.data.train: " in err and "has 100 ids, 0..99" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
 
 
 def test_a_validation_set_shorter_than_a_sequence_fails_before_training(tmp_path, data, monkeypatch, capsys):

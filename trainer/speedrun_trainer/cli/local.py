@@ -10,6 +10,9 @@ Logs go to `<run dir>/logs/`. `--resume` of a run that already finished says so 
 nothing, unless `--force` asks to evaluate it again. This process is the run's one writer: it
 holds the run directory's lock, and its storage's, until it exits (cli/run_dirs.py); a second
 `speedrun run` of the same run exits 2 with one line naming it.
+An error no retry can fix (train/startup_checks.py) is one line on stderr and exit 2: found
+before any agent starts where no worker is needed to find it, else after the workers' one
+attempt (the agents do not restart a worker that exited 2).
 Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop every process it started and exit 128 + the
 signal number; the agents and their workers also get SIGTERM from the kernel if this process is
 SIGKILLed (`ENV_DIE_WITH_PARENT`, train/torchrun.py). A process killed by a signal is
@@ -50,6 +53,8 @@ from speedrun_trainer.cli.results_table import fit_rows, format_results_table, t
 from speedrun_trainer.cli.run_dirs import hold_run_dir, hold_storage, last_run_dir, new_run_dir, run_id
 from speedrun_trainer.data.run_lock import RunLocked
 from speedrun_trainer.data.storage import DataError, open_storage
+from speedrun_trainer.train.startup_checks import permanent_problem
+from speedrun_trainer.train.torchrun import INVALID_CONFIG
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -186,6 +191,15 @@ class LocalRun:
                 proc.cancel()
         stop_process_trees([p for p in self.procs if isinstance(p, subprocess.Popen)])
 
+    def config_error(self, logs: str) -> str | None:
+        """Why a process exited 2: the last `invalid config:` line its torchrun wrapper wrote in
+        the first of the `logs` (a glob) that holds one."""
+        for log in sorted(self.logs.glob(logs)):
+            found = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(INVALID_CONFIG)]
+            if found:
+                return found[-1].removeprefix(INVALID_CONFIG)
+        return None
+
     def tail(self, log_name: str, lines: int = 25) -> str:
         path = self.logs / log_name
         apps = [p for p in self.procs if isinstance(p, TorchxApp)]
@@ -225,6 +239,10 @@ def run_local(
             uri = resolve_storage_uri(job, override=storage_uri, default=run_dir.as_uri())
             assert uri is not None  # the default is never None
             hold_storage(job, run_dir, uri, held)
+            # What no retry can fix fails here, in seconds, before any torchrun agent starts.
+            if (problem := permanent_problem(job, uri)) is not None:
+                print(f"error: {problem}", file=sys.stderr)
+                return EXIT_INVALID
         except (RunLocked, ConfigError) as err:  # usage errors: a retry would be refused the same way
             print(f"speedrun run: {err}", file=sys.stderr)
             return EXIT_INVALID
@@ -256,6 +274,9 @@ def _run(job: SpeedrunJob, run_dir: Path, uri: str, launcher: str) -> int:
         with stop_signals_raise():
             code = run.wait(run.start_training(launcher), screen)
             screen.finish()
+            if code == EXIT_INVALID and (problem := run.config_error("train-node-*.log")) is not None:
+                print(f"error: {problem}", file=sys.stderr)  # one line: no retry can fix it
+                return code
             if code:
                 what, code = describe_exit(code)
                 print(
@@ -266,6 +287,9 @@ def _run(job: SpeedrunJob, run_dir: Path, uri: str, launcher: str) -> int:
             screen.note("phase", "starting the evaluation")
             code = run.wait([run.start_eval()], screen)
             screen.finish()
+            if code == EXIT_INVALID and (problem := run.config_error("eval.log")) is not None:
+                print(f"error: {problem}", file=sys.stderr)
+                return code
             if code:
                 what, code = describe_exit(code)
                 print(f"evaluation failed ({what}):\n{run.tail('eval.log')}", file=sys.stderr)

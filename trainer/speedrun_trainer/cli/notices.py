@@ -43,10 +43,10 @@ RESUMED = re.compile(r"resumed from (?P<uri>\S+) at step (?P<step>\d+)")
 WANDB = re.compile(r"^wandb: (?!WARNING|ERROR)(?P<state>.+)$")  # our tracker's state line
 WANDB_OWN = re.compile(r"^wandb: (?P<kind>WARNING|ERROR) (?P<text>.+)$")  # wandb's own warnings
 # Python warnings (`file.py:12: UserWarning: text`), our `warning:`/`error:` lines, torchrun's
-# `WARNING:` logger lines, the trainer's one-line failures (`speedrun_trainer.train: ...`) and
-# the invalid-config lines.
+# `WARNING:` logger lines and the trainer's one-line failures (`speedrun_trainer.train: ...`).
+# Not the invalid-config lines: they end the run, and `speedrun run` prints that one line last.
 WARNING = re.compile(
-    r"(?:^|\s)(?P<kind>[A-Z]\w*Warning|warning|error|WARNING|ERROR|invalid config|speedrun_trainer\.[\w.]+)"
+    r"(?:^|\s)(?P<kind>[A-Z]\w*Warning|warning|error|WARNING|ERROR|speedrun_trainer\.[\w.]+)"
     r":\s*(?P<text>\S.*)$"
 )
 PREFIXES = re.compile(r"^(?:\s*\[[\w:.-]+\]:?)+")  # [12:00:01] [rank0]: [default1]: [0]:

@@ -7,7 +7,9 @@ uploads, and the local cache of remote shards (`cached_copy`: fsspec's `filecach
 fetches an object again when its ETag/generation changes). What this module adds:
 
 - one-line errors: every failure the user can cause (missing bucket or key, access denied,
-  nothing listening, HTTP errors, a glob that matches nothing) is a `DataError` naming the URI;
+  nothing listening, HTTP errors, a glob that matches nothing) is a `DataError` naming the URI,
+  marked `transient` when a retry may fix it (data/failures.py decides; http(s) reads are
+  retried with backoff there, S3 and GCS by their own clients);
 - complete local writes: fsspec's local files are written in place (or, uncommitted, through
   a temporary file in /tmp, which a rename across filesystems cannot replace atomically), so
   `atomic_file` writes beside the target and `os.replace`s; an object store's PUT is atomic;
@@ -32,6 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from speedrun_trainer.data.failures import is_transient, retrying
+
 PART_SIZE = 5 * 1024 * 1024  # S3's smallest part
 MULTIPART_THRESHOLD = 2 * PART_SIZE  # s3fs uploads objects of two parts or more in parts
 TMP_SUFFIX = ".tmp"
@@ -40,7 +44,12 @@ EXTRAS = {"s3": ("s3fs", "train"), "gs": ("gcsfs", "gcs"), "http": ("aiohttp", "
 
 
 class DataError(Exception):
-    """A data or storage problem the user can fix; the message is one line naming the URI."""
+    """A data or storage problem; the message is one line naming the URI. `transient`: a retry may
+    fix it (a network failure: exit code 1); else only the user can (exit code 2)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def scheme_of(uri: str) -> str:
@@ -184,7 +193,7 @@ def errors(uri: str, fs: Any = None) -> Iterator[None]:
     except DataError:
         raise
     except Exception as exc:  # the backends raise many types (botocore, aiohttp, google-auth, OS)
-        raise DataError(explain(exc, uri, fs)) from None
+        raise DataError(explain(exc, uri, fs), transient=is_transient(exc)) from None
 
 
 # ---- Storage --------------------------------------------------------------------------------
@@ -313,6 +322,8 @@ def fetch_uri(uri: str, endpoint_url: str | None = None) -> bytes:
     """The bytes at a file://, plain-path, s3://, gs:// or http(s):// URI."""
     fs, path = _fs_and_path(uri, endpoint_url)
     with errors(uri, fs):
+        if scheme_of(uri) in ("http", "https"):  # fsspec's HTTP filesystem does not retry
+            return retrying(lambda: bytes(fs.cat_file(path)))
         return bytes(fs.cat_file(path))
 
 
@@ -329,8 +340,13 @@ def cached_copy(uri: str, cache_dir: Path, endpoint_url: str | None = None) -> P
     with file_lock(cache / ".lock"), errors(uri, fs):
         cached = WholeFileCacheFileSystem(fs=fs, cache_storage=str(cache), check_files=True,
                                           skip_instance_cache=True)  # fmt: skip
-        with cached.open(path, "rb") as f:
-            return Path(f.name)
+
+        def local_name() -> Path:
+            with cached.open(path, "rb") as f:
+                return Path(f.name)
+
+        # fsspec's HTTP filesystem does not retry; the S3 and GCS clients do.
+        return retrying(local_name) if scheme in ("http", "https") else local_name()
 
 
 def expand_uris(pattern: str, endpoint_url: str | None = None) -> list[str]:

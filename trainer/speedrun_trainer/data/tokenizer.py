@@ -115,7 +115,8 @@ class TiktokenTokenizer(Tokenizer):
             raise TokenizerError(
                 f"{encoding}: tiktoken could not load its BPE file ({detail}); it downloads it from"
                 " openaipublic.blob.core.windows.net on first use — without network, set"
-                " TIKTOKEN_CACHE_DIR to a directory holding the cached file"
+                " TIKTOKEN_CACHE_DIR to a directory holding the cached file",
+                transient=True,  # a download that failed: the network may come back
             ) from None
         self.name = self.spec = encoding
         self.vocab_size = self.enc.n_vocab

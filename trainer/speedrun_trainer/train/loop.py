@@ -27,12 +27,10 @@ from speedrun_api.accelerators import lookup
 from speedrun_api.flops import training_flops_per_token
 from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
-from speedrun_api.run_contract import ENV_METRICS_PORT, TRAIN_SUMMARY_FILE, cache_dir
+from speedrun_api.run_contract import ENV_METRICS_PORT, TRAIN_SUMMARY_FILE
 from speedrun_api.spec import SpeedrunJob
-from speedrun_trainer.data.loader import open_dataset
 from speedrun_trainer.data.prefetch import BatchPrefetcher
-from speedrun_trainer.data.prepare import tokenizer_mismatch
-from speedrun_trainer.data.tokenizer import load_tokenizer, padded_token_bytes
+from speedrun_trainer.data.tokenizer import padded_token_bytes
 from speedrun_trainer.train import checkpoint, preflight
 from speedrun_trainer.train.core_eval import evaluate_run_core
 from speedrun_trainer.train.fp8 import check_fp8, convert_to_fp8
@@ -49,6 +47,7 @@ from speedrun_trainer.train.runtime import (
     resolve_compile,
     run_storage,
 )
+from speedrun_trainer.train.startup_checks import open_run_data
 from speedrun_trainer.train.step import LossMeter, StepTimer, TrainStep, data_parallel
 from speedrun_trainer.train.telemetry import Telemetry
 from speedrun_trainer.train.tracking import Tracker
@@ -123,25 +122,10 @@ class Trainer:
             )
         self.plan = resolve(job, nodes=max(1, env.world_size // spec.resources.procs_per_node))
         self.storage = run_storage(job)
-        endpoint = spec.storage.endpoint_url
-        phase("loading the tokenizer and the data")
-        tok = self.tokenizer = load_tokenizer(spec.data.tokenizer, endpoint_url=endpoint)
-        if tok.vocab_size > m.vocab_size:
-            raise ConfigError(
-                f"spec.model.vocabSize: {m.vocab_size} is smaller than the {tok.name} tokenizer's {tok.vocab_size}"
-            )
-        self.token_bytes = padded_token_bytes(tok, m.vocab_size)
-        data_args = {"tokenizer": spec.data.tokenizer, "cache_dir": cache_dir(), "endpoint_url": endpoint}
-        for where, uri in (("spec.data.train", spec.data.train), ("spec.eval.bpb.data", spec.eval_data)):
-            if problem := tokenizer_mismatch(uri, where, tok, endpoint):
-                raise ConfigError(problem)
-        self.train_data = open_dataset(spec.data.train, **data_args)
-        self.val_data = open_dataset(spec.eval_data, **data_args)  # the run's one evaluation set
-        eval_field = "spec.eval.bpb.data" if spec.eval.bpb.data else "spec.data.validation"
-        phase("checking the data (token ids, evaluation set) and the storage")
-        preflight.check_token_ids(self.train_data, m.vocab_size, "spec.data.train")
-        preflight.check_token_ids(self.val_data, m.vocab_size, eval_field)
-        preflight.check_validation_length(self.val_data, m.seq_len, eval_field)
+        phase("loading and checking the tokenizer and the data")
+        data = open_run_data(job)  # tokenizer, data and model agree (train/preflight.py)
+        self.tokenizer, self.train_data, self.val_data = data.tokenizer, data.train, data.val
+        self.token_bytes = padded_token_bytes(self.tokenizer, m.vocab_size)
         if env.is_main:
             preflight.check_writable(self.storage)
 

@@ -8,12 +8,15 @@
   would publish the new spec with the old numbers.
   The evaluation refuses the same way (`check_published`), so a results file is never written by
   a run that trained nothing under a different spec.
-- The data: every token id below `spec.model.vocabSize` (the embedding would raise IndexError
-  mid-run), and an evaluation set of at least seqLen + 1 tokens (else the evaluation fails only
-  after training).
+- The vocabulary, three ways: the tokenizer fits `spec.model.vocabSize` (a larger tokenizer
+  produces ids the embedding lacks); every token id in the data is below `vocabSize` (else an
+  IndexError mid-run) and below the tokenizer's size (ids the tokenizer never produces mean the
+  shards were tokenized with another one: training would run on them, and BPB would count their
+  bytes with the wrong table). An evaluation set of at least seqLen + 1 tokens (else the
+  evaluation fails only after training).
 - The storage takes a write (a probe object, deleted again). A local path that cannot be written
-  (its parent is a file, no permission, read-only) is a config error; an S3 error stays a
-  `DataError` (exit 1), which may be transient and is worth a retry.
+  (its parent is a file, no permission, read-only) is a config error; a remote store's failure
+  stays a `DataError`, transient (exit 1) or not (no bucket, access denied: exit 2).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from speedrun_api.run_contract import RUN_IDENTITY_FILE
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset
 from speedrun_trainer.data.storage import DataError, Storage, scheme_of
+from speedrun_trainer.data.tokenizer import Tokenizer
 
 TRAINING_FIELDS = ("model", "train", "data", "target")
 NOT_TRAINING = {"train": ("checkpointEvery", "logEvery")}  # how often to save or log: same weights
@@ -111,22 +115,51 @@ def check_writable(storage: Storage) -> None:
         if scheme_of(storage.url("")) == "file":  # a local path: the spec names a place that cannot work
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise ConfigError(f"spec.storage.uri: {storage.url('')} is not writable ({reason})") from None
-        raise DataError(f"{storage.url('')}: cannot write ({err})") from None
+        reason = str(err).removeprefix(f"{storage.url(key)}: ")
+        transient = isinstance(err, DataError) and err.transient
+        raise DataError(
+            f"spec.storage.uri: {storage.url('')} cannot be written ({reason})", transient=transient
+        ) from None
 
 
-def check_token_ids(dataset: TokenDataset, vocab_size: int, field: str) -> None:
-    """Every token id < vocab_size (a shard whose dtype cannot hold vocab_size needs no scan)."""
+def check_vocabulary(tokenizer: Tokenizer, vocab_size: int) -> None:
+    """The tokenizer's ids all have a row in the embedding."""
+    if tokenizer.vocab_size > vocab_size:
+        raise ConfigError(
+            f"spec.model.vocabSize: {vocab_size} is smaller than the {tokenizer.name} tokenizer's"
+            f" {tokenizer.vocab_size} (spec.data.tokenizer: {tokenizer.spec}); allowed: {tokenizer.vocab_size} or more"
+        )
+
+
+def highest_token_id(dataset: TokenDataset, stop_at: int) -> int:
+    """The largest token id in the data (-1 when empty), or the first chunk's maximum that reaches
+    `stop_at` (no need to read on). Shards whose dtype cannot hold `stop_at` are not read."""
+    top = -1
     for shard in dataset.shards:
-        if np.issubdtype(shard.dtype, np.integer) and vocab_size > np.iinfo(shard.dtype).max:
+        if np.issubdtype(shard.dtype, np.integer) and stop_at > np.iinfo(shard.dtype).max:
             continue
         for start in range(0, len(shard), SCAN_CHUNK):
-            chunk = shard[start : start + SCAN_CHUNK]
-            top = int(np.max(chunk))
-            if top >= vocab_size:
-                raise ConfigError(
-                    f"{field}: {dataset.uri} holds token id {top}, but spec.model.vocabSize is {vocab_size}"
-                    " (tokenized with another tokenizer?)"
-                )
+            top = max(top, int(np.max(shard[start : start + SCAN_CHUNK])))
+            if top >= stop_at:
+                return top
+    return top
+
+
+def check_token_ids(dataset: TokenDataset, field: str, vocab_size: int, tokenizer: Tokenizer | None = None) -> None:
+    """Every token id below vocab_size and below the tokenizer's size (when given)."""
+    limit = min(vocab_size, tokenizer.vocab_size) if tokenizer is not None else vocab_size
+    top = highest_token_id(dataset, limit)
+    if top >= vocab_size:
+        raise ConfigError(
+            f"{field}: {dataset.uri} holds token id {top}, but spec.model.vocabSize is {vocab_size}"
+            " (tokenized with another tokenizer?)"
+        )
+    if tokenizer is not None and top >= tokenizer.vocab_size:
+        raise ConfigError(
+            f"{field}: {dataset.uri} holds token id {top}, but the tokenizer (spec.data.tokenizer:"
+            f" {tokenizer.spec}) has {tokenizer.vocab_size} ids, 0..{tokenizer.vocab_size - 1}"
+            " (tokenized with another tokenizer?)"
+        )
 
 
 def check_validation_length(dataset: TokenDataset, seq_len: int, field: str) -> None:

@@ -19,19 +19,12 @@ import torch
 import torch.distributed as dist
 
 from speedrun_api.manifest import EXIT_INVALID, ConfigError, SpecError, load_job
-from speedrun_api.run_contract import (
-    ENV_RUN_ID,
-    ENV_RUN_LOCK_HELD,
-    ENV_STORAGE_URI,
-    PHASE_PREFIX,
-    local_run_root,
-    resolve_storage_uri,
-)
+from speedrun_api.run_contract import ENV_RUN_ID, ENV_RUN_LOCK_HELD, PHASE_PREFIX
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.run_lease import hold_run
 from speedrun_trainer.data.run_lock import Holder, RunLocked
-from speedrun_trainer.data.shards import ShardError
 from speedrun_trainer.data.storage import DataError, Storage, open_storage
+from speedrun_trainer.train.startup_checks import failure_exit, run_storage_uri
 
 
 class DeviceError(Exception):
@@ -66,11 +59,11 @@ def load_config(path: str) -> SpeedrunJob:
     try:
         return load_job(path)
     except SpecError as err:
-        from speedrun_trainer.train.torchrun import report_config_error
+        from speedrun_trainer.train.torchrun import INVALID_CONFIG, report_config_error
 
-        for line in err.lines:
-            print(f"invalid config: {line}", file=sys.stderr, flush=True)
-        report_config_error(err.lines[0])
+        if not report_config_error(err.lines[0]):
+            for line in err.lines:
+                print(f"{INVALID_CONFIG}{line}", file=sys.stderr, flush=True)
         sys.exit(EXIT_INVALID)
 
 
@@ -138,10 +131,7 @@ def resolve_compile(setting: bool | None, device: torch.device) -> bool:
 
 def run_storage(job: SpeedrunJob) -> Storage:
     """The run's storage: what the launcher set, else spec.storage.uri, else `runs/<name>` here."""
-    default = str(local_run_root(job.metadata.name))
-    uri = resolve_storage_uri(job, override=os.environ.get(ENV_STORAGE_URI), default=default)
-    assert uri is not None  # the default is never None
-    return open_storage(uri, endpoint_url=job.spec.storage.endpoint_url)
+    return open_storage(run_storage_uri(job), endpoint_url=job.spec.storage.endpoint_url)
 
 
 @contextlib.contextmanager
@@ -189,9 +179,10 @@ def entry_point(
     """`python -m <prog> --config FILE`: load the config, set up torch.distributed, run `body`.
 
     Exit codes: 0 done; 2 the config can never work (found before or while running: the spec,
-    the data's contents, a local storage that cannot be written, a storage that holds another
-    spec's run; the torchrun wrapper passes it on) or another writer holds the run; 1 anything
-    else worth a retry, such as data that cannot be read right now.
+    the tokenizer, the data, a storage that cannot be written or holds another spec's run; the
+    torchrun wrapper passes it on and stops its agent from restarting) or another writer holds
+    the run; 1 anything worth a retry: a network failure, a node without the accelerator the spec
+    asks for.
     """
     from speedrun_trainer.train.torchrun import die_with_parent
 
@@ -205,21 +196,20 @@ def entry_point(
     try:
         with run_writer(job, env):
             return body(job, env)
-    except RunLocked as err:  # a usage error: a retry would be refused the same way
-        from speedrun_trainer.train.torchrun import report_config_error
+    except (ConfigError, DataError, RunLocked) as err:
+        # Found at run time: the tokenizer, the vocabulary, the world size, the data, the storage
+        # (train/startup_checks.py says which failures no retry can fix), or another writer
+        # holding the run (a usage error: a retry would be refused the same way).
+        code, line = (EXIT_INVALID, str(err)) if isinstance(err, RunLocked) else failure_exit(err)
+        if code != EXIT_INVALID:
+            print(f"{prog}: {line}", file=sys.stderr, flush=True)
+            return code
+        from speedrun_trainer.train.torchrun import INVALID_CONFIG, report_config_error
 
-        print(str(err), file=sys.stderr, flush=True)
-        report_config_error(str(err))
+        if not report_config_error(line):  # else the torchrun wrapper prints it, once for the node
+            print(f"{INVALID_CONFIG}{line}", file=sys.stderr, flush=True)
         return EXIT_INVALID
-    except (ConfigError, ShardError) as err:
-        # Problems no retry can fix, found only at run time: the tokenizer, the world size, the
-        # data (train/preflight.py: token ids, validation length, storage; a malformed shard).
-        from speedrun_trainer.train.torchrun import report_config_error
-
-        print(f"invalid config: {err}", file=sys.stderr, flush=True)
-        report_config_error(str(err))
-        return EXIT_INVALID
-    except (DataError, DeviceError) as err:
+    except DeviceError as err:
         print(f"{prog}: {err}", file=sys.stderr, flush=True)
         return 1
     finally:

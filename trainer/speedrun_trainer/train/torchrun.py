@@ -6,9 +6,14 @@ Takes exactly torchrun's arguments. Plain torchrun exits 1 whatever its workers 
 Kubernetes podFailurePolicy could never tell "this config can never work" (exit 2) from a crash
 worth retrying. This wrapper:
 
-1. validates the `--config` manifest before any worker starts (exit 2, one line per problem);
+1. validates the `--config` manifest before any worker starts (exit 2, one line per problem), and
+   for the training module runs the checks that need no worker (train/startup_checks.py: the
+   tokenizer, the data, the vocabularies, the storage): a problem no retry can fix exits 2 in
+   seconds, with one line, and no agent ever starts (this is the pod's entry point);
 2. gives the workers a file (`SPEEDRUN_CONFIG_ERROR_FILE`) where a worker that finds its config
-   invalid at run time (world size, tokenizer vocabulary) writes its one-line error;
+   invalid at run time (world size, a storage that holds another spec's run) writes its one-line
+   error, and runs torchrun's agent so that a worker's exit 2 is never restarted
+   (train/elastic_agent.py);
 3. when torchrun fails and that file says why, prints the error as the last log line (the pod's
    termination message) and exits 2; any other failure exits 1, as torchrun does.
 
@@ -34,10 +39,11 @@ import tempfile
 from pathlib import Path
 
 from speedrun_api.manifest import EXIT_INVALID
-from speedrun_api.run_contract import ENV_CONFIG_ERROR_FILE, ENV_DIE_WITH_PARENT, PHASE_PREFIX
+from speedrun_api.run_contract import ENV_CONFIG_ERROR_FILE, ENV_DIE_WITH_PARENT, PHASE_PREFIX, TRAIN_MODULE
 
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in an Indexed Job's pods
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+INVALID_CONFIG = "invalid config: "  # how an exit 2's one line starts (the pod's termination message)
 
 
 def die_with_parent() -> None:
@@ -60,6 +66,14 @@ def config_path(argv: list[str]) -> str | None:
             return argv[i + 1]
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
+    return None
+
+
+def entry_module(argv: list[str]) -> str | None:
+    """The module torchrun runs (`-m MODULE`), if any."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-m", "--module"):
+            return argv[i + 1]
     return None
 
 
@@ -90,12 +104,17 @@ def say_phase(text: str) -> None:
     print(f"[{dt.datetime.now():%H:%M:%S}] {PHASE_PREFIX}{text}", flush=True)
 
 
-def report_config_error(message: str) -> None:
-    """Called by a worker before it exits with EXIT_INVALID."""
+def report_config_error(message: str) -> bool:
+    """Called by a worker before it exits with EXIT_INVALID: hands its one line to this wrapper,
+    which prints it once for all the node's workers. False: no wrapper to hand it to."""
     path = os.environ.get(ENV_CONFIG_ERROR_FILE)
-    if path:
-        with contextlib.suppress(OSError):  # the exit code still says it; only the message is lost
-            Path(path).write_text(message.strip().splitlines()[0] if message.strip() else message)
+    if not path:
+        return False
+    try:
+        Path(path).write_text(message.strip().splitlines()[0] if message.strip() else message)
+    except OSError:  # the worker prints it itself
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,15 +125,23 @@ def main(argv: list[str] | None = None) -> int:
         from speedrun_api.manifest import SpecError, load_job
 
         try:
-            load_job(config)
+            job = load_job(config)
         except SpecError as err:
             for line in err.lines:
-                print(f"invalid config: {line}", file=sys.stderr, flush=True)
+                print(f"{INVALID_CONFIG}{line}", file=sys.stderr, flush=True)
             return EXIT_INVALID
+        if entry_module(argv) == TRAIN_MODULE:
+            from speedrun_trainer.train.startup_checks import permanent_problem
+
+            if (problem := permanent_problem(job)) is not None:
+                print(f"{INVALID_CONFIG}{problem}", file=sys.stderr, flush=True)
+                return EXIT_INVALID
 
     say_phase("torchrun agent: importing torch")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
+
+    from speedrun_trainer.train.elastic_agent import stop_restarts_on_invalid_config
 
     argv = with_rendezvous_host(argv, os.environ.get(COMPLETION_INDEX_ENV))
     args = parse_args(argv)
@@ -125,12 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         error_file = Path(tmp) / "config-error"
         os.environ[ENV_CONFIG_ERROR_FILE] = str(error_file)
         try:
-            run(args)
+            with stop_restarts_on_invalid_config():
+                run(args)
         except ChildFailedError as err:
-            if error_file.exists():
-                print(f"invalid config: {error_file.read_text().strip()}", file=sys.stderr, flush=True)
-                return EXIT_INVALID
             rank, failure = err.get_first_failure()
+            if error_file.exists() or failure.exitcode == EXIT_INVALID:
+                message = error_file.read_text().strip() if error_file.exists() else f"worker rank {rank} exited 2"
+                print(f"{INVALID_CONFIG}{message}", file=sys.stderr, flush=True)
+                return EXIT_INVALID
             print(f"torchrun: worker rank {rank} exited {failure.exitcode}", file=sys.stderr, flush=True)
             return 1
     return 0

@@ -9,6 +9,7 @@ tests/e2e/test_cluster_readme_box.py runs the box itself on the control plane.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -26,7 +27,11 @@ APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 
 
 def make_n(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["make", "-n", "image", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # As a user's shell runs it: under `make test`, the inherited MAKELEVEL/MAKEFLAGS would make
+    # this a sub-make that prints "Entering directory" lines around what it would run.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(["make", "-n", "image", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
 
 
 def pushed(stdout: str) -> list[str]:

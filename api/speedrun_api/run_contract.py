@@ -41,6 +41,9 @@ ENV_CONFIG_ERROR_FILE = "SPEEDRUN_CONFIG_ERROR_FILE"  # the torchrun wrapper's i
 ENV_DIE_WITH_PARENT = "SPEEDRUN_DIE_WITH_PARENT"  # "1": agents and workers go when `speedrun run` goes
 ENV_EVAL_BUNDLE_URL = "SPEEDRUN_EVAL_BUNDLE_URL"  # overrides where `data fetch` gets the CORE bundle
 ENV_RUN_LOCK_HELD = "SPEEDRUN_RUN_LOCK_HELD"  # "1": the launcher holds the run's lock; its workers take none
+# "1": the process that started this one ran train/startup_checks.py and every check passed, so
+# the trainer does not scan the token ids again (a full read of the data).
+ENV_STARTUP_CHECKED = "SPEEDRUN_STARTUP_CHECKED"
 ENV_RUN_ID = "SPEEDRUN_RUN_ID"  # the run across restarts (the SpeedrunJob's uid): takes over its own lease
 
 # The start of a log line that says a set-up phase has begun (`phase: loading the data`): the

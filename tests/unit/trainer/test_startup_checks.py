@@ -14,7 +14,7 @@ from speedrun_api.manifest import EXIT_INVALID, ConfigError, parse_job
 from speedrun_trainer.cli.local import run_local
 from speedrun_trainer.data.shards import write_shard
 from speedrun_trainer.data.storage import DataError
-from speedrun_trainer.train.startup_checks import failure_exit, permanent_problem
+from speedrun_trainer.train.startup_checks import failure_exit, open_run_data, permanent_problem, startup_verdict
 from tests.support.helpers import tiny_manifest, word_tokenizer
 
 VOCAB = 264  # tests/support/helpers.tiny_manifest: the byte tokenizer's 257, padded
@@ -124,3 +124,17 @@ def test_speedrun_run_stops_before_any_agent_with_one_line(tmp_path, data, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: spec.data.train: ") and "matches no files" in err[0]
     assert not list((tmp_path / "runs").glob("*/*/logs"))  # no agent started
+
+
+def test_a_passed_check_says_so_and_spares_the_trainer_a_second_scan(tmp_path, data) -> None:
+    """startup_verdict tells a pass from a transient failure, so a starter marks only checked runs
+    (SPEEDRUN_STARTUP_CHECKED); the trainer then skips the token-id scan, and only that."""
+    assert startup_verdict(parse_job(tiny_manifest(**data)), (tmp_path / "run").as_uri()) == (True, None)
+    wide_ids = {**data, "spec.data.train": str(_shard(tmp_path / "w", "train_000000.bin", [300] * 100))}
+    job = parse_job(tiny_manifest(**wide_ids))
+    with pytest.raises(ConfigError, match="holds token id 300"):
+        open_run_data(job)
+    assert open_run_data(job, scan_token_ids=False).train.num_tokens == 100
+    short = parse_job(tiny_manifest(**{**data, "spec.data.validation": str(_shard(tmp_path / "s", "v.bin", [1]))}))
+    with pytest.raises(ConfigError, match="evaluation needs at least"):
+        open_run_data(short, scan_token_ids=False)

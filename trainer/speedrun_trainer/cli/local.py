@@ -39,6 +39,7 @@ from speedrun_api.run_contract import (
     ENV_METRICS_PORT,
     ENV_RUN_DIR,
     ENV_RUN_LOCK_HELD,
+    ENV_STARTUP_CHECKED,
     ENV_STORAGE_URI,
     ENV_TERMINATION_LOG,
     RESULTS_FILE,
@@ -53,7 +54,7 @@ from speedrun_trainer.cli.results_table import fit_rows, format_results_table, t
 from speedrun_trainer.cli.run_dirs import hold_run_dir, hold_storage, last_run_dir, new_run_dir, run_id
 from speedrun_trainer.data.run_lock import RunLocked
 from speedrun_trainer.data.storage import DataError, open_storage
-from speedrun_trainer.train.startup_checks import permanent_problem
+from speedrun_trainer.train.startup_checks import startup_verdict
 from speedrun_trainer.train.torchrun import INVALID_CONFIG
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -91,7 +92,7 @@ def describe_exit(code: int) -> tuple[str, int]:
 
 
 class LocalRun:
-    def __init__(self, job: SpeedrunJob, run_dir: Path, storage_uri: str) -> None:
+    def __init__(self, job: SpeedrunJob, run_dir: Path, storage_uri: str, checked: bool = False) -> None:
         self.job, self.run_dir, self.storage_uri = job, run_dir, storage_uri
         self.logs = run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -111,6 +112,7 @@ class LocalRun:
             "PYTHONUNBUFFERED": "1",
             ENV_DIE_WITH_PARENT: "1",
             ENV_RUN_LOCK_HELD: "1",  # this process holds the run's lock for its trainers and eval
+            **({ENV_STARTUP_CHECKED: "1"} if checked else {}),  # every startup check passed here
         }
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
@@ -240,7 +242,8 @@ def run_local(
             assert uri is not None  # the default is never None
             hold_storage(job, run_dir, uri, held)
             # What no retry can fix fails here, in seconds, before any torchrun agent starts.
-            if (problem := permanent_problem(job, uri)) is not None:
+            checked, problem = startup_verdict(job, uri)
+            if problem is not None:
                 print(f"error: {problem}", file=sys.stderr)
                 return EXIT_INVALID
         except (RunLocked, ConfigError) as err:  # usage errors: a retry would be refused the same way
@@ -249,13 +252,13 @@ def run_local(
         except DataError as err:
             print(f"speedrun run: {err}", file=sys.stderr)
             return 1
-        return _run(job, run_dir, uri, launcher)
+        return _run(job, run_dir, uri, launcher, checked)
 
 
-def _run(job: SpeedrunJob, run_dir: Path, uri: str, launcher: str) -> int:
+def _run(job: SpeedrunJob, run_dir: Path, uri: str, launcher: str, checked: bool) -> int:
     """Train, evaluate and print the results of a run whose locks this process holds."""
     plan = resolve(job)
-    run = LocalRun(job, run_dir, uri)
+    run = LocalRun(job, run_dir, uri, checked)
     width = text_width()
     title = (
         f"speedrun {job.metadata.name}: {plan.model_size / 1e6:.2f}M params, {plan.steps} steps,"

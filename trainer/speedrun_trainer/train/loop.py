@@ -27,7 +27,7 @@ from speedrun_api.accelerators import lookup
 from speedrun_api.flops import training_flops_per_token
 from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
-from speedrun_api.run_contract import ENV_METRICS_PORT, TRAIN_SUMMARY_FILE
+from speedrun_api.run_contract import ENV_METRICS_PORT, ENV_STARTUP_CHECKED, TRAIN_SUMMARY_FILE
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.data.tokenizer import padded_token_bytes
@@ -123,7 +123,9 @@ class Trainer:
         self.plan = resolve(job, nodes=max(1, env.world_size // spec.resources.procs_per_node))
         self.storage = run_storage(job)
         phase("loading and checking the tokenizer and the data")
-        data = open_run_data(job)  # tokenizer, data and model agree (train/preflight.py)
+        # Tokenizer, data and model agree (train/preflight.py); the token-id scan, a full read of
+        # the data, only where no starter of this process ran it already.
+        data = open_run_data(job, scan_token_ids=os.environ.get(ENV_STARTUP_CHECKED) != "1")
         self.tokenizer, self.train_data, self.val_data = data.tokenizer, data.train, data.val
         self.token_bytes = padded_token_bytes(self.tokenizer, m.vocab_size)
         if env.is_main:

@@ -50,9 +50,11 @@ def in_field(field: str) -> Iterator[None]:
         raise type(err)(f"{field}: {err}", transient=err.transient) from None
 
 
-def open_run_data(job: SpeedrunJob) -> RunData:
+def open_run_data(job: SpeedrunJob, scan_token_ids: bool = True) -> RunData:
     """The tokenizer and both token sets, checked against each other and the model; raises
-    ConfigError or DataError (train/preflight.py has the vocabulary and length checks)."""
+    ConfigError or DataError (train/preflight.py has the vocabulary and length checks).
+    `scan_token_ids=False` skips the one check that reads all the data, for a process whose
+    starter already ran it (ENV_STARTUP_CHECKED)."""
     spec, model = job.spec, job.spec.model
     endpoint = spec.storage.endpoint_url
     with in_field("spec.data.tokenizer"):
@@ -67,7 +69,8 @@ def open_run_data(job: SpeedrunJob) -> RunData:
             datasets.append(
                 open_dataset(uri, tokenizer=spec.data.tokenizer, cache_dir=cache_dir(), endpoint_url=endpoint)
             )
-        preflight.check_token_ids(datasets[-1], field, model.vocab_size, tokenizer)
+        if scan_token_ids:
+            preflight.check_token_ids(datasets[-1], field, model.vocab_size, tokenizer)
     train, val = datasets
     preflight.check_validation_length(val, model.seq_len, val_field)
     return RunData(tokenizer, train, val)
@@ -98,12 +101,17 @@ def failure_exit(err: BaseException) -> tuple[int, str]:
     return EXIT_INVALID, line
 
 
-def permanent_problem(job: SpeedrunJob, storage_uri: str | None = None) -> str | None:
-    """The one line of a problem found by `check_before_start` that no retry can fix, else None
-    (a transient failure is left to the workers, which retry it)."""
+def startup_verdict(job: SpeedrunJob, storage_uri: str | None = None) -> tuple[bool, str | None]:
+    """(every check of `check_before_start` passed, the one line of a problem no retry can fix);
+    a transient failure is neither: it is left to the workers, which retry it."""
     try:
         check_before_start(job, storage_uri)
     except (ConfigError, DataError) as err:
         code, line = failure_exit(err)
-        return line if code == EXIT_INVALID else None
-    return None
+        return False, (line if code == EXIT_INVALID else None)
+    return True, None
+
+
+def permanent_problem(job: SpeedrunJob, storage_uri: str | None = None) -> str | None:
+    """The one line of a problem found by `check_before_start` that no retry can fix, else None."""
+    return startup_verdict(job, storage_uri)[1]

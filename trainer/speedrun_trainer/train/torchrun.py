@@ -39,7 +39,13 @@ import tempfile
 from pathlib import Path
 
 from speedrun_api.manifest import EXIT_INVALID
-from speedrun_api.run_contract import ENV_CONFIG_ERROR_FILE, ENV_DIE_WITH_PARENT, PHASE_PREFIX, TRAIN_MODULE
+from speedrun_api.run_contract import (
+    ENV_CONFIG_ERROR_FILE,
+    ENV_DIE_WITH_PARENT,
+    ENV_STARTUP_CHECKED,
+    PHASE_PREFIX,
+    TRAIN_MODULE,
+)
 
 COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in an Indexed Job's pods
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -130,12 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             for line in err.lines:
                 print(f"{INVALID_CONFIG}{line}", file=sys.stderr, flush=True)
             return EXIT_INVALID
-        if entry_module(argv) == TRAIN_MODULE:
-            from speedrun_trainer.train.startup_checks import permanent_problem
+        if entry_module(argv) == TRAIN_MODULE and os.environ.get(ENV_STARTUP_CHECKED) != "1":
+            from speedrun_trainer.train.startup_checks import startup_verdict
 
-            if (problem := permanent_problem(job)) is not None:
+            passed, problem = startup_verdict(job)
+            if problem is not None:
                 print(f"{INVALID_CONFIG}{problem}", file=sys.stderr, flush=True)
                 return EXIT_INVALID
+            if passed:  # this agent's workers need not read all the data again
+                os.environ[ENV_STARTUP_CHECKED] = "1"
 
     say_phase("torchrun agent: importing torch")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

@@ -74,13 +74,23 @@ FROM ${BASE} AS trainer
 LABEL org.opencontainers.image.title="speedrun-trainer" \
       org.opencontainers.image.description="GPT speedrun trainer and evaluator (torchrun -m speedrun_trainer.train)" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN command -v python3 >/dev/null || { apt-get update \
-      && apt-get install -y --no-install-recommends python3 \
-      && rm -rf /var/lib/apt/lists/*; } \
+# torch.compile needs a compiler at run time: Triton builds its CUDA launcher with gcc against
+# Python.h on first use, and inductor's CPU kernels are C++ (g++). The python images carry the
+# headers; a base without python3 gets Debian/Ubuntu's python3 with python3-dev.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
+ && { command -v python3 >/dev/null || apt-get install -y --no-install-recommends python3 python3-dev; } \
+ && rm -rf /var/lib/apt/lists/* \
  && { getent group 1000 >/dev/null || groupadd --gid 1000 speedrun; } \
  && { getent passwd 1000 >/dev/null || useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
       --shell /usr/sbin/nologin speedrun; }
 COPY --from=trainer-build /opt/venv /opt/venv
+# The image proves it compiles: inductor's C++ path compiles and runs a small function here, in
+# the final image (its cache goes to a scratch dir removed in the same layer).
+RUN TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-check /opt/venv/bin/python3 -c "import torch; \
+f = torch.compile(lambda x: (x * 2).sin() + x.cos()); x = torch.arange(8.0); \
+assert torch.allclose(f(x), (x * 2).sin() + x.cos()); print('torch.compile (inductor C++): ok')" \
+ && rm -rf /tmp/inductor-check
 # torch.compile and friends cache under HOME; the pods mount /tmp and the shard cache as emptyDirs.
 ENV PATH=/opt/venv/bin:$PATH HOME=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     SPEEDRUN_CACHE_DIR=/var/cache/speedrun

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
@@ -194,3 +195,51 @@ def test_everything_copied_is_in_the_build_context() -> None:
             for source in sources:
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
                 assert not ignored(source.rstrip("/"), patterns), f"COPY {source}: excluded by .dockerignore"
+
+
+def compile_check() -> str:
+    """The Python code of the final trainer stage's `torch.compile` check (its RUN line)."""
+    runs = [run for run in STAGES["trainer"].all("RUN") if "torch.compile" in run]
+    assert len(runs) == 1, "the final trainer stage checks torch.compile once"
+    match = re.search(r'python3 -c "(.+?)"', runs[0])
+    assert match, runs[0]
+    return match.group(1)
+
+
+def test_trainer_image_carries_the_compilers_torch_compile_needs() -> None:
+    """Triton builds its CUDA launcher with gcc on first use and inductor's CPU kernels are C++:
+    the final stage (not only the build stage) installs both, and checks them as it builds."""
+    installs = " ".join(run for run in STAGES["trainer"].all("RUN") if "apt-get install" in run)
+    words = set(re.findall(r"[\w.+-]+", installs))
+    assert {"gcc", "g++", "libc6-dev"} <= words, installs
+    assert "python3-dev" in words, "a base without python3 needs Python.h for Triton's launcher"
+    order = [(ins, args) for ins, args in STAGES["trainer"].instructions if ins in ("RUN", "COPY", "USER")]
+    check = next(i for i, (_, args) in enumerate(order) if "torch.compile" in args)
+    venv = next(i for i, (ins, args) in enumerate(order) if ins == "COPY" and "/opt/venv" in args)
+    user = max(i for i, (ins, _) in enumerate(order) if ins == "USER")
+    assert venv < check < user, (
+        "the check runs on the final venv, as root before USER, so its scratch cache can be removed"
+    )
+
+
+@pytest.mark.parametrize("with_compiler", [True, False])
+def test_the_image_compile_check_passes_with_a_compiler_and_fails_without(with_compiler: bool, tmp_path: Path) -> None:
+    """The exact check the image runs, run here: it passes with gcc/g++ on PATH and fails without
+    them (what an image without a compiler would do on a GPU's first step)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if with_compiler and not (shutil.which("g++") and shutil.which("gcc")):
+        pytest.skip("no C/C++ compiler on this machine")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    if not with_compiler:
+        env["PATH"] = str(tmp_path / "empty")  # nothing to run: no cc, no g++
+        env.pop("CXX", None)
+        env.pop("CC", None)
+    proc = subprocess.run([sys.executable, "-c", compile_check()], env=env, capture_output=True, text=True)
+    if with_compiler:
+        assert proc.returncode == 0 and "inductor C++): ok" in proc.stdout, proc.stderr[-2000:]
+    else:
+        assert proc.returncode != 0 and "compiler" in proc.stderr.lower(), proc.stderr[-2000:]

@@ -88,6 +88,11 @@ class TrainSpec(Base):
     flops_budget: Annotated[float, Field(gt=0, le=1e30)] | None = None
     optimizer: OptimizerSpec = OptimizerSpec()
     precision: Literal["bf16", "fp32", "fp8"] = "bf16"
+    grad_reduce_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="The dtype of the gradient all-reduce between processes (DDP): bf16 sends half the"
+        " bytes per step (torch's bf16_compress_hook); fp32 is exact",
+    )
     compile: bool | None = Field(
         None,
         description="torch.compile the model and Muon's Newton-Schulz. Omit (null) for auto: on when the"

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from speedrun_api.accelerators import known_accelerators, lookup
-from speedrun_api.spec_placement import MetricsSpec, ResourcesSpec, RunPolicy, StorageSpec, TrackingSpec
+from speedrun_api.spec_placement import EnvMap, MetricsSpec, ResourcesSpec, RunPolicy, StorageSpec, TrackingSpec
 from speedrun_api.spec_types import MAX_STEPS, MAX_TOKENS, Base, Fraction, PositiveFloat, StepCount, Uri
 
 API_GROUP = "speedrun.dev"
@@ -159,6 +159,7 @@ class SpeedrunSpec(Base):
     target: TargetSpec | None = None
     eval: EvalSpec = EvalSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    env: EnvMap = Field({})
     storage: StorageSpec = StorageSpec()
     tracking: TrackingSpec = TrackingSpec()
     metrics: MetricsSpec = MetricsSpec()

@@ -104,6 +104,7 @@ class LocalRun:
         threads = max(1, (os.cpu_count() or 1) // (r.node_range[1] * r.procs_per_node))
         self.env = {
             **os.environ,
+            **job.spec.env,  # the spec's own (no name the lines below set: api run_env.py refuses them)
             ENV_STORAGE_URI: storage_uri,
             ENV_RUN_DIR: str(run_dir),  # W&B files go under it (train/tracking.py)
             ENV_METRICS_PORT: str(self.metrics_port),
@@ -138,7 +139,11 @@ class LocalRun:
                 args=["--config", str(self.config)],
                 nodes=f"{lo}:{hi}" if lo != hi else str(hi),
                 procs_per_node=r.procs_per_node,
-                env={k: v for k, v in self.env.items() if k.startswith(("SPEEDRUN_", "AWS_", "WANDB_", "OMP_"))},
+                env={
+                    k: v
+                    for k, v in self.env.items()
+                    if k.startswith(("SPEEDRUN_", "AWS_", "WANDB_", "OMP_")) or k in self.job.spec.env
+                },
                 max_retries=policy.max_restarts,
                 rdzv_port=port,
                 log_dir=self.logs / "torchx",

@@ -66,6 +66,8 @@ def test_spans_nodes_reads_torchruns_sizes() -> None:
     assert spans_nodes(MULTI_NODE)
     assert not spans_nodes({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "8"})
     assert not spans_nodes({})  # one process, started by hand
+    assert not spans_nodes({**MULTI_NODE, "MASTER_ADDR": "127.0.0.1"})  # speedrun run's nodes: one machine
+    assert spans_nodes({**MULTI_NODE, "MASTER_ADDR": "10.0.3.7"})
 
 
 def test_logs_the_transport_and_warns_on_sockets_of_a_multi_node_gpu_run(tmp_path: Path) -> None:

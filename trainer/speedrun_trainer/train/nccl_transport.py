@@ -66,9 +66,13 @@ class Transport:
 
 
 def spans_nodes(env: Mapping[str, str]) -> bool:
-    """More processes in the run than on this node (torchrun's WORLD_SIZE and LOCAL_WORLD_SIZE)."""
+    """More processes in the run than on this node (torchrun's WORLD_SIZE and LOCAL_WORLD_SIZE), on
+    more than one machine: `speedrun run` starts its "nodes" on this one, with a loopback master
+    (`--local-addr=127.0.0.1`), where NCCL moves data through shared memory and NVLink, no network."""
     world = int(env.get("WORLD_SIZE", "1") or 1)
-    return world > int(env.get("LOCAL_WORLD_SIZE", str(world)) or world)
+    master = env.get("MASTER_ADDR", "")
+    loopback = master == "localhost" or master.startswith("127.") or master == "::1"
+    return world > int(env.get("LOCAL_WORLD_SIZE", str(world)) or world) and not loopback
 
 
 def _plugin(env: Mapping[str, str], root: Path) -> str | None:

@@ -1,7 +1,7 @@
 """What DDP sends between processes (train/step.py `data_parallel`).
 
 - every buffer of the GPT is a constant of the spec: two models built under different seeds hold
-  the same buffers, and training steps leave them unchanged. That is what makes DDP's
+  the same buffers, training steps leave them unchanged, and FP8 layers add none. That is what makes DDP's
   `broadcast_buffers=False` safe; a buffer that a step changes (BatchNorm's running statistics,
   a step counter) fails here before it could silently drift apart between ranks;
 - over 2 gloo processes, the steps broadcast nothing (DDP's per-forward buffer broadcast would
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -67,6 +68,18 @@ def test_every_buffer_is_a_constant_of_the_spec() -> None:
     assert after.keys() == before.keys()
     for name, buf in before.items():
         torch.testing.assert_close(after[name], buf, rtol=0, atol=0, msg=f"a step changed buffer {name}")
+
+
+def test_fp8_layers_add_no_buffer() -> None:
+    # torchao's Float8Linear with tensorwise (dynamic) scaling keeps no state between steps; a
+    # delayed-scaling variant would add amax-history buffers that each rank updates on its own.
+    pytest.importorskip("torchao")
+    from speedrun_trainer.train.fp8 import convert_to_fp8
+
+    spec = SPEC.model_copy(update={"hidden_dim": 128, "intermediate_dim": 256})  # fp8 needs dims >= 128
+    plain, fp8 = GPT(spec), GPT(spec)
+    assert convert_to_fp8(fp8)
+    assert {n for n, _ in fp8.named_buffers()} == {n for n, _ in plain.named_buffers()}
 
 
 class CountingBroadcast:

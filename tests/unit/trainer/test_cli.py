@@ -87,7 +87,8 @@ def test_speedrun_run_gives_its_processes_the_spec_env(tmp_path) -> None:
     from speedrun_trainer.cli.local import LocalRun
 
     doc = yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())
-    doc["spec"]["env"] = {"NCCL_DEBUG": "INFO", "MY_SETTING": "x y"}
+    doc["spec"]["env"] = {"NCCL_DEBUG": "INFO", "MY_SETTING": "x y", "OMP_NUM_THREADS": "3"}
     run = LocalRun(parse_job(doc), tmp_path, tmp_path.as_uri())
     assert run.env["NCCL_DEBUG"] == "INFO" and run.env["MY_SETTING"] == "x y"
+    assert run.env["OMP_NUM_THREADS"] == "3"  # the spec's, not the launcher's share of the cores
     assert run.env["SPEEDRUN_STORAGE_URI"] == tmp_path.as_uri()  # the launcher's own, still there

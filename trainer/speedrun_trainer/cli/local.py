@@ -102,14 +102,14 @@ class LocalRun:
         self.metrics_port = free_port()
         r = job.spec.resources
         threads = max(1, (os.cpu_count() or 1) // (r.node_range[1] * r.procs_per_node))
+        given = {**os.environ, **job.spec.env}  # the spec's own over this shell's
         self.env = {
-            **os.environ,
-            **job.spec.env,  # the spec's own (no name the lines below set: api run_env.py refuses them)
+            **given,  # no name of spec.env is set below but OMP_NUM_THREADS (api run_env.py refuses them)
             ENV_STORAGE_URI: storage_uri,
             ENV_RUN_DIR: str(run_dir),  # W&B files go under it (train/tracking.py)
             ENV_METRICS_PORT: str(self.metrics_port),
             ENV_TERMINATION_LOG: str(run_dir / "termination-message.json"),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+            "OMP_NUM_THREADS": given.get("OMP_NUM_THREADS", str(threads)),
             "PYTHONUNBUFFERED": "1",
             ENV_DIE_WITH_PARENT: "1",
             ENV_RUN_LOCK_HELD: "1",  # this process holds the run's lock for its trainers and eval

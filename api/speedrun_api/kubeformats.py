@@ -146,3 +146,51 @@ class Toleration(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+# Extended resources (pkg/apis/core/helper IsExtendedResourceName; validation
+# validateContainerResourceName, ValidateResourceRequirements): a name outside the kubernetes.io
+# domain, with a prefix, not starting "requests.", and "requests.<name>" a qualified name; the
+# quantity a whole number, requested and limited alike (extended resources are never overcommitted).
+MAX_EXTRA_RESOURCES = 16
+EXTENDED_RESOURCE_HELP = (
+    "an extended resource name: <domain>/<name> outside kubernetes.io, e.g. rdma/ib or nvidia.com/hostdev"
+)
+
+
+def extended_resource_cel(var: str) -> str:
+    qualified = f"('requests.' + {var})"
+    return (
+        f"{var}.contains('/') && !{var}.contains('kubernetes.io/') && !{var}.startsWith('requests.')"
+        f" && {label_key_cel(qualified)}"
+    )
+
+
+def extended_resource_problem(name: str) -> str | None:
+    qualified = "requests." + name
+    if (
+        "/" not in name
+        or "kubernetes.io/" in name
+        or name.startswith("requests.")
+        or label_key_problem(qualified) is not None
+    ):
+        return f"{name!r} is not {EXTENDED_RESOURCE_HELP}"
+    return None
+
+
+def extra_resources_field() -> Any:
+    """`resources.extraResources`: whole counts by type, names by a CEL rule (no pattern reaches keys)."""
+    return Field(
+        {},
+        max_length=MAX_EXTRA_RESOURCES,
+        description="Extended resources each training pod requests and is limited to, e.g. rdma/ib: 1"
+        " (RDMA NICs from a device plugin); name: whole count",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.all(k, {extended_resource_cel('k')})",
+                    "message": f"every key must be {EXTENDED_RESOURCE_HELP}",
+                }
+            ]
+        },
+    )

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from speedrun_api.accelerators import known_accelerators, lookup
-from speedrun_api.spec_placement import MetricsSpec, ResourcesSpec, RunPolicy, StorageSpec, TrackingSpec
+from speedrun_api.spec_placement import EnvMap, MetricsSpec, ResourcesSpec, RunPolicy, StorageSpec, TrackingSpec
 from speedrun_api.spec_types import MAX_STEPS, MAX_TOKENS, Base, Fraction, PositiveFloat, StepCount, Uri
 
 API_GROUP = "speedrun.dev"
@@ -88,6 +88,11 @@ class TrainSpec(Base):
     flops_budget: Annotated[float, Field(gt=0, le=1e30)] | None = None
     optimizer: OptimizerSpec = OptimizerSpec()
     precision: Literal["bf16", "fp32", "fp8"] = "bf16"
+    grad_reduce_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="The dtype of the gradient all-reduce between processes (DDP): bf16 sends half the"
+        " bytes per step (torch's bf16_compress_hook); fp32 is exact",
+    )
     compile: bool | None = Field(
         None,
         description="torch.compile the model and Muon's Newton-Schulz. Omit (null) for auto: on when the"
@@ -154,6 +159,7 @@ class SpeedrunSpec(Base):
     target: TargetSpec | None = None
     eval: EvalSpec = EvalSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    env: EnvMap = Field({})
     storage: StorageSpec = StorageSpec()
     tracking: TrackingSpec = TrackingSpec()
     metrics: MetricsSpec = MetricsSpec()

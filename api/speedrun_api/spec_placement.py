@@ -9,10 +9,40 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from speedrun_api import kubeformats as kf
+from speedrun_api import run_env
+from speedrun_api.accelerators import ACCELERATORS
 from speedrun_api.spec_types import INT32_MAX, Base, PositiveInt
+
+
+def _env_names(env: dict[str, str]) -> dict[str, str]:
+    problems = run_env.env_problems(env)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return env
+
+
+# `spec.env`: variables for every process of the run (training and eval pods, `speedrun run`).
+EnvMap = Annotated[
+    dict[str, Annotated[str, Field(max_length=run_env.MAX_ENV_VALUE)]],
+    Field(
+        max_length=run_env.MAX_ENV,
+        description="Environment of the run's processes (training and eval pods, speedrun run), e.g."
+        " NCCL_* settings; names the launchers set (RANK, MASTER_ADDR, SPEEDRUN_*, ...) are refused",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.all(k, {run_env.env_cel('k')})",
+                    "message": f"every key must be {run_env.ENV_HELP} that the launchers do not set"
+                    " (RANK, WORLD_SIZE, MASTER_ADDR, SPEEDRUN_*, ...)",
+                }
+            ]
+        },
+    ),
+    AfterValidator(_env_names),
+]
 
 
 class ResourcesSpec(Base):
@@ -30,6 +60,14 @@ class ResourcesSpec(Base):
     tolerations: list[kf.Toleration] = Field([], max_length=kf.MAX_TOLERATIONS)
     priority_class_name: kf.DnsSubdomain | None = None
     topology: kf.LabelValue | None = Field(None, description="TPU slice topology, e.g. 2x2x2")
+    # Multi-node networking (docs/trainer.md "Multi-node"): the training pods on the node's network
+    # (NCCL sees the host's NICs), and the device plugins' resources that expose RDMA NICs.
+    host_network: bool = Field(
+        False,
+        description="Training pods use the node's network (hostNetwork, dnsPolicy ClusterFirstWithHostNet):"
+        " NCCL reaches the host's NICs; the rendezvous and metrics ports become host ports",
+    )
+    extra_resources: dict[str, Annotated[int, Field(ge=1, le=INT32_MAX)]] = kf.extra_resources_field()
 
     @field_validator("node_selector")
     @classmethod
@@ -38,6 +76,18 @@ class ResourcesSpec(Base):
         if problems:
             raise ValueError("; ".join(problems))
         return selector
+
+    @field_validator("extra_resources")
+    @classmethod
+    def _extended_names(cls, extra: dict[str, int]) -> dict[str, int]:
+        accelerators = {a.resource for a in ACCELERATORS.values() if a.resource}
+        problems = [p for key in extra if (p := kf.extended_resource_problem(key))]
+        problems += [
+            f"{key} is an accelerator's resource: procsPerNode sets it" for key in extra if key in accelerators
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return extra
 
     @property
     def node_range(self) -> tuple[int, int]:

@@ -69,6 +69,9 @@ def to_yaml(objects: list[dict[str, Any]]) -> str:
 
 def render_command(args: argparse.Namespace) -> int:
     settings = OperatorSettings.from_env()
+    if settings.problem():
+        print(f"error: {settings.problem()}", file=sys.stderr)
+        return EXIT_INVALID
     try:
         job = load_job(args.file)
     except SpecError as err:

@@ -8,9 +8,12 @@ starts, so the environment is the single source (the Helm chart sets the same va
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+
+from speedrun_api.run_env import env_problems
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/speedrun-operator/trainer:0.1.0"
 DEFAULT_LEASE_NAME = "speedrun-operator"
@@ -42,6 +45,9 @@ class OperatorSettings:
     eval_backoff_limit: int = 2
     run_as_user: int = 1000
     service_account: str = ""
+    # The cluster's environment for every trainer and eval pod (the chart's `trainer.env`, e.g.
+    # NCCL_* for its network), a JSON object of strings; a SpeedrunJob's `spec.env` wins per name.
+    trainer_env: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -55,8 +61,29 @@ class OperatorSettings:
             values[f.name] = _parse(f.name, raw, getattr(cls, f.name))
         return cls(**values)  # type: ignore[arg-type]
 
+    def trainer_env_vars(self) -> dict[str, str]:
+        """`trainer_env` parsed; ValueError (one line, naming the variable) when it is not a JSON
+        object of strings whose names a run may set (api run_env.py)."""
+        if not self.trainer_env.strip():
+            return {}
+        where = env_name("trainer_env")
+        try:
+            parsed = json.loads(self.trainer_env)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not JSON ({err.msg}); expected an object of strings") from None
+        if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+            raise ValueError(f'{where}: expected a JSON object of strings, e.g. {{"NCCL_IB_HCA": "mlx5"}}')
+        problems = env_problems(parsed)
+        if problems:
+            raise ValueError(f"{where}: {'; '.join(problems)}")
+        return parsed
+
     def problem(self) -> str | None:
         """One line naming the variable whose value cannot work, or None."""
+        try:
+            self.trainer_env_vars()
+        except ValueError as err:
+            return str(err)
         for name in ("default_storage_endpoint_url", "default_storage_secret"):
             if getattr(self, name) and not self.default_storage_uri:
                 return (

@@ -50,4 +50,13 @@ CEL_REJECTS = [
     ("required for a CORE target", tiny(**{"spec.target": {"metric": "core", "value": 0.25}}), True),
     ("at most 52 characters", tiny(**{"metadata.name": "x" * 53}), True),
     ("must start with a letter", tiny(**{"metadata.name": "7up"}), False),
+    ("every key must be a C identifier", tiny(**{"spec.env": {"RANK": "1"}}), True),
+    ("every key must be a C identifier", tiny(**{"spec.env": {"SPEEDRUN_RUN_ID": "x"}}), True),
+    ("every key must be a C identifier", tiny(**{"spec.env": {"NCCL-DEBUG": "INFO"}}), True),
+    ("every key must be an extended resource name", tiny(**{"spec.resources.extraResources": {"ib": 1}}), True),
+    (
+        "every key must be an extended resource name",
+        tiny(**{"spec.resources.extraResources": {"kubernetes.io/ib": 1}}),
+        True,
+    ),
 ]

@@ -15,6 +15,7 @@ from speedrun_api.accelerators import lookup
 from speedrun_api.crd import cluster_problems
 from speedrun_api.manifest import EXIT_INVALID
 from speedrun_api.run_contract import ENV_CACHE_DIR, ENV_JOB_NAME, ENV_RUN_ID, ENV_STORAGE_URI, resolve_storage_uri
+from speedrun_api.run_env import merged_env
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.settings import OperatorSettings, env_name
@@ -161,6 +162,10 @@ def env(job: SpeedrunJob, settings: OperatorSettings) -> list[dict[str, Any]]:
     out.append({"name": "WANDB_MODE", "value": wandb.mode})
     if wandb.secret_ref is not None:
         out.append(_secret_env(WANDB_SECRET_KEY, wandb.secret_ref.name, WANDB_SECRET_KEY))
+    # The user's own, last: the chart's `trainer.env` under `spec.env`. Neither may name a variable
+    # set above (api run_env.py refuses those names), so the order decides nothing.
+    user = merged_env(settings.trainer_env_vars(), job.spec.env)
+    out += [{"name": name, "value": value} for name, value in user.items()]
     return out
 
 
@@ -168,8 +173,10 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def resources(job: SpeedrunJob) -> dict[str, Any]:
-    """Requests/limits of one node's pod: `procsPerNode` accelerators, plus cpu and memory."""
+def resources(job: SpeedrunJob, extra: bool = False) -> dict[str, Any]:
+    """Requests/limits of one node's pod: `procsPerNode` accelerators, plus cpu and memory; with
+    `extra` (the training pods) also `resources.extraResources` (RDMA NICs: the eval pod talks to
+    no other node, so it takes none of a node's few)."""
     r = job.spec.resources
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
@@ -182,6 +189,9 @@ def resources(job: SpeedrunJob) -> dict[str, Any]:
     if acc is not None and acc.resource is not None:
         # Extended resources cannot be overcommitted: request == limit.
         requests[acc.resource] = limits[acc.resource] = str(r.procs_per_node)
+    if extra:
+        for name, count in r.extra_resources.items():
+            requests[name] = limits[name] = str(count)
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -230,7 +240,12 @@ def pod_spec(job: SpeedrunJob, settings: OperatorSettings, container: dict[str, 
 
 
 def container(
-    job: SpeedrunJob, settings: OperatorSettings, name: str, command: list[str], ports: list[dict[str, Any]]
+    job: SpeedrunJob,
+    settings: OperatorSettings,
+    name: str,
+    command: list[str],
+    ports: list[dict[str, Any]],
+    extra_resources: bool = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": name,
@@ -245,7 +260,7 @@ def container(
     }
     if ports:
         out["ports"] = ports
-    res = resources(job)
+    res = resources(job, extra=extra_resources)
     if res:
         out["resources"] = res
     return out

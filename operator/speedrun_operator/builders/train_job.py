@@ -12,6 +12,14 @@ as the next attempt (label `speedrun.dev/attempt`), resuming from the last check
 once in `status.restarts` against `runPolicy.maxRestarts`. The trainer's invalid-config exit code
 (2) fails the Job through its podFailurePolicy with reason PodFailurePolicy, which the operator
 never retries. Evictions and preemptions (DisruptionTarget) are replaced by the Job controller.
+
+`resources.hostNetwork` puts the pods on their node's network, so NCCL sees the host's NICs (GKE's
+GPUDirect-TCPX/TCPXO, EFA, InfiniBand/RoCE without a CNI for them): dnsPolicy
+ClusterFirstWithHostNet keeps the headless Service's names resolvable, the rendezvous and metrics
+ports become host ports (stated as `hostPort`, so the scheduler never puts two pods that use them
+on one node: the second waits for another node instead of failing to bind), and each agent
+advertises its pod IP (the node's) as `--local-addr`, not the node's hostname, which the other
+nodes' pods may not resolve.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
 from speedrun_operator.builders import common
 from speedrun_operator.settings import OperatorSettings
+
+POD_IP_ENV = "POD_IP"
 
 
 def torchrun_train_command(job: SpeedrunJob) -> list[str]:
@@ -40,6 +50,7 @@ def torchrun_train_command(job: SpeedrunJob) -> list[str]:
         f"--rdzv-endpoint={L.rendezvous_endpoint(name)}",
         f"--rdzv-id={common.job_uid(job)}",
         f"--rdzv-conf={rendezvous_conf(job)}",
+        *([f"--local-addr=$({POD_IP_ENV})"] if r.host_network else []),  # the kubelet expands $(POD_IP)
         "--max-restarts=0",  # restarts are the operator's gang restarts, counted in status.restarts
         "-m",
         TRAIN_MODULE,
@@ -65,9 +76,16 @@ def build_train_job(job: SpeedrunJob, settings: OperatorSettings, attempt: int =
         {"name": L.PORT_NAME_RENDEZVOUS, "containerPort": L.PORT_RENDEZVOUS},
         {"name": L.PORT_NAME_METRICS, "containerPort": job.spec.metrics.port},
     ]
-    container = common.container(job, settings, L.CONTAINER_TRAINER, torchrun_train_command(job), ports)
+    if r.host_network:
+        ports = [{**port, "hostPort": port["containerPort"]} for port in ports]
+    command = torchrun_train_command(job)
+    container = common.container(job, settings, L.CONTAINER_TRAINER, command, ports, extra_resources=True)
     pod = common.pod_spec(job, settings, container)
     pod["subdomain"] = L.service_name(name)
+    if r.host_network:
+        pod["hostNetwork"] = True
+        pod["dnsPolicy"] = "ClusterFirstWithHostNet"
+        container["env"].append({"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     counts = {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": 0}
     out = common.batch_job(job, L.train_job_name(name), L.ROLE_TRAIN, labels, pod, counts)
     spec = out["spec"]

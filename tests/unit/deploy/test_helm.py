@@ -185,6 +185,7 @@ def test_operator_env_is_what_settings_read(helm: Path, values: Path) -> None:
 def test_defaults_serve_the_release_namespace_with_the_default_trainer_image(helm: Path) -> None:
     settings = OperatorSettings.from_env(operator_env(render(helm)))
     assert settings.trainer_image == DEFAULT_TRAINER_IMAGE
+    assert settings.trainer_env_vars() == {} and settings.problem() is None
     assert settings.namespaces == (NAMESPACE,)
     assert not settings.leader_election
     assert settings.metrics_port == 9090
@@ -212,6 +213,7 @@ def test_custom_images_and_resources(helm: Path) -> None:
     )
     assert settings.image_pull_policy == "Always" and settings.run_as_user == 2000
     assert settings.service_account == "speedrun-trainer" and not settings.accelerator_selectors
+    assert settings.trainer_env_vars() == {"NCCL_SOCKET_IFNAME": "eth0", "NCCL_IB_HCA": "mlx5_0,mlx5_1"}
     assert (settings.default_storage_endpoint_url, settings.default_storage_secret) == (
         "https://minio.storage.svc:9000",
         "speedrun-s3",
@@ -364,6 +366,7 @@ def test_cluster_wide_rbac_with_namespaces_is_refused(helm: Path) -> None:
         ("imag.tag=x", "Additional property imag is not allowed"),
         ("operator.defaultStorageEndpointUrl=s3.example.com", "defaultStorageEndpointUrl"),
         ("operator.defaultStorageSecret=S3_Creds", "defaultStorageSecret"),
+        ("trainer.env.NCCL-DEBUG=INFO", "trainer.env"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, setting: str, message: str) -> None:

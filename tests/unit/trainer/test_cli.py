@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from speedrun_trainer.cli.speedrun import main
 from tests.support.helpers import EXAMPLES, tiny_manifest, write_manifest
@@ -79,3 +80,15 @@ def test_invalid_manifest_exits_2_with_one_line_per_problem(tmp_path):
 def test_missing_file_is_one_line(tmp_path, capsys):
     assert main(["plan", str(tmp_path / "nope.yaml")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.yaml'}: no such file"
+
+
+def test_speedrun_run_gives_its_processes_the_spec_env(tmp_path) -> None:
+    from speedrun_api.manifest import parse_job
+    from speedrun_trainer.cli.local import LocalRun
+
+    doc = yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())
+    doc["spec"]["env"] = {"NCCL_DEBUG": "INFO", "MY_SETTING": "x y", "OMP_NUM_THREADS": "3"}
+    run = LocalRun(parse_job(doc), tmp_path, tmp_path.as_uri())
+    assert run.env["NCCL_DEBUG"] == "INFO" and run.env["MY_SETTING"] == "x y"
+    assert run.env["OMP_NUM_THREADS"] == "3"  # the spec's, not the launcher's share of the cores
+    assert run.env["SPEEDRUN_STORAGE_URI"] == tmp_path.as_uri()  # the launcher's own, still there

@@ -102,13 +102,14 @@ class LocalRun:
         self.metrics_port = free_port()
         r = job.spec.resources
         threads = max(1, (os.cpu_count() or 1) // (r.node_range[1] * r.procs_per_node))
+        given = {**os.environ, **job.spec.env}  # the spec's own over this shell's
         self.env = {
-            **os.environ,
+            **given,  # no name of spec.env is set below but OMP_NUM_THREADS (api run_env.py refuses them)
             ENV_STORAGE_URI: storage_uri,
             ENV_RUN_DIR: str(run_dir),  # W&B files go under it (train/tracking.py)
             ENV_METRICS_PORT: str(self.metrics_port),
             ENV_TERMINATION_LOG: str(run_dir / "termination-message.json"),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+            "OMP_NUM_THREADS": given.get("OMP_NUM_THREADS", str(threads)),
             "PYTHONUNBUFFERED": "1",
             ENV_DIE_WITH_PARENT: "1",
             ENV_RUN_LOCK_HELD: "1",  # this process holds the run's lock for its trainers and eval
@@ -138,7 +139,11 @@ class LocalRun:
                 args=["--config", str(self.config)],
                 nodes=f"{lo}:{hi}" if lo != hi else str(hi),
                 procs_per_node=r.procs_per_node,
-                env={k: v for k, v in self.env.items() if k.startswith(("SPEEDRUN_", "AWS_", "WANDB_", "OMP_"))},
+                env={
+                    k: v
+                    for k, v in self.env.items()
+                    if k.startswith(("SPEEDRUN_", "AWS_", "WANDB_", "OMP_")) or k in self.job.spec.env
+                },
                 max_retries=policy.max_restarts,
                 rdzv_port=port,
                 log_dir=self.logs / "torchx",

@@ -149,7 +149,7 @@ class Trainer:
         self.state = TrainState()
         self._resume()
         runnable = torch.compile(self.model) if self.compile else self.model
-        self.ddp = data_parallel(runnable, env.device, env.world_size)
+        self.ddp = data_parallel(runnable, env.device, env.world_size, t.grad_reduce_dtype)
         self.forward = self.ddp or runnable
         self.train_step = TrainStep(
             self.model, self.forward, self.ddp, self.optimizers, env.device, t.precision, t.optimizer.max_grad_norm

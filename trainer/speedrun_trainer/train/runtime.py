@@ -24,6 +24,7 @@ from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.run_lease import hold_run
 from speedrun_trainer.data.run_lock import Holder, RunLocked
 from speedrun_trainer.data.storage import DataError, Storage, open_storage
+from speedrun_trainer.train import nccl_transport
 from speedrun_trainer.train.startup_checks import failure_exit, run_storage_uri
 
 
@@ -79,6 +80,7 @@ def setup_distributed() -> Dist:
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=dt.timedelta(minutes=10))
+        nccl_transport.report(backend, log=log)  # which network NCCL uses between nodes; warns on sockets
     return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 

@@ -9,6 +9,8 @@
   (CPU ops run synchronously, so wall time is step time).
 - `data_parallel`: DDP around the (compiled) model when there is more than one rank; none at
   world size 1, where it would only add its hooks and a one-rank all-reduce of every bucket.
+  Buffers are never broadcast (every buffer of the GPT is a constant of the spec), and with
+  `train.gradReduceDtype: bf16` the gradients are all-reduced in bf16 (half the bytes).
 - `LossMeter`: the losses of the steps since the last read, summed on the device; `read()` makes
   one all-reduce and one host read for all of them (the trainer calls it every `logEvery` steps).
 
@@ -28,6 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
 from torch.nn.parallel import DistributedDataParallel
 
 from speedrun_trainer.train.runtime import autocast
@@ -35,11 +38,32 @@ from speedrun_trainer.train.runtime import autocast
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def data_parallel(module: nn.Module, device: torch.device, world_size: int) -> DistributedDataParallel | None:
-    """`module` under DDP when `world_size` > 1 (device_ids on CUDA), else None: the caller runs it bare."""
+def data_parallel(
+    module: nn.Module, device: torch.device, world_size: int, grad_reduce_dtype: str = "fp32"
+) -> DistributedDataParallel | None:
+    """`module` under DDP when `world_size` > 1 (device_ids on CUDA), else None: the caller runs it bare.
+
+    `broadcast_buffers=False`: DDP's default re-sends every buffer from rank 0 before each forward,
+    for modules whose buffers change in training (BatchNorm's running stats). The GPT's buffers
+    (the rotary inv_freq/cos/sin tables, model.py `Rotary`) are computed from the spec alone, equal
+    on every rank and never written after construction (tests/unit/trainer/test_data_parallel.py
+    fails on a buffer that a step changes), and DDP's construction already broadcasts them once.
+
+    `grad_reduce_dtype` "bf16" (`train.gradReduceDtype`) registers torch's `bf16_compress_hook`:
+    each gradient bucket is cast to bf16, divided by the world size, all-reduced and cast back, so
+    a step sends half the bytes (124M parameters: ~0.25 GB instead of ~0.5 GB per all-reduce), at
+    bf16's 8-bit mantissa in the averaged gradient. The optimizer still steps in fp32.
+    """
     if world_size <= 1:
         return None
-    return DistributedDataParallel(module, device_ids=[device.index or 0] if device.type == "cuda" else None)
+    ddp = DistributedDataParallel(
+        module, device_ids=[device.index or 0] if device.type == "cuda" else None, broadcast_buffers=False
+    )
+    if grad_reduce_dtype == "bf16":
+        ddp.register_comm_hook(None, bf16_compress_hook)
+    elif grad_reduce_dtype != "fp32":
+        raise ValueError(f"grad_reduce_dtype: fp32 or bf16, got {grad_reduce_dtype!r}")
+    return ddp
 
 
 class TrainStep:

@@ -243,3 +243,30 @@ def test_the_image_compile_check_passes_with_a_compiler_and_fails_without(with_c
         assert proc.returncode == 0 and "inductor C++): ok" in proc.stdout, proc.stderr[-2000:]
     else:
         assert proc.returncode != 0 and "compiler" in proc.stderr.lower(), proc.stderr[-2000:]
+
+
+def test_gpu_examples_render_the_cuda_trainer_image(capsys: pytest.CaptureFixture[str]) -> None:
+    """`speedrun render` of every GPU example runs the default trainer image, and that image is the
+    CUDA build: its lock holds PyPI's torch for Linux x86_64 with the CUDA runtime and NCCL wheels
+    (the build the review found missing: a CPU torch would fail every GPU pod)."""
+    from speedrun_api.accelerators import lookup
+    from speedrun_api.manifest import load_job
+    from speedrun_operator.operator_commands import main as operator_cli
+
+    lock = (ROOT / "requirements" / "trainer.txt").read_text()
+    assert re.search(r"^torch==2\.13\.0 ", lock, re.MULTILINE) and "+cpu" not in lock
+    assert re.search(r"^nvidia-cuda-runtime==\d", lock, re.MULTILINE), "torch's CUDA runtime rides along"
+    assert re.search(r"^nvidia-nccl-cu\d+==", lock, re.MULTILINE), "NCCL for multi-GPU all-reduce"
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    gpu = [p for p in examples if (acc := lookup(load_job(p).spec.resources.accelerator)) and acc.kind == "gpu"]
+    assert len(gpu) >= 3, [p.name for p in examples]
+    for path in gpu:
+        assert operator_cli(["render", str(path)]) == 0
+        objects = list(yaml.safe_load_all(capsys.readouterr().out))
+        images = {
+            c["image"]
+            for o in objects
+            if o and o.get("kind") == "Job"
+            for c in o["spec"]["template"]["spec"]["containers"]
+        }
+        assert images == {DEFAULT_TRAINER_IMAGE}, (path.name, images)

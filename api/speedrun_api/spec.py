@@ -142,6 +142,12 @@ class BpbEvalSpec(Base):
 class CoreEvalSpec(Base):
     bundle: Uri
     max_per_task: Annotated[int, Field(ge=1, le=10**7)] | None = None
+    every: StepCount | None = Field(
+        None,
+        description="CORE every N steps during training, apart from evalEvery; 0: only at the end. Omit"
+        " for the default: a core target, every 2000 steps and the last (nanochat's --core-metric-every);"
+        " other runs, none in training (the evaluation after training scores CORE)",
+    )
 
 
 class EvalSpec(Base):

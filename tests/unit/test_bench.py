@@ -4,7 +4,10 @@ documents (ours a second time at the trainer's default precision where that is b
 printed table names each row's precision. No timing assertions: the figures depend on the
 machine and on what else runs on it.
 
-Run: pytest -q tests/unit/test_bench.py  (CPU, ~30 s)
+bench/device_check.py --smoke runs its sections on the micro config (the CUDA-only parts say why
+they are skipped), stops a section at its budget, and calls the memory estimator as assumed.
+
+Run: pytest -q tests/unit/test_bench.py  (CPU, ~45 s)
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
@@ -226,3 +229,66 @@ def test_report_labels_each_row_with_its_precision(bench: ModuleType) -> None:
     assert "speedup ours fp32 / reference fp32 (like for like): 1.50x" in text
     assert "speedup ours bf16 (default) / reference fp32 (the trainer's default vs nanoGPT as it runs): 1.50x" in text
     assert "ours bf16 (default)" in trainer_report.labels(res).values()
+
+
+def test_device_check_smoke_runs_every_section_or_says_why_not() -> None:
+    """bench/device_check.py --smoke on CPU: the speed and host-sync sections run on the micro
+    config, the memory section calls the estimator (or says it is not there), the CUDA-only parts
+    say why they were skipped, and the targets are listed, unjudged off CUDA."""
+    cmd = [sys.executable, str(BENCH / "device_check.py"), "--smoke", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    res = json.loads(out.stdout)
+    s = res["sections"]
+    assert res["device"] == "cpu" and res["smoke"] is True
+    assert s["speed"]["status"] == "ok" and set(s["speed"]["rows"]) == {"ours_bf16", "modded"}
+    assert s["speed"]["fp8_skipped"] == "fp8 needs CUDA" and s["speed"]["step_ratio_ours_vs_modded"] > 0
+    assert s["host_syncs"]["status"] == "ok" and s["host_syncs"]["sync_debug_warnings"] is None
+    assert set(s["host_syncs"]["profiler_counts"]) == {
+        "cudaStreamSynchronize",
+        "cudaDeviceSynchronize",
+        "aten::item",
+        "aten::_local_scalar_dense",
+    }
+    assert s["memory"]["status"] == "ok" and s["memory"]["layers"] == 24
+    assert s["memory"]["estimated_bytes"] or "estimator not available" in s["memory"]["estimate_note"]
+    assert "needs CUDA" in s["memory"]["measured_note"]
+    assert s["gpu_tests"]["status"] == "skipped" and "no CUDA" in s["gpu_tests"]["reason"]
+    assert len(res["targets"]) == 6 and all(t["pass"] is None for t in res["targets"])
+    for title in ("1+2. speed", "4. host syncs", "3. memory", "5. gpu-marked tests", "targets (issue 24)"):
+        assert f"== {title}" in out.stderr  # one table per section, on stderr beside --json
+
+
+def test_device_check_sections_stop_at_their_budget(bench: ModuleType) -> None:
+    import device_check
+
+    lines: list[str] = []
+    res = device_check.run(device_check.parse_args(["--smoke", "--budget-scale", "1e-6"]), lines.append)
+    s = res["sections"]
+    assert s["speed"]["status"] == "skipped" and "budget" in s["speed"]["reason"]
+    assert s["host_syncs"]["status"] == "failed" and "no step of ours" in s["host_syncs"]["reason"]
+    assert "skipped: speed ran" in "\n".join(lines)
+    assert [t["pass"] for t in res["targets"]] == [None] * 6
+
+
+def test_device_check_calls_the_memory_estimator(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The estimator's assumed contract: estimate_peak_memory(job, world_size=1).total_bytes."""
+    import device_check
+    import device_check_report
+
+    calls = []
+
+    def estimate_peak_memory(job, world_size):
+        calls.append((job.spec.model.num_layers, job.spec.train.device_batch_size, world_size))
+        return SimpleNamespace(total_bytes=30 * 2**30)
+
+    monkeypatch.setitem(sys.modules, "speedrun_api.memory", SimpleNamespace(estimate_peak_memory=estimate_peak_memory))
+    out: dict = {}
+    device_check.memory(device_check.parse_args(["--smoke"]), torch.device("cpu"), Path("."), out)
+    assert calls == [(24, 16, 1)] and out["estimated_bytes"] == 30 * 2**30
+    out.update(measured_bytes=25 * 2**30, measured_reserved_bytes=26 * 2**30, estimate_error=30 / 25 - 1)
+    text = "\n".join(device_check_report.memory_table(out))
+    assert "estimated peak: 30.00 GiB" in text and "measured peak:  25.00 GiB" in text and "+20.0%" in text
+    res = {"device": "cuda", "sections": {"speed": {}, "host_syncs": {}, "memory": out, "gpu_tests": {}}}
+    memory_target = device_check_report.targets(res)[3]
+    assert memory_target["target"] == "memory estimate within 10%" and memory_target["pass"] is False
+    assert memory_target["value"] == pytest.approx(0.2)

@@ -11,7 +11,15 @@ from speedrun_api.manifest import parse_job
 from speedrun_api.plan import resolve
 from speedrun_api.run_contract import RESULTS_FILE
 from speedrun_trainer.data.storage import open_storage
-from speedrun_trainer.evaluation.results import BPB_KEY, RunInfo, build_run_info, headline, write_results
+from speedrun_trainer.evaluation.results import (
+    BPB_KEY,
+    RunInfo,
+    build_run_info,
+    headline,
+    tracking_summary,
+    write_results,
+    written_bpb_key,
+)
 from tests.support.helpers import tiny_manifest
 
 SUMMARY = {
@@ -151,3 +159,31 @@ def test_marin_key_never_ours_and_every_number_names_its_definition():
     )
     assert BPB_KEY not in other and other["eval/fineweb10B-gpt2/val/bpb"] == 1.2
     assert other["val_loss_track"] == "bottlecap" and other["eval_set"]["exceeded"] is True
+
+
+def test_wandb_summary_carries_the_bpb_the_results_wrote():
+    """The W&B summary files the BPB under the results' own key (it once read Marin's key, which
+    our results never write, so no BPB reached W&B)."""
+    job = parse_job(tiny_manifest())
+    c4 = {"uri": "s3://b/c4/val_*.bin", "dataset": "paloma/c4_en", "tokens_scored": 4096}
+    for eval_set, key in ((c4, "eval/paloma/c4_en/bpb-cross-doc"), (None, "eval/builtin://pydoc-topics/val/bpb")):
+        info = build_run_info(
+            job,
+            resolve(job),
+            SUMMARY,
+            bpb=1.1,
+            initial_bpb=8.0,
+            val_loss=3.3,
+            core=None,
+            versions={},
+            eval_set=eval_set,
+        )
+        assert written_bpb_key(info) == key and info[key] == 1.1
+        summary = tracking_summary(info, "file:///r/speedrun_results.json")
+        assert summary == {
+            key: 1.1,
+            "val_loss": 3.3,
+            "initial_bpb": 8.0,
+            "results_uri": "file:///r/speedrun_results.json",
+        }
+        assert summary[key] == headline(info, "u")["bpb"]

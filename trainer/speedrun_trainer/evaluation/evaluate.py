@@ -24,7 +24,7 @@ from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import open_dataset
 from speedrun_trainer.data.prepare import recorded_dataset, tokenizer_mismatch
 from speedrun_trainer.data.tokenizer import load_tokenizer, padded_token_bytes
-from speedrun_trainer.evaluation.results import build_run_info, headline, write_results
+from speedrun_trainer.evaluation.results import build_run_info, headline, tracking_summary, write_results
 from speedrun_trainer.train import checkpoint, preflight
 from speedrun_trainer.train.core_eval import evaluate_run_core
 from speedrun_trainer.train.loss_eval import evaluate_run_loss
@@ -128,8 +128,7 @@ def _track_final(job: SpeedrunJob, summary: dict[str, Any], run_info: dict[str, 
     if not summary.get("run_id"):
         return
     tracker = Tracker(job, enabled=True, run_id=str(summary["run_id"]), config={}, job_type="eval")
-    final = {key: run_info.get(key) for key in ("eval/paloma/c4_en/bpb", "core_metric", "val_loss", "initial_bpb")}
-    tracker.summary({**{k: v for k, v in final.items() if v is not None}, "results_uri": uri})
+    tracker.summary(tracking_summary(run_info, uri))
     tracker.finish()
 
 

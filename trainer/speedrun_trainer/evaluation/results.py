@@ -180,11 +180,24 @@ def write_results(storage: Storage, run_info: dict[str, Any]) -> str:
     return storage.url(RESULTS_FILE)
 
 
+def written_bpb_key(run_info: dict[str, Any]) -> str:
+    """The key `build_run_info` filed this run's BPB under (bpb_key: never Marin's for ours)."""
+    return bpb_key(str(run_info["bpb_dataset"]), str(run_info.get("bpb_definition") or LEVANTER_BPB_CROSS_DOC))
+
+
+def tracking_summary(run_info: dict[str, Any], uri: str) -> dict[str, Any]:
+    """The final evaluation's numbers for the W&B run's summary, under the keys the results file
+    wrote them (the BPB's depends on the eval set: `eval/<dataset>/bpb`, or the C4-EN cross-doc
+    key), so the summary and the results file name each number alike; unset numbers left out."""
+    keys = (written_bpb_key(run_info), "core_metric", "val_loss", "initial_bpb")
+    return {**{k: run_info[k] for k in keys if run_info.get(k) is not None}, "results_uri": uri}
+
+
 def headline(run_info: dict[str, Any], uri: str) -> dict[str, Any]:
     """The eval pod's termination message: the keys of status.results (docs/contracts.md)."""
     return {
         "uri": uri,
-        "bpb": run_info.get(bpb_key(str(run_info["bpb_dataset"]))),
+        "bpb": run_info.get(written_bpb_key(run_info)),
         "core": run_info["core_metric"],
         "valLoss": run_info["val_loss"],
         "modelFlops": run_info["model_flops"],

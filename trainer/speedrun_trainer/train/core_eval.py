@@ -5,8 +5,8 @@
                            device="cuda", rank=rank, world_size=world_size)
     print(format_core_table(result))
 
-`evaluate_run_core` runs it as the spec's `eval.core` asks, for the final evaluation and for a CORE
-target during training; tests: `pytest tests/unit/trainer/test_core_eval.py`.
+`evaluate_run_core` runs it as the spec's `eval.core` asks, for the final evaluation and during
+training on `eval.core.every`'s cadence (train/core_cadence.py); tests: `pytest tests/unit/trainer/test_core_eval.py`.
 
 The bundle (DCLM / nanochat layout) is a directory URI (file://, a path, s3:// or https://) or a
 `.zip` of one (nanochat's `eval_bundle.zip`):

@@ -32,6 +32,7 @@ from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.data.tokenizer import padded_token_bytes
 from speedrun_trainer.train import checkpoint, preflight
+from speedrun_trainer.train.core_cadence import core_due, core_every, core_target
 from speedrun_trainer.train.core_eval import evaluate_run_core
 from speedrun_trainer.train.fp8 import check_fp8, convert_to_fp8
 from speedrun_trainer.train.loss_eval import evaluate_run_loss
@@ -93,7 +94,7 @@ def _target_reached(job: SpeedrunJob, val_loss: float, val_bpb: float) -> bool:
         return val_loss <= t.value
     if t.metric == "val_bpb":
         return val_bpb <= t.value
-    return False  # CORE targets: Trainer._core_reached
+    return False  # CORE targets: Trainer._core, on its own cadence (train/core_cadence.py)
 
 
 class Trainer:
@@ -162,6 +163,7 @@ class Trainer:
         self.flops_per_step = training_flops_per_token(m) * self.plan.tokens_per_step
         self._printed_step = self.state.step
         self.peak_flops = self.plan.device_flops * env.world_size
+        self.core_every, self.core_judged = core_every(spec), core_target(spec)
 
     def _resume(self) -> None:
         ckpt = checkpoint.load(self.storage)
@@ -238,8 +240,9 @@ class Trainer:
             log_now = st.step % t.log_every == 0 or last
             eval_now = bool(t.eval_every and st.step % t.eval_every == 0) or last
             checkpoint_now = bool(t.checkpoint_every and st.step % t.checkpoint_every == 0) or last
+            core_now = core_due(st.step, total_steps, self.core_every, self.core_judged)
             warmup_done = session_steps == t.clock_warmup_steps
-            if warmup_done or log_now or eval_now or checkpoint_now:  # the clock is current wherever read
+            if warmup_done or log_now or eval_now or core_now or checkpoint_now:  # the clock is current wherever read
                 seconds, steps = timer.read()
                 if session_steps <= t.clock_warmup_steps:  # warm-up: compile, first steps after a (re)start
                     st.warmup_seconds += seconds
@@ -250,7 +253,10 @@ class Trainer:
             if log_now:
                 self._log_progress(meter.read(), window_seconds, window_steps)
                 window_seconds, window_steps = 0.0, 0
-            if eval_now and self._evaluate():
+            reached = eval_now and self._evaluate()
+            if core_now and self._core():
+                reached = True
+            if reached:
                 st.time_to_target_seconds = st.training_seconds
                 st.target_reached = True
                 log(f"target reached at step {st.step} after {st.training_seconds:.1f}s of training")
@@ -289,7 +295,7 @@ class Trainer:
             )
 
     def _evaluate(self) -> bool:
-        st, env, spec = self.state, self.env, self.spec
+        st, env = self.state, self.env
         ev = evaluate_run_loss(self.model, self.job, env, self.val_data, self.token_bytes)
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
         st.history.append(
@@ -301,20 +307,22 @@ class Trainer:
             f"step {st.step:>6}/{self.plan.steps} | val loss {ev.loss:.4f} | val bpb {ev.bpb:.4f}"
             f" on {ev.tokens:,} tokens"
         )
-        target = spec.target
-        if target is not None and target.metric == "core" and spec.eval.core is not None:
-            return self._core_reached(target.value)
         return _target_reached(self.job, ev.loss, ev.bpb)
 
-    def _core_reached(self, value: float) -> bool:
-        """nanochat's time-to-GPT-2: CORE at every eval point; its time is not training time."""
+    def _core(self) -> bool:
+        """CORE on `eval.core.every`'s cadence (nanochat's time-to-GPT-2 judges a CORE target so); its
+        time is not training time. True when it reaches a CORE target; other runs only log it."""
+        st, target = self.state, self.spec.target
         result = evaluate_run_core(self.model, self.job, self.env, self.tokenizer)
         assert result is not None  # called only when spec.eval.core is set
         score = float(result["core_metric"])
-        self.state.history[-1]["core"] = score
-        self.tracker.log({"core_metric": score}, self.state.step)
-        log(f"step {self.state.step:>6}/{self.plan.steps} | CORE {score:.4f} (target {value})")
-        return score >= value
+        if not (st.history and st.history[-1]["step"] == st.step):  # no validation at this step
+            st.history.append({"step": st.step, "training_seconds": st.training_seconds})
+        st.history[-1]["core"] = score
+        self.tracker.log({"core_metric": score}, st.step)
+        goal = f" (target {target.value})" if self.core_judged and target is not None else ""
+        log(f"step {st.step:>6}/{self.plan.steps} | CORE {score:.4f}{goal}")
+        return self.core_judged and target is not None and score >= target.value
 
     def _checkpoint(self) -> None:
         if self.env.is_main:

@@ -1,4 +1,4 @@
-"""The accelerator table: peak dense bf16 FLOP/s and memory per device, and how Kubernetes asks for one.
+"""The accelerator table: peak dense bf16 FLOP/s, memory per device, how Kubernetes asks for one.
 
 `speedrun plan` and the results use `device_flops`; the plan's memory check (memory.py) uses
 `device_memory`; the operator uses `resource` and `node_selector`. Peaks are vendor dense (no sparsity) bf16 figures, the same numbers Marin's

@@ -21,7 +21,7 @@ ones are held:
 - transient: the largest short-lived buffers: one chunk of fp32 logits with its bf16 copy and the
   head's weight copy (the loss's forward), or a layer's gradients in its backward;
 - margin: CUDA context, cuBLAS/NCCL workspaces and allocator fragmentation, which
-  `torch.cuda.max_memory_allocated()` does not see: 2 GiB plus 5% of the tensors.
+  `torch.cuda.max_memory_allocated()` does not see: 2 GiB plus 5% of the tensors (on CPU the 5%).
 
 The per-layer figures come from tracing the real model under fake tensors with the trainer's
 `memory_trace` (eager: every tensor autograd saves; compiled: what inductor's min-cut partitioner
@@ -157,10 +157,8 @@ def estimate_peak_memory(
     h, v, c = m.hidden_dim, m.vocab_size, (4 if t.precision == "fp32" else 2)
     tokens = b * m.seq_len
 
-    if t.optimizer.name == "muon":
-        optimizer = 4 * block + 8 * (total_params - block)
-    else:
-        optimizer = 8 * total_params
+    # Muon: one momentum buffer per block matrix, AdamW's two moments for the rest (train/optim.py)
+    optimizer = 4 * block + 8 * (total_params - block) if t.optimizer.name == "muon" else 8 * total_params
     if t.precision == "fp8":
         fp8 = m.num_layers * sum(a * o for a, o in _hidden_matrices(m) if _fp8_layer((a, o)))
         weight_copies = fp8 + 2 * (block - fp8)
@@ -194,7 +192,7 @@ def estimate_peak_memory(
         weight_copies=weight_copies,
         activations=activations,
         transient=transient,
-        margin=int(MARGIN_FIXED + MARGIN_FRACTION * allocated),
+        margin=int((0 if acc is not None and acc.kind == "cpu" else MARGIN_FIXED) + MARGIN_FRACTION * allocated),
         device_batch=b,
         compiled=compiled,
     )

@@ -1,7 +1,8 @@
 """The accelerator table: peak dense bf16 FLOP/s, memory per device, how Kubernetes asks for one.
 
 `speedrun plan` and the results use `device_flops`; the plan's memory check (memory.py) uses
-`device_memory`; the operator uses `resource` and `node_selector`. Peaks are vendor dense (no sparsity) bf16 figures, the same numbers Marin's
+`device_memory`; the operator uses `resource` and `node_selector`. Peaks are vendor dense (no
+sparsity) bf16 figures, the same numbers Marin's
 speedrun and nanochat use, so MFU and hardware FLOPs compare across leaderboards.
 
 The `cpu` entry is a *nominal* figure, 1e11 FLOP/s (100 GFLOP/s) per process: roughly what one

@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.manifest import EXIT_INVALID, SpecError, load_job, strict_json
-from speedrun_api.plan import Plan, resolve
 from speedrun_api.memory import MemoryEstimate
+from speedrun_api.plan import Plan, resolve
 from speedrun_api.plan_memory import memory_verdict
 from speedrun_api.run_contract import LOCAL_RUNS_DIR
 from speedrun_api.spec import SpeedrunJob
@@ -86,7 +86,8 @@ def format_plan(job: SpeedrunJob, plan: Plan, *, config: bool = False) -> str:
 
 def _memory_lines(est: MemoryEstimate) -> list[str]:
     """The estimate's breakdown in GB, wrapped to the plan's 80 columns."""
-    head = f"  Peak memory per device at deviceBatchSize {est.device_batch}, {'compiled' if est.compiled else 'eager'} (GB):"
+    mode = "compiled" if est.compiled else "eager"
+    head = f"  Peak memory per device at deviceBatchSize {est.device_batch}, {mode} (GB):"
     lines = [head, "   "]
     for key, value in est.parts().items():
         item = f" {key.replace('_', ' ')} {value / 1e9:.1f},"

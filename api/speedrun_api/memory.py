@@ -175,8 +175,10 @@ def estimate_peak_memory(
     loss_chunk = rows * v * LOSS_CHUNK_BYTES_PER_LOGIT[c]
     layer_backward = (c * m.intermediate_dim + 2 * 4 * h) * tokens  # an MLP gradient + residual gradients
     transient = max(loss_chunk, layer_backward)
+    # fp32 masters, and each block's RoPE buffers (cos, sin: seqLen x headDim; inv_freq; fp32)
+    weights = 4 * total_params + m.num_layers * (8 * m.seq_len + 2) * m.head_dim
     allocated = (
-        4 * total_params  # weights
+        weights
         + 4 * total_params  # gradients
         + optimizer
         + (4 * total_params if world_size > 1 else 0)
@@ -185,7 +187,7 @@ def estimate_peak_memory(
         + transient
     )
     return MemoryEstimate(
-        weights=4 * total_params,
+        weights=weights,
         gradients=4 * total_params,
         optimizer=optimizer,
         ddp_buckets=4 * total_params if world_size > 1 else 0,

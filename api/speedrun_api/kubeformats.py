@@ -77,7 +77,7 @@ _SUFFIX_FACTORS = {
 
 
 def quantity_value(quantity: str) -> float:
-    """The number a Kubernetes quantity stands for ("80Gi" -> 85899345920.0, "1e9" -> 1e9).
+    """The number a Kubernetes quantity stands for ("80Gi" -> 85899345920.0, "1e9" -> 1e9; inf past floats).
 
     Only for strings QUANTITY_RE accepts (the spec validated them); ValueError otherwise.
     """
@@ -86,7 +86,10 @@ def quantity_value(quantity: str) -> float:
         raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
     number, suffix = match.group(1), match.group(3) or ""
     if suffix[:1] in ("e", "E") and len(suffix) > 1:
-        return float(number) * 10.0 ** int(suffix[1:])
+        exponent = int(suffix[1:])
+        if exponent > 400:  # past any float: Kubernetes caps such a quantity too
+            return float("inf") if float(number) else 0.0
+        return float(number) * 10.0 ** max(exponent, -400)
     return float(number) * _SUFFIX_FACTORS[suffix]
 
 

@@ -204,6 +204,6 @@ def device_memory(job: SpeedrunJob) -> int | None:
     """Bytes per device: resources.deviceMemory, else the accelerator table's; None for CPU and unknowns."""
     r = job.spec.resources
     if r.device_memory is not None:
-        return int(quantity_value(r.device_memory))
+        return int(min(quantity_value(r.device_memory), 2**63 - 1))
     acc = lookup(r.accelerator)
     return acc.device_memory if acc is not None else None

@@ -11,6 +11,7 @@ loaders and other processes, which the plan cannot see: it prints the estimate, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from speedrun_api.memory import MemoryEstimate, device_memory, estimate_peak_memory
@@ -60,7 +61,13 @@ def largest_fitting_batch(job: SpeedrunJob) -> int:
     capacity = device_memory(job)
     if capacity is None:
         return job.spec.train.device_batch_size
-    for b in range(job.spec.train.device_batch_size - 1, 0, -1):
+    t = job.spec.train
+    # Candidates divide batchSize (the batch rule needs at least that): found by trial up to its
+    # square root, so a batchSize of 2**24 costs thousands of steps, not millions of estimates.
+    divisors = {
+        d for k in range(1, math.isqrt(t.batch_size) + 1) if t.batch_size % k == 0 for d in (k, t.batch_size // k)
+    }
+    for b in sorted((d for d in divisors if d < t.device_batch_size), reverse=True):
         if _divides(job, b) and estimate_peak_memory(job, device_batch=b).total <= capacity:
             return b
     return 0

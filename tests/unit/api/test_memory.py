@@ -132,3 +132,19 @@ def test_muon_keeps_less_optimizer_state_than_adamw_and_ddp_adds_buckets():
     adamw = estimate_peak_memory(parse_job(d24(**{"spec.train.optimizer.name": "adamw"})))
     assert muon.optimizer < adamw.optimizer == 2 * adamw.gradients
     assert muon.ddp_buckets == muon.gradients and estimate_peak_memory(job, world_size=1).ddp_buckets == 0
+
+
+def test_the_operator_refuses_it_at_admission_with_the_same_line():
+    import kopf
+
+    from speedrun_operator.handlers import reconcile
+    from speedrun_operator.handlers.operator_startup import OperatorContext
+    from tests.unit.api.test_manifest_properties import SETTINGS, FakeClient
+
+    body = d24(**{"spec.train.deviceBatchSize": 32})
+    body["metadata"].update(namespace="ns", uid="u-1", generation=1)
+    client = FakeClient(body)
+    with pytest.raises(kopf.PermanentError) as err:
+        reconcile._reconcile(OperatorContext(settings=SETTINGS, client=client), body)  # type: ignore[arg-type]
+    assert str(err.value) == refusal(d24(**{"spec.train.deviceBatchSize": 32}))
+    assert client.status_patches[-1]["phase"] == "Failed"

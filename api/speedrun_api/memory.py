@@ -41,10 +41,6 @@ from speedrun_api.spec import ModelSpec, SpeedrunJob
 MARGIN_FIXED = 2 * 2**30  # CUDA context + cuBLAS and NCCL workspaces
 MARGIN_FRACTION = 0.05  # caching-allocator fragmentation
 CE_CHUNK_ROWS = 4096  # train/cross_entropy.py DEFAULT_CHUNK_ROWS
-# The loss's forward holds a chunk's logits several times over at its peak: bf16 from the matmul,
-# fp32 for the softmax, logsumexp's exp temporary and the bf16 gradient (fp32 runs skip the bf16
-# ones): traced, 13.7-14.2 bytes per logit under bf16 and 7.2-9.6 under fp32.
-LOSS_CHUNK_BYTES_PER_LOGIT = {2: 14.0, 4: 10.0}
 FP8_MIN_DIM = 128  # train/fp8.py MIN_FP8_DIM: smaller block matrices stay bf16
 
 
@@ -108,23 +104,25 @@ def layer_bytes_per_token(m: ModelSpec, precision: str, compiled: bool) -> float
     intermediates (SwiGLU 4, ReLU^2 and GELU 2 of width i). Compiled, the min-cut partitioner
     keeps the residual stream twice per block (4h each), one copy of each norm output, q, k, v,
     the attention output, and 3 (SwiGLU) or 2 MLP intermediates, recomputing the rest.
-    fp8: the converted matmuls save their inputs in fp8 (1 byte).
+    fp8 (torchao's Float8Linear, traced): eager saves what bf16 does; compiled, the partitioner
+    recomputes the fp8 casts of the norm outputs and of the last MLP intermediate from what it
+    keeps anyway, and keeps one fp8 (1-byte) activation copy.
     """
     h, i, n_h, n_kv = m.hidden_dim, m.intermediate_dim, m.num_heads, m.kv_heads
     kd = n_kv * m.head_dim
     c = 4 if precision == "fp32" else 2
-    mm_in = 1 if precision == "fp8" else c  # what a matmul saves of its input (fp8: torchao's cast)
     qkv = c * (h + 2 * kd)
     small = 4 * n_h + 8 + (4 * (n_h + n_kv) if m.qk_norm else 0)  # logsumexp, 1/rms per norm
     qk = c * (h + kd) if m.qk_norm else 0
     if compiled:
-        mlp = (3 if m.glu else 2) * c * i
-        norms_out = 2 * mm_in * h
-        return 2 * 4 * h + norms_out + qkv + mm_in * h + mlp + qk + small
+        intermediates = 3 if m.glu else 2
+        if precision == "fp8":
+            return 2 * 4 * h + h + qkv + c * h + (intermediates - 1) * c * i + qk + small
+        return 2 * 4 * h + 2 * c * h + qkv + c * h + intermediates * c * i + qk + small
     autocast = c < 4
     attn_casts = 3 if autocast else 1
     mlp_casts = (2 if m.glu else 1) if autocast else 1
-    norms = 2 * 4 * h + (attn_casts + mlp_casts) * mm_in * h
+    norms = 2 * 4 * h + (attn_casts + mlp_casts) * c * h
     mlp = (4 if m.glu else 2) * c * i
     # attention: q, k, v, the output (kept by SDPA; c_proj's input is the same storage)
     return norms + qkv + c * h + mlp + qk + small
@@ -159,21 +157,28 @@ def estimate_peak_memory(
 
     # Muon: one momentum buffer per block matrix, AdamW's two moments for the rest (train/optim.py)
     optimizer = 4 * block + 8 * (total_params - block) if t.optimizer.name == "muon" else 8 * total_params
-    if t.precision == "fp8":
+    if t.precision == "fp8":  # fp8 copies eager; compiled recomputes them from the fp32 weights
         fp8 = m.num_layers * sum(a * o for a, o in _hidden_matrices(m) if _fp8_layer((a, o)))
-        weight_copies = fp8 + 2 * (block - fp8)
+        weight_copies = (0 if compiled else fp8) + 2 * (block - fp8)
     else:
         weight_copies = 0 if t.precision == "fp32" else 2 * block
 
-    # The LM head's loss keeps grad-x (fp32, the final norm's output) and grad-W for the backward:
-    # fp32 eager; compiled, the partitioner keeps its bf16 product instead. The final norm saves x-hat.
-    head_saved = (4 * h + 4 * h) * tokens + (c if compiled else 4) * v * h
+    # The LM head's loss (train/cross_entropy.py) makes its gradients in the forward. Eager keeps
+    # the final norm's x-hat, grad-x (fp32) and grad-W (fp32); compiled, the partitioner keeps the
+    # norm's input, grad-x in c bytes and each chunk's grad-W product (c bytes each).
+    rows = min(CE_CHUNK_ROWS, tokens)
+    chunks = -(-tokens // rows)
+    head_saved = (4 + c) * h * tokens + chunks * c * v * h if compiled else 8 * h * tokens + 4 * v * h
     activations = int(layer_bytes_per_token(m, t.precision, compiled) * tokens * m.num_layers + head_saved)
     if not compiled and c < 4:
         activations += 4 * m.seq_len * m.head_dim * c * m.num_layers  # RoPE tables cast per call (B-independent)
-    rows = min(CE_CHUNK_ROWS, tokens)
-    loss_chunk = rows * v * LOSS_CHUNK_BYTES_PER_LOGIT[c]
-    layer_backward = (c * m.intermediate_dim + 2 * 4 * h) * tokens  # an MLP gradient + residual gradients
+    # The loss's forward at its peak (traced): a chunk's fp32 logits (4 bytes each), under bf16 also
+    # their bf16 matmul output and bf16 gradient (2c), and from the second chunk on the previous
+    # chunk's fp32 logits too (the loop's variables hold them until reassigned); W's low-precision
+    # copy and one fp32 grad-W product (V x h, 4 + c).
+    per_logit = (2 * c if c < 4 else 0) + 4 * (2 if chunks > 1 else 1)
+    loss_chunk = rows * v * per_logit + v * h * (4 + c)
+    layer_backward = (c * m.intermediate_dim + 10 * h) * tokens  # an MLP gradient + residual gradients (traced)
     transient = max(loss_chunk, layer_backward)
     # fp32 masters, and each block's RoPE buffers (cos, sin: seqLen x headDim; inv_freq; fp32)
     weights = 4 * total_params + m.num_layers * (8 * m.seq_len + 2) * m.head_dim

@@ -10,6 +10,9 @@ Calibration points (published configurations that run on the named GPUs):
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from speedrun_api.accelerators import ACCELERATORS
@@ -37,7 +40,13 @@ def test_nanochat_d24_at_16_fits_and_says_by_how_much():
     verdict = memory_verdict(job)
     assert verdict.fits and verdict.capacity == 80 * 10**9
     assert 0.75 < verdict.estimate.total / verdict.capacity < 0.95
-    assert verdict.line().startswith("fits: ") and verdict.line().endswith(" of 80.0 GB (88%)")
+    share = verdict.estimate.total / verdict.capacity
+    assert verdict.line() == f"fits: {verdict.estimate.total / 1e9:.1f} of 80.0 GB ({share:.0%})"
+    out = subprocess.run(
+        [sys.executable, "-m", "speedrun_trainer.cli.speedrun", "plan", str(EXAMPLES / "nanochat-d24.yaml")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert f"Peak memory per device: {verdict.line()}\n" in out
 
 
 def test_nanochat_d24_at_32_is_refused_naming_the_field_and_the_largest_that_fits():

@@ -101,6 +101,15 @@ def _autocast(precision: str) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
+def _model(spec: ModelSpec, precision: str) -> GPT:
+    model = GPT(spec)
+    if precision == "fp8":  # torchao's Float8Linear layers, as the trainer converts them (train/fp8.py)
+        from speedrun_trainer.train.fp8 import convert_to_fp8
+
+        convert_to_fp8(model)
+    return model
+
+
 @dataclass(frozen=True)
 class EagerTrace:
     peak: int  # bytes at most alive during the traced steps
@@ -119,7 +128,7 @@ def trace_eager(
     """The eager peak of `steps` optimizer steps of `accum` micro-batches (see the module doc)."""
     optimizer = optimizer or OptimizerSpec()
     with _cuda_like(), FakeTensorMode(), LiveBytes() as live:
-        model = GPT(spec)
+        model = _model(spec, precision)
         weights = live.live
         optimizers = build_optimizers(model, optimizer)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -171,7 +180,7 @@ def trace_compiled(spec: ModelSpec, device_batch: int, precision: str = "bf16") 
     )
     torch._dynamo.reset()
     with _cuda_like(), FakeTensorMode():
-        model = GPT(spec)
+        model = _model(spec, precision)
         compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=False)
         idx = torch.zeros(device_batch, spec.seq_len, dtype=torch.long)
         with _autocast(precision):

@@ -1,9 +1,10 @@
 """The analytic memory estimate (speedrun_api.memory) against the real GPT traced under fake tensors.
 
 Fake tensors allocate nothing, so these shapes (hidden 512, 2048 tokens per sequence) trace in
-about a second each. fp8 runs torchao's real Float8Linear layers (fake tensors need no FP8 GPU). The estimate must be within TOLERANCE of the trace: of the eager peak of
-two optimizer steps of two micro-batches (weights, gradients, optimizer states, activations and
-transients all together), and of what torch.compile's min-cut partitioner saves for the backward.
+about a second each; fp8 runs torchao's real Float8Linear layers (fake tensors need no FP8 GPU).
+The estimate must be within TOLERANCE of the trace: of the eager peak of two optimizer steps of
+two micro-batches (weights, gradients, optimizer states, activations and transients together),
+and of what torch.compile's min-cut partitioner saves for the backward.
 """
 
 from __future__ import annotations

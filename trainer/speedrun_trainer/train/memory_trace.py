@@ -226,10 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     t, m = job.spec.train, job.spec.model
     estimate = estimate_peak_memory(job)
     print(estimate.describe())
-    eager = trace_eager(m, t.device_batch_size, t.precision if t.precision != "fp8" else "bf16", t.optimizer)
-    print(f"traced eager peak (fake tensors, no DDP, no margin): {eager.peak / 1e9:.2f} GB")
+    eager = trace_eager(m, t.device_batch_size, t.precision, t.optimizer)
+    eager_estimate = estimate_peak_memory(job, world_size=1, compiled=False)
+    print(
+        f"traced eager peak (one process, no DDP, no margin): {eager.peak / 1e9:.2f} GB"
+        f" (estimate {eager_estimate.allocated / 1e9:.2f} GB)"
+    )
     if estimate.compiled:
-        saved = trace_compiled(m, t.device_batch_size, t.precision if t.precision != "fp8" else "bf16")
+        saved = trace_compiled(m, t.device_batch_size, t.precision)
         print(f"traced compiled saved-for-backward: {saved / 1e9:.2f} GB (estimate {estimate.saved / 1e9:.2f} GB)")
     return 0
 

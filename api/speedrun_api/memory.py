@@ -165,10 +165,12 @@ def estimate_peak_memory(
 
     # The LM head's loss (train/cross_entropy.py) makes its gradients in the forward. Eager keeps
     # the final norm's x-hat, grad-x (fp32) and grad-W (fp32); compiled, the partitioner keeps the
-    # norm's input, grad-x in c bytes and each chunk's grad-W product (c bytes each).
+    # norm's input, grad-x in c bytes and each chunk's grad-W product (c bytes each) up to 4 chunks;
+    # from 5 chunks on it keeps their fp32 sum instead (traced: 4 chunks 4 products, 8 the sum).
     rows = min(CE_CHUNK_ROWS, tokens)
     chunks = -(-tokens // rows)
-    head_saved = (4 + c) * h * tokens + chunks * c * v * h if compiled else 8 * h * tokens + 4 * v * h
+    grad_w = (chunks * c if chunks <= 4 else 4) * v * h
+    head_saved = (4 + c) * h * tokens + grad_w if compiled else 8 * h * tokens + 4 * v * h
     activations = int(layer_bytes_per_token(m, t.precision, compiled) * tokens * m.num_layers + head_saved)
     if not compiled and c < 4:
         activations += 4 * m.seq_len * m.head_dim * c * m.num_layers  # RoPE tables cast per call (B-independent)

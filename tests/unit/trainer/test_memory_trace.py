@@ -88,7 +88,7 @@ def test_nanochat_d24_shapes_at_its_micro_batch():
 
     The whole model traces the same way (`python -m speedrun_trainer.train.memory_trace
     examples/nanochat-d24.yaml`: eager 67.0 GB traced, 67.0 estimated; compiled saves 50.2 GB
-    traced, 50.9 estimated), in about 20 s, too slow for this tier.
+    traced, 50.3 estimated), in about 20 s, too slow for this tier.
     """
     j = parse_job(with_changes(example("nanochat-d24.yaml"), **{"spec.model.numLayers": 2, "spec.resources.nodes": 1}))
     t = j.spec.train

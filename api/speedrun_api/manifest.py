@@ -7,7 +7,7 @@ limits, no duplicate keys, one document). `parse_job` is the one validation ever
 CLI, the trainer, the operator): strict types as the CRD has them (no "3" for 3, no true for 1),
 camelCase names only, finite numbers within the ranges in `speedrun_api.spec`, a horizon
 that resolves within `MAX_STEPS` steps and `MAX_TOKENS` tokens, and a micro-batch whose estimated
-peak memory fits the accelerator (plan_memory.py).
+peak memory fits the accelerator (memory.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
 from speedrun_api import safeyaml
+from speedrun_api.memory import memory_problem
 from speedrun_api.plan import horizon_problem
-from speedrun_api.plan_memory import memory_problem
 from speedrun_api.spec import SpeedrunJob
 
 EXIT_INVALID = 2  # CLI exit code for invalid input; also the trainer's "invalid config" code

@@ -1,9 +1,16 @@
 """Peak accelerator memory per training process, estimated from the spec before any pod starts.
 
 A manifest whose micro-batch cannot fit fails minutes into a run (after scheduling, image pulls
-and compilation) with a CUDA out-of-memory error. `speedrun plan` and admission refuse it up
-front instead (plan_memory.py). The estimate is analytic (no torch: the operator imports it) and
-follows what the trainer's model and step keep alive at the peak of an optimizer step, which
+and compilation) with a CUDA out-of-memory error. `memory_problem(job)` refuses it up front, a
+plan-time refusal like `plan.horizon_problem`: `parse_job` calls it, so `speedrun plan`, `speedrun
+run` and the operator's admission all refuse a micro-batch whose estimated peak exceeds the
+accelerator's memory, in one line that names `spec.train.deviceBatchSize` and the largest value
+that fits (one that also divides the batch as the spec's batch rule wants). Only accelerators
+with a known memory are judged: the table's, or any with `resources.deviceMemory`. A CPU process
+shares the host's memory with the data loaders and other processes, which the plan cannot see:
+it gets the estimate, no verdict.
+
+The estimate is analytic (no torch: the operator imports it) and follows what the trainer's model and step keep alive at the peak of an optimizer step, which
 for gradient accumulation is the backward of a micro-batch while the gradients of the earlier
 ones are held:
 
@@ -14,12 +21,14 @@ ones are held:
 - DDP buckets: with more than one process, DDP's flat gradient buckets, another 4 per parameter
   (`gradient_as_bucket_view` is off, torch's default);
 - weight copies: under bf16 autocast each block matrix's bf16 copy is saved for the backward
-  (autocast caches it); fp8 saves an fp8 (1-byte) copy of the layers torchao converts;
+  (autocast caches it); fp8 eager saves an fp8 (1-byte) copy of the layers torchao converts,
+  compiled fp8 recomputes them;
 - activations: what the backward needs, per token and layer (`layer_bytes_per_token`), plus the
   LM head's saved gradients (train/cross_entropy.py keeps grad-x and an fp32 grad-W, never the
   logits);
-- transient: the largest short-lived buffers: one chunk of fp32 logits with its bf16 copy and the
-  head's weight copy (the loss's forward), or a layer's gradients in its backward;
+- transient: the largest short-lived buffers: a chunk of fp32 logits with its bf16 copies (and
+  the previous chunk's, still referenced) in the loss's forward, or a layer's gradients in its
+  backward;
 - margin: CUDA context, cuBLAS/NCCL workspaces and allocator fragmentation, which
   `torch.cuda.max_memory_allocated()` does not see: 2 GiB plus 5% of the tensors (on CPU the 5%).
 
@@ -31,6 +40,7 @@ estimate to within 10% of the traced figures for every model family the spec all
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from speedrun_api.accelerators import lookup
@@ -214,3 +224,81 @@ def device_memory(job: SpeedrunJob) -> int | None:
         return int(min(quantity_value(r.device_memory), 2**63 - 1))
     acc = lookup(r.accelerator)
     return acc.device_memory if acc is not None else None
+
+
+# ---- the verdict: does the micro-batch fit? ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryVerdict:
+    estimate: MemoryEstimate
+    capacity: int | None  # bytes per device; None: not judged
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.capacity is None else self.estimate.total <= self.capacity
+
+    def line(self) -> str:
+        """ "fits: 61.2 of 80.0 GB (77%)", "does not fit: ...", or the bare estimate."""
+        total = self.estimate.total / 1e9
+        if self.capacity is None:
+            return f"{total:.1f} GB estimated (no device memory known to judge it by)"
+        share = f"{total:.1f} of {self.capacity / 1e9:.1f} GB ({self.estimate.total / self.capacity:.0%})"
+        return f"fits: {share}" if self.fits else f"does not fit: {share}"
+
+    def to_dict(self) -> dict:
+        return {
+            **self.estimate.parts(),
+            "total": self.estimate.total,
+            "device_memory": self.capacity,
+            "fits": self.fits,
+            "compiled": self.estimate.compiled,
+        }
+
+
+def memory_verdict(job: SpeedrunJob, device_batch: int | None = None) -> MemoryVerdict:
+    return MemoryVerdict(estimate_peak_memory(job, device_batch=device_batch), device_memory(job))
+
+
+def _divides(job: SpeedrunJob, device_batch: int) -> bool:
+    """The spec's batch rule for a candidate deviceBatchSize, at every node count it may run on."""
+    r, t = job.spec.resources, job.spec.train
+    lo, hi = r.node_range
+    return all(t.batch_size % (device_batch * r.procs_per_node * n) == 0 for n in range(lo, hi + 1))
+
+
+def largest_fitting_batch(job: SpeedrunJob) -> int:
+    """The largest deviceBatchSize below the spec's that fits and divides the batch; 0 if none."""
+    capacity = device_memory(job)
+    if capacity is None:
+        return job.spec.train.device_batch_size
+    t = job.spec.train
+    # Candidates divide batchSize (the batch rule needs at least that): found by trial up to its
+    # square root, so a batchSize of 2**24 costs thousands of steps, not millions of estimates.
+    divisors = {
+        d for k in range(1, math.isqrt(t.batch_size) + 1) if t.batch_size % k == 0 for d in (k, t.batch_size // k)
+    }
+    for b in sorted((d for d in divisors if d < t.device_batch_size), reverse=True):
+        if _divides(job, b) and estimate_peak_memory(job, device_batch=b).total <= capacity:
+            return b
+    return 0
+
+
+def memory_problem(job: SpeedrunJob) -> str | None:
+    """One error line when the micro-batch cannot fit the device's memory (see the module doc)."""
+    verdict = memory_verdict(job)
+    if verdict.fits is not False:
+        return None
+    assert verdict.capacity is not None
+    t, est = job.spec.train, verdict.estimate
+    need = (
+        f"{t.device_batch_size} needs about {est.total / 1e9:.1f} GB per device"
+        f" (activations {est.activations / 1e9:.1f} GB) but the device has {verdict.capacity / 1e9:.1f} GB"
+    )
+    best = largest_fitting_batch(job)
+    if best:
+        return f"spec.train.deviceBatchSize: {need}; at most {best} fits (gradient accumulation keeps batchSize)"
+    return (
+        f"spec.train.deviceBatchSize: {need}; even 1 does not fit: use a smaller model or seqLen, or a device"
+        " with more memory (resources.accelerator, resources.deviceMemory)"
+    )

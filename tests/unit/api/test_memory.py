@@ -18,8 +18,7 @@ import pytest
 from speedrun_api.accelerators import ACCELERATORS
 from speedrun_api.kubeformats import quantity_value
 from speedrun_api.manifest import SpecError, load_job, parse_job
-from speedrun_api.memory import estimate_peak_memory
-from speedrun_api.plan_memory import largest_fitting_batch, memory_verdict
+from speedrun_api.memory import estimate_peak_memory, largest_fitting_batch, memory_verdict
 from speedrun_api.spec import SpeedrunJob
 from tests.support.helpers import EXAMPLES, example, tiny_manifest, with_changes
 

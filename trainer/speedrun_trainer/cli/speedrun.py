@@ -22,9 +22,8 @@ from collections.abc import Callable
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.manifest import EXIT_INVALID, SpecError, load_job, strict_json
-from speedrun_api.memory import MemoryEstimate
+from speedrun_api.memory import MemoryEstimate, memory_verdict
 from speedrun_api.plan import Plan, resolve
-from speedrun_api.plan_memory import memory_verdict
 from speedrun_api.run_contract import LOCAL_RUNS_DIR
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer import __version__

@@ -10,9 +10,9 @@ with a known memory are judged: the table's, or any with `resources.deviceMemory
 shares the host's memory with the data loaders and other processes, which the plan cannot see:
 it gets the estimate, no verdict.
 
-The estimate is analytic (no torch: the operator imports it) and follows what the trainer's model and step keep alive at the peak of an optimizer step, which
-for gradient accumulation is the backward of a micro-batch while the gradients of the earlier
-ones are held:
+The estimate is analytic (no torch: the operator imports it) and follows what the trainer's
+model and step keep alive at the peak of an optimizer step, which for gradient accumulation is
+the backward of a micro-batch while the gradients of the earlier ones are held:
 
 - weights: fp32 masters, 4 bytes per parameter (the trainer keeps fp32 weights in every precision);
 - gradients: fp32, 4 per parameter;

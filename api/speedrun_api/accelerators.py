@@ -2,8 +2,8 @@
 
 `speedrun plan` and the results use `device_flops`; the plan's memory check (memory.py) uses
 `device_memory`; the operator uses `resource` and `node_selector`. Peaks are vendor dense (no
-sparsity) bf16 figures, the same numbers Marin's
-speedrun and nanochat use, so MFU and hardware FLOPs compare across leaderboards.
+sparsity) bf16 figures, the same numbers Marin's speedrun and nanochat use, so MFU and hardware
+FLOPs compare across leaderboards.
 
 The `cpu` entry is a *nominal* figure, 1e11 FLOP/s (100 GFLOP/s) per process: roughly what one
 modern x86 core pair does on fp32 matmul. It exists so CPU-tiny runs report finite MFU and

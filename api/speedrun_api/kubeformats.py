@@ -69,6 +69,30 @@ LabelValue = Annotated[
 DnsSubdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_RE)]
 
 
+_SUFFIX_FACTORS = {
+    **{s: 1024**k for k, s in enumerate(("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: 1000**k for k, s in enumerate(("", "k", "M", "G", "T", "P", "E"))},
+    "n": 1e-9, "u": 1e-6, "m": 1e-3,
+}  # fmt: skip
+
+
+def quantity_value(quantity: str) -> float:
+    """The number a Kubernetes quantity stands for ("80Gi" -> 85899345920.0, "1e9" -> 1e9; inf past floats).
+
+    Only for strings QUANTITY_RE accepts (the spec validated them); ValueError otherwise.
+    """
+    match = re.match(QUANTITY_RE, quantity)
+    if not match:
+        raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
+    number, suffix = match.group(1), match.group(3) or ""
+    if suffix[:1] in ("e", "E") and len(suffix) > 1:
+        exponent = int(suffix[1:])
+        if exponent > 400:  # past any float: Kubernetes caps such a quantity too
+            return float("inf") if float(number) else 0.0
+        return float(number) * 10.0 ** max(exponent, -400)
+    return float(number) * _SUFFIX_FACTORS[suffix]
+
+
 def node_selector_field() -> Any:
     """`resources.nodeSelector`: label values by type, label keys by a CEL rule (no pattern reaches keys)."""
     return Field(

@@ -5,8 +5,9 @@ A user mistake never shows a traceback: `load_job` raises `SpecError`, whose `li
 as `error: <line>` and exits 2. The file is read through `safeyaml` (size, depth and alias
 limits, no duplicate keys, one document). `parse_job` is the one validation every side uses (the
 CLI, the trainer, the operator): strict types as the CRD has them (no "3" for 3, no true for 1),
-camelCase names only, finite numbers within the ranges in `speedrun_api.spec`, and a horizon
-that resolves within `MAX_STEPS` steps and `MAX_TOKENS` tokens.
+camelCase names only, finite numbers within the ranges in `speedrun_api.spec`, a horizon
+that resolves within `MAX_STEPS` steps and `MAX_TOKENS` tokens, and a micro-batch whose estimated
+peak memory fits the accelerator (memory.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
 from speedrun_api import safeyaml
+from speedrun_api.memory import memory_problem
 from speedrun_api.plan import horizon_problem
 from speedrun_api.spec import SpeedrunJob
 
@@ -98,7 +100,7 @@ def parse_job(doc: Any, source: str = "manifest") -> SpeedrunJob:
         raise SpecError(format_validation_error(err)) from None
     except RecursionError:
         raise SpecError([f"{source}: nested too deeply"]) from None
-    problem = horizon_problem(job)
+    problem = horizon_problem(job) or memory_problem(job)
     if problem:
         raise SpecError([problem])
     return job

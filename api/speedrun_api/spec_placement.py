@@ -54,6 +54,11 @@ class ResourcesSpec(Base):
     device_flops: Annotated[float, Field(gt=0, le=1e18)] | None = Field(
         None, description="Peak FLOP/s per device; overrides the table"
     )
+    device_memory: kf.Quantity | None = Field(
+        None,
+        description="Memory per device (bytes or a quantity, e.g. 80Gi): overrides the table; needed for"
+        " `speedrun plan`'s memory check of an accelerator the table lacks",
+    )
     cpu: kf.Quantity | None = None
     memory: kf.Quantity | None = None
     node_selector: dict[str, kf.LabelValue] = kf.node_selector_field()

@@ -40,12 +40,13 @@ def test_plan_prints_marin_figures(capsys):
 def test_plan_leads_with_the_cost_and_keeps_the_config_for_a_flag(capsys):
     assert main(["plan", str(EXAMPLES / "marin-130m.yaml")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    lead = [line.split(":")[0].strip() for line in lines[1:8]]
+    lead = [line.split(":")[0].strip() for line in lines[1:9]]
     assert lead == [
         "Model size",
         "Model FLOPs",
         "Total tokens",
         "Number of devices",
+        "Peak memory per device",
         "The rough estimated compute (total model FLOPs / assumed MFU) is between",
         "* 4.21e+18 FLOPs assuming an MFU of 0.5 (about 3.8 h of wall time)",
         "* 1.05e+19 FLOPs assuming an MFU of 0.2 (about 9.4 h of wall time)",
@@ -53,7 +54,7 @@ def test_plan_leads_with_the_cost_and_keeps_the_config_for_a_flag(capsys):
     assert not any(line.lstrip().startswith(("{", '"')) for line in lines), "no configuration without --config"
     assert main(["plan", str(EXAMPLES / "marin-130m.yaml"), "--config"]) == 0
     with_config = capsys.readouterr().out
-    assert with_config.splitlines()[:8] == lines[:8] and '"hiddenDim": 512' in with_config
+    assert with_config.splitlines()[:9] == lines[:9] and '"hiddenDim": 512' in with_config
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.manifest import EXIT_INVALID, SpecError, load_job, strict_json
+from speedrun_api.memory import MemoryEstimate, memory_verdict
 from speedrun_api.plan import Plan, resolve
 from speedrun_api.run_contract import LOCAL_RUNS_DIR
 from speedrun_api.spec import SpeedrunJob
@@ -46,12 +47,14 @@ def format_plan(job: SpeedrunJob, plan: Plan, *, config: bool = False) -> str:
     acc_name = acc.display if acc else spec.resources.accelerator
     nodes = f"{plan.min_nodes}-{plan.max_nodes}" if plan.min_nodes != plan.max_nodes else str(plan.nodes)
     t = spec.train
+    verdict = memory_verdict(job)
     lines = [
         f"----- speedrun plan: {job.metadata.name} -----",
         f"Model size: {plan.model_size / 1e6:.2f} million parameters",
         f"Model FLOPs: {plan.model_flops:.2e} FLOP",
         f"Total tokens: {plan.total_tokens:,} ({plan.total_tokens:.3e})",
         f"Number of devices: {plan.num_devices} ({nodes} node(s) x {plan.procs_per_node} process(es), {acc_name})",
+        f"Peak memory per device: {verdict.line()}",
         "The rough estimated compute (total model FLOPs / assumed MFU) is between:",
     ]
     for key, est in plan.estimates.items():
@@ -68,6 +71,7 @@ def format_plan(job: SpeedrunJob, plan: Plan, *, config: bool = False) -> str:
         f"  Training steps: {plan.steps} ({t.batch_size} sequences x {spec.model.seq_len} tokens per step)",
         f"  Gradient accumulation steps: {plan.grad_accum_steps}"
         f" ({t.batch_size} sequences / {t.device_batch_size} per device / {plan.num_devices} device(s))",
+        *_memory_lines(verdict.estimate),
     ]
     if spec.target is not None:
         lines.append(f"  Target: stop when {spec.target.metric} reaches {spec.target.value} (time-to-target run)")
@@ -79,8 +83,22 @@ def format_plan(job: SpeedrunJob, plan: Plan, *, config: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _memory_lines(est: MemoryEstimate) -> list[str]:
+    """The estimate's breakdown in GB, wrapped to the plan's 80 columns."""
+    mode = "compiled" if est.compiled else "eager"
+    head = f"  Peak memory per device at deviceBatchSize {est.device_batch}, {mode} (GB):"
+    lines = [head, "   "]
+    for key, value in est.parts().items():
+        item = f" {key.replace('_', ' ')} {value / 1e9:.1f},"
+        if len(lines[-1]) + len(item) > 78:
+            lines.append("   ")
+        lines[-1] += item
+    lines[-1] = lines[-1].rstrip(",")
+    return lines
+
+
 def plan_json(job: SpeedrunJob, plan: Plan) -> dict:
-    return {**plan.to_dict(), "config": job.manifest()}
+    return {**plan.to_dict(), "memory": memory_verdict(job).to_dict(), "config": job.manifest()}
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

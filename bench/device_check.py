@@ -154,12 +154,13 @@ def d24_job(layers: int, device_batch: int) -> SpeedrunJob:
 
 
 def estimate(job: SpeedrunJob) -> tuple[int | None, str | None]:
-    """The planner's estimate of one process's peak bytes; (None, why) where there is none yet."""
+    """The planner's estimate of one process's peak tensor bytes (`MemoryEstimate.allocated`: no
+    margin, what `torch.cuda.max_memory_allocated()` measures); (None, why) where there is none."""
     try:
         from speedrun_api.memory import estimate_peak_memory
     except ImportError as err:
         return None, f"estimator not available ({err})"
-    return int(estimate_peak_memory(job, world_size=1).total_bytes), None
+    return int(estimate_peak_memory(job, world_size=1).allocated), None
 
 
 def memory(args: argparse.Namespace, device: torch.device, workdir: Path, out: dict[str, Any]) -> None:

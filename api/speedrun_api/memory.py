@@ -26,9 +26,9 @@ the backward of a micro-batch while the gradients of the earlier ones are held:
 - activations: what the backward needs, per token and layer (`layer_bytes_per_token`), plus the
   LM head's saved gradients (train/cross_entropy.py keeps grad-x and an fp32 grad-W, never the
   logits);
-- transient: the largest short-lived buffers: a chunk of fp32 logits with its bf16 copies (and
-  the previous chunk's, still referenced) in the loss's forward, or a layer's gradients in its
-  backward;
+- transient: the largest short-lived buffers: a chunk of fp32 logits with its bf16 copies in the
+  loss's forward (one chunk at a time: the loop frees each before the next), or a layer's
+  gradients in its backward;
 - margin: CUDA context, cuBLAS/NCCL workspaces and allocator fragmentation, which
   `torch.cuda.max_memory_allocated()` does not see: 2 GiB plus 5% of the tensors (on CPU the 5%).
 
@@ -185,10 +185,9 @@ def estimate_peak_memory(
     if not compiled and c < 4:
         activations += 4 * m.seq_len * m.head_dim * c * m.num_layers  # RoPE tables cast per call (B-independent)
     # The loss's forward at its peak (traced): a chunk's fp32 logits (4 bytes each), under bf16 also
-    # their bf16 matmul output and bf16 gradient (2c), and from the second chunk on the previous
-    # chunk's fp32 logits too (the loop's variables hold them until reassigned); W's low-precision
-    # copy and one fp32 grad-W product (V x h, 4 + c).
-    per_logit = (2 * c if c < 4 else 0) + 4 * (2 if chunks > 1 else 1)
+    # their bf16 matmul output and bf16 gradient (2c); the loop frees each chunk's before making the
+    # next (train/cross_entropy.py); W's low-precision copy and one fp32 grad-W product (V x h, 4 + c).
+    per_logit = (2 * c if c < 4 else 0) + 4
     loss_chunk = rows * v * per_logit + v * h * (4 + c)
     layer_backward = (c * m.intermediate_dim + 10 * h) * tokens  # an MLP gradient + residual gradients (traced)
     transient = max(loss_chunk, layer_backward)

@@ -62,6 +62,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 picked = logits.gather(1, safe).squeeze(1)
                 total += ((lse - picked) * keep).sum()
                 if grad_x is None and grad_w is None:
+                    del logits  # before the next chunk's are made: one chunk of logits alive at a time
                     continue
                 dlogits = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
                 dlogits.scatter_add_(1, safe, torch.full_like(picked, -1.0).unsqueeze(1))
@@ -71,6 +72,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                     grad_x[start : start + chunk_rows] = (d @ w).to(x.dtype)  # (c, h)
                 if grad_w is not None:
                     grad_w += (d.mT @ xc).float()  # (V, h)
+                del logits, dlogits, d  # else held while the next chunk's logits are made (0.8 GB at GPT-2's vocab)
         ctx.save_for_backward(grad_x, grad_w)  # type: ignore[attr-defined]
         ctx.weight_dtype = weight.dtype  # type: ignore[attr-defined]
         return total

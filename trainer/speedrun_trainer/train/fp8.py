@@ -97,9 +97,8 @@ def convert_to_fp8(model: nn.Module, emulate: bool = False) -> list[str]:
     """Swap the FP8 layers for torchao's Float8Linear (tensorwise scaling), in place; their names.
 
     `emulate`: torchao's emulation mode (the same FP8 casts and scales, the matmuls in plain
-    float), which runs on CPU: only the CPU tests of the GPU path use it
-    (tests/unit/trainer/test_fp8_emulated.py); the trainer never does, `check_fp8` refuses fp8
-    on CPU before any conversion.
+    float), for the CPU tests of the GPU path only (tests/unit/trainer/test_fp8_cpu.py); the
+    trainer never passes it, and `check_fp8` refuses fp8 on CPU before any conversion.
     """
     config_cls, convert = _torchao_float8()
     names = fp8_layer_names(model)

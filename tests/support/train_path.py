@@ -87,7 +87,14 @@ def build_step(
     ns_dtype: torch.dtype | None = None,
 ) -> Built:
     """What `Trainer.__init__` builds around `model` (see the module doc). `ns_dtype` overrides
-    Muon's Newton-Schulz dtype (the equality tests keep it fp32, as on CPUs without bf16)."""
+    Muon's Newton-Schulz dtype (the equality tests keep it fp32, as on CPUs without bf16).
+
+    Compiling starts from an empty dynamo cache, as a trainer process does: entries left by other
+    tests' models (same code objects) would count against torch's recompile limit, past which
+    dynamo silently runs eager, and would hide this model's compiles from the counters. Inductor's
+    own cache of compiled kernels stays, so a graph compiled before costs little."""
+    if compile:
+        torch._dynamo.reset()
     optimizers = build_optimizers(model, opt, compile=compile)
     if ns_dtype is not None:
         for o in optimizers:

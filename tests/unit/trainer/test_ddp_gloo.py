@@ -9,7 +9,8 @@ steps on the WSD schedule; after the first, under `error_on_recompile` (DDP's `n
 but the last micro-batch must not recompile). One process takes the same steps over the full
 batch with twice the accumulation. Both in fp32 (Newton-Schulz too), so they agree to rounding:
 the mean losses (LossMeter, averaged over ranks) and every parameter on both ranks to 1e-5
-relative (measured: ~1e-7), and the ranks' parameters are identical.
+relative (measured: 2e-7 absolute at most), and the ranks' parameters are identical. The model
+is wide enough that DDPOptimizer splits its compiled graph at a DDP bucket boundary, as on GPUs.
 
 Run: pytest -q tests/unit/trainer/test_ddp_gloo.py  (CPU, 2 processes; ~1 min with a cold inductor cache)
 """
@@ -26,6 +27,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch._dynamo.utils import counters
 
 from speedrun_trainer.cli.launch import free_port
 from speedrun_trainer.train.model import GPT
@@ -38,6 +40,10 @@ pytestmark = pytest.mark.skipif(
     reason="torch.compile on CPU needs a C++ compiler (inductor's C++ backend)",
 )
 
+# Wide enough (1.7 MB of fp32 parameters) to pass DDP's first bucket (1 MB): torch.compile's
+# DDPOptimizer splits the compiled graph there (two graphs, one more than without DDP), as it
+# splits any real model's on the GPUs at its buckets (GPT-2 124M: 25 MB buckets of 500 MB).
+DDP_SPEC = SPEC.model_copy(update={"hidden_dim": 128, "intermediate_dim": 512})
 STEPS = 4
 GLOBAL_ACCUM = 4  # micro-batches per optimizer step over all ranks: 2 per rank with 2 ranks
 RTOL, ATOL = 1e-5, 1e-6
@@ -46,7 +52,8 @@ RTOL, ATOL = 1e-5, 1e-6
 def train(rank: int, world: int) -> dict[str, Any]:
     """STEPS steps of the trainer's step on `rank` of `world`; losses, parameters, Muon's share."""
     torch.manual_seed(0)
-    model = GPT(SPEC)
+    compiled_before = counters["aot_autograd"]["total"]
+    model = GPT(DDP_SPEC)
     built = build_step(model, precision="fp32", compile=True, world=world, ns_dtype=torch.float32)
     batches = prefetcher(bigram_dataset(), accum=GLOBAL_ACCUM // world, rank=rank, world=world)
     meter, losses = LossMeter(CPU), []
@@ -65,6 +72,7 @@ def train(rank: int, world: int) -> dict[str, Any]:
         "params": {n: p.detach().clone() for n, p in model.named_parameters()},
         "orthogonalized": muon.orthogonalized,
         "ddp": built.step.ddp is not None,
+        "compiled_graphs": counters["aot_autograd"]["total"] - compiled_before,
     }
 
 
@@ -83,6 +91,8 @@ def test_two_gloo_ranks_train_what_one_process_does(tmp_path: Path) -> None:
     mp.spawn(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert not want["ddp"] and all(r["ddp"] for r in ranks)
+    # the model's graph split at DDP's bucket boundary: one graph more (Newton-Schulz: 4 either way)
+    assert [r["compiled_graphs"] for r in ranks] == [want["compiled_graphs"] + 1] * 2
     assert want["losses"][-1] < want["losses"][0]  # it trains
     # Newton-Schulz split: each rank orthogonalised half of the stacks of 4 (q/o), 4 (k/v), 2 (up), 2 (down).
     assert [r["orthogonalized"] for r in ranks] == [want["orthogonalized"] // 2] * 2
@@ -93,5 +103,5 @@ def test_two_gloo_ranks_train_what_one_process_does(tmp_path: Path) -> None:
     for name, p in ranks[0]["params"].items():  # DDP keeps the replicas equal: bit for bit
         assert torch.equal(p, ranks[1]["params"][name]), name
     torch.manual_seed(0)
-    moved = max((want["params"][n] - p).abs().max() for n, p in GPT(SPEC).named_parameters())
+    moved = max((want["params"][n] - p).abs().max() for n, p in GPT(DDP_SPEC).named_parameters())
     assert moved > 1e-3  # the comparison is of trained weights, not of the initial ones

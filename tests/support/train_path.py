@@ -4,7 +4,8 @@
 compile=...)` (Muon's Newton-Schulz compiled per shape when compiling), `torch.compile(model)`,
 `data_parallel` around the compiled module when there is more than one rank, and `TrainStep`
 over DDP or the compiled module. `run_steps` takes optimizer steps as `Trainer._step` does
-(the WSD learning rate set before each). Used by test_compile_graphs.py, test_ddp_gloo.py and
+(the WSD learning rate set before each); `explain_training_forward` is dynamo's view of the
+forward + loss it compiles. Used by test_compile_graphs.py, test_ddp_gloo.py and
 test_fp8_emulated.py; tiny shapes (2 layers, hidden 64-128, seq 32, vocab 256) keep the CPU
 compiles short.
 """
@@ -113,3 +114,14 @@ def run_steps(built: Built, batches: BatchPrefetcher, first: int, count: int, op
         set_lr(built.optimizers, lr_multiplier(s, TOTAL_STEPS, opt.warmup_steps, opt.decay, opt.min_lr_ratio))
         losses.append(float(built.step(batches.next_step())))
     return losses
+
+
+def explain_training_forward(model: nn.Module) -> torch._dynamo.backends.debugging.ExplainOutput:
+    """Dynamo's view of `model(x, y)` as TrainStep calls it on CUDA: train mode, bf16 autocast,
+    int32 inputs and int64 targets (what the prefetcher hands over)."""
+    torch._dynamo.reset()
+    model.train()
+    x = torch.randint(0, SPEC.vocab_size, (DEVICE_BATCH, SPEC.seq_len), dtype=torch.int32)
+    y = torch.randint(0, SPEC.vocab_size, (DEVICE_BATCH, SPEC.seq_len))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return torch._dynamo.explain(model)(x, y)

@@ -27,7 +27,16 @@ from speedrun_trainer.train.core_eval import unwrap
 from speedrun_trainer.train.loss_eval import evaluate_loss
 from speedrun_trainer.train.model import GPT, MLP
 from speedrun_trainer.train.muon import newton_schulz
-from tests.support.train_path import CPU, DEVICE_BATCH, SPEC, bigram_dataset, build_step, prefetcher, run_steps
+from tests.support.train_path import (
+    CPU,
+    DEVICE_BATCH,
+    SPEC,
+    bigram_dataset,
+    build_step,
+    explain_training_forward,
+    prefetcher,
+    run_steps,
+)
 
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
@@ -51,21 +60,10 @@ def _family_id(f: dict) -> str:
     return f"{f['activation']}-{gqa}-{qk}-{tied}"
 
 
-def _explain_training_forward(model: torch.nn.Module) -> torch._dynamo.backends.debugging.ExplainOutput:
-    """Dynamo's view of `model(x, y)` as TrainStep calls it on CUDA: train mode, bf16 autocast,
-    int32 inputs and int64 targets (what the prefetcher hands over)."""
-    torch._dynamo.reset()
-    model.train()
-    x = torch.randint(0, SPEC.vocab_size, (DEVICE_BATCH, SPEC.seq_len), dtype=torch.int32)
-    y = torch.randint(0, SPEC.vocab_size, (DEVICE_BATCH, SPEC.seq_len))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        return torch._dynamo.explain(model)(x, y)
-
-
 @pytest.mark.parametrize("family", FAMILIES, ids=_family_id)
 def test_training_forward_is_one_graph_for_every_model_family(family: dict) -> None:
     torch.manual_seed(0)
-    out = _explain_training_forward(GPT(SPEC.model_copy(update=family)))
+    out = explain_training_forward(GPT(SPEC.model_copy(update=family)))
     assert (out.graph_count, out.graph_break_count) == (1, 0), [str(r.reason) for r in out.break_reasons]
 
 
@@ -79,7 +77,7 @@ def test_the_check_sees_a_graph_break(monkeypatch: pytest.MonkeyPatch) -> None:
         return forward(self, x)
 
     monkeypatch.setattr(MLP, "forward", reads_the_host)
-    out = _explain_training_forward(GPT(SPEC))
+    out = explain_training_forward(GPT(SPEC))
     assert out.graph_break_count >= SPEC.num_layers and out.graph_count > 1
 
 

@@ -9,7 +9,8 @@ q/o and MLP matrices convert, while k/v (2 heads x 32 = 64 wide), the tied LM he
 embedding stay plain. Trained as train/loop.py trains it (tests/support/train_path.py: Muon or
 AdamW, accumulation, bf16 autocast as `precision: fp8` gets on CUDA; compiled), its loss falls
 and stays finite, and after the first step nothing recompiles, an in-loop evaluation (which swaps
-the FP8 layers for plain ones and back, `fp8.without_fp8`) included.
+the FP8 layers for plain ones and back, `fp8.without_fp8`) included; its training forward is one
+graph with no break, emulated or not.
 
 The evaluation rule (train/loss_eval.py `eval_precision`): the in-loop evaluation of the fp8-trained
 model equals the final evaluation's, which rebuilds a plain GPT from the same weights, while the
@@ -41,6 +42,7 @@ from tests.support.train_path import (
     SPEC,
     bigram_dataset,
     build_step,
+    explain_training_forward,
     prefetcher,
     run_steps,
 )
@@ -115,6 +117,15 @@ def _assert_trained_in_fp8(run: Fp8Run) -> None:
     assert run.new_graphs == 0
     assert all(np.isfinite(run.losses)), run.losses
     assert run.losses[-1] < run.losses[0] - 0.5, run.losses
+
+
+@pytest.mark.parametrize("emulate", [False, True], ids=["scaled_mm", "emulated"])
+def test_fp8_training_forward_is_one_graph(emulate: bool) -> None:
+    torch.manual_seed(0)
+    model = GPT(SPEC_FP8)
+    fp8.convert_to_fp8(model, emulate=emulate)
+    out = explain_training_forward(model)
+    assert (out.graph_count, out.graph_break_count) == (1, 0), [str(r.reason) for r in out.break_reasons]
 
 
 def test_fp8_trains_compiled_with_muon(muon_run: Fp8Run) -> None:

@@ -394,3 +394,28 @@ def test_ddp_and_compile_wrappers_are_bypassed(bundle: Path, tmp_path: Path, mon
         dist.destroy_process_group()
     assert core_eval.unwrap(ddp) is inner
     assert wrapped == evaluate_core(inner, ByteTokenizer(), str(bundle), max_per_task=2, device="cpu")
+
+
+def test_fp8_layers_run_as_plain_linears(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CORE never runs FP8 (train/fp8.py `without_fp8`): an fp8 model scores what the plain model
+    of its weights scores, the final evaluation's model, and its Float8Linear layers are put back."""
+    pytest.importorskip("torchao.float8")
+    from torchao.float8.float8_linear import Float8Linear
+
+    from speedrun_api.spec import ModelSpec
+    from speedrun_trainer.train.fp8 import convert_to_fp8
+    from speedrun_trainer.train.model import GPT
+
+    torch.manual_seed(0)
+    spec = ModelSpec(vocab_size=257, seq_len=64, hidden_dim=128, intermediate_dim=256, num_layers=1, num_heads=2)
+    model, plain = GPT(spec), GPT(spec)
+    plain.load_state_dict(model.state_dict())
+    converted = convert_to_fp8(model)
+
+    def no_fp8(self: Float8Linear, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("CORE ran an FP8 layer")
+
+    monkeypatch.setattr(Float8Linear, "forward", no_fp8)
+    got = evaluate_core(model, ByteTokenizer(), str(bundle), max_per_task=2, device="cpu")
+    assert got == evaluate_core(plain, ByteTokenizer(), str(bundle), max_per_task=2, device="cpu")
+    assert all(type(model.get_submodule(n)) is Float8Linear for n in converted)

@@ -133,6 +133,7 @@ def test_marin_key_never_ours_and_every_number_names_its_definition():
         versions={},
         nanochat_bpb=1.05,
         eval_set=c4,
+        eval_precision="bf16",
     )
     # levanter restarts attention after each EOS, our model does not: C4-EN under its own key, not Marin's
     assert BPB_KEY not in info and info["eval/paloma/c4_en/bpb-cross-doc"] == 1.1
@@ -146,6 +147,7 @@ def test_marin_key_never_ours_and_every_number_names_its_definition():
         "mean-loss-all-positions",
     }
     assert info["eval_set"]["exceeded"] is False and "warm" in info["clock"]
+    assert info["eval_precision"] == "bf16" and "never in FP8" in info["eval_rule"]
     assert headline(info, "file:///r")["bpb"] == 1.1
     small = {
         **c4,
@@ -159,6 +161,21 @@ def test_marin_key_never_ours_and_every_number_names_its_definition():
     )
     assert BPB_KEY not in other and other["eval/fineweb10B-gpt2/val/bpb"] == 1.2
     assert other["val_loss_track"] == "bottlecap" and other["eval_set"]["exceeded"] is True
+    # not given: the training summary's (train/loop.py writes it), else unknown
+    assert other["eval_precision"] is None
+    assert (
+        build_run_info(
+            job,
+            resolve(job),
+            {**SUMMARY, "eval_precision": "fp32"},
+            bpb=1.2,
+            initial_bpb=8.0,
+            val_loss=3.4,
+            core=None,
+            versions={},
+        )["eval_precision"]
+        == "fp32"
+    )
 
 
 def test_wandb_summary_carries_the_bpb_the_results_wrote():

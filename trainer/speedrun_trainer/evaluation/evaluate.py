@@ -27,7 +27,7 @@ from speedrun_trainer.data.tokenizer import load_tokenizer, padded_token_bytes
 from speedrun_trainer.evaluation.results import build_run_info, headline, tracking_summary, write_results
 from speedrun_trainer.train import checkpoint, preflight
 from speedrun_trainer.train.core_eval import evaluate_run_core
-from speedrun_trainer.train.loss_eval import evaluate_run_loss
+from speedrun_trainer.train.loss_eval import eval_precision, evaluate_run_loss
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.runtime import Dist, entry_point, log, phase, run_storage, seeded
 from speedrun_trainer.train.versions import software_versions
@@ -110,6 +110,7 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
         versions=software_versions(),
         nanochat_bpb=final.nanochat_bpb,
         eval_set=eval_set,
+        eval_precision=eval_precision(env.device, spec.train.precision),
     )
     uri = write_results(storage, run_info)
     _track_final(job, summary, run_info, uri)

@@ -37,6 +37,11 @@ CLOCK_RULE = (
     " steps after a resume) excluded and reported as warmup_seconds (nanochat base_train.py)"
 )
 
+EVAL_RULE = (
+    "never in FP8: an fp8 run's FP8 layers run as plain linears over the same weights, in the loop"
+    " and at the end, so BPB, val loss and CORE score the bf16 model of its fp32 weights (nanochat)"
+)
+
 
 class RunInfo(BaseModel):
     """The schema of one run's results; extra keys are kept (Marin adds its own)."""
@@ -87,9 +92,12 @@ def build_run_info(
     versions: dict[str, str],
     nanochat_bpb: float | None = None,
     eval_set: dict[str, Any] | None = None,
+    eval_precision: str | None = None,
 ) -> dict[str, Any]:
     """One run_info. `eval_set` describes what was scored: uri, dataset (its recorded name),
-    tokens_requested, tokens_scored, set_tokens, exceeded (defaults: the spec's eval set, by URI)."""
+    tokens_requested, tokens_scored, set_tokens, exceeded (defaults: the spec's eval set, by URI).
+    `eval_precision`: what the evaluation multiplied in (train/loss_eval.py `eval_precision`);
+    by default the training summary's."""
     spec = job.spec
     uri = spec.eval_data
     evaluated = {
@@ -145,6 +153,8 @@ def build_run_info(
             "bpb_definition": LEVANTER_BPB_CROSS_DOC,
             "nanochat_bpb": _finite(nanochat_bpb),
             "eval_set": evaluated,
+            "eval_precision": eval_precision or summary.get("eval_precision"),
+            "eval_rule": EVAL_RULE,
             "tokenizer": spec.data.tokenizer,
             "initial_bpb": _finite(initial_bpb),
             "val_loss": _finite(val_loss),

@@ -25,9 +25,10 @@ continuation loss, ties to the first. Language modeling is right when greedy arg
 every continuation token. Prompts are never cropped (nanochat's model never crops one: its RoPE
 table covers 10x its sequence length); ours extends its RoPE table past seqLen at evaluation. All the
 prompts of one example are one batch, run through the plain module (DDP and torch.compile
-wrappers removed). Ranks take every world_size-th example; the correct counts
-are summed with one all_reduce. Centered accuracy = (acc - b) / (1 - b), b the random baseline;
-CORE = mean centered accuracy over the tasks.
+wrappers removed: every prompt length would be a new shape to compile) and never in FP8 (an fp8
+run's Float8Linear layers run as plain linears, train/fp8.py `without_fp8`). Ranks take every
+world_size-th example; the correct counts are summed with one all_reduce. Centered accuracy =
+(acc - b) / (1 - b), b the random baseline; CORE = mean centered accuracy over the tasks.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.storage import DataError, fetch_uri
+from speedrun_trainer.train.fp8 import without_fp8
 from speedrun_trainer.train.runtime import Dist
 
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
@@ -310,7 +312,7 @@ def evaluate_core(
     was_training = model.training
     model.eval()
     try:
-        with _autocast(device):
+        with _autocast(device), without_fp8(model):  # never FP8 matmuls (train/fp8.py)
             for n, (task, data) in enumerate(zip(tasks, selected, strict=True)):
                 hits = sum(
                     score_example(model, tokenizer, task, data, i, device, seed)

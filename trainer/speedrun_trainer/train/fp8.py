@@ -15,6 +15,11 @@ e4m3 for inputs and weights, e5m2 for gradients), the one nanochat's FP8 runs us
 under torch.compile, which fuses the amax/scale/cast glue (`train.compile` is on by default on
 CUDA). Conversion happens before compile, DDP and the optimizers; parameters are unchanged.
 
+Evaluation never runs FP8 (nanochat evaluates without it): `without_fp8` runs the converted
+layers as plain `nn.Linear`s over the same weight parameters for the duration of an evaluation, so
+an fp8 run's in-loop BPB/CORE and the final evaluation (which rebuilds a plain model from the
+checkpoint) score the same bf16 model; train/loss_eval.py and train/core_eval.py apply it.
+
 Where FP8 cannot run the trainer refuses, never silently training bf16:
 - an accelerator in the table without FP8 tensor cores (cpu, A100, TPUs): invalid config (exit 2);
 - a CUDA device below compute capability 8.9 (Ada: L4, RTX 4090; Hopper: H100, H200 and later),
@@ -22,9 +27,14 @@ Where FP8 cannot run the trainer refuses, never silently training bf16:
 
     check_fp8(job.spec.resources.accelerator, device)   # raises ConfigError / DeviceError
     converted = convert_to_fp8(model)                   # names of the converted Linear layers
+    with without_fp8(model): ...evaluate...             # plain linears, same parameters
 """
 
 from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -83,8 +93,13 @@ def fp8_layer_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if is_fp8_layer(module, name)]
 
 
-def convert_to_fp8(model: nn.Module) -> list[str]:
-    """Swap the FP8 layers for torchao's Float8Linear (tensorwise scaling), in place; their names."""
+def convert_to_fp8(model: nn.Module, emulate: bool = False) -> list[str]:
+    """Swap the FP8 layers for torchao's Float8Linear (tensorwise scaling), in place; their names.
+
+    `emulate`: torchao's emulation mode (the same FP8 casts and scales, the matmuls in plain
+    float), for the CPU tests of the GPU path only (tests/unit/trainer/test_fp8_cpu.py); the
+    trainer never passes it, and `check_fp8` refuses fp8 on CPU before any conversion.
+    """
     config_cls, convert = _torchao_float8()
     names = fp8_layer_names(model)
     if not names:
@@ -92,5 +107,44 @@ def convert_to_fp8(model: nn.Module) -> list[str]:
             "spec.train.precision: fp8 found no layer to train in FP8 (block matrices need both dimensions"
             f" multiples of 16 and at least {MIN_FP8_DIM}); use bf16 for a model this small"
         )
-    convert(model, config=config_cls.from_recipe_name(RECIPE), module_filter_fn=is_fp8_layer)
+    config = config_cls.from_recipe_name(RECIPE)
+    if emulate:
+        config = dataclasses.replace(config, emulate=True)
+    convert(model, config=config, module_filter_fn=is_fp8_layer)
     return names
+
+
+def _is_float8_linear(module: nn.Module) -> bool:
+    """torchao's Float8Linear, recognised without importing torchao (absent from CPU installs)."""
+    cls = type(module)
+    return cls.__name__ == "Float8Linear" and cls.__module__.startswith("torchao.")
+
+
+@contextlib.contextmanager
+def without_fp8(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with every Float8Linear run as a plain `nn.Linear` for the block, then restored.
+
+    The plain layers hold the very same weight parameters (built on the meta device, nothing is
+    copied), so under bf16 autocast the model is the bf16 model of the same fp32 master weights:
+    what the final evaluation rebuilds from the checkpoint. The original modules are put back
+    unchanged, so optimizers, DDP and the compiled graph's guards see the same objects after.
+    A model without FP8 layers is yielded as it is.
+    """
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    for name, module in list(model.named_modules()):
+        if not _is_float8_linear(module):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+        plain.weight = module.weight
+        if module.bias is not None:
+            plain.bias = module.bias
+        plain.train(module.training)
+        setattr(parent, attr, plain)
+        swapped.append((parent, attr, module))
+    try:
+        yield model
+    finally:
+        for parent, attr, module in reversed(swapped):
+            setattr(parent, attr, module)

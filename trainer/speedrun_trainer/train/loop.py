@@ -35,7 +35,7 @@ from speedrun_trainer.train import checkpoint, preflight
 from speedrun_trainer.train.core_cadence import core_due, core_every, core_target
 from speedrun_trainer.train.core_eval import evaluate_run_core
 from speedrun_trainer.train.fp8 import check_fp8, convert_to_fp8
-from speedrun_trainer.train.loss_eval import evaluate_run_loss
+from speedrun_trainer.train.loss_eval import eval_precision, evaluate_run_loss
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.train.runtime import (
@@ -355,6 +355,7 @@ class Trainer:
                 else None,
                 "world_size": self.env.world_size,
                 "num_devices": self.env.world_size,
+                "eval_precision": eval_precision(self.env.device, self.spec.train.precision),
                 "device_flops": self.plan.device_flops,
                 "wandb_run_link": self.tracker.link,
                 "versions": software_versions(),

@@ -24,7 +24,8 @@ from torch import nn
 from speedrun_api.metric_definitions import LossSums, levanter_bpb, mean_loss, nanochat_bpb
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset
-from speedrun_trainer.train.runtime import Dist, all_reduce_sum, autocast, log
+from speedrun_trainer.train.fp8 import without_fp8
+from speedrun_trainer.train.runtime import Dist, all_reduce_sum, autocast, autocast_dtype, log
 
 
 @dataclass(frozen=True)
@@ -122,23 +123,24 @@ def evaluate_loss(
         )
     tb = torch.as_tensor(token_bytes, dtype=torch.long, device=device)
     was_training = model.training
-    model.eval()
     sums = LossSums()
     per_batch_size = eval_batch or batch_size
     per_batch = torch.zeros(math.ceil(num_seqs / per_batch_size), 3, dtype=torch.float64, device=device)
     mine = range(rank, num_seqs, world_size)  # a range, not a list: eval.bpb.tokens may be 1e10
-    for i in range(0, len(mine), batch_size):
-        chunk = mine[i : i + batch_size]
-        xs, ys = zip(*(dataset.sequences(j, 1, seq_len) for j in chunk), strict=True)
-        x = torch.cat(xs).to(device, non_blocking=True)
-        y = torch.cat(ys).to(device, non_blocking=True)
-        with autocast(device, precision):
-            losses = model(x, y, reduction="none")
-        sums = sums + score_batch(losses.float(), y, tb)
-        index = torch.as_tensor([j // per_batch_size for j in chunk], device=device)
-        per_batch.index_add_(0, index, levanter_sequence_sums(losses.float(), y, tb))
-    if was_training:
-        model.train()
+    with without_fp8(model):  # never FP8 matmuls: the rule of eval_precision()
+        model.eval()
+        for i in range(0, len(mine), batch_size):
+            chunk = mine[i : i + batch_size]
+            xs, ys = zip(*(dataset.sequences(j, 1, seq_len) for j in chunk), strict=True)
+            x = torch.cat(xs).to(device, non_blocking=True)
+            y = torch.cat(ys).to(device, non_blocking=True)
+            with autocast(device, precision):
+                losses = model(x, y, reduction="none")
+            sums = sums + score_batch(losses.float(), y, tb)
+            index = torch.as_tensor([j // per_batch_size for j in chunk], device=device)
+            per_batch.index_add_(0, index, levanter_sequence_sums(losses.float(), y, tb))
+        if was_training:
+            model.train()
     reduced = all_reduce_sum(sums.as_list() + per_batch.flatten().tolist(), device)
     n = len(sums.as_list())
     total = LossSums.from_list(reduced[:n])
@@ -167,6 +169,15 @@ def evaluate_run_loss(
         precision=spec.train.precision,
         eval_batch=spec.train.batch_size,
     )
+
+
+def eval_precision(device: torch.device, precision: str) -> str:
+    """What the BPB and val loss of a run are computed in, the same in the loop and at the end:
+    never FP8 (an fp8 run's Float8Linear layers run as plain linears, `fp8.without_fp8`, so it is
+    scored as the bf16 model of its weights, as nanochat evaluates), else the training's autocast
+    dtype: "bf16" on GPUs for bf16 and fp8 runs, "fp32" for fp32 runs and CPUs without native bf16.
+    The train summary and the results file record it (`eval_precision`)."""
+    return "bf16" if autocast_dtype(device, precision) == torch.bfloat16 else "fp32"
 
 
 _WARNED: set[tuple[str, int]] = set()

@@ -21,6 +21,7 @@ from torch import nn
 from speedrun_api.spec import ModelSpec, OptimizerSpec
 from speedrun_trainer.data.loader import TokenDataset
 from speedrun_trainer.data.prefetch import BatchPrefetcher
+from speedrun_trainer.train.loss_eval import LossEval, evaluate_loss
 from speedrun_trainer.train.optim import Muon, build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.train.step import TrainStep, data_parallel
 
@@ -125,3 +126,21 @@ def explain_training_forward(model: nn.Module) -> torch._dynamo.backends.debuggi
     y = torch.randint(0, SPEC.vocab_size, (DEVICE_BATCH, SPEC.seq_len))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         return torch._dynamo.explain(model)(x, y)
+
+
+def evaluate_plain(model: nn.Module, dataset: TokenDataset, sequences: int, precision: str) -> LossEval:
+    """The run's BPB evaluation as `Trainer._evaluate` calls it (the plain module, never the compiled
+    one), on the first `sequences` sequences of `dataset`, one byte per token."""
+    return evaluate_loss(
+        model,
+        dataset,
+        np.ones(SPEC.vocab_size, dtype=np.int64),
+        tokens=sequences * SPEC.seq_len,
+        seq_len=SPEC.seq_len,
+        batch_size=DEVICE_BATCH,
+        rank=0,
+        world_size=1,
+        device=CPU,
+        precision=precision,
+        eval_batch=2 * DEVICE_BATCH,
+    )

@@ -24,15 +24,13 @@ import torch
 from torch._dynamo.utils import counters
 
 from speedrun_trainer.train.core_eval import unwrap
-from speedrun_trainer.train.loss_eval import evaluate_loss
 from speedrun_trainer.train.model import GPT, MLP
 from speedrun_trainer.train.muon import newton_schulz
 from tests.support.train_path import (
-    CPU,
-    DEVICE_BATCH,
     SPEC,
     bigram_dataset,
     build_step,
+    evaluate_plain,
     explain_training_forward,
     prefetcher,
     run_steps,
@@ -107,25 +105,12 @@ def test_steps_and_evaluations_do_not_recompile() -> None:
     built = build_step(GPT(SPEC), precision="bf16", compile=True)
     ds = bigram_dataset()
     batches = prefetcher(ds, accum=2)
-    token_bytes = np.ones(SPEC.vocab_size, dtype=np.int64)
     try:
         first = run_steps(built, batches, 0, 1)  # compiles: the model, Newton-Schulz per shape
         graphs = counters["stats"]["unique_graphs"]
         with torch._dynamo.config.patch(error_on_recompile=True):
             losses = run_steps(built, batches, 1, 3)
-            ev = evaluate_loss(
-                built.model,  # what Trainer._evaluate passes: the plain module, not the compiled one
-                ds,
-                token_bytes,
-                tokens=4 * SPEC.seq_len,
-                seq_len=SPEC.seq_len,
-                batch_size=DEVICE_BATCH,
-                rank=0,
-                world_size=1,
-                device=CPU,
-                precision="bf16",
-                eval_batch=2 * DEVICE_BATCH,
-            )
+            ev = evaluate_plain(built.model, ds, 4, "bf16")  # the plain module, as Trainer._evaluate
             _core_like_prompts(built.step.forward)
             losses += run_steps(built, batches, 4, 3)
         assert counters["stats"]["unique_graphs"] == graphs  # nothing new compiled after step 0

@@ -31,17 +31,17 @@ from torch._dynamo.utils import counters
 
 from speedrun_api.spec import OptimizerSpec
 from speedrun_trainer.train import fp8
-from speedrun_trainer.train.loss_eval import LossEval, eval_precision, evaluate_loss
+from speedrun_trainer.train.loss_eval import LossEval, eval_precision
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.runtime import autocast
 from tests.support.train_path import (
     ADAMW,
     CPU,
-    DEVICE_BATCH,
     MUON,
     SPEC,
     bigram_dataset,
     build_step,
+    evaluate_plain,
     explain_training_forward,
     prefetcher,
     run_steps,
@@ -56,7 +56,6 @@ pytestmark = pytest.mark.skipif(
 SPEC_FP8 = SPEC.model_copy(update={"hidden_dim": 128, "intermediate_dim": 256, "tie_embeddings": True})
 CONVERTED = [f"blocks.{i}.{n}" for i in range(2) for n in ("attn.c_q", "attn.c_proj", "mlp.c_up", "mlp.c_proj")]
 DATA = bigram_dataset()
-TOKEN_BYTES = np.ones(SPEC.vocab_size, dtype=np.int64)
 
 
 @dataclass
@@ -69,19 +68,7 @@ class Fp8Run:
 
 def evaluate(model: torch.nn.Module, precision: str) -> LossEval:
     """The run's BPB evaluation as `evaluate_run_loss` calls it, on 8 sequences."""
-    return evaluate_loss(
-        model,
-        DATA,
-        TOKEN_BYTES,
-        tokens=8 * SPEC.seq_len,
-        seq_len=SPEC.seq_len,
-        batch_size=DEVICE_BATCH,
-        rank=0,
-        world_size=1,
-        device=CPU,
-        precision=precision,
-        eval_batch=2 * DEVICE_BATCH,
-    )
+    return evaluate_plain(model, DATA, 8, precision)
 
 
 def train_fp8(opt: OptimizerSpec, *, emulate: bool = False, compile: bool = True) -> Fp8Run:

@@ -73,8 +73,8 @@ def test_masked_row_equals_each_document_alone(family: dict) -> None:
     model = GPT(SPEC.model_copy(update=family)).eval()
     ids, targets = _packed()
     with torch.no_grad():
-        logits = model(ids, document_eos=EOS)
-        losses = model(ids, targets, reduction="none", document_eos=EOS)
+        logits = model(ids, doc_ids=segment_ids(ids, EOS))
+        losses = model(ids, targets, reduction="none", doc_ids=segment_ids(ids, EOS))
         unmasked = model(ids, targets, reduction="none")
         for r, lengths in enumerate(ROWS):
             for start, n in zip(np.cumsum([0, *lengths[:-1]]), lengths, strict=True):
@@ -95,8 +95,8 @@ def test_a_row_without_eos_is_the_unmasked_model() -> None:
     ids, targets = _packed()
     ids[ids == EOS] = 7
     with torch.no_grad():
-        torch.testing.assert_close(model(ids, document_eos=EOS), model(ids), atol=1e-6, rtol=1e-6)
-        mean = model(ids, targets, document_eos=EOS)
+        torch.testing.assert_close(model(ids, doc_ids=segment_ids(ids, EOS)), model(ids), atol=1e-6, rtol=1e-6)
+        mean = model(ids, targets, doc_ids=segment_ids(ids, EOS))
         torch.testing.assert_close(mean, model(ids, targets), atol=1e-6, rtol=1e-6)
 
 
@@ -107,12 +107,12 @@ def test_the_eos_attends_to_the_document_it_ends() -> None:
     eos_at = ROWS[0][0] - 1  # the first document's EOS
     assert ids[0, eos_at] == EOS
     with torch.no_grad():
-        base = model(ids, document_eos=EOS)[0, eos_at]
+        base = model(ids, doc_ids=segment_ids(ids, EOS))[0, eos_at]
         before, after = ids.clone(), ids.clone()
         before[0, eos_at - 2] = (before[0, eos_at - 2] + 1) % EOS  # a token of its own document
         after[0, eos_at + 1 :] = (after[0, eos_at + 1 :] + 1) % EOS  # everything after it
-        assert (model(before, document_eos=EOS)[0, eos_at] - base).abs().max() > 1e-4
-        torch.testing.assert_close(model(after, document_eos=EOS)[0, eos_at], base, atol=0, rtol=0)
+        assert (model(before, doc_ids=segment_ids(before, EOS))[0, eos_at] - base).abs().max() > 1e-4
+        torch.testing.assert_close(model(after, doc_ids=segment_ids(after, EOS))[0, eos_at], base, atol=0, rtol=0)
 
 
 def test_training_and_evaluation_run_masked() -> None:
@@ -128,7 +128,7 @@ def test_training_and_evaluation_run_masked() -> None:
     x, y = micro[0]
     eos = int(x[0, 5])  # a token the batch holds, so the mask splits it
     with torch.no_grad():
-        masked, plain = built.model(x, y, document_eos=eos), built.model(x, y)
+        masked, plain = built.model(x, y, doc_ids=segment_ids(x, eos)), built.model(x, y)
     assert abs(float(masked) - float(plain)) > 1e-4
     built.step.document_eos = eos
     assert float(built.step(micro)) == pytest.approx(float(masked), rel=1e-6)

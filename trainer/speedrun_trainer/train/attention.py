@@ -3,13 +3,19 @@
 Without a mask, attention is causal over the whole packed row: PyTorch's
 `scaled_dot_product_attention(is_causal=True)`, exactly as before the mask existed.
 
-With a document mask (`document_eos`: the id of the token that ends a document), a query attends
-only to keys of its own document: levanter's rule, followed exactly (stanford-crfm/levanter
-src/levanter/models/lm_model.py, `LmExample.causal`: "the next token after an eos token is in a
-new segment"; segment ids are the cumulative sum of `tokens[i - 1] == eos_id`, the first token
-in segment 0, and `AttentionMask.with_segment_ids` keeps causal & same-segment). So the EOS
-belongs to the document it ends and attends to it; the token after it starts a new one. RoPE
-positions stay absolute within the packed row (0..T-1), as levanter's are: only the mask changes.
+With a document mask (`doc_ids`: the document of each position, `segment_ids(idx, eos_id)`), a
+query attends only to keys of its own document: levanter's rule, followed exactly
+(stanford-crfm/levanter src/levanter/models/lm_model.py, `LmExample.causal`: "the next token
+after an eos token is in a new segment"; segment ids are the cumulative sum of
+`tokens[i - 1] == eos_id`, the first token in segment 0, and `AttentionMask.with_segment_ids`
+keeps causal & same-segment). So the EOS belongs to the document it ends and attends to it; the
+token after it starts a new one. RoPE positions stay absolute within the packed row (0..T-1), as
+levanter's are: only the mask changes.
+
+The segment ids are computed by the caller, outside the compiled model (TrainStep, evaluate_loss:
+one cumsum on the device, no host read), and passed in: a mask_mod reading a graph *input*
+compiles on every backend, where one reading a tensor computed inside the graph does not on CPU
+(inductor's C++ FlexAttention template, torch 2.13: "NoValidChoicesError").
 
 Kernels for the mask, chosen by device (`FLEX_DEVICES`):
 - CUDA: FlexAttention (`torch.nn.attention.flex_attention`) with a `BlockMask` made from the
@@ -64,19 +70,19 @@ def segment_ids(idx: torch.Tensor, eos_id: int) -> torch.Tensor:
     return torch.cumsum(is_eos, dim=1, dtype=torch.int32) - is_eos
 
 
-def document_mask(idx: torch.Tensor, eos_id: int) -> DocumentMask:
-    """The mask every layer of one forward shares: causal and within the same document."""
-    seg = segment_ids(idx, eos_id)
-    b, t = idx.shape
-    if idx.device.type in FLEX_DEVICES:
+def document_mask(seg: torch.Tensor) -> DocumentMask:
+    """The mask every layer of one forward shares: causal and within the same document (`seg`:
+    (B, T) segment ids)."""
+    b, t = seg.shape
+    if seg.device.type in FLEX_DEVICES:
 
         def same_document(batch: Any, head: Any, q_idx: Any, kv_idx: Any) -> Any:
             return (q_idx >= kv_idx) & (seg[batch, q_idx] == seg[batch, kv_idx])
 
         # Compiled mask creation when eager: the eager one evaluates mask_mod over all T x T pairs.
         compile_mask = not torch.compiler.is_compiling()
-        return create_block_mask(same_document, b, None, t, t, device=idx.device, _compile=compile_mask)
-    causal = torch.ones(t, t, dtype=torch.bool, device=idx.device).tril()
+        return create_block_mask(same_document, b, None, t, t, device=seg.device, _compile=compile_mask)
+    causal = torch.ones(t, t, dtype=torch.bool, device=seg.device).tril()
     return (causal & (seg[:, :, None] == seg[:, None, :]))[:, None]  # (B, 1, T, T)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from speedrun_api.metric_definitions import LossSums, levanter_bpb, mean_loss, nanochat_bpb
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset
+from speedrun_trainer.train.attention import segment_ids
 from speedrun_trainer.train.fp8 import without_fp8
 from speedrun_trainer.train.runtime import Dist, all_reduce_sum, autocast, autocast_dtype, log
 
@@ -141,7 +142,7 @@ def evaluate_loss(
                 if document_mask is None:
                     losses = model(x, y, reduction="none")
                 else:
-                    losses = model(x, y, reduction="none", document_eos=document_mask)
+                    losses = model(x, y, reduction="none", doc_ids=segment_ids(x, document_mask))
             sums = sums + score_batch(losses.float(), y, tb)
             index = torch.as_tensor([j // per_batch_size for j in chunk], device=device)
             per_batch.index_add_(0, index, levanter_sequence_sums(losses.float(), y, tb))

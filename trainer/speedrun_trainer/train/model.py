@@ -4,7 +4,7 @@ Pre-norm blocks (RMSNorm with a learnable gain) of causal self-attention and an 
 norm, and an LM head that may share the token embedding's weight. Attention uses rotary
 position embeddings (RoPE), grouped-query attention (GQA: `numKvHeads` key/value heads shared
 by groups of query heads), optional QK-norm, and PyTorch's `scaled_dot_product_attention`;
-with a document mask (`document_eos`), attention stays within the documents of a packed row,
+with a document mask (`doc_ids`), attention stays within the documents of a packed row,
 positions staying absolute (train/attention.py: levanter's rule, FlexAttention on GPUs).
 The MLP is SwiGLU (`silu`, three matrices), ReLU^2 (`relu2`) or GELU (`gelu`), two matrices.
 No biases anywhere, so the parameter count equals `speedrun_api.flops.param_count(spec)`.
@@ -13,7 +13,7 @@ No biases anywhere, so the parameter count equals `speedrun_api.flops.param_coun
     logits = model(idx)                                   # (B, T, V) float32
     loss = model(idx, targets)                            # scalar, mean over non-ignored tokens
     per_token = model(idx, targets, reduction="none")    # (B, T) nats, 0 where targets == -1
-    masked = model(idx, targets, document_eos=eos_id)    # attention within documents
+    masked = model(idx, targets, doc_ids=segment_ids(idx, eos_id))   # attention within documents
 
 Works in fp32, under `torch.autocast(..., dtype=torch.bfloat16)`, `torch.compile` and DDP. With
 targets, the LM head and the loss run in row chunks (train/cross_entropy.py), so the full
@@ -246,16 +246,16 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         reduction: str = "mean",
-        document_eos: int | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V) float32 without targets; otherwise the cross-entropy in nats:
         a scalar mean ("mean") or per-token losses (B, T) ("none"), ignoring targets == -1.
-        `document_eos`: the token id that ends a document; attention then stays within documents
-        (a new one starts after each such token, train/attention.py); None: causal over the row."""
+        `doc_ids`: (B, T) document index of each position (`attention.segment_ids(idx, eos_id)`:
+        a new document after each EOS); attention then stays within documents. None: causal."""
         b, t = idx.size()
         if t > self.spec.seq_len and self.training:  # evaluation may go further (RoPE extends), training not
             raise ValueError(f"sequence length {t} exceeds seqLen {self.spec.seq_len}")
-        mask = None if document_eos is None else document_mask(idx, document_eos)  # shared by all layers
+        mask = None if doc_ids is None else document_mask(doc_ids)  # shared by all layers
         x = self.wte(idx)  # (B, T, h)
         for block in self.blocks:
             x = block(x, mask)

@@ -33,6 +33,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
 from torch.nn.parallel import DistributedDataParallel
 
+from speedrun_trainer.train.attention import segment_ids
 from speedrun_trainer.train.runtime import autocast
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -96,7 +97,7 @@ class TrainStep:
                 if self.document_eos is None:
                     loss = self.forward(x, y)
                 else:
-                    loss = self.forward(x, y, document_eos=self.document_eos)
+                    loss = self.forward(x, y, doc_ids=segment_ids(x, self.document_eos))
             (loss / accum).backward()
             total += loss.detach()
         if self.max_grad_norm > 0:

@@ -141,6 +141,26 @@ def test_training_and_evaluation_run_masked() -> None:
     assert ev.loss != pytest.approx(ev_plain.loss, rel=1e-6)
 
 
+def test_the_trainer_trains_masked_when_the_spec_asks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from speedrun_api.manifest import parse_job
+    from speedrun_trainer.train.loop import Trainer
+    from speedrun_trainer.train.runtime import Dist
+    from tests.support.helpers import tiny_manifest
+
+    monkeypatch.setenv("SPEEDRUN_METRICS_PORT", "0")
+    changes = {"spec.train.steps": 2, "spec.train.evalEvery": 0, "spec.train.checkpointEvery": 0}
+    for masked in (False, True):
+        monkeypatch.setenv("SPEEDRUN_STORAGE_URI", (tmp_path / f"run-{masked}").as_uri())
+        job = parse_job(tiny_manifest(**changes, **{"spec.model.documentMask": masked, "spec.eval.bpb.tokens": 256}))
+        trainer = Trainer(job, Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")))
+        try:
+            eos = trainer.tokenizer.document_end_id()
+            assert trainer.train_step.document_eos == (eos if masked else None)
+            assert trainer.run().step == 2
+        finally:
+            trainer.close()
+
+
 def test_the_tokenizer_names_the_document_end(tmp_path: Path) -> None:
     from tests.support.llama3_vocab import BYTE_LEVEL, byte_level_bpe, byte_level_chars, special_tokens
 
@@ -155,3 +175,31 @@ def test_the_tokenizer_names_the_document_end(tmp_path: Path) -> None:
     tok = load_tokenizer(str(tmp_path / "tok.json"))
     assert (tok.eot_id, tok.document_end_id()) == (256, 257)
     assert load_tokenizer("byte").document_end_id() == 256  # the separator otherwise
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_flex_attention_equals_the_dense_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On CUDA the mask is a FlexAttention BlockMask: compiled with the model (training) and through
+    # its own compiled kernel (evaluation's eager calls); both against the dense kernel, gradients too.
+    from speedrun_trainer.train import attention
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = GPT(SPEC).to(device)
+    ids, targets = (t.to(device) for t in _packed())
+    doc_ids = segment_ids(ids, EOS)
+    flex_eager = model(ids, targets, reduction="none", doc_ids=doc_ids)
+    flex = torch.compile(model)(ids, targets, doc_ids=doc_ids)
+    flex.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(attention, "FLEX_DEVICES", ())
+    dense = model(ids, targets, doc_ids=doc_ids)
+    dense.backward()
+    torch.testing.assert_close(flex, dense, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        dense_per_token = model(ids, targets, reduction="none", doc_ids=doc_ids)
+    torch.testing.assert_close(flex_eager.detach(), dense_per_token, atol=1e-4, rtol=1e-4)
+    for p, g in zip(model.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.grad, g, atol=1e-4, rtol=1e-3)

@@ -155,6 +155,8 @@ class Trainer:
         self.train_step = TrainStep(
             self.model, self.forward, self.ddp, self.optimizers, env.device, t.precision, t.optimizer.max_grad_norm
         )
+        # model.documentMask: training attends within documents, split after the tokenizer's EOS
+        self.train_step.document_eos = self.tokenizer.document_end_id() if m.document_mask else None
         port = int(os.environ.get(ENV_METRICS_PORT) or spec.metrics.port)
         self.telemetry = Telemetry(port if env.is_main else None)
         self.tracker = Tracker(

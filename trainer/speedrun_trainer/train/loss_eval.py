@@ -24,6 +24,7 @@ from torch import nn
 from speedrun_api.metric_definitions import LossSums, levanter_bpb, mean_loss, nanochat_bpb
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset
+from speedrun_trainer.train.attention import segment_ids
 from speedrun_trainer.train.fp8 import without_fp8
 from speedrun_trainer.train.runtime import Dist, all_reduce_sum, autocast, autocast_dtype, log
 
@@ -34,6 +35,7 @@ class LossEval:
     requested_tokens: int  # what the spec asked for (eval.bpb.tokens)
     set_tokens: int  # how many tokens the evaluation set holds
     levanter_batches: tuple[tuple[float, int, int], ...] = ()  # (nats, tokens, bytes) per eval batch
+    document_mask: bool = False  # scored with attention within documents (train/attention.py)
 
     @property
     def loss(self) -> float:
@@ -107,9 +109,11 @@ def evaluate_loss(
     device: torch.device,
     precision: str,
     eval_batch: int | None = None,
+    document_mask: int | None = None,
 ) -> LossEval:
     """Score the first `tokens` tokens of `dataset` (rounded up to whole sequences, capped at the
-    set's size).
+    set's size). `document_mask`: an EOS id to score with attention within documents (a new
+    one after each EOS, as levanter evaluates); None: causal over each whole sequence.
 
     Sequence j goes to rank j % world_size and to levanter's global eval batch j // eval_batch
     (default: `batch_size`); the sums are all-reduced, so the result is the same for any world size.
@@ -135,7 +139,10 @@ def evaluate_loss(
             x = torch.cat(xs).to(device, non_blocking=True)
             y = torch.cat(ys).to(device, non_blocking=True)
             with autocast(device, precision):
-                losses = model(x, y, reduction="none")
+                if document_mask is None:
+                    losses = model(x, y, reduction="none")
+                else:
+                    losses = model(x, y, reduction="none", doc_ids=segment_ids(x, document_mask))
             sums = sums + score_batch(losses.float(), y, tb)
             index = torch.as_tensor([j // per_batch_size for j in chunk], device=device)
             per_batch.index_add_(0, index, levanter_sequence_sums(losses.float(), y, tb))
@@ -146,15 +153,27 @@ def evaluate_loss(
     total = LossSums.from_list(reduced[:n])
     rows = reduced[n:]
     batches = tuple((rows[i], int(rows[i + 1]), int(rows[i + 2])) for i in range(0, len(rows), 3))
-    return LossEval(sums=total, requested_tokens=tokens, set_tokens=set_tokens, levanter_batches=batches)
+    return LossEval(
+        sums=total,
+        requested_tokens=tokens,
+        set_tokens=set_tokens,
+        levanter_batches=batches,
+        document_mask=document_mask is not None,
+    )
 
 
 def evaluate_run_loss(
-    model: nn.Module, job: SpeedrunJob, env: Dist, dataset: TokenDataset, token_bytes: np.ndarray
+    model: nn.Module,
+    job: SpeedrunJob,
+    env: Dist,
+    dataset: TokenDataset,
+    token_bytes: np.ndarray,
+    document_mask: int | None = None,
 ) -> LossEval:
     """`evaluate_loss` as the run's spec asks: `eval.bpb.tokens` of seqLen sequences in the
     training's device batches and precision, levanter's eval batch being the training batch.
-    The training loop (at every eval point) and the final evaluation both score this way."""
+    The training loop (at every eval point) and the final evaluation both score this way;
+    `document_mask` as in `evaluate_loss` (the caller decides which metric needs it)."""
     spec = job.spec
     return evaluate_loss(
         model,
@@ -168,6 +187,7 @@ def evaluate_run_loss(
         device=env.device,
         precision=spec.train.precision,
         eval_batch=spec.train.batch_size,
+        document_mask=document_mask,
     )
 
 

@@ -74,10 +74,10 @@ def horizon_rule(job: SpeedrunJob) -> str:
         return "steps as given"
     if t.flops_budget is not None:
         return "flopsBudget / (FLOPs per step), rounded down"
-    given = "tokens" if t.tokens is not None else "paramDataRatio x scaling params"
-    if t.horizon_rounding == "down":
-        return f"{given} // tokens per step, rounded down (nanochat scripts/base_train.py)"
-    return f"{given} / tokens per step, rounded up"
+    given = "tokens" if t.tokens is not None else "paramDataRatio tokens"
+    if t.horizon_rounding == "down":  # nanochat scripts/base_train.py
+        return f"{given} // tokens per step (rounded down, as nanochat)"
+    return f"{given} / tokens per step (rounded up)"
 
 
 def horizon_problem(job: SpeedrunJob) -> str | None:

@@ -70,7 +70,7 @@ class FakeTimer(StepTimer):
     """Every timed step takes exactly one second: training_seconds counts the steps the clock kept."""
 
     def read(self) -> tuple[float, int]:
-        seconds, steps = super().read()
+        _, steps = super().read()
         return float(steps), steps
 
 

@@ -44,7 +44,11 @@ def _to_host(obj: Any) -> Any:
 
 
 def _rng_states(device: torch.device) -> dict[str, Any]:
-    states: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -58,7 +62,9 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def dummy_batches(accum: int, device_batch_size: int, seq_len: int, vocab_size: int, gen: torch.Generator) -> list[Batch]:
+def dummy_batches(
+    accum: int, device_batch_size: int, seq_len: int, vocab_size: int, gen: torch.Generator
+) -> list[Batch]:
     """One step's micro-batches of uniform random tokens (modded-nanogpt's "dummy data")."""
     out = []
     for _ in range(accum):

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from speedrun_api.metric_definitions import LossSums, levanter_bpb, mean_loss, nanochat_bpb
 from speedrun_api.manifest import ConfigError
+from speedrun_api.metric_definitions import LossSums, levanter_bpb, mean_loss, nanochat_bpb
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.bos_rows import BosRows, bos_rows, row_batch
 from speedrun_trainer.data.loader import TokenDataset

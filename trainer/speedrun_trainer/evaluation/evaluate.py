@@ -83,6 +83,7 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     phase(f"evaluating the checkpoint of step {ckpt.step}")
     final = evaluate_run_loss(model, job, env, dataset, token_bytes, tokenizer.eot_id)
     log(f"bpb {final.bpb:.4f} (untrained {initial.bpb:.4f}) over {final.tokens:,} tokens / {final.bytes:,} bytes")
+    log(f"nanochat bpb {final.nanochat_bpb:.4f} over {final.nanochat_tokens:,} targets of {final.nanochat_rows} rows")
     if spec.eval.core is not None:
         phase("evaluating CORE")
     core = evaluate_run_core(model, job, env, tokenizer)

@@ -78,8 +78,8 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: str, crash_at: 
     monkeypatch.setenv("SPEEDRUN_STORAGE_URI", (tmp_path / f"run-{clock}").as_uri())
     monkeypatch.setenv("SPEEDRUN_METRICS_PORT", "0")
     monkeypatch.setattr(loop, "StepTimer", FakeTimer)
-    changes = {"spec.train.steps": 16, "spec.train.checkpointEvery": 8, "spec.train.evalEvery": 0}
-    job = parse_job(tiny_manifest(**changes, **{"spec.train.clock": clock, "spec.train.clockWarmupSteps": 5}))
+    changes = {"spec.train.steps": 8, "spec.train.checkpointEvery": 4, "spec.train.evalEvery": 0}
+    job = parse_job(tiny_manifest(**changes, **{"spec.train.clock": clock, "spec.train.clockWarmupSteps": 2}))
     trainer = loop.Trainer(job, Dist(rank=0, local_rank=0, world_size=1, device=CPU))
     if crash_at is not None:
         real_step = trainer._step
@@ -93,7 +93,7 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: str, crash_at: 
         with pytest.raises(RuntimeError, match="the pod died"):
             trainer.run()
         trainer.close()
-        return _run(tmp_path, monkeypatch, clock)  # the restart resumes from the step-8 checkpoint
+        return _run(tmp_path, monkeypatch, clock)  # the restart resumes from the step-4 checkpoint
     try:
         return trainer.run()
     finally:
@@ -102,16 +102,46 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: str, crash_at: 
 
 def test_each_clock_times_its_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nanochat = _run(tmp_path, monkeypatch, "nanochat")
-    assert (nanochat.step, nanochat.training_seconds, nanochat.warmup_steps) == (16, 16 - 5, 5)
+    assert (nanochat.step, nanochat.training_seconds, nanochat.warmup_steps) == (8, 8 - 2, 2)
     modded = _run(tmp_path, monkeypatch, "modded-nanogpt")
-    assert (modded.step, modded.training_seconds, modded.warmup_steps) == (16, 16, 5)  # all real steps timed
+    assert (modded.step, modded.training_seconds, modded.warmup_steps) == (8, 8, 2)  # all real steps timed
 
 
 def test_a_restart_repeats_the_warm_up_and_times_every_real_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    modded = _run(tmp_path, monkeypatch, "modded-nanogpt", crash_at=11)
-    # steps 1-8 (checkpointed) and 9-16 after the restart: all 16 timed; the dummy warm-up twice
-    assert (modded.step, modded.training_seconds, modded.warmup_steps) == (16, 16, 10)
-    nanochat = _run(tmp_path, monkeypatch, "nanochat", crash_at=11)
-    assert (nanochat.step, nanochat.training_seconds, nanochat.warmup_steps) == (16, 3 + 3, 10)
+    modded = _run(tmp_path, monkeypatch, "modded-nanogpt", crash_at=6)
+    # steps 1-4 (checkpointed) and 5-8 after the restart: all 8 timed; the dummy warm-up twice
+    assert (modded.step, modded.training_seconds, modded.warmup_steps) == (8, 8, 4)
+    nanochat = _run(tmp_path, monkeypatch, "nanochat", crash_at=6)  # steps 1-2 and 5-6 untimed
+    assert (nanochat.step, nanochat.training_seconds, nanochat.warmup_steps) == (8, 2 + 2, 4)
+
+
+def test_dummy_batches_look_like_the_prefetchers() -> None:
+    """The warm-up compiles the graphs the real steps run: same shapes, dtypes, contiguity as
+    data/prefetch.py's micro-batches (x int32, y int64), or the first timed step recompiles."""
+    import numpy as np
+
+    from speedrun_trainer.data.loader import TokenDataset
+    from speedrun_trainer.data.prefetch import BatchPrefetcher
+    from speedrun_trainer.train.clock_warmup import dummy_batches
+
+    ds = TokenDataset([np.arange(5000, dtype=np.uint16) % 256], "mem://tokens")
+    prefetcher = BatchPrefetcher(
+        ds, start_step=0, accum=2, rank=0, world=1, device_batch_size=4, batch_size=8, seq_len=32, device=CPU
+    )
+    try:
+        real = prefetcher.next_step()
+    finally:
+        prefetcher.close()
+    dummy = dummy_batches(2, 4, 32, 256, torch.Generator().manual_seed(0))
+    assert len(dummy) == len(real)
+    for (dx, dy), (rx, ry) in zip(dummy, real, strict=True):
+        for d, r in ((dx, rx), (dy, ry)):
+            assert (d.shape, d.dtype, d.stride(), d.is_contiguous()) == (
+                r.shape,
+                r.dtype,
+                r.stride(),
+                r.is_contiguous(),
+            )
+        assert int(dx.max()) < 256 and torch.equal(dx[:, 1:].long(), dy[:, :-1])

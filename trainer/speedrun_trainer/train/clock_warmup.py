@@ -65,11 +65,15 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 def dummy_batches(
     accum: int, device_batch_size: int, seq_len: int, vocab_size: int, gen: torch.Generator
 ) -> list[Batch]:
-    """One step's micro-batches of uniform random tokens (modded-nanogpt's "dummy data")."""
+    """One step's micro-batches of uniform random tokens (modded-nanogpt's "dummy data"), shaped,
+    typed and laid out as the prefetcher's (data/prefetch.py: contiguous x int32, y int64), so the
+    graphs compiled in the warm-up are the ones the real steps run: no recompiling in timed steps."""
     out = []
     for _ in range(accum):
-        tokens = torch.randint(0, vocab_size, (device_batch_size, seq_len + 1), generator=gen)
-        out.append((tokens[:, :-1], tokens[:, 1:]))
+        buf = torch.randint(0, vocab_size, (device_batch_size * seq_len + 1,), generator=gen)
+        x = buf[:-1].view(device_batch_size, seq_len).to(torch.int32)
+        y = buf[1:].view(device_batch_size, seq_len).clone()
+        out.append((x, y))
     return out
 
 

@@ -307,14 +307,14 @@ class Trainer:
         st, env = self.state, self.env
         ev = evaluate_run_loss(self.model, self.job, env, self.val_data, self.token_bytes, self.tokenizer.eot_id)
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
-        st.history.append(
-            {"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb, "training_seconds": st.training_seconds}
-        )
+        point = {"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb, "nanochat_bpb": ev.nanochat_bpb}
+        st.history.append({**point, "training_seconds": st.training_seconds})  # nanochat's val/bpb too
         self.telemetry.set(val_loss=ev.loss, val_bpb=ev.bpb)
         self.tracker.log({"val/loss": ev.loss, "val/bpb": ev.bpb}, st.step)
         log(
             f"step {st.step:>6}/{self.plan.steps} | val loss {ev.loss:.4f} | val bpb {ev.bpb:.4f}"
             f" on {ev.tokens:,} tokens"
+            + (f" | nanochat bpb {ev.nanochat_bpb:.4f} on bos-aligned rows" if ev.bos_sums is not None else "")
         )
         return _target_reached(self.job, ev.loss, ev.bpb)
 

@@ -144,3 +144,28 @@ def dataset_from_bpb_key(key: str) -> str | None:
         if key.startswith("eval/") and key.endswith(suffix) and len(key) > len("eval/") + len(suffix):
             return key[len("eval/") : -len(suffix)]
     return None
+
+
+# ---- per-track rules beside the metrics: the clock, the BPB rows, the horizon -----------------
+# Each spec field below picks one rule; the results name the rule that produced each number.
+
+CLOCK_RULES = {  # spec.train.clock
+    "nanochat": "optimizer steps only: evaluation, checkpointing and logging excluded; the first"
+    " train.clockWarmupSteps real steps of every process start (torch.compile, CUDA warm-up, the first"
+    " steps after a resume) excluded and reported as warmup_seconds (nanochat scripts/base_train.py:"
+    " `if step > 10: total_training_time += dt`)",
+    "modded-nanogpt": "optimizer steps only: evaluation, checkpointing and logging excluded; before the"
+    " first real step of every process start, train.clockWarmupSteps untimed steps on dummy data, then"
+    " model, optimizer state, LR schedule, data position and RNG restored, and every real step timed"
+    " (modded-nanogpt train_gpt.py `Warmup kernels` ... `Resetting Model`; README `Timing change after"
+    " record 21`); warm-up time reported as warmup_seconds",
+}
+
+BPB_ROWS = {  # spec.eval.bpb.rows: the rows nanochat_bpb is scored on
+    "packed": "consecutive seqLen windows of the evaluation set from its first token, documents"
+    " straddling rows (the rows of val_loss and the levanter BPB)",
+    "bos-aligned": "nanochat's validation rows: seqLen + 1 tokens each starting with a document's BOS,"
+    " documents best-fit packed from a 1000-document buffer and the last one cropped (nanochat"
+    " nanochat/dataloader.py `tokenizing_distributed_data_loader_with_state_bos_bestfit`);"
+    " eval.bpb.tokens // seqLen rows",
+}

@@ -25,6 +25,7 @@ class Plan:
     model_size: int
     scaling_params: int  # nanochat's count (matrices + lm_head): what paramDataRatio multiplies
     steps: int
+    horizon_rule: str  # how the given horizon became steps (horizon_rule())
     tokens_per_step: int
     total_tokens: int
     model_flops_per_token: float  # forward, as Marin
@@ -45,17 +46,38 @@ class Plan:
 
 
 def horizon_steps(job: SpeedrunJob) -> int:
-    """The training horizon in optimizer steps, from whichever of the four was given."""
+    """The training horizon in optimizer steps, from whichever of the four was given.
+
+    A tokens or paramDataRatio horizon is rounded by `train.horizonRounding`: "up" (at least the
+    tokens asked for) or "down", nanochat's rule (scripts/base_train.py: `target_tokens =
+    int(args.target_param_data_ratio * num_scaling_params)`, then `num_iterations = target_tokens
+    // total_batch_size`). A flopsBudget always rounds down (never past the budget); steps are
+    taken as given (modded-nanogpt and BottleCap fix `num_iterations`). `horizon_rule` says which.
+    """
     t, m = job.spec.train, job.spec.model
     tokens_per_step = t.batch_size * m.seq_len
     if t.steps is not None:
         return t.steps
-    if t.tokens is not None:
-        return max(1, math.ceil(t.tokens / tokens_per_step))
-    if t.param_data_ratio is not None:
-        return max(1, math.ceil(t.param_data_ratio * scaling_param_count(m) / tokens_per_step))
+    if t.tokens is not None or t.param_data_ratio is not None:
+        tokens = t.tokens if t.tokens is not None else t.param_data_ratio * scaling_param_count(m)
+        if t.horizon_rounding == "down":  # nanochat: int() the tokens, then floor-divide
+            return max(1, int(tokens) // tokens_per_step)
+        return max(1, math.ceil(tokens / tokens_per_step))
     assert t.flops_budget is not None  # the spec guarantees exactly one horizon
     return max(1, math.floor(t.flops_budget / (training_flops_per_token(m) * tokens_per_step)))
+
+
+def horizon_rule(job: SpeedrunJob) -> str:
+    """How `horizon_steps` turned the given horizon into steps, for the plan and the results."""
+    t = job.spec.train
+    if t.steps is not None:
+        return "steps as given"
+    if t.flops_budget is not None:
+        return "flopsBudget / (FLOPs per step), rounded down"
+    given = "tokens" if t.tokens is not None else "paramDataRatio tokens"
+    if t.horizon_rounding == "down":  # nanochat scripts/base_train.py
+        return f"{given} // tokens per step (rounded down, as nanochat)"
+    return f"{given} / tokens per step (rounded up)"
 
 
 def horizon_problem(job: SpeedrunJob) -> str | None:
@@ -111,6 +133,7 @@ def resolve(job: SpeedrunJob, nodes: int | None = None) -> Plan:
         model_size=param_count(m),
         scaling_params=scaling_param_count(m),
         steps=steps,
+        horizon_rule=horizon_rule(job),
         tokens_per_step=tokens_per_step,
         total_tokens=total_tokens,
         model_flops_per_token=forward_flops_per_token(m),

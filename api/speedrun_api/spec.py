@@ -110,7 +110,19 @@ class TrainSpec(Base):
     clock_warmup_steps: StepCount = Field(
         11,
         description="Steps of every process start (compile, warm-up, resume) kept out of the training "
-        "clock and reported apart; nanochat's 11 (base_train.py counts dt only `if step > 10`, steps from 0)",
+        "clock and reported apart; nanochat's 11 (base_train.py counts dt only `if step > 10`, steps from 0)."
+        " With clock modded-nanogpt: the untimed warm-up steps on dummy data before the state reset",
+    )
+    clock: Literal["nanochat", "modded-nanogpt"] = Field(
+        "nanochat",
+        description="nanochat: the first clockWarmupSteps real steps of every process start are not timed"
+        " (base_train.py); modded-nanogpt: clockWarmupSteps untimed steps on dummy data, then model, optimizer,"
+        " schedule, data and RNG are reset and every real step is timed (train_gpt.py, since record 21)",
+    )
+    horizon_rounding: Literal["up", "down"] = Field(
+        "up",
+        description="How a tokens or paramDataRatio horizon becomes whole steps: up (at least that many"
+        " tokens) or down (nanochat base_train.py: `target_tokens // total_batch_size`)",
     )
 
 
@@ -140,6 +152,12 @@ class BpbEvalSpec(Base):
         None, description="The evaluation set: targets and headline numbers both; defaults to data.validation"
     )
     tokens: Annotated[int, Field(ge=1, le=10**10)] = 1_048_576
+    rows: Literal["packed", "bos-aligned"] = Field(
+        "packed",
+        description="The rows nanochat_bpb is scored on: packed (consecutive seqLen windows of the stream, as"
+        " every other number) or bos-aligned (nanochat dataloader.py's best-fit rows, each starting at a"
+        " document; eval.bpb.tokens // seqLen of them)",
+    )
 
 
 class CoreEvalSpec(Base):

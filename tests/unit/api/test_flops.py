@@ -91,6 +91,31 @@ def test_horizons_resolve_to_steps(tmp_path):
     assert by_budget.steps == plan.steps
 
 
+def test_horizon_rounding_down_is_nanochats():
+    """train.horizonRounding down: nanochat scripts/base_train.py `target_tokens = int(ratio x
+    scaling params)`, `num_iterations = target_tokens // total_batch_size`; up: at least the tokens."""
+    from speedrun_api.manifest import parse_job
+    from tests.support.helpers import tiny_manifest
+
+    per_step = 8 * 64
+
+    def plan(rounding: str, **horizon: object):
+        changes = {"spec.train.steps": None, "spec.train.horizonRounding": rounding, **horizon}
+        return resolve(parse_job(tiny_manifest(**changes)))
+
+    assert plan("up", **{"spec.train.tokens": 10 * per_step + 1}).steps == 11
+    down = plan("down", **{"spec.train.tokens": 10 * per_step + 1})
+    assert down.steps == 10 and "(rounded down, as nanochat)" in down.horizon_rule
+    assert plan("down", **{"spec.train.tokens": 10 * per_step}).steps == 10
+    assert plan("down", **{"spec.train.tokens": per_step - 1}).steps == 1  # never 0 steps
+    ratio = plan("down", **{"spec.train.paramDataRatio": 10.5})
+    assert ratio.steps == int(10.5 * ratio.scaling_params) // per_step
+    assert plan("up", **{"spec.train.paramDataRatio": 10.5}).steps == -(-int(10.5 * ratio.scaling_params) // per_step)
+    assert ratio.steps * per_step <= 10.5 * ratio.scaling_params < (ratio.steps + 1) * per_step
+    steps = plan("down", **{"spec.train.steps": 7})
+    assert steps.steps == 7 and steps.horizon_rule == "steps as given"
+
+
 def test_scaling_param_count_by_hand():
     """nanochat's count for paramDataRatio: matrices per layer + the lm_head; no embedding, no gains."""
     matrices = 4 * 4 * 4 + 2 * 4 * 6  # q, k, v, o and two MLP matrices

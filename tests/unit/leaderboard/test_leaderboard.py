@@ -364,6 +364,12 @@ def test_definitions_and_tokenizers_split_tracks() -> None:
         )
 
     gpt2, llama = loss_run("gpt2-run", "gpt2", 100.0), loss_run("llama-run", "s3://b/llama3.json", 50.0)
+    modded, nanochat = loss_run("modded-clock", "gpt2", 90.0), loss_run("nanochat-clock", "gpt2", 80.0)
+    modded.info["clock_rule"], nanochat.info["clock_rule"] = "modded-nanogpt", "nanochat"
+    split = rank_runs([gpt2, modded, nanochat])  # a time is only worth its clock (train.clock)
+    assert sorted(len(v) for v in split.values()) == [1, 2]
+    assert next(n for n in split if n.endswith(", modded-nanogpt clock")) in modded.ranks
+    assert nanochat.ranks[next(iter(gpt2.ranks))] == 1  # nanochat's clock: with files that name none
     tracks = rank_runs([gpt2, llama])
     names = sorted(tracks)
     assert len(names) == 2 and all(n.startswith("time-to-val_loss:3.28 @ fineweb10B/val, ") for n in names)

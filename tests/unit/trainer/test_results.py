@@ -204,3 +204,39 @@ def test_wandb_summary_carries_the_bpb_the_results_wrote():
             "results_uri": "file:///r/speedrun_results.json",
         }
         assert summary[key] == headline(info, "u")["bpb"]
+
+
+def test_results_name_the_track_rule_behind_each_number():
+    """Clock, BPB rows and horizon: each number's rule, from the spec (metric_definitions)."""
+    from speedrun_api.metric_definitions import BPB_ROWS, CLOCK_RULES
+
+    _, default = _run_info()
+    assert default["clock_rule"] == "nanochat" and default["clock"] == CLOCK_RULES["nanochat"]
+    assert default["nanochat_bpb_rows"] == "packed" and default["nanochat_bpb_rows_rule"] == BPB_ROWS["packed"]
+    assert default["horizon_rule"] == "steps as given"
+    job, info = _run_info(
+        **{
+            "spec.train.clock": "modded-nanogpt",
+            "spec.train.steps": None,
+            "spec.train.paramDataRatio": 20,
+            "spec.train.horizonRounding": "down",
+            "spec.eval.bpb": {"tokens": 4096, "rows": "bos-aligned"},
+        }
+    )
+    assert info["clock_rule"] == "modded-nanogpt" and "record 21" in info["clock"]
+    assert info["nanochat_bpb_rows"] == "bos-aligned" and "dataloader.py" in info["nanochat_bpb_rows_rule"]
+    assert info["eval_set"]["nanochat_bpb_rows"] == "bos-aligned"
+    assert "(rounded down, as nanochat)" in info["horizon_rule"]
+    measured = build_run_info(
+        job,
+        resolve(job),
+        SUMMARY,
+        bpb=1.0,
+        initial_bpb=8.0,
+        val_loss=1.0,
+        core=None,
+        versions={},
+        nanochat_bpb=1.1,
+        eval_set={"nanochat_bpb_rows": "bos-aligned", "nanochat_bpb_tokens": 4032},
+    )
+    assert measured["nanochat_bpb"] == 1.1 and measured["eval_set"]["nanochat_bpb_tokens"] == 4032

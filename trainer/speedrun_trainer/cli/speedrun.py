@@ -69,6 +69,7 @@ def format_plan(job: SpeedrunJob, plan: Plan, *, config: bool = False) -> str:
         f"  Model FLOPs per token (forward): {plan.model_flops_per_token:.3e}",
         f"  Scaling parameters (matrices + lm_head, for paramDataRatio): {plan.scaling_params / 1e6:.2f} million",
         f"  Training steps: {plan.steps} ({t.batch_size} sequences x {spec.model.seq_len} tokens per step)",
+        f"  Horizon: {plan.horizon_rule}",
         f"  Gradient accumulation steps: {plan.grad_accum_steps}"
         f" ({t.batch_size} sequences / {t.device_batch_size} per device / {plan.num_devices} device(s))",
         *_memory_lines(verdict.estimate),

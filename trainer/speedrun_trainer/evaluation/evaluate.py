@@ -78,11 +78,12 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
         model = GPT(spec.model)  # exactly the trainer's initialization: the untrained baseline
     model.to(env.device)
     phase("evaluating the untrained model")
-    initial = evaluate_run_loss(model, job, env, dataset, token_bytes)
+    initial = evaluate_run_loss(model, job, env, dataset, token_bytes, tokenizer.eot_id)
     model.load_state_dict(ckpt.model)
     phase(f"evaluating the checkpoint of step {ckpt.step}")
-    final = evaluate_run_loss(model, job, env, dataset, token_bytes)
+    final = evaluate_run_loss(model, job, env, dataset, token_bytes, tokenizer.eot_id)
     log(f"bpb {final.bpb:.4f} (untrained {initial.bpb:.4f}) over {final.tokens:,} tokens / {final.bytes:,} bytes")
+    log(f"nanochat bpb {final.nanochat_bpb:.4f} over {final.nanochat_tokens:,} targets of {final.nanochat_rows} rows")
     if spec.eval.core is not None:
         phase("evaluating CORE")
     core = evaluate_run_core(model, job, env, tokenizer)
@@ -98,6 +99,9 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
         "tokens_scored": final.tokens,
         "set_tokens": final.set_tokens,
         "exceeded": final.exceeded,
+        "nanochat_bpb_rows": final.nanochat_rows,
+        "nanochat_bpb_tokens": final.nanochat_tokens,
+        "nanochat_bpb_rows_exhausted": final.bos_rows_exhausted,
     }
     run_info = build_run_info(
         job,

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from speedrun_api.flops import forward_flops_per_token
 from speedrun_api.metric_definitions import (
+    BPB_ROWS,
+    CLOCK_RULES,
     DESCRIPTIONS,
     LEVANTER_BPB,
     LEVANTER_BPB_CROSS_DOC,
@@ -31,12 +33,6 @@ from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.storage import Storage
 
 BPB_KEY = MARIN_BPB_KEY  # levanter's exact number on Paloma C4-EN only: never ours; see bpb_key()
-CLOCK_RULE = (
-    "optimizer steps only: evaluation, checkpointing and logging excluded; the first"
-    " train.clockWarmupSteps steps of every process start (torch.compile, CUDA warm-up, the first"
-    " steps after a resume) excluded and reported as warmup_seconds (nanochat base_train.py)"
-)
-
 EVAL_RULE = (
     "never in FP8: an fp8 run's FP8 layers run as plain linears over the same weights, in the loop"
     " and at the end, so BPB, val loss and CORE score the bf16 model of its fp32 weights (nanochat)"
@@ -107,6 +103,8 @@ def build_run_info(
         "tokens_scored": None,
         "set_tokens": None,
         "exceeded": False,
+        "nanochat_bpb_rows": spec.eval.bpb.rows,
+        "nanochat_bpb_tokens": None,
         **(eval_set or {}),
     }
     scored = evaluated["tokens_scored"]
@@ -152,6 +150,8 @@ def build_run_info(
             "bpb_dataset": evaluated["dataset"],
             "bpb_definition": LEVANTER_BPB_CROSS_DOC,
             "nanochat_bpb": _finite(nanochat_bpb),
+            "nanochat_bpb_rows": evaluated["nanochat_bpb_rows"],
+            "nanochat_bpb_rows_rule": BPB_ROWS[str(evaluated["nanochat_bpb_rows"])],
             "eval_set": evaluated,
             "eval_precision": eval_precision or summary.get("eval_precision"),
             "eval_rule": EVAL_RULE,
@@ -166,7 +166,9 @@ def build_run_info(
             "core_metric": core_metric,
             "core_tasks": None if core is None else core.get("tasks"),
             "core_max_per_task": max_per_task,
-            "clock": CLOCK_RULE,
+            "clock": CLOCK_RULES[spec.train.clock],
+            "clock_rule": spec.train.clock,
+            "horizon_rule": plan.horizon_rule,
             "warmup_seconds": summary.get("warmup_seconds"),
             "warmup_steps": summary.get("warmup_steps"),
             "time_to_target": time_to_target,

@@ -10,8 +10,9 @@ Tracks (numbers of different datasets, definitions or tokenizers are never ranke
   definition (nanochat's), one track each. BPB is per byte, so one track may mix tokenizers.
 - `time-to-<metric>:<value>` (val_loss, val_bpb, core), followed by ` @ <context>` when the
   results record what the number means (dataset, definition, and for val_loss the tokenizer and
-  token count; a CORE cap): runs with that target; those that reached it ranked by
-  time_to_target (ties: shorter total training), the others listed unranked.
+  token count; a CORE cap; a clock other than nanochat's, `clock_rule`): runs with that target;
+  those that reached it ranked by time_to_target (ties: shorter total training), the others
+  listed unranked.
 """
 
 from __future__ import annotations

@@ -95,11 +95,20 @@ class Run:
 
     @property
     def target_context(self) -> str:
-        """What a target's value means besides metric and value: its data, definition, tokenizer.
+        """What a target's value means besides metric and value: its data, definition, tokenizer,
+        and a clock other than nanochat's (`clock_rule`: times of different clocks differ).
 
         Empty for files that record none of it (they rank together, as before)."""
         if self.target is None:
             return ""
+        clock = self.info.get("clock_rule")
+        context = self._value_context()
+        if clock and clock != "nanochat":  # files without clock_rule timed by nanochat's rule
+            return f"{context}, {clock} clock" if context else f"{clock} clock"
+        return context
+
+    def _value_context(self) -> str:
+        assert self.target is not None
         metric, info = self.target[0], self.info
         data = info.get("eval_set", {}).get("dataset") if isinstance(info.get("eval_set"), dict) else None
         if metric == "val_bpb":

@@ -6,8 +6,11 @@
 Trains the spec's GPT to its horizon or its target (judged on the run's one evaluation set, the
 set the headline numbers come from), checkpointing to the run's storage and resuming from the
 newest complete checkpoint, so a restarted pod continues the step counter. The clock counts only
-optimizer steps, without the first `train.clockWarmupSteps` of every process start (compile,
-warm-up; kept apart as `warmup_seconds`), as nanochat's base_train.py does (`if step > 10`).
+optimizer steps, by `train.clock` (speedrun_api.metric_definitions.CLOCK_RULES): nanochat's leaves
+out the first `train.clockWarmupSteps` real steps of every process start (compile, warm-up; kept
+apart as `warmup_seconds`), as base_train.py does (`if step > 10`); modded-nanogpt's runs that
+many untimed steps on dummy data first, restores the state and times every real step
+(train/clock_warmup.py).
 Rank 0 serves Prometheus metrics and writes the training summary at the end.
 """
 
@@ -32,6 +35,7 @@ from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.data.tokenizer import padded_token_bytes
 from speedrun_trainer.train import checkpoint, preflight
+from speedrun_trainer.train.clock_warmup import warm_up_and_reset
 from speedrun_trainer.train.core_cadence import core_due, core_every, core_target
 from speedrun_trainer.train.core_eval import evaluate_run_core
 from speedrun_trainer.train.fp8 import check_fp8, convert_to_fp8
@@ -206,7 +210,7 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> TrainState:
-        st, env = self.state, self.env
+        st, env, t = self.state, self.env, self.spec.train
         total_steps = self.plan.steps
         self.telemetry.set(step=st.step, total_steps=total_steps, training_seconds=st.training_seconds)
         if st.step >= total_steps or st.target_reached:
@@ -217,7 +221,11 @@ class Trainer:
             f" process(es) x {self.accum} accumulation step(s), from step {st.step}"
         )
         self.model.train()
-        phase("first steps" + (" (compiling the model)" if self.compile else ""))
+        if t.clock == "modded-nanogpt" and t.clock_warmup_steps:
+            phase(f"untimed warm-up: {t.clock_warmup_steps} steps on dummy data, then the state restored")
+            st.warmup_seconds += warm_up_and_reset(self.train_step, self.model, self.optimizers, self.spec, self.accum)
+            st.warmup_steps += t.clock_warmup_steps
+        phase("first steps" + (" (compiling the model)" if self.compile and t.clock == "nanochat" else ""))
         batches = self._prefetcher()
         try:
             return self._train_steps(batches)
@@ -231,6 +239,7 @@ class Trainer:
         total_steps = self.plan.steps
         timer, meter = StepTimer(self.env.device), LossMeter(self.env.device)
         window_seconds, window_steps, session_steps = 0.0, 0, 0
+        dropped = t.clock_warmup_steps if t.clock == "nanochat" else 0  # modded-nanogpt: every real step
         while st.step < total_steps:
             timer.start()
             loss = self._step(batches)
@@ -243,10 +252,10 @@ class Trainer:
             eval_now = bool(t.eval_every and st.step % t.eval_every == 0) or last
             checkpoint_now = bool(t.checkpoint_every and st.step % t.checkpoint_every == 0) or last
             core_now = core_due(st.step, total_steps, self.core_every, self.core_judged)
-            warmup_done = session_steps == t.clock_warmup_steps
+            warmup_done = session_steps == dropped
             if warmup_done or log_now or eval_now or core_now or checkpoint_now:  # the clock is current wherever read
                 seconds, steps = timer.read()
-                if session_steps <= t.clock_warmup_steps:  # warm-up: compile, first steps after a (re)start
+                if session_steps <= dropped:  # warm-up: compile, first steps after a (re)start
                     st.warmup_seconds += seconds
                     st.warmup_steps += steps
                 else:  # the timer was read at the warm-up's end: these steps all come after it
@@ -298,16 +307,16 @@ class Trainer:
 
     def _evaluate(self) -> bool:
         st, env = self.state, self.env
-        ev = evaluate_run_loss(self.model, self.job, env, self.val_data, self.token_bytes)
+        ev = evaluate_run_loss(self.model, self.job, env, self.val_data, self.token_bytes, self.tokenizer.eot_id)
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
-        st.history.append(
-            {"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb, "training_seconds": st.training_seconds}
-        )
+        point = {"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb, "nanochat_bpb": ev.nanochat_bpb}
+        st.history.append({**point, "training_seconds": st.training_seconds})  # nanochat's val/bpb too
         self.telemetry.set(val_loss=ev.loss, val_bpb=ev.bpb)
         self.tracker.log({"val/loss": ev.loss, "val/bpb": ev.bpb}, st.step)
         log(
             f"step {st.step:>6}/{self.plan.steps} | val loss {ev.loss:.4f} | val bpb {ev.bpb:.4f}"
             f" on {ev.tokens:,} tokens"
+            + (f" | nanochat bpb {ev.nanochat_bpb:.4f} on bos-aligned rows" if ev.bos_sums is not None else "")
         )
         return _target_reached(self.job, ev.loss, ev.bpb)
 

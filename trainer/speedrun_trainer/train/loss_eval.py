@@ -15,14 +15,16 @@ and `LossEval.exceeded` says so (the results record it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
+from speedrun_api.manifest import ConfigError
 from speedrun_api.metric_definitions import LossSums, levanter_bpb, mean_loss, nanochat_bpb
 from speedrun_api.spec import SpeedrunJob
+from speedrun_trainer.data.bos_rows import BosRows, bos_rows, row_batch
 from speedrun_trainer.data.loader import TokenDataset
 from speedrun_trainer.train.attention import segment_ids
 from speedrun_trainer.train.fp8 import without_fp8
@@ -36,6 +38,10 @@ class LossEval:
     set_tokens: int  # how many tokens the evaluation set holds
     levanter_batches: tuple[tuple[float, int, int], ...] = ()  # (nats, tokens, bytes) per eval batch
     document_mask: bool = False  # scored with attention within documents (train/attention.py)
+    # eval.bpb.rows bos-aligned: the sums over nanochat's BOS-aligned rows (data/bos_rows.py), which
+    # nanochat_bpb is computed from; None: nanochat_bpb comes from the packed rows, as the rest.
+    bos_sums: LossSums | None = None
+    bos_rows_exhausted: bool = False
 
     @property
     def loss(self) -> float:
@@ -50,8 +56,18 @@ class LossEval:
 
     @property
     def nanochat_bpb(self) -> float:
-        """nanochat's bits per byte: zero-byte targets out of both sums."""
-        return nanochat_bpb(self.sums)
+        """nanochat's bits per byte: zero-byte targets out of both sums, over `nanochat_rows`."""
+        return nanochat_bpb(self.bos_sums if self.bos_sums is not None else self.sums)
+
+    @property
+    def nanochat_rows(self) -> str:
+        """Which rows nanochat_bpb was scored on: "bos-aligned" or "packed" (eval.bpb.rows)."""
+        return "packed" if self.bos_sums is None else "bos-aligned"
+
+    @property
+    def nanochat_tokens(self) -> int:
+        """The target positions nanochat_bpb's rows hold (special targets included)."""
+        return (self.bos_sums if self.bos_sums is not None else self.sums).tokens
 
     @property
     def tokens(self) -> int:
@@ -162,18 +178,93 @@ def evaluate_loss(
     )
 
 
+@torch.no_grad()
+def evaluate_bos_rows(
+    model: nn.Module,
+    dataset: TokenDataset,
+    token_bytes: np.ndarray,
+    rows: BosRows,
+    *,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    precision: str,
+) -> LossSums:
+    """The sums over nanochat's BOS-aligned rows (row j on rank j % world_size), all-reduced."""
+    tb = torch.as_tensor(token_bytes, dtype=torch.long, device=device)
+    was_training, sums = model.training, LossSums()
+    mine = range(rank, len(rows.rows), world_size)
+    with without_fp8(model):  # never FP8 matmuls: the rule of eval_precision()
+        model.eval()
+        for i in range(0, len(mine), batch_size):
+            x, y = row_batch(dataset, rows, mine[i : i + batch_size])
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device, precision):
+                losses = model(x, y, reduction="none")
+            sums = sums + score_batch(losses.float(), y, tb)
+        if was_training:
+            model.train()
+    return LossSums.from_list(all_reduce_sum(sums.as_list(), device))
+
+
 def evaluate_run_loss(
     model: nn.Module,
     job: SpeedrunJob,
     env: Dist,
     dataset: TokenDataset,
     token_bytes: np.ndarray,
+    bos_id: int | None = None,
     document_mask: int | None = None,
 ) -> LossEval:
     """`evaluate_loss` as the run's spec asks: `eval.bpb.tokens` of seqLen sequences in the
     training's device batches and precision, levanter's eval batch being the training batch.
     The training loop (at every eval point) and the final evaluation both score this way;
-    `document_mask` as in `evaluate_loss` (the caller decides which metric needs it)."""
+    `document_mask` as in `evaluate_loss` (the caller decides which metric needs it).
+    With `eval.bpb.rows: bos-aligned`, nanochat_bpb is scored apart on eval.bpb.tokens // seqLen
+    BOS-aligned rows of the set (`bos_id`: the tokenizer's separator, which starts each document);
+    nanochat's own count is eval_tokens // (B x T x world) whole batches (scripts/base_train.py
+    `eval_steps`), the same for its default 80 x 524288 tokens at T = 2048."""
+    spec = job.spec
+    packed = _evaluate_packed(model, job, env, dataset, token_bytes, document_mask)
+    if spec.eval.bpb.rows != "bos-aligned":
+        return packed
+    if bos_id is None:
+        raise ValueError("eval.bpb.rows bos-aligned needs the tokenizer's separator (bos_id)")
+    wanted = max(1, spec.eval.bpb.tokens // spec.model.seq_len)
+    rows = bos_rows(dataset, bos_id, spec.model.seq_len, wanted)
+    if not rows.rows:
+        raise ConfigError(
+            f"spec.eval.bpb.rows: bos-aligned, but {spec.eval_data} fills no row of seqLen + 1 tokens from"
+            f" documents starting with token {bos_id}"
+        )
+    if rows.exhausted and env.is_main and _warn_once(f"bos:{dataset.uri}", wanted):
+        log(
+            f"warning: {dataset.uri} fills only {len(rows.rows):,} of {wanted:,} BOS-aligned rows"
+            " (nanochat would start a second pass over it; documents are never repeated here)"
+        )
+    bos = evaluate_bos_rows(
+        model,
+        dataset,
+        token_bytes,
+        rows,
+        batch_size=spec.train.device_batch_size,
+        rank=env.rank,
+        world_size=env.world_size,
+        device=env.device,
+        precision=spec.train.precision,
+    )
+    return replace(packed, bos_sums=bos, bos_rows_exhausted=rows.exhausted)
+
+
+def _evaluate_packed(
+    model: nn.Module,
+    job: SpeedrunJob,
+    env: Dist,
+    dataset: TokenDataset,
+    token_bytes: np.ndarray,
+    document_mask: int | None,
+) -> LossEval:
     spec = job.spec
     return evaluate_loss(
         model,

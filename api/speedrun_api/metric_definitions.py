@@ -130,17 +130,64 @@ def val_loss_track(tokens_scored: int) -> str | None:
     return next((name for name, n in VAL_LOSS_TRACKS.items() if n == tokens_scored), None)
 
 
-def bpb_key(dataset: str, definition: str = LEVANTER_BPB_CROSS_DOC) -> str:
-    """Where a BPB is filed: Marin's `eval/paloma/c4_en/bpb` only for levanter's exact number on
-    Paloma C4-EN, `eval/paloma/c4_en/bpb-cross-doc` for ours there, `eval/<dataset>/bpb` elsewhere."""
-    if dataset == PALOMA_C4_EN and definition != LEVANTER_BPB:
+def levanter_chunks(set_tokens: int, seq_len: int) -> int:
+    """How many seqLen chunks levanter cuts a token stream into: floor(N / T) (levanter
+    data/text/datasets.py `TokenSeqDataset.async_len`: `flat_field_length("input_ids") // seq_len`).
+    Chunk j is tokens [jT, jT + T); its last position predicts nothing (`causal_loss_mask`), so no
+    chunk needs the token after it."""
+    return set_tokens // seq_len
+
+
+def levanter_eval_batch(device_batch_size: int, data_parallel: int) -> int:
+    """levanter's global eval batch: `per_device_eval_parallelism x data_axis_size` (trainer.py
+    `TrainerConfig.eval_batch_size`), where `per_device_eval_parallelism` defaults to
+    `per_device_parallelism` (`__post_init__`), our train.deviceBatchSize, itself defaulting to
+    train batch / data-parallel size. So the train batch only without gradient accumulation."""
+    return device_batch_size * data_parallel
+
+
+# What Marin's key requires of a BPB besides the formula (levanter_bpb): each must hold.
+MARIN_RULES = (
+    "dataset",  # the set is Paloma C4-EN (its metadata names paloma/c4_en)
+    "document_mask",  # attention restarts after every EOS (levanter data/text.py, LmExample.causal)
+    "byte_table",  # bytes per token as levanter's hf_utils.py byte_length_of_token counts them
+    "chunks",  # floor(N / T) chunks (levanter_chunks)
+    "eval_batch",  # levanter's eval batch (levanter_eval_batch)
+    "whole_set",  # every chunk of the set scored (levanter's eval loader reads the whole set)
+)
+UNMATCHED_SUFFIX = "/bpb-unmatched"
+
+
+def marin_rules(**held: bool) -> dict[str, bool]:
+    """The MARIN_RULES, each True or False; every rule must be given."""
+    if set(held) != set(MARIN_RULES):
+        raise ValueError(f"marin_rules needs exactly {', '.join(MARIN_RULES)}")
+    return {rule: bool(held[rule]) for rule in MARIN_RULES}
+
+
+def bpb_definition(document_mask: bool) -> str:
+    """The definition our levanter-formula BPB follows: levanter's with the document mask on."""
+    return LEVANTER_BPB if document_mask else LEVANTER_BPB_CROSS_DOC
+
+
+def bpb_key(dataset: str, definition: str = LEVANTER_BPB_CROSS_DOC, rules: dict[str, bool] | None = None) -> str:
+    """Where a BPB is filed. On Paloma C4-EN: Marin's `eval/paloma/c4_en/bpb` exactly when every
+    one of MARIN_RULES held (`rules`; a levanter-bpb definition without rules is taken as Marin's
+    own number, as the leaderboard reads Marin's files), `.../bpb-cross-doc` when attention crossed
+    documents, `.../bpb-unmatched` when the mask was on but another rule failed (the results'
+    `bpb_rules` say which). Elsewhere `eval/<dataset>/bpb`."""
+    if dataset != PALOMA_C4_EN:
+        return f"eval/{dataset}/bpb"
+    if definition != LEVANTER_BPB:
         return f"eval/{dataset}{CROSS_DOC_SUFFIX}"
-    return f"eval/{dataset}/bpb"
+    if rules is not None and not all(rules.get(rule, False) for rule in MARIN_RULES):
+        return f"eval/{dataset}{UNMATCHED_SUFFIX}"
+    return MARIN_BPB_KEY
 
 
 def dataset_from_bpb_key(key: str) -> str | None:
-    """The dataset a `eval/<dataset>/bpb` (or `.../bpb-cross-doc`) key names, else None."""
-    for suffix in ("/bpb", CROSS_DOC_SUFFIX):
+    """The dataset a `eval/<dataset>/bpb` (or `.../bpb-cross-doc`, `.../bpb-unmatched`) key names."""
+    for suffix in ("/bpb", CROSS_DOC_SUFFIX, UNMATCHED_SUFFIX):
         if key.startswith("eval/") and key.endswith(suffix) and len(key) > len("eval/") + len(suffix):
             return key[len("eval/") : -len(suffix)]
     return None

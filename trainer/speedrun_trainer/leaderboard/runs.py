@@ -87,11 +87,19 @@ class Run:
         return self.hardware_flops if axis == "hardware" else as_number(self.info.get("model_flops"))
 
     @property
+    def partial(self) -> bool:
+        """True when the results say the BPB scored only part of its set (`eval_set.partial`)."""
+        evaluated = self.info.get("eval_set")
+        return isinstance(evaluated, dict) and evaluated.get("partial") is True
+
+    @property
     def bpb_group(self) -> tuple[str, str] | None:
-        """(dataset, definition): only BPBs of one group are ranked together."""
+        """(dataset, definition): only BPBs of one group are ranked together; a BPB over part of
+        its set is its own group, named so ("<dataset> (partial)")."""
         if self.bpb is None or self.dataset is None:
             return None
-        return self.dataset, self.bpb_definition or LEVANTER_BPB
+        dataset = f"{self.dataset} (partial)" if self.partial else self.dataset
+        return dataset, self.bpb_definition or LEVANTER_BPB
 
     @property
     def target_context(self) -> str:

@@ -129,6 +129,7 @@ class Trainer:
         data = open_run_data(job, scan_token_ids=os.environ.get(ENV_STARTUP_CHECKED) != "1")
         self.tokenizer, self.train_data, self.val_data = data.tokenizer, data.train, data.val
         self.token_bytes = padded_token_bytes(self.tokenizer, m.vocab_size)
+        self.levanter_bytes = padded_token_bytes(self.tokenizer, m.vocab_size, levanter=True)
         if env.is_main:
             preflight.check_writable(self.storage)
 
@@ -296,7 +297,7 @@ class Trainer:
 
     def _evaluate(self) -> bool:
         st, env = self.state, self.env
-        ev = evaluate_run_loss(self.model, self.job, env, self.val_data, self.token_bytes)
+        ev = evaluate_run_loss(self.model, self.job, env, self.val_data, self.token_bytes, self.levanter_bytes)
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
         st.history.append(
             {"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb, "training_seconds": st.training_seconds}

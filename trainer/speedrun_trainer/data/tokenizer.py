@@ -79,8 +79,7 @@ class Tokenizer:
         return self._token_bytes_cache.copy()
 
     def levanter_special_ids(self) -> set[int]:
-        """The ids levanter counts 0 bytes for: an HF tokenizer's `all_special_ids`, its named
-        special tokens (BOS/EOS for Llama 3), not every added special token; here the separator."""
+        """The ids levanter counts 0 bytes for (its tokenizer's `all_special_ids`); here the separator."""
         return {self.eot_id}
 
     def token_repr(self, token_id: int) -> str | None:
@@ -230,8 +229,11 @@ class JsonTokenizer(Tokenizer):
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def levanter_special_ids(self) -> set[int]:
+        """levanter tokenizers.py `_collect_special_ids`: BOS, EOS, PAD and every added token
+        marked special (tokenizer_config.json's added_tokens_decoder, which mirrors tokenizer.json's
+        added_tokens in hub tokenizers; Llama 3's reserved specials included)."""
         ids = {self.tok.token_to_id(name) for pair in LEVANTER_BOS_EOS for name in pair}
-        return {i for i in ids if i is not None} or {self.eot_id}
+        return set(self.special) | {i for i in ids if i is not None} | {self.eot_id}
 
     def token_repr(self, token_id: int) -> str | None:
         return self.tok.id_to_token(token_id)

@@ -44,6 +44,9 @@ class ModelSpec(Base):
     tie_embeddings: bool = False
     qk_norm: bool = False
     rope_theta: Annotated[float, Field(gt=0, le=1e12)] = 10000.0
+    document_mask: bool = Field(
+        False, description="Training attends within documents (a new one after each EOS), as Marin trains"
+    )
 
     @property
     def kv_heads(self) -> int:

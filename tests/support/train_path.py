@@ -21,6 +21,7 @@ from torch import nn
 from speedrun_api.spec import ModelSpec, OptimizerSpec
 from speedrun_trainer.data.loader import TokenDataset
 from speedrun_trainer.data.prefetch import BatchPrefetcher
+from speedrun_trainer.train.attention import segment_ids
 from speedrun_trainer.train.optim import Muon, build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.train.step import TrainStep, data_parallel
 
@@ -86,6 +87,7 @@ def build_step(
     opt: OptimizerSpec = MUON,
     world: int = 1,
     ns_dtype: torch.dtype | None = None,
+    document_eos: int | None = None,
 ) -> Built:
     """What `Trainer.__init__` builds around `model` (see the module doc). `ns_dtype` overrides
     Muon's Newton-Schulz dtype (the equality tests keep it fp32, as on CPUs without bf16).
@@ -104,6 +106,7 @@ def build_step(
     runnable = torch.compile(model) if compile else model
     ddp = data_parallel(runnable, CPU, world)
     step = TrainStep(model, ddp or runnable, ddp, optimizers, CPU, precision, opt.max_grad_norm)
+    step.document_eos = document_eos  # as Trainer sets it from model.documentMask
     return Built(model, runnable, step, optimizers)
 
 
@@ -116,12 +119,17 @@ def run_steps(built: Built, batches: BatchPrefetcher, first: int, count: int, op
     return losses
 
 
-def explain_training_forward(model: nn.Module) -> torch._dynamo.backends.debugging.ExplainOutput:
+def explain_training_forward(
+    model: nn.Module, document_eos: int | None = None
+) -> torch._dynamo.backends.debugging.ExplainOutput:
     """Dynamo's view of `model(x, y)` as TrainStep calls it on CUDA: train mode, bf16 autocast,
-    int32 inputs and int64 targets (what the prefetcher hands over)."""
+    int32 inputs and int64 targets (what the prefetcher hands over); with `document_eos`, the
+    segment ids TrainStep passes (model.documentMask)."""
     torch._dynamo.reset()
     model.train()
     x = torch.randint(0, SPEC.vocab_size, (DEVICE_BATCH, SPEC.seq_len), dtype=torch.int32)
     y = torch.randint(0, SPEC.vocab_size, (DEVICE_BATCH, SPEC.seq_len))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        return torch._dynamo.explain(model)(x, y)
+        if document_eos is None:
+            return torch._dynamo.explain(model)(x, y)
+        return torch._dynamo.explain(model)(x, y, doc_ids=segment_ids(x, document_eos))

@@ -28,7 +28,7 @@ SUMMARY = {"step": 20, "training_seconds": 4.0, "num_devices": 1, "device_flops"
 
 
 class Uniform(torch.nn.Module):
-    def forward(self, x, y, reduction="none"):
+    def forward(self, x, y, reduction="none", doc_ids=None):
         return torch.full(y.shape, math.log(256.0))
 
 
@@ -57,9 +57,10 @@ def _results(*, dataset=PALOMA_C4_EN, tokens=SET_TOKENS, levanter_bytes=True, ev
         precision="fp32",
         eval_batch=eval_batch,
         levanter_bytes=one if levanter_bytes else None,
+        document_mask=255 if mask else None,  # the EOS id: masked scoring
     )
     eval_set = {"uri": "s3://b/paloma-c4-en", "dataset": dataset}
-    eval_set |= ev.record(levanter_eval_batch=4, document_mask=mask)
+    eval_set |= ev.record(levanter_eval_batch=4)
     job = parse_job(tiny_manifest())
     info = build_run_info(job, resolve(job), SUMMARY, bpb=ev.bpb, initial_bpb=8.0, val_loss=ev.loss, core=None,
                           versions={}, eval_set=eval_set)  # fmt: skip

@@ -72,6 +72,12 @@ class Tokenizer:
         """One document as levanter's BatchTokenizer writes it (see the module docstring)."""
         raise TokenizerError(f"{self.spec}: levanter-style documents need a tokenizers JSON with BOS and EOS")
 
+    def document_end_id(self) -> int:
+        """The token that ends a document for the document mask (`model.documentMask`): levanter
+        starts a new segment after each EOS (train/attention.py); without a levanter EOS, the
+        document separator (GPT-2's `<|endoftext|>` is also levanter's EOS for GPT-2 data)."""
+        return self.eot_id
+
     def token_bytes(self) -> np.ndarray:
         """int64[vocab_size]: UTF-8 bytes each token stands for; 0 for special tokens (a fresh copy)."""
         if getattr(self, "_token_bytes_cache", None) is None:
@@ -267,6 +273,14 @@ class JsonTokenizer(Tokenizer):
         prefix = "" if probe[0] == self.tok.token_to_id(bos) else bos + " "
         suffix = "" if probe[-1] == self.tok.token_to_id(eos) else " " + eos
         return prefix, suffix
+
+    def document_end_id(self) -> int:
+        """levanter's EOS (`<|end_of_text|>`, `</s>`) where the tokenizer has it, else the separator."""
+        for _, eos in LEVANTER_BOS_EOS:
+            token_id = self.tok.token_to_id(eos)
+            if token_id is not None:
+                return token_id
+        return self.eot_id
 
     def levanter_document(self, text: str) -> np.ndarray:
         prefix, suffix = self._levanter_affixes

@@ -80,10 +80,12 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
         model = GPT(spec.model)  # exactly the trainer's initialization: the untrained baseline
     model.to(env.device)
     phase("evaluating the untrained model")
-    initial = evaluate_run_loss(model, job, env, dataset, token_bytes, levanter_bytes)
+    # a model trained with the document mask is scored with it, as levanter scores (Marin's key)
+    mask = tokenizer.document_end_id() if spec.model.document_mask else None
+    initial = evaluate_run_loss(model, job, env, dataset, token_bytes, levanter_bytes, mask)
     model.load_state_dict(ckpt.model)
     phase(f"evaluating the checkpoint of step {ckpt.step}")
-    final = evaluate_run_loss(model, job, env, dataset, token_bytes, levanter_bytes)
+    final = evaluate_run_loss(model, job, env, dataset, token_bytes, levanter_bytes, mask)
     log(f"bpb {final.bpb:.4f} (untrained {initial.bpb:.4f}) over {final.tokens:,} tokens / {final.bytes:,} bytes")
     if spec.eval.core is not None:
         phase("evaluating CORE")
@@ -96,10 +98,7 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     eval_set = {
         "uri": spec.eval_data,
         "dataset": recorded_dataset(spec.eval_data, spec.storage.endpoint_url) or spec.eval_data,
-        **final.record(
-            levanter_eval_batch=levanter_eval_batch(spec.train.device_batch_size, env.world_size),
-            document_mask=False,  # our GPT attends across documents
-        ),
+        **final.record(levanter_eval_batch=levanter_eval_batch(spec.train.device_batch_size, env.world_size)),
     }
     run_info = build_run_info(
         job,

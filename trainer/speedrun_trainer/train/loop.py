@@ -156,6 +156,8 @@ class Trainer:
         self.train_step = TrainStep(
             self.model, self.forward, self.ddp, self.optimizers, env.device, t.precision, t.optimizer.max_grad_norm
         )
+        # model.documentMask: training attends within documents, split after the tokenizer's EOS
+        self.train_step.document_eos = self.tokenizer.document_end_id() if m.document_mask else None
         port = int(os.environ.get(ENV_METRICS_PORT) or spec.metrics.port)
         self.telemetry = Telemetry(port if env.is_main else None)
         self.tracker = Tracker(
@@ -297,7 +299,8 @@ class Trainer:
 
     def _evaluate(self) -> bool:
         st, env = self.state, self.env
-        ev = evaluate_run_loss(self.model, self.job, env, self.val_data, self.token_bytes, self.levanter_bytes)
+        mask = self.train_step.document_eos  # scored as trained: levanter's BPB needs the mask
+        ev = evaluate_run_loss(self.model, self.job, env, self.val_data, self.token_bytes, self.levanter_bytes, mask)
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
         st.history.append(
             {"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb, "training_seconds": st.training_seconds}

@@ -36,6 +36,7 @@ from speedrun_api.metric_definitions import (
 )
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset
+from speedrun_trainer.train.attention import segment_ids
 from speedrun_trainer.train.fp8 import without_fp8
 from speedrun_trainer.train.runtime import Dist, all_reduce_sum, autocast, autocast_dtype, log
 
@@ -50,6 +51,7 @@ class LossEval:
     seq_len: int = 0
     eval_batch: int = 0  # levanter's global eval batch the chunks were grouped in
     levanter_bytes: bool = False  # levanter's byte count (levanter_token_bytes) in `bpb`
+    document_mask: bool = False  # scored with attention within documents (train/attention.py)
 
     @property
     def loss(self) -> float:
@@ -90,7 +92,7 @@ class LossEval:
         """True when the spec asked for more tokens than the set holds (fewer were scored)."""
         return self.requested_tokens > self.sums.tokens
 
-    def record(self, *, levanter_eval_batch: int, document_mask: bool) -> dict[str, object]:
+    def record(self, *, levanter_eval_batch: int) -> dict[str, object]:
         """What the results' `eval_set` records of this evaluation (docs/contracts.md), the facts
         results.marin_rules_of checks Marin's rules against."""
         return {
@@ -105,7 +107,7 @@ class LossEval:
             "eval_batch": self.eval_batch,
             "levanter_eval_batch": levanter_eval_batch,
             "byte_table": "levanter" if self.levanter_bytes else "exact",
-            "document_mask": document_mask,
+            "document_mask": self.document_mask,
         }
 
 
@@ -156,9 +158,11 @@ def evaluate_loss(
     precision: str,
     eval_batch: int | None = None,
     levanter_bytes: np.ndarray | None = None,
+    document_mask: int | None = None,
 ) -> LossEval:
     """Score the first `tokens` tokens of `dataset` (rounded up to whole sequences, capped at the
-    set's size).
+    set's size). `document_mask`: an EOS id to score with attention within documents (a new
+    one after each EOS, as levanter evaluates); None: causal over each whole sequence.
 
     Sequence j goes to rank j % world_size and to levanter's global eval batch j // eval_batch
     (default: `batch_size`); the sums are all-reduced, so the result is the same for any world size.
@@ -186,7 +190,10 @@ def evaluate_loss(
             x = torch.cat(xs).to(device, non_blocking=True)
             y = torch.cat(ys).to(device, non_blocking=True)
             with autocast(device, precision):
-                losses = model(x, y, reduction="none")
+                if document_mask is None:
+                    losses = model(x, y, reduction="none")
+                else:
+                    losses = model(x, y, reduction="none", doc_ids=segment_ids(x, document_mask))
             valid = None
             if set_tokens and (chunk[-1] + 1) * seq_len >= set_tokens:  # read past the set's end
                 valid = torch.ones_like(y, dtype=torch.bool)
@@ -210,6 +217,7 @@ def evaluate_loss(
         seq_len=seq_len,
         eval_batch=per_batch_size,
         levanter_bytes=levanter_bytes is not None,
+        document_mask=document_mask is not None,
     )
 
 
@@ -220,11 +228,13 @@ def evaluate_run_loss(
     dataset: TokenDataset,
     token_bytes: np.ndarray,
     levanter_bytes: np.ndarray | None = None,
+    document_mask: int | None = None,
 ) -> LossEval:
     """`evaluate_loss` as the run's spec asks: `eval.bpb.tokens` of seqLen sequences in the
     training's device batches and precision, in levanter's eval batch (`levanter_eval_batch`:
     deviceBatchSize x data-parallel size). The training loop (at every eval point) and the final
-    evaluation both score this way."""
+    evaluation both score this way; `document_mask` as in `evaluate_loss` (the caller decides
+    which metric needs it)."""
     spec = job.spec
     return evaluate_loss(
         model,
@@ -239,6 +249,7 @@ def evaluate_run_loss(
         precision=spec.train.precision,
         eval_batch=levanter_eval_batch(spec.train.device_batch_size, env.world_size),
         levanter_bytes=levanter_bytes,
+        document_mask=document_mask,
     )
 
 

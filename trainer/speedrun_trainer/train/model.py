@@ -3,7 +3,9 @@
 Pre-norm blocks (RMSNorm with a learnable gain) of causal self-attention and an MLP, a final
 norm, and an LM head that may share the token embedding's weight. Attention uses rotary
 position embeddings (RoPE), grouped-query attention (GQA: `numKvHeads` key/value heads shared
-by groups of query heads), optional QK-norm, and PyTorch's `scaled_dot_product_attention`.
+by groups of query heads), optional QK-norm, and PyTorch's `scaled_dot_product_attention`;
+with a document mask (`doc_ids`), attention stays within the documents of a packed row,
+positions staying absolute (train/attention.py: levanter's rule, FlexAttention on GPUs).
 The MLP is SwiGLU (`silu`, three matrices), ReLU^2 (`relu2`) or GELU (`gelu`), two matrices.
 No biases anywhere, so the parameter count equals `speedrun_api.flops.param_count(spec)`.
 
@@ -11,6 +13,7 @@ No biases anywhere, so the parameter count equals `speedrun_api.flops.param_coun
     logits = model(idx)                                   # (B, T, V) float32
     loss = model(idx, targets)                            # scalar, mean over non-ignored tokens
     per_token = model(idx, targets, reduction="none")    # (B, T) nats, 0 where targets == -1
+    masked = model(idx, targets, doc_ids=segment_ids(idx, eos_id))   # attention within documents
 
 Works in fp32, under `torch.autocast(..., dtype=torch.bfloat16)`, `torch.compile` and DDP. With
 targets, the LM head and the loss run in row chunks (train/cross_entropy.py), so the full
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speedrun_api.spec import ModelSpec
+from speedrun_trainer.train.attention import DocumentMask, attend, document_mask
 from speedrun_trainer.train.cross_entropy import IGNORE_INDEX, chunked_token_losses, linear_cross_entropy
 
 # `enable_gqa` arrived in torch 2.5; before that, key/value heads are repeated by hand.
@@ -145,7 +149,7 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = RMSNorm(d) if spec.qk_norm else None
         self.rotary = Rotary(d, spec.seq_len, spec.rope_theta)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: DocumentMask | None = None) -> torch.Tensor:
         b, t, c = x.size()
         q = self.c_q(x).view(b, t, self.n_head, self.head_dim)  # (B, T, H, d)
         k = self.c_k(x).view(b, t, self.n_kv_head, self.head_dim)  # (B, T, K, d)
@@ -159,10 +163,7 @@ class CausalSelfAttention(nn.Module):
             repeat = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
             gqa = False
-        if gqa:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, d)
+        y = attend(q, k, v, mask, gqa)  # (B, H, T, d)
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, H*d)
         return self.c_proj(y)
 
@@ -200,8 +201,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(spec.hidden_dim)
         self.mlp = MLP(spec)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, mask: DocumentMask | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -240,15 +241,24 @@ class GPT(nn.Module):
         """Parameters counted once each (a tied head adds nothing)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        reduction: str = "mean",
+        doc_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (B, T, V) float32 without targets; otherwise the cross-entropy in nats:
-        a scalar mean ("mean") or per-token losses (B, T) ("none"), ignoring targets == -1."""
+        a scalar mean ("mean") or per-token losses (B, T) ("none"), ignoring targets == -1.
+        `doc_ids`: (B, T) document index of each position (`attention.segment_ids(idx, eos_id)`:
+        a new document after each EOS); attention then stays within documents. None: causal."""
         b, t = idx.size()
         if t > self.spec.seq_len and self.training:  # evaluation may go further (RoPE extends), training not
             raise ValueError(f"sequence length {t} exceeds seqLen {self.spec.seq_len}")
+        mask = None if doc_ids is None else document_mask(doc_ids)  # shared by all layers
         x = self.wte(idx)  # (B, T, h)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         x = self.norm_f(x)
         if targets is None:
             return self.lm_head(x).float()  # (B, T, V)

@@ -33,6 +33,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
 from torch.nn.parallel import DistributedDataParallel
 
+from speedrun_trainer.train.attention import segment_ids
 from speedrun_trainer.train.runtime import autocast
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -78,8 +79,10 @@ class TrainStep:
         device: torch.device,
         precision: str,
         max_grad_norm: float,
+        document_eos: int | None = None,
     ) -> None:
         self.model, self.forward, self.ddp = model, forward, ddp
+        self.document_eos = document_eos  # model.documentMask: attention within documents
         self.optimizers, self.device, self.precision = list(optimizers), device, precision
         self.max_grad_norm = max_grad_norm
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -91,7 +94,10 @@ class TrainStep:
             last = i == accum - 1
             no_sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with no_sync, autocast(self.device, self.precision):
-                loss = self.forward(x, y)
+                if self.document_eos is None:
+                    loss = self.forward(x, y)
+                else:
+                    loss = self.forward(x, y, doc_ids=segment_ids(x, self.document_eos))
             (loss / accum).backward()
             total += loss.detach()
         if self.max_grad_norm > 0:

@@ -158,3 +158,81 @@ def test_bpb_is_levanters(ours, levanter_table, seq_len, eval_batch, device_batc
     assert math.isfinite(ev.bpb)
     assert ev.bpb == pytest.approx(got["tag_bpb"], rel=1e-6)
     assert ev.bpb == pytest.approx(got["micro_bpb"], rel=1e-6)
+
+
+def _hf_llama_weights(model) -> dict[str, np.ndarray]:
+    """Our GPT's weights under HF Llama's names, which levanter's Llama loads
+    (haliax.state_dict.from_torch_compatible_state_dict). Same layouts (RoPE over the halves
+    (x[i], x[i + d/2]) as HF Llama's rotate_half, SwiGLU silu(gate) * up, no biases) but for the
+    direction RoPE turns, absorbed into q and k below."""
+    sd = {"model.embed_tokens.weight": model.wte.weight, "model.norm.weight": model.norm_f.weight}
+    names = {
+        "input_layernorm": "attn_norm",
+        "self_attn.q_proj": "attn.c_q",
+        "self_attn.k_proj": "attn.c_k",
+        "self_attn.v_proj": "attn.c_v",
+        "self_attn.o_proj": "attn.c_proj",
+        "post_attention_layernorm": "mlp_norm",
+        "mlp.gate_proj": "mlp.c_gate",
+        "mlp.up_proj": "mlp.c_up",
+        "mlp.down_proj": "mlp.c_proj",
+    }
+    for i, block in enumerate(model.blocks):
+        for hf, ours in names.items():
+            sd[f"model.layers.{i}.{hf}.weight"] = block.get_submodule(ours).weight
+    if not model.spec.tie_embeddings:
+        sd["lm_head.weight"] = model.lm_head.weight
+    out = {k: v.detach().numpy().astype(np.float32) for k, v in sd.items()}
+    d = model.spec.head_dim
+    for k in [k for k in out if k.endswith(("q_proj.weight", "k_proj.weight"))]:
+        # Our Rotary turns each (x[i], x[i + d/2]) pair by -angle (nanochat's convention), levanter
+        # (as HF Llama) by +angle: R(-a) = P R(a) P with P negating the second half, and P drops out
+        # of q.k, so negating the second half of each head's q and k rows gives levanter the same scores.
+        w = out[k].reshape(-1, d, out[k].shape[-1]).copy()
+        w[:, d // 2 :] *= -1
+        out[k] = w.reshape(out[k].shape)
+    return out
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_a_tiny_model_scores_levanters_bpb(ours, levanter_table, tmp_path, tie):
+    """The same weights as our GPT and as levanter's Llama, on packed levanter documents: our
+    masked evaluation gives the BPB levanter's eval path gives, to 1e-5. Flags both express: RMSNorm
+    eps 1e-6 (levanter's default is 1e-5: set), RoPE theta 10,000 over the halves, SwiGLU, GQA, no
+    QK-norm, no biases; levanter positions stay absolute in a packed row, as ours."""
+    from speedrun_api.spec import ModelSpec
+    from speedrun_trainer.train.model import GPT
+
+    seq_len, eval_batch = 32, 3
+    spec = ModelSpec.model_validate(
+        dict(
+            vocab_size=ours.vocab_size,
+            seq_len=seq_len,
+            hidden_dim=64,
+            intermediate_dim=128,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            tie_embeddings=tie,
+        )
+    )
+    torch.manual_seed(0)
+    model = GPT(spec)
+    with torch.no_grad():  # weights large enough that which tokens are attended changes the losses
+        for p in model.parameters():
+            p.mul_(6.0) if p.ndim == 2 else p.add_(0.2 * torch.randn_like(p))
+    tokens = _stream(ours)
+    settings = dict(tokens=len(tokens), seq_len=seq_len, batch_size=2, rank=0, world_size=1,
+                    device=torch.device("cpu"), precision="fp32", eval_batch=eval_batch,
+                    levanter_bytes=ours.levanter_token_bytes())  # fmt: skip
+    eos = ours.document_end_id()
+    masked = evaluate_loss(model, StreamDataset(tokens), ours.token_bytes(), document_mask=eos, **settings)
+    crossing = evaluate_loss(model, StreamDataset(tokens), ours.token_bytes(), **settings)
+    assert abs(masked.bpb - crossing.bpb) > 1e-3  # the mask matters here, so agreement means something
+    np.savez(tmp_path / "w.npz", **_hf_llama_weights(model))
+    config = dict(hidden_dim=64, intermediate_dim=128, num_layers=2, num_heads=4, num_kv_heads=2, eps=1e-6,
+                  tie=tie, vocab_size=ours.vocab_size)  # fmt: skip
+    request = {"weights": str(tmp_path / "w.npz"), "config": config, "tokens": tokens.tolist(), "seq_len": seq_len,
+               "eos_id": eos, "eval_batch": eval_batch, "bytes_per_token": levanter_table.tolist()}  # fmt: skip
+    got = run_reference("model_bpb", request)
+    assert masked.bpb == pytest.approx(got["tag_bpb"], rel=1e-5)

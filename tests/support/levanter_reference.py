@@ -95,8 +95,68 @@ def bpb(req: dict[str, Any]) -> dict[str, float]:
     return {"micro_bpb": float(state.bpb.mean), "tag_bpb": float(state.bpb_per_tag.mean[0])}
 
 
+def model_bpb(req: dict[str, Any]) -> dict[str, Any]:
+    """A Llama of the request's weights (HF names, an .npz) scored by levanter's eval path: chunks
+    from `CausalLmDataset` (segment ids after each EOS), batches of `eval_batch` through eval.py
+    `_default_lm_eval_loss_fn` (the model's `compute_next_token_loss`) and `_make_accum_for_batch`."""
+    import haliax as hax
+    import jax
+    import jax.numpy as jnp
+    from haliax.state_dict import from_torch_compatible_state_dict
+    from levanter.data.text.datasets import CausalLmDataset, TokenSeqDataset
+    from levanter.eval import TaggedEvaluator, _default_lm_eval_loss_fn, _EvalRunningMeans
+    from levanter.models.llama import LlamaConfig, LlamaLMHeadModel
+
+    c = req["config"]
+    config = LlamaConfig(
+        max_seq_len=req["seq_len"],
+        hidden_dim=c["hidden_dim"],
+        intermediate_dim=c["intermediate_dim"],
+        num_layers=c["num_layers"],
+        num_heads=c["num_heads"],
+        num_kv_heads=c["num_kv_heads"],
+        layer_norm_epsilon=c["eps"],
+        tie_word_embeddings=c["tie"],
+        gradient_checkpointing=False,
+    )
+    model = LlamaLMHeadModel.init(hax.Axis("vocab", c["vocab_size"]), config, key=jax.random.PRNGKey(0))
+    weights = {k: jnp.asarray(v) for k, v in np.load(req["weights"]).items()}
+    model = from_torch_compatible_state_dict(model, weights)
+
+    tokens = np.asarray(req["tokens"], dtype=np.int32)
+    seqs = TokenSeqDataset(_FlatCache(tokens), req["seq_len"])
+    examples = CausalLmDataset(seqs, hax.Axis("position", req["seq_len"]), eos_id=req["eos_id"])
+
+    async def read() -> list[Any]:
+        return list(await examples.get_batch(list(range(await examples.async_len()))))
+
+    chunks_ = asyncio.run(read())
+
+    class _Tags:
+        def __init__(self) -> None:
+            self.tag_to_index = {"paloma/c4_en": 0}
+
+    evaluator = object.__new__(TaggedEvaluator)
+    evaluator.bytes_per_token = jnp.asarray(req["bytes_per_token"], dtype=jnp.int32)
+    evaluator.dataset = _Tags()
+    evaluator.axis_mapping = None
+    evaluator.device_mesh = None
+    evaluator.per_pos_out_sharding = None
+    state = _EvalRunningMeans.zeros_like(jnp.zeros((), jnp.float32), jnp.zeros((1,), jnp.float32))
+    b = req["eval_batch"]
+    losses = []
+    for i in range(0, len(chunks_), b):
+        batch = jax.tree.map(lambda *xs: jnp.stack(xs), *chunks_[i : i + b])
+        axis = hax.Axis("batch", len(chunks_[i : i + b]))
+        evaluator.loss_fn = lambda m, ex, axis=axis: _default_lm_eval_loss_fn(m, ex, EvalBatch=axis, mp=None)
+        losses.append(np.asarray(evaluator.loss_fn(model, batch)[0]).tolist())
+        accum = evaluator._make_accum_for_batch()
+        state = accum(model, state, batch, jnp.ones((axis.size, 1), dtype=jnp.float32))
+    return {"tag_bpb": float(state.bpb_per_tag.mean[0]), "losses": losses}
+
+
 FIELDS = (("losses", np.float32), ("weights", np.float32), ("token_ids", np.int32))
-OPS = {"byte_table": byte_table, "chunks": chunks, "bpb": bpb}
+OPS = {"byte_table": byte_table, "chunks": chunks, "bpb": bpb, "model_bpb": model_bpb}
 
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:

@@ -170,7 +170,8 @@ def evaluate_loss(
     """
     set_tokens = int(getattr(dataset, "num_tokens", 0) or 0)
     num_seqs = sequences_to_score(tokens, seq_len, set_tokens) if set_tokens else max(1, math.ceil(tokens / seq_len))
-    if num_seqs * seq_len < tokens and rank == 0 and _warn_once(getattr(dataset, "uri", ""), tokens):
+    exceeds = tokens > set_tokens if set_tokens else num_seqs * seq_len < tokens
+    if exceeds and rank == 0 and _warn_once(getattr(dataset, "uri", ""), tokens):
         log(
             f"warning: eval.bpb.tokens {tokens:,} exceeds the evaluation set {getattr(dataset, 'uri', '')}"
             f" ({set_tokens:,} tokens): scoring its first {num_seqs * seq_len:,} tokens only, never repeating it"

@@ -17,6 +17,7 @@ import torch
 from speedrun_api.manifest import parse_job
 from speedrun_api.metric_definitions import MARIN_BPB_KEY, MARIN_RULES, PALOMA_C4_EN
 from speedrun_api.plan import resolve
+from speedrun_trainer.cli.results_table import _bpb_row
 from speedrun_trainer.evaluation.results import build_run_info, written_bpb_key
 from speedrun_trainer.leaderboard.ranking import MARIN_TRACK, bpb_track_name
 from speedrun_trainer.leaderboard.runs import run_from_info
@@ -90,6 +91,7 @@ def test_one_broken_rule_keeps_the_number_off_marins_key(broken, settings, key):
     _, info = _results(**settings)
     assert MARIN_BPB_KEY not in info and key in info and written_bpb_key(info) == key
     assert [r for r, held in info["bpb_rules"].items() if not held] == [broken]
+    assert _bpb_row(info).startswith(f"{info[key]:.4f}")  # the run's table finds it under its key
     run = run_from_info(info, "r", "s")
     assert bpb_track_name(run.bpb_group) != MARIN_TRACK
 

@@ -20,6 +20,7 @@ from speedrun_api.plan import resolve
 from speedrun_trainer.cli.results_table import _bpb_row
 from speedrun_trainer.evaluation.results import build_run_info, written_bpb_key
 from speedrun_trainer.leaderboard.ranking import MARIN_TRACK, bpb_track_name
+from speedrun_trainer.leaderboard.run_checks import problems
 from speedrun_trainer.leaderboard.runs import run_from_info
 from speedrun_trainer.train.loss_eval import evaluate_loss
 from tests.support.helpers import tiny_manifest
@@ -101,3 +102,12 @@ def test_a_partial_set_is_named_partial_in_results_and_leaderboard():
     assert ev.partial and info["eval_set"]["partial"] is True
     assert info["eval_set"]["chunks_scored"] == 6 and info["eval_set"]["set_chunks"] == 12
     assert run_from_info(info, "r", "s").bpb_group[0] == "paloma/c4_en (partial)"
+
+
+def test_marins_key_on_a_partial_set_is_refused_by_the_leaderboard():
+    _, info = _results()
+    assert problems(info) == []
+    edited = {**info, "eval_set": {**info["eval_set"], "partial": True}}
+    assert problems(edited) == [f"{MARIN_BPB_KEY}: recorded with levanter's rules not held (whole_set)"]
+    edited = {**info, "bpb_rules": {**info["bpb_rules"], "eval_batch": False}}
+    assert problems(edited) == [f"{MARIN_BPB_KEY}: recorded with levanter's rules not held (eval_batch)"]

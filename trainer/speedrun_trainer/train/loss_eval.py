@@ -89,8 +89,8 @@ class LossEval:
 
     @property
     def exceeded(self) -> bool:
-        """True when the spec asked for more tokens than the set holds (fewer were scored)."""
-        return self.requested_tokens > self.sums.tokens
+        """True when the spec asked for more tokens than the set holds (its whole set was scored)."""
+        return self.requested_tokens > (self.set_tokens or self.sums.tokens)
 
     def record(self, *, levanter_eval_batch: int) -> dict[str, object]:
         """What the results' `eval_set` records of this evaluation (docs/contracts.md), the facts

@@ -42,6 +42,7 @@ LOCK_ENVIRONMENT = {
     "platform_machine": "x86_64",
     "os_name": "posix",
 }
+LOCK_PYTHON = {"levanter": "3.12"}  # levanter needs Python >= 3.12: its lock (and venv) is 3.12's
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+)(?:\s*;\s*(?P<marker>[^\\]+?))?\s*\\?$")
 VALUED = {"-c", "-o", "--extra", "--python-version", "--python-platform"}  # flags of uv pip compile that take a value
 HASH = re.compile(r"^\s+--hash=sha256:[0-9a-f]{64}(\s*\\)?$")
@@ -137,7 +138,7 @@ def test_lock_is_for_the_documented_target_with_hashes(name: str) -> None:
     lock = LOCKS[name]
     assert lock.values("-o") == [f"requirements/{name}.txt"], "the header names the file it wrote"
     assert "--generate-hashes" in lock.command
-    assert lock.values("--python-version") == [LOCK_ENVIRONMENT["python_version"]]
+    assert lock.values("--python-version") == [LOCK_PYTHON.get(name, LOCK_ENVIRONMENT["python_version"])]
     assert lock.values("--python-platform") == ["x86_64-manylinux_2_28"]
     assert not lock.unparsed, f"{lock.path.name}: lines that are not a pin, a hash or a comment: {lock.unparsed[:3]}"
     assert lock.pins, f"{lock.path.name}: empty"
@@ -160,6 +161,16 @@ def test_tools_lock_satisfies_its_input() -> None:
     lines = [line.split("#", 1)[0] for line in (REQUIREMENTS / "tools.in").read_text().splitlines()]
     missing = unmet(LOCKS["tools"], [Requirement(line) for line in lines if line.strip()])
     assert not missing, f"tools.txt does not satisfy {missing}: run `make lock`"
+
+
+def test_levanter_lock_satisfies_its_input_without_torch() -> None:
+    """levanter's reference venv (tests/support/levanter_env.py): its pins, jax on CPU, no torch
+    (levanter needs none: a GPU extra brings it) and no CUDA wheels, so it installs in seconds."""
+    lines = [line.split("#", 1)[0] for line in (REQUIREMENTS / "levanter.in").read_text().splitlines()]
+    missing = unmet(LOCKS["levanter"], [Requirement(line) for line in lines if line.strip()])
+    assert not missing, f"levanter.txt does not satisfy {missing}: run `make lock`"
+    heavy = sorted(n for n in LOCKS["levanter"].pins if n == "torch" or n.startswith(("nvidia-", "jax-cuda")))
+    assert not heavy, f"levanter.txt pins {heavy}: the reference venv is CPU-only"
 
 
 def test_torch_is_pinned_where_it_is_installed() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from speedrun_trainer.data.storage import DataError, open_storage
 from speedrun_trainer.data.tokenizer import (
+    ByteTokenizer,
     JsonTokenizer,
     TiktokenTokenizer,
     TokenizerError,
@@ -171,3 +172,13 @@ def test_tiktoken_token_bytes_offline(monkeypatch) -> None:
     for text in [*TEXTS, "in the theory of <|endoftext|> café"]:
         _assert_bytes_add_up(tok, text)
     assert tok.encode("in the")[:2] == [259, 258]
+
+
+def test_levanter_byte_count_decodes_after_a_dot():
+    """levanter hf_utils.py byte_length_of_token: len(decode([".", id]).encode()) - 1, 0 for special
+    ids. A byte that is not whole UTF-8 decodes to U+FFFD: 3 bytes where the exact count is 1 (the
+    e2e tier checks JSON tokenizers against levanter's own function)."""
+    tok = ByteTokenizer()
+    table = tok.levanter_token_bytes()
+    assert table[ord("a")] == 1 and table[0xC3] == 3 and table[0xFF] == 3 and table[tok.eot_id] == 0
+    assert (tok.token_bytes()[:256] == 1).all()

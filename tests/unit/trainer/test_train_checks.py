@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from speedrun_api.manifest import ConfigError, parse_job
-from speedrun_trainer.train.loop import check_device
+from speedrun_trainer.train.preflight import check_device
 from speedrun_trainer.train.runtime import DeviceError, Dist
 from tests.support.helpers import tiny_manifest
 

@@ -55,7 +55,8 @@ def _bpb_row(info: dict[str, Any]) -> str:
     step, on how many tokens of which set (the live line showed in-loop evaluations)."""
     dataset = info.get("bpb_dataset")
     definition = info.get("bpb_definition", LEVANTER_BPB)
-    key = bpb_key(str(dataset), definition)  # Marin's key only for levanter's exact number on C4-EN
+    rules = info.get("bpb_rules")  # Marin's key only when every rule of levanter's BPB held
+    key = bpb_key(str(dataset), definition, rules if isinstance(rules, dict) else None)
     scored = (info.get("eval_set") or {}).get("tokens_scored")
     tokens = f"{scored:,} tokens of " if isinstance(scored, int) else ""
     return (

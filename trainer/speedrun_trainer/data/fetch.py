@@ -14,7 +14,7 @@
   Marin pins, `c4_en/val/val*.jsonl.gz`; gated: accept its terms on the hub, set HF_TOKEN),
   tokenized with `--tokenizer` (`--documents levanter`: each document as levanter's BatchTokenizer
   writes it for Marin, BOS + text + " " + EOS) into `val_*.bin` and recorded as dataset `paloma/c4_en` (results file
-  its BPB under `eval/paloma/c4_en/bpb-cross-doc`, not Marin's key: speedrun_api/metric_definitions.py).
+  its BPB under Marin's key only when every rule of levanter's BPB held: speedrun_api/metric_definitions.py).
 - `nanochat-eval-bundle`: nanochat's CORE bundle. nanochat publishes `eval_bundle.zip` on S3, not
   on the hub ($SPEEDRUN_EVAL_BUNDLE_URL overrides the URL); it is downloaded with huggingface_hub's
   resumable HTTP downloader, its size and every member's CRC checked, and unpacked under

@@ -84,6 +84,34 @@ class Tokenizer:
             self._token_bytes_cache = self._token_bytes()
         return self._token_bytes_cache.copy()
 
+    def levanter_special_ids(self) -> set[int]:
+        """The ids levanter counts 0 bytes for (its tokenizer's `all_special_ids`); here the separator."""
+        return {self.eot_id}
+
+    def token_repr(self, token_id: int) -> str | None:
+        """The vocabulary's string for an id (HF `convert_ids_to_tokens`), where there is one."""
+        return None
+
+    def levanter_token_bytes(self) -> np.ndarray:
+        """int64[vocab_size]: bytes per token as levanter counts them for its BPB (levanter
+        utils/hf_utils.py `byte_length_of_token`): 0 for `levanter_special_ids`, the hex bytes of a
+        `<0xNN>` token, else `len(decode([".", id]).encode("utf-8")) - 1`; a token that is not whole
+        UTF-8 decodes to U+FFFD (3 bytes per invalid run), unlike `token_bytes`'s exact count."""
+        if getattr(self, "_levanter_bytes_cache", None) is None:
+            dot = self.encode(".")[0]
+            special = self.levanter_special_ids()
+            out = np.zeros(self.vocab_size, dtype=np.int64)
+            for i in range(self.vocab_size):
+                if i in special:
+                    continue
+                if m := _HEX_TOKEN.match(self.token_repr(i) or ""):
+                    out[i] = len(bytes.fromhex(m.group(1)))
+                    continue
+                with contextlib.suppress(KeyError):  # a hole in the vocabulary stays 0
+                    out[i] = len(self.decode([dot, i]).encode("utf-8")) - 1
+            self._levanter_bytes_cache = out
+        return self._levanter_bytes_cache.copy()
+
     def __repr__(self) -> str:
         kind = type(self).__name__
         return f"{kind}(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
@@ -169,6 +197,7 @@ def _component_types(node: Any) -> set[str]:
 
 
 _BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>\Z")
+_HEX_TOKEN = re.compile(r"<0x([0-9A-Fa-f]+)>")  # levanter hf_utils.py byte_length_of_token's re.match
 
 
 class JsonTokenizer(Tokenizer):
@@ -204,6 +233,16 @@ class JsonTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    def levanter_special_ids(self) -> set[int]:
+        """levanter tokenizers.py `_collect_special_ids`: BOS, EOS, PAD and every added token
+        marked special (tokenizer_config.json's added_tokens_decoder, which mirrors tokenizer.json's
+        added_tokens in hub tokenizers; Llama 3's reserved specials included)."""
+        ids = {self.tok.token_to_id(name) for pair in LEVANTER_BOS_EOS for name in pair}
+        return set(self.special) | {i for i in ids if i is not None} | {self.eot_id}
+
+    def token_repr(self, token_id: int) -> str | None:
+        return self.tok.id_to_token(token_id)
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
@@ -284,9 +323,9 @@ def load_tokenizer(spec: str, endpoint_url: str | None = None) -> Tokenizer:
     return JsonTokenizer(spec, endpoint_url)
 
 
-def padded_token_bytes(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
+def padded_token_bytes(tokenizer: Tokenizer, vocab_size: int, *, levanter: bool = False) -> np.ndarray:
     """UTF-8 bytes per token id for a model whose vocabulary may be padded past the tokenizer's:
-    padding ids stand for no bytes."""
+    padding ids stand for no bytes. `levanter`: levanter's count (`levanter_token_bytes`)."""
     out = np.zeros(vocab_size, dtype=np.int64)
-    out[: tokenizer.vocab_size] = tokenizer.token_bytes()
+    out[: tokenizer.vocab_size] = tokenizer.levanter_token_bytes() if levanter else tokenizer.token_bytes()
     return out

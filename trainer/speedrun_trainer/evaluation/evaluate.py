@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from speedrun_api.manifest import ConfigError
+from speedrun_api.metric_definitions import levanter_eval_batch
 from speedrun_api.plan import resolve
 from speedrun_api.run_contract import ENV_TERMINATION_LOG, TERMINATION_LOG, TRAIN_SUMMARY_FILE, cache_dir
 from speedrun_api.spec import SpeedrunJob
@@ -68,6 +69,7 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     if problem := tokenizer_mismatch(spec.eval_data, "spec.eval.bpb.data", tokenizer, spec.storage.endpoint_url):
         raise ConfigError(problem)
     token_bytes = padded_token_bytes(tokenizer, spec.model.vocab_size)
+    levanter_bytes = padded_token_bytes(tokenizer, spec.model.vocab_size, levanter=True)
     dataset = open_dataset(
         spec.eval_data,
         tokenizer=spec.data.tokenizer,
@@ -78,10 +80,12 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
         model = GPT(spec.model)  # exactly the trainer's initialization: the untrained baseline
     model.to(env.device)
     phase("evaluating the untrained model")
-    initial = evaluate_run_loss(model, job, env, dataset, token_bytes, tokenizer.eot_id)
+    # a model trained with the document mask is scored with it, as levanter scores (Marin's key)
+    mask = tokenizer.document_end_id() if spec.model.document_mask else None
+    initial = evaluate_run_loss(model, job, env, dataset, token_bytes, levanter_bytes, mask, tokenizer.eot_id)
     model.load_state_dict(ckpt.model)
     phase(f"evaluating the checkpoint of step {ckpt.step}")
-    final = evaluate_run_loss(model, job, env, dataset, token_bytes, tokenizer.eot_id)
+    final = evaluate_run_loss(model, job, env, dataset, token_bytes, levanter_bytes, mask, tokenizer.eot_id)
     log(f"bpb {final.bpb:.4f} (untrained {initial.bpb:.4f}) over {final.tokens:,} tokens / {final.bytes:,} bytes")
     log(f"nanochat bpb {final.nanochat_bpb:.4f} over {final.nanochat_tokens:,} targets of {final.nanochat_rows} rows")
     if spec.eval.core is not None:
@@ -95,13 +99,7 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     eval_set = {
         "uri": spec.eval_data,
         "dataset": recorded_dataset(spec.eval_data, spec.storage.endpoint_url) or spec.eval_data,
-        "tokens_requested": final.requested_tokens,
-        "tokens_scored": final.tokens,
-        "set_tokens": final.set_tokens,
-        "exceeded": final.exceeded,
-        "nanochat_bpb_rows": final.nanochat_rows,
-        "nanochat_bpb_tokens": final.nanochat_tokens,
-        "nanochat_bpb_rows_exhausted": final.bos_rows_exhausted,
+        **final.record(levanter_eval_batch=levanter_eval_batch(spec.train.device_batch_size, env.world_size)),
     }
     run_info = build_run_info(
         job,

@@ -2,8 +2,10 @@
 
 `{"runs": [{"run_info": {...}}]}` with Marin's keys, so Marin's leaderboard tooling reads it, and
 our additions (core_metric, val_loss, time_to_target, initial_bpb, mfu, the spec, versions).
-Every number names its definition (speedrun_api.metric_definitions): our BPB is levanter's
-formula with attention across documents, so it is never filed under Marin's key.
+Every number names its definition (speedrun_api.metric_definitions). Our BPB is levanter's
+formula; it is filed under Marin's key `eval/paloma/c4_en/bpb` only when every one of
+`MARIN_RULES` held (`marin_rules_of`: Paloma C4-EN, document mask, levanter's byte table, floor(N/T)
+chunks, levanter's eval batch, the whole set), and `bpb_rules` records each.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from speedrun_api.metric_definitions import (
     MARIN_BPB_KEY,
     MEAN_LOSS,
     NANOCHAT_BPB,
+    PALOMA_C4_EN,
+    bpb_definition,
     bpb_key,
+    marin_rules,
     val_loss_track,
 )
 from speedrun_api.plan import Plan
@@ -72,6 +77,20 @@ class RunInfo(BaseModel):
     versions: dict[str, str]
 
 
+def marin_rules_of(eval_set: dict[str, Any]) -> dict[str, bool]:
+    """Which of Marin's rules (metric_definitions.MARIN_RULES) an evaluation held, from what its
+    `eval_set` records (loss_eval.LossEval.record); a fact not recorded fails its rule."""
+    batch = eval_set.get("eval_batch")
+    return marin_rules(
+        dataset=eval_set.get("dataset") == PALOMA_C4_EN,
+        document_mask=eval_set.get("document_mask") is True,
+        byte_table=eval_set.get("byte_table") == "levanter",
+        chunks=eval_set.get("chunks") == "levanter",
+        eval_batch=batch is not None and batch == eval_set.get("levanter_eval_batch"),
+        whole_set=eval_set.get("partial") is False,
+    )
+
+
 def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -91,7 +110,9 @@ def build_run_info(
     eval_precision: str | None = None,
 ) -> dict[str, Any]:
     """One run_info. `eval_set` describes what was scored: uri, dataset (its recorded name),
-    tokens_requested, tokens_scored, set_tokens, exceeded (defaults: the spec's eval set, by URI).
+    tokens_requested, tokens_scored, set_tokens, exceeded, and the facts of `LossEval.record`
+    (partial, chunks, eval batch, byte table, document mask) that `marin_rules_of` checks
+    (defaults: the spec's eval set, by URI, nothing known of the rest).
     `eval_precision`: what the evaluation multiplied in (train/loss_eval.py `eval_precision`);
     by default the training summary's."""
     spec = job.spec
@@ -107,6 +128,8 @@ def build_run_info(
         "nanochat_bpb_tokens": None,
         **(eval_set or {}),
     }
+    rules = marin_rules_of(evaluated)
+    definition = bpb_definition(rules["document_mask"])
     scored = evaluated["tokens_scored"]
     track = val_loss_track(int(scored)) if scored is not None else None
     steps = int(summary["step"])
@@ -146,9 +169,10 @@ def build_run_info(
             "device_flops": device_flops,
             "training_time": seconds,
             "training_hardware_flops": hardware_flops,
-            bpb_key(str(evaluated["dataset"])): _finite(bpb),
+            bpb_key(str(evaluated["dataset"]), definition, rules): _finite(bpb),
             "bpb_dataset": evaluated["dataset"],
-            "bpb_definition": LEVANTER_BPB_CROSS_DOC,
+            "bpb_definition": definition,
+            "bpb_rules": rules,
             "nanochat_bpb": _finite(nanochat_bpb),
             "nanochat_bpb_rows": evaluated["nanochat_bpb_rows"],
             "nanochat_bpb_rows_rule": BPB_ROWS[str(evaluated["nanochat_bpb_rows"])],
@@ -193,8 +217,10 @@ def write_results(storage: Storage, run_info: dict[str, Any]) -> str:
 
 
 def written_bpb_key(run_info: dict[str, Any]) -> str:
-    """The key `build_run_info` filed this run's BPB under (bpb_key: never Marin's for ours)."""
-    return bpb_key(str(run_info["bpb_dataset"]), str(run_info.get("bpb_definition") or LEVANTER_BPB_CROSS_DOC))
+    """The key `build_run_info` filed this run's BPB under (bpb_key: Marin's only when every rule held)."""
+    rules = run_info.get("bpb_rules")
+    definition = str(run_info.get("bpb_definition") or LEVANTER_BPB_CROSS_DOC)
+    return bpb_key(str(run_info["bpb_dataset"]), definition, rules if isinstance(rules, dict) else None)
 
 
 def tracking_summary(run_info: dict[str, Any], uri: str) -> dict[str, Any]:

@@ -154,11 +154,28 @@ def problems(info: dict[str, Any]) -> list[str]:
     ]
     if (target := _target_problem(target_of(info))) is not None:
         found.append(target)
+    if (marin := _marin_key_problem(info)) is not None:
+        found.append(marin)
     parts = [info.get(k) for k in ("device_flops", "num_devices", "training_time")]
     derived = not found and info.get("training_hardware_flops") is None and None not in parts  # runs.run_from_info
     if derived and math.prod(float(p) for p in parts) > MAX_FLOPS:
         found.append(f"device_flops x num_devices x training_time: must be <= {MAX_FLOPS:g}")
     return found
+
+
+def _marin_key_problem(info: dict[str, Any]) -> str | None:
+    """Marin's key on a file that records one of levanter's rules failing (`bpb_rules`) or a partial
+    set (`eval_set.partial`): Marin's track takes only whole-set levanter numbers. Marin's own
+    files record neither, and pass."""
+    if MARIN_BPB_KEY not in info:
+        return None
+    rules, evaluated = info.get("bpb_rules"), info.get("eval_set")
+    failed = {r for r, held in rules.items() if held is not True} if isinstance(rules, dict) else set()
+    if isinstance(evaluated, dict) and evaluated.get("partial") is True:
+        failed.add("whole_set")
+    if not failed:
+        return None
+    return f"{MARIN_BPB_KEY}: recorded with levanter's rules not held ({', '.join(sorted(failed))})"
 
 
 def depth(doc: Any) -> int:

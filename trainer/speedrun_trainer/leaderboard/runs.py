@@ -87,11 +87,19 @@ class Run:
         return self.hardware_flops if axis == "hardware" else as_number(self.info.get("model_flops"))
 
     @property
+    def partial(self) -> bool:
+        """True when the results say the BPB scored only part of its set (`eval_set.partial`)."""
+        evaluated = self.info.get("eval_set")
+        return isinstance(evaluated, dict) and evaluated.get("partial") is True
+
+    @property
     def bpb_group(self) -> tuple[str, str] | None:
-        """(dataset, definition): only BPBs of one group are ranked together."""
+        """(dataset, definition): only BPBs of one group are ranked together; a BPB over part of
+        its set is its own group, named so ("<dataset> (partial)")."""
         if self.bpb is None or self.dataset is None:
             return None
-        return self.dataset, self.bpb_definition or LEVANTER_BPB
+        dataset = f"{self.dataset} (partial)" if self.partial else self.dataset
+        return dataset, self.bpb_definition or LEVANTER_BPB
 
     @property
     def target_context(self) -> str:
@@ -166,8 +174,15 @@ def _bpb_of(info: dict[str, Any]) -> tuple[float | None, str | None, str | None]
     for key, value in info.items():
         dataset = dataset_from_bpb_key(key) if isinstance(key, str) else None
         if dataset is not None:
-            return as_number(value), dataset, definition or LEVANTER_BPB
+            return as_number(value), dataset, _unmatched(definition or LEVANTER_BPB, info.get("bpb_rules"))
     return None, None, None
+
+
+def _unmatched(definition: str, rules: Any) -> str:
+    """levanter's definition with the rules of `bpb_rules` that failed named, so such a BPB never
+    ranks with Marin's (a partial set is named in the group's dataset instead: Run.partial)."""
+    failed = [r for r, held in rules.items() if not held and r != "whole_set"] if isinstance(rules, dict) else []
+    return f"{definition} without {', '.join(failed)}" if definition == LEVANTER_BPB and failed else definition
 
 
 def run_from_info(info: dict[str, Any], name: str, source: str) -> Run:

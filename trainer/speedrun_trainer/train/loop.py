@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.distributed as dist
 
-from speedrun_api.accelerators import lookup
 from speedrun_api.flops import training_flops_per_token
 from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
@@ -43,7 +42,6 @@ from speedrun_trainer.train.loss_eval import eval_precision, evaluate_run_loss
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.train.runtime import (
-    DeviceError,
     Dist,
     autocast_dtype,
     entry_point,
@@ -76,20 +74,6 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)  # eval points
 
 
-def check_device(job: SpeedrunJob, env: Dist) -> None:
-    """Refuse to train a GPU or TPU manifest on the host CPU by accident."""
-    acc = lookup(job.spec.resources.accelerator)
-    if acc is None or acc.kind == "cpu":
-        return
-    if acc.kind == "tpu":  # no torch_xla path yet: a TPU run can never work with this trainer
-        raise ConfigError(
-            f"spec.resources.accelerator: {acc.name} needs a TPU backend (torch_xla), "
-            "which this trainer does not have yet"
-        )
-    if env.device.type != "cuda":
-        raise DeviceError(f"spec.resources.accelerator is {acc.name}, but torch sees no CUDA device here")
-
-
 def _target_reached(job: SpeedrunJob, val_loss: float, val_bpb: float) -> bool:
     t = job.spec.target
     if t is None:
@@ -112,7 +96,7 @@ class Trainer:
                 f"spec.train.batchSize: {t.batch_size} is not a multiple of deviceBatchSize x world size = {per_step}"
             )
         self.accum = t.batch_size // per_step
-        check_device(job, env)
+        preflight.check_device(job, env)
         if t.precision == "fp8":  # refuse where FP8 cannot run: never a silent bf16 run
             check_fp8(spec.resources.accelerator, env.device)
         if t.precision != "fp32":
@@ -133,6 +117,7 @@ class Trainer:
         data = open_run_data(job, scan_token_ids=os.environ.get(ENV_STARTUP_CHECKED) != "1")
         self.tokenizer, self.train_data, self.val_data = data.tokenizer, data.train, data.val
         self.token_bytes = padded_token_bytes(self.tokenizer, m.vocab_size)
+        self.levanter_bytes = padded_token_bytes(self.tokenizer, m.vocab_size, levanter=True)
         if env.is_main:
             preflight.check_writable(self.storage)
 
@@ -307,7 +292,10 @@ class Trainer:
 
     def _evaluate(self) -> bool:
         st, env = self.state, self.env
-        ev = evaluate_run_loss(self.model, self.job, env, self.val_data, self.token_bytes, self.tokenizer.eot_id)
+        mask = self.train_step.document_eos  # scored as trained: levanter's BPB needs the mask
+        ev = evaluate_run_loss(
+            self.model, self.job, env, self.val_data, self.token_bytes, self.levanter_bytes, mask, self.tokenizer.eot_id
+        )
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
         point = {"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb, "nanochat_bpb": ev.nanochat_bpb}
         st.history.append({**point, "training_seconds": st.training_seconds})  # nanochat's val/bpb too

@@ -3,13 +3,18 @@
 One pass over the first `tokens` tokens of the set (whole sequences of seqLen) collects the sums
 of `definitions.LossSums`, plus levanter's per-batch sums (sequence j belongs to global eval batch
 j // eval_batch, as levanter's DataLoader batches them); `LossEval` then gives each leaderboard's
-number: `bpb` is levanter's formula (filed as `levanter-bpb-cross-doc`, see definitions),
-`nanochat_bpb` nanochat's, `loss` modded-nanogpt's mean over all positions. Byte lengths come
-from the tokenizer (`Tokenizer.token_bytes()`, 0 for special tokens).
+number: `bpb` is levanter's formula (see metric_definitions), `nanochat_bpb` nanochat's, `loss`
+modded-nanogpt's mean over all positions. Byte lengths come from the tokenizer: exact
+(`Tokenizer.token_bytes()`) for nanochat's, levanter's count (`levanter_token_bytes()`) for
+levanter's when the caller gives it.
 
-The set is never repeated: when `tokens` asks for more than it holds, only the whole sequences it
-holds are scored, a warning is logged (once per process: in-loop evaluations repeat it no more),
-and `LossEval.exceeded` says so (the results record it).
+Sequences are levanter's chunks: sequence j is tokens [jT, jT + T) and its target the token after
+each; the set holds floor(N / T) of them (`levanter_chunks`). The last chunk of a set whose size
+is a multiple of T has no token after its last position: that one target is left out of every
+sum (levanter's causal loss mask drops it anyway). The set is never repeated: when `tokens` asks
+for more than it holds, its whole set is scored, a warning is logged (once per process) and
+`LossEval.exceeded` says so; when it asks for fewer, `LossEval.partial` says so (results record
+both: a partial BPB is never filed as Marin's).
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ import torch
 from torch import nn
 
 from speedrun_api.manifest import ConfigError
-from speedrun_api.metric_definitions import LossSums, levanter_bpb, mean_loss, nanochat_bpb
+from speedrun_api.metric_definitions import (
+    LossSums,
+    levanter_bpb,
+    levanter_chunks,
+    levanter_eval_batch,
+    mean_loss,
+    nanochat_bpb,
+)
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.bos_rows import BosRows, bos_rows, row_batch
 from speedrun_trainer.data.loader import TokenDataset
@@ -37,6 +49,10 @@ class LossEval:
     requested_tokens: int  # what the spec asked for (eval.bpb.tokens)
     set_tokens: int  # how many tokens the evaluation set holds
     levanter_batches: tuple[tuple[float, int, int], ...] = ()  # (nats, tokens, bytes) per eval batch
+    chunks_scored: int = 0  # seqLen chunks scored
+    seq_len: int = 0
+    eval_batch: int = 0  # levanter's global eval batch the chunks were grouped in
+    levanter_bytes: bool = False  # levanter's byte count (levanter_token_bytes) in `bpb`
     document_mask: bool = False  # scored with attention within documents (train/attention.py)
     # eval.bpb.rows bos-aligned: the sums over nanochat's BOS-aligned rows (data/bos_rows.py), which
     # nanochat_bpb is computed from; None: nanochat_bpb comes from the packed rows, as the rest.
@@ -78,14 +94,50 @@ class LossEval:
         return self.sums.bytes
 
     @property
+    def set_chunks(self) -> int:
+        """The seqLen chunks the whole set holds (levanter's floor(N / T))."""
+        return levanter_chunks(self.set_tokens, self.seq_len) if self.seq_len else 0
+
+    @property
+    def partial(self) -> bool:
+        """True when fewer chunks were scored than the set holds (levanter scores them all)."""
+        return bool(self.set_tokens) and self.chunks_scored < self.set_chunks
+
+    @property
     def exceeded(self) -> bool:
-        """True when the spec asked for more tokens than the set holds (fewer were scored)."""
-        return self.requested_tokens > self.sums.tokens
+        """True when the spec asked for more tokens than the set holds (its whole set was scored)."""
+        return self.requested_tokens > (self.set_tokens or self.sums.tokens)
+
+    def record(self, *, levanter_eval_batch: int) -> dict[str, object]:
+        """What the results' `eval_set` records of this evaluation (docs/contracts.md), the facts
+        results.marin_rules_of checks Marin's rules against."""
+        return {
+            "tokens_requested": self.requested_tokens,
+            "tokens_scored": self.tokens,
+            "set_tokens": self.set_tokens,
+            "exceeded": self.exceeded,
+            "partial": self.partial,
+            "chunks_scored": self.chunks_scored,
+            "set_chunks": self.set_chunks,
+            "chunks": "levanter",  # floor(N / T): sequences_to_score
+            "eval_batch": self.eval_batch,
+            "levanter_eval_batch": levanter_eval_batch,
+            "byte_table": "levanter" if self.levanter_bytes else "exact",
+            "document_mask": self.document_mask,
+            "nanochat_bpb_rows": self.nanochat_rows,
+            "nanochat_bpb_tokens": self.nanochat_tokens,
+            "nanochat_bpb_rows_exhausted": self.bos_rows_exhausted,
+        }
 
 
-def score_batch(losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> LossSums:
-    """The sums of every definition over one batch of per-position losses."""
-    nbytes = token_bytes[targets]  # (B, T)
+def score_batch(
+    losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor, valid: torch.Tensor | None = None
+) -> LossSums:
+    """The sums of every definition over one batch of per-position losses (`valid`: the positions
+    that have a target; all by default)."""
+    if valid is not None:
+        losses, targets = losses[valid], targets[valid]
+    nbytes = token_bytes[targets]
     counted = nbytes > 0
     return LossSums(
         nats=float(losses.double().sum()),
@@ -105,10 +157,9 @@ def levanter_sequence_sums(losses: torch.Tensor, targets: torch.Tensor, token_by
 
 
 def sequences_to_score(tokens: int, seq_len: int, set_tokens: int) -> int:
-    """Whole sequences covering `tokens`, but no more than the set holds without repeating."""
+    """Whole sequences covering `tokens`, but no more than the set's levanter chunks, floor(N / T)."""
     wanted = max(1, math.ceil(tokens / seq_len))
-    held = (set_tokens - 1) // seq_len  # sequence j reads tokens [j*T, j*T + T] inclusive
-    return min(wanted, max(1, held))
+    return min(wanted, max(1, levanter_chunks(set_tokens, seq_len)))
 
 
 @torch.no_grad()
@@ -125,6 +176,7 @@ def evaluate_loss(
     device: torch.device,
     precision: str,
     eval_batch: int | None = None,
+    levanter_bytes: np.ndarray | None = None,
     document_mask: int | None = None,
 ) -> LossEval:
     """Score the first `tokens` tokens of `dataset` (rounded up to whole sequences, capped at the
@@ -133,15 +185,18 @@ def evaluate_loss(
 
     Sequence j goes to rank j % world_size and to levanter's global eval batch j // eval_batch
     (default: `batch_size`); the sums are all-reduced, so the result is the same for any world size.
+    `levanter_bytes`: the byte table of levanter's BPB (default `token_bytes`).
     """
     set_tokens = int(getattr(dataset, "num_tokens", 0) or 0)
     num_seqs = sequences_to_score(tokens, seq_len, set_tokens) if set_tokens else max(1, math.ceil(tokens / seq_len))
-    if num_seqs * seq_len < tokens and rank == 0 and _warn_once(getattr(dataset, "uri", ""), tokens):
+    exceeds = tokens > set_tokens if set_tokens else num_seqs * seq_len < tokens
+    if exceeds and rank == 0 and _warn_once(getattr(dataset, "uri", ""), tokens):
         log(
             f"warning: eval.bpb.tokens {tokens:,} exceeds the evaluation set {getattr(dataset, 'uri', '')}"
             f" ({set_tokens:,} tokens): scoring its first {num_seqs * seq_len:,} tokens only, never repeating it"
         )
     tb = torch.as_tensor(token_bytes, dtype=torch.long, device=device)
+    lb = tb if levanter_bytes is None else torch.as_tensor(levanter_bytes, dtype=torch.long, device=device)
     was_training = model.training
     sums = LossSums()
     per_batch_size = eval_batch or batch_size
@@ -159,9 +214,13 @@ def evaluate_loss(
                     losses = model(x, y, reduction="none")
                 else:
                     losses = model(x, y, reduction="none", doc_ids=segment_ids(x, document_mask))
-            sums = sums + score_batch(losses.float(), y, tb)
+            valid = None
+            if set_tokens and (chunk[-1] + 1) * seq_len >= set_tokens:  # read past the set's end
+                valid = torch.ones_like(y, dtype=torch.bool)
+                valid[-1, -1] = False  # the last chunk's last target: the set has no such token
+            sums = sums + score_batch(losses.float(), y, tb, valid)
             index = torch.as_tensor([j // per_batch_size for j in chunk], device=device)
-            per_batch.index_add_(0, index, levanter_sequence_sums(losses.float(), y, tb))
+            per_batch.index_add_(0, index, levanter_sequence_sums(losses.float(), y, lb))
         if was_training:
             model.train()
     reduced = all_reduce_sum(sums.as_list() + per_batch.flatten().tolist(), device)
@@ -174,6 +233,10 @@ def evaluate_loss(
         requested_tokens=tokens,
         set_tokens=set_tokens,
         levanter_batches=batches,
+        chunks_scored=num_seqs,
+        seq_len=seq_len,
+        eval_batch=per_batch_size,
+        levanter_bytes=levanter_bytes is not None,
         document_mask=document_mask is not None,
     )
 
@@ -214,19 +277,21 @@ def evaluate_run_loss(
     env: Dist,
     dataset: TokenDataset,
     token_bytes: np.ndarray,
-    bos_id: int | None = None,
+    levanter_bytes: np.ndarray | None = None,
     document_mask: int | None = None,
+    bos_id: int | None = None,
 ) -> LossEval:
     """`evaluate_loss` as the run's spec asks: `eval.bpb.tokens` of seqLen sequences in the
-    training's device batches and precision, levanter's eval batch being the training batch.
-    The training loop (at every eval point) and the final evaluation both score this way;
-    `document_mask` as in `evaluate_loss` (the caller decides which metric needs it).
+    training's device batches and precision, in levanter's eval batch (`levanter_eval_batch`:
+    deviceBatchSize x data-parallel size). The training loop (at every eval point) and the final
+    evaluation both score this way; `document_mask` as in `evaluate_loss` (the caller decides
+    which metric needs it).
     With `eval.bpb.rows: bos-aligned`, nanochat_bpb is scored apart on eval.bpb.tokens // seqLen
     BOS-aligned rows of the set (`bos_id`: the tokenizer's separator, which starts each document);
     nanochat's own count is eval_tokens // (B x T x world) whole batches (scripts/base_train.py
     `eval_steps`), the same for its default 80 x 524288 tokens at T = 2048."""
     spec = job.spec
-    packed = _evaluate_packed(model, job, env, dataset, token_bytes, document_mask)
+    packed = _evaluate_packed(model, job, env, dataset, token_bytes, levanter_bytes, document_mask)
     if spec.eval.bpb.rows != "bos-aligned":
         return packed
     if bos_id is None:
@@ -263,6 +328,7 @@ def _evaluate_packed(
     env: Dist,
     dataset: TokenDataset,
     token_bytes: np.ndarray,
+    levanter_bytes: np.ndarray | None,
     document_mask: int | None,
 ) -> LossEval:
     spec = job.spec
@@ -277,7 +343,8 @@ def _evaluate_packed(
         world_size=env.world_size,
         device=env.device,
         precision=spec.train.precision,
-        eval_batch=spec.train.batch_size,
+        eval_batch=levanter_eval_batch(spec.train.device_batch_size, env.world_size),
+        levanter_bytes=levanter_bytes,
         document_mask=document_mask,
     )
 

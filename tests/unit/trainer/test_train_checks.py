@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from speedrun_api.manifest import ConfigError, parse_job
-from speedrun_trainer.train.preflight import check_device
-from speedrun_trainer.train.runtime import DeviceError, Dist
+from speedrun_trainer.train.runtime import DeviceError, Dist, check_device
 from tests.support.helpers import tiny_manifest
 
 CPU = Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

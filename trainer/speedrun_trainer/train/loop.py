@@ -44,6 +44,7 @@ from speedrun_trainer.train.optim import build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.train.runtime import (
     Dist,
     autocast_dtype,
+    check_device,
     entry_point,
     log,
     phase,
@@ -96,7 +97,7 @@ class Trainer:
                 f"spec.train.batchSize: {t.batch_size} is not a multiple of deviceBatchSize x world size = {per_step}"
             )
         self.accum = t.batch_size // per_step
-        preflight.check_device(job, env)
+        check_device(job, env)
         if t.precision == "fp8":  # refuse where FP8 cannot run: never a silent bf16 run
             check_fp8(spec.resources.accelerator, env.device)
         if t.precision != "fp32":

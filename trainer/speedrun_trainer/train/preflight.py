@@ -14,7 +14,6 @@
   shards were tokenized with another one: training would run on them, and BPB would count their
   bytes with the wrong table). An evaluation set of at least seqLen + 1 tokens (else the
   evaluation fails only after training).
-- The device: a GPU or TPU manifest never trains on the host CPU by accident (`check_device`).
 - The storage takes a write (a probe object, deleted again). A local path that cannot be written
   (its parent is a file, no permission, read-only) is a config error; a remote store's failure
   stays a `DataError`, transient (exit 1) or not (no bucket, access denied: exit 2).
@@ -25,20 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from speedrun_api.accelerators import lookup
 from speedrun_api.manifest import ConfigError
 from speedrun_api.run_contract import RUN_IDENTITY_FILE
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.loader import TokenDataset
 from speedrun_trainer.data.storage import DataError, Storage, scheme_of
 from speedrun_trainer.data.tokenizer import Tokenizer
-
-if TYPE_CHECKING:  # runtime imports this module's checks: no import cycle at run time
-    from speedrun_trainer.train.runtime import Dist
 
 TRAINING_FIELDS = ("model", "train", "data", "target")
 NOT_TRAINING = {"train": ("checkpointEvery", "logEvery")}  # how often to save or log: same weights
@@ -173,19 +168,3 @@ def check_validation_length(dataset: TokenDataset, seq_len: int, field: str) -> 
             f"{field}: {dataset.uri} has {dataset.num_tokens} tokens; evaluation needs at least"
             f" spec.model.seqLen + 1 = {seq_len + 1}"
         )
-
-
-def check_device(job: SpeedrunJob, env: Dist) -> None:
-    """Refuse to train a GPU or TPU manifest on the host CPU by accident."""
-    from speedrun_trainer.train.runtime import DeviceError
-
-    acc = lookup(job.spec.resources.accelerator)
-    if acc is None or acc.kind == "cpu":
-        return
-    if acc.kind == "tpu":  # no torch_xla path yet: a TPU run can never work with this trainer
-        raise ConfigError(
-            f"spec.resources.accelerator: {acc.name} needs a TPU backend (torch_xla), "
-            "which this trainer does not have yet"
-        )
-    if env.device.type != "cuda":
-        raise DeviceError(f"spec.resources.accelerator is {acc.name}, but torch sees no CUDA device here")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from speedrun_api.accelerators import lookup
 from speedrun_api.manifest import EXIT_INVALID, ConfigError, SpecError, load_job
 from speedrun_api.run_contract import ENV_RUN_ID, ENV_RUN_LOCK_HELD, PHASE_PREFIX
 from speedrun_api.spec import SpeedrunJob
@@ -82,6 +83,20 @@ def setup_distributed() -> Dist:
         dist.init_process_group(backend=backend, timeout=dt.timedelta(minutes=10))
         nccl_transport.report(backend, log=log)  # which network NCCL uses between nodes; warns on sockets
     return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def check_device(job: SpeedrunJob, env: Dist) -> None:
+    """Refuse to train a GPU or TPU manifest on the host CPU by accident."""
+    acc = lookup(job.spec.resources.accelerator)
+    if acc is None or acc.kind == "cpu":
+        return
+    if acc.kind == "tpu":  # no torch_xla path yet: a TPU run can never work with this trainer
+        raise ConfigError(
+            f"spec.resources.accelerator: {acc.name} needs a TPU backend (torch_xla), "
+            "which this trainer does not have yet"
+        )
+    if env.device.type != "cuda":
+        raise DeviceError(f"spec.resources.accelerator is {acc.name}, but torch sees no CUDA device here")
 
 
 def teardown_distributed() -> None:

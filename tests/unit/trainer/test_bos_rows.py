@@ -131,7 +131,7 @@ def test_nanochat_bpb_is_scored_on_bos_aligned_rows(monkeypatch: pytest.MonkeyPa
         job = parse_job(tiny_manifest(**{"spec.eval.bpb": {"tokens": 640, "rows": rows}}))
         torch.manual_seed(0)
         model = GPT(job.spec.model)
-        results[rows] = evaluate_run_loss(model, job, env, ds, token_bytes, BOS)
+        results[rows] = evaluate_run_loss(model, job, env, ds, token_bytes, bos_id=BOS)
     packed, aligned = results["packed"], results["bos-aligned"]
     assert (packed.nanochat_rows, aligned.nanochat_rows) == ("packed", "bos-aligned")
     assert aligned.loss == packed.loss and aligned.bpb == packed.bpb  # the other numbers: packed rows

@@ -82,10 +82,10 @@ def evaluate(job: SpeedrunJob, env: Dist) -> dict[str, Any] | None:
     phase("evaluating the untrained model")
     # a model trained with the document mask is scored with it, as levanter scores (Marin's key)
     mask = tokenizer.document_end_id() if spec.model.document_mask else None
-    initial = evaluate_run_loss(model, job, env, dataset, token_bytes, levanter_bytes, mask, tokenizer.eot_id)
+    initial = evaluate_run_loss(model, job, env, dataset, token_bytes, levanter_bytes, mask, bos_id=tokenizer.eot_id)
     model.load_state_dict(ckpt.model)
     phase(f"evaluating the checkpoint of step {ckpt.step}")
-    final = evaluate_run_loss(model, job, env, dataset, token_bytes, levanter_bytes, mask, tokenizer.eot_id)
+    final = evaluate_run_loss(model, job, env, dataset, token_bytes, levanter_bytes, mask, bos_id=tokenizer.eot_id)
     log(f"bpb {final.bpb:.4f} (untrained {initial.bpb:.4f}) over {final.tokens:,} tokens / {final.bytes:,} bytes")
     log(f"nanochat bpb {final.nanochat_bpb:.4f} over {final.nanochat_tokens:,} targets of {final.nanochat_rows} rows")
     if spec.eval.core is not None:

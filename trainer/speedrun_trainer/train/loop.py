@@ -294,9 +294,8 @@ class Trainer:
     def _evaluate(self) -> bool:
         st, env = self.state, self.env
         mask = self.train_step.document_eos  # scored as trained: levanter's BPB needs the mask
-        ev = evaluate_run_loss(
-            self.model, self.job, env, self.val_data, self.token_bytes, self.levanter_bytes, mask, self.tokenizer.eot_id
-        )
+        data, tb, bos = self.val_data, self.token_bytes, self.tokenizer.eot_id
+        ev = evaluate_run_loss(self.model, self.job, env, data, tb, self.levanter_bytes, mask, bos_id=bos)
         st.val_loss, st.val_bpb = ev.loss, ev.bpb
         point = {"step": st.step, "val_loss": ev.loss, "val_bpb": ev.bpb, "nanochat_bpb": ev.nanochat_bpb}
         st.history.append({**point, "training_seconds": st.training_seconds})  # nanochat's val/bpb too

@@ -279,6 +279,7 @@ def evaluate_run_loss(
     token_bytes: np.ndarray,
     levanter_bytes: np.ndarray | None = None,
     document_mask: int | None = None,
+    *,
     bos_id: int | None = None,
 ) -> LossEval:
     """`evaluate_loss` as the run's spec asks: `eval.bpb.tokens` of seqLen sequences in the

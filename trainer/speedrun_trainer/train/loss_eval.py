@@ -192,8 +192,8 @@ def evaluate_loss(
     exceeds = tokens > set_tokens if set_tokens else num_seqs * seq_len < tokens
     if exceeds and rank == 0 and _warn_once(getattr(dataset, "uri", ""), tokens):
         log(
-            f"warning: eval.bpb.tokens {tokens:,} exceeds the evaluation set {getattr(dataset, 'uri', '')}"
-            f" ({set_tokens:,} tokens): scoring its first {num_seqs * seq_len:,} tokens only, never repeating it"
+            f"eval.bpb.tokens {tokens:,} exceeds the evaluation set {getattr(dataset, 'uri', '')}"
+            f" ({set_tokens:,} tokens): scoring the whole set once, {num_seqs:,} chunks of {seq_len}"
         )
     tb = torch.as_tensor(token_bytes, dtype=torch.long, device=device)
     lb = tb if levanter_bytes is None else torch.as_tensor(levanter_bytes, dtype=torch.long, device=device)

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from speedrun_api import tpu
 from speedrun_api.accelerators import ACCELERATORS
 from speedrun_api.spec import API_GROUP, API_VERSION, KIND, PLURAL, RULES, SHORT_NAME, SpeedrunSpec
 from speedrun_api.status import SpeedrunJobStatus
@@ -64,10 +65,6 @@ ROOT_RULES = [
 # Manifests `speedrun run` takes on one machine but a cluster cannot run: refused at admission;
 # `cluster_problems` is their Python twin (the operator's builders.check_runnable, for a cluster
 # whose installed CRD predates these rules).
-TPU_MESSAGE = (
-    "spec.resources.accelerator: TPU accelerators are not supported in a cluster yet (the trainer has no TPU "
-    "backend); use a GPU accelerator or cpu"
-)
 LOCAL_STORAGE_MESSAGE = (
     "spec.storage.uri: local storage (file:// or a path) is each node's own disk, which the pods of a "
     "multi-node run do not share; use s3:// (or another object store) when nodes > 1"
@@ -76,11 +73,6 @@ _MAX_NODES = (
     "(has(self.resources.nodes) ? self.resources.nodes : (has(self.resources.maxNodes) ? self.resources.maxNodes : 1))"
 )
 CLUSTER_RULES = [
-    {
-        "rule": "!has(self.resources.accelerator) || !self.resources.accelerator.startsWith('tpu-')",
-        "message": TPU_MESSAGE,
-        "fieldPath": ".resources.accelerator",
-    },
     {
         "rule": f"!has(self.storage.uri) || self.storage.uri == '' || {_MAX_NODES} <= 1 || "
         f"(self.storage.uri.matches('^[a-z][a-z0-9+.-]*://') && !self.storage.uri.startsWith('file://'))",
@@ -93,8 +85,6 @@ CLUSTER_RULES = [
 def cluster_problems(spec: SpeedrunSpec) -> list[str]:
     """The CLUSTER_RULES, checked in Python: one line per problem, field first."""
     problems = []
-    if spec.resources.accelerator.startswith("tpu-"):
-        problems.append(TPU_MESSAGE)
     uri = spec.storage.uri
     local = bool(uri) and (uri.startswith("file://") or not re.match(r"^[a-z][a-z0-9+.-]*://", uri))
     if local and spec.resources.node_range[1] > 1:
@@ -112,6 +102,7 @@ EXTRA_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "!has(self.minNodes) || !has(self.maxNodes) || self.minNodes <= self.maxNodes",
             "message": "spec.resources.minNodes: must not exceed maxNodes",
         },
+        *tpu.cel_rules(),  # TPU slices: topology, procsPerNode 1, nodes = hosts (2-D shapes)
     ],
 }
 

@@ -8,7 +8,10 @@ accelerator's memory, in one line that names `spec.train.deviceBatchSize` and th
 that fits (one that also divides the batch as the spec's batch rule wants). Only accelerators
 with a known memory are judged: the table's, or any with `resources.deviceMemory`. A CPU process
 shares the host's memory with the data loaders and other processes, which the plan cannot see:
-it gets the estimate, no verdict.
+it gets the estimate, no verdict. Neither does a TPU: the estimate follows the torch trainer's
+layout (autocast copies, inductor's saved activations, the CUDA allocator's margin), and XLA under
+JAX plans a TPU chip's HBM its own way (rematerialization, fused buffers), so the plan prints the
+figure beside the chip's HBM and says it is not judged, rather than refuse a run that may fit.
 
 The estimate is analytic (no torch: the operator imports it) and follows what the trainer's
 model and step keep alive at the peak of an optimizer step, which for gradient accumulation is
@@ -47,6 +50,7 @@ from speedrun_api.accelerators import lookup
 from speedrun_api.flops import param_count
 from speedrun_api.kubeformats import quantity_value
 from speedrun_api.spec import ModelSpec, SpeedrunJob
+from speedrun_api.tpu import devices_per_node, is_tpu
 
 MARGIN_FIXED = 2 * 2**30  # CUDA context + cuBLAS and NCCL workspaces
 MARGIN_FRACTION = 0.05  # caching-allocator fragmentation
@@ -157,7 +161,7 @@ def estimate_peak_memory(
     m, t, r = spec.model, spec.train, spec.resources
     b = device_batch or t.device_batch_size
     if world_size is None:
-        world_size = r.node_range[1] * r.procs_per_node
+        world_size = r.node_range[1] * devices_per_node(r)
     acc = lookup(r.accelerator)
     if compiled is None:
         compiled = t.compile if t.compile is not None else (acc is None or acc.kind != "cpu")
@@ -232,6 +236,7 @@ def device_memory(job: SpeedrunJob) -> int | None:
 class MemoryVerdict:
     estimate: MemoryEstimate
     capacity: int | None  # bytes per device; None: not judged
+    hbm: int | None = None  # a TPU chip's HBM: shown, not judged (see the module doc)
 
     @property
     def fits(self) -> bool | None:
@@ -240,6 +245,11 @@ class MemoryVerdict:
     def line(self) -> str:
         """ "fits: 61.2 of 80.0 GB (77%)", "does not fit: ...", or the bare estimate."""
         total = self.estimate.total / 1e9
+        if self.hbm is not None:
+            return (  # two lines: the plan keeps to 80 columns
+                f"{total:.1f} GB estimated, of {self.hbm / 1e9:.1f} GB HBM per chip;\n"
+                "  not judged: the estimate is torch's layout, XLA under JAX plans its own"
+            )
         if self.capacity is None:
             return f"{total:.1f} GB estimated (no device memory known to judge it by)"
         share = f"{total:.1f} of {self.capacity / 1e9:.1f} GB ({self.estimate.total / self.capacity:.0%})"
@@ -249,14 +259,17 @@ class MemoryVerdict:
         return {
             **self.estimate.parts(),
             "total": self.estimate.total,
-            "device_memory": self.capacity,
+            "device_memory": self.capacity if self.hbm is None else self.hbm,
             "fits": self.fits,
             "compiled": self.estimate.compiled,
         }
 
 
 def memory_verdict(job: SpeedrunJob, device_batch: int | None = None) -> MemoryVerdict:
-    return MemoryVerdict(estimate_peak_memory(job, device_batch=device_batch), device_memory(job))
+    estimate = estimate_peak_memory(job, device_batch=device_batch)
+    if is_tpu(job.spec.resources.accelerator):
+        return MemoryVerdict(estimate, None, hbm=device_memory(job))
+    return MemoryVerdict(estimate, device_memory(job))
 
 
 def _divides(job: SpeedrunJob, device_batch: int) -> bool:

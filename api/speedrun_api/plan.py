@@ -15,6 +15,7 @@ from typing import Any
 from speedrun_api.accelerators import lookup
 from speedrun_api.flops import forward_flops_per_token, param_count, scaling_param_count, training_flops_per_token
 from speedrun_api.spec import HORIZONS, MAX_STEPS, MAX_TOKENS, SpeedrunJob
+from speedrun_api.tpu import devices_per_node
 
 ASSUMED_MFUS = (0.5, 0.2)
 
@@ -34,6 +35,7 @@ class Plan:
     min_nodes: int
     max_nodes: int
     procs_per_node: int
+    devices_per_node: int  # procsPerNode, or a TPU host's chips (one JAX process drives them all)
     num_devices: int
     accelerator: str
     device_flops: float
@@ -124,7 +126,7 @@ def resolve(job: SpeedrunJob, nodes: int | None = None) -> Plan:
     tokens_per_step = spec.train.batch_size * m.seq_len
     total_tokens = steps * tokens_per_step
     mflops = training_flops_per_token(m) * total_tokens
-    devices = n * r.procs_per_node
+    devices = n * devices_per_node(r)  # TPU: chips, the devices JAX shards the batch over
     dflops = device_flops(job)
     peak = dflops * devices
     estimates = {f"mfu={mfu}": {"hardware_flops": mflops / mfu, "seconds": mflops / mfu / peak} for mfu in ASSUMED_MFUS}
@@ -142,6 +144,7 @@ def resolve(job: SpeedrunJob, nodes: int | None = None) -> Plan:
         min_nodes=lo,
         max_nodes=hi,
         procs_per_node=r.procs_per_node,
+        devices_per_node=devices_per_node(r),
         num_devices=devices,
         accelerator=r.accelerator,
         device_flops=dflops,

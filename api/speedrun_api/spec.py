@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from speedrun_api.accelerators import known_accelerators, lookup
 from speedrun_api.spec_placement import EnvMap, MetricsSpec, ResourcesSpec, RunPolicy, StorageSpec, TrackingSpec
 from speedrun_api.spec_types import MAX_STEPS, MAX_TOKENS, Base, Fraction, PositiveFloat, StepCount, Uri
+from speedrun_api.tpu import devices_per_node, nodes_problem, procs_problem, topology_problem
 
 API_GROUP = "speedrun.dev"
 API_VERSION = "v1alpha1"
@@ -232,7 +233,8 @@ class Rule:
     """One cross-field constraint: a Python check and, when expressible, its CEL twin.
 
     `path` is the camelCase object path the CEL rule attaches to ("" is spec); the message
-    names the field so both `speedrun plan` and `kubectl apply` say the same thing.
+    names the field so both `speedrun plan` and `kubectl apply` say the same thing. A rule without
+    CEL may leave `message` empty: its check's detail is then the whole line after the field.
     """
 
     def __init__(self, path: str, field: str, cel: str | None, message: str, check: Any) -> None:
@@ -243,6 +245,8 @@ class Rule:
         if not detail:
             return None
         where = ".".join(p for p in ("spec", self.path, self.field) if p)
+        if not self.message:
+            return f"{where}: {detail}"
         return f"{where}: {self.message}" + ("" if detail is True else f" ({detail})")
 
 
@@ -262,12 +266,15 @@ def _horizon_values(t: TrainSpec) -> tuple[Any, ...]:
 def _batch(spec: SpeedrunSpec) -> str | bool:
     r, t = spec.resources, spec.train
     lo, hi = r.node_range
+    per_node, what = devices_per_node(r), "procsPerNode"
+    if per_node != r.procs_per_node:
+        what = "TPU chips per host"  # deviceBatchSize is per chip: JAX shards the batch over all chips
     for n in range(lo, hi + 1):
-        per_step = t.device_batch_size * r.procs_per_node * n
+        per_step = t.device_batch_size * per_node * n
         if t.batch_size % per_step:
             return (
                 f"batchSize {t.batch_size} is not a multiple of deviceBatchSize {t.device_batch_size}"
-                f" x procsPerNode {r.procs_per_node} x nodes {n} = {per_step}"
+                f" x {what} {per_node} x nodes {n} = {per_step}"
             )
     return False
 
@@ -337,6 +344,10 @@ RULES: list[Rule] = [
         _nodes,
     ),
     Rule("resources", "accelerator", None, "unknown accelerator; give resources.deviceFlops for others", _accelerator),
+    # TPU slices (tpu.py); their CEL twins are crd.py's, from tpu.cel_rules()
+    Rule("resources", "topology", None, "", lambda s: topology_problem(s.resources)),
+    Rule("resources", "procsPerNode", None, "", lambda s: procs_problem(s.resources)),
+    Rule("resources", "nodes", None, "", lambda s: nodes_problem(s.resources)),
     Rule(
         "metrics",
         "port",

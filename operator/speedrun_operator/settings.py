@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, fields
 from speedrun_api.run_env import env_problems
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/speedrun-operator/trainer:0.1.0"
+# The training pods of TPU runs (jax[tpu]; Dockerfile target trainer-tpu): SPEEDRUN_OPERATOR_TPU_TRAINER_IMAGE.
+DEFAULT_TPU_TRAINER_IMAGE = "ghcr.io/speedrun-operator/trainer-tpu:0.1.0"
 DEFAULT_LEASE_NAME = "speedrun-operator"
 
 ENV_TRAINER_IMAGE = "SPEEDRUN_TRAINER_IMAGE"
@@ -25,6 +27,7 @@ ENV_PREFIX = "SPEEDRUN_OPERATOR_"
 @dataclass(frozen=True)
 class OperatorSettings:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
+    tpu_trainer_image: str = DEFAULT_TPU_TRAINER_IMAGE
     namespaces: tuple[str, ...] = ()
     metrics_port: int = 9090
     leader_election: bool = False

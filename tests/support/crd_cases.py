@@ -24,6 +24,13 @@ def tiny(**changes: Any) -> dict[str, Any]:
     return with_changes(yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text()), **changes)
 
 
+def tpu(accelerator: str, topology: str | None, nodes: int, **changes: Any) -> dict[str, Any]:
+    """tiny-cpu on a TPU slice (batchSize 128: whole micro-batches on up to 16 chips)."""
+    slice_ = {"accelerator": accelerator, "topology": topology, "nodes": nodes, "procsPerNode": 1}
+    resources = {f"spec.resources.{k}": v for k, v in slice_.items()}
+    return tiny(**{**resources, "spec.train.batchSize": 128, **changes})
+
+
 SCHEMA_REJECTS = [
     ("spec.model.activation: 'tanh' is not one of", tiny(**{"spec.model.activation": "tanh"})),
     ("spec.model.vocabSize: 0 is less than the minimum", tiny(**{"spec.model.vocabSize": 0})),
@@ -47,6 +54,16 @@ CEL_REJECTS = [
         True,
     ),
     ("unknown accelerator", tiny(**{"spec.resources.accelerator": "nvidia-b200"}), True),
+    ("spec.resources.topology: required for a TPU", tpu("tpu-v5e", None, 1), True),
+    ("spec.resources.topology: only a TPU", tiny(**{"spec.resources.topology": "2x2"}), True),
+    (
+        "spec.resources.procsPerNode: must be 1 for a TPU",
+        tpu("tpu-v5e", "2x2", 1, **{"spec.resources.procsPerNode": 4}),
+        True,
+    ),
+    ("spec.resources.topology: tpu-v5e takes", tpu("tpu-v5e", "3x3", 1), True),
+    ("spec.resources.topology: tpu-v5p takes AxBxC", tpu("tpu-v5p", "4x4", 4), True),
+    ("spec.resources.nodes: must be the host count", tpu("tpu-v6e", "4x4", 2), True),
     ("required for a CORE target", tiny(**{"spec.target": {"metric": "core", "value": 0.25}}), True),
     ("at most 52 characters", tiny(**{"metadata.name": "x" * 53}), True),
     ("must start with a letter", tiny(**{"metadata.name": "7up"}), False),

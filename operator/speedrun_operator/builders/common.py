@@ -17,6 +17,7 @@ from speedrun_api.manifest import EXIT_INVALID
 from speedrun_api.run_contract import ENV_CACHE_DIR, ENV_JOB_NAME, ENV_RUN_ID, ENV_STORAGE_URI, resolve_storage_uri
 from speedrun_api.run_env import merged_env
 from speedrun_api.spec import SpeedrunJob
+from speedrun_api.tpu import devices_per_node, is_tpu
 from speedrun_operator import labels as L
 from speedrun_operator.settings import OperatorSettings, env_name
 
@@ -79,17 +80,18 @@ def check_runnable(job: SpeedrunJob, settings: OperatorSettings) -> None:
             "spec.storage.uri: required in a cluster, where the training and eval pods share checkpoints "
             f"through it (or start the operator with {env_name('default_storage_uri')})"
         )
-    r = job.spec.resources
-    acc = lookup(r.accelerator)
-    if acc is not None and acc.kind == "tpu" and not r.topology:
-        raise BuildError(f"spec.resources.topology: required for {r.accelerator} (GKE schedules TPU slices by it)")
     problems = cluster_problems(job.spec)  # the CRD's cluster-only rules, for a CRD installed before them
     if problems:
         raise BuildError("; ".join(problems))
 
 
-def image(job: SpeedrunJob, settings: OperatorSettings) -> str:
-    return job.spec.image or settings.trainer_image
+def image(job: SpeedrunJob, settings: OperatorSettings, accelerator: bool = True) -> str:
+    """spec.image, else the TPU trainer image for a TPU run's accelerator pods, else the trainer's."""
+    if job.spec.image:
+        return job.spec.image
+    return (
+        settings.tpu_trainer_image if accelerator and is_tpu(job.spec.resources.accelerator) else settings.trainer_image
+    )
 
 
 def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
@@ -173,10 +175,11 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def resources(job: SpeedrunJob, extra: bool = False) -> dict[str, Any]:
-    """Requests/limits of one node's pod: `procsPerNode` accelerators, plus cpu and memory; with
-    `extra` (the training pods) also `resources.extraResources` (RDMA NICs: the eval pod talks to
-    no other node, so it takes none of a node's few)."""
+def resources(job: SpeedrunJob, extra: bool = False, accelerator: bool = True) -> dict[str, Any]:
+    """Requests/limits of one node's pod: `procsPerNode` accelerators (a TPU host's chips), plus cpu
+    and memory; with `extra` (the training pods) also `resources.extraResources` (RDMA NICs: the
+    eval pod talks to no other node, so it takes none of a node's few). Without `accelerator` (a
+    TPU run's eval pod, builders/tpu.py) no accelerator at all."""
     r = job.spec.resources
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
@@ -186,9 +189,9 @@ def resources(job: SpeedrunJob, extra: bool = False) -> dict[str, Any]:
         requests["memory"] = r.memory
         limits["memory"] = r.memory
     acc = lookup(r.accelerator)
-    if acc is not None and acc.resource is not None:
+    if accelerator and acc is not None and acc.resource is not None:
         # Extended resources cannot be overcommitted: request == limit.
-        requests[acc.resource] = limits[acc.resource] = str(r.procs_per_node)
+        requests[acc.resource] = limits[acc.resource] = str(devices_per_node(r))
     if extra:
         for name, count in r.extra_resources.items():
             requests[name] = limits[name] = str(count)
@@ -200,10 +203,10 @@ def resources(job: SpeedrunJob, extra: bool = False) -> dict[str, Any]:
     return out
 
 
-def node_selector(job: SpeedrunJob, settings: OperatorSettings) -> dict[str, str]:
+def node_selector(job: SpeedrunJob, settings: OperatorSettings, accelerator: bool = True) -> dict[str, str]:
     r = job.spec.resources
     out: dict[str, str] = {}
-    acc = lookup(r.accelerator)
+    acc = lookup(r.accelerator) if accelerator else None
     if acc is not None and settings.accelerator_selectors:
         out.update(acc.node_selector)
     if acc is not None and acc.kind == "tpu" and r.topology:
@@ -216,8 +219,11 @@ def tolerations(job: SpeedrunJob) -> list[dict[str, Any]]:
     return [t.model_dump(by_alias=True, exclude_none=True) for t in job.spec.resources.tolerations]
 
 
-def pod_spec(job: SpeedrunJob, settings: OperatorSettings, container: dict[str, Any]) -> dict[str, Any]:
-    """The pod spec around one container: scheduling, security, volumes."""
+def pod_spec(
+    job: SpeedrunJob, settings: OperatorSettings, container: dict[str, Any], accelerator: bool = True
+) -> dict[str, Any]:
+    """The pod spec around one container: scheduling (`accelerator`: on the accelerator's nodes),
+    security, volumes."""
     r = job.spec.resources
     spec: dict[str, Any] = {
         "restartPolicy": "Never",  # podFailurePolicy needs it; torchrun restarts workers in-pod
@@ -229,7 +235,7 @@ def pod_spec(job: SpeedrunJob, settings: OperatorSettings, container: dict[str, 
     }
     if settings.service_account:
         spec["serviceAccountName"] = settings.service_account
-    selector = node_selector(job, settings)
+    selector = node_selector(job, settings, accelerator)
     if selector:
         spec["nodeSelector"] = selector
     if r.tolerations:
@@ -246,10 +252,11 @@ def container(
     command: list[str],
     ports: list[dict[str, Any]],
     extra_resources: bool = False,
+    accelerator: bool = True,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": name,
-        "image": image(job, settings),
+        "image": image(job, settings, accelerator),
         "imagePullPolicy": settings.image_pull_policy,
         "command": command,
         "env": env(job, settings),
@@ -260,7 +267,7 @@ def container(
     }
     if ports:
         out["ports"] = ports
-    res = resources(job, extra=extra_resources)
+    res = resources(job, extra=extra_resources, accelerator=accelerator)
     if res:
         out["resources"] = res
     return out

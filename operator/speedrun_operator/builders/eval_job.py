@@ -12,7 +12,7 @@ from typing import Any
 from speedrun_api.run_contract import ENV_TERMINATION_LOG, TERMINATION_LOG
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
-from speedrun_operator.builders import common
+from speedrun_operator.builders import common, tpu
 from speedrun_operator.settings import OperatorSettings
 
 EVAL_MODULE = "speedrun_trainer.evaluation"
@@ -32,11 +32,14 @@ def torchrun_eval_command(job: SpeedrunJob) -> list[str]:
 
 
 def build_eval_job(job: SpeedrunJob, settings: OperatorSettings) -> dict[str, Any]:
+    """The eval pod; a TPU run's on CPU in the plain trainer image, asking for no TPU (builders/tpu.py)."""
     name = job.metadata.name
-    container = common.container(job, settings, L.CONTAINER_EVALUATOR, torchrun_eval_command(job), ports=[])
+    on_accelerator = tpu.tpu_slice(job) is None
+    command = torchrun_eval_command(job)
+    container = common.container(job, settings, L.CONTAINER_EVALUATOR, command, ports=[], accelerator=on_accelerator)
     container["env"].append({"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG})
     container["terminationMessagePath"] = TERMINATION_LOG
-    pod = common.pod_spec(job, settings, container)
+    pod = common.pod_spec(job, settings, container, accelerator=on_accelerator)
     counts = {"completions": 1, "parallelism": 1, "backoffLimit": settings.eval_backoff_limit}
     labels = common.queue_labels(job)
     return common.batch_job(job, L.eval_job_name(name), L.ROLE_EVAL, labels, pod, counts)

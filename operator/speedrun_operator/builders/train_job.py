@@ -1,4 +1,5 @@
-"""The Indexed training Job `<name>-train`: one pod per node, torchrun with c10d rendezvous.
+"""The Indexed training Job `<name>-train`: one pod per node, torchrun with c10d rendezvous (a TPU
+slice: one pod per host running JAX, builders/tpu.py).
 
 completions = parallelism = nodes (the maximum for elastic jobs), so pod `i` is hostname
 `<name>-train-i`, and the agent of completion index 0 hosts the rendezvous store at
@@ -29,7 +30,7 @@ from typing import Any
 from speedrun_api.run_contract import TRAIN_MODULE
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
-from speedrun_operator.builders import common
+from speedrun_operator.builders import common, tpu
 from speedrun_operator.settings import OperatorSettings
 
 POD_IP_ENV = "POD_IP"
@@ -76,9 +77,11 @@ def build_train_job(job: SpeedrunJob, settings: OperatorSettings, attempt: int =
         {"name": L.PORT_NAME_RENDEZVOUS, "containerPort": L.PORT_RENDEZVOUS},
         {"name": L.PORT_NAME_METRICS, "containerPort": job.spec.metrics.port},
     ]
+    command = torchrun_train_command(job)
+    if tpu.tpu_slice(job) is not None:  # one JAX process per TPU host, GKE's env (builders/tpu.py)
+        ports, command = tpu.train_ports(job), tpu.train_command(job)
     if r.host_network:
         ports = [{**port, "hostPort": port["containerPort"]} for port in ports]
-    command = torchrun_train_command(job)
     container = common.container(job, settings, L.CONTAINER_TRAINER, command, ports, extra_resources=True)
     pod = common.pod_spec(job, settings, container)
     pod["subdomain"] = L.service_name(name)

@@ -69,21 +69,6 @@ CASES = [
         suspended=True,
     ),
     Case(
-        "tpu",
-        tiny(
-            resources={"nodes": 2, "procsPerNode": 4, "accelerator": "tpu-v5p", "topology": "2x2x2"},
-            train={"batchSize": 64},
-        ),
-        pods=2,
-        nnodes="2",
-        nproc=4,
-        limits={"google.com/tpu": "4", "memory": "2Gi"},
-        node_selector={
-            "cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
-            "cloud.google.com/gke-tpu-topology": "2x2x2",
-        },
-    ),
-    Case(
         "elastic",
         tiny(resources={"nodes": None, "minNodes": 1, "maxNodes": 2}, train={"batchSize": 16}),
         pods=2,
@@ -253,15 +238,7 @@ def test_image_and_selectors_follow_the_settings() -> None:
 @pytest.mark.parametrize(
     ("manifest", "message"),
     [
-        (
-            tiny(resources={"accelerator": "tpu-v5p", "procsPerNode": 4}, train={"batchSize": 64}),
-            "spec.resources.topology: required",
-        ),
         ({**tiny(), "metadata": {"name": "9lives"}}, "metadata.name: must start with a letter"),
-        (
-            tiny(resources={"accelerator": "tpu-v5p", "procsPerNode": 4, "topology": "2x2x1"}, train={"batchSize": 64}),
-            "spec.resources.accelerator: TPU accelerators are not supported in a cluster yet",
-        ),
         (tiny(storage={"uri": "file:///data/runs"}), r"spec.storage.uri: local storage \(file:// or a path\)"),
     ],
 )

@@ -17,7 +17,8 @@ def test_cpu_manifest_runs_on_cpu():
 
 
 def test_tpu_manifest_is_an_invalid_config():
-    job = parse_job(tiny_manifest(**{"spec.resources.accelerator": "tpu-v5e", "spec.resources.topology": "2x2"}))
+    slice_ = {"spec.resources.accelerator": "tpu-v5e", "spec.resources.topology": "2x2", "spec.resources.nodes": 1}
+    job = parse_job(tiny_manifest(**slice_, **{"spec.train.deviceBatchSize": 2}))  # 1 host of 4 chips
     with pytest.raises(ConfigError, match=r"spec\.resources\.accelerator: tpu-v5e needs a TPU backend"):
         check_device(job, CPU)
 

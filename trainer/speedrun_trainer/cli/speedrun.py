@@ -26,6 +26,7 @@ from speedrun_api.memory import MemoryEstimate, memory_verdict
 from speedrun_api.plan import Plan, resolve
 from speedrun_api.run_contract import LOCAL_RUNS_DIR
 from speedrun_api.spec import SpeedrunJob
+from speedrun_api.tpu import slice_of
 from speedrun_trainer import __version__
 
 
@@ -53,7 +54,7 @@ def format_plan(job: SpeedrunJob, plan: Plan, *, config: bool = False) -> str:
         f"Model size: {plan.model_size / 1e6:.2f} million parameters",
         f"Model FLOPs: {plan.model_flops:.2e} FLOP",
         f"Total tokens: {plan.total_tokens:,} ({plan.total_tokens:.3e})",
-        f"Number of devices: {plan.num_devices} ({nodes} node(s) x {plan.procs_per_node} process(es), {acc_name})",
+        f"Number of devices: {plan.num_devices} ({_layout(job, plan, nodes)}, {acc_name})",
         f"Peak memory per device: {verdict.line()}",
         "The rough estimated compute (total model FLOPs / assumed MFU) is between:",
     ]
@@ -82,6 +83,14 @@ def format_plan(job: SpeedrunJob, plan: Plan, *, config: bool = False) -> str:
         lines.append("The resolved configuration: add --config (or --json: all as one JSON object)")
     lines.append("----- end of speedrun plan -----")
     return "\n".join(lines)
+
+
+def _layout(job: SpeedrunJob, plan: Plan, nodes: str) -> str:
+    """How the devices are laid out: nodes x processes, or a TPU slice's hosts x chips."""
+    tpu = slice_of(job.spec.resources)
+    if tpu is None:
+        return f"{nodes} node(s) x {plan.procs_per_node} process(es)"
+    return f"{tpu.hosts} host(s) x {tpu.chips_per_host} chips, one JAX process per host"
 
 
 def _memory_lines(est: MemoryEstimate) -> list[str]:

@@ -9,7 +9,9 @@ what GKE's TPU webhook looks for: it injects `TPU_WORKER_ID` (the completion ind
 
 - its image: the TPU trainer image (jax[tpu], the operator's `tpu_trainer_image`) unless
   `spec.image` names one;
-- its command: the trainer itself, no torchrun (JAX has no per-chip processes to launch);
+- its command: the JAX trainer (`speedrun_trainer.train.jax_main`, docs/contracts.md), no torchrun:
+  JAX has no per-chip processes to launch; `SPEEDRUN_JAX_PLATFORM=tpu` makes a pod that finds no
+  TPU fail instead of training on the host's CPU;
 - its requests: `google.com/tpu: <chips per host>`, with the gke-tpu-accelerator and
   gke-tpu-topology node selectors (common.resources and common.node_selector).
 
@@ -23,11 +25,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from speedrun_api.run_contract import TRAIN_MODULE
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.tpu import Slice, slice_of
 from speedrun_operator import labels as L
 
+# The JAX backend's entry point and environment (docs/contracts.md "JAX backend entry point").
+JAX_TRAIN_MODULE = "speedrun_trainer.train.jax_main"
+ENV_JAX_PLATFORM = "SPEEDRUN_JAX_PLATFORM"  # "tpu": the trainer never falls back to jax's CPU
 JAX_COORDINATOR_PORT = 8476  # jax.distributed's default on a TPU slice (worker 0 hosts it)
 PORT_NAME_COORDINATOR = "jax-coordinator"
 
@@ -38,8 +42,12 @@ def tpu_slice(job: SpeedrunJob) -> Slice | None:
 
 
 def train_command(job: SpeedrunJob) -> list[str]:
-    """One JAX process per host: the trainer reads TPU_WORKER_ID / TPU_WORKER_HOSTNAMES itself."""
-    return ["python", "-m", TRAIN_MODULE, "--config", L.CONFIG_PATH]
+    """One JAX process per host: jax.distributed reads TPU_WORKER_ID / TPU_WORKER_HOSTNAMES itself."""
+    return ["python", "-m", JAX_TRAIN_MODULE, "--config", L.CONFIG_PATH]
+
+
+def train_env() -> list[dict[str, Any]]:
+    return [{"name": ENV_JAX_PLATFORM, "value": "tpu"}]
 
 
 def train_ports(job: SpeedrunJob) -> list[dict[str, Any]]:

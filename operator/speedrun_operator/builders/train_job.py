@@ -85,6 +85,8 @@ def build_train_job(job: SpeedrunJob, settings: OperatorSettings, attempt: int =
     container = common.container(job, settings, L.CONTAINER_TRAINER, command, ports, extra_resources=True)
     pod = common.pod_spec(job, settings, container)
     pod["subdomain"] = L.service_name(name)
+    if tpu.tpu_slice(job) is not None:
+        container["env"] += tpu.train_env()
     if r.host_network:
         pod["hostNetwork"] = True
         pod["dnsPolicy"] = "ClusterFirstWithHostNet"

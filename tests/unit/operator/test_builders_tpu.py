@@ -60,7 +60,15 @@ def test_a_tpu_slice_is_one_pod_per_host_with_gke_selectors(
     }
     res = container["resources"]
     assert res["requests"]["google.com/tpu"] == res["limits"]["google.com/tpu"] == chips
-    assert container["command"] == ["python", "-m", "speedrun_trainer.train", "--config", "/etc/speedrun/run.json"]
+    # docs/contracts.md "JAX backend entry point" (branch i26-jax)
+    assert container["command"] == [
+        "python",
+        "-m",
+        "speedrun_trainer.train.jax_main",
+        "--config",
+        "/etc/speedrun/run.json",
+    ]
+    assert {"name": "SPEEDRUN_JAX_PLATFORM", "value": "tpu"} in container["env"]
     assert not any("torchrun" in part for part in container["command"])
     assert {"name": "jax-coordinator", "containerPort": 8476} in container["ports"]
     assert container["image"] == DEFAULT_TPU_TRAINER_IMAGE

@@ -34,7 +34,7 @@ from speedrun_operator import labels as L
 from speedrun_operator.builders import build_train_job
 from speedrun_operator.operator_commands import kopf_run_argv
 from speedrun_operator.operator_metrics import REGISTRY, serve
-from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings, env_name
+from speedrun_operator.settings import DEFAULT_TPU_TRAINER_IMAGE, DEFAULT_TRAINER_IMAGE, OperatorSettings, env_name
 from speedrun_operator.training_progress import METRIC_FIELDS
 from tests.support.helpers import ROOT
 
@@ -185,6 +185,7 @@ def test_operator_env_is_what_settings_read(helm: Path, values: Path) -> None:
 def test_defaults_serve_the_release_namespace_with_the_default_trainer_image(helm: Path) -> None:
     settings = OperatorSettings.from_env(operator_env(render(helm)))
     assert settings.trainer_image == DEFAULT_TRAINER_IMAGE
+    assert settings.tpu_trainer_image == DEFAULT_TPU_TRAINER_IMAGE
     assert settings.trainer_env_vars() == {} and settings.problem() is None
     assert settings.namespaces == (NAMESPACE,)
     assert not settings.leader_election
@@ -211,6 +212,7 @@ def test_custom_images_and_resources(helm: Path) -> None:
         "registry.example.com/ml/speedrun-trainer:0.1.0-cu128"
         "@sha256:4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"
     )
+    assert settings.tpu_trainer_image == "registry.example.com/ml/speedrun-trainer-tpu:0.1.0-jax"
     assert settings.image_pull_policy == "Always" and settings.run_as_user == 2000
     assert settings.service_account == "speedrun-trainer" and not settings.accelerator_selectors
     assert settings.trainer_env_vars() == {"NCCL_SOCKET_IFNAME": "eth0", "NCCL_IB_HCA": "mlx5_0,mlx5_1"}
@@ -231,6 +233,7 @@ def test_chart_version_follows_the_package() -> None:
     version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)
     assert version is not None and chart["appVersion"] == version.group(1)
     assert DEFAULT_TRAINER_IMAGE.endswith(f":{chart['appVersion']}")
+    assert DEFAULT_TPU_TRAINER_IMAGE.endswith(f":{chart['appVersion']}")
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)

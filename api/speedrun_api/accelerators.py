@@ -14,6 +14,11 @@ Memory is the vendor's figure per device, in bytes: NVIDIA's "80GB" H100 and A10
 "40GB" A100, "24GB" L4 and RTX 4090 are decimal gigabytes as the data sheets print them (the
 usable `torch.cuda.mem_get_info` total is a little lower, which the plan's margin covers); Google
 gives TPU HBM in GiB (v4 32, v5e 16, v5p 95, v6e 32 per chip).
+
+TPU figures are per chip, bf16, from Google's Cloud TPU pages (checked 2026-12): v4 275 TFLOP/s
+and 32 GiB (https://cloud.google.com/tpu/docs/v4), v5e 197 and 16 (.../v5e), v5p 459 and 95
+(.../v5p), v6e 918 and 32 (.../v6e). A TPU's `resource` (google.com/tpu) counts the chips of one
+host; chips per host and the topology's dimensionality are tpu.py's.
 """
 
 from __future__ import annotations

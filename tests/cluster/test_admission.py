@@ -3,7 +3,7 @@
 Each row is a SpeedrunJob whose training Job or pods the apiserver (or the kubelet) would refuse:
 quantities that are not quantities, label keys and values that are not labels, malformed
 tolerations, the metrics port on the rendezvous port, absurd counts, and manifests the trainer
-cannot run in a cluster (TPU, storage on one node's disk). `kubectl create --dry-run=server` sends
+cannot run in a cluster (storage on one node's disk). `kubectl create --dry-run=server` sends
 each through the real kube-apiserver (OpenAPI patterns and limits, CEL rules), which must refuse it
 naming the field; the pydantic model refuses the same rows (except the cluster-only ones, which
 `speedrun run` accepts on one machine). Run: `pytest -m cluster tests/cluster/test_admission.py`.
@@ -68,17 +68,6 @@ REFUSED = [
 
 # Refused in a cluster only: `speedrun run` on one machine still takes them.
 CLUSTER_ONLY = [
-    (
-        "spec.resources.accelerator",
-        doc(
-            **{
-                "spec.resources.accelerator": "tpu-v5p",
-                "spec.resources.topology": "2x2x1",
-                "spec.resources.nodes": 1,
-                "spec.train.batchSize": 4,
-            }
-        ),
-    ),
     ("spec.storage.uri", doc(**{"spec.storage.uri": "file:///data/runs"})),
     ("spec.storage.uri", doc(**{"spec.storage.uri": "/data/runs"})),
     (

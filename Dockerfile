@@ -1,11 +1,13 @@
 # syntax=docker/dockerfile:1
-# The two images of speedrun-operator, one target each:
+# The three images of speedrun-operator, one target each:
 #
 #   docker build --target operator -t ghcr.io/speedrun-operator/operator:0.1.0 .   # kopf operator, no torch
 #   docker build --target trainer  -t ghcr.io/speedrun-operator/trainer:0.1.0 .    # torch 2.13.0
+#   docker build --target trainer-tpu -t ghcr.io/speedrun-operator/trainer-tpu:0.1.0 .   # jax[tpu], TPU runs
 #
-# `make image REGISTRY=<registry/namespace you can push to>` builds both as <REGISTRY>/operator and
-# <REGISTRY>/trainer (tag: the chart's appVersion), pushes them and prints the `helm install` line.
+# `make image REGISTRY=<registry/namespace you can push to>` builds them as <REGISTRY>/operator,
+# <REGISTRY>/trainer and <REGISTRY>/trainer-tpu (tag: the chart's appVersion), pushes them and
+# prints the `helm install` line.
 #
 # Each installs its lock, hash-checked: requirements/operator.txt (the base dependencies) and
 # requirements/trainer.txt (train, wandb, gcs, fp8), resolved by `make lock` for CPython 3.11 on
@@ -97,4 +99,38 @@ ENV PATH=/opt/venv/bin:$PATH HOME=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECOD
 USER 1000:1000
 # 9400: rank 0's Prometheus metrics; 29400: the c10d rendezvous.
 EXPOSE 9400 29400
+CMD ["speedrun", "--help"]
+
+# ---- trainer-tpu -------------------------------------------------------------------------------
+# The TPU runs' training image (the operator's SPEEDRUN_OPERATOR_TPU_TRAINER_IMAGE): the JAX backend
+# (docs/contracts.md), python:3.12 (jax 0.12 needs >= 3.12), requirements/trainer-tpu.txt: jax[tpu]
+# with libtpu, torchax and torch 2.13.0 (the GPT is torch code run through torchax), hash-checked.
+# torch is PyPI's (its nvidia-* wheels ride along unused: a CPU-index torch cannot be hash-locked
+# from where the locks are made). Same user, HOME and read-only root as the trainer image.
+FROM python:3.12-slim-bookworm AS trainer-tpu-build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+COPY requirements/trainer-tpu.txt requirements/
+RUN pip install --require-hashes -r requirements/trainer-tpu.txt
+COPY pyproject.toml README.md ./
+COPY api/ api/
+COPY trainer/ trainer/
+COPY operator/ operator/
+RUN pip install --no-deps . \
+ && python3 -c "import jax, torchax, torch, speedrun_trainer; print('jax', jax.__version__, 'torch', torch.__version__)"
+
+FROM python:3.12-slim-bookworm AS trainer-tpu
+LABEL org.opencontainers.image.title="speedrun-trainer-tpu" \
+      org.opencontainers.image.description="GPT speedrun trainer on TPU (JAX: python -m speedrun_trainer.train.jax_main)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --gid 1000 speedrun \
+ && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin speedrun
+COPY --from=trainer-tpu-build /opt/venv /opt/venv
+# jax and libtpu cache under HOME; the pods mount /tmp and the shard cache as emptyDirs.
+ENV PATH=/opt/venv/bin:$PATH HOME=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    SPEEDRUN_CACHE_DIR=/var/cache/speedrun
+USER 1000:1000
+# 9400: process 0's Prometheus metrics; 8476: jax.distributed's coordinator on worker 0.
+EXPOSE 9400 8476
 CMD ["speedrun", "--help"]

@@ -55,6 +55,11 @@ PROFILE = $(COMPILE) pyproject.toml -c requirements/constraints.in
 LEVANTER_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.12 \
 	--python-platform x86_64-manylinux_2_28 --prerelease=if-necessary-or-explicit $(LOCK_FLAGS)
 
+# The TPU trainer image (Dockerfile target trainer-tpu): Python 3.12 (jax 0.12), jax[tpu], torchax's
+# dev release; libtpu's wheels are manylinux_2_31 (bookworm's glibc is 2.36).
+TPU_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.12 \
+	--python-platform x86_64-manylinux_2_31 --prerelease=if-necessary-or-explicit $(LOCK_FLAGS)
+
 # One lock per install profile: operator (the operator image), speedrun (make speedrun), trainer
 # (the trainer image), dev (make setup / make test: every extra); tools (this set-up's own tools);
 # levanter (the levanter reference the e2e differential tests build their own venv from).
@@ -65,6 +70,8 @@ lock: $(TOOLS_STAMP)
 	$(PROFILE) --extra train --extra wandb --extra gcs --extra fp8 -o requirements/trainer.txt
 	$(PROFILE) --all-extras -o requirements/dev.txt
 	$(LEVANTER_COMPILE) requirements/levanter.in -o requirements/levanter.txt
+	$(TPU_COMPILE) pyproject.toml requirements/trainer-tpu.in -c requirements/constraints.in \
+		--extra train --extra gcs -o requirements/trainer-tpu.txt
 
 # An existing lock keeps its pins where they still fit; this moves every pin to the newest version.
 lock-upgrade:
@@ -122,23 +129,27 @@ clean:
 kind:
 	scripts/kind-quickstart.sh
 
-# The chart's two images, built from the Dockerfile's targets and pushed to a registry you can push
-# to: $(REGISTRY)/operator:$(TAG) and $(REGISTRY)/trainer:$(TAG) (REGISTRY=ghcr.io/speedrun-operator
-# gives the chart's defaults). TAG defaults to the chart's appVersion, the tag the chart pulls when
-# none is set. CONTAINER_TOOL=podman or buildah work as docker does. The trainer image is ~5.6 GB.
+# The chart's three images, built from the Dockerfile's targets and pushed to a registry you can
+# push to: $(REGISTRY)/operator:$(TAG), $(REGISTRY)/trainer:$(TAG) and $(REGISTRY)/trainer-tpu:$(TAG)
+# (the TPU runs' training image; REGISTRY=ghcr.io/speedrun-operator gives the chart's defaults). TAG
+# defaults to the chart's appVersion, the tag the chart pulls when none is set. CONTAINER_TOOL=podman
+# or buildah work as docker does. The trainer image is ~5.6 GB, the TPU trainer's a little more.
 CONTAINER_TOOL ?= docker
 REGISTRY ?=
 IMAGE_PREFIX = $(patsubst %/,%,$(REGISTRY))
 TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/speedrun-operator/Chart.yaml)
 HELM_IMAGE_VALUES = --set image.repository=$(IMAGE_PREFIX)/operator,image.tag=$(TAG) \
-  --set trainer.image.repository=$(IMAGE_PREFIX)/trainer,trainer.image.tag=$(TAG)
+  --set trainer.image.repository=$(IMAGE_PREFIX)/trainer,trainer.image.tag=$(TAG) \
+  --set trainer.tpuImage.repository=$(IMAGE_PREFIX)/trainer-tpu,trainer.tpuImage.tag=$(TAG)
 
 .PHONY: image
 image:
 	$(if $(REGISTRY),,$(error REGISTRY: give the registry and namespace to push to, e.g. make image REGISTRY=ghcr.io/you))
 	$(CONTAINER_TOOL) build --target operator -t $(IMAGE_PREFIX)/operator:$(TAG) .
 	$(CONTAINER_TOOL) build --target trainer -t $(IMAGE_PREFIX)/trainer:$(TAG) .
+	$(CONTAINER_TOOL) build --target trainer-tpu -t $(IMAGE_PREFIX)/trainer-tpu:$(TAG) .
 	$(CONTAINER_TOOL) push $(IMAGE_PREFIX)/operator:$(TAG)
 	$(CONTAINER_TOOL) push $(IMAGE_PREFIX)/trainer:$(TAG)
+	$(CONTAINER_TOOL) push $(IMAGE_PREFIX)/trainer-tpu:$(TAG)
 	@echo "Pushed. Install the chart with these images (and default storage: README.md, 'Run it on a cluster'):"
 	@echo "  helm install speedrun charts/speedrun-operator -n speedrun --create-namespace $(HELM_IMAGE_VALUES)"

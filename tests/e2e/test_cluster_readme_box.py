@@ -136,7 +136,9 @@ def test_readme_cluster_box_runs_as_written(
             elif argv[:2] == ["helm", "install"]:
                 shell.run(f"{line} --set replicaCount=0")
                 release = installed_release(cp, argv[2], namespace)
-                assert (operator_image(cp, release), release.env["SPEEDRUN_TRAINER_IMAGE"]) == tuple(pushed)
+                env = release.env
+                chart_images = (env["SPEEDRUN_TRAINER_IMAGE"], env["SPEEDRUN_OPERATOR_TPU_TRAINER_IMAGE"])
+                assert (operator_image(cp, release), *chart_images) == tuple(pushed)
                 stack.enter_context(release_operator(cp, release, workdir))
             elif "wait" in argv:
                 assert job is not None, "the box waits for a job it has not applied"
@@ -181,9 +183,9 @@ def operator_image(cp: ControlPlane, release: Release) -> str:
 
 
 def what_make_image_would_push(dry_run: str) -> list[str]:
-    """The images `make -n image` shows it would build and push: [operator, trainer]."""
-    built = dict(re.findall(r"^\S+ build --target (\w+) -t (\S+) \.$", dry_run, re.M))
+    """The images `make -n image` shows it would build and push: [operator, trainer, trainer-tpu]."""
+    built = dict(re.findall(r"^\S+ build --target ([\w-]+) -t (\S+) \.$", dry_run, re.M))
     pushed = re.findall(r"^\S+ push (\S+)$", dry_run, re.M)
-    assert list(built) == ["operator", "trainer"] and pushed == list(built.values()), dry_run
+    assert list(built) == ["operator", "trainer", "trainer-tpu"] and pushed == list(built.values()), dry_run
     assert all(image.endswith(f":{APP_VERSION}") for image in pushed), pushed
     return pushed

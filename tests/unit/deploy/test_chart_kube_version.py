@@ -88,7 +88,7 @@ def created_objects() -> list[dict[str, Any]]:
         manifest = yaml.safe_load(example.read_text())
         resources = manifest["spec"]["resources"]
         nodes = resources.get("nodes") or 1
-        if nodes >= 2:
+        if nodes >= 2 and "topology" not in resources:  # a TPU slice's host count is fixed
             del resources["nodes"]
             resources.update(minNodes=1, maxNodes=nodes)
             objects += build_all(parse_job(manifest), OperatorSettings())

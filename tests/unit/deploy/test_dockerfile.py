@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from speedrun_operator import labels as L
-from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
+from speedrun_operator.settings import DEFAULT_TPU_TRAINER_IMAGE, DEFAULT_TRAINER_IMAGE, OperatorSettings
 from tests.support.helpers import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -96,11 +96,11 @@ def pip_installs(stages: list[Stage]) -> list[str]:
     ]
 
 
-def test_both_targets_exist() -> None:
-    assert {"operator", "trainer"} <= set(STAGES)
+def test_the_targets_exist() -> None:
+    assert {"operator", "trainer", "trainer-tpu"} <= set(STAGES)
 
 
-@pytest.mark.parametrize("target", ["operator", "trainer"])
+@pytest.mark.parametrize("target", ["operator", "trainer", "trainer-tpu"])
 def test_target_runs_as_the_non_root_user_the_pods_expect(target: str) -> None:
     users = STAGES[target].all("USER")
     assert users, f"{target}: no USER"
@@ -119,7 +119,9 @@ def test_operator_target_has_no_torch() -> None:
     assert "\nkopf==" in lock and "\ntorch==" not in lock
 
 
-@pytest.mark.parametrize(("target", "lock"), [("operator", "operator"), ("trainer", "trainer")])
+@pytest.mark.parametrize(
+    ("target", "lock"), [("operator", "operator"), ("trainer", "trainer"), ("trainer-tpu", "trainer-tpu")]
+)
 def test_target_installs_its_lock_and_nothing_unlocked(target: str, lock: str) -> None:
     stages = closure(target)
     installs = pip_installs(stages)
@@ -140,6 +142,23 @@ def test_trainer_lock_holds_the_pinned_torch_and_the_pods_extras() -> None:
     assert {"numpy", "rich", "wandb", "s3fs", "gcsfs", "torchao"} <= pinned
     assert "torchx" not in pinned, "torchx is `speedrun run --launcher torchx` only, not the pods'"
     assert "BASE" in GLOBAL_ARGS and STAGES["trainer"].base == "${BASE}"
+
+
+def test_tpu_trainer_target_is_python_3_12_with_jax_and_a_read_only_root() -> None:
+    """jax 0.12 needs Python >= 3.12: both TPU stages are python:3.12's, the lock it installs is
+    3.12's, and the final stage has HOME on the pods' /tmp emptyDir and exposes the ports the TPU
+    pod builder names (jax.distributed's coordinator, the metrics)."""
+    from speedrun_operator.builders.tpu import JAX_COORDINATOR_PORT
+
+    assert STAGES["trainer-tpu"].base == STAGES["trainer-tpu-build"].base == "python:3.12-slim-bookworm"
+    assert "--python-version 3.12" in (ROOT / "requirements" / "trainer-tpu.txt").read_text().splitlines()[1]
+    assert any("HOME=/tmp" in env for env in STAGES["trainer-tpu"].all("ENV"))
+    ports = {int(p) for args in STAGES["trainer-tpu"].all("EXPOSE") for p in args.split()}
+    assert {JAX_COORDINATOR_PORT, 9400} <= ports
+    header = DOCKERFILE.read_text()
+    assert f"--target trainer-tpu -t {DEFAULT_TPU_TRAINER_IMAGE}" in header
+    repo, _, _tag = DEFAULT_TPU_TRAINER_IMAGE.rpartition(":")
+    assert VALUES["trainer"]["tpuImage"]["repository"] == repo
 
 
 def test_commands_and_ports_match_the_chart_and_the_builders() -> None:

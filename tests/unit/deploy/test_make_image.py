@@ -61,35 +61,42 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
-def images(container: dict[str, Any]) -> tuple[str, str]:
-    """(operator image, trainer image) the chart runs."""
-    return container["image"], env_of(container)["SPEEDRUN_TRAINER_IMAGE"]
+def images(container: dict[str, Any]) -> tuple[str, str, str]:
+    """(operator image, trainer image, TPU trainer image) the chart runs."""
+    env = env_of(container)
+    return container["image"], env["SPEEDRUN_TRAINER_IMAGE"], env["SPEEDRUN_OPERATOR_TPU_TRAINER_IMAGE"]
 
 
 def test_make_image_builds_each_dockerfile_target_and_pushes_it() -> None:
     proc = make_n("REGISTRY=registry.example.com/you/")  # a trailing slash is not doubled
     assert proc.returncode == 0, proc.stderr
-    operator, trainer = (
+    operator, trainer, tpu = (
         f"registry.example.com/you/operator:{APP_VERSION}",
         f"registry.example.com/you/trainer:{APP_VERSION}",
+        f"registry.example.com/you/trainer-tpu:{APP_VERSION}",
     )
-    assert proc.stdout.splitlines()[:4] == [
+    assert proc.stdout.splitlines()[:6] == [
         f"docker build --target operator -t {operator} .",
         f"docker build --target trainer -t {trainer} .",
+        f"docker build --target trainer-tpu -t {tpu} .",
         f"docker push {operator}",
         f"docker push {trainer}",
+        f"docker push {tpu}",
     ]
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM \S+ AS operator$", dockerfile, re.M) and re.search(
-        r"^FROM \S+ AS trainer$", dockerfile, re.M
-    )
+    for target in ("operator", "trainer", "trainer-tpu"):
+        assert re.search(rf"^FROM \S+ AS {target}$", dockerfile, re.M), target
 
 
 def test_make_image_takes_the_tag_and_the_container_tool() -> None:
     proc = make_n("REGISTRY=quay.io/me", "TAG=2024.1", "CONTAINER_TOOL=podman")
     assert proc.returncode == 0, proc.stderr
     assert "podman build --target trainer -t quay.io/me/trainer:2024.1 ." in proc.stdout
-    assert pushed(proc.stdout) == ["quay.io/me/operator:2024.1", "quay.io/me/trainer:2024.1"]
+    assert pushed(proc.stdout) == [
+        "quay.io/me/operator:2024.1",
+        "quay.io/me/trainer:2024.1",
+        "quay.io/me/trainer-tpu:2024.1",
+    ]
 
 
 def test_make_image_without_a_registry_says_what_to_give() -> None:

@@ -1,9 +1,9 @@
 """The node agent: a kubelet running pods as local processes (the retired emulator kubelet's successor).
 
-It registers Node objects (cpu, memory, pods and `nvidia.com/gpu` capacity on a node that claims
-GPUs, so the real scheduler's fit checks decide placement), renews their Leases and Ready
-condition as the kubelet's heartbeat does (the node-lifecycle controller then lifts the
-not-ready taint), and runs each pod the scheduler binds to one of its nodes:
+It registers Node objects (cpu, memory, pods, `nvidia.com/gpu` or `google.com/tpu` on a node that
+claims them, gke_tpu.py's TPU hosts, so the real scheduler's fit checks decide placement), renews
+their Leases and Ready condition as the kubelet's heartbeat does (the node-lifecycle controller
+then lifts the not-ready taint), and runs each pod the scheduler binds to one of its nodes:
 
     Pending (scheduled) -> Running (podIP, container running, PodScheduled/Initialized/
     ContainersReady/Ready True) -> Succeeded|Failed (exit code, 128+signal when killed, reason,
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.cluster import gke_tpu
 from tests.cluster.api import Api, ApiError
 from tests.cluster.network import PodNetwork
 from tests.cluster.pod_runtime import PodFiles, PodStartError, pod_pids
@@ -67,6 +68,8 @@ class NodeSpec:
     memory: str = "32Gi"
     gpus: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    tpus: int = 0  # google.com/tpu capacity: a GKE TPU host (gke_tpu.py)
+    taints: tuple[dict[str, str], ...] = ()
 
 
 @dataclass
@@ -165,9 +168,12 @@ class NodeAgent:
         capacity = {"cpu": node.cpu, "memory": node.memory, "pods": "110", "ephemeral-storage": "100Gi"}
         if node.gpus:
             capacity["nvidia.com/gpu"] = str(node.gpus)
+        if node.tpus:
+            capacity["google.com/tpu"] = str(node.tpus)
         labels = {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
                   **node.labels}  # fmt: skip
-        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name, "labels": labels}}
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name, "labels": labels},
+                "spec": {"taints": list(node.taints)}}  # fmt: skip
         with contextlib.suppress(ApiError):
             self.api.create("/api/v1/nodes", body)
         self._node_status(node.name, capacity)
@@ -287,6 +293,7 @@ class NodeAgent:
         )
         files = PodFiles(self.api, pod, root, ip, self.network.host_ip)
         argv, env, cwd = files.prepare()
+        env |= gke_tpu.tpu_env(self.api, pod)  # what GKE injects into a TPU slice's pods
         argv = files.identity.wrap((self.stand_in(pod) if self.stand_in else None) or argv)
         log_path = root / "log"
         with log_path.open("ab") as out:

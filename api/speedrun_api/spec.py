@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from speedrun_api.accelerators import known_accelerators, lookup
 from speedrun_api.spec_placement import EnvMap, MetricsSpec, ResourcesSpec, RunPolicy, StorageSpec, TrackingSpec
 from speedrun_api.spec_types import MAX_STEPS, MAX_TOKENS, Base, Fraction, PositiveFloat, StepCount, Uri
-from speedrun_api.tpu import devices_per_node, nodes_problem, procs_problem, topology_problem
+from speedrun_api.tpu import devices_per_node, metrics_port_problem, nodes_problem, procs_problem, topology_problem
 
 API_GROUP = "speedrun.dev"
 API_VERSION = "v1alpha1"
@@ -348,6 +348,7 @@ RULES: list[Rule] = [
     Rule("resources", "topology", None, "", lambda s: topology_problem(s.resources)),
     Rule("resources", "procsPerNode", None, "", lambda s: procs_problem(s.resources)),
     Rule("resources", "nodes", None, "", lambda s: nodes_problem(s.resources)),
+    Rule("metrics", "port", None, "", lambda s: metrics_port_problem(s.resources.accelerator, s.metrics.port)),
     Rule(
         "metrics",
         "port",

@@ -48,6 +48,7 @@ GENERATIONS: dict[str, Generation] = {
     "tpu-v6e": Generation(2, 4, 256, {"1x1": 1, "2x2": 4, "2x4": 8}, _V5E_V6E_SHAPES),
 }
 EXAMPLE_SHAPE = {2: "4x4", 3: "2x2x2"}
+JAX_COORDINATOR_PORT = 8476  # jax.distributed's port on a TPU slice's first host (GKE's TPU_WORKER_HOSTNAMES)
 
 
 class TopologyError(ValueError):
@@ -152,6 +153,13 @@ def nodes_problem(r: ResourcesSpec) -> str | bool:
     if r.nodes != tpu.hosts:
         got = "1 (the default)" if r.nodes is None else str(r.nodes)
         return f"{got} does not match resources.topology {tpu.describe()}"
+    return False
+
+
+def metrics_port_problem(accelerator: str, port: int) -> str | bool:
+    """spec.metrics.port: on a TPU, process 0's pod also listens on jax.distributed's port."""
+    if accelerator in GENERATIONS and port == JAX_COORDINATOR_PORT:
+        return f"must differ from {JAX_COORDINATOR_PORT} on a TPU (jax.distributed's coordinator port)"
     return False
 
 

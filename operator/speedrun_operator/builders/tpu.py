@@ -26,13 +26,12 @@ from __future__ import annotations
 from typing import Any
 
 from speedrun_api.spec import SpeedrunJob
-from speedrun_api.tpu import Slice, slice_of
+from speedrun_api.tpu import JAX_COORDINATOR_PORT, Slice, slice_of
 from speedrun_operator import labels as L
 
 # The JAX backend's entry point and environment (docs/contracts.md "JAX backend entry point").
 JAX_TRAIN_MODULE = "speedrun_trainer.train.jax_main"
 ENV_JAX_PLATFORM = "SPEEDRUN_JAX_PLATFORM"  # "tpu": the trainer never falls back to jax's CPU
-JAX_COORDINATOR_PORT = 8476  # jax.distributed's default on a TPU slice (worker 0 hosts it)
 PORT_NAME_COORDINATOR = "jax-coordinator"
 
 

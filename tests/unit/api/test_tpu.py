@@ -101,6 +101,10 @@ def refusal(doc: dict) -> str:
             " (4 hosts of 4 chips), not minNodes/maxNodes",
         ),
         (
+            tpu("tpu-v5e", "4x4", 4, **{"spec.metrics.port": 8476}),
+            "spec.metrics.port: must differ from 8476 on a TPU (jax.distributed's coordinator port)",
+        ),
+        (
             tpu("tpu-v5e", "4x4", 4, **{"spec.train.batchSize": 64}),
             "spec.train.batchSize: must divide evenly into micro-batches over all processes (batchSize 64 is not a"
             " multiple of deviceBatchSize 8 x TPU chips per host 4 x nodes 4 = 128)",

@@ -9,10 +9,11 @@ Imported only when `spec.train.backend` is `jax` (train/jax_main.py): the torch 
 - The optimizer, as train/optim.py builds it for torch: `adamw` is `optax.adamw` with the spec's
   betas, eps 1e-8 (torch's), weight decay on >= 2-D weights only. `muon` is Muon (below, as
   train/muon.py: momentum, Nesterov look-ahead, the same quintic Newton-Schulz, decoupled weight
-  decay, sqrt(max(1, rows/cols)) scaling; Newton-Schulz in bf16 where torch runs it so) for the blocks' 2-D matrices, chosen by
-  `optim._split_params` exactly as the torch path chooses them, and AdamW at adamLearningRate
-  (else learningRate / 5) for embeddings, LM head and gains. optax's `contrib.muon` is not used:
-  it scales and normalises differently from this project's Muon, which the torch path defines.
+  decay, sqrt(max(1, rows/cols)) scaling; Newton-Schulz in bf16 where torch runs it so) for the
+  blocks' 2-D matrices, chosen by `optim._split_params` exactly as the torch path chooses them,
+  and AdamW at adamLearningRate (else learningRate / 5) for embeddings, LM head and gains.
+  optax's `contrib.muon` is not used: it scales and normalises differently from this project's
+  Muon, which the torch path defines.
 - The schedule: every update is linear in the learning rate (AdamW's decoupled decay too), so
   the step scales the optimizers' updates by `lr_multiplier(step, ...)`, passed in per step:
   the same rates as torch's `set_lr`.
@@ -140,7 +141,7 @@ class JaxStep:
         self.batch_sharding = NamedSharding(mesh, P(None, "data", None))  # (accum, batch, seq)
         states, self.forward = torchax.extract_jax(model)
         self.names = [n for n, _ in model.named_parameters()]  # tied weights once, as extract_jax
-        put = lambda tree: jax.device_put(tree, self.replicated)  # noqa: E731
+        put = lambda tree: jax.device_put(tree, self.replicated)
         self.params: Params = put({n: states[n] for n in self.names})
         self.buffers: Params = put({k: v for k, v in states.items() if k not in self.params})
         # Newton-Schulz in bf16 where the chip multiplies bf16 natively: a TPU, or (as the torch
@@ -177,7 +178,9 @@ class JaxStep:
         shape = (local.shape[0], local.shape[1] * jax.process_count(), local.shape[2])
         return jax.make_array_from_process_local_data(self.batch_sharding, local, shape)
 
-    def __call__(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], lr_mult: float, doc_ids: Callable | None):
+    def __call__(
+        self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], lr_mult: float, doc_ids: Callable | None
+    ):
         """One optimizer step on this process's micro-batches; returns the mean loss (a jax scalar)."""
         xs = self.global_batch(np.stack([x.numpy() for x, _ in micro_batches]))
         ys = self.global_batch(np.stack([y.numpy() for _, y in micro_batches]))
@@ -200,7 +203,9 @@ class JaxStep:
 
     def load_torch(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Parameters from a torch state_dict (a checkpoint), replicated over the mesh."""
-        self.params = jax.device_put({n: jnp.asarray(state_dict[n].float().numpy()) for n in self.names}, self.replicated)
+        self.params = jax.device_put(
+            {n: jnp.asarray(state_dict[n].float().numpy()) for n in self.names}, self.replicated
+        )
 
     def optimizer_state(self) -> list[dict[str, Any]]:
         """The optimizer state as one torch-saveable dict: its leaves in tree order, as tensors."""
@@ -211,7 +216,9 @@ class JaxStep:
         leaves, tree = jax.tree.flatten(self.opt_state)
         saved = states[0]["leaves"] if states and states[0].get("backend") == "jax" else None
         if saved is None or len(saved) != len(leaves):
-            raise ValueError("the checkpoint's optimizer state is not this JAX backend's (another backend or optimizer)")
+            raise ValueError(
+                "the checkpoint's optimizer state is not this JAX backend's (another backend or optimizer)"
+            )
         new = [jnp.asarray(t.numpy(), dtype=old.dtype) for t, old in zip(saved, leaves, strict=True)]
         self.opt_state = jax.device_put(jax.tree.unflatten(tree, new), self.replicated)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 import torch
 
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             phase("importing jax")
         import jax
 
+        # torchax casts token ids to int64, which jax (x64 off) keeps as int32: harmless, said per trace
+        warnings.filterwarnings("ignore", message="Explicitly requested dtype int64")
         if join is not None:
             jax.distributed.initialize(**join)  # type: ignore[arg-type]
         return _train(job)

@@ -50,14 +50,16 @@ LOCK_FLAGS ?=
 COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 $(LOCK_FLAGS)
 PROFILE = $(COMPILE) pyproject.toml -c requirements/constraints.in
-# levanter's reference venv for the differential tests (tests/support/levanter_env.py): Python 3.12,
-# levanter's own dev-versioned packages (hence the pre-release rule).
+# levanter's reference venv for the differential tests (tests/support/levanter_env.py) and the JAX
+# backend's (tests/support/jax_env.py): Python 3.12, dev-versioned packages (levanter's, torchax's
+# pre-release; hence the pre-release rule).
 LEVANTER_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.12 \
 	--python-platform x86_64-manylinux_2_28 --prerelease=if-necessary-or-explicit $(LOCK_FLAGS)
 
 # One lock per install profile: operator (the operator image), speedrun (make speedrun), trainer
 # (the trainer image), dev (make setup / make test: every extra); tools (this set-up's own tools);
-# levanter (the levanter reference the e2e differential tests build their own venv from).
+# levanter (the levanter reference the e2e differential tests build their own venv from); jax (the
+# JAX backend's Python 3.12 venv: requirements/jax.in + the train extra, tests/support/jax_env.py).
 lock: $(TOOLS_STAMP)
 	$(COMPILE) requirements/tools.in -o requirements/tools.txt
 	$(PROFILE) -o requirements/operator.txt
@@ -65,6 +67,8 @@ lock: $(TOOLS_STAMP)
 	$(PROFILE) --extra train --extra wandb --extra gcs --extra fp8 -o requirements/trainer.txt
 	$(PROFILE) --all-extras -o requirements/dev.txt
 	$(LEVANTER_COMPILE) requirements/levanter.in -o requirements/levanter.txt
+	$(LEVANTER_COMPILE) pyproject.toml requirements/jax.in --extra train -c requirements/constraints.in \
+		-o requirements/jax.txt
 
 # An existing lock keeps its pins where they still fit; this moves every pin to the newest version.
 lock-upgrade:

@@ -11,6 +11,8 @@
   order differs).
 - A checkpoint it writes, evaluated by the torch evaluation (`python -m speedrun_trainer.evaluation`),
   scores the BPB and loss the JAX run's own in-loop validation gave at that step.
+- Resuming from its step-10 checkpoint (parameters, optax state, data position) ends at step 20
+  where the uninterrupted run did (1e-6).
 - `speedrun run` of a `train.backend: jax` manifest trains, evaluates and writes results with the
   keys a torch-backend run writes.
 In the e2e tier: each case starts jax (seconds) and the first builds the venv (minutes cold).
@@ -19,6 +21,7 @@ In the e2e tier: each case starts jax (seconds) and the first builds the venv (m
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +124,20 @@ def test_torch_evaluation_of_a_jax_checkpoint_scores_what_jax_had(one_and_two, t
     assert info["training_steps"] == 20
     assert abs(info["eval/builtin://pydoc-topics/val/bpb"] - summary["val_bpb"]) < 1e-5
     assert abs(info["val_loss"] - summary["val_loss"]) < 1e-5
+    assert info["eval/builtin://pydoc-topics/val/bpb"] < info["initial_bpb"] - 0.5  # the trained weights
+
+
+def test_resume_from_a_jax_checkpoint_continues_the_same_run(one_and_two, tmp_path: Path):
+    """Step 10's checkpoint (parameters, optax state, data position) resumed: step 20 as if never stopped."""
+    manifest, one, _, _ = one_and_two
+    storage = tmp_path / "resumed"
+    shutil.copytree(one, storage)
+    for path in [storage / "train_summary.json", *(storage / "checkpoints").glob("*_000020.*")]:
+        path.unlink()
+    [log] = _train(manifest, storage, processes=1, devices=4)
+    assert "resumed from" in log and "at step 10" in log, log[-3000:]
+    ma, mb = _final_model(one, 20), _final_model(storage, 20)
+    assert max(float((ma[k] - mb[k]).abs().max()) for k in ma) < 1e-6
 
 
 def test_speedrun_run_with_the_jax_backend_writes_the_torch_backends_keys(tmp_path: Path):

@@ -1,8 +1,9 @@
 """The JAX backend (spec.train.backend: jax) on CPU, in its Python 3.12 venv (tests/support/jax_env.py).
 
 - Its step equals the torch trainer's: the same GPT, data, schedule, clipping and optimizer
-  (AdamW; Muon with fp32 Newton-Schulz), 50 fp32 steps on real text, loss curves within 1e-4
-  and parameters within 1e-4 (measured on 2 devices: AdamW 5e-7 and 2e-6, Muon 5e-6 and 8e-6).
+  (AdamW; Muon with fp32 Newton-Schulz; Muon with the document mask), 50 fp32 steps on real
+  text, loss curves within 1e-4 and parameters within 1e-4 (measured on 2 devices: AdamW 5e-7
+  and 2e-6, Muon 5e-6 and 8e-6).
   The rates train without loss spikes: at AdamW lr 0.003 a spike at step 24 amplifies the 1e-6
   rounding differences to 1e-2 by step 45, as it would between two torch runs on different
   kernels; the 23 steps before it agree within 1e-6.
@@ -54,9 +55,12 @@ def _jax_job(tmp_path: Path, **changes) -> Path:
     return write_manifest(tmp_path / "job.yaml", doc)
 
 
-@pytest.mark.parametrize("optimizer", [ADAMW, MUON], ids=["adamw", "muon"])
-def test_jax_step_equals_the_torch_trainer(tmp_path: Path, optimizer: dict):
-    manifest = _jax_job(tmp_path, **{"spec.train.steps": 50, "spec.train.optimizer": optimizer})
+@pytest.mark.parametrize(
+    ("optimizer", "mask"), [(ADAMW, False), (MUON, False), (MUON, True)], ids=["adamw", "muon", "muon-document-mask"]
+)
+def test_jax_step_equals_the_torch_trainer(tmp_path: Path, optimizer: dict, mask: bool):
+    changes = {"spec.train.steps": 50, "spec.train.optimizer": optimizer, "spec.model.documentMask": mask}
+    manifest = _jax_job(tmp_path, **changes)
     out = tmp_path / "out.json"
     run_in_venv([str(SCRIPT), str(manifest), str(out), "50"], devices=2)
     r = json.loads(out.read_text())

@@ -7,8 +7,9 @@ Builds the manifest's `GPT` once, copies it, and trains one copy with the torch 
 (train/jax_step.py) over every JAX device of this process, on the same real text batches (the
 run's training data and the trainer's own prefetcher), in fp32 (Muon's Newton-Schulz in fp32 on
 both sides: torch picks bf16 on a CPU with native bf16, whose rounding differs between the two
-implementations). Writes both loss curves, the largest parameter difference at the end, and the
-loss of the JAX parameters converted to torch (`to_torch`) on a batch next to JAX's own loss.
+implementations); with `model.documentMask`, both attend within documents. Writes both loss
+curves, the largest parameter difference at the end, and the loss of the JAX parameters converted
+to torch (`to_torch`) on a batch next to JAX's own loss.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from speedrun_api.manifest import load_job
 from speedrun_api.plan import resolve
 from speedrun_trainer.data.prefetch import BatchPrefetcher
+from speedrun_trainer.train.attention import segment_ids
 from speedrun_trainer.train.jax_step import JaxStep, data_mesh
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers, lr_multiplier, set_lr
@@ -47,7 +49,11 @@ def main(manifest: str, out: str, steps: int) -> None:
         optimizers[0].ns_dtype = torch.float32
     step = TrainStep(torch_model, torch_model, None, optimizers, torch.device("cpu"), "fp32", o.max_grad_norm)
     jstep = JaxStep(jax_model, o, data_mesh(), "fp32", o.max_grad_norm, ns_dtype=jnp.float32)
-    data = open_run_data(job, scan_token_ids=False).train
+    run_data = open_run_data(job, scan_token_ids=False)
+    data = run_data.train
+    eos = run_data.tokenizer.document_end_id() if spec.model.document_mask else None
+    step.document_eos = eos  # model.documentMask: both attend within documents
+    doc_ids = None if eos is None else (lambda x: segment_ids(x, eos))
     accum = spec.train.batch_size // spec.train.device_batch_size
     batches = BatchPrefetcher(
         data, start_step=0, accum=accum, rank=0, world=1, device_batch_size=spec.train.device_batch_size,
@@ -60,7 +66,7 @@ def main(manifest: str, out: str, steps: int) -> None:
             mult = lr_multiplier(s, total, o.warmup_steps, o.decay, o.min_lr_ratio)
             set_lr(optimizers, mult)
             torch_losses.append(float(step(micro)))
-            jax_losses.append(float(np.asarray(jstep(micro, mult, None).addressable_data(0))))
+            jax_losses.append(float(np.asarray(jstep(micro, mult, doc_ids).addressable_data(0))))
         x, y = batches.next_step()[0]
     finally:
         batches.close()

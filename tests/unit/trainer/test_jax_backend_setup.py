@@ -4,6 +4,7 @@ run in a Python without jax. The backend itself is tested in its venv: tests/e2e
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,30 @@ def test_speedrun_run_refuses_jax_without_it_in_one_line(tmp_path: Path, capsys)
     assert len(err) == 1 and err[0].startswith("speedrun run: spec.train.backend: jax needs "), err
     assert "requirements/jax.txt" in err[0]
     assert not (tmp_path / "runs").exists()  # refused before anything starts
+
+
+JAX_PACKAGES = {"jax", "jaxlib", "torchax", "optax"}
+JAX_MODULES = {"jax_main", "jax_loop", "jax_step"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports anywhere (lazy imports in functions too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_only_the_jax_modules_import_jax():
+    """The torch path never loads jax: jax, torchax and optax are imported by train/jax_*.py
+    only, and those modules by each other only (jax_main's own jax imports wait for main())."""
+    trainer = Path(__file__).resolve().parents[3] / "trainer" / "speedrun_trainer"
+    for path in trainer.rglob("*.py"):
+        imported = _imports(path)
+        jaxish = {m for m in imported if m.split(".")[0] in JAX_PACKAGES}
+        ours = {m for m in imported if m.rsplit(".", 1)[-1] in JAX_MODULES}
+        if path.stem not in JAX_MODULES:
+            assert not jaxish and not ours, f"{path.relative_to(trainer)} imports {sorted(jaxish | ours)}"

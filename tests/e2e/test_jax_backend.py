@@ -16,6 +16,7 @@
   where the uninterrupted run did (1e-6).
 - `speedrun run` of a `train.backend: jax` manifest trains, evaluates and writes results with the
   keys a torch-backend run writes.
+- `precision: fp8` (torch only) is one invalid-config line, exit 2.
 In the e2e tier: each case starts jax (seconds) and the first builds the venv (minutes cold).
 """
 
@@ -167,3 +168,17 @@ def test_speedrun_run_with_the_jax_backend_writes_the_torch_backends_keys(tmp_pa
     assert sorted(jax_info) == sorted(torch_info)
     assert jax_info["num_devices"] == torch_info["num_devices"] == 4
     assert jax_info["eval/builtin://pydoc-topics/val/bpb"] < jax_info["initial_bpb"]
+
+
+def test_fp8_on_the_jax_backend_is_one_invalid_config_line(tmp_path: Path):
+    manifest = _jax_job(tmp_path, **{"spec.train.precision": "fp8"})
+    env = venv_env(2, SPEEDRUN_STORAGE_URI=(tmp_path / "run").as_uri())
+    cmd = [str(jax_python()), "-m", "speedrun_trainer.train.jax_main", "--config", str(manifest)]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("invalid config: spec.train.precision: fp8 needs the torch backend")
+    )
+    assert "Traceback" not in done.stderr

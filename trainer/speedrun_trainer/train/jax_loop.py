@@ -9,9 +9,10 @@ log lines, the Prometheus metrics, W&B, the run lock, checkpoints and the summar
   position as the torch layout over the same devices (docs/contracts.md).
 - The step is asynchronous (JAX dispatch), so the clock waits for the newest step's loss when it
   is read (`JaxTimer`), and the loss meter sums jax scalars and reads them back then (`JaxMeter`).
-- In-loop validation and CORE run in torch on process 0's CPU, on the torch `GPT` loaded with the
-  current parameters (the same code as the torch trainer and the evaluation pod); the others wait
-  for its verdict. Checkpoints are torch state_dicts of that `GPT` (train/checkpoint.py), so the
+- In-loop validation and CORE are the torch trainer's evaluation code (loss_eval.py,
+  core_eval.py) over `JaxEvalModel`: the GPT's JAX function jitted on process 0's first device
+  (a TPU chip), fed and read back as torch CPU tensors; the other processes wait for its verdict.
+  Checkpoints are torch state_dicts of the `GPT` (train/checkpoint.py), so the
   torch evaluation loads them unchanged; the optimizer file holds the optax state's leaves.
 - `train.clock: modded-nanogpt` warm-up: the steps on dummy data, then parameters and optimizer
   state restored from copies (train/clock_warmup.py's rule, done on the jax state).
@@ -40,7 +41,7 @@ from speedrun_trainer.data.tokenizer import padded_token_bytes
 from speedrun_trainer.train import checkpoint, preflight
 from speedrun_trainer.train.attention import segment_ids
 from speedrun_trainer.train.core_cadence import core_every, core_target
-from speedrun_trainer.train.jax_step import JaxStep, data_mesh
+from speedrun_trainer.train.jax_step import JaxEvalModel, JaxStep, data_mesh
 from speedrun_trainer.train.loop import Trainer, TrainState
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import lr_multiplier
@@ -125,9 +126,10 @@ class JaxTrainer(Trainer):
             preflight.check_writable(self.storage)
         phase("building the model and its optimizer")
         torch.manual_seed(t.seed)
-        self.model = GPT(m)  # the torch module: traced by torchax, and the checkpoints' and eval's view
+        gpt = GPT(m)  # the torch module: traced by torchax, and the checkpoints' view (to_torch)
         self.compile = True  # jax.jit, always
-        self.train_step = JaxStep(self.model, t.optimizer, self.mesh, t.precision, t.optimizer.max_grad_norm)
+        self.train_step = JaxStep(gpt, t.optimizer, self.mesh, t.precision, t.optimizer.max_grad_norm)
+        self.model = JaxEvalModel(self.train_step)  # what the loop's validation and CORE score
         self.train_step.document_eos = self.tokenizer.document_end_id() if m.document_mask else None
         self.state = TrainState()
         self._resume()
@@ -197,10 +199,9 @@ class JaxTrainer(Trainer):
         return time.perf_counter() - start
 
     def _on_main(self, evaluate: Any) -> bool:
-        """`evaluate()` (a torch evaluation of the current parameters) on process 0; its verdict everywhere."""
+        """`evaluate()` (the torch evaluation code over `JaxEvalModel`) on process 0; its verdict everywhere."""
         verdict = False
         if self.env.is_main:
-            self.train_step.to_torch()
             verdict = bool(evaluate())
         return bool(multihost_utils.broadcast_one_to_all(np.array(verdict, dtype=np.int32)))
 

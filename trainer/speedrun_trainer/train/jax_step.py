@@ -143,7 +143,7 @@ class JaxStep:
         self.names = [n for n, _ in model.named_parameters()]  # tied weights once, as extract_jax
         put = lambda tree: jax.device_put(tree, self.replicated)
         self.params: Params = put({n: states[n] for n in self.names})
-        self.buffers: Params = put({k: v for k, v in states.items() if k not in self.params})
+        self.buffers: Params = {k: v for k, v in states.items() if k not in self.params}  # constants
         # Newton-Schulz in bf16 where the chip multiplies bf16 natively: a TPU, or (as the torch
         # path decides on a CPU, train/optim.py) a CPU with AVX512-BF16 or AMX.
         ns_bf16 = jax.default_backend() == "tpu" or native_bf16_matmul(torch.device("cpu"))
@@ -221,6 +221,41 @@ class JaxStep:
             )
         new = [jnp.asarray(t.numpy(), dtype=old.dtype) for t, old in zip(saved, leaves, strict=True)]
         self.opt_state = jax.device_put(jax.tree.unflatten(tree, new), self.replicated)
+
+
+class JaxEvalModel(torch.nn.Module):
+    """The current parameters as a torch module for the evaluation code (loss_eval.py, core_eval.py):
+    its forward takes and returns torch CPU tensors, as `GPT.forward` does, and runs the GPT's JAX
+    function jitted on this process's first device (a TPU chip on a TPU host), so the scoring,
+    the byte counts and the BPB are the torch evaluation's own code while the model runs where it
+    trains. Called by one process alone (process 0), so it uses that process's own copy of the
+    replicated parameters: no collective with the others."""
+
+    def __init__(self, step: JaxStep) -> None:
+        super().__init__()
+        self.step = step
+        self._jitted = jax.jit(self._apply, static_argnames=("reduction", "with_targets"))
+
+    def _apply(self, params: Params, x: jax.Array, y: jax.Array, doc: Any, reduction: str, with_targets: bool):
+        kwargs: dict[str, Any] = {"reduction": reduction}
+        if doc is not None:
+            kwargs["doc_ids"] = doc
+        with jax.default_matmul_precision(self.step.matmul_precision):
+            return self.step.forward({**params, **self.step.buffers}, (x, y if with_targets else None), kwargs)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        reduction: str = "mean",
+        doc_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        params = {k: _local(v) for k, v in self.step.params.items()}
+        x = jnp.asarray(idx.cpu().numpy())
+        y = x if targets is None else jnp.asarray(targets.cpu().numpy())
+        doc = None if doc_ids is None else jnp.asarray(doc_ids.cpu().numpy())
+        out = self._jitted(params, x, y, doc, reduction=reduction, with_targets=targets is not None)
+        return torch.from_numpy(np.array(out))
 
 
 def _local(value: jax.Array) -> jax.Array:

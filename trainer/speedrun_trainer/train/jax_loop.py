@@ -234,4 +234,8 @@ class JaxTrainer(Trainer):
             "num_devices": self.num_devices,
             "backend": "jax",
             "jax_platform": jax.default_backend(),
+            # the in-loop evaluation's matmuls: bf16 only where the chip honours the precision (a TPU)
+            "eval_precision": "bf16"
+            if self.spec.train.precision == "bf16" and jax.default_backend() == "tpu"
+            else "fp32",
         }

@@ -50,8 +50,9 @@ LOCK_FLAGS ?=
 COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 $(LOCK_FLAGS)
 PROFILE = $(COMPILE) pyproject.toml -c requirements/constraints.in
-# levanter's reference venv for the differential tests (tests/support/levanter_env.py): Python 3.12,
-# levanter's own dev-versioned packages (hence the pre-release rule).
+# levanter's reference venv for the differential tests (tests/support/levanter_env.py) and the JAX
+# backend's (tests/support/jax_env.py): Python 3.12, dev-versioned packages (levanter's, torchax's
+# pre-release; hence the pre-release rule).
 LEVANTER_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.12 \
 	--python-platform x86_64-manylinux_2_28 --prerelease=if-necessary-or-explicit $(LOCK_FLAGS)
 
@@ -62,7 +63,8 @@ TPU_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3
 
 # One lock per install profile: operator (the operator image), speedrun (make speedrun), trainer
 # (the trainer image), dev (make setup / make test: every extra); tools (this set-up's own tools);
-# levanter (the levanter reference the e2e differential tests build their own venv from).
+# levanter (the levanter reference the e2e differential tests build their own venv from); jax (the
+# JAX backend's Python 3.12 venv: requirements/jax.in + the train extra, tests/support/jax_env.py).
 lock: $(TOOLS_STAMP)
 	$(COMPILE) requirements/tools.in -o requirements/tools.txt
 	$(PROFILE) -o requirements/operator.txt
@@ -72,6 +74,8 @@ lock: $(TOOLS_STAMP)
 	$(LEVANTER_COMPILE) requirements/levanter.in -o requirements/levanter.txt
 	$(TPU_COMPILE) pyproject.toml requirements/trainer-tpu.in -c requirements/constraints.in \
 		--extra train --extra gcs -o requirements/trainer-tpu.txt
+	$(LEVANTER_COMPILE) pyproject.toml requirements/jax.in --extra train -c requirements/constraints.in \
+		-o requirements/jax.txt
 
 # An existing lock keeps its pins where they still fit; this moves every pin to the newest version.
 lock-upgrade:

@@ -102,6 +102,12 @@ class TrainSpec(Base):
         description="torch.compile the model and Muon's Newton-Schulz. Omit (null) for auto: on when the"
         " trainer runs on CUDA, off on CPU (where compiling costs more than a short run saves)",
     )
+    backend: Literal["torch", "jax"] | None = Field(
+        None,
+        description="What runs the training step: torch (torchrun, CUDA or CPU) or jax (the same GPT"
+        " through torchax and jax.jit; TPUs, and CPUs for tests). Omit (null) for auto: jax on a TPU"
+        " accelerator, torch otherwise. The evaluation runs in torch either way",
+    )
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(0, description="torch and numpy seed")
     checkpoint_every: StepCount = Field(0, description="0: only the final checkpoint")
     eval_every: StepCount = Field(0, description="Validation loss every N steps; 0: only at the end")
@@ -125,6 +131,13 @@ class TrainSpec(Base):
         description="How a tokens or paramDataRatio horizon becomes whole steps: up (at least that many"
         " tokens) or down (nanochat base_train.py: `target_tokens // total_batch_size`)",
     )
+
+
+def train_backend(spec: SpeedrunSpec) -> str:
+    """`spec.train.backend`, or its default: jax on a TPU accelerator (the only way a TPU trains), else torch."""
+    if spec.train.backend is not None:
+        return spec.train.backend
+    return "jax" if spec.resources.accelerator.startswith("tpu-") else "torch"
 
 
 HORIZONS = ("steps", "tokens", "paramDataRatio", "flopsBudget")

@@ -42,8 +42,8 @@ LOCK_ENVIRONMENT = {
     "platform_machine": "x86_64",
     "os_name": "posix",
 }
-# levanter and jax 0.12 (the TPU trainer image) need Python >= 3.12: their locks are 3.12's
-LOCK_PYTHON = {"levanter": "3.12", "trainer-tpu": "3.12"}
+# levanter, the JAX backend and the TPU trainer image (jax >= 0.11) need Python >= 3.12: their locks are 3.12's
+LOCK_PYTHON = {"levanter": "3.12", "jax": "3.12", "trainer-tpu": "3.12"}
 LOCK_PLATFORM = {"trainer-tpu": "x86_64-manylinux_2_31"}  # libtpu's wheels are manylinux_2_31's
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+)(?:\s*;\s*(?P<marker>[^\\]+?))?\s*\\?$")
 VALUED = {"-c", "-o", "--extra", "--python-version", "--python-platform"}  # flags of uv pip compile that take a value
@@ -213,3 +213,18 @@ def test_makefile_and_dockerfile_install_locks_that_exist() -> None:
     used |= set(re.findall(r"--require-hashes -r requirements/([\w-]+)\.txt", makefile + dockerfile))
     assert used <= set(LOCKS), f"named but missing: {sorted(used - set(LOCKS))}"
     assert set(PROFILES) <= used, f"locks nothing installs: {sorted(set(PROFILES) - used)}"
+
+
+def test_jax_lock_satisfies_its_input_the_train_extra_and_the_torch_pin() -> None:
+    """The JAX backend's venv (tests/support/jax_env.py): requirements/jax.in (the torchax
+    pre-release, jax[cpu] at jax[tpu]'s version, optax), the trainer's own runtime deps (the
+    base install and the `train` extra: the project goes in on PYTHONPATH, without deps) and
+    constraints.in's torch, the one the GPT is measured on; jaxlib at jax's version."""
+    lock = LOCKS["jax"]
+    assert lock.inputs == ["pyproject.toml", "requirements/jax.in"] and lock.extras == ["train"]
+    assert "requirements/constraints.in" in lock.values("-c")
+    lines = [line.split("#", 1)[0] for line in (REQUIREMENTS / "jax.in").read_text().splitlines()]
+    wanted = [Requirement(line) for line in lines if line.strip()] + requirements_of(lock) + CONSTRAINTS
+    missing = unmet(lock, wanted)
+    assert not missing, f"jax.txt does not satisfy {missing}: run `make lock`"
+    assert lock.pins[canonicalize_name("jaxlib")] == lock.pins[canonicalize_name("jax")]

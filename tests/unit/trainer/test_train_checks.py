@@ -16,10 +16,30 @@ def test_cpu_manifest_runs_on_cpu():
     check_device(parse_job(tiny_manifest()), CPU)
 
 
-def test_tpu_manifest_is_an_invalid_config():
-    slice_ = {"spec.resources.accelerator": "tpu-v5e", "spec.resources.topology": "2x2", "spec.resources.nodes": 1}
-    job = parse_job(tiny_manifest(**slice_, **{"spec.train.deviceBatchSize": 2}))  # 1 host of 4 chips
-    with pytest.raises(ConfigError, match=r"spec\.resources\.accelerator: tpu-v5e needs a TPU backend"):
+def test_tpu_manifest_is_an_invalid_config_for_torch():
+    """A TPU trains through jax (its default backend); asking torch for it is refused, naming the field."""
+    tpu = {"spec.resources.accelerator": "tpu-v5e", "spec.resources.topology": "2x2", "spec.resources.nodes": 1}
+    job = parse_job(tiny_manifest(**tpu, **{"spec.train.backend": "torch", "spec.train.deviceBatchSize": 2}))
+    with pytest.raises(ConfigError, match=r"spec\.train\.backend: torch cannot train on tpu-v5e"):
+        check_device(job, CPU)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"spec.train.backend": "jax"},
+        {  # one host of 4 chips
+            "spec.resources.accelerator": "tpu-v5e",
+            "spec.resources.topology": "2x2",
+            "spec.resources.nodes": 1,
+            "spec.train.deviceBatchSize": 2,
+        },
+    ],
+)
+def test_a_jax_backend_run_is_never_trained_by_torchrun(extra):
+    """backend jax (set, or the TPU default) belongs to jax_main: the torch trainer refuses it."""
+    job = parse_job(tiny_manifest(**extra))
+    with pytest.raises(ConfigError, match=r"spec\.train\.backend: jax trains under"):
         check_device(job, CPU)
 
 

@@ -6,6 +6,15 @@ on its `local_cwd` scheduler, the way torchx users launch jobs). Both are stoppe
 torchrun starts its workers in sessions of their own, so killing the agent's process group is
 not enough, and `stop_process_trees` collects every descendant first (psutil, on any OS) and
 signals them all.
+
+A `train.backend: jax` manifest is no torchrun job: each "node" of `spec.resources` is one
+`python -m speedrun_trainer.train.jax_main` process using all of its devices, joined through
+`jax.distributed` with the coordinator address and ranks `jax_process_env` puts in their
+environment (docs/contracts.md, "JAX backend entry point"). On a `cpu` accelerator each gets
+`procsPerNode` host-platform devices (`--xla_force_host_platform_device_count`), so the
+data-parallel size and the batch arithmetic are the torch run's. jax needs Python >= 3.12 and
+requirements/jax.txt, which the project's Python 3.11 venv lacks: `missing_jax` is the one line
+`speedrun run` refuses with, before anything starts. The evaluation after it is torch's.
 """
 
 from __future__ import annotations
@@ -22,11 +31,45 @@ from typing import Any
 
 import psutil
 
+from speedrun_api.spec import SpeedrunJob
+
+JAX_MODULE = "speedrun_trainer.train.jax_main"
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def missing_jax() -> str | None:
+    """Why this Python cannot run the JAX backend (one line), or None when it can."""
+    import importlib.util
+
+    missing = [name for name in ("jax", "torchax", "optax") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (
+        f"spec.train.backend: jax needs {', '.join(missing)} in this Python ({sys.executable}): run speedrun"
+        " from a Python >= 3.12 venv of requirements/jax.txt (docs/trainer.md, JAX backend), or set"
+        " spec.train.backend: torch"
+    )
+
+
+def jax_process_env(job: SpeedrunJob, base: dict[str, str], coordinator_port: int, index: int) -> dict[str, str]:
+    """The environment of node `index`'s jax_main process."""
+    r = job.spec.resources
+    env = {
+        **base,
+        "SPEEDRUN_JAX_COORDINATOR": f"127.0.0.1:{coordinator_port}",
+        "SPEEDRUN_JAX_NUM_PROCESSES": str(r.node_range[1]),
+        "SPEEDRUN_JAX_PROCESS_ID": str(index),
+    }
+    if r.accelerator == "cpu":
+        env["SPEEDRUN_JAX_PLATFORM"] = "cpu"
+        flag = f"--xla_force_host_platform_device_count={r.procs_per_node}"
+        env["XLA_FLAGS"] = f"{base.get('XLA_FLAGS', '')} {flag}".strip()
+    return env
 
 
 def _descendants(pid: int) -> list[int]:

@@ -46,8 +46,15 @@ from speedrun_api.run_contract import (
     RUN_CONFIG_FILE,
     resolve_storage_uri,
 )
-from speedrun_api.spec import SpeedrunJob
-from speedrun_trainer.cli.launch import TorchxApp, free_port, stop_process_trees
+from speedrun_api.spec import SpeedrunJob, train_backend
+from speedrun_trainer.cli.launch import (
+    JAX_MODULE,
+    TorchxApp,
+    free_port,
+    jax_process_env,
+    missing_jax,
+    stop_process_trees,
+)
 from speedrun_trainer.cli.live_display import LiveDisplay, RunScreen, scrape
 from speedrun_trainer.cli.notices import LogWatcher
 from speedrun_trainer.cli.results_table import fit_rows, format_results_table, text_width
@@ -116,12 +123,15 @@ class LocalRun:
             **({ENV_STARTUP_CHECKED: "1"} if checked else {}),  # every startup check passed here
         }
 
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
-        """One torchrun agent (`python -m speedrun_trainer.train.torchrun`), in a session of its own."""
+    def _spawn(
+        self, args: list[str], log_name: str, module: str = "speedrun_trainer.train.torchrun", env: dict | None = None
+    ) -> subprocess.Popen:
+        """One torchrun agent (`python -m speedrun_trainer.train.torchrun`), or another `module`, in a
+        session of its own."""
         log = open(self.logs / log_name, "ab")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "speedrun_trainer.train.torchrun", *args],
-            env=self.env,
+            [sys.executable, "-m", module, *args],
+            env=env or self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -133,6 +143,16 @@ class LocalRun:
         r, policy = self.job.spec.resources, self.job.spec.run_policy
         lo, hi = r.node_range
         port = free_port()
+        if train_backend(self.job.spec) == "jax":  # one jax_main process per node (cli/launch.py)
+            return [
+                self._spawn(
+                    ["--config", str(self.config)],
+                    f"train-node-{i}.log",
+                    JAX_MODULE,
+                    jax_process_env(self.job, self.env, port, i),
+                )
+                for i in range(hi)
+            ]
         if launcher == "torchx":
             app = TorchxApp(
                 module="speedrun_trainer.train",
@@ -228,6 +248,15 @@ def run_local(
     launcher: str = "torchrun",
     force: bool = False,
 ) -> int:
+    if train_backend(job.spec) == "jax":  # no jax here, or a launcher that cannot start it: one line
+        problem = missing_jax() or (
+            "--launcher torchx: spec.train.backend jax runs only with the default launcher"
+            if launcher == "torchx"
+            else None
+        )
+        if problem is not None:
+            print(f"speedrun run: {problem}", file=sys.stderr)
+            return EXIT_INVALID
     with contextlib.ExitStack() as held:  # the run's locks, held until this function returns
         try:
             run_dir = last_run_dir(job, runs_dir) if resume else None
@@ -274,7 +303,9 @@ def _run(job: SpeedrunJob, run_dir: Path, uri: str, launcher: str, checked: bool
     started = time.monotonic()
     screen = RunScreen(LiveDisplay(plan.steps, stream=sys.stderr), LogWatcher(run.logs, skip_existing=True))
     nodes, procs = job.spec.resources.node_range[1], job.spec.resources.procs_per_node
-    if launcher == "torchx":
+    if train_backend(job.spec) == "jax":
+        screen.note("phase", f"starting {nodes} jax_main process(es), joined by jax.distributed")
+    elif launcher == "torchx":
         screen.note("phase", f"starting a torchx dist.ddp app: {nodes} node(s) x {procs} process(es)")
     else:
         screen.note("phase", f"starting {nodes} torchrun agent(s), {procs} process(es) each")

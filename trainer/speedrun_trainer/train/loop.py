@@ -209,7 +209,7 @@ class Trainer:
         self.model.train()
         if t.clock == "modded-nanogpt" and t.clock_warmup_steps:
             phase(f"untimed warm-up: {t.clock_warmup_steps} steps on dummy data, then the state restored")
-            st.warmup_seconds += warm_up_and_reset(self.train_step, self.model, self.optimizers, self.spec, self.accum)
+            st.warmup_seconds += self._untimed_warm_up()
             st.warmup_steps += t.clock_warmup_steps
         phase("first steps" + (" (compiling the model)" if self.compile and t.clock == "nanochat" else ""))
         batches = self._prefetcher()
@@ -218,12 +218,16 @@ class Trainer:
         finally:
             batches.close()
 
+    def _untimed_warm_up(self) -> float:
+        """modded-nanogpt's untimed steps on dummy data, the state restored after; their seconds."""
+        return warm_up_and_reset(self.train_step, self.model, self.optimizers, self.spec, self.accum)
+
     def _train_steps(self, batches: BatchPrefetcher) -> TrainState:
         # No host sync inside a step: the loss is summed on the device and the step clock is
         # CUDA events (train/step.py); both are read only where the loop needs a number.
         st, t = self.state, self.spec.train
         total_steps = self.plan.steps
-        timer, meter = StepTimer(self.env.device), LossMeter(self.env.device)
+        timer, meter = self._meters()
         window_seconds, window_steps, session_steps = 0.0, 0, 0
         dropped = t.clock_warmup_steps if t.clock == "nanochat" else 0  # modded-nanogpt: every real step
         while st.step < total_steps:
@@ -263,6 +267,13 @@ class Trainer:
                 self._checkpoint()
         return st
 
+    def _meters(self) -> tuple[StepTimer, LossMeter]:
+        """The step clock and loss meter (the JAX backend's are its own: train/jax_loop.py)."""
+        return StepTimer(self.env.device), LossMeter(self.env.device)
+
+    def _lr(self) -> float:
+        return self.optimizers[0].param_groups[0]["lr"]  # the scheduled lr of the step just taken
+
     def _log_progress(self, loss: float, seconds: float, steps: int) -> None:
         """Progress over the last `steps` steps (`seconds` of training): their mean loss, speed, ETA."""
         st = self.state
@@ -279,7 +290,7 @@ class Trainer:
             eta_seconds=eta,
             training_seconds=st.training_seconds,
         )
-        lr = self.optimizers[0].param_groups[0]["lr"]  # the scheduled lr of the step just taken
+        lr = self._lr()
         self.tracker.log(
             {"train/loss": st.train_loss, "throughput/tokens_per_second": tps, "mfu": mfu, "train/lr": lr}, st.step
         )
@@ -341,26 +352,27 @@ class Trainer:
     def write_summary(self) -> None:
         if not self.env.is_main:
             return
+        self.storage.write_json(TRAIN_SUMMARY_FILE, self.summary())
+        self.tracker.summary({"total_training_time": self.state.training_seconds})
+
+    def summary(self) -> dict:
+        """The training summary (`TRAIN_SUMMARY_FILE`) rank 0 writes at the end."""
         st = self.state
-        self.storage.write_json(
-            TRAIN_SUMMARY_FILE,
-            {
-                **asdict(st),
-                "total_steps": self.plan.steps,
-                "spec_hash": preflight.spec_hash(self.job),
-                "tokens": st.step * self.plan.tokens_per_step,
-                "tokens_per_second": st.step * self.plan.tokens_per_step / st.training_seconds
-                if st.training_seconds
-                else None,
-                "world_size": self.env.world_size,
-                "num_devices": self.env.world_size,
-                "eval_precision": eval_precision(self.env.device, self.spec.train.precision),
-                "device_flops": self.plan.device_flops,
-                "wandb_run_link": self.tracker.link,
-                "versions": software_versions(),
-            },
-        )
-        self.tracker.summary({"total_training_time": st.training_seconds})
+        return {
+            **asdict(st),
+            "total_steps": self.plan.steps,
+            "spec_hash": preflight.spec_hash(self.job),
+            "tokens": st.step * self.plan.tokens_per_step,
+            "tokens_per_second": st.step * self.plan.tokens_per_step / st.training_seconds
+            if st.training_seconds
+            else None,
+            "world_size": self.env.world_size,
+            "num_devices": self.env.world_size,
+            "eval_precision": eval_precision(self.env.device, self.spec.train.precision),
+            "device_flops": self.plan.device_flops,
+            "wandb_run_link": self.tracker.link,
+            "versions": software_versions(),
+        }
 
     def close(self) -> None:
         self.tracker.finish()

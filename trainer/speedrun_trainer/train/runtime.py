@@ -21,7 +21,7 @@ import torch.distributed as dist
 from speedrun_api.accelerators import lookup
 from speedrun_api.manifest import EXIT_INVALID, ConfigError, SpecError, load_job
 from speedrun_api.run_contract import ENV_RUN_ID, ENV_RUN_LOCK_HELD, PHASE_PREFIX
-from speedrun_api.spec import SpeedrunJob
+from speedrun_api.spec import SpeedrunJob, train_backend
 from speedrun_trainer.data.run_lease import hold_run
 from speedrun_trainer.data.run_lock import Holder, RunLocked
 from speedrun_trainer.data.storage import DataError, Storage, open_storage
@@ -87,13 +87,17 @@ def setup_distributed() -> Dist:
 
 def check_device(job: SpeedrunJob, env: Dist) -> None:
     """Refuse to train a GPU or TPU manifest on the host CPU by accident."""
+    if train_backend(job.spec) == "jax":  # jax_main trains it; torchrun never should
+        raise ConfigError(
+            "spec.train.backend: jax trains under `python -m speedrun_trainer.train.jax_main`, not torchrun"
+        )
     acc = lookup(job.spec.resources.accelerator)
     if acc is None or acc.kind == "cpu":
         return
-    if acc.kind == "tpu":  # no torch_xla path yet: a TPU run can never work with this trainer
+    if acc.kind == "tpu":  # torch_xla is tied to an older torch: TPUs train through jax (torchax)
         raise ConfigError(
-            f"spec.resources.accelerator: {acc.name} needs a TPU backend (torch_xla), "
-            "which this trainer does not have yet"
+            f"spec.train.backend: torch cannot train on {acc.name} (no torch_xla for this torch); "
+            "use jax (the default on TPUs)"
         )
     if env.device.type != "cuda":
         raise DeviceError(f"spec.resources.accelerator is {acc.name}, but torch sees no CUDA device here")

@@ -1,0 +1,130 @@
+"""`python -m speedrun_trainer.train.jax_main --config run.json`: the JAX backend's training entry point.
+
+One plain process per host (a TPU VM, a pod of a TPU slice, or a test's process), never under
+torchrun; each uses every local device. How the processes find each other (docs/contracts.md,
+"JAX backend entry point"), first match wins:
+
+1. `SPEEDRUN_JAX_COORDINATOR=host:port`: explicit, with `SPEEDRUN_JAX_NUM_PROCESSES` and
+   `SPEEDRUN_JAX_PROCESS_ID` (else `TPU_WORKER_ID`, else `JOB_COMPLETION_INDEX`). `speedrun run`
+   and the CPU tests join this way over loopback.
+2. `TPU_WORKER_HOSTNAMES` naming more than one host (GKE sets it, and `TPU_WORKER_ID`, on the pods
+   of a multi-host TPU slice): `jax.distributed.initialize()` reads them itself.
+3. Otherwise one process.
+
+`SPEEDRUN_JAX_PLATFORM` (cpu | tpu) sets `JAX_PLATFORMS` before jax loads. A `tpu-*` accelerator
+with no TPU here exits 1 (a node problem, worth a retry), never training on the host CPU.
+Exit codes as the torch entry point (train/runtime.py `entry_point`): 2 an invalid config, its
+one line last on stderr; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+import torch
+
+from speedrun_api.accelerators import lookup
+from speedrun_api.manifest import EXIT_INVALID, ConfigError
+from speedrun_api.spec import SpeedrunJob
+from speedrun_trainer.data.run_lock import RunLocked
+from speedrun_trainer.data.storage import DataError
+from speedrun_trainer.train.runtime import DeviceError, Dist, load_config, log, phase, run_writer
+from speedrun_trainer.train.startup_checks import failure_exit
+
+ENV_COORDINATOR = "SPEEDRUN_JAX_COORDINATOR"
+ENV_NUM_PROCESSES = "SPEEDRUN_JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "SPEEDRUN_JAX_PROCESS_ID"
+ENV_PLATFORM = "SPEEDRUN_JAX_PLATFORM"
+PROG = "speedrun_trainer.train.jax_main"
+
+
+def join_args(environ: dict[str, str]) -> dict[str, object] | None:
+    """`jax.distributed.initialize`'s keyword arguments from the environment; None: one process.
+
+    Raises ConfigError naming the variable when the explicit form is incomplete."""
+    coordinator = environ.get(ENV_COORDINATOR)
+    if coordinator:
+        try:
+            count = int(environ[ENV_NUM_PROCESSES])
+            pid = int(
+                environ.get(ENV_PROCESS_ID) or environ.get("TPU_WORKER_ID") or environ.get("JOB_COMPLETION_INDEX") or ""
+            )
+        except (KeyError, ValueError):
+            raise ConfigError(
+                f"{ENV_COORDINATOR} is set: {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} (or TPU_WORKER_ID)"
+                " must be integers"
+            ) from None
+        if count < 1 or not 0 <= pid < count:
+            raise ConfigError(f"{ENV_PROCESS_ID}: {pid} is not in 0..{count - 1} ({ENV_NUM_PROCESSES}={count})")
+        return {"coordinator_address": coordinator, "num_processes": count, "process_id": pid}
+    hosts = [h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    return {} if len(hosts) > 1 else None
+
+
+def check_platform(job: SpeedrunJob, backend: str) -> None:
+    """A TPU manifest trains on a TPU, nowhere else (jax would fall back to the CPU silently)."""
+    acc = lookup(job.spec.resources.accelerator)
+    if acc is not None and acc.kind == "tpu" and backend != "tpu":
+        raise DeviceError(f"spec.resources.accelerator is {acc.name}, but jax's backend here is {backend}, not tpu")
+    if acc is not None and acc.kind == "gpu" and backend not in ("gpu", "cuda"):
+        raise DeviceError(f"spec.resources.accelerator is {acc.name}, but jax's backend here is {backend}")
+
+
+def _train(job: SpeedrunJob) -> int:
+    import jax
+
+    from speedrun_trainer.train.jax_loop import JaxTrainer
+
+    check_platform(job, jax.default_backend())
+    env = Dist(rank=jax.process_index(), local_rank=0, world_size=1, device=torch.device("cpu"))
+    print(f"jax process {env.rank}/{jax.process_count()} with {jax.local_device_count()} device(s)", flush=True)
+    with run_writer(job, env):
+        trainer = JaxTrainer(job, env)
+        try:
+            trainer.run()
+            trainer.write_summary()
+        finally:
+            trainer.close()
+    log(f"training done: step {trainer.state.step}, {trainer.state.training_seconds:.1f}s of training")
+    phase("training done; the processes are exiting")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="SpeedrunJob manifest (YAML or JSON)")
+    args = parser.parse_args(argv)
+    if os.environ.get(ENV_PLATFORM):
+        os.environ["JAX_PLATFORMS"] = os.environ[ENV_PLATFORM]
+    job = load_config(args.config)
+    try:
+        join = join_args(dict(os.environ))
+        if os.environ.get("RANK", "0") == "0" and (join is None or join.get("process_id", 0) == 0):
+            phase("importing jax")
+        import jax
+
+        # torchax casts token ids to int64, which jax (x64 off) keeps as int32: harmless, said per trace
+        warnings.filterwarnings("ignore", message="Explicitly requested dtype int64")
+        if join is not None:
+            jax.distributed.initialize(**join)  # type: ignore[arg-type]
+        return _train(job)
+    except (ConfigError, DataError, RunLocked) as err:
+        code, line = (EXIT_INVALID, str(err)) if isinstance(err, RunLocked) else failure_exit(err)
+        if code != EXIT_INVALID:
+            print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+            return code
+        from speedrun_trainer.train.torchrun import INVALID_CONFIG, report_config_error
+
+        report_config_error(line)
+        print(f"{INVALID_CONFIG}{line}", file=sys.stderr, flush=True)
+        return EXIT_INVALID
+    except DeviceError as err:
+        print(f"{PROG}: {err}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,7 +16,7 @@ from speedrun_api.crd import cluster_problems
 from speedrun_api.manifest import EXIT_INVALID
 from speedrun_api.run_contract import ENV_CACHE_DIR, ENV_JOB_NAME, ENV_RUN_ID, ENV_STORAGE_URI, resolve_storage_uri
 from speedrun_api.run_env import merged_env
-from speedrun_api.spec import SpeedrunJob
+from speedrun_api.spec import SpeedrunJob, train_backend
 from speedrun_api.tpu import devices_per_node, is_tpu
 from speedrun_operator import labels as L
 from speedrun_operator.settings import OperatorSettings, env_name
@@ -83,6 +83,14 @@ def check_runnable(job: SpeedrunJob, settings: OperatorSettings) -> None:
     problems = cluster_problems(job.spec)  # the CRD's cluster-only rules, for a CRD installed before them
     if problems:
         raise BuildError("; ".join(problems))
+    backend, accelerator = train_backend(job.spec), job.spec.resources.accelerator
+    if backend == "jax" and not is_tpu(accelerator):  # no builder sets the JAX join env off a TPU slice yet
+        raise BuildError(
+            f"spec.train.backend: jax runs in a cluster only on TPU slices (GKE joins the processes), not on"
+            f" {accelerator}; use torch here, or `speedrun run` for jax on one machine"
+        )
+    if backend != "jax" and is_tpu(accelerator):
+        raise BuildError(f"spec.train.backend: {backend} cannot train on {accelerator}; TPU slices train with jax")
 
 
 def image(job: SpeedrunJob, settings: OperatorSettings, accelerator: bool = True) -> str:

@@ -100,6 +100,25 @@ def test_a_tpu_manifest_is_runnable_in_a_cluster() -> None:
     builders.check_runnable(load_job(EXAMPLE), OperatorSettings())  # no TPU refusal any more
 
 
+@pytest.mark.parametrize(
+    ("job", "message"),
+    [
+        (tiny_tpu("tpu-v5e", "2x2", 1, **{"spec.train.backend": "torch"}), "backend: torch cannot train on tpu-v5e"),
+        (
+            parse_job(
+                with_changes(yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text()), **{"spec.train.backend": "jax"})
+            ),
+            "backend: jax runs in a cluster only on TPU slices",
+        ),
+    ],
+)
+def test_the_backend_must_match_the_slice_in_a_cluster(job: Any, message: str) -> None:
+    """jax pods are joined by GKE's TPU env only (no builder sets the join env elsewhere yet), and a
+    TPU trains only through jax: both refused at admission, naming spec.train.backend."""
+    with pytest.raises(builders.BuildError, match=rf"^spec\.train\.{message}"):
+        builders.check_runnable(job, SETTINGS)
+
+
 def test_render_of_the_tpu_example_shows_the_slice() -> None:
     out = io.StringIO()
     with redirect_stdout(out):

@@ -7,6 +7,8 @@
   The rates train without loss spikes: at AdamW lr 0.003 a spike at step 24 amplifies the 1e-6
   rounding differences to 1e-2 by step 45, as it would between two torch runs on different
   kernels; the 23 steps before it agree within 1e-6.
+- `JaxEvalModel`, what its in-loop validation and CORE score, gives the torch GPT's logits and
+  per-token losses (1e-5), past seqLen too.
 - 2 processes x 2 devices joined by `jax.distributed` over loopback train as 1 process x 4
   devices: the same losses, validation and final parameters (within 1e-5: only the reduction
   order differs).
@@ -71,6 +73,19 @@ def test_jax_step_equals_the_torch_trainer(tmp_path: Path, optimizer: dict, mask
     assert worst < 1e-4, (worst, r["torch"], r["jax"])
     assert r["param_diff"] < 1e-4
     assert abs(r["converted_loss"] - r["jax_loss"]) < 1e-5  # the torch view of the JAX parameters
+
+
+def test_the_jax_evaluation_model_equals_the_torch_gpt(tmp_path: Path):
+    """What the JAX loop's validation and CORE score: logits and per-token losses as the torch GPT's,
+    below, at and past seqLen (padded to a bucket on the JAX side, cut back)."""
+    out = tmp_path / "out.json"
+    run_in_venv([str(SCRIPT), str(_jax_job(tmp_path)), str(out), "eval-model"])
+    r = json.loads(out.read_text())
+    for row in r["rows"]:
+        w = row["width"]
+        assert row["shapes"] == [[3, w, 264], [3, w]], row
+        assert row["logits"] < 1e-5 and row["losses"] < 1e-5, row
+    assert r["training_after"] is True  # the module is left in training mode for the training jit
 
 
 def _train(manifest: Path, storage: Path, processes: int, devices: int) -> list[str]:

@@ -1,6 +1,7 @@
 """Run inside the JAX venv (tests/support/jax_env.py): the JAX step against the torch trainer's step.
 
     python jax_vs_torch.py MANIFEST OUT.json STEPS
+    python jax_vs_torch.py MANIFEST OUT.json eval-model
 
 Builds the manifest's `GPT` once, copies it, and trains one copy with the torch trainer's
 `TrainStep` + `build_optimizers` + `set_lr(lr_multiplier(...))` and the other with `JaxStep`
@@ -10,6 +11,9 @@ both sides: torch picks bf16 on a CPU with native bf16, whose rounding differs b
 implementations); with `model.documentMask`, both attend within documents. Writes both loss
 curves, the largest parameter difference at the end, and the loss of the JAX parameters converted
 to torch (`to_torch`) on a batch next to JAX's own loss.
+`eval-model`: `JaxEvalModel` (what the JAX loop's validation and CORE score) against the torch
+`GPT` in eval mode, logits and per-token losses, at widths below, at and past seqLen (CORE's
+prompts are not cropped; the JAX side pads them to a bucket).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from speedrun_api.manifest import load_job
 from speedrun_api.plan import resolve
 from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.train.attention import segment_ids
-from speedrun_trainer.train.jax_step import JaxStep, data_mesh
+from speedrun_trainer.train.jax_step import JaxEvalModel, JaxStep, data_mesh
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers, lr_multiplier, set_lr
 from speedrun_trainer.train.startup_checks import open_run_data
@@ -89,5 +93,36 @@ def main(manifest: str, out: str, steps: int) -> None:
         json.dump(result, f)
 
 
+def eval_model(manifest: str, out: str) -> None:
+    spec = load_job(manifest).spec
+    torch.manual_seed(spec.train.seed)
+    reference = GPT(spec.model).eval()
+    copy = GPT(spec.model)
+    copy.load_state_dict(reference.state_dict())
+    wrapped = JaxEvalModel(JaxStep(copy, spec.train.optimizer, data_mesh(), "fp32", 1.0)).eval()
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for width in (spec.model.seq_len - 14, spec.model.seq_len, spec.model.seq_len + 33):
+        ids = torch.randint(0, 256, (3, width), generator=g)
+        targets = torch.roll(ids, -1, -1)
+        targets[:, -5:] = -1
+        with torch.no_grad():
+            logits, jax_logits = reference(ids), wrapped(ids)
+            losses, jax_losses = reference(ids, targets, reduction="none"), wrapped(ids, targets, reduction="none")
+        rows.append(
+            {
+                "width": width,
+                "shapes": [list(jax_logits.shape), list(jax_losses.shape)],
+                "logits": float((logits - jax_logits).abs().max()),
+                "losses": float((losses - jax_losses).abs().max()),
+            }
+        )
+    with open(out, "w") as f:
+        json.dump({"rows": rows, "training_after": copy.training}, f)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    if sys.argv[3] == "eval-model":
+        eval_model(sys.argv[1], sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

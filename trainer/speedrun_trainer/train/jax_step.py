@@ -50,6 +50,7 @@ from speedrun_trainer.train.runtime import native_bf16_matmul
 # train/muon.py's quintic Newton-Schulz coefficients (the Muon write-up's).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 Params = dict[str, jax.Array]
+PAD_TO = 64  # JaxEvalModel: sequence lengths are padded to a multiple of this (fewer compiles)
 
 
 def newton_schulz(grad: jax.Array, steps: int = 5, dtype: Any = jnp.float32) -> jax.Array:
@@ -240,8 +241,13 @@ class JaxEvalModel(torch.nn.Module):
         kwargs: dict[str, Any] = {"reduction": reduction}
         if doc is not None:
             kwargs["doc_ids"] = doc
-        with jax.default_matmul_precision(self.step.matmul_precision):
-            return self.step.forward({**params, **self.step.buffers}, (x, y if with_targets else None), kwargs)
+        model, was_training = self.step.model, self.step.model.training
+        model.eval()  # traced in eval mode: prompts may run past seqLen, as the torch evaluation allows
+        try:
+            with jax.default_matmul_precision(self.step.matmul_precision):
+                return self.step.forward({**params, **self.step.buffers}, (x, y if with_targets else None), kwargs)
+        finally:
+            model.train(was_training)
 
     def forward(
         self,
@@ -251,11 +257,16 @@ class JaxEvalModel(torch.nn.Module):
         doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         params = {k: _local(v) for k, v in self.step.params.items()}
-        x = jnp.asarray(idx.cpu().numpy())
-        y = x if targets is None else jnp.asarray(targets.cpu().numpy())
+        width = idx.shape[1]
+        # CORE's prompts vary in length: padded on the right to a multiple of PAD_TO, one compile
+        # per bucket instead of per length. Causal attention keeps the real positions' outputs
+        # as they were; padded targets are -1 (ignored) and the padding is cut off the result.
+        pad = 0 if reduction == "mean" or doc_ids is not None else -width % PAD_TO
+        x = jnp.asarray(np.pad(idx.cpu().numpy(), ((0, 0), (0, pad))))
+        y = x if targets is None else jnp.asarray(np.pad(targets.cpu().numpy(), ((0, 0), (0, pad)), constant_values=-1))
         doc = None if doc_ids is None else jnp.asarray(doc_ids.cpu().numpy())
         out = self._jitted(params, x, y, doc, reduction=reduction, with_targets=targets is not None)
-        return torch.from_numpy(np.array(out))
+        return torch.from_numpy(np.array(out))[:, :width] if pad else torch.from_numpy(np.array(out))
 
 
 def _local(value: jax.Array) -> jax.Array:

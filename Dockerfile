@@ -131,6 +131,6 @@ COPY --from=trainer-tpu-build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH HOME=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     SPEEDRUN_CACHE_DIR=/var/cache/speedrun
 USER 1000:1000
-# 9400: process 0's Prometheus metrics; 8476: jax.distributed's coordinator on worker 0.
-EXPOSE 9400 8476
+# 9400: process 0's Prometheus metrics; 8482: jax.distributed's coordinator on worker 0 (jax 0.12 on GKE).
+EXPOSE 9400 8482
 CMD ["speedrun", "--help"]

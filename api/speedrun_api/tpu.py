@@ -48,7 +48,7 @@ GENERATIONS: dict[str, Generation] = {
     "tpu-v6e": Generation(2, 4, 256, {"1x1": 1, "2x2": 4, "2x4": 8}, _V5E_V6E_SHAPES),
 }
 EXAMPLE_SHAPE = {2: "4x4", 3: "2x2x2"}
-JAX_COORDINATOR_PORT = 8476  # jax.distributed's port on a TPU slice's first host (GKE's TPU_WORKER_HOSTNAMES)
+JAX_COORDINATOR_PORT = 8482  # jax 0.12 cloud_tpu_cluster.py: the coordinator on the first TPU_WORKER_HOSTNAMES host
 
 
 class TopologyError(ValueError):

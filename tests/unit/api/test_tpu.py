@@ -101,8 +101,8 @@ def refusal(doc: dict) -> str:
             " (4 hosts of 4 chips), not minNodes/maxNodes",
         ),
         (
-            tpu("tpu-v5e", "4x4", 4, **{"spec.metrics.port": 8476}),
-            "spec.metrics.port: must differ from 8476 on a TPU (jax.distributed's coordinator port)",
+            tpu("tpu-v5e", "4x4", 4, **{"spec.metrics.port": 8482}),
+            "spec.metrics.port: must differ from 8482 on a TPU (jax.distributed's coordinator port)",
         ),
         (
             tpu("tpu-v5e", "4x4", 4, **{"spec.train.batchSize": 64}),

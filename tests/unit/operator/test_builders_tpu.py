@@ -70,7 +70,7 @@ def test_a_tpu_slice_is_one_pod_per_host_with_gke_selectors(
     ]
     assert {"name": "SPEEDRUN_JAX_PLATFORM", "value": "tpu"} in container["env"]
     assert not any("torchrun" in part for part in container["command"])
-    assert {"name": "jax-coordinator", "containerPort": 8476} in container["ports"]
+    assert {"name": "jax-coordinator", "containerPort": 8482} in container["ports"]
     assert container["image"] == DEFAULT_TPU_TRAINER_IMAGE
 
 

@@ -16,7 +16,12 @@ from speedrun_trainer.cli.speedrun import main
 from speedrun_trainer.train.jax_main import join_args
 from tests.support.helpers import tiny_manifest, write_manifest
 
-TPU = {"spec.resources.accelerator": "tpu-v5e", "spec.resources.topology": "2x2"}
+TPU = {  # one host of 4 chips, 2 sequences per chip
+    "spec.resources.accelerator": "tpu-v5e",
+    "spec.resources.topology": "2x2",
+    "spec.resources.nodes": 1,
+    "spec.train.deviceBatchSize": 2,
+}
 
 
 @pytest.mark.parametrize(

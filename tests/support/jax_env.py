@@ -18,45 +18,20 @@ No Python 3.12 or no uv: the tests skip, saying which. An install that fails fai
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.support.levanter_env import CACHE, python312, uv
+from tests.support.levanter_env import cached_venv
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "requirements" / "jax.txt"
 INSTALL_TIMEOUT_S = 1800  # a cold install without a uv cache downloads torch's CUDA wheels
 
 
-def venv_dir() -> Path:
-    return CACHE / f"jax-{hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]}"
-
-
 def jax_python() -> Path:
-    """The venv's interpreter, installing it first if need be (one installer at a time: a file lock)."""
-    interpreter, tool = python312(), uv()
-    if interpreter is None:
-        pytest.skip("jax backend: no Python 3.12 (python3.12 on PATH or pyenv's 3.12)")
-    if tool is None:
-        pytest.skip("jax backend: no uv (requirements/tools.txt installs it)")
-    venv = venv_dir()
-    done = venv / ".installed"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            shutil.rmtree(venv, ignore_errors=True)  # a half-made venv from an interrupted install
-            subprocess.run([tool, "venv", "--quiet", "--python", interpreter, str(venv)], check=True)
-            install = [tool, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python")]
-            subprocess.run([*install, "--require-hashes", "-r", str(LOCK)], check=True, timeout=INSTALL_TIMEOUT_S)
-            done.touch()
-    return venv / "bin" / "python"
+    """The JAX venv's interpreter, installing it first if need be."""
+    return cached_venv("jax", LOCK, "jax backend", INSTALL_TIMEOUT_S)
 
 
 def venv_env(devices: int = 1, **extra: str) -> dict[str, str]:

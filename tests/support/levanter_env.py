@@ -54,29 +54,32 @@ def uv() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("uv")
 
 
-def venv_dir() -> Path:
-    return CACHE / f"levanter-{hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]}"
-
-
-def levanter_python() -> Path:
-    """The venv's interpreter, installing it first if need be (one installer at a time: a file lock)."""
+def cached_venv(name: str, lock: Path, what: str, timeout: float) -> Path:
+    """The interpreter of a Python 3.12 venv of `lock`, cached under CACHE as `<name>-<lock hash>`
+    and installed first if need be (one installer at a time: a file lock); `what` names the tests
+    in their skip reason."""
     interpreter, tool = python312(), uv()
     if interpreter is None:
-        pytest.skip("levanter reference: no Python 3.12 (python3.12 on PATH or pyenv's 3.12)")
+        pytest.skip(f"{what}: no Python 3.12 (python3.12 on PATH or pyenv's 3.12)")
     if tool is None:
-        pytest.skip("levanter reference: no uv (requirements/tools.txt installs it)")
-    venv = venv_dir()
+        pytest.skip(f"{what}: no uv (requirements/tools.txt installs it)")
+    venv = CACHE / f"{name}-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
     done = venv / ".installed"
     CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(CACHE / f"{venv.name}.lock", "w") as file_lock:
+        fcntl.flock(file_lock, fcntl.LOCK_EX)
         if not done.exists():
             shutil.rmtree(venv, ignore_errors=True)  # a half-made venv from an interrupted install
             subprocess.run([tool, "venv", "--quiet", "--python", interpreter, str(venv)], check=True)
             install = [tool, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python")]
-            subprocess.run([*install, "--require-hashes", "-r", str(LOCK)], check=True, timeout=INSTALL_TIMEOUT_S)
+            subprocess.run([*install, "--require-hashes", "-r", str(lock)], check=True, timeout=timeout)
             done.touch()
     return venv / "bin" / "python"
+
+
+def levanter_python() -> Path:
+    """The levanter venv's interpreter, installing it first if need be."""
+    return cached_venv("levanter", LOCK, "levanter reference", INSTALL_TIMEOUT_S)
 
 
 def run_reference(op: str, request: dict[str, Any], timeout: float = 600) -> Any:

@@ -84,12 +84,14 @@ lock-upgrade:
 speedrun: $(RUN_STAMP)
 	$(BIN)/speedrun run examples/tiny-cpu.yaml
 
+# Each phase says how long it took (scripts/phase.sh: "== NAME: N s").
+PHASE := scripts/phase.sh
 test: setup
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/speedrun crd --check
-	$(BIN)/python -m tests.cluster.binaries build --optional
-	$(BIN)/python -m pytest -q
+	@$(PHASE) lint $(BIN)/ruff check .
+	@$(PHASE) format-check $(BIN)/ruff format --check .
+	@$(PHASE) crd-check $(BIN)/speedrun crd --check
+	@$(PHASE) cluster-bin $(BIN)/python -m tests.cluster.binaries build --optional
+	@$(PHASE) pytest $(BIN)/python -m pytest -q
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit

@@ -13,7 +13,7 @@ from speedrun_api.manifest import ConfigError, parse_job
 from speedrun_api.spec import train_backend
 from speedrun_trainer.cli.launch import jax_process_env, missing_jax
 from speedrun_trainer.cli.speedrun import main
-from speedrun_trainer.train.jax_main import EXPLICIT, check_platform, join_args
+from speedrun_trainer.train.jax_main import EXPLICIT, GKE_TPU, check_platform, join_args
 from speedrun_trainer.train.runtime import DeviceError
 from tests.support.helpers import tiny_manifest, write_manifest
 
@@ -67,7 +67,7 @@ def test_join_incomplete_is_one_config_error_naming_the_variable(env):
 
 
 def test_join_gke_multi_host_slice_lets_jax_read_its_variables():
-    assert join_args({"TPU_WORKER_HOSTNAMES": "w-0.svc,w-1.svc", "TPU_WORKER_ID": "1"}) == {}
+    assert join_args({"TPU_WORKER_HOSTNAMES": "w-0.svc,w-1.svc", "TPU_WORKER_ID": "1"}) == GKE_TPU
 
 
 def test_a_cpu_host_playing_a_tpu_host_joins_as_jaxs_gke_cluster_would():

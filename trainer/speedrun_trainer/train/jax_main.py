@@ -8,7 +8,8 @@ torchrun; each uses every local device. How the processes find each other (docs/
    `SPEEDRUN_JAX_PROCESS_ID` (else `TPU_WORKER_ID`, else `JOB_COMPLETION_INDEX`). `speedrun run`
    and the CPU tests join this way over loopback.
 2. `TPU_WORKER_HOSTNAMES` naming more than one host (GKE sets it, and `TPU_WORKER_ID`, on the pods
-   of a multi-host TPU slice): `jax.distributed.initialize()` reads them itself. jax looks for
+   of a multi-host TPU slice): `jax.distributed.initialize()` reads them itself (its GkeTpuCluster,
+   named: never its K8sCluster, which needs a ServiceAccount token). jax looks for
    them only where libtpu found a TPU, so with `SPEEDRUN_JAX_PLATFORM=cpu` (a CPU host standing
    in for a TPU host: the control-plane tests) the process joins as jax's GkeTpuCluster would,
    explicitly: worker 0's hostname on port 8482, `TPU_WORKER_ID` its id.
@@ -49,6 +50,7 @@ PROG = "speedrun_trainer.train.jax_main"
 # local_device_ids, and in a pod (KUBERNETES_SERVICE_HOST) its K8sCluster asks the apiserver with
 # a ServiceAccount token the trainer's pods do not mount (and would pick one device per process).
 EXPLICIT = {"cluster_detection_method": "deactivate"}
+GKE_TPU = {"cluster_detection_method": "gketpu"}  # GKE's variables by name, never K8sCluster's API call
 
 
 def join_args(environ: dict[str, str]) -> dict[str, object] | None:
@@ -74,7 +76,7 @@ def join_args(environ: dict[str, str]) -> dict[str, object] | None:
     if len(hosts) <= 1:
         return None
     if environ.get(ENV_PLATFORM) != "cpu":
-        return {}  # a TPU VM: jax's GkeTpuCluster reads them (and MEGASCALE_* of a multislice)
+        return GKE_TPU  # a TPU VM: jax's GkeTpuCluster reads them (and MEGASCALE_* of a multislice)
     try:  # a CPU host playing a TPU host: join as GkeTpuCluster would, which jax skips without libtpu
         pid = int(environ["TPU_WORKER_ID"])
     except (KeyError, ValueError):

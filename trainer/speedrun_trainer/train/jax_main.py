@@ -40,6 +40,7 @@ from speedrun_trainer.data.run_lock import RunLocked
 from speedrun_trainer.data.storage import DataError
 from speedrun_trainer.train.runtime import DeviceError, Dist, load_config, log, phase, run_writer
 from speedrun_trainer.train.startup_checks import failure_exit
+from speedrun_trainer.train.trainer_base import finish_training
 
 ENV_COORDINATOR = "SPEEDRUN_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "SPEEDRUN_JAX_NUM_PROCESSES"
@@ -107,15 +108,7 @@ def _train(job: SpeedrunJob) -> int:
     env = Dist(rank=jax.process_index(), local_rank=0, world_size=1, device=torch.device("cpu"))
     print(f"jax process {env.rank}/{jax.process_count()} with {jax.local_device_count()} device(s)", flush=True)
     with run_writer(job, env):
-        trainer = JaxTrainer(job, env)
-        try:
-            trainer.run()
-            trainer.write_summary()
-        finally:
-            trainer.close()
-    log(f"training done: step {trainer.state.step}, {trainer.state.training_seconds:.1f}s of training")
-    phase("training done; the processes are exiting")
-    return 0
+        return finish_training(JaxTrainer(job, env))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,15 +26,13 @@ Nothing is built or downloaded: the tokens are random and the models start from 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,15 @@ import torch
 import yaml
 from bench_trainer import _process_group, count_host_syncs, detect_accelerator, run_steps, summarize, sync
 from contenders import CONFIGS, Contender, build_modded, build_ours, model_spec, token_stream
-from device_check_report import gpu_tests_table, host_sync_table, memory_table, speed_tables, targets
+from device_check_report import (
+    gpu_tests_table,
+    host_sync_table,
+    memory_table,
+    run_section,
+    speed_tables,
+    target_lines,
+    targets,
+)
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.flops import training_flops_per_token
@@ -53,30 +59,6 @@ ROOT = Path(__file__).resolve().parents[1]
 STEP_MARK = "device_check.step"
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::item", "aten::_local_scalar_dense")
 BUDGETS = {"speed": 240, "memory": 110, "host_syncs": 30, "gpu_tests": 90}  # seconds; 470 in all
-
-
-class OverBudget(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise OverBudget in this (main) thread once `seconds` have passed; a long C call (a compile)
-    ends first. Not on platforms without SIGALRM: then sections run to their end."""
-    if not hasattr(signal, "SIGALRM") or seconds <= 0:
-        yield
-        return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise OverBudget(f"over its {seconds:.3g} s budget")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def free_device(device: torch.device) -> None:
@@ -293,14 +275,7 @@ def run(args: argparse.Namespace, emit: Callable[[str], None]) -> dict[str, Any]
             elif left < 10:
                 out.update(status="skipped", reason=f"the run's {args.total_budget:.0f} s are spent")
             else:
-                try:
-                    with time_limit(min(budget, left)):
-                        body(out, min(budget, left))
-                    out["status"] = "ok"
-                except (OverBudget, subprocess.TimeoutExpired) as err:
-                    out.update(status="skipped", reason=f"{key} ran {time.monotonic() - t0:.0f} s: {err}")
-                except Exception as err:  # one section failing must not hide the others' figures
-                    out.update(status="failed", reason=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
+                out = run_section(key, body, min(budget, left))
             if key == "speed":
                 ours[0] = out.pop("_ours", None)
             if key == "host_syncs" and ours[0] is not None:  # before memory: its peak is one model's
@@ -323,12 +298,8 @@ def run(args: argparse.Namespace, emit: Callable[[str], None]) -> dict[str, Any]
     res["targets"] = targets(res)
     res["seconds"] = round(time.monotonic() - started, 1)
     emit(f"\n== targets (issue 24), {res['seconds']} s in all ==")
-    for t in res["targets"]:
-        unjudged = "not judged: not CUDA" if t["value"] is not None else "not measured"
-        verdict = {True: "PASS", False: "FAIL", None: unjudged}[t["pass"]]
-        value = t["value"]
-        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-        emit(f"  {t['target']:30} {shown:>10}  {verdict}")
+    for line in target_lines(res["targets"], "not judged: not CUDA"):
+        emit(line)
     return res
 
 

@@ -1,6 +1,8 @@
 """The tables bench/device_check.py prints, one per section, and issue 24's targets judged on its
 figures (a JSON-ready list: target, value, pass; pass is null where the figure was not taken or
-the run was not on CUDA, the targets being GPU figures).
+the run was not on CUDA, the targets being GPU figures). Also what the GPU and the TPU checks
+(bench/tpu_device_check.py) share: sections run under a time budget, whose failure or overrun is
+reported instead of hiding the others' figures (`run_section`), and the targets' lines.
 
     for line in speed_tables(res["sections"]["speed"]): print(line)
     targets(res)   # [{"target": "ours bf16 MFU >= 45%", "value": 0.47, "pass": True}, ...]
@@ -8,8 +10,64 @@ the run was not on CUDA, the targets being GPU figures).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
+
+
+class OverBudget(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise OverBudget in this (main) thread once `seconds` have passed; a long C call (a compile)
+    ends first. Not on platforms without SIGALRM: then sections run to their end."""
+    if not hasattr(signal, "SIGALRM") or seconds <= 0:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise OverBudget(f"over its {seconds:.3g} s budget")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_section(key: str, body: Callable[[dict[str, Any], float], None], budget: float) -> dict[str, Any]:
+    """`body(out, budget)` within `budget` seconds: out["status"] ok, or skipped (over its budget)
+    or failed with a one-line reason; what it measured before stays in `out`."""
+    out: dict[str, Any] = {}
+    t0 = time.monotonic()
+    try:
+        with time_limit(budget):
+            body(out, budget)
+        out["status"] = "ok"
+    except (OverBudget, subprocess.TimeoutExpired) as err:
+        out.update(status="skipped", reason=f"{key} ran {time.monotonic() - t0:.0f} s: {err}")
+    except Exception as err:  # one section failing must not hide the others' figures
+        out.update(status="failed", reason=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
+    return out
+
+
+def target_lines(found: list[dict[str, Any]], unjudged: str) -> list[str]:
+    """One line per target: its value and PASS / FAIL, or why it was not judged."""
+    lines = []
+    for t in found:
+        verdict = {True: "PASS", False: "FAIL", None: unjudged if t["value"] is not None else "not measured"}
+        value = t["value"]
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"  {t['target']:30} {shown:>10}  {verdict[t['pass']]}")
+    return lines
+
 
 # Issue 24's targets, on one H100: ours >= 45% MFU in bf16 and within 1.1x of modded's step time,
 # fp8 faster than bf16, the memory estimate within 10% of the measured peak, no host sync in a step.

@@ -8,6 +8,10 @@ GKE sets `TPU_WORKER_ID` (the pod's completion index) and `TPU_WORKER_HOSTNAMES`
 `<job>-<i>.<subdomain>`, comma-separated), which `jax.distributed.initialize()` reads; the node
 agent adds `tpu_env(api, pod)` to such a pod's environment, so a test sees what the trainer would
 on GKE. Scheduling stays the real scheduler's.
+
+A host that trains for real has no chips here: `cpu_chips(n)` is the environment such a node
+(NodeSpec.env) forces over its pods' own, so that jax finds n CPU devices in the n chips' place
+(`SPEEDRUN_JAX_PLATFORM=cpu` over the operator's `tpu`, which jax_main honours, saying so).
 """
 
 from __future__ import annotations
@@ -35,3 +39,8 @@ def tpu_env(api: Api, pod: dict[str, Any]) -> dict[str, str]:
     hosts = int((job.get("spec") or {}).get("completions") or 1)
     names = [f"{owner['name']}-{i}.{spec['subdomain']}" for i in range(hosts)]
     return {"TPU_WORKER_ID": index, "TPU_WORKER_HOSTNAMES": ",".join(names)}
+
+
+def cpu_chips(chips: int) -> dict[str, str]:
+    """A TPU host played on CPU: jax's platform forced to cpu, with `chips` host devices."""
+    return {"SPEEDRUN_JAX_PLATFORM": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={chips}"}

@@ -18,10 +18,9 @@ ContainerCreating (a slow image pull); `refuse(prefix)` leaves them waiting with
 (a broken image).
 
 The pod runs as its securityContext's runAsUser/runAsGroup/fsGroup when the agent is root;
-readOnlyRootFilesystem is not enforced (pod_identity.py).
-Limits: no images, cgroups or mount namespaces (pod_runtime.py maps mount paths); one container
-per pod (init containers, sidecars and probes are not run; ready = running); resources are
-counted by the scheduler but not enforced.
+readOnlyRootFilesystem is not enforced (pod_identity.py). Limits: no images (`images` maps one to the
+Python it carries), cgroups or mount namespaces (pod_runtime.py maps mount paths); one container per
+pod (no init containers, sidecars or probes; ready = running); resources counted, not enforced.
 """
 
 from __future__ import annotations
@@ -42,14 +41,13 @@ from typing import Any
 from tests.cluster import gke_tpu
 from tests.cluster.api import Api, ApiError
 from tests.cluster.network import PodNetwork
-from tests.cluster.pod_runtime import PodFiles, PodStartError, pod_pids
+from tests.cluster.pod_runtime import ImageRuntime, PodFiles, PodStartError, pod_pids
 
 log = logging.getLogger("node-agent")
 
 MESSAGE_LIMIT = 4096
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048
-MAX_GRACE_SECONDS = 5.0
-HEARTBEAT_SECONDS = 5.0
+MAX_GRACE_SECONDS, HEARTBEAT_SECONDS = 5.0, 5.0
 
 
 def now() -> str:
@@ -70,6 +68,7 @@ class NodeSpec:
     labels: dict[str, str] = field(default_factory=dict)
     tpus: int = 0  # google.com/tpu capacity: a GKE TPU host (gke_tpu.py)
     taints: tuple[dict[str, str], ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # the host's, over its pods' (gke_tpu.CPU_CHIPS)
 
 
 @dataclass
@@ -91,11 +90,12 @@ class NodeAgent:
         nodes: list[NodeSpec],
         network: PodNetwork,
         stand_in: Callable[[dict[str, Any]], list[str] | None] | None = None,
+        images: dict[str, ImageRuntime] | None = None,
     ) -> None:
         """`stand_in(pod)`, when given and not None for a pod, is the command run instead of the
         pod's: the control-plane bench's pods that finish at once, the tests' PodPlayers."""
         self.api, self.workdir, self.nodes, self.network = api, workdir, {n.name: n for n in nodes}, network
-        self.stand_in = stand_in
+        self.stand_in, self.images = stand_in, images
         self.errors: list[BaseException] = []
         self.held: set[str] = set()
         self.refused: set[str] = set()
@@ -291,9 +291,9 @@ class NodeAgent:
         ip = self.network.attach(
             meta["uid"], spec.get("hostname") or meta["name"], meta["namespace"], spec.get("subdomain", "")
         )
-        files = PodFiles(self.api, pod, root, ip, self.network.host_ip)
+        files = PodFiles(self.api, pod, root, ip, self.network.host_ip, self.images)
         argv, env, cwd = files.prepare()
-        env |= gke_tpu.tpu_env(self.api, pod)  # what GKE injects into a TPU slice's pods
+        env |= gke_tpu.tpu_env(self.api, pod) | self.nodes[spec["nodeName"]].env  # GKE's TPU env; the host's
         argv = files.identity.wrap((self.stand_in(pod) if self.stand_in else None) or argv)
         log_path = root / "log"
         with log_path.open("ab") as out:

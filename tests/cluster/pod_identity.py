@@ -55,6 +55,7 @@ class PodIdentity:
     no_new_privs: bool = False
     drop_all_caps: bool = False
     read_only_root: bool = False
+    python: str = sys.executable  # the image's interpreter (pod_runtime.ImageRuntime)
 
     @property
     def switches_user(self) -> bool:
@@ -69,7 +70,7 @@ class PodIdentity:
         prefix = ["setpriv", f"--reuid={self.uid}", f"--regid={gid}", groups]
         if self.no_new_privs:
             prefix.append("--no-new-privs")
-        if interpreter_hidden():  # read and search anywhere, write nothing more (see notes())
+        if interpreter_hidden(self.python):  # read and search anywhere, write nothing more (see notes())
             keep = "+dac_read_search"
             prefix += [f"--inh-caps=-all,{keep}", f"--ambient-caps={keep}", f"--bounding-set=-all,{keep}"]
         elif self.drop_all_caps:
@@ -91,9 +92,9 @@ class PodIdentity:
     def notes(self) -> list[str]:
         """What of the securityContext this machine does not enforce, one line each."""
         found = [NOT_ENFORCED_READ_ONLY_ROOT] if self.read_only_root else []
-        if self.switches_user and interpreter_hidden():
+        if self.switches_user and (hidden := interpreter_hidden(self.python)):
             found.append(f"runs as uid {self.uid} keeping CAP_DAC_READ_SEARCH (reads anywhere, writes nothing more): "
-                         f"this environment's Python ({interpreter_hidden()}) is out of others' reach")  # fmt: skip
+                         f"the image's Python ({hidden}) is out of others' reach")  # fmt: skip
         if self.uid is not None and os.geteuid() != 0 and self.uid != os.geteuid():
             found.append(f"runAsUser {self.uid} is not honoured: the node agent is not root and runs the pod "
                          f"as uid {os.geteuid()}")  # fmt: skip
@@ -101,10 +102,11 @@ class PodIdentity:
 
 
 @functools.cache
-def interpreter_hidden() -> str:
-    """The first path on the way to this Python (interpreter, environment) that other users cannot
+def interpreter_hidden(python: str = sys.executable) -> str:
+    """The first path on the way to `python` (interpreter, environment) that other users cannot
     search or read, or "" (a pyenv under /root, mode 0700, is the usual one)."""
-    for target in (Path(os.path.realpath(sys.executable)), Path(sys.prefix)):
+    prefix = sys.prefix if python == sys.executable else str(Path(python).parent.parent)
+    for target in (Path(os.path.realpath(python)), Path(prefix)):
         for path in [*reversed(target.parents), target]:
             mode = path.stat().st_mode
             needed = stat.S_IXOTH if stat.S_ISDIR(mode) else stat.S_IROTH | stat.S_IXOTH

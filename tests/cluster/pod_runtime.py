@@ -10,7 +10,9 @@ What a container runtime gives a container, as files and variables on this machi
 - securityContext: runAsUser/runAsGroup/fsGroup honoured when root, readOnlyRootFilesystem
   not enforced (pod_identity.py says what and why);
 - the image's `python`/`torchrun` are this environment's (the agent puts its bin dir first on PATH),
-  and the working directory is `workingDir` mapped like a mount path, else the pod's scratch dir.
+  unless the agent maps the pod's image to another interpreter (`ImageRuntime`: the TPU trainer
+  image's Python 3.12 JAX venv, tests/support/jax_env.py) with the ENV that image sets;
+  the working directory is `workingDir` mapped like a mount path, else the pod's scratch dir.
 There are no mount namespaces here: a path under a volume's mountPath in the command or the env is
 mapped onto the volume's directory, and the termination-message path onto a file named by
 `SPEEDRUN_TERMINATION_LOG`. Cluster DNS names are never rewritten: they resolve through CoreDNS
@@ -23,6 +25,7 @@ import base64
 import json
 import re
 import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +45,28 @@ class PodStartError(Exception):
         self.reason = reason
 
 
-class PodFiles:
-    """Resolves one pod's env, volumes and command against the apiserver."""
+@dataclass(frozen=True)
+class ImageRuntime:
+    """What an image carries that its process needs: its `python` (the directory goes first on
+    PATH, as the image's bin would) and the ENV the image sets (e.g. a PYTHONPATH)."""
 
-    def __init__(self, api: Api, pod: dict[str, Any], root: Path, pod_ip: str, host_ip: str) -> None:
+    python: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class PodFiles:
+    """Resolves one pod's env, volumes and command against the apiserver; `images` maps an image
+    reference to the interpreter it carries (any other image: this environment's Python)."""
+
+    def __init__(
+        self, api: Api, pod: dict[str, Any], root: Path, pod_ip: str, host_ip: str,
+        images: dict[str, ImageRuntime] | None = None,
+    ) -> None:  # fmt: skip
         self.api, self.pod, self.root, self.ip, self.host_ip = api, pod, root, pod_ip, host_ip
         self.namespace = pod["metadata"]["namespace"]
         self.container = pod["spec"]["containers"][0]
+        self.runtime = (images or {}).get(self.container.get("image", ""))
+        self.python = self.runtime.python if self.runtime else Path(sys.executable)
         self.mounts: dict[str, Path] = {}
         self.identity = PodIdentity()
 
@@ -56,7 +74,7 @@ class PodFiles:
         """(argv, env, cwd) of the container's main process; PodStartError when it cannot start.
         Run argv through `self.identity.wrap` (after any stand-in) for the pod's securityContext."""
         try:
-            self.identity = pod_identity(self.pod)
+            self.identity = replace(pod_identity(self.pod), python=str(self.python))
         except IdentityError as err:
             raise PodStartError("CreateContainerConfigError", str(err)) from None
         self.root.mkdir(parents=True, exist_ok=True)
@@ -116,10 +134,11 @@ class PodFiles:
 
     def _env(self) -> dict[str, str]:
         # The "image's" environment: nothing of the test process leaks in (no AWS_* in particular).
-        bin_dir = str(Path(sys.executable).parent)
+        bin_dir = str(self.python.parent)
         image = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
                  "HOME": str(self.root), "HOSTNAME": self.pod["spec"].get("hostname") or self.pod["metadata"]["name"],
-                 "KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}  # fmt: skip
+                 "KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443",
+                 **(self.runtime.env if self.runtime else {})}  # fmt: skip
         env = dict(image)
         for source in self.container.get("envFrom") or []:
             kind = "configMap" if "configMapRef" in source else "secret"

@@ -19,6 +19,7 @@
 - `speedrun run` of a `train.backend: jax` manifest trains, evaluates and writes results with the
   keys a torch-backend run writes.
 - `precision: fp8` (torch only) is one invalid-config line, exit 2.
+- bench/tpu_device_check.py's `--cpu` smoke: its sections run and its report holds their figures.
 In the e2e tier: each case starts jax (seconds) and the first builds the venv (minutes cold).
 """
 
@@ -197,3 +198,22 @@ def test_fp8_on_the_jax_backend_is_one_invalid_config_line(tmp_path: Path):
         .startswith("invalid config: spec.train.precision: fp8 needs the torch backend")
     )
     assert "Traceback" not in done.stderr
+
+
+def test_the_tpu_device_check_runs_on_cpu(tmp_path: Path):
+    """bench/tpu_device_check.py --cpu (4 host devices, micro config): every section runs, the JAX
+    step's first losses match the torch step's, and the report holds the speed row and targets."""
+    report = tmp_path / "report.json"
+    done = run_in_venv([str(REPO / "bench" / "tpu_device_check.py"), "--cpu", "--json", "--out", str(report)])
+    res = json.loads(report.read_text())
+    assert json.loads(done.stdout) == res
+    s = res["sections"]
+    assert [s[k]["status"] for k in ("devices", "reference", "speed")] == ["ok"] * 3, s
+    assert (s["devices"]["backend"], s["devices"]["local_devices"], s["devices"]["accelerator"]) == ("cpu", 4, "cpu")
+    assert len(s["reference"]["jax"]) == 3 and s["reference"]["max_abs_diff"] < 1e-4
+    row = s["speed"]["rows"]["micro"]
+    assert row["tokens_per_second"] > 0 and row["mfu"] > 0 and row["peak_bytes_in_use"] is None  # no HBM on CPU
+    verdicts = {t["target"]: t["pass"] for t in res["targets"]}
+    assert verdicts == {"jax sees TPU devices": None, "first losses within 1e-4": True, "micro bf16 tokens/s": None,
+                        "micro bf16 MFU": None, "micro HBM peak bytes": None}  # fmt: skip
+    assert "largest |diff|" in done.stderr and "micro bf16 MFU" in done.stderr

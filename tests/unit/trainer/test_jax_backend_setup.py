@@ -13,7 +13,8 @@ from speedrun_api.manifest import ConfigError, parse_job
 from speedrun_api.spec import train_backend
 from speedrun_trainer.cli.launch import jax_process_env, missing_jax
 from speedrun_trainer.cli.speedrun import main
-from speedrun_trainer.train.jax_main import join_args
+from speedrun_trainer.train.jax_main import EXPLICIT, GKE_TPU, check_platform, join_args
+from speedrun_trainer.train.runtime import DeviceError
 from tests.support.helpers import tiny_manifest, write_manifest
 
 TPU = {  # one host of 4 chips, 2 sequences per chip
@@ -43,7 +44,7 @@ def test_join_explicit_coordinator():
         "SPEEDRUN_JAX_NUM_PROCESSES": "4",
         "SPEEDRUN_JAX_PROCESS_ID": "3",
     }
-    assert join_args(env) == {"coordinator_address": "10.0.0.1:8476", "num_processes": 4, "process_id": 3}
+    assert join_args(env) == {"coordinator_address": "10.0.0.1:8476", "num_processes": 4, "process_id": 3, **EXPLICIT}
 
 
 @pytest.mark.parametrize("fallback", ["TPU_WORKER_ID", "JOB_COMPLETION_INDEX"])
@@ -66,7 +67,25 @@ def test_join_incomplete_is_one_config_error_naming_the_variable(env):
 
 
 def test_join_gke_multi_host_slice_lets_jax_read_its_variables():
-    assert join_args({"TPU_WORKER_HOSTNAMES": "w-0.svc,w-1.svc", "TPU_WORKER_ID": "1"}) == {}
+    assert join_args({"TPU_WORKER_HOSTNAMES": "w-0.svc,w-1.svc", "TPU_WORKER_ID": "1"}) == GKE_TPU
+
+
+def test_a_cpu_host_playing_a_tpu_host_joins_as_jaxs_gke_cluster_would():
+    """jax reads the GKE variables only where libtpu found a TPU: on CPU the join is explicit."""
+    env = {"TPU_WORKER_HOSTNAMES": "w-0.svc,w-1.svc", "TPU_WORKER_ID": "1", "SPEEDRUN_JAX_PLATFORM": "cpu"}
+    assert join_args(env) == {"coordinator_address": "w-0.svc:8482", "num_processes": 2, "process_id": 1, **EXPLICIT}
+    with pytest.raises(ConfigError, match="TPU_WORKER_ID must be an integer"):
+        join_args({**env, "TPU_WORKER_ID": ""})
+
+
+def test_a_tpu_manifest_trains_on_the_cpu_only_when_told_to():
+    job = parse_job(tiny_manifest(**TPU))
+    with pytest.raises(DeviceError, match="jax's backend here is cpu, not tpu"):
+        check_platform(job, "cpu")  # libtpu found no TPU: never a silent fallback
+    with pytest.raises(DeviceError, match="jax's backend here is cpu, not tpu"):
+        check_platform(job, "cpu", forced="tpu")  # what the operator sets
+    check_platform(job, "cpu", forced="cpu")  # SPEEDRUN_JAX_PLATFORM=cpu: the CPU stands in
+    check_platform(job, "tpu", forced="tpu")
 
 
 @pytest.mark.parametrize("env", [{}, {"TPU_WORKER_HOSTNAMES": "w-0.svc", "TPU_WORKER_ID": "0"}])
@@ -85,7 +104,7 @@ def test_speedrun_run_gives_each_node_its_rank_and_cpu_devices():
     assert (env["SPEEDRUN_JAX_NUM_PROCESSES"], env["SPEEDRUN_JAX_PROCESS_ID"]) == ("2", "1")
     assert env["SPEEDRUN_JAX_PLATFORM"] == "cpu"
     assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=2"
-    assert join_args(env) == {"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1}
+    assert join_args(env) == {"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1, **EXPLICIT}
 
 
 def test_speedrun_run_refuses_jax_without_it_in_one_line(tmp_path: Path, capsys):

@@ -20,7 +20,6 @@ log lines, the Prometheus metrics, W&B, the run lock, checkpoints and the summar
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict
 from typing import Any
@@ -31,24 +30,17 @@ import numpy as np
 import torch
 from jax.experimental import multihost_utils
 
-from speedrun_api.flops import training_flops_per_token
 from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
-from speedrun_api.run_contract import ENV_METRICS_PORT, ENV_STARTUP_CHECKED
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.prefetch import BatchPrefetcher
-from speedrun_trainer.data.tokenizer import padded_token_bytes
-from speedrun_trainer.train import checkpoint, preflight
+from speedrun_trainer.train import checkpoint
 from speedrun_trainer.train.attention import segment_ids
-from speedrun_trainer.train.core_cadence import core_every, core_target
 from speedrun_trainer.train.jax_step import JaxEvalModel, JaxStep, data_mesh
-from speedrun_trainer.train.loop import Trainer, TrainState
+from speedrun_trainer.train.loop import Trainer
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import lr_multiplier
-from speedrun_trainer.train.runtime import Dist, log, phase, run_storage
-from speedrun_trainer.train.startup_checks import open_run_data
-from speedrun_trainer.train.telemetry import Telemetry
-from speedrun_trainer.train.tracking import Tracker
+from speedrun_trainer.train.runtime import Dist, log, phase
 from speedrun_trainer.train.versions import software_versions
 
 
@@ -116,14 +108,7 @@ class JaxTrainer(Trainer):
             + (" (bf16 matmuls, fp32 parameters)" if t.precision == "bf16" else "")
         )
         self.plan = resolve(job, nodes=max(1, self.processes))
-        self.storage = run_storage(job)
-        phase("loading and checking the tokenizer and the data")
-        data = open_run_data(job, scan_token_ids=os.environ.get(ENV_STARTUP_CHECKED) != "1")
-        self.tokenizer, self.train_data, self.val_data = data.tokenizer, data.train, data.val
-        self.token_bytes = padded_token_bytes(self.tokenizer, m.vocab_size)
-        self.levanter_bytes = padded_token_bytes(self.tokenizer, m.vocab_size, levanter=True)
-        if env.is_main:
-            preflight.check_writable(self.storage)
+        self._open_run()
         phase("building the model and its optimizer")
         torch.manual_seed(t.seed)
         gpt = GPT(m)  # the torch module: traced by torchax, and the checkpoints' view (to_torch)
@@ -131,31 +116,13 @@ class JaxTrainer(Trainer):
         self.train_step = JaxStep(gpt, t.optimizer, self.mesh, t.precision, t.optimizer.max_grad_norm)
         self.model = JaxEvalModel(self.train_step)  # what the loop's validation and CORE score
         self.train_step.document_eos = self.tokenizer.document_end_id() if m.document_mask else None
-        self.state = TrainState()
         self._resume()
         self._lr_now = 0.0
-        port = int(os.environ.get(ENV_METRICS_PORT) or spec.metrics.port)
-        self.telemetry = Telemetry(port if env.is_main else None)
-        self.tracker = Tracker(
-            job, enabled=env.is_main, run_id=self.state.run_id, config={"spec": job.manifest()["spec"]}
-        )
-        self.flops_per_step = training_flops_per_token(m) * self.plan.tokens_per_step
-        self._printed_step = self.state.step
-        self.peak_flops = self.plan.device_flops * self.num_devices
-        self.core_every, self.core_judged = core_every(spec), core_target(spec)
+        self._observers(self.num_devices)
 
-    def _resume(self) -> None:
-        ckpt = checkpoint.load(self.storage)
-        preflight.check_identity(self.storage, self.job, ckpt.meta if ckpt is not None else None)
-        if self.env.is_main:
-            preflight.claim(self.storage, self.job)
-        if ckpt is None:
-            return
+    def _load_checkpoint(self, ckpt: checkpoint.Checkpoint) -> None:
         self.train_step.load_torch(ckpt.model)
         self.train_step.load_optimizer_state(ckpt.optimizers or [])
-        known = TrainState.__dataclass_fields__
-        self.state = TrainState(**{k: v for k, v in ckpt.meta.get("state", {}).items() if k in known})
-        log(f"resumed from {self.storage.url(f'checkpoints/meta_{ckpt.step:06d}.json')} at step {ckpt.step}")
 
     def _step(self, batches: BatchPrefetcher) -> Any:
         o = self.spec.train.optimizer

@@ -16,26 +16,21 @@ Rank 0 serves Prometheus metrics and writes the training summary at the end.
 
 from __future__ import annotations
 
-import math
-import os
 import sys
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
 
-from speedrun_api.flops import training_flops_per_token
 from speedrun_api.manifest import ConfigError
 from speedrun_api.plan import resolve
-from speedrun_api.run_contract import ENV_METRICS_PORT, ENV_STARTUP_CHECKED, TRAIN_SUMMARY_FILE
+from speedrun_api.run_contract import TRAIN_SUMMARY_FILE
 from speedrun_api.spec import SpeedrunJob
 from speedrun_trainer.data.prefetch import BatchPrefetcher
-from speedrun_trainer.data.tokenizer import padded_token_bytes
 from speedrun_trainer.train import checkpoint, preflight
 from speedrun_trainer.train.clock_warmup import warm_up_and_reset
-from speedrun_trainer.train.core_cadence import core_due, core_every, core_target
+from speedrun_trainer.train.core_cadence import core_due
 from speedrun_trainer.train.core_eval import evaluate_run_core
 from speedrun_trainer.train.fp8 import check_fp8, convert_to_fp8
 from speedrun_trainer.train.loss_eval import eval_precision, evaluate_run_loss
@@ -49,30 +44,10 @@ from speedrun_trainer.train.runtime import (
     log,
     phase,
     resolve_compile,
-    run_storage,
 )
-from speedrun_trainer.train.startup_checks import open_run_data
 from speedrun_trainer.train.step import LossMeter, StepTimer, TrainStep, data_parallel
-from speedrun_trainer.train.telemetry import Telemetry
-from speedrun_trainer.train.tracking import Tracker
+from speedrun_trainer.train.trainer_base import RunSetup, TrainState, finish_training
 from speedrun_trainer.train.versions import software_versions
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint's meta carries besides the weights, and the summary is made of."""
-
-    step: int = 0
-    training_seconds: float = 0.0
-    warmup_seconds: float = 0.0  # clock warm-up steps, kept out of training_seconds
-    warmup_steps: int = 0
-    time_to_target_seconds: float | None = None
-    target_reached: bool = False
-    train_loss: float = math.nan
-    val_loss: float | None = None
-    val_bpb: float | None = None
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    history: list[dict[str, float]] = field(default_factory=list)  # eval points
 
 
 def _target_reached(job: SpeedrunJob, val_loss: float, val_bpb: float) -> bool:
@@ -86,7 +61,7 @@ def _target_reached(job: SpeedrunJob, val_loss: float, val_bpb: float) -> bool:
     return False  # CORE targets: Trainer._core, on its own cadence (train/core_cadence.py)
 
 
-class Trainer:
+class Trainer(RunSetup):
     def __init__(self, job: SpeedrunJob, env: Dist) -> None:
         spec = self.spec = job.spec
         self.job, self.env = job, env
@@ -111,16 +86,7 @@ class Trainer:
                 )
             )
         self.plan = resolve(job, nodes=max(1, env.world_size // spec.resources.procs_per_node))
-        self.storage = run_storage(job)
-        phase("loading and checking the tokenizer and the data")
-        # Tokenizer, data and model agree (train/preflight.py); the token-id scan, a full read of
-        # the data, only where no starter of this process ran it already.
-        data = open_run_data(job, scan_token_ids=os.environ.get(ENV_STARTUP_CHECKED) != "1")
-        self.tokenizer, self.train_data, self.val_data = data.tokenizer, data.train, data.val
-        self.token_bytes = padded_token_bytes(self.tokenizer, m.vocab_size)
-        self.levanter_bytes = padded_token_bytes(self.tokenizer, m.vocab_size, levanter=True)
-        if env.is_main:
-            preflight.check_writable(self.storage)
+        self._open_run()  # trainer_base.py: storage, tokenizer, data
 
         phase("building the model and its optimizer")  # torch.optim loads torch._dynamo: seconds
         torch.manual_seed(t.seed)
@@ -137,8 +103,7 @@ class Trainer:
             + (f" (omitted: the default on {env.device.type})" if t.compile is None else "")
         )
         self.optimizers = build_optimizers(self.model, t.optimizer, compile=self.compile)
-        self.state = TrainState()
-        self._resume()
+        self._resume()  # trainer_base.py: identity, lock, newest checkpoint (_load_checkpoint)
         runnable = torch.compile(self.model) if self.compile else self.model
         self.ddp = data_parallel(runnable, env.device, env.world_size, t.grad_reduce_dtype)
         self.forward = self.ddp or runnable
@@ -147,29 +112,12 @@ class Trainer:
         )
         # model.documentMask: training attends within documents, split after the tokenizer's EOS
         self.train_step.document_eos = self.tokenizer.document_end_id() if m.document_mask else None
-        port = int(os.environ.get(ENV_METRICS_PORT) or spec.metrics.port)
-        self.telemetry = Telemetry(port if env.is_main else None)
-        self.tracker = Tracker(
-            job, enabled=env.is_main, run_id=self.state.run_id, config={"spec": job.manifest()["spec"]}
-        )
-        self.flops_per_step = training_flops_per_token(m) * self.plan.tokens_per_step
-        self._printed_step = self.state.step
-        self.peak_flops = self.plan.device_flops * env.world_size
-        self.core_every, self.core_judged = core_every(spec), core_target(spec)
+        self._observers(env.world_size)  # trainer_base.py: metrics endpoint, tracker, FLOPs
 
-    def _resume(self) -> None:
-        ckpt = checkpoint.load(self.storage)
-        preflight.check_identity(self.storage, self.job, ckpt.meta if ckpt is not None else None)
-        if self.env.is_main:
-            preflight.claim(self.storage, self.job)
-        if ckpt is None:
-            return
+    def _load_checkpoint(self, ckpt: checkpoint.Checkpoint) -> None:
         self.model.load_state_dict(ckpt.model)
         for opt, state in zip(self.optimizers, ckpt.optimizers or [], strict=True):
             opt.load_state_dict(state)
-        known = TrainState.__dataclass_fields__
-        self.state = TrainState(**{k: v for k, v in ckpt.meta.get("state", {}).items() if k in known})
-        log(f"resumed from {self.storage.url(f'checkpoints/meta_{ckpt.step:06d}.json')} at step {ckpt.step}")
 
     # ---- one optimizer step --------------------------------------------------------------
     def _step(self, batches: BatchPrefetcher) -> torch.Tensor:
@@ -381,15 +329,7 @@ class Trainer:
 
 def _train(job: SpeedrunJob, env: Dist) -> int:
     print(f"worker rank {env.rank}/{env.world_size} (local rank {env.local_rank}) on {env.device}", flush=True)
-    trainer = Trainer(job, env)
-    try:
-        trainer.run()
-        trainer.write_summary()
-    finally:
-        trainer.close()
-    log(f"training done: step {trainer.state.step}, {trainer.state.training_seconds:.1f}s of training")
-    phase("training done; the processes are exiting")  # torch's teardown and torchrun's exit take seconds
-    return 0
+    return finish_training(Trainer(job, env))
 
 
 def main(argv: list[str] | None = None) -> int:

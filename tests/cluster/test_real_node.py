@@ -5,8 +5,10 @@ resources from a node status patch, a stopped kubelet's node going NotReady."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -151,7 +153,7 @@ def test_stopped_kubelet_makes_its_node_not_ready(control_plane: ControlPlane, r
 def registry(tmp_path_factory: pytest.TempPathFactory, real_nodes: RealNodes) -> Iterator[str]:
     """Debian's docker-registry (the distribution registry) on loopback, plain HTTP, trusted by the nodes."""
     for tool in ("docker-registry", "skopeo"):
-        if subprocess.run(["which", tool], capture_output=True).returncode:
+        if shutil.which(tool) is None:
             pytest.skip(f"needs `{tool}` (apt: {tool})")
     workdir = tmp_path_factory.mktemp("registry")
     host = f"127.0.0.1:{free_port()}"
@@ -161,13 +163,20 @@ def registry(tmp_path_factory: pytest.TempPathFactory, real_nodes: RealNodes) ->
     with (workdir / "registry.log").open("wb") as log:
         proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: subprocess.run(["curl", "-sf", f"http://{host}/v2/"], capture_output=True).returncode == 0,
-                   30, "the registry")  # fmt: skip
+        wait_until(lambda: registry_up(host), 30, "the registry")
         real_nodes.trust_registry(host)
         yield host
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def registry_up(host: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}/v2/", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def push(archive: Path, reference: str) -> None:

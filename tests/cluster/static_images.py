@@ -6,8 +6,9 @@ a program that sleeps until SIGTERM/SIGINT, as Kubernetes' own build/pause/linux
 and written as an OCI image layout in a tar (the format `ctr images import` and `skopeo copy
 oci-archive:` read). The same way gives the tests a `hello` image: it prints its arguments and
 exits with a code, or with `sleep` as its first argument waits for a signal (a container to
-`kubectl exec` into). Each image is one uncompressed layer holding one file; archives are cached
-under the workdir by the hash of the C source, so a session compiles each once.
+`kubectl exec` into), or with `resolve <name>` asks the pod's nameserver for the name's A
+records. Each image is one uncompressed layer holding one file; archives are cached under the
+workdir by the hash of the C source, so a session compiles each once.
 
     image = build_image(workdir, "pause")          # StaticImage(name=..., archive=...)
 """
@@ -37,14 +38,59 @@ int main(void) {
 }
 """,
     "hello": r"""
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 static void stop(int sig) { (void)sig; _exit(0); }
-/* hello [sleep | exit <code> | words...]: print "hello <words>" (or wait for a signal) */
+/* An A query to resolv.conf's nameserver, by hand: static glibc cannot load NSS for getaddrinfo. */
+static int resolve(const char *name) {
+    char ns[64] = "", line[256];
+    FILE *f = fopen("/etc/resolv.conf", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "nameserver %63s", ns) == 1) break;
+    if (f) fclose(f);
+    unsigned char q[512] = {0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0}, r[512];
+    int n = 12;
+    for (const char *p = name; *p;) {
+        size_t len = strcspn(p, ".");
+        q[n++] = (unsigned char)len;
+        memcpy(q + n, p, len);
+        n += (int)len;
+        p += len + (p[len] == '.');
+    }
+    q[n++] = 0; q[n++] = 0; q[n++] = 1; q[n++] = 0; q[n++] = 1; /* type A, class IN */
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(53)};
+    inet_pton(AF_INET, ns, &a.sin_addr);
+    struct timeval tv = {5, 0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sendto(s, q, n, 0, (struct sockaddr *)&a, sizeof a);
+    int got = (int)recv(s, r, sizeof r, 0), answers = got >= 12 ? (r[6] << 8) | r[7] : 0, i = n, found = 0;
+    printf("%s via %s:", name, ns);
+    for (int k = 0; k < answers && i < got; k++) {
+        if ((r[i] & 0xc0) == 0xc0) i += 2; /* a compressed name */
+        else { while (i < got && r[i]) i += r[i] + 1; i++; }
+        if (i + 10 > got) break;
+        int type = (r[i] << 8) | r[i + 1], len = (r[i + 8] << 8) | r[i + 9];
+        i += 10;
+        if (type == 1 && len == 4 && i + 4 <= got) {
+            printf(" %d.%d.%d.%d", r[i], r[i + 1], r[i + 2], r[i + 3]);
+            found++;
+        }
+        i += len;
+    }
+    printf("%s\n", got < 12 ? " no answer" : "");
+    return found ? 0 : 1;
+}
+/* hello [sleep | exit <code> | resolve <name> | words...]: print "hello from <host>: <words>" */
 int main(int argc, char **argv) {
+    if (argc > 2 && strcmp(argv[1], "resolve") == 0) return resolve(argv[2]);
     if (argc > 1 && strcmp(argv[1], "sleep") == 0) {
         signal(SIGTERM, stop);
         signal(SIGINT, stop);

@@ -5,6 +5,7 @@ resources from a node status patch, a stopped kubelet's node going NotReady."""
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 import time
@@ -18,6 +19,7 @@ import pytest
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
+from tests.cluster.pki import SERVICE_IP
 from tests.cluster.real_nodes import RealNodes, real_node_pod
 
 pytestmark = pytest.mark.cluster
@@ -81,9 +83,22 @@ def test_pod_runs_to_success_and_logs_through_the_apiserver(
     status = wait_phase(control_plane, name, "Succeeded")
     print(f"\nhello pod Succeeded {time.monotonic() - started:.1f} s after create")
     assert status["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
-    assert status["podIP"].startswith(real_nodes.nodes[status_node(control_plane, name)].address.pod_subnet[:6])
+    subnet = ipaddress.ip_network(real_nodes.nodes[status_node(control_plane, name)].address.pod_subnet)
+    assert ipaddress.ip_address(status["podIP"]) in subnet, status["podIP"]
     logs = kubectl.run("logs", "-n", ns, name).stdout
     assert logs.strip() == "hello from hello: from a container"
+
+
+def test_pods_resolve_cluster_names_through_coredns(control_plane: ControlPlane, real_nodes: RealNodes,
+                                                     kubectl: Kubectl, ns: str) -> None:  # fmt: skip
+    """The kubelet's clusterDNS: the pod's resolv.conf names the session's CoreDNS, reached over
+    the node's bridge, and it answers with the `kubernetes` Service's ClusterIP."""
+    name = create(control_plane, real_node_pod("resolver", real_nodes.hello.name,
+                                               ["resolve", "kubernetes.default.svc.cluster.local"]))  # fmt: skip
+    wait_phase(control_plane, name, "Succeeded")
+    dns = real_nodes.nodes[status_node(control_plane, name)].cluster_dns
+    answer = kubectl.run("logs", "-n", ns, name).stdout.strip()
+    assert answer == f"kubernetes.default.svc.cluster.local via {dns}: {SERVICE_IP}"
 
 
 def status_node(cp: ControlPlane, name: str) -> str:

@@ -20,6 +20,7 @@ this node's socket), unmounts everything under the node's directories, and delet
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ from tests.cluster.control_plane import ControlPlaneError, wait_until
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")  # Debian's containernetworking-plugins, upstream's
 RUNC = "/usr/sbin/runc"
 NAMESPACE = "k8s.io"  # containerd's namespace for CRI (kubelet) images and containers
+SHIM_SOCKETS = Path("/run/containerd/s")  # containerd 2.x's shims' sockets, whatever the daemon's state dir
 
 
 def cni_bin_dir() -> Path | None:
@@ -81,6 +83,8 @@ class Containerd:
             f"  address = {_toml(str(self.socket))}",
             "[plugins.'io.containerd.nri.v1.nri']",
             "  disable = true",
+            "[plugins.'io.containerd.internal.v1.opt']",  # /opt/containerd by default
+            f"  path = {_toml(str(self.dir / 'opt'))}",
             f"[{runtime}]",
             "  restrict_oom_score_adj = true",
             "  netns_mounts_under_state_dir = true",
@@ -182,6 +186,16 @@ class Containerd:
         unmount_under(self.dir)
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
 
+    def leftovers(self) -> list[str]:
+        """What stop() should have ended and did not (empty when clean)."""
+        left = [f"containerd pid {self.proc.pid}"] if self.proc is not None and self.proc.poll() is None else []
+        left += [f"shim pid {pid}" for pid in shims_of(str(self.socket).encode())]
+        prefix = str(self.dir.resolve()) + "/"
+        left += [f"mount {m}" for m in mount_points() if m.startswith(prefix)]
+        if Path(f"/sys/class/net/{self.bridge}").exists():
+            left.append(f"bridge {self.bridge}")
+        return left
+
     def _kill_containers(self) -> None:
         """Containers outlive containerd (their shims hold them): kill each through runc."""
         if not self.runc_root.exists():
@@ -194,13 +208,23 @@ class Containerd:
                 subprocess.run([RUNC, "--root", str(namespace_root), "delete", "-f", container], capture_output=True)
 
     def _kill_shims(self) -> None:
-        """The shims this node's containerd started: they carry its socket in their command line."""
+        """The shims this node's containerd started: they carry its socket in their command line.
+        A killed shim leaves its socket in /run/containerd/s, named as containerd 2.x names it
+        (pkg/shim/util_unix.go: sha256 of <address>/<namespace>/<id>); those are removed too."""
         marker = str(self.socket).encode()
+        sockets = []
         for pid in shims_of(marker):
+            with contextlib.suppress(OSError):
+                argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0")
+                flags = dict(zip(argv[1::2], argv[2::2], strict=False))
+                key = os.path.join(flags["-address"], flags["-namespace"], flags["-id"])
+                sockets.append(SHIM_SOCKETS / hashlib.sha256(key.encode()).hexdigest())
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ControlPlaneError):
             wait_until(lambda: not shims_of(marker), 10, "the shims gone")
+        for socket in sockets:
+            socket.unlink(missing_ok=True)
 
 
 def shims_of(marker: bytes) -> list[int]:
@@ -215,13 +239,16 @@ def shims_of(marker: bytes) -> list[int]:
     return pids
 
 
+def mount_points() -> list[str]:
+    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+
+
 def unmount_under(directory: Path) -> None:
     """Unmount every mount point under `directory`, deepest first (overlay rootfs, shm, netns,
     the kubelet's volume tmpfs), lazily so that a busy one does not block the rest."""
     prefix = str(directory.resolve()) + "/"
     for _ in range(3):
-        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-        ours = sorted({m for m in mounts if m.startswith(prefix)}, key=len, reverse=True)
+        ours = sorted({m for m in mount_points() if m.startswith(prefix)}, key=len, reverse=True)
         if not ours:
             return
         for mount in ours:

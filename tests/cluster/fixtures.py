@@ -134,7 +134,9 @@ def real_nodes(control_plane: ControlPlane, pod_net: PodNetwork) -> Iterator[Rea
         yield nodes
     finally:
         nodes.close()
+        left = nodes.leftovers()
         shutil.rmtree(workdir, ignore_errors=True)
+    assert not left, f"real nodes left behind: {', '.join(left)}"
 
 
 def kubectl_binary() -> Path:

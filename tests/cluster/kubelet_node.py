@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,11 +196,20 @@ class KubeletNode:
             remove_cgroup_tree(directory)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def leftovers(self) -> list[str]:
+        """What stop() should have ended or removed and did not (empty when clean)."""
+        left = [f"kubelet {self.name}"] if self.kubelet is not None else []
+        left += [f"{self.name}: {item}" for item in self.runtime.leftovers()]
+        left += [f"cgroup {d}" for d in self._cgroup_dirs(unified=True) if d.exists()]
+        return left + ([f"directory {self.dir}"] if self.dir.exists() else [])
+
 
 def remove_cgroup_tree(directory: Path) -> None:
     """rmdir a cgroup and its children, deepest first (cgroupfs refuses rm -r: its files are not files)."""
-    if not directory.exists():
-        return
-    for path, _, _ in sorted(os.walk(directory), key=lambda entry: len(entry[0]), reverse=True):
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
+    deadline = time.monotonic() + 10  # a killed container's cgroup is busy until the kernel reaps it
+    while directory.exists() and time.monotonic() < deadline:
+        for path, _, _ in sorted(os.walk(directory), key=lambda entry: len(entry[0]), reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        if directory.exists():
+            time.sleep(0.2)

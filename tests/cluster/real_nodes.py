@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.api import ApiError
+from tests.cluster.containerd_runtime import SHIM_SOCKETS
 from tests.cluster.control_plane import ControlPlane, ControlPlaneError, wait_until
 from tests.cluster.kubelet_node import KubeletNode, node_address
 from tests.cluster.static_images import StaticImage, build_image
@@ -61,10 +62,10 @@ class RealNodes:
             for i in range(count)
         }  # fmt: skip
         self.started_in = 0.0
-        # Paths every kubelet uses whatever its root dir (the device-plugin socket dir is a constant
-        # of the kubelet's API; container log links are /var/log/containers): removed at the end
-        # where this session made them.
-        self._made = [p for p in (DEVICE_PLUGINS.parent, CONTAINER_LOGS) if not p.exists()]
+        # Paths every kubelet or containerd uses whatever its root dir (the device-plugin socket
+        # dir is a constant of the kubelet's API; container log links are /var/log/containers; the
+        # shims' sockets /run/containerd/s): removed at the end where this session made them.
+        self._made = [p for p in (DEVICE_PLUGINS.parent, CONTAINER_LOGS, SHIM_SOCKETS.parent) if not p.exists()]
 
     @property
     def names(self) -> list[str]:
@@ -127,6 +128,10 @@ class RealNodes:
                 self.cp.admin.delete(f"/api/v1/nodes/{name}")
         self._remove_shared_paths()
 
+    def leftovers(self) -> list[str]:
+        """What close() should have ended or removed and did not (empty when clean)."""
+        return [item for node in self.nodes.values() for item in node.leftovers()]
+
     def _remove_shared_paths(self) -> None:
         prefix = str(self.workdir.resolve()) + "/"
         for link in CONTAINER_LOGS.glob("*.log") if CONTAINER_LOGS.exists() else ():
@@ -134,7 +139,7 @@ class RealNodes:
                 link.unlink()
         if DEVICE_PLUGINS.parent in self._made:
             (DEVICE_PLUGINS / "kubelet.sock").unlink(missing_ok=True)
-        for directory in (DEVICE_PLUGINS, *self._made):
+        for directory in (DEVICE_PLUGINS, SHIM_SOCKETS, *self._made):
             if directory in self._made or directory.parent in self._made:
                 with contextlib.suppress(OSError):
                     directory.rmdir()  # only when empty: nothing else's is touched

@@ -157,16 +157,16 @@ class Containerd:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def ctr(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         argv = [str(self.binaries["ctr"]), "--address", str(self.socket), "--namespace", NAMESPACE, *args]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise ControlPlaneError(f"ctr {' '.join(args)}: {proc.stderr.strip()}")
         return proc
 
     def import_image(self, archive: Path) -> None:
         """Import an OCI archive and unpack it (the kubelet then finds it present: no pull)."""
-        self.ctr("images", "import", "--platform", "linux/amd64", str(archive))
+        self.ctr("images", "import", "--platform", "linux/amd64", str(archive), timeout=1800)  # a trainer image: GBs
 
     def version(self) -> str:
         return self.ctr("version").stdout

@@ -10,6 +10,8 @@ knows) and copies to allocatable.
     nodes = RealNodes(control_plane, binaries, workdir, cluster_dns, count=2).start()
     nodes.advertise("real-node-1", "nvidia.com/gpu", 2)
     nodes.hello.name                   # a static "hello" image present on every node
+    nodes.import_image(archive)        # an OCI/docker archive (e.g. buildah's) into every node
+    nodes.trust_registry("127.0.0.1:5000")  # pull from a plain-HTTP loopback registry
     nodes.stop_kubelet("real-node-1")  # NotReady after the grace period; start_kubelet() undoes it
     nodes.close()                      # pods deleted, kubelets and containerds stopped, all unmounted
 """
@@ -79,6 +81,11 @@ class RealNodes:
             node.wait_ready()
         self.started_in = time.monotonic() - started
         return self
+
+    def import_image(self, archive: Path) -> None:
+        """Import an OCI (or docker) archive into every node's containerd, e.g. one buildah wrote."""
+        for node in self.nodes.values():
+            node.runtime.import_image(archive)
 
     def trust_registry(self, host: str) -> None:
         """Every node pulls from the plain-HTTP registry at `host` (e.g. 127.0.0.1:5000) from now on."""

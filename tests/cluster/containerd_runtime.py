@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -31,7 +32,7 @@ from pathlib import Path
 from tests.cluster.control_plane import ControlPlaneError, wait_until
 
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")  # Debian's containernetworking-plugins, upstream's
-RUNC = "/usr/sbin/runc"
+RUNC = shutil.which("runc", path="/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin") or "/usr/sbin/runc"
 NAMESPACE = "k8s.io"  # containerd's namespace for CRI (kubelet) images and containers
 SHIM_SOCKETS = Path("/run/containerd/s")  # containerd 2.x's shims' sockets, whatever the daemon's state dir
 
@@ -45,7 +46,7 @@ def runtime_missing() -> str | None:
     if os.geteuid() != 0:
         return "not root"
     if not Path(RUNC).exists():
-        return f"no runc at {RUNC} (apt: runc)"
+        return "no runc in /usr/sbin, /usr/bin or /usr/local (apt: runc)"
     if cni_bin_dir() is None:
         return f"no CNI plugins in {' or '.join(CNI_BIN_DIRS)} (apt: containernetworking-plugins)"
     return None

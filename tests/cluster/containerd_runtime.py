@@ -77,11 +77,13 @@ class Containerd:
     def _config(self) -> str:
         runtime = "plugins.'io.containerd.cri.v1.runtime'"
         return "\n".join([
-            "version = 3",
+            "version = 4",  # containerd 2.4's (`containerd config default`); 3 is migrated with a warning
             f"root = {_toml(str(self.root))}",
             f"state = {_toml(str(self.state))}",
-            "[grpc]",
+            "[plugins.'io.containerd.server.v1.grpc']",
             f"  address = {_toml(str(self.socket))}",
+            "[plugins.'io.containerd.server.v1.ttrpc']",
+            f"  address = {_toml(str(self.socket) + '.ttrpc')}",
             "[plugins.'io.containerd.nri.v1.nri']",
             "  disable = true",
             "[plugins.'io.containerd.internal.v1.opt']",  # /opt/containerd by default
@@ -89,7 +91,6 @@ class Containerd:
             f"[{runtime}]",
             "  restrict_oom_score_adj = true",
             "  netns_mounts_under_state_dir = true",
-            "  enable_cdi = false",
             f"[{runtime}.cni]",
             f"  bin_dirs = {_toml([str(cni_bin_dir())])}",
             f"  conf_dir = {_toml(str(self.cni_conf_dir))}",
@@ -105,6 +106,8 @@ class Containerd:
             "[plugins.'io.containerd.cri.v1.images'.pinned_images]",
             f"  sandbox = {_toml(self.sandbox_image)}",
             "[plugins.'io.containerd.cri.v1.images'.registry]",
+            f"  config_path = {_toml(str(self.certs_dir))}",
+            "[plugins.'io.containerd.transfer.v1.local']",  # what `ctr` and the transfer service pull with
             f"  config_path = {_toml(str(self.certs_dir))}",
             "",
         ])  # fmt: skip

@@ -118,7 +118,9 @@ def locate(names: tuple[str, ...] = BINARIES) -> dict[str, Path]:
 
 def go_missing() -> str | None:
     """Why nothing can be built here, or None."""
-    return None if shutil.which("go") else "no `go` on PATH to build the control plane (Go >= 1.26)"
+    if shutil.which("go"):
+        return None
+    return "no `go` on PATH to build the control plane and nodes (Go >= 1.26.6: containerd 2.4's go.mod)"
 
 
 def _required_version(module_dir: str, module: str) -> str:

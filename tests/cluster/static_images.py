@@ -7,8 +7,9 @@ and written as an OCI image layout in a tar (the format `ctr images import` and 
 oci-archive:` read). The same way gives the tests a `hello` image: it prints its arguments and
 exits with a code, or with `sleep` as its first argument waits for a signal (a container to
 `kubectl exec` into), or with `resolve <name>` asks the pod's nameserver for the name's A
-records. Each image is one uncompressed layer holding one file; archives are cached under the
-workdir by the hash of the C source, so a session compiles each once.
+records, or with `ids` prints its uid and gid. Each image is one uncompressed layer holding one
+file; archives are cached under the workdir by the hash of the C source, so a session compiles
+each once.
 
     image = build_image(workdir, "pause")          # StaticImage(name=..., archive=...)
 """
@@ -88,9 +89,13 @@ static int resolve(const char *name) {
     printf("%s\n", got < 12 ? " no answer" : "");
     return found ? 0 : 1;
 }
-/* hello [sleep | exit <code> | resolve <name> | words...]: print "hello from <host>: <words>" */
+/* hello [sleep | exit <code> | resolve <name> | ids | words...]: print "hello from <host>: <words>" */
 int main(int argc, char **argv) {
     if (argc > 2 && strcmp(argv[1], "resolve") == 0) return resolve(argv[2]);
+    if (argc > 1 && strcmp(argv[1], "ids") == 0) {
+        printf("uid=%d gid=%d\n", (int)getuid(), (int)getgid());
+        return 0;
+    }
     if (argc > 1 && strcmp(argv[1], "sleep") == 0) {
         signal(SIGTERM, stop);
         signal(SIGINT, stop);

@@ -115,6 +115,25 @@ def test_exec_into_a_running_container(control_plane: ControlPlane, real_nodes: 
     assert failed.returncode == 3, failed.stderr
 
 
+def test_security_context_user_and_deletion_end_the_container(
+    control_plane: ControlPlane, real_nodes: RealNodes, kubectl: Kubectl, ns: str
+) -> None:
+    """runc runs the container as the securityContext's user; `kubectl delete pod` has the kubelet
+    stop it (SIGTERM to the sleeping `hello`) and the runtime forget it."""
+    user = {"runAsUser": 1000, "runAsGroup": 3000}
+    name = create(control_plane, real_node_pod("ids", real_nodes.hello.name, ["ids"], securityContext=user))
+    wait_phase(control_plane, name, "Succeeded")
+    assert kubectl.run("logs", "-n", ns, name).stdout.strip() == "uid=1000 gid=3000"
+    sleeper = create(control_plane, real_node_pod("deleted", real_nodes.hello.name, ["sleep"]))
+    status = wait_phase(control_plane, sleeper, "Running")
+    container_id = status["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+    runtime = real_nodes.nodes[status_node(control_plane, sleeper)].runtime
+    assert container_id in runtime.ctr("containers", "list", "-q").stdout.split()
+    kubectl.run("delete", "pod", "-n", ns, sleeper, "--wait=true")
+    wait_until(lambda: container_id not in runtime.ctr("containers", "list", "-q").stdout.split(), 60,
+               "the container removed from containerd")  # fmt: skip
+
+
 def test_missing_image_is_a_real_pull_error(control_plane: ControlPlane, real_nodes: RealNodes, ns: str) -> None:
     name = create(control_plane, real_node_pod("no-image", "localhost/speedrun-test/missing:0", []))
     reason = wait_reason(control_plane, name, lambda r: r in ("ErrImagePull", "ImagePullBackOff"))

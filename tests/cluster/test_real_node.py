@@ -43,8 +43,13 @@ def pod_status(cp: ControlPlane, name: str) -> dict[str, Any]:
 
 
 def wait_phase(cp: ControlPlane, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
-    return wait_until(lambda: (s := pod_status(cp, name)).get("phase") == phase and s, timeout,
-                      f"pod {name} {phase}", interval=0.2)  # fmt: skip
+    def reached() -> dict[str, Any] | None:
+        status = pod_status(cp, name)
+        if status.get("phase") in ("Succeeded", "Failed") and status["phase"] != phase:
+            raise AssertionError(f"pod {name} ended {status['phase']}, not {phase}: {status}")
+        return status if status.get("phase") == phase else None
+
+    return dict(wait_until(reached, timeout, f"pod {name} {phase}", interval=0.2))
 
 
 def waiting_reason(cp: ControlPlane, name: str) -> str:

@@ -3,8 +3,9 @@ runc and the CNI plugins, set up as a kubeadm node has them but private to the n
 several nodes live on one machine and leave nothing behind.
 
 Per node, under its directory: containerd's root and state, its socket, the runc root and the
-pods' network namespaces (`netns_mounts_under_state_dir`), a CNI config (bridge `sr<tag><n>`
-with the node's pod subnet from host-local IPAM, loopback, portmap) and a registry config dir
+pods' network namespaces (`netns_mounts_under_state_dir`), a CNI config (bridge `srn<tag><n>`
+with the node's pod subnet from host-local IPAM, portmap; the loopback plugin containerd's CRI
+adds by itself, from the same plugin dir) and a registry config dir
 (`hosts.toml` per host) that trusts each plain-HTTP registry named in `registries` (loopback
 registries such as `127.0.0.1:5000` that the image builds push to). The sandbox image is the
 static pause image (static_images.py), imported before the kubelet starts.

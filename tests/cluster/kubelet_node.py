@@ -9,7 +9,7 @@ Each node is what kubeadm joins, made private so that several share one machine:
   `system:nodes`), and a serving certificate for that address signed by the session CA (the
   apiserver checks it with `--kubelet-certificate-authority`); the kubelet API accepts only
   certificates of that CA (the apiserver's `--kubelet-client-certificate`);
-- its own root dir, pod log dir, ports (API, healthz) and cgroup root (`/speedrun-<tag>-<name>`
+- its own root dir, pod log dir, ports (API, healthz) and cgroup root (`/speedrun-<pid>-<name>`
   in each cgroup v1 hierarchy: two kubelets under one `kubepods` would fight over it);
 - `failCgroupV1: false` and `cgroupDriver: cgroupfs` (these machines run cgroup v1 without
   systemd), `clusterDNS` the CoreDNS address network.py serves, eviction and image GC thresholds

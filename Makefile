@@ -104,7 +104,8 @@ test-e2e: setup
 	$(BIN)/python -m tests.cluster.binaries build --optional
 	$(BIN)/python -m pytest -q tests/e2e
 
-# The control-plane tier's etcd, kube-apiserver, kube-controller-manager, kube-scheduler and CoreDNS,
+# The control-plane tier's etcd, kube-apiserver, kube-controller-manager, kube-scheduler, CoreDNS and
+# its real nodes' kubelet and containerd 2.x (containerd, containerd-shim-runc-v2, ctr),
 # built from tests/cluster/go/ into ~/.cache/speedrun-operator/cluster/<go.sum hash>/bin (never the
 # repo; KUBEBUILDER_ASSETS=<dir> uses binaries you have instead). Needs Go; cold: see docs/testing.md.
 cluster-bin: setup

@@ -5,13 +5,18 @@
                                                         # so in one line and exits 0 (the tier skips)
     python -m tests.cluster.binaries path     # print the dir the tests will use (builds nothing)
 
-Three modules, pinned by their go.sum (one module each, so that their dependency graphs do not
+Four modules, pinned by their go.sum (one module each, so that their dependency graphs do not
 have to agree with each other):
 
     tests/cluster/go/kubernetes   k8s.io/kubernetes v1.36.3: kube-apiserver, kube-controller-manager,
-                                  kube-scheduler (staging modules replaced by k8s.io/X v0.36.3)
+                                  kube-scheduler, kubelet (staging modules replaced by k8s.io/X v0.36.3)
     tests/cluster/go/etcd         go.etcd.io/etcd/server/v3 v3.6.16: etcd
     tests/cluster/go/coredns      github.com/coredns/coredns v1.14.7: coredns (kubernetes plugin)
+    tests/cluster/go/containerd   github.com/containerd/containerd/v2 v2.4.2: containerd,
+                                  containerd-shim-runc-v2, ctr (the real nodes' runtime)
+
+The control plane needs the first five binaries (BINARIES); the real nodes (kubelet_node.py) the
+kubelet and containerd's three besides (NODE_BINARIES).
 
 They are built into `~/.cache/speedrun-operator/cluster/<hash of the go.mod and go.sum files>/bin`
 ($SPEEDRUN_CLUSTER_CACHE replaces the `~/.cache/speedrun-operator/cluster` part), never into
@@ -41,6 +46,12 @@ class Target:
     binary: str
     module_dir: str  # under GO_DIR
     package: str
+    tags: str = ""  # go build -tags
+
+
+# containerd's Makefile builds with urfave_cli_no_docs, and the shim with no_grpc besides; no_btrfs
+# because the btrfs snapshotter needs libbtrfs headers (cgo) that the test machines lack.
+CONTAINERD_TAGS = "urfave_cli_no_docs no_btrfs"
 
 
 TARGETS = (
@@ -49,8 +60,14 @@ TARGETS = (
     Target("kube-controller-manager", "kubernetes", "k8s.io/kubernetes/cmd/kube-controller-manager"),
     Target("kube-scheduler", "kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler"),
     Target("coredns", "coredns", "github.com/coredns/coredns"),
-)
-BINARIES = tuple(t.binary for t in TARGETS)
+    Target("kubelet", "kubernetes", "k8s.io/kubernetes/cmd/kubelet"),
+    Target("containerd", "containerd", "github.com/containerd/containerd/v2/cmd/containerd", CONTAINERD_TAGS),
+    Target("containerd-shim-runc-v2", "containerd", "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+           CONTAINERD_TAGS + " no_grpc"),
+    Target("ctr", "containerd", "github.com/containerd/containerd/v2/cmd/ctr", CONTAINERD_TAGS),
+)  # fmt: skip
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "coredns")
+NODE_BINARIES = ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr")
 
 
 class BinariesMissing(RuntimeError):
@@ -83,16 +100,16 @@ def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-def locate() -> dict[str, Path]:
+def locate(names: tuple[str, ...] = BINARIES) -> dict[str, Path]:
     """binary name -> path, from KUBEBUILDER_ASSETS first, else the cache; BinariesMissing otherwise."""
     found: dict[str, Path] = {}
     assets, cached = _assets_dir(), cache_bin_dir()
-    for name in BINARIES:
+    for name in names:
         for directory in (assets, cached):
             if directory is not None and _executable(directory / name):
                 found[name] = directory / name
                 break
-    missing = [name for name in BINARIES if name not in found]
+    missing = [name for name in names if name not in found]
     if missing:
         where = f"KUBEBUILDER_ASSETS={assets} nor {cached}" if assets else str(cached)
         raise BinariesMissing(f"no {', '.join(missing)} in {where} (run `make cluster-bin`, which needs Go)")
@@ -101,17 +118,28 @@ def locate() -> dict[str, Path]:
 
 def go_missing() -> str | None:
     """Why nothing can be built here, or None."""
-    return None if shutil.which("go") else "no `go` on PATH to build the control plane (Go >= 1.26)"
+    if shutil.which("go"):
+        return None
+    return "no `go` on PATH to build the control plane and nodes (Go >= 1.26.6: containerd 2.4's go.mod)"
+
+
+def _required_version(module_dir: str, module: str) -> str:
+    go_mod = (GO_DIR / module_dir / "go.mod").read_text()
+    return next(line.split()[1] for line in go_mod.splitlines() if line.strip().startswith(f"{module} v"))
 
 
 def ldflags(target: Target) -> str:
-    """-s -w, and for Kubernetes the release version its own build stamps (hack/lib/version.sh):
-    without it the binaries say v0.0.0-master, and helm refuses charts with a kubeVersion."""
+    """-s -w, and the release version each project's own build stamps: Kubernetes'
+    hack/lib/version.sh (without it the binaries say v0.0.0-master, and helm refuses charts with a
+    kubeVersion; the node's VERSION column is the kubelet's), containerd's Makefile (the node's
+    CONTAINER-RUNTIME column is containerd://<version>)."""
     flags = "-s -w"
+    if target.module_dir == "containerd":
+        version = _required_version("containerd", "github.com/containerd/containerd/v2")
+        return f"{flags} -X github.com/containerd/containerd/v2/version.Version={version}"
     if target.module_dir != "kubernetes":
         return flags
-    go_mod = (GO_DIR / "kubernetes" / "go.mod").read_text()
-    version = next(line.split()[1] for line in go_mod.splitlines() if line.strip().startswith("k8s.io/kubernetes v"))
+    version = _required_version("kubernetes", "k8s.io/kubernetes")
     major, minor = version.lstrip("v").split(".")[:2]
     for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
         flags += (f" -X {package}.gitVersion={version} -X {package}.gitMajor={major} -X {package}.gitMinor={minor}"
@@ -133,8 +161,9 @@ def build() -> Path:
     for target in todo:
         staging = out / f".{target.binary}.{os.getpid()}"
         started = time.monotonic()
-        cmd = ["nice", "-n", "10", "go", "build", "-trimpath", f"-ldflags={ldflags(target)}", "-o", str(staging),
-               target.package]  # fmt: skip
+        tags = [f"-tags={target.tags}"] if target.tags else []
+        cmd = ["nice", "-n", "10", "go", "build", "-trimpath", *tags, f"-ldflags={ldflags(target)}", "-o",
+               str(staging), target.package]  # fmt: skip
         print(f"cluster-bin: building {target.binary} ({target.package})", file=sys.stderr)
         subprocess.run(cmd, cwd=GO_DIR / target.module_dir, env=env, check=True)
         os.replace(staging, out / target.binary)  # atomic: a concurrent reader sees all or nothing

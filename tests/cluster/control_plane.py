@@ -1,14 +1,15 @@
-"""Start and stop a real Kubernetes control plane on loopback: etcd, kube-apiserver,
+"""Start and stop a real Kubernetes control plane on this machine: etcd, kube-apiserver,
 kube-controller-manager and kube-scheduler, as controller-runtime's envtest and kind run them.
 
 - etcd: one member, client and peer URLs on free loopback ports, `--unsafe-no-fsync` (test data).
-- kube-apiserver: secure port only, client-certificate authentication against the session CA,
-  `--authorization-mode=Node,RBAC` with NodeRestriction (as kubeadm), the kubelets' API reached
-  at their InternalIP with a client certificate of the session CA, service-account issuer and
-  signing keys (TokenRequest works), the
-  default admission plugins (NamespaceLifecycle, ServiceAccount, TaintNodesByCondition, PodSecurity,
-  Priority, ResourceQuota, ValidatingAdmissionPolicy, ... as the release enables them), and an
-  audit log (Metadata level, one JSON line per request) for the API-request counts of the bench.
+- kube-apiserver: secure port only, on every address (its advertise address, the `kubernetes`
+  Service's endpoint, is this machine's primary one: host_address()), client-certificate
+  authentication against the session CA, `--authorization-mode=Node,RBAC` with NodeRestriction
+  (as kubeadm), the kubelets' API reached at their InternalIP with a client certificate of the
+  session CA, service-account issuer and signing keys (TokenRequest works), the default admission
+  plugins (NamespaceLifecycle, ServiceAccount, TaintNodesByCondition, PodSecurity, Priority,
+  ResourceQuota, ValidatingAdmissionPolicy, ... as the release enables them), and an audit log
+  (Metadata level, one JSON line per request) for the API-request counts of the bench.
 - kube-controller-manager: the controllers the operator's objects rely on (CONTROLLERS), each with
   its own service-account credentials (`--use-service-account-credentials`, as kind runs it).
 - kube-scheduler: the default profile.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -66,6 +68,17 @@ class ControlPlaneError(RuntimeError):
     pass
 
 
+def host_address() -> str:
+    """This machine's primary IPv4 address (the source of its default route), as the apiserver picks
+    its advertise address when not told one; 127.0.0.1 on a machine without a route. The
+    `kubernetes` Service's endpoint is this address: pods in real containers reach it through
+    kube-proxy's rules (kube_proxy.py), which cannot lead a pod's traffic to loopback."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("203.0.113.1", 9))  # TEST-NET-3: picks the route's source, sends nothing
+        return str(probe.getsockname()[0])
+    return "127.0.0.1"
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -100,6 +113,7 @@ class ControlPlane:
         self.binaries, self.workdir = binaries, workdir
         self.pki = ClusterPKI(workdir / "pki")
         self.etcd_port, self.port = free_port(), free_port()
+        self.advertise_address = host_address()
         self.server = f"https://127.0.0.1:{self.port}"
         self.audit_log = workdir / "audit.log"
         self.processes: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
@@ -147,7 +161,7 @@ class ControlPlane:
         policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         self._spawn("kube-apiserver", [
             str(self.binaries["kube-apiserver"]), f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            f"--secure-port={self.port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={self.port}", "--bind-address=0.0.0.0", f"--advertise-address={self.advertise_address}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             f"--tls-cert-file={tls.cert}", f"--tls-private-key-file={tls.key}", f"--client-ca-file={ca.cert}",
             f"--service-cluster-ip-range={SERVICE_CIDR}", f"--service-account-issuer={ISSUER}",

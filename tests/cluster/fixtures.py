@@ -14,6 +14,9 @@
                     trust the plain-HTTP registries named in $SPEEDRUN_TEST_REGISTRIES (host:port,
                     comma-separated); skips with one line when not root, or runc, the CNI
                     plugins, gcc or the node binaries (`make cluster-bin`) are missing
+    service_proxy   kube-proxy (kube_proxy.py) for the real nodes' pods: Service ClusterIPs,
+                    the `kubernetes` Service first, reachable from real containers; its rules
+                    are removed at the end
 
 Tests of this tier carry `pytest.mark.cluster`. The cold start (everything up, the default
 ServiceAccount made) is printed at the end of the session's first start, and kept in
@@ -35,6 +38,7 @@ import pytest
 from tests.cluster.binaries import NODE_BINARIES, BinariesMissing, locate
 from tests.cluster.containerd_runtime import runtime_missing
 from tests.cluster.control_plane import ControlPlane
+from tests.cluster.kube_proxy import KubeProxy
 from tests.cluster.network import PodNetwork, pod_network
 from tests.cluster.node_agent import NodeAgent, NodeSpec
 from tests.cluster.players import PodPlayers
@@ -137,6 +141,22 @@ def real_nodes(control_plane: ControlPlane, pod_net: PodNetwork) -> Iterator[Rea
         left = nodes.leftovers()
         shutil.rmtree(workdir, ignore_errors=True)
     assert not left, f"real nodes left behind: {', '.join(left)}"
+
+
+@pytest.fixture(scope="session")
+def service_proxy(control_plane: ControlPlane, real_nodes: RealNodes) -> Iterator[KubeProxy]:
+    if control_plane.advertise_address.startswith("127."):
+        pytest.skip("kube-proxy: this machine has no address but loopback for the apiserver to advertise")
+    workdir = Path(tempfile.mkdtemp(prefix="speedrun-proxy-"))
+    proxy = KubeProxy(control_plane, locate(NODE_BINARIES)["kube-proxy"], workdir, real_nodes.names[0],
+                      real_nodes.cluster_cidr)  # fmt: skip
+    try:
+        yield proxy.start()
+    finally:
+        proxy.stop()
+        left = proxy.leftovers()
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert not left, f"kube-proxy left rules behind: {left[:3]}"
 
 
 def kubectl_binary() -> Path:

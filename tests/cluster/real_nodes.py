@@ -19,6 +19,7 @@ knows) and copies to allocatable.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import time
 from pathlib import Path
@@ -72,6 +73,12 @@ class RealNodes:
     @property
     def names(self) -> list[str]:
         return list(self.nodes)
+
+    @property
+    def cluster_cidr(self) -> str:
+        """The range every node's pod subnet lies in (10.<a>.<n>.0/24: node_address)."""
+        first = next(iter(self.nodes.values())).address.pod_subnet
+        return str(ipaddress.ip_network(first).supernet(new_prefix=16))
 
     def start(self) -> RealNodes:
         started = time.monotonic()

@@ -7,9 +7,9 @@ and written as an OCI image layout in a tar (the format `ctr images import` and 
 oci-archive:` read). The same way gives the tests a `hello` image: it prints its arguments and
 exits with a code, or with `sleep` as its first argument waits for a signal (a container to
 `kubectl exec` into), or with `resolve <name>` asks the pod's nameserver for the name's A
-records, or with `ids` prints its uid and gid. Each image is one uncompressed layer holding one
-file; archives are cached under the workdir by the hash of the C source, so a session compiles
-each once.
+records, or with `connect <ip> <port>` opens a TCP connection, or with `ids` prints its uid and
+gid. Each image is one uncompressed layer holding one file; archives are cached under the workdir
+by the hash of the C source, so a session compiles each once.
 
     image = build_image(workdir, "pause")          # StaticImage(name=..., archive=...)
 """
@@ -89,9 +89,21 @@ static int resolve(const char *name) {
     printf("%s\n", got < 12 ? " no answer" : "");
     return found ? 0 : 1;
 }
-/* hello [sleep | exit <code> | resolve <name> | ids | words...]: print "hello from <host>: <words>" */
+/* A TCP connection to ip:port (a Service's ClusterIP goes through kube-proxy's rules). */
+static int dial(const char *ip, const char *port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(port))};
+    struct timeval tv = {5, 0};
+    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int ok = inet_pton(AF_INET, ip, &a.sin_addr) == 1 && connect(s, (struct sockaddr *)&a, sizeof a) == 0;
+    printf("connect %s:%s: %s\n", ip, port, ok ? "connected" : "failed");
+    return ok ? 0 : 1;
+}
+/* hello [sleep | exit <code> | resolve <name> | connect <ip> <port> | ids | words...]:
+   print "hello from <host>: <words>" */
 int main(int argc, char **argv) {
     if (argc > 2 && strcmp(argv[1], "resolve") == 0) return resolve(argv[2]);
+    if (argc > 3 && strcmp(argv[1], "connect") == 0) return dial(argv[2], argv[3]);
     if (argc > 1 && strcmp(argv[1], "ids") == 0) {
         printf("uid=%d gid=%d\n", (int)getuid(), (int)getgid());
         return 0;

@@ -19,6 +19,7 @@ import pytest
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
+from tests.cluster.kube_proxy import KubeProxy
 from tests.cluster.pki import SERVICE_IP
 from tests.cluster.real_nodes import RealNodes, real_node_pod
 
@@ -104,6 +105,18 @@ def test_pods_resolve_cluster_names_through_coredns(control_plane: ControlPlane,
     dns = real_nodes.nodes[status_node(control_plane, name)].cluster_dns
     answer = kubectl.run("logs", "-n", ns, name).stdout.strip()
     assert answer == f"kubernetes.default.svc.cluster.local via {dns}: {SERVICE_IP}"
+
+
+def test_pods_reach_the_apiserver_through_its_service_ip(
+    control_plane: ControlPlane, real_nodes: RealNodes, service_proxy: KubeProxy, kubectl: Kubectl, ns: str
+) -> None:
+    """An in-cluster client's first step: a TCP connection to the `kubernetes` Service's ClusterIP,
+    which only kube-proxy's rules turn into the apiserver's address (without them: "failed")."""
+    for node in real_nodes.names:
+        name = create(control_plane, real_node_pod(f"dial-{node}", real_nodes.hello.name,
+                                                   ["connect", SERVICE_IP, "443"], node=node))  # fmt: skip
+        wait_phase(control_plane, name, "Succeeded")
+        assert kubectl.run("logs", "-n", ns, name).stdout.strip() == f"connect {SERVICE_IP}:443: connected"
 
 
 def status_node(cp: ControlPlane, name: str) -> str:

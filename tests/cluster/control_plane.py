@@ -41,6 +41,8 @@ from tests.cluster.pki import ClusterPKI, KeyPair
 
 CONTROLLERS = (
     "job-controller",
+    "deployment-controller",  # the chart's operator Deployment, run for real on the real nodes
+    "replicaset-controller",
     "garbage-collector-controller",
     "endpointslice-controller",
     "endpointslice-mirroring-controller",

@@ -33,6 +33,7 @@ class Stage:
     name: str
     base: str
     instructions: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments)
+    run_flags: list[str] = field(default_factory=list)  # every RUN's flags, e.g. --mount=type=cache,...
 
     def all(self, instruction: str) -> list[str]:
         return [args for ins, args in self.instructions if ins == instruction]
@@ -65,7 +66,13 @@ def parse_dockerfile(text: str) -> tuple[dict[str, str], dict[str, Stage]]:
             name, _, default = args.strip().partition("=")
             global_args[name] = default
         else:
-            stage.instructions.append((instruction, args.strip()))
+            args = args.strip()
+            if instruction == "RUN":  # its flags (--mount=...) apart from the command
+                while args.startswith("--"):
+                    flag, _, args = args.partition(" ")
+                    stage.run_flags.append(flag)
+                    args = args.strip()
+            stage.instructions.append((instruction, args))
     return global_args, stages
 
 
@@ -83,7 +90,7 @@ def closure(name: str) -> list[Stage]:
         seen.append(stage)
         todo += [stage.base] if stage.base in STAGES else []
         todo += [m for args in stage.all("COPY") for m in re.findall(r"--from=(\S+)", args) if m in STAGES]
-    return seen
+    return seen[::-1]  # in build order: what a stage builds on comes before it
 
 
 def pip_installs(stages: list[Stage]) -> list[str]:
@@ -130,7 +137,31 @@ def test_target_installs_its_lock_and_nothing_unlocked(target: str, lock: str) -
     assert not unlocked, f"{target}: installs outside the lock: {unlocked}"
     copies = [args for stage in stages for args in stage.all("COPY")]
     assert f"requirements/{lock}.txt requirements/" in copies, "the lock is in its own layer, before the source"
-    assert copies.index(f"requirements/{lock}.txt requirements/") < copies.index("api/ api/")
+    source = next(i for i, args in enumerate(copies) if args.startswith("api/ "))
+    assert copies.index(f"requirements/{lock}.txt requirements/") < source
+
+
+def test_pip_downloads_go_to_a_cache_mount_never_into_a_layer() -> None:
+    """Every RUN that pip-installs mounts pip's cache (BuildKit, podman and buildah keep it on the
+    build machine), so a rebuild downloads only what changed and no layer carries the cache."""
+    mount = "--mount=type=cache,target=/root/.cache/pip,sharing=locked"
+    for stage in STAGES.values():
+        runs = [args for args in stage.all("RUN") if "pip install" in args]
+        assert stage.run_flags.count(mount) == len(runs), (stage.name, stage.run_flags)
+        assert not any("PIP_NO_CACHE_DIR" in env for env in stage.all("ENV")), "it would turn the cache off"
+
+
+def test_trainer_source_is_its_last_layers_over_the_venv() -> None:
+    """A source-only change rebuilds and pushes a few MB: the final trainer stage copies the
+    dependencies' venv first (cached: it changes with the lock), then the source, installed alone."""
+    order = [(ins, args) for ins, args in STAGES["trainer"].instructions if ins in ("RUN", "COPY")]
+    venv = order.index(("COPY", "--from=trainer-build /opt/venv /opt/venv"))
+    source = [i for i, (ins, args) in enumerate(order) if ins == "COPY" and "--from" not in args]
+    assert source and venv < min(source), order
+    install = order[max(source) + 1][1]
+    assert "pip install --no-deps /src" in install and "rm -rf /src" in install, install
+    build = [ins for ins, _ in STAGES["trainer-build"].instructions if ins == "COPY"]
+    assert build == ["COPY"], "the build stage copies only the lock: its venv changes with nothing else"
 
 
 def test_trainer_lock_holds_the_pinned_torch_and_the_pods_extras() -> None:

@@ -1,6 +1,6 @@
 # speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject or a lock changes).
 #   make speedrun   the CPU-tiny speedrun, locally (no cluster); installs only what running needs
-#   make test       lint, format check, generated-file drift check, the control plane's binaries, and the whole test suite
+#   make test       lint, format check, generated-file drift check, the control plane's binaries, the images, and the whole test suite
 #   make test-unit | test-cluster | test-e2e   one tier alone (tests/unit needs no Go and no root)
 #   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
 #   make lock       re-resolve requirements/*.txt after editing pyproject.toml (lock-upgrade: newest versions)
@@ -89,6 +89,7 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/speedrun crd --check
 	$(BIN)/python -m tests.cluster.binaries build --optional
+	$(BIN)/python -m tests.support.images build --optional
 	$(BIN)/python -m pytest -q
 
 test-unit: setup
@@ -100,6 +101,7 @@ test-cluster: setup
 
 test-e2e: setup
 	$(BIN)/python -m tests.cluster.binaries build --optional
+	$(BIN)/python -m tests.support.images build --optional
 	$(BIN)/python -m pytest -q tests/e2e
 
 # The control-plane tier's etcd, kube-apiserver, kube-controller-manager, kube-scheduler and CoreDNS,

@@ -59,18 +59,9 @@ EXPOSE 9090 8080
 CMD ["speedrun", "operator"]
 
 # ---- trainer -----------------------------------------------------------------------------------
-FROM ${BASE} AS trainer-build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
-RUN command -v python3 >/dev/null || { apt-get update \
-      && apt-get install -y --no-install-recommends python3 python3-venv \
-      && rm -rf /var/lib/apt/lists/*; } \
- && python3 -m venv /opt/venv
-WORKDIR /src
-COPY requirements/trainer.txt requirements/
-# torch and the rest in one layer, rebuilt only when the lock changes. The project itself is
-# installed in the final stage, on top of this venv (below).
-RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --require-hashes -r requirements/trainer.txt
-
+# One stage: the venv is made where it runs. A build stage's venv would come over by a 5 GB
+# COPY --from, whose cache check alone reads the whole venv and whose layer is a second copy of it
+# on the build machine.
 FROM ${BASE} AS trainer
 LABEL org.opencontainers.image.title="speedrun-trainer" \
       org.opencontainers.image.description="GPT speedrun trainer and evaluator (torchrun -m speedrun_trainer.train)" \
@@ -80,12 +71,17 @@ LABEL org.opencontainers.image.title="speedrun-trainer" \
 # headers; a base without python3 gets Debian/Ubuntu's python3 with python3-dev.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
- && { command -v python3 >/dev/null || apt-get install -y --no-install-recommends python3 python3-dev; } \
+ && { command -v python3 >/dev/null || apt-get install -y --no-install-recommends python3 python3-venv python3-dev; } \
  && rm -rf /var/lib/apt/lists/* \
  && { getent group 1000 >/dev/null || groupadd --gid 1000 speedrun; } \
  && { getent passwd 1000 >/dev/null || useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
-      --shell /usr/sbin/nologin speedrun; }
-COPY --from=trainer-build /opt/venv /opt/venv
+      --shell /usr/sbin/nologin speedrun; } \
+ && python3 -m venv /opt/venv
+# torch and the rest in one layer, rebuilt only when the lock changes (the lock stays in the image,
+# a record of what it holds).
+COPY requirements/trainer.txt /opt/speedrun/requirements/
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/venv/bin/pip install --require-hashes -r /opt/speedrun/requirements/trainer.txt
 # The image proves it compiles: inductor's C++ path compiles and runs a small function here, in
 # the final image (its cache goes to a scratch dir removed in the same layer).
 RUN TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-check /opt/venv/bin/python3 -c "import torch; \

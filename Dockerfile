@@ -13,7 +13,7 @@
 # requirements/trainer.txt (train, wandb, gcs, fp8), resolved by `make lock` for CPython 3.11 on
 # x86_64 Linux, the python:3.11 image's. The trainer's torch is PyPI's 2.13.0, which on Linux x86_64
 # is the CUDA build: its CUDA libraries ride along as nvidia-* wheels (the node brings the driver),
-# so one image serves CPU and GPU nodes (~5.6 GB).
+# so one image serves CPU and GPU nodes (~6.3 GB; 3.3 GB to pull).
 # BASE picks another base image for the trainer (e.g. nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04);
 # one without python3 gets Debian/Ubuntu's (Ubuntu 24.04's 3.12 installs the 3.11 lock: its hashes
 # cover every wheel of each pinned version; 3.10, e.g. Ubuntu 22.04's, does not).

@@ -1,10 +1,11 @@
 """The operator and trainer images, built from the Dockerfile by `make image` as a user builds them
 (tests/support/images.py), pushed to a real registry on loopback, then pulled and run.
 
-Cold, this builds the base (debootstrap, ~1 min), the operator image (~1 min) and the 5.6 GB
-trainer image (~10 min, and its push); warm, the registry has every tag and nothing is built
-(docs/testing.md, "The images"). Each image runs in a container (`buildah from` + `buildah run`,
-runc) made from the registry's copy, and the test checks that copy's digest is the pushed one.
+Cold, this builds the base (debootstrap, ~1 min), the operator image (~30 s) and the 6.3 GB
+trainer image (~4.5 min with its push); warm, the registry has every tag and nothing is built,
+and the test takes ~20 s (docs/testing.md, "The images"). Each image runs in a container
+(`buildah from` + `buildah run`, runc) made from the registry's copy, and the test checks that
+copy's digest is the pushed one.
 Skips with one line without buildah, debootstrap, docker-registry or root.
 
     pytest tests/e2e/test_images.py

@@ -49,7 +49,10 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Free to listen on: as the registry binds (SO_REUSEADDR), so the last run's closed
+    connections on it (TIME_WAIT) do not count."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -28,6 +28,8 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG BASE=${PYTHON_IMAGE}
+# The TPU image's base: jax 0.12 needs Python >= 3.12.
+ARG TPU_PYTHON_IMAGE=python:3.12-slim-bookworm
 
 # ---- operator ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS operator-build
@@ -112,7 +114,7 @@ CMD ["speedrun", "--help"]
 # with libtpu, torchax and torch 2.13.0 (the GPT is torch code run through torchax), hash-checked.
 # torch is PyPI's (its nvidia-* wheels ride along unused: a CPU-index torch cannot be hash-locked
 # from where the locks are made). Same user, HOME and read-only root as the trainer image.
-FROM python:3.12-slim-bookworm AS trainer-tpu-build
+FROM ${TPU_PYTHON_IMAGE} AS trainer-tpu-build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /src
@@ -125,7 +127,7 @@ COPY operator/ operator/
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-deps . \
  && python3 -c "import jax, torchax, torch, speedrun_trainer; print('jax', jax.__version__, 'torch', torch.__version__)"
 
-FROM python:3.12-slim-bookworm AS trainer-tpu
+FROM ${TPU_PYTHON_IMAGE} AS trainer-tpu
 LABEL org.opencontainers.image.title="speedrun-trainer-tpu" \
       org.opencontainers.image.description="GPT speedrun trainer on TPU (JAX: python -m speedrun_trainer.train.jax_main)" \
       org.opencontainers.image.licenses="Apache-2.0"

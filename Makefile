@@ -144,6 +144,7 @@ kind:
 #   BUILDER=docker|podman|buildah   the builder; by default docker when its engine answers, else
 #       podman, else buildah (CONTAINER_TOOL= is the same setting's older name)
 #   PYTHON_IMAGE=<image>   the operator and trainer images' base (default python:3.11-slim-bookworm)
+#   TPU_PYTHON_IMAGE=<image>   the TPU image's (default python:3.12-slim-bookworm)
 #   INSECURE=1   plain HTTP to the registry (podman/buildah --tls-verify=false); on by itself when
 #       REGISTRY or PYTHON_IMAGE is on localhost or 127.x (docker's daemon trusts those by itself)
 #   BUILD_ARGS=...   more `build` arguments, e.g. --build-arg BASE=<a CUDA base for the trainer>
@@ -153,6 +154,7 @@ REGISTRY ?=
 IMAGE_PREFIX = $(patsubst %/,%,$(REGISTRY))
 TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/speedrun-operator/Chart.yaml)
 PYTHON_IMAGE ?=
+TPU_PYTHON_IMAGE ?=
 BUILD_ARGS ?=
 # Found once, when a recipe first needs it, so other targets never ask docker anything.
 ifeq ($(origin BUILDER),undefined)
@@ -162,11 +164,12 @@ BUILDER = $(eval BUILDER := $(or $(CONTAINER_TOOL),$(shell \
   elif command -v buildah >/dev/null 2>&1; then echo buildah; fi)))$(BUILDER)
 endif
 loopback = $(filter localhost localhost:% 127.% [::1]%,$(firstword $(subst /, ,$(1))))
-INSECURE ?= $(if $(call loopback,$(REGISTRY))$(call loopback,$(PYTHON_IMAGE)),1)
+INSECURE ?= $(if $(call loopback,$(REGISTRY))$(call loopback,$(PYTHON_IMAGE))$(call loopback,$(TPU_PYTHON_IMAGE)),1)
 # buildah reuses a build's layers only with --layers (podman and docker always do).
 BUILD_FLAGS = $(if $(filter buildah,$(BUILDER)),--layers) \
   $(if $(filter 1,$(INSECURE)),$(if $(filter docker,$(BUILDER)),,--tls-verify=false)) \
-  $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) $(BUILD_ARGS)
+  $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+  $(if $(TPU_PYTHON_IMAGE),--build-arg TPU_PYTHON_IMAGE=$(TPU_PYTHON_IMAGE)) $(BUILD_ARGS)
 PUSH_FLAGS = $(if $(filter 1,$(INSECURE)),$(if $(filter docker,$(BUILDER)),,--tls-verify=false))
 HELM_IMAGE_VALUES = --set image.repository=$(IMAGE_PREFIX)/operator,image.tag=$(TAG) \
   --set trainer.image.repository=$(IMAGE_PREFIX)/trainer,trainer.image.tag=$(TAG) \

@@ -185,7 +185,8 @@ def test_tpu_trainer_target_is_python_3_12_with_jax_and_a_read_only_root() -> No
     pod builder names (jax.distributed's coordinator, the metrics)."""
     from speedrun_operator.builders.tpu import JAX_COORDINATOR_PORT
 
-    assert STAGES["trainer-tpu"].base == STAGES["trainer-tpu-build"].base == "python:3.12-slim-bookworm"
+    assert STAGES["trainer-tpu"].base == STAGES["trainer-tpu-build"].base == "${TPU_PYTHON_IMAGE}"
+    assert GLOBAL_ARGS["TPU_PYTHON_IMAGE"] == "python:3.12-slim-bookworm"
     assert "--python-version 3.12" in (ROOT / "requirements" / "trainer-tpu.txt").read_text().splitlines()[1]
     assert any("HOME=/tmp" in env for env in STAGES["trainer-tpu"].all("ENV"))
     ports = {int(p) for args in STAGES["trainer-tpu"].all("EXPOSE") for p in args.split()}

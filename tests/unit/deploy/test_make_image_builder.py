@@ -107,6 +107,7 @@ def test_a_loopback_registry_is_plain_http(builder: str) -> None:
         (("REGISTRY=ghcr.io/me",), False),
         (("REGISTRY=registry.internal:5000/me", "INSECURE=1"), True),
         (("REGISTRY=localhost:5000/ns", "INSECURE="), False),
+        (("REGISTRY=ghcr.io/me", "TPU_PYTHON_IMAGE=localhost:5000/python:3.12"), True),
     ],
 )
 def test_insecure_is_on_for_loopback_and_when_asked(args: tuple[str, ...], insecure: bool) -> None:
@@ -131,3 +132,11 @@ def test_a_wrong_image_list_is_one_line(images: str, message: str) -> None:
     assert proc.returncode == 2 and not proc.stdout
     [line] = proc.stderr.splitlines()
     assert message in line and "choose among operator trainer trainer-tpu" in line
+
+
+def test_the_tpu_image_takes_its_own_base() -> None:
+    base = "mirror.example.com/python:3.12-slim-bookworm"
+    lines = commands(make_n(None, "BUILDER=podman", "REGISTRY=quay.io/me", "TAG=3", "IMAGES=trainer-tpu",
+                            f"TPU_PYTHON_IMAGE={base}"))  # fmt: skip
+    target = "--target trainer-tpu -t quay.io/me/trainer-tpu:3 ."
+    assert lines[0] == f"podman build --build-arg TPU_PYTHON_IMAGE={base} {target}"

@@ -13,10 +13,14 @@
 # requirements/trainer.txt (train, wandb, gcs, fp8), resolved by `make lock` for CPython 3.11 on
 # x86_64 Linux, the python:3.11 image's. The trainer's torch is PyPI's 2.13.0, which on Linux x86_64
 # is the CUDA build: its CUDA libraries ride along as nvidia-* wheels (the node brings the driver),
-# so one image serves CPU and GPU nodes (~5.6 GB).
+# so one image serves CPU and GPU nodes (~6.3 GB; 3.3 GB to pull).
 # BASE picks another base image for the trainer (e.g. nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04);
 # one without python3 gets Debian/Ubuntu's (Ubuntu 24.04's 3.12 installs the 3.11 lock: its hashes
 # cover every wheel of each pinned version; 3.10, e.g. Ubuntu 22.04's, does not).
+#
+# pip's download cache is a build cache mount (RUN --mount=type=cache: docker's BuildKit, podman
+# and buildah keep it on the build machine, never in a layer), so a rebuild after a lock change
+# downloads only the wheels that changed, and the trainer and TPU images share the nvidia-* wheels.
 #
 # Both run as UID/GID 1000 (the operator's SPEEDRUN_OPERATOR_RUN_AS_USER default) and work with a
 # read-only root filesystem: HOME is /tmp, which the pods mount as an emptyDir. Layers go from
@@ -24,20 +28,22 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG BASE=${PYTHON_IMAGE}
+# The TPU image's base: jax 0.12 needs Python >= 3.12.
+ARG TPU_PYTHON_IMAGE=python:3.12-slim-bookworm
 
 # ---- operator ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS operator-build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY requirements/operator.txt requirements/
 # The base dependencies only: no `train` extra, so no torch.
-RUN pip install --require-hashes -r requirements/operator.txt
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --require-hashes -r requirements/operator.txt
 COPY pyproject.toml README.md ./
 COPY api/ api/
 COPY trainer/ trainer/
 COPY operator/ operator/
-RUN pip install --no-deps . \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-deps . \
  && speedrun operator --help >/dev/null \
  && if pip show torch >/dev/null 2>&1; then echo "torch must not be in the operator image" >&2; exit 1; fi
 
@@ -55,23 +61,9 @@ EXPOSE 9090 8080
 CMD ["speedrun", "operator"]
 
 # ---- trainer -----------------------------------------------------------------------------------
-FROM ${BASE} AS trainer-build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
-RUN command -v python3 >/dev/null || { apt-get update \
-      && apt-get install -y --no-install-recommends python3 python3-venv \
-      && rm -rf /var/lib/apt/lists/*; } \
- && python3 -m venv /opt/venv
-WORKDIR /src
-COPY requirements/trainer.txt requirements/
-# torch and the rest in one layer, rebuilt only when the lock changes.
-RUN pip install --require-hashes -r requirements/trainer.txt
-COPY pyproject.toml README.md ./
-COPY api/ api/
-COPY trainer/ trainer/
-COPY operator/ operator/
-RUN pip install --no-deps . \
- && python3 -c "import torch, speedrun_trainer.train.loop; print('torch', torch.__version__)"
-
+# One stage: the venv is made where it runs. A build stage's venv would come over by a 5 GB
+# COPY --from, whose cache check alone reads the whole venv and whose layer is a second copy of it
+# on the build machine.
 FROM ${BASE} AS trainer
 LABEL org.opencontainers.image.title="speedrun-trainer" \
       org.opencontainers.image.description="GPT speedrun trainer and evaluator (torchrun -m speedrun_trainer.train)" \
@@ -81,18 +73,33 @@ LABEL org.opencontainers.image.title="speedrun-trainer" \
 # headers; a base without python3 gets Debian/Ubuntu's python3 with python3-dev.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
- && { command -v python3 >/dev/null || apt-get install -y --no-install-recommends python3 python3-dev; } \
+ && { command -v python3 >/dev/null || apt-get install -y --no-install-recommends python3 python3-venv python3-dev; } \
  && rm -rf /var/lib/apt/lists/* \
  && { getent group 1000 >/dev/null || groupadd --gid 1000 speedrun; } \
  && { getent passwd 1000 >/dev/null || useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
-      --shell /usr/sbin/nologin speedrun; }
-COPY --from=trainer-build /opt/venv /opt/venv
+      --shell /usr/sbin/nologin speedrun; } \
+ && python3 -m venv /opt/venv
+# torch and the rest in one layer, rebuilt only when the lock changes (the lock stays in the image,
+# a record of what it holds).
+COPY requirements/trainer.txt /opt/speedrun/requirements/
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/venv/bin/pip install --require-hashes -r /opt/speedrun/requirements/trainer.txt
 # The image proves it compiles: inductor's C++ path compiles and runs a small function here, in
 # the final image (its cache goes to a scratch dir removed in the same layer).
 RUN TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-check /opt/venv/bin/python3 -c "import torch; \
 f = torch.compile(lambda x: (x * 2).sin() + x.cos()); x = torch.arange(8.0); \
 assert torch.allclose(f(x), (x * 2).sin() + x.cos()); print('torch.compile (inductor C++): ok')" \
  && rm -rf /tmp/inductor-check
+# The project last, in its own small layer: a change to the source alone rebuilds (and pushes) a
+# few MB, not the 5 GB venv layer under it.
+COPY pyproject.toml README.md /src/
+COPY api/ /src/api/
+COPY trainer/ /src/trainer/
+COPY operator/ /src/operator/
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/venv/bin/pip install --no-deps /src \
+ && rm -rf /src \
+ && /opt/venv/bin/python3 -c "import torch, speedrun_trainer.train.loop; print('torch', torch.__version__)"
 # torch.compile and friends cache under HOME; the pods mount /tmp and the shard cache as emptyDirs.
 ENV PATH=/opt/venv/bin:$PATH HOME=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     SPEEDRUN_CACHE_DIR=/var/cache/speedrun
@@ -107,20 +114,20 @@ CMD ["speedrun", "--help"]
 # with libtpu, torchax and torch 2.13.0 (the GPT is torch code run through torchax), hash-checked.
 # torch is PyPI's (its nvidia-* wheels ride along unused: a CPU-index torch cannot be hash-locked
 # from where the locks are made). Same user, HOME and read-only root as the trainer image.
-FROM python:3.12-slim-bookworm AS trainer-tpu-build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+FROM ${TPU_PYTHON_IMAGE} AS trainer-tpu-build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY requirements/trainer-tpu.txt requirements/
-RUN pip install --require-hashes -r requirements/trainer-tpu.txt
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --require-hashes -r requirements/trainer-tpu.txt
 COPY pyproject.toml README.md ./
 COPY api/ api/
 COPY trainer/ trainer/
 COPY operator/ operator/
-RUN pip install --no-deps . \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-deps . \
  && python3 -c "import jax, torchax, torch, speedrun_trainer; print('jax', jax.__version__, 'torch', torch.__version__)"
 
-FROM python:3.12-slim-bookworm AS trainer-tpu
+FROM ${TPU_PYTHON_IMAGE} AS trainer-tpu
 LABEL org.opencontainers.image.title="speedrun-trainer-tpu" \
       org.opencontainers.image.description="GPT speedrun trainer on TPU (JAX: python -m speedrun_trainer.train.jax_main)" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -1,12 +1,12 @@
 # speedrun-operator: every target does its own set-up (idempotent; re-runs when pyproject or a lock changes).
 #   make speedrun   the CPU-tiny speedrun, locally (no cluster); installs only what running needs
-#   make test       lint, format check, generated-file drift check, the control plane's binaries, and the whole test suite
+#   make test       lint, format check, generated-file drift check, the control plane's binaries, the images, and the whole test suite
 #   make test-unit | test-cluster | test-e2e   one tier alone (tests/unit needs no Go and no root)
 #   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
 #   make lock       re-resolve requirements/*.txt after editing pyproject.toml (lock-upgrade: newest versions)
 #   make format     ruff format the tree
 #   make picture    redraw the README's picture from Marin's published runs
-#   make image REGISTRY=<registry/namespace> [TAG=...]   build and push the operator and trainer images
+#   make image REGISTRY=<registry/namespace> [TAG=...] [IMAGES=...]   build and push the images (docker, podman or buildah)
 # The locks are resolved for CPython 3.11 on x86_64 Linux: python3.11 is preferred where one runs
 # (a pyenv shim for a version not selected does not); any other interpreter is installed unlocked,
 # and scripts/setup_venv.sh says so.
@@ -91,6 +91,7 @@ test: setup
 	@$(PHASE) format-check $(BIN)/ruff format --check .
 	@$(PHASE) crd-check $(BIN)/speedrun crd --check
 	@$(PHASE) cluster-bin $(BIN)/python -m tests.cluster.binaries build --optional
+	@$(PHASE) images $(BIN)/python -m tests.support.images build --optional
 	@$(PHASE) pytest $(BIN)/python -m pytest -q
 
 test-unit: setup
@@ -102,6 +103,7 @@ test-cluster: setup
 
 test-e2e: setup
 	$(BIN)/python -m tests.cluster.binaries build --optional
+	$(BIN)/python -m tests.support.images build --optional
 	$(BIN)/python -m pytest -q tests/e2e
 
 # The control-plane tier's etcd, kube-apiserver, kube-controller-manager, kube-scheduler, CoreDNS and
@@ -139,24 +141,57 @@ kind:
 # The chart's three images, built from the Dockerfile's targets and pushed to a registry you can
 # push to: $(REGISTRY)/operator:$(TAG), $(REGISTRY)/trainer:$(TAG) and $(REGISTRY)/trainer-tpu:$(TAG)
 # (the TPU runs' training image; REGISTRY=ghcr.io/speedrun-operator gives the chart's defaults). TAG
-# defaults to the chart's appVersion, the tag the chart pulls when none is set. CONTAINER_TOOL=podman
-# or buildah work as docker does. The trainer image is ~5.6 GB, the TPU trainer's a little more.
-CONTAINER_TOOL ?= docker
+# defaults to the chart's appVersion, the tag the chart pulls when none is set. The trainer image
+# is ~6.3 GB (3.3 GB compressed, what a node pulls), the TPU trainer's a little more.
+#   IMAGES="operator trainer"   build a subset (the TPU image is the largest and only TPU runs use it)
+#   BUILDER=docker|podman|buildah   the builder; by default docker when its engine answers, else
+#       podman, else buildah (CONTAINER_TOOL= is the same setting's older name)
+#   PYTHON_IMAGE=<image>   the operator and trainer images' base (default python:3.11-slim-bookworm)
+#   TPU_PYTHON_IMAGE=<image>   the TPU image's (default python:3.12-slim-bookworm)
+#   INSECURE=1   plain HTTP to the registry (podman/buildah --tls-verify=false); on by itself when
+#       REGISTRY or PYTHON_IMAGE is on localhost or 127.x (docker's daemon trusts those by itself)
+#   BUILD_ARGS=...   more `build` arguments, e.g. --build-arg BASE=<a CUDA base for the trainer>
+IMAGE_NAMES := operator trainer trainer-tpu
+IMAGES ?= $(IMAGE_NAMES)
 REGISTRY ?=
 IMAGE_PREFIX = $(patsubst %/,%,$(REGISTRY))
 TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/speedrun-operator/Chart.yaml)
+PYTHON_IMAGE ?=
+TPU_PYTHON_IMAGE ?=
+BUILD_ARGS ?=
+# Found once, when a recipe first needs it, so other targets never ask docker anything.
+ifeq ($(origin BUILDER),undefined)
+BUILDER = $(eval BUILDER := $(or $(CONTAINER_TOOL),$(shell \
+  if docker info >/dev/null 2>&1; then echo docker; \
+  elif command -v podman >/dev/null 2>&1; then echo podman; \
+  elif command -v buildah >/dev/null 2>&1; then echo buildah; fi)))$(BUILDER)
+endif
+loopback = $(filter localhost localhost:% 127.% [::1]%,$(firstword $(subst /, ,$(1))))
+INSECURE ?= $(if $(call loopback,$(REGISTRY))$(call loopback,$(PYTHON_IMAGE))$(call loopback,$(TPU_PYTHON_IMAGE)),1)
+# buildah reuses a build's layers only with --layers (podman and docker always do).
+BUILD_FLAGS = $(if $(filter buildah,$(BUILDER)),--layers) \
+  $(if $(filter 1,$(INSECURE)),$(if $(filter docker,$(BUILDER)),,--tls-verify=false)) \
+  $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+  $(if $(TPU_PYTHON_IMAGE),--build-arg TPU_PYTHON_IMAGE=$(TPU_PYTHON_IMAGE)) $(BUILD_ARGS)
+PUSH_FLAGS = $(if $(filter 1,$(INSECURE)),$(if $(filter docker,$(BUILDER)),,--tls-verify=false))
 HELM_IMAGE_VALUES = --set image.repository=$(IMAGE_PREFIX)/operator,image.tag=$(TAG) \
   --set trainer.image.repository=$(IMAGE_PREFIX)/trainer,trainer.image.tag=$(TAG) \
   --set trainer.tpuImage.repository=$(IMAGE_PREFIX)/trainer-tpu,trainer.tpuImage.tag=$(TAG)
 
-.PHONY: image
-image:
-	$(if $(REGISTRY),,$(error REGISTRY: give the registry and namespace to push to, e.g. make image REGISTRY=ghcr.io/you))
-	$(CONTAINER_TOOL) build --target operator -t $(IMAGE_PREFIX)/operator:$(TAG) .
-	$(CONTAINER_TOOL) build --target trainer -t $(IMAGE_PREFIX)/trainer:$(TAG) .
-	$(CONTAINER_TOOL) build --target trainer-tpu -t $(IMAGE_PREFIX)/trainer-tpu:$(TAG) .
-	$(CONTAINER_TOOL) push $(IMAGE_PREFIX)/operator:$(TAG)
-	$(CONTAINER_TOOL) push $(IMAGE_PREFIX)/trainer:$(TAG)
-	$(CONTAINER_TOOL) push $(IMAGE_PREFIX)/trainer-tpu:$(TAG)
+# Every image is built before any is pushed, so a failed build pushes nothing.
+.PHONY: image image-check
+image: image-check $(IMAGES:%=image-build-%) $(IMAGES:%=image-push-%)
 	@echo "Pushed. Install the chart with these images (and default storage: README.md, 'Run it on a cluster'):"
 	@echo "  helm install speedrun charts/speedrun-operator -n speedrun --create-namespace $(HELM_IMAGE_VALUES)"
+
+image-check:
+	$(if $(REGISTRY),,$(error REGISTRY: give the registry and namespace to push to, e.g. make image REGISTRY=ghcr.io/you))
+	$(if $(filter-out $(IMAGE_NAMES),$(IMAGES)),$(error IMAGES: $(filter-out $(IMAGE_NAMES),$(IMAGES)) is not an image; choose among $(IMAGE_NAMES)))
+	$(if $(strip $(IMAGES)),,$(error IMAGES: empty; choose among $(IMAGE_NAMES)))
+	$(if $(BUILDER),,$(error BUILDER: no container builder here: install docker (with a running engine), podman or buildah, or name one with BUILDER=))
+
+image-build-%: image-check
+	$(strip $(BUILDER) build $(BUILD_FLAGS) --target $* -t $(IMAGE_PREFIX)/$*:$(TAG) .)
+
+image-push-%: $(IMAGES:%=image-build-%)
+	$(strip $(BUILDER) push $(PUSH_FLAGS) $(IMAGE_PREFIX)/$*:$(TAG))

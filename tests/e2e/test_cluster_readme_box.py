@@ -184,8 +184,9 @@ def operator_image(cp: ControlPlane, release: Release) -> str:
 
 def what_make_image_would_push(dry_run: str) -> list[str]:
     """The images `make -n image` shows it would build and push: [operator, trainer, trainer-tpu]."""
-    built = dict(re.findall(r"^\S+ build --target ([\w-]+) -t (\S+) \.$", dry_run, re.M))
-    pushed = re.findall(r"^\S+ push (\S+)$", dry_run, re.M)
+    # Whichever builder the machine has (docker, podman, buildah), with its flags.
+    built = dict(re.findall(r"^\S+ build (?:\S+ )*?--target ([\w-]+) -t (\S+) \.$", dry_run, re.M))
+    pushed = re.findall(r"^\S+ push (?:\S+ )*?(\S+)$", dry_run, re.M)
     assert list(built) == ["operator", "trainer", "trainer-tpu"] and pushed == list(built.values()), dry_run
     assert all(image.endswith(f":{APP_VERSION}") for image in pushed), pushed
     return pushed

@@ -33,6 +33,7 @@ class Stage:
     name: str
     base: str
     instructions: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments)
+    run_flags: list[str] = field(default_factory=list)  # every RUN's flags, e.g. --mount=type=cache,...
 
     def all(self, instruction: str) -> list[str]:
         return [args for ins, args in self.instructions if ins == instruction]
@@ -65,7 +66,13 @@ def parse_dockerfile(text: str) -> tuple[dict[str, str], dict[str, Stage]]:
             name, _, default = args.strip().partition("=")
             global_args[name] = default
         else:
-            stage.instructions.append((instruction, args.strip()))
+            args = args.strip()
+            if instruction == "RUN":  # its flags (--mount=...) apart from the command
+                while args.startswith("--"):
+                    flag, _, args = args.partition(" ")
+                    stage.run_flags.append(flag)
+                    args = args.strip()
+            stage.instructions.append((instruction, args))
     return global_args, stages
 
 
@@ -83,7 +90,7 @@ def closure(name: str) -> list[Stage]:
         seen.append(stage)
         todo += [stage.base] if stage.base in STAGES else []
         todo += [m for args in stage.all("COPY") for m in re.findall(r"--from=(\S+)", args) if m in STAGES]
-    return seen
+    return seen[::-1]  # in build order: what a stage builds on comes before it
 
 
 def pip_installs(stages: list[Stage]) -> list[str]:
@@ -125,12 +132,40 @@ def test_operator_target_has_no_torch() -> None:
 def test_target_installs_its_lock_and_nothing_unlocked(target: str, lock: str) -> None:
     stages = closure(target)
     installs = pip_installs(stages)
-    assert f"pip install --require-hashes -r requirements/{lock}.txt" in installs
+    copies = [args for stage in stages for args in stage.all("COPY")]
+    [lock_copy] = [i for i, args in enumerate(copies) if args.startswith(f"requirements/{lock}.txt ")]
+    dest = copies[lock_copy].split()[1].rstrip("/")
+    assert dest.endswith("requirements"), copies[lock_copy]
+    assert any(i.endswith(f"pip install --require-hashes -r {dest}/{lock}.txt".replace("//", "/")) for i in installs), (
+        installs
+    )
     unlocked = [i for i in installs if "--require-hashes" not in i and "--no-deps" not in i]
     assert not unlocked, f"{target}: installs outside the lock: {unlocked}"
-    copies = [args for stage in stages for args in stage.all("COPY")]
-    assert f"requirements/{lock}.txt requirements/" in copies, "the lock is in its own layer, before the source"
-    assert copies.index(f"requirements/{lock}.txt requirements/") < copies.index("api/ api/")
+    source = next(i for i, args in enumerate(copies) if args.startswith("api/ "))
+    assert lock_copy < source, "the lock is in its own layer, before the source"
+
+
+def test_pip_downloads_go_to_a_cache_mount_never_into_a_layer() -> None:
+    """Every RUN that pip-installs mounts pip's cache (BuildKit, podman and buildah keep it on the
+    build machine), so a rebuild downloads only what changed and no layer carries the cache."""
+    mount = "--mount=type=cache,target=/root/.cache/pip,sharing=locked"
+    for stage in STAGES.values():
+        runs = [args for args in stage.all("RUN") if "pip install" in args]
+        assert stage.run_flags.count(mount) == len(runs), (stage.name, stage.run_flags)
+        assert not any("PIP_NO_CACHE_DIR" in env for env in stage.all("ENV")), "it would turn the cache off"
+
+
+def test_trainer_source_is_its_last_layers_over_the_venv() -> None:
+    """A source-only change rebuilds and pushes a few MB: the trainer stage installs the lock into
+    its venv first (cached: it changes with the lock), then copies the source and installs it
+    alone. One stage, no 5 GB COPY --from of a venv built elsewhere."""
+    order = [(ins, args) for ins, args in STAGES["trainer"].instructions if ins in ("RUN", "COPY")]
+    assert not [args for ins, args in order if "--from=" in args], order
+    lock = next(i for i, (ins, args) in enumerate(order) if "pip install --require-hashes" in args)
+    source = [i for i, (ins, args) in enumerate(order) if ins == "COPY" and not args.startswith("requirements/")]
+    assert source and lock < min(source), order
+    install = order[max(source) + 1][1]
+    assert "pip install --no-deps /src" in install and "rm -rf /src" in install, install
 
 
 def test_trainer_lock_holds_the_pinned_torch_and_the_pods_extras() -> None:
@@ -150,7 +185,8 @@ def test_tpu_trainer_target_is_python_3_12_with_jax_and_a_read_only_root() -> No
     pod builder names (jax.distributed's coordinator, the metrics)."""
     from speedrun_operator.builders.tpu import JAX_COORDINATOR_PORT
 
-    assert STAGES["trainer-tpu"].base == STAGES["trainer-tpu-build"].base == "python:3.12-slim-bookworm"
+    assert STAGES["trainer-tpu"].base == STAGES["trainer-tpu-build"].base == "${TPU_PYTHON_IMAGE}"
+    assert GLOBAL_ARGS["TPU_PYTHON_IMAGE"] == "python:3.12-slim-bookworm"
     assert "--python-version 3.12" in (ROOT / "requirements" / "trainer-tpu.txt").read_text().splitlines()[1]
     assert any("HOME=/tmp" in env for env in STAGES["trainer-tpu"].all("ENV"))
     ports = {int(p) for args in STAGES["trainer-tpu"].all("EXPOSE") for p in args.split()}
@@ -234,7 +270,7 @@ def test_trainer_image_carries_the_compilers_torch_compile_needs() -> None:
     assert "python3-dev" in words, "a base without python3 needs Python.h for Triton's launcher"
     order = [(ins, args) for ins, args in STAGES["trainer"].instructions if ins in ("RUN", "COPY", "USER")]
     check = next(i for i, (_, args) in enumerate(order) if "torch.compile" in args)
-    venv = next(i for i, (ins, args) in enumerate(order) if ins == "COPY" and "/opt/venv" in args)
+    venv = next(i for i, (ins, args) in enumerate(order) if ins == "RUN" and "pip install --require-hashes" in args)
     user = max(i for i, (ins, _) in enumerate(order) if ins == "USER")
     assert venv < check < user, (
         "the check runs on the final venv, as root before USER, so its scratch cache can be removed"

@@ -1,0 +1,189 @@
+"""The project's images, built from its Dockerfile by `make image`, as a user builds them.
+
+    python -m tests.support.images build [--images operator trainer]   # CI calls it early
+
+A registry on loopback (tests/support/image_registry.py) holds everything, its storage cached per
+machine; the base is made here (tests/support/base_image.py). Each image's tag is a hash of what
+goes into it: the Dockerfile, its lock, the package metadata and the source the Dockerfile copies,
+and the base's digest. The registry is asked for that tag first, so a second run with nothing
+changed builds nothing. Otherwise `make image BUILDER=buildah IMAGES=<one> TAG=<hash>
+PYTHON_IMAGE=<the base>` builds and pushes it, at `nice -n 10`, with buildah's layer cache
+(`--layers`, the Makefile's): a source-only change rebuilds only the last layers, and the pip
+downloads come from the Dockerfile's cache mount. Builds take a lock, so two test processes never
+build the same image twice at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.base_image import REPOSITORY as BASE_REPOSITORY
+from tests.support.base_image import ensure_base
+from tests.support.helpers import ROOT
+from tests.support.image_registry import CACHE, Registry, running_registry
+
+NAMESPACE = "speedrun"
+# The Dockerfile's targets the tests build: the TPU image (~6 GB of jax, libtpu and torch for a
+# backend the CPU tests run from a venv) is left to `make image`.
+IMAGES = ("operator", "trainer")
+LOCKS = {"operator": "requirements/operator.txt", "trainer": "requirements/trainer.txt"}
+# What the Dockerfile's COPY lines take from the context (tests/unit/deploy/test_images.py checks
+# this list against them), and the build's own recipe.
+CONTEXT = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "api", "trainer", "operator")
+SKIPPED_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+@dataclass
+class Image:
+    name: str
+    ref: str
+    digest: str
+    built: bool  # False: the registry had this tag already
+    seconds: float
+    pull_bytes: int
+
+
+def missing_tools() -> str | None:
+    """Why images cannot be built here (one line), or None."""
+    tools = [t for t in ("buildah", "debootstrap", "docker-registry", "make") if shutil.which(t) is None]
+    if tools:
+        return f"needs {', '.join(tools)} (Debian: apt-get install buildah debootstrap docker-registry)"
+    if os.geteuid() != 0:
+        return "needs root (debootstrap and buildah's storage)"
+    return None
+
+
+def _files(path: Path, root: Path) -> Iterator[Path]:
+    if path.is_file():
+        yield path
+        return
+    for child in sorted(path.rglob("*")):
+        parts = set(child.relative_to(root).parts)
+        if child.is_file() and not parts & SKIPPED_PARTS and child.suffix != ".pyc" and ".egg-info" not in str(child):
+            yield child
+
+
+def input_tag(name: str, base_digest: str, root: Path = ROOT) -> str:
+    """A hash of what goes into the image: change any of it and the tag changes."""
+    h = hashlib.sha256(f"{name}\n{base_digest}\n".encode())
+    for entry in (*CONTEXT, LOCKS[name]):
+        for path in _files(root / entry, root):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def compile_check() -> str:
+    """The Python code of the trainer image's own `torch.compile` check (the Dockerfile's RUN)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", "")
+    [code] = re.findall(r'python3 -c "(import torch; .+?torch\.compile.+?)"', text, re.S)
+    return code
+
+
+def make_image_argv(registry: Registry, name: str, tag: str, base_ref: str) -> list[str]:
+    """The `make image` a user would run against this registry, for one image."""
+    return ["nice", "-n", "10", "make", "image", f"REGISTRY={registry.host}/{NAMESPACE}", f"TAG={tag}",
+            f"IMAGES={name}", f"PYTHON_IMAGE={base_ref}", "BUILDER=buildah"]  # fmt: skip
+
+
+@contextmanager
+def build_lock() -> Iterator[None]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def make_image(registry: Registry, name: str, tag: str, base_ref: str) -> None:
+    log = CACHE / "run" / f"{name}-{tag}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    with log.open("w") as out:
+        proc = subprocess.run(make_image_argv(registry, name, tag, base_ref), cwd=ROOT, env=env,
+                              stdout=out, stderr=subprocess.STDOUT, timeout=3600)  # fmt: skip
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-30:])
+        raise RuntimeError(f"make image IMAGES={name} failed ({proc.returncode}); the end of {log}:\n{tail}")
+
+
+def ensure_image(registry: Registry, name: str, base_ref: str) -> Image:
+    """The image in `registry`, built and pushed by `make image` first if its tag is not there."""
+    start = time.monotonic()
+    base_repo, _, base_tag = base_ref.removeprefix(registry.host + "/").rpartition(":")
+    base_digest = registry.digest(base_repo, base_tag)
+    if base_digest is None:
+        raise RuntimeError(f"{base_ref}: not in the registry")
+    repository = f"{NAMESPACE}/{name}"
+    built = False
+    # A file edited while the build ran may be in the image under the old hash: the hash is taken
+    # again afterwards, and a changed one builds again (the layer cache makes that short).
+    for _ in range(3):
+        tag = input_tag(name, base_digest)
+        if registry.digest(repository, tag) is not None:
+            break
+        make_image(registry, name, tag, base_ref)
+        built = True
+        if input_tag(name, base_digest) == tag:
+            break
+    else:
+        raise RuntimeError(f"{name}: its sources kept changing during the build")
+    digest = registry.digest(repository, tag)
+    if digest is None:
+        raise RuntimeError(f"{registry.ref(repository, tag)}: pushed, yet the registry has no such tag")
+    return Image(name, registry.ref(repository, tag), digest, built, time.monotonic() - start,
+                 registry.pull_size(repository, tag))  # fmt: skip
+
+
+def ensure_images(
+    registry: Registry, names: tuple[str, ...] = IMAGES, report: Callable[[str], None] | None = None
+) -> dict[str, Image]:
+    """The base, then each image; `report(line)` hears each phase's time as it ends."""
+    say = report or (lambda line: None)
+    with build_lock():
+        start = time.monotonic()
+        base = ensure_base(registry)
+        base_repo, _, base_tag = base.removeprefix(registry.host + "/").rpartition(":")
+        assert base_repo == BASE_REPOSITORY
+        say(f"base     {base} {registry.digest(base_repo, base_tag)} "
+            f"{registry.pull_size(base_repo, base_tag) / 1e6:.0f} MB  {time.monotonic() - start:.0f} s")  # fmt: skip
+        images = {}
+        for name in names:
+            image = ensure_image(registry, name, base)
+            images[name] = image
+            how = "built and pushed" if image.built else "found in the registry"
+            say(f"{name:<8} {image.ref}@{image.digest} {image.pull_bytes / 1e6:.0f} MB  "
+                f"{how} in {image.seconds:.0f} s")  # fmt: skip
+        return images
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.support.images", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="make sure the images are in the cached registry (build what is not)")
+    build.add_argument("--images", nargs="+", choices=IMAGES, default=list(IMAGES))
+    build.add_argument("--optional", action="store_true", help="say why and exit 0 where the tools are missing")
+    args = parser.parse_args(argv)
+    reason = missing_tools()
+    if reason:
+        print(f"images: {reason}; the tests that run them skip", file=sys.stderr)
+        return 0 if args.optional else 1
+    start = time.monotonic()
+    with running_registry() as registry:
+        ensure_images(registry, tuple(args.images), report=lambda line: print(line, flush=True))
+    print(f"images: {time.monotonic() - start:.0f} s in all; registry storage {CACHE / 'registry'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

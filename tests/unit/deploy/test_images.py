@@ -1,0 +1,126 @@
+"""The image tests' support without building anything: the input hash, the registry cache, the
+`make image` line the builds run (tests/support/images.py, image_registry.py).
+
+An image's tag is a hash of what goes into it, so it must change with the Dockerfile, the image's
+lock, the package metadata and the source, and with nothing else (bytecode, the other image's
+lock). The registry must find, from another process on another port, a tag pushed earlier: that
+is what makes a second run build nothing. tests/e2e/test_images.py builds the images for real.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support import images
+from tests.support.helpers import ROOT
+from tests.support.image_registry import Registry, running_registry
+
+
+def test_the_hashed_inputs_are_what_the_dockerfile_copies() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    sources = set()
+    for args in re.findall(r"^COPY (?!--from)(.+)$", dockerfile, re.M):
+        sources.update(source.rstrip("/") for source in args.split()[:-1])
+    locks = {s for s in sources if s.startswith("requirements/")}
+    assert sources - locks == set(images.CONTEXT) - {"Dockerfile", ".dockerignore"}
+    for name in images.IMAGES:
+        assert images.LOCKS[name] == f"requirements/{name}.txt" and images.LOCKS[name] in locks
+
+
+def fake_tree(root: Path) -> Path:
+    for entry in (*images.CONTEXT, *images.LOCKS.values()):
+        path = root / entry
+        if (ROOT / entry).is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{entry}\n")
+        else:
+            (path / "pkg").mkdir(parents=True)
+            (path / "pkg" / "mod.py").write_text("x = 1\n")
+    return root
+
+
+def test_the_tag_changes_with_what_goes_into_the_image_only(tmp_path: Path) -> None:
+    root = fake_tree(tmp_path)
+    tag = {name: images.input_tag(name, "sha256:base", root) for name in images.IMAGES}
+    assert images.input_tag("trainer", "sha256:other", root) != tag["trainer"]
+    (root / "api/pkg/__pycache__").mkdir()
+    (root / "api/pkg/__pycache__/mod.cpython-311.pyc").write_bytes(b"\0")
+    (root / "operator/pkg/mod.pyc").write_bytes(b"\0")
+    assert {name: images.input_tag(name, "sha256:base", root) for name in images.IMAGES} == tag
+    (root / "requirements/trainer.txt").write_text("torch==9\n")
+    assert images.input_tag("operator", "sha256:base", root) == tag["operator"]
+    assert images.input_tag("trainer", "sha256:base", root) != tag["trainer"]
+    for changed in ("Dockerfile", "README.md", "trainer/pkg/mod.py"):
+        before = images.input_tag("operator", "sha256:base", root)
+        (root / changed).write_text((root / changed).read_text() + "# changed\n")
+        assert images.input_tag("operator", "sha256:base", root) != before, changed
+    (root / "trainer/pkg/new.py").write_text("")
+    assert images.input_tag("operator", "sha256:base", root) != before
+
+
+def test_the_builds_run_make_image_as_a_user_would() -> None:
+    registry = Registry(host="127.0.0.1:5999", storage=Path("/nonexistent"))
+    base = "127.0.0.1:5999/base/python:3.11-x"
+    argv = images.make_image_argv(registry, "trainer", "abc123", base)
+    assert argv[:3] == ["nice", "-n", "10"] and argv[3:5] == ["make", "image"]
+    proc = subprocess.run([argv[3], "-n", *argv[4:]], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    ref = "127.0.0.1:5999/speedrun/trainer:abc123"
+    assert proc.stdout.splitlines()[:2] == [
+        f"buildah build --layers --tls-verify=false --build-arg PYTHON_IMAGE={base} --target trainer -t {ref} .",
+        f"buildah push --tls-verify=false {ref}",
+    ]
+
+
+def push_tiny_image(registry: Registry, repository: str, tag: str) -> tuple[str, int]:
+    """An OCI image of one empty layer, pushed over the registry's HTTP API: (its manifest digest,
+    the bytes of its config and layer)."""
+
+    def blob(data: bytes) -> dict[str, object]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        start = urllib.request.Request(f"http://{registry.host}/v2/{repository}/blobs/uploads/", method="POST")
+        with urllib.request.urlopen(start, timeout=10) as resp:
+            location = resp.headers["Location"]
+        sep = "&" if "?" in location else "?"
+        url = location if location.startswith("http") else f"http://{registry.host}{location}"
+        put = urllib.request.Request(f"{url}{sep}digest={digest}", data=data, method="PUT",
+                                     headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        urllib.request.urlopen(put, timeout=10).close()
+        return {"digest": digest, "size": len(data)}
+
+    config = blob(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode())
+    layer = blob(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00")  # empty gzip
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
+    }).encode()  # fmt: skip
+    oci = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+    put = urllib.request.Request(f"http://{registry.host}/v2/{repository}/manifests/{tag}", data=manifest,
+                                 method="PUT", headers=oci)  # fmt: skip
+    urllib.request.urlopen(put, timeout=10).close()
+    sizes = [int(str(part["size"])) for part in (config, layer)]
+    return "sha256:" + hashlib.sha256(manifest).hexdigest(), sum(sizes)
+
+
+@pytest.mark.skipif(shutil.which("docker-registry") is None, reason="no docker-registry (apt: docker-registry)")
+def test_a_later_registry_on_another_port_finds_what_an_earlier_one_pushed(tmp_path: Path) -> None:
+    storage = tmp_path / "registry"
+    with running_registry(storage) as first:
+        assert first.digest("speedrun/operator", "t1") is None
+        digest, size = push_tiny_image(first, "speedrun/operator", "t1")
+        assert first.digest("speedrun/operator", "t1") == digest
+    assert first.process is not None and first.process.poll() is not None, "stopped"
+    with running_registry(storage) as second:
+        assert second.digest("speedrun/operator", "t1") == digest
+        assert second.digest("speedrun/operator", "t2") is None
+        assert second.pull_size("speedrun/operator", "t1") == size

@@ -112,20 +112,41 @@ class KubeClient:
     ) -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:
-            response = self.api.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
+            raw = self._send(method, path, body, query or [], headers)
         except ApiException as err:
             raise _translate(err) from None
-        raw = response.data if hasattr(response, "data") else response[0].data
         return json.loads(raw) if raw else None
+
+    def _send(self, method: str, path: str, body: Any, query: list[tuple[str, str]], headers: dict[str, str]) -> bytes:
+        """The response body of one request, through either generation of the client's ApiClient:
+        kubernetes>=37 (OpenAPI Generator 7: `param_serialize`, then `call_api(method, url, ...)`,
+        which returns the response whatever its status) and older releases (one `call_api(path,
+        method, query_params=...)` that raises on an error status). The operator image installs
+        37 (requirements/operator.txt); the dev set-up holds 36 (torchx caps urllib3): both run."""
+        if hasattr(self.api, "param_serialize"):
+            method, url, headers, body, post = self.api.param_serialize(
+                method=method, resource_path=path, query_params=query, header_params=headers, body=body,
+                auth_settings=["BearerToken"],
+            )  # fmt: skip
+            response = self.api.call_api(method, url, header_params=headers, body=body, post_params=post,
+                                         _request_timeout=REQUEST_TIMEOUT)  # fmt: skip
+            data = response.read()
+            if not 200 <= response.status <= 299:
+                err = ApiException(status=response.status, reason=response.reason)
+                err.body = data.decode(errors="replace") if isinstance(data, bytes) else data
+                raise err
+            return data
+        response = self.api.call_api(
+            path,
+            method,
+            query_params=query,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        return response.data if hasattr(response, "data") else response[0].data
 
     def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:

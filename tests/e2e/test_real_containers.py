@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.cluster.api import ApiError
 from tests.cluster.chart import install_chart
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.fixtures import Kubectl
@@ -49,6 +50,7 @@ SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
 STEPS, CHECKPOINT_EVERY, BATCH, SEQ_LEN = 20, 10, 8, 64
 # Generous: the first pull of the trainer image into each node's containerd takes minutes.
 OPERATOR_READY_TIMEOUT, RUN_TIMEOUT = 600.0, 1500.0
+UNSEEN_TIMEOUT = 180.0  # a Ready operator sets a phase at once; none by then is a broken operator
 ON_REAL_NODES = {
     "nodeSelector": {LABEL: "true"},
     "tolerations": [{"key": LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
@@ -80,8 +82,9 @@ def split(ref: str) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def operator_pod(control_plane: ControlPlane, real_nodes: RealNodes, service_proxy: KubeProxy,
-                 built_images: dict[str, images.Image], s3: GatedMotoServer) -> dict[str, Any]:  # fmt: skip
-    """The chart installed by helm with the built images; its operator pod Ready on a real node."""
+                 built_images: dict[str, images.Image], s3: GatedMotoServer) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """The chart installed by helm with the built images; its operator pod Ready on a real node.
+    At the end the Deployment goes first (else its ReplicaSet re-creates the pod the nodes' teardown deletes)."""
     cp = control_plane
     operator_repo, operator_tag = split(built_images["operator"].ref)
     trainer_repo, trainer_tag = split(built_images["trainer"].ref)
@@ -99,17 +102,43 @@ def operator_pod(control_plane: ControlPlane, real_nodes: RealNodes, service_pro
               "data": {k: base64.b64encode(S3_CREDENTIALS[k].encode()).decode()
                        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
     cp.admin.create(f"/api/v1/namespaces/{NAMESPACE}/secrets", secret)
+    try:
+        yield wait_for_operator(cp)
+    finally:
+        for path in (SRJ_PATH, f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"):
+            for item in cp.admin.list(path):
+                cp.admin.delete(f"{path}/{item['metadata']['name']}")
+
+
+def wait_for_operator(cp: ControlPlane) -> dict[str, Any]:
     deadline = time.monotonic() + OPERATOR_READY_TIMEOUT
     while True:
         pods = cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/pods", labels="app.kubernetes.io/component=operator")
-        ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
-                                        for c in p.get("status", {}).get("conditions") or [])]  # fmt: skip
-        if ready:
-            return ready[0]
+        for pod in pods:
+            if ready(pod):
+                return pod
+            crashed = [c for c in pod["status"].get("containerStatuses") or [] if c.get("restartCount", 0) >= 2]
+            if crashed:
+                raise AssertionError(f"the operator container keeps failing: {crashed}\n{pod_log(cp, pod, True)}")
         if time.monotonic() > deadline:
             raise AssertionError(f"the operator pod is not Ready after {OPERATOR_READY_TIMEOUT:.0f} s: "
                                  f"{[p.get('status') for p in pods]}")  # fmt: skip
         time.sleep(1)
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or [])
+
+
+def pod_log(cp: ControlPlane, pod: dict[str, Any], previous: bool = False) -> str:
+    """The container's log through the apiserver (the kubelet's API), its last lines."""
+    meta = pod["metadata"]
+    path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/log"
+    query = {"tailLines": "40", **({"previous": "true"} if previous else {})}
+    try:
+        return str(cp.admin.request("GET", path, query=query))
+    except ApiError as err:  # the log is a diagnostic: its absence must not hide the failure
+        return f"(no log: {err})"
 
 
 def manifest(name: str) -> dict[str, Any]:
@@ -140,10 +169,15 @@ def test_tiny_speedrun_in_real_containers(control_plane: ControlPlane, real_node
             seen.append(phase)
         if phase in ("Succeeded", "Failed") or time.monotonic() > deadline:
             break
+        if phase is None and time.monotonic() > deadline - RUN_TIMEOUT + UNSEEN_TIMEOUT:
+            break  # the operator never took the job up: its log says why
         time.sleep(1)
     pods = cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/pods")
     where = {p["metadata"]["name"]: (p["spec"].get("nodeName"), p["status"].get("phase")) for p in pods}
-    assert phase == "Succeeded", f"tiny ended {phase} (seen {seen}); pods {where}; status {srj.get('status')}"
+    assert phase == "Succeeded", (
+        f"tiny ended {phase} (seen {seen}); pods {where}; status {srj.get('status')}\n"
+        f"operator log:\n{pod_log(cp, operator_pod)}"
+    )
     assert seen[-3:] == ["Training", "Evaluating", "Succeeded"], seen
 
     # Both ranks ran in the trainer image on the real nodes; the eval pod in it too.

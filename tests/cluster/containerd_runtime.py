@@ -30,7 +30,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.cluster.control_plane import ControlPlaneError, wait_until
+from tests.cluster.control_plane import ControlPlaneError, terminate, wait_until
 
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")  # Debian's containernetworking-plugins, upstream's
 RUNC = shutil.which("runc", path="/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin") or "/usr/sbin/runc"
@@ -179,13 +179,7 @@ class Containerd:
     # -- teardown
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._kill_containers()
         self._kill_shims()
         unmount_under(self.dir)

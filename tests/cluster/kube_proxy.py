@@ -21,13 +21,12 @@ machine's sysctls are not this tier's to change.
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import urllib.request
 from pathlib import Path
 
 from speedrun_trainer.cli.launch import free_port
-from tests.cluster.control_plane import ControlPlane, ControlPlaneError, wait_until
+from tests.cluster.control_plane import ControlPlane, ControlPlaneError, terminate, wait_until
 
 START_TIMEOUT = 60.0
 
@@ -81,13 +80,7 @@ class KubeProxy:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=10)
         self.proc = None
         # Remove the chains and rules it wrote (iptables and the other modes'), as a node's teardown does.
         with (self.dir / "kube-proxy-cleanup.log").open("wb") as log:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import yaml
 
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.containerd_runtime import Containerd, unmount_under
-from tests.cluster.control_plane import ControlPlane, ControlPlaneError, wait_until, write_kubeconfig
+from tests.cluster.control_plane import ControlPlane, ControlPlaneError, terminate, wait_until, write_kubeconfig
 from tests.cluster.network import CLUSTER_DOMAIN
 
 CGROUP_FS = Path("/sys/fs/cgroup")
@@ -179,13 +178,7 @@ class KubeletNode:
         """Stop the kubelet as a crashed or powered-off node's would: its pods are not told."""
         if self.kubelet is None:
             return
-        if self.kubelet.poll() is None:
-            self.kubelet.send_signal(signal.SIGTERM)
-            try:
-                self.kubelet.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kubelet.kill()
-                self.kubelet.wait()
+        terminate(self.kubelet)
         self.kubelet = None
 
     def stop(self) -> None:

@@ -83,7 +83,7 @@ def pod_log(cp: ControlPlane, pod: dict[str, Any], previous: bool = False, lines
     path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/log"
     query = {**({"tailLines": str(lines)} if lines else {}), **({"previous": "true"} if previous else {})}
     try:
-        return str(cp.admin.request("GET", path, query=query))
+        return str(cp.admin.request("GET", path, query=query, raw=True))
     except ApiError as err:  # the log is a diagnostic: its absence must not hide the failure
         return f"(no log: {err})"
 

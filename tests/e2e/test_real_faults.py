@@ -132,10 +132,14 @@ def never_starts(runs: RealSpeedruns, name: str, reasons: tuple[str, ...], detai
     Pending; at the start-up deadline the job fails saying why, and its pods go."""
 
     def shown() -> dict[str, Any] | None:
+        status = runs.status(name)
+        if status.get("phase") in ("Succeeded", "Failed"):  # the deadline came first: the reason was never shown
+            return {"ended": status}
         cond = runs.condition(name, "Training")
         return cond if cond.get("reason") in reasons and cond["reason"] in runs.reasons(name) else None
 
     cond = runs.wait_for(shown, f"the Training condition with reason {' or '.join(reasons)}", timeout=300)
+    assert "ended" not in cond, f"the job ended before the Training condition showed {reasons}: {cond}"
     print(f"\n{name}: {cond['reason']}: {cond['message']}")
     assert cond["status"] == "False" and detail in cond["message"], cond
     assert runs.phase(name) == "Pending", runs.status(name)

@@ -30,7 +30,7 @@ from tests.cluster.chart import install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.network import PodNetwork
-from tests.cluster.real_nodes import LABEL, RealNodes
+from tests.cluster.real_nodes import LABEL, RealNodes, real_node_pod
 from tests.cluster.speedruns import moto_s3, s3_client
 from tests.support import images
 from tests.support.helpers import tiny_manifest, with_changes
@@ -172,6 +172,27 @@ class RealSpeedruns:
             raise AssertionError(f"{name} ended {phase} (seen {seen}); pods {where}; status {status}\n"
                                  f"operator log:\n{logs}")  # fmt: skip
         return status
+
+
+def pull_on_every_node(cp: ControlPlane, nodes: RealNodes, namespace: str, ref: str) -> None:
+    """Have each real node's kubelet pull `ref`: a pod running `true` in it on every node, to Succeeded.
+
+    A test of a pod that never starts for another reason (a missing Secret: the kubelet pulls the
+    image before it reads the Secret) must not race its start-up deadline against the 3.3 GB
+    trainer pull of a session's first use, which takes from seconds to minutes with the machine's load."""
+    pods = f"/api/v1/namespaces/{namespace}/pods"
+    names = [f"pull-{node}" for node in nodes.names]
+    for name, node in zip(names, nodes.names, strict=True):
+        cp.admin.create(pods, real_node_pod(name, ref, [], node=node, command=["true"]))
+
+    def pulled() -> bool:
+        phases = [((cp.admin.get(f"{pods}/{name}") or {}).get("status") or {}).get("phase") for name in names]
+        assert "Failed" not in phases, f"a pull pod failed: {phases}"
+        return all(phase == "Succeeded" for phase in phases)
+
+    wait_until(pulled, OPERATOR_READY_TIMEOUT, f"{ref} pulled on every real node", interval=1.0)
+    for name in names:
+        cp.admin.delete(f"{pods}/{name}")
 
 
 Served = tuple[RealSpeedruns, dict[str, Any]]  # a namespace's jobs, and its Ready operator pod

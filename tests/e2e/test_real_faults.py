@@ -13,7 +13,8 @@ a user or the cluster makes it:
   is shown, then the start-up deadline fails the job;
 - `spec.storage.secretRef` naming a Secret that does not exist: the kubelet's
   CreateContainerConfigError is shown, then the start-up deadline fails the job.
-The operator's log must hold no traceback. Needs root; run:
+The operator's log must hold no traceback. The trainer image is pulled on both nodes first, so that
+no start-up deadline races a session's first 3.3 GB pull. Needs root; run:
 `pytest -m cluster tests/e2e/test_real_faults.py` (a few minutes once the images are built).
 """
 
@@ -28,7 +29,17 @@ import pytest
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.kube_proxy import KubeProxy
-from tests.cluster.real_speedrun import BUCKET, RealSpeedruns, Served, chart_operator, pod_log, split, wait_for_operator
+from tests.cluster.real_nodes import RealNodes
+from tests.cluster.real_speedrun import (
+    BUCKET,
+    RealSpeedruns,
+    Served,
+    chart_operator,
+    pod_log,
+    pull_on_every_node,
+    split,
+    wait_for_operator,
+)
 from tests.cluster.speedruns import INDEX
 from tests.support import images
 from tests.support.s3 import GatedMotoServer
@@ -46,9 +57,10 @@ PULL_REASONS = ("ErrImagePull", "ImagePullBackOff")  # the kubelet alternates be
 
 
 @pytest.fixture(scope="module")
-def faults(control_plane: ControlPlane, kubectl: Kubectl, service_proxy: KubeProxy,
+def faults(control_plane: ControlPlane, kubectl: Kubectl, real_nodes: RealNodes, service_proxy: KubeProxy,
            built_images: dict[str, images.Image], s3: GatedMotoServer) -> Iterator[Served]:  # fmt: skip
     with chart_operator(control_plane, kubectl, NAMESPACE, "speedrun-faults", built_images, s3) as served:
+        pull_on_every_node(control_plane, real_nodes, NAMESPACE, built_images["trainer"].ref)
         yield served
 
 

@@ -57,6 +57,7 @@ class Api:
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
         timeout: float = 30.0,
+        raw: bool = False,
     ) -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         if self.token:
@@ -71,6 +72,8 @@ class Api:
             connection.close()
         if response.status >= 400:
             raise ApiError(response.status, data)
+        if raw:  # text that may start with "[" or "{" (a pod's log: kopf's lines start "[<time>]")
+            return data
         if not data:
             return None
         return json.loads(data) if data[0] in "{[" else data  # /readyz, /healthz answer plain text

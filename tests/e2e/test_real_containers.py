@@ -19,140 +19,37 @@ cached by the hash of what goes into them, so later runs build nothing.
 
 from __future__ import annotations
 
-import base64
 import json
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.cluster.api import ApiError
-from tests.cluster.chart import install_chart
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.kube_proxy import KubeProxy
-from tests.cluster.network import PodNetwork
-from tests.cluster.real_nodes import LABEL, RealNodes
-from tests.cluster.speedruns import moto_s3, s3_client
+from tests.cluster.real_nodes import RealNodes
+from tests.cluster.real_speedrun import BUCKET, Served, chart_operator
+from tests.cluster.speedruns import s3_client
 from tests.support import images
-from tests.support.helpers import tiny_manifest
-from tests.support.image_registry import running_registry
-from tests.support.s3 import S3_CREDENTIALS, GatedMotoServer
+from tests.support.s3 import GatedMotoServer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 NAMESPACE = "speedruns-real"
-RELEASE = "speedrun"
-BUCKET = "real"
-S3_SECRET = "speedrun-s3"
-SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
 STEPS, CHECKPOINT_EVERY, BATCH, SEQ_LEN = 20, 10, 8, 64
-# Generous: the first pull of the trainer image into each node's containerd takes minutes.
-OPERATOR_READY_TIMEOUT, RUN_TIMEOUT = 600.0, 1500.0
-UNSEEN_TIMEOUT = 180.0  # a Ready operator sets a phase at once; none by then is a broken operator
-ON_REAL_NODES = {
-    "nodeSelector": {LABEL: "true"},
-    "tolerations": [{"key": LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
-}
 
 
 @pytest.fixture(scope="module")
-def built_images(real_nodes: RealNodes) -> Iterator[dict[str, images.Image]]:
-    """The operator and trainer images in a loopback registry the real nodes pull from."""
-    reason = images.missing_tools()
-    if reason:
-        pytest.skip(f"images: {reason}")
-    with running_registry() as registry:
-        built = images.ensure_images(registry, report=lambda line: print(f"\nimages: {line}", flush=True))
-        real_nodes.trust_registry(registry.host)
-        yield built
-
-
-@pytest.fixture(scope="module")
-def s3(pod_net: PodNetwork) -> Iterator[GatedMotoServer]:
-    with moto_s3(pod_net, BUCKET) as server:
-        yield server
-
-
-def split(ref: str) -> tuple[str, str]:
-    repository, _, tag = ref.rpartition(":")
-    return repository, tag
-
-
-@pytest.fixture(scope="module")
-def operator_pod(control_plane: ControlPlane, real_nodes: RealNodes, service_proxy: KubeProxy,
-                 built_images: dict[str, images.Image], s3: GatedMotoServer) -> Iterator[dict[str, Any]]:  # fmt: skip
-    """The chart installed by helm with the built images; its operator pod Ready on a real node.
-    At the end the Deployment goes first (else its ReplicaSet re-creates the pod the nodes' teardown deletes)."""
-    cp = control_plane
-    operator_repo, operator_tag = split(built_images["operator"].ref)
-    trainer_repo, trainer_tag = split(built_images["trainer"].ref)
-    values = {
-        "replicaCount": "1",
-        "image.repository": operator_repo, "image.tag": operator_tag,
-        "trainer.image.repository": trainer_repo, "trainer.image.tag": trainer_tag,
-        "operator.defaultStorageUri": f"s3://{BUCKET}/runs", "operator.defaultStorageEndpointUrl": s3.url,
-        "operator.defaultStorageSecret": S3_SECRET,
-        "operator.progressInterval": "1", "operator.resyncInterval": "5",
-    }  # fmt: skip
-    placement = [f"--set-json={key}={json.dumps(value)}" for key, value in ON_REAL_NODES.items()]
-    install_chart(cp, RELEASE, NAMESPACE, values, *placement)
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET}, "type": "Opaque",
-              "data": {k: base64.b64encode(S3_CREDENTIALS[k].encode()).decode()
-                       for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
-    cp.admin.create(f"/api/v1/namespaces/{NAMESPACE}/secrets", secret)
-    try:
-        yield wait_for_operator(cp)
-    finally:
-        for path in (SRJ_PATH, f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"):
-            for item in cp.admin.list(path):
-                cp.admin.delete(f"{path}/{item['metadata']['name']}")
-
-
-def wait_for_operator(cp: ControlPlane) -> dict[str, Any]:
-    deadline = time.monotonic() + OPERATOR_READY_TIMEOUT
-    while True:
-        pods = cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/pods", labels="app.kubernetes.io/component=operator")
-        for pod in pods:
-            if ready(pod):
-                return pod
-            crashed = [c for c in pod["status"].get("containerStatuses") or [] if c.get("restartCount", 0) >= 2]
-            if crashed:
-                raise AssertionError(f"the operator container keeps failing: {crashed}\n{pod_log(cp, pod, True)}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the operator pod is not Ready after {OPERATOR_READY_TIMEOUT:.0f} s: "
-                                 f"{[p.get('status') for p in pods]}")  # fmt: skip
-        time.sleep(1)
-
-
-def ready(pod: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or [])
-
-
-def pod_log(cp: ControlPlane, pod: dict[str, Any], previous: bool = False) -> str:
-    """The container's log through the apiserver (the kubelet's API), its last lines."""
-    meta = pod["metadata"]
-    path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/log"
-    query = {"tailLines": "40", **({"previous": "true"} if previous else {})}
-    try:
-        return str(cp.admin.request("GET", path, query=query))
-    except ApiError as err:  # the log is a diagnostic: its absence must not hide the failure
-        return f"(no log: {err})"
-
-
-def manifest(name: str) -> dict[str, Any]:
-    doc = tiny_manifest(**{"spec.train.steps": STEPS, "spec.train.checkpointEvery": CHECKPOINT_EVERY,
-                           "spec.train.evalEvery": 50})  # fmt: skip
-    doc["metadata"] = {"name": name, "namespace": NAMESPACE}
-    doc["spec"]["resources"].update(ON_REAL_NODES)
-    return doc
+def served(control_plane: ControlPlane, kubectl: Kubectl, service_proxy: KubeProxy,
+           built_images: dict[str, images.Image], s3: GatedMotoServer) -> Iterator[Served]:  # fmt: skip
+    with chart_operator(control_plane, kubectl, NAMESPACE, "speedrun", built_images, s3) as served:
+        yield served
 
 
 def test_tiny_speedrun_in_real_containers(control_plane: ControlPlane, real_nodes: RealNodes, kubectl: Kubectl,
-                                          built_images: dict[str, images.Image], operator_pod: dict[str, Any],
-                                          s3: GatedMotoServer) -> None:  # fmt: skip
-    cp = control_plane
+                                          built_images: dict[str, images.Image],
+                                          served: Served, s3: GatedMotoServer) -> None:  # fmt: skip
+    runs, operator_pod = served
     # The operator runs the image built in this run (or the one an earlier run built from the same inputs).
     status = operator_pod["status"]["containerStatuses"][0]
     print(f"\noperator pod {operator_pod['metadata']['name']} on {operator_pod['spec']['nodeName']}: "
@@ -160,25 +57,11 @@ def test_tiny_speedrun_in_real_containers(control_plane: ControlPlane, real_node
     assert operator_pod["spec"]["nodeName"] in real_nodes.names
     assert status["imageID"].endswith(built_images["operator"].digest), (status["imageID"], built_images["operator"])
 
-    kubectl.run("apply", "-f", "-", stdin=json.dumps(manifest("tiny")))
-    deadline, seen = time.monotonic() + RUN_TIMEOUT, []
-    while True:
-        srj = cp.admin.get(f"{SRJ_PATH}/tiny") or {}
-        phase = (srj.get("status") or {}).get("phase")
-        if not seen or seen[-1] != phase:
-            seen.append(phase)
-        if phase in ("Succeeded", "Failed") or time.monotonic() > deadline:
-            break
-        if phase is None and time.monotonic() > deadline - RUN_TIMEOUT + UNSEEN_TIMEOUT:
-            break  # the operator never took the job up: its log says why
-        time.sleep(1)
-    pods = cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/pods")
+    runs.apply(runs.manifest("tiny", **{"spec.train.steps": STEPS, "spec.train.checkpointEvery": CHECKPOINT_EVERY}))
+    srj = {"status": runs.follow("tiny", "Succeeded")}
+    assert runs.seen["tiny"][-3:] == ["Training", "Evaluating", "Succeeded"], runs.seen
+    pods = control_plane.admin.list(f"/api/v1/namespaces/{NAMESPACE}/pods")
     where = {p["metadata"]["name"]: (p["spec"].get("nodeName"), p["status"].get("phase")) for p in pods}
-    assert phase == "Succeeded", (
-        f"tiny ended {phase} (seen {seen}); pods {where}; status {srj.get('status')}\n"
-        f"operator log:\n{pod_log(cp, operator_pod)}"
-    )
-    assert seen[-3:] == ["Training", "Evaluating", "Succeeded"], seen
 
     # Both ranks ran in the trainer image on the real nodes; the eval pod in it too.
     print(f"pods: {where}")

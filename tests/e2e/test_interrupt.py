@@ -35,6 +35,13 @@ def _alive(marker: str) -> list[int]:
     return out
 
 
+def _default_stop_signals() -> None:
+    """In the child: Ctrl-C's SIGINT as a shell's foreground job gets it. A script that starts
+    pytest as a background job leaves SIGINT ignored, and Python then installs no KeyboardInterrupt
+    handler: the test would depend on how pytest was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(tmp_path: Path) -> tuple[subprocess.Popen, str]:
     """`speedrun run` of a long CPU-tiny job, once its 2 agents and 2 workers are all running."""
     manifest = write_manifest(tmp_path / "job.yaml", tiny_manifest(**{"spec.train.steps": 100000}))
@@ -44,6 +51,7 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_stop_signals,
     )
     marker = str(runs)
     deadline = time.monotonic() + START_TIMEOUT

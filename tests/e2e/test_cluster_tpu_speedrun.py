@@ -9,7 +9,7 @@ the TPU trainer image, which the node agent maps to the interpreter that image c
 Python 3.12 JAX venv (tests/support/jax_env.py, this checkout on its PYTHONPATH). So the
 operator's command line, `python -m speedrun_trainer.train.jax_main`, trains for real: 2 processes
 joined by jax.distributed through cluster DNS (worker 0's hostname, port 8482), 8 devices in all.
-The eval pod (the torch trainer image, on a CPU node) evaluates the JAX checkpoint and publishes
+The eval pod (the torch trainer image, no TPU asked) evaluates the JAX checkpoint and publishes
 speedrun_results.json to S3 (moto on the pod network).
 
 Needs root (network namespaces) and the JAX venv; skips with one line otherwise.
@@ -108,9 +108,10 @@ def test_a_tpu_slice_trains_on_jax_and_its_eval_pod_publishes(runs: Speedruns, k
     assert f"jax backend: {HOSTS} process(es) x {CHIPS} cpu device(s)" in logs[0], logs[0][-3000:]
     assert re.search(rf"step\s+{STEPS}/{STEPS} \| loss \d", logs[0]), logs[0][-3000:]
 
-    # The eval pod: the torch trainer image on a CPU node, evaluating the JAX checkpoint.
+    # The eval pod: the torch trainer image, no TPU asked, evaluating the JAX checkpoint. It carries
+    # the manifest's tolerations, the TPU taint's included, so the scheduler may put it on a TPU
+    # host's CPUs as well as on a CPU node: where it lands is not asserted.
     [evaluation] = runs.pods(f"{name}-eval")
-    assert evaluation["spec"]["nodeName"] not in {n.name for n in TPU_NODES}
     assert evaluation["spec"]["containers"][0]["image"] != TPU_IMAGE
     assert TPU_RESOURCE not in (evaluation["spec"]["containers"][0].get("resources") or {}).get("limits", {})
 

@@ -14,9 +14,7 @@ Shared by the e2e modules that run SpeedrunJobs on the real kubelets (tests/e2e/
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,14 +29,13 @@ from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.fixtures import Kubectl
 from tests.cluster.network import PodNetwork
 from tests.cluster.real_nodes import LABEL, RealNodes, real_node_pod
-from tests.cluster.speedruns import moto_s3, s3_client
+from tests.cluster.speedruns import S3_SECRET, create_s3_secret, moto_s3, saved_steps, srj_events
 from tests.support import images
 from tests.support.helpers import tiny_manifest, with_changes
 from tests.support.image_registry import running_registry
-from tests.support.s3 import S3_CREDENTIALS, GatedMotoServer
+from tests.support.s3 import GatedMotoServer
 
 BUCKET = "real"
-S3_SECRET = "speedrun-s3"
 # Generous: the first pull of the trainer image into each node's containerd takes minutes.
 OPERATOR_READY_TIMEOUT, RUN_TIMEOUT = 600.0, 1500.0
 UNSEEN_TIMEOUT = 180.0  # a Ready operator sets a phase at once; none by then is a broken operator
@@ -47,7 +44,6 @@ ON_REAL_NODES = {
     "tolerations": [{"key": LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
 }
 OPERATOR_LABELS = "app.kubernetes.io/component=operator"
-SAVED = re.compile(r"checkpoints/meta_(\d+)\.json$")
 
 
 @pytest.fixture(scope="session")
@@ -128,8 +124,7 @@ class RealSpeedruns:
         return next((c for c in self.status(name).get("conditions") or [] if c["type"] == type_), {})
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        found = self.cp.admin.list(f"/api/v1/namespaces/{self.namespace}/events", fields=f"involvedObject.name={name}")
-        found = [e for e in found if e["involvedObject"]["kind"] == "SpeedrunJob"]
+        found = srj_events(self.cp, self.namespace, name)
         return sorted(found, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
     def reasons(self, name: str) -> list[str]:
@@ -145,10 +140,7 @@ class RealSpeedruns:
         return self.cp.admin.list(f"/api/v1/namespaces/{self.namespace}/pods", labels=OPERATOR_LABELS)
 
     def saved_steps(self, name: str) -> list[int]:
-        """The checkpoints in S3 (each `meta_<step>.json` is written last, once its shards are in)."""
-        prefix = f"runs/{self.namespace}/{name}/checkpoints/"
-        listing = s3_client(self.s3_url).list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents")
-        return sorted(int(m[1]) for o in listing or [] if (m := SAVED.search(o["Key"])))
+        return saved_steps(self.s3_url, BUCKET, f"runs/{self.namespace}/{name}/checkpoints/")
 
     def wait_for(self, predicate: Callable[[], Any], what: str, timeout: float = RUN_TIMEOUT) -> Any:
         return wait_until(predicate, timeout, what, interval=1.0)
@@ -232,10 +224,7 @@ def chart_operator(cp: ControlPlane, kubectl: Kubectl, namespace: str, release: 
     }  # fmt: skip
     placement = [f"--set-json={key}={json.dumps(value)}" for key, value in ON_REAL_NODES.items()]
     install_chart(cp, release, namespace, values, *placement)
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET}, "type": "Opaque",
-              "data": {k: base64.b64encode(S3_CREDENTIALS[k].encode()).decode()
-                       for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
-    cp.admin.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
+    create_s3_secret(cp, namespace)
     runs = RealSpeedruns(cp, kubectl, namespace, s3.url)
     try:
         yield runs, wait_for_operator(cp, namespace)

@@ -79,12 +79,10 @@ class Speedruns:
         return sorted(found, key=lambda p: p["metadata"]["creationTimestamp"] + p["metadata"]["name"])
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        found = self.cp.admin.list(f"/api/v1/namespaces/{self.namespace}/events", fields=f"involvedObject.name={name}")
-        return [e for e in found if e["involvedObject"]["kind"] == "SpeedrunJob"]
+        return srj_events(self.cp, self.namespace, name)
 
     def saved_steps(self, name: str) -> list[int]:
-        listing = s3_client(self.s3).list_objects_v2(Bucket=BUCKET, Prefix=f"{name}/checkpoints/").get("Contents")
-        return sorted(int(m[1]) for o in listing or [] if (m := re.search(r"meta_(\d+)\.json$", o["Key"])))
+        return saved_steps(self.s3, BUCKET, f"{name}/checkpoints/")
 
     def wait_for(self, predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
         deadline = time.monotonic() + timeout
@@ -107,6 +105,27 @@ class Speedruns:
         return self.wait_for(reached, f"{name} {until}", timeout)
 
 
+def srj_events(cp: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The Events the operator recorded on one SpeedrunJob, in the order the apiserver lists them."""
+    found = cp.admin.list(f"/api/v1/namespaces/{namespace}/events", fields=f"involvedObject.name={name}")
+    return [e for e in found if e["involvedObject"]["kind"] == "SpeedrunJob"]
+
+
+def saved_steps(s3_url: str, bucket: str, prefix: str) -> list[int]:
+    """The checkpoints under `prefix` in S3 (each `meta_<step>.json` is written last, once its shards are in)."""
+    listing = s3_client(s3_url).list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents")
+    return sorted(int(m[1]) for o in listing or [] if (m := re.search(r"meta_(\d+)\.json$", o["Key"])))
+
+
+def create_s3_secret(cp: ControlPlane, namespace: str, name: str = S3_SECRET) -> None:
+    """The Secret holding moto's credentials that the jobs' `storage.secretRef` (or the chart's
+    `operator.defaultStorageSecret`) names."""
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque",
+              "data": {k: base64.b64encode(S3_CREDENTIALS[k].encode()).decode()
+                       for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
+    cp.admin.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
+
+
 def s3_client(url: str) -> Any:
     return boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
                         aws_secret_access_key="testing")  # fmt: skip
@@ -121,10 +140,7 @@ def speedrun_env(
     with moto_s3(pod_net, BUCKET) as s3:
         chart_values = {"operator.progressInterval": "1", "operator.resyncInterval": "5", **(values or {})}
         with chart_operator_in(cp, namespace, tmp.mktemp("operator"), chart_values) as op:
-            secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET}, "type": "Opaque",
-                      "data": {k: base64.b64encode(S3_CREDENTIALS[k].encode()).decode()
-                               for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
-            cp.admin.create(f"/api/v1/namespaces/{namespace}/secrets", secret)
+            create_s3_secret(cp, namespace)
             yield Speedruns(cp, nodes, namespace, s3.url, op)
 
 

@@ -14,7 +14,6 @@ otherwise. Run: `pytest -m cluster tests/e2e/test_cluster_speedrun.py`.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import json
 import re
@@ -32,15 +31,14 @@ from tests.cluster.fixtures import Kubectl
 from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.prometheus import Prometheus, prometheus_binary
-from tests.cluster.speedruns import moto_s3, s3_client
+from tests.cluster.speedruns import S3_SECRET, create_s3_secret, moto_s3, s3_client
 from tests.support.helpers import ROOT, tiny_manifest
-from tests.support.s3 import S3_CREDENTIALS, GatedMotoServer
+from tests.support.s3 import GatedMotoServer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 NAMESPACE = "speedruns-e2e"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
-S3_SECRET = "speedrun-s3"
 BUCKET = "e2e"
 STEP_TIMEOUT = 240.0
 STEPS, CHECKPOINT_EVERY, BATCH, SEQ_LEN = 60, 20, 8, 64
@@ -66,10 +64,7 @@ def operator(
     values = {"operator.progressInterval": "1", "operator.resyncInterval": "5"}
     release = install_chart(control_plane, "speedrun-e2e", NAMESPACE, values)
     control_plane.namespace(NAMESPACE)
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET}, "type": "Opaque",
-              "data": {k: base64.b64encode(S3_CREDENTIALS[k].encode()).decode()
-                       for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
-    control_plane.admin.create(f"/api/v1/namespaces/{NAMESPACE}/secrets", secret)
+    create_s3_secret(control_plane, NAMESPACE)
     overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
     with chart_operator(control_plane, release, tmp_path_factory.mktemp("operator"), **overrides) as op:
         yield op

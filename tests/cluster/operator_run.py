@@ -23,7 +23,7 @@ from typing import Any
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import ChartOperator, Release, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.support.helpers import tiny_manifest
 
 BASE_VALUES = {

@@ -26,42 +26,17 @@ import pytest
 from tests.cluster.api import ApiError
 from tests.cluster.chart import install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.fixtures import Kubectl
-from tests.cluster.network import PodNetwork
-from tests.cluster.real_nodes import LABEL, RealNodes, real_node_pod
+from tests.cluster.kubectl import Kubectl
+from tests.cluster.real_nodes import RealNodes, real_node_pod
+from tests.cluster.speedruns import REAL_BUCKET as BUCKET
 from tests.cluster.speedruns import S3_SECRET, create_s3_secret, moto_s3, saved_steps, srj_events
-from tests.support import images
 from tests.support.helpers import tiny_manifest, with_changes
-from tests.support.image_registry import running_registry
 from tests.support.s3 import GatedMotoServer
 
-BUCKET = "real"
 # Generous: the first pull of the trainer image into each node's containerd takes minutes.
 OPERATOR_READY_TIMEOUT, RUN_TIMEOUT = 600.0, 1500.0
 UNSEEN_TIMEOUT = 180.0  # a Ready operator sets a phase at once; none by then is a broken operator
-ON_REAL_NODES = {
-    "nodeSelector": {LABEL: "true"},
-    "tolerations": [{"key": LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
-}
 OPERATOR_LABELS = "app.kubernetes.io/component=operator"
-
-
-@pytest.fixture(scope="session")
-def built_images(real_nodes: RealNodes) -> Iterator[dict[str, images.Image]]:
-    """The operator and trainer images in a loopback registry the real nodes pull from."""
-    reason = images.missing_tools()
-    if reason:
-        pytest.skip(f"images: {reason}")
-    with running_registry() as registry:
-        built = images.ensure_images(registry, report=lambda line: print(f"\nimages: {line}", flush=True))
-        real_nodes.trust_registry(registry.host)
-        yield built
-
-
-@pytest.fixture(scope="session")
-def s3(pod_net: PodNetwork) -> Iterator[GatedMotoServer]:
-    with moto_s3(pod_net, BUCKET) as server:
-        yield server
 
 
 def split(ref: str) -> tuple[str, str]:
@@ -99,10 +74,9 @@ class RealSpeedruns:
         return f"/apis/speedrun.dev/v1alpha1/namespaces/{self.namespace}/speedrunjobs"
 
     def manifest(self, name: str, **changes: Any) -> dict[str, Any]:
-        """The CPU-tiny job placed on the real nodes; dotted keys change it."""
+        """The CPU-tiny job; dotted keys change it."""
         doc = tiny_manifest(**{"spec.train.evalEvery": 50})
         doc["metadata"] = {"name": name, "namespace": self.namespace}
-        doc["spec"]["resources"].update(ON_REAL_NODES)
         return with_changes(doc, **changes)
 
     def apply(self, doc: dict[str, Any]) -> None:
@@ -222,8 +196,7 @@ def chart_operator(cp: ControlPlane, kubectl: Kubectl, namespace: str, release: 
         "operator.defaultStorageSecret": S3_SECRET,
         "operator.progressInterval": "1", "operator.resyncInterval": "5",
     }  # fmt: skip
-    placement = [f"--set-json={key}={json.dumps(value)}" for key, value in ON_REAL_NODES.items()]
-    install_chart(cp, release, namespace, values, *placement)
+    install_chart(cp, release, namespace, values)
     create_s3_secret(cp, namespace)
     runs = RealSpeedruns(cp, kubectl, namespace, s3.url)
     try:

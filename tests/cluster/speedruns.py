@@ -40,6 +40,7 @@ from tests.support.s3 import S3_CREDENTIALS, GatedMotoServer
 
 S3_SECRET = "speedrun-s3"
 BUCKET = "runs"
+REAL_BUCKET = "real"  # the session's `s3` fixture's (fixtures.py)
 TIMEOUT = 300.0
 INDEX = "batch.kubernetes.io/job-completion-index"
 

@@ -20,7 +20,7 @@ import pytest
 
 from speedrun_api.manifest import SpecError, parse_job
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_run import served_namespace
 from tests.support.helpers import ROOT, tiny_manifest

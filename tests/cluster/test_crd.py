@@ -18,7 +18,7 @@ import yaml
 from speedrun_api.crd import PRINTER_COLUMNS
 from speedrun_api.manifest import parse_job
 from tests.cluster.control_plane import ControlPlane
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.support.crd_cases import CEL_REJECTS, SCHEMA_REJECTS, example_docs, tiny
 from tests.support.helpers import ROOT
 

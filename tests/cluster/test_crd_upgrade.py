@@ -25,7 +25,7 @@ import yaml
 
 from tests.cluster.chart import CHART, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.support.helm_tool import helm_path
 from tests.support.helpers import ROOT, tiny_manifest
 

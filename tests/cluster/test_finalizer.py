@@ -20,7 +20,7 @@ import yaml
 
 from tests.cluster.chart import chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.support.helpers import tiny_manifest
 

@@ -21,7 +21,7 @@ import pytest
 from speedrun_operator.operator_metrics import REGISTRY
 from tests.cluster.chart import ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.support.helpers import tiny_manifest
 

@@ -23,7 +23,7 @@ import yaml
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import ChartOperator, chart_operator
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.tenant import helm_install_as, namespace_admin
 from tests.support.helpers import ROOT, tiny_manifest

@@ -20,7 +20,7 @@ import yaml
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import CHART_VALUES, ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.support.helpers import tiny_manifest
 

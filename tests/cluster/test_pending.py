@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_run import ServedNamespace, served_namespace
 

@@ -18,7 +18,7 @@ import pytest
 
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.kube_proxy import KubeProxy
 from tests.cluster.pki import SERVICE_IP
 from tests.cluster.real_nodes import RealNodes, real_node_pod
@@ -28,7 +28,7 @@ NS = "real-node-test"
 
 
 @pytest.fixture(scope="module")
-def ns(control_plane: ControlPlane, real_nodes: RealNodes) -> Iterator[str]:
+def ns(control_plane: ControlPlane, kube_nodes: RealNodes) -> Iterator[str]:
     control_plane.namespace(NS)
     yield NS
     control_plane.drain(NS, f"/api/v1/namespaces/{NS}/pods")
@@ -67,53 +67,53 @@ def wait_reason(cp: ControlPlane, name: str, accept: Callable[[str], bool], time
     return str(wait_until(accepted, timeout, f"pod {name}'s waiting reason", interval=0.2))
 
 
-def test_nodes_are_kubelets_on_containerd(real_nodes: RealNodes, kubectl: Kubectl) -> None:
+def test_nodes_are_kubelets_on_containerd(kube_nodes: RealNodes, kubectl: Kubectl) -> None:
     header, *lines = kubectl.run("get", "nodes", "-o", "wide").stdout.splitlines()
     columns = header.split()
     starts = [header.index(f" {c} ") + 1 if i else 0 for i, c in enumerate(columns[:-1])] + [header.rindex(" ") + 1]
     bounds = list(zip(starts, [*starts[1:], None], strict=True))  # the columns are aligned; OS-IMAGE has spaces
     rows = {line.split()[0]: {c: line[a:b].strip() for c, (a, b) in zip(columns, bounds, strict=True)}
             for line in lines}  # fmt: skip
-    for name in real_nodes.names:
+    for name in kube_nodes.names:
         row = rows[name]
         assert row["STATUS"] == "Ready" and row["VERSION"] == "v1.36.3", row
         assert row["CONTAINER-RUNTIME"].startswith("containerd://2."), row
-        assert row["INTERNAL-IP"] == real_nodes.nodes[name].address.ip, row
+        assert row["INTERNAL-IP"] == kube_nodes.nodes[name].address.ip, row
 
 
 def test_pod_runs_to_success_and_logs_through_the_apiserver(
-    control_plane: ControlPlane, real_nodes: RealNodes, kubectl: Kubectl, ns: str
+    control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, ns: str
 ) -> None:
     started = time.monotonic()
-    name = create(control_plane, real_node_pod("hello", real_nodes.hello.name, ["from", "a", "container"]))
+    name = create(control_plane, real_node_pod("hello", kube_nodes.hello.name, ["from", "a", "container"]))
     status = wait_phase(control_plane, name, "Succeeded")
     print(f"\nhello pod Succeeded {time.monotonic() - started:.1f} s after create")
     assert status["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
-    subnet = ipaddress.ip_network(real_nodes.nodes[status_node(control_plane, name)].address.pod_subnet)
+    subnet = ipaddress.ip_network(kube_nodes.nodes[status_node(control_plane, name)].address.pod_subnet)
     assert ipaddress.ip_address(status["podIP"]) in subnet, status["podIP"]
     logs = kubectl.run("logs", "-n", ns, name).stdout
     assert logs.strip() == "hello from hello: from a container"
 
 
-def test_pods_resolve_cluster_names_through_coredns(control_plane: ControlPlane, real_nodes: RealNodes,
+def test_pods_resolve_cluster_names_through_coredns(control_plane: ControlPlane, kube_nodes: RealNodes,
                                                      kubectl: Kubectl, ns: str) -> None:  # fmt: skip
     """The kubelet's clusterDNS: the pod's resolv.conf names the session's CoreDNS, reached over
     the node's bridge, and it answers with the `kubernetes` Service's ClusterIP."""
-    name = create(control_plane, real_node_pod("resolver", real_nodes.hello.name,
+    name = create(control_plane, real_node_pod("resolver", kube_nodes.hello.name,
                                                ["resolve", "kubernetes.default.svc.cluster.local"]))  # fmt: skip
     wait_phase(control_plane, name, "Succeeded")
-    dns = real_nodes.nodes[status_node(control_plane, name)].cluster_dns
+    dns = kube_nodes.nodes[status_node(control_plane, name)].cluster_dns
     answer = kubectl.run("logs", "-n", ns, name).stdout.strip()
     assert answer == f"kubernetes.default.svc.cluster.local via {dns}: {SERVICE_IP}"
 
 
 def test_pods_reach_the_apiserver_through_its_service_ip(
-    control_plane: ControlPlane, real_nodes: RealNodes, service_proxy: KubeProxy, kubectl: Kubectl, ns: str
+    control_plane: ControlPlane, kube_nodes: RealNodes, service_proxy: KubeProxy, kubectl: Kubectl, ns: str
 ) -> None:
     """An in-cluster client's first step: a TCP connection to the `kubernetes` Service's ClusterIP,
     which only kube-proxy's rules turn into the apiserver's address (without them: "failed")."""
-    for node in real_nodes.names:
-        name = create(control_plane, real_node_pod(f"dial-{node}", real_nodes.hello.name,
+    for node in kube_nodes.names:
+        name = create(control_plane, real_node_pod(f"dial-{node}", kube_nodes.hello.name,
                                                    ["connect", SERVICE_IP, "443"], node=node))  # fmt: skip
         wait_phase(control_plane, name, "Succeeded")
         assert kubectl.run("logs", "-n", ns, name).stdout.strip() == f"connect {SERVICE_IP}:443: connected"
@@ -123,9 +123,9 @@ def status_node(cp: ControlPlane, name: str) -> str:
     return str(cp.admin.get(f"/api/v1/namespaces/{NS}/pods/{name}")["spec"]["nodeName"])  # type: ignore[index]
 
 
-def test_exec_into_a_running_container(control_plane: ControlPlane, real_nodes: RealNodes, kubectl: Kubectl,
+def test_exec_into_a_running_container(control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl,
                                        ns: str) -> None:  # fmt: skip
-    name = create(control_plane, real_node_pod("sleeper", real_nodes.hello.name, ["sleep"]))
+    name = create(control_plane, real_node_pod("sleeper", kube_nodes.hello.name, ["sleep"]))
     wait_phase(control_plane, name, "Running")
     out = kubectl.run("exec", "-n", ns, name, "--", "/hello", "exec", "works").stdout
     assert out.strip() == "hello from sleeper: exec works"
@@ -134,25 +134,25 @@ def test_exec_into_a_running_container(control_plane: ControlPlane, real_nodes: 
 
 
 def test_security_context_user_and_deletion_end_the_container(
-    control_plane: ControlPlane, real_nodes: RealNodes, kubectl: Kubectl, ns: str
+    control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, ns: str
 ) -> None:
     """runc runs the container as the securityContext's user; `kubectl delete pod` has the kubelet
     stop it (SIGTERM to the sleeping `hello`) and the runtime forget it."""
     user = {"runAsUser": 1000, "runAsGroup": 3000}
-    name = create(control_plane, real_node_pod("ids", real_nodes.hello.name, ["ids"], securityContext=user))
+    name = create(control_plane, real_node_pod("ids", kube_nodes.hello.name, ["ids"], securityContext=user))
     wait_phase(control_plane, name, "Succeeded")
     assert kubectl.run("logs", "-n", ns, name).stdout.strip() == "uid=1000 gid=3000"
-    sleeper = create(control_plane, real_node_pod("deleted", real_nodes.hello.name, ["sleep"]))
+    sleeper = create(control_plane, real_node_pod("deleted", kube_nodes.hello.name, ["sleep"]))
     status = wait_phase(control_plane, sleeper, "Running")
     container_id = status["containerStatuses"][0]["containerID"].removeprefix("containerd://")
-    runtime = real_nodes.nodes[status_node(control_plane, sleeper)].runtime
+    runtime = kube_nodes.nodes[status_node(control_plane, sleeper)].runtime
     assert container_id in runtime.ctr("containers", "list", "-q").stdout.split()
     kubectl.run("delete", "pod", "-n", ns, sleeper, "--wait=true")
     wait_until(lambda: container_id not in runtime.ctr("containers", "list", "-q").stdout.split(), 60,
                "the container removed from containerd")  # fmt: skip
 
 
-def test_missing_image_is_a_real_pull_error(control_plane: ControlPlane, real_nodes: RealNodes, ns: str) -> None:
+def test_missing_image_is_a_real_pull_error(control_plane: ControlPlane, kube_nodes: RealNodes, ns: str) -> None:
     name = create(control_plane, real_node_pod("no-image", "localhost/speedrun-test/missing:0", []))
     reason = wait_reason(control_plane, name, lambda r: r in ("ErrImagePull", "ImagePullBackOff"))
     assert reason in ("ErrImagePull", "ImagePullBackOff")
@@ -160,22 +160,22 @@ def test_missing_image_is_a_real_pull_error(control_plane: ControlPlane, real_no
     assert "localhost/speedrun-test/missing:0" in message, message
 
 
-def test_missing_secret_is_a_real_config_error(control_plane: ControlPlane, real_nodes: RealNodes, ns: str) -> None:
+def test_missing_secret_is_a_real_config_error(control_plane: ControlPlane, kube_nodes: RealNodes, ns: str) -> None:
     env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "token"}}}]
-    name = create(control_plane, real_node_pod("no-secret", real_nodes.hello.name, [], env=env))
+    name = create(control_plane, real_node_pod("no-secret", kube_nodes.hello.name, [], env=env))
     assert wait_reason(control_plane, name, lambda r: r == "CreateContainerConfigError") == "CreateContainerConfigError"
     message = pod_status(control_plane, name)["containerStatuses"][0]["state"]["waiting"].get("message", "")
     assert 'secret "absent" not found' in message, message
 
 
-def test_gpu_capacity_from_a_node_status_patch(control_plane: ControlPlane, real_nodes: RealNodes, ns: str) -> None:
-    gpu_node = real_nodes.names[-1]
-    real_nodes.advertise(gpu_node, "nvidia.com/gpu", 2)
+def test_gpu_capacity_from_a_node_status_patch(control_plane: ControlPlane, kube_nodes: RealNodes, ns: str) -> None:
+    gpu_node = kube_nodes.names[-1]
+    kube_nodes.advertise(gpu_node, "nvidia.com/gpu", 2)
     gpus = {"limits": {"nvidia.com/gpu": "2"}}
-    name = create(control_plane, real_node_pod("gpu", real_nodes.hello.name, ["gpu"], resources=gpus))
+    name = create(control_plane, real_node_pod("gpu", kube_nodes.hello.name, ["gpu"], resources=gpus))
     wait_phase(control_plane, name, "Succeeded")
     assert status_node(control_plane, name) == gpu_node
-    too_many = create(control_plane, real_node_pod("gpu-3", real_nodes.hello.name, [],
+    too_many = create(control_plane, real_node_pod("gpu-3", kube_nodes.hello.name, [],
                                                    resources={"limits": {"nvidia.com/gpu": "3"}}))  # fmt: skip
 
     def scheduled() -> dict[str, Any] | None:
@@ -186,10 +186,10 @@ def test_gpu_capacity_from_a_node_status_patch(control_plane: ControlPlane, real
     assert condition["reason"] == "Unschedulable" and "nvidia.com/gpu" in condition["message"], condition
 
 
-def test_stopped_kubelet_makes_its_node_not_ready(control_plane: ControlPlane, real_nodes: RealNodes,
+def test_stopped_kubelet_makes_its_node_not_ready(control_plane: ControlPlane, kube_nodes: RealNodes,
                                                   kubectl: Kubectl) -> None:  # fmt: skip
-    node = real_nodes.names[0]
-    real_nodes.stop_kubelet(node)
+    node = kube_nodes.names[0]
+    kube_nodes.stop_kubelet(node)
     try:
         wait_until(lambda: kubectl.run("get", "node", node, "--no-headers").stdout.split()[1] == "NotReady", 90,
                    f"{node} NotReady", interval=1)  # fmt: skip
@@ -197,12 +197,12 @@ def test_stopped_kubelet_makes_its_node_not_ready(control_plane: ControlPlane, r
                      if c["type"] == "Ready")  # fmt: skip
         assert ready["status"] == "Unknown" and ready["reason"] == "NodeStatusUnknown", ready
     finally:
-        real_nodes.start_kubelet(node)
-    assert real_nodes.nodes[node].ready()
+        kube_nodes.start_kubelet(node)
+    assert kube_nodes.nodes[node].ready()
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, real_nodes: RealNodes) -> Iterator[str]:
+def registry(tmp_path_factory: pytest.TempPathFactory, kube_nodes: RealNodes) -> Iterator[str]:
     """Debian's docker-registry (the distribution registry) on loopback, plain HTTP, trusted by the nodes."""
     for tool in ("docker-registry", "skopeo"):
         if shutil.which(tool) is None:
@@ -216,7 +216,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, real_nodes: RealNodes) ->
         proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: registry_up(host), 30, "the registry")
-        real_nodes.trust_registry(host)
+        kube_nodes.trust_registry(host)
         yield host
     finally:
         proc.terminate()
@@ -236,10 +236,10 @@ def push(archive: Path, reference: str) -> None:
                     f"docker://{reference}"], check=True, capture_output=True)  # fmt: skip
 
 
-def test_pull_from_a_loopback_registry(control_plane: ControlPlane, real_nodes: RealNodes, registry: str,
+def test_pull_from_a_loopback_registry(control_plane: ControlPlane, kube_nodes: RealNodes, registry: str,
                                        kubectl: Kubectl, ns: str) -> None:  # fmt: skip
     image = f"{registry}/speedrun-test/pulled:1"
-    push(real_nodes.hello.archive, image)
+    push(kube_nodes.hello.archive, image)
     pod = real_node_pod("pulled", image, ["pulled"], imagePullPolicy="Always")
     name = create(control_plane, pod)
     wait_phase(control_plane, name, "Succeeded")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.gke_tpu import GKE_TPU_ACCELERATOR, GKE_TPU_TOPOLOGY, TPU_TAINT
 from tests.cluster.network import PodNetwork
 from tests.cluster.node_agent import NodeAgent, NodeSpec

@@ -38,7 +38,7 @@ import yaml
 from speedrun_operator.builders.common import STORAGE_SECRET_KEYS
 from tests.cluster.chart import Release, installed_release
 from tests.cluster.control_plane import ControlPlane
-from tests.cluster.fixtures import kubectl_binary
+from tests.cluster.kubectl import kubectl_binary
 from tests.cluster.network import PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_run import release_operator

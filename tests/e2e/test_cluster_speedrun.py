@@ -27,7 +27,7 @@ import pytest
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.network import NamespaceNetwork, PodNetwork
 from tests.cluster.node_agent import NodeAgent
 from tests.cluster.prometheus import Prometheus, prometheus_binary

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster.control_plane import ControlPlane
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.kube_proxy import KubeProxy
 from tests.cluster.real_nodes import RealNodes
 from tests.cluster.real_speedrun import BUCKET, Served, chart_operator
@@ -46,7 +46,7 @@ def served(control_plane: ControlPlane, kubectl: Kubectl, service_proxy: KubePro
         yield served
 
 
-def test_tiny_speedrun_in_real_containers(control_plane: ControlPlane, real_nodes: RealNodes, kubectl: Kubectl,
+def test_tiny_speedrun_in_real_containers(control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl,
                                           built_images: dict[str, images.Image],
                                           served: Served, s3: GatedMotoServer) -> None:  # fmt: skip
     runs, operator_pod = served
@@ -54,7 +54,7 @@ def test_tiny_speedrun_in_real_containers(control_plane: ControlPlane, real_node
     status = operator_pod["status"]["containerStatuses"][0]
     print(f"\noperator pod {operator_pod['metadata']['name']} on {operator_pod['spec']['nodeName']}: "
           f"{status['image']} {status['imageID']}")  # fmt: skip
-    assert operator_pod["spec"]["nodeName"] in real_nodes.names
+    assert operator_pod["spec"]["nodeName"] in kube_nodes.names
     assert status["imageID"].endswith(built_images["operator"].digest), (status["imageID"], built_images["operator"])
 
     runs.apply(runs.manifest("tiny", **{"spec.train.steps": STEPS, "spec.train.checkpointEvery": CHECKPOINT_EVERY}))
@@ -66,7 +66,7 @@ def test_tiny_speedrun_in_real_containers(control_plane: ControlPlane, real_node
     # Both ranks ran in the trainer image on the real nodes; the eval pod in it too.
     print(f"pods: {where}")
     train = [p for p in pods if p["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name") == "tiny-train"]
-    assert len(train) == 2 and {p["spec"]["nodeName"] for p in train} <= set(real_nodes.names), where
+    assert len(train) == 2 and {p["spec"]["nodeName"] for p in train} <= set(kube_nodes.names), where
     trainer_ref = built_images["trainer"].ref
     assert {c["image"] for p in pods if p["metadata"]["name"].startswith("tiny-") for c in p["spec"]["containers"]} == {
         trainer_ref

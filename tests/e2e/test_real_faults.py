@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.control_plane import ControlPlane
-from tests.cluster.fixtures import Kubectl
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.kube_proxy import KubeProxy
 from tests.cluster.real_nodes import RealNodes
 from tests.cluster.real_speedrun import (
@@ -57,10 +57,10 @@ PULL_REASONS = ("ErrImagePull", "ImagePullBackOff")  # the kubelet alternates be
 
 
 @pytest.fixture(scope="module")
-def faults(control_plane: ControlPlane, kubectl: Kubectl, real_nodes: RealNodes, service_proxy: KubeProxy,
+def faults(control_plane: ControlPlane, kubectl: Kubectl, kube_nodes: RealNodes, service_proxy: KubeProxy,
            built_images: dict[str, images.Image], s3: GatedMotoServer) -> Iterator[Served]:  # fmt: skip
     with chart_operator(control_plane, kubectl, NAMESPACE, "speedrun-faults", built_images, s3) as served:
-        pull_on_every_node(control_plane, real_nodes, NAMESPACE, built_images["trainer"].ref)
+        pull_on_every_node(control_plane, kube_nodes, NAMESPACE, built_images["trainer"].ref)
         yield served
 
 

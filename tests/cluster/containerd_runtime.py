@@ -200,15 +200,7 @@ class Containerd:
         return left
 
     def _kill_containers(self) -> None:
-        """Containers outlive containerd (their shims hold them): kill each through runc."""
-        if not self.runc_root.exists():
-            return
-        for namespace_root in self.runc_root.iterdir():
-            listing = subprocess.run([RUNC, "--root", str(namespace_root), "list", "-q"], capture_output=True,
-                                     text=True)  # fmt: skip
-            for container in listing.stdout.split():
-                subprocess.run([RUNC, "--root", str(namespace_root), "kill", container, "KILL"], capture_output=True)
-                subprocess.run([RUNC, "--root", str(namespace_root), "delete", "-f", container], capture_output=True)
+        kill_runc_containers(self.runc_root)
 
     def _kill_shims(self) -> None:
         """The shims this node's containerd started: they carry its socket in their command line.
@@ -228,6 +220,17 @@ class Containerd:
             wait_until(lambda: not shims_of(marker), 10, "the shims gone")
         for socket in sockets:
             socket.unlink(missing_ok=True)
+
+
+def kill_runc_containers(runc_root: Path) -> None:
+    """Containers outlive containerd (their shims hold them): kill each through runc."""
+    if not runc_root.exists():
+        return
+    for namespace_root in runc_root.iterdir():
+        listing = subprocess.run([RUNC, "--root", str(namespace_root), "list", "-q"], capture_output=True, text=True)
+        for container in listing.stdout.split():
+            subprocess.run([RUNC, "--root", str(namespace_root), "kill", container, "KILL"], capture_output=True)
+            subprocess.run([RUNC, "--root", str(namespace_root), "delete", "-f", container], capture_output=True)
 
 
 def shims_of(marker: bytes) -> list[int]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -43,10 +42,10 @@ from tests.cluster.kubectl import Kubectl, kubectl_binary
 from tests.cluster.network import PodNetwork, pod_network
 from tests.cluster.real_nodes import SESSION_NODES, RealNodes
 from tests.cluster.speedruns import REAL_BUCKET, moto_s3
+from tests.cluster.static_images import compiler_missing
 from tests.support import images
 from tests.support.image_registry import running_registry
 from tests.support.s3 import GatedMotoServer
-from tests.cluster.static_images import compiler_missing
 
 POD_SUBNET = f"10.{200 + os.getpid() % 50}.{os.getpid() // 50 % 250}.0/24"  # one per session, off the Service range
 

@@ -39,6 +39,7 @@ from tests.cluster.api import ApiError
 from tests.cluster.containerd_runtime import SHIM_SOCKETS
 from tests.cluster.control_plane import ControlPlane, ControlPlaneError, wait_until
 from tests.cluster.kubelet_node import KubeletNode, node_address
+from tests.cluster.orphans import reap
 from tests.cluster.static_images import StaticImage, build_image
 
 DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
@@ -124,6 +125,8 @@ class RealNodes:
 
     def start(self) -> RealNodes:
         self._take_lock()
+        for line in reap(self.workdir, {n.address.bridge for n in self.nodes.values()}):
+            print(f"\nreal nodes: ended {line}", flush=True)
         self._made = [p for p in (DEVICE_PLUGINS.parent, CONTAINER_LOGS, SHIM_SOCKETS.parent) if not p.exists()]
         started = time.monotonic()
         self._bring_up(list(self.nodes))
@@ -227,22 +230,24 @@ class RealNodes:
                 self._lock.close()  # the flock goes with the file
 
     def _close(self, names: list[str]) -> None:
+        """Pods deleted through the apiserver first (their kubelets tear their networks down); an
+        apiserver that does not answer must not keep the nodes up: they are stopped regardless."""
         nodes = {n: self.nodes[n] for n in names}
         for name, node in nodes.items():
             if node.kubelet is None:
                 continue
-            for pod in self.pods_on(name):
-                meta = pod["metadata"]
-                with contextlib.suppress(ApiError):
+            with contextlib.suppress(ApiError, OSError):
+                for pod in self.pods_on(name):
+                    meta = pod["metadata"]
                     self.cp.admin.delete(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", grace=1)
         for name, node in nodes.items():
             if node.kubelet is not None:
-                with contextlib.suppress(ControlPlaneError):
+                with contextlib.suppress(ControlPlaneError, ApiError, OSError):
                     wait_until(lambda n=name: not self.pods_on(n), 60, f"the pods of {name} gone", interval=0.5)
         for node in nodes.values():
             node.stop()
         for name in nodes:
-            with contextlib.suppress(ApiError):
+            with contextlib.suppress(ApiError, OSError):
                 self.cp.admin.delete(f"/api/v1/nodes/{name}")
 
     def leftovers(self) -> list[str]:

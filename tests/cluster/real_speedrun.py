@@ -21,15 +21,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 from tests.cluster.api import ApiError
 from tests.cluster.chart import install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.real_nodes import RealNodes, real_node_pod
 from tests.cluster.speedruns import REAL_BUCKET as BUCKET
-from tests.cluster.speedruns import S3_SECRET, create_s3_secret, moto_s3, saved_steps, srj_events
+from tests.cluster.speedruns import S3_SECRET, create_s3_secret, saved_steps, srj_events
+from tests.support import images
 from tests.support.helpers import tiny_manifest, with_changes
 from tests.support.s3 import GatedMotoServer
 
@@ -152,9 +151,10 @@ def pull_on_every_node(cp: ControlPlane, nodes: RealNodes, namespace: str, ref: 
         cp.admin.create(pods, real_node_pod(name, ref, [], node=node, command=["true"]))
 
     def pulled() -> bool:
-        phases = [((cp.admin.get(f"{pods}/{name}") or {}).get("status") or {}).get("phase") for name in names]
-        assert "Failed" not in phases, f"a pull pod failed: {phases}"
-        return all(phase == "Succeeded" for phase in phases)
+        statuses = [(cp.admin.get(f"{pods}/{name}") or {}).get("status") or {} for name in names]
+        failed = [s.get("containerStatuses") or s for s in statuses if s.get("phase") == "Failed"]
+        assert not failed, f"a pull pod failed: {failed}"
+        return all(s.get("phase") == "Succeeded" for s in statuses)
 
     wait_until(pulled, OPERATOR_READY_TIMEOUT, f"{ref} pulled on every real node", interval=1.0)
     for name in names:

@@ -18,8 +18,8 @@ import pytest
 
 from speedrun_trainer.cli.launch import free_port
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.kubectl import Kubectl
 from tests.cluster.kube_proxy import KubeProxy
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.pki import SERVICE_IP
 from tests.cluster.real_nodes import RealNodes, real_node_pod
 

@@ -84,7 +84,7 @@ class PodPlayers:
         self._server = server.ThreadingHTTPServer((host, port), _handler(self))
         self._server.daemon_threads = True
         self.url = f"http://{host}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="pod-players", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="pod-players", daemon=True)
 
     def start(self) -> PodPlayers:
         self._thread.start()

@@ -1,10 +1,13 @@
 """The operator's lifecycle on the real control plane, with pods played instead of trained.
 
 The chart's operator (helm install, its ServiceAccount token: the chart's RBAC is enforced) drives
-SpeedrunJobs through Kubernetes' own Job controller, scheduler and garbage collector; the node
-agent runs the pods, and where training is not the point a pod is played (tests/cluster/players.py):
-it serves rank 0's gauges and exits when the test says, with the exit code, log line and
-termination message the test gives. What a user sees is read with kubectl where it fits.
+SpeedrunJobs through Kubernetes' own Job controller, scheduler and garbage collector; its pods run
+in real containers on the session's real kubelets (`kube_nodes`), from the player image (the
+chart's `trainer.image`, tests/cluster/players.py): where training is not the point a pod is
+played, serving rank 0's gauges and exiting when the test says, with the exit code, log line and
+termination message the test gives; a pod not played runs until deleted, as a long trainer would.
+Each pod asks for 100m CPU and 128Mi (the real nodes have the machine's 2 CPUs each, and a module's
+pods outlive their test). What a user sees is read with kubectl where it fits.
 Covers: the children (once, owned), Training -> Evaluating -> Succeeded with progress and results,
 an invalid spec fixed by a new generation, the trainer's config error after a restart, Kueue's
 label and admission, suspend/resume, spec edits reported not applied, the operator's metrics,
@@ -28,8 +31,8 @@ from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import CHART_VALUES, ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.node_agent import NodeAgent
-from tests.cluster.players import PodPlayers
+from tests.cluster.players import PlayerImage, PodPlayers
+from tests.cluster.real_nodes import RealNodes
 from tests.support.helpers import tiny_manifest
 
 pytestmark = pytest.mark.cluster
@@ -44,16 +47,22 @@ GAUGES = {"step": 42, "total_steps": 300, "train_loss": 2.5, "tokens_per_second"
           "eta_seconds": 90.0}  # fmt: skip
 
 
-def wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+# The pods' requests: the player needs little, and the real nodes have the machine's CPUs.
+POD_RESOURCES = {"spec.resources.cpu": "100m", "spec.resources.memory": "128Mi"}
+TIMEOUT = 120.0  # generous: the machine is shared, and a node's first pod pulls the player image
+
+
+def wait(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
     return wait_until(predicate, timeout, what, interval=0.2)
 
 
 @pytest.fixture(scope="module")
 def operator(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, pod_players: PodPlayers,
+    control_plane: ControlPlane, kube_nodes: RealNodes, player_image: PlayerImage, pod_players: PodPlayers,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ChartOperator]:  # fmt: skip
-    release = install_chart(control_plane, "speedrun-life", NAMESPACE, CHART_VALUES)
+    values = {**CHART_VALUES, **player_image.chart_values(pod_players)}
+    release = install_chart(control_plane, "speedrun-life", NAMESPACE, values)
     control_plane.namespace(NAMESPACE)
     overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
     with chart_operator(control_plane, release, tmp_path_factory.mktemp("operator"), **overrides) as op:
@@ -70,7 +79,7 @@ class Runs:
         self.cp, self.kubectl = cp, kubectl
 
     def apply(self, name: str, **changes: Any) -> dict[str, Any]:
-        doc = tiny_manifest(**changes)
+        doc = tiny_manifest(**{**POD_RESOURCES, **changes})
         doc["metadata"] = {"name": name, "namespace": NAMESPACE}
         self.kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump(doc))
         return self.get(name)
@@ -84,7 +93,7 @@ class Runs:
     def status(self, name: str) -> dict[str, Any]:
         return self.get(name).get("status") or {}
 
-    def wait_phase(self, name: str, phase: str, timeout: float = 60.0) -> dict[str, Any]:
+    def wait_phase(self, name: str, phase: str, timeout: float = TIMEOUT) -> dict[str, Any]:
         wait(lambda: self.status(name).get("phase") == phase, f"{name} {phase} (now {self.status(name)})", timeout)
         return self.status(name)
 
@@ -126,7 +135,7 @@ def exposition(values: dict[str, float]) -> str:
 
 
 def test_apply_trains_evaluates_and_succeeds_with_exactly_its_children(
-    runs: Runs, pod_players: PodPlayers, kubectl: Kubectl
+    runs: Runs, pod_players: PodPlayers, player_image: PlayerImage, kubectl: Kubectl
 ) -> None:
     port = free_port()
     pod_players.play("happy-train-", metrics_port=port, exposition=exposition(GAUGES), namespace=NAMESPACE)
@@ -156,7 +165,7 @@ def test_apply_trains_evaluates_and_succeeds_with_exactly_its_children(
     assert "--rdzv-endpoint=happy-train-0.happy:29400" in container["command"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["SPEEDRUN_STORAGE_URI"] == f"s3://speedrun-test/runs/{NAMESPACE}/happy"  # the chart's default
-    assert container["image"] == "registry.test/speedrun-trainer:test"
+    assert container["image"] == player_image.ref  # the chart's trainer.image
 
     assert len(pod_players.finish("happy-train-")) == 2
     runs.wait_phase("happy", "Evaluating")
@@ -168,6 +177,11 @@ def test_apply_trains_evaluates_and_succeeds_with_exactly_its_children(
 
     status = runs.wait_phase("happy", "Succeeded")
     assert status["results"] == {k: v for k, v in RESULTS.items() if v is not None} and status["completionTime"]
+    [eval_pod] = runs.pods("happy-eval")  # a real container: the kubelet read its /dev/termination-log
+    [container_status] = eval_pod["status"]["containerStatuses"]
+    assert container_status["imageID"].startswith(f"{player_image.repository}@sha256:"), container_status
+    terminated = container_status["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["message"]) == (0, json.dumps(RESULTS)), terminated
     for type_ in ("Evaluated", "ResultsPublished", "Succeeded"):
         assert runs.condition("happy", type_)["status"] == "True", type_
     assert runs.condition("happy", "Training")["reason"] == "TrainingSucceeded"
@@ -179,9 +193,9 @@ def test_apply_trains_evaluates_and_succeeds_with_exactly_its_children(
     assert row[:3] == ["happy", "Succeeded", "2"], row
 
 
-def test_an_invalid_spec_fails_and_a_fixed_generation_runs(runs: Runs, kube_nodes: NodeAgent) -> None:
-    kube_nodes.hold("invalid-train-")
-    runs.apply("invalid", **{"spec.train.batchSize": 12, "spec.train.deviceBatchSize": 8})
+def test_an_invalid_spec_fails_and_a_fixed_generation_runs(runs: Runs) -> None:
+    # 64 CPUs a pod: no real node fits one, so the fixed generation's pods stay Pending (Unschedulable).
+    runs.apply("invalid", **{"spec.train.batchSize": 12, "spec.train.deviceBatchSize": 8, "spec.resources.cpu": "64"})
     status = runs.wait_phase("invalid", "Failed")
     validated = runs.condition("invalid", "Validated")
     assert validated["message"].startswith("spec.train.batchSize: must divide evenly")
@@ -192,6 +206,10 @@ def test_an_invalid_spec_fails_and_a_fixed_generation_runs(runs: Runs, kube_node
     wait(lambda: runs.job("invalid-train"), "the training Job after the fix")
     assert runs.wait_phase("invalid", "Pending")["observedGeneration"] == 2
     assert runs.condition("invalid", "Failed") is None
+    unschedulable = wait(
+        lambda: [e for e in runs.events("invalid") if e[1] == "Unschedulable"], "the scheduler's reason"
+    )
+    assert "Insufficient cpu" in unschedulable[0][2], unschedulable  # the real scheduler's words
 
 
 def test_trainer_config_error_after_a_restart_fails_at_once_with_its_log_line(
@@ -283,15 +301,14 @@ def test_operator_serves_its_metrics(runs: Runs, operator: ChartOperator) -> Non
     assert "speedrun_operator_training_restarts_total" in text
 
 
-def test_render_matches_what_the_operator_creates(runs: Runs, kube_nodes: NodeAgent, tmp_path: Path) -> None:
+def test_render_matches_what_the_operator_creates(runs: Runs, tmp_path: Path) -> None:
     """`speedrun render` and the operator share builders: the same command, the rendezvous id aside."""
     from speedrun_operator.operator_commands import main
 
-    kube_nodes.hold("rendered-train-")
     runs.apply("rendered")
     live = wait(lambda: runs.job("rendered-train"), "the training Job")
     manifest = tmp_path / "rendered.yaml"
-    doc = tiny_manifest()
+    doc = tiny_manifest(**POD_RESOURCES)
     doc["metadata"] = {"name": "rendered", "namespace": NAMESPACE}
     manifest.write_text(yaml.safe_dump(doc))
     out = tmp_path / "out.json"
@@ -307,8 +324,7 @@ def test_render_matches_what_the_operator_creates(runs: Runs, kube_nodes: NodeAg
     ]
 
 
-def test_orphaned_children_are_adopted_not_duplicated(runs: Runs, kube_nodes: NodeAgent) -> None:
-    kube_nodes.hold("adopter-train-")
+def test_orphaned_children_are_adopted_not_duplicated(runs: Runs) -> None:
     orphan = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"run.json": "{}"},
               "metadata": {"name": "adopter-run", "labels": {"speedrun.dev/job": "adopter",
                                                               "speedrun.dev/role": "config"}}}  # fmt: skip

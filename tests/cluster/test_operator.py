@@ -3,8 +3,12 @@
 One release of charts/speedrun-operator serves the namespace NAMESPACE; the operator runs with
 its ServiceAccount's token (tests/cluster/chart.py), so any call the chart's Role does not grant
 is refused by the apiserver and fails the test. The Job controller, garbage collector and
-scheduler are Kubernetes' own; the training pods are held by the node agent (as during a slow
-image pull) so these tests need no training. Run: `pytest -m cluster tests/cluster/test_operator.py`.
+scheduler are Kubernetes' own, and the training pods go to the session's real kubelets
+(tests/cluster/real_nodes.py). These tests need no training: the chart's trainer image here
+(CHART_VALUES) names a registry under `.test`, a name that never resolves, so each kubelet fails
+the pull (ErrImagePull, then ImagePullBackOff) and the pods stay Pending as during a slow pull,
+which the operator shows as phase Pending until the start-up deadline (an hour by default).
+Needs root; run: `pytest -m cluster tests/cluster/test_operator.py`.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import CHART_VALUES, ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.node_agent import NodeAgent
+from tests.cluster.real_nodes import RealNodes
 from tests.support.helpers import tiny_manifest
 
 pytestmark = pytest.mark.cluster
 
 NAMESPACE = "speedruns-cp"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
+PULL_REASONS = ("ErrImagePull", "ImagePullBackOff")  # the kubelet alternates between them
 
 
 def wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
@@ -36,7 +41,7 @@ def wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
 
 @pytest.fixture(scope="module")
 def operator(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, tmp_path_factory: pytest.TempPathFactory
+    control_plane: ControlPlane, kube_nodes: RealNodes, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ChartOperator]:
     release = install_chart(control_plane, "speedrun", NAMESPACE, CHART_VALUES)
     control_plane.namespace(NAMESPACE)
@@ -63,6 +68,16 @@ def children(cp: ControlPlane, name: str) -> dict[str, list[str]]:
             for plural, base in paths.items()}  # fmt: skip
 
 
+def pull_refused(pod: dict[str, Any]) -> bool:
+    """The pod's kubelet tried the chart's trainer image and could not pull it."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return any(((s.get("state") or {}).get("waiting") or {}).get("reason") in PULL_REASONS for s in statuses)
+
+
+def held_pods(cp: ControlPlane) -> list[dict[str, Any]]:
+    return cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/pods", labels="speedrun.dev/job=held")
+
+
 def manifest(name: str, **changes: Any) -> dict[str, Any]:
     doc = tiny_manifest(**changes)
     doc["metadata"] = {"name": name, "namespace": NAMESPACE}
@@ -70,10 +85,9 @@ def manifest(name: str, **changes: Any) -> dict[str, Any]:
 
 
 def test_chart_rbac_suffices_from_apply_to_garbage_collection(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, kubectl: Kubectl, operator: ChartOperator
+    control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, operator: ChartOperator
 ) -> None:
     cp = control_plane
-    kube_nodes.hold("held-train-")
     kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump(manifest("held")))
     wait(lambda: len(children(cp, "held")["pods"]) == 2, "the Job controller's two training pods")
     uid = srj(cp, "held")["metadata"]["uid"]
@@ -85,11 +99,13 @@ def test_chart_rbac_suffices_from_apply_to_garbage_collection(
                  f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/held-train"):  # fmt: skip
         [owner] = cp.admin.get(path)["metadata"]["ownerReferences"]
         assert owner["uid"] == uid and owner["controller"] is True
-    pods = cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/pods", labels="speedrun.dev/job=held")
+    pods = held_pods(cp)
     indexes = sorted(p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] for p in pods)
     assert indexes == ["0", "1"] and all(p["spec"]["hostname"].startswith("held-train-") for p in pods)
-    wait(lambda: all(p["spec"].get("nodeName") for p in cp.admin.list(
-        f"/api/v1/namespaces/{NAMESPACE}/pods", labels="speedrun.dev/job=held")), "both pods scheduled")  # fmt: skip
+    # Both bound to real nodes, whose kubelets fail the pull: the pods exist and never run.
+    refused = wait(lambda: len(held := held_pods(cp)) == 2 and all(map(pull_refused, held)) and held,
+                   "both pods' kubelets to fail the trainer image's pull", timeout=120)  # fmt: skip
+    assert {p["spec"]["nodeName"] for p in refused} <= set(kube_nodes.names), refused
     assert wait(lambda: phase(cp, "held"), "a phase") == "Pending"
 
     table = kubectl.run("get", "srj", "held", "-n", NAMESPACE).stdout.splitlines()
@@ -97,7 +113,6 @@ def test_chart_rbac_suffices_from_apply_to_garbage_collection(
 
     kubectl.run("delete", "srj", "held", "-n", NAMESPACE, "--wait=true", "--timeout=60s")
     wait(lambda: not any(children(cp, "held").values()), "the children and pods garbage-collected", timeout=90)
-    kube_nodes.release("held-train-")
     assert operator.forbidden() == []
 
 

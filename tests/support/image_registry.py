@@ -71,8 +71,10 @@ class Registry:
     def ref(self, repository: str, tag: str) -> str:
         return f"{self.host}/{repository}:{tag}"
 
-    def _request(self, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-        req = urllib.request.Request(f"http://{self.host}{path}", method=method, headers={"Accept": MANIFEST_TYPES})
+    def _request(self, path: str, method: str = "GET", body: bytes | None = None,
+                 content_type: str = "") -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+        headers = {"Accept": MANIFEST_TYPES, **({"Content-Type": content_type} if content_type else {})}
+        req = urllib.request.Request(f"http://{self.host}{path}", data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, dict(resp.headers), resp.read()
@@ -98,6 +100,31 @@ class Registry:
         """Bytes a node downloads for the image: its compressed layers and its config."""
         manifest = self.manifest(repository, tag)
         return int(manifest["config"]["size"]) + sum(int(layer["size"]) for layer in manifest["layers"])
+
+    def copy(self, repository: str, tag: str, to_repository: str, to_tag: str) -> str:
+        """Push repository:tag again as to_repository:to_tag, as `skopeo copy` between two names
+        of one registry does: its blobs mounted (no bytes move), its manifest put unchanged, so
+        the digest is the same. Returns that digest."""
+        status, headers, body = self._request(f"/v2/{repository}/manifests/{tag}")
+        if status != 200:
+            raise RuntimeError(f"registry {self.host}: GET {repository}:{tag} answered {status}")
+        manifest = json.loads(body)
+        for blob in (manifest["config"], *manifest["layers"]):
+            mount = f"/v2/{to_repository}/blobs/uploads/?mount={blob['digest']}&from={repository}"
+            status = self._request(mount, method="POST", body=b"")[0]
+            if status != 201:
+                raise RuntimeError(f"registry {self.host}: mounting {blob['digest']} in {to_repository}: {status}")
+        content_type = headers.get("Content-Type") or manifest["mediaType"]
+        put = self._request(f"/v2/{to_repository}/manifests/{to_tag}", "PUT", body, content_type)
+        if put[0] != 201:
+            raise RuntimeError(f"registry {self.host}: PUT {to_repository}:{to_tag} answered {put[0]}")
+        return put[1].get("Docker-Content-Digest") or put[1].get("docker-content-digest") or ""
+
+    def delete(self, repository: str, digest: str) -> None:
+        """Drop the manifest `digest` (and every tag on it) from `repository` only; the blobs stay."""
+        status = self._request(f"/v2/{repository}/manifests/{digest}", method="DELETE")[0]
+        if status not in (202, 404):
+            raise RuntimeError(f"registry {self.host}: DELETE {repository}@{digest} answered {status}")
 
     def ready(self) -> bool:
         try:

@@ -6,7 +6,10 @@ tolerations, the metrics port on the rendezvous port, absurd counts, and manifes
 cannot run in a cluster (storage on one node's disk). `kubectl create --dry-run=server` sends
 each through the real kube-apiserver (OpenAPI patterns and limits, CEL rules), which must refuse it
 naming the field; the pydantic model refuses the same rows (except the cluster-only ones, which
-`speedrun run` accepts on one machine). Run: `pytest -m cluster tests/cluster/test_admission.py`.
+`speedrun run` accepts on one machine). A training Job the apiserver refuses after the SpeedrunJob
+was admitted (a ValidatingAdmissionPolicy) fails the job with its message; fixed, the Job is made
+and its pods go to the real nodes, where they wait on an image no registry holds (nothing trains).
+Run: `pytest -m cluster tests/cluster/test_admission.py`.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import pytest
 from speedrun_api.manifest import SpecError, parse_job
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_run import served_namespace
+from tests.cluster.real_nodes import RealNodes
 from tests.support.helpers import ROOT, tiny_manifest
 
 pytestmark = pytest.mark.cluster
@@ -157,6 +160,11 @@ REJECTING_NAMESPACE = "admission-policy"
 # namespace must carry a deadline. The training Job of a SpeedrunJob without
 # runPolicy.activeDeadlineSeconds is refused with 422, after the SpeedrunJob itself was admitted.
 POLICY_MESSAGE = "every Job in this namespace must set spec.activeDeadlineSeconds"
+# Nothing trains here: the training pods' image is a ref no registry holds, so the real kubelet
+# leaves them waiting (ErrImagePull, then ImagePullBackOff) and the job Pending, well inside the
+# start-up deadline (runPolicy.startupDeadlineSeconds, 3600 s by default).
+PULL_REASONS = ("ErrImagePull", "ImagePullBackOff")  # the kubelet alternates between them
+UNPULLABLE_TRAINER = {"trainer.image.repository": "localhost/speedrun-test/never-pulled", "trainer.image.tag": "none"}
 
 
 def deadline_policy(namespace: str) -> list[dict[str, Any]]:
@@ -178,9 +186,9 @@ def deadline_policy(namespace: str) -> list[dict[str, Any]]:
 
 
 def test_a_child_the_apiserver_refuses_fails_the_job_with_its_message(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, kubectl: Kubectl, tmp_path: Path
+    control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, tmp_path: Path
 ) -> None:
-    with served_namespace(control_plane, REJECTING_NAMESPACE, tmp_path) as served:
+    with served_namespace(control_plane, REJECTING_NAMESPACE, tmp_path, **UNPULLABLE_TRAINER) as served:
         kubectl.run(
             "apply",
             "-f",
@@ -195,7 +203,6 @@ def test_a_child_the_apiserver_refuses_fails_the_job_with_its_message(
             "create", "--dry-run=server", "-n", REJECTING_NAMESPACE, "-f", "-", stdin=json.dumps(probe),
             check=False).stderr, 60, "the admission policy to be enforced")  # fmt: skip
 
-        kube_nodes.hold("refused-train-")  # nothing to train here: the pods wait as in a slow image pull
         served.apply(kubectl, served.manifest("refused"))
         wait_until(lambda: served.phase("refused") == "Failed", 90, "phase Failed", interval=0.2)
         failed = served.condition("refused", "Failed")
@@ -211,6 +218,10 @@ def test_a_child_the_apiserver_refuses_fails_the_job_with_its_message(
                     "-p", json.dumps({"spec": {"runPolicy": {"activeDeadlineSeconds": 3600}}}))  # fmt: skip
         wait_until(lambda: served.job("refused") is not None, 90, "the training Job after the fix", interval=0.2)
         wait_until(lambda: served.phase("refused") == "Pending", 60, "phase Pending after the fix", interval=0.2)
+        # Its pods went to the real nodes, where the kubelet refuses the image: they never run.
+        wait_until(lambda: served.condition("refused", "Training").get("reason") in PULL_REASONS, 120,
+                   "the kubelet's pull error in the Training condition", interval=0.5)  # fmt: skip
+        assert served.phase("refused") == "Pending"
         served.delete(kubectl, "refused")
         kubectl.run(
             "delete",
@@ -218,4 +229,3 @@ def test_a_child_the_apiserver_refuses_fails_the_job_with_its_message(
             "-",
             stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": deadline_policy(REJECTING_NAMESPACE)}),
         )
-    kube_nodes.release("refused-train-")  # once the pods are gone (held pods are deleted at once)

@@ -5,7 +5,8 @@ their own processes with its ServiceAccount's token (tests/cluster/operator_proc
 pods of the Deployment would. The active replica is SIGKILLed (no cleanup, the Lease is not
 released, as when its node vanishes); the standby must take the Lease over and carry on, and no
 child is ever created twice: the apiserver's audit log holds exactly one successful create per
-child. Run: `pytest -m cluster tests/cluster/test_ha.py -s` (prints the measured hand-over).
+child. The training pods go to the real nodes and wait there on an image no registry holds:
+nothing trains. Run: `pytest -m cluster tests/cluster/test_ha.py -s` (prints the measured hand-over).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_process import OperatorProcess, operator_process
+from tests.cluster.real_nodes import RealNodes
 from tests.support.helpers import tiny_manifest
 
 pytestmark = pytest.mark.cluster
@@ -41,6 +42,10 @@ HA_VALUES = {
     "leaderElection.leaseDuration": str(LEASE_DURATION),
     "leaderElection.renewDeadline": "4",
     "leaderElection.retryPeriod": "1",
+    # A ref no registry holds: the real kubelet leaves the training pods waiting (ErrImagePull,
+    # then ImagePullBackOff) well inside the start-up deadline (3600 s by default).
+    "trainer.image.repository": "localhost/speedrun-test/never-pulled",
+    "trainer.image.tag": "none",
 }
 # The stated bound: the standby holds the Lease within this many seconds of the SIGKILL
 # (lease duration + retry period when the machine is idle; generous for shared CPUs).
@@ -105,51 +110,47 @@ def reconciled(replica: OperatorProcess) -> bool:
 
 
 def test_killing_the_active_replica_hands_over_without_duplicating_children(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, kubectl: Kubectl, tmp_path: Path
+    control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, tmp_path: Path
 ) -> None:
     cp = control_plane
     release = install_chart(cp, "speedrun-ha", NAMESPACE, HA_VALUES)
     cp.namespace(NAMESPACE)
-    kube_nodes.hold("ha-")  # no training: the pods wait as during a slow image pull
 
     def replica(name: str) -> Any:
         return operator_process(cp, release, tmp_path, name, SPEEDRUN_OPERATOR_METRICS_PORT=str(free_port()),
                                 SPEEDRUN_OPERATOR_LIVENESS=f"http://127.0.0.1:{free_port()}/healthz")  # fmt: skip
 
-    try:
-        with replica("replica-a") as a, replica("replica-b") as b:
-            apply(kubectl, "ha-one")
-            first = wait(lambda: all_children(cp, "ha-one"), "the children of ha-one")
-            active, standby = (a, b) if holder(cp) == a.name else (b, a)
-            assert holder(cp) == active.name and reconciled(active) and not reconciled(standby), (
-                f"lease holder {holder(cp)!r}; {a.name} reconciled: {reconciled(a)}, {b.name}: {reconciled(b)}"
-            )
+    with replica("replica-a") as a, replica("replica-b") as b:
+        apply(kubectl, "ha-one")
+        first = wait(lambda: all_children(cp, "ha-one"), "the children of ha-one")
+        active, standby = (a, b) if holder(cp) == a.name else (b, a)
+        assert holder(cp) == active.name and reconciled(active) and not reconciled(standby), (
+            f"lease holder {holder(cp)!r}; {a.name} reconciled: {reconciled(a)}, {b.name}: {reconciled(b)}"
+        )
 
-            killed_at = time.monotonic()
-            active.kill()
-            wait(lambda: holder(cp) == standby.name, "the standby to take the Lease", timeout=HANDOVER_BOUND)
-            handover = time.monotonic() - killed_at
-            print(f"\nhand-over: the standby held the Lease {handover:.1f} s after the SIGKILL "
-                  f"(lease duration {LEASE_DURATION} s)")  # fmt: skip
-            assert lease(cp)["spec"]["leaseTransitions"] >= 1
+        killed_at = time.monotonic()
+        active.kill()
+        wait(lambda: holder(cp) == standby.name, "the standby to take the Lease", timeout=HANDOVER_BOUND)
+        handover = time.monotonic() - killed_at
+        print(f"\nhand-over: the standby held the Lease {handover:.1f} s after the SIGKILL "
+              f"(lease duration {LEASE_DURATION} s)")  # fmt: skip
+        assert lease(cp)["spec"]["leaseTransitions"] >= 1
 
-            apply(kubectl, "ha-two")
-            wait(lambda: all_children(cp, "ha-two"), "the children of ha-two from the new active replica")
-            # The children may come from the new replica's resync before its create handler has run
-            # (both reconcile): wait for the handler rather than assume the order.
-            wait(lambda: reconciled(standby), "the new active replica's create handler")
-            # The new active replica resumed ha-one: the same children, none re-created.
-            wait(lambda: "ha-one" in standby.log(), "the new active replica to resume ha-one")
-            assert children(cp, "ha-one") == first
-            assert standby.forbidden() == [] and active.forbidden() == []
+        apply(kubectl, "ha-two")
+        wait(lambda: all_children(cp, "ha-two"), "the children of ha-two from the new active replica")
+        # The children may come from the new replica's resync before its create handler has run
+        # (both reconcile): wait for the handler rather than assume the order.
+        wait(lambda: reconciled(standby), "the new active replica's create handler")
+        # The new active replica resumed ha-one: the same children, none re-created.
+        wait(lambda: "ha-one" in standby.log(), "the new active replica to resume ha-one")
+        assert children(cp, "ha-one") == first
+        assert standby.forbidden() == [] and active.forbidden() == []
 
-            user = f"system:serviceaccount:{NAMESPACE}:{release.service_account}"
-            expected = [f"{kind}/{name}{suffix}" for name in ("ha-one", "ha-two")
-                        for kind, suffix in (("configmaps", "-run"), ("services", ""), ("jobs", "-train"))]  # fmt: skip
-            # The audit backend writes in batches (every second): wait until it has them all.
-            creates = wait(lambda: (lambda c: c if all(k in c for k in expected) else None)(
-                successful_creates(cp.audit_log, user)), "the creates in the audit log")  # fmt: skip
-            assert {k: creates[k] for k in expected} == dict.fromkeys(expected, 1), creates
-            cp.drain(NAMESPACE, SRJ_PATH, timeout=120)
-    finally:
-        kube_nodes.release("ha-")
+        user = f"system:serviceaccount:{NAMESPACE}:{release.service_account}"
+        expected = [f"{kind}/{name}{suffix}" for name in ("ha-one", "ha-two")
+                    for kind, suffix in (("configmaps", "-run"), ("services", ""), ("jobs", "-train"))]  # fmt: skip
+        # The audit backend writes in batches (every second): wait until it has them all.
+        creates = wait(lambda: (lambda c: c if all(k in c for k in expected) else None)(
+            successful_creates(cp.audit_log, user)), "the creates in the audit log")  # fmt: skip
+        assert {k: creates[k] for k in expected} == dict.fromkeys(expected, 1), creates
+        cp.drain(NAMESPACE, SRJ_PATH, timeout=120)

@@ -6,7 +6,8 @@ namespace and none outside, tests/cluster/tenant.py) installs the chart with `he
 token, takes a SpeedrunJob to its children without one refused request: no ClusterRole is
 rendered and the operator makes no cluster-scoped call (kopf's Namespace/CRD scanning is off).
 The apiserver's audit log is the witness for the second part. It also shows the operator's Job
-watch carries the server-side label selector, so unrelated Jobs are never sent to it.
+watch carries the server-side label selector, so unrelated Jobs are never sent to it. The training
+pods go to the real nodes and wait there on an image no registry holds: nothing trains.
 Run: `pytest -m cluster tests/cluster/test_namespaced.py`.
 """
 
@@ -24,7 +25,7 @@ from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import ChartOperator, chart_operator
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.node_agent import NodeAgent
+from tests.cluster.real_nodes import RealNodes
 from tests.cluster.tenant import helm_install_as, namespace_admin
 from tests.support.helpers import ROOT, tiny_manifest
 
@@ -32,12 +33,21 @@ pytestmark = pytest.mark.cluster
 
 NAMESPACE = "speedruns-tenant"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
-VALUES = {"operator.defaultStorageUri": "s3://speedrun-test/runs", "operator.resyncInterval": "5"}
+# The trainer image is a ref no registry holds: the real kubelet leaves the training pods waiting
+# (ErrImagePull, then ImagePullBackOff) well inside the start-up deadline (3600 s by default).
+VALUES = {"operator.defaultStorageUri": "s3://speedrun-test/runs", "operator.resyncInterval": "5",
+          "trainer.image.repository": "localhost/speedrun-test/never-pulled", "trainer.image.tag": "none"}  # fmt: skip
 MANAGED = "app.kubernetes.io/managed-by=speedrun-operator"
+PULL_REASONS = ("ErrImagePull", "ImagePullBackOff")  # the kubelet alternates between them
 
 
 def wait(predicate: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
     return wait_until(predicate, timeout, what, interval=0.2)
+
+
+def training_reason(cp: ControlPlane) -> str:
+    conditions = ((cp.admin.get(f"{SRJ_PATH}/tenant") or {}).get("status") or {}).get("conditions") or []
+    return next((c.get("reason", "") for c in conditions if c["type"] == "Training"), "")
 
 
 def audit_requests(cp: ControlPlane, user: str) -> list[dict[str, Any]]:
@@ -49,7 +59,7 @@ def audit_requests(cp: ControlPlane, user: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def tenant_operator(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
+    control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ChartOperator]:
     cp = control_plane
     kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "speedrunjob.yaml"))
@@ -63,19 +73,18 @@ def tenant_operator(
 
 
 def test_a_namespace_admin_installs_and_runs_a_speedrun_with_namespaced_rbac_only(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, kubectl: Kubectl, tenant_operator: ChartOperator
+    control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, tenant_operator: ChartOperator
 ) -> None:
     cp = control_plane
-    kube_nodes.hold("tenant-")
     doc = tiny_manifest()
     doc["metadata"] = {"name": "tenant", "namespace": NAMESPACE}
     kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump(doc))
-    try:
-        wait(lambda: cp.admin.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/tenant-train"), "the training Job")
-        assert cp.admin.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/tenant-run")
-        assert cp.admin.get(f"/api/v1/namespaces/{NAMESPACE}/services/tenant")
-    finally:
-        kube_nodes.release("tenant-")
+    wait(lambda: cp.admin.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/tenant-train"), "the training Job")
+    assert cp.admin.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/tenant-run")
+    assert cp.admin.get(f"/api/v1/namespaces/{NAMESPACE}/services/tenant")
+    # Its pods reached a real kubelet, which refuses the image; the operator reads their status
+    # and posts the reason (a Warning Event) inside the namespace too.
+    wait(lambda: training_reason(cp) in PULL_REASONS, "the kubelet's pull error in the Training condition", 120)
     assert tenant_operator.forbidden() == []
     release = tenant_operator.release
     user = f"system:serviceaccount:{release.namespace}:{release.service_account}"

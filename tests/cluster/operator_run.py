@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from speedrun_trainer.cli.launch import free_port
-from tests.cluster.chart import ChartOperator, Release, chart_operator, install_chart
+from tests.cluster.chart import NEVER_PULLED, ChartOperator, Release, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.kubectl import Kubectl
 from tests.support.helpers import tiny_manifest
@@ -30,8 +30,7 @@ BASE_VALUES = {
     "operator.defaultStorageUri": "s3://speedrun-test/runs",
     "operator.progressInterval": "1",
     "operator.resyncInterval": "2",
-    "trainer.image.repository": "registry.test/speedrun-trainer",
-    "trainer.image.tag": "test",
+    **NEVER_PULLED,
 }
 
 

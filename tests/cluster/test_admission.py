@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from speedrun_api.manifest import SpecError, parse_job
+from tests.cluster.chart import NEVER_PULLED, PULL_REASONS
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.operator_run import served_namespace
@@ -163,8 +164,6 @@ POLICY_MESSAGE = "every Job in this namespace must set spec.activeDeadlineSecond
 # Nothing trains here: the training pods' image is a ref no registry holds, so the real kubelet
 # leaves them waiting (ErrImagePull, then ImagePullBackOff) and the job Pending, well inside the
 # start-up deadline (runPolicy.startupDeadlineSeconds, 3600 s by default).
-PULL_REASONS = ("ErrImagePull", "ImagePullBackOff")  # the kubelet alternates between them
-UNPULLABLE_TRAINER = {"trainer.image.repository": "localhost/speedrun-test/never-pulled", "trainer.image.tag": "none"}
 
 
 def deadline_policy(namespace: str) -> list[dict[str, Any]]:
@@ -188,7 +187,7 @@ def deadline_policy(namespace: str) -> list[dict[str, Any]]:
 def test_a_child_the_apiserver_refuses_fails_the_job_with_its_message(
     control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, tmp_path: Path
 ) -> None:
-    with served_namespace(control_plane, REJECTING_NAMESPACE, tmp_path, **UNPULLABLE_TRAINER) as served:
+    with served_namespace(control_plane, REJECTING_NAMESPACE, tmp_path, **NEVER_PULLED) as served:
         kubectl.run(
             "apply",
             "-f",

@@ -19,9 +19,9 @@ import pytest
 
 from tests.cluster.api import ApiError
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.real_nodes import CPU_NODES, GPU_NODE
 from tests.cluster.network import NamespaceNetwork
 from tests.cluster.node_agent import NodeAgent
+from tests.cluster.real_nodes import CPU_NODES, GPU_NODE
 
 pytestmark = pytest.mark.cluster
 

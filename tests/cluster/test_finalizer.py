@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.chart import chart_operator, install_chart
+from tests.cluster.chart import NEVER_PULLED, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.real_nodes import RealNodes
@@ -28,10 +28,11 @@ from tests.support.helpers import tiny_manifest
 pytestmark = pytest.mark.cluster
 
 NAMESPACE = "speedruns-gone"
-# The trainer image is a ref no registry holds: the real kubelet leaves the training pods waiting
-# (ErrImagePull, then ImagePullBackOff) well inside the start-up deadline (3600 s by default).
-VALUES = {"operator.defaultStorageUri": "s3://speedrun-test/runs", "operator.resyncInterval": "5",
-          "trainer.image.repository": "localhost/speedrun-test/never-pulled", "trainer.image.tag": "none"}  # fmt: skip
+VALUES = {
+    "operator.defaultStorageUri": "s3://speedrun-test/runs",
+    "operator.resyncInterval": "5",
+    **NEVER_PULLED,
+}  # the pods wait in ErrImagePull: chart.py
 CHILDREN = {"configmaps": "/api/v1", "services": "/api/v1", "jobs": "/apis/batch/v1"}
 
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from speedrun_trainer.cli.launch import free_port
-from tests.cluster.chart import install_chart
+from tests.cluster.chart import NEVER_PULLED, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.operator_process import OperatorProcess, operator_process
@@ -42,10 +42,7 @@ HA_VALUES = {
     "leaderElection.leaseDuration": str(LEASE_DURATION),
     "leaderElection.renewDeadline": "4",
     "leaderElection.retryPeriod": "1",
-    # A ref no registry holds: the real kubelet leaves the training pods waiting (ErrImagePull,
-    # then ImagePullBackOff) well inside the start-up deadline (3600 s by default).
-    "trainer.image.repository": "localhost/speedrun-test/never-pulled",
-    "trainer.image.tag": "none",
+    **NEVER_PULLED,  # the pods wait in ErrImagePull (chart.py)
 }
 # The stated bound: the standby holds the Lease within this many seconds of the SIGKILL
 # (lease duration + retry period when the machine is idle; generous for shared CPUs).

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from speedrun_operator.operator_metrics import REGISTRY
-from tests.cluster.chart import ChartOperator, chart_operator, install_chart
+from tests.cluster.chart import NEVER_PULLED, PULL_REASONS, ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.real_nodes import RealNodes
@@ -32,10 +32,11 @@ pytestmark = pytest.mark.cluster
 NAMESPACE = "speedruns-kueue"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
 JOB_PATH = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/queued-train"
-# The trainer image as in chart.py's CHART_VALUES: a registry that does not exist.
-VALUES = {"operator.defaultStorageUri": "s3://speedrun-test/runs", "operator.resyncInterval": "2",
-          "trainer.image.repository": "registry.test/speedrun-trainer", "trainer.image.tag": "test"}  # fmt: skip
-PULL_REASONS = ("ErrImagePull", "ImagePullBackOff")  # the kubelet alternates between them
+VALUES = {
+    "operator.defaultStorageUri": "s3://speedrun-test/runs",
+    "operator.resyncInterval": "2",
+    **NEVER_PULLED,
+}  # the pods wait in ErrImagePull (chart.py)
 
 
 def wait(predicate: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:

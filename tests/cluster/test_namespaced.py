@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from speedrun_trainer.cli.launch import free_port
-from tests.cluster.chart import ChartOperator, chart_operator
+from tests.cluster.chart import NEVER_PULLED, PULL_REASONS, ChartOperator, chart_operator
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.real_nodes import RealNodes
@@ -33,12 +33,12 @@ pytestmark = pytest.mark.cluster
 
 NAMESPACE = "speedruns-tenant"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
-# The trainer image is a ref no registry holds: the real kubelet leaves the training pods waiting
-# (ErrImagePull, then ImagePullBackOff) well inside the start-up deadline (3600 s by default).
-VALUES = {"operator.defaultStorageUri": "s3://speedrun-test/runs", "operator.resyncInterval": "5",
-          "trainer.image.repository": "localhost/speedrun-test/never-pulled", "trainer.image.tag": "none"}  # fmt: skip
+VALUES = {
+    "operator.defaultStorageUri": "s3://speedrun-test/runs",
+    "operator.resyncInterval": "5",
+    **NEVER_PULLED,
+}  # the pods wait in ErrImagePull: chart.py
 MANAGED = "app.kubernetes.io/managed-by=speedrun-operator"
-PULL_REASONS = ("ErrImagePull", "ImagePullBackOff")  # the kubelet alternates between them
 
 
 def wait(predicate: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:

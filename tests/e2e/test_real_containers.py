@@ -25,8 +25,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster.control_plane import ControlPlane
-from tests.cluster.kubectl import Kubectl
 from tests.cluster.kube_proxy import KubeProxy
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.real_nodes import RealNodes
 from tests.cluster.real_speedrun import BUCKET, Served, chart_operator
 from tests.cluster.speedruns import s3_client

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from tests.cluster.control_plane import ControlPlane
-from tests.cluster.kubectl import Kubectl
 from tests.cluster.kube_proxy import KubeProxy
+from tests.cluster.kubectl import Kubectl
 from tests.cluster.real_nodes import RealNodes
 from tests.cluster.real_speedrun import (
     BUCKET,

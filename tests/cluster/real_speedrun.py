@@ -21,15 +21,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 from tests.cluster.api import ApiError
 from tests.cluster.chart import install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.real_nodes import RealNodes, real_node_pod
 from tests.cluster.speedruns import REAL_BUCKET as BUCKET
-from tests.cluster.speedruns import S3_SECRET, create_s3_secret, moto_s3, saved_steps, srj_events
+from tests.cluster.speedruns import S3_SECRET, create_s3_secret, saved_steps, srj_events
+from tests.support import images
 from tests.support.helpers import tiny_manifest, with_changes
 from tests.support.s3 import GatedMotoServer
 
@@ -140,20 +139,24 @@ class RealSpeedruns:
         return status
 
 
-def pull_on_every_node(cp: ControlPlane, nodes: RealNodes, namespace: str, ref: str) -> None:
-    """Have each real node's kubelet pull `ref`: a pod running `true` in it on every node, to Succeeded.
+def pull_on_every_node(cp: ControlPlane, nodes: RealNodes, namespace: str, ref: str,
+                       on: list[str] | None = None) -> None:  # fmt: skip
+    """Have each real node's kubelet (or those named `on`) pull `ref`: a pod running `true` in it on
+    every node, to Succeeded.
 
     A test of a pod that never starts for another reason (a missing Secret: the kubelet pulls the
     image before it reads the Secret) must not race its start-up deadline against the 3.3 GB
     trainer pull of a session's first use, which takes from seconds to minutes with the machine's load."""
     pods = f"/api/v1/namespaces/{namespace}/pods"
-    names = [f"pull-{node}" for node in nodes.names]
-    for name, node in zip(names, nodes.names, strict=True):
+    targets = on if on is not None else nodes.names
+    names = [f"pull-{node}" for node in targets]
+    for name, node in zip(names, targets, strict=True):
         cp.admin.create(pods, real_node_pod(name, ref, [], node=node, command=["true"]))
 
     def pulled() -> bool:
-        phases = [((cp.admin.get(f"{pods}/{name}") or {}).get("status") or {}).get("phase") for name in names]
-        assert "Failed" not in phases, f"a pull pod failed: {phases}"
+        found = [(cp.admin.get(f"{pods}/{name}") or {}).get("status") or {} for name in names]
+        phases = [status.get("phase") for status in found]
+        assert "Failed" not in phases, f"a pull pod failed: {found}"  # e.g. Evicted: the disk is full
         return all(phase == "Succeeded" for phase in phases)
 
     wait_until(pulled, OPERATOR_READY_TIMEOUT, f"{ref} pulled on every real node", interval=1.0)

@@ -109,7 +109,8 @@ def test_rank_0_starting_minutes_late_still_trains_and_counts_no_failure(
                 failed = (job.get("status") or {}).get("failed", 0)
                 assert failed == 0, f"a pod failed while rank 0 was held: {job.get('status')}\n{runs.nodes.log_tails()}"
                 assert runs.status(name).get("restarts", 0) == 0, runs.status(name)
-                assert (rank(runs, name, "0") or {}).get("status", {}).get("phase") == "Pending"
+                phase = (rank(runs, name, "0") or {}).get("status", {}).get("phase")
+                assert phase == "Pending", f"rank 0's pod {phase} while its node is down"
                 time.sleep(1)
 
         runs.follow(name, "Succeeded")  # the eval pod, too, needs a node with the label

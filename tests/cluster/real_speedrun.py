@@ -139,22 +139,25 @@ class RealSpeedruns:
         return status
 
 
-def pull_on_every_node(cp: ControlPlane, nodes: RealNodes, namespace: str, ref: str) -> None:
-    """Have each real node's kubelet pull `ref`: a pod running `true` in it on every node, to Succeeded.
+def pull_on_every_node(cp: ControlPlane, nodes: RealNodes, namespace: str, ref: str,
+                       on: list[str] | None = None) -> None:  # fmt: skip
+    """Have each real node's kubelet (or those named `on`) pull `ref`: a pod running `true` in it on
+    every node, to Succeeded.
 
     A test of a pod that never starts for another reason (a missing Secret: the kubelet pulls the
     image before it reads the Secret) must not race its start-up deadline against the 3.3 GB
     trainer pull of a session's first use, which takes from seconds to minutes with the machine's load."""
     pods = f"/api/v1/namespaces/{namespace}/pods"
-    names = [f"pull-{node}" for node in nodes.names]
-    for name, node in zip(names, nodes.names, strict=True):
+    targets = on if on is not None else nodes.names
+    names = [f"pull-{node}" for node in targets]
+    for name, node in zip(names, targets, strict=True):
         cp.admin.create(pods, real_node_pod(name, ref, [], node=node, command=["true"]))
 
     def pulled() -> bool:
-        statuses = [(cp.admin.get(f"{pods}/{name}") or {}).get("status") or {} for name in names]
-        failed = [s.get("containerStatuses") or s for s in statuses if s.get("phase") == "Failed"]
-        assert not failed, f"a pull pod failed: {failed}"
-        return all(s.get("phase") == "Succeeded" for s in statuses)
+        found = [(cp.admin.get(f"{pods}/{name}") or {}).get("status") or {} for name in names]
+        phases = [status.get("phase") for status in found]
+        assert "Failed" not in phases, f"a pull pod failed: {found}"  # e.g. Evicted: the disk is full
+        return all(phase == "Succeeded" for phase in phases)
 
     wait_until(pulled, OPERATOR_READY_TIMEOUT, f"{ref} pulled on every real node", interval=1.0)
     for name in names:

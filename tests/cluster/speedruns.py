@@ -1,16 +1,21 @@
 """Real speedruns on the control plane: one namespace, S3 and chart operator per test module.
 
-The fault tests of issue 12 (rendezvous under start-up skew, gang restart, Job TTL and
-conditions) each need what tests/e2e/test_cluster_speedrun.py sets up for itself: moto's S3 on the pod
-network, the chart installed into the module's own namespace, the operator run with the chart's
-ServiceAccount token, and helpers to follow a SpeedrunJob and read its Jobs, pods and checkpoints.
+The e2e speedruns with faults (tests/e2e/test_cluster_*.py: rendezvous under start-up skew, gang
+restart, Job TTL, a killed pod, an operator restart) each need the same: moto's S3 on the pod
+network's host address (real containers reach it, nothing beyond does), the chart installed into
+the module's own namespace with the trainer image built from the Dockerfile (`built_images`), and
+its operator run as a process of the test with the chart's ServiceAccount token, so a test can
+stop and start it at will (the operator in its own pod is tests/e2e/test_real_*.py's subject).
+The training and eval pods run that trainer image on the real kubelets (`kube_nodes`), pulled on
+every node before the first test so that no wait races a session's first 3.3 GB pull.
 `speedrun_env(...)` yields a `Speedruns` holding all of it (`moto_s3(...)` the S3 part alone);
 every wait is on a condition with a generous timeout (the machine is shared), never a sleep of
 fixed length.
 
     @pytest.fixture(scope="module")
-    def runs(control_plane, kube_nodes, pod_net, tmp_path_factory):
-        with speedrun_env(control_plane, kube_nodes, pod_net, tmp_path_factory, "speedruns-gang") as env:
+    def runs(control_plane, kube_nodes, pod_net, built_images, tmp_path_factory):
+        with speedrun_env(control_plane, kube_nodes, pod_net, tmp_path_factory, "speedruns-gang",
+                          built_images=built_images) as env:
             yield env
 """
 
@@ -22,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -33,25 +38,31 @@ from tests.cluster.api import ApiError
 from tests.cluster.chart import ChartOperator
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.network import NamespaceNetwork, PodNetwork
-from tests.cluster.node_agent import NodeAgent
 from tests.cluster.operator_run import chart_operator_in
+from tests.cluster.real_nodes import CPU_NODES, RealNodes
+from tests.support import images
 from tests.support.helpers import tiny_manifest
 from tests.support.s3 import S3_CREDENTIALS, GatedMotoServer
 
 S3_SECRET = "speedrun-s3"
 BUCKET = "runs"
 REAL_BUCKET = "real"  # the session's `s3` fixture's (fixtures.py)
-TIMEOUT = 300.0
+TIMEOUT = 600.0  # a real container's start-up (torch's import) on a loaded machine, then the run
 INDEX = "batch.kubernetes.io/job-completion-index"
+# The CPU nodes, where the CPU-tiny jobs run (as a cluster keeps CPU jobs off its GPU nodes): the
+# trainer image is pulled on those only, ~9 GB (content + unpacked) of the machine's disk each.
+CPU_POOL = {"speedrun.test/pool": "cpu"}
 
 
 @dataclass
 class Speedruns:
     cp: ControlPlane
-    nodes: NodeAgent
+    nodes: RealNodes
     namespace: str
     s3: str
     operator: ChartOperator
+    gate: GatedMotoServer  # the S3 server at `s3`, whose PUTs a test can hold
+    node_selector: dict[str, str] = field(default_factory=dict)  # every job's spec.resources.nodeSelector
 
     @property
     def srj_path(self) -> str:
@@ -59,7 +70,8 @@ class Speedruns:
 
     def manifest(self, name: str, steps: int, every: int, **changes: Any) -> dict[str, Any]:
         doc = tiny_manifest(**{"spec.train.steps": steps, "spec.train.checkpointEvery": every,
-                               "spec.train.evalEvery": 1000, **changes})  # fmt: skip
+                               "spec.train.evalEvery": 1000, "spec.resources.nodeSelector": self.node_selector,
+                               **changes})  # fmt: skip
         doc["metadata"] = {"name": name, "namespace": self.namespace}
         doc["spec"]["storage"] = {"uri": f"s3://{BUCKET}/{name}", "endpointUrl": self.s3,
                                   "secretRef": {"name": S3_SECRET}}  # fmt: skip
@@ -81,6 +93,12 @@ class Speedruns:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return srj_events(self.cp, self.namespace, name)
+
+    def log(self, pod: dict[str, Any]) -> str:
+        """All the pod's container has logged, through the apiserver (the kubelet's API)."""
+        from tests.cluster.real_speedrun import pod_log  # it imports this module's constants
+
+        return pod_log(self.cp, pod, lines=None)
 
     def saved_steps(self, name: str) -> list[int]:
         return saved_steps(self.s3, BUCKET, f"{name}/checkpoints/")
@@ -134,15 +152,47 @@ def s3_client(url: str) -> Any:
 
 @contextlib.contextmanager
 def speedrun_env(
-    cp: ControlPlane, nodes: NodeAgent, pod_net: PodNetwork, tmp: pytest.TempPathFactory, namespace: str,
-    values: dict[str, str] | None = None,
+    cp: ControlPlane, nodes: RealNodes, pod_net: PodNetwork, tmp: pytest.TempPathFactory, namespace: str,
+    values: dict[str, str] | None = None, *, built_images: dict[str, images.Image] | None = None,
 ) -> Iterator[Speedruns]:  # fmt: skip
-    """S3 on the pod network + the chart in `namespace` + its operator; drained on exit."""
+    """S3 on the pod network + the chart in `namespace` + its operator; drained on exit.
+
+    With `built_images` the chart's trainer image is the one built from the Dockerfile, pulled on
+    the CPU nodes before the first job, and every job's nodeSelector is CPU_POOL, a label the CPU
+    nodes carry meanwhile (without, `values` name the trainer image and jobs go anywhere)."""
+    from tests.cluster.real_speedrun import pull_on_every_node, split  # it imports this module's constants
+
+    trainer: dict[str, str] = {}
+    if built_images is not None:
+        repository, tag = split(built_images["trainer"].ref)
+        trainer = {"trainer.image.repository": repository, "trainer.image.tag": tag}
     with moto_s3(pod_net, BUCKET) as s3:
-        chart_values = {"operator.progressInterval": "1", "operator.resyncInterval": "5", **(values or {})}
+        chart_values = {"operator.progressInterval": "1", "operator.resyncInterval": "5", **trainer, **(values or {})}
         with chart_operator_in(cp, namespace, tmp.mktemp("operator"), chart_values) as op:
             create_s3_secret(cp, namespace)
-            yield Speedruns(cp, nodes, namespace, s3.url, op)
+            if built_images is None:
+                yield Speedruns(cp, nodes, namespace, s3.url, op, s3)
+                return
+            with labelled(cp, CPU_NODES, CPU_POOL):
+                pull_on_every_node(cp, nodes, namespace, built_images["trainer"].ref, on=list(CPU_NODES))
+                yield Speedruns(cp, nodes, namespace, s3.url, op, s3, CPU_POOL)
+
+
+@contextlib.contextmanager
+def labelled(cp: ControlPlane, names: tuple[str, ...], labels: dict[str, str]) -> Iterator[None]:
+    """Nodes carrying `labels` inside the block (`kubectl label node`); removed after it."""
+
+    def patch(values: dict[str, str | None]) -> None:
+        for name in names:
+            cp.admin.request("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"labels": values}},
+                             content_type="application/merge-patch+json")  # fmt: skip
+
+    patch(dict(labels))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ApiError):
+            patch(dict.fromkeys(labels))
 
 
 @contextlib.contextmanager

@@ -5,8 +5,9 @@ when training ends, a Job it had not yet seen finish must still be there when it
 operator gives the Job its TTL only after recording the outcome), and it must never create a
 second training Job.
 
-Needs root for the speedrun (network namespaces); run:
-`pytest -m cluster tests/e2e/test_cluster_job_ttl.py`.
+The training and eval pods run the trainer image built from the Dockerfile on the real kubelets
+(tests/cluster/speedruns.py); the operator is a process of the test, so that it can be stopped.
+Needs root (real nodes); run: `pytest -m cluster tests/e2e/test_cluster_job_ttl.py`.
 """
 
 from __future__ import annotations
@@ -17,26 +18,35 @@ import pytest
 
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.network import PodNetwork
-from tests.cluster.node_agent import NodeAgent
+from tests.cluster.real_nodes import RealNodes
 from tests.cluster.speedruns import JobRecorder, Speedruns, speedrun_env, true_conditions
+from tests.support import images
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
 def runs(
-    control_plane: ControlPlane, kube_nodes: NodeAgent, pod_net: PodNetwork, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Speedruns]:
-    with speedrun_env(control_plane, kube_nodes, pod_net, tmp_path_factory, "speedruns-ttl") as env:
+    control_plane: ControlPlane, kube_nodes: RealNodes, pod_net: PodNetwork,
+    built_images: dict[str, images.Image], tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Speedruns]:  # fmt: skip
+    with speedrun_env(control_plane, kube_nodes, pod_net, tmp_path_factory, "speedruns-ttl",
+                      built_images=built_images) as env:  # fmt: skip
         yield env
 
 
 def test_ttl_zero_never_reruns_training_even_when_the_operator_missed_the_end(runs: Speedruns) -> None:
     name, train = "ephemeral", "ephemeral-train"
     with JobRecorder(runs.cp, runs.namespace) as jobs:
-        runs.create(runs.manifest(name, 30, 10, **{"spec.runPolicy.ttlSecondsAfterFinished": 0}))
-        runs.follow(name, "Training")
-        runs.operator.stop()
+        # Rank 0 waits at its first checkpoint until the operator is down: training cannot end
+        # before the operator has seen it start, however fast the machine trains.
+        runs.gate.hold(rf"/{name}/checkpoints/model_000010\.pt$")
+        try:
+            runs.create(runs.manifest(name, 30, 10, **{"spec.runPolicy.ttlSecondsAfterFinished": 0}))
+            runs.follow(name, "Training")
+            runs.operator.stop()
+        finally:
+            runs.gate.release()
         try:  # training ends while nobody records it; the TTL controller is running
             runs.wait_for(lambda: any("Complete" in true_conditions(j) for _, j in jobs.versions(train)),
                           "the training Job Complete without the operator")  # fmt: skip

@@ -5,10 +5,11 @@ up: kubelets and containerds start in sessions of their own, so they outlive pyt
 containers outlive them (their shims hold them). They keep running pods against a control plane
 that is gone, holding the trainer image's 6 GB per node, CPU and the machine's kube-proxy rules.
 Only one session at a time may run real nodes (real_nodes.LOCK), so once a session holds the lock
-every other `speedrun-nodes-*` directory, cgroup root `/speedrun-<pid>-*` and `srn*` bridge is
-such a leftover: `reap(ours, bridges)` kills what runs there (containers through runc, then every
-process whose command line names the directory), unmounts, removes the cgroups, the bridges and
-the directory, and returns what it ended, one line each.
+every other `speedrun-nodes-*` directory that holds a node (not only the images a session waiting
+for the lock has made), cgroup root `/speedrun-<pid>-*` and `srn*` bridge is such a leftover:
+`reap(ours, bridges)` kills what runs there (containers through runc, then every process whose
+command line names the directory), unmounts, removes the cgroups, the bridges and the directory,
+and returns what it ended, one line each.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def kill_cgroup(root: Path) -> None:
 def reap(ours: Path, bridges: set[str]) -> list[str]:
     ended = []
     for directory in sorted(Path(tempfile.gettempdir()).glob(f"{PREFIX}*")):
-        if directory.resolve() == ours.resolve() or not directory.is_dir():
-            continue
+        if directory.resolve() == ours.resolve() or not any(directory.glob("*/containerd")):
+            continue  # ours, or a session that waits for the lock (its images are made, no node yet)
         for runc_root in directory.glob("*/containerd/state/runc"):
             kill_runc_containers(runc_root)
         for pid in processes_naming(str(directory) + "/"):

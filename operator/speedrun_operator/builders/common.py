@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from speedrun_api.accelerators import lookup
+from speedrun_api.accelerators import GOOGLE_TPU, NVIDIA_GPU, lookup
 from speedrun_api.crd import cluster_problems
 from speedrun_api.manifest import EXIT_INVALID
 from speedrun_api.run_contract import ENV_CACHE_DIR, ENV_JOB_NAME, ENV_RUN_ID, ENV_STORAGE_URI, resolve_storage_uri
@@ -25,6 +25,8 @@ CACHE_DIR = "/var/cache/speedrun"
 # The keys of spec.storage.secretRef and spec.tracking.wandb.secretRef (docs/contracts.md).
 STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 WANDB_SECRET_KEY = "WANDB_API_KEY"
+
+ACCELERATOR_TAINTS = (GOOGLE_TPU, NVIDIA_GPU)  # the taint keys GKE puts on accelerator node pools
 
 
 class BuildError(ValueError):
@@ -223,8 +225,13 @@ def node_selector(job: SpeedrunJob, settings: OperatorSettings, accelerator: boo
     return out
 
 
-def tolerations(job: SpeedrunJob) -> list[dict[str, Any]]:
-    return [t.model_dump(by_alias=True, exclude_none=True) for t in job.spec.resources.tolerations]
+def tolerations(job: SpeedrunJob, accelerator: bool = True) -> list[dict[str, Any]]:
+    """The spec's tolerations; a pod that asks for no accelerator (a TPU run's CPU evaluation) drops
+    those of the accelerator taints (`google.com/tpu`, `nvidia.com/gpu`, GKE's), which only keep
+    other pods off the slice's hosts: it would otherwise take a TPU host's CPU and pull the trainer
+    image there."""
+    out = [t.model_dump(by_alias=True, exclude_none=True) for t in job.spec.resources.tolerations]
+    return out if accelerator else [t for t in out if t.get("key") not in ACCELERATOR_TAINTS]
 
 
 def pod_spec(
@@ -246,8 +253,8 @@ def pod_spec(
     selector = node_selector(job, settings, accelerator)
     if selector:
         spec["nodeSelector"] = selector
-    if r.tolerations:
-        spec["tolerations"] = tolerations(job)
+    if tolerations(job, accelerator):
+        spec["tolerations"] = tolerations(job, accelerator)
     if r.priority_class_name:
         spec["priorityClassName"] = r.priority_class_name
     return spec

@@ -5,8 +5,10 @@ kube-controller-manager and kube-scheduler, as controller-runtime's envtest and 
 - kube-apiserver: secure port only, on every address (its advertise address, the `kubernetes`
   Service's endpoint, is this machine's primary one: host_address()), client-certificate
   authentication against the session CA, `--authorization-mode=Node,RBAC` with NodeRestriction
-  (as kubeadm), the kubelets' API reached at their InternalIP with a client certificate of the
-  session CA, service-account issuer and signing keys (TokenRequest works), the default admission
+  (as kubeadm) and ExtendedResourceToleration (as GKE, EKS and AKS: a pod that requests
+  `nvidia.com/gpu` tolerates the GPU nodes' taint), the kubelets' API reached at their
+  InternalIP with a client certificate of the session CA, service-account issuer and signing keys
+  (TokenRequest works), the default admission
   plugins (NamespaceLifecycle, ServiceAccount, TaintNodesByCondition, PodSecurity, Priority,
   ResourceQuota, ValidatingAdmissionPolicy, ... as the release enables them), and an audit log
   (Metadata level, one JSON line per request) for the API-request counts of the bench.
@@ -183,7 +185,7 @@ class ControlPlane:
             f"--service-account-key-file={sa.cert}", f"--service-account-signing-key-file={sa.key}",
             # Node,RBAC and NodeRestriction as kubeadm sets them: the real nodes' kubelets
             # (kubelet_node.py) act as system:node:<name> on their own Node and pods only.
-            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction,ExtendedResourceToleration",
             "--allow-privileged=true",
             # `kubectl logs/exec` through the apiserver reach a real node's kubelet at its InternalIP,
             # which presents a serving certificate of the session CA and asks for one of ours.

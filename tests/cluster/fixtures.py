@@ -4,7 +4,7 @@
                     one per test session (control_plane.py); skips with one line naming what is
                     missing (the binaries: `make cluster-bin`, which needs Go)
     kube_nodes      the session's real nodes (real_nodes.py: kubelet v1.36.3 + containerd 2.x each):
-                    node-cpu-0, node-cpu-1 and node-gpu-0 (2 x nvidia.com/gpu advertised,
+                    node-cpu-0, node-cpu-1 and node-gpu-0 (2 x nvidia.com/gpu advertised, GKE's taint,
                     label speedrun.dev/gpu=true), the static pause and hello images imported;
                     they trust the plain-HTTP registries named in $SPEEDRUN_TEST_REGISTRIES
                     (host:port, comma-separated); skips with one line when not root, or runc,

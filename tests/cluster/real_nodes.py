@@ -61,7 +61,10 @@ CPU_NODES = ("node-cpu-0", "node-cpu-1")
 GPU_NODE = "node-gpu-0"
 SESSION_NODES = (
     *(NodeSpec(n) for n in CPU_NODES),
-    NodeSpec(GPU_NODE, labels={"speedrun.dev/gpu": "true"}, resources={GPU: 2}),
+    # Tainted as GKE (and EKS, AKS) taint GPU node pools; the apiserver's ExtendedResourceToleration
+    # gives a pod that requests nvidia.com/gpu the toleration, as on those clouds. So a CPU pod
+    # never lands here, nor pulls the 6 GB trainer image here.
+    NodeSpec(GPU_NODE, labels={"speedrun.dev/gpu": "true"}, taints=(f"{GPU}=present:NoSchedule",), resources={GPU: 2}),
 )
 
 
@@ -71,7 +74,8 @@ def real_node_pod(name: str, image: str, args: list[str], *, node: str | None = 
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": 2,
-        **({"nodeSelector": {"kubernetes.io/hostname": node}} if node else {}),
+        # A pod pinned to a node by name tolerates its taints, as a DaemonSet's do.
+        **({"nodeSelector": {"kubernetes.io/hostname": node}, "tolerations": [{"operator": "Exists"}]} if node else {}),
         "containers": [{"name": "main", "image": image, "args": args, "imagePullPolicy": "IfNotPresent",
                         **({"resources": resources} if resources else {}), **container}],
     }  # fmt: skip

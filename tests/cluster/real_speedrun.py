@@ -141,14 +141,14 @@ class RealSpeedruns:
 
 def pull_on_every_node(cp: ControlPlane, nodes: RealNodes, namespace: str, ref: str,
                        on: list[str] | None = None) -> None:  # fmt: skip
-    """Have each real node's kubelet (or those named `on`) pull `ref`: a pod running `true` in it on
-    every node, to Succeeded.
+    """Have each untainted node's kubelet (where a CPU job's pods can land; or those named `on`) pull
+    `ref`: a pod running `true` in it on each, to Succeeded.
 
     A test of a pod that never starts for another reason (a missing Secret: the kubelet pulls the
     image before it reads the Secret) must not race its start-up deadline against the 3.3 GB
     trainer pull of a session's first use, which takes from seconds to minutes with the machine's load."""
     pods = f"/api/v1/namespaces/{namespace}/pods"
-    targets = on if on is not None else nodes.names
+    targets = on if on is not None else [n for n in nodes.names if not nodes.specs[n].taints]
     names = [f"pull-{node}" for node in targets]
     for name, node in zip(names, targets, strict=True):
         cp.admin.create(pods, real_node_pod(name, ref, [], node=node, command=["true"]))

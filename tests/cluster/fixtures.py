@@ -77,7 +77,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 def pod_net(control_plane: ControlPlane) -> Iterator[PodNetwork]:
     network = pod_network(control_plane.workdir, locate()["coredns"], control_plane.kubeconfig, POD_SUBNET)
     if network.reason:
-        print(f"\nnode agent: {network.reason}")
+        print(f"\npod network: {network.reason}")
     try:
         yield network
     finally:

@@ -2,9 +2,9 @@
 paths through real processes); helpers they share are in tests/support. Each tier's own fixtures
 are in its conftest.py.
 
-The control-plane fixtures (control_plane, kube_nodes, kubectl) serve both tests/cluster and the
+The control-plane fixtures (control_plane, kube_nodes, kubectl, slow_registry) serve both tests/cluster and the
 e2e speedruns on the control plane, so they load here: pytest takes `pytest_plugins` only from
 the root conftest.
 """
 
-pytest_plugins = ["tests.cluster.fixtures"]
+pytest_plugins = ["tests.cluster.fixtures", "tests.cluster.slow_registry"]

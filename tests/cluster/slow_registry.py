@@ -24,15 +24,21 @@ Use a name once per session: a node that pulled a ref has it, and `IfNotPresent`
 from __future__ import annotations
 
 import http.client
+import io
+import json
 import re
 import shutil
 import subprocess
+import tarfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.cluster.static_images import write_oci_archive
 
 NODE_HEADER = "X-Speedrun-Node"
 PATH = re.compile(r"^/v2/(?P<name>[^/]+)/(?P<repository>.+)/(?P<kind>manifests|blobs|tags)/(?P<rest>.*)$")
@@ -167,6 +173,26 @@ def name_nodes(nodes: Any, host: str) -> None:
         )
 
 
+def served_hello(archive: Path, out: Path) -> Path:
+    """The static hello image with other bytes (a comment after the program): not the image every
+    node imported. A pull of the same content under another name would share its blobs and image
+    id, and with containerd's `discard_unpacked_layers` the node then lost the imported name."""
+    with tarfile.open(archive) as tar:
+
+        def blob(digest: str) -> bytes:
+            member = tar.extractfile(f"blobs/sha256/{digest.split(':')[1]}")
+            assert member is not None, digest
+            return member.read()
+
+        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+        manifest = json.loads(blob(index["manifests"][0]["digest"]))
+        layer = blob(manifest["layers"][0]["digest"])
+    with tarfile.open(fileobj=io.BytesIO(layer)) as files:
+        binary = files.extractfile("hello").read()  # type: ignore[union-attr]
+    write_oci_archive(out, "localhost/speedrun-test/hello-served:0", "hello", binary + b"\n# slow registry\n")
+    return out
+
+
 def push_archive(archive: str, ref: str) -> None:
     """An OCI archive (a static image's) into the upstream registry as `ref` (skopeo, plain HTTP)."""
     subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci-archive:{archive}",
@@ -174,15 +200,18 @@ def push_archive(archive: str, ref: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def slow_registry(kube_nodes: Any, built_images: dict[str, Any]) -> Iterator[SlowRegistry]:
-    """The proxy in front of the built images' registry, trusted by every node, the static hello
+def slow_registry(
+    kube_nodes: Any, built_images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SlowRegistry]:
+    """The proxy in front of the built images' registry, trusted by every node, a static hello
     image pushed there too (a pull of a few hundred kB once released)."""
     if shutil.which("skopeo") is None:
         pytest.skip("slow registry: needs `skopeo` to push the hello image (apt: skopeo)")
     trainer = built_images["trainer"].ref
     upstream = trainer.split("/", 1)[0]
-    hello = f"{upstream}/{kube_nodes.hello.name.removeprefix('localhost/')}"
-    push_archive(str(kube_nodes.hello.archive), hello)
+    archive = served_hello(kube_nodes.hello.archive, tmp_path_factory.mktemp("slow-registry") / "hello.oci.tar")
+    hello = f"{upstream}/speedrun-test/hello-served:{kube_nodes.hello.name.rpartition(':')[2]}"
+    push_archive(str(archive), hello)
     registry = SlowRegistry(upstream, hello_ref=hello, trainer_ref=trainer)
     try:
         kube_nodes.trust_registry(registry.host)

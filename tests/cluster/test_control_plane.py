@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.api import ApiError
-from tests.cluster.control_plane import ControlPlane, wait_until
+from tests.cluster.control_plane import ControlPlane, ControlPlaneError, wait_until
 from tests.cluster.real_nodes import RealNodes
 from tests.cluster.real_speedrun import pod_log, pull_on_every_node
 from tests.cluster.slow_registry import SlowRegistry
@@ -91,6 +91,19 @@ def waiting(cp: ControlPlane, ns: str, job_name: str) -> dict[str, Any]:
 
 def pod_events(cp: ControlPlane, ns: str, pod: dict[str, Any]) -> list[dict[str, Any]]:
     return cp.admin.list(f"/api/v1/namespaces/{ns}/events", fields=f"involvedObject.name={pod['metadata']['name']}")
+
+
+def wait_job(cp: ControlPlane, ns: str, job_name: str, predicate: Callable[[], Any], what: str,
+             timeout: float = 120.0) -> Any:  # fmt: skip
+    """`wait`, and on a timeout where the Job's pods are and what their kubelets said of them."""
+    try:
+        return wait(predicate, what, timeout)
+    except ControlPlaneError as err:
+        found = [(p["metadata"]["name"], p["spec"].get("nodeName"), p["status"].get("phase"),
+                  [c.get("state") for c in p["status"].get("containerStatuses") or []],
+                  [(e["reason"], e.get("message")) for e in pod_events(cp, ns, p)])
+                 for p in pods(cp, ns, job_name)]  # fmt: skip
+        raise AssertionError(f"{err}; pods of Job {job_name}: {found}") from None
 
 
 def test_service_account_token_is_held_to_rbac(control_plane: ControlPlane, ns: str) -> None:
@@ -176,9 +189,14 @@ def test_deleting_a_job_stops_and_collects_its_pods(
 ) -> None:
     cp = control_plane
     cp.admin.create(f"/apis/batch/v1/namespaces/{ns}/jobs", job("sleeper", kube_nodes.hello.name, ["sleep"]))
-    wait(lambda: [p for p in pods(cp, ns, "sleeper") if p["status"].get("phase") == "Running"], "sleeper Running")
+
+    def running() -> list[dict[str, Any]]:
+        return [p for p in pods(cp, ns, "sleeper") if p["status"].get("phase") == "Running"]
+
+    sleeper = wait_job(cp, ns, "sleeper", running, "sleeper Running")[0]
+    assert pod_log(cp, sleeper).strip() == "hello: sleeping"
     cp.admin.delete(f"/apis/batch/v1/namespaces/{ns}/jobs/sleeper")
-    wait(lambda: not pods(cp, ns, "sleeper"), "the sleeper's pod gone (garbage collector, then its kubelet)")
+    wait_job(cp, ns, "sleeper", lambda: not pods(cp, ns, "sleeper"), "the pod gone (garbage collector, then kubelet)")
 
 
 def test_pods_resolve_each_other_through_cluster_dns(control_plane: ControlPlane, trainer: str, ns: str) -> None:

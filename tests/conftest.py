@@ -3,8 +3,8 @@ paths through real processes); helpers they share are in tests/support. Each tie
 are in its conftest.py.
 
 The control-plane fixtures (control_plane, kube_nodes, kubectl; the players' player_image and
-pod_players) serve both tests/cluster and the e2e speedruns on the control plane, so they load
-here: pytest takes `pytest_plugins` only from the root conftest.
+pod_players; slow_registry) serve both tests/cluster and the e2e speedruns on the control plane,
+so they load here: pytest takes `pytest_plugins` only from the root conftest.
 """
 
-pytest_plugins = ["tests.cluster.fixtures", "tests.cluster.players"]
+pytest_plugins = ["tests.cluster.fixtures", "tests.cluster.players", "tests.cluster.slow_registry"]

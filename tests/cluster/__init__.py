@@ -1,2 +1,2 @@
-"""The control-plane test tier: real etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-CoreDNS (built by binaries.py), the pods run by our node agent as local processes (docs/testing.md)."""
+"""The control-plane test tier: real etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+CoreDNS, kube-proxy and real nodes (kubelet + containerd), built by binaries.py (docs/testing.md)."""

@@ -4,7 +4,7 @@
 the cluster CA, and speaks plain REST paths: get/list/create/patch/delete, the status
 subresource, and `watch`, a generator of (type, object) events from a streaming watch.
 The operator under test uses its own client (operator/speedrun_operator/kube.py); this one is
-only how the tests and the node agent talk to the cluster.
+only how the tests talk to the cluster.
 
     api = Api(server, ca, cert=..., key=...)
     api.create("/api/v1/namespaces/x/configmaps", {...})

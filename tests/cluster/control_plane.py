@@ -202,8 +202,8 @@ class ControlPlane:
             "--use-service-account-credentials=true",
             f"--service-account-private-key-file={sa.key}", f"--root-ca-file={ca.cert}",
             "--concurrent-job-syncs=20",
-            # A stopped kubelet's node goes NotReady after 30 s (50 s by default); the node agent's
-            # heartbeat is 5 s, the real kubelets' 4 s (kubelet_node.py).
+            # A stopped kubelet's node goes NotReady after 30 s (50 s by default); the kubelets'
+            # heartbeat is 4 s (kubelet_node.py).
             "--node-monitor-grace-period=30s",
         ])  # fmt: skip
         self._spawn("kube-scheduler", [

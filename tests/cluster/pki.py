@@ -9,7 +9,7 @@ certificates of each component, identified as Kubernetes' bootstrap RBAC policy 
     admin                      CN=speedrun-test-admin, O=system:masters
     kube-controller-manager    CN=system:kube-controller-manager
     kube-scheduler             CN=system:kube-scheduler
-    node agent                 CN=system:node:<name>, O=system:nodes
+    each kubelet               CN=system:node:<name>, O=system:nodes
 
 and the service-account signing key pair (the apiserver signs TokenRequest tokens with the
 private key and verifies them with the public one; the controller-manager's token controller

@@ -1,6 +1,6 @@
 """A slow image pull made real: a registry proxy that holds a pull until the test releases it.
 
-The node agent could keep a pod in ContainerCreating by fiat; a real kubelet shows that reason
+A real kubelet shows a pod ContainerCreating
 while containerd pulls the pod's image. So this HTTP reverse proxy stands in front of the session's
 loopback registry (tests/support/image_registry.py, where `built_images` pushed) and serves every
 image there under a name of the test's: `<host>/<name>/<repository>:<tag>` is the registry's

@@ -1,5 +1,5 @@
-"""Real nodes (kubelet v1.36.3 + containerd 2.x + runc + CNI) under the control plane: what the
-node agent acts out, done for real — images imported and pulled from a loopback registry, pods
+"""Real nodes (kubelet v1.36.3 + containerd 2.x + runc + CNI) under the control plane, each
+part for real — images imported and pulled from a loopback registry, pods
 run in containers, logs and exec through the apiserver, real pull and config errors, extended
 resources from a node status patch, a stopped kubelet's node going NotReady."""
 

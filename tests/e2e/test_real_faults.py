@@ -1,7 +1,7 @@
 """Faults in real containers: what the operator does when real kubelets kill, fail to pull, or fail to start.
 
-The faults tests/e2e/test_cluster_gang_restart.py and tests/cluster/test_pending.py act with the
-Python node agent are here real: the chart's operator and the trainer run the images built from
+The faults of tests/e2e/test_cluster_gang_restart.py and tests/cluster/test_pending.py, here with
+the operator in its own pod: the chart's operator and the trainer run the images built from
 the Dockerfile on real kubelets (tests/cluster/real_speedrun.py), and each fault is made the way
 a user or the cluster makes it:
 - `kubectl delete pod` of a training pod: the kubelet sends the container SIGTERM, the Job

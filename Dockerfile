@@ -128,7 +128,8 @@ RUN { getent group 1000 >/dev/null || groupadd --gid 1000 speedrun; } \
 COPY requirements/trainer-tpu.txt /opt/speedrun/requirements/
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/venv/bin/pip install --require-hashes -r /opt/speedrun/requirements/trainer-tpu.txt
-# The project last, in its own small layer over the venv.
+# The project last, in its own small layer over the venv; the image imports the JAX backend's
+# loop and step (jax, optax, torchax, torch), as jax_main does, before it is done.
 COPY pyproject.toml README.md /src/
 COPY api/ /src/api/
 COPY trainer/ /src/trainer/
@@ -136,7 +137,8 @@ COPY operator/ /src/operator/
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/venv/bin/pip install --no-deps /src \
  && rm -rf /src \
- && /opt/venv/bin/python3 -c "import jax, torchax, torch, speedrun_trainer; print('jax', jax.__version__, 'torch', torch.__version__)"
+ && /opt/venv/bin/python3 -c "import jax, torchax, torch, speedrun_trainer, speedrun_trainer.train.jax_loop; \
+print('jax', jax.__version__, 'torch', torch.__version__)"
 # jax and libtpu cache under HOME; the pods mount /tmp and the shard cache as emptyDirs.
 ENV PATH=/opt/venv/bin:$PATH HOME=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     SPEEDRUN_CACHE_DIR=/var/cache/speedrun

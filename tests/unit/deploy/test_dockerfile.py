@@ -190,6 +190,7 @@ def test_tpu_trainer_target_is_python_3_12_with_jax_and_a_read_only_root() -> No
     assert STAGES["trainer-tpu"].base == "${TPU_PYTHON_IMAGE}"
     [check] = [run for run in STAGES["trainer-tpu"].all("RUN") if "import jax, torchax, torch, speedrun_trainer" in run]
     assert "pip install --no-deps /src" in check, "the installed image imports its stack, as it builds"
+    assert "speedrun_trainer.train.jax_loop" in check, "jax_main's loop and step, whose imports the lock must hold"
     assert GLOBAL_ARGS["TPU_PYTHON_IMAGE"] == "python:3.12-slim-bookworm"
     assert "--python-version 3.12" in (ROOT / "requirements" / "trainer-tpu.txt").read_text().splitlines()[1]
     assert any("HOME=/tmp" in env for env in STAGES["trainer-tpu"].all("ENV"))

@@ -90,7 +90,7 @@ def find_interpreter() -> Interpreter:
     """The machine's CPython 3.12 (python312: PATH's, else pyenv's), with its shared libpython."""
     found = python312()
     if found is None:
-        raise RuntimeError("no Python 3.12 here (python3.12 on PATH or pyenv's 3.12): the TPU image's base needs one")
+        raise RuntimeError("no Python 3.12 here (python3.12 on PATH or pyenv's 3.12)")
     probe = "import json, sys, sysconfig; print(json.dumps([sys.base_prefix, sys.version, sysconfig.get_config_var('Py_ENABLE_SHARED')]))"  # noqa: E501
     prefix, version, shared = json.loads(subprocess.run([found, "-c", probe], capture_output=True, text=True,
                                                         check=True).stdout)  # fmt: skip

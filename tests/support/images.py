@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tests.support.base_image import REPOSITORY as BASE_REPOSITORY
 from tests.support.base_image import ensure_base
-from tests.support.base_image_312 import ensure_base_312
+from tests.support.base_image_312 import ensure_base_312, find_interpreter
 from tests.support.helpers import ROOT
 from tests.support.image_registry import CACHE, Registry, running_registry
 
@@ -65,13 +65,18 @@ class Image:
     pull_bytes: int
 
 
-def missing_tools() -> str | None:
-    """Why images cannot be built here (one line), or None."""
+def missing_tools(names: tuple[str, ...] = IMAGES) -> str | None:
+    """Why images `names` cannot be built here (one line), or None."""
     tools = [t for t in ("buildah", "debootstrap", "docker-registry", "make") if shutil.which(t) is None]
     if tools:
         return f"needs {', '.join(tools)} (Debian: apt-get install buildah debootstrap docker-registry)"
     if os.geteuid() != 0:
         return "needs root (debootstrap and buildah's storage)"
+    if "TPU_PYTHON_IMAGE" in {BASE_ARG[name] for name in names}:
+        try:
+            find_interpreter()
+        except RuntimeError as err:
+            return f"the TPU image's base: {err}"
     return None
 
 
@@ -191,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    reason = missing_tools()
+    reason = missing_tools(tuple(args.images))
     if reason:
         print(f"images: {reason}; the tests that run them skip", file=sys.stderr)
         return 0 if args.optional else 1

@@ -156,3 +156,16 @@ def test_a_later_registry_on_another_port_finds_what_an_earlier_one_pushed(tmp_p
         assert second.digest("speedrun/operator", "t1") == digest
         assert second.digest("speedrun/operator", "t2") is None
         assert second.pull_size("speedrun/operator", "t1") == size
+
+
+def test_without_python_3_12_only_the_tpu_image_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`build --optional --images trainer-tpu` on a machine with no CPython 3.12 says why in one
+    line (and exits 0) instead of failing mid-build; the other images do not need one."""
+    from tests.support import base_image_312
+
+    monkeypatch.setattr(base_image_312, "python312", lambda: None)
+    base = images.missing_tools(("operator", "trainer"))
+    tpu = images.missing_tools(("trainer", "trainer-tpu"))
+    if base is not None:
+        pytest.skip(f"images cannot be built here at all: {base}")
+    assert tpu == "the TPU image's base: no Python 3.12 here (python3.12 on PATH or pyenv's 3.12)"

@@ -11,9 +11,10 @@
 #
 # Each installs its lock, hash-checked: requirements/operator.txt (the base dependencies) and
 # requirements/trainer.txt (train, wandb, gcs, fp8), resolved by `make lock` for CPython 3.11 on
-# x86_64 Linux, the python:3.11 image's. The trainer's torch is PyPI's 2.13.0, which on Linux x86_64
-# is the CUDA build: its CUDA libraries ride along as nvidia-* wheels (the node brings the driver),
-# so one image serves CPU and GPU nodes (~6.3 GB; 3.3 GB to pull).
+# x86_64 Linux, the python:3.11 image's (the TPU image's requirements/trainer-tpu.txt: 3.12's).
+# The trainer's torch is PyPI's 2.13.0, which on Linux x86_64 is the CUDA build: its CUDA
+# libraries ride along as nvidia-* wheels (the node brings the driver), so one image serves CPU
+# and GPU nodes (~6.3 GB; 3.3 GB to pull).
 # BASE picks another base image for the trainer (e.g. nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04);
 # one without python3 gets Debian/Ubuntu's (Ubuntu 24.04's 3.12 installs the 3.11 lock: its hashes
 # cover every wheel of each pinned version; 3.10, e.g. Ubuntu 22.04's, does not).
@@ -22,7 +23,7 @@
 # and buildah keep it on the build machine, never in a layer), so a rebuild after a lock change
 # downloads only the wheels that changed, and the trainer and TPU images share the nvidia-* wheels.
 #
-# Both run as UID/GID 1000 (the operator's SPEEDRUN_OPERATOR_RUN_AS_USER default) and work with a
+# All three run as UID/GID 1000 (the operator's SPEEDRUN_OPERATOR_RUN_AS_USER default) and work with a
 # read-only root filesystem: HOME is /tmp, which the pods mount as an emptyDir. Layers go from
 # least to most often changed: dependencies (from the locks) before the source.
 
@@ -113,27 +114,31 @@ CMD ["speedrun", "--help"]
 # (docs/contracts.md), python:3.12 (jax 0.12 needs >= 3.12), requirements/trainer-tpu.txt: jax[tpu]
 # with libtpu, torchax and torch 2.13.0 (the GPT is torch code run through torchax), hash-checked.
 # torch is PyPI's (its nvidia-* wheels ride along unused: a CPU-index torch cannot be hash-locked
-# from where the locks are made). Same user, HOME and read-only root as the trainer image.
-FROM ${TPU_PYTHON_IMAGE} AS trainer-tpu-build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
-RUN python3 -m venv /opt/venv
-WORKDIR /src
-COPY requirements/trainer-tpu.txt requirements/
-RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --require-hashes -r requirements/trainer-tpu.txt
-COPY pyproject.toml README.md ./
-COPY api/ api/
-COPY trainer/ trainer/
-COPY operator/ operator/
-RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-deps . \
- && python3 -c "import jax, torchax, torch, speedrun_trainer; print('jax', jax.__version__, 'torch', torch.__version__)"
-
+# from where the locks are made). One stage, as the trainer's (a build stage's venv would come over
+# by a COPY --from as big as the venv); same user, HOME and read-only root as the trainer image.
 FROM ${TPU_PYTHON_IMAGE} AS trainer-tpu
 LABEL org.opencontainers.image.title="speedrun-trainer-tpu" \
       org.opencontainers.image.description="GPT speedrun trainer on TPU (JAX: python -m speedrun_trainer.train.jax_main)" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --gid 1000 speedrun \
- && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin speedrun
-COPY --from=trainer-tpu-build /opt/venv /opt/venv
+RUN { getent group 1000 >/dev/null || groupadd --gid 1000 speedrun; } \
+ && { getent passwd 1000 >/dev/null || useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
+      --shell /usr/sbin/nologin speedrun; } \
+ && python3 -m venv /opt/venv
+# jax, libtpu, torch and the rest in one layer, rebuilt only when the lock changes.
+COPY requirements/trainer-tpu.txt /opt/speedrun/requirements/
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/venv/bin/pip install --require-hashes -r /opt/speedrun/requirements/trainer-tpu.txt
+# The project last, in its own small layer over the venv; the image imports the JAX backend's
+# loop and step (jax, optax, torchax, torch), as jax_main does, before it is done.
+COPY pyproject.toml README.md /src/
+COPY api/ /src/api/
+COPY trainer/ /src/trainer/
+COPY operator/ /src/operator/
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/venv/bin/pip install --no-deps /src \
+ && rm -rf /src \
+ && /opt/venv/bin/python3 -c "import jax, torchax, torch, speedrun_trainer, speedrun_trainer.train.jax_loop; \
+print('jax', jax.__version__, 'torch', torch.__version__)"
 # jax and libtpu cache under HOME; the pods mount /tmp and the shard cache as emptyDirs.
 ENV PATH=/opt/venv/bin:$PATH HOME=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     SPEEDRUN_CACHE_DIR=/var/cache/speedrun

@@ -149,7 +149,7 @@ kind:
 # push to: $(REGISTRY)/operator:$(TAG), $(REGISTRY)/trainer:$(TAG) and $(REGISTRY)/trainer-tpu:$(TAG)
 # (the TPU runs' training image; REGISTRY=ghcr.io/speedrun-operator gives the chart's defaults). TAG
 # defaults to the chart's appVersion, the tag the chart pulls when none is set. The trainer image
-# is ~6.3 GB (3.3 GB compressed, what a node pulls), the TPU trainer's a little more.
+# is ~6.3 GB (3.3 GB compressed, what a node pulls), the TPU trainer's ~6.7 GB (3.4 GB).
 #   IMAGES="operator trainer"   build a subset (the TPU image is the largest and only TPU runs use it)
 #   BUILDER=docker|podman|buildah   the builder; by default docker when its engine answers, else
 #       podman, else buildah (CONTAINER_TOOL= is the same setting's older name)

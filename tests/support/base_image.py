@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.support.image_registry import CACHE, Registry
 
@@ -66,7 +68,7 @@ def recipe_tag() -> str:
     return f"3.11-{SUITE}-{digest[:12]}"
 
 
-def _run(argv: list[str], log: Path) -> str:
+def run_logged(argv: list[str], log: Path) -> str:
     with log.open("a") as out:
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
@@ -78,48 +80,64 @@ def _run(argv: list[str], log: Path) -> str:
     return proc.stdout.strip()
 
 
-def make_rootfs(root: Path, log: Path) -> None:
-    """debootstrap into `root` and shape it like the python image (sources, links, no apt lists)."""
-    include = ",".join(PACKAGES)
-    _run(["nice", "-n", "10", "debootstrap", "--variant=minbase", f"--include={include}", SUITE, str(root), MIRROR],
-         log)  # fmt: skip
+def debootstrap(root: Path, log: Path, packages: tuple[str, ...]) -> None:
+    """debootstrap `packages` into `root` and shape it like the python image: its apt sources, the
+    host's CAs trusted by the system and by pip. The python3.12 base (base_image_312.py) shares it."""
+    include = ",".join(packages)
+    argv = ["nice", "-n", "10", "debootstrap", "--variant=minbase", f"--include={include}", SUITE, str(root), MIRROR]
+    run_logged(argv, log)
     (root / "etc/apt/sources.list").unlink(missing_ok=True)
     (root / "etc/apt/sources.list.d/debian.sources").write_text(SOURCES)
-    for name in ("python", "python3"):
-        link = root / "usr/local/bin" / name
-        link.unlink(missing_ok=True)
-        link.symlink_to("/usr/bin/python3")
     if cas := host_cas():
         for ca in cas:
             target = root / "usr/local/share/ca-certificates" / ca.relative_to(HOST_CAS)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(ca.read_bytes())
-        _run(["chroot", str(root), "update-ca-certificates"], log)
+        run_logged(["chroot", str(root), "update-ca-certificates"], log)
         (root / "etc/pip.conf").write_text(PIP_CONF)
+
+
+def clean(root: Path, log: Path) -> None:
+    """What the python image leaves out: apt's lists and downloads, logs."""
     for path in ("var/lib/apt/lists", "var/cache/apt/archives", "var/log"):
-        _run(["find", str(root / path), "-mindepth", "1", "-type", "f", "-delete"], log)
+        run_logged(["find", str(root / path), "-mindepth", "1", "-type", "f", "-delete"], log)
 
 
-def ensure_base(registry: Registry) -> str:
-    """The base image's reference in `registry`, made and pushed first if the registry lacks it."""
-    tag = recipe_tag()
+def make_rootfs(root: Path, log: Path) -> None:
+    """debootstrap into `root` and shape it like the python image (sources, links, no apt lists)."""
+    debootstrap(root, log, PACKAGES)
+    for name in ("python", "python3"):
+        link = root / "usr/local/bin" / name
+        link.unlink(missing_ok=True)
+        link.symlink_to("/usr/bin/python3")
+    clean(root, log)
+
+
+def commit_base(registry: Registry, tag: str, fill: Callable[[Path, Path], None], config: dict[str, Any]) -> str:
+    """`registry`'s REPOSITORY:`tag`, made first where the registry lacks it: `fill(rootfs, log)`
+    fills a `buildah from scratch` container, committed with `config` and pushed."""
     ref = registry.ref(REPOSITORY, tag)
     if registry.digest(REPOSITORY, tag):
         return ref
     log = CACHE / "run" / f"base-{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    container = _run(["buildah", "from", "scratch"], log)
+    container = run_logged(["buildah", "from", "scratch"], log)
     try:
-        mount = Path(_run(["buildah", "mount", container], log))
-        make_rootfs(mount, log)
-        _run(["buildah", "umount", container], log)
-        config = [arg for env in CONFIG["env"] for arg in ("--env", env)]
-        _run(["buildah", "config", *config, "--cmd", str(CONFIG["cmd"]), container], log)
-        _run(["buildah", "commit", "--rm", container, ref], log)
+        mount = Path(run_logged(["buildah", "mount", container], log))
+        fill(mount, log)
+        run_logged(["buildah", "umount", container], log)
+        env = [arg for line in config["env"] for arg in ("--env", line)]
+        run_logged(["buildah", "config", *env, "--cmd", str(config["cmd"]), container], log)
+        run_logged(["buildah", "commit", "--rm", container, ref], log)
         container = ""
     finally:
         if container:
             subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
-    _run(["buildah", "push", "--tls-verify=false", ref], log)
+    run_logged(["buildah", "push", "--tls-verify=false", ref], log)
     return ref
+
+
+def ensure_base(registry: Registry) -> str:
+    """The base image's reference in `registry`, made and pushed first if the registry lacks it."""
+    return commit_base(registry, recipe_tag(), make_rootfs, CONFIG)

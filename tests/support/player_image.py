@@ -57,7 +57,7 @@ def _run(argv: list[str], log: Path) -> str:
 def ensure_player(registry: Registry) -> tuple[str, bool]:
     """The player image's reference in `registry`, built and pushed first when its tag is not there;
     and whether it was built."""
-    with build_lock():
+    with build_lock("PYTHON_IMAGE"):  # it builds on the 3.11 base, as the trainer does
         base = ensure_base(registry)
         base_repo, _, base_tag = base.removeprefix(registry.host + "/").rpartition(":")
         assert base_repo == BASE_REPOSITORY, base

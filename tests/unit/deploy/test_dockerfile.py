@@ -155,11 +155,13 @@ def test_pip_downloads_go_to_a_cache_mount_never_into_a_layer() -> None:
         assert not any("PIP_NO_CACHE_DIR" in env for env in stage.all("ENV")), "it would turn the cache off"
 
 
-def test_trainer_source_is_its_last_layers_over_the_venv() -> None:
-    """A source-only change rebuilds and pushes a few MB: the trainer stage installs the lock into
+@pytest.mark.parametrize("target", ["trainer", "trainer-tpu"])
+def test_trainer_source_is_its_last_layers_over_the_venv(target: str) -> None:
+    """A source-only change rebuilds and pushes a few MB: each trainer stage installs the lock into
     its venv first (cached: it changes with the lock), then copies the source and installs it
     alone. One stage, no 5 GB COPY --from of a venv built elsewhere."""
-    order = [(ins, args) for ins, args in STAGES["trainer"].instructions if ins in ("RUN", "COPY")]
+    assert [stage.name for stage in closure(target)] == [target], "one stage"
+    order = [(ins, args) for ins, args in STAGES[target].instructions if ins in ("RUN", "COPY")]
     assert not [args for ins, args in order if "--from=" in args], order
     lock = next(i for i, (ins, args) in enumerate(order) if "pip install --require-hashes" in args)
     source = [i for i, (ins, args) in enumerate(order) if ins == "COPY" and not args.startswith("requirements/")]
@@ -180,12 +182,15 @@ def test_trainer_lock_holds_the_pinned_torch_and_the_pods_extras() -> None:
 
 
 def test_tpu_trainer_target_is_python_3_12_with_jax_and_a_read_only_root() -> None:
-    """jax 0.12 needs Python >= 3.12: both TPU stages are python:3.12's, the lock it installs is
+    """jax 0.12 needs Python >= 3.12: the TPU stage is python:3.12's, the lock it installs is
     3.12's, and the final stage has HOME on the pods' /tmp emptyDir and exposes the ports the TPU
     pod builder names (jax.distributed's coordinator, the metrics)."""
     from speedrun_operator.builders.tpu import JAX_COORDINATOR_PORT
 
-    assert STAGES["trainer-tpu"].base == STAGES["trainer-tpu-build"].base == "${TPU_PYTHON_IMAGE}"
+    assert STAGES["trainer-tpu"].base == "${TPU_PYTHON_IMAGE}"
+    [check] = [run for run in STAGES["trainer-tpu"].all("RUN") if "import jax, torchax, torch, speedrun_trainer" in run]
+    assert "pip install --no-deps /src" in check, "the installed image imports its stack, as it builds"
+    assert "speedrun_trainer.train.jax_loop" in check, "jax_main's loop and step, whose imports the lock must hold"
     assert GLOBAL_ARGS["TPU_PYTHON_IMAGE"] == "python:3.12-slim-bookworm"
     assert "--python-version 3.12" in (ROOT / "requirements" / "trainer-tpu.txt").read_text().splitlines()[1]
     assert any("HOME=/tmp" in env for env in STAGES["trainer-tpu"].all("ENV"))

@@ -31,8 +31,18 @@ def test_the_hashed_inputs_are_what_the_dockerfile_copies() -> None:
         sources.update(source.rstrip("/") for source in args.split()[:-1])
     locks = {s for s in sources if s.startswith("requirements/")}
     assert sources - locks == set(images.CONTEXT) - {"Dockerfile", ".dockerignore"}
-    for name in images.IMAGES:
+    assert set(images.IMAGES) < set(images.BUILDABLE) == set(images.LOCKS) == set(images.BASE_ARG)
+    for name in images.BUILDABLE:
         assert images.LOCKS[name] == f"requirements/{name}.txt" and images.LOCKS[name] in locks
+        assert set(images.BASE_ARG.values()) == set(images.ENSURE_BASE) == set(images.LOCK_FILE)
+
+
+def test_each_image_is_built_on_the_base_its_target_names() -> None:
+    """The Dockerfile's stage for each image starts FROM the ARG the build gives the base as."""
+    froms = dict(re.findall(r"^FROM (\S+) AS (\S+)$", (ROOT / "Dockerfile").read_text(), re.M))
+    targets = {target: base for base, target in froms.items()}
+    for name, arg in images.BASE_ARG.items():
+        assert targets[name] == "${" + arg + "}" or (name == "trainer" and targets[name] == "${BASE}"), name
 
 
 def fake_tree(root: Path) -> Path:
@@ -49,15 +59,20 @@ def fake_tree(root: Path) -> Path:
 
 def test_the_tag_changes_with_what_goes_into_the_image_only(tmp_path: Path) -> None:
     root = fake_tree(tmp_path)
-    tag = {name: images.input_tag(name, "sha256:base", root) for name in images.IMAGES}
+    tag = {name: images.input_tag(name, "sha256:base", root) for name in images.BUILDABLE}
+    assert len(set(tag.values())) == len(tag)
     assert images.input_tag("trainer", "sha256:other", root) != tag["trainer"]
     (root / "api/pkg/__pycache__").mkdir()
     (root / "api/pkg/__pycache__/mod.cpython-311.pyc").write_bytes(b"\0")
     (root / "operator/pkg/mod.pyc").write_bytes(b"\0")
-    assert {name: images.input_tag(name, "sha256:base", root) for name in images.IMAGES} == tag
+    assert {name: images.input_tag(name, "sha256:base", root) for name in images.BUILDABLE} == tag
     (root / "requirements/trainer.txt").write_text("torch==9\n")
     assert images.input_tag("operator", "sha256:base", root) == tag["operator"]
+    assert images.input_tag("trainer-tpu", "sha256:base", root) == tag["trainer-tpu"]
     assert images.input_tag("trainer", "sha256:base", root) != tag["trainer"]
+    (root / "requirements/trainer-tpu.txt").write_text("optax==9\n")
+    assert images.input_tag("trainer-tpu", "sha256:base", root) != tag["trainer-tpu"]
+    assert images.input_tag("operator", "sha256:base", root) == tag["operator"]
     for changed in ("Dockerfile", "README.md", "trainer/pkg/mod.py"):
         before = images.input_tag("operator", "sha256:base", root)
         (root / changed).write_text((root / changed).read_text() + "# changed\n")
@@ -66,20 +81,35 @@ def test_the_tag_changes_with_what_goes_into_the_image_only(tmp_path: Path) -> N
     assert images.input_tag("operator", "sha256:base", root) != before
 
 
-def test_the_builds_run_make_image_as_a_user_would() -> None:
+@pytest.mark.parametrize(
+    ("name", "base", "arg"),
+    [("trainer", "base/python:3.11-x", "PYTHON_IMAGE"), ("trainer-tpu", "base/python:3.12-x", "TPU_PYTHON_IMAGE")],
+)
+def test_the_builds_run_make_image_as_a_user_would(name: str, base: str, arg: str) -> None:
+    """`make image` for one image, its base given as the ARG its stage starts FROM (the TPU image's
+    TPU_PYTHON_IMAGE: PYTHON_IMAGE would leave it on Docker Hub's python:3.12)."""
     registry = Registry(host="127.0.0.1:5999", storage=Path("/nonexistent"))
-    base = "127.0.0.1:5999/base/python:3.11-x"
-    argv = images.make_image_argv(registry, "trainer", "abc123", base)
+    base = f"127.0.0.1:5999/{base}"
+    argv = images.make_image_argv(registry, name, "abc123", base)
     assert argv[:3] == ["nice", "-n", "10"] and argv[3:5] == ["make", "image"]
     # --no-print-directory: under `make test` this make is a sub-make and would say where it runs.
     proc = subprocess.run([argv[3], "-n", "--no-print-directory", *argv[4:]], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    ref = "127.0.0.1:5999/speedrun/trainer:abc123"
+    ref = f"127.0.0.1:5999/speedrun/{name}:abc123"
     assert proc.stdout.splitlines()[:2] == [
-        f"buildah build --layers --tls-verify=false --build-arg PYTHON_IMAGE={base} --target trainer -t {ref} .",
+        f"buildah build --layers --tls-verify=false --build-arg {arg}={base} --target {name} -t {ref} .",
         f"buildah push --tls-verify=false {ref}",
     ]
+
+
+def test_the_build_command_takes_the_tpu_image_only_when_asked() -> None:
+    """`make test` builds the operator and trainer images; the TPU image is built when named."""
+    parse = images.build_parser().parse_args
+    assert parse(["build"]).images == ["operator", "trainer"]
+    assert parse(["build", "--images", "trainer-tpu"]).images == ["trainer-tpu"]
+    with pytest.raises(SystemExit):
+        parse(["build", "--images", "trainer-gpu"])
 
 
 def push_tiny_image(registry: Registry, repository: str, tag: str) -> tuple[str, int]:
@@ -126,3 +156,16 @@ def test_a_later_registry_on_another_port_finds_what_an_earlier_one_pushed(tmp_p
         assert second.digest("speedrun/operator", "t1") == digest
         assert second.digest("speedrun/operator", "t2") is None
         assert second.pull_size("speedrun/operator", "t1") == size
+
+
+def test_without_python_3_12_only_the_tpu_image_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`build --optional --images trainer-tpu` on a machine with no CPython 3.12 says why in one
+    line (and exits 0) instead of failing mid-build; the other images do not need one."""
+    from tests.support import base_image_312
+
+    monkeypatch.setattr(base_image_312, "python312", lambda: None)
+    base = images.missing_tools(("operator", "trainer"))
+    tpu = images.missing_tools(("trainer", "trainer-tpu"))
+    if base is not None:
+        pytest.skip(f"images cannot be built here at all: {base}")
+    assert tpu == "the TPU image's base: no Python 3.12 here (python3.12 on PATH or pyenv's 3.12)"

@@ -185,10 +185,36 @@ def test_tpu_trainer_lock_satisfies_its_input_and_the_pods_extras() -> None:
     assert "requirements/constraints.in" in lock.values("-c") and set(lock.extras) == {"train", "gcs"}
     lines = [line.split("#", 1)[0] for line in (REQUIREMENTS / "trainer-tpu.in").read_text().splitlines()]
     wanted = [Requirement(line) for line in lines if line.strip()]
-    assert {r.name for r in wanted} == {"jax", "torchax", "torch"}
+    assert {r.name for r in wanted} == {"jax", "torchax", "torch", "optax"}
     missing = unmet(lock, wanted + requirements_of(lock))
     assert not missing, f"trainer-tpu.txt does not satisfy {missing}: run `make lock`"
     assert canonicalize_name("libtpu") in lock.pins, "jax[tpu] brings libtpu"
+
+
+def third_party_imports(paths: list[Path]) -> set[str]:
+    """The top-level modules `paths` import, less the standard library and the project's own."""
+    import ast
+
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and not n.startswith("speedrun_")}
+
+
+def test_the_tpu_image_lock_holds_what_the_jax_backend_imports() -> None:
+    """Every third-party module the JAX backend's own modules import (train/jax_*.py: the TPU
+    image's entry point, loop and step) is pinned in the TPU image's lock, as in the JAX venv's.
+    (The TPU image was built once without optax: jax_main failed on its first import.)"""
+    modules = sorted((ROOT / "trainer" / "speedrun_trainer" / "train").glob("jax_*.py"))
+    imported = third_party_imports(modules)
+    assert {"jax", "optax", "torchax", "torch"} <= imported, imported
+    for name in ("trainer-tpu", "jax"):
+        missing = sorted(n for n in imported if canonicalize_name(n) not in LOCKS[name].pins)
+        assert not missing, f"requirements/{name}.txt lacks {missing}, which train/jax_*.py import"
 
 
 def test_torch_is_pinned_where_it_is_installed() -> None:

@@ -101,3 +101,13 @@ def test_chart_renders_valid_objects_with_the_kind_values() -> None:
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["SPEEDRUN_OPERATOR_IMAGE_PULL_POLICY"] == "Never", "kind-loaded images are never pulled"
     assert deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "Never"
+
+
+def test_the_helm_test_pod_outlives_its_success_for_its_logs() -> None:
+    """The script runs `helm test --logs`, which reads the test pod's log once it has succeeded: a
+    `hook-succeeded` delete policy removes the pod first and helm fails (found by the e2e run of the
+    script, tests/e2e/test_quickstart_script.py)."""
+    assert re.search(r"\$HELM\" test .*--logs", script())
+    template = (ROOT / "charts" / "speedrun-operator" / "templates" / "tests" / "test-metrics.yaml").read_text()
+    [policy] = re.findall(r"helm\.sh/hook-delete-policy: (\S+)", template)
+    assert "hook-succeeded" not in policy.split(","), policy

@@ -45,11 +45,12 @@ def preloaded(control_plane: ControlPlane, kube_nodes: RealNodes, service_proxy:
     for ref in refs.values():
         pull_on_every_node(control_plane, kube_nodes, NAMESPACE, ref)
     yield refs
+    # The jobs while the operator runs (it removes their finalizer), then its Deployment (before the
+    # nodes' teardown deletes its pod, which its ReplicaSet would re-create).
+    control_plane.drain(NAMESPACE, f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs")
     deployments = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
-    for item in control_plane.admin.list(deployments):  # first, or its ReplicaSet re-creates the pod
+    for item in control_plane.admin.list(deployments):
         control_plane.admin.delete(f"{deployments}/{item['metadata']['name']}")
-    srjs = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
-    control_plane.drain(NAMESPACE, srjs)
 
 
 def test_the_quickstart_script_runs_the_tiny_speedrun(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tests.support import player_program
 from tests.support.base_image import REPOSITORY as BASE_REPOSITORY
-from tests.support.base_image import ensure_base
+from tests.support.base_image import ensure_base, run_logged
 from tests.support.image_registry import CACHE, Registry
 from tests.support.images import build_lock
 
@@ -40,18 +40,6 @@ CONFIG = ["--env", f"PATH={PATH}", "--env", "LANG=C.UTF-8", "--cmd", "python", "
 def player_tag(base_digest: str) -> str:
     recipe = "\n".join([SHEBANG, PLAYER_PATH, *CONFIG, base_digest, PROGRAM.read_text()])
     return "py3-" + hashlib.sha256(recipe.encode()).hexdigest()[:16]
-
-
-def _run(argv: list[str], log: Path) -> str:
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(argv)}\n")
-        out.flush()
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=out, text=True, timeout=600)
-        out.write(proc.stdout)
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-20:])
-        raise RuntimeError(f"{argv[0]} {argv[1]} failed ({proc.returncode}); the end of {log}:\n{tail}")
-    return proc.stdout.strip()
 
 
 def ensure_player(registry: Registry) -> tuple[str, bool]:
@@ -79,16 +67,16 @@ def build(base: str, ref: str) -> None:
     with tempfile.TemporaryDirectory(prefix="speedrun-player-") as tmp:
         program = Path(tmp) / "python"
         program.write_text(SHEBANG + PROGRAM.read_text())
-        container = _run(["buildah", "from", "--tls-verify=false", "--pull=false", base], log)
+        container = run_logged(["buildah", "from", "--tls-verify=false", "--pull=false", base], log)
         try:
-            _run(["buildah", "copy", "--chmod", "0755", container, str(program), PLAYER_PATH], log)
-            _run(["buildah", "config", *CONFIG, container], log)
-            _run(["buildah", "commit", "--rm", container, ref], log)
+            run_logged(["buildah", "copy", "--chmod", "0755", container, str(program), PLAYER_PATH], log)
+            run_logged(["buildah", "config", *CONFIG, container], log)
+            run_logged(["buildah", "commit", "--rm", container, ref], log)
             container = ""
         finally:
             if container:
                 subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
     try:
-        _run(["buildah", "push", "--tls-verify=false", ref], log)
+        run_logged(["buildah", "push", "--tls-verify=false", ref], log)
     finally:
         subprocess.run(["buildah", "rmi", ref], capture_output=True, check=False)  # the registry keeps it

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.control_plane import ControlPlane
+from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kube_proxy import KubeProxy
 from tests.cluster.kubectl import kubectl_binary
 from tests.cluster.real_nodes import RealNodes
@@ -47,7 +47,9 @@ def preloaded(control_plane: ControlPlane, kube_nodes: RealNodes, service_proxy:
     yield refs
     # The jobs while the operator runs (it removes their finalizer), then its Deployment (before the
     # nodes' teardown deletes its pod, which its ReplicaSet would re-create).
-    control_plane.drain(NAMESPACE, f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs")
+    srjs = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
+    control_plane.admin.delete(srjs)
+    wait_until(lambda: not control_plane.admin.list(srjs), 120, "the quickstart's jobs gone")
     deployments = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
     for item in control_plane.admin.list(deployments):
         control_plane.admin.delete(f"{deployments}/{item['metadata']['name']}")

@@ -253,8 +253,9 @@ def pod_spec(
     selector = node_selector(job, settings, accelerator)
     if selector:
         spec["nodeSelector"] = selector
-    if tolerations(job, accelerator):
-        spec["tolerations"] = tolerations(job, accelerator)
+    kept = tolerations(job, accelerator)
+    if kept:
+        spec["tolerations"] = kept
     if r.priority_class_name:
         spec["priorityClassName"] = r.priority_class_name
     return spec

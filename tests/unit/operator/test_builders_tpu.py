@@ -119,12 +119,18 @@ def test_the_backend_must_match_the_slice_in_a_cluster(job: Any, message: str) -
         builders.check_runnable(job, SETTINGS)
 
 
-def test_render_of_the_tpu_example_shows_the_slice() -> None:
+def rendered_job(suffix: str) -> dict[str, Any]:
+    """The Job named `*<suffix>` that `speedrun render` prints for the TPU example."""
     out = io.StringIO()
     with redirect_stdout(out):
         assert cli(["render", str(EXAMPLE)]) == 0
     docs = [d for d in yaml.safe_load_all(out.getvalue()) if d]
-    [train] = [d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("-train")]
+    [job] = [d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith(suffix)]
+    return job
+
+
+def test_render_of_the_tpu_example_shows_the_slice() -> None:
+    train = rendered_job("-train")
     pod, container = pod_of(train)
     assert train["spec"]["parallelism"] == 4 and container["resources"]["limits"]["google.com/tpu"] == "4"
     assert pod["nodeSelector"]["cloud.google.com/gke-tpu-topology"] == "4x4"
@@ -134,11 +140,7 @@ def test_render_of_the_tpu_example_shows_the_slice() -> None:
 def test_the_eval_pod_of_a_tpu_run_keeps_off_the_slice_hosts() -> None:
     """It asks for no TPU, so the TPU taint's toleration is dropped (the others stay): it never takes
     a TPU host's CPU or pulls the trainer image onto one."""
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert cli(["render", str(EXAMPLE)]) == 0
-    docs = [d for d in yaml.safe_load_all(out.getvalue()) if d]
-    [evaluation] = [d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("-eval")]
+    evaluation = rendered_job("-eval")
     pod, container = pod_of(evaluation)
     assert "google.com/tpu" not in (container.get("resources") or {}).get("limits", {})
     assert "tolerations" not in pod, pod.get("tolerations")

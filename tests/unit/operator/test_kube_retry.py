@@ -17,7 +17,7 @@ import pytest
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from speedrun_operator import kube, kube_retry
+from speedrun_operator import kube
 from speedrun_operator.kube_retry import RetryPolicy, attempt_timeout, parse_retry_after
 
 POLICY = RetryPolicy()

@@ -203,9 +203,7 @@ def test_the_standby_loop_survives_any_error_of_an_attempt(caplog: pytest.LogCap
     assert "ReadTimeoutError" in caplog.text
 
 
-def test_a_retried_start_up_keeps_its_client_and_metrics_port(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_retried_start_up_keeps_its_client_and_metrics_port(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
     import kopf

@@ -164,6 +164,7 @@ class LeaderElector:
 
     def _renew_loop(self, on_lost: Callable[[str], None]) -> None:
         while not self._stop.wait(self.timings.retry_period):
+            self.last_problem = "a renewal did not return"  # what the watchdog reports if it hangs
             try:
                 renewed = self.try_acquire_or_renew()
             except Exception as err:  # an unreachable apiserver is retried until the deadline

@@ -141,6 +141,7 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type}
+        may_duplicate = method == "POST" and isinstance(body, dict) and not (body.get("metadata") or {}).get("name")
         attempt = 0
         while True:
             attempt += 1
@@ -159,7 +160,8 @@ class KubeClient:
                 refused_or_reset = not _timed_out(err)
             else:
                 return json.loads(raw) if raw else None
-            delay = self.policy.delay(attempt, method, error.status, retry_after, refused_or_reset=refused_or_reset)
+            delay = self.policy.delay(attempt, method, error.status, retry_after, refused_or_reset=refused_or_reset,
+                                      may_duplicate=may_duplicate)  # fmt: skip
             if delay is None or not kube_retry.wait_fits(delay, deadline, self.clock()):
                 raise error
             self.sleep(delay)

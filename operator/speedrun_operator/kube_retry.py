@@ -13,7 +13,8 @@ balancer answers 502/503/504 without the header:
 - any verb on 500/502/503/504: a GET, PATCH (a merge patch applied twice is applied once) or
   DELETE is idempotent; a POST that got a 5xx may have landed, so its retry can get 409
   AlreadyExists, which the callers already read as "the object exists" (children.ensure_child
-  adopts it, the elector re-reads the Lease);
+  adopts it, the elector re-reads the Lease). Not a create by `generateName` (an Event): its
+  retry would make a second object, so only its 429 is retried;
 - a GET whose connection was refused or reset; never a timed-out request (its time is spent),
   and never a write whose answer was lost (it may have landed).
 
@@ -43,11 +44,19 @@ class RetryPolicy:
     max_wait: float = 60.0
 
     def delay(
-        self, attempt: int, method: str, status: int, retry_after: float | None, *, refused_or_reset: bool = False
+        self,
+        attempt: int,
+        method: str,
+        status: int,
+        retry_after: float | None,
+        *,
+        refused_or_reset: bool = False,
+        may_duplicate: bool = False,
     ) -> float | None:
         """Seconds to wait before attempt `attempt + 1` after attempt `attempt` failed with
-        `status` (0: no HTTP answer), or None when that failure is final."""
-        if attempt >= self.max_attempts:
+        `status` (0: no HTTP answer), or None when that failure is final. `may_duplicate`: a
+        request that, landed twice, makes two objects (a create by generateName)."""
+        if attempt >= self.max_attempts or (may_duplicate and status != 429):
             return None
         throttled_or_unavailable = status in RETRY_STATUSES or (status >= 500 and retry_after is not None)
         if not (throttled_or_unavailable or (status == 0 and refused_or_reset and method == "GET")):

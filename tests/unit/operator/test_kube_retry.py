@@ -28,6 +28,8 @@ def test_429_and_5xx_are_retried_other_errors_are_final() -> None:
     assert POLICY.delay(1, "PATCH", 503, None) is not None
     assert POLICY.delay(1, "POST", 500, None) is not None  # may have landed: the retry gets 409
     assert POLICY.delay(1, "GET", 501, 2.0) == 2.0  # any 5xx that asks to be retried
+    assert POLICY.delay(1, "POST", 503, None, may_duplicate=True) is None  # generateName: a second Event
+    assert POLICY.delay(1, "POST", 429, 1.0, may_duplicate=True) == 1.0  # throttled: it did not land
     for status in (400, 401, 403, 404, 409, 422, 501):
         assert POLICY.delay(1, "GET", status, None) is None, status
 
@@ -98,6 +100,13 @@ def test_the_client_waits_as_told_then_succeeds() -> None:
     assert client.create(kube.CONFIGMAP, "ns", {"metadata": {"name": "a"}}) == {"metadata": {"name": "a"}}
     assert [m for m, _, _ in client.sent] == ["POST"] * 3
     assert client.slept[0] == 2.0 and client.sent[1][1] - client.sent[0][1] == 2.0
+
+
+def test_a_create_by_generate_name_is_not_sent_again_after_a_5xx() -> None:
+    client = Scripted([api_error(503), b"{}"])
+    with pytest.raises(kube.KubeError):
+        client.create(kube.EVENT, "ns", {"metadata": {"generateName": "job."}})
+    assert len(client.sent) == 1
 
 
 def test_a_final_error_is_raised_as_its_kube_error() -> None:

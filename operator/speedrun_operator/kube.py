@@ -5,6 +5,12 @@ APIs would turn every object into a model and back. `KubeClient` speaks plain RE
 through `kubernetes.client.ApiClient`, which brings in-cluster and kubeconfig authentication.
 `login` gives kopf the same credentials, read at run time (not at import), so kopf and the
 handlers always talk to the same cluster.
+
+Each request is one attempt or a few (kube_retry.py: 429 and 5xx retried, honouring
+Retry-After), each attempt's timeout cut to the time left before `deadline`, the instant this
+replica must stop acting (the leader's renew deadline, leader.py): past it no request is sent at
+all, so a replica that lost its Lease writes nothing once a standby may hold it. A transport
+failure (refused, reset, timed out) surfaces as `Unreachable`, a `KubeError` like the others.
 """
 
 from __future__ import annotations
@@ -12,15 +18,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 import kubernetes.client
 import kubernetes.config
+import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from speedrun_api.spec import API_GROUP, API_VERSION, PLURAL
+from speedrun_operator import kube_retry
 
 REQUEST_TIMEOUT = 30.0
 
@@ -64,6 +74,14 @@ class Conflict(KubeError):
     """409: AlreadyExists on create, or a resourceVersion precondition failed."""
 
 
+class Unreachable(KubeError):
+    """No HTTP answer: the connection was refused, reset or timed out (status 0)."""
+
+
+class PastDeadline(KubeError):
+    """Not sent: this replica's deadline to act has passed (it may no longer hold the Lease)."""
+
+
 def load_configuration() -> kubernetes.client.Configuration:
     """In-cluster service account first, else the kubeconfig ($KUBECONFIG, read now)."""
     config = kubernetes.client.Configuration()
@@ -94,10 +112,22 @@ def connection_info(config: kubernetes.client.Configuration) -> kopf.ConnectionI
 
 
 class KubeClient:
-    """get / list / create / patch / delete of plain dicts; errors as `KubeError` subclasses."""
+    """get / list / create / patch / delete of plain dicts; errors as `KubeError` subclasses.
 
-    def __init__(self, config: kubernetes.client.Configuration) -> None:
+    `deadline`, when set, returns the monotonic instant after which no request may be in flight
+    (leader.py sets it to the Lease's renew deadline); `clock` and `sleep` are for tests."""
+
+    def __init__(
+        self,
+        config: kubernetes.client.Configuration,
+        policy: kube_retry.RetryPolicy = kube_retry.DEFAULT_POLICY,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        config.retries = False  # urllib3's own retries would multiply the timeout; we retry here
         self.api = kubernetes.client.ApiClient(config)
+        self.policy, self.clock, self.sleep = policy, clock, sleep
+        self.deadline: Callable[[], float] | None = None
 
     def close(self) -> None:
         self.api.close()
@@ -111,13 +141,34 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        try:
-            raw = self._send(method, path, body, query or [], headers)
-        except ApiException as err:
-            raise _translate(err) from None
-        return json.loads(raw) if raw else None
+        may_duplicate = method == "POST" and isinstance(body, dict) and not (body.get("metadata") or {}).get("name")
+        attempt = 0
+        while True:
+            attempt += 1
+            deadline = self.deadline() if self.deadline is not None else None
+            timeout = kube_retry.attempt_timeout(REQUEST_TIMEOUT, deadline, self.clock())
+            if timeout <= 0:
+                raise PastDeadline(0, "PastDeadline", f"{method} {path} not sent: past this replica's deadline")
+            retry_after, refused_or_reset = None, False
+            try:
+                raw = self._send(method, path, body, query or [], headers, timeout)
+            except ApiException as err:
+                error: KubeError = _translate(err)
+                retry_after = kube_retry.parse_retry_after(_header(err, "Retry-After"))
+            except (urllib3.exceptions.HTTPError, OSError) as err:
+                error = Unreachable(0, type(err).__name__, f"{method} {path}: {err}")
+                refused_or_reset = not _timed_out(err)
+            else:
+                return json.loads(raw) if raw else None
+            delay = self.policy.delay(attempt, method, error.status, retry_after, refused_or_reset=refused_or_reset,
+                                      may_duplicate=may_duplicate)  # fmt: skip
+            if delay is None or not kube_retry.wait_fits(delay, deadline, self.clock()):
+                raise error
+            self.sleep(delay)
 
-    def _send(self, method: str, path: str, body: Any, query: list[tuple[str, str]], headers: dict[str, str]) -> bytes:
+    def _send(
+        self, method: str, path: str, body: Any, query: list[tuple[str, str]], headers: dict[str, str], timeout: float
+    ) -> bytes:
         """The response body of one request, through either generation of the client's ApiClient:
         kubernetes>=37 (OpenAPI Generator 7: `param_serialize`, then `call_api(method, url, ...)`,
         which returns the response whatever its status) and older releases (one `call_api(path,
@@ -129,11 +180,12 @@ class KubeClient:
                 auth_settings=["BearerToken"],
             )  # fmt: skip
             response = self.api.call_api(method, url, header_params=headers, body=body, post_params=post,
-                                         _request_timeout=REQUEST_TIMEOUT)  # fmt: skip
+                                         _request_timeout=timeout)  # fmt: skip
             data = response.read()
             if not 200 <= response.status <= 299:
                 err = ApiException(status=response.status, reason=response.reason)
                 err.body = data.decode(errors="replace") if isinstance(data, bytes) else data
+                err.headers = response.getheaders() if hasattr(response, "getheaders") else None
                 raise err
             return data
         response = self.api.call_api(
@@ -144,7 +196,7 @@ class KubeClient:
             body=body,
             auth_settings=["BearerToken"],
             _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT,
+            _request_timeout=timeout,
         )
         return response.data if hasattr(response, "data") else response[0].data
 
@@ -189,5 +241,23 @@ def _translate(err: ApiException) -> KubeError:
         message = status_body.get("message") or message
     except ValueError:
         pass
-    cls = {404: NotFound, 409: Conflict}.get(err.status or 0, KubeError)
+    cls = {0: Unreachable, 404: NotFound, 409: Conflict}.get(err.status or 0, KubeError)
     return cls(err.status or 0, reason, message)
+
+
+def _header(err: ApiException, name: str) -> str | None:
+    headers = getattr(err, "headers", None) or {}
+    value = headers.get(name) if hasattr(headers, "get") else None
+    if value is None and hasattr(headers, "items"):  # a plain dict is case-sensitive
+        value = next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+    return str(value) if value is not None else None
+
+
+def _timed_out(err: BaseException) -> bool:
+    """Whether a transport error is a timeout (its time is spent: not retried), rather than a
+    refused or reset connection (a GET is sent again)."""
+    if isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason is not None:
+        err = err.reason
+    if isinstance(err, urllib3.exceptions.NewConnectionError):  # a subclass of the timeouts: refused
+        return False
+    return isinstance(err, (urllib3.exceptions.TimeoutError, TimeoutError))

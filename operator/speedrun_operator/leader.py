@@ -12,8 +12,15 @@ The algorithm is client-go's (k8s.io/client-go/tools/leaderelection/leaderelecti
   exactly one wins (the other gets 409);
 - the holder renews every `retry_period`; if no renewal succeeds within `renew_deadline`, or
   another replica is seen holding the Lease, leadership is lost and the process exits at once
-  (as controller-runtime's manager does), so two replicas never reconcile together; the pod is
-  restarted and comes back as a standby;
+  (client-go's OnStoppedLeading, as controller-runtime's manager does), so two replicas never
+  reconcile together; the pod is restarted and comes back as a standby;
+- the renew deadline is an instant, not a check made after a call returns: `deadline()` is the
+  start of the last successful attempt + `renew_deadline`. The API client sends nothing after it
+  and cuts every request's timeout to it (kube.py: this Lease call and every handler's), and a
+  watchdog thread ends leadership at that instant even while a call hangs. A standby takes over
+  no sooner than `duration` after it first saw that renewal, which the apiserver stored after the
+  attempt started: so the old holder has stopped writing `duration - renew_deadline` seconds
+  (5 s by default) before anyone else may start;
 - on a graceful stop the holder releases the Lease (holder emptied), so a rolling update hands
   over without waiting for expiry (client-go's ReleaseOnCancel).
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -72,12 +80,36 @@ class LeaderElector:
         self._observed_at = 0.0
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._deadline = -math.inf  # monotonic instant this replica stops acting as the holder
+        self._lost = False
         self.holder = ""  # the holder seen at the last attempt
+        self.last_problem = "no attempt yet"  # why the last renewal failed, for the log
+
+    def deadline(self) -> float:
+        """The monotonic instant until which this replica may act as the holder (-inf: not held)."""
+        with self._lock:
+            return self._deadline
+
+    def _held_from(self, started: float | None) -> None:
+        """A successful attempt that started at `started` (None: the Lease is not ours)."""
+        with self._lock:
+            if not self._lost:
+                self._deadline = -math.inf if started is None else started + self.timings.renew_deadline
 
     # -- one attempt (client-go's tryAcquireOrRenew)
 
     def try_acquire_or_renew(self) -> bool:
-        now = _micro_time()
+        started = self.clock()  # before the renewTime below: the deadline counts from here
+        held = self._try(_micro_time())
+        if held:
+            self._held_from(started)
+        elif self.holder and self.holder != self.identity:
+            self._held_from(None)
+        return held
+
+    def _try(self, now: str) -> bool:
         lease = self.client.get(LEASE, self.namespace, self.name)
         if lease is None:
             body = {"apiVersion": LEASE.api_version, "kind": LEASE.kind,
@@ -116,42 +148,59 @@ class LeaderElector:
     # -- holding
 
     def start_renewing(self, on_lost: Callable[[str], None]) -> None:
-        """Renew in a daemon thread; `on_lost(reason)` once leadership is lost."""
+        """Renew in a daemon thread; `on_lost(reason)` once leadership is lost: another holder
+        seen, or the deadline reached (by the watchdog, even while a renewal hangs)."""
         self._renewer = threading.Thread(target=self._renew_loop, args=(on_lost,), name="lease-renewer", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, args=(on_lost,), name="lease-watchdog", daemon=True)
         self._renewer.start()
+        self._watchdog.start()
+
+    def _lose(self, on_lost: Callable[[str], None], reason: str) -> None:
+        with self._lock:
+            if self._lost or self._stop.is_set():
+                return
+            self._lost, self._deadline = True, -math.inf  # the client sends nothing from now on
+        on_lost(reason)
 
     def _renew_loop(self, on_lost: Callable[[str], None]) -> None:
-        last_renewed = self.clock()
         while not self._stop.wait(self.timings.retry_period):
+            self.last_problem = "a renewal did not return"  # what the watchdog reports if it hangs
             try:
                 renewed = self.try_acquire_or_renew()
             except Exception as err:  # an unreachable apiserver is retried until the deadline
                 renewed, problem = False, f"{type(err).__name__}: {err}"
             else:
                 problem = f"the Lease is held by {self.holder}" if self.holder != self.identity else "renewal refused"
-            if self._stop.is_set():
+            if self._stop.is_set() or self._lost:
                 return
-            if renewed:
-                last_renewed = self.clock()
-            elif self.holder and self.holder != self.identity:
-                on_lost(problem)
+            if not renewed and self.holder and self.holder != self.identity:
+                self._lose(on_lost, problem)
                 return
-            elif self.clock() - last_renewed > self.timings.renew_deadline:
-                on_lost(f"no renewal within {self.timings.renew_deadline:g} s ({problem})")
+            if not renewed:
+                self.last_problem = problem
+
+    def _watch(self, on_lost: Callable[[str], None]) -> None:
+        """End leadership at the deadline, whatever the renewer is blocked in."""
+        while not self._lost:
+            left = self.deadline() - self.clock()
+            if left <= 0:
+                self._lose(on_lost, f"no renewal within {self.timings.renew_deadline:g} s ({self.last_problem})")
+                return
+            if self._stop.wait(min(left, self.timings.retry_period)):
                 return
 
     def release(self) -> None:
         """Stop renewing and empty the holder, so a standby takes over at its next attempt."""
         self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join(timeout=self.timings.retry_period + kube.REQUEST_TIMEOUT)
-        lease = self.client.get(LEASE, self.namespace, self.name)
-        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
-            return
-        patch = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
-                 "spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": _micro_time()}}  # fmt: skip
-        # Taken meanwhile, or the apiserver is gone: the Lease then expires on its own.
+        if self._renewer is not None:  # its calls end at the deadline at the latest
+            self._renewer.join(timeout=self.timings.retry_period + self.timings.renew_deadline)
+        # Taken meanwhile, past our deadline, or the apiserver is gone: the Lease expires on its own.
         with contextlib.suppress(kube.KubeError):
+            lease = self.client.get(LEASE, self.namespace, self.name)
+            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                return
+            spec = {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": _micro_time()}
+            patch = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]}, "spec": spec}
             self.client.patch(LEASE, self.namespace, self.name, patch)
 
 

@@ -12,7 +12,8 @@ It runs `python -m speedrun_operator.operator_commands operator` (what the chart
 the replica's name (a pod's hostname is its name: the leader-election identity), and a
 kubeconfig holding a TokenRequest token of the chart's ServiceAccount, so the chart's RBAC is
 what the apiserver enforces. `forbidden()` lists the log lines that carry the apiserver's
-`User "<its ServiceAccount>" cannot ...`.
+`User "<its ServiceAccount>" cannot ...`. `server` (default: the apiserver) lets a replica reach it
+through a proxy (tests/cluster/api_proxy.py); `token` is its own token (the audit log's credential id).
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from tests.cluster.control_plane import ControlPlane, write_kubeconfig
 
 
 class OperatorProcess:
-    def __init__(self, cp: ControlPlane, release: Release, workdir: Path, name: str, overrides: dict[str, str]) -> None:
+    def __init__(self, cp: ControlPlane, release: Release, workdir: Path, name: str, overrides: dict[str, str],
+                 server: str | None = None) -> None:  # fmt: skip
         self.cp, self.release, self.name = cp, release, name
+        self.server = server or cp.server
+        self.token = ""
         self.workdir = workdir
         self.log_path = workdir / f"{name}.log"
         self.env = {**release.env, **overrides}
@@ -40,8 +44,8 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         assert self.proc is None, f"{self.name} is already running"
-        token = self.cp.token(self.release.namespace, self.release.service_account)
-        kubeconfig = write_kubeconfig(self.workdir / f"{self.name}.kubeconfig", self.cp.server,
+        self.token = token = self.cp.token(self.release.namespace, self.release.service_account)
+        kubeconfig = write_kubeconfig(self.workdir / f"{self.name}.kubeconfig", self.server,
                                       self.cp.pki.ca.cert, "operator", token=token)  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
         env.update({**self.env, "KUBECONFIG": str(kubeconfig), "HOSTNAME": self.name, "PYTHONUNBUFFERED": "1"})
@@ -83,9 +87,9 @@ class OperatorProcess:
 
 @contextlib.contextmanager
 def operator_process(
-    cp: ControlPlane, release: Release, workdir: Path, name: str, **overrides: str
+    cp: ControlPlane, release: Release, workdir: Path, name: str, server: str | None = None, **overrides: str
 ) -> Iterator[OperatorProcess]:
-    replica = OperatorProcess(cp, release, workdir, name, overrides).start()
+    replica = OperatorProcess(cp, release, workdir, name, overrides, server).start()
     try:
         yield replica
     finally:

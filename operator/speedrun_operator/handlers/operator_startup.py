@@ -52,6 +52,9 @@ def configure(kopf_settings: kopf.OperatorSettings, memo: kopf.Memo, logger: log
     kopf_settings.watching.server_timeout = 300  # reconnect watches now and then, as client-go does
     kopf_settings.watching.label_selectors["batch", "v1", "jobs"] = f"{LABEL_MANAGED_BY}={MANAGER}"
     kopf_settings.scanning.disabled = bool(settings.namespaces)
+    context: OperatorContext | None = getattr(memo, "operator", None)
+    if context is not None:  # kopf retries a failed start-up: the client and the port are ours already
+        return context
     context = OperatorContext(settings=settings, client=kube.KubeClient(kube.load_configuration()))
     context.metrics_server = operator_metrics.serve(settings.metrics_port)
     memo.operator = context
@@ -85,14 +88,18 @@ async def elect(context: OperatorContext, logger: logging.Logger) -> None:
             health.close()
     logger.info(f"leader: {elector.identity} holds {where}")
     context.elector = elector
+    # From here on no request of this replica outlives its renew deadline, and none is sent after it.
+    context.client.deadline = elector.deadline
     elector.start_renewing(leader.exit_on_lost(logger))
 
 
 def _attempt(elector: leader.LeaderElector, logger: logging.Logger) -> bool:
+    """One standby attempt; any failure (an API error, a timeout, a reset connection, a malformed
+    Lease) is logged and retried, never raised: a raised error would fail kopf's start-up."""
     try:
         return elector.try_acquire_or_renew()
-    except kube.KubeError as err:
-        logger.warning(f"leader election: {err}")
+    except Exception as err:
+        logger.warning(f"leader election: {type(err).__name__}: {err}")
         return False
 
 

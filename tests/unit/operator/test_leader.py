@@ -124,3 +124,108 @@ def test_standby_health_answers_the_liveness_path_only() -> None:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
     finally:
         health.close()
+
+
+# -- the renew deadline (client-go's renew loop: no call outlives it; OnStoppedLeading at it)
+
+
+def test_the_deadline_counts_from_the_start_of_the_last_successful_attempt() -> None:
+    api, clock = FakeLeases(), Clock()
+    a = elector(api, "a_1", clock)
+    assert a.deadline() == float("-inf")  # not held: the client would send nothing
+    slow_get = api.get
+
+    def get(*args: Any) -> dict[str, Any] | None:
+        clock.now += 7  # the renewal's request takes 7 s
+        return slow_get(*args)
+
+    api.get = get  # type: ignore[method-assign]
+    assert a.try_acquire_or_renew()
+    # The apiserver stored a renewTime no earlier than the attempt's start: a standby may take over
+    # 15 s after that, so the holder must stop 10 s after it, not 10 s after the answer came back.
+    assert a.deadline() == 100.0 + TIMINGS.renew_deadline
+    api.get = slow_get  # type: ignore[method-assign]
+    b = elector(api, "b_1", clock)
+    assert not b.try_acquire_or_renew()
+    clock.now += 16
+    assert b.try_acquire_or_renew()
+    assert not a.try_acquire_or_renew() and a.deadline() == float("-inf")
+
+
+def test_leadership_ends_at_the_deadline_while_a_renewal_hangs() -> None:
+    import threading
+    import time
+
+    api = FakeLeases()
+    timings = LeaseTimings(duration=3.0, renew_deadline=0.5, retry_period=0.1)
+    a = LeaderElector(api, "ns", "speedrun-operator", "a_1", timings)  # type: ignore[arg-type]
+    acquired_at = time.monotonic()
+    assert a.try_acquire_or_renew()
+    hang, returned = threading.Event(), threading.Event()
+    real_get = api.get
+
+    def hanging_get(*args: Any) -> dict[str, Any] | None:
+        hang.wait(60)
+        returned.set()
+        return real_get(*args)
+
+    api.get = hanging_get  # type: ignore[method-assign]
+    lost: list[tuple[str, float]] = []
+    stopped = threading.Event()
+    a.start_renewing(lambda reason: (lost.append((reason, time.monotonic())), stopped.set()))
+    try:
+        assert stopped.wait(30), "on_lost never called"
+        assert not returned.is_set(), "leadership ended only after the hanging call returned"
+        assert lost[0][1] - acquired_at >= timings.renew_deadline and "no renewal within 0.5 s" in lost[0][0]
+        assert a.deadline() == float("-inf")  # the client's gate is shut
+    finally:
+        hang.set()
+        a.release()
+    assert len(lost) == 1
+
+
+def test_the_standby_loop_survives_any_error_of_an_attempt(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import urllib3.exceptions
+
+    from speedrun_operator.handlers.operator_startup import _attempt
+
+    api, clock = FakeLeases(), Clock()
+    b = elector(api, "b_1", clock)
+    for err in (urllib3.exceptions.ReadTimeoutError(None, "/", "timed out"), ConnectionResetError(104, "reset"),
+                kube.Unreachable(0, "x", "y"), KeyError("spec")):  # fmt: skip
+
+        def fail(*_: Any, err: Exception = err) -> None:
+            raise err
+
+        api.get = fail  # type: ignore[method-assign]
+        assert _attempt(b, logging.getLogger("test")) is False
+    assert "ReadTimeoutError" in caplog.text
+
+
+def test_a_retried_start_up_keeps_its_client_and_metrics_port(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    import kopf
+
+    from speedrun_operator.handlers import operator_startup
+    from speedrun_trainer.cli.launch import free_port
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]\n"
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("SPEEDRUN_OPERATOR_METRICS_PORT", str(free_port()))
+    memo = kopf.Memo()
+    first = operator_startup.configure(kopf.OperatorSettings(), memo, logging.getLogger("test"))
+    try:
+        # kopf runs a failed startup handler again: the port is bound already, the context reused
+        again = operator_startup.configure(kopf.OperatorSettings(), memo, logging.getLogger("test"))
+        assert again is first
+    finally:
+        operator_startup.shutdown(memo)

@@ -180,6 +180,7 @@ class Trickle:
         with self._lock:
             self.open, self.accepted = self.open + 1, self.accepted + 1
         try:
+            conn.recv(65536)  # the request
             conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
             while not self._done.wait(1.0):
                 conn.sendall(b"a")

@@ -13,6 +13,8 @@ the operator is the chart's, run in this process under its RBAC (tests/cluster/o
   enforces NetworkPolicy, so this real socket stands for the target a default-deny policy hides.
   A second job's start-up deadline, which only the periodic resync can notice (no Job event comes
   when nothing happens), still fails it while that connection is held.
+- The shard cache's size limit reaches the pods the Job controller creates, as the apiserver
+  admits it: derived from the tokens a job reads, or the job's own `spec.data.cacheSize`.
 Run: `pytest -m cluster tests/cluster/test_side_effects.py` (as root).
 """
 
@@ -26,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from speedrun_api.manifest import parse_job
+from speedrun_operator.builders.shard_cache import cache_size_limit
 from tests.cluster.control_plane import ControlPlane, host_address, wait_until
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.operator_run import ServedNamespace, served_namespace
@@ -229,3 +233,21 @@ def test_a_stalled_scrape_does_not_delay_another_jobs_resync(
         trickle.close()
     served.delete(kubectl, "a-stalled")
     served.delete(kubectl, "b-waiting")
+
+
+def cache_limit(pod: dict[str, Any]) -> str | None:
+    [cache] = [v for v in pod["spec"]["volumes"] if v["name"] == "cache"]
+    return cache["emptyDir"].get("sizeLimit")
+
+
+def test_the_shard_cache_size_limit_reaches_the_pods(served: ServedNamespace, kubectl: Kubectl) -> None:
+    derived = served.manifest("cache-derived", **{"spec.resources.nodes": 1})
+    sized = served.manifest("cache-sized", **{"spec.resources.nodes": 1, "spec.data.cacheSize": "3Gi"})
+    for doc in (derived, sized):
+        served.apply(kubectl, doc)
+    pod = wait(lambda: (served.pods("cache-derived") or [None])[0], "cache-derived's training pod")
+    assert cache_limit(pod) == cache_size_limit(parse_job(derived)) == "9Gi"
+    pod = wait(lambda: (served.pods("cache-sized") or [None])[0], "cache-sized's training pod")
+    assert cache_limit(pod) == "3Gi"
+    served.delete(kubectl, "cache-derived")
+    served.delete(kubectl, "cache-sized")

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from speedrun_api import kubeformats as kf
 from speedrun_api.accelerators import known_accelerators, lookup
 from speedrun_api.spec_placement import EnvMap, MetricsSpec, ResourcesSpec, RunPolicy, StorageSpec, TrackingSpec
 from speedrun_api.spec_types import MAX_STEPS, MAX_TOKENS, Base, Fraction, PositiveFloat, StepCount, Uri
@@ -150,6 +151,11 @@ class DataSpec(Base):
         " targets and headline numbers)"
     )
     tokenizer: str = Field("byte", description="byte | gpt2 | URI of a tokenizers JSON")
+    cache_size: kf.Quantity | None = Field(
+        None,
+        description="Size limit of each pod's shard cache (every file of the data URIs, downloaded whole);"
+        " default: 4 x the tokens the run reads (2 or 4 bytes each) + 8Gi",
+    )
 
 
 class TargetSpec(Base):

@@ -1,7 +1,7 @@
 """Training progress: scrape rank 0's Prometheus endpoint and map it onto status.progress.
 
 Rank 0 of the trainer serves gauges without labels (docs/contracts.md); while the job is
-Training, the operator's periodic thread (handlers/periodic.py) polls
+Training, the operator's scrape pool (handlers/scrape.py) polls
 `http://<rank-0 pod IP>:<spec.metrics.port>/metrics` and copies the values it finds. Parsing
 uses prometheus_client's text parser, so any valid exposition (comments, other metrics,
 `_created` samples) is fine.
@@ -9,7 +9,11 @@ uses prometheus_client's text parser, so any valid exposition (comments, other m
 
 from __future__ import annotations
 
-import urllib.request
+import contextlib
+import http.client
+import socket
+import threading
+import urllib.parse
 from typing import Any
 
 from speedrun_api.status import Progress
@@ -41,5 +45,33 @@ def metrics_url(pod: dict[str, Any], port: int) -> str | None:
 
 
 def fetch(url: str, timeout: float = SCRAPE_TIMEOUT) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read().decode("utf-8", errors="replace")
+    """The body at `url`, within `timeout` seconds in all. A socket timeout bounds each read only: a
+    target that accepts and then sends a byte now and then (or a half-open path through a proxy)
+    would hold the caller for ever, so a timer shuts the socket down once the whole scrape is late."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    late = threading.Event()
+
+    def cut_off() -> None:
+        late.set()
+        with contextlib.suppress(OSError):
+            if conn.sock is not None:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(timeout, cut_off)
+    timer.daemon = True
+    timer.start()
+    try:
+        conn.request("GET", parts.path or "/")
+        response = conn.getresponse()
+        body = response.read()
+    except http.client.HTTPException as err:
+        raise OSError(f"{type(err).__name__}: {err}") from None
+    finally:
+        timer.cancel()
+        conn.close()
+    if late.is_set():
+        raise TimeoutError(f"no whole answer within {timeout} s")
+    if response.status != 200:
+        raise OSError(f"HTTP {response.status} {response.reason}")
+    return body.decode("utf-8", errors="replace")

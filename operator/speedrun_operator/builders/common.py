@@ -19,6 +19,7 @@ from speedrun_api.run_env import merged_env
 from speedrun_api.spec import SpeedrunJob, train_backend
 from speedrun_api.tpu import devices_per_node, is_tpu
 from speedrun_operator import labels as L
+from speedrun_operator.builders.shard_cache import cache_size_limit
 from speedrun_operator.settings import OperatorSettings, env_name
 
 CACHE_DIR = "/var/cache/speedrun"
@@ -124,12 +125,13 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def volumes(job_name: str) -> list[dict[str, Any]]:
+def volumes(job_name: str, cache_size: str | None = None) -> list[dict[str, Any]]:
+    """`cache_size`: the shard cache's sizeLimit (shard_cache.py), so the data cannot fill the node."""
     return [
         {"name": "config", "configMap": {"name": L.configmap_name(job_name)}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # NCCL and DataLoader shared memory
         {"name": "tmp", "emptyDir": {}},
-        {"name": "cache", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {"sizeLimit": cache_size} if cache_size else {}},
     ]
 
 
@@ -246,7 +248,7 @@ def pod_spec(
         "enableServiceLinks": False,
         "securityContext": pod_security_context(settings),
         "containers": [container],
-        "volumes": volumes(job.metadata.name),
+        "volumes": volumes(job.metadata.name, cache_size_limit(job)),
     }
     if settings.service_account:
         spec["serviceAccountName"] = settings.service_account

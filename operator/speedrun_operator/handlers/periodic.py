@@ -8,9 +8,12 @@ by ownerReference garbage collection; the delete handler is optional), so the pe
 one thread per operator instead, started once this replica leads (operator_startup.elect):
 
 - every `progress_interval` seconds: one LIST of SpeedrunJobs per served namespace (one for the
-  whole cluster), and rank 0's metrics scraped into status.progress for those Training;
+  whole cluster), and rank 0's metrics scraped into status.progress for those Training, handed
+  to a bounded pool (scrape.Scrapes): the thread never waits on a scrape;
 - every `resync_interval` seconds: the same reconcile as every other trigger, for each
-  SpeedrunJob not yet finished (a missed Job event is caught here).
+  SpeedrunJob not yet finished (a missed Job event is caught here), and for the finished ones
+  the check that what their status owes their Jobs holds (side_effects.py: one LIST of Jobs
+  per namespace, a patch only where one is missing).
 
 kopf then keeps no finalizer, and removes its old one from SpeedrunJobs an earlier version
 marked. A failing call is logged and retried at the next tick; the thread never dies of it.
@@ -25,9 +28,9 @@ from typing import Any
 
 import kopf
 
-from speedrun_api.status import TERMINAL_PHASES
+from speedrun_api.status import TERMINAL_PHASES, read_status
 from speedrun_operator import kube
-from speedrun_operator.handlers import reconcile, scrape
+from speedrun_operator.handlers import reconcile, scrape, side_effects
 from speedrun_operator.handlers.operator_startup import OperatorContext
 
 
@@ -36,6 +39,7 @@ class Periodic:
         self.ctx, self.logger = ctx, logger
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="speedrun-periodic", daemon=True)
+        self.scrapes = scrape.Scrapes(ctx, logger)
 
     def start(self) -> Periodic:
         self._thread.start()
@@ -43,6 +47,7 @@ class Periodic:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self.scrapes.stop()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=timeout)
 
@@ -67,19 +72,36 @@ class Periodic:
         return [body for ns in namespaces for body in self.ctx.client.list(kube.SPEEDRUNJOB, ns)]
 
     def tick(self, *, resync: bool, progress: bool) -> None:
-        for body in self.speedrunjobs():
+        bodies = [b for b in self.speedrunjobs() if not b["metadata"].get("deletionTimestamp")]
+        phases = [(b.get("status") or {}).get("phase") for b in bodies]
+        if progress:
+            for body, phase in zip(bodies, phases, strict=True):
+                if phase == "Training":
+                    self.scrapes.submit(body["metadata"]["namespace"], body["metadata"]["name"], body.get("spec") or {})
+        if not resync:
+            return
+        self.hold_finished([b for b, phase in zip(bodies, phases, strict=True) if phase in TERMINAL_PHASES])
+        for body, phase in zip(bodies, phases, strict=True):
             if self._stop.is_set():
                 return
-            meta, phase = body["metadata"], (body.get("status") or {}).get("phase")
-            if meta.get("deletionTimestamp"):
+            if phase in TERMINAL_PHASES:
                 continue
-            namespace, name = meta["namespace"], meta["name"]
+            namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
             try:
-                if progress and phase == "Training":
-                    scrape.follow_progress(self.ctx, namespace, name, body.get("spec") or {}, self.logger)
-                if resync and phase not in TERMINAL_PHASES:
-                    reconcile.reconcile(self.ctx, namespace, name, "resync", self.logger)
+                reconcile.reconcile(self.ctx, namespace, name, "resync", self.logger)
             except (kopf.PermanentError, kopf.TemporaryError) as err:
                 self.logger.debug(f"[{namespace}/{name}] resync: {err}")
             except kube.KubeError as err:
                 self.logger.warning(f"[{namespace}/{name}] periodic work failed: {err}")
+
+    def hold_finished(self, finished: list[dict[str, Any]]) -> None:
+        """What finished jobs' statuses owe their Jobs (a TTL, a stop), re-applied where missing:
+        one LIST of the operator's Jobs per namespace that has a finished job."""
+        for namespace in sorted({b["metadata"]["namespace"] for b in finished}):
+            try:
+                jobs = side_effects.managed_jobs(self.ctx.client, namespace)
+            except kube.KubeError as err:
+                self.logger.warning(f"[{namespace}] listing Jobs failed: {err}")
+                continue
+            for body in (b for b in finished if b["metadata"]["namespace"] == namespace):
+                side_effects.hold(self.ctx.client, side_effects.owed_by(body, read_status(body.get("status")), jobs))

@@ -10,12 +10,13 @@ serialises triggers inside this process; the Lease (leader.py) keeps one active 
 Two acts follow from the status written, so a crash in between repeats them on the next pass
 rather than skipping them: a gang restart deletes the failed attempt's training Job (Foreground:
 its pods first; the next pass creates the next attempt), and a Job whose outcome is recorded gets
-`runPolicy.ttlSecondsAfterFinished`, so the TTL controller never deletes an unrecorded Job.
+`runPolicy.ttlSecondsAfterFinished`, so the TTL controller never deletes an unrecorded Job. These,
+and the stop of a training Job after a start-up failure, are re-checked on every pass, settled
+jobs included, until the Jobs show them (side_effects.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections import defaultdict
@@ -26,9 +27,10 @@ import kopf
 
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
-from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339, read_status
+from speedrun_api.status import SpeedrunJobStatus, now_rfc3339, read_status
 from speedrun_operator import builders, events, kube, lifecycle, operator_metrics, pod_startup
 from speedrun_operator import labels as L
+from speedrun_operator.handlers import side_effects
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
 from speedrun_operator.handlers.operator_startup import OperatorContext
 from speedrun_operator.pod_startup import PodsWaiting
@@ -64,6 +66,7 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
     current = read_status(body.get("status"))
     if lifecycle.is_settled(current, generation):
         operator_metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], current.phase)
+        side_effects.hold_settled(ctx.client, body, current)  # what the status owes, until it holds
         return current
     try:
         job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
@@ -86,23 +89,8 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
         _write(ctx, body, current, seen)
         raise kopf.PermanentError(message) from None
     new = _write(ctx, body, current, seen)
-    if seen.startup_failure is not None and new.phase == "Failed":
-        _stop_training_job(ctx, children.train_job, job)
-    else:
-        _after_write(ctx, job, current, new, children)
+    _after_write(ctx, job, current, new, children)
     return new
-
-
-def _stop_training_job(ctx: OperatorContext, train_job: dict[str, Any] | None, job: SpeedrunJob) -> None:
-    """End a training Job whose pods never started, so none of them starts later unwatched: its
-    activeDeadlineSeconds is lowered to now, and the Job controller removes the pods and records
-    DeadlineExceeded on the Job (which stays for `kubectl describe`)."""
-    if train_job is None:
-        return
-    patch = pod_startup.stop_patch(train_job, job.spec.run_policy.startup_deadline_seconds)
-    if patch is not None:
-        meta = train_job["metadata"]
-        ctx.client.patch(kube.JOB, meta["namespace"], meta["name"], patch)
 
 
 def _nodes(body: dict[str, Any]) -> str:
@@ -248,28 +236,16 @@ def _replace(client: kube.KubeClient, train_job: dict[str, Any]) -> None:
 def _after_write(
     ctx: OperatorContext, job: SpeedrunJob, current: SpeedrunJobStatus, new: SpeedrunJobStatus, children: Children
 ) -> None:
-    """The acts that follow from the status just written (see the module's docstring)."""
+    """The acts that follow from the status just written (see the module's docstring): the TTL of
+    a Job whose outcome is recorded and the stop of a start-up failure, owed until they hold
+    (side_effects.py), on every pass, not only the one that wrote the status."""
     train_job, eval_job = children.train_job, children.eval_job
     if new.restarts > current.restarts and train_job is not None:
         _replace(ctx.client, train_job)  # the restart is counted: now the old attempt goes
         return
-    ttl = job.spec.run_policy.ttl_seconds_after_finished
-    if ttl is None:
-        return
-    recorded = [train_job] if lifecycle.training_finished(new) or new.phase == "Failed" else []
-    if new.phase in TERMINAL_PHASES:
-        recorded.append(eval_job)
-    for child in recorded:
-        if child is not None and lifecycle.job_state(child).phase in ("Succeeded", "Failed"):
-            _set_ttl(ctx.client, child, ttl)
-
-
-def _set_ttl(client: kube.KubeClient, child: dict[str, Any], ttl: int) -> None:
-    """Hand a finished Job whose outcome is recorded to the TTL-after-finished controller."""
-    meta = child["metadata"]
-    if child["spec"].get("ttlSecondsAfterFinished") is None and not meta.get("deletionTimestamp"):
-        with contextlib.suppress(kube.NotFound):
-            client.patch(kube.JOB, meta["namespace"], meta["name"], {"spec": {"ttlSecondsAfterFinished": ttl}})
+    policy = job.spec.run_policy
+    ttl, deadline = policy.ttl_seconds_after_finished, policy.startup_deadline_seconds
+    side_effects.hold(ctx.client, side_effects.owed(new, train_job, eval_job, ttl, deadline))
 
 
 def _held_back(client: kube.KubeClient, policy: Any, namespace: str, job_name: str) -> bool:

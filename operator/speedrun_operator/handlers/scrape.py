@@ -7,11 +7,20 @@ the previous progress stays until the next tick of the periodic thread (periodic
 precondition: if the reconcile changed the status in the meantime (Training -> Evaluating ->
 Succeeded, with the final step, lifecycle.py), the apiserver answers 409 and the stale sample is
 dropped instead of overwriting the final progress.
+
+`Scrapes` runs them concurrently and bounded, off the periodic thread: a small pool of
+SCRAPE_WORKERS threads, at most one scrape per job in flight (a job whose last scrape has not
+ended is skipped this tick, counted as result="busy"), and each scrape cut off after
+training_progress.SCRAPE_TIMEOUT in all. A target that never answers (a default-deny
+NetworkPolicy drops the packets; a pod that accepts and hangs) then costs one worker for a few
+seconds and delays neither the other jobs' scrapes nor any reconcile.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from speedrun_api.spec import MetricsSpec
@@ -68,3 +77,50 @@ def follow_progress(
         logger.debug("progress sample dropped: the job changed while it was scraped")
         return False
     return True
+
+
+SCRAPE_WORKERS = 4  # concurrent scrapes per operator: a tick of 100 training jobs takes ~25 round trips
+
+
+class Scrapes:
+    """The progress scrapes of the periodic thread, run on a bounded pool (see the module's docstring)."""
+
+    def __init__(self, ctx: OperatorContext, logger: logging.Logger, workers: int = SCRAPE_WORKERS) -> None:
+        self.ctx, self.logger = ctx, logger
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="speedrun-scrape")
+        self._busy: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, namespace: str, name: str, spec: dict[str, Any]) -> bool:
+        """Queue one job's scrape and return at once; False if its previous one is still running."""
+        key = (namespace, name)
+        with self._lock:
+            if key in self._busy:
+                operator_metrics.SCRAPES.labels(result="busy").inc()
+                return False
+            self._busy.add(key)
+        try:
+            self._pool.submit(self._scrape, key, spec)
+        except RuntimeError:  # shut down: the operator is stopping
+            self._done(key)
+            return False
+        return True
+
+    def _scrape(self, key: tuple[str, str], spec: dict[str, Any]) -> None:
+        try:
+            follow_progress(self.ctx, *key, spec, self.logger)
+        except Exception as err:  # the next tick scrapes again; a worker must outlive any one failure
+            self.logger.warning(f"[{key[0]}/{key[1]}] progress scrape failed: {type(err).__name__}: {err}")
+        finally:
+            self._done(key)
+
+    def _done(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._busy.discard(key)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._busy)
+
+    def stop(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -3,7 +3,12 @@ contract's gauges read from its Prometheus exposition."""
 
 from __future__ import annotations
 
-from speedrun_operator.training_progress import metrics_url, parse_progress
+import socket
+import threading
+
+import pytest
+
+from speedrun_operator.training_progress import fetch, metrics_url, parse_progress
 
 EXPOSITION = """\
 # HELP speedrun_step Optimizer steps done
@@ -42,3 +47,32 @@ def test_metrics_url() -> None:
     assert metrics_url({"status": {"podIP": "10.0.0.7"}}, 9400) == "http://10.0.0.7:9400/metrics"
     assert metrics_url({"status": {"podIP": "fd00::7"}}, 9400) == "http://[fd00::7]:9400/metrics"
     assert metrics_url({"status": {}}, 9400) is None
+
+
+def test_fetch_cuts_off_a_target_that_trickles() -> None:
+    """Each read returns within the socket timeout, so only a deadline for the whole scrape ends it
+    (the target completes its answer after 10 cut-off times: a fetch without one returns it)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            try:
+                conn.recv(65536)  # the request (unread, the close would reset the connection)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(400):
+                    if done.wait(0.05):
+                        return
+                    conn.sendall(b"a")
+                conn.sendall(b"\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        with pytest.raises(OSError):  # TimeoutError, or the connection the cut-off broke
+            fetch(f"http://127.0.0.1:{server.getsockname()[1]}/metrics", timeout=2.0)
+    finally:
+        done.set()
+        server.close()

@@ -4,7 +4,10 @@ the training Job the operator creates from it carries each field, with the chart
 controller's, validated as pods). Admission parity of the overlay: every manifest of
 tests/support/overlay_cases.py's OVERLAY_ADMITTED gives a training and an eval Job the apiserver
 admits (server-side dry run of what the builders make); its refusals are rows of
-tests/cluster/test_admission.py. Nothing runs here: control plane only (no kubelets).
+tests/cluster/test_admission.py. Those run on the control plane only (no kubelets); the last test
+runs a training pod with the overlay in a real container on a real node (the player image as the
+trainer image: it runs until SIGTERM) and reads the overlay from inside it through `kubectl exec`:
+/dev/shm's size, the env, a mounted volume, the supplemental group.
 Run: `pytest -m cluster tests/cluster/test_pod_overrides.py`.
 """
 
@@ -24,6 +27,8 @@ from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.crd_install import install_crd
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.operator_run import BASE_VALUES, ServedNamespace, release_operator
+from tests.cluster.players import PlayerImage
+from tests.cluster.real_nodes import RealNodes
 from tests.support.overlay_cases import EVERY_FIELD, OVERLAY_ADMITTED, every_field
 
 pytestmark = pytest.mark.cluster
@@ -118,3 +123,56 @@ def check_overlay(obj: dict[str, Any]) -> None:
     assert container["resources"]["limits"]["rdma/hca"] == "1"
     assert container["resources"]["limits"]["vpc.amazonaws.com/efa"] == "32"
     assert container["command"][:3] == ["python", "-m", "speedrun_trainer.train.torchrun"]
+
+
+RUNNING_NAMESPACE = "pod-overrides-running"
+# What a pod on a real node can show of the overlay (no RDMA device, no host network here: those
+# are the Job's, checked above).
+RUNNING_OVERLAY = {
+    "env": [
+        {"name": "NCCL_IB_HCA", "value": "mlx5"},
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ],
+    "volumes": [{"name": "datasets", "emptyDir": {"sizeLimit": "64Mi"}}],
+    "volumeMounts": [{"name": "datasets", "mountPath": "/datasets"}],
+    "securityContext": {"supplementalGroups": [4242]},
+    "serviceAccountName": "trainer-identity",
+    "labels": {"team": "nlp"},
+    "shmSize": "96Mi",
+}
+
+
+def test_a_training_pod_runs_with_the_overlay_on_a_real_node(
+    control_plane: ControlPlane, kube_nodes: RealNodes, player_image: PlayerImage, kubectl: Kubectl, tmp_path: Path
+) -> None:
+    values = {**BASE_VALUES, "trainer.image.repository": player_image.repository, "trainer.image.tag": player_image.tag}
+    release = install_chart(control_plane, RUNNING_NAMESPACE, RUNNING_NAMESPACE, values)
+    control_plane.admin.create(
+        f"/api/v1/namespaces/{RUNNING_NAMESPACE}/serviceaccounts", {"metadata": {"name": "trainer-identity"}}
+    )
+    with release_operator(control_plane, release, tmp_path) as op:
+        served = ServedNamespace(control_plane, RUNNING_NAMESPACE, op)
+        doc = served.manifest("running", **{"spec.resources": {"nodes": 1, "cpu": "100m", "memory": "512Mi"}})
+        doc["spec"]["podOverrides"] = RUNNING_OVERLAY
+        served.apply(kubectl, doc)
+
+        def running() -> dict[str, Any] | None:
+            pods = [p for p in served.pods("running") if (p.get("status") or {}).get("phase") == "Running"]
+            return pods[0] if pods else None
+
+        pod = wait_until(running, 180, "the training pod Running on a real node", interval=0.5)
+        name = pod["metadata"]["name"]
+        assert pod["spec"]["nodeName"] in kube_nodes.names and pod["metadata"]["labels"]["team"] == "nlp"
+
+        def inside(*command: str) -> str:
+            return str(kubectl.run("exec", "-n", RUNNING_NAMESPACE, name, "-c", "trainer", "--", *command).stdout)
+
+        shm = inside("df", "-k", "--output=size", "/dev/shm").split()
+        assert shm[-1] == str(96 * 1024), shm  # the kubelet sized the tmpfs as shmSize
+        env = dict(line.split("=", 1) for line in inside("env").splitlines() if "=" in line)
+        assert env["NCCL_IB_HCA"] == "mlx5" and env["NODE_NAME"] == pod["spec"]["nodeName"]
+        assert env["SPEEDRUN_JOB_NAME"] == "running"  # the operator's env is still there
+        assert "/datasets" in inside("cat", "/proc/self/mounts")
+        inside("touch", "/datasets/written")  # mounted, writable by the pod's non-root user
+        assert "4242" in inside("id", "-G").split()
+        served.delete(kubectl, "running")

@@ -34,8 +34,12 @@ from speedrun_api.spec_types import Base
 # label/annotation prefixes whose keys it, the Job controller or Kueue set and select on.
 RESERVED_VOLUMES = ("config", "dshm", "tmp", "cache")
 RESERVED_MOUNT_PATHS = ("/etc/speedrun", "/dev/shm", "/tmp", "/var/cache/speedrun")
-RESERVED_KEY_PREFIXES = ("speedrun.dev/", "batch.kubernetes.io/", "kueue.x-k8s.io/", "app.kubernetes.io/")
-RESERVED_KEYS = ("job-name", "controller-uid")
+RESERVED_KEY_PREFIXES = ("speedrun.dev/", "batch.kubernetes.io/", "kueue.x-k8s.io/")
+RESERVED_KEYS = (
+    *(f"app.kubernetes.io/{k}" for k in ("name", "instance", "component", "managed-by")),  # operator labels.py
+    "job-name",
+    "controller-uid",
+)
 MAX_ITEMS = 32
 MAX_META = 64
 # 64 annotations of at most this many characters (and 317-character keys) stay under the
@@ -44,7 +48,10 @@ MAX_ANNOTATION_VALUE = 3072
 DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 VOLUME_SOURCES = tuple(k for k in ks.schema("Volume")["properties"] if k != "name")
 ENV_SOURCES = tuple(ks.schema("EnvVar")["properties"]["valueFrom"]["properties"])
-RESERVED_HELP = "speedrun.dev/, batch.kubernetes.io/, kueue.x-k8s.io/, app.kubernetes.io/, job-name, controller-uid"
+RESERVED_HELP = (
+    "speedrun.dev/*, batch.kubernetes.io/*, kueue.x-k8s.io/*, app.kubernetes.io/{name,instance,component,managed-by},"
+    " job-name, controller-uid"
+)
 
 
 def _reserved_key_cel(var: str) -> str:

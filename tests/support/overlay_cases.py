@@ -118,4 +118,5 @@ OVERLAY_ADMITTED = [
     overlay(env=[{"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}}]),
     overlay(securityContext={"seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/train.json"}}),
     overlay(shmSize="16Gi", annotations={"k8s.v1.cni.cncf.io/networks": "rdma-net"}),
+    overlay(labels={"app.kubernetes.io/part-of": "llm-research"}),
 ]  # fmt: skip

@@ -1,6 +1,6 @@
 """Kubernetes' own OpenAPI schemas for the pod fields a SpeedrunJob passes through (`spec.podOverrides`).
 
-Volumes, volume mounts, affinity, the pod security context and env vars are Kubernetes types with
+Volumes, volume mounts, affinity, security contexts and env vars are Kubernetes types with
 dozens of nested sources; writing them again as pydantic models would drift from Kubernetes. They
 are vendored instead, from Kubernetes' published OpenAPI v3 document
 (kubernetes `api/openapi-spec/v3/api__v1_openapi.json`, v1.36.3), made structural the way
@@ -31,6 +31,7 @@ ROOTS = {
     "VolumeMount": "io.k8s.api.core.v1.VolumeMount",
     "Affinity": "io.k8s.api.core.v1.Affinity",
     "PodSecurityContext": "io.k8s.api.core.v1.PodSecurityContext",
+    "SecurityContext": "io.k8s.api.core.v1.SecurityContext",
     "EnvVar": "io.k8s.api.core.v1.EnvVar",
 }
 _DROPPED = {"description", "default", "x-kubernetes-patch-strategy", "x-kubernetes-patch-merge-key"}

@@ -183,6 +183,7 @@ def _env_schema() -> dict[str, Any]:
 def _security_schema() -> dict[str, Any]:
     node = ks.schema("PodSecurityContext")
     props = node["properties"]
+    del props["windowsOptions"]  # the trainer's pods are Linux pods
     for key in ("runAsUser", "runAsGroup", "fsGroup"):
         props[key]["minimum"] = 0
     props["supplementalGroups"]["items"]["minimum"] = 0
@@ -198,6 +199,41 @@ def _security_schema() -> dict[str, Any]:
             }
         ]
     node["description"] = "The pods' security context, over the operator's (non-root, seccomp RuntimeDefault) by key"
+    return node
+
+
+ESCALATING_CAPABILITIES = ("SYS_ADMIN", "CAP_SYS_ADMIN")
+ESCALATION_HELP = (
+    "privileged or capabilities.add SYS_ADMIN need allowPrivilegeEscalation: true (the operator's default is false)"
+)
+
+
+def _container_security_schema() -> dict[str, Any]:
+    node = ks.schema("SecurityContext")
+    props = node["properties"]
+    del props["windowsOptions"]
+    for key in ("runAsUser", "runAsGroup"):
+        props[key]["minimum"] = 0
+    props["procMount"]["enum"] = ["Default"]  # Unmasked needs a user namespace (hostUsers: false)
+    for key in ("add", "drop"):
+        props["capabilities"]["properties"][key].update(maxItems=64)
+        props["capabilities"]["properties"][key]["items"]["maxLength"] = 64
+    for profile in ("seccompProfile", "appArmorProfile"):
+        props[profile]["properties"]["type"]["enum"] = ["RuntimeDefault", "Unconfined", "Localhost"]
+    escalating = ", ".join(f"'{c}'" for c in ESCALATING_CAPABILITIES)
+    node["x-kubernetes-validations"] = [
+        {
+            "rule": "(has(self.allowPrivilegeEscalation) && self.allowPrivilegeEscalation) || "
+            "((!has(self.privileged) || !self.privileged) && (!has(self.capabilities) || "
+            f"!has(self.capabilities.add) || !self.capabilities.add.exists(c, c in [{escalating}])))",
+            "message": ESCALATION_HELP,
+        }
+    ]
+    node["description"] = (
+        "The trainer (and evaluator) container's security context, over the operator's (no privilege"
+        " escalation, read-only root, capabilities drop ALL) by key; capabilities.add/drop each replace"
+        " the operator's own, e.g. add: [IPC_LOCK] for RDMA"
+    )
     return node
 
 
@@ -276,11 +312,24 @@ def _security_problems(context: dict[str, Any]) -> list[str]:
     ]
 
 
+def _container_security_problems(context: dict[str, Any]) -> list[str]:
+    problems = _security_problems(context)
+    escalates = context.get("privileged") or set(context.get("capabilities", {}).get("add", [])) & set(
+        ESCALATING_CAPABILITIES
+    )
+    if escalates and not context.get("allowPrivilegeEscalation"):
+        problems.append(ESCALATION_HELP)
+    return problems
+
+
 Volumes = _checked(list[dict[str, Any]], "volumes", _volume_schema(), _volume_problems)
 VolumeMounts = _checked(list[dict[str, Any]], "volumeMounts", _mount_schema(), _mount_problems)
 EnvVars = _checked(list[dict[str, Any]], "env", _env_schema(), _env_problems)
 SecurityContext = _checked(dict[str, Any], "securityContext", _security_schema(), _security_problems)
 Affinity = _checked(dict[str, Any], "affinity", _affinity_schema())
+ContainerSecurityContext = _checked(
+    dict[str, Any], "containerSecurityContext", _container_security_schema(), _container_security_problems
+)
 
 
 class PullSecret(Base):
@@ -314,6 +363,7 @@ class PodOverrides(Base):
         [], max_length=kf.MAX_TOLERATIONS, description="Added to resources.tolerations"
     )
     security_context: SecurityContext | None = None
+    container_security_context: ContainerSecurityContext | None = None
     shm_size: kf.Quantity | None = Field(
         None,
         description="Size of /dev/shm (a memory emptyDir; NCCL and DataLoader workers use it); default: no"

@@ -119,6 +119,8 @@ def check_overlay(obj: dict[str, Any]) -> None:
     security = pod["securityContext"]
     assert security["supplementalGroups"] == [4242] and security["fsGroupChangePolicy"] == "OnRootMismatch"
     assert security["runAsNonRoot"] is True and security["runAsUser"] == 1000  # the operator's stay
+    own = container["securityContext"]
+    assert own["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]} and own["allowPrivilegeEscalation"] is False
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert container["resources"]["limits"]["rdma/hca"] == "1"
     assert container["resources"]["limits"]["vpc.amazonaws.com/efa"] == "32"
@@ -136,6 +138,7 @@ RUNNING_OVERLAY = {
     "volumes": [{"name": "datasets", "emptyDir": {"sizeLimit": "64Mi"}}],
     "volumeMounts": [{"name": "datasets", "mountPath": "/datasets"}],
     "securityContext": {"supplementalGroups": [4242]},
+    "containerSecurityContext": {"capabilities": {"add": ["IPC_LOCK"]}},
     "serviceAccountName": "trainer-identity",
     "labels": {"team": "nlp"},
     "shmSize": "96Mi",
@@ -175,4 +178,6 @@ def test_a_training_pod_runs_with_the_overlay_on_a_real_node(
         assert "/datasets" in inside("cat", "/proc/self/mounts")
         inside("touch", "/datasets/written")  # mounted, writable by the pod's non-root user
         assert "4242" in inside("id", "-G").split()
+        status = dict(line.split(":\t", 1) for line in inside("cat", "/proc/self/status").splitlines() if ":\t" in line)
+        assert int(status["CapBnd"], 16) == 1 << 14, status["CapBnd"]  # drop ALL, then add IPC_LOCK (bit 14)
         served.delete(kubectl, "running")

@@ -56,6 +56,7 @@ EVERY_FIELD: dict[str, Any] = {
     },
     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"}],
     "securityContext": {"supplementalGroups": [4242], "fsGroupChangePolicy": "OnRootMismatch"},
+    "containerSecurityContext": {"capabilities": {"add": ["IPC_LOCK"]}},  # RDMA pins memory
     "shmSize": "256Mi",
 }
 EVERY_RESOURCE: dict[str, Any] = {"hostNetwork": True, "extraResources": {"rdma/hca": 1, "vpc.amazonaws.com/efa": 32}}
@@ -105,6 +106,13 @@ OVERLAY_REFUSED = [
     ("spec.podOverrides.env", overlay(env=[{"name": "A", "valueFrom": {}}])),
     ("spec.podOverrides.securityContext", overlay(securityContext={"runAsUser": -1})),
     ("spec.podOverrides.securityContext", overlay(securityContext={"seccompProfile": {"type": "Localhost"}})),
+    ("spec.podOverrides.containerSecurityContext", overlay(containerSecurityContext={"privileged": True})),
+    (
+        "spec.podOverrides.containerSecurityContext",
+        overlay(containerSecurityContext={"capabilities": {"add": ["SYS_ADMIN"]}}),
+    ),
+    ("spec.podOverrides.containerSecurityContext", overlay(containerSecurityContext={"procMount": "Unmasked"})),
+    ("spec.podOverrides.securityContext", overlay(securityContext={"windowsOptions": {"hostProcess": True}})),
     ("spec.podOverrides.tolerations", overlay(tolerations=[{"key": "gpu", "operator": "Exists", "value": "x"}])),
     ("spec.podOverrides.shmSize", overlay(shmSize="0")),
     ("spec.podOverrides.shmSize", overlay(shmSize="1 Gi")),
@@ -119,4 +127,6 @@ OVERLAY_ADMITTED = [
     overlay(securityContext={"seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/train.json"}}),
     overlay(shmSize="16Gi", annotations={"k8s.v1.cni.cncf.io/networks": "rdma-net"}),
     overlay(labels={"app.kubernetes.io/part-of": "llm-research"}),
+    overlay(containerSecurityContext={"privileged": True, "allowPrivilegeEscalation": True},
+            securityContext={"runAsNonRoot": False, "runAsUser": 0}),
 ]  # fmt: skip

@@ -47,7 +47,7 @@ def merged(job: SpeedrunJob, settings: OperatorSettings) -> dict[str, Any]:
     base = _wire(settings.pod_overrides_defaults())
     own = _wire(job.spec.pod_overrides)
     out: dict[str, Any] = {**base, **own}
-    for key in ("labels", "annotations", "securityContext"):
+    for key in ("labels", "annotations", "securityContext", "containerSecurityContext"):
         out[key] = {**base.get(key, {}), **own.get(key, {})}
     # The job's spec.env beats the chart's overlay env of the same name (the spec wins).
     chart_env = [e for e in base.get("env", []) if e["name"] not in job.spec.env]
@@ -133,5 +133,11 @@ def apply(batch_job: dict[str, Any], job: SpeedrunJob, settings: OperatorSetting
         pod["tolerations"] = _unique(pod.get("tolerations", []) + tolerations)
     if "securityContext" in overlay:
         pod["securityContext"] = {**pod.get("securityContext", {}), **overlay["securityContext"]}
+    if "containerSecurityContext" in overlay:
+        own, extra = container.get("securityContext", {}), overlay["containerSecurityContext"]
+        merged_context = {**own, **extra}
+        if "capabilities" in extra:  # add and drop each replace the operator's: add IPC_LOCK keeps drop ALL
+            merged_context["capabilities"] = {**own.get("capabilities", {}), **extra["capabilities"]}
+        container["securityContext"] = merged_context
     if "affinity" in overlay and accelerator:
         pod["affinity"] = merge_affinity(pod.get("affinity") or {}, overlay["affinity"])

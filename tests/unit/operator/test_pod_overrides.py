@@ -72,6 +72,8 @@ def test_the_training_pods_take_every_field() -> None:
     assert spec["securityContext"]["supplementalGroups"] == [4242] and spec["securityContext"]["runAsNonRoot"]
     assert spec["hostNetwork"] and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert spec["containers"][0]["resources"]["limits"]["vpc.amazonaws.com/efa"] == "32"
+    own = spec["containers"][0]["securityContext"]
+    assert own["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]} and own["readOnlyRootFilesystem"]
 
 
 def test_the_eval_pod_takes_the_overlay_but_not_the_network_fields() -> None:

@@ -20,7 +20,9 @@ import re
 import sys
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, WithJsonSchema
 
 from speedrun_api.kubeformats import QUANTITY_RE
 
@@ -129,6 +131,21 @@ def _object_problems(node: dict[str, Any], value: dict[str, Any], where: str) ->
         elif props is not None and not node.get("x-kubernetes-preserve-unknown-fields"):
             out.append(f'{where}.{key}: unknown field "{key}"')
     return out
+
+
+def checked(kind: Any, name: str, node: dict[str, Any], *checks: Any) -> Any:
+    """A pass-through field: Kubernetes' schema (`node`) in the CRD and in Python, then `checks`
+    (the Python twins of the CEL rules), each `value -> list of problems`."""
+
+    def validate(value: Any) -> Any:
+        found = problems(node, value, name)
+        if not found:
+            found = [p for check in checks for p in check(value)]
+        if found:  # "volumes[0].name: ..." -> "[0].name: ...": the error names the field already
+            raise ValueError("\n".join(p.removeprefix(name).removeprefix(".") for p in found))
+        return value
+
+    return Annotated[kind, AfterValidator(validate), WithJsonSchema(node)]
 
 
 if __name__ == "__main__":

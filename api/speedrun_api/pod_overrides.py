@@ -23,11 +23,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, ValidationInfo, WithJsonSchema, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from speedrun_api import k8s_schemas as ks
 from speedrun_api import kubeformats as kf
 from speedrun_api import run_env
+from speedrun_api.pod_security import ContainerSecurityContext, SecurityContext
 from speedrun_api.spec_types import Base
 
 # The operator's own: its pods' volumes and mount paths (operator builders/common.py), and the
@@ -180,82 +181,10 @@ def _env_schema() -> dict[str, Any]:
     }
 
 
-def _security_schema() -> dict[str, Any]:
-    node = ks.schema("PodSecurityContext")
-    props = node["properties"]
-    del props["windowsOptions"]  # the trainer's pods are Linux pods
-    for key in ("runAsUser", "runAsGroup", "fsGroup"):
-        props[key]["minimum"] = 0
-    props["supplementalGroups"]["items"]["minimum"] = 0
-    props["fsGroupChangePolicy"]["enum"] = ["OnRootMismatch", "Always"]
-    props["supplementalGroupsPolicy"]["enum"] = ["Merge", "Strict"]
-    props["seLinuxChangePolicy"]["enum"] = ["MountOption", "Recursive"]
-    for profile in ("seccompProfile", "appArmorProfile"):
-        props[profile]["properties"]["type"]["enum"] = ["RuntimeDefault", "Unconfined", "Localhost"]
-        props[profile]["x-kubernetes-validations"] = [
-            {
-                "rule": "(self.type == 'Localhost') == has(self.localhostProfile)",
-                "message": "localhostProfile goes with type Localhost, and only with it",
-            }
-        ]
-    node["description"] = "The pods' security context, over the operator's (non-root, seccomp RuntimeDefault) by key"
-    return node
-
-
-ESCALATING_CAPABILITIES = ("SYS_ADMIN", "CAP_SYS_ADMIN")
-ESCALATION_HELP = (
-    "privileged or capabilities.add SYS_ADMIN need allowPrivilegeEscalation: true (the operator's default is false)"
-)
-
-
-def _container_security_schema() -> dict[str, Any]:
-    node = ks.schema("SecurityContext")
-    props = node["properties"]
-    del props["windowsOptions"]
-    for key in ("runAsUser", "runAsGroup"):
-        props[key]["minimum"] = 0
-    props["procMount"]["enum"] = ["Default"]  # Unmasked needs a user namespace (hostUsers: false)
-    for key in ("add", "drop"):
-        props["capabilities"]["properties"][key].update(maxItems=64)
-        props["capabilities"]["properties"][key]["items"]["maxLength"] = 64
-    for profile in ("seccompProfile", "appArmorProfile"):
-        props[profile]["properties"]["type"]["enum"] = ["RuntimeDefault", "Unconfined", "Localhost"]
-    escalating = ", ".join(f"'{c}'" for c in ESCALATING_CAPABILITIES)
-    node["x-kubernetes-validations"] = [
-        {
-            "rule": "(has(self.allowPrivilegeEscalation) && self.allowPrivilegeEscalation) || "
-            "((!has(self.privileged) || !self.privileged) && (!has(self.capabilities) || "
-            f"!has(self.capabilities.add) || !self.capabilities.add.exists(c, c in [{escalating}])))",
-            "message": ESCALATION_HELP,
-        }
-    ]
-    node["description"] = (
-        "The trainer (and evaluator) container's security context, over the operator's (no privilege"
-        " escalation, read-only root, capabilities drop ALL) by key; capabilities.add/drop each replace"
-        " the operator's own, e.g. add: [IPC_LOCK] for RDMA"
-    )
-    return node
-
-
 def _affinity_schema() -> dict[str, Any]:
     node = ks.schema("Affinity")
     node["description"] = "Node and pod (anti-)affinity of the run's pods (Kubernetes Affinity)"
     return node
-
-
-def _checked(kind: Any, name: str, node: dict[str, Any], *checks: Any) -> Any:
-    """A pass-through field: Kubernetes' schema (`node`) in the CRD and in Python, then `checks`
-    (the Python twins of the CEL rules), each `value -> list of problems`."""
-
-    def validate(value: Any) -> Any:
-        problems = ks.problems(node, value, name)
-        if not problems:
-            problems = [p for check in checks for p in check(value)]
-        if problems:  # "volumes[0].name: ..." -> "[0].name: ...": the error names the field already
-            raise ValueError("\n".join(p.removeprefix(name).removeprefix(".") for p in problems))
-        return value
-
-    return Annotated[kind, AfterValidator(validate), WithJsonSchema(node)]
 
 
 def _duplicates(items: list[dict[str, Any]], key: str, where: str) -> list[str]:
@@ -304,32 +233,10 @@ def _env_problems(env: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _security_problems(context: dict[str, Any]) -> list[str]:
-    return [
-        f"securityContext.{profile}: localhostProfile goes with type Localhost, and only with it"
-        for profile in ("seccompProfile", "appArmorProfile")
-        if profile in context and (context[profile]["type"] == "Localhost") != ("localhostProfile" in context[profile])
-    ]
-
-
-def _container_security_problems(context: dict[str, Any]) -> list[str]:
-    problems = _security_problems(context)
-    escalates = context.get("privileged") or set(context.get("capabilities", {}).get("add", [])) & set(
-        ESCALATING_CAPABILITIES
-    )
-    if escalates and not context.get("allowPrivilegeEscalation"):
-        problems.append(ESCALATION_HELP)
-    return problems
-
-
-Volumes = _checked(list[dict[str, Any]], "volumes", _volume_schema(), _volume_problems)
-VolumeMounts = _checked(list[dict[str, Any]], "volumeMounts", _mount_schema(), _mount_problems)
-EnvVars = _checked(list[dict[str, Any]], "env", _env_schema(), _env_problems)
-SecurityContext = _checked(dict[str, Any], "securityContext", _security_schema(), _security_problems)
-Affinity = _checked(dict[str, Any], "affinity", _affinity_schema())
-ContainerSecurityContext = _checked(
-    dict[str, Any], "containerSecurityContext", _container_security_schema(), _container_security_problems
-)
+Volumes = ks.checked(list[dict[str, Any]], "volumes", _volume_schema(), _volume_problems)
+VolumeMounts = ks.checked(list[dict[str, Any]], "volumeMounts", _mount_schema(), _mount_problems)
+EnvVars = ks.checked(list[dict[str, Any]], "env", _env_schema(), _env_problems)
+Affinity = ks.checked(dict[str, Any], "affinity", _affinity_schema())
 
 
 class PullSecret(Base):

@@ -112,6 +112,10 @@ OVERLAY_REFUSED = [
         overlay(containerSecurityContext={"capabilities": {"add": ["SYS_ADMIN"]}}),
     ),
     ("spec.podOverrides.containerSecurityContext", overlay(containerSecurityContext={"procMount": "Unmasked"})),
+    (
+        "spec.podOverrides.containerSecurityContext",
+        overlay(containerSecurityContext={"appArmorProfile": {"type": "Localhost"}}),
+    ),
     ("spec.podOverrides.securityContext", overlay(securityContext={"windowsOptions": {"hostProcess": True}})),
     ("spec.podOverrides.tolerations", overlay(tolerations=[{"key": "gpu", "operator": "Exists", "value": "x"}])),
     ("spec.podOverrides.shmSize", overlay(shmSize="0")),

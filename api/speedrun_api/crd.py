@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from speedrun_api import tpu
+from speedrun_api import pod_overrides, tpu
 from speedrun_api.accelerators import ACCELERATORS
 from speedrun_api.spec import API_GROUP, API_VERSION, KIND, PLURAL, RULES, SHORT_NAME, SpeedrunSpec
 from speedrun_api.status import SpeedrunJobStatus
@@ -104,6 +104,7 @@ EXTRA_RULES: dict[str, list[dict[str, str]]] = {
         },
         *tpu.cel_rules(),  # TPU slices: topology, procsPerNode 1, nodes = hosts (2-D shapes)
     ],
+    "podOverrides": pod_overrides.CEL_RULES,
 }
 
 PRINTER_COLUMNS = [
@@ -122,6 +123,8 @@ PRINTER_COLUMNS = [
 def structural(schema: dict[str, Any], defs: dict[str, Any], keep_defaults: bool) -> dict[str, Any]:
     """One pydantic JSON-schema node -> a structural OpenAPI v3 node (recursive, inlined)."""
     node = copy.deepcopy(schema)
+    if node.get("x-kubernetes-int-or-string"):
+        return node  # Kubernetes' own form (anyOf integer/string), already structural
     if "$ref" in node:
         target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
         node = {**copy.deepcopy(target), **node}

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from speedrun_api import kubeformats as kf
 from speedrun_api.accelerators import known_accelerators, lookup
+from speedrun_api.pod_overrides import PodOverrides
 from speedrun_api.spec_placement import EnvMap, MetricsSpec, ResourcesSpec, RunPolicy, StorageSpec, TrackingSpec
 from speedrun_api.spec_types import MAX_STEPS, MAX_TOKENS, Base, Fraction, PositiveFloat, StepCount, Uri
 from speedrun_api.tpu import devices_per_node, metrics_port_problem, nodes_problem, procs_problem, topology_problem
@@ -211,6 +212,9 @@ class SpeedrunSpec(Base):
     tracking: TrackingSpec = TrackingSpec()
     metrics: MetricsSpec = MetricsSpec()
     run_policy: RunPolicy = RunPolicy()
+    pod_overrides: PodOverrides = Field(
+        PodOverrides(), description="Pod-template fields added to the run's pods (pod_overrides.py)"
+    )
 
     @property
     def eval_data(self) -> str:
@@ -325,6 +329,11 @@ def _target(spec: SpeedrunSpec) -> str | bool:
     return False
 
 
+def _env_twice(spec: SpeedrunSpec) -> str | bool:
+    both = sorted({e["name"] for e in spec.pod_overrides.env} & set(spec.env))
+    return f"also in spec.env: {', '.join(both)}" if both else False
+
+
 RULES: list[Rule] = [
     Rule(
         "model",
@@ -381,5 +390,12 @@ RULES: list[Rule] = [
         "!has(self.target) || self.target.metric != 'core' || has(self.eval.core)",
         "required for a CORE target",
         _target,
+    ),
+    Rule(
+        "",
+        "podOverrides.env",
+        "!has(self.env) || !has(self.podOverrides.env) || self.podOverrides.env.all(e, !(e.name in self.env))",
+        "a variable goes in spec.env or here, not both",
+        _env_twice,
     ),
 ]

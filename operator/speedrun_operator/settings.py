@@ -12,7 +12,12 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 
+from pydantic import ValidationError
+
+from speedrun_api.manifest import format_validation_error
+from speedrun_api.pod_overrides import PodOverrides
 from speedrun_api.run_env import env_problems
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/speedrun-operator/trainer:0.1.0"
@@ -51,6 +56,9 @@ class OperatorSettings:
     # The cluster's environment for every trainer and eval pod (the chart's `trainer.env`, e.g.
     # NCCL_* for its network), a JSON object of strings; a SpeedrunJob's `spec.env` wins per name.
     trainer_env: str = ""
+    # Operator-wide pod overlay (the chart's `trainer.podOverrides`), a JSON object in the form of
+    # `spec.podOverrides`; a SpeedrunJob's own wins field by field (builders/pod_overrides.py).
+    pod_overrides: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -81,10 +89,16 @@ class OperatorSettings:
             raise ValueError(f"{where}: {'; '.join(problems)}")
         return parsed
 
+    def pod_overrides_defaults(self) -> PodOverrides:
+        """`pod_overrides` parsed; ValueError (one line, naming the variable) when `spec.podOverrides`
+        would refuse it."""
+        return _pod_overrides(self.pod_overrides)
+
     def problem(self) -> str | None:
         """One line naming the variable whose value cannot work, or None."""
         try:
             self.trainer_env_vars()
+            self.pod_overrides_defaults()
         except ValueError as err:
             return str(err)
         for name in ("default_storage_endpoint_url", "default_storage_secret"):
@@ -121,6 +135,24 @@ class OperatorSettings:
             else:
                 out[env_name(name)] = str(value)
         return out
+
+
+@lru_cache(maxsize=8)
+def _pod_overrides(raw: str) -> PodOverrides:
+    where = env_name("pod_overrides")
+    if not raw.strip():
+        return PodOverrides()
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not JSON ({err.msg}); expected an object as spec.podOverrides") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{where}: expected a JSON object as spec.podOverrides")
+    try:
+        return PodOverrides.model_validate(parsed)
+    except ValidationError as err:
+        lines = format_validation_error(err)
+        raise ValueError(f"{where} (the chart's trainer.podOverrides): {'; '.join(lines)}") from None
 
 
 def env_name(field_name: str) -> str:

@@ -15,7 +15,6 @@ Run: `pytest -m cluster tests/cluster/test_admission.py`.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,12 @@ import pytest
 from speedrun_api.manifest import SpecError, parse_job
 from tests.cluster.chart import NEVER_PULLED, PULL_REASONS
 from tests.cluster.control_plane import ControlPlane, wait_until
+from tests.cluster.crd_install import install_crd
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.operator_run import served_namespace
 from tests.cluster.real_nodes import RealNodes
-from tests.support.helpers import ROOT, tiny_manifest
+from tests.support.helpers import tiny_manifest
+from tests.support.overlay_cases import OVERLAY_ADMITTED, OVERLAY_REFUSED
 
 pytestmark = pytest.mark.cluster
 
@@ -68,6 +69,7 @@ REFUSED = [
     ("spec.resources.nodes", doc(**{"spec.resources.nodes": 1_000_000})),
     ("spec.storage.secretRef.name", doc(**{"spec.storage.secretRef": {"name": "My_Secret"}})),
     ("spec.image", doc(**{"spec.image": " registry.example/trainer:1"})),
+    *OVERLAY_REFUSED,  # spec.podOverrides (api pod_overrides.py)
 ]
 
 # Refused in a cluster only: `speedrun run` on one machine still takes them.
@@ -101,19 +103,13 @@ ADMITTED = [
     doc(**{"spec.storage.uri": "file:///data/runs", "spec.resources.nodes": 1, "spec.train.batchSize": 4}),
     doc(**{"spec.storage.uri": "s3://bucket/runs"}),
     doc(**{"spec.runPolicy.activeDeadlineSeconds": 86400}),
+    *OVERLAY_ADMITTED,  # their Jobs, too: tests/cluster/test_pod_overrides.py
 ]
 
 
 @pytest.fixture(scope="module")
 def crd(control_plane: ControlPlane, kubectl: Kubectl) -> Kubectl:
-    kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "speedrunjob.yaml"))
-    kubectl.run("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
-    control_plane.namespace(NAMESPACE)
-    for _ in range(300):  # discovery of a new CRD lags its Established condition by a moment
-        if kubectl.run("get", "srj", "-n", NAMESPACE, check=False).returncode == 0:
-            break
-        time.sleep(0.2)
-    return kubectl
+    return install_crd(control_plane, kubectl, NAMESPACE)
 
 
 def dry_run(kubectl: Kubectl, manifest: dict[str, Any]) -> tuple[int, str]:

@@ -9,7 +9,6 @@ Run: `pytest -m cluster tests/cluster/test_crd.py`.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -18,9 +17,9 @@ import yaml
 from speedrun_api.crd import PRINTER_COLUMNS
 from speedrun_api.manifest import parse_job
 from tests.cluster.control_plane import ControlPlane
+from tests.cluster.crd_install import install_crd
 from tests.cluster.kubectl import Kubectl
 from tests.support.crd_cases import CEL_REJECTS, SCHEMA_REJECTS, example_docs, tiny
-from tests.support.helpers import ROOT
 
 pytestmark = pytest.mark.cluster
 
@@ -30,15 +29,7 @@ CRD_NAME = "speedrunjobs.speedrun.dev"
 
 @pytest.fixture(scope="module")
 def crd(control_plane: ControlPlane, kubectl: Kubectl) -> Kubectl:
-    kubectl.run("apply", "--server-side", "-f", str(ROOT / "crds" / "speedrunjob.yaml"))
-    kubectl.run("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
-    control_plane.namespace(NAMESPACE)
-    # Discovery of a new CRD lags its Established condition by a moment.
-    for _ in range(50):
-        if kubectl.run("get", "srj", "-n", NAMESPACE, check=False).returncode == 0:
-            break
-        time.sleep(0.2)
-    return kubectl
+    return install_crd(control_plane, kubectl, NAMESPACE)
 
 
 def dry_run(kubectl: Kubectl, doc: dict[str, Any], *flags: str) -> tuple[int, str, dict[str, Any] | None]:

@@ -12,7 +12,7 @@ from typing import Any
 from speedrun_api.run_contract import ENV_TERMINATION_LOG, TERMINATION_LOG
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
-from speedrun_operator.builders import common, tpu
+from speedrun_operator.builders import common, pod_overrides, tpu
 from speedrun_operator.settings import OperatorSettings
 
 EVAL_MODULE = "speedrun_trainer.evaluation"
@@ -42,4 +42,6 @@ def build_eval_job(job: SpeedrunJob, settings: OperatorSettings) -> dict[str, An
     pod = common.pod_spec(job, settings, container, accelerator=on_accelerator)
     counts = {"completions": 1, "parallelism": 1, "backoffLimit": settings.eval_backoff_limit}
     labels = common.queue_labels(job)
-    return common.batch_job(job, L.eval_job_name(name), L.ROLE_EVAL, labels, pod, counts)
+    out = common.batch_job(job, L.eval_job_name(name), L.ROLE_EVAL, labels, pod, counts)
+    pod_overrides.apply(out, job, settings, accelerator=on_accelerator)
+    return out

@@ -30,7 +30,7 @@ from typing import Any
 from speedrun_api.run_contract import TRAIN_MODULE
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
-from speedrun_operator.builders import common, tpu
+from speedrun_operator.builders import common, pod_overrides, tpu
 from speedrun_operator.settings import OperatorSettings
 
 POD_IP_ENV = "POD_IP"
@@ -99,6 +99,7 @@ def build_train_job(job: SpeedrunJob, settings: OperatorSettings, attempt: int =
         spec["successPolicy"] = {"rules": [{"succeededIndexes": "0"}]}
     if policy.active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    pod_overrides.apply(out, job, settings)  # the chart's and the spec's podOverrides, last
     # No ttlSecondsAfterFinished here: the operator sets it once it has recorded the outcome
     # (handlers/reconcile.py), so the TTL controller can never delete an unrecorded Job.
     return out

@@ -214,7 +214,7 @@ def test_custom_images_and_resources(helm: Path) -> None:
     )
     assert settings.tpu_trainer_image == "registry.example.com/ml/speedrun-trainer-tpu:0.1.0-jax"
     assert settings.image_pull_policy == "Always" and settings.run_as_user == 2000
-    assert settings.service_account == "speedrun-trainer" and not settings.accelerator_selectors
+    assert settings.service_account == "speedrun-trainer" and settings.accelerator_labels == "nvidia-gfd"
     assert settings.trainer_env_vars() == {"NCCL_SOCKET_IFNAME": "eth0", "NCCL_IB_HCA": "mlx5_0,mlx5_1"}
     assert (settings.default_storage_endpoint_url, settings.default_storage_secret) == (
         "https://minio.storage.svc:9000",

@@ -370,6 +370,8 @@ def test_cluster_wide_rbac_with_namespaces_is_refused(helm: Path) -> None:
         ("operator.defaultStorageEndpointUrl=s3.example.com", "defaultStorageEndpointUrl"),
         ("operator.defaultStorageSecret=S3_Creds", "defaultStorageSecret"),
         ("trainer.env.NCCL-DEBUG=INFO", "trainer.env"),
+        ("trainer.acceleratorLabels=gcp", "trainer.acceleratorLabels"),
+        ("trainer.acceleratorSelectors=false", "Additional property acceleratorSelectors is not allowed"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, setting: str, message: str) -> None:

@@ -1,9 +1,10 @@
 """The accelerator table: peak dense bf16 FLOP/s, memory per device, how Kubernetes asks for one.
 
 `speedrun plan` and the results use `device_flops`; the plan's memory check (memory.py) uses
-`device_memory`; the operator uses `resource` and `node_selector`. Peaks are vendor dense (no
-sparsity) bf16 figures, the same numbers Marin's speedrun and nanochat use, so MFU and hardware
-FLOPs compare across leaderboards.
+`device_memory`; the operator uses `resource` and (TPUs) `node_selector`; a GPU's node labels
+depend on the cloud (accelerator_labels.py). Peaks are vendor dense (no sparsity) bf16 figures,
+the same numbers Marin's speedrun and nanochat use, so MFU and hardware FLOPs compare across
+leaderboards.
 
 The `cpu` entry is a *nominal* figure, 1e11 FLOP/s (100 GFLOP/s) per process: roughly what one
 modern x86 core pair does on fp32 matmul. It exists so CPU-tiny runs report finite MFU and
@@ -33,12 +34,13 @@ class Accelerator:
     device_flops: float  # peak dense bf16 FLOP/s per device
     device_memory: int | None  # bytes of accelerator memory per device; None for plain CPU
     resource: str | None  # extended resource requested per device, None for plain CPU
+    # GKE's TPU labels (TPUs exist only there); a GPU's node labels depend on the cluster's
+    # environment: accelerator_labels.py.
     node_selector: dict[str, str] = field(default_factory=dict)
     kind: str = "gpu"  # gpu | tpu | cpu
 
 
 GKE_TPU = "cloud.google.com/gke-tpu-accelerator"
-GKE_GPU = "cloud.google.com/gke-accelerator"
 NVIDIA_GPU = "nvidia.com/gpu"
 GOOGLE_TPU = "google.com/tpu"
 
@@ -49,11 +51,13 @@ ACCELERATORS: dict[str, Accelerator] = {
     a.name: a
     for a in [
         Accelerator("cpu", "CPU (nominal)", CPU_NOMINAL_FLOPS, None, None, kind="cpu"),
-        Accelerator("nvidia-h100-80gb", "H100-80G", 989.0e12, 80 * GB, NVIDIA_GPU, {GKE_GPU: "nvidia-h100-80gb"}),
-        Accelerator("nvidia-h200", "H200-141G", 989.0e12, 141 * GB, NVIDIA_GPU, {GKE_GPU: "nvidia-h200-141gb"}),
-        Accelerator("nvidia-a100-80gb", "A100-80G", 312.0e12, 80 * GB, NVIDIA_GPU, {GKE_GPU: "nvidia-a100-80gb"}),
-        Accelerator("nvidia-a100-40gb", "A100-40G", 312.0e12, 40 * GB, NVIDIA_GPU, {GKE_GPU: "nvidia-tesla-a100"}),
-        Accelerator("nvidia-l4", "L4", 121.0e12, 24 * GB, NVIDIA_GPU, {GKE_GPU: "nvidia-l4"}),
+        Accelerator("nvidia-h100-80gb", "H100-80G", 989.0e12, 80 * GB, NVIDIA_GPU),
+        # GKE's A3 Mega: the same H100 SXM chip, under its own GKE accelerator label (accelerator_labels.py).
+        Accelerator("nvidia-h100-mega-80gb", "H100-80G Mega", 989.0e12, 80 * GB, NVIDIA_GPU),
+        Accelerator("nvidia-h200", "H200-141G", 989.0e12, 141 * GB, NVIDIA_GPU),
+        Accelerator("nvidia-a100-80gb", "A100-80G", 312.0e12, 80 * GB, NVIDIA_GPU),
+        Accelerator("nvidia-a100-40gb", "A100-40G", 312.0e12, 40 * GB, NVIDIA_GPU),
+        Accelerator("nvidia-l4", "L4", 121.0e12, 24 * GB, NVIDIA_GPU),
         Accelerator("rtx-4090", "RTX 4090", 165.2e12, 24 * GB, NVIDIA_GPU),
         Accelerator("tpu-v4", "TPU v4", 275.0e12, 32 * GIB, GOOGLE_TPU, {GKE_TPU: "tpu-v4-podslice"}, "tpu"),
         Accelerator("tpu-v5e", "TPU v5e", 197.0e12, 16 * GIB, GOOGLE_TPU, {GKE_TPU: "tpu-v5-lite-podslice"}, "tpu"),

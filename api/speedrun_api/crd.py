@@ -45,11 +45,13 @@ HEADER = (
 # `!has(self.accelerator)`: kube-apiserver checks the rules against `resources`' own `default: {}`
 # without applying the nested defaults first, so a rule reading an absent key makes the CRD invalid
 # ("no such key: accelerator"); an absent accelerator defaults to cpu, which the list holds.
+# An accelerator the table lacks is a GPU (accelerator_labels.py): allowed with deviceFlops, unless
+# its name says TPU or CPU.
 FALLBACK_CEL: dict[tuple[str, str], str] = {
-    ("resources", "accelerator"): "has(self.deviceFlops) || !has(self.accelerator) || self.accelerator in "
+    ("resources", "accelerator"): "!has(self.accelerator) || self.accelerator in "
     + "["
     + ", ".join(f"'{name}'" for name in ACCELERATORS)
-    + "]",
+    + "] || (has(self.deviceFlops) && !self.accelerator.startsWith('tpu') && !self.accelerator.startsWith('cpu'))",
 }
 # Rules that only the CRD can state (the Python side checks them in ObjectMeta / the operator).
 ROOT_RULES = [

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from speedrun_api import kubeformats as kf
+from speedrun_api.accelerator_labels import unknown_accelerator_problem
 from speedrun_api.accelerators import known_accelerators, lookup
 from speedrun_api.pod_overrides import PodOverrides
 from speedrun_api.spec_placement import EnvMap, MetricsSpec, ResourcesSpec, RunPolicy, StorageSpec, TrackingSpec
@@ -236,6 +237,15 @@ class ObjectMeta(BaseModel):
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
 
+    @field_validator("name")
+    @classmethod
+    def _starts_with_a_letter(cls, name: str) -> str:
+        # The CRD's rule (crd.py ROOT_RULES), so `speedrun plan` refuses what `kubectl apply` does:
+        # the name is the headless Service's, a DNS-1035 label.
+        if not name[0].isalpha():
+            raise ValueError(f"must start with a letter (it names the headless Service), got {name!r}")
+        return name
+
 
 class SpeedrunJob(Base):
     api_version: Literal["speedrun.dev/v1alpha1"] = "speedrun.dev/v1alpha1"
@@ -319,7 +329,7 @@ def _accelerator(spec: SpeedrunSpec) -> str | bool:
     r = spec.resources
     if lookup(r.accelerator) is None and r.device_flops is None:
         return f"got {r.accelerator!r}; known: {known_accelerators()}"
-    return False
+    return unknown_accelerator_problem(r.accelerator) or False
 
 
 def _target(spec: SpeedrunSpec) -> str | bool:
@@ -371,7 +381,13 @@ RULES: list[Rule] = [
         "invalid node count",
         _nodes,
     ),
-    Rule("resources", "accelerator", None, "unknown accelerator; give resources.deviceFlops for others", _accelerator),
+    Rule(
+        "resources",
+        "accelerator",
+        None,
+        "unknown accelerator; give resources.deviceFlops for another GPU (TPUs and CPUs are the table's)",
+        _accelerator,
+    ),
     # TPU slices (tpu.py); their CEL twins are crd.py's, from tpu.cel_rules()
     Rule("resources", "topology", None, "", lambda s: topology_problem(s.resources)),
     Rule("resources", "procsPerNode", None, "", lambda s: procs_problem(s.resources)),

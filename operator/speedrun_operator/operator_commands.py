@@ -1,8 +1,8 @@
 """The operator's subcommands of the `speedrun` CLI: render, operator.
 
-    speedrun render examples/gpt2-124m-8xh100.yaml [-o yaml|json]
+    speedrun render examples/gpt2-124m-8xh100.yaml [-o yaml|json] [--accelerator-labels gke|eks|...]
     speedrun operator [--namespace NS ...] [--all-namespaces] [--image IMG] [--metrics-port N]
-                      [--leader-election] [--dev]
+                      [--leader-election] [--accelerator-labels PROFILE] [--dev]
 
 The main CLI (speedrun_trainer.cli.speedrun) calls `register(subparsers)`; until then, or to run only
 these, use `python -m speedrun_operator.operator_commands ...`. `operator` writes its flags into the
@@ -19,9 +19,10 @@ from typing import Any
 
 import yaml
 
+from speedrun_api.accelerator_labels import DEFAULT_PROFILE, PROFILES
 from speedrun_api.manifest import EXIT_INVALID, SpecError, load_job, strict_json
 from speedrun_operator.builders import BuildError, build_all, check_runnable
-from speedrun_operator.settings import OperatorSettings
+from speedrun_operator.settings import OperatorSettings, env_name
 
 OPERATOR_MODULE = "speedrun_operator.main"
 
@@ -31,6 +32,7 @@ def register(subparsers: Any) -> None:
     render = subparsers.add_parser("render", help="print the Kubernetes objects the operator creates for a manifest")
     render.add_argument("file", help="SpeedrunJob manifest (YAML or JSON)")
     render.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    _labels_flag(render)
     render.set_defaults(func=render_command)
 
     op = subparsers.add_parser("operator", help="run the operator (kopf) against the current kube context")
@@ -45,7 +47,18 @@ def register(subparsers: Any) -> None:
     )
     op.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     op.add_argument("--dev", action="store_true", help="run from a laptop: verbose logs")
+    _labels_flag(op)
     op.set_defaults(func=operator_command)
+
+
+def _labels_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--accelerator-labels",
+        choices=PROFILES,
+        help=f"which node labels select a GPU's nodes (default: {env_name('accelerator_labels')}, else "
+        f"{DEFAULT_PROFILE}): none, or the labels of GKE, EKS with Karpenter, EKS Auto Mode, AKS or "
+        "NVIDIA's GPU feature discovery",
+    )
 
 
 # ---- render -------------------------------------------------------------------------------------
@@ -68,7 +81,13 @@ def to_yaml(objects: list[dict[str, Any]]) -> str:
 
 
 def render_command(args: argparse.Namespace) -> int:
-    settings = OperatorSettings.from_env()
+    try:
+        settings = OperatorSettings.from_env()
+    except ValueError as err:  # a variable that cannot be parsed
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.accelerator_labels:
+        settings = replace(settings, accelerator_labels=args.accelerator_labels)
     if settings.problem():
         print(f"error: {settings.problem()}", file=sys.stderr)
         return EXIT_INVALID
@@ -107,6 +126,8 @@ def settings_from_args(args: argparse.Namespace, base: OperatorSettings | None =
         settings = replace(settings, leader_election=True)
     if args.liveness:
         settings = replace(settings, liveness=args.liveness)
+    if getattr(args, "accelerator_labels", None):
+        settings = replace(settings, accelerator_labels=args.accelerator_labels)
     return settings
 
 

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from pydantic import ValidationError
 
+from speedrun_api.accelerator_labels import DEFAULT_PROFILE, profile_problem
 from speedrun_api.manifest import format_validation_error
 from speedrun_api.pod_overrides import PodOverrides
 from speedrun_api.run_env import env_problems
@@ -48,7 +49,9 @@ class OperatorSettings:
     default_storage_secret: str = ""
     progress_interval: float = 15.0
     resync_interval: float = 60.0
-    accelerator_selectors: bool = True
+    # Which node labels select a GPU's nodes: none | gke | eks | eks-auto | aks | nvidia-gfd
+    # (api accelerator_labels.py; the chart's trainer.acceleratorLabels). TPUs select GKE's always.
+    accelerator_labels: str = DEFAULT_PROFILE
     image_pull_policy: str = "IfNotPresent"
     eval_backoff_limit: int = 2
     run_as_user: int = 1000
@@ -101,6 +104,9 @@ class OperatorSettings:
             self.pod_overrides_defaults()
         except ValueError as err:
             return str(err)
+        labels = profile_problem(self.accelerator_labels)
+        if labels:
+            return f"{env_name('accelerator_labels')}: {labels}"
         for name in ("default_storage_endpoint_url", "default_storage_secret"):
             if getattr(self, name) and not self.default_storage_uri:
                 return (

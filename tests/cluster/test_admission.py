@@ -70,6 +70,10 @@ REFUSED = [
     ("spec.storage.secretRef.name", doc(**{"spec.storage.secretRef": {"name": "My_Secret"}})),
     ("spec.image", doc(**{"spec.image": " registry.example/trainer:1"})),
     *OVERLAY_REFUSED,  # spec.podOverrides (api pod_overrides.py)
+    # The name is the headless Service's (a DNS-1035 label): `speedrun plan` once took `1tiny`.
+    ("metadata.name", doc(**{"metadata.name": "1tiny"})),
+    # A name the table lacks is a GPU; one that says TPU cannot be run without the table's entry.
+    ("spec.resources.accelerator", doc(**{"spec.resources.accelerator": "tpu-v9", "spec.resources.deviceFlops": 1e15})),
 ]
 
 # Refused in a cluster only: `speedrun run` on one machine still takes them.
@@ -104,6 +108,8 @@ ADMITTED = [
     doc(**{"spec.storage.uri": "s3://bucket/runs"}),
     doc(**{"spec.runPolicy.activeDeadlineSeconds": 86400}),
     *OVERLAY_ADMITTED,  # their Jobs, too: tests/cluster/test_pod_overrides.py
+    doc(**{"metadata.name": "a1"}),
+    doc(**{"spec.resources.accelerator": "nvidia-b200", "spec.resources.deviceFlops": 2.25e15}),
 ]
 
 

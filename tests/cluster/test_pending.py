@@ -49,11 +49,9 @@ def served(
     control_plane.namespace(NAMESPACE)
     pull_on_every_node(control_plane, kube_nodes, NAMESPACE, trainer)
     repository, tag = split(trainer)
-    # No GKE node selectors: the test nodes carry none, so only the GPU count decides scheduling.
-    env = {"SPEEDRUN_OPERATOR_ACCELERATOR_SELECTORS": "false"}
+    # The default accelerator labels (none): only the GPU count decides scheduling.
     values = {"trainer.image.repository": repository, "trainer.image.tag": tag}
-    with served_namespace(control_plane, NAMESPACE, tmp_path_factory.mktemp("operator"), env=env,
-                          **values) as served:  # fmt: skip
+    with served_namespace(control_plane, NAMESPACE, tmp_path_factory.mktemp("operator"), **values) as served:
         yield served
 
 

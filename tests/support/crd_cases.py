@@ -54,6 +54,9 @@ CEL_REJECTS = [
         True,
     ),
     ("unknown accelerator", tiny(**{"spec.resources.accelerator": "nvidia-b200"}), True),
+    # A name the table lacks is a GPU (with deviceFlops); one that says TPU or CPU is refused.
+    ("unknown accelerator", tiny(**{"spec.resources.accelerator": "tpu-v9", "spec.resources.deviceFlops": 1e15}), True),
+    ("unknown accelerator", tiny(**{"spec.resources.accelerator": "cpu-x", "spec.resources.deviceFlops": 1e12}), True),
     ("spec.resources.topology: required for a TPU", tpu("tpu-v5e", None, 1), True),
     ("spec.resources.topology: only a TPU", tiny(**{"spec.resources.topology": "2x2"}), True),
     (
@@ -66,7 +69,7 @@ CEL_REJECTS = [
     ("spec.resources.nodes: must be the host count", tpu("tpu-v6e", "4x4", 2), True),
     ("required for a CORE target", tiny(**{"spec.target": {"metric": "core", "value": 0.25}}), True),
     ("at most 52 characters", tiny(**{"metadata.name": "x" * 53}), True),
-    ("must start with a letter", tiny(**{"metadata.name": "7up"}), False),
+    ("must start with a letter", tiny(**{"metadata.name": "7up"}), True),
     ("every key must be a C identifier", tiny(**{"spec.env": {"RANK": "1"}}), True),
     ("every key must be a C identifier", tiny(**{"spec.env": {"SPEEDRUN_RUN_ID": "x"}}), True),
     ("every key must be a C identifier", tiny(**{"spec.env": {"NCCL-DEBUG": "INFO"}}), True),

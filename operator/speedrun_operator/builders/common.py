@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from speedrun_api.accelerators import GOOGLE_TPU, NVIDIA_GPU, lookup
+from speedrun_api.accelerator_labels import device_resource, node_labels
+from speedrun_api.accelerators import GOOGLE_TPU, NVIDIA_GPU
 from speedrun_api.crd import cluster_problems
 from speedrun_api.manifest import EXIT_INVALID
 from speedrun_api.run_contract import ENV_CACHE_DIR, ENV_JOB_NAME, ENV_RUN_ID, ENV_STORAGE_URI, resolve_storage_uri
@@ -75,9 +76,6 @@ def storage_uri(job: SpeedrunJob, settings: OperatorSettings) -> str | None:
 
 def check_runnable(job: SpeedrunJob, settings: OperatorSettings) -> None:
     """What a cluster needs beyond the spec's own rules; raises `BuildError`."""
-    name = job.metadata.name
-    if not name[0].isalpha():
-        raise BuildError(f"metadata.name: must start with a letter (it names the headless Service), got {name!r}")
     if storage_uri(job, settings) is None:
         raise BuildError(
             "spec.storage.uri: required in a cluster, where the training and eval pods share checkpoints "
@@ -200,10 +198,10 @@ def resources(job: SpeedrunJob, extra: bool = False, accelerator: bool = True) -
     if r.memory:
         requests["memory"] = r.memory
         limits["memory"] = r.memory
-    acc = lookup(r.accelerator)
-    if accelerator and acc is not None and acc.resource is not None:
+    device = device_resource(r.accelerator)  # a GPU the table lacks: nvidia.com/gpu
+    if accelerator and device is not None:
         # Extended resources cannot be overcommitted: request == limit.
-        requests[acc.resource] = limits[acc.resource] = str(devices_per_node(r))
+        requests[device] = limits[device] = str(devices_per_node(r))
     if extra:
         for name, count in r.extra_resources.items():
             requests[name] = limits[name] = str(count)
@@ -216,12 +214,11 @@ def resources(job: SpeedrunJob, extra: bool = False, accelerator: bool = True) -
 
 
 def node_selector(job: SpeedrunJob, settings: OperatorSettings, accelerator: bool = True) -> dict[str, str]:
+    """The accelerator's node labels in the cluster's profile (settings.accelerator_labels), the
+    TPU topology, then the spec's own."""
     r = job.spec.resources
-    out: dict[str, str] = {}
-    acc = lookup(r.accelerator) if accelerator else None
-    if acc is not None and settings.accelerator_selectors:
-        out.update(acc.node_selector)
-    if acc is not None and acc.kind == "tpu" and r.topology:
+    out: dict[str, str] = node_labels(r.accelerator, settings.accelerator_labels) if accelerator else {}
+    if accelerator and is_tpu(r.accelerator) and r.topology:
         out[L.LABEL_GKE_TPU_TOPOLOGY] = r.topology
     out.update(r.node_selector)  # the user's word wins
     return out

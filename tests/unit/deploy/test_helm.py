@@ -217,7 +217,7 @@ def test_custom_images_and_resources(helm: Path) -> None:
     )
     assert settings.tpu_trainer_image == "registry.example.com/ml/speedrun-trainer-tpu:0.1.0-jax"
     assert settings.image_pull_policy == "Always" and settings.run_as_user == 2000
-    assert settings.service_account == "speedrun-trainer" and not settings.accelerator_selectors
+    assert settings.service_account == "speedrun-trainer" and settings.accelerator_labels == "nvidia-gfd"
     assert settings.trainer_env_vars() == {"NCCL_SOCKET_IFNAME": "eth0", "NCCL_IB_HCA": "mlx5_0,mlx5_1"}
     assert (settings.default_storage_endpoint_url, settings.default_storage_secret) == (
         "https://minio.storage.svc:9000",
@@ -373,6 +373,8 @@ def test_cluster_wide_rbac_with_namespaces_is_refused(helm: Path) -> None:
         ("operator.defaultStorageEndpointUrl=s3.example.com", "defaultStorageEndpointUrl"),
         ("operator.defaultStorageSecret=S3_Creds", "defaultStorageSecret"),
         ("trainer.env.NCCL-DEBUG=INFO", "trainer.env"),
+        ("trainer.acceleratorLabels=gcp", "trainer.acceleratorLabels"),
+        ("trainer.acceleratorSelectors=false", "Additional property acceleratorSelectors is not allowed"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, setting: str, message: str) -> None:

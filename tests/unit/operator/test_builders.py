@@ -63,7 +63,7 @@ CASES = [
         nnodes="2",
         nproc=8,
         limits={"nvidia.com/gpu": "8", "memory": "512Gi"},
-        node_selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+        node_selector={},  # the default profile, none: the GPU request alone (test_accelerator_labels.py)
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         queue="gpu-queue",
         suspended=True,
@@ -226,7 +226,7 @@ def test_configmap_and_service() -> None:
 
 def test_image_and_selectors_follow_the_settings() -> None:
     gpu = parse(yaml.safe_load((EXAMPLES / "gpt2-124m-8xh100.yaml").read_text()))
-    plain = OperatorSettings(trainer_image="example.com/t:1", accelerator_selectors=False)
+    plain = OperatorSettings(trainer_image="example.com/t:1", accelerator_labels="none")
     [container] = builders.build_train_job(gpu, plain)["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "example.com/t:1"
     assert "nodeSelector" not in builders.build_train_job(gpu, plain)["spec"]["template"]["spec"]
@@ -238,7 +238,6 @@ def test_image_and_selectors_follow_the_settings() -> None:
 @pytest.mark.parametrize(
     ("manifest", "message"),
     [
-        ({**tiny(), "metadata": {"name": "9lives"}}, "metadata.name: must start with a letter"),
         (tiny(storage={"uri": "file:///data/runs"}), r"spec.storage.uri: local storage \(file:// or a path\)"),
     ],
 )

@@ -44,7 +44,7 @@ from speedrun_api.manifest import ConfigError
 from speedrun_trainer.train.runtime import DeviceError
 
 # Table entries with FP8 tensor cores: Hopper (sm_90) and Ada (sm_89).
-FP8_ACCELERATORS = frozenset({"nvidia-h100-80gb", "nvidia-h200", "nvidia-l4", "rtx-4090"})
+FP8_ACCELERATORS = frozenset({"nvidia-h100-80gb", "nvidia-h100-mega-80gb", "nvidia-h200", "nvidia-l4", "rtx-4090"})
 FP8_MIN_CAPABILITY = (8, 9)
 MIN_FP8_DIM = 128
 RECIPE = "tensorwise"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from speedrun_api.accelerators import lookup
+from speedrun_api.accelerator_labels import device_kind
 from speedrun_api.manifest import EXIT_INVALID, ConfigError, SpecError, load_job
 from speedrun_api.run_contract import ENV_RUN_ID, ENV_RUN_LOCK_HELD, PHASE_PREFIX
 from speedrun_api.spec import SpeedrunJob, train_backend
@@ -86,21 +86,32 @@ def setup_distributed() -> Dist:
 
 
 def check_device(job: SpeedrunJob, env: Dist) -> None:
-    """Refuse to train a GPU or TPU manifest on the host CPU by accident."""
+    """Refuse to train a GPU or TPU manifest on the host CPU: an accelerator the table lacks (with
+    deviceFlops) is a GPU too (api accelerator_labels.py), so it is never trained on the CPU either.
+
+    A ConfigError: exit code 2, which the operator's podFailurePolicy takes as final. A pod that
+    asked for GPUs and sees none has an image without CUDA or a node whose runtime does not hand
+    the GPUs to containers; another attempt gets the same, and a run that trained on the CPU
+    would report a GPU's MFU for it."""
     if train_backend(job.spec) == "jax":  # jax_main trains it; torchrun never should
         raise ConfigError(
             "spec.train.backend: jax trains under `python -m speedrun_trainer.train.jax_main`, not torchrun"
         )
-    acc = lookup(job.spec.resources.accelerator)
-    if acc is None or acc.kind == "cpu":
+    name = job.spec.resources.accelerator
+    kind = device_kind(name)
+    if kind == "cpu":
         return
-    if acc.kind == "tpu":  # torch_xla is tied to an older torch: TPUs train through jax (torchax)
+    if kind == "tpu":  # torch_xla is tied to an older torch: TPUs train through jax (torchax)
         raise ConfigError(
-            f"spec.train.backend: torch cannot train on {acc.name} (no torch_xla for this torch); "
+            f"spec.train.backend: torch cannot train on {name} (no torch_xla for this torch); "
             "use jax (the default on TPUs)"
         )
     if env.device.type != "cuda":
-        raise DeviceError(f"spec.resources.accelerator is {acc.name}, but torch sees no CUDA device here")
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA"
+        raise ConfigError(
+            f"spec.resources.accelerator: {name} is a GPU, but torch (built {build}) sees no CUDA device"
+            " here; refusing to train on the CPU"
+        )
 
 
 def teardown_distributed() -> None:
@@ -202,8 +213,8 @@ def entry_point(
     Exit codes: 0 done; 2 the config can never work (found before or while running: the spec,
     the tokenizer, the data, a storage that cannot be written or holds another spec's run; the
     torchrun wrapper passes it on and stops its agent from restarting) or another writer holds
-    the run; 1 anything worth a retry: a network failure, a node without the accelerator the spec
-    asks for.
+    the run, or a GPU run where torch sees no GPU (check_device); 1 anything worth a retry: a
+    network failure.
     """
     from speedrun_trainer.train.torchrun import die_with_parent
 

@@ -48,7 +48,7 @@ from trainer_report import NAMES, report
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.flops import training_flops_per_token
-from speedrun_api.spec import TrainSpec
+from speedrun_api.spec_train import TrainSpec
 from speedrun_trainer.cli.launch import free_port
 from speedrun_trainer.train.runtime import autocast_dtype
 

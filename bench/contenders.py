@@ -30,7 +30,7 @@ from modded_gpt import ModdedConfig, ModdedGPT, ModdedLoader, modded_optimizers
 from reference_gpt import ReferenceConfig, ReferenceGPT, reference_adamw
 from torch.nn.parallel import DistributedDataParallel
 
-from speedrun_api.spec import ModelSpec, OptimizerSpec
+from speedrun_api.spec_train import ModelSpec, OptimizerSpec
 from speedrun_trainer.data.loader import open_dataset
 from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.data.shards import write_shard

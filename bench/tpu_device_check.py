@@ -87,7 +87,7 @@ def reference(out: dict[str, Any], config: str, steps: int) -> None:
     import torch
     from contenders import model_spec
 
-    from speedrun_api.spec import OptimizerSpec
+    from speedrun_api.spec_train import OptimizerSpec
     from speedrun_trainer.train.jax_step import JaxStep, data_mesh
     from speedrun_trainer.train.model import GPT
     from speedrun_trainer.train.optim import build_optimizers
@@ -124,7 +124,7 @@ def speed(out: dict[str, Any], configs: list[str], steps: int, warmup: int, devi
     from contenders import model_spec
 
     from speedrun_api.flops import training_flops_per_token
-    from speedrun_api.spec import OptimizerSpec
+    from speedrun_api.spec_train import OptimizerSpec
     from speedrun_trainer.train.jax_step import JaxStep, data_mesh
     from speedrun_trainer.train.model import GPT
 

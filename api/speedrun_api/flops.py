@@ -16,7 +16,7 @@ without the token embedding and the norm gains. `train.paramDataRatio` uses nano
 
 from __future__ import annotations
 
-from speedrun_api.spec import ModelSpec
+from speedrun_api.spec_train import ModelSpec
 
 
 def forward_flops_per_token(m: ModelSpec) -> float:

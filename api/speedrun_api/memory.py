@@ -49,7 +49,8 @@ from dataclasses import asdict, dataclass, fields
 from speedrun_api.accelerators import lookup
 from speedrun_api.flops import param_count
 from speedrun_api.kubeformats import quantity_value
-from speedrun_api.spec import ModelSpec, SpeedrunJob
+from speedrun_api.spec import SpeedrunJob
+from speedrun_api.spec_train import ModelSpec
 from speedrun_api.tpu import devices_per_node, is_tpu
 
 MARGIN_FIXED = 2 * 2**30  # CUDA context + cuBLAS and NCCL workspaces

@@ -14,7 +14,8 @@ from typing import Any
 
 from speedrun_api.accelerators import lookup
 from speedrun_api.flops import forward_flops_per_token, param_count, scaling_param_count, training_flops_per_token
-from speedrun_api.spec import HORIZONS, MAX_STEPS, MAX_TOKENS, SpeedrunJob
+from speedrun_api.spec import HORIZONS, SpeedrunJob
+from speedrun_api.spec_types import MAX_STEPS, MAX_TOKENS
 from speedrun_api.tpu import devices_per_node
 
 ASSUMED_MFUS = (0.5, 0.2)

@@ -200,7 +200,7 @@ def test_a_tiny_model_scores_levanters_bpb(ours, levanter_table, tmp_path, tie):
     masked evaluation gives the BPB levanter's eval path gives, to 1e-5. Flags both express: RMSNorm
     eps 1e-6 (levanter's default is 1e-5: set), RoPE theta 10,000 over the halves, SwiGLU, GQA, no
     QK-norm, no biases; levanter positions stay absolute in a packed row, as ours."""
-    from speedrun_api.spec import ModelSpec
+    from speedrun_api.spec_train import ModelSpec
     from speedrun_trainer.train.model import GPT
 
     seq_len, eval_batch = 32, 3

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from speedrun_api.spec import ModelSpec, OptimizerSpec
+from speedrun_api.spec_train import ModelSpec, OptimizerSpec
 from speedrun_trainer.data.loader import TokenDataset
 from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.train.attention import segment_ids

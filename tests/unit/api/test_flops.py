@@ -7,7 +7,7 @@ import pytest
 from speedrun_api.flops import forward_flops_per_token, param_count, scaling_param_count
 from speedrun_api.manifest import load_job
 from speedrun_api.plan import resolve
-from speedrun_api.spec import ModelSpec
+from speedrun_api.spec_train import ModelSpec
 from tests.support.helpers import EXAMPLES
 
 # The model of the two by-hand parameter counts below: tied head, QK-norm, gelu (two MLP matrices).

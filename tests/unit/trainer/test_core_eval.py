@@ -260,7 +260,7 @@ def test_max_per_task_and_prompts_never_cropped(bundle: Path) -> None:
 
 
 def test_real_gpt_scores_prompts_longer_than_seq_len(bundle: Path) -> None:
-    from speedrun_api.spec import ModelSpec
+    from speedrun_api.spec_train import ModelSpec
     from speedrun_trainer.train.model import GPT
 
     torch.manual_seed(0)
@@ -319,7 +319,7 @@ def test_bad_bundles_are_one_line_errors(bundle: Path, tmp_path: Path) -> None:
 
 
 def test_real_gpt_and_byte_tokenizer(bundle: Path) -> None:
-    from speedrun_api.spec import ModelSpec
+    from speedrun_api.spec_train import ModelSpec
     from speedrun_trainer.data.tokenizer import load_tokenizer
     from speedrun_trainer.train.model import GPT
 
@@ -372,7 +372,7 @@ def test_ddp_and_compile_wrappers_are_bypassed(bundle: Path, tmp_path: Path, mon
     """Ranks run different numbers of forwards: a DDP forward could wait on the others forever."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from speedrun_api.spec import ModelSpec
+    from speedrun_api.spec_train import ModelSpec
     from speedrun_trainer.train.model import GPT
 
     class Compiled(torch.nn.Module):  # torch.compile's OptimizedModule keeps the original here
@@ -402,7 +402,7 @@ def test_fp8_layers_run_as_plain_linears(bundle: Path, monkeypatch: pytest.Monke
     pytest.importorskip("torchao.float8")
     from torchao.float8.float8_linear import Float8Linear
 
-    from speedrun_api.spec import ModelSpec
+    from speedrun_api.spec_train import ModelSpec
     from speedrun_trainer.train.fp8 import convert_to_fp8
     from speedrun_trainer.train.model import GPT
 

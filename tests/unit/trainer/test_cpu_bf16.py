@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from speedrun_api.spec import ModelSpec, OptimizerSpec
+from speedrun_api.spec_train import ModelSpec, OptimizerSpec
 from speedrun_trainer.data.loader import TokenDataset
 from speedrun_trainer.data.prefetch import BatchPrefetcher
 from speedrun_trainer.train import runtime

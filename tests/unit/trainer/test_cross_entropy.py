@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speedrun_api.spec import ModelSpec
+from speedrun_api.spec_train import ModelSpec
 from speedrun_trainer.train.cross_entropy import IGNORE_INDEX, chunked_token_losses, linear_cross_entropy
 from speedrun_trainer.train.model import GPT
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from speedrun_api.spec import ModelSpec, OptimizerSpec
+from speedrun_api.spec_train import ModelSpec, OptimizerSpec
 from speedrun_trainer.cli.launch import free_port
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers

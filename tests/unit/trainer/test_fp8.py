@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from speedrun_api.manifest import ConfigError
-from speedrun_api.spec import ModelSpec
+from speedrun_api.spec_train import ModelSpec
 from speedrun_trainer.train import fp8
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.runtime import DeviceError

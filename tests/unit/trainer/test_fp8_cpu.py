@@ -29,7 +29,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from speedrun_api.spec import OptimizerSpec
+from speedrun_api.spec_train import OptimizerSpec
 from speedrun_trainer.train import fp8
 from speedrun_trainer.train.loss_eval import LossEval, eval_precision
 from speedrun_trainer.train.model import GPT

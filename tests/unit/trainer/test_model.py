@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from speedrun_api.flops import param_count
-from speedrun_api.spec import ModelSpec
+from speedrun_api.spec_train import ModelSpec
 from speedrun_trainer.train.model import GPT
 
 

@@ -11,7 +11,7 @@ import itertools
 import pytest
 import torch
 
-from speedrun_api.spec import ModelSpec, OptimizerSpec
+from speedrun_api.spec_train import ModelSpec, OptimizerSpec
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import Muon, build_optimizers, lr_multiplier, newton_schulz, set_lr
 

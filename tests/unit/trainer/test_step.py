@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from speedrun_api.spec import ModelSpec, OptimizerSpec
+from speedrun_api.spec_train import ModelSpec, OptimizerSpec
 from speedrun_trainer.cli.launch import free_port
 from speedrun_trainer.data.loader import TokenDataset, batch_for
 from speedrun_trainer.data.prefetch import BatchPrefetcher

@@ -43,7 +43,7 @@ import torchax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from speedrun_api.spec import OptimizerSpec
+from speedrun_api.spec_train import OptimizerSpec
 from speedrun_trainer.train.optim import _split_params
 from speedrun_trainer.train.runtime import native_bf16_matmul
 

@@ -41,7 +41,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from speedrun_api.memory import MemoryEstimate, estimate_peak_memory
-from speedrun_api.spec import ModelSpec, OptimizerSpec, SpeedrunJob
+from speedrun_api.spec import SpeedrunJob
+from speedrun_api.spec_train import ModelSpec, OptimizerSpec
 from speedrun_trainer.train import model as model_module
 from speedrun_trainer.train.model import GPT
 from speedrun_trainer.train.optim import build_optimizers

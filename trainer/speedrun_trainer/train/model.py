@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speedrun_api.spec import ModelSpec
+from speedrun_api.spec_train import ModelSpec
 from speedrun_trainer.train.attention import DocumentMask, attend, document_mask
 from speedrun_trainer.train.cross_entropy import IGNORE_INDEX, chunked_token_losses, linear_cross_entropy
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from speedrun_api.spec import OptimizerSpec
+from speedrun_api.spec_train import OptimizerSpec
 from speedrun_trainer.train.muon import Muon, native_bf16_matmul, newton_schulz
 
 __all__ = ["Muon", "build_optimizers", "lr_multiplier", "newton_schulz", "set_lr"]

@@ -1,32 +1,33 @@
-"""Pods of a failed attempt stuck Terminating on a lost node: force-deleted, so the restart goes on.
+"""Pods on a lost node: the running attempt's are failed at once, a replaced attempt's force-deleted.
 
-A gang restart deletes the failed attempt's training Job with Foreground propagation and creates
-the next attempt's Job (same name) only once the old one is gone, that is once the kubelets have
-confirmed every old pod stopped. A pod on a node whose kubelet is silent (powered off, kernel hang,
-partitioned) is never confirmed: it stays Terminating, the Job stays, and the restart would hang
-for good (jobset#576, kubeflow/trainer#2072; Kubernetes' own Job controller waits the same way
-with podReplacementPolicy Failed).
+A node is lost when no kubelet will confirm anything there again (`node_lost`): its Node is gone,
+or it is not Ready and tainted `node.kubernetes.io/unreachable` (the node lifecycle controller's
+mark of a kubelet that stopped reporting) or `node.kubernetes.io/out-of-service` (an admin's word
+that it is shut down).
 
-The choice, as Kubernetes' non-graceful node shutdown and Kueue's pod failure recovery make it: a
-pod of the old attempt is force-deleted (grace 0, precondition on its uid) when
-- it is being deleted and is past its `deletionTimestamp` (which already includes its grace
-  period) by `STUCK_MARGIN_SECONDS`, and
-- its node is lost: the Node is gone, or it is not Ready and tainted `node.kubernetes.io/unreachable`
-  (the node lifecycle controller's mark of a kubelet that stopped reporting) or
-  `node.kubernetes.io/out-of-service` (an admin's word that the node is shut down).
-A pod on a node whose kubelet still answers is never forced: it is stopping, and the restart
-waits for it. Reading the Node needs `get` on nodes (the chart's `rbac.readNodes`); without it
-nothing is forced and such a restart waits as before.
+A running attempt with a pod there is failed by marking that pod Failed (`fail_lost`): the Job
+controller then stops the surviving ranks within seconds, instead of their waiting in a
+collective until the process group's timeout. As after any failure, the gang restart then deletes
+the attempt's training Job with Foreground propagation and creates the next attempt's Job (same
+name) once the old one is gone, that is once the kubelets have confirmed every old pod stopped. A
+pod on a lost node is never confirmed: it stays Terminating, the Job stays, and the restart would
+hang for good (jobset#576, kubeflow/trainer#2072; the Job controller itself waits the same way
+with podReplacementPolicy Failed). So, as Kubernetes' non-graceful node shutdown and Kueue's pod
+failure recovery do, a pod of the replaced attempt is force-deleted (`release`: grace 0, on its
+uid) once it is `STUCK_MARGIN_SECONDS` past its `deletionTimestamp` (which already includes its
+grace period) and its node is lost. A pod whose kubelet still answers is never forced: it is
+stopping, and the restart waits for it. Reading Nodes needs `get` on them (the chart's
+`rbac.readNodes`); without it nothing is failed or forced, and such a restart waits as before.
 
-Why this never has two attempts training at once, although a partitioned node may still run the
-forced pod's container: (1) the attempt failed because one of its pods failed (backoffLimit 0),
-so its process group lacks a rank and none of its survivors can finish another collective, let
-alone a step; they exit at the collective timeout (`runPolicy.collectiveTimeoutSeconds`); (2) each
+Why two attempts never train at once, although a partitioned node may still run the forced pod's
+container: (1) the attempt failed because one of its pods failed (backoffLimit 0), so its process
+group lacks a rank and no survivor can finish another collective, let alone a step (the Job
+controller stops those it reaches; the others end at the process group's timeout); (2) each
 attempt has its own rendezvous id (`--rdzv-id=<job uid>-<attempt>`, builders/train_job.py), so a
 straggler agent of attempt N-1 that reaches attempt N's store (the same `<name>-train-0` address)
-can never join its rendezvous; (3) the run's storage lease (trainer data/run_lease.py) passes to the
-new rank 0. The new pods cannot land on the lost node either: its unreachable taint keeps them off.
-When the node comes back, its kubelet finds the pod gone from the API and stops the container.
+can never join its rendezvous; (3) the run's storage lease (trainer data/run_lease.py) passes to
+the new rank 0. No new pod lands on the lost node (its taints keep them off), and once the node is
+back its kubelet finds the pod gone from the API and stops the container.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from speedrun_operator import kube
 STUCK_MARGIN_SECONDS = 30  # past deletionTimestamp (= deletion + grace period): the kubelet had its chance
 TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
 TAINT_OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
+REASON_NODE_LOST = "NodeLost"  # status.reason of a running pod the operator marks Failed
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +89,12 @@ def owned_by(pod: dict[str, Any], owner_uid: str) -> bool:
     return any(ref.get("uid") == owner_uid for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
 
 
-def stuck(pods: list[dict[str, Any]], nodes: dict[str, dict[str, Any] | None], now: str) -> list[StuckPod]:
-    """The pods to force-delete: overdue, on a lost node (`nodes`: name -> Node, None if gone)."""
+def stuck(pods: list[dict[str, Any]], nodes: dict[str, dict[str, Any] | None], now: str | None) -> list[StuckPod]:
+    """The pods on a lost node (`nodes`: name -> Node, None if gone), and with `now` overdue too."""
     out = []
     for pod in pods:
         node = (pod.get("spec") or {}).get("nodeName")
-        if not node or node not in nodes or not overdue(pod, now):
+        if not node or node not in nodes or (now is not None and not overdue(pod, now)):
             continue
         why = node_lost(nodes[node])
         if why is not None:
@@ -101,17 +103,58 @@ def stuck(pods: list[dict[str, Any]], nodes: dict[str, dict[str, Any] | None], n
     return out
 
 
+def ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def fail_lost(client: kube.KubeClient, job: dict[str, Any], pods: list[dict[str, Any]]) -> list[StuckPod]:
+    """Mark Failed the running attempt's pods on lost nodes; returns those marked.
+
+    Nothing else ends them: the pod of a lost node stays Running in the API (until the taint
+    eviction, 300 s later by default, deletes it, and then it stays Terminating), and its
+    surviving ranks wait in their next collective until the process group's timeout. Marked
+    Failed (status.phase, as the Pod GC does on out-of-service nodes and Kueue's failure recovery
+    on unreachable ones), the pod fails the Job at once (backoffLimit 0): the Job controller stops
+    the survivors, and the operator restarts the gang. Only pods not Ready are looked at (the node
+    lifecycle controller marks a lost node's pods not Ready), so a healthy run reads no Node."""
+    suspects = [
+        p
+        for p in pods
+        if owned_by(p, job["metadata"]["uid"])
+        and not p["metadata"].get("deletionTimestamp")
+        and (p.get("status") or {}).get("phase") in ("Pending", "Running")
+        and (p.get("spec") or {}).get("nodeName")
+        and not ready(p)
+    ]
+    marked = []
+    for pod in stuck(suspects, _read_nodes(client, suspects), None):
+        message = f"node {pod.node} is lost ({pod.why}): failed by the speedrun operator so the gang restarts"
+        status = {"phase": "Failed", "reason": REASON_NODE_LOST, "message": message}
+        try:
+            client.patch(kube.POD, job["metadata"]["namespace"], pod.name, {"status": status}, subresource="status")
+        except kube.NotFound:
+            continue
+        marked.append(pod)
+    return marked
+
+
+def _read_nodes(client: kube.KubeClient, pods: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+    """The Nodes of `pods` (None: gone); one not readable (403 without rbac.readNodes) is left out."""
+    nodes: dict[str, dict[str, Any] | None] = {}
+    for name in {(p.get("spec") or {}).get("nodeName") for p in pods} - {None, ""}:
+        try:
+            nodes[name] = client.get(kube.NODE, None, name)
+        except kube.KubeError as err:
+            log.warning("cannot read node %s (%s): its pods are left alone", name, err)
+    return nodes
+
+
 def release(client: kube.KubeClient, job: dict[str, Any], pods: list[dict[str, Any]], now: str) -> list[StuckPod]:
     """Force-delete the pods of `job` (a failed attempt's Job being deleted) stuck on lost nodes;
     returns those deleted. `pods` may hold other attempts' pods: only `job`'s are considered."""
     mine = [p for p in pods if owned_by(p, job["metadata"]["uid"]) and overdue(p, now)]
-    nodes: dict[str, dict[str, Any] | None] = {}
-    for name in {(p.get("spec") or {}).get("nodeName") for p in mine} - {None, ""}:
-        try:
-            nodes[name] = client.get(kube.NODE, None, name)
-        except kube.KubeError as err:  # 403 without rbac.readNodes: nothing is forced, the restart waits
-            log.warning("cannot read node %s (%s): pods stuck Terminating there are left alone", name, err)
-    found = stuck(mine, nodes, now)
+    found = stuck(mine, _read_nodes(client, mine), now)
     deleted = []
     for pod in found:
         try:

@@ -11,6 +11,9 @@ control_plane.py) and the pod's grace period plus the operator's margin pass
 (stuck_pods.STUCK_MARGIN_SECONDS), the operator force-deletes the pod; the old Job goes and the
 next attempt's Job and pods are created, scheduled on the nodes that remain.
 
+A second run loses rank 1's node with no rank failing by itself: the operator marks the pod
+Failed once the node is unreachable, the Job controller stops rank 0, and the gang restarts
+(before, rank 0 waited in its collective until the process group's timeout).
 What the design guarantees, asserted: the next attempt's Job never exists while the stuck pod
 does (polled throughout), the force-delete is told in a Warning Event naming the pod and node,
 the attempts' rendezvous ids differ (a straggler cannot join), and no new pod lands on the lost
@@ -71,8 +74,8 @@ def more_than_half_a_node(cp: ControlPlane, node: str) -> str:
     return f"{millis // 2 + 100}m"
 
 
-def train_pods(cp: ControlPlane, attempt: str) -> list[dict[str, Any]]:
-    pods = cp.admin.list(PODS_PATH, labels=f"batch.kubernetes.io/job-name=stuck-train,{ATTEMPT}={attempt}")
+def train_pods(cp: ControlPlane, name: str, attempt: str) -> list[dict[str, Any]]:
+    pods = cp.admin.list(PODS_PATH, labels=f"batch.kubernetes.io/job-name={name}-train,{ATTEMPT}={attempt}")
     return sorted(pods, key=lambda p: p["metadata"]["labels"][INDEX])
 
 
@@ -85,37 +88,66 @@ def rdzv_id(pod_or_job: dict[str, Any]) -> str:
     return next(c for c in spec["containers"][0]["command"] if c.startswith("--rdzv-id="))
 
 
+def start(cp: ControlPlane, kubectl: Kubectl, pod_players: PodPlayers, name: str) -> list[dict[str, Any]]:
+    """A 2-node run of players, training: its two pods, on two nodes."""
+    pod_players.play(f"{name}-train-", namespace=NAMESPACE)
+    doc = tiny_manifest(**{"spec.resources.cpu": more_than_half_a_node(cp, CPU_NODES[0]),
+                           "spec.resources.memory": "128Mi", "spec.resources.tolerations": GPU_TOLERATION,
+                           "spec.runPolicy.maxRestarts": 2})  # fmt: skip
+    doc["metadata"] = {"name": name, "namespace": NAMESPACE}
+    kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump(doc))
+    wait(lambda: status(cp, name).get("phase") == "Training", "Training")
+    pods = wait(lambda: len(p := train_pods(cp, name, "0")) == 2 and len(pod_players.playing(f"{name}-train-")) == 2
+                and p, "both players of attempt 0 running")  # fmt: skip
+    assert pods[0]["spec"]["nodeName"] != pods[1]["spec"]["nodeName"], "each asks for more than half a node"
+    return list(pods)
+
+
+def status(cp: ControlPlane, name: str) -> dict[str, Any]:
+    return (cp.admin.get(f"{SRJ_PATH}/{name}") or {}).get("status") or {}
+
+
+def events(cp: ControlPlane, name: str, reason: str) -> list[dict[str, Any]]:
+    found = cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/events", fields=f"involvedObject.name={name}")
+    return [e for e in found if e["reason"] == reason]
+
+
+def next_attempt(cp: ControlPlane, nodes: RealNodes, name: str, lost: str) -> list[dict[str, Any]]:
+    """Attempt 1's pods, scheduled (never on the lost node) and ready."""
+    second = wait(lambda: len(p := train_pods(cp, name, "1")) == 2 and all(x["spec"].get("nodeName") for x in p)
+                  and p, "attempt 1's pods scheduled")  # fmt: skip
+    assert lost not in {p["spec"]["nodeName"] for p in second}, [p["spec"]["nodeName"] for p in second]
+    wait(lambda: (cp.admin.get(f"{JOBS_PATH}/{name}-train") or {}).get("status", {}).get("ready") == 2,
+         f"attempt 1 training\n{nodes.log_tails()}")  # fmt: skip
+    assert status(cp, name)["restarts"] == 1 and status(cp, name)["phase"] == "Training", status(cp, name)
+    return list(second)
+
+
+def remove(cp: ControlPlane, name: str) -> None:
+    """The run and its pods gone: the next test's pods need the nodes' CPU."""
+    cp.admin.delete(f"{SRJ_PATH}/{name}")
+    wait(lambda: not cp.admin.list(PODS_PATH, labels=f"speedrun.dev/job={name}"), f"the pods of {name} gone")
+
+
 def test_a_pod_stuck_on_a_lost_node_does_not_stall_the_restart_and_attempts_never_overlap(
     control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, pod_players: PodPlayers,
     operator: ChartOperator,
 ) -> None:  # fmt: skip
     cp = control_plane
-    pod_players.play("stuck-train-", namespace=NAMESPACE)
-    doc = tiny_manifest(**{"spec.resources.cpu": more_than_half_a_node(cp, CPU_NODES[0]),
-                           "spec.resources.memory": "128Mi", "spec.resources.tolerations": GPU_TOLERATION,
-                           "spec.runPolicy.maxRestarts": 2})  # fmt: skip
-    doc["metadata"] = {"name": "stuck", "namespace": NAMESPACE}
-    kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump(doc))
-    status = lambda: (cp.admin.get(f"{SRJ_PATH}/stuck") or {}).get("status") or {}
-    wait(lambda: status().get("phase") == "Training", "Training")
-    first = wait(lambda: len(p := train_pods(cp, "0")) == 2 and len(pod_players.playing("stuck-train-")) == 2 and p,
-                 "both players of attempt 0 running")  # fmt: skip
-    rank_0, rank_1 = first
-    lost = rank_1["spec"]["nodeName"]
-    assert rank_0["spec"]["nodeName"] != lost, "one pod per node: each asks for more than half a node"
-    stuck_uid = rank_1["metadata"]["uid"]
+    rank_0, rank_1 = start(cp, kubectl, pod_players, "stuck")
+    lost, stuck_uid = rank_1["spec"]["nodeName"], rank_1["metadata"]["uid"]
 
     kube_nodes.stop_kubelet(lost)
     try:
         pod_players.finish(rank_0["metadata"]["name"], code=1, log="NCCL: rank 1 unreachable")
-        wait(lambda: status().get("restarts") == 1, "restarts == 1")
+        wait(lambda: status(cp, "stuck").get("restarts") == 1, "restarts == 1")
 
         # Until the next attempt's Job exists, poll: never both it and the stuck pod at once.
         seen_stuck, next_job = False, None
         deadline = time.monotonic() + TIMEOUT
         while next_job is None:
             assert time.monotonic() < deadline, (
-                f"no next attempt within {TIMEOUT} s (status {status()})\n{kube_nodes.log_tails()}"
+                f"no next attempt within {TIMEOUT} s (status {status(cp, 'stuck')})\n{kube_nodes.log_tails()}"
             )
             old = [p for p in cp.admin.list(PODS_PATH) if p["metadata"]["uid"] == stuck_uid]
             job = cp.admin.get(f"{JOBS_PATH}/stuck-train")
@@ -128,19 +160,35 @@ def test_a_pod_stuck_on_a_lost_node_does_not_stall_the_restart_and_attempts_neve
             time.sleep(0.2)
         assert seen_stuck, "rank 1's pod was never seen Terminating"
 
-        events = [e for e in cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/events",
-                                           fields="involvedObject.name=stuck")
-                  if e["reason"] == "StuckPodsForceDeleted"]  # fmt: skip
-        assert events and events[0]["type"] == "Warning", events
-        assert rank_1["metadata"]["name"] in events[0]["message"] and lost in events[0]["message"], events[0]
-        assert "unreachable" in events[0]["message"], events[0]
+        [event] = events(cp, "stuck", "StuckPodsForceDeleted")
+        assert event["type"] == "Warning" and "unreachable" in event["message"], event
+        assert rank_1["metadata"]["name"] in event["message"] and lost in event["message"], event
         assert rdzv_id(next_job) != rdzv_id(rank_1), "a straggler of attempt 0 could join attempt 1"
-
-        second = wait(lambda: len(p := train_pods(cp, "1")) == 2 and all(x["spec"].get("nodeName") for x in p) and p,
-                      "attempt 1's pods scheduled")  # fmt: skip
-        assert lost not in {p["spec"]["nodeName"] for p in second}, [p["spec"]["nodeName"] for p in second]
-        wait(lambda: status().get("phase") == "Training" and (cp.admin.get(f"{JOBS_PATH}/stuck-train") or {})
-             .get("status", {}).get("ready") == 2, "attempt 1 training")  # fmt: skip
-        assert status()["restarts"] == 1, status()
+        next_attempt(cp, kube_nodes, "stuck", lost)
     finally:
         kube_nodes.start_kubelet(lost)  # back, it finds the force-deleted pod gone and stops its container
+        remove(cp, "stuck")
+
+
+def test_a_lost_node_fails_the_running_attempt_at_once_and_the_next_one_starts(
+    control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, pod_players: PodPlayers,
+    operator: ChartOperator,
+) -> None:  # fmt: skip
+    """No rank fails by itself: rank 1's node is lost, rank 0 would wait in its collective until the
+    process group's timeout. The operator marks rank 1's pod Failed once the node is unreachable,
+    the Job controller stops rank 0 (never asked to exit by the test), and the gang restarts."""
+    cp = control_plane
+    rank_0, rank_1 = start(cp, kubectl, pod_players, "lost")
+    lost = rank_1["spec"]["nodeName"]
+    kube_nodes.stop_kubelet(lost)
+    try:
+        wait(lambda: status(cp, "lost").get("restarts") == 1, f"restarts == 1\n{kube_nodes.log_tails()}")
+        [event] = events(cp, "lost", "NodeLost")
+        assert event["type"] == "Warning" and rank_1["metadata"]["name"] in event["message"], event
+        assert f"on node {lost} (unreachable" in event["message"], event
+        next_attempt(cp, kube_nodes, "lost", lost)
+        uids = {p["metadata"]["uid"] for p in cp.admin.list(PODS_PATH)}
+        assert not uids & {rank_0["metadata"]["uid"], rank_1["metadata"]["uid"]}, "attempt 0's pods are gone"
+    finally:
+        kube_nodes.start_kubelet(lost)
+        remove(cp, "lost")

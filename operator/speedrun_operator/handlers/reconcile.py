@@ -164,6 +164,8 @@ def _ensure_training(
     elif not policy.queue_name:  # with a queue, Kueue owns spec.suspend
         train_job = sync_suspend(client, train_job, policy.suspend)
         train = lifecycle.train_state(train_job, attempt)
+    if train.phase == "Running" and current.start_time:
+        _fail_pods_on_lost_nodes(ctx, body, train_job)
     return train_job, train
 
 
@@ -247,6 +249,20 @@ def _replace(client: kube.KubeClient, train_job: dict[str, Any]) -> None:
     meta = train_job["metadata"]
     if not meta.get("deletionTimestamp"):
         client.delete(kube.JOB, meta["namespace"], meta["name"], propagation="Foreground")
+
+
+def _fail_pods_on_lost_nodes(ctx: OperatorContext, body: dict[str, Any], train_job: dict[str, Any]) -> None:
+    """A training attempt with a pod on a lost node fails now, not at the collective timeout
+    (stuck_pods.fail_lost). Looked at only when the Job counts an active pod not ready."""
+    status = train_job.get("status") or {}
+    if status.get("active", 0) <= status.get("ready", 0):
+        return
+    meta = train_job["metadata"]
+    pods = _pods(ctx.client, meta["namespace"], body["metadata"]["name"], L.ROLE_TRAIN)
+    lost = stuck_pods.fail_lost(ctx.client, train_job, pods)
+    if lost:
+        message = f"failed the training pods on lost nodes: {'; '.join(p.describe() for p in lost)}"
+        events.post(ctx.client, body, "Warning", stuck_pods.REASON_NODE_LOST, message)
 
 
 def _release_stuck_pods(ctx: OperatorContext, body: dict[str, Any], train_job: dict[str, Any]) -> None:

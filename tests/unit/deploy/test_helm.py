@@ -309,6 +309,7 @@ OPERATOR_VERBS: dict[kube.Kind, set[str]] = {
 }
 SEPARATE = {kube.NODE}  # granted by the `-nodes` ClusterRole in both modes, not the main role
 EXTRA_VERBS = {
+    ("", "pods/status"): {"patch"},  # a running pod on a lost node marked Failed (stuck_pods.py)
     ("speedrun.dev", "speedrunjobs/status"): {"patch"},
     ("speedrun.dev", "speedrunjobs/finalizers"): {"update"},
 }

@@ -86,3 +86,45 @@ def test_release_reads_no_node_before_a_pod_is_overdue() -> None:
     client = FakeKube({"lost": UNREACHABLE})
     assert stuck_pods.release(client, job, [pod("old-0", "lost")], SOON) == []  # type: ignore[arg-type]
     assert client.read == [] and client.deleted == []
+
+
+class PatchingKube(FakeKube):
+    def __init__(self, nodes: dict[str, dict[str, Any] | None]) -> None:
+        super().__init__(nodes)
+        self.patched: list[tuple[str, dict[str, Any], str | None]] = []
+
+    def patch(self, kind: kube.Kind, namespace: str | None, name: str, body: dict[str, Any],
+              subresource: str | None = None) -> dict[str, Any]:  # fmt: skip
+        self.patched.append((f"{namespace}/{name}", body, subresource))
+        return {}
+
+
+def running(name: str, node: str, is_ready: bool, owner: str = JOB_UID) -> dict[str, Any]:
+    out = pod(name, node, deleted=None, owner=owner)
+    out["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": str(is_ready)}]}
+    return out
+
+
+def test_fail_lost_marks_failed_only_the_running_attempts_not_ready_pods_on_lost_nodes() -> None:
+    job = {"metadata": {"name": "run-train", "namespace": "ns", "uid": JOB_UID}}
+    pods = [running("r0", "fine", False), running("r1", "lost", False), running("r2", "lost", True),
+            running("other", "lost", False, owner="job-uid-9"), pod("gone", "lost")]  # fmt: skip
+    client = PatchingKube({"fine": node("True"), "lost": UNREACHABLE})
+    marked = stuck_pods.fail_lost(client, job, pods)  # type: ignore[arg-type]
+    assert [p.name for p in marked] == ["r1"]
+    [(where, body, subresource)] = client.patched
+    assert (where, subresource, body["status"]["phase"], body["status"]["reason"]) == (
+        "ns/r1",
+        "status",
+        "Failed",
+        "NodeLost",
+    )
+    assert "node lost is lost" in body["status"]["message"] and "unreachable" in body["status"]["message"]
+    assert sorted(client.read) == ["fine", "lost"]  # only the nodes of pods not Ready
+
+
+def test_fail_lost_reads_no_node_while_every_pod_is_ready() -> None:
+    job = {"metadata": {"name": "run-train", "namespace": "ns", "uid": JOB_UID}}
+    client = PatchingKube({"lost": UNREACHABLE})
+    assert stuck_pods.fail_lost(client, job, [running("r0", "lost", True)]) == []  # type: ignore[arg-type]
+    assert client.read == [] and client.patched == []

@@ -3,9 +3,10 @@
 Level-triggered and idempotent: every trigger (create, resume after an operator restart, spec
 update, any event of a child Job, the periodic resync) runs the same `reconcile`, in this order:
 the actions (`_ensure_children`: create what is missing, delete a failed attempt, patch
-spec.suspend), the reads (`_observe`: the Jobs' pods and events -> `lifecycle.Observation`), the
-decision (`lifecycle.next_status`), and a status patch of only what changed. A per-job lock
-serialises triggers inside this process; the Lease (leader.py) keeps one active replica.
+spec.suspend, fail a training pod on a lost node: stuck_pods.py), the reads (`_observe`: the
+Jobs' pods and events -> `lifecycle.Observation`), the decision (`lifecycle.next_status`), and a
+status patch of only what changed. A per-job lock serialises triggers inside this process; the
+Lease (leader.py) keeps one active replica.
 
 Two acts follow from the status written, so a crash in between repeats them on the next pass
 rather than skipping them: a gang restart deletes the failed attempt's training Job (Foreground:

@@ -56,8 +56,9 @@ SERVICE = Kind("v1", "services", "Service")
 POD = Kind("v1", "pods", "Pod")
 JOB = Kind("batch/v1", "jobs", "Job")
 EVENT = Kind("v1", "events", "Event")
+NODE = Kind("v1", "nodes", "Node")  # cluster-scoped: read only to tell a lost node (stuck_pods.py)
 SPEEDRUNJOB = Kind(f"{API_GROUP}/{API_VERSION}", PLURAL, "SpeedrunJob")
-KINDS = {k.kind: k for k in (CONFIGMAP, SERVICE, POD, JOB, EVENT, SPEEDRUNJOB)}
+KINDS = {k.kind: k for k in (CONFIGMAP, SERVICE, POD, JOB, EVENT, NODE, SPEEDRUNJOB)}
 
 
 class KubeError(Exception):
@@ -227,10 +228,24 @@ class KubeClient:
         path = kind.path(namespace, name, subresource)
         return self._call("PATCH", path, body=patch, content_type="application/merge-patch+json")
 
-    def delete(self, kind: Kind, namespace: str | None, name: str, propagation: str = "Background") -> None:
-        """Delete (absent is fine); `propagation` Foreground keeps the object until its dependents are gone."""
+    def delete(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        propagation: str = "Background",
+        grace_seconds: int | None = None,
+        uid: str | None = None,
+    ) -> None:
+        """Delete (absent is fine); `propagation` Foreground keeps the object until its dependents are
+        gone; `grace_seconds` 0 force-deletes a pod; `uid`: only that object, not a namesake (409)."""
+        body: dict[str, Any] = {"propagationPolicy": propagation}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
         with contextlib.suppress(NotFound):
-            self._call("DELETE", kind.path(namespace, name), body={"propagationPolicy": propagation})
+            self._call("DELETE", kind.path(namespace, name), body=body)
 
 
 def _translate(err: ApiException) -> KubeError:

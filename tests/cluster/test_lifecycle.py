@@ -161,7 +161,7 @@ def test_apply_trains_evaluates_and_succeeds_with_exactly_its_children(
     job = runs.job("happy-train")["spec"]
     assert job["completions"] == job["parallelism"] == 2 and job["completionMode"] == "Indexed"
     container = job["template"]["spec"]["containers"][0]
-    assert f"--rdzv-id={uid}" in container["command"]
+    assert f"--rdzv-id={uid}-0" in container["command"]  # the run's and the attempt's
     assert "--rdzv-endpoint=happy-train-0.happy:29400" in container["command"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["SPEEDRUN_STORAGE_URI"] == f"s3://speedrun-test/runs/{NAMESPACE}/happy"  # the chart's default

@@ -36,6 +36,7 @@ SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
 VALUES = {
     "operator.defaultStorageUri": "s3://speedrun-test/runs",
     "operator.resyncInterval": "5",
+    "rbac.readNodes": "false",  # a ClusterRole (get nodes): not the tenant's to create
     **NEVER_PULLED,
 }  # the pods wait in ErrImagePull: chart.py
 MANAGED = "app.kubernetes.io/managed-by=speedrun-operator"

@@ -36,10 +36,13 @@ from speedrun_operator.settings import OperatorSettings
 POD_IP_ENV = "POD_IP"
 
 
-def torchrun_train_command(job: SpeedrunJob) -> list[str]:
+def torchrun_train_command(job: SpeedrunJob, attempt: int = 0) -> list[str]:
     """`python -m speedrun_trainer.train.torchrun --nnodes=N|MIN:MAX ... -m speedrun_trainer.train --config ...`.
 
     `speedrun_trainer.train.torchrun` takes torchrun's arguments and keeps exit code 2 (invalid config).
+    The rendezvous id is the run's and the attempt's (`<uid>-<attempt>`): an agent of an earlier
+    attempt still running on a lost node (stuck_pods.py) can never join this attempt's rendezvous,
+    whose store has the same address.
     """
     r, name = job.spec.resources, job.metadata.name
     lo, hi = r.node_range
@@ -49,7 +52,7 @@ def torchrun_train_command(job: SpeedrunJob) -> list[str]:
         f"--nproc-per-node={r.procs_per_node}",
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={L.rendezvous_endpoint(name)}",
-        f"--rdzv-id={common.job_uid(job)}",
+        f"--rdzv-id={common.job_uid(job)}-{attempt}",
         f"--rdzv-conf={rendezvous_conf(job)}",
         *([f"--local-addr=$({POD_IP_ENV})"] if r.host_network else []),  # the kubelet expands $(POD_IP)
         "--max-restarts=0",  # restarts are the operator's gang restarts, counted in status.restarts
@@ -77,7 +80,7 @@ def build_train_job(job: SpeedrunJob, settings: OperatorSettings, attempt: int =
         {"name": L.PORT_NAME_RENDEZVOUS, "containerPort": L.PORT_RENDEZVOUS},
         {"name": L.PORT_NAME_METRICS, "containerPort": job.spec.metrics.port},
     ]
-    command = torchrun_train_command(job)
+    command = torchrun_train_command(job, attempt)
     if tpu.tpu_slice(job) is not None:  # one JAX process per TPU host, GKE's env (builders/tpu.py)
         ports, command = tpu.train_ports(job), tpu.train_command(job)
     if r.host_network:

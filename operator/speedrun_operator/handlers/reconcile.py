@@ -3,13 +3,15 @@
 Level-triggered and idempotent: every trigger (create, resume after an operator restart, spec
 update, any event of a child Job, the periodic resync) runs the same `reconcile`, in this order:
 the actions (`_ensure_children`: create what is missing, delete a failed attempt, patch
-spec.suspend), the reads (`_observe`: the Jobs' pods and events -> `lifecycle.Observation`), the
-decision (`lifecycle.next_status`), and a status patch of only what changed. A per-job lock
-serialises triggers inside this process; the Lease (leader.py) keeps one active replica.
+spec.suspend, fail a training pod on a lost node: stuck_pods.py), the reads (`_observe`: the
+Jobs' pods and events -> `lifecycle.Observation`), the decision (`lifecycle.next_status`), and a
+status patch of only what changed. A per-job lock serialises triggers inside this process; the
+Lease (leader.py) keeps one active replica.
 
 Two acts follow from the status written, so a crash in between repeats them on the next pass
 rather than skipping them: a gang restart deletes the failed attempt's training Job (Foreground:
-its pods first; the next pass creates the next attempt), and a Job whose outcome is recorded gets
+its pods first; the next pass creates the next attempt; pods stuck Terminating on a lost node are
+force-deleted once overdue, stuck_pods.py), and a Job whose outcome is recorded gets
 `runPolicy.ttlSecondsAfterFinished`, so the TTL controller never deletes an unrecorded Job. These,
 and the stop of a training Job after a start-up failure, are re-checked on every pass, settled
 jobs included, until the Jobs show them (side_effects.py).
@@ -28,7 +30,7 @@ import kopf
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import SpeedrunJobStatus, now_rfc3339, read_status
-from speedrun_operator import builders, events, kube, lifecycle, operator_metrics, pod_startup
+from speedrun_operator import builders, events, kube, lifecycle, operator_metrics, pod_startup, stuck_pods
 from speedrun_operator import labels as L
 from speedrun_operator.handlers import side_effects
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
@@ -42,6 +44,8 @@ IMMUTABLE_NOTE = (
     "spec changes after the Jobs exist do not reach them (Job pod templates are immutable); "
     "only runPolicy.suspend applies. Delete and re-create the SpeedrunJob to run the new spec"
 )
+
+EVENT_STUCK_PODS = "StuckPodsForceDeleted"
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
@@ -145,9 +149,12 @@ def _ensure_training(
     train = lifecycle.train_state(train_job, attempt)
     if train.phase == "Replacing":
         _replace(client, train_job)
+        _release_stuck_pods(ctx, body, train_job)
     elif not policy.queue_name:  # with a queue, Kueue owns spec.suspend
         train_job = sync_suspend(client, train_job, policy.suspend)
         train = lifecycle.train_state(train_job, attempt)
+    if train.phase == "Running" and current.start_time:
+        _fail_pods_on_lost_nodes(ctx, body, train_job)
     return train_job, train
 
 
@@ -231,6 +238,36 @@ def _replace(client: kube.KubeClient, train_job: dict[str, Any]) -> None:
     meta = train_job["metadata"]
     if not meta.get("deletionTimestamp"):
         client.delete(kube.JOB, meta["namespace"], meta["name"], propagation="Foreground")
+
+
+def _fail_pods_on_lost_nodes(ctx: OperatorContext, body: dict[str, Any], train_job: dict[str, Any]) -> None:
+    """A training attempt with a pod on a lost node fails now, not at the collective timeout
+    (stuck_pods.fail_lost). Looked at only when the Job counts an active pod not ready."""
+    status = train_job.get("status") or {}
+    if status.get("active", 0) <= status.get("ready", 0):
+        return
+    meta = train_job["metadata"]
+    pods = _pods(ctx.client, meta["namespace"], body["metadata"]["name"], L.ROLE_TRAIN)
+    lost = stuck_pods.fail_lost(ctx.client, train_job, pods)
+    if lost:
+        message = f"failed the training pods on lost nodes: {'; '.join(p.describe() for p in lost)}"
+        events.post(ctx.client, body, "Warning", stuck_pods.REASON_NODE_LOST, message)
+
+
+def _release_stuck_pods(ctx: OperatorContext, body: dict[str, Any], train_job: dict[str, Any]) -> None:
+    """Force-delete the replaced attempt's pods stuck Terminating on lost nodes (stuck_pods.py), so
+    the Foreground delete ends and the next attempt starts; each is told in a Warning Event."""
+    meta = train_job["metadata"]
+    if not meta.get("deletionTimestamp"):
+        return  # just asked to go: nothing can be overdue yet
+    pods = _pods(ctx.client, meta["namespace"], body["metadata"]["name"], L.ROLE_TRAIN)
+    released = stuck_pods.release(ctx.client, train_job, pods, now_rfc3339())
+    if released:
+        message = (
+            f"force-deleted the replaced attempt's pods stuck Terminating on lost nodes: "
+            f"{'; '.join(p.describe() for p in released)}"
+        )
+        events.post(ctx.client, body, "Warning", EVENT_STUCK_PODS, message)
 
 
 def _after_write(

@@ -228,7 +228,8 @@ def test_custom_images_and_resources(helm: Path) -> None:
     assert pod["containers"][0]["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["serviceAccountName"] == "speedrun-operator"
     assert not by_kind(objects, "Pod"), "no metrics Service, so no helm test pod"
-    assert not [o for o in objects if o["kind"] == "ClusterRole"], "namespaced: nothing cluster-wide"
+    cluster_roles = [o["metadata"]["name"] for o in by_kind(objects, "ClusterRole")]
+    assert [r.rpartition("-")[2] for r in cluster_roles] == ["nodes"], "namespaced: nothing else cluster-wide"
 
 
 def test_chart_version_follows_the_package() -> None:
@@ -297,24 +298,28 @@ def group_of(kind: kube.Kind) -> str:
 # What the operator does with each resource (main.py, handlers/, kube.py, kopf), and so exactly
 # what the chart grants: kopf watches and patches (finalizer, annotations) the SpeedrunJobs; the
 # reconcile gets/creates/patches (adopts, suspends) the children and watches the Jobs' events;
-# pods are only listed; a gang restart deletes the failed attempt's training Job (everything else
-# goes by ownerReferences); Events are posted, and a training Job's are listed (FailedCreate).
+# pods are listed; a gang restart deletes the failed attempt's training Job (everything else
+# goes by ownerReferences) and force-deletes its pods stuck on a lost node, whose Node it reads
+# (its own ClusterRole, rbac.readNodes); Events are posted, and a training Job's are listed (FailedCreate).
 OPERATOR_VERBS: dict[kube.Kind, set[str]] = {
     kube.SPEEDRUNJOB: {"get", "list", "watch", "patch"},
     kube.JOB: {"get", "list", "watch", "create", "patch", "delete"},
     kube.CONFIGMAP: {"get", "create", "patch"},
     kube.SERVICE: {"get", "create", "patch"},
-    kube.POD: {"get", "list"},
+    kube.POD: {"get", "list", "delete"},
     kube.EVENT: {"create", "list"},
+    kube.NODE: {"get"},
 }
+SEPARATE = {kube.NODE}  # granted by the `-nodes` ClusterRole in both modes, not the main role
 EXTRA_VERBS = {
+    ("", "pods/status"): {"patch"},  # a running pod on a lost node marked Failed (stuck_pods.py)
     ("speedrun.dev", "speedrunjobs/status"): {"patch"},
     ("speedrun.dev", "speedrunjobs/finalizers"): {"update"},
 }
 
 
 def expected_rbac(cluster_wide: bool) -> dict[tuple[str, str], set[str]]:
-    expected = {(group_of(k), k.plural): verbs for k, verbs in OPERATOR_VERBS.items()}
+    expected = {(group_of(k), k.plural): verbs for k, verbs in OPERATOR_VERBS.items() if k not in SEPARATE}
     expected.update(EXTRA_VERBS)
     if cluster_wide:  # kopf's scanning of CRDs (a namespaced operator has it off: setup.py)
         expected[("apiextensions.k8s.io", "customresourcedefinitions")] = {"list", "watch"}
@@ -332,7 +337,9 @@ def test_rbac_grants_what_the_operator_does_and_no_more(helm: Path, values: Path
     cluster_wide = settings.namespaces == ()
     roles = by_kind(objects, "ClusterRole" if cluster_wide else "Role")
     lease_roles = [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
-    roles = [r for r in roles if r not in lease_roles]
+    [nodes_role] = [r for r in by_kind(objects, "ClusterRole") if r["metadata"]["name"].endswith("-nodes")]
+    assert granted(nodes_role["rules"]) == {(group_of(k), k.plural): OPERATOR_VERBS[k] for k in SEPARATE}
+    roles = [r for r in roles if r not in lease_roles and r is not nodes_role]
     assert roles
     for role in roles:
         assert granted(role["rules"]) == expected_rbac(cluster_wide)
@@ -347,11 +354,20 @@ def test_rbac_grants_what_the_operator_does_and_no_more(helm: Path, values: Path
                     if not b["metadata"]["name"].endswith("-leader-election")]  # fmt: skip
         assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(settings.namespaces)
         assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(settings.namespaces)
-        # Nothing cluster-scoped: a namespace admin can install it (README "Install modes").
-        assert by_kind(objects, "ClusterRole") == [] and by_kind(objects, "ClusterRoleBinding") == []
+        # Nothing cluster-scoped but `get` on nodes (rbac.readNodes, off: a namespace admin can
+        # install it, README "Install modes").
+        assert by_kind(objects, "ClusterRole") == [nodes_role]
+        bound = [b["roleRef"]["name"] for b in by_kind(objects, "ClusterRoleBinding")]
+        assert bound == [nodes_role["metadata"]["name"]]
     sa = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     for binding in by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+
+
+def test_without_read_nodes_a_namespaced_install_has_nothing_cluster_scoped(helm: Path) -> None:
+    objects = render(helm, "--set", "rbac.readNodes=false")
+    assert by_kind(objects, "ClusterRole") == [] and by_kind(objects, "ClusterRoleBinding") == []
+    assert by_kind(objects, "Role"), "the namespaced Role is still there"
 
 
 def test_cluster_wide_rbac_with_namespaces_is_refused(helm: Path) -> None:

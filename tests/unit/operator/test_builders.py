@@ -309,7 +309,7 @@ def test_render_gpt2_example_one_pod_per_node_with_eight_gpus() -> None:
         "--nproc-per-node=8",
         "--rdzv-backend=c10d",
         "--rdzv-endpoint=gpt2-124m-train-0.gpt2-124m:29400",
-        "--rdzv-id=gpt2-124m",
+        "--rdzv-id=gpt2-124m-0",
         "--rdzv-conf=join_timeout=900,read_timeout=900",
         "--max-restarts=0",
         "-m",
@@ -334,3 +334,14 @@ def test_render_json_and_invalid_manifest(tmp_path: Any, capsys: pytest.CaptureF
     bad.write_text(yaml.safe_dump(tiny(model={"numHeads": 5})))
     assert cli(["render", str(bad)]) == 2
     assert "spec.model.hiddenDim" in capsys.readouterr().err
+
+
+def test_each_attempt_has_its_own_rendezvous_id() -> None:
+    """A straggler agent of a replaced attempt (stuck_pods.py) reaches the same store address but
+    can never join the next attempt's rendezvous: the id is the run's and the attempt's."""
+    job = parse(tiny())
+    ids = []
+    for attempt in (0, 1):
+        [container] = builders.build_train_job(job, SETTINGS, attempt)["spec"]["template"]["spec"]["containers"]
+        ids.append([c for c in container["command"] if c.startswith("--rdzv-id=")])
+    assert ids[0] != ids[1] and ids[1][0].endswith("-1"), ids

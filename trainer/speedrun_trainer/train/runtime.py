@@ -28,6 +28,8 @@ from speedrun_trainer.data.storage import DataError, Storage, open_storage
 from speedrun_trainer.train import nccl_transport
 from speedrun_trainer.train.startup_checks import failure_exit, run_storage_uri
 
+DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 600.0  # torch's NCCL default; spec.runPolicy.collectiveTimeoutSeconds
+
 
 class DeviceError(Exception):
     """The accelerator the spec asks for is not here (a node problem: exit 1, worth a retry)."""
@@ -69,7 +71,11 @@ def load_config(path: str) -> SpeedrunJob:
         sys.exit(EXIT_INVALID)
 
 
-def setup_distributed() -> Dist:
+def setup_distributed(collective_timeout_seconds: float = DEFAULT_COLLECTIVE_TIMEOUT_SECONDS) -> Dist:
+    """torch.distributed from torchrun's env; a collective that waits longer than
+    `collective_timeout_seconds` (spec.runPolicy.collectiveTimeoutSeconds) fails the rank (gloo
+    raises; NCCL's watchdog aborts the process, TORCH_NCCL_ASYNC_ERROR_HANDLING's default), so
+    its pod fails and the gang restarts instead of hanging on a peer that will never answer."""
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -80,7 +86,8 @@ def setup_distributed() -> Dist:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=dt.timedelta(minutes=10))
+        timeout = dt.timedelta(seconds=collective_timeout_seconds)
+        dist.init_process_group(backend=backend, timeout=timeout)
         nccl_transport.report(backend, log=log)  # which network NCCL uses between nodes; warns on sockets
     return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
@@ -224,7 +231,7 @@ def entry_point(
     parser.add_argument("--config", required=True, help="SpeedrunJob manifest (YAML or JSON)")
     args = parser.parse_args(argv)
     job = load_config(args.config)
-    env = setup_distributed()
+    env = setup_distributed(job.spec.run_policy.collective_timeout_seconds)
     try:
         with run_writer(job, env):
             return body(job, env)

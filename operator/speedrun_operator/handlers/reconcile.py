@@ -27,7 +27,7 @@ import kopf
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339, read_status
-from speedrun_operator import builders, events, kube, lifecycle, operator_metrics, pod_startup
+from speedrun_operator import builders, events, gang, kube, lifecycle, operator_metrics, pod_startup
 from speedrun_operator import labels as L
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
 from speedrun_operator.handlers.operator_startup import OperatorContext
@@ -153,8 +153,11 @@ def _ensure_training(
     if _held_back(client, policy, namespace, L.train_job_name(name)):
         return None, lifecycle.JobState("Suspended")
     attempt = current.restarts
-    train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, ctx.settings, attempt), body)
+    mode = gang.gang_mode(client, ctx.settings.gang_scheduling)
+    train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, ctx.settings, attempt, mode), body)
     train = lifecycle.train_state(train_job, attempt)
+    if train.phase in ("Suspended", "Pending", "Running"):
+        gang.ensure_pod_group(client, job, train_job, attempt)  # the pods wait for it (gang.py)
     if train.phase == "Replacing":
         _replace(client, train_job)
     elif not policy.queue_name:  # with a queue, Kueue owns spec.suspend

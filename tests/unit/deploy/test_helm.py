@@ -303,6 +303,9 @@ OPERATOR_VERBS: dict[kube.Kind, set[str]] = {
     kube.SERVICE: {"get", "create", "patch"},
     kube.POD: {"get", "list"},
     kube.EVENT: {"create", "list"},
+    kube.POD_GROUP: {"get", "create"},
+    kube.COSCHEDULING_POD_GROUP: {"get", "create"},
+    kube.KUEUE_WORKLOAD: {"list", "patch"},
 }
 EXTRA_VERBS = {
     ("speedrun.dev", "speedrunjobs/status"): {"patch"},

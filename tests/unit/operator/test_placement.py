@@ -1,0 +1,84 @@
+"""Gang placement: the PodGroup of each training attempt and how its pods name it (builders/placement.py),
+and which gang the operator picks (gang.py). The scheduler's side is tests/cluster/test_placement.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from speedrun_api.manifest import parse_job
+from speedrun_operator import builders, gang, kube
+from speedrun_operator.builders import placement
+from speedrun_operator.settings import OperatorSettings
+from tests.support.helpers import tiny_manifest
+
+SETTINGS = OperatorSettings(default_storage_uri="s3://bucket/runs")
+
+
+def job(**changes: Any) -> Any:
+    doc = tiny_manifest(**changes)
+    doc["metadata"]["namespace"] = "ns"
+    return parse_job(doc)
+
+
+def test_kubernetes_gang_names_the_attempts_pod_group_with_min_count_the_nodes() -> None:
+    two = job()
+    train = builders.build_train_job(two, SETTINGS, attempt=3, gang="kubernetes")
+    assert train["spec"]["template"]["spec"]["schedulingGroup"] == {"podGroupName": "test-tiny-train-3"}
+    group = placement.build_pod_group(two, "kubernetes", 3)
+    assert group is not None and group["apiVersion"] == "scheduling.k8s.io/v1alpha2"
+    assert group["metadata"]["name"] == "test-tiny-train-3" and group["metadata"]["namespace"] == "ns"
+    assert group["spec"] == {"schedulingPolicy": {"gang": {"minCount": 2}}}
+    assert placement.named_gang(train["spec"]["template"]) == "kubernetes"
+
+
+def test_coscheduling_gang_is_a_pod_label_and_min_member() -> None:
+    elastic = job(**{"spec.resources.nodes": None, "spec.resources.minNodes": 1, "spec.resources.maxNodes": 2})
+    template = builders.build_train_job(elastic, SETTINGS, gang="coscheduling")["spec"]["template"]
+    assert template["metadata"]["labels"][placement.LABEL_COSCHEDULING_GROUP] == "test-tiny-train-0"
+    assert "schedulingGroup" not in template["spec"]
+    group = placement.build_pod_group(elastic, "coscheduling", 0)
+    assert group is not None and group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1"
+    assert group["spec"] == {"minMember": 1}  # an elastic job starts with its minimum
+    assert placement.named_gang(template) == "coscheduling"
+
+
+@pytest.mark.parametrize("mode", ["kubernetes", "coscheduling", "none"])
+def test_no_gang_for_one_node_or_none(mode: placement.GangMode) -> None:
+    one = job(**{"spec.resources.nodes": 1})
+    template = builders.build_train_job(one, SETTINGS, gang=mode)["spec"]["template"]
+    assert placement.named_gang(template) == "none" and placement.build_pod_group(one, mode, 0) is None
+    assert placement.build_pod_group(job(), "none", 0) is None
+
+
+class Discovery:
+    def __init__(self, served: set[str]) -> None:
+        self.served_kinds, self.asked = served, 0
+
+    def served(self, kind: kube.Kind) -> bool:
+        self.asked += 1
+        return kind.api_version in self.served_kinds
+
+
+@pytest.mark.parametrize(
+    ("served", "mode"),
+    [
+        ({"scheduling.k8s.io/v1alpha2", "scheduling.x-k8s.io/v1alpha1"}, "kubernetes"),
+        ({"scheduling.x-k8s.io/v1alpha1"}, "coscheduling"),
+        (set(), "none"),
+    ],
+)
+def test_auto_asks_discovery_once(served: set[str], mode: str) -> None:
+    gang.forget()
+    client = Discovery(served)
+    assert gang.gang_mode(client, "auto") == mode  # type: ignore[arg-type]
+    asked = client.asked
+    assert gang.gang_mode(client, "auto") == mode and client.asked == asked  # type: ignore[arg-type]
+    assert gang.gang_mode(client, "none") == "none"  # type: ignore[arg-type]
+    gang.forget()
+
+
+def test_an_unknown_setting_is_refused_naming_the_variable() -> None:
+    problem = OperatorSettings(gang_scheduling="volcano").problem()
+    assert problem is not None and problem.startswith("SPEEDRUN_OPERATOR_GANG_SCHEDULING: one of auto,")

@@ -50,10 +50,22 @@ SPEEDRUNJOB = Kind(f"{API_GROUP}/{API_VERSION}", PLURAL, "SpeedrunJob")
 # Gang placement (builders/placement.py) and Kueue (kueue.py): used only where the cluster serves them.
 POD_GROUP = Kind("scheduling.k8s.io/v1alpha2", "podgroups", "PodGroup")
 COSCHEDULING_POD_GROUP = Kind("scheduling.x-k8s.io/v1alpha1", "podgroups", "PodGroup")
-KUEUE_WORKLOAD = Kind("kueue.x-k8s.io/v1beta1", "workloads", "Workload")
+KUEUE_WORKLOAD = Kind("kueue.x-k8s.io/v1beta2", "workloads", "Workload")
+KUEUE_WORKLOAD_V1BETA1 = Kind("kueue.x-k8s.io/v1beta1", "workloads", "Workload")  # Kueue < 0.15
 KINDS = {
     f"{k.kind}.{k.api_version}": k
-    for k in (CONFIGMAP, SERVICE, POD, JOB, EVENT, SPEEDRUNJOB, POD_GROUP, COSCHEDULING_POD_GROUP, KUEUE_WORKLOAD)
+    for k in (
+        CONFIGMAP,
+        SERVICE,
+        POD,
+        JOB,
+        EVENT,
+        SPEEDRUNJOB,
+        POD_GROUP,
+        COSCHEDULING_POD_GROUP,
+        KUEUE_WORKLOAD,
+        KUEUE_WORKLOAD_V1BETA1,
+    )
 }
 
 

@@ -27,7 +27,7 @@ import kopf
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339, read_status
-from speedrun_operator import builders, events, gang, kube, lifecycle, operator_metrics, pod_startup
+from speedrun_operator import builders, events, gang, kube, kueue, lifecycle, operator_metrics, pod_startup
 from speedrun_operator import labels as L
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
 from speedrun_operator.handlers.operator_startup import OperatorContext
@@ -125,6 +125,7 @@ class Children:
     train: lifecycle.JobState
     eval_job: dict[str, Any] | None = None
     evaluation: lifecycle.JobState = lifecycle.MISSING
+    workload: dict[str, Any] | None = None  # a queued training Job's Kueue Workload, when read (kueue.py)
 
 
 def _ensure_children(
@@ -134,9 +135,11 @@ def _ensure_children(
     patch the Jobs' spec.suspend to runPolicy.suspend."""
     ensure_child(ctx.client, kube.CONFIGMAP, builders.build_run_configmap(job), body)
     train_job, train = _ensure_training(ctx, body, job, current)
+    workload = kueue.sync_workload(ctx.client, job.spec.run_policy, train_job, train)
     if train.phase != "Succeeded":
-        return Children(train_job, train)
+        return Children(train_job, train, workload=workload)
     eval_job, evaluation = _ensure_evaluation(ctx, body, job)
+    kueue.sync_workload(ctx.client, job.spec.run_policy, eval_job, evaluation)
     return Children(train_job, train, eval_job, evaluation)
 
 
@@ -212,6 +215,7 @@ def _observe(
         now=now,
         suspend_requested=policy.suspend,
         queued=bool(policy.queue_name),
+        queue_detail=kueue.waiting_message(policy.queue_name, children.workload) if policy.queue_name else None,
         train=train,
         evaluation=evaluation,
         results=results,

@@ -306,6 +306,7 @@ OPERATOR_VERBS: dict[kube.Kind, set[str]] = {
     kube.POD_GROUP: {"get", "create"},
     kube.COSCHEDULING_POD_GROUP: {"get", "create"},
     kube.KUEUE_WORKLOAD: {"list", "patch"},
+    kube.KUEUE_WORKLOAD_V1BETA1: {"list", "patch"},
 }
 EXTRA_VERBS = {
     ("speedrun.dev", "speedrunjobs/status"): {"patch"},

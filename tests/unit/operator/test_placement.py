@@ -1,14 +1,16 @@
 """Gang placement: the PodGroup of each training attempt and how its pods name it (builders/placement.py),
-and which gang the operator picks (gang.py). The scheduler's side is tests/cluster/test_placement.py."""
+and which gang the operator picks (gang.py); a queued Job's Kueue Workload (kueue.py). The scheduler's
+side is tests/cluster/test_placement.py."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from speedrun_api.manifest import parse_job
-from speedrun_operator import builders, gang, kube
+from speedrun_operator import builders, gang, kube, kueue, lifecycle
 from speedrun_operator.builders import placement
 from speedrun_operator.settings import OperatorSettings
 from tests.support.helpers import tiny_manifest
@@ -82,3 +84,59 @@ def test_auto_asks_discovery_once(served: set[str], mode: str) -> None:
 def test_an_unknown_setting_is_refused_naming_the_variable() -> None:
     problem = OperatorSettings(gang_scheduling="volcano").problem()
     assert problem is not None and problem.startswith("SPEEDRUN_OPERATOR_GANG_SCHEDULING: one of auto,")
+
+
+# Kueue's Workload of a queued Job (kueue.py); the apiserver's side is tests/cluster/test_kueue_workload.py.
+JOB = {"metadata": {"name": "q-train", "namespace": "ns", "uid": "u-1"}}
+
+
+class Workloads:
+    """Lists and patches Workloads as the apiserver would; v1beta2 not served unless `v1beta2`."""
+
+    def __init__(self, workload: dict[str, Any] | None, v1beta2: bool = True) -> None:
+        self.workload, self.v1beta2, self.patches = workload, v1beta2, []
+
+    def list(self, kind: kube.Kind, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        if kind == kube.KUEUE_WORKLOAD and not self.v1beta2:
+            raise kube.NotFound(404, "NotFound", "the server could not find the requested resource")
+        assert labels == {kueue.LABEL_JOB_UID: "u-1"}
+        return [self.workload] if self.workload else []
+
+    def patch(self, kind: kube.Kind, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.patches.append((kind.api_version, patch))
+        return {**self.workload, "spec": {**self.workload["spec"], **patch["spec"]}}  # type: ignore[index]
+
+
+def workload(active: bool = True, **condition: str) -> dict[str, Any]:
+    return {"metadata": {"name": "job-q-train-1a2b3", "namespace": "ns"}, "spec": {"active": active},
+            "status": {"conditions": [condition] if condition else []}}  # fmt: skip
+
+
+@dataclass
+class Policy:
+    queue_name: str | None = "gpu"
+    suspend: bool = False
+
+
+def test_suspend_deactivates_the_workload_and_resume_activates_it() -> None:
+    running, waiting = lifecycle.JobState("Running"), lifecycle.JobState("Suspended")
+    client = Workloads(workload(), v1beta2=False)
+    kueue.sync_workload(client, Policy(suspend=True), JOB, running)  # type: ignore[arg-type]
+    assert client.patches == [("kueue.x-k8s.io/v1beta1", {"spec": {"active": False}})]
+    client = Workloads(workload(active=False))
+    kueue.sync_workload(client, Policy(), JOB, waiting)  # type: ignore[arg-type]
+    assert client.patches == [("kueue.x-k8s.io/v1beta2", {"spec": {"active": True}})]
+    client = Workloads(workload())
+    assert kueue.sync_workload(client, Policy(), JOB, running) is None  # type: ignore[arg-type]
+    assert kueue.sync_workload(client, Policy(queue_name=None, suspend=True), JOB, running) is None  # type: ignore[arg-type]
+    assert client.patches == []
+
+
+def test_the_waiting_message_names_the_queue_and_quotes_kueue() -> None:
+    pending = workload(type="QuotaReserved", status="False", reason="Pending", message="insufficient quota for cpu")
+    assert kueue.waiting_message("gpu", pending) == (
+        "waiting for Kueue to admit the training Job in LocalQueue gpu: "
+        "QuotaReserved Pending: insufficient quota for cpu"
+    )
+    assert "is Kueue installed" in kueue.waiting_message("gpu", None)
+    assert kueue.waiting_message("gpu", workload(active=False)).endswith("job-q-train-1a2b3 is inactive")

@@ -9,7 +9,8 @@ GangScheduling feature gate, or Coscheduling in its profile); docs/operator.md "
 
 The PodGroup is created after its Job (it is owned by that Job, so it goes with the attempt);
 the scheduler keeps pods that name a PodGroup not yet there out of its queue until it appears.
-It is ensured only while the attempt's pods are not all ready, so a running job costs no request.
+It is ensured only while the attempt's pods are not all ready, and read once per Job (a Job's
+uid is remembered once its PodGroup is seen), so it costs a request or two per attempt.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from speedrun_operator.builders import placement
 
 _resolved: dict[str, placement.GangMode] = {}
 _lock = threading.Lock()
+_made: set[str] = set()  # uids of training Jobs whose PodGroup this process saw or made: no GET again
+MADE_MAX = 10_000  # forgotten all at once past this: one GET each again, then remembered
 
 
 def gang_mode(client: kube.KubeClient, setting: str) -> placement.GangMode:
@@ -49,6 +52,7 @@ def forget() -> None:
     """Ask discovery again on the next use (tests; an operator that restarts does it anyway)."""
     with _lock:
         _resolved.clear()
+        _made.clear()
 
 
 def ensure_pod_group(client: kube.KubeClient, job: SpeedrunJob, train_job: dict[str, Any], attempt: int) -> None:
@@ -64,10 +68,21 @@ def ensure_pod_group(client: kube.KubeClient, job: SpeedrunJob, train_job: dict[
         return
     kind = kube.POD_GROUP if mode == "kubernetes" else kube.COSCHEDULING_POD_GROUP
     meta = train_job["metadata"]
+    if meta["uid"] in _made:
+        return
     if client.get(kind, meta["namespace"], group["metadata"]["name"]) is not None:
+        _remember(meta["uid"])
         return
     # Owned by the attempt's Job (not blocking its deletion: a Foreground delete of the Job takes it).
     owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"], "controller": True}
     group["metadata"].update(namespace=meta["namespace"], ownerReferences=[owner])
     with contextlib.suppress(kube.Conflict):  # another pass made it
         client.create(kind, meta["namespace"], group)
+    _remember(meta["uid"])
+
+
+def _remember(uid: str) -> None:
+    with _lock:
+        if len(_made) >= MADE_MAX:
+            _made.clear()
+        _made.add(uid)

@@ -140,3 +140,35 @@ def test_the_waiting_message_names_the_queue_and_quotes_kueue() -> None:
     )
     assert "is Kueue installed" in kueue.waiting_message("gpu", None)
     assert kueue.waiting_message("gpu", workload(active=False)).endswith("job-q-train-1a2b3 is inactive")
+
+
+class PodGroups:
+    def __init__(self) -> None:
+        self.gets, self.created = 0, []
+
+    def get(self, kind: kube.Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        self.gets += 1
+        return self.created[-1] if self.created else None
+
+    def create(self, kind: kube.Kind, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.created.append(body)
+        return body
+
+
+def test_the_pod_group_is_made_once_owned_by_the_attempts_job() -> None:
+    gang.forget()
+    two = job()
+    train = builders.build_train_job(two, SETTINGS, attempt=1, gang="kubernetes")
+    train["metadata"].update(uid="job-uid-1", namespace="ns")
+    client = PodGroups()
+    for _ in range(3):
+        gang.ensure_pod_group(client, two, train, 1)  # type: ignore[arg-type]
+    [group] = client.created
+    assert client.gets == 1 and group["metadata"]["name"] == "test-tiny-train-1"
+    assert group["metadata"]["ownerReferences"] == [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "test-tiny-train", "uid": "job-uid-1", "controller": True}
+    ]
+    ready = {**train, "metadata": {**train["metadata"], "uid": "job-uid-2"}, "status": {"ready": 2}}
+    gang.ensure_pod_group(client, two, ready, 1)  # type: ignore[arg-type]
+    assert client.gets == 1 and len(client.created) == 1  # all pods ready: nothing to ask
+    gang.forget()

@@ -58,7 +58,27 @@ JOB = Kind("batch/v1", "jobs", "Job")
 EVENT = Kind("v1", "events", "Event")
 NODE = Kind("v1", "nodes", "Node")  # cluster-scoped: read only to tell a lost node (stuck_pods.py)
 SPEEDRUNJOB = Kind(f"{API_GROUP}/{API_VERSION}", PLURAL, "SpeedrunJob")
-KINDS = {k.kind: k for k in (CONFIGMAP, SERVICE, POD, JOB, EVENT, NODE, SPEEDRUNJOB)}
+# Gang placement (builders/placement.py) and Kueue (kueue.py): used only where the cluster serves them.
+POD_GROUP = Kind("scheduling.k8s.io/v1alpha2", "podgroups", "PodGroup")
+COSCHEDULING_POD_GROUP = Kind("scheduling.x-k8s.io/v1alpha1", "podgroups", "PodGroup")
+KUEUE_WORKLOAD = Kind("kueue.x-k8s.io/v1beta2", "workloads", "Workload")
+KUEUE_WORKLOAD_V1BETA1 = Kind("kueue.x-k8s.io/v1beta1", "workloads", "Workload")  # Kueue < 0.15
+KINDS = {
+    f"{k.kind}.{k.api_version}": k
+    for k in (
+        CONFIGMAP,
+        SERVICE,
+        POD,
+        JOB,
+        EVENT,
+        NODE,
+        SPEEDRUNJOB,
+        POD_GROUP,
+        COSCHEDULING_POD_GROUP,
+        KUEUE_WORKLOAD,
+        KUEUE_WORKLOAD_V1BETA1,
+    )
+}
 
 
 class KubeError(Exception):
@@ -218,6 +238,14 @@ class KubeClient:
         if fields:
             query.append(("fieldSelector", ",".join(f"{k}={v}" for k, v in fields.items())))
         return list(self._call("GET", kind.path(namespace), query=query).get("items") or [])
+
+    def served(self, kind: Kind) -> bool:
+        """Whether the apiserver serves `kind` (its group version's discovery document lists it)."""
+        try:
+            found = self._call("GET", f"/apis/{kind.api_version}")
+        except NotFound:
+            return False
+        return any(r.get("name") == kind.plural for r in (found or {}).get("resources") or [])
 
     def create(self, kind: Kind, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", kind.path(namespace), body=body)

@@ -86,6 +86,7 @@ class Observation:
     spec_error: str | None = None
     suspend_requested: bool = False
     queued: bool = False
+    queue_detail: str | None = None  # why Kueue has not admitted the Job yet (kueue.py)
     train: JobState = MISSING
     evaluation: JobState = MISSING
     results: Results | None = None
@@ -206,7 +207,8 @@ def _training(draft: _StatusDraft) -> None:
         draft.cond(C.TRAINING, C.FALSE, C.REASON_SUSPENDED_BY_USER, "the training Job is suspended")
         draft.move("Suspended", C.REASON_SUSPENDED_BY_USER, "the training Job is suspended")
     elif t.phase == "Suspended" and seen.queued:
-        draft.cond(C.TRAINING, C.FALSE, C.REASON_QUEUED, "waiting for Kueue to admit the training Job")
+        detail = seen.queue_detail or "waiting for Kueue to admit the training Job"
+        draft.cond(C.TRAINING, C.FALSE, C.REASON_QUEUED, detail)
         draft.move("Queued", C.REASON_QUEUED, "waiting for Kueue to admit the training Job")
     elif draft.phase == "Training" and draft.status.start_time:
         # Pods being replaced after a failure: still the same training run.

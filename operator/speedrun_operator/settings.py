@@ -25,6 +25,7 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/speedrun-operator/trainer:0.1.0"
 # The training pods of TPU runs (jax[tpu]; Dockerfile target trainer-tpu): SPEEDRUN_OPERATOR_TPU_TRAINER_IMAGE.
 DEFAULT_TPU_TRAINER_IMAGE = "ghcr.io/speedrun-operator/trainer-tpu:0.1.0"
 DEFAULT_LEASE_NAME = "speedrun-operator"
+GANG_SETTINGS = ("auto", "kubernetes", "coscheduling", "none")  # builders/placement.py
 
 ENV_TRAINER_IMAGE = "SPEEDRUN_TRAINER_IMAGE"
 ENV_PREFIX = "SPEEDRUN_OPERATOR_"
@@ -62,6 +63,9 @@ class OperatorSettings:
     # Operator-wide pod overlay (the chart's `trainer.podOverrides`), a JSON object in the form of
     # `spec.podOverrides`; a SpeedrunJob's own wins field by field (builders/pod_overrides.py).
     pod_overrides: str = ""
+    # How the training pods start all together (builders/placement.py): auto (what discovery
+    # finds: Kubernetes' PodGroup, else scheduler-plugins' coscheduling, else none), or one of them.
+    gang_scheduling: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -107,6 +111,8 @@ class OperatorSettings:
         labels = profile_problem(self.accelerator_labels)
         if labels:
             return f"{env_name('accelerator_labels')}: {labels}"
+        if self.gang_scheduling not in GANG_SETTINGS:
+            return f"{env_name('gang_scheduling')}: one of {', '.join(GANG_SETTINGS)}, got {self.gang_scheduling!r}"
         for name in ("default_storage_endpoint_url", "default_storage_secret"):
             if getattr(self, name) and not self.default_storage_uri:
                 return (

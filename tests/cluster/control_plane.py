@@ -60,6 +60,7 @@ CONTROLLERS = (
 SERVICE_CIDR = "10.0.0.0/24"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 START_TIMEOUT = 120.0  # cold start on 2 busy cores takes ~10-20 s; the margin is for shared CPUs
+GANG_GATES = "GenericWorkload=true,GangScheduling=true"  # apiserver and scheduler, alpha in 1.35/1.36
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
@@ -193,6 +194,9 @@ class ControlPlane:
             f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
             "--audit-log-mode=batch", "--audit-log-batch-max-wait=1s",
+            # Kubernetes' own gang scheduling (KEP-4671, alpha): the PodGroup API and its scheduler
+            # plugin, which the operator uses when the cluster serves it (operator gang.py).
+            f"--feature-gates={GANG_GATES}", "--runtime-config=scheduling.k8s.io/v1alpha2=true",
         ])  # fmt: skip
         wait_until(self._ready, START_TIMEOUT, "kube-apiserver /readyz")
         self._spawn("kube-controller-manager", [
@@ -209,7 +213,7 @@ class ControlPlane:
         self._spawn("kube-scheduler", [
             str(self.binaries["kube-scheduler"]),
             f"--kubeconfig={self._component_kubeconfig('scheduler', 'system:kube-scheduler')}",
-            "--secure-port=0", "--leader-elect=false",
+            "--secure-port=0", "--leader-elect=false", f"--feature-gates={GANG_GATES}",
         ])  # fmt: skip
         # The controller-manager is up when it has made the default ServiceAccount (pods need it).
         wait_until(self._default_service_account, START_TIMEOUT, "the default ServiceAccount")

@@ -31,10 +31,12 @@ __all__ = [
 
 
 def build_all(job: SpeedrunJob, settings: OperatorSettings) -> list[dict[str, Any]]:
-    """Every child in creation order: ConfigMap, Service, training Job, then the eval Job."""
+    """Every child in creation order: ConfigMap, Service, training Job, then the eval Job (the
+    training pods name a PodGroup where the settings name the gang; `auto` asks the cluster)."""
+    gang = settings.gang_scheduling if settings.gang_scheduling in ("kubernetes", "coscheduling") else "none"
     return [
         build_run_configmap(job),
         build_headless_service(job),
-        build_train_job(job, settings),
+        build_train_job(job, settings, gang=gang),  # type: ignore[arg-type]
         build_eval_job(job, settings),
     ]

@@ -30,7 +30,7 @@ from typing import Any
 from speedrun_api.run_contract import TRAIN_MODULE
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
-from speedrun_operator.builders import common, pod_overrides, tpu
+from speedrun_operator.builders import common, placement, pod_overrides, tpu
 from speedrun_operator.settings import OperatorSettings
 
 POD_IP_ENV = "POD_IP"
@@ -71,8 +71,11 @@ def rendezvous_conf(job: SpeedrunJob) -> str:
     return f"join_timeout={timeout},read_timeout={timeout}"
 
 
-def build_train_job(job: SpeedrunJob, settings: OperatorSettings, attempt: int = 0) -> dict[str, Any]:
-    """The Job of training attempt `attempt` (0, then one more per gang restart)."""
+def build_train_job(
+    job: SpeedrunJob, settings: OperatorSettings, attempt: int = 0, gang: placement.GangMode = "none"
+) -> dict[str, Any]:
+    """The Job of training attempt `attempt` (0, then one more per gang restart); its pods name the
+    attempt's PodGroup of the `gang` kind (builders/placement.py)."""
     name, r, policy = job.metadata.name, job.spec.resources, job.spec.run_policy
     labels = {**common.queue_labels(job), L.LABEL_ATTEMPT: str(attempt)}
     _, nodes = r.node_range
@@ -97,6 +100,8 @@ def build_train_job(job: SpeedrunJob, settings: OperatorSettings, attempt: int =
     counts = {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": 0}
     out = common.batch_job(job, L.train_job_name(name), L.ROLE_TRAIN, labels, pod, counts)
     spec = out["spec"]
+    if placement.wants_gang(job):
+        placement.apply_gang(spec["template"], gang, placement.pod_group_name(name, attempt))
     if r.elastic:
         # An elastic run may finish before late pods ever start: rank 0's success is the run's.
         spec["successPolicy"] = {"rules": [{"succeededIndexes": "0"}]}

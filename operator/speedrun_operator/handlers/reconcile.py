@@ -30,7 +30,7 @@ import kopf
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import SpeedrunJobStatus, now_rfc3339, read_status
-from speedrun_operator import builders, events, kube, lifecycle, operator_metrics, pod_startup, stuck_pods
+from speedrun_operator import builders, events, gang, kube, kueue, lifecycle, operator_metrics, pod_startup, stuck_pods
 from speedrun_operator import labels as L
 from speedrun_operator.handlers import side_effects
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
@@ -117,6 +117,7 @@ class Children:
     train: lifecycle.JobState
     eval_job: dict[str, Any] | None = None
     evaluation: lifecycle.JobState = lifecycle.MISSING
+    workload: dict[str, Any] | None = None  # a queued training Job's Kueue Workload, when read (kueue.py)
 
 
 def _ensure_children(
@@ -126,9 +127,11 @@ def _ensure_children(
     patch the Jobs' spec.suspend to runPolicy.suspend."""
     ensure_child(ctx.client, kube.CONFIGMAP, builders.build_run_configmap(job), body)
     train_job, train = _ensure_training(ctx, body, job, current)
+    workload = kueue.sync_workload(ctx.client, job.spec.run_policy, train_job, train)
     if train.phase != "Succeeded":
-        return Children(train_job, train)
+        return Children(train_job, train, workload=workload)
     eval_job, evaluation = _ensure_evaluation(ctx, body, job)
+    kueue.sync_workload(ctx.client, job.spec.run_policy, eval_job, evaluation)
     return Children(train_job, train, eval_job, evaluation)
 
 
@@ -145,8 +148,11 @@ def _ensure_training(
     if _held_back(client, policy, namespace, L.train_job_name(name)):
         return None, lifecycle.JobState("Suspended")
     attempt = current.restarts
-    train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, ctx.settings, attempt), body)
+    mode = gang.gang_mode(client, ctx.settings.gang_scheduling)
+    train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, ctx.settings, attempt, mode), body)
     train = lifecycle.train_state(train_job, attempt)
+    if train.phase in ("Suspended", "Pending", "Running"):
+        gang.ensure_pod_group(client, job, train_job, attempt)  # the pods wait for it (gang.py)
     if train.phase == "Replacing":
         _replace(client, train_job)
         _release_stuck_pods(ctx, body, train_job)
@@ -204,6 +210,7 @@ def _observe(
         now=now,
         suspend_requested=policy.suspend,
         queued=bool(policy.queue_name),
+        queue_detail=kueue.waiting_message(policy.queue_name, children.workload) if policy.queue_name else None,
         train=train,
         evaluation=evaluation,
         results=results,

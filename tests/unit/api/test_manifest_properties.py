@@ -162,6 +162,9 @@ class FakeClient:
     def list(self, kind: kube.Kind, namespace: str | None, *selectors: Any, **kw: Any) -> list[Any]:
         return []
 
+    def served(self, kind: kube.Kind) -> bool:
+        return False  # no gang scheduling API, no Kueue
+
     def create(self, kind: kube.Kind, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         json.loads(strict_json(body))  # what goes to the API server is strict JSON
         meta = body["metadata"]

@@ -309,6 +309,10 @@ OPERATOR_VERBS: dict[kube.Kind, set[str]] = {
     kube.POD: {"get", "list", "delete"},
     kube.EVENT: {"create", "list"},
     kube.NODE: {"get"},
+    kube.POD_GROUP: {"get", "create"},
+    kube.COSCHEDULING_POD_GROUP: {"get", "create"},
+    kube.KUEUE_WORKLOAD: {"list", "patch"},
+    kube.KUEUE_WORKLOAD_V1BETA1: {"list", "patch"},
 }
 SEPARATE = {kube.NODE}  # granted by the `-nodes` ClusterRole in both modes, not the main role
 EXTRA_VERBS = {

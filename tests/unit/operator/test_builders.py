@@ -21,9 +21,10 @@ from speedrun_operator import builders
 from speedrun_operator.builders.common import STORAGE_SECRET_KEYS
 from speedrun_operator.operator_commands import main as cli
 from speedrun_operator.settings import OperatorSettings
-from tests.support.helpers import EXAMPLES
+from tests.support.helpers import EXAMPLES, with_changes
 
 SETTINGS = OperatorSettings(default_storage_uri="s3://bucket/runs")
+QUEUED = {"spec.runPolicy.queueName": "gpu-queue"}
 TINY = yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())
 
 
@@ -57,8 +58,8 @@ class Case:
 CASES = [
     Case("cpu", tiny(), pods=2, nnodes="2", nproc=1, limits={"memory": "2Gi"}),  # the example's memory
     Case(
-        "gpu-multi-node",
-        yaml.safe_load((EXAMPLES / "gpt2-124m-8xh100.yaml").read_text()),
+        "gpu-multi-node",  # with the example's opt-in queue
+        with_changes(yaml.safe_load((EXAMPLES / "gpt2-124m-8xh100.yaml").read_text()), **QUEUED),
         pods=2,
         nnodes="2",
         nproc=8,

@@ -16,9 +16,11 @@ its pods first; the next pass creates the next attempt), and a Job whose outcome
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +29,9 @@ import kopf
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339, read_status
-from speedrun_operator import builders, events, kube, lifecycle, operator_metrics, pod_startup
+from speedrun_operator import builders, disruptions, events, kube, lifecycle, operator_metrics, pod_startup
 from speedrun_operator import labels as L
+from speedrun_operator.disruptions import Disruption, find_disruption
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
 from speedrun_operator.handlers.operator_startup import OperatorContext
 from speedrun_operator.pod_startup import PodsWaiting
@@ -99,7 +102,7 @@ def _stop_training_job(ctx: OperatorContext, train_job: dict[str, Any] | None, j
     DeadlineExceeded on the Job (which stays for `kubectl describe`)."""
     if train_job is None:
         return
-    patch = pod_startup.stop_patch(train_job, job.spec.run_policy.startup_deadline_seconds)
+    patch = pod_startup.stop_patch(train_job, job.spec.run_policy.startup_deadline_seconds, now_rfc3339())
     if patch is not None:
         meta = train_job["metadata"]
         ctx.client.patch(kube.JOB, meta["namespace"], meta["name"], patch)
@@ -152,7 +155,7 @@ def _ensure_training(
     ensure_child(client, kube.SERVICE, builders.build_headless_service(job), body)
     if _held_back(client, policy, namespace, L.train_job_name(name)):
         return None, lifecycle.JobState("Suspended")
-    attempt = current.restarts
+    attempt = current.current_attempt
     train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, ctx.settings, attempt), body)
     train = lifecycle.train_state(train_job, attempt)
     if train.phase == "Replacing":
@@ -190,12 +193,18 @@ def _observe(
     train, evaluation = children.train, children.evaluation
     lo, _ = job.spec.resources.node_range
     now = now_rfc3339()
-    waiting, startup_failure = None, None
-    if train.phase in ("Pending", "Running") and train.ready + train.succeeded < lo and not current.start_time:
-        waiting, startup_failure = _startup(client, namespace, job, children, now)
+    waiting, startup_failure, disruption = None, None, None
+    train_pods = _lazy(lambda: _pods(client, namespace, name, L.ROLE_TRAIN))
+    # Until this attempt's ranks have all joined (phase Training), it is starting: its pods'
+    # reasons and its start-up deadline apply, on every attempt, and to a failure before joining.
+    starting = current.phase != "Training"
+    short = train.phase in ("Pending", "Running") and train.ready + train.succeeded < lo
+    if starting and (short or train.phase == "Failed"):
+        waiting, startup_failure = _startup(client, job, children, now, current, train_pods())
     detail: str | None = None
     if train.phase == "Failed":
-        detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER, train.message)
+        detail = failure_detail(train_pods(), L.CONTAINER_TRAINER, train.message)
+        disruption = _disruption(client, children.train_job, train, train_pods())
     results, results_error = None, None
     if evaluation.phase in ("Succeeded", "Failed"):
         eval_pods = _pods(client, namespace, name, L.ROLE_EVAL)
@@ -218,24 +227,57 @@ def _observe(
         min_ready=lo,
         waiting=waiting,
         startup_failure=startup_failure,
+        disruption=disruption,
+        max_disruptions=policy.max_disruptions,
+        train_started=((children.train_job or {}).get("status") or {}).get("startTime"),
     )
 
 
+def _lazy(read: Callable[[], list[dict[str, Any]]]) -> Callable[[], list[dict[str, Any]]]:
+    """`read` called at most once, when first needed."""
+    cache: list[list[dict[str, Any]]] = []
+
+    def get() -> list[dict[str, Any]]:
+        if not cache:
+            cache.append(read())
+        return cache[0]
+
+    return get
+
+
 def _startup(
-    client: kube.KubeClient, namespace: str, job: SpeedrunJob, children: Children, now: str
+    client: kube.KubeClient,
+    job: SpeedrunJob,
+    children: Children,
+    now: str,
+    current: SpeedrunJobStatus,
+    pods: list[dict[str, Any]],
 ) -> tuple[PodsWaiting | None, str | None]:
-    """A run that never trained yet: why its pods are not all running, and, past the start-up
-    deadline, the message it fails with."""
+    """An attempt whose ranks have not all joined yet: why its pods are not all running, and, past
+    the start-up deadline (from `status.startupStartTime` after attempts that failed before
+    joining), the message it fails with."""
     train_job, train = children.train_job, children.train
-    pods = _pods(client, namespace, job.metadata.name, L.ROLE_TRAIN)
     waiting = pod_startup.pods_waiting(pods)
-    if (waiting is None or not waiting.problem) and pod_startup.missing_pods(train_job, pods):
+    if train_job is not None and (waiting is None or not waiting.problem) and pod_startup.missing_pods(train_job, pods):
         waiting = pod_startup.creation_failure(_job_events(client, train_job)) or waiting
     deadline = job.spec.run_policy.startup_deadline_seconds
-    if not pod_startup.startup_overdue(train_job, deadline, now):
+    if not pod_startup.startup_overdue(train_job, deadline, now, current.startup_start_time):
         return waiting, None
     lo, _ = job.spec.resources.node_range
     return waiting, pod_startup.startup_failure(deadline, waiting, train.ready, lo)
+
+
+def _disruption(
+    client: kube.KubeClient, train_job: dict[str, Any] | None, train: lifecycle.JobState, pods: list[dict[str, Any]]
+) -> Disruption | None:
+    """The failed attempt's disruption, if a pod of it was preempted, evicted or lost with its node;
+    the pod's node from its Events when the pod is already gone."""
+    found = find_disruption(train.reason, train.message, disruptions.job_pods(train_job, pods))
+    if found is None or found.node or train_job is None:
+        return found
+    fields = {"involvedObject.kind": "Pod", "involvedObject.name": found.pod}
+    pod_events = client.list(kube.EVENT, train_job["metadata"]["namespace"], fields=fields)
+    return dataclasses.replace(found, node=disruptions.node_of(pod_events))
 
 
 def _replace(client: kube.KubeClient, train_job: dict[str, Any]) -> None:
@@ -250,7 +292,7 @@ def _after_write(
 ) -> None:
     """The acts that follow from the status just written (see the module's docstring)."""
     train_job, eval_job = children.train_job, children.eval_job
-    if new.restarts > current.restarts and train_job is not None:
+    if new.current_attempt > current.current_attempt and train_job is not None:
         _replace(ctx.client, train_job)  # the restart is counted: now the old attempt goes
         return
     ttl = job.spec.run_policy.ttl_seconds_after_finished
@@ -302,6 +344,9 @@ def _write(
         ctx.client.patch(kube.SPEEDRUNJOB, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
     operator_metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], new.phase)
     operator_metrics.record_restarts(new.restarts - current.restarts)
+    operator_metrics.record_disruptions(new.disruptions - current.disruptions)
+    counted = new.restarts - current.restarts + new.disruptions - current.disruptions
+    operator_metrics.record_early_restarts(new.current_attempt - current.current_attempt - counted)
     if transition is not None:
         events.post(ctx.client, body, transition.type, transition.reason, transition.message)
         if new.phase == "Failed":

@@ -1,0 +1,112 @@
+"""Disruptions: a training pod preempted, evicted or lost with its node, not failed by the job itself.
+
+Kubernetes marks such a pod with the condition `DisruptionTarget=True` before it deletes it
+(since 1.26, pkg/apis/core/types.go `DisruptionTarget`), with who did it as the reason:
+`PreemptionByScheduler`, `EvictionByEvictionAPI` (kubectl drain, the cluster autoscaler's scale
+down, a spot VM's termination handler), `DeletionByTaintManager` (its node NotReady or unreachable
+past the pod's toleration), `DeletionByPodGC` (its node deleted) and `TerminationByKubelet` (node
+pressure, graceful node shutdown). The training Job's podFailurePolicy fails the Job on such a pod
+(`FailJob` on the condition, builders/train_job.py), and the Job controller names it in the
+failure message: "Pod <ns>/<pod> has condition DisruptionTarget matching FailJob rule at index 1"
+(pkg/controller/job/pod_failure_policy.go). That message is the lasting evidence: the pod itself
+is gone seconds later. When a surviving rank exits first (its peers vanished), the Job fails with
+BackoffLimitExceeded instead, and the evidence is the pod still being deleted, read from the list.
+
+The operator restarts the gang after a disruption without counting it against
+`runPolicy.maxRestarts` (lifecycle.py), and says which pod on which node and why. All pure
+functions of the objects read; reconcile.py reads them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+DISRUPTION_TARGET = "DisruptionTarget"
+# pkg/controller/job/pod_failure_policy.go: the FailJob message of a rule on a pod condition.
+FAILJOB_ON_CONDITION = re.compile(r"Pod (?P<namespace>[^/\s]+)/(?P<pod>\S+) has condition DisruptionTarget matching")
+CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its pods
+MAX_MESSAGE = 200
+
+# What happened to the pod, by the DisruptionTarget reason (pkg/apis/core/types.go).
+VERBS = {
+    "PreemptionByScheduler": "preempted by the scheduler",
+    "EvictionByEvictionAPI": "evicted (Eviction API)",
+    "DeletionByTaintManager": "deleted by the taint manager (its node is NotReady or unreachable)",
+    "DeletionByPodGC": "deleted by the pod garbage collector (its node is gone)",
+    "TerminationByKubelet": "terminated by its kubelet (node pressure or shutdown)",
+}
+
+
+@dataclass(frozen=True)
+class Disruption:
+    """One disrupted pod: its name, node (empty when unknown), and the condition's reason and message."""
+
+    pod: str
+    node: str = ""
+    reason: str = ""
+    message: str = ""
+
+    def describe(self) -> str:
+        where = f" on node {self.node}" if self.node else ""
+        verb = VERBS.get(self.reason, "disrupted")
+        cause = f"{DISRUPTION_TARGET}: {self.reason}" if self.reason else DISRUPTION_TARGET
+        if self.message:
+            cause = f"{cause}: {self.message[:MAX_MESSAGE]}"
+        return f"pod {self.pod}{where} was {verb} ({cause})"
+
+
+def disruption_condition(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == DISRUPTION_TARGET and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def job_pods(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods of this Job (this attempt), by the Job controller's uid label: an earlier attempt's
+    pods may still be terminating under the same selector."""
+    uid = ((job or {}).get("metadata") or {}).get("uid")
+    if not uid:
+        return pods
+    return [p for p in pods if ((p["metadata"].get("labels") or {}).get(CONTROLLER_UID)) in (uid, None)]
+
+
+def _from_pod(pod: dict[str, Any], cond: dict[str, Any]) -> Disruption:
+    return Disruption(
+        pod["metadata"]["name"], (pod.get("spec") or {}).get("nodeName") or "", cond.get("reason") or "",
+        (cond.get("message") or "").strip(),
+    )  # fmt: skip
+
+
+def named_pod(job_message: str) -> str | None:
+    """The pod a Job's failure message names as disrupted (its podFailurePolicy rule), if any."""
+    found = FAILJOB_ON_CONDITION.search(job_message or "")
+    return found.group("pod") if found else None
+
+
+def find_disruption(job_reason: str, job_message: str, pods: list[dict[str, Any]]) -> Disruption | None:
+    """The disruption that failed this attempt's Job, if one did: the pod its failure message
+    names (PodFailurePolicy), else a pod of the attempt marked DisruptionTarget (a survivor's exit
+    failed the Job first: BackoffLimitExceeded). None for a failure of the job's own."""
+    named = named_pod(job_message) if job_reason == "PodFailurePolicy" else None
+    if job_reason == "PodFailurePolicy" and named is None:
+        return None  # the trainer's invalid-config exit code: final, whatever else happened
+    for pod in pods:
+        cond = disruption_condition(pod)
+        if cond is not None and (named is None or pod["metadata"]["name"] == named):
+            return _from_pod(pod, cond)
+    return Disruption(named) if named is not None else None
+
+
+def node_of(pod_events: list[dict[str, Any]]) -> str:
+    """The node a pod ran on, from its Events (a kubelet's carry `source.host`), once the pod is gone."""
+    for event in pod_events:
+        host = (event.get("source") or {}).get("host") or ""
+        if host:
+            return str(host)
+        message = event.get("message") or ""
+        if event.get("reason") == "Scheduled" and " to " in message:
+            return str(message.rsplit(" to ", 1)[1].strip())
+    return ""

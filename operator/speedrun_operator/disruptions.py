@@ -9,8 +9,12 @@ pressure, graceful node shutdown). The training Job's podFailurePolicy fails the
 (`FailJob` on the condition, builders/train_job.py), and the Job controller names it in the
 failure message: "Pod <ns>/<pod> has condition DisruptionTarget matching FailJob rule at index 1"
 (pkg/controller/job/pod_failure_policy.go). That message is the lasting evidence: the pod itself
-is gone seconds later. When a surviving rank exits first (its peers vanished), the Job fails with
-BackoffLimitExceeded instead, and the evidence is the pod still being deleted, read from the list.
+is usually gone by the time the operator reads the failed Job (the Job controller removes its
+tracking finalizer in the same pass). So the operator also remembers the disrupted pods it sees
+while the attempt runs short of pods (`Memo`: the pod's reason and node, kept in memory), and a
+gone pod's node is read from its Events. When a surviving rank exits first (its peers vanished),
+the Job fails with BackoffLimitExceeded instead, and the evidence is the disrupted pod, still
+being deleted, or remembered.
 
 The operator restarts the gang after a disruption without counting it against
 `runPolicy.maxRestarts` (lifecycle.py), and says which pod on which node and why. All pure
@@ -20,6 +24,8 @@ functions of the objects read; reconcile.py reads them.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +34,7 @@ DISRUPTION_TARGET = "DisruptionTarget"
 FAILJOB_ON_CONDITION = re.compile(r"Pod (?P<namespace>[^/\s]+)/(?P<pod>\S+) has condition DisruptionTarget matching")
 CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its pods
 MAX_MESSAGE = 200
+MEMO_SIZE = 1024  # disrupted pods remembered, the oldest forgotten first
 
 # What happened to the pod, by the DisruptionTarget reason (pkg/apis/core/types.go).
 VERBS = {
@@ -110,3 +117,32 @@ def node_of(pod_events: list[dict[str, Any]]) -> str:
         if event.get("reason") == "Scheduled" and " to " in message:
             return str(message.rsplit(" to ", 1)[1].strip())
     return ""
+
+
+class Memo:
+    """Disrupted pods seen while their attempt ran, by (namespace, pod): what the failed Job's
+    message no longer shows once the pod is gone (thread-safe, bounded)."""
+
+    def __init__(self, size: int = MEMO_SIZE) -> None:
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[tuple[str, str], Disruption] = OrderedDict()
+        self._size = size
+
+    def remember(self, namespace: str, pods: list[dict[str, Any]]) -> None:
+        for pod in pods:
+            cond = disruption_condition(pod)
+            if cond is None:
+                continue
+            with self._lock:
+                self._seen[(namespace, pod["metadata"]["name"])] = _from_pod(pod, cond)
+                while len(self._seen) > self._size:
+                    self._seen.popitem(last=False)
+
+    def recall(self, namespace: str, found: Disruption) -> Disruption:
+        """`found` completed with what was seen of its pod, if anything."""
+        with self._lock:
+            seen = self._seen.get((namespace, found.pod))
+        return seen if seen is not None and not found.reason else found
+
+
+MEMO = Memo()

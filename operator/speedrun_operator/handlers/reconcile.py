@@ -201,6 +201,8 @@ def _observe(
     short = train.phase in ("Pending", "Running") and train.ready + train.succeeded < lo
     if starting and (short or train.phase == "Failed"):
         waiting, startup_failure = _startup(client, job, children, now, current, train_pods())
+    if train.phase in ("Pending", "Running") and train.ready + train.succeeded < _parallelism(children.train_job):
+        disruptions.MEMO.remember(namespace, train_pods())  # a pod may be going: see why, while it is there
     detail: str | None = None
     if train.phase == "Failed":
         detail = failure_detail(train_pods(), L.CONTAINER_TRAINER, train.message)
@@ -231,6 +233,10 @@ def _observe(
         max_disruptions=policy.max_disruptions,
         train_started=((children.train_job or {}).get("status") or {}).get("startTime"),
     )
+
+
+def _parallelism(train_job: dict[str, Any] | None) -> int:
+    return int(((train_job or {}).get("spec") or {}).get("parallelism") or 1)
 
 
 def _lazy(read: Callable[[], list[dict[str, Any]]]) -> Callable[[], list[dict[str, Any]]]:
@@ -275,8 +281,12 @@ def _disruption(
     found = find_disruption(train.reason, train.message, disruptions.job_pods(train_job, pods))
     if found is None or found.node or train_job is None:
         return found
+    namespace = train_job["metadata"]["namespace"]
+    found = disruptions.MEMO.recall(namespace, found)  # the pod is gone: what was seen of it
+    if found.node:
+        return found
     fields = {"involvedObject.kind": "Pod", "involvedObject.name": found.pod}
-    pod_events = client.list(kube.EVENT, train_job["metadata"]["namespace"], fields=fields)
+    pod_events = client.list(kube.EVENT, namespace, fields=fields)
     return dataclasses.replace(found, node=disruptions.node_of(pod_events))
 
 

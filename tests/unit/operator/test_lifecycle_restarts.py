@@ -14,7 +14,7 @@ from speedrun_api.status import Progress, SpeedrunJobStatus
 from speedrun_operator import builders
 from speedrun_operator import conditions as C
 from speedrun_operator.builders.train_job import rendezvous_conf
-from speedrun_operator.disruptions import Disruption, find_disruption, job_pods, node_of
+from speedrun_operator.disruptions import Disruption, Memo, find_disruption, job_pods, node_of
 from speedrun_operator.lifecycle import JobState, Observation, next_status
 from speedrun_operator.pod_startup import PodsWaiting, startup_overdue, stop_patch
 from speedrun_operator.settings import OperatorSettings
@@ -188,3 +188,14 @@ def test_the_agents_wait_at_least_the_startup_deadline(rendezvous: int, deadline
     policy = {"spec.runPolicy.rendezvousTimeoutSeconds": rendezvous, "spec.runPolicy.startupDeadlineSeconds": deadline}
     job = parse_job(tiny_manifest(**policy))
     assert rendezvous_conf(job) == f"join_timeout={expected},read_timeout={expected}"
+
+
+def test_a_disrupted_pod_seen_while_it_went_is_remembered_once_it_is_gone() -> None:
+    memo = Memo(size=2)
+    memo.remember("ns", [pod("a"), pod("b", "EvictionByEvictionAPI", node="n1")])
+    named = find_disruption("PodFailurePolicy", "Pod ns/b has condition DisruptionTarget matching FailJob", [])
+    assert named == Disruption("b")  # gone from the list: only its name is left in the Job's message
+    assert memo.recall("ns", named) == Disruption("b", "n1", "EvictionByEvictionAPI", "m")
+    assert memo.recall("other", named) == named
+    memo.remember("ns", [pod("c", "PreemptionByScheduler"), pod("d", "PreemptionByScheduler")])
+    assert memo.recall("ns", named) == named  # bounded: the oldest is forgotten

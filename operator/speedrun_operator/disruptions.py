@@ -14,7 +14,9 @@ tracking finalizer in the same pass). So the operator also remembers the disrupt
 while the attempt runs short of pods (`Memo`: the pod's reason and node, kept in memory), and a
 gone pod's node is read from its Events. When a surviving rank exits first (its peers vanished),
 the Job fails with BackoffLimitExceeded instead, and the evidence is the disrupted pod, still
-being deleted, or remembered.
+being deleted, or remembered; or a pod of the attempt that had not finished when the node
+lifecycle controller posted `NodeNotReady` on it: its node stopped reporting (a node lost, a
+kubelet down), so the survivors failed for want of it.
 
 The operator restarts the gang after a disruption without counting it against
 `runPolicy.maxRestarts` (lifecycle.py), and says which pod on which node and why. All pure
@@ -43,7 +45,12 @@ VERBS = {
     "DeletionByTaintManager": "deleted by the taint manager (its node is NotReady or unreachable)",
     "DeletionByPodGC": "deleted by the pod garbage collector (its node is gone)",
     "TerminationByKubelet": "terminated by its kubelet (node pressure or shutdown)",
+    "NodeNotReady": "lost with its node (NotReady: its kubelet stopped reporting)",
 }
+# The node lifecycle controller's Warning Event on each pod of a node that went NotReady
+# (pkg/controller/util/node/controller_utils.go `MarkPodsNotReady`), long before the taint manager
+# deletes the pods (DeletionByTaintManager, after their 300 s toleration).
+NODE_NOT_READY = "NodeNotReady"
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,18 @@ def node_of(pod_events: list[dict[str, Any]]) -> str:
         if event.get("reason") == "Scheduled" and " to " in message:
             return str(message.rsplit(" to ", 1)[1].strip())
     return ""
+
+
+def lost_with_node(pods: list[dict[str, Any]], pod_events: list[dict[str, Any]]) -> Disruption | None:
+    """A pod of the attempt that had not finished on a node the node lifecycle controller found
+    NotReady (its `NodeNotReady` Event on the pod), if any."""
+    flagged = {(e.get("involvedObject") or {}).get("name") for e in pod_events if e.get("reason") == NODE_NOT_READY}
+    for pod in pods:
+        finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        if pod["metadata"]["name"] in flagged and not finished:
+            node = (pod.get("spec") or {}).get("nodeName") or ""
+            return Disruption(pod["metadata"]["name"], node, NODE_NOT_READY, "Node is not ready")
+    return None
 
 
 class Memo:

@@ -30,6 +30,7 @@ from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339, read_status
 from speedrun_operator import builders, disruptions, events, kube, lifecycle, operator_metrics, pod_startup
+from speedrun_operator import conditions as C
 from speedrun_operator import labels as L
 from speedrun_operator.disruptions import Disruption, find_disruption
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
@@ -278,10 +279,17 @@ def _disruption(
 ) -> Disruption | None:
     """The failed attempt's disruption, if a pod of it was preempted, evicted or lost with its node;
     the pod's node from its Events when the pod is already gone."""
-    found = find_disruption(train.reason, train.message, disruptions.job_pods(train_job, pods))
-    if found is None or found.node or train_job is None:
+    attempt_pods = disruptions.job_pods(train_job, pods)
+    found = find_disruption(train.reason, train.message, attempt_pods)
+    if train_job is None:
         return found
     namespace = train_job["metadata"]["namespace"]
+    if found is None and train.reason in C.RESTARTABLE_JOB_FAILURES:
+        # A survivor failed: was a rank's node lost (NotReady) before Kubernetes marked its pod?
+        fields = {"involvedObject.kind": "Pod", "reason": disruptions.NODE_NOT_READY}
+        return disruptions.lost_with_node(attempt_pods, client.list(kube.EVENT, namespace, fields=fields))
+    if found is None or found.node:
+        return found
     found = disruptions.MEMO.recall(namespace, found)  # the pod is gone: what was seen of it
     if found.node:
         return found

@@ -14,7 +14,7 @@ from speedrun_api.status import Progress, SpeedrunJobStatus
 from speedrun_operator import builders
 from speedrun_operator import conditions as C
 from speedrun_operator.builders.train_job import rendezvous_conf
-from speedrun_operator.disruptions import Disruption, Memo, find_disruption, job_pods, node_of
+from speedrun_operator.disruptions import Disruption, Memo, find_disruption, job_pods, lost_with_node, node_of
 from speedrun_operator.lifecycle import JobState, Observation, next_status
 from speedrun_operator.pod_startup import PodsWaiting, startup_overdue, stop_patch
 from speedrun_operator.settings import OperatorSettings
@@ -199,3 +199,15 @@ def test_a_disrupted_pod_seen_while_it_went_is_remembered_once_it_is_gone() -> N
     assert memo.recall("other", named) == named
     memo.remember("ns", [pod("c", "PreemptionByScheduler"), pod("d", "PreemptionByScheduler")])
     assert memo.recall("ns", named) == named  # bounded: the oldest is forgotten
+
+
+def test_a_pod_whose_node_went_not_ready_is_a_disruption() -> None:
+    running = pod("r", node="node-gone")
+    running["status"]["phase"] = "Running"
+    failed = pod("f")
+    failed["status"]["phase"] = "Failed"
+    events = [{"reason": "NodeNotReady", "involvedObject": {"name": n}} for n in ("r", "f")]
+    found = lost_with_node([failed, running], events)
+    assert found == Disruption("r", "node-gone", "NodeNotReady", "Node is not ready")
+    assert "pod r on node node-gone was lost with its node (NotReady" in found.describe()
+    assert lost_with_node([failed, running], events[1:]) is None  # only a finished pod was flagged

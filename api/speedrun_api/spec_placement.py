@@ -148,10 +148,18 @@ class RunPolicy(Base):
     )
     queue_name: kf.LabelValue | None = Field(None, description="Kueue LocalQueue (the Job's queue-name label)")
     # How long a torchrun agent waits for the c10d store and for the other nodes to join: rank 0's
-    # pod may start minutes after the others (image pulls, node autoscaling).
+    # pod may start minutes after the others (image pulls, node autoscaling). The agents wait at
+    # least startupDeadlineSeconds (builders/train_job.py), so no rank gives up before the deadline.
     rendezvous_timeout_seconds: Annotated[int, Field(ge=60, le=86_400)] = 900
     # How long a rank waits in one collective before it fails (torch.distributed's process group
     # timeout; 600 is torch's NCCL default). A rank that dies is noticed at once (its peers' sockets
     # close, and the Job controller stops the others); a rank that hangs (its node lost, a GPU
     # stuck) only at this timeout. It must cover rank 0's checkpoint save, which the others await.
     collective_timeout_seconds: Annotated[int, Field(ge=5, le=86_400)] = 600
+    max_disruptions: Annotated[int, Field(ge=0, le=10_000)] = Field(
+        20,
+        description=(
+            "Gang restarts after a pod was preempted, evicted or lost with its node, not counted in maxRestarts; "
+            "one more fails the job (MaxDisruptionsExceeded)"
+        ),
+    )

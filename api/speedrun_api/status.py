@@ -3,7 +3,10 @@
 The spec's models live in `speedrun_api.spec`; the status is the operator's to write, so its
 model lives here. Field names are camelCase on the wire:
 phase, conditions (metav1.Condition shape), progress, results, restarts, startTime,
-completionTime, observedGeneration, plus `nodes` (what the printer column shows).
+completionTime, observedGeneration, plus `nodes` (what the printer column shows) and the
+attempts' bookkeeping of gang restarts (operator/speedrun_operator/lifecycle.py): `disruptions`
+(restarts after a preemption or eviction, not counted in `restarts`), `attempt` and
+`startupStartTime`.
 """
 
 from __future__ import annotations
@@ -78,10 +81,39 @@ class SpeedrunJobStatus(StatusBase):
     )
     progress: Progress | None = None
     results: Results | None = None
-    restarts: int = Field(0, description="Gang restarts so far: failed training attempts replaced by the next")
+    restarts: int = Field(
+        0, description="Gang restarts counted against runPolicy.maxRestarts: attempts failed after all ranks joined"
+    )
+    disruptions: int = Field(
+        0,
+        description=(
+            "Gang restarts after a disruption (a pod preempted, evicted or lost with its node: DisruptionTarget), "
+            "counted against runPolicy.maxDisruptions, not maxRestarts"
+        ),
+    )
+    attempt: int | None = Field(
+        None,
+        description=(
+            "The current training attempt (label speedrun.dev/attempt of the training Job): one more per gang "
+            "restart, counted or not; unset means status.restarts (written by an operator before disruptions)"
+        ),
+    )
+    startup_start_time: Timestamp | None = Field(
+        None,
+        description=(
+            "Set while attempts fail before all ranks joined: when the first of them started. "
+            "runPolicy.startupDeadlineSeconds counts from here, so such failures, not counted as restarts, "
+            "cannot start the run over and over"
+        ),
+    )
     start_time: Timestamp | None = None
     completion_time: Timestamp | None = None
     observed_generation: int | None = None
+
+    @property
+    def current_attempt(self) -> int:
+        """The attempt the training Job runs (`attempt`, or `restarts` in a status written before it)."""
+        return self.restarts if self.attempt is None else self.attempt
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")

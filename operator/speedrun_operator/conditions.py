@@ -48,6 +48,16 @@ RETRY_ON_EDIT_REASONS = (REASON_INVALID_SPEC, REASON_CHILD_REJECTED)
 REASON_RESTARTING = "Restarting"  # a gang restart: the failed attempt's Job is being replaced
 REASON_MAX_RESTARTS = "MaxRestartsExceeded"
 EVENT_GANG_RESTART = "GangRestart"
+# A gang restart after a pod was preempted, evicted or lost with its node (disruptions.py): not
+# counted against maxRestarts, but against maxDisruptions.
+REASON_DISRUPTED = "Disrupted"
+REASON_MAX_DISRUPTIONS = "MaxDisruptionsExceeded"
+EVENT_GANG_RESTART_AFTER_DISRUPTION = "GangRestartAfterDisruption"
+# A gang restart of an attempt that failed before all its ranks had joined: not counted, bounded
+# by the start-up deadline, which keeps running across such attempts.
+REASON_FAILED_BEFORE_START = "FailedBeforeStart"
+EVENT_GANG_RESTART_BEFORE_START = "GangRestartBeforeStart"
+RESTART_REASONS = (REASON_RESTARTING, REASON_DISRUPTED, REASON_FAILED_BEFORE_START)
 
 # Job failure reasons (batch/v1) that a gang restart may fix: a pod failed (the training Job has
 # backoffLimit 0). PodFailurePolicy (the trainer's invalid-config exit code) and DeadlineExceeded

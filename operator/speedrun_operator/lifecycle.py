@@ -11,8 +11,15 @@ adds `FailureTarget` or `SuccessCriteriaMet`, terminates the remaining pods, and
 `speedrun.dev/attempt` below `status.restarts`) or one being deleted is being Replaced.
 `next_status` combines both Jobs' states with the current status and returns the new status plus
 the Event for a phase change or a gang restart, if any. A training failure that a restart may fix
-(a pod failed) restarts the whole group, counted once in `status.restarts`, until
-`runPolicy.maxRestarts`; the handlers then delete the failed attempt's Job and create the next.
+(a pod failed) restarts the whole group as the next attempt (`status.attempt`); the handlers then
+delete the failed attempt's Job and create the next. Only what the job did is counted:
+- a failure after all ranks joined (the attempt reached Training): once in `status.restarts`,
+  until `runPolicy.maxRestarts` (`GangRestart`);
+- a disruption (a pod preempted, evicted or lost with its node, disruptions.py): in
+  `status.disruptions`, until `runPolicy.maxDisruptions` (`GangRestartAfterDisruption`);
+- a failure before all ranks joined: not counted (`GangRestartBeforeStart`); the start-up
+  deadline bounds such attempts, as it keeps running across them (`status.startupStartTime`).
+Every attempt starts Pending: its pods' reasons are shown and its start-up deadline applies.
 The handlers do the observing and the writing; everything that decides lives here, table-tested.
 """
 
@@ -24,6 +31,7 @@ from typing import Any, Literal
 from speedrun_api.status import TERMINAL_PHASES, Progress, Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
 from speedrun_operator import labels as L
+from speedrun_operator.disruptions import Disruption
 from speedrun_operator.pod_startup import PodsWaiting
 
 JobPhase = Literal["Missing", "Replacing", "Suspended", "Pending", "Running", "Succeeded", "Failed"]
@@ -97,6 +105,9 @@ class Observation:
     waiting: PodsWaiting | None = None  # why the training pods are not all running yet
     startup_failure: str | None = None  # the start-up deadline passed: the Failed message
     max_restarts: int = 0
+    disruption: Disruption | None = None  # the failed training Job's pod was preempted/evicted/lost
+    max_disruptions: int = 20
+    train_started: str | None = None  # the training Job's status.startTime (this attempt's start)
 
 
 @dataclass(frozen=True)
@@ -188,7 +199,9 @@ def _suspension(draft: _StatusDraft) -> None:
 
 def _training(draft: _StatusDraft) -> None:
     t, seen = draft.seen.train, draft.seen
-    if t.phase == "Failed" and t.reason in C.RESTARTABLE_JOB_FAILURES:
+    if t.phase == "Suspended" or (t.phase == "Running" and t.ready + t.succeeded >= seen.min_ready):
+        draft.status.startup_start_time = None  # trained, or resumed: the next start-up has its own deadline
+    if t.phase == "Failed" and (t.reason in C.RESTARTABLE_JOB_FAILURES or seen.disruption is not None):
         _restart(draft)
     elif t.phase == "Failed":
         reason = C.JOB_FAILURE_REASONS.get(t.reason, C.REASON_TRAINING_FAILED)
@@ -196,8 +209,10 @@ def _training(draft: _StatusDraft) -> None:
         draft.cond(C.TRAINING, C.FALSE, reason, message)
         draft.fail(reason, message)
     elif t.phase == "Replacing":
-        message = f"restart {draft.status.restarts}: the failed attempt's pods are stopping"
-        draft.cond(C.TRAINING, C.TRUE if draft.phase == "Training" else C.FALSE, C.REASON_RESTARTING, message)
+        old = C.find(draft.status.conditions, C.TRAINING)
+        if old is None or old.reason not in C.RESTART_REASONS:  # the restart's own words stay
+            message = f"attempt {draft.status.current_attempt}: the failed attempt's pods are stopping"
+            draft.cond(C.TRAINING, C.FALSE, C.REASON_RESTARTING, message)
     elif t.phase == "Running" and t.ready + t.succeeded >= seen.min_ready:
         # The rendezvous can form: every pod it waits for runs (or has already finished).
         draft.status.start_time = draft.status.start_time or seen.now
@@ -211,7 +226,7 @@ def _training(draft: _StatusDraft) -> None:
         draft.cond(C.TRAINING, C.FALSE, C.REASON_QUEUED, detail)
         draft.move("Queued", C.REASON_QUEUED, "waiting for Kueue to admit the training Job")
     elif draft.phase == "Training" and draft.status.start_time:
-        # Pods being replaced after a failure: still the same training run.
+        # This attempt's ranks all joined; a pod is being replaced (its failure fails the Job).
         draft.cond(C.TRAINING, C.TRUE, C.REASON_RUNNING, "training pods are being replaced")
     elif seen.startup_failure is not None:
         draft.cond(C.TRAINING, C.FALSE, C.REASON_STARTUP_DEADLINE, seen.startup_failure)
@@ -230,6 +245,10 @@ def _pending(draft: _StatusDraft) -> None:
         message = f"{message}; {waiting.describe()}"
         reason = waiting.reason if waiting.problem else C.REASON_PENDING
     old = C.find(draft.status.conditions, C.TRAINING)
+    if reason == C.REASON_PENDING and old is not None and old.reason in C.RESTART_REASONS:
+        # The next attempt's pods are starting normally: the condition still says why it restarted.
+        draft.move("Pending", old.reason, old.message)
+        return
     if reason != C.REASON_PENDING and (old is None or old.reason != reason):
         draft.event = Transition("Warning", reason, f"Pending: {message}")
     draft.cond(C.TRAINING, C.FALSE, reason, message)
@@ -237,24 +256,70 @@ def _pending(draft: _StatusDraft) -> None:
 
 
 def _restart(draft: _StatusDraft) -> None:
-    """One failure of the group: restart all of it (counted once), or fail past maxRestarts."""
-    t, seen = draft.seen.train, draft.seen
+    """One failure of the group: restart all of it as the next attempt, or fail past a limit.
+    What is counted depends on the cause (the module's docstring); the next attempt starts Pending."""
+    t, seen, status = draft.seen.train, draft.seen, draft.status
+    attempt = status.current_attempt
     cause = "; ".join(m for m in (seen.failure_detail, t.message) if m) or t.reason
-    if draft.status.restarts >= seen.max_restarts:
+    nodes = f"all {seen.nodes} nodes restart from the last checkpoint"
+    if seen.disruption is not None:
+        what = seen.disruption.describe()
+        if status.disruptions >= seen.max_disruptions:
+            message = (
+                f"training was disrupted {status.disruptions + 1} times and runPolicy.maxDisruptions is "
+                f"{seen.max_disruptions}; last: {what}"
+            )
+            _fail_training(draft, C.REASON_MAX_DISRUPTIONS, message)
+            return
+        status.disruptions += 1
+        status.startup_start_time = None  # the next attempt's start-up has its own deadline
         message = (
-            f"training failed {draft.status.restarts + 1} times and runPolicy.maxRestarts is {seen.max_restarts}; "
-            f"last failure: {cause}"
+            f"disruption {status.disruptions} of {seen.max_disruptions} (runPolicy.maxDisruptions; not counted in "
+            f"runPolicy.maxRestarts): {what}; {nodes}"
         )
-        draft.cond(C.TRAINING, C.FALSE, C.REASON_MAX_RESTARTS, message)
-        draft.fail(C.REASON_MAX_RESTARTS, message)
-        return
-    draft.status.restarts += 1
-    message = (
-        f"restart {draft.status.restarts} of {seen.max_restarts} (runPolicy.maxRestarts): all {seen.nodes} nodes "
-        f"restart from the last checkpoint after: {cause}"
-    )
-    draft.cond(C.TRAINING, C.TRUE if draft.phase == "Training" else C.FALSE, C.REASON_RESTARTING, message)
-    draft.event = Transition("Warning", C.EVENT_GANG_RESTART, message)
+        reason, event = C.REASON_DISRUPTED, C.EVENT_GANG_RESTART_AFTER_DISRUPTION
+    elif draft.phase != "Training":  # the attempt failed before all its ranks joined
+        if seen.startup_failure is not None:
+            _fail_training(draft, C.REASON_STARTUP_DEADLINE, f"{seen.startup_failure}; last failure: {cause}")
+            return
+        status.startup_start_time = status.startup_start_time or seen.train_started or seen.now
+        message = (
+            f"attempt {attempt} failed before all {seen.nodes} nodes joined (not counted in "
+            f"runPolicy.maxRestarts; runPolicy.startupDeadlineSeconds counts from {status.startup_start_time}): "
+            f"{cause}"
+        )
+        reason, event = C.REASON_FAILED_BEFORE_START, C.EVENT_GANG_RESTART_BEFORE_START
+    else:
+        if status.restarts >= seen.max_restarts:
+            message = (
+                f"training failed {status.restarts + 1} times and runPolicy.maxRestarts is {seen.max_restarts}; "
+                f"last failure: {cause}"
+            )
+            _fail_training(draft, C.REASON_MAX_RESTARTS, message)
+            return
+        status.restarts += 1
+        status.startup_start_time = None
+        message = f"restart {status.restarts} of {seen.max_restarts} (runPolicy.maxRestarts): {nodes} after: {cause}"
+        reason, event = C.REASON_RESTARTING, C.EVENT_GANG_RESTART
+    status.attempt = attempt + 1
+    _stale_progress(draft)
+    draft.cond(C.TRAINING, C.FALSE, reason, message)
+    draft.move("Pending", reason, message)
+    draft.event = Transition("Warning", event, message)
+
+
+def _fail_training(draft: _StatusDraft, reason: str, message: str) -> None:
+    draft.cond(C.TRAINING, C.FALSE, reason, message)
+    draft.fail(reason, message)
+
+
+def _stale_progress(draft: _StatusDraft) -> None:
+    """A new attempt: the last scrape's step and losses stay (dated by updateTime: where the run
+    was), its rates and ETA go (nothing trains until the next attempt runs and is scraped)."""
+    progress = draft.status.progress
+    if progress is not None:
+        rates = {"tokens_per_second": None, "mfu": None, "eta_seconds": None}
+        draft.status.progress = progress.model_copy(update=rates)
 
 
 def _final_progress(draft: _StatusDraft, results: Results) -> None:

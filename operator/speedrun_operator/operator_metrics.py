@@ -2,7 +2,9 @@
 
     speedrun_operator_jobs{phase}                          gauge: SpeedrunJobs by phase
     speedrun_operator_reconcile_duration_seconds{handler}  histogram
-    speedrun_operator_training_restarts_total              counter: gang restarts of training
+    speedrun_operator_training_restarts_total              counter: gang restarts counted (status.restarts)
+    speedrun_operator_training_disruptions_total           counter: gang restarts after a disruption
+    speedrun_operator_training_early_restarts_total        counter: gang restarts before all ranks joined
     speedrun_operator_failures_total{reason}               counter: jobs that ended Failed
     speedrun_operator_progress_scrapes_total{result}       counter: rank-0 scrapes (ok|error)
 
@@ -33,6 +35,16 @@ RECONCILE_SECONDS = Histogram(
 RESTARTS = Counter(
     "speedrun_operator_training_restarts",
     "Gang restarts: a failed training attempt replaced by the next (status.restarts)",
+    registry=REGISTRY,
+)
+DISRUPTIONS = Counter(
+    "speedrun_operator_training_disruptions",
+    "Gang restarts after a pod was preempted, evicted or lost with its node (status.disruptions)",
+    registry=REGISTRY,
+)
+EARLY_RESTARTS = Counter(
+    "speedrun_operator_training_early_restarts",
+    "Gang restarts of attempts that failed before all ranks joined (not counted in status.restarts)",
     registry=REGISTRY,
 )
 FAILURES = Counter("speedrun_operator_failures", "SpeedrunJobs that ended Failed", ["reason"], registry=REGISTRY)
@@ -78,6 +90,16 @@ def record_failure(reason: str) -> None:
 def record_restarts(count: int) -> None:
     if count > 0:
         RESTARTS.inc(count)
+
+
+def record_disruptions(count: int) -> None:
+    if count > 0:
+        DISRUPTIONS.inc(count)
+
+
+def record_early_restarts(count: int) -> None:
+    if count > 0:
+        EARLY_RESTARTS.inc(count)
 
 
 def serve(port: int) -> Any:

@@ -15,7 +15,10 @@ the scheduler's and the kubelet's own, read from the pods' status:
 The run is training only once its rendezvous can form: every pod ready (the minimum node count
 of an elastic run). Until then the phase stays Pending, and after `runPolicy.startupDeadlineSeconds`
 counted from the Job's start (`status.startTime`, which Kubernetes resets on every resume from
-suspension, so time queued in Kueue does not count) the job fails with the last reason seen.
+suspension, so time queued in Kueue does not count) the job fails with the last reason seen. Each
+attempt of a gang restart is a new Job, so each has its own deadline, except after an attempt that
+failed before all its ranks joined: the deadline then counts from the first such attempt's start
+(`status.startupStartTime`, lifecycle.py), so failing early cannot start the clock over.
 All pure functions of the objects read; reconcile.py reads them and lifecycle.py decides.
 """
 
@@ -98,14 +101,15 @@ def _parse_time(value: str) -> datetime.datetime:
     return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
 
 
-def startup_overdue(job: dict[str, Any] | None, deadline_seconds: int, now: str) -> bool:
-    """True once the training Job has been started (not suspended) longer than the deadline."""
+def startup_overdue(job: dict[str, Any] | None, deadline_seconds: int, now: str, since: str | None = None) -> bool:
+    """True once the training Job has been started (not suspended) longer than the deadline, counted
+    from `since` when given (the start of an earlier attempt that failed before its ranks joined)."""
     if job is None or (job.get("spec") or {}).get("suspend"):
         return False
     started = (job.get("status") or {}).get("startTime")
     if not started:
         return False
-    return (_parse_time(now) - _parse_time(started)).total_seconds() > deadline_seconds
+    return (_parse_time(now) - _parse_time(since or started)).total_seconds() > deadline_seconds
 
 
 def startup_failure(deadline_seconds: int, waiting: PodsWaiting | None, ready: int, nodes: int) -> str:
@@ -117,10 +121,16 @@ def startup_failure(deadline_seconds: int, waiting: PodsWaiting | None, ready: i
     return f"{message}; {waiting.describe()}" if waiting is not None else message
 
 
-def stop_patch(job: dict[str, Any], deadline_seconds: int) -> dict[str, Any] | None:
+def stop_patch(job: dict[str, Any], deadline_seconds: int, now: str | None = None) -> dict[str, Any] | None:
     """A Job patch that makes the Job controller end a Job whose pods never started (and delete
     its pods, so none starts training unwatched later): its activeDeadlineSeconds, which counts
-    from the same startTime, lowered to the start-up deadline that has passed. None if it is lower."""
+    from the same startTime, lowered to the start-up deadline that has passed, or, given `now`, to
+    the Job's age if that is less (an attempt whose deadline counted from an earlier attempt's
+    start). None if it is lower."""
+    started = (job.get("status") or {}).get("startTime")
+    if now is not None and started:
+        age = int((_parse_time(now) - _parse_time(started)).total_seconds())
+        deadline_seconds = max(1, min(deadline_seconds, age))
     current = (job.get("spec") or {}).get("activeDeadlineSeconds")
     if current is not None and current <= deadline_seconds:
         return None

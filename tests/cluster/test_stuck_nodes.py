@@ -12,8 +12,8 @@ control_plane.py) and the pod's grace period plus the operator's margin pass
 next attempt's Job and pods are created, scheduled on the nodes that remain.
 
 A second run loses rank 1's node with no rank failing by itself: the operator marks the pod
-Failed once the node is unreachable, the Job controller stops rank 0, and the gang restarts
-(before, rank 0 waited in its collective until the process group's timeout).
+Failed once the node is unreachable, the Job controller stops rank 0, and the gang restarts, counted as a disruption
+(`status.disruptions`, not `restarts`; before, rank 0 waited in its collective until the process group's timeout).
 What the design guarantees, asserted: the next attempt's Job never exists while the stuck pod
 does (polled throughout), the force-delete is told in a Warning Event naming the pod and node,
 the attempts' rendezvous ids differ (a straggler cannot join), and no new pod lands on the lost
@@ -112,14 +112,18 @@ def events(cp: ControlPlane, name: str, reason: str) -> list[dict[str, Any]]:
     return [e for e in found if e["reason"] == reason]
 
 
-def next_attempt(cp: ControlPlane, nodes: RealNodes, name: str, lost: str) -> list[dict[str, Any]]:
-    """Attempt 1's pods, scheduled (never on the lost node) and ready."""
+def next_attempt(
+    cp: ControlPlane, nodes: RealNodes, name: str, lost: str, restarts: int, disruptions: int
+) -> list[dict[str, Any]]:
+    """Attempt 1's pods, scheduled (never on the lost node) and ready; what the restart was counted as."""
     second = wait(lambda: len(p := train_pods(cp, name, "1")) == 2 and all(x["spec"].get("nodeName") for x in p)
                   and p, "attempt 1's pods scheduled")  # fmt: skip
     assert lost not in {p["spec"]["nodeName"] for p in second}, [p["spec"]["nodeName"] for p in second]
     wait(lambda: (cp.admin.get(f"{JOBS_PATH}/{name}-train") or {}).get("status", {}).get("ready") == 2,
          f"attempt 1 training\n{nodes.log_tails()}")  # fmt: skip
-    assert status(cp, name)["restarts"] == 1 and status(cp, name)["phase"] == "Training", status(cp, name)
+    now = status(cp, name)
+    counted = (now.get("restarts", 0), now.get("disruptions", 0))
+    assert counted == (restarts, disruptions) and now["phase"] == "Training", now
     return list(second)
 
 
@@ -164,7 +168,7 @@ def test_a_pod_stuck_on_a_lost_node_does_not_stall_the_restart_and_attempts_neve
         assert event["type"] == "Warning" and "unreachable" in event["message"], event
         assert rank_1["metadata"]["name"] in event["message"] and lost in event["message"], event
         assert rdzv_id(next_job) != rdzv_id(rank_1), "a straggler of attempt 0 could join attempt 1"
-        next_attempt(cp, kube_nodes, "stuck", lost)
+        next_attempt(cp, kube_nodes, "stuck", lost, restarts=1, disruptions=0)
     finally:
         kube_nodes.start_kubelet(lost)  # back, it finds the force-deleted pod gone and stops its container
         remove(cp, "stuck")
@@ -182,11 +186,12 @@ def test_a_lost_node_fails_the_running_attempt_at_once_and_the_next_one_starts(
     lost = rank_1["spec"]["nodeName"]
     kube_nodes.stop_kubelet(lost)
     try:
-        wait(lambda: status(cp, "lost").get("restarts") == 1, f"restarts == 1\n{kube_nodes.log_tails()}")
+        # A lost node is a disruption: not counted against maxRestarts (lifecycle.py).
+        wait(lambda: status(cp, "lost").get("disruptions") == 1, f"disruptions == 1\n{kube_nodes.log_tails()}")
         [event] = events(cp, "lost", "NodeLost")
         assert event["type"] == "Warning" and rank_1["metadata"]["name"] in event["message"], event
         assert f"on node {lost} (unreachable" in event["message"], event
-        next_attempt(cp, kube_nodes, "lost", lost)
+        next_attempt(cp, kube_nodes, "lost", lost, restarts=0, disruptions=1)
         uids = {p["metadata"]["uid"] for p in cp.admin.list(PODS_PATH)}
         assert not uids & {rank_0["metadata"]["uid"], rank_1["metadata"]["uid"]}, "attempt 0's pods are gone"
     finally:

@@ -54,6 +54,11 @@ def running_rank_0(runs: Speedruns, name: str, attempt: int) -> dict[str, Any] |
     return None
 
 
+def training(runs: Speedruns, name: str, attempt: int) -> bool:
+    status = runs.status(name)
+    return status.get("phase") == "Training" and status.get("attempt", 0) == attempt
+
+
 def test_rank_0_killed_in_a_3_node_job_restarts_the_group_once_and_resumes(
     runs: Speedruns, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -92,7 +97,9 @@ def test_failures_beyond_max_restarts_fail_the_job_saying_so(runs: Speedruns) ->
     name = "fragile"
     runs.create(runs.manifest(name, 400, 100, **{"spec.runPolicy.maxRestarts": 1}))
     for attempt in (0, 1):
-        victim = runs.wait_for(lambda a=attempt: running_rank_0(runs, name, a), f"rank 0 of attempt {attempt}")
+        # Once the attempt trains (all ranks joined): a failure before that is start-up trouble, not counted.
+        victim = runs.wait_for(lambda a=attempt: training(runs, name, a) and running_rank_0(runs, name, a),
+                               f"rank 0 of attempt {attempt}, training")  # fmt: skip
         runs.nodes.kill(victim)
 
     status = runs.follow(name, "Failed")

@@ -4,15 +4,19 @@ slice: one pod per host running JAX, builders/tpu.py).
 completions = parallelism = nodes (the maximum for elastic jobs), so pod `i` is hostname
 `<name>-train-i`, and the agent of completion index 0 hosts the rendezvous store at
 `<name>-train-0.<name>:29400` (the torchrun wrapper decides that from JOB_COMPLETION_INDEX, never
-from a DNS lookup that races the EndpointSlice). Every agent waits up to
-`runPolicy.rendezvousTimeoutSeconds` for the store and for the others (`--rdzv-conf`).
+from a DNS lookup that races the EndpointSlice). Every agent waits for the store and for the others
+(`--rdzv-conf`) up to `runPolicy.rendezvousTimeoutSeconds` or `startupDeadlineSeconds`, whichever is
+longer: a rank that waits for a late one never gives up before the operator's start-up deadline,
+so a slow start fails once, at the deadline, with its reason, instead of burning restarts.
 
 Failure policy (gang restart, JobSet's model): the Job itself never retries (backoffLimit 0,
 torchrun `--max-restarts=0`): the first pod failure fails the Job, and the operator re-creates it
 as the next attempt (label `speedrun.dev/attempt`), resuming from the last checkpoint, counted
 once in `status.restarts` against `runPolicy.maxRestarts`. The trainer's invalid-config exit code
 (2) fails the Job through its podFailurePolicy with reason PodFailurePolicy, which the operator
-never retries. Evictions and preemptions (DisruptionTarget) are replaced by the Job controller.
+never retries. A pod preempted, evicted or lost with its node (condition DisruptionTarget) fails
+the Job too (`FailJob`, no waiting for the survivors' timeouts): the operator restarts the gang
+without counting it against maxRestarts (disruptions.py reads the Job's message).
 
 `resources.hostNetwork` puts the pods on their node's network, so NCCL sees the host's NICs (GKE's
 GPUDirect-TCPX/TCPXO, EFA, InfiniBand/RoCE without a CNI for them): dnsPolicy
@@ -67,8 +71,22 @@ def rendezvous_conf(job: SpeedrunJob) -> str:
     """torch's c10d rendezvous settings: how long an agent waits for the store (`read_timeout`,
     also its store operations' timeout) and for the other nodes (`join_timeout`).
     torch/distributed/elastic/rendezvous/{c10d_rendezvous_backend,dynamic_rendezvous}.py."""
-    timeout = job.spec.run_policy.rendezvous_timeout_seconds
+    policy = job.spec.run_policy
+    # Never shorter than the start-up deadline: the operator, not an agent, decides a start failed.
+    timeout = max(policy.rendezvous_timeout_seconds, policy.startup_deadline_seconds)
     return f"join_timeout={timeout},read_timeout={timeout}"
+
+
+def disruption_fails_job(policy: dict[str, Any]) -> dict[str, Any]:
+    """The training Job's podFailurePolicy: a disrupted pod (DisruptionTarget) fails the Job at once,
+    named in its message, where the common policy (eval Job) ignores it and replaces the pod: a
+    training gang cannot go on without a rank, and the operator's restart is not counted."""
+
+    def disruption(rule: dict[str, Any]) -> bool:
+        return any(c.get("type") == "DisruptionTarget" for c in rule.get("onPodConditions", []))
+
+    rules = [{**rule, "action": "FailJob"} if disruption(rule) else rule for rule in policy["rules"]]
+    return {**policy, "rules": rules}
 
 
 def build_train_job(
@@ -100,6 +118,7 @@ def build_train_job(
     counts = {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": 0}
     out = common.batch_job(job, L.train_job_name(name), L.ROLE_TRAIN, labels, pod, counts)
     spec = out["spec"]
+    spec["podFailurePolicy"] = disruption_fails_job(spec["podFailurePolicy"])
     if placement.wants_gang(job):
         placement.apply_gang(spec["template"], gang, placement.pod_group_name(name, attempt))
     if r.elastic:

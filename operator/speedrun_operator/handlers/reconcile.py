@@ -19,9 +19,11 @@ jobs included, until the Jobs show them (side_effects.py).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +32,21 @@ import kopf
 from speedrun_api.manifest import SpecError, parse_job
 from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import SpeedrunJobStatus, now_rfc3339, read_status
-from speedrun_operator import builders, events, gang, kube, kueue, lifecycle, operator_metrics, pod_startup, stuck_pods
+from speedrun_operator import (
+    builders,
+    disruptions,
+    events,
+    gang,
+    kube,
+    kueue,
+    lifecycle,
+    operator_metrics,
+    pod_startup,
+    stuck_pods,
+)
+from speedrun_operator import conditions as C
 from speedrun_operator import labels as L
+from speedrun_operator.disruptions import Disruption, find_disruption
 from speedrun_operator.handlers import side_effects
 from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
 from speedrun_operator.handlers.operator_startup import OperatorContext
@@ -147,7 +162,7 @@ def _ensure_training(
     ensure_child(client, kube.SERVICE, builders.build_headless_service(job), body)
     if _held_back(client, policy, namespace, L.train_job_name(name)):
         return None, lifecycle.JobState("Suspended")
-    attempt = current.restarts
+    attempt = current.current_attempt
     mode = gang.gang_mode(client, ctx.settings.gang_scheduling)
     train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, ctx.settings, attempt, mode), body)
     train = lifecycle.train_state(train_job, attempt)
@@ -191,12 +206,20 @@ def _observe(
     train, evaluation = children.train, children.evaluation
     lo, _ = job.spec.resources.node_range
     now = now_rfc3339()
-    waiting, startup_failure = None, None
-    if train.phase in ("Pending", "Running") and train.ready + train.succeeded < lo and not current.start_time:
-        waiting, startup_failure = _startup(client, namespace, job, children, now)
+    waiting, startup_failure, disruption = None, None, None
+    train_pods = _lazy(lambda: _pods(client, namespace, name, L.ROLE_TRAIN))
+    # Until this attempt's ranks have all joined (phase Training), it is starting: its pods'
+    # reasons and its start-up deadline apply, on every attempt, and to a failure before joining.
+    starting = current.phase != "Training"
+    short = train.phase in ("Pending", "Running") and train.ready + train.succeeded < lo
+    if starting and (short or train.phase == "Failed"):
+        waiting, startup_failure = _startup(client, job, children, now, current, train_pods())
+    if train.phase in ("Pending", "Running") and train.ready + train.succeeded < _parallelism(children.train_job):
+        disruptions.MEMO.remember(namespace, train_pods())  # a pod may be going: see why, while it is there
     detail: str | None = None
     if train.phase == "Failed":
-        detail = failure_detail(_pods(client, namespace, name, L.ROLE_TRAIN), L.CONTAINER_TRAINER, train.message)
+        detail = failure_detail(train_pods(), L.CONTAINER_TRAINER, train.message)
+        disruption = _disruption(client, children.train_job, train, train_pods())
     results, results_error = None, None
     if evaluation.phase in ("Succeeded", "Failed"):
         eval_pods = _pods(client, namespace, name, L.ROLE_EVAL)
@@ -220,24 +243,72 @@ def _observe(
         min_ready=lo,
         waiting=waiting,
         startup_failure=startup_failure,
+        disruption=disruption,
+        max_disruptions=policy.max_disruptions,
+        train_started=((children.train_job or {}).get("status") or {}).get("startTime"),
     )
 
 
+def _parallelism(train_job: dict[str, Any] | None) -> int:
+    return int(((train_job or {}).get("spec") or {}).get("parallelism") or 1)
+
+
+def _lazy(read: Callable[[], list[dict[str, Any]]]) -> Callable[[], list[dict[str, Any]]]:
+    """`read` called at most once, when first needed."""
+    cache: list[list[dict[str, Any]]] = []
+
+    def get() -> list[dict[str, Any]]:
+        if not cache:
+            cache.append(read())
+        return cache[0]
+
+    return get
+
+
 def _startup(
-    client: kube.KubeClient, namespace: str, job: SpeedrunJob, children: Children, now: str
+    client: kube.KubeClient,
+    job: SpeedrunJob,
+    children: Children,
+    now: str,
+    current: SpeedrunJobStatus,
+    pods: list[dict[str, Any]],
 ) -> tuple[PodsWaiting | None, str | None]:
-    """A run that never trained yet: why its pods are not all running, and, past the start-up
-    deadline, the message it fails with."""
+    """An attempt whose ranks have not all joined yet: why its pods are not all running, and, past
+    the start-up deadline (from `status.startupStartTime` after attempts that failed before
+    joining), the message it fails with."""
     train_job, train = children.train_job, children.train
-    pods = _pods(client, namespace, job.metadata.name, L.ROLE_TRAIN)
     waiting = pod_startup.pods_waiting(pods)
-    if (waiting is None or not waiting.problem) and pod_startup.missing_pods(train_job, pods):
+    if train_job is not None and (waiting is None or not waiting.problem) and pod_startup.missing_pods(train_job, pods):
         waiting = pod_startup.creation_failure(_job_events(client, train_job)) or waiting
     deadline = job.spec.run_policy.startup_deadline_seconds
-    if not pod_startup.startup_overdue(train_job, deadline, now):
+    if not pod_startup.startup_overdue(train_job, deadline, now, current.startup_start_time):
         return waiting, None
     lo, _ = job.spec.resources.node_range
     return waiting, pod_startup.startup_failure(deadline, waiting, train.ready, lo)
+
+
+def _disruption(
+    client: kube.KubeClient, train_job: dict[str, Any] | None, train: lifecycle.JobState, pods: list[dict[str, Any]]
+) -> Disruption | None:
+    """The failed attempt's disruption, if a pod of it was preempted, evicted or lost with its node;
+    the pod's node from its Events when the pod is already gone."""
+    attempt_pods = disruptions.job_pods(train_job, pods)
+    found = find_disruption(train.reason, train.message, attempt_pods)
+    if train_job is None:
+        return found
+    namespace = train_job["metadata"]["namespace"]
+    if found is None and train.reason in C.RESTARTABLE_JOB_FAILURES:
+        # A survivor failed: was a rank's node lost (NotReady) before Kubernetes marked its pod?
+        fields = {"involvedObject.kind": "Pod", "reason": disruptions.NODE_NOT_READY}
+        return disruptions.lost_with_node(attempt_pods, client.list(kube.EVENT, namespace, fields=fields))
+    if found is None or found.node:
+        return found
+    found = disruptions.MEMO.recall(namespace, found)  # the pod is gone: what was seen of it
+    if found.node:
+        return found
+    fields = {"involvedObject.kind": "Pod", "involvedObject.name": found.pod}
+    pod_events = client.list(kube.EVENT, namespace, fields=fields)
+    return dataclasses.replace(found, node=disruptions.node_of(pod_events))
 
 
 def _replace(client: kube.KubeClient, train_job: dict[str, Any]) -> None:
@@ -284,7 +355,7 @@ def _after_write(
     a Job whose outcome is recorded and the stop of a start-up failure, owed until they hold
     (side_effects.py), on every pass, not only the one that wrote the status."""
     train_job, eval_job = children.train_job, children.eval_job
-    if new.restarts > current.restarts and train_job is not None:
+    if new.current_attempt > current.current_attempt and train_job is not None:
         _replace(ctx.client, train_job)  # the restart is counted: now the old attempt goes
         return
     policy = job.spec.run_policy
@@ -322,6 +393,9 @@ def _write(
         ctx.client.patch(kube.SPEEDRUNJOB, meta["namespace"], meta["name"], {"status": patch}, subresource="status")
     operator_metrics.PHASE_BOOK.record(meta["namespace"], meta["name"], new.phase)
     operator_metrics.record_restarts(new.restarts - current.restarts)
+    operator_metrics.record_disruptions(new.disruptions - current.disruptions)
+    counted = new.restarts - current.restarts + new.disruptions - current.disruptions
+    operator_metrics.record_early_restarts(new.current_attempt - current.current_attempt - counted)
     if transition is not None:
         events.post(ctx.client, body, transition.type, transition.reason, transition.message)
         if new.phase == "Failed":

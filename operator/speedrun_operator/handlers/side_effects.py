@@ -22,7 +22,7 @@ import logging
 from typing import Any
 
 from speedrun_api.spec import RunPolicy
-from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus
+from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339
 from speedrun_operator import conditions as C
 from speedrun_operator import kube, lifecycle, pod_startup
 from speedrun_operator import labels as L
@@ -55,7 +55,7 @@ def owed(
         spec, finished = child.get("spec") or {}, lifecycle.job_state(child).phase in FINISHED
         patch: dict[str, Any] = {}
         if child is train_job and stop and not finished:
-            patch.update((pod_startup.stop_patch(child, startup_deadline) or {}).get("spec", {}))
+            patch.update((pod_startup.stop_patch(child, startup_deadline, now_rfc3339()) or {}).get("spec", {}))
         if ttl is not None and spec.get("ttlSecondsAfterFinished") is None and (finished or patch):
             patch["ttlSecondsAfterFinished"] = ttl
         if patch:

@@ -117,7 +117,8 @@ def test_train_job(case: Case) -> None:
     assert "--rdzv-backend=c10d" in cmd
     assert f"--rdzv-endpoint={name}-train-0.{name}:29400" in cmd
     # Gang restarts are the operator's (counted in status.restarts): neither torchrun nor the Job retries.
-    assert "--max-restarts=0" in cmd and "--rdzv-conf=join_timeout=900,read_timeout=900" in cmd
+    # The agents wait at least the start-up deadline (3600 s by default) for the others.
+    assert "--max-restarts=0" in cmd and "--rdzv-conf=join_timeout=3600,read_timeout=3600" in cmd
     assert cmd[-4:] == ["-m", "speedrun_trainer.train", "--config", "/etc/speedrun/run.json"]
     assert container.get("resources", {}).get("limits", {}) == case.limits
     assert pod.get("nodeSelector", {}) == case.node_selector
@@ -158,6 +159,7 @@ def test_policies_and_credentials_come_from_the_spec() -> None:
             "activeDeadlineSeconds": 3600,
             "ttlSecondsAfterFinished": 600,
             "rendezvousTimeoutSeconds": 1800,
+            "startupDeadlineSeconds": 600,
         },
         storage={"uri": "s3://b/p", "endpointUrl": "http://minio:9000", "secretRef": {"name": "s3-creds"}},
         tracking={"wandb": {"mode": "online", "secretRef": {"name": "wandb"}}},
@@ -311,7 +313,7 @@ def test_render_gpt2_example_one_pod_per_node_with_eight_gpus() -> None:
         "--rdzv-backend=c10d",
         "--rdzv-endpoint=gpt2-124m-train-0.gpt2-124m:29400",
         "--rdzv-id=gpt2-124m-0",
-        "--rdzv-conf=join_timeout=900,read_timeout=900",
+        "--rdzv-conf=join_timeout=3600,read_timeout=3600",
         "--max-restarts=0",
         "-m",
         "speedrun_trainer.train",

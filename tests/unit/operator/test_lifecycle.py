@@ -129,16 +129,22 @@ def test_a_repeated_observation_changes_nothing() -> None:
 
 def test_a_pod_failure_restarts_the_whole_group_counted_once() -> None:
     seen = replace(SEEN, max_restarts=2)
-    running, _ = next_status(SpeedrunJobStatus(), replace(seen, train=JobState("Running", ready=2)))
+    running_state = JobState("Running", ready=2)
+    running, _ = next_status(SpeedrunJobStatus(), replace(seen, train=running_state))
     crash = JobState("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
     restarted, event = next_status(running, replace(seen, now=LATER, train=crash))
-    assert restarted.phase == "Training" and restarted.restarts == 1 and restarted.start_time == NOW
+    assert (restarted.phase, restarted.restarts, restarted.attempt, restarted.start_time) == ("Pending", 1, 1, NOW)
     assert event is not None and event.reason == "GangRestart" and "restart 1 of 2" in event.message
-    # The failed attempt's Job is being replaced, then the next attempt's pods wait: nothing more counted.
+    # The failed attempt's Job is being replaced, then the next attempt's pods wait: nothing more counted,
+    # and the condition keeps saying why the run restarted while the pods start normally.
     for state in (JobState("Replacing"), JobState("Missing"), JobState("Pending")):
         restarted, event = next_status(restarted, replace(seen, now=LATER, train=state))
-        assert restarted.phase == "Training" and restarted.restarts == 1 and event is None
-    twice, _ = next_status(restarted, replace(seen, now=LATER, train=crash))
+        assert restarted.phase == "Pending" and restarted.restarts == 1 and event is None
+        assert C.find(restarted.conditions, C.TRAINING).reason == C.REASON_RESTARTING
+    rejoined, event = next_status(restarted, replace(seen, now=LATER, train=running_state))
+    assert rejoined.phase == "Training" and event is not None and event.reason == C.REASON_RUNNING
+    twice, _ = next_status(rejoined, replace(seen, now=LATER, train=crash))
+    twice, _ = next_status(twice, replace(seen, now=LATER, train=running_state))
     done, transition = next_status(twice, replace(seen, now=LATER, train=crash))
     assert (twice.restarts, done.restarts, done.phase) == (2, 2, "Failed")
     failed = C.find(done.conditions, C.FAILED)
@@ -194,8 +200,9 @@ def test_settled_and_retry_after_a_spec_fix() -> None:
     fixed, transition = next_status(failed, replace(SEEN, generation=2, now=LATER))
     assert fixed.phase == "Pending" and C.find(fixed.conditions, C.FAILED) is None and fixed.completion_time is None
     assert transition is not None and transition.type == "Normal"
-    crashed, _ = next_status(SpeedrunJobStatus(), replace(SEEN, train=JobState("Failed", "BackoffLimitExceeded")))
-    assert is_settled(crashed, generation=2)  # a training failure is final
+    training, _ = next_status(SpeedrunJobStatus(), replace(SEEN, train=JobState("Running", ready=2)))
+    crashed, _ = next_status(training, replace(SEEN, train=JobState("Failed", "BackoffLimitExceeded")))
+    assert is_settled(crashed, generation=2)  # a training failure past maxRestarts is final
     done, _ = next_status(
         SpeedrunJobStatus(),
         replace(SEEN, train=JobState("Succeeded"), evaluation=JobState("Succeeded"), results=RESULTS),

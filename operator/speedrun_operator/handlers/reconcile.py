@@ -29,7 +29,7 @@ from speedrun_api.spec import SpeedrunJob
 from speedrun_api.status import TERMINAL_PHASES, SpeedrunJobStatus, now_rfc3339, read_status
 from speedrun_operator import builders, events, kube, lifecycle, operator_metrics, pod_startup
 from speedrun_operator import labels as L
-from speedrun_operator.handlers.children import ChildConflict, ensure_child, sync_suspend
+from speedrun_operator.handlers.children import ChildConflict, ensure_job, sync_suspend
 from speedrun_operator.handlers.operator_startup import OperatorContext
 from speedrun_operator.pod_startup import PodsWaiting
 from speedrun_operator.termination import eval_results, failure_detail
@@ -132,7 +132,6 @@ def _ensure_children(
 ) -> Children:
     """The actions: create the children that are missing, delete a failed training attempt, and
     patch the Jobs' spec.suspend to runPolicy.suspend."""
-    ensure_child(ctx.client, kube.CONFIGMAP, builders.build_run_configmap(job), body)
     train_job, train = _ensure_training(ctx, body, job, current)
     if train.phase != "Succeeded":
         return Children(train_job, train)
@@ -149,11 +148,14 @@ def _ensure_training(
     if lifecycle.training_finished(current):
         train_job = client.get(kube.JOB, namespace, L.train_job_name(name))  # may be gone (TTL)
         return train_job, lifecycle.JobState("Succeeded")
-    ensure_child(client, kube.SERVICE, builders.build_headless_service(job), body)
     if _held_back(client, policy, namespace, L.train_job_name(name)):
         return None, lifecycle.JobState("Suspended")
     attempt = current.restarts
-    train_job = ensure_child(client, kube.JOB, builders.build_train_job(job, ctx.settings, attempt), body)
+    train_job = ensure_job(
+        client, body, L.train_job_name(name), lambda: builders.build_train_job(job, ctx.settings, attempt),
+        lambda: [(kube.CONFIGMAP, builders.build_run_configmap(job)),
+                 (kube.SERVICE, builders.build_headless_service(job))],
+    )  # fmt: skip
     train = lifecycle.train_state(train_job, attempt)
     if train.phase == "Replacing":
         _replace(client, train_job)
@@ -170,7 +172,10 @@ def _ensure_evaluation(
     client, policy = ctx.client, job.spec.run_policy
     if _held_back(client, policy, body["metadata"]["namespace"], L.eval_job_name(job.metadata.name)):
         return None, lifecycle.JobState("Suspended")
-    eval_job = ensure_child(client, kube.JOB, builders.build_eval_job(job, ctx.settings), body)
+    eval_job = ensure_job(
+        client, body, L.eval_job_name(job.metadata.name), lambda: builders.build_eval_job(job, ctx.settings),
+        lambda: [(kube.CONFIGMAP, builders.build_run_configmap(job))],
+    )  # fmt: skip
     if not policy.queue_name:  # with a queue, Kueue owns spec.suspend
         eval_job = sync_suspend(client, eval_job, policy.suspend)
     return eval_job, lifecycle.job_state(eval_job)
@@ -227,6 +232,10 @@ def _startup(
     """A run that never trained yet: why its pods are not all running, and, past the start-up
     deadline, the message it fails with."""
     train_job, train = children.train_job, children.train
+    if not ((train_job or {}).get("status") or {}).get("startTime"):
+        # Not started by the Job controller yet (it sets startTime in the sync that creates the
+        # pods, or fails to: FailedCreate): no pod and no Event to read, and no deadline running.
+        return None, None
     pods = _pods(client, namespace, job.metadata.name, L.ROLE_TRAIN)
     waiting = pod_startup.pods_waiting(pods)
     if (waiting is None or not waiting.problem) and pod_startup.missing_pods(train_job, pods):

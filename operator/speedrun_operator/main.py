@@ -17,9 +17,9 @@ from typing import Any
 import kopf
 
 from speedrun_api.spec import API_GROUP, API_VERSION, PLURAL
-from speedrun_operator import kube, operator_metrics
+from speedrun_operator import kube, object_cache, operator_metrics
 from speedrun_operator import labels as L
-from speedrun_operator.handlers import operator_startup, periodic, reconcile
+from speedrun_operator.handlers import coalesce, operator_startup, periodic, reconcile
 
 SPEEDRUNJOBS = (API_GROUP, API_VERSION, PLURAL)
 MANAGED_JOBS = {L.LABEL_MANAGED_BY: L.MANAGER, L.LABEL_JOB: kopf.PRESENT}
@@ -55,13 +55,25 @@ def apply_spec_change(name: str, namespace: str, diff: Any, status: dict[str, An
 
 
 @kopf.on.event(*SPEEDRUNJOBS)
-def forget(type: str, name: str, namespace: str, **_: Any) -> None:
+async def remember_speedrunjob(event: dict[str, Any], type: str, name: str, namespace: str, memo: kopf.Memo,
+                               **_: Any) -> None:  # fmt: skip
+    # async: on kopf's event loop, not queued behind the reconciles in its thread pool, so the
+    # cache (object_cache.py) is current before any handler of this event runs.
+    object_cache.follow(memo.operator.client, kube.SPEEDRUNJOB, event)
     # No finalizer, no on.delete: children go with their ownerReferences (garbage collection);
     # only the gauge remembers the job, until the watch reports it deleted.
     if type == "DELETED":
         operator_metrics.PHASE_BOOK.forget(namespace, name)
+        coalesce.COALESCER.forget((namespace, name))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED_JOBS)
+async def remember_job(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    object_cache.follow(memo.operator.client, kube.JOB, event)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_JOBS)
 def follow_job(labels: dict[str, str], namespace: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    reconcile.reconcile(memo.operator, namespace, labels[L.LABEL_JOB], "job-event", logger)
+    name = labels[L.LABEL_JOB]
+    coalesce.COALESCER.run((namespace, name), lambda: reconcile.reconcile(memo.operator, namespace, name,
+                                                                         "job-event", logger))  # fmt: skip

@@ -16,7 +16,8 @@ from tests.support.helpers import ROOT
 
 pytestmark = pytest.mark.cluster
 
-RUN_KEYS = {"n", "phases", "requests_per_job", "requests_per_job_total", "apply_to_train_pods_s",
+RUN_KEYS = {"n", "phases", "requests_per_job", "requests_per_job_total", "requests_by_resource",
+            "handler_calls_per_job", "handler_mean_ms", "apply_to_train_job_s", "apply_to_train_pods_s",
             "operator_rss_mib", "operator_peak_rss_mib", "job_post_round_trip_s", "job_create_to_pod_s"}  # fmt: skip
 
 
@@ -33,3 +34,5 @@ def test_one_job_through_the_bench() -> None:
     assert run["phases"] == {"Succeeded": 1}
     assert run["requests_per_job"]["create"] >= 3  # at least the ConfigMap, the Service and the Job
     assert run["apply_to_train_pods_s"]["measured"] == 1 and run["operator_rss_mib"] > 0
+    assert run["apply_to_train_job_s"]["measured"] == 1 and run["requests_by_resource"]["create jobs"] == 2
+    assert run["handler_calls_per_job"]["create"] >= 1 and report["growth"] == []

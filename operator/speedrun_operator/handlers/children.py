@@ -1,15 +1,17 @@
 """Owned children: get-or-create, adopt our orphans, refuse strangers; Job suspension.
 
-Children are named deterministically (labels.py), so "does it exist?" is one GET and a second
-operator (or a restarted one) can never create duplicates: the apiserver's 409 on create is
-the tie-breaker. An existing child counts as ours when it carries our ownerReference; one with
-our labels and no controller (e.g. orphaned by `kubectl delete --cascade=orphan`) is adopted;
-anything else is a conflict the user has to resolve.
+Children are named deterministically (labels.py), so "does it exist?" is one GET (or a look in
+the operator's cache of Jobs, object_cache.py) and a second operator (or a restarted one) can
+never create duplicates: the apiserver's 409 on create is the tie-breaker. An existing child
+counts as ours when it carries our ownerReference; one with our labels and no controller (e.g.
+orphaned by `kubectl delete --cascade=orphan`) is adopted; anything else is a conflict the user
+has to resolve.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -34,7 +36,10 @@ def ensure_child(
     kopf.append_owner_reference(desired, owner=owner)
     namespace, name = owner["metadata"]["namespace"], desired["metadata"]["name"]
     desired["metadata"]["namespace"] = namespace
-    existing = client.get(kind, namespace, name)
+    # With a cache (object_cache.py), a child it does not hold is created at once: the apiserver's
+    # 409 says when it exists after all, and only then is it read.
+    cached = getattr(client, "cached", None)
+    existing = cached(kind, namespace, name) if cached is not None else client.get(kind, namespace, name)
     if existing is None:
         try:
             return client.create(kind, namespace, desired)
@@ -43,6 +48,30 @@ def ensure_child(
             if existing is None:  # created and deleted in between: try again on the next pass
                 raise kopf.TemporaryError(f"{kind.kind} {name} is being replaced", delay=2) from None
     return _adopt(client, kind, existing, owner, desired)
+
+
+def ensure_job(
+    client: kube.KubeClient,
+    owner: dict[str, Any],
+    name: str,
+    build: Callable[[], dict[str, Any]],
+    needs: Callable[[], list[tuple[kube.Kind, dict[str, Any]]]],
+) -> dict[str, Any]:
+    """The Job `name` as the cache (or the server) has it; when it is missing, first the children its
+    pods need (`needs`: the run's ConfigMap, the rendezvous Service), then the Job from `build()`.
+    Both are built only then: a Job's pod template is immutable, so once it exists they are not used.
+    What the pods need is ensured whenever a Job is created (each gang restart creates one), not
+    on every pass: that cost two requests a pass, and the pods read them only as they start."""
+    namespace = owner["metadata"]["namespace"]
+    cached = getattr(client, "cached", None)
+    existing = cached(kube.JOB, namespace, name) if cached is not None else client.get(kube.JOB, namespace, name)
+    if existing is not None:
+        reference: dict[str, Any] = {"metadata": {}}
+        kopf.append_owner_reference(reference, owner=owner)
+        return _adopt(client, kube.JOB, existing, owner, reference)
+    for kind, manifest in needs():
+        ensure_child(client, kind, manifest, owner)
+    return ensure_child(client, kube.JOB, build(), owner)
 
 
 def _adopt(

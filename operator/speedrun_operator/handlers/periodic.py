@@ -7,13 +7,14 @@ then hang on every SpeedrunJob in it. The operator needs no finalizer otherwise 
 by ownerReference garbage collection; the delete handler is optional), so the periodic work is
 one thread per operator instead, started once this replica leads (operator_startup.elect):
 
-- every `progress_interval` seconds: one LIST of SpeedrunJobs per served namespace (one for the
-  whole cluster), and rank 0's metrics scraped into status.progress for those Training, handed
-  to a bounded pool (scrape.Scrapes): the thread never waits on a scrape;
-- every `resync_interval` seconds: the same reconcile as every other trigger, for each
-  SpeedrunJob not yet finished (a missed Job event is caught here), and for the finished ones
-  the check that what their status owes their Jobs holds (side_effects.py: one LIST of Jobs
-  per namespace, a patch only where one is missing).
+- every `progress_interval` seconds: rank 0's metrics scraped into status.progress for the
+  SpeedrunJobs Training, as the operator's cache (object_cache.py) has them, handed to a bounded
+  pool (scrape.Scrapes): the thread never waits on a scrape;
+- every `resync_interval` seconds: one LIST of SpeedrunJobs per served namespace (one for the
+  whole cluster), which refreshes the cache, and the same reconcile as every other trigger for
+  each SpeedrunJob not yet finished (a missed Job event is caught here), and for the finished ones
+  the check that what their status owes their Jobs holds (side_effects.py: one LIST of Jobs per
+  namespace, a patch only where one is missing).
 
 kopf then keeps no finalizer, and removes its old one from SpeedrunJobs an earlier version
 marked. A failing call is logged and retried at the next tick; the thread never dies of it.
@@ -32,6 +33,7 @@ from speedrun_api.status import TERMINAL_PHASES, read_status
 from speedrun_operator import kube
 from speedrun_operator.handlers import reconcile, scrape, side_effects
 from speedrun_operator.handlers.operator_startup import OperatorContext
+from speedrun_operator.object_cache import ObjectCache
 
 
 class Periodic:
@@ -67,12 +69,19 @@ class Periodic:
             except Exception as err:  # the next tick retries; the thread must outlive any one failure
                 self.logger.warning(f"periodic work failed: {type(err).__name__}: {err}")
 
-    def speedrunjobs(self) -> list[dict[str, Any]]:
+    def speedrunjobs(self, fresh: bool = True) -> list[dict[str, Any]]:
+        """The SpeedrunJobs served: LISTed (which refreshes the cache), or, not `fresh`, from the
+        cache (object_cache.py) when the client has one."""
         namespaces: tuple[str | None, ...] = self.ctx.settings.namespaces or (None,)
+        cache = getattr(self.ctx.client, "cache", None)
+        if not fresh and isinstance(cache, ObjectCache):
+            return [body for ns in namespaces for body in cache.list(kube.SPEEDRUNJOB, ns)]
         return [body for ns in namespaces for body in self.ctx.client.list(kube.SPEEDRUNJOB, ns)]
 
     def tick(self, *, resync: bool, progress: bool) -> None:
-        bodies = [b for b in self.speedrunjobs() if not b["metadata"].get("deletionTimestamp")]
+        # Progress alone reads the cache: a LIST every few seconds of every job, status and all,
+        # cost the operator more than the scrapes. The resync LISTs: it is the safety net.
+        bodies = [b for b in self.speedrunjobs(fresh=resync) if not b["metadata"].get("deletionTimestamp")]
         phases = [(b.get("status") or {}).get("phase") for b in bodies]
         if progress:
             for body, phase in zip(bodies, phases, strict=True):

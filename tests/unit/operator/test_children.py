@@ -59,3 +59,24 @@ def test_ensure_child_refuses_what_another_controller_owns() -> None:
     client.objects["j-run"] = {"metadata": {"name": "j-run", "namespace": "n", "labels": {}}}
     with pytest.raises(ChildConflict, match="not made for this SpeedrunJob"):
         ensure_child(client, kube.CONFIGMAP, {"metadata": {"name": "j-run"}}, OWNER)  # type: ignore[arg-type]
+
+
+def test_ensure_job_builds_and_ensures_what_its_pods_need_only_when_it_is_missing() -> None:
+    from speedrun_operator import kube
+    from speedrun_operator.handlers.children import ensure_job
+
+    client, built = FakeKube(), []
+
+    def build() -> dict[str, Any]:
+        built.append("job")
+        return {"metadata": {"name": "j-train", "labels": {"speedrun.dev/job": "j"}}}
+
+    def needs() -> list[tuple[Any, dict[str, Any]]]:
+        built.append("needs")
+        return [(kube.CONFIGMAP, {"metadata": {"name": "j-run"}}), (kube.SERVICE, {"metadata": {"name": "j-rdzv"}})]
+
+    first = ensure_job(client, OWNER, "j-train", build, needs)  # type: ignore[arg-type]
+    assert built == ["needs", "job"] and list(client.objects) == ["j-run", "j-rdzv", "j-train"]
+    del client.objects["j-run"]  # gone while the Job exists: the pods have read it already
+    assert ensure_job(client, OWNER, "j-train", build, needs) is first  # type: ignore[arg-type]
+    assert built == ["needs", "job"] and client.creates == 3

@@ -55,7 +55,9 @@ def operator(
     control_plane: ControlPlane, kube_nodes: RealNodes, player_image: PlayerImage, pod_players: PodPlayers,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ChartOperator]:  # fmt: skip
-    values = {**CHART_VALUES, **player_image.chart_values(pod_players)}
+    # No gang (builders/placement.py): a rank that cannot fit while the other runs is the point of
+    # a test here, and a gang would bind neither (test_placement.py shows that side).
+    values = {**CHART_VALUES, **player_image.chart_values(pod_players), "operator.gangScheduling": "none"}
     release = install_chart(control_plane, "speedrun-restarts", NAMESPACE, values)
     control_plane.namespace(NAMESPACE)
     overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}

@@ -40,6 +40,9 @@ NAMESPACE = "side-effects-tests"
 POLICY = "speedrun-test-refuse-job-stops"
 TTL = 3600  # long: the Jobs must still be there to be read back
 JOBS = "/apis/batch/v1/namespaces/" + NAMESPACE + "/jobs"
+# The pods stay unbound, so no kubelet of the session's real nodes (if another module started
+# them) reports on a pod whose status this module plays (make_ready).
+NO_NODE = {"spec.resources.nodeSelector": {"speedrun.test/no-such-node": "true"}}
 
 
 def wait(predicate: Any, what: str, timeout: float = 180.0) -> Any:
@@ -216,14 +219,15 @@ def test_a_stalled_scrape_does_not_delay_another_jobs_resync(
     trickle = Trickle()
     try:
         served.apply(
-            kubectl, served.manifest("a-stalled", **{"spec.metrics.port": trickle.port, "spec.resources.nodes": 1})
+            kubectl,
+            served.manifest("a-stalled", **{"spec.metrics.port": trickle.port, "spec.resources.nodes": 1, **NO_NODE}),
         )
         pods = wait(lambda: served.pods("a-stalled"), "a-stalled's training pod")
         make_ready(control_plane, pods[0], host_address())
         wait(lambda: served.phase("a-stalled") == "Training", "a-stalled Training")
         wait(lambda: trickle.open, "a scrape of a-stalled held by the target")
         # Only a resync notices a start-up deadline passing: no Job event comes while pods wait.
-        served.apply(kubectl, served.manifest("b-waiting", **{"spec.runPolicy.startupDeadlineSeconds": 3}))
+        served.apply(kubectl, served.manifest("b-waiting", **{"spec.runPolicy.startupDeadlineSeconds": 3, **NO_NODE}))
         wait(lambda: served.phase("b-waiting") == "Failed", "b-waiting Failed at its start-up deadline", timeout=120)
         assert served.condition("b-waiting", "Failed")["reason"] == "StartupDeadlineExceeded"
         # Every scrape is cut off at its deadline and tried again later, not left to hang.

@@ -121,9 +121,9 @@ def next_attempt(
     assert lost not in {p["spec"]["nodeName"] for p in second}, [p["spec"]["nodeName"] for p in second]
     wait(lambda: (cp.admin.get(f"{JOBS_PATH}/{name}-train") or {}).get("status", {}).get("ready") == 2,
          f"attempt 1 training\n{nodes.log_tails()}")  # fmt: skip
-    now = status(cp, name)
-    counted = (now.get("restarts", 0), now.get("disruptions", 0))
-    assert counted == (restarts, disruptions) and now["phase"] == "Training", now
+    # Every attempt starts Pending; Training once its ranks all run (lifecycle.py).
+    now = wait(lambda: (s := status(cp, name)).get("phase") == "Training" and s, f"{name} Training again")
+    assert (now.get("restarts", 0), now.get("disruptions", 0)) == (restarts, disruptions), now
     return list(second)
 
 

@@ -83,8 +83,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def attempt_timeout(request_timeout: float, deadline: float | None, now: float) -> float:
     """How long one attempt may take: the request timeout, cut to the time left before
-    `deadline` (a monotonic instant; None: no deadline). 0 or less: do not send it."""
-    if deadline is None or math.isinf(deadline):
+    `deadline` (a monotonic instant; None or +inf: no deadline; -inf: leadership lost, nothing
+    may be sent). 0 or less: do not send it."""
+    if deadline is None or deadline == math.inf:
         return request_timeout
     return min(request_timeout, deadline - now)
 

@@ -60,6 +60,7 @@ def test_retry_after_as_seconds_or_http_date() -> None:
 def test_an_attempt_never_outlives_the_deadline() -> None:
     assert attempt_timeout(30.0, None, 5.0) == 30.0
     assert attempt_timeout(30.0, math.inf, 5.0) == 30.0
+    assert attempt_timeout(30.0, -math.inf, 5.0) <= 0  # leadership lost: nothing is sent
     assert attempt_timeout(30.0, 13.0, 5.0) == 8.0
     assert attempt_timeout(30.0, 4.0, 5.0) == -1.0
 
@@ -128,6 +129,12 @@ def test_nothing_is_sent_past_the_deadline_and_no_attempt_outlives_it() -> None:
     assert raised.value.status == 429
     client = Scripted([b"{}"])
     client.deadline = lambda: 99.0
+    with pytest.raises(kube.PastDeadline):
+        client.patch(kube.SPEEDRUNJOB, "ns", "j", {"status": {}}, subresource="status")
+    assert client.sent == []
+    # A replica that lost its Lease (leader.py sets the deadline to -inf) sends nothing at all.
+    client = Scripted([b"{}"])
+    client.deadline = lambda: -math.inf
     with pytest.raises(kube.PastDeadline):
         client.patch(kube.SPEEDRUNJOB, "ns", "j", {"status": {}}, subresource="status")
     assert client.sent == []

@@ -103,6 +103,18 @@ def _meta_field(what: str) -> Any:
 # ---- Kubernetes types, with the Go rules the apiserver adds to their schema -----------------------
 
 
+def _keyed_list(item: dict[str, Any], key: str, description: str, max_items: int = MAX_ITEMS) -> dict[str, Any]:
+    """An array of `item` that the apiserver merges by `key` (a list-map, as Kubernetes' own)."""
+    return {
+        "type": "array",
+        "maxItems": max_items,
+        "items": item,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": [key],
+        "description": description,
+    }
+
+
 def _volume_schema() -> dict[str, Any]:
     item = ks.schema("Volume")
     item["properties"]["name"]["maxLength"] = 63
@@ -113,14 +125,9 @@ def _volume_schema() -> dict[str, Any]:
         },
         {"rule": _one_of(VOLUME_SOURCES), "message": "give exactly one volume source (emptyDir, csi, ...)"},
     ]
-    return {
-        "type": "array",
-        "maxItems": MAX_ITEMS,
-        "items": item,
-        "x-kubernetes-list-type": "map",
-        "x-kubernetes-list-map-keys": ["name"],
-        "description": "Extra volumes of the run's pods (Kubernetes Volumes); mount them with volumeMounts",
-    }
+    return _keyed_list(
+        item, "name", "Extra volumes of the run's pods (Kubernetes Volumes); mount them with volumeMounts"
+    )
 
 
 def _mount_schema() -> dict[str, Any]:
@@ -146,14 +153,7 @@ def _mount_schema() -> dict[str, Any]:
             "message": "recursiveReadOnly needs readOnly: true and no mountPropagation",
         },
     ]
-    return {
-        "type": "array",
-        "maxItems": MAX_ITEMS,
-        "items": item,
-        "x-kubernetes-list-type": "map",
-        "x-kubernetes-list-map-keys": ["mountPath"],
-        "description": "Where the trainer (and evaluator) container mounts the overlay's volumes",
-    }
+    return _keyed_list(item, "mountPath", "Where the trainer (and evaluator) container mounts the overlay's volumes")
 
 
 def _env_schema() -> dict[str, Any]:
@@ -170,15 +170,11 @@ def _env_schema() -> dict[str, Any]:
         },
         {"rule": "!(has(self.value) && has(self.valueFrom))", "message": "give value or valueFrom, not both"},
     ]
-    return {
-        "type": "array",
-        "maxItems": run_env.MAX_ENV,
-        "items": item,
-        "x-kubernetes-list-type": "map",
-        "x-kubernetes-list-map-keys": ["name"],
-        "description": "Env vars of the run's containers as Kubernetes writes them (valueFrom: Secrets,"
-        " ConfigMaps, the pod's fields); names as spec.env's, and not also in spec.env",
-    }
+    description = (
+        "Env vars of the run's containers as Kubernetes writes them (valueFrom: Secrets, ConfigMaps, the pod's"
+        " fields); names as spec.env's, and not also in spec.env"
+    )
+    return _keyed_list(item, "name", description, run_env.MAX_ENV)
 
 
 def _affinity_schema() -> dict[str, Any]:

@@ -131,3 +131,8 @@ def read_status(body_status: Any) -> SpeedrunJobStatus:
 
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(value: str) -> datetime.datetime:
+    """A Kubernetes timestamp (metav1.Time `...Z`, or MicroTime with fractions) as an aware datetime."""
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))

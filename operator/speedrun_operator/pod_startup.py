@@ -24,10 +24,10 @@ All pure functions of the objects read; reconcile.py reads them and lifecycle.py
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from speedrun_api.status import parse_rfc3339
 from speedrun_operator import labels as L
 
 # Waiting reasons of a container that is starting normally (kubelet: pkg/kubelet/container).
@@ -97,10 +97,6 @@ def creation_failure(job_events: list[dict[str, Any]]) -> PodsWaiting | None:
     return PodsWaiting("FailedCreate", f"job {job}: {last.get('message') or 'pods could not be created'}", True)
 
 
-def _parse_time(value: str) -> datetime.datetime:
-    return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
-
-
 def startup_overdue(job: dict[str, Any] | None, deadline_seconds: int, now: str, since: str | None = None) -> bool:
     """True once the training Job has been started (not suspended) longer than the deadline, counted
     from `since` when given (the start of an earlier attempt that failed before its ranks joined)."""
@@ -109,7 +105,7 @@ def startup_overdue(job: dict[str, Any] | None, deadline_seconds: int, now: str,
     started = (job.get("status") or {}).get("startTime")
     if not started:
         return False
-    return (_parse_time(now) - _parse_time(since or started)).total_seconds() > deadline_seconds
+    return (parse_rfc3339(now) - parse_rfc3339(since or started)).total_seconds() > deadline_seconds
 
 
 def startup_failure(deadline_seconds: int, waiting: PodsWaiting | None, ready: int, nodes: int) -> str:
@@ -129,7 +125,7 @@ def stop_patch(job: dict[str, Any], deadline_seconds: int, now: str | None = Non
     start). None if it is lower."""
     started = (job.get("status") or {}).get("startTime")
     if now is not None and started:
-        age = int((_parse_time(now) - _parse_time(started)).total_seconds())
+        age = int((parse_rfc3339(now) - parse_rfc3339(started)).total_seconds())
         deadline_seconds = max(1, min(deadline_seconds, age))
     current = (job.get("spec") or {}).get("activeDeadlineSeconds")
     if current is not None and current <= deadline_seconds:

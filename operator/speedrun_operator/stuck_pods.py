@@ -32,17 +32,18 @@ back its kubelet finds the pod gone from the API and stops the container.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from speedrun_api.status import parse_rfc3339
 from speedrun_operator import kube
+from speedrun_operator.disruptions import NODE_LOST
 
 STUCK_MARGIN_SECONDS = 30  # past deletionTimestamp (= deletion + grace period): the kubelet had its chance
 TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
 TAINT_OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
-REASON_NODE_LOST = "NodeLost"  # status.reason of a running pod the operator marks Failed
+REASON_NODE_LOST = NODE_LOST  # status.reason of a running pod the operator marks Failed (disruptions.py reads it)
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,10 @@ class StuckPod:
         return f"{self.name} on node {self.node} ({self.why})"
 
 
-def _time(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def overdue(pod: dict[str, Any], now: str, margin: float = STUCK_MARGIN_SECONDS) -> bool:
     """Deleted, and still here `margin` seconds after its grace period ended."""
     deleted = (pod.get("metadata") or {}).get("deletionTimestamp")
-    return bool(deleted) and (_time(now) - _time(deleted)).total_seconds() >= margin
+    return bool(deleted) and (parse_rfc3339(now) - parse_rfc3339(deleted)).total_seconds() >= margin
 
 
 def node_lost(node: dict[str, Any] | None) -> str | None:

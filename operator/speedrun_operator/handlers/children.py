@@ -36,10 +36,7 @@ def ensure_child(
     kopf.append_owner_reference(desired, owner=owner)
     namespace, name = owner["metadata"]["namespace"], desired["metadata"]["name"]
     desired["metadata"]["namespace"] = namespace
-    # With a cache (object_cache.py), a child it does not hold is created at once: the apiserver's
-    # 409 says when it exists after all, and only then is it read.
-    cached = getattr(client, "cached", None)
-    existing = cached(kind, namespace, name) if cached is not None else client.get(kind, namespace, name)
+    existing = _lookup(client, kind, namespace, name)
     if existing is None:
         try:
             return client.create(kind, namespace, desired)
@@ -62,9 +59,7 @@ def ensure_job(
     Both are built only then: a Job's pod template is immutable, so once it exists they are not used.
     What the pods need is ensured whenever a Job is created (each gang restart creates one), not
     on every pass: that cost two requests a pass, and the pods read them only as they start."""
-    namespace = owner["metadata"]["namespace"]
-    cached = getattr(client, "cached", None)
-    existing = cached(kube.JOB, namespace, name) if cached is not None else client.get(kube.JOB, namespace, name)
+    existing = _lookup(client, kube.JOB, owner["metadata"]["namespace"], name)
     if existing is not None:
         reference: dict[str, Any] = {"metadata": {}}
         kopf.append_owner_reference(reference, owner=owner)
@@ -72,6 +67,14 @@ def ensure_job(
     for kind, manifest in needs():
         ensure_child(client, kind, manifest, owner)
     return ensure_child(client, kube.JOB, build(), owner)
+
+
+def _lookup(client: kube.KubeClient, kind: kube.Kind, namespace: str, name: str) -> dict[str, Any] | None:
+    """The child as the operator's cache holds it (object_cache.py), else a GET. With a cache, a
+    child it does not hold is created at once: the apiserver's 409 says when it exists after all,
+    and only then is it read."""
+    cached = getattr(client, "cached", None)
+    return cached(kind, namespace, name) if cached is not None else client.get(kind, namespace, name)
 
 
 def _adopt(

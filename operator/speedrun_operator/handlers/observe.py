@@ -65,13 +65,15 @@ def observe(
     train_pods = _lazy(lambda: pods_of(client, namespace, name, L.ROLE_TRAIN))
     # Until this attempt's ranks have all joined (phase Training), it is starting: its pods'
     # reasons and its start-up deadline apply, on every attempt, and to a failure before joining.
+    # Before the Job controller starts the Job (it sets startTime in the sync that creates the pods,
+    # or fails to: FailedCreate) there is no pod and no Event to read, and no deadline running.
+    started_at = ((children.train_job or {}).get("status") or {}).get("startTime")
     starting = current.phase != "Training"
     short = train.phase in ("Pending", "Running") and train.ready + train.succeeded < lo
-    if starting and (short or train.phase == "Failed"):
+    if started_at and starting and (short or train.phase == "Failed"):
         waiting, startup_failure = _startup(client, job, children, now, current, train_pods)
-    started = bool(((children.train_job or {}).get("status") or {}).get("startTime"))
     short_of_all = train.ready + train.succeeded < _parallelism(children.train_job)
-    if started and train.phase in ("Pending", "Running") and short_of_all:
+    if started_at and train.phase in ("Pending", "Running") and short_of_all:
         disruptions.MEMO.remember(namespace, train_pods())  # a pod may be going: see why, while it is there
     detail: str | None = None
     if train.phase == "Failed":
@@ -102,7 +104,7 @@ def observe(
         startup_failure=startup_failure,
         disruption=disruption,
         max_disruptions=policy.max_disruptions,
-        train_started=((children.train_job or {}).get("status") or {}).get("startTime"),
+        train_started=started_at,
     )
 
 
@@ -130,14 +132,10 @@ def _startup(
     current: SpeedrunJobStatus,
     read_pods: Callable[[], list[dict[str, Any]]],
 ) -> tuple[PodsWaiting | None, str | None]:
-    """An attempt whose ranks have not all joined yet: why its pods are not all running, and, past
-    the start-up deadline (from `status.startupStartTime` after attempts that failed before
-    joining), the message it fails with."""
+    """An attempt the Job controller started whose ranks have not all joined yet: why its pods are
+    not all running, and, past the start-up deadline (from `status.startupStartTime` after attempts
+    that failed before joining), the message it fails with."""
     train_job, train = children.train_job, children.train
-    if not ((train_job or {}).get("status") or {}).get("startTime"):
-        # Not started by the Job controller yet (it sets startTime in the sync that creates the
-        # pods, or fails to: FailedCreate): no pod and no Event to read, and no deadline running.
-        return None, None
     pods = read_pods()
     waiting = pod_startup.pods_waiting(pods)
     if train_job is not None and (waiting is None or not waiting.problem) and pod_startup.missing_pods(train_job, pods):

@@ -17,6 +17,7 @@ import yaml
 
 from speedrun_api import k8s_schemas
 from speedrun_api.manifest import SpecError, parse_job
+from speedrun_api.pod_overrides import RESERVED_MOUNT_PATHS, RESERVED_VOLUMES
 from speedrun_operator.builders import build_eval_job, build_train_job
 from speedrun_operator.builders.pod_overrides import merge_affinity
 from speedrun_operator.settings import OperatorSettings
@@ -188,6 +189,15 @@ def test_the_operators_own_fields_cannot_be_overlaid() -> None:
     doc = overlay(volumes=[{"name": "data", "emptyDir": {}}], volumeMounts=[{"name": "data", "mountPath": "/tmp"}])
     with pytest.raises(SpecError, match=r"spec\.podOverrides\.volumeMounts"):
         parse_job(doc)
+
+
+def test_the_reserved_volumes_and_mount_paths_are_the_builders_own() -> None:
+    # The api package cannot import the operator's builders, so it keeps their names in a list of its
+    # own (RESERVED_VOLUMES, RESERVED_MOUNT_PATHS): they must be exactly what the builders make.
+    for built in (build_train_job(parse_job(overlay()), SETTINGS), build_eval_job(parse_job(overlay()), SETTINGS)):
+        assert sorted(v["name"] for v in pod(built)["volumes"]) == sorted(RESERVED_VOLUMES)
+        mounts = pod(built)["containers"][0]["volumeMounts"]
+        assert sorted(m["mountPath"] for m in mounts) == sorted(RESERVED_MOUNT_PATHS)
 
 
 @pytest.mark.skipif(not OPENAPI.is_file(), reason="needs Kubernetes' OpenAPI document (the Go module cache)")

@@ -22,13 +22,15 @@ from speedrun_api.accelerator_labels import device_kind
 from speedrun_api.manifest import EXIT_INVALID, ConfigError, SpecError, load_job
 from speedrun_api.run_contract import ENV_RUN_ID, ENV_RUN_LOCK_HELD, PHASE_PREFIX
 from speedrun_api.spec import SpeedrunJob, train_backend
+from speedrun_api.spec_placement import RunPolicy
 from speedrun_trainer.data.run_lease import hold_run
 from speedrun_trainer.data.run_lock import Holder, RunLocked
 from speedrun_trainer.data.storage import DataError, Storage, open_storage
 from speedrun_trainer.train import nccl_transport
 from speedrun_trainer.train.startup_checks import failure_exit, run_storage_uri
 
-DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 600.0  # torch's NCCL default; spec.runPolicy.collectiveTimeoutSeconds
+# spec.runPolicy.collectiveTimeoutSeconds' default (600 s, torch's NCCL default), for callers without a spec.
+DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = float(RunPolicy.model_fields["collective_timeout_seconds"].default)
 
 
 class DeviceError(Exception):

@@ -33,11 +33,15 @@ of tests/cluster or tests/e2e asks for them by name):
     pod_players.play("happy-train-", metrics_port=port, exposition=text, namespace=ns)
     pod_players.finish("happy-train-", code=0)
 
-Used by tests/cluster/test_lifecycle.py; the e2e tests run the real trainer image instead.
+    with played_operator(cp, namespace, workdir, player_image, pod_players) as op: ...  # the chart's operator
+
+Used by tests/cluster/test_lifecycle.py, test_restarts.py and test_stuck_nodes.py; the e2e tests run
+the real trainer image instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -45,11 +49,15 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from http import server
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cluster.chart import CHART_VALUES, ChartOperator
+from tests.cluster.control_plane import ControlPlane
 from tests.cluster.network import PodNetwork
+from tests.cluster.operator_run import chart_operator_in
 from tests.cluster.real_nodes import RealNodes
 from tests.support import images
 from tests.support.image_registry import running_registry
@@ -212,3 +220,17 @@ def pod_players(pod_net: PodNetwork) -> Iterator[PodPlayers]:
         yield players
     finally:
         players.close()
+
+
+@contextlib.contextmanager
+def played_operator(
+    cp: ControlPlane, namespace: str, workdir: Path, image: PlayerImage, players: PodPlayers, **values: str
+) -> Iterator[ChartOperator]:
+    """The chart's operator serving `namespace` (operator_run.chart_operator_in: the release is named
+    after it) with the tests' CHART_VALUES and `values` over them, its trainer and eval pods played
+    by `players`, which play nothing more once it has stopped."""
+    try:
+        with chart_operator_in(cp, namespace, workdir, {**CHART_VALUES, **image.chart_values(players), **values}) as op:
+            yield op
+    finally:
+        players.clear()

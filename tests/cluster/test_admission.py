@@ -23,7 +23,7 @@ import pytest
 from speedrun_api.manifest import SpecError, parse_job
 from tests.cluster.chart import NEVER_PULLED, PULL_REASONS
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.crd_install import install_crd
+from tests.cluster.crd_install import dry_run, install_crd
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.operator_run import served_namespace
 from tests.cluster.real_nodes import RealNodes
@@ -118,12 +118,6 @@ def crd(control_plane: ControlPlane, kubectl: Kubectl) -> Kubectl:
     return install_crd(control_plane, kubectl, NAMESPACE)
 
 
-def dry_run(kubectl: Kubectl, manifest: dict[str, Any]) -> tuple[int, str]:
-    manifest = {**manifest, "metadata": {**manifest["metadata"], "namespace": NAMESPACE}}
-    proc = kubectl.run("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(manifest), check=False)
-    return proc.returncode, proc.stderr.strip()
-
-
 def model_errors(manifest: dict[str, Any]) -> list[str]:
     try:
         parse_job(manifest)
@@ -134,7 +128,7 @@ def model_errors(manifest: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize(("field", "manifest"), REFUSED + CLUSTER_ONLY, ids=[f for f, _ in REFUSED + CLUSTER_ONLY])
 def test_the_apiserver_refuses_naming_the_field(crd: Kubectl, field: str, manifest: dict[str, Any]) -> None:
-    code, err = dry_run(crd, manifest)
+    code, err, _ = dry_run(crd, manifest, NAMESPACE)
     assert code != 0 and field in err, err
 
 
@@ -151,7 +145,7 @@ def test_speedrun_run_still_takes_what_only_a_cluster_refuses(field: str, manife
 
 @pytest.mark.parametrize("manifest", ADMITTED, ids=range(len(ADMITTED)))
 def test_valid_values_are_admitted_by_both(crd: Kubectl, manifest: dict[str, Any]) -> None:
-    code, err = dry_run(crd, manifest)
+    code, err, _ = dry_run(crd, manifest, NAMESPACE)
     assert code == 0, err
     assert model_errors(manifest) == []
 

@@ -8,7 +8,6 @@ Run: `pytest -m cluster tests/cluster/test_crd.py`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ import yaml
 from speedrun_api.crd import PRINTER_COLUMNS
 from speedrun_api.manifest import parse_job
 from tests.cluster.control_plane import ControlPlane
-from tests.cluster.crd_install import install_crd
+from tests.cluster.crd_install import dry_run, install_crd
 from tests.cluster.kubectl import Kubectl
 from tests.support.crd_cases import CEL_REJECTS, SCHEMA_REJECTS, example_docs, tiny
 
@@ -32,16 +31,9 @@ def crd(control_plane: ControlPlane, kubectl: Kubectl) -> Kubectl:
     return install_crd(control_plane, kubectl, NAMESPACE)
 
 
-def dry_run(kubectl: Kubectl, doc: dict[str, Any], *flags: str) -> tuple[int, str, dict[str, Any] | None]:
-    doc = {**doc, "metadata": {**doc["metadata"], "namespace": NAMESPACE}}
-    args = ("create", "--dry-run=server", "-o", "json", *flags, "-f", "-")
-    proc = kubectl.run(*args, stdin=json.dumps(doc), check=False)
-    return proc.returncode, proc.stderr.strip(), json.loads(proc.stdout) if proc.returncode == 0 else None
-
-
 @pytest.mark.parametrize("doc", example_docs(), ids=lambda d: d["metadata"]["name"])
 def test_examples_are_admitted_and_their_defaults_mean_the_models(crd: Kubectl, doc: dict[str, Any]) -> None:
-    code, err, stored = dry_run(crd, doc)
+    code, err, stored = dry_run(crd, doc, NAMESPACE)
     assert code == 0, err
     assert stored is not None
     defaulted = {k: stored[k] for k in ("apiVersion", "kind", "spec")} | {"metadata": doc["metadata"]}
@@ -50,7 +42,7 @@ def test_examples_are_admitted_and_their_defaults_mean_the_models(crd: Kubectl, 
 
 @pytest.mark.parametrize(("where", "doc"), SCHEMA_REJECTS, ids=[w for w, _ in SCHEMA_REJECTS])
 def test_schema_refusals_name_the_field(crd: Kubectl, where: str, doc: dict[str, Any]) -> None:
-    code, err, _ = dry_run(crd, doc)
+    code, err, _ = dry_run(crd, doc, NAMESPACE)
     field = where.split(":")[0]
     assert code != 0 and field in err, err
 
@@ -59,16 +51,16 @@ def test_schema_refusals_name_the_field(crd: Kubectl, where: str, doc: dict[str,
 def test_cel_rules_refuse_with_their_message(
     crd: Kubectl, message: str, doc: dict[str, Any], model_rejects: bool
 ) -> None:
-    code, err, _ = dry_run(crd, doc)
+    code, err, _ = dry_run(crd, doc, NAMESPACE)
     assert code != 0 and message in err, err
 
 
 def test_unknown_fields_are_refused_by_kubectl_and_pruned_for_lax_clients(crd: Kubectl) -> None:
     doc = tiny()
     doc["spec"]["model"]["notAField"] = 1
-    code, err, _ = dry_run(crd, doc)  # kubectl asks for strict field validation
+    code, err, _ = dry_run(crd, doc, NAMESPACE)  # kubectl asks for strict field validation
     assert code != 0 and 'unknown field "spec.model.notAField"' in err, err
-    code, err, stored = dry_run(crd, doc, "--validate=false")  # what a client without it gets
+    code, err, stored = dry_run(crd, doc, NAMESPACE, "--validate=false")  # what a client without it gets
     assert code == 0, err
     assert stored is not None and "notAField" not in stored["spec"]["model"]
 

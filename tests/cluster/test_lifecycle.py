@@ -28,10 +28,10 @@ import pytest
 import yaml
 
 from speedrun_trainer.cli.launch import free_port
-from tests.cluster.chart import CHART_VALUES, ChartOperator, chart_operator, install_chart
+from tests.cluster.chart import ChartOperator
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.players import PlayerImage, PodPlayers
+from tests.cluster.players import PlayerImage, PodPlayers, played_operator
 from tests.cluster.real_nodes import RealNodes
 from tests.support.helpers import tiny_manifest
 
@@ -61,15 +61,9 @@ def operator(
     control_plane: ControlPlane, kube_nodes: RealNodes, player_image: PlayerImage, pod_players: PodPlayers,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ChartOperator]:  # fmt: skip
-    values = {**CHART_VALUES, **player_image.chart_values(pod_players)}
-    release = install_chart(control_plane, "speedrun-life", NAMESPACE, values)
-    control_plane.namespace(NAMESPACE)
-    overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
-    with chart_operator(control_plane, release, tmp_path_factory.mktemp("operator"), **overrides) as op:
+    workdir = tmp_path_factory.mktemp("operator")
+    with played_operator(control_plane, NAMESPACE, workdir, player_image, pod_players) as op:
         yield op
-        control_plane.drain(NAMESPACE, SRJ_PATH)
-    pod_players.clear()
-    assert op.forbidden() == [], "the chart's RBAC refused the operator"
 
 
 class Runs:

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
-from speedrun_trainer.cli.launch import free_port
 from tests.cluster.chart import CHART_VALUES, ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
+from tests.cluster.operator_run import chart_operator_in
 from tests.cluster.real_nodes import RealNodes
 from tests.support.helpers import tiny_manifest
 
@@ -43,13 +43,8 @@ def wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
 def operator(
     control_plane: ControlPlane, kube_nodes: RealNodes, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ChartOperator]:
-    release = install_chart(control_plane, "speedrun", NAMESPACE, CHART_VALUES)
-    control_plane.namespace(NAMESPACE)
-    overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
-    with chart_operator(control_plane, release, tmp_path_factory.mktemp("operator"), **overrides) as op:
+    with chart_operator_in(control_plane, NAMESPACE, tmp_path_factory.mktemp("operator"), CHART_VALUES) as op:
         yield op
-        control_plane.drain(NAMESPACE, SRJ_PATH)
-    assert op.forbidden() == [], "the chart's RBAC refused the operator"
 
 
 def srj(cp: ControlPlane, name: str) -> dict[str, Any]:

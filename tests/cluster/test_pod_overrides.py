@@ -24,7 +24,7 @@ from speedrun_operator.builders import build_eval_job, build_train_job
 from speedrun_operator.settings import OperatorSettings
 from tests.cluster.chart import NEVER_PULLED, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
-from tests.cluster.crd_install import install_crd
+from tests.cluster.crd_install import dry_run, install_crd
 from tests.cluster.kubectl import Kubectl
 from tests.cluster.operator_run import BASE_VALUES, ServedNamespace, release_operator
 from tests.cluster.players import PlayerImage
@@ -51,20 +51,14 @@ def crd(control_plane: ControlPlane, kubectl: Kubectl) -> Kubectl:
     return install_crd(control_plane, kubectl, NAMESPACE)
 
 
-def dry_run(kubectl: Kubectl, manifest: dict[str, Any]) -> tuple[int, str]:
-    manifest = {**manifest, "metadata": {**manifest["metadata"], "namespace": NAMESPACE}}
-    proc = kubectl.run("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(manifest), check=False)
-    return proc.returncode, proc.stderr.strip()
-
-
 @pytest.mark.parametrize("manifest", OVERLAY_ADMITTED, ids=range(len(OVERLAY_ADMITTED)))
 def test_an_admitted_overlay_gives_jobs_the_apiserver_admits(crd: Kubectl, manifest: dict[str, Any]) -> None:
-    code, err = dry_run(crd, manifest)
+    code, err, _ = dry_run(crd, manifest, NAMESPACE)
     assert code == 0, err
     job = parse_job({**manifest, "metadata": {**manifest["metadata"], "namespace": NAMESPACE}})
     settings = OperatorSettings(default_storage_uri="s3://bucket/runs", pod_overrides=json.dumps(CHART_OVERLAY))
     for child in (build_train_job(job, settings), build_eval_job(job, settings)):
-        code, err = dry_run(crd, child)
+        code, err, _ = dry_run(crd, child, NAMESPACE)
         assert code == 0, f"{child['metadata']['name']}: {err}"
 
 

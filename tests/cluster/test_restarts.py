@@ -27,11 +27,10 @@ from typing import Any
 import pytest
 import yaml
 
-from speedrun_trainer.cli.launch import free_port
-from tests.cluster.chart import CHART_VALUES, ChartOperator, chart_operator, install_chart
+from tests.cluster.chart import ChartOperator
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.players import PlayerImage, PodPlayers
+from tests.cluster.players import PlayerImage, PodPlayers, played_operator
 from tests.cluster.real_nodes import RealNodes
 from tests.support.helpers import tiny_manifest
 
@@ -57,15 +56,10 @@ def operator(
 ) -> Iterator[ChartOperator]:  # fmt: skip
     # No gang (builders/placement.py): a rank that cannot fit while the other runs is the point of
     # a test here, and a gang would bind neither (test_placement.py shows that side).
-    values = {**CHART_VALUES, **player_image.chart_values(pod_players), "operator.gangScheduling": "none"}
-    release = install_chart(control_plane, "speedrun-restarts", NAMESPACE, values)
-    control_plane.namespace(NAMESPACE)
-    overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
-    with chart_operator(control_plane, release, tmp_path_factory.mktemp("operator"), **overrides) as op:
+    workdir = tmp_path_factory.mktemp("operator")
+    values = {"operator.gangScheduling": "none"}
+    with played_operator(control_plane, NAMESPACE, workdir, player_image, pod_players, **values) as op:
         yield op
-        control_plane.drain(NAMESPACE, SRJ_PATH)
-    pod_players.clear()
-    assert op.forbidden() == [], "the chart's RBAC refused the operator"
 
 
 class Restarts:

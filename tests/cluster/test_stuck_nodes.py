@@ -31,11 +31,10 @@ from typing import Any
 import pytest
 import yaml
 
-from speedrun_trainer.cli.launch import free_port
-from tests.cluster.chart import CHART_VALUES, ChartOperator, chart_operator, install_chart
+from tests.cluster.chart import ChartOperator
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.players import PlayerImage, PodPlayers
+from tests.cluster.players import PlayerImage, PodPlayers, played_operator
 from tests.cluster.real_nodes import CPU_NODES, GPU, RealNodes
 from tests.support.helpers import tiny_manifest
 
@@ -56,15 +55,10 @@ def operator(
     control_plane: ControlPlane, kube_nodes: RealNodes, player_image: PlayerImage, pod_players: PodPlayers,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ChartOperator]:  # fmt: skip
-    values = {**CHART_VALUES, **player_image.chart_values(pod_players), "operator.resyncInterval": "2"}
-    release = install_chart(control_plane, "speedrun-stuck", NAMESPACE, values)
-    control_plane.namespace(NAMESPACE)
-    overrides = {"SPEEDRUN_OPERATOR_METRICS_PORT": str(free_port()), "SPEEDRUN_OPERATOR_LIVENESS": ""}
-    with chart_operator(control_plane, release, tmp_path_factory.mktemp("operator"), **overrides) as op:
+    workdir = tmp_path_factory.mktemp("operator")
+    values = {"operator.resyncInterval": "2"}
+    with played_operator(control_plane, NAMESPACE, workdir, player_image, pod_players, **values) as op:
         yield op
-        control_plane.drain(NAMESPACE, SRJ_PATH)
-    pod_players.clear()
-    assert op.forbidden() == [], "the chart's RBAC refused the operator"
 
 
 def more_than_half_a_node(cp: ControlPlane, node: str) -> str:

@@ -64,6 +64,13 @@ def cached_venv(name: str, lock: Path, what: str, timeout: float) -> Path:
     if tool is None:
         pytest.skip(f"{what}: no uv (requirements/tools.txt installs it)")
     venv = CACHE / f"{name}-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
+    return installed_venv(tool, venv, interpreter, ["--require-hashes", "-r", str(lock)], timeout)
+
+
+def installed_venv(tool: str, venv: Path, interpreter: str, requirements: list[str], timeout: float) -> Path:
+    """The interpreter of `venv`, made first by uv (`tool`) for `interpreter` with `uv pip install
+    REQUIREMENTS` if no finished install is there (`.installed`; one installer at a time: a file
+    lock). An install that fails fails the test, with pip's own words."""
     done = venv / ".installed"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"{venv.name}.lock", "w") as file_lock:
@@ -71,8 +78,9 @@ def cached_venv(name: str, lock: Path, what: str, timeout: float) -> Path:
         if not done.exists():
             shutil.rmtree(venv, ignore_errors=True)  # a half-made venv from an interrupted install
             subprocess.run([tool, "venv", "--quiet", "--python", interpreter, str(venv)], check=True)
-            install = [tool, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python")]
-            subprocess.run([*install, "--require-hashes", "-r", str(lock)], check=True, timeout=timeout)
+            install = [tool, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *requirements]
+            proc = subprocess.run(install, capture_output=True, text=True, timeout=timeout)
+            assert proc.returncode == 0, f"{' '.join(requirements)} does not install:\n{proc.stderr[-3000:]}"
             done.touch()
     return venv / "bin" / "python"
 

@@ -14,18 +14,15 @@ this Python) fails the tests.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import tomllib
 
-from tests.support.levanter_env import CACHE, uv
+from tests.support.levanter_env import CACHE, installed_venv, uv
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = REPO / "pyproject.toml"
@@ -55,16 +52,4 @@ def min_python(pyproject: Path = PYPROJECT) -> Path:
         pytest.skip("minimum versions: no uv (requirements/tools.txt installs it)")
     wanted = pins(pyproject)
     key = hashlib.sha256("\n".join([sys.version, *wanted]).encode()).hexdigest()[:16]
-    venv = CACHE / f"min-versions-{key}"
-    done = venv / ".installed"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{venv.name}.lock", "w") as file_lock:
-        fcntl.flock(file_lock, fcntl.LOCK_EX)
-        if not done.exists():
-            shutil.rmtree(venv, ignore_errors=True)  # a half-made venv from an interrupted install
-            subprocess.run([tool, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
-            install = [tool, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *wanted]
-            proc = subprocess.run(install, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
-            assert proc.returncode == 0, f"{' '.join(wanted)} does not install:\n{proc.stderr[-3000:]}"
-            done.touch()
-    return venv / "bin" / "python"
+    return installed_venv(tool, CACHE / f"min-versions-{key}", sys.executable, wanted, INSTALL_TIMEOUT_S)

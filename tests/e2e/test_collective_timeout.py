@@ -11,19 +11,14 @@ controller stops the others, the gang restarts). No elapsed time is asserted: th
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from speedrun_trainer.cli.launch import free_port
-from tests.support.helpers import ROOT, tiny_manifest, write_manifest
+from tests.support.helpers import tiny_manifest, write_manifest
+from tests.support.torchrun_agents import agents, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -44,46 +39,16 @@ while True:
 """
 
 
-def _wait_for(path: Path, pattern: str, timeout: float) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.search(pattern, path.read_text() if path.exists() else "")
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"no {pattern!r} in {path} within {timeout} s:\n{path.read_text()[-2000:]}")
-
-
 def test_a_hung_rank_fails_its_peer_at_the_configured_collective_timeout(tmp_path: Path) -> None:
     config = write_manifest(tmp_path / "run.yaml", tiny_manifest(**{"spec.runPolicy.collectiveTimeoutSeconds": 5}))
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    paths = [f"{ROOT}/{p}" for p in ("api", "trainer", "operator")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, str(ROOT)])}
-    port = free_port()
-    agents, logs = [], [tmp_path / f"agent{i}.log" for i in (0, 1)]
-    try:
-        for index, log in enumerate(logs):
-            argv = [sys.executable, "-m", "speedrun_trainer.train.torchrun", "--nnodes=2", "--nproc-per-node=1",
-                    "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=hang", "--max-restarts=0",
-                    str(worker), "--config", str(config)]  # fmt: skip
-            with log.open("w") as out:
-                agents.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
-                                               env={**env, "JOB_COMPLETION_INDEX": str(index)}))  # fmt: skip
-        _wait_for(logs[0], r"rank 0 pid \d+: collectives running", START_TIMEOUT)
-        hung = int(_wait_for(logs[1], r"rank 1 pid (\d+): collectives running", START_TIMEOUT).group(1))
+    with agents(tmp_path, worker, config, "hang", [[], []]) as (started, logs):
+        wait_for(logs[0], r"rank 0 pid \d+: collectives running", START_TIMEOUT)
+        hung = int(wait_for(logs[1], r"rank 1 pid (\d+): collectives running", START_TIMEOUT).group(1))
         os.kill(hung, signal.SIGSTOP)  # neither answers nor closes its sockets
-        assert agents[0].wait(timeout=EXIT_TIMEOUT) == 1, logs[0].read_text()[-3000:]
+        assert started[0].wait(timeout=EXIT_TIMEOUT) == 1, logs[0].read_text()[-3000:]
         text = logs[0].read_text()
         assert "Timed out waiting 5000ms" in text, text[-3000:]  # the configured 5 s, not torch's 600 s
         assert "torchrun: worker rank 0 exited 1" in text, text[-3000:]
         os.kill(hung, signal.SIGKILL)
-    finally:
-        for agent in agents:
-            if agent.poll() is None:
-                agent.kill()
-                agent.wait()
-        for log in logs:  # workers whose agent was killed: end them too (they print their pid)
-            for pid in re.findall(r"rank \d pid (\d+)", log.read_text() if log.exists() else ""):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)

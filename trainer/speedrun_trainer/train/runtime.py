@@ -26,7 +26,7 @@ from speedrun_api.spec_placement import RunPolicy
 from speedrun_trainer.data.run_lease import hold_run
 from speedrun_trainer.data.run_lock import Holder, RunLocked
 from speedrun_trainer.data.storage import DataError, Storage, open_storage
-from speedrun_trainer.train import nccl_transport
+from speedrun_trainer.train import nccl_transport, rank_order
 from speedrun_trainer.train.startup_checks import failure_exit, run_storage_uri
 
 # spec.runPolicy.collectiveTimeoutSeconds' default (600 s, torch's NCCL default), for callers without a spec.
@@ -89,7 +89,11 @@ def setup_distributed(collective_timeout_seconds: float = DEFAULT_COLLECTIVE_TIM
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = dt.timedelta(seconds=collective_timeout_seconds)
-        dist.init_process_group(backend=backend, timeout=timeout)
+        if rank_order.wanted():  # a training pod: ranks in completion-index order (train/rank_order.py)
+            store, rank = rank_order.by_completion_index(timeout)
+            dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout)
         nccl_transport.report(backend, log=log)  # which network NCCL uses between nodes; warns on sockets
     return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
 

@@ -313,4 +313,15 @@ RULES: list[Rule] = [
         "a variable goes in spec.env or here, not both",
         _env_twice,
     ),
+    # Kueue places a queued job itself (its topology-aware scheduling, builders/placement.py), and
+    # knows no exclusive domains: it could pick a domain another run holds, where the pods then wait.
+    Rule(
+        "",
+        "resources.placement.exclusive",
+        "!has(self.runPolicy) || !has(self.runPolicy.queueName) || !has(self.resources)"
+        " || !has(self.resources.placement) || !has(self.resources.placement.exclusive)"
+        " || !self.resources.placement.exclusive",
+        "Kueue's topology-aware scheduling (runPolicy.queueName) has no exclusive placement; drop one of them",
+        lambda s: bool(s.run_policy.queue_name and s.resources.placement and s.resources.placement.exclusive),
+    ),
 ]

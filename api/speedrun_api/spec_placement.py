@@ -45,6 +45,47 @@ EnvMap = Annotated[
 ]
 
 
+def _topology_key(key: str) -> str:
+    problem = kf.label_key_problem(key)
+    if problem:
+        raise ValueError(problem)
+    return key
+
+
+# A node label key whose value names a topology domain (builders/placement.py "Topology").
+TopologyKey = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=kf.LABEL_KEY_PREFIX_MAX + 64,
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": kf.label_key_cel("self"), "message": f"must be {kf.LABEL_KEY_HELP}"}]
+        },
+    ),
+    AfterValidator(_topology_key),
+]
+
+
+class PlacementSpec(Base):
+    """Where the training pods go together: one topology domain (a node label's value: a rack, an
+    NVLink or network block, a zone), and optionally none of another run's pods in it."""
+
+    topology_key: TopologyKey = Field(
+        description="Node label naming the domain all training pods share, e.g."
+        " cloud.google.com/gce-topology-block or topology.kubernetes.io/zone"
+    )
+    mode: Literal["required", "preferred"] = Field(
+        "required",
+        description="required: the pods wait until one domain has room for all; preferred: the scheduler"
+        " (or Kueue) tries one domain first, then spreads",
+    )
+    exclusive: bool = Field(
+        False,
+        description="No other SpeedrunJob's pods in the run's domain while it runs (and this run never joins"
+        " a domain that holds another's), as JobSet's exclusive placement",
+    )
+
+
 class ResourcesSpec(Base):
     nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
     min_nodes: Annotated[int, Field(ge=1, le=10_000)] | None = None
@@ -73,6 +114,9 @@ class ResourcesSpec(Base):
         " NCCL reaches the host's NICs; the rendezvous and metrics ports become host ports",
     )
     extra_resources: dict[str, Annotated[int, Field(ge=1, le=INT32_MAX)]] = kf.extra_resources_field()
+    placement: PlacementSpec | None = Field(
+        None, description="Topology-aware placement of the training pods: one domain, optionally exclusive"
+    )
 
     @field_validator("node_selector")
     @classmethod

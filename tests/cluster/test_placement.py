@@ -1,4 +1,5 @@
-"""Gang start without Kueue, on the real scheduler and real kubelets: all of a job's pods or none.
+"""Gang start without Kueue (all of a job's pods or none) and topology placement, on the real
+scheduler and real kubelets.
 
 The control plane runs Kubernetes' own gang scheduling (KEP-4671: the GenericWorkload and
 GangScheduling feature gates, `scheduling.k8s.io/v1alpha2` served; tests/cluster/control_plane.py),
@@ -10,6 +11,8 @@ and without a gang the scheduler binds that one (rank 0 would start and hold its
 the rendezvous for a peer that cannot come). With the gang neither pod binds until a second node
 brings room for both, and then both bind. The pods never train (the chart's trainer image is
 never pulled here: chart.py NEVER_PULLED); what the test reads is the binding, `spec.nodeName`.
+Topology (`resources.placement`): nodes of this module's own labelled with a block; an exclusive
+run's anti-affinity and a one-block run's affinity, as the real scheduler reads them.
 Needs root; run: `pytest -m cluster tests/cluster/test_placement.py`.
 """
 
@@ -77,3 +80,58 @@ def test_a_job_without_kueue_starts_gang_wise(
             assert sorted(placed.values()) == ["gang-0", "gang-1"]
             served.delete(kubectl, name)
             wait(lambda: served.pods(name) == [], "the job's pods gone before its nodes go")
+
+
+BLOCK = "example.com/block"  # a topology label of this test's own nodes
+
+
+def scheduler_says(served: ServedNamespace, name: str) -> str:
+    """The PodScheduled=False messages of the job's pods ("" while none has one)."""
+    said = [
+        c.get("message", "")
+        for p in served.pods(name)
+        for c in (p.get("status") or {}).get("conditions") or []
+        if c["type"] == "PodScheduled" and c["status"] == "False"
+    ]
+    return " ".join(said)
+
+
+def blocks(served: ServedNamespace, name: str) -> list[str]:
+    """The block of each bound pod of the job."""
+    return sorted(node.split("-")[1][0] for node in bound(served, name).values())  # topo-a0 -> a
+
+
+def test_topology_placement_exclusive_and_one_domain(
+    control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, served: ServedNamespace
+) -> None:
+    """Block a: one node of two slots; block b: two nodes of one. An exclusive run pinned to block a
+    keeps a plain run out of a's free slot (its anti-affinity holds both ways) and sends a 2-node
+    run to block b. Once it is gone, a 2-node run that asks for one block gets one: both pods on
+    topo-a0, or one on each b node; never a node of each block, where the scheduler's default
+    spreading would put many."""
+    slot = {"spec.resources.extraResources": {SLOT: 1}}
+    one_block = {"spec.resources.placement": {"topologyKey": BLOCK}}
+    nodes = [NodeSpec("topo-a0", labels={BLOCK: "a"}, resources={SLOT: 2}),
+             NodeSpec("topo-b0", labels={BLOCK: "b"}, resources={SLOT: 1}),
+             NodeSpec("topo-b1", labels={BLOCK: "b"}, resources={SLOT: 1})]  # fmt: skip
+    with kube_nodes.added(*nodes):
+        served.apply(kubectl, served.manifest("solo", **slot, **{
+            "spec.resources.nodes": 1, "spec.resources.nodeSelector": {BLOCK: "a"},
+            "spec.resources.placement": {"topologyKey": BLOCK, "exclusive": True}}))  # fmt: skip
+        assert wait(lambda: bound(served, "solo") or None, "the exclusive run bound") == {"solo-train-0": "topo-a0"}
+
+        served.apply(kubectl, served.manifest("other", **slot, **{
+            "spec.resources.nodes": 1, "spec.resources.nodeSelector": {BLOCK: "a"}}))  # fmt: skip
+        said = wait(lambda: scheduler_says(served, "other"), "the scheduler's word on the plain run")
+        assert "anti-affinity" in said and bound(served, "other") == {}, said  # a slot is free on topo-a0
+        served.apply(kubectl, served.manifest("pair", **slot, **one_block))
+        assert wait(lambda: len(b := blocks(served, "pair")) == 2 and b, "the 2-node run bound") == ["b", "b"]
+
+        for name in ("solo", "other", "pair"):
+            served.delete(kubectl, name)
+        wait(lambda: all(served.pods(n) == [] for n in ("solo", "other", "pair")), "the first runs' pods gone")
+        served.apply(kubectl, served.manifest("pair2", **slot, **one_block))
+        placed = wait(lambda: len(b := blocks(served, "pair2")) == 2 and b, "the one-block run bound")
+        assert placed in (["a", "a"], ["b", "b"]), bound(served, "pair2")
+        served.delete(kubectl, "pair2")
+        wait(lambda: served.pods("pair2") == [], "the pods gone before their nodes")

@@ -37,6 +37,11 @@ SCHEMA_REJECTS = [
     ("spec.train.optimizer.learningRate: 0 is less than or equal", tiny(**{"spec.train.optimizer.learningRate": 0})),
     ("spec.metrics.port: 80 is less than the minimum", tiny(**{"spec.metrics.port": 80})),
     ("spec: 'data' is a required property", tiny(**{"spec.data": None})),
+    ("spec.resources.placement: 'topologyKey' is a required property", tiny(**{"spec.resources.placement": {}})),
+    (
+        "spec.resources.placement.mode: 'strict' is not one of",
+        tiny(**{"spec.resources.placement": {"topologyKey": "rack", "mode": "strict"}}),
+    ),
 ]
 
 
@@ -77,6 +82,14 @@ CEL_REJECTS = [
     (
         "every key must be an extended resource name",
         tiny(**{"spec.resources.extraResources": {"kubernetes.io/ib": 1}}),
+        True,
+    ),
+    ("placement.topologyKey: must be a label key", tiny(**{"spec.resources.placement": {"topologyKey": "a b"}}), True),
+    (
+        "placement.exclusive: Kueue's topology-aware scheduling",
+        tiny(
+            **{"spec.resources.placement": {"topologyKey": "rack", "exclusive": True}, "spec.runPolicy.queueName": "q"}
+        ),
         True,
     ),
 ]

@@ -17,6 +17,24 @@ minCount is the job's minimum node count (`resources.nodes`, or `minNodes` of an
 elastic job starts with its minimum, and later pods join as they fit. Each training attempt has
 its own PodGroup (`<name>-train-<attempt>`), owned by that attempt's Job, so it goes with the
 Job at a gang restart and the next attempt never waits on a group still being deleted.
+
+Topology (`spec.resources.placement`), on top of the gang:
+- the attempt's pods share one domain of the node label `topologyKey` (a rack, an NVLink or
+  network block, a zone): a pod affinity to the attempt's own training pods, required (the pods
+  wait for a domain with room) or preferred. The scheduler lets the first pod go anywhere (no pod
+  matches yet, and it matches its own term); the others follow it.
+- `exclusive`: no pod of another SpeedrunJob in that domain, as JobSet's exclusive placement does
+  it: a required anti-affinity to every pod that carries `speedrun.dev/job` but is not this job's
+  (two terms: other namespaces, and this one with another name). Anti-affinity holds both ways, so
+  another run's pods stay out of the domain too, exclusive or not; pods of anything else do not.
+- with Kueue (`runPolicy.queueName`), Kueue places the pods: its topology-aware scheduling reads the
+  pod set's annotation (`kueue.x-k8s.io/podset-required-topology` or `-preferred-topology`), picks
+  domains with room at admission and ungates the pods with those domains' node selectors,
+  neighbouring completion indices on neighbouring nodes. The pod affinity is left out then: Kueue's
+  choice is the one that counts. The cluster's ResourceFlavor must name a Topology whose levels
+  include `topologyKey` (docs/operator.md "Topology").
+Ranks follow completion indices whatever the placement (the trainer's train/rank_order.py), so an
+index order that follows the topology is the ranks' order too.
 """
 
 from __future__ import annotations
@@ -25,12 +43,17 @@ from typing import Any, Literal
 
 from speedrun_api.spec import SpeedrunJob
 from speedrun_operator import labels as L
+from speedrun_operator.builders.pod_overrides import merge_affinity
 
 GangMode = Literal["kubernetes", "coscheduling", "none"]
 
 KUBERNETES_API = "scheduling.k8s.io/v1alpha2"
 COSCHEDULING_API = "scheduling.x-k8s.io/v1alpha1"
 LABEL_COSCHEDULING_GROUP = "scheduling.x-k8s.io/pod-group"
+# Kueue's topology-aware scheduling: the pod set's topology request (pkg/controller/tas, Kueue v0.9+).
+KUEUE_REQUIRED_TOPOLOGY = "kueue.x-k8s.io/podset-required-topology"
+KUEUE_PREFERRED_TOPOLOGY = "kueue.x-k8s.io/podset-preferred-topology"
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # every Namespace carries its name (Kubernetes 1.22+)
 
 
 def pod_group_name(job_name: str, attempt: int) -> str:
@@ -80,3 +103,58 @@ def build_pod_group(job: SpeedrunJob, mode: GangMode, attempt: int) -> dict[str,
         spec: dict[str, Any] = {"schedulingPolicy": {"gang": {"minCount": min_count(job)}}}
         return {"apiVersion": KUBERNETES_API, "kind": "PodGroup", "metadata": meta, "spec": spec}
     return {"apiVersion": COSCHEDULING_API, "kind": "PodGroup", "metadata": meta, "spec": {"minMember": min_count(job)}}
+
+
+def topology_affinity(job: SpeedrunJob, attempt: int) -> dict[str, Any]:
+    """The training pods' affinity for `spec.resources.placement` (empty without it); no pod
+    affinity for a queued job, whose domain Kueue chooses (`topology_annotations`)."""
+    place, name = job.spec.resources.placement, job.metadata.name
+    if place is None:
+        return {}
+    out: dict[str, Any] = {}
+    if not job.spec.run_policy.queue_name:
+        own = {L.LABEL_JOB: name, L.LABEL_ROLE: L.ROLE_TRAIN, L.LABEL_ATTEMPT: str(attempt)}
+        term = {"labelSelector": {"matchLabels": own}, "topologyKey": place.topology_key}
+        if place.mode == "required":
+            out["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+        else:
+            out["podAffinity"] = {
+                "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]
+            }
+    if place.exclusive:
+        namespace = job.metadata.namespace or "default"
+        runs = {"key": L.LABEL_JOB, "operator": "Exists"}
+        elsewhere = {
+            "labelSelector": {"matchExpressions": [runs]},
+            "namespaceSelector": {
+                "matchExpressions": [{"key": NAMESPACE_LABEL, "operator": "NotIn", "values": [namespace]}]
+            },
+            "topologyKey": place.topology_key,
+        }
+        here = {
+            "labelSelector": {"matchExpressions": [runs, {"key": L.LABEL_JOB, "operator": "NotIn", "values": [name]}]},
+            "topologyKey": place.topology_key,
+        }
+        out["podAntiAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [elsewhere, here]}
+    return out
+
+
+def topology_annotations(job: SpeedrunJob) -> dict[str, str]:
+    """Kueue's topology request for a queued job's pod set (empty when not queued or not placed)."""
+    place = job.spec.resources.placement
+    if place is None or not job.spec.run_policy.queue_name:
+        return {}
+    key = KUEUE_REQUIRED_TOPOLOGY if place.mode == "required" else KUEUE_PREFERRED_TOPOLOGY
+    return {key: place.topology_key}
+
+
+def apply_topology(template: dict[str, Any], job: SpeedrunJob, attempt: int) -> None:
+    """`spec.resources.placement` in a training pod template: affinity merged with the template's
+    own, Kueue's annotation added."""
+    affinity = topology_affinity(job, attempt)
+    if affinity:
+        pod = template["spec"]
+        pod["affinity"] = merge_affinity(pod.get("affinity") or {}, affinity)
+    annotations = topology_annotations(job)
+    if annotations:
+        template["metadata"].setdefault("annotations", {}).update(annotations)

@@ -121,6 +121,7 @@ def build_train_job(
     spec["podFailurePolicy"] = disruption_fails_job(spec["podFailurePolicy"])
     if placement.wants_gang(job):
         placement.apply_gang(spec["template"], gang, placement.pod_group_name(name, attempt))
+    placement.apply_topology(spec["template"], job, attempt)  # spec.resources.placement
     if r.elastic:
         # An elastic run may finish before late pods ever start: rank 0's success is the run's.
         spec["successPolicy"] = {"rules": [{"succeededIndexes": "0"}]}

@@ -118,12 +118,13 @@ def test_topology_placement_exclusive_and_one_domain(
         served.apply(kubectl, served.manifest("solo", **slot, **{
             "spec.resources.nodes": 1, "spec.resources.nodeSelector": {BLOCK: "a"},
             "spec.resources.placement": {"topologyKey": BLOCK, "exclusive": True}}))  # fmt: skip
-        assert wait(lambda: bound(served, "solo") or None, "the exclusive run bound") == {"solo-train-0": "topo-a0"}
+        solo = wait(lambda: bound(served, "solo") or None, "the exclusive run bound")
+        assert list(solo.values()) == ["topo-a0"], solo
 
         served.apply(kubectl, served.manifest("other", **slot, **{
             "spec.resources.nodes": 1, "spec.resources.nodeSelector": {BLOCK: "a"}}))  # fmt: skip
-        said = wait(lambda: scheduler_says(served, "other"), "the scheduler's word on the plain run")
-        assert "anti-affinity" in said and bound(served, "other") == {}, said  # a slot is free on topo-a0
+        said = wait(lambda: bound(served, "other") or scheduler_says(served, "other"), "the scheduler's decision")
+        assert isinstance(said, str) and "anti-affinity" in said, said  # not bound, though topo-a0 has a free slot
         served.apply(kubectl, served.manifest("pair", **slot, **one_block))
         assert wait(lambda: len(b := blocks(served, "pair")) == 2 and b, "the 2-node run bound") == ["b", "b"]
 

@@ -50,5 +50,5 @@ def test_a_hung_rank_fails_its_peer_at_the_configured_collective_timeout(tmp_pat
         assert started[0].wait(timeout=EXIT_TIMEOUT) == 1, logs[0].read_text()[-3000:]
         text = logs[0].read_text()
         assert "Timed out waiting 5000ms" in text, text[-3000:]  # the configured 5 s, not torch's 600 s
-        assert "torchrun: worker rank 0 exited 1" in text, text[-3000:]
+        assert "torchrun: worker 0 of pod index 0 exited 1" in text, text[-3000:]
         os.kill(hung, signal.SIGKILL)

@@ -19,7 +19,7 @@ from speedrun_trainer.train.elastic_agent import (
     StopOnInvalidConfig,
     stop_restarts_on_invalid_config,
 )
-from speedrun_trainer.train.torchrun import config_path, entry_module, with_rendezvous_host
+from speedrun_trainer.train.torchrun import config_path, entry_module, which_worker, with_rendezvous_host
 from tests.support.helpers import tiny_manifest, write_manifest
 
 
@@ -138,3 +138,9 @@ def test_completion_index_0_hosts_the_rendezvous_store_and_no_other_does() -> No
     static = ["--rdzv-backend=static", "-m", "x"]
     assert with_rendezvous_host(static, "0") == static
     assert with_rendezvous_host(["-m", "x", "--rdzv-backend=c10d"], "0") == ["-m", "x", "--rdzv-backend=c10d"]
+
+
+def test_a_failed_worker_is_named_by_pod_index_in_a_pod_and_by_rank_elsewhere() -> None:
+    # In a pod torchrun's rank is not the worker's (train/rank_order.py renumbers by index).
+    assert which_worker(5, 1, "2") == "worker 1 of pod index 2"
+    assert which_worker(0, 0, None) == "worker rank 0"

@@ -165,13 +165,23 @@ def main(argv: list[str] | None = None) -> int:
                 run(args)
         except ChildFailedError as err:
             rank, failure = err.get_first_failure()
+            worker = which_worker(rank, failure.local_rank, os.environ.get(COMPLETION_INDEX_ENV))
             if error_file.exists() or failure.exitcode == EXIT_INVALID:
-                message = error_file.read_text().strip() if error_file.exists() else f"worker rank {rank} exited 2"
+                message = error_file.read_text().strip() if error_file.exists() else f"{worker} exited 2"
                 print(f"{INVALID_CONFIG}{message}", file=sys.stderr, flush=True)
                 return EXIT_INVALID
-            print(f"torchrun: worker rank {rank} exited {failure.exitcode}", file=sys.stderr, flush=True)
+            print(f"torchrun: {worker} exited {failure.exitcode}", file=sys.stderr, flush=True)
             return 1
     return 0
+
+
+def which_worker(rank: int, local_rank: int, index: str | None) -> str:
+    """A failed worker as the pod's last line names it: in a training Job's pod by its pod's
+    completion index and local rank, since the trainer renumbers torchrun's ranks in index order
+    (train/rank_order.py) and torchrun's `rank` is not the one the worker's logs say; else by rank."""
+    if index is None:
+        return f"worker rank {rank}"
+    return f"worker {local_rank} of pod index {index}"
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ GangScheduling feature gate, or Coscheduling in its profile); docs/operator.md "
 
 The PodGroup is created after its Job (it is owned by that Job, so it goes with the attempt);
 the scheduler keeps pods that name a PodGroup not yet there out of its queue until it appears.
-It is ensured only while the attempt's pods are not all ready, and read once per Job (a Job's
-uid is remembered once its PodGroup is seen), so it costs a request or two per attempt.
+It is ensured only while the attempt's pods are not all ready, and created once per Job (a Job's
+uid is remembered once its PodGroup is made or found to exist), so it costs one request per attempt.
 """
 
 from __future__ import annotations
@@ -70,13 +70,12 @@ def ensure_pod_group(client: kube.KubeClient, job: SpeedrunJob, train_job: dict[
     meta = train_job["metadata"]
     if meta["uid"] in _made:
         return
-    if client.get(kind, meta["namespace"], group["metadata"]["name"]) is not None:
-        _remember(meta["uid"])
-        return
     # Owned by the attempt's Job (not blocking its deletion: a Foreground delete of the Job takes it).
     owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"], "controller": True}
     group["metadata"].update(namespace=meta["namespace"], ownerReferences=[owner])
-    with contextlib.suppress(kube.Conflict):  # another pass made it
+    # Created without a GET first: a Job this pass created has none yet (the usual case), and for
+    # one that had (another pass, an earlier operator process) the apiserver's 409 says so.
+    with contextlib.suppress(kube.Conflict):
         client.create(kind, meta["namespace"], group)
     _remember(meta["uid"])
 

@@ -143,14 +143,15 @@ def test_the_waiting_message_names_the_queue_and_quotes_kueue() -> None:
 
 
 class PodGroups:
-    def __init__(self) -> None:
-        self.gets, self.created = 0, []
+    """Creates PodGroups as the apiserver would: a second of one name is a 409."""
 
-    def get(self, kind: kube.Kind, namespace: str, name: str) -> dict[str, Any] | None:
-        self.gets += 1
-        return self.created[-1] if self.created else None
+    def __init__(self) -> None:
+        self.creates, self.created = 0, []
 
     def create(self, kind: kube.Kind, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.creates += 1
+        if any(g["metadata"]["name"] == body["metadata"]["name"] for g in self.created):
+            raise kube.Conflict(409, "AlreadyExists", "podgroups already exists")
         self.created.append(body)
         return body
 
@@ -164,11 +165,15 @@ def test_the_pod_group_is_made_once_owned_by_the_attempts_job() -> None:
     for _ in range(3):
         gang.ensure_pod_group(client, two, train, 1)  # type: ignore[arg-type]
     [group] = client.created
-    assert client.gets == 1 and group["metadata"]["name"] == "test-tiny-train-1"
+    assert client.creates == 1 and group["metadata"]["name"] == "test-tiny-train-1"  # one request, no GET
     assert group["metadata"]["ownerReferences"] == [
         {"apiVersion": "batch/v1", "kind": "Job", "name": "test-tiny-train", "uid": "job-uid-1", "controller": True}
     ]
     ready = {**train, "metadata": {**train["metadata"], "uid": "job-uid-2"}, "status": {"ready": 2}}
     gang.ensure_pod_group(client, two, ready, 1)  # type: ignore[arg-type]
-    assert client.gets == 1 and len(client.created) == 1  # all pods ready: nothing to ask
+    assert client.creates == 1 and len(client.created) == 1  # all pods ready: nothing to ask
+    gang.forget()  # an operator that restarted: the 409 says the group is there, and it is remembered
+    for _ in range(2):
+        gang.ensure_pod_group(client, two, train, 1)  # type: ignore[arg-type]
+    assert client.creates == 2 and len(client.created) == 1
     gang.forget()

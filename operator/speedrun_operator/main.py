@@ -65,6 +65,7 @@ async def remember_speedrunjob(event: dict[str, Any], type: str, name: str, name
     if type == "DELETED":
         operator_metrics.PHASE_BOOK.forget(namespace, name)
         coalesce.COALESCER.forget((namespace, name))
+        reconcile.forget(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_JOBS)

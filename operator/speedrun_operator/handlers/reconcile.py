@@ -57,6 +57,14 @@ EVENT_STUCK_PODS = "StuckPodsForceDeleted"
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
+def forget(namespace: str, name: str) -> None:
+    """Drop a deleted job's lock (the dict would otherwise keep one for every job ever seen). A lock
+    held now stays; a later reconcile of the name makes a new one and finds the job gone."""
+    lock = _locks.get((namespace, name))
+    if lock is not None and not lock.locked():
+        _locks.pop((namespace, name), None)
+
+
 def reconcile(
     ctx: OperatorContext, namespace: str, name: str, trigger: str, logger: logging.Logger | None = None
 ) -> SpeedrunJobStatus | None:

@@ -115,3 +115,16 @@ def test_coalescer_drops_a_trigger_while_one_waits_never_while_one_runs() -> Non
     assert coalescer.run(key, lambda: "again") == "again"  # nothing waits: runs at once
     coalescer.forget(key)
     assert key not in coalescer._running
+
+
+def test_a_deleted_jobs_reconcile_lock_is_dropped_unless_held() -> None:
+    from speedrun_operator.handlers import reconcile
+
+    with reconcile._locks[("n", "held")]:
+        reconcile.forget("n", "held")
+        assert ("n", "held") in reconcile._locks  # a reconcile still runs
+    reconcile._locks[("n", "done")]  # made by its first reconcile
+    reconcile.forget("n", "done")
+    reconcile.forget("n", "never-seen")
+    assert ("n", "done") not in reconcile._locks and ("n", "never-seen") not in reconcile._locks
+    reconcile.forget("n", "held")

@@ -33,6 +33,8 @@ back its kubelet finds the pod gone from the API and stops the container.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,15 @@ STUCK_MARGIN_SECONDS = 30  # past deletionTimestamp (= deletion + grace period):
 TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
 TAINT_OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 REASON_NODE_LOST = NODE_LOST  # status.reason of a running pod the operator marks Failed (disruptions.py reads it)
+
+# fail_lost's Node reads are reused this long: while a restart's pods start (not Ready, pulling
+# images) every pass of the job looks at their nodes, and a 64-node attempt would GET 64 Nodes a
+# pass. A lost node is then seen at most this much later. release() always reads afresh: what it
+# decides (a force delete) must rest on the Node as it is now.
+NODE_READ_TTL_SECONDS = 5.0
+NODE_READS_MAX = 10_000  # forgotten all at once past this
+_node_reads: dict[str, tuple[float, dict[str, Any] | None]] = {}
+_node_reads_lock = threading.Lock()
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +136,7 @@ def fail_lost(client: kube.KubeClient, job: dict[str, Any], pods: list[dict[str,
         and not ready(p)
     ]
     marked = []
-    for pod in stuck(suspects, _read_nodes(client, suspects), None):
+    for pod in stuck(suspects, _read_nodes(client, suspects, NODE_READ_TTL_SECONDS), None):
         message = f"node {pod.node} is lost ({pod.why}): failed by the speedrun operator so the gang restarts"
         status = {"phase": "Failed", "reason": REASON_NODE_LOST, "message": message}
         try:
@@ -136,15 +147,35 @@ def fail_lost(client: kube.KubeClient, job: dict[str, Any], pods: list[dict[str,
     return marked
 
 
-def _read_nodes(client: kube.KubeClient, pods: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
-    """The Nodes of `pods` (None: gone); one not readable (403 without rbac.readNodes) is left out."""
+def _read_nodes(
+    client: kube.KubeClient, pods: list[dict[str, Any]], reuse_seconds: float = 0.0
+) -> dict[str, dict[str, Any] | None]:
+    """The Nodes of `pods` (None: gone); one not readable (403 without rbac.readNodes) is left out.
+    With `reuse_seconds`, a Node read that recently (by any job's pass) is not read again."""
     nodes: dict[str, dict[str, Any] | None] = {}
+    now = time.monotonic()
     for name in {(p.get("spec") or {}).get("nodeName") for p in pods} - {None, ""}:
+        with _node_reads_lock:
+            seen = _node_reads.get(name)
+        if seen is not None and now - seen[0] < reuse_seconds:
+            nodes[name] = seen[1]
+            continue
         try:
             nodes[name] = client.get(kube.NODE, None, name)
         except kube.KubeError as err:
             log.warning("cannot read node %s (%s): its pods are left alone", name, err)
+            continue
+        with _node_reads_lock:
+            if len(_node_reads) >= NODE_READS_MAX:
+                _node_reads.clear()
+            _node_reads[name] = (now, nodes[name])
     return nodes
+
+
+def forget_nodes() -> None:
+    """Read every Node afresh next time (tests)."""
+    with _node_reads_lock:
+        _node_reads.clear()
 
 
 def release(client: kube.KubeClient, job: dict[str, Any], pods: list[dict[str, Any]], now: str) -> list[StuckPod]:

@@ -8,6 +8,14 @@ import pytest
 
 from speedrun_operator import kube, stuck_pods
 
+
+@pytest.fixture(autouse=True)
+def _fresh_node_reads() -> Any:
+    stuck_pods.forget_nodes()  # fail_lost's reads are shared by every pass: none from another test
+    yield
+    stuck_pods.forget_nodes()
+
+
 JOB_UID = "job-uid-0"
 DELETED = "2026-01-01T00:00:00Z"  # the pods' deletionTimestamp (their grace period already in it)
 LATER = "2026-01-01T00:00:31Z"  # past it by more than STUCK_MARGIN_SECONDS
@@ -128,3 +136,18 @@ def test_fail_lost_reads_no_node_while_every_pod_is_ready() -> None:
     client = PatchingKube({"lost": UNREACHABLE})
     assert stuck_pods.fail_lost(client, job, [running("r0", "lost", True)]) == []  # type: ignore[arg-type]
     assert client.read == [] and client.patched == []
+
+
+def test_fail_lost_reuses_a_recent_node_read_and_release_never_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    job = {"metadata": {"name": "run-train", "namespace": "ns", "uid": JOB_UID}}
+    clock = [1000.0]
+    monkeypatch.setattr(stuck_pods.time, "monotonic", lambda: clock[0])
+    client = PatchingKube({"starting": node("True")})
+    for _ in range(3):  # three passes while a pod pulls its image
+        assert stuck_pods.fail_lost(client, job, [running("r0", "starting", False)]) == []  # type: ignore[arg-type]
+    assert client.read == ["starting"]
+    clock[0] += stuck_pods.NODE_READ_TTL_SECONDS
+    client.nodes["starting"] = UNREACHABLE  # lost since: seen once the read is old enough
+    assert [p.name for p in stuck_pods.fail_lost(client, job, [running("r0", "starting", False)])] == ["r0"]  # type: ignore[arg-type]
+    stuck_pods.release(client, job, [pod("old-0", "starting")], LATER)  # type: ignore[arg-type]
+    assert client.read == ["starting"] * 3  # release read it again at once

@@ -21,10 +21,10 @@ Two things a Deployment gives the manager are made here:
   on a tmpfs: the host's /etc is not touched, and the mounts go with the process.
 - its webhooks: the apiserver calls them at `https://127.0.0.1:<port>/<path>` (the serving
   certificate has that IP; caBundle is the session CA). Registered are those of Kueue's
-  manifests whose path the manager serves (its own kinds and batch/v1 Job; the pod, deployment,
-  ... webhooks of integrations not enabled would answer 404 and fail every such request).
-  Kueue's Job webhook is what a cluster runs (a queued Job is suspended at creation, its queue
-  and topology annotations validated); the operator creates queued Jobs suspended itself.
+  manifests for its own kinds and for batch/v1 Job (WEBHOOK_GROUPS), as a cluster runs them: a
+  queued Job is suspended at creation and its queue and topology annotations validated (the
+  operator creates queued Jobs suspended itself); Workload updates, the operator's
+  `spec.active` included, pass Kueue's validation.
 
 On exit, in this order: the webhook configurations go (nothing calls a manager that is gone),
 the manager is stopped, and Kueue's CRDs are deleted, their objects' finalizers cleared first
@@ -38,12 +38,12 @@ import base64
 import contextlib
 import ctypes
 import signal
-import ssl
 import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -58,6 +58,10 @@ WEBHOOK_KINDS = {
     "ValidatingWebhookConfiguration": "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
 }
 USER = "kueue-manager"  # its client certificate's CN (O=system:masters): its requests in the audit log
+# The webhooks registered: Kueue's own kinds and the one integration enabled (batch/v1 Job). The
+# manager also serves the others' paths (no-op handlers for integrations not enabled), which a
+# cluster registers too; left out here, so that every pod, Deployment ... does not call Kueue.
+WEBHOOK_GROUPS = {"kueue.x-k8s.io", "batch"}
 FEATURE_GATES = {"VisibilityOnDemand": False, "MultiKueue": False}
 # In the manager's own mount namespace: $1 a directory for the tmpfs, $2 the certificate's directory.
 OVERLAY_ETC = """set -e
@@ -100,11 +104,22 @@ class Kueue:
                 self.cp.admin.create(CRDS, crd)
             self.crds.append(crd["metadata"]["name"])
         for name in self.crds:
-            wait_until(lambda n=name: self._established(n), 60, f"CRD {name} established")
+            wait_until(lambda n=name: self._served(n), 60, f"CRD {name} established and served")
 
-    def _established(self, name: str) -> bool:
-        conditions = ((self.cp.admin.get(f"{CRDS}/{name}") or {}).get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+    def _served(self, name: str) -> bool:
+        """Established, and its storage answers: a new CRD's list is 404, then 429 ("storage is
+        (re)initializing") for a moment after Established."""
+        crd = self.cp.admin.get(f"{CRDS}/{name}") or {}
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            return False
+        try:
+            self.cp.admin.list(collection_of(crd))
+        except ApiError as err:
+            if err.status in (404, 429):
+                return False
+            raise
+        return True
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         certs = self.workdir / "certs"
@@ -149,17 +164,6 @@ class Kueue:
         except (urllib.error.URLError, OSError):
             return False
 
-    def _serves(self, path: str) -> bool:
-        """Whether the manager's webhook server has a handler at `path` (an unknown path is 404)."""
-        context = ssl.create_default_context(cafile=str(self.cp.pki.ca.cert))
-        request = urllib.request.Request(f"https://127.0.0.1:{self.webhook_port}{path}", data=b"{}",
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=10, context=context):
-                return True
-        except urllib.error.HTTPError as err:
-            return err.code != 404
-
     def _register_webhooks(self) -> None:
         ca = base64.b64encode(self.cp.pki.ca.cert.read_bytes()).decode()
         manifests = (self.config / "components" / "webhook" / "manifests.yaml").read_text()
@@ -169,7 +173,7 @@ class Kueue:
             served = []
             for hook in doc["webhooks"]:
                 path = hook["clientConfig"]["service"]["path"]
-                if self._serves(path):
+                if {g for rule in hook["rules"] for g in rule["apiGroups"]} <= WEBHOOK_GROUPS:
                     hook["clientConfig"] = {"url": f"https://127.0.0.1:{self.webhook_port}{path}", "caBundle": ca}
                     served.append(hook)
             body = {**doc, "metadata": {"name": f"kueue-{doc['metadata']['name']}"}, "webhooks": served}
@@ -196,8 +200,7 @@ class Kueue:
             return
         group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
         storage = next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
-        collection = f"/apis/{group}/{storage}/{plural}"  # every namespace's, for a namespaced kind
-        for item in self.cp.admin.list(collection):
+        for item in self.cp.admin.list(collection_of(crd)):
             meta = item["metadata"]
             if meta.get("finalizers"):
                 where = f"/namespaces/{meta['namespace']}" if meta.get("namespace") else ""
@@ -206,6 +209,12 @@ class Kueue:
                                         {"metadata": {"finalizers": None}})  # fmt: skip
         self.cp.admin.delete(f"{CRDS}/{name}")
         wait_until(lambda: self.cp.admin.get(f"{CRDS}/{name}") is None, 120, f"CRD {name} deleted")
+
+
+def collection_of(crd: dict[str, Any]) -> str:
+    """The CRD's objects in its storage version, every namespace's for a namespaced kind."""
+    storage = next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
+    return f"/apis/{crd['spec']['group']}/{storage}/{crd['spec']['names']['plural']}"
 
 
 @contextlib.contextmanager

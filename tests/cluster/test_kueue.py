@@ -122,7 +122,7 @@ def test_kueue_admits_the_queued_job_and_alone_writes_its_suspend_flag(
     workload = wait(lambda: (w := q.workload_of(cp, job)) and q.condition(w, "QuotaReserved").get("message") and w,
                     "Kueue's Workload of the Job, not admitted")  # fmt: skip
     reserved = q.condition(workload, "QuotaReserved")
-    assert reserved["status"] == "False" and "insufficient quota for cpu" in reserved["message"], reserved
+    assert reserved["status"] == "False" and "insufficient quota for" in reserved["message"], reserved
     said = wait(lambda: (c := training(cp)).get("message", "").endswith(reserved["message"]) and c,
                 "the Training condition quoting Kueue")  # fmt: skip
     assert said["reason"] == "WaitingForAdmission" and f"LocalQueue {QUEUE}" in said["message"]

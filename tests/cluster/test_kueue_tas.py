@@ -99,7 +99,12 @@ def test_kueue_places_both_pods_in_one_block(
         assert sum(count for _, count in domains) == 2, topology
         assert sorted(values[levels.index(HOSTNAME)] for values, _ in domains) == ["tas-a0", "tas-a1"], topology
 
-        # The pods: gated at creation, ungated by Kueue with its node selector, bound in block a.
+        # The Job as Kueue started it: its pods gated (the gate TopologyUngater lifts), the flavor's labels.
+        started = wait(lambda: (j := served.job(name) or {})["spec"]["suspend"] is False and j, "the Job unsuspended")
+        pod_spec = started["spec"]["template"]["spec"]
+        assert q.TOPOLOGY_GATE in [g["name"] for g in pod_spec.get("schedulingGates") or []], pod_spec
+        assert pod_spec["nodeSelector"] == POOL, pod_spec
+        # The pods: ungated by Kueue with its node selector for the domain, bound in block a.
         placed = wait(lambda: len(b := bound(served, name)) == 2 and b, "both pods bound")
         assert sorted(placed.values()) == ["tas-a0", "tas-a1"], placed
         for pod in served.pods(name):

@@ -80,7 +80,7 @@ def test_a_queued_job_waits_for_admission_and_stops_through_its_workload(
 
     # Waiting for admission: the Queued condition names the queue and quotes Kueue.
     message = wait(lambda: waiting_says(served, name, cp.admin.get(path)), "the Training condition quoting Kueue")
-    assert "insufficient quota for cpu" in message and f"LocalQueue {QUEUE}" in message, message
+    assert "insufficient quota for" in message and f"LocalQueue {QUEUE}" in message, message
     assert served.condition(name, "Training")["reason"] == "WaitingForAdmission"
     assert served.phase(name) == "Queued"
 

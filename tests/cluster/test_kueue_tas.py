@@ -12,8 +12,9 @@ with its pods gated (`kueue.x-k8s.io/topology`), and its TopologyUngater lifts t
 selectors for the chosen domain. The capacity is an extended resource only these nodes
 advertise: block a has two nodes of one slot each, block b one node of one slot, so only block a
 holds the 2-node run (the scheduler alone, given the flavor's node selector, would spread the pods
-over both blocks). The pods never train (NEVER_PULLED); what the test reads is Kueue's
-assignment, the pods' node selectors and their bindings.
+over both blocks), and a second such run, with quota enough, waits in the queue with Kueue's
+reason until the first is gone. The pods never train (NEVER_PULLED); what the test reads is
+Kueue's assignment, the pods' node selectors and their bindings.
 Needs root; run: `pytest -m cluster tests/cluster/test_kueue_tas.py`.
 """
 
@@ -38,7 +39,7 @@ BLOCK, HOSTNAME = "example.com/block", "kubernetes.io/hostname"
 POOL = {"example.com/kueue-pool": "tas"}  # the flavor's nodeLabels: this module's nodes only
 SLOT = "example.com/tas-slot"
 TOPOLOGY, FLAVOR, CLUSTER_QUEUE, QUEUE = "kueue-tas-blocks", "kueue-tas-flavor", "kueue-tas-cq", "tas-queue"
-QUOTA = {"cpu": 8, "memory": "16Gi", SLOT: 3}
+QUOTA = {"cpu": 8, "memory": "16Gi", SLOT: 4}  # room for two runs: the nodes, not the quota, decide
 NODES = (
     NodeSpec("tas-a0", labels={BLOCK: "a", **POOL}, resources={SLOT: 1}),
     NodeSpec("tas-a1", labels={BLOCK: "a", **POOL}, resources={SLOT: 1}),
@@ -75,15 +76,19 @@ def bound(served: ServedNamespace, name: str) -> dict[str, str]:
     return {p["metadata"]["name"]: p["spec"]["nodeName"] for p in served.pods(name) if p["spec"].get("nodeName")}
 
 
+def placed_run(served: ServedNamespace, kubectl: Kubectl, name: str) -> None:
+    served.apply(kubectl, served.manifest(name, **{
+        "spec.runPolicy": {"queueName": QUEUE},
+        "spec.resources.extraResources": {SLOT: 1},
+        "spec.resources.placement": {"topologyKey": BLOCK}}))  # fmt: skip
+
+
 def test_kueue_places_both_pods_in_one_block(
     control_plane: ControlPlane, kube_nodes: RealNodes, kubectl: Kubectl, served: ServedNamespace
 ) -> None:
     cp, name = control_plane, "blocked"
     with kube_nodes.added(*NODES):
-        served.apply(kubectl, served.manifest(name, **{
-            "spec.runPolicy": {"queueName": QUEUE},
-            "spec.resources.extraResources": {SLOT: 1},
-            "spec.resources.placement": {"topologyKey": BLOCK}}))  # fmt: skip
+        placed_run(served, kubectl, name)
         job = wait(lambda: served.job(name), "the training Job")
         template = job["spec"]["template"]
         assert template["metadata"]["annotations"]["kueue.x-k8s.io/podset-required-topology"] == BLOCK
@@ -113,8 +118,25 @@ def test_kueue_places_both_pods_in_one_block(
             assert POOL.items() <= selector.items(), selector  # the flavor's nodeLabels
             assert q.TOPOLOGY_GATE not in [g["name"] for g in pod["spec"].get("schedulingGates") or []]
             assert pod["metadata"]["annotations"].get("kueue.x-k8s.io/workload") == workload["metadata"]["name"]
+
+        # A second such run: quota enough, but no block has room for both its pods while the first
+        # holds block a. It waits in the queue with Kueue's word, and gets block a once that is free.
+        placed_run(served, kubectl, "second")
+        second = wait(lambda: served.job("second"), "the second run's Job")
+        reserved = wait(lambda: q.condition(q.workload_of(cp, second), "QuotaReserved").get("message"),
+                        "Kueue's word on the second run")  # fmt: skip
+        assert "topology" in reserved and not q.is_true(q.workload_of(cp, second), "Admitted"), reserved
+        training = lambda: served.condition("second", "Training").get("message", "")
+        wait(
+            lambda: served.phase("second") == "Queued" and reserved in training(),
+            "the second run Queued, quoting Kueue",
+        )
+        assert served.pods("second") == [] and (served.job("second") or {})["spec"]["suspend"] is True
         served.delete(kubectl, name)
-        wait(lambda: served.pods(name) == [], "the pods gone before their nodes")
+        placed = wait(lambda: len(b := bound(served, "second")) == 2 and b, "the second run bound once block a is free")
+        assert sorted(placed.values()) == ["tas-a0", "tas-a1"], placed
+        served.delete(kubectl, "second")
+        wait(lambda: served.pods(name) == served.pods("second") == [], "the pods gone before their nodes")
 
 
 def topology_domains(topology: dict[str, Any]) -> list[tuple[list[str], int]]:

@@ -115,3 +115,18 @@ def job_writes(cp: ControlPlane, namespace: str, job: str) -> list[tuple[str, st
                 and (event.get("responseStatus") or {}).get("code", 0) < 300):  # fmt: skip
             writes.append((event["user"]["username"], event["verb"], ref.get("subresource", "")))
     return writes
+
+
+def mutating_webhooks_at_create(cp: ControlPlane, namespace: str, job: str) -> set[str]:
+    """The mutating webhooks the apiserver called when the Job was created (the audit log's
+    `mutation.webhook.admission.k8s.io/round_<r>_index_<i>` annotations)."""
+    called = set()
+    for line in cp.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if (event.get("stage") == "ResponseComplete" and event.get("verb") == "create" and ref.get("resource") == "jobs"
+                and ref.get("namespace") == namespace and (ref.get("name") == job or not ref.get("name"))):  # fmt: skip
+            for key, value in (event.get("annotations") or {}).items():
+                if key.startswith("mutation.webhook.admission.k8s.io/"):
+                    called.add(json.loads(value)["webhook"])
+    return called

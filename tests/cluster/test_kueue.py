@@ -118,6 +118,9 @@ def test_kueue_admits_the_queued_job_and_alone_writes_its_suspend_flag(
                 "-p", '{"spec": {"runPolicy": {"suspend": false}}}')  # fmt: skip
     job = wait(lambda: cp.admin.get(JOB_PATH), "the training Job once the user resumes")
     assert job["spec"]["suspend"] is True and job["metadata"]["labels"][q.LABEL_QUEUE] == QUEUE
+    # The apiserver called Kueue's Job webhook on the create, as in a cluster with Kueue installed.
+    assert "mjob.kb.io" in wait(lambda: q.mutating_webhooks_at_create(cp, NAMESPACE, "queued-train"),
+                                "the Job's create in the audit log")  # fmt: skip
     # Kueue's Workload for it waits: the ClusterQueue has no quota, and the job says so in Kueue's words.
     workload = wait(lambda: (w := q.workload_of(cp, job)) and q.condition(w, "QuotaReserved").get("message") and w,
                     "Kueue's Workload of the Job, not admitted")  # fmt: skip

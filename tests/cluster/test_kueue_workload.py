@@ -8,7 +8,7 @@ The operator's part: the Training condition quotes the Workload's reason while i
 Job; true: it queues anew), never the Job's `spec.suspend`, which is Kueue's (the audit log
 says who wrote it). No pod needs to run: the admitted Job's pods may stay unscheduled, or land
 on the session's real nodes if another module started them, where they cannot pull the image.
-Run: `pytest -m cluster tests/cluster/test_kueue_workload.py`.
+Needs root (kueue.py); run: `pytest -m cluster tests/cluster/test_kueue_workload.py`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 #   make speedrun   the CPU-tiny speedrun, locally (no cluster); installs only what running needs
 #   make test       lint, format check, generated-file drift check, the control plane's binaries, the images, and the whole test suite
 #   make test-unit | test-cluster | test-e2e   one tier alone (tests/unit needs no Go and no root)
-#   make cluster-bin  build the control-plane tier's binaries (Go; cached per machine)
+#   make cluster-bin  build the control-plane tier's binaries, Kueue's too (Go; cached per machine)
 #   make lock       re-resolve requirements/*.txt after editing pyproject.toml (lock-upgrade: newest versions)
 #   make format     ruff format the tree
 #   make picture    redraw the README's picture from Marin's published runs
@@ -113,10 +113,11 @@ test-e2e: setup
 	$(BIN)/python -m tests.support.images build --optional
 	$(BIN)/python -m pytest -q tests/e2e
 
-# The control-plane tier's etcd, kube-apiserver, kube-controller-manager, kube-scheduler, CoreDNS and
-# its real nodes' kubelet and containerd 2.x (containerd, containerd-shim-runc-v2, ctr),
-# built from tests/cluster/go/ into ~/.cache/speedrun-operator/cluster/<go.sum hash>/bin (never the
-# repo; KUBEBUILDER_ASSETS=<dir> uses binaries you have instead). Needs Go; cold: see docs/testing.md.
+# The control-plane tier's etcd, kube-apiserver, kube-controller-manager, kube-scheduler, CoreDNS,
+# its real nodes' kubelet and containerd 2.x (containerd, containerd-shim-runc-v2, ctr) and Kueue,
+# built from tests/cluster/go/ into ~/.cache/speedrun-operator/cluster/<module>-<go.sum hash>/bin
+# (never the repo; KUBEBUILDER_ASSETS=<dir> uses binaries you have instead). Needs Go; cold: see
+# docs/testing.md.
 cluster-bin: setup
 	$(BIN)/python -m tests.cluster.binaries build
 

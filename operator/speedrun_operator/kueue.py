@@ -11,8 +11,8 @@ Job's `spec.suspend` of a queued job; instead:
   admitted while inactive); `false` activates it again and it queues for admission anew. (A Job
   not created yet is simply not created while suspended: handlers/reconcile.py `_held_back`.)
 - While the Job waits, the job's Queued condition names the LocalQueue and says what Kueue says
-  about the Workload: the message of its QuotaReserved (or Admitted) condition, e.g. "couldn't
-  assign flavors to pod set main: insufficient quota for nvidia.com/gpu ...".
+  about the Workload: the message of its QuotaReserved (or Admitted, or Evicted) condition, e.g.
+  "couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu ...".
 
 Waiting for admission is not bounded by the operator: the queue is the cluster's policy, and a
 job waits its turn there as long as it takes (the start-up deadline runs from admission, when
@@ -72,7 +72,9 @@ def waiting_message(queue: str, workload: dict[str, Any] | None) -> str:
     if (workload.get("spec") or {}).get("active") is False:
         return f"{where}: its Workload {workload['metadata']['name']} is inactive"
     conditions = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
-    for kind in ("Evicted", "QuotaReserved", "Admitted"):
+    # QuotaReserved first: Kueue (v0.17) keeps an old `Evicted` True ("The workload is deactivated")
+    # after the Workload is active and queued again; QuotaReserved says why it waits now.
+    for kind in ("QuotaReserved", "Admitted", "Evicted"):
         c = conditions.get(kind)
         if c is not None and c.get("status") == ("True" if kind == "Evicted" else "False") and c.get("message"):
             return f"{where}: {kind} {c.get('reason', '')}: {c['message']}".replace(" : ", ": ")

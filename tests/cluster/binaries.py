@@ -5,7 +5,7 @@
                                                         # so in one line and exits 0 (the tier skips)
     python -m tests.cluster.binaries path     # print the dir the tests will use (builds nothing)
 
-Four modules, pinned by their go.sum (one module each, so that their dependency graphs do not
+Five modules, pinned by their go.sum (one module each, so that their dependency graphs do not
 have to agree with each other):
 
     tests/cluster/go/kubernetes   k8s.io/kubernetes v1.36.3: kube-apiserver, kube-controller-manager,
@@ -15,13 +15,18 @@ have to agree with each other):
     tests/cluster/go/coredns      github.com/coredns/coredns v1.14.7: coredns (kubernetes plugin)
     tests/cluster/go/containerd   github.com/containerd/containerd/v2 v2.4.2: containerd,
                                   containerd-shim-runc-v2, ctr (the real nodes' runtime)
+    tests/cluster/go/kueue        sigs.k8s.io/kueue v0.17.0: kueue (the manager: queueing, admission,
+                                  topology-aware scheduling), and its CRDs and webhook manifests
+                                  copied from the module (config/) beside the binary
 
 The control plane needs the first five binaries (BINARIES); the real nodes (kubelet_node.py) the
-kubelet, kube-proxy and containerd's three besides (NODE_BINARIES).
+kubelet, kube-proxy and containerd's three besides (NODE_BINARIES); the Kueue tests (kueue.py)
+kueue (KUEUE_BINARIES) and its config (`kueue_config_dir`).
 
-They are built into `~/.cache/speedrun-operator/cluster/<hash of the go.mod and go.sum files>/bin`
-($SPEEDRUN_CLUSTER_CACHE replaces the `~/.cache/speedrun-operator/cluster` part), never into
-the repository. The build uses the installed Go only (GOTOOLCHAIN=local) at `nice -n 10`.
+Each module's binaries are built into `~/.cache/speedrun-operator/cluster/<module>-<hash of its
+go.mod and go.sum>/bin` ($SPEEDRUN_CLUSTER_CACHE replaces the `~/.cache/speedrun-operator/cluster`
+part), never into the repository: a change to one module's pins rebuilds that module only. The
+build uses the installed Go only (GOTOOLCHAIN=local) at `nice -n 10`.
 KUBEBUILDER_ASSETS (controller-runtime envtest's convention), when set, names a directory of
 binaries the user already has: each binary found there is used as it is and nothing is built for
 it; those it lacks (envtest's assets have no controller-manager, scheduler or coredns) come from
@@ -67,9 +72,15 @@ TARGETS = (
     Target("containerd-shim-runc-v2", "containerd", "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
            CONTAINERD_TAGS + " no_grpc"),
     Target("ctr", "containerd", "github.com/containerd/containerd/v2/cmd/ctr", CONTAINERD_TAGS),
+    Target("kueue", "kueue", "sigs.k8s.io/kueue/cmd/kueue"),
 )  # fmt: skip
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "coredns")
 NODE_BINARIES = ("kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr")
+KUEUE_BINARIES = ("kueue",)
+KUEUE_MODULE = "sigs.k8s.io/kueue"
+# What the Kueue tests apply, copied from the module at build time (never committed here): the
+# CRDs, and the webhook configurations (which paths serve which kinds).
+KUEUE_CONFIG = ("config/components/crd/bases", "config/components/webhook/manifests.yaml")
 
 
 class BinariesMissing(RuntimeError):
@@ -81,16 +92,24 @@ def cache_root() -> Path:
     return Path(os.environ.get("SPEEDRUN_CLUSTER_CACHE") or default)
 
 
-def module_hash() -> str:
-    """sha256 over every go.mod and go.sum under tests/cluster/go (path and content), 16 hex digits."""
+def module_hash(module_dir: str) -> str:
+    """sha256 over the module's go.mod and go.sum (name and content), 16 hex digits."""
     digest = hashlib.sha256()
-    for path in sorted(GO_DIR.glob("*/go.[ms][ou][dm]")):
-        digest.update(str(path.relative_to(GO_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted((GO_DIR / module_dir).glob("go.[ms][ou][dm]")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
-def cache_bin_dir() -> Path:
-    return cache_root() / module_hash() / "bin"
+def cache_dir(module_dir: str) -> Path:
+    return cache_root() / f"{module_dir}-{module_hash(module_dir)}"
+
+
+def cache_bin_dir(binary: str) -> Path:
+    """Where the cache keeps `binary` (the dir of its module's pins)."""
+    return cache_dir(TARGET_OF[binary].module_dir) / "bin"
+
+
+TARGET_OF = {target.binary: target for target in TARGETS}
 
 
 def _assets_dir() -> Path | None:
@@ -102,20 +121,33 @@ def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
+def cached(binary: str) -> bool:
+    return _executable(cache_bin_dir(binary) / binary)
+
+
 def locate(names: tuple[str, ...] = BINARIES) -> dict[str, Path]:
     """binary name -> path, from KUBEBUILDER_ASSETS first, else the cache; BinariesMissing otherwise."""
     found: dict[str, Path] = {}
-    assets, cached = _assets_dir(), cache_bin_dir()
+    assets = _assets_dir()
     for name in names:
-        for directory in (assets, cached):
+        for directory in (assets, cache_bin_dir(name)):
             if directory is not None and _executable(directory / name):
                 found[name] = directory / name
                 break
     missing = [name for name in names if name not in found]
     if missing:
-        where = f"KUBEBUILDER_ASSETS={assets} nor {cached}" if assets else str(cached)
+        cached = ", ".join(sorted({str(cache_bin_dir(name)) for name in missing}))
+        where = f"KUBEBUILDER_ASSETS={assets} nor {cached}" if assets else cached
         raise BinariesMissing(f"no {', '.join(missing)} in {where} (run `make cluster-bin`, which needs Go)")
     return found
+
+
+def kueue_config_dir() -> Path:
+    """The Kueue module's config/ (KUEUE_CONFIG) the build copied beside its binary."""
+    config = cache_dir("kueue") / "config"
+    if not (config / "components" / "crd" / "bases").is_dir():
+        raise BinariesMissing(f"no Kueue config in {config} (run `make cluster-bin`, which needs Go)")
+    return config
 
 
 def go_missing() -> str | None:
@@ -151,16 +183,17 @@ def ldflags(target: Target) -> str:
 
 def build() -> Path:
     """Build every binary that neither KUBEBUILDER_ASSETS nor the cache has; returns the cache dir."""
-    assets, out = _assets_dir(), cache_bin_dir()
-    todo = [t for t in TARGETS if not (assets and _executable(assets / t.binary)) and not _executable(out / t.binary)]
+    assets = _assets_dir()
+    todo = [t for t in TARGETS if not (assets and _executable(assets / t.binary)) and not cached(t.binary)]
     if not todo:
-        return out
+        return cache_bin_dir("kube-apiserver")
     reason = go_missing()
     if reason:
         raise BinariesMissing(reason)
-    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false -mod=readonly"}
     for target in todo:
+        out = cache_bin_dir(target.binary)
+        out.mkdir(parents=True, exist_ok=True)
         staging = out / f".{target.binary}.{os.getpid()}"
         started = time.monotonic()
         tags = [f"-tags={target.tags}"] if target.tags else []
@@ -168,9 +201,29 @@ def build() -> Path:
                str(staging), target.package]  # fmt: skip
         print(f"cluster-bin: building {target.binary} ({target.package})", file=sys.stderr)
         subprocess.run(cmd, cwd=GO_DIR / target.module_dir, env=env, check=True)
+        if target.binary == "kueue":
+            _copy_kueue_config(env)  # before the binary: kueue present means its config is too
         os.replace(staging, out / target.binary)  # atomic: a concurrent reader sees all or nothing
         print(f"cluster-bin: {target.binary} built in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return out
+    return cache_bin_dir("kube-apiserver")
+
+
+def _copy_kueue_config(env: dict[str, str]) -> None:
+    """KUEUE_CONFIG from the module's source in the module cache into `<kueue cache>/config`."""
+    listed = subprocess.run(["go", "list", "-m", "-f", "{{.Dir}}", KUEUE_MODULE], cwd=GO_DIR / "kueue", env=env,
+                            check=True, capture_output=True, text=True)  # fmt: skip
+    source, config = Path(listed.stdout.strip()), cache_dir("kueue") / "config"
+    staging = config.with_name(f".config.{os.getpid()}")
+    for relative in KUEUE_CONFIG:
+        if (source / relative).is_dir():
+            shutil.copytree(source / relative, staging / relative.removeprefix("config/"))
+        else:
+            (staging / relative.removeprefix("config/")).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / relative, staging / relative.removeprefix("config/"))
+    for path in staging.rglob("*"):  # the module cache's files are read-only
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(config, ignore_errors=True)
+    os.replace(staging, config)
 
 
 def main(argv: list[str]) -> int:
@@ -184,6 +237,11 @@ def main(argv: list[str]) -> int:
             locate()
         except BinariesMissing:
             print(f"cluster-bin: {go_missing()}; the control-plane tier will skip", file=sys.stderr)
+            return 0
+        try:
+            locate(tuple(TARGET_OF))
+        except BinariesMissing as err:  # e.g. KUBEBUILDER_ASSETS without Kueue: only those tests skip
+            print(f"cluster-bin: {go_missing()}; {err}: the tests that need them will skip", file=sys.stderr)
             return 0
     try:
         if command == "build":

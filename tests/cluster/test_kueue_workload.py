@@ -1,13 +1,14 @@
-"""A queued job and Kueue's Workload on the real apiserver: why it waits, and stopping it through Kueue.
+"""A queued job and its real Kueue Workload: why it waits, and stopping and resuming it through Kueue.
 
-Kueue is not installed; the test plays it with its own API: a Workload (`kueue.x-k8s.io/v1beta2`)
-for the training Job, labelled `kueue.x-k8s.io/job-uid` with the Job's uid as Kueue's job
-reconciler labels it, whose status says why it is not admitted, and Kueue's acts on the Job
-(unsuspend on admission, suspend on eviction). The Workload CRD here is a minimal stand-in with
-Kueue's group, kind and the fields the operator reads and writes (`spec.active`, defaulting to
-true as Kueue's does; `status.conditions`); the rest of Kueue's schema is kept open. No pod
-needs to run, so no real node either: `control_plane` only.
-Run: `pytest -m cluster tests/cluster/test_kueue_workload.py`.
+Kueue v0.17 runs beside the control plane (tests/cluster/kueue.py): its Workload CRD, its job
+reconciler making a Workload for the training Job (labelled `kueue.x-k8s.io/job-uid`), its
+scheduler admitting it once the ClusterQueue has quota, its eviction of a Workload made inactive.
+The operator's part: the Training condition quotes the Workload's reason while it waits, and
+`runPolicy.suspend` sets the Workload's `spec.active` (false: Kueue evicts it and suspends the
+Job; true: it queues anew), never the Job's `spec.suspend`, which is Kueue's (the audit log
+says who wrote it). No pod needs to run: the admitted Job's pods may stay unscheduled, or land
+on the session's real nodes if another module started them, where they cannot pull the image.
+Needs root (kueue.py); run: `pytest -m cluster tests/cluster/test_kueue_workload.py`.
 """
 
 from __future__ import annotations
@@ -18,36 +19,18 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.api import ApiError
+from tests.cluster import kueue_queues as q
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
+from tests.cluster.kueue import USER, Kueue, running_kueue
 from tests.cluster.operator_run import ServedNamespace, served_namespace
 
 pytestmark = pytest.mark.cluster
 
 NAMESPACE = "kueue-workload-tests"
-CRD = "workloads.kueue.x-k8s.io"
-WORKLOADS = f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{NAMESPACE}/workloads"
-QUEUE = "gpu-queue"
-PENDING = "couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu in flavor h100, 8 more needed"
-OPEN = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-WORKLOAD_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": CRD},
-    "spec": {
-        "group": "kueue.x-k8s.io",
-        "scope": "Namespaced",
-        "names": {"kind": "Workload", "listKind": "WorkloadList", "plural": "workloads", "singular": "workload"},
-        "versions": [{
-            "name": "v1beta2", "served": True, "storage": True, "subresources": {"status": {}},
-            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                "spec": {**OPEN, "properties": {"active": {"type": "boolean", "default": True}}},
-                "status": OPEN,
-            }}},
-        }],
-    },
-}  # fmt: skip
+FLAVOR, CLUSTER_QUEUE, QUEUE = "kueue-workload-plain", "kueue-workload-cq", "gpu-queue"
+NO_QUOTA = {"cpu": 0, "memory": "0"}
+QUOTA = {"cpu": 4, "memory": "8Gi"}  # the job's 2 pods ask 1 cpu and 2Gi each
 
 
 def wait(predicate: Any, what: str, timeout: float = 90.0) -> Any:
@@ -55,52 +38,23 @@ def wait(predicate: Any, what: str, timeout: float = 90.0) -> Any:
 
 
 @pytest.fixture(scope="module")
+def kueue(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
+    with running_kueue(control_plane, tmp_path_factory.mktemp("kueue-manager")) as kueue:
+        yield kueue
+
+
+@pytest.fixture(scope="module")
 def served(
-    control_plane: ControlPlane, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
+    control_plane: ControlPlane, kueue: Kueue, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServedNamespace]:
     cp = control_plane
-    cp.admin.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", WORKLOAD_CRD)
-    kubectl.run("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
-    wait(lambda: served_yet(cp), "the Workload API served")
-    try:
-        with served_namespace(cp, NAMESPACE, tmp_path_factory.mktemp("kueue-workload")) as served:
-            yield served
-    finally:
-        cp.admin.delete(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD}")
-
-
-def served_yet(cp: ControlPlane) -> bool:
-    """A new CRD's storage answers 404, then 429 ("storage is (re)initializing"), then serves."""
-    try:
-        return cp.admin.list(WORKLOADS) == []
-    except ApiError as err:
-        if err.status in (404, 429):
-            return False
-        raise
-
-
-def play_kueue_workload(cp: ControlPlane, job: dict[str, Any], conditions: list[dict[str, Any]]) -> dict[str, Any]:
-    """The Workload Kueue's job reconciler makes for a queued Job, with the status Kueue writes."""
-    meta = job["metadata"]
-    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"], "controller": True}
-    body = {
-        "apiVersion": "kueue.x-k8s.io/v1beta2",
-        "kind": "Workload",
-        "metadata": {"name": f"job-{meta['name']}-5d2f1", "labels": {"kueue.x-k8s.io/job-uid": meta["uid"]},
-                     "ownerReferences": [owner]},
-        "spec": {"queueName": QUEUE, "podSets": [{"name": "main", "count": 2}]},
-    }  # fmt: skip
-    made = cp.admin.create(WORKLOADS, body)
-    return set_conditions(cp, made["metadata"]["name"], conditions)
-
-
-def set_conditions(cp: ControlPlane, name: str, conditions: list[dict[str, Any]]) -> dict[str, Any]:
-    stamped = [{"lastTransitionTime": "2026-01-01T00:00:00Z", **c} for c in conditions]
-    return cp.admin.patch(f"{WORKLOADS}/{name}/status", {"status": {"conditions": stamped}})
-
-
-def condition(reason: str, status: str, type_: str, message: str = "") -> dict[str, Any]:
-    return {"type": type_, "status": status, "reason": reason, "message": message or reason}
+    queues = [q.local_queue(QUEUE, NAMESPACE, CLUSTER_QUEUE), q.cluster_queue(CLUSTER_QUEUE, FLAVOR, NO_QUOTA),
+              q.resource_flavor(FLAVOR)]  # fmt: skip
+    cp.namespace(NAMESPACE)
+    q.make(cp, *reversed(queues))
+    with served_namespace(cp, NAMESPACE, tmp_path_factory.mktemp("kueue-workload")) as served:
+        yield served
+    q.delete(cp, *queues)
 
 
 def suspend(kubectl: Kubectl, name: str, value: bool) -> None:
@@ -108,36 +62,52 @@ def suspend(kubectl: Kubectl, name: str, value: bool) -> None:
     kubectl.run("patch", "srj", name, "-n", NAMESPACE, "--type=merge", "-p", patch)
 
 
+def waiting_says(served: ServedNamespace, name: str, workload: dict[str, Any] | None) -> str:
+    """The Training condition's message once it quotes the Workload's QuotaReserved message, else ""."""
+    said = q.condition(workload, "QuotaReserved").get("message", "")
+    message = served.condition(name, "Training").get("message", "")
+    return message if said and message.endswith(said) else ""
+
+
 def test_a_queued_job_waits_for_admission_and_stops_through_its_workload(
     control_plane: ControlPlane, kubectl: Kubectl, served: ServedNamespace
 ) -> None:
-    cp, name = control_plane, "queued"
+    cp, name, job_name = control_plane, "queued", "queued-train"
     served.apply(kubectl, served.manifest(name, **{"spec.runPolicy": {"queueName": QUEUE}}))
     job = wait(lambda: served.job(name), "the training Job, created suspended for Kueue")
-    workload = play_kueue_workload(cp, job, [condition("Pending", "False", "QuotaReserved", PENDING)])
+    workload = wait(lambda: q.workload_of(cp, job), "Kueue's Workload of the Job")
+    path = f"{q.KUEUE}/namespaces/{NAMESPACE}/workloads/{workload['metadata']['name']}"
 
-    # Waiting for admission: the Queued condition names the queue and says what Kueue says.
-    queued = wait(lambda: (c := served.condition(name, "Training")).get("message", "").endswith(PENDING) and c,
-                  "the Training condition with Kueue's reason")  # fmt: skip
-    assert queued["reason"] == "WaitingForAdmission" and f"LocalQueue {QUEUE}" in queued["message"]
+    # Waiting for admission: the Queued condition names the queue and quotes Kueue.
+    message = wait(lambda: waiting_says(served, name, cp.admin.get(path)), "the Training condition quoting Kueue")
+    assert "insufficient quota for" in message and f"LocalQueue {QUEUE}" in message, message
+    assert served.condition(name, "Training")["reason"] == "WaitingForAdmission"
     assert served.phase(name) == "Queued"
 
-    # Kueue admits: the Job is unsuspended (Kueue's merge patch), the Workload admitted.
-    cp.admin.patch(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}-train", {"spec": {"suspend": False}})
-    set_conditions(cp, workload["metadata"]["name"], [condition("QuotaReserved", "True", "QuotaReserved"),
-                                                      condition("Admitted", "True", "Admitted")])  # fmt: skip
+    # Quota: Kueue admits the Workload and unsuspends the Job.
+    q.set_quota(cp, CLUSTER_QUEUE, FLAVOR, QUOTA)
     wait(lambda: served.phase(name) == "Pending", "phase Pending once admitted")
+    assert q.is_true(cp.admin.get(path), "Admitted") and (served.job(name) or {})["spec"]["suspend"] is False
 
     # The user stops the admitted job: the operator deactivates the Workload; Kueue evicts it and
-    # suspends the Job (played), and the job shows Suspended.
+    # suspends the Job, and the job shows Suspended.
     suspend(kubectl, name, True)
-    path = f"{WORKLOADS}/{workload['metadata']['name']}"
     wait(lambda: (cp.admin.get(path) or {})["spec"]["active"] is False, "the Workload deactivated (spec.active false)")
-    assert (served.job(name) or {})["spec"]["suspend"] is False, "the operator wrote the Job's suspend, Kueue's field"
-    cp.admin.patch(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}-train", {"spec": {"suspend": True}})
+    evicted = wait(lambda: q.is_true(w := cp.admin.get(path), "Evicted") and q.condition(w, "Evicted"),
+                   "Kueue's eviction of the inactive Workload")  # fmt: skip
+    assert evicted["reason"] == "Deactivated", evicted
+    wait(lambda: (served.job(name) or {})["spec"]["suspend"] is True, "the Job suspended by Kueue")
     wait(lambda: served.phase(name) == "Suspended", "phase Suspended")
+    wait(lambda: not q.is_true(cp.admin.get(path), "Admitted"), "the Workload no longer admitted")
 
-    # Resumed: the Workload is active again and queues anew.
+    # Resumed while the ClusterQueue has no quota: the Workload is active again and waits in the queue.
+    q.set_quota(cp, CLUSTER_QUEUE, FLAVOR, NO_QUOTA)
     suspend(kubectl, name, False)
     wait(lambda: (cp.admin.get(path) or {})["spec"]["active"] is True, "the Workload active again")
     wait(lambda: served.phase(name) == "Queued", "phase Queued again")
+    assert "insufficient quota" in wait(lambda: waiting_says(served, name, cp.admin.get(path)), "Kueue's reason again")
+    # And with quota again, admitted again.
+    q.set_quota(cp, CLUSTER_QUEUE, FLAVOR, QUOTA)
+    wait(lambda: served.phase(name) == "Pending", "phase Pending once admitted again")
+    writers = {user for user, _, sub in q.job_writes(cp, NAMESPACE, job_name) if sub != "status"}
+    assert writers == {USER}, f"the Job was written by {writers}, not by Kueue alone"

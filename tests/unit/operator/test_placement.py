@@ -138,6 +138,15 @@ def test_the_waiting_message_names_the_queue_and_quotes_kueue() -> None:
         "waiting for Kueue to admit the training Job in LocalQueue gpu: "
         "QuotaReserved Pending: insufficient quota for cpu"
     )
+    # Reactivated after a stop: Kueue v0.17 leaves Evicted True (Deactivated) while QuotaReserved
+    # says why the active Workload waits now (as tests/cluster/test_kueue_workload.py saw it).
+    requeued = pending | {"status": {"conditions": [
+        {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": "insufficient quota for cpu"},
+        {"type": "Evicted", "status": "True", "reason": "Deactivated", "message": "The workload is deactivated"},
+        {"type": "Admitted", "status": "False", "reason": "NoReservation", "message": "no reservation"},
+        {"type": "Requeued", "status": "True", "reason": "Reactivated", "message": "The workload was reactivated"},
+    ]}}  # fmt: skip
+    assert kueue.waiting_message("gpu", requeued) == kueue.waiting_message("gpu", pending)
     assert "is Kueue installed" in kueue.waiting_message("gpu", None)
     assert kueue.waiting_message("gpu", workload(active=False)).endswith("job-q-train-1a2b3 is inactive")
 

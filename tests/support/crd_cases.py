@@ -84,7 +84,7 @@ CEL_REJECTS = [
         tiny(**{"spec.resources.extraResources": {"kubernetes.io/ib": 1}}),
         True,
     ),
-    ("placement.topologyKey: must be a label key", tiny(**{"spec.resources.placement": {"topologyKey": "a b"}}), True),
+    ("must be a label key: [prefix/]name", tiny(**{"spec.resources.placement": {"topologyKey": "a b"}}), True),
     (
         "placement.exclusive: Kueue's topology-aware scheduling",
         tiny(

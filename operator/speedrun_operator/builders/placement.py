@@ -29,10 +29,10 @@ Topology (`spec.resources.placement`), on top of the gang:
   another run's pods stay out of the domain too, exclusive or not; pods of anything else do not.
 - with Kueue (`runPolicy.queueName`), Kueue places the pods: its topology-aware scheduling reads the
   pod set's annotation (`kueue.x-k8s.io/podset-required-topology` or `-preferred-topology`), picks
-  domains with room at admission and ungates the pods with those domains' node selectors,
-  neighbouring completion indices on neighbouring nodes. The pod affinity is left out then: Kueue's
-  choice is the one that counts. The cluster's ResourceFlavor must name a Topology whose levels
-  include `topologyKey` (docs/operator.md "Topology").
+  domains with room at admission and ungates the pods with those domains' node selectors
+  (tests/cluster/test_kueue_tas.py checks the domain it picks). The pod affinity is left out
+  then: Kueue's choice is the one that counts. The cluster's ResourceFlavor must name a Topology
+  whose levels include `topologyKey` (docs/operator.md "Topology").
 Ranks follow completion indices whatever the placement (the trainer's train/rank_order.py), so an
 index order that follows the topology is the ranks' order too.
 """

@@ -39,6 +39,7 @@ from tests.cluster.containerd_runtime import runtime_missing
 from tests.cluster.control_plane import ControlPlane
 from tests.cluster.kube_proxy import KubeProxy
 from tests.cluster.kubectl import Kubectl, kubectl_binary
+from tests.cluster.kueue import Kueue, running_kueue
 from tests.cluster.network import PodNetwork, pod_network
 from tests.cluster.real_nodes import SESSION_NODES, RealNodes
 from tests.cluster.speedruns import REAL_BUCKET, moto_s3
@@ -153,3 +154,10 @@ def s3(pod_net: PodNetwork) -> Iterator[GatedMotoServer]:
 @pytest.fixture(scope="session")
 def kubectl(control_plane: ControlPlane) -> Kubectl:
     return Kubectl(kubectl_binary(), control_plane.kubeconfig)
+
+
+@pytest.fixture(scope="module")
+def kueue(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
+    """Real Kueue's manager for one test module (tests/cluster/kueue.py), gone after it."""
+    with running_kueue(control_plane, tmp_path_factory.mktemp("kueue-manager")) as manager:
+        yield manager

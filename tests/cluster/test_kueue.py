@@ -26,7 +26,7 @@ from tests.cluster import kueue_queues as q
 from tests.cluster.chart import NEVER_PULLED, PULL_REASONS, ChartOperator, chart_operator, install_chart
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.kueue import USER, Kueue, running_kueue
+from tests.cluster.kueue import USER, Kueue
 from tests.cluster.real_nodes import RealNodes
 from tests.support.helpers import tiny_manifest
 
@@ -77,12 +77,6 @@ def phase(cp: ControlPlane) -> str:
 
 def training(cp: ControlPlane) -> dict[str, Any]:
     return next((c for c in (srj(cp).get("status") or {}).get("conditions") or [] if c["type"] == "Training"), {})
-
-
-@pytest.fixture(scope="module")
-def kueue(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
-    with running_kueue(control_plane, tmp_path_factory.mktemp("kueue-manager")) as kueue:
-        yield kueue
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import pytest
 from tests.cluster import kueue_queues as q
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.kueue import Kueue, running_kueue
+from tests.cluster.kueue import Kueue
 from tests.cluster.operator_run import ServedNamespace, served_namespace
 from tests.cluster.real_nodes import NodeSpec, RealNodes
 
@@ -49,12 +49,6 @@ NODES = (
 
 def wait(predicate: Any, what: str, timeout: float = 180.0) -> Any:
     return wait_until(predicate, timeout, what, interval=0.5)
-
-
-@pytest.fixture(scope="module")
-def kueue(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
-    with running_kueue(control_plane, tmp_path_factory.mktemp("kueue-manager")) as kueue:
-        yield kueue
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 from tests.cluster import kueue_queues as q
 from tests.cluster.control_plane import ControlPlane, wait_until
 from tests.cluster.kubectl import Kubectl
-from tests.cluster.kueue import USER, Kueue, running_kueue
+from tests.cluster.kueue import USER, Kueue
 from tests.cluster.operator_run import ServedNamespace, served_namespace
 
 pytestmark = pytest.mark.cluster
@@ -35,12 +35,6 @@ QUOTA = {"cpu": 4, "memory": "8Gi"}  # the job's 2 pods ask 1 cpu and 2Gi each
 
 def wait(predicate: Any, what: str, timeout: float = 90.0) -> Any:
     return wait_until(predicate, timeout, what, interval=0.2)
-
-
-@pytest.fixture(scope="module")
-def kueue(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
-    with running_kueue(control_plane, tmp_path_factory.mktemp("kueue-manager")) as kueue:
-        yield kueue
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,11 @@ def test_a_queued_job_waits_for_admission_and_stops_through_its_workload(
     suspend(kubectl, name, False)
     wait(lambda: (cp.admin.get(path) or {})["spec"]["active"] is True, "the Workload active again")
     wait(lambda: served.phase(name) == "Queued", "phase Queued again")
-    assert "insufficient quota" in wait(lambda: waiting_says(served, name, cp.admin.get(path)), "Kueue's reason again")
+    # Kueue may keep "The workload is deactivated" for a moment after reactivation; the operator quotes
+    # it, then follows Kueue's next message.
+    again = wait(lambda: "insufficient quota" in (m := waiting_says(served, name, cp.admin.get(path))) and m,
+                 "the Training condition quoting Kueue's quota reason again")  # fmt: skip
+    assert f"LocalQueue {QUEUE}" in again, again
     # And with quota again, admitted again.
     q.set_quota(cp, CLUSTER_QUEUE, FLAVOR, QUOTA)
     wait(lambda: served.phase(name) == "Pending", "phase Pending once admitted again")

@@ -59,10 +59,12 @@ from control_plane_figures import (  # noqa: E402  (bench/, the script's own dir
     print_table,
     reconcile_metrics,
     rss_kib,
+    side_by_side,
     summary,
 )
 
 from speedrun_api.run_contract import RESULTS_FILE  # noqa: E402
+from speedrun_operator.settings import OperatorSettings  # noqa: E402
 from speedrun_trainer.cli.launch import free_port  # noqa: E402
 from tests.cluster.api import ApiError  # noqa: E402
 from tests.cluster.binaries import NODE_BINARIES, BinariesMissing, locate  # noqa: E402
@@ -80,6 +82,7 @@ SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
 RESULTS = {"uri": f"s3://bench/x/{RESULTS_FILE}", "bpb": 1.5, "valLoss": 1.0, "modelFlops": 1e12,
            "hardwareFlops": 2e12, "trainingSeconds": 1.0}  # fmt: skip
 TIMEOUT = 600.0
+BURST_LABEL = "bench.speedrun.dev/burst"
 
 
 class FinishAtOnce(PodPlayers):
@@ -177,13 +180,13 @@ def measure(cp: ControlPlane, operator: Operator, n: int, pods: PodCreations, ta
     }
 
 
-def drain(cp: ControlPlane, deadline: float) -> None:
-    """Until the garbage collector has removed the deleted jobs' Jobs and pods, so that one size's
-    clean-up does not load the control plane while the next size is measured."""
-    ours = "speedrun.dev/job"  # the speedrun jobs' children, not the bare Jobs' pods
+def drain(cp: ControlPlane, deadline: float, labels: str = "speedrun.dev/job") -> None:
+    """Until the garbage collector has removed the deleted jobs' Jobs and pods (by default the
+    speedrun jobs' children), so that one size's clean-up does not load the control plane while the
+    next size is measured."""
     while time.monotonic() < deadline:
-        jobs = cp.admin.list(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", labels=ours)
-        if not jobs and not cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/pods", labels=ours):
+        jobs = cp.admin.list(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", labels=labels)
+        if not jobs and not cp.admin.list(f"/api/v1/namespaces/{NAMESPACE}/pods", labels=labels):
             return
         time.sleep(2.0)
 
@@ -206,6 +209,37 @@ def bare_jobs(cp: ControlPlane, n: int, pods: PodCreations, tag: str) -> dict[st
     for i in range(n):
         cp.admin.delete(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{tag}-bare-{i}")
     return {"job_post_round_trip_s": summary(round_trips, 4), "job_create_to_pod_s": summary(to_pods, 3)}
+
+
+def bare_burst(cp: ControlPlane, n: int, pods: PodCreations, tag: str, image: str, url: str) -> dict[str, Any]:
+    """The floor under the operator's figure: n bare Jobs shaped like the training Jobs (Indexed,
+    2 pods of 10m CPU and 64Mi, the player image, which exits at once) created all at once by the
+    same 16 client threads that apply the SpeedrunJobs; create -> both pods created, as the same
+    pod watch sees them. What the Job controller, the apiserver and the watch take at this N with
+    no operator in the way."""
+    names = [f"{tag}-burst-{i}" for i in range(n)]
+    created: dict[str, float] = {}
+
+    def create(name: str) -> None:
+        pod = {"restartPolicy": "Never", "containers": [{
+            "name": "main", "image": image, "command": ["python"], "env": [{"name": URL_ENV, "value": url}],
+            "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}}]}  # fmt: skip
+        body = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": {BURST_LABEL: tag}},
+                "spec": {"completionMode": "Indexed", "completions": 2, "parallelism": 2, "backoffLimit": 0,
+                         "template": {"metadata": {"labels": {BURST_LABEL: tag}}, "spec": pod}}}  # fmt: skip
+        created[name] = time.monotonic()
+        cp.admin.create(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", body)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(create, names))
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and any(pods.when(name, 2) is None for name in names):
+        time.sleep(1.0)
+    latencies = [when - created[name] for name in names if (when := pods.when(name, 2)) is not None]
+    for name in names:
+        cp.admin.delete(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}")
+    drain(cp, deadline=time.monotonic() + 300, labels=f"{BURST_LABEL}={tag}")
+    return {"bare_burst_to_pods_s": summary(latencies, 3) | {"measured": len(latencies)} if latencies else None}
 
 
 @contextlib.contextmanager
@@ -254,12 +288,43 @@ def wait_for_operator(operator: Operator, timeout: float = 120.0) -> None:
     time.sleep(3.0)
 
 
+@contextlib.contextmanager
+def operator_process(env: dict[str, str], workdir: Path, user: str, threads: int) -> Iterator[Operator]:
+    """`speedrun operator` as its own process with the chart's env and `threads` handler threads,
+    serving (its metrics up, kopf's first LIST and watches started); stopped on exit."""
+    metrics_port = free_port()
+    env = env | {"SPEEDRUN_OPERATOR_METRICS_PORT": str(metrics_port), "SPEEDRUN_OPERATOR_HANDLER_THREADS": str(threads)}
+    log_path = workdir / f"operator-{threads}-{metrics_port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "speedrun_trainer.cli.speedrun", "operator"], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        print(f"operator pid {process.pid} ({threads} handler threads), log {log_path}", file=sys.stderr)
+        try:
+            operator = Operator(process.pid, user, metrics_port)
+            wait_for_operator(operator)
+            yield operator
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,100,500", help="comma-separated numbers of concurrent SpeedrunJobs")
+    parser.add_argument("--handler-threads", default=str(OperatorSettings.handler_threads),
+                        help="comma-separated operator handler threads (operator.handlerThreads): each size runs "
+                             "once per value, side by side, a fresh operator process each time")  # fmt: skip
+    parser.add_argument("--controller-qps", type=int, default=0,
+                        help="the controller-manager's --kube-api-qps per controller (burst twice as much); "
+                             "0: Kubernetes' default of 20, burst 30")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    thread_counts = [int(t) for t in args.handler_threads.split(",")]
     try:
         binaries = locate()
         locate(NODE_BINARIES)
@@ -267,8 +332,10 @@ def main() -> int:
         print(f"bench_control_plane: {err}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="bench-cp-"))
-    report: dict[str, Any] = {"sizes": sizes, "loadavg_1min": os.getloadavg()[0], "runs": []}
-    with ControlPlane(binaries, workdir) as cp, nodes_and_players(cp, workdir) as (player, players):
+    report: dict[str, Any] = {"sizes": sizes, "handler_threads": thread_counts, "controller_qps": args.controller_qps,
+                              "loadavg_1min": os.getloadavg()[0], "runs": []}  # fmt: skip
+    control_plane = ControlPlane(binaries, workdir, args.controller_qps)
+    with control_plane as cp, nodes_and_players(cp, workdir) as (player, players):
         report["control_plane_start_s"] = round(cp.started_in, 1)
         repository, _, tag = player.rpartition(":")
         values = {"operator.progressInterval": "5", "operator.defaultStorageUri": "s3://bench/runs",
@@ -278,33 +345,21 @@ def main() -> int:
         cp.namespace(NAMESPACE)
         kubeconfig = write_kubeconfig(workdir / "operator.kubeconfig", cp.server, cp.pki.ca.cert, "operator",
                                       token=cp.token(NAMESPACE, release.service_account))  # fmt: skip
-        metrics_port = free_port()
         env = {**os.environ, **release.env, "KUBECONFIG": str(kubeconfig), "HOME": str(workdir),
-               "TMPDIR": str(workdir), "SPEEDRUN_OPERATOR_METRICS_PORT": str(metrics_port),
-               "SPEEDRUN_OPERATOR_LIVENESS": ""}  # fmt: skip
+               "TMPDIR": str(workdir), "SPEEDRUN_OPERATOR_LIVENESS": ""}  # fmt: skip
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        log = (workdir / "operator.log").open("wb")
-        process = subprocess.Popen([sys.executable, "-m", "speedrun_trainer.cli.speedrun", "operator"], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        operator = Operator(process.pid, f"system:serviceaccount:{NAMESPACE}:{release.service_account}", metrics_port)
-        print(f"operator pid {process.pid}, log {workdir / 'operator.log'}", file=sys.stderr)
+        user = f"system:serviceaccount:{NAMESPACE}:{release.service_account}"
         pods = PodCreations(cp)
-        try:
-            wait_for_operator(operator)
-            for n in sizes:
-                run = measure(cp, operator, n, pods, f"n{n}")
-                run |= bare_jobs(cp, min(n, 20), pods, f"n{n}")
+        for n in sizes:
+            for threads in thread_counts:
+                with operator_process(env, workdir, user, threads) as operator:
+                    run = {"handler_threads": threads} | measure(cp, operator, n, pods, f"n{n}t{threads}")
+                run |= bare_jobs(cp, min(n, 20), pods, f"n{n}t{threads}")
+                run |= bare_burst(cp, n, pods, f"n{n}t{threads}", player, players.url)
                 report["runs"].append(run)
                 print(json.dumps(run), file=sys.stderr)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
-            log.close()
     report["growth"] = growth(report["runs"])
+    report["side_by_side"] = side_by_side(report["runs"])
     report["loadavg_1min_end"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(report, indent=2))

@@ -109,36 +109,64 @@ GROWTH_FIGURES = {  # what `growth` compares between two sizes: name -> how to r
 
 
 def growth(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """How each figure grows from one size to the next: (figure at the larger N) / (at the smaller)."""
+    """How each figure grows from one size to the next, at the same handler threads: (figure at the
+    larger N) / (at the smaller)."""
     steps = []
-    for small, large in itertools.pairwise(runs):
-        ratios = {}
-        for figure, read in GROWTH_FIGURES.items():
-            a, b = read(small), read(large)
-            ratios[figure] = round(b / a, 2) if a and b is not None else None
-        steps.append({"from": small["n"], "to": large["n"], "ratios": ratios})
+    for threads in dict.fromkeys(run.get("handler_threads") for run in runs):
+        same = [run for run in runs if run.get("handler_threads") == threads]
+        for small, large in itertools.pairwise(same):
+            steps.append({"from": small["n"], "to": large["n"], "handler_threads": threads,
+                          "ratios": _ratios(small, large)})  # fmt: skip
     return steps
+
+
+def side_by_side(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At each size, each handler-thread count against the first one measured (the same run, minutes
+    apart): (figure with `threads`) / (figure with the first count)."""
+    out = []
+    for n in dict.fromkeys(run["n"] for run in runs):
+        first, *others = [run for run in runs if run["n"] == n]
+        for other in others:
+            out.append({"n": n, "threads": other.get("handler_threads"), "against": first.get("handler_threads"),
+                        "ratios": _ratios(first, other)})  # fmt: skip
+    return out
+
+
+def _ratios(a_run: dict[str, Any], b_run: dict[str, Any]) -> dict[str, float | None]:
+    ratios = {}
+    for figure, read in GROWTH_FIGURES.items():
+        a, b = read(a_run), read(b_run)
+        ratios[figure] = round(b / a, 2) if a and b is not None else None
+    return ratios
 
 
 def print_table(report: dict[str, Any]) -> None:
     print(f"control plane up in {report['control_plane_start_s']} s; load average {report['loadavg_1min']:.1f} "
-          f"at the start, {report['loadavg_1min_end']:.1f} at the end")  # fmt: skip
-    print(f"{'N':>4} {'phases':<22} {'req/job':>7}  {'apply->Job p50/p99':>19} {'apply->pods p50/p99':>20} "
-          f"{'Job POST p50':>12} {'Job->pod p50':>12} {'RSS MiB':>8} {'peak':>6}")  # fmt: skip
+          f"at the start, {report['loadavg_1min_end']:.1f} at the end; controller-manager QPS "
+          f"{report['controller_qps'] or 'default (20, burst 30)'}")  # fmt: skip
+    print(f"{'N':>4} {'thr':>3} {'phases':<22} {'req/job':>7}  {'apply->Job p50/p99':>19} "
+          f"{'apply->pods p50/p99':>20} {'bare burst p50/p99':>19} {'Job POST p50':>12} {'Job->pod p50':>12} "
+          f"{'RSS MiB':>8} {'peak':>6}")  # fmt: skip
     nan = {"p50": float("nan"), "p99": float("nan")}
     for run in report["runs"]:
         job, lat = run["apply_to_train_job_s"] or nan, run["apply_to_train_pods_s"] or nan
+        burst = run.get("bare_burst_to_pods_s") or nan
         post, to_pod = run["job_post_round_trip_s"]["p50"], run["job_create_to_pod_s"]["p50"]
         print(
-            f"{run['n']:>4} {json.dumps(run['phases']):<22} {run['requests_per_job_total']:>7}  "
-            f"{job['p50']:>9.3f}/{job['p99']:<9.3f} {lat['p50']:>9.3f}/{lat['p99']:<9.3f} "
-            f"{post:>12.4f} {to_pod:>12.3f} "
-            f"{run['operator_rss_mib']:>8} {run['operator_peak_rss_mib']:>6}"
+            f"{run['n']:>4} {run.get('handler_threads', ''):>3} {json.dumps(run['phases']):<22} "
+            f"{run['requests_per_job_total']:>7}  {job['p50']:>9.3f}/{job['p99']:<9.3f} "
+            f"{lat['p50']:>9.3f}/{lat['p99']:<9.3f} {burst['p50']:>9.3f}/{burst['p99']:<9.3f} "
+            f"{post:>12.4f} {to_pod:>12.3f} {run['operator_rss_mib']:>8} {run['operator_peak_rss_mib']:>6}"
         )
     for run in report["runs"]:
-        print(f"N={run['n']}: requests/job " + ", ".join(f"{k} {v}" for k, v in run["requests_by_resource"].items()))
+        at = f"N={run['n']} threads={run.get('handler_threads')}"
+        print(f"{at}: requests/job " + ", ".join(f"{k} {v}" for k, v in run["requests_by_resource"].items()))
         calls = ", ".join(f"{h} {c} x {run['handler_mean_ms'][h]} ms" for h, c in run["handler_calls_per_job"].items())
-        print(f"N={run['n']}: handler calls/job (mean time) {calls}")
+        print(f"{at}: handler calls/job (mean time) {calls}")
+    for step in report["side_by_side"]:
+        ratios = ", ".join(f"{k} x{v}" for k, v in step["ratios"].items())
+        print(f"N={step['n']}: {step['threads']} threads against {step['against']}: {ratios}")
     for step in report["growth"]:
         ratios = ", ".join(f"{k} x{v}" for k, v in step["ratios"].items())
-        print(f"growth {step['from']} -> {step['to']} jobs (x{step['to'] / step['from']:g}): {ratios}")
+        print(f"growth {step['from']} -> {step['to']} jobs (x{step['to'] / step['from']:g}, "
+              f"{step['handler_threads']} threads): {ratios}")  # fmt: skip

@@ -127,8 +127,10 @@ def write_kubeconfig(path: Path, server: str, ca: Path, user: str, pair: KeyPair
 
 
 class ControlPlane:
-    def __init__(self, binaries: dict[str, Path], workdir: Path) -> None:
-        self.binaries, self.workdir = binaries, workdir
+    def __init__(self, binaries: dict[str, Path], workdir: Path, controller_qps: int = 0) -> None:
+        """`controller_qps`: the controller-manager's --kube-api-qps (burst twice as much) for each of
+        its controllers' clients; 0 keeps Kubernetes' default of 20 (burst 30)."""
+        self.binaries, self.workdir, self.controller_qps = binaries, workdir, controller_qps
         self.pki = ClusterPKI(workdir / "pki")
         self.etcd_port, self.port = free_port(), free_port()
         self.advertise_address = host_address()
@@ -209,6 +211,8 @@ class ControlPlane:
             # A stopped kubelet's node goes NotReady after 30 s (50 s by default); the kubelets'
             # heartbeat is 4 s (kubelet_node.py).
             "--node-monitor-grace-period=30s",
+            *([f"--kube-api-qps={self.controller_qps}", f"--kube-api-burst={2 * self.controller_qps}"]
+              if self.controller_qps else []),
         ])  # fmt: skip
         self._spawn("kube-scheduler", [
             str(self.binaries["kube-scheduler"]),

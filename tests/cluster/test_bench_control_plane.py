@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from speedrun_operator.settings import OperatorSettings
 from tests.cluster.fixtures import tier_missing
 from tests.support.helpers import ROOT
 
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.cluster
 
 RUN_KEYS = {"n", "phases", "requests_per_job", "requests_per_job_total", "requests_by_resource",
             "handler_calls_per_job", "handler_mean_ms", "apply_to_train_job_s", "apply_to_train_pods_s",
-            "operator_rss_mib", "operator_peak_rss_mib", "job_post_round_trip_s", "job_create_to_pod_s"}  # fmt: skip
+            "operator_rss_mib", "operator_peak_rss_mib", "job_post_round_trip_s", "job_create_to_pod_s",
+            "handler_threads", "bare_burst_to_pods_s"}  # fmt: skip
 
 
 def test_one_job_through_the_bench() -> None:
@@ -35,4 +37,5 @@ def test_one_job_through_the_bench() -> None:
     assert run["requests_per_job"]["create"] >= 3  # at least the ConfigMap, the Service and the Job
     assert run["apply_to_train_pods_s"]["measured"] == 1 and run["operator_rss_mib"] > 0
     assert run["apply_to_train_job_s"]["measured"] == 1 and run["requests_by_resource"]["create jobs"] == 2
-    assert run["handler_calls_per_job"]["create"] >= 1 and report["growth"] == []
+    assert run["handler_calls_per_job"]["create"] >= 1 and report["growth"] == report["side_by_side"] == []
+    assert run["handler_threads"] == OperatorSettings.handler_threads and run["bare_burst_to_pods_s"]["measured"] == 1

@@ -31,8 +31,7 @@ from speedrun_operator.settings import OperatorSettings
 FINALIZER = f"{API_GROUP}/finalizer"
 # kopf runs sync handlers in a thread pool of min(32, CPUs + 4) threads by default: 6 on two
 # cores. A reconcile spends most of its time waiting on the apiserver, so more threads overlap
-# those waits (bench/bench_control_plane.py).
-HANDLER_THREADS = 16
+# those waits: `handler_threads` (64 by default; bench/bench_control_plane.py --handler-threads).
 
 
 @dataclass
@@ -56,14 +55,14 @@ def configure(kopf_settings: kopf.OperatorSettings, memo: kopf.Memo, logger: log
     kopf_settings.watching.server_timeout = 300  # reconnect watches now and then, as client-go does
     kopf_settings.watching.label_selectors["batch", "v1", "jobs"] = f"{LABEL_MANAGED_BY}={MANAGER}"
     kopf_settings.scanning.disabled = bool(settings.namespaces)
+    kopf_settings.execution.max_workers = settings.handler_threads
     context: OperatorContext | None = getattr(memo, "operator", None)
     if context is not None:  # kopf retries a failed start-up: the client and the port are ours already
         return context
-    kopf_settings.execution.max_workers = HANDLER_THREADS
     config = kube.load_configuration()
     # Connections for every handler thread and the periodic one: past the pool's size (CPUs x 5
     # by default) urllib3 opens a new TLS connection per request and drops it afterwards.
-    config.connection_pool_maxsize = HANDLER_THREADS + 4
+    config.connection_pool_maxsize = settings.handler_threads + 4
     context = OperatorContext(settings=settings, client=object_cache.CachingClient(config))
     context.metrics_server = operator_metrics.serve(settings.metrics_port)
     memo.operator = context

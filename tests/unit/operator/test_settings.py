@@ -1,8 +1,11 @@
 """Operator settings (operator/speedrun_operator/settings.py): the environment round trip and the
-Lease timings that cannot work."""
+Lease timings that cannot work, the handler threads."""
 
 from __future__ import annotations
 
+import logging
+
+import kopf
 import pytest
 
 from speedrun_operator.settings import DEFAULT_TRAINER_IMAGE, OperatorSettings
@@ -37,3 +40,19 @@ def test_default_storage_endpoint_and_secret_need_the_default_uri() -> None:
     full = OperatorSettings(default_storage_uri="s3://b/p", default_storage_endpoint_url="https://s3.example.com",
                             default_storage_secret="s3-creds")  # fmt: skip
     assert full.problem() is None and OperatorSettings.from_env(full.to_env()) == full
+
+
+def test_handler_threads_is_bounded_and_reaches_kopf() -> None:
+    from speedrun_operator.handlers import operator_startup
+
+    assert OperatorSettings.from_env({"SPEEDRUN_OPERATOR_HANDLER_THREADS": "64"}).handler_threads == 64
+    for bad in (0, 257):
+        assert OperatorSettings(handler_threads=bad).problem() == (
+            f"SPEEDRUN_OPERATOR_HANDLER_THREADS: from 1 to 256, got {bad}"
+        )
+    kopf_settings, memo = kopf.OperatorSettings(), kopf.Memo()
+    memo.operator = operator_startup.OperatorContext(settings=OperatorSettings(), client=None)  # type: ignore[arg-type]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEEDRUN_OPERATOR_HANDLER_THREADS", "48")
+        operator_startup.configure(kopf_settings, memo, logging.getLogger("test"))
+    assert kopf_settings.execution.max_workers == 48

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -58,15 +59,29 @@ def ensure_job(
     pods need (`needs`: the run's ConfigMap, the rendezvous Service), then the Job from `build()`.
     Both are built only then: a Job's pod template is immutable, so once it exists they are not used.
     What the pods need is ensured whenever a Job is created (each gang restart creates one), not
-    on every pass: that cost two requests a pass, and the pods read them only as they start."""
+    on every pass: that cost two requests a pass, and the pods read them only as they start. The
+    needs are created side by side (one round trip, not one each: a new job's Job comes sooner when
+    many are applied at once, bench/README.md), the Job only once they all exist."""
     existing = _lookup(client, kube.JOB, owner["metadata"]["namespace"], name)
     if existing is not None:
         reference: dict[str, Any] = {"metadata": {}}
         kopf.append_owner_reference(reference, owner=owner)
         return _adopt(client, kube.JOB, existing, owner, reference)
-    for kind, manifest in needs():
-        ensure_child(client, kind, manifest, owner)
+    _side_by_side([lambda kind=kind, manifest=manifest: ensure_child(client, kind, manifest, owner)
+                   for kind, manifest in needs()])  # fmt: skip
     return ensure_child(client, kube.JOB, build(), owner)
+
+
+def _side_by_side(calls: list[Callable[[], object]]) -> None:
+    """Run `calls` at once; once all have returned, the first error in the calls' order is raised."""
+    if len(calls) <= 1:
+        for call in calls:
+            call()
+        return
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="ensure-child") as pool:
+        futures = [pool.submit(call) for call in calls]
+    for future in futures:
+        future.result()
 
 
 def _lookup(client: kube.KubeClient, kind: kube.Kind, namespace: str, name: str) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ def ensure_child(
     kopf.append_owner_reference(desired, owner=owner)
     namespace, name = owner["metadata"]["namespace"], desired["metadata"]["name"]
     desired["metadata"]["namespace"] = namespace
-    existing = _lookup(client, kind, namespace, name)
+    existing = lookup(client, kind, namespace, name)
     if existing is None:
         try:
             return client.create(kind, namespace, desired)
@@ -59,7 +59,7 @@ def ensure_job(
     Both are built only then: a Job's pod template is immutable, so once it exists they are not used.
     What the pods need is ensured whenever a Job is created (each gang restart creates one), not
     on every pass: that cost two requests a pass, and the pods read them only as they start."""
-    existing = _lookup(client, kube.JOB, owner["metadata"]["namespace"], name)
+    existing = lookup(client, kube.JOB, owner["metadata"]["namespace"], name)
     if existing is not None:
         reference: dict[str, Any] = {"metadata": {}}
         kopf.append_owner_reference(reference, owner=owner)
@@ -69,7 +69,7 @@ def ensure_job(
     return ensure_child(client, kube.JOB, build(), owner)
 
 
-def _lookup(client: kube.KubeClient, kind: kube.Kind, namespace: str, name: str) -> dict[str, Any] | None:
+def lookup(client: kube.KubeClient, kind: kube.Kind, namespace: str, name: str) -> dict[str, Any] | None:
     """The child as the operator's cache holds it (object_cache.py), else a GET. With a cache, a
     child it does not hold is created at once: the apiserver's 409 says when it exists after all,
     and only then is it read."""

@@ -118,6 +118,9 @@ PRINTER_COLUMNS = [
     {"name": "BPB", "type": "number", "jsonPath": ".status.results.bpb"},
     {"name": "CORE", "type": "number", "jsonPath": ".status.results.core"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1},
+    # Set only while a restart before start waits (the restart backoff, lifecycle.py): waiting, not
+    # stuck. In `-o wide`: empty for every other job, it would widen every plain listing.
+    {"name": "Next-Attempt", "type": "string", "jsonPath": ".status.nextAttemptTime", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -5,8 +5,9 @@ model lives here. Field names are camelCase on the wire:
 phase, conditions (metav1.Condition shape), progress, results, restarts, startTime,
 completionTime, observedGeneration, plus `nodes` (what the printer column shows) and the
 attempts' bookkeeping of gang restarts (operator/speedrun_operator/lifecycle.py): `disruptions`
-(restarts after a preemption or eviction, not counted in `restarts`), `attempt` and
-`startupStartTime`.
+(restarts after a preemption or eviction, not counted in `restarts`), `attempt`,
+`startupStartTime`, `startupFailures` and `nextAttemptTime` (the restart backoff after attempts that
+failed before all ranks joined).
 """
 
 from __future__ import annotations
@@ -104,6 +105,20 @@ class SpeedrunJobStatus(StatusBase):
             "Set while attempts fail before all ranks joined: when the first of them started. "
             "runPolicy.startupDeadlineSeconds counts from here, so such failures, not counted as restarts, "
             "cannot start the run over and over"
+        ),
+    )
+    startup_failures: int | None = Field(
+        None,
+        description=(
+            "Set while attempts fail before all ranks joined: how many in a row, since startupStartTime. "
+            "Each one after the first waits before the next attempt starts, twice as long as the one before"
+        ),
+    )
+    next_attempt_time: Timestamp | None = Field(
+        None,
+        description=(
+            "Set after an attempt failed before all ranks joined: the next attempt's training Job is created "
+            "at this time, not before (the restart backoff), or the start-up deadline ends the run first"
         ),
     )
     start_time: Timestamp | None = None

@@ -18,7 +18,10 @@ delete the failed attempt's Job and create the next. Only what the job did is co
 - a disruption (a pod preempted, evicted or lost with its node, disruptions.py): in
   `status.disruptions`, until `runPolicy.maxDisruptions` (`GangRestartAfterDisruption`);
 - a failure before all ranks joined: not counted (`GangRestartBeforeStart`); the start-up
-  deadline bounds such attempts, as it keeps running across them (`status.startupStartTime`).
+  deadline bounds such attempts, as it keeps running across them (`status.startupStartTime`), and
+  each one after the first in a row (`status.startupFailures`) waits before the next attempt, 10 s
+  doubled per failure up to 300 s (restart_backoff.py): until `status.nextAttemptTime` the handlers
+  create no Job, and a deadline that passes meanwhile fails the run, with no attempt started.
 Every attempt starts Pending: its pods' reasons are shown and its start-up deadline applies.
 The handlers do the observing and the writing; everything that decides lives here, table-tested.
 """
@@ -31,8 +34,9 @@ from typing import Any, Literal
 from speedrun_api.status import TERMINAL_PHASES, Progress, Results, SpeedrunJobStatus
 from speedrun_operator import conditions as C
 from speedrun_operator import labels as L
+from speedrun_operator import restart_backoff
 from speedrun_operator.disruptions import Disruption
-from speedrun_operator.pod_startup import PodsWaiting
+from speedrun_operator.pod_startup import PodsWaiting, startup_failure
 
 JobPhase = Literal["Missing", "Replacing", "Suspended", "Pending", "Running", "Succeeded", "Failed"]
 FAILED_TYPES = ("FailureTarget", "Failed")  # FailureTarget first (1.31+), Failed once pods are gone
@@ -104,6 +108,7 @@ class Observation:
     min_ready: int = 1  # pods that must run for the rendezvous to form (pod_startup.py)
     waiting: PodsWaiting | None = None  # why the training pods are not all running yet
     startup_failure: str | None = None  # the start-up deadline passed: the Failed message
+    startup_deadline: int = 3600  # runPolicy.startupDeadlineSeconds: bounds the restart backoff's wait
     max_restarts: int = 0
     disruption: Disruption | None = None  # the failed training Job's pod was preempted/evicted/lost
     max_disruptions: int = 20
@@ -155,6 +160,7 @@ class _StatusDraft:
         self.phase, self.reason, self.message = phase, reason, message
 
     def fail(self, reason: str, message: str) -> None:
+        self.status.next_attempt_time = None  # no next attempt
         self.cond(C.FAILED, C.TRUE, reason, message)
         self.move("Failed", reason, message)
 
@@ -200,7 +206,9 @@ def _suspension(draft: _StatusDraft) -> None:
 def _training(draft: _StatusDraft) -> None:
     t, seen = draft.seen.train, draft.seen
     if t.phase == "Suspended" or (t.phase == "Running" and t.ready + t.succeeded >= seen.min_ready):
-        draft.status.startup_start_time = None  # trained, or resumed: the next start-up has its own deadline
+        _startup_over(draft.status)  # trained, or resumed: the next start-up has its own deadline
+    if t.phase not in ("Missing", "Replacing", "Failed"):
+        draft.status.next_attempt_time = None  # the next attempt's Job exists: its wait is over
     if t.phase == "Failed" and (t.reason in C.RESTARTABLE_JOB_FAILURES or seen.disruption is not None):
         _restart(draft)
     elif t.phase == "Failed":
@@ -228,6 +236,12 @@ def _training(draft: _StatusDraft) -> None:
     elif draft.phase == "Training" and draft.status.start_time:
         # This attempt's ranks all joined; a pod is being replaced (its failure fails the Job).
         draft.cond(C.TRAINING, C.TRUE, C.REASON_RUNNING, "training pods are being replaced")
+    elif t.phase == "Missing" and restart_backoff.deadline_passed(draft.status, seen.startup_deadline, seen.now):
+        # The start-up deadline ended while the next attempt waited (restart_backoff.py): none starts.
+        old = C.find(draft.status.conditions, C.TRAINING)
+        last = f"; last failure: {old.message}" if old is not None and old.message else ""
+        message = startup_failure(seen.startup_deadline, None, 0, seen.min_ready) + last
+        _fail_training(draft, C.REASON_STARTUP_DEADLINE, message)
     elif seen.startup_failure is not None:
         draft.cond(C.TRAINING, C.FALSE, C.REASON_STARTUP_DEADLINE, seen.startup_failure)
         draft.fail(C.REASON_STARTUP_DEADLINE, seen.startup_failure)
@@ -272,7 +286,7 @@ def _restart(draft: _StatusDraft) -> None:
             _fail_training(draft, C.REASON_MAX_DISRUPTIONS, message)
             return
         status.disruptions += 1
-        status.startup_start_time = None  # the next attempt's start-up has its own deadline
+        _startup_over(status)  # the next attempt's start-up has its own deadline
         message = (
             f"disruption {status.disruptions} of {seen.max_disruptions} (runPolicy.maxDisruptions; not counted in "
             f"runPolicy.maxRestarts): {what}; {nodes}"
@@ -282,11 +296,14 @@ def _restart(draft: _StatusDraft) -> None:
         if seen.startup_failure is not None:
             _fail_training(draft, C.REASON_STARTUP_DEADLINE, f"{seen.startup_failure}; last failure: {cause}")
             return
-        status.startup_start_time = status.startup_start_time or seen.train_started or seen.now
+        since = status.startup_start_time = status.startup_start_time or seen.train_started or seen.now
+        failures = status.startup_failures = (status.startup_failures or 0) + 1
+        after, cut_short = restart_backoff.next_attempt(seen.now, failures, since, seen.startup_deadline)
+        status.next_attempt_time = after
         message = (
-            f"attempt {attempt} failed before all {seen.nodes} nodes joined (not counted in "
-            f"runPolicy.maxRestarts; runPolicy.startupDeadlineSeconds counts from {status.startup_start_time}): "
-            f"{cause}"
+            f"attempt {attempt} failed before all {seen.nodes} nodes joined; "
+            f"{restart_backoff.describe(seen.now, failures, after, cut_short)} (not counted in "
+            f"runPolicy.maxRestarts; runPolicy.startupDeadlineSeconds counts from {since}): {cause}"
         )
         reason, event = C.REASON_FAILED_BEFORE_START, C.EVENT_GANG_RESTART_BEFORE_START
     else:
@@ -298,7 +315,7 @@ def _restart(draft: _StatusDraft) -> None:
             _fail_training(draft, C.REASON_MAX_RESTARTS, message)
             return
         status.restarts += 1
-        status.startup_start_time = None
+        _startup_over(status)
         message = f"restart {status.restarts} of {seen.max_restarts} (runPolicy.maxRestarts): {nodes} after: {cause}"
         reason, event = C.REASON_RESTARTING, C.EVENT_GANG_RESTART
     status.attempt = attempt + 1
@@ -306,6 +323,12 @@ def _restart(draft: _StatusDraft) -> None:
     draft.cond(C.TRAINING, C.FALSE, reason, message)
     draft.move("Pending", reason, message)
     draft.event = Transition("Warning", event, message)
+
+
+def _startup_over(status: SpeedrunJobStatus) -> None:
+    """The run's ranks all joined (or it resumed, or restarts counted): the start-up deadline and
+    the restart backoff start over with the next failure before start."""
+    status.startup_start_time = status.startup_failures = status.next_attempt_time = None
 
 
 def _fail_training(draft: _StatusDraft, reason: str, message: str) -> None:

@@ -11,8 +11,10 @@ node stands for a node pool that is gone.
   gang restarts, `status.restarts` stays 0, `status.disruptions` is 1 and the Event names the pod
   and its node (maxRestarts is 0: a counted restart would fail the run).
 - A rank that never arrives (its pod cannot fit on the node) while the other runs and exits 1, as
-  its agent would at its join timeout: no restart counted (maxRestarts 0); the run fails at the
-  start-up deadline instead, counted from the first attempt.
+  its agent would at its join timeout: no restart counted (maxRestarts 0); the next attempt starts
+  at once, and when it fails the same way the one after waits 10 s (the restart backoff: its Job is
+  created only then, the condition and `kubectl get` say when); the run fails at the start-up
+  deadline instead, counted from the first attempt.
 - A second attempt that cannot schedule (the node cordoned after a counted restart): Pending with
   the scheduler's reason and a Warning Event, then Failed at its own start-up deadline.
 Run: `pytest -m cluster tests/cluster/test_restarts.py` (as root).
@@ -39,6 +41,7 @@ pytestmark = pytest.mark.cluster
 NAMESPACE = "speedruns-restarts"
 SRJ_PATH = f"/apis/speedrun.dev/v1alpha1/namespaces/{NAMESPACE}/speedrunjobs"
 PODS_PATH = f"/api/v1/namespaces/{NAMESPACE}/pods"
+JOBS_PATH, ATTEMPT = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", "speedrun.dev/attempt"
 INDEX, JOB_NAME = "batch.kubernetes.io/job-completion-index", "batch.kubernetes.io/job-name"
 HOSTNAME = "kubernetes.io/hostname"
 POD_RESOURCES = {"spec.resources.cpu": "100m", "spec.resources.memory": "128Mi"}
@@ -161,7 +164,7 @@ def test_a_rank_that_never_arrives_burns_no_restart_before_the_startup_deadline(
     pod_players.play("lonely-train-", namespace=NAMESPACE)
     # 1.1 CPU a pod on a 2-CPU node: one rank runs, the other never fits (Unschedulable).
     runs.apply("lonely", **{"spec.resources.cpu": "1100m", "spec.runPolicy.maxRestarts": 0,
-                            "spec.runPolicy.startupDeadlineSeconds": 90})  # fmt: skip
+                            "spec.runPolicy.startupDeadlineSeconds": 120})  # fmt: skip
     [alone] = wait(lambda: playing(pod_players, "lonely-train-", 1), "one rank playing")
     shown = lambda: runs.condition("lonely", "Training")
     wait(lambda: shown().get("reason") == "Unschedulable" and shown()["message"].startswith("1 of 2 training pods"),
@@ -175,10 +178,33 @@ def test_a_rank_that_never_arrives_burns_no_restart_before_the_startup_deadline(
     assert (status.get("restarts", 0), status.get("attempt", 0), status["phase"]) == (0, 1, "Pending"), status
     assert status.get("startupStartTime"), status
     assert metric(operator, "speedrun_operator_training_early_restarts_total") >= 1
-    # The next attempt is just as stuck; the deadline, counted from the first attempt, ends the run.
+    assert "next attempt now" in event[2] and "nextAttemptTime" not in status, (event, status)
+    # The next attempt is just as stuck, and its rank gives up too: the second failure in a row
+    # waits 10 s before the next attempt's Job is created (the restart backoff).
+    # (Picked by its attempt label: attempt 0's other rank may still be bound once the CPU is free.)
+    attempt_1 = lambda: {p["metadata"]["name"] for p in runs.pods("lonely") if p["metadata"]["labels"][ATTEMPT] == "1"}
+    again = wait(lambda: sorted(set(pod_players.playing("lonely-train-")) & attempt_1()), "attempt 1's rank playing")
+    pod_players.finish(again[0], code=1, log="RendezvousTimeoutError: the other nodes did not join")
+
+    def second_failure() -> dict[str, Any] | None:
+        status = runs.status("lonely")
+        return status if status.get("startupFailures") == 2 or status.get("phase") == "Failed" else None
+
+    status = wait(second_failure, "a second failure before start")
+    assert status.get("startupFailures") == 2, (status, runs.events("lonely"))
+    after = status["nextAttemptTime"]
+    listed = runs.kubectl.run("get", "srj", "lonely", "-n", NAMESPACE, "-o", "wide").stdout  # Next-Attempt
+    assert after in listed or runs.status("lonely").get("nextAttemptTime") is None, listed
+    cond = runs.condition("lonely", "Training")
+    assert cond["reason"] == "FailedBeforeStart", cond
+    assert f"attempt 1 failed before all 2 nodes joined; next attempt in 10 s, at {after}" in cond["message"], cond
+    third = lambda: (j := runs.cp.admin.get(f"{JOBS_PATH}/lonely-train")) and j["metadata"]["labels"][ATTEMPT] == "2"
+    job = wait(lambda: third() and runs.cp.admin.get(f"{JOBS_PATH}/lonely-train"), "the third attempt's Job")
+    assert job["metadata"]["creationTimestamp"] >= after, (job["metadata"], after)
+    # The deadline, counted from the first attempt, ends the run.
     status = runs.wait_phase("lonely", "Failed")
     failed = runs.condition("lonely", "Failed")
-    assert failed["reason"] == "StartupDeadlineExceeded" and "(90 s)" in failed["message"], failed
+    assert failed["reason"] == "StartupDeadlineExceeded" and "(120 s)" in failed["message"], failed
     assert status.get("restarts", 0) == 0, status
     assert not [e for e in runs.events("lonely") if e[1] in ("GangRestart", "MaxRestartsExceeded")]
     runs.delete("lonely")

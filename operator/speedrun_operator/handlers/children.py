@@ -37,7 +37,7 @@ def ensure_child(
     kopf.append_owner_reference(desired, owner=owner)
     namespace, name = owner["metadata"]["namespace"], desired["metadata"]["name"]
     desired["metadata"]["namespace"] = namespace
-    existing = _lookup(client, kind, namespace, name)
+    existing = lookup(client, kind, namespace, name)
     if existing is None:
         try:
             return client.create(kind, namespace, desired)
@@ -62,7 +62,7 @@ def ensure_job(
     on every pass: that cost two requests a pass, and the pods read them only as they start. The
     needs are created side by side (one round trip, not one each: a new job's Job comes sooner when
     many are applied at once, bench/README.md), the Job only once they all exist."""
-    existing = _lookup(client, kube.JOB, owner["metadata"]["namespace"], name)
+    existing = lookup(client, kube.JOB, owner["metadata"]["namespace"], name)
     if existing is not None:
         reference: dict[str, Any] = {"metadata": {}}
         kopf.append_owner_reference(reference, owner=owner)
@@ -84,7 +84,7 @@ def _side_by_side(calls: list[Callable[[], object]]) -> None:
         future.result()
 
 
-def _lookup(client: kube.KubeClient, kind: kube.Kind, namespace: str, name: str) -> dict[str, Any] | None:
+def lookup(client: kube.KubeClient, kind: kube.Kind, namespace: str, name: str) -> dict[str, Any] | None:
     """The child as the operator's cache holds it (object_cache.py), else a GET. With a cache, a
     child it does not hold is created at once: the apiserver's 409 says when it exists after all,
     and only then is it read."""

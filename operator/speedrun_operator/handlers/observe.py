@@ -102,6 +102,7 @@ def observe(
         min_ready=lo,
         waiting=waiting,
         startup_failure=startup_failure,
+        startup_deadline=policy.startup_deadline_seconds,
         disruption=disruption,
         max_disruptions=policy.max_disruptions,
         train_started=started_at,

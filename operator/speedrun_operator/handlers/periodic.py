@@ -10,6 +10,8 @@ one thread per operator instead, started once this replica leads (operator_start
 - every `progress_interval` seconds: rank 0's metrics scraped into status.progress for the
   SpeedrunJobs Training, as the operator's cache (object_cache.py) has them, handed to a bounded
   pool (scrape.Scrapes): the thread never waits on a scrape;
+- when a restart before start's wait ends (restart_backoff.py): the reconcile that creates the
+  next attempt, asked for by the reconcile that left the job waiting (wakeups.py);
 - every `resync_interval` seconds: one LIST of SpeedrunJobs per served namespace (one for the
   whole cluster), which refreshes the cache, and the same reconcile as every other trigger for
   each SpeedrunJob not yet finished (a missed Job event is caught here), and for the finished ones
@@ -31,8 +33,9 @@ import kopf
 
 from speedrun_api.status import TERMINAL_PHASES, read_status
 from speedrun_operator import kube
-from speedrun_operator.handlers import reconcile, scrape, side_effects
+from speedrun_operator.handlers import coalesce, reconcile, scrape, side_effects
 from speedrun_operator.handlers.operator_startup import OperatorContext
+from speedrun_operator.handlers.wakeups import Wakeups
 from speedrun_operator.object_cache import ObjectCache
 
 
@@ -42,14 +45,17 @@ class Periodic:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="speedrun-periodic", daemon=True)
         self.scrapes = scrape.Scrapes(ctx, logger)
+        self.wakeups = Wakeups(self._wake, logger)  # the passes the restart backoff asks for
 
     def start(self) -> Periodic:
         self._thread.start()
+        self.wakeups.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self.scrapes.stop()
+        self.wakeups.stop(timeout)
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=timeout)
 
@@ -68,6 +74,14 @@ class Periodic:
                 self.tick(resync=resync, progress=progress)
             except Exception as err:  # the next tick retries; the thread must outlive any one failure
                 self.logger.warning(f"periodic work failed: {type(err).__name__}: {err}")
+
+    def _wake(self, namespace: str, name: str) -> None:
+        try:
+            coalesce.COALESCER.run(
+                (namespace, name), lambda: reconcile.reconcile(self.ctx, namespace, name, "backoff", self.logger)
+            )
+        except (kopf.PermanentError, kopf.TemporaryError) as err:
+            self.logger.debug(f"[{namespace}/{name}] backoff: {err}")
 
     def speedrunjobs(self, fresh: bool = True) -> list[dict[str, Any]]:
         """The SpeedrunJobs served: LISTed (which refreshes the cache), or, not `fresh`, from the

@@ -10,7 +10,9 @@ Lease (leader.py) keeps one active replica.
 
 Two acts follow from the status written, so a crash in between repeats them on the next pass
 rather than skipping them: a gang restart deletes the failed attempt's training Job (Foreground:
-its pods first; the next pass creates the next attempt; pods stuck Terminating on a lost node are
+its pods first; the next pass creates the next attempt, or, after attempts that failed before
+all ranks joined, the first pass after `status.nextAttemptTime`: restart_backoff.py, which a
+reconcile leaving a job waiting asks for, wakeups.py; pods stuck Terminating on a lost node are
 force-deleted once overdue, stuck_pods.py), and a Job whose outcome is recorded gets
 `runPolicy.ttlSecondsAfterFinished`, so the TTL controller never deletes an unrecorded Job. These,
 and the stop of a training Job after a start-up failure, are re-checked on every pass, settled
@@ -37,11 +39,12 @@ from speedrun_operator import (
     kueue,
     lifecycle,
     operator_metrics,
+    restart_backoff,
     stuck_pods,
 )
 from speedrun_operator import labels as L
 from speedrun_operator.handlers import side_effects
-from speedrun_operator.handlers.children import ChildConflict, ensure_job, sync_suspend
+from speedrun_operator.handlers.children import ChildConflict, ensure_job, lookup, sync_suspend
 from speedrun_operator.handlers.observe import Children, observe, pods_of, printer_nodes
 from speedrun_operator.handlers.operator_startup import OperatorContext
 
@@ -112,7 +115,7 @@ def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> SpeedrunJobStatus:
         _write(ctx, body, current, seen)
         raise kopf.PermanentError(message) from None
     new = _write(ctx, body, current, seen)
-    _after_write(ctx, job, current, new, children)
+    _after_write(ctx, body, job, current, new, children)
     return new
 
 
@@ -141,6 +144,11 @@ def _ensure_training(
         return train_job, lifecycle.JobState("Succeeded")
     if _held_back(client, policy, namespace, L.train_job_name(name)):
         return None, lifecycle.JobState("Suspended")
+    deadline = policy.startup_deadline_seconds
+    if restart_backoff.holds_back(current, deadline, now_rfc3339()) and not lookup(
+        client, kube.JOB, namespace, L.train_job_name(name)
+    ):
+        return None, lifecycle.MISSING  # the restart backoff's wait (restart_backoff.py): no Job yet
     attempt = current.current_attempt
     mode = gang.gang_mode(client, ctx.settings.gang_scheduling)
     train_job = ensure_job(
@@ -216,12 +224,21 @@ def _release_stuck_pods(ctx: OperatorContext, body: dict[str, Any], train_job: d
 
 
 def _after_write(
-    ctx: OperatorContext, job: SpeedrunJob, current: SpeedrunJobStatus, new: SpeedrunJobStatus, children: Children
+    ctx: OperatorContext,
+    body: dict[str, Any],
+    job: SpeedrunJob,
+    current: SpeedrunJobStatus,
+    new: SpeedrunJobStatus,
+    children: Children,
 ) -> None:
     """The acts that follow from the status just written (see the module's docstring): the TTL of
     a Job whose outcome is recorded and the stop of a start-up failure, owed until they hold
     (side_effects.py), on every pass, not only the one that wrote the status."""
     train_job, eval_job = children.train_job, children.eval_job
+    periodic = ctx.periodic
+    if new.next_attempt_time is not None and periodic is not None:  # a pass when the wait ends
+        meta = body["metadata"]
+        periodic.wakeups.after(meta["namespace"], meta["name"], restart_backoff.seconds_left(new))
     if new.current_attempt > current.current_attempt and train_job is not None:
         _replace(ctx.client, train_job)  # the restart is counted: now the old attempt goes
         return

@@ -2,6 +2,7 @@
 
     python bench/bench_control_plane.py                 # N = 1, 100, 500 concurrent SpeedrunJobs
     python bench/bench_control_plane.py --sizes 1,5 --json
+    python bench/bench_control_plane.py --sizes 100 --handler-threads 16,64 --controller-qps 200
 
 Starts the control-plane tier (tests/cluster/: etcd, kube-apiserver with an audit log,
 kube-controller-manager, kube-scheduler, CoreDNS) with its three real nodes (kubelet + containerd),
@@ -20,6 +21,11 @@ in one run:
   in the audit log) and apply -> all training pods created (the Job controller's pods, as this
   script's pod watch sees them: on a loaded machine that watch lags by seconds), p50/p99, beside a
   bare Job's create round trip (POST -> response) and bare Job create -> its pods created;
+- the floor under that figure: N bare Jobs shaped like the training Jobs, created at once with no
+  operator, create -> both pods created (the Job controller's client allows 20 requests a second
+  by default: --controller-qps raises it);
+- with --handler-threads 16,64: each size once per value (a fresh operator process each time), and
+  each figure's ratio to the first value's, side by side;
 - the operator's handler calls per job and their mean time (its own histogram
   speedrun_operator_reconcile_duration_seconds, from its /metrics);
 - the operator's RSS (VmRSS after each N, VmHWM peak);

@@ -42,7 +42,7 @@ def test_default_storage_endpoint_and_secret_need_the_default_uri() -> None:
     assert full.problem() is None and OperatorSettings.from_env(full.to_env()) == full
 
 
-def test_handler_threads_is_bounded_and_reaches_kopf() -> None:
+def test_handler_threads_is_bounded_and_reaches_kopf_with_its_consistency_wait() -> None:
     from speedrun_operator.handlers import operator_startup
 
     assert OperatorSettings.from_env({"SPEEDRUN_OPERATOR_HANDLER_THREADS": "64"}).handler_threads == 64
@@ -56,3 +56,5 @@ def test_handler_threads_is_bounded_and_reaches_kopf() -> None:
         mp.setenv("SPEEDRUN_OPERATOR_HANDLER_THREADS", "48")
         operator_startup.configure(kopf_settings, memo, logging.getLogger("test"))
     assert kopf_settings.execution.max_workers == 48
+    # kopf's wait for its own patch to come back before it acts on an older body (a second create)
+    assert kopf_settings.persistence.consistency_timeout == operator_startup.CONSISTENCY_TIMEOUT_SECONDS == 30

@@ -145,7 +145,12 @@ def read_status(body_status: Any) -> SpeedrunJobStatus:
 
 
 def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.datetime.now(datetime.timezone.utc))
+
+
+def rfc3339(at: datetime.datetime) -> str:
+    """An aware datetime as a Kubernetes timestamp (metav1.Time: whole seconds, UTC, `Z`)."""
+    return at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_rfc3339(value: str) -> datetime.datetime:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime
 
-from speedrun_api.status import SpeedrunJobStatus, parse_rfc3339
+from speedrun_api.status import SpeedrunJobStatus, parse_rfc3339, rfc3339
 
 BASE_SECONDS = 10
 MAX_SECONDS = 300
@@ -34,15 +34,6 @@ def delay_seconds(failures: int) -> int:
     return min(MAX_SECONDS, BASE_SECONDS * 2 ** min(failures - 2, 16))
 
 
-def _rfc3339(at: datetime.datetime) -> str:
-    return at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def deadline_time(since: str, deadline_seconds: int) -> str:
-    """When the start-up deadline counted from `since` (status.startupStartTime) ends."""
-    return _rfc3339(parse_rfc3339(since) + datetime.timedelta(seconds=deadline_seconds))
-
-
 def next_attempt(now: str, failures: int, since: str, deadline_seconds: int) -> tuple[str | None, bool]:
     """(status.nextAttemptTime, whether the start-up deadline cut the wait short): None when the
     next attempt may start at once."""
@@ -51,7 +42,7 @@ def next_attempt(now: str, failures: int, since: str, deadline_seconds: int) -> 
         return None, False
     wanted, deadline = parse_rfc3339(now) + datetime.timedelta(seconds=delay), parse_rfc3339(since)
     deadline += datetime.timedelta(seconds=deadline_seconds)
-    return _rfc3339(min(wanted, deadline)), deadline < wanted
+    return rfc3339(min(wanted, deadline)), deadline < wanted
 
 
 def seconds_between(earlier: str, later: str) -> int:
